@@ -1,0 +1,3 @@
+from epcache.cli import main
+
+main()

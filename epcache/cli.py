@@ -1,0 +1,69 @@
+"""The `epcache` command line: parse options, call one library function, print the result.
+
+Every command is a thin wrapper over a function a notebook can call. Expected failures
+(`EpcacheError`) print one line on stderr and exit with code 2; bugs keep their traceback.
+Heavy imports (torch, timm) happen inside the commands so `--help` and `info` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+from epcache.errors import EpcacheError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    help="Extract frozen-encoder tokens once; train hundreds of probes (linear, EP, attentive) from the store.",
+)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the epcache version and exit.")] = False,
+) -> None:
+    """epcache: frozen-encoder feature stores and fast probing."""
+    if version:
+        from epcache import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except EpcacheError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def info(
+    store: Annotated[str, typer.Argument(help="Feature store: a .zarr directory, an .h5 file or a URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show a store's backbone, splits, layers, token layout, dtype, size and completeness."""
+    from epcache.store import describe_store, format_store_info
+
+    with _user_errors():
+        desc = describe_store(store)
+    typer.echo(json.dumps(desc.to_json(), indent=2) if as_json else format_store_info(desc))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

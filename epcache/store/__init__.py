@@ -1,0 +1,59 @@
+"""The feature store: the on-disk contract between extraction and probing (cache_layout.md)."""
+
+from epcache.store._base import MISSING as MISSING
+from epcache.store._base import ChunkPlan as ChunkPlan
+from epcache.store._base import FeatureStore as FeatureStore
+from epcache.store._base import block_checksum as block_checksum
+from epcache.store._base import plan_chunks as plan_chunks
+from epcache.store._base import storage_permutation as storage_permutation
+from epcache.store._info import MissingBlock as MissingBlock
+from epcache.store._info import SplitInfo as SplitInfo
+from epcache.store._info import StoreInfo as StoreInfo
+from epcache.store._info import describe_store as describe_store
+from epcache.store._info import format_store_info as format_store_info
+from epcache.store._meta import FORMAT_VERSION as FORMAT_VERSION
+from epcache.store._meta import STORE_DTYPES as STORE_DTYPES
+from epcache.store._meta import BackboneMeta as BackboneMeta
+from epcache.store._meta import SplitMeta as SplitMeta
+from epcache.store._meta import SplitSpec as SplitSpec
+from epcache.store._meta import StoreMeta as StoreMeta
+from epcache.store._meta import TokenLayout as TokenLayout
+from epcache.store._meta import compute_provenance as compute_provenance
+from epcache.store._meta import split_fingerprint as split_fingerprint
+from epcache.store._open import create_store as create_store
+from epcache.store._open import detect_format as detect_format
+from epcache.store._open import open_store as open_store
+from epcache.store._tokens import TokenSelector as TokenSelector
+from epcache.store._tokens import from_torch as from_torch
+from epcache.store._tokens import select_tokens as select_tokens
+from epcache.store._tokens import to_torch as to_torch
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MISSING",
+    "STORE_DTYPES",
+    "BackboneMeta",
+    "ChunkPlan",
+    "FeatureStore",
+    "MissingBlock",
+    "SplitInfo",
+    "SplitMeta",
+    "SplitSpec",
+    "StoreInfo",
+    "StoreMeta",
+    "TokenLayout",
+    "TokenSelector",
+    "block_checksum",
+    "compute_provenance",
+    "create_store",
+    "describe_store",
+    "detect_format",
+    "format_store_info",
+    "from_torch",
+    "open_store",
+    "plan_chunks",
+    "select_tokens",
+    "split_fingerprint",
+    "storage_permutation",
+    "to_torch",
+]

@@ -1,0 +1,408 @@
+"""The backend-independent feature store: chunk planning, block records, grouped reads.
+
+Backends (``_zarr.py``, ``_hdf5.py``) implement a handful of primitive array operations; all
+policy lives here so that both backends behave identically and pass one contract test suite
+(tests/store/test_store_contract.py). cache_layout.md is the specification this implements.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import google_crc32c
+import ml_dtypes
+import numpy as np
+
+from epcache.errors import (
+    CorruptStoreError,
+    ReadOnlyStoreError,
+    ShapeMismatchError,
+    StoreExistsError,
+    UnknownLayerError,
+    UnknownSplitError,
+)
+from epcache.store._meta import (
+    SplitMeta,
+    SplitSpec,
+    StoreMeta,
+    compute_provenance,
+    split_fingerprint,
+)
+
+__all__ = ["MISSING", "ChunkPlan", "FeatureStore", "plan_chunks"]
+
+MISSING = -1  # block record value of a block that was never (completely) written
+TARGET_CHUNK_BYTES = 6 * 1024 * 1024  # a chunk is the read unit: a few MB amortises per-call cost
+MAX_CHUNK_SAMPLES = 1024
+SHARD_WHEN_CHUNKS_ABOVE = 2048  # more chunk files than this per layer and split -> zarr sharding
+SHARD_BUFFER_BYTES = 1536 * 1024 * 1024  # writer memory: one shard per layer must fit in this
+MAX_SHARD_BYTES = 512 * 1024 * 1024
+
+_NUMPY_DTYPES: dict[str, np.dtype] = {
+    "float16": np.dtype("<f2"),
+    "float32": np.dtype("<f4"),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Sample counts per chunk (read unit) and per block (write unit; a shard when sharded)."""
+
+    chunk_samples: int
+    block_samples: int
+
+    @property
+    def sharded(self) -> bool:
+        return self.block_samples != self.chunk_samples
+
+
+def plan_chunks(
+    num_samples: int,
+    sample_bytes: int,
+    num_layers: int,
+    *,
+    chunk_samples: int | None = None,
+    shard_samples: int | None = None,
+) -> ChunkPlan:
+    """Choose chunk and shard sizes (cache_layout.md §3.2).
+
+    Chunks hold whole samples and aim at a few MB: e.g. 16 samples of 197 x 768 float16 (4.8 MB).
+    A split whose layer would need more than a few thousand chunk files gets zarr sharding so an
+    ImageNet-size store is thousands of files, not millions; the shard is the write unit and the
+    writer holds one per layer in memory, so the shard size is bounded by a memory budget.
+    """
+    if chunk_samples is None:
+        fit = max(1, TARGET_CHUNK_BYTES // max(1, sample_bytes))
+        chunk_samples = 1 << (fit.bit_length() - 1)  # power of two at or below the target
+        chunk_samples = min(chunk_samples, MAX_CHUNK_SAMPLES)
+    if chunk_samples < 1:
+        raise ShapeMismatchError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    num_chunks = -(-num_samples // chunk_samples)
+    if shard_samples is None:
+        if num_chunks <= SHARD_WHEN_CHUNKS_ABOVE:
+            return ChunkPlan(chunk_samples, chunk_samples)
+        chunk_bytes = chunk_samples * sample_bytes
+        budget = min(MAX_SHARD_BYTES, SHARD_BUFFER_BYTES // max(1, num_layers))
+        per_shard = max(1, budget // chunk_bytes)
+        shard_samples = per_shard * chunk_samples
+    if shard_samples % chunk_samples:
+        raise ShapeMismatchError(
+            f"shard_samples={shard_samples} is not a multiple of chunk_samples={chunk_samples}"
+        )
+    return ChunkPlan(chunk_samples, shard_samples)
+
+
+class FeatureStore(ABC):
+    """A feature store: splits of labels, ids and per-layer ``[N, V, T, D]`` token arrays.
+
+    Open one with ``open_store`` / ``create_store``; no code outside ``epcache.store`` knows
+    which backend it holds. Stored rows follow a seeded random permutation of the dataset order
+    (``read_order``), so reading whole chunks in random order gives class-mixed batches.
+    """
+
+    meta: StoreMeta
+    location: str
+    read_only: bool
+
+    def __init__(self, location: str, *, read_only: bool) -> None:
+        self.location = location
+        self.read_only = read_only
+        self._splits: dict[str, SplitMeta] = {}
+        self._records_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    # ------------------------------------------------------------------ backend primitives
+    @property
+    @abstractmethod
+    def format(self) -> str:
+        """"zarr" or "h5"."""
+
+    @abstractmethod
+    def _write_meta_doc(self, doc: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _create_split_arrays(
+        self, spec: SplitMeta, *, labels: np.ndarray, ids: Sequence[str], order: np.ndarray
+    ) -> None: ...
+
+    @abstractmethod
+    def _read_array(self, split: str, layer: int, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) in the storage dtype."""
+
+    @abstractmethod
+    def _write_array(self, split: str, layer: int, start: int, data: np.ndarray) -> None:
+        """Write rows starting at ``start`` (block-aligned) durably; atomic where possible."""
+
+    @abstractmethod
+    def _read_vector(self, split: str, name: str) -> np.ndarray:
+        """``labels``, ``order`` or ``ids`` of a split."""
+
+    @abstractmethod
+    def _read_records(self, split: str, layer: int) -> np.ndarray:
+        """Block records (int64; crc32c of the block's bytes, or MISSING)."""
+
+    @abstractmethod
+    def _write_record(self, split: str, layer: int, block: int, value: int) -> None: ...
+
+    @abstractmethod
+    def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
+        """Shape of a token array as the backend records it (not as the JSON claims)."""
+
+    def _validate(self) -> None:
+        """Cross-check the JSON metadata against the arrays, so a hand-edited document fails here."""
+        for name, s in self._splits.items():
+            want = (s.num_samples, s.views, self.meta.num_tokens, self.meta.dim)
+            for layer in self.meta.layers:
+                got = self._array_shape(name, layer)
+                if got != want:
+                    raise CorruptStoreError(
+                        f"{self.location}: metadata says split {name!r} layer {layer} has shape {want}, "
+                        f"the array has shape {got}; the metadata was edited or the store is damaged. "
+                        "Re-extract it"
+                    )
+
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """Bytes on disk."""
+
+    def close(self) -> None:
+        """Release file handles; the default has none."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def splits(self) -> dict[str, SplitMeta]:
+        return dict(self._splits)
+
+    @property
+    def provenance(self) -> str:
+        return compute_provenance(self.meta, self._splits)
+
+    def meta_document(self) -> dict[str, Any]:
+        """The full root JSON document (cache_layout.md §2)."""
+        doc = self.meta.to_json()
+        doc["splits"] = {name: s.to_json() for name, s in self._splits.items()}
+        doc["provenance"] = self.provenance
+        return doc
+
+    def split(self, name: str) -> SplitMeta:
+        try:
+            return self._splits[name]
+        except KeyError:
+            known = ", ".join(sorted(self._splits)) or "none"
+            raise UnknownSplitError(
+                f"{self.location} has no split {name!r} (splits: {known}); "
+                "extract it with `epcache extract --split NAME=SUBDIR`"
+            ) from None
+
+    def _check_layer(self, layer: int) -> None:
+        if layer not in self.meta.layers:
+            raise UnknownLayerError(
+                f"{self.location} has no layer {layer} (stored layers: "
+                f"{', '.join(map(str, self.meta.layers))}); re-extract with `--layers` including it"
+            )
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"{self.location} is open read-only; open it with open_store(path, mode='a') to write"
+            )
+
+    # ------------------------------------------------------------------ writing
+    def add_split(
+        self,
+        spec: SplitSpec,
+        *,
+        chunk_samples: int | None = None,
+        shard_samples: int | None = None,
+    ) -> SplitMeta:
+        """Declare a split: record labels/ids in permuted order and create its token arrays."""
+        self._require_writable()
+        if spec.name in self._splits:
+            raise StoreExistsError(f"{self.location} already has a split {spec.name!r}")
+        if not spec.name or "/" in spec.name or spec.name.startswith("."):
+            raise ShapeMismatchError(f"invalid split name {spec.name!r}: use letters, digits, '-' and '_'")
+        labels = np.asarray(spec.labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise ShapeMismatchError(f"labels of split {spec.name!r} must be a 1-D integer array")
+        labels = labels.astype(np.int64)
+        n = len(labels)
+        if len(spec.ids) != n:
+            raise ShapeMismatchError(f"split {spec.name!r} has {n} labels but {len(spec.ids)} ids")
+        if spec.views < 1:
+            raise ShapeMismatchError(f"views must be >= 1, got {spec.views}")
+        sample_bytes = spec.views * self.meta.num_tokens * self.meta.dim * _NUMPY_DTYPES[self.meta.dtype].itemsize
+        plan = plan_chunks(
+            n, sample_bytes, len(self.meta.layers), chunk_samples=chunk_samples, shard_samples=shard_samples
+        )
+        ids_sha, labels_sha = split_fingerprint(spec)
+        meta = SplitMeta(
+            name=spec.name,
+            num_samples=n,
+            views=spec.views,
+            classes=tuple(spec.classes),
+            chunk_samples=plan.chunk_samples,
+            block_samples=plan.block_samples,
+            permutation_seed=spec.permutation_seed,
+            ids_sha256=ids_sha,
+            labels_sha256=labels_sha,
+        )
+        order = storage_permutation(n, spec.permutation_seed)
+        ids = [spec.ids[i] for i in order]
+        self._create_split_arrays(meta, labels=labels[order], ids=ids, order=order)
+        self._splits[spec.name] = meta
+        self._write_meta_doc(self.meta_document())
+        return meta
+
+    def block_range(self, split: str, block: int) -> tuple[int, int]:
+        """Stored rows ``[start, stop)`` of write-block ``block``."""
+        s = self.split(split)
+        if not 0 <= block < s.num_blocks:
+            raise IndexError(f"block {block} out of range for split {split!r} ({s.num_blocks} blocks)")
+        start = block * s.block_samples
+        return start, min(s.num_samples, start + s.block_samples)
+
+    def write_block(self, split: str, layer: int, block: int, data: np.ndarray) -> None:
+        """Write one block durably, then record it written with its crc32c (never the other order)."""
+        self._require_writable()
+        self._check_layer(layer)
+        s = self.split(split)
+        start, stop = self.block_range(split, block)
+        want = (stop - start, s.views, self.meta.num_tokens, self.meta.dim)
+        if tuple(data.shape) != want:
+            raise ShapeMismatchError(
+                f"block {block} of {split!r} layer {layer} must have shape {want}, got {tuple(data.shape)}"
+            )
+        expected = _NUMPY_DTYPES[self.meta.dtype]
+        if data.dtype != expected:
+            raise ShapeMismatchError(
+                f"block data has dtype {data.dtype}, the store holds {self.meta.dtype}; convert before writing"
+            )
+        raw = np.ascontiguousarray(data).view(self.meta.storage_dtype)
+        self._write_array(split, layer, start, raw)
+        self._write_record(split, layer, block, block_checksum(raw))
+        self._records_cache.pop((split, layer), None)
+
+    # ------------------------------------------------------------------ completeness
+    def block_records(self, split: str, layer: int) -> np.ndarray:
+        """crc32c per block of one layer; MISSING where a block was never written."""
+        self.split(split)
+        self._check_layer(layer)
+        key = (split, layer)
+        if self.read_only and key in self._records_cache:
+            return self._records_cache[key]
+        rec = np.asarray(self._read_records(split, layer), dtype=np.int64)
+        if rec.shape != (self._splits[split].num_blocks,):
+            raise CorruptStoreError(
+                f"{self.location}: block records of {split!r} layer {layer} have shape {rec.shape}, "
+                f"expected ({self._splits[split].num_blocks},); re-extract the store"
+            )
+        if self.read_only:
+            self._records_cache[key] = rec
+        return rec
+
+    def missing_blocks(self, split: str, layer: int | None = None) -> list[int]:
+        """Blocks not yet recorded written, for ``layer`` or for any layer when None."""
+        layers = self.meta.layers if layer is None else (layer,)
+        missing: set[int] = set()
+        for ly in layers:
+            missing.update(np.flatnonzero(self.block_records(split, ly) == MISSING).tolist())
+        return sorted(missing)
+
+    def is_complete(self) -> bool:
+        return bool(self._splits) and all(not self.missing_blocks(name) for name in self._splits)
+
+    # ------------------------------------------------------------------ reading
+    def read_order(self, split: str) -> np.ndarray:
+        """Stored row i holds dataset sample ``order[i]``."""
+        self.split(split)
+        return np.asarray(self._read_vector(split, "order"), dtype=np.int64)
+
+    def read_labels(self, split: str) -> np.ndarray:
+        """Labels in stored order (int64)."""
+        self.split(split)
+        return np.asarray(self._read_vector(split, "labels"), dtype=np.int64)
+
+    def read_ids(self, split: str) -> list[str]:
+        """Sample ids in stored order."""
+        self.split(split)
+        return [str(x) for x in self._read_vector(split, "ids")]
+
+    def read_tokens(self, split: str, layer: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` as ``[n, V, T, D]`` in the logical dtype (bf16 via ml_dtypes)."""
+        s = self.split(split)
+        self._check_layer(layer)
+        stop = s.num_samples if stop is None else stop
+        if not 0 <= start <= stop <= s.num_samples:
+            raise IndexError(f"rows [{start}, {stop}) out of range for split {split!r} ({s.num_samples})")
+        return self._logical(self._read_array(split, layer, start, stop))
+
+    def chunk_range(self, split: str, chunk: int) -> tuple[int, int]:
+        s = self.split(split)
+        if not 0 <= chunk < s.num_chunks:
+            raise IndexError(f"chunk {chunk} out of range for split {split!r} ({s.num_chunks} chunks)")
+        start = chunk * s.chunk_samples
+        return start, min(s.num_samples, start + s.chunk_samples)
+
+    def read_chunk(self, split: str, layer: int, chunk: int) -> np.ndarray:
+        """One whole chunk: the fast path (one aligned read, no per-element indexing)."""
+        start, stop = self.chunk_range(split, chunk)
+        return self.read_tokens(split, layer, start, stop)
+
+    def iter_chunks(
+        self, split: str, layer: int, *, seed: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, tokens)`` per chunk, in seeded random order (sequential if None)."""
+        n = self.split(split).num_chunks
+        order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+        for c in order.tolist():
+            start, _ = self.chunk_range(split, c)
+            yield start, self.read_chunk(split, layer, c)
+
+    def read_rows(self, split: str, layer: int, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Arbitrary rows, returned in the given order; reads are grouped by chunk.
+
+        Element-wise fancy indexing (zarr ``oindex``) re-reads a shard per element; reading each
+        touched chunk once and gathering in memory is orders of magnitude faster.
+        """
+        s = self.split(split)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= s.num_samples):
+            raise IndexError(f"rows out of range for split {split!r} ({s.num_samples} samples)")
+        out = np.empty((len(rows), s.views, self.meta.num_tokens, self.meta.dim), _NUMPY_DTYPES[self.meta.dtype])
+        chunk_of = rows // s.chunk_samples
+        for c in np.unique(chunk_of).tolist():
+            where = np.flatnonzero(chunk_of == c)
+            start, _ = self.chunk_range(split, c)
+            data = self.read_chunk(split, layer, c)
+            out[where] = data[rows[where] - start]
+        return out
+
+    def _logical(self, raw: np.ndarray) -> np.ndarray:
+        return raw.view(_NUMPY_DTYPES[self.meta.dtype]) if self.meta.dtype == "bfloat16" else raw
+
+
+def storage_permutation(num_samples: int, seed: int) -> np.ndarray:
+    """The seeded permutation of dataset order used as stored order (cache_layout.md §3.1)."""
+    return np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
+
+
+def block_checksum(raw: np.ndarray) -> int:
+    """crc32c of a block's bytes as stored (C order, little-endian storage dtype)."""
+    return int(google_crc32c.value(np.ascontiguousarray(raw).tobytes()))  # it accepts bytes only
+
+
+def check_new_location(exists: bool, location: str, overwrite: bool) -> None:
+    if exists and not overwrite:
+        raise StoreExistsError(
+            f"{location} already exists; pass --overwrite (overwrite=True) to replace it, "
+            "or --resume to continue an interrupted extraction"
+        )

@@ -1,0 +1,181 @@
+"""HDF5 backend: one file laid out as cache_layout.md §4.2 (the same tree as the zarr store)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
+from epcache.store._base import MISSING, FeatureStore, check_new_location
+from epcache.store._meta import SplitMeta, StoreMeta, parse_meta_json
+
+__all__ = ["HDF5FeatureStore"]
+
+ATTR_KEY = "epcache"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class HDF5FeatureStore(FeatureStore):
+    """Single-file store. One writer at a time; chunk = write unit (HDF5 has no shards)."""
+
+    def __init__(self, location: str, file: Any, *, read_only: bool, compressor: str | None = None):
+        super().__init__(location, read_only=read_only)
+        self._file = file
+        self._compressor = compressor
+        self._datasets: dict[str, Any] = {}
+
+    @property
+    def format(self) -> str:
+        return "h5"
+
+    @classmethod
+    def create(
+        cls, location: str, meta: StoreMeta, *, overwrite: bool = False, compressor: str | None = None
+    ) -> HDF5FeatureStore:
+        import h5py
+
+        _filter(compressor)
+        path = Path(location)
+        check_new_location(path.exists(), location, overwrite)
+        if path.exists():
+            if path.is_dir() or not _is_hdf5(path):
+                raise ConfigError(f"{path} exists and is not an HDF5 store; refusing to replace it with --overwrite")
+            path.unlink()
+        obj = cls(location, h5py.File(path, "w-", libver="latest"), read_only=False, compressor=compressor)
+        obj.meta = meta
+        obj._write_meta_doc(obj.meta_document())
+        return obj
+
+    @classmethod
+    def open(cls, location: str, *, read_only: bool = True) -> HDF5FeatureStore:
+        import h5py
+
+        path = Path(location)
+        if not path.exists():
+            raise StoreNotFoundError(f"{location} does not exist; create it with `epcache extract --format h5`")
+        if path.is_dir():
+            raise StoreNotFoundError(f"{location} is a directory, but an HDF5 store is a single file")
+        if not _is_hdf5(path):
+            raise StoreNotFoundError(f"{location} is not an HDF5 file; pass a store made by `epcache extract`")
+        try:
+            f = h5py.File(path, "r" if read_only else "r+")
+        except OSError as e:
+            raise CorruptStoreError(f"{location}: HDF5 file cannot be opened ({e}); it may be truncated") from None
+        raw = f.attrs.get(ATTR_KEY)
+        if raw is None:
+            f.close()
+            raise StoreNotFoundError(f"{location} is an HDF5 file without epcache metadata")
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8")
+        doc = parse_meta_json(str(raw), location)
+        obj = cls(location, f, read_only=read_only)
+        try:
+            obj.meta = StoreMeta.from_json(doc)
+            splits = doc.get("splits")
+            if not isinstance(splits, dict):
+                raise CorruptStoreError(f"{location}: metadata key 'splits' is missing or not an object")
+            obj._splits = {name: SplitMeta.from_json(name, s) for name, s in splits.items()}
+            obj._validate()
+        except Exception:
+            f.close()
+            raise
+        obj._compressor = doc.get("extra", {}).get("compressor")
+        return obj
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+    def _write_meta_doc(self, doc: dict[str, Any]) -> None:
+        self._file.attrs[ATTR_KEY] = json.dumps(doc)
+        self._file.flush()
+
+    def _create_split_arrays(
+        self, spec: SplitMeta, *, labels: np.ndarray, ids: Sequence[str], order: np.ndarray
+    ) -> None:
+        import h5py
+
+        g = self._file.require_group("splits").create_group(spec.name)
+        g.create_dataset("labels", data=labels.astype("<i8"))
+        g.create_dataset("order", data=order.astype("<i8"))
+        g.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))
+        shape = (spec.num_samples, spec.views, self.meta.num_tokens, self.meta.dim)
+        chunks = (spec.chunk_samples, *shape[1:]) if spec.num_samples else None
+        flt = _filter(self._compressor)
+        for layer in self.meta.layers:
+            g.create_dataset(
+                f"layers/{layer}", shape=shape, dtype=np.dtype(self.meta.storage_dtype).newbyteorder("<"),
+                chunks=chunks, fillvalue=0, **flt,
+            )
+            g.create_dataset(f"records/{layer}", shape=(spec.num_blocks,), dtype="<i8", fillvalue=MISSING)
+        self._file.flush()
+
+    def _ds(self, split: str, name: str) -> Any:
+        key = f"splits/{split}/{name}"
+        ds = self._datasets.get(key)
+        if ds is None:
+            try:
+                ds = self._file[key]
+            except KeyError:
+                raise CorruptStoreError(
+                    f"{self.location}: dataset {name} of split {split!r} is missing; re-extract the store"
+                ) from None
+            self._datasets[key] = ds
+        return ds
+
+    def _read_array(self, split: str, layer: int, start: int, stop: int) -> np.ndarray:
+        ds = self._ds(split, f"layers/{layer}")
+        out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
+        if stop > start:
+            try:
+                ds.read_direct(out, np.s_[start:stop])
+            except OSError as e:
+                raise CorruptStoreError(
+                    f"{self.location}: cannot read rows [{start}, {stop}) of {split!r} layer {layer} ({e}); "
+                    "run `epcache verify`"
+                ) from None
+        return out
+
+    def _write_array(self, split: str, layer: int, start: int, data: np.ndarray) -> None:
+        self._ds(split, f"layers/{layer}")[start : start + len(data)] = data
+        self._file.flush()  # data reaches the file before its record is written
+
+    def _read_vector(self, split: str, name: str) -> np.ndarray:
+        ds = self._ds(split, name)
+        if name == "ids":
+            return np.asarray(ds.asstr()[...], dtype=object)
+        return ds[...]
+
+    def _read_records(self, split: str, layer: int) -> np.ndarray:
+        return self._ds(split, f"records/{layer}")[...]
+
+    def _write_record(self, split: str, layer: int, block: int, value: int) -> None:
+        self._ds(split, f"records/{layer}")[block] = value
+        self._file.flush()
+
+    def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
+        return tuple(self._ds(split, f"layers/{layer}").shape)
+
+    def size_bytes(self) -> int:
+        return os.path.getsize(self.location)
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == HDF5_SIGNATURE
+
+
+def _filter(spec: str | None) -> dict[str, Any]:
+    if spec is None or spec == "none":
+        return {}
+    name, _, level = spec.partition(":")
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": int(level) if level else 4}
+    if name == "lzf":
+        return {"compression": "lzf"}
+    raise ConfigError(f"unknown HDF5 compressor {spec!r}; use none, gzip[:level] or lzf (zstd needs --format zarr)")

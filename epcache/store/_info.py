@@ -1,0 +1,147 @@
+"""`epcache info`: a human (or JSON) summary of a store, never importing torch or timm."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from typing import Any
+
+from epcache.store._open import open_store
+
+__all__ = ["MissingBlock", "SplitInfo", "StoreInfo", "describe_store", "format_store_info"]
+
+
+@dataclass(frozen=True)
+class MissingBlock:
+    split: str
+    layer: int
+    block: int
+    rows: tuple[int, int]  # stored rows [start, stop)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    name: str
+    num_samples: int
+    views: int
+    num_classes: int
+    chunk_samples: int
+    block_samples: int
+    num_blocks: int
+    missing_blocks: int  # blocks missing in at least one layer
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    location: str
+    format: str
+    backbone: str
+    weights: str  # source and sha256 prefix
+    layers: list[int]
+    num_blocks_model: int
+    final_norm: bool
+    dtype: str
+    dim: int
+    num_tokens: int
+    layout: dict[str, Any]
+    views: dict[str, Any]
+    preprocessing: dict[str, Any]
+    splits: list[SplitInfo]
+    size_bytes: int
+    complete: bool
+    provenance: str
+    missing: list[MissingBlock] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> StoreInfo:
+    """Collect what `epcache info` prints; lists at most ``max_missing`` missing blocks."""
+    with open_store(location, "r") as store:
+        m = store.meta
+        missing: list[MissingBlock] = []
+        splits: list[SplitInfo] = []
+        for name, s in store.splits.items():
+            bad = store.missing_blocks(name)
+            splits.append(
+                SplitInfo(name, s.num_samples, s.views, len(s.classes), s.chunk_samples, s.block_samples,
+                          s.num_blocks, len(bad))
+            )
+            for layer in m.layers:
+                for b in store.missing_blocks(name, layer):
+                    if len(missing) < max_missing:
+                        missing.append(MissingBlock(name, layer, b, store.block_range(name, b)))
+        bb = m.backbone
+        weights = bb.source if bb.weights_sha256 == "random-init" else f"{bb.source} sha256:{bb.weights_sha256[:12]}"
+        return StoreInfo(
+            location=str(location),
+            format=store.format,
+            backbone=bb.name,
+            weights=weights,
+            layers=list(m.layers),
+            num_blocks_model=bb.num_blocks,
+            final_norm=m.final_norm,
+            dtype=m.dtype,
+            dim=m.dim,
+            num_tokens=m.num_tokens,
+            layout={**asdict(m.layout), "grid": list(m.layout.grid)},
+            views=m.views,
+            preprocessing=m.preprocessing,
+            splits=splits,
+            size_bytes=store.size_bytes(),
+            complete=store.is_complete(),
+            provenance=store.provenance,
+            missing=missing,
+        )
+
+
+def format_store_info(info: StoreInfo) -> str:
+    """Readable multi-line summary."""
+    lay = info.layout
+    prefix = f"{lay['num_prefix']} prefix (CLS at {lay['cls_index']}, {lay['num_registers']} registers)"
+    lines = [
+        f"store       {info.location}  [{info.format}, {_human(info.size_bytes)}]",
+        f"backbone    {info.backbone}  ({info.weights})",
+        f"layers      {_ranges(info.layers)} of {info.num_blocks_model} blocks"
+        f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
+        f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
+        f"{info.dtype}",
+        f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
+        f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
+        "splits",
+    ]
+    for s in info.splits:
+        state = "complete" if s.missing_blocks == 0 else f"{s.missing_blocks}/{s.num_blocks} blocks missing"
+        lines.append(
+            f"  {s.name:<10} N={s.num_samples:<8} V={s.views} classes={s.num_classes:<5} "
+            f"chunk={s.chunk_samples} block={s.block_samples}  {state}"
+        )
+    lines.append(f"status      {'complete' if info.complete else 'INCOMPLETE'}")
+    for mb in info.missing:
+        lines.append(f"  missing   split={mb.split} layer={mb.layer} block={mb.block} rows={mb.rows[0]}-{mb.rows[1]}")
+    lines.append(f"provenance  {info.provenance}")
+    return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def _ranges(xs: list[int]) -> str:
+    if not xs:
+        return "-"
+    out, start, prev = [], xs[0], xs[0]
+    for x in [*xs[1:], None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ",".join(out)

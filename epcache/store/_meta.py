@@ -1,0 +1,358 @@
+"""Typed store metadata: the JSON document of cache_layout.md §2 and its parsed dataclasses.
+
+Each on-disk document has two types: a ``TypedDict`` that is the JSON exactly as written and a
+frozen dataclass holding the parsed value. ``StoreMeta.from_json`` checks the format version
+before it reads anything else, so an unknown future layout fails with a clear message instead
+of a ``KeyError`` deep inside a reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypedDict
+
+import numpy as np
+
+from epcache.errors import CorruptStoreError, LayoutVersionError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MAX_META_BYTES",
+    "STORE_DTYPES",
+    "BackboneMeta",
+    "Dtype",
+    "SplitMeta",
+    "SplitSpec",
+    "StoreMeta",
+    "TokenLayout",
+    "compute_provenance",
+    "parse_meta_json",
+    "split_fingerprint",
+]
+
+FORMAT_NAME = "epcache-store"
+FORMAT_VERSION = 1
+MAX_META_BYTES = 64 * 1024 * 1024  # refuse to parse metadata larger than this (hostile or corrupt)
+
+Dtype = Literal["float16", "bfloat16", "float32"]
+STORE_DTYPES: dict[str, str] = {  # logical dtype -> dtype of the bytes on disk (cache_layout.md §3)
+    "float16": "float16",
+    "bfloat16": "uint16",  # zarr and HDF5 have no bfloat16: the raw bits, read back as bfloat16
+    "float32": "float32",
+}
+
+
+class BackboneMetaJSON(TypedDict):
+    name: str
+    source: str
+    timm_version: str
+    weights_sha256: str
+    weights_file: str | None
+    num_blocks: int
+
+
+class TokenLayoutJSON(TypedDict):
+    num_prefix: int
+    cls_index: int | None
+    num_registers: int
+    grid: list[int]
+
+
+class SplitMetaJSON(TypedDict):
+    num_samples: int
+    views: int
+    classes: list[str]
+    chunk_samples: int
+    block_samples: int
+    permutation_seed: int
+    ids_sha256: str
+    labels_sha256: str
+
+
+class StoreMetaJSON(TypedDict):
+    format: str
+    format_version: int
+    backbone: BackboneMetaJSON
+    layout: TokenLayoutJSON
+    layers: list[int]
+    final_norm: bool
+    dtype: str
+    storage_dtype: str
+    dim: int
+    num_tokens: int
+    preprocessing: dict[str, Any]
+    views: dict[str, Any]
+    dataset: dict[str, Any]
+    extra: dict[str, Any]
+    splits: dict[str, SplitMetaJSON]
+    provenance: str
+
+
+@dataclass(frozen=True)
+class BackboneMeta:
+    """Which network produced the tokens, and from which exact weights."""
+
+    name: str  # full timm name with tag, e.g. "vit_base_patch16_224.mae"
+    source: str  # "timm-hf-cache" | "checkpoint" | "random-init"
+    timm_version: str
+    weights_sha256: str  # sha256 of the weights file, or "random-init"
+    weights_file: str | None = None  # basename only: paths and credentials never enter metadata
+    num_blocks: int = 0  # blocks in the whole model, so readers can tell "layer 11 of 12"
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where CLS, registers and patches sit along the token axis T."""
+
+    num_prefix: int  # prefix tokens (CLS + registers) before the patch grid; 0 for convnets
+    cls_index: int | None  # position of CLS among the prefix tokens, None if the model has none
+    num_registers: int
+    grid: tuple[int, int]  # patch grid (h, w); patches follow the prefix row-major
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+    def register_slice(self) -> slice:
+        """Token positions of the register tokens (prefix tokens other than CLS)."""
+        if self.num_registers == 0:
+            return slice(0, 0)
+        start = 0 if self.cls_index != 0 else 1
+        return slice(start, start + self.num_registers)
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """Everything that describes a store's token arrays, independent of its splits."""
+
+    backbone: BackboneMeta
+    layout: TokenLayout
+    layers: tuple[int, ...]  # absolute block indices, sorted
+    final_norm: bool  # True when the model's final norm was applied to every stored layer
+    dtype: Dtype  # logical dtype readers get back
+    dim: int  # D
+    num_tokens: int  # T = num_prefix + h * w
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # resolved timm data config etc.
+    views: dict[str, Any] = field(default_factory=dict)  # {"augmented": K, "seed": s, "recipe": {...}}
+    dataset: dict[str, Any] = field(default_factory=dict)  # {"kind": "imagefolder", "name": ...}
+    extra: dict[str, Any] = field(default_factory=dict)  # free JSON (skipped images, notes)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(STORE_DTYPES)}")
+        if self.num_tokens != self.layout.num_tokens:
+            raise ValueError(
+                f"num_tokens={self.num_tokens} disagrees with the token layout "
+                f"({self.layout.num_prefix} prefix + {self.layout.grid[0]}x{self.layout.grid[1]} patches)"
+            )
+        if list(self.layers) != sorted(set(self.layers)) or not self.layers:
+            raise ValueError(f"layers must be a non-empty sorted list of distinct indices, got {self.layers}")
+
+    @property
+    def storage_dtype(self) -> str:
+        return STORE_DTYPES[self.dtype]
+
+    def to_json(self) -> dict[str, Any]:
+        """The store-level fields of cache_layout.md §2 (without splits and provenance)."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "backbone": asdict(self.backbone),
+            "layout": {**asdict(self.layout), "grid": list(self.layout.grid)},
+            "layers": list(self.layers),
+            "final_norm": self.final_norm,
+            "dtype": self.dtype,
+            "storage_dtype": self.storage_dtype,
+            "dim": self.dim,
+            "num_tokens": self.num_tokens,
+            "preprocessing": _jsonable(self.preprocessing),
+            "views": _jsonable(self.views),
+            "dataset": _jsonable(self.dataset),
+            "extra": _jsonable(self.extra),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoreMeta:
+        """Parse the root document; the version is checked before any other field."""
+        _check_version(data)
+        try:
+            bb = data["backbone"]
+            lay = data["layout"]
+            meta = cls(
+                backbone=BackboneMeta(
+                    name=str(bb["name"]),
+                    source=str(bb["source"]),
+                    timm_version=str(bb["timm_version"]),
+                    weights_sha256=str(bb["weights_sha256"]),
+                    weights_file=bb.get("weights_file"),
+                    num_blocks=int(bb.get("num_blocks", 0)),
+                ),
+                layout=TokenLayout(
+                    num_prefix=int(lay["num_prefix"]),
+                    cls_index=None if lay["cls_index"] is None else int(lay["cls_index"]),
+                    num_registers=int(lay["num_registers"]),
+                    grid=(int(lay["grid"][0]), int(lay["grid"][1])),
+                ),
+                layers=tuple(int(i) for i in data["layers"]),
+                final_norm=bool(data["final_norm"]),
+                dtype=data["dtype"],
+                dim=int(data["dim"]),
+                num_tokens=int(data["num_tokens"]),
+                preprocessing=dict(data.get("preprocessing", {})),
+                views=dict(data.get("views", {})),
+                dataset=dict(data.get("dataset", {})),
+                extra=dict(data.get("extra", {})),
+            )
+        except KeyError as e:
+            raise CorruptStoreError(
+                f"store metadata is missing the key {e.args[0]!r}; it was hand-edited or written by a "
+                "broken tool. Re-extract the store (cache_layout.md §2 lists every key)"
+            ) from None
+        except (TypeError, ValueError, IndexError) as e:
+            raise CorruptStoreError(f"store metadata is malformed ({e}); re-extract the store") from None
+        if data.get("storage_dtype", meta.storage_dtype) != meta.storage_dtype:
+            raise CorruptStoreError(
+                f"metadata says dtype {meta.dtype} but storage_dtype {data['storage_dtype']}; "
+                "re-extract the store"
+            )
+        return meta
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What the extractor declares when it adds a split; arrays are in DATASET order."""
+
+    name: str
+    labels: np.ndarray  # int64 [N]
+    ids: Sequence[str]  # sample ids: path relative to the data root
+    classes: Sequence[str]
+    views: int = 1  # V: 1 (eval view) + K augmented views
+    permutation_seed: int = 0
+
+
+@dataclass(frozen=True)
+class SplitMeta:
+    """A split as recorded in the store."""
+
+    name: str
+    num_samples: int
+    views: int
+    classes: tuple[str, ...]
+    chunk_samples: int  # samples per chunk: the read unit
+    block_samples: int  # samples per write unit (a zarr shard, else one chunk)
+    permutation_seed: int
+    ids_sha256: str  # fingerprints of ids and labels in dataset order (part of the provenance)
+    labels_sha256: str
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_samples // self.chunk_samples)
+
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.num_samples // self.block_samples)
+
+    def to_json(self) -> SplitMetaJSON:
+        return {
+            "num_samples": self.num_samples,
+            "views": self.views,
+            "classes": list(self.classes),
+            "chunk_samples": self.chunk_samples,
+            "block_samples": self.block_samples,
+            "permutation_seed": self.permutation_seed,
+            "ids_sha256": self.ids_sha256,
+            "labels_sha256": self.labels_sha256,
+        }
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> SplitMeta:
+        try:
+            sm = cls(
+                name=name,
+                num_samples=int(data["num_samples"]),
+                views=int(data["views"]),
+                classes=tuple(str(c) for c in data["classes"]),
+                chunk_samples=int(data["chunk_samples"]),
+                block_samples=int(data["block_samples"]),
+                permutation_seed=int(data["permutation_seed"]),
+                ids_sha256=str(data["ids_sha256"]),
+                labels_sha256=str(data["labels_sha256"]),
+            )
+        except KeyError as e:
+            raise CorruptStoreError(
+                f"metadata of split {name!r} is missing the key {e.args[0]!r}; re-extract the store"
+            ) from None
+        except (TypeError, ValueError) as e:
+            raise CorruptStoreError(f"metadata of split {name!r} is malformed ({e}); re-extract") from None
+        if sm.num_samples < 0 or sm.views < 1 or sm.chunk_samples < 1 or sm.block_samples % sm.chunk_samples:
+            raise CorruptStoreError(f"metadata of split {name!r} has impossible sizes: {data}")
+        return sm
+
+
+def split_fingerprint(spec: SplitSpec) -> tuple[str, str]:
+    """sha256 of the ids and of the labels, both in dataset order."""
+    ids = hashlib.sha256("\n".join(spec.ids).encode("utf-8")).hexdigest()
+    labels = hashlib.sha256(np.ascontiguousarray(spec.labels, dtype="<i8").tobytes()).hexdigest()
+    return ids, labels
+
+
+def compute_provenance(meta: StoreMeta, splits: Mapping[str, SplitMeta]) -> str:
+    """Hash of everything that determines the stored bytes (cache_layout.md §2.3).
+
+    Chunk and shard sizes and the backend are left out: they change the files, not the values,
+    so two stores with the same provenance hold identical tokens for identical ids.
+    """
+    doc = meta.to_json()
+    doc["backbone"] = {k: v for k, v in doc["backbone"].items() if k not in ("source", "weights_file")}
+    doc.pop("extra")
+    doc["splits"] = {
+        name: {
+            "num_samples": s.num_samples,
+            "views": s.views,
+            "classes": list(s.classes),
+            "permutation_seed": s.permutation_seed,
+            "ids_sha256": s.ids_sha256,
+            "labels_sha256": s.labels_sha256,
+        }
+        for name, s in sorted(splits.items())
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def parse_meta_json(raw: str | bytes | Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Decode the root document with a size bound; ``where`` names the store in messages."""
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if len(raw) > MAX_META_BYTES:
+        raise CorruptStoreError(f"{where}: metadata is {len(raw)} bytes (limit {MAX_META_BYTES}); refusing to parse")
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise CorruptStoreError(f"{where}: metadata is not valid JSON ({e}); re-extract the store") from None
+    if not isinstance(data, dict):
+        raise CorruptStoreError(f"{where}: metadata is not a JSON object; re-extract the store")
+    return data
+
+
+def _check_version(data: Mapping[str, Any]) -> None:
+    if data.get("format") != FORMAT_NAME:
+        raise CorruptStoreError(f"metadata 'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise LayoutVersionError(
+            f"store has format version {version!r}, this epcache reads version {FORMAT_VERSION}; "
+            "upgrade epcache or re-extract the store"
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON so tuples become lists and non-JSON values fail at write time."""
+    return json.loads(json.dumps(obj))

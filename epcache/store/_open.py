@@ -1,0 +1,74 @@
+"""Choose the backend for a location and create or open a store through it."""
+
+from __future__ import annotations
+
+import dataclasses
+from os import PathLike
+from pathlib import Path
+from typing import Literal
+
+from epcache.errors import ConfigError
+from epcache.store._base import FeatureStore
+from epcache.store._hdf5 import HDF5FeatureStore
+from epcache.store._meta import StoreMeta
+from epcache.store._zarr import ZarrFeatureStore
+
+__all__ = ["StoreFormat", "create_store", "detect_format", "open_store"]
+
+StoreFormat = Literal["zarr", "h5"]
+_H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def detect_format(location: str | PathLike[str], format: str | None = None) -> StoreFormat:
+    """``format`` if given, else HDF5 for .h5/.hdf5 paths or existing HDF5 files, else zarr."""
+    loc = str(location)
+    if format is not None:
+        if format not in ("zarr", "h5"):
+            raise ConfigError(f"unknown store format {format!r}; use zarr or h5")
+        return format  # type: ignore[return-value]
+    if loc.lower().endswith(_H5_SUFFIXES):
+        return "h5"
+    p = Path(loc)
+    if "://" not in loc and p.is_file():
+        with open(p, "rb") as f:
+            if f.read(8) == b"\x89HDF\r\n\x1a\n":
+                return "h5"
+    return "zarr"
+
+
+def create_store(
+    location: str | PathLike[str],
+    meta: StoreMeta,
+    *,
+    format: str | None = None,
+    overwrite: bool = False,
+    compressor: str | None = None,
+) -> FeatureStore:
+    """Create an empty store (no splits yet) for writing.
+
+    Raises:
+        StoreExistsError: something exists at ``location`` and ``overwrite`` is False.
+        ConfigError: bad format/compressor, or ``overwrite`` would delete something that is not a store.
+    """
+    loc = str(location)
+    fmt = detect_format(loc, format)
+    if compressor not in (None, "none"):
+        meta = dataclasses.replace(meta, extra={**meta.extra, "compressor": compressor})
+    if fmt == "h5":
+        return HDF5FeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
+    return ZarrFeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
+
+
+def open_store(location: str | PathLike[str], mode: Literal["r", "a"] = "r") -> FeatureStore:
+    """Open an existing store read-only (``"r"``) or for appending blocks/splits (``"a"``).
+
+    Raises:
+        StoreNotFoundError: nothing there, or not an epcache store.
+        LayoutVersionError: a format version this epcache does not read.
+        CorruptStoreError: metadata that does not parse or misses keys.
+    """
+    if mode not in ("r", "a"):
+        raise ConfigError(f"mode must be 'r' or 'a', got {mode!r}")
+    loc = str(location)
+    cls = HDF5FeatureStore if detect_format(loc) == "h5" else ZarrFeatureStore
+    return cls.open(loc, read_only=mode == "r")
