@@ -355,7 +355,12 @@ class FeatureStore(ABC):
     def read_chunk(self, split: str, layer: int, chunk: int) -> np.ndarray:
         """One whole chunk: the fast path (one aligned read, no per-element indexing)."""
         start, stop = self.chunk_range(split, chunk)
-        return self.read_tokens(split, layer, start, stop)
+        self._check_layer(layer)
+        return self._logical(self._read_chunk_array(split, layer, chunk, start, stop))
+
+    def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
+        """Backends override this with a direct read of the chunk's bytes where the format allows."""
+        return self._read_array(split, layer, start, stop)
 
     def iter_chunks(
         self, split: str, layer: int, *, seed: int | None = None

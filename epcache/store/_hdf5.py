@@ -13,6 +13,7 @@ import numpy as np
 from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._meta import SplitMeta, StoreMeta, parse_meta_json
+from epcache.store._rawread import pread_into
 
 __all__ = ["HDF5FeatureStore"]
 
@@ -139,6 +140,26 @@ class HDF5FeatureStore(FeatureStore):
                     f"{self.location}: cannot read rows [{start}, {stop}) of {split!r} layer {layer} ({e}); "
                     "run `epcache verify`"
                 ) from None
+        return out
+
+    def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
+        ds = self._ds(split, f"layers/{layer}")
+        if ds.compression is not None or ds.shuffle or ds.fletcher32 or ds.scaleoffset is not None:
+            return self._read_array(split, layer, start, stop)
+        out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
+        info = ds.id.get_chunk_info_by_coord((start, 0, 0, 0))
+        if info.byte_offset is None:  # never allocated: HDF5 returns the fill value
+            out[...] = 0
+            return out
+        full = out.nbytes // max(1, stop - start) * ds.chunks[0]
+        try:
+            if info.size != full:
+                raise OSError(f"chunk has {info.size} bytes, expected {full}")
+            pread_into(self.location, info.byte_offset, out)
+        except OSError as e:
+            raise CorruptStoreError(
+                f"{self.location}: cannot read chunk {chunk} of {split!r} layer {layer} ({e}); run `epcache verify`"
+            ) from None
         return out
 
     def _write_array(self, split: str, layer: int, start: int, data: np.ndarray) -> None:

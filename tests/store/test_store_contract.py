@@ -363,3 +363,33 @@ def test_bfloat16_torch_round_trip() -> None:
     assert a.dtype == np.dtype(ml_dtypes.bfloat16)
     back = to_torch(a)
     assert back.dtype == torch.bfloat16 and torch.equal(back, t)
+
+
+@pytest.mark.parametrize(("suffix", "shard"), [(".zarr", None), (".zarr", 8), (".h5", None)])
+def test_direct_chunk_reads_equal_library_reads(tmp_path: Path, suffix: str, shard: int | None) -> None:
+    """The preadv fast path must return exactly what zarr/h5py return, written or not."""
+    p = tmp_path / f"s{suffix}"
+    x = random_tokens(23, 2, "bfloat16")
+    with create_store(p, make_meta("bfloat16", layers=(0,))) as st:
+        st.add_split(make_spec(), chunk_samples=4, shard_samples=shard)
+        fill(st, "train", {0: x}, skip={(0, st.split("train").num_blocks - 1)})
+    with open_store(p) as st:
+        for c in range(st.split("train").num_chunks):
+            start, stop = st.chunk_range("train", c)
+            fast = st.read_chunk("train", 0, c)
+            slow = st._logical(st._read_array("train", 0, start, stop))
+            assert fast.tobytes() == slow.tobytes()
+        last = st.split("train").num_chunks - 1
+        assert not st.read_chunk("train", 0, last).view(np.uint16).any()  # unwritten -> fill value 0
+        assert st.read_chunk("train", 0, 0).tobytes() == x[:4].tobytes()
+
+
+def test_truncated_chunk_file_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "s.zarr"
+    with create_store(p, make_meta(layers=(0,))) as st:
+        st.add_split(make_spec(), chunk_samples=4)
+        fill(st, "train", {0: random_tokens(23, 2, "float16")})
+    chunk_file = p / "splits/train/layers/0/c/2/0/0/0"
+    chunk_file.write_bytes(chunk_file.read_bytes()[:100])
+    with open_store(p) as st, pytest.raises(CorruptStoreError, match=r"chunk 2 \(rows 8-12\) of 'train' layer 0"):
+        st.read_chunk("train", 0, 2)
