@@ -393,3 +393,27 @@ def test_truncated_chunk_file_is_named(tmp_path: Path) -> None:
     chunk_file.write_bytes(chunk_file.read_bytes()[:100])
     with open_store(p) as st, pytest.raises(CorruptStoreError, match=r"chunk 2 \(rows 8-12\) of 'train' layer 0"):
         st.read_chunk("train", 0, 2)
+
+
+def test_cache_layout_example_reads_a_store_without_epcache(tmp_path: Path) -> None:
+    """The 10-line example of cache_layout.md §6 must run against a real store, unmodified."""
+    doc = (Path(__file__).resolve().parents[2] / "cache_layout.md").read_text()
+    code = doc.split("## 6.")[1].split("```python")[1].split("```")[0]
+    p = tmp_path / "imagenet_mae_vitb.zarr"
+    x = random_tokens(23, 2, "float16")
+    with create_store(p, make_meta(layers=(0, 2))) as st:
+        st.add_split(make_spec(name="val"), chunk_samples=4)
+        fill(st, "val", {0: x, 2: x})
+    ns: dict = {}
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code, "cache_layout.md", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    np.testing.assert_array_equal(ns["cls"], x[:23, 0, 0])
+    np.testing.assert_allclose(ns["gap"], x[:, 0, 2:].astype(np.float32).mean(axis=1))
+    with open_store(p) as st:
+        assert list(ns["ids"]) == st.read_ids("val") and ns["y"].tolist() == st.read_labels("val").tolist()
