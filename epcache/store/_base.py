@@ -90,9 +90,7 @@ def plan_chunks(
         per_shard = max(1, budget // chunk_bytes)
         shard_samples = per_shard * chunk_samples
     if shard_samples % chunk_samples:
-        raise ShapeMismatchError(
-            f"shard_samples={shard_samples} is not a multiple of chunk_samples={chunk_samples}"
-        )
+        raise ShapeMismatchError(f"shard_samples={shard_samples} is not a multiple of chunk_samples={chunk_samples}")
     return ChunkPlan(chunk_samples, shard_samples)
 
 
@@ -118,7 +116,7 @@ class FeatureStore(ABC):
     @property
     @abstractmethod
     def format(self) -> str:
-        """"zarr" or "h5"."""
+        """ "zarr" or "h5"."""
 
     @abstractmethod
     def _write_meta_doc(self, doc: dict[str, Any]) -> None: ...
@@ -362,9 +360,7 @@ class FeatureStore(ABC):
         """Backends override this with a direct read of the chunk's bytes where the format allows."""
         return self._read_array(split, layer, start, stop)
 
-    def iter_chunks(
-        self, split: str, layer: int, *, seed: int | None = None
-    ) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_chunks(self, split: str, layer: int, *, seed: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, tokens)`` per chunk, in seeded random order (sequential if None)."""
         n = self.split(split).num_chunks
         order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)

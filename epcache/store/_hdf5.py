@@ -110,8 +110,12 @@ class HDF5FeatureStore(FeatureStore):
         flt = _filter(self._compressor)
         for layer in self.meta.layers:
             g.create_dataset(
-                f"layers/{layer}", shape=shape, dtype=np.dtype(self.meta.storage_dtype).newbyteorder("<"),
-                chunks=chunks, fillvalue=0, **flt,
+                f"layers/{layer}",
+                shape=shape,
+                dtype=np.dtype(self.meta.storage_dtype).newbyteorder("<"),
+                chunks=chunks,
+                fillvalue=0,
+                **flt,
             )
             g.create_dataset(f"records/{layer}", shape=(spec.num_blocks,), dtype="<i8", fillvalue=MISSING)
         self._file.flush()

@@ -65,8 +65,16 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
         for name, s in store.splits.items():
             bad = store.missing_blocks(name)
             splits.append(
-                SplitInfo(name, s.num_samples, s.views, len(s.classes), s.chunk_samples, s.block_samples,
-                          s.num_blocks, len(bad))
+                SplitInfo(
+                    name,
+                    s.num_samples,
+                    s.views,
+                    len(s.classes),
+                    s.chunk_samples,
+                    s.block_samples,
+                    s.num_blocks,
+                    len(bad),
+                )
             )
             for layer in m.layers:
                 for b in store.missing_blocks(name, layer):

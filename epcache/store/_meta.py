@@ -220,8 +220,7 @@ class StoreMeta:
             raise CorruptStoreError(f"store metadata is malformed ({e}); re-extract the store") from None
         if data.get("storage_dtype", meta.storage_dtype) != meta.storage_dtype:
             raise CorruptStoreError(
-                f"metadata says dtype {meta.dtype} but storage_dtype {data['storage_dtype']}; "
-                "re-extract the store"
+                f"metadata says dtype {meta.dtype} but storage_dtype {data['storage_dtype']}; re-extract the store"
             )
         return meta
 

@@ -33,4 +33,3 @@ def pread_into(path: str, offset: int, out: np.ndarray) -> bool:
     finally:
         os.close(fd)
     return True
-

@@ -133,7 +133,11 @@ class ZarrFeatureStore(FeatureStore):
                 dimension_names=("sample", "view", "token", "channel"),
             )
             records.create_array(
-                str(layer), shape=(spec.num_blocks,), chunks=(1,), dtype="int64", fill_value=MISSING,
+                str(layer),
+                shape=(spec.num_blocks,),
+                chunks=(1,),
+                dtype="int64",
+                fill_value=MISSING,
                 compressors=None,
             )
 

@@ -70,9 +70,7 @@ class ProbeHead(nn.Module):
     def __init__(self, pooling: Pooling, classifier: nn.Linear, *, kind: str) -> None:
         super().__init__()
         if classifier.in_features != pooling.out_dim:
-            raise HeadSpecError(
-                f"classifier input width {classifier.in_features} != pooled width {pooling.out_dim}"
-            )
+            raise HeadSpecError(f"classifier input width {classifier.in_features} != pooled width {pooling.out_dim}")
         stateless = not any(True for _ in pooling.parameters()) and not any(True for _ in pooling.buffers())
         self._names = ("select", "0", "1") if stateless else ("0", "1", "2")
         self.kind = kind
@@ -168,11 +166,26 @@ def square_side(kind: str, num_tokens: int) -> int:
     return side
 
 
+def trunc_normal_(t: Tensor, std: float, a: float = -2.0, b: float = 2.0) -> Tensor:
+    """Truncated normal by inverse CDF, as timm/V-JEPA (and torch < 2.10) implement it.
+
+    torch's own ``nn.init.trunc_normal_`` now rejection-samples, which draws a different
+    number of random values; the reference weights were drawn this way, so seeded
+    constructions only reproduce them with this exact recipe. ``a``/``b`` are absolute bounds.
+    """
+    with torch.no_grad():
+        lo = (1.0 + math.erf(a / std / math.sqrt(2.0))) / 2.0
+        hi = (1.0 + math.erf(b / std / math.sqrt(2.0))) / 2.0
+        t.uniform_(2 * lo - 1, 2 * hi - 1)
+        t.erfinv_()
+        t.mul_(std * math.sqrt(2.0))
+        return t.clamp_(min=a, max=b)
+
+
 def trunc_normal_tf_(t: Tensor, std: float) -> Tensor:
     """timm's ``trunc_normal_tf_``: truncate at ±2 in standard-normal units, then scale by std."""
     with torch.no_grad():
-        nn.init.trunc_normal_(t, mean=0.0, std=1.0, a=-2.0, b=2.0)
-        return t.mul_(std)
+        return trunc_normal_(t, std=1.0).mul_(std)
 
 
 class Mlp(nn.Module):

@@ -18,7 +18,7 @@ from epcache.errors import HeadSpecError
 
 from ._base import Pooling
 
-__all__ = ["EfficientProbing", "EPOrder"]
+__all__ = ["EPOrder", "EfficientProbing"]
 
 EPOrder = Literal["pool_first", "reference"]
 _ORDERS: tuple[str, ...] = ("pool_first", "reference")
@@ -133,9 +133,7 @@ class EfficientProbing(Pooling):
 
 def _validate(dim: int, queries: int, d_out: int, num_heads: int) -> None:
     if num_heads != 1:
-        raise HeadSpecError(
-            f"EP needs num_heads=1 (the reference squeezes the head axis), got num_heads={num_heads}"
-        )
+        raise HeadSpecError(f"EP needs num_heads=1 (the reference squeezes the head axis), got num_heads={num_heads}")
     if dim < 1 or queries < 1 or d_out < 1:
         raise HeadSpecError(f"EP needs positive D, M, d_out; got D={dim}, M={queries}, d_out={d_out}")
     if dim % d_out:
