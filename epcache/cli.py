@@ -60,6 +60,32 @@ def info(
     typer.echo(json.dumps(desc.to_json(), indent=2) if as_json else format_store_info(desc))
 
 
+@app.command()
+def heads(
+    dim: Annotated[int, typer.Option(help="Token width D of the backbone.")] = 768,
+    classes: Annotated[int, typer.Option(help="Number of classes C.")] = 1000,
+    tokens: Annotated[int, typer.Option(help="Patch tokens N the head attends over (196 for ViT-B/16 at 224).")] = 196,
+    queries: Annotated[str, typer.Option(help="EP query counts M to list, comma-separated.")] = "8,32",
+    d_out: Annotated[str, typer.Option("--d-out", help="EP width divisors to list, comma-separated.")] = "1",
+) -> None:
+    """Trainable parameters and forward FLOPs per image of every probe head."""
+    from epcache.probe.heads import format_heads_table, heads_table
+
+    with _user_errors():
+        rows = heads_table(dim=dim, num_classes=classes, num_tokens=tokens, queries=_ints(queries, "--queries"),
+                           d_out=_ints(d_out, "--d-out"))
+    typer.echo(format_heads_table(rows))
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    from epcache.errors import ConfigError
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
