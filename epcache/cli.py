@@ -61,6 +61,84 @@ def info(
 
 
 @app.command()
+def models() -> None:
+    """List the backbone aliases and the timm model each resolves to (any timm name works too)."""
+    from epcache.extract import list_model_aliases
+
+    rows = list_model_aliases()
+    w = max(len(a.alias) for a in rows)
+    typer.echo(f"{'alias':<{w}}  {'timm model':<44} family")
+    for a in rows:
+        note = "" if a.timm_weights else "  [needs --weights: timm has no such weights]"
+        typer.echo(f"{a.alias:<{w}}  {a.timm_name:<44} {a.family}{note}")
+
+
+@app.command()
+def extract(
+    model: Annotated[str, typer.Option(help="Backbone: an alias from `epcache models` or any timm model name.")],
+    data: Annotated[str, typer.Option(help="Data root: an ImageFolder parent directory (or CSV base directory).")],
+    out: Annotated[str, typer.Option(help="Store to write: a .zarr directory (default backend) or an .h5 file.")],
+    split: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=SUBDIR or NAME=FILE.csv (path,label rows), repeatable. Default: train=train, val=val."),
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Blocks to store: all, last, -4: (last 4), or 0,5,11. Default: all (ViT).")
+    ] = None,
+    views: Annotated[int, typer.Option(help="Augmented views per train image (RandomResizedCrop+flip).")] = 0,
+    view_splits: Annotated[str, typer.Option(help="Splits that get the augmented views, comma-separated.")] = "train",
+    dtype: Annotated[str, typer.Option(help="Stored dtype: float16, bfloat16 or float32.")] = "float16",
+    format: Annotated[str | None, typer.Option(help="zarr or h5; default from the --out suffix.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (times the number of views).")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader decoding processes (0: decode in the main process).")] = 4,
+    weights: Annotated[str | None, typer.Option(help="Local checkpoint (.pth/.pt/.safetensors).")] = None,
+    random_init: Annotated[bool, typer.Option(help="Use random weights explicitly (never a silent fallback).")] = False,
+    final_norm: Annotated[bool, typer.Option(help="Apply the model's final norm (default: raw blocks).")] = False,
+    img_size: Annotated[int | None, typer.Option(help="Input resolution override.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    amp: Annotated[str | None, typer.Option(help="Autocast on GPU: bf16 or fp16.")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the stored order, the augmented views and random init.")] = 0,
+    on_bad_image: Annotated[str, typer.Option(help="error (default) or skip (recorded in metadata).")] = "error",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted extraction into an existing store.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store at --out.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print layers, shapes and bytes, then exit without writing.")] = False,
+    chunk_samples: Annotated[int | None, typer.Option(help="Samples per chunk (default: a few MB).")] = None,
+    shard_samples: Annotated[int | None, typer.Option(help="Samples per zarr shard (default: automatic).")] = None,
+    compressor: Annotated[str | None, typer.Option(help="zstd[:N] / blosc[:N] (zarr), gzip / lzf (h5).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
+    from epcache.extract import ExtractConfig
+    from epcache.extract import extract as run_extract
+
+    with _user_errors():
+        cfg = ExtractConfig(
+            model=model, data=data, out=out, splits=_splits(split), layers=layers, views=views,
+            view_splits=tuple(v for v in view_splits.split(",") if v), dtype=dtype, format=format,
+            batch_size=batch_size, workers=workers, weights=weights, random_init=random_init,
+            final_norm=final_norm, img_size=img_size, device=device, amp=amp, seed=seed,
+            on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
+            chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
+        )
+        result = run_extract(cfg, progress=progress)
+    typer.echo(result.format_text())
+
+
+def _splits(items: list[str] | None) -> dict[str, str]:
+    from epcache.errors import ConfigError
+
+    if not items:
+        return {"train": "train", "val": "val"}
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, where = item.partition("=")
+        if not sep or not name or not where:
+            raise ConfigError(f"--split takes NAME=SUBDIR or NAME=FILE.csv, got {item!r}")
+        out[name] = where
+    return out
+
+
+@app.command()
 def heads(
     dim: Annotated[int, typer.Option(help="Token width D of the backbone.")] = 768,
     classes: Annotated[int, typer.Option(help="Number of classes C.")] = 1000,

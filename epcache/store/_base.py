@@ -81,6 +81,7 @@ def plan_chunks(
         chunk_samples = min(chunk_samples, MAX_CHUNK_SAMPLES)
     if chunk_samples < 1:
         raise ShapeMismatchError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    chunk_samples = min(chunk_samples, max(1, num_samples))  # a chunk never exceeds the split (HDF5 requires it)
     num_chunks = -(-num_samples // chunk_samples)
     if shard_samples is None:
         if num_chunks <= SHARD_WHEN_CHUNKS_ABOVE:
@@ -215,6 +216,14 @@ class FeatureStore(ABC):
             )
 
     # ------------------------------------------------------------------ writing
+    def set_extra(self, key: str, value: Any) -> None:
+        """Record free JSON under ``extra`` (not part of the provenance), e.g. skipped images."""
+        import dataclasses
+
+        self._require_writable()
+        self.meta = dataclasses.replace(self.meta, extra={**self.meta.extra, key: value})
+        self._write_meta_doc(self.meta_document())
+
     def add_split(
         self,
         spec: SplitSpec,

@@ -101,7 +101,10 @@ class HDF5FeatureStore(FeatureStore):
     ) -> None:
         import h5py
 
-        g = self._file.require_group("splits").create_group(spec.name)
+        parent = self._file.require_group("splits")
+        if spec.name in parent:  # left by a run killed inside add_split: the metadata does not list it
+            del parent[spec.name]
+        g = parent.create_group(spec.name)
         g.create_dataset("labels", data=labels.astype("<i8"))
         g.create_dataset("order", data=order.astype("<i8"))
         g.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))

@@ -108,7 +108,10 @@ class ZarrFeatureStore(FeatureStore):
     def _create_split_arrays(
         self, spec: SplitMeta, *, labels: np.ndarray, ids: Sequence[str], order: np.ndarray
     ) -> None:
-        g = self._group.require_group("splits").create_group(spec.name)
+        parent = self._group.require_group("splits")
+        if spec.name in parent:  # left by a run killed inside add_split: the metadata does not list it
+            del parent[spec.name]
+        g = parent.create_group(spec.name)
         n = spec.num_samples
         vec_chunk = (max(1, min(n, 1 << 20)),)
         g.create_array("labels", shape=(n,), chunks=vec_chunk, dtype="int64", compressors=None)[...] = labels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -417,3 +418,25 @@ def test_cache_layout_example_reads_a_store_without_epcache(tmp_path: Path) -> N
     np.testing.assert_allclose(ns["gap"], x[:, 0, 2:].astype(np.float32).mean(axis=1))
     with open_store(p) as st:
         assert list(ns["ids"]) == st.read_ids("val") and ns["y"].tolist() == st.read_labels("val").tolist()
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_small_split_default_chunks_and_half_created_split(tmp_path: Path, suffix: str) -> None:
+    """A split smaller than the default chunk works; a split group left by a crash is replaced."""
+    p = tmp_path / f"s{suffix}"
+    x = random_tokens(3, 1, "float16")
+    with create_store(p, make_meta(layers=(0,))) as st:
+        meta = st.add_split(make_spec(3, 1, name="val"))
+        assert meta.chunk_samples == 3 and meta.num_blocks == 1
+        fill(st, "val", {0: x})
+        st._create_split_arrays(  # simulate a kill after the arrays, before the metadata
+            dataclasses.replace(meta, name="train"), labels=np.zeros(3, np.int64), ids=["a", "b", "c"],
+            order=np.arange(3),
+        )
+    with open_store(p, "a") as st:
+        assert set(st.splits) == {"val"}
+        st.add_split(make_spec(5, 1, name="train"))
+        st.set_extra("skipped", {"train": ["bad.png"]})
+    with open_store(p) as st:
+        assert st.split("train").num_samples == 5 and st.meta.extra["skipped"] == {"train": ["bad.png"]}
+        np.testing.assert_array_equal(st.read_tokens("val", 0), x)

@@ -1,0 +1,31 @@
+"""Stage 1: run a frozen timm backbone once over a dataset and write per-layer tokens to a store.
+
+``extract(config)`` is what ``epcache extract`` calls; ``plan_extract(config)`` is its
+``--dry-run``; ``list_model_aliases()`` backs ``epcache models``.
+"""
+
+from epcache.extract._config import ExtractConfig as ExtractConfig
+from epcache.extract._config import ExtractPlan as ExtractPlan
+from epcache.extract._config import ExtractResult as ExtractResult
+from epcache.extract._config import SplitPlan as SplitPlan
+from epcache.extract._layers import parse_layers as parse_layers
+from epcache.extract._models import ModelAlias as ModelAlias
+from epcache.extract._models import ResolvedModel as ResolvedModel
+from epcache.extract._models import list_model_aliases as list_model_aliases
+from epcache.extract._models import resolve_model as resolve_model
+from epcache.extract._run import extract as extract
+from epcache.extract._run import plan_extract as plan_extract
+
+__all__ = [
+    "ExtractConfig",
+    "ExtractPlan",
+    "ExtractResult",
+    "ModelAlias",
+    "ResolvedModel",
+    "SplitPlan",
+    "extract",
+    "list_model_aliases",
+    "parse_layers",
+    "plan_extract",
+    "resolve_model",
+]

@@ -1,0 +1,236 @@
+"""What an extraction is asked to do (``ExtractConfig``), what it will do (``ExtractPlan``), and
+what it did (``ExtractResult``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from epcache.errors import ConfigError
+from epcache.store import TokenLayout
+
+__all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
+
+Dtype = Literal["float16", "bfloat16", "float32"]
+Amp = Literal["bf16", "fp16"]
+_DTYPES = ("float16", "bfloat16", "float32")
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+def _default_splits() -> dict[str, str]:
+    return {"train": "train", "val": "val"}
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """One extraction: a backbone over a dataset's splits into one store.
+
+    Fields that change the stored values (model, weights, layers, views, dtype, preprocessing,
+    seed, amp) enter the store's provenance; the rest (batch size, workers, device, chunking)
+    only change speed or files, so an interrupted run may resume with different values.
+    """
+
+    model: str  # alias from `epcache models` or any timm name (with or without .tag)
+    data: Path  # data root; every sample id is a path relative to it
+    out: Path | str  # store: a .zarr directory, an .h5 file, or an fsspec URL (zarr)
+    splits: Mapping[str, str] = field(default_factory=_default_splits)  # name -> subdir or CSV file
+    layers: str | None = None  # "all", "last", "last:4", "-4:", "0,5,11"; None: all (ViT) / last (convnet)
+    views: int = 0  # K augmented views per sample of the view_splits; view 0 is always the eval view
+    view_splits: tuple[str, ...] = ("train",)  # splits that get the K augmented views (others V=1)
+    dtype: Dtype = "float16"
+    format: Literal["zarr", "h5"] | None = None  # None: from the suffix of `out`
+    batch_size: int = 64  # samples per forward (the forward batch is batch_size x V images)
+    workers: int = 4  # DataLoader decoding processes; 0 decodes in the main process
+    weights: Path | None = None  # local checkpoint (.pth/.pt/.safetensors); else the HF cache
+    random_init: bool = False  # explicit random weights (never a silent fallback)
+    final_norm: bool = False  # apply the model's final norm to every layer (default: raw blocks)
+    img_size: int | None = None  # input resolution override (model and transform)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
+    amp: Amp | None = None  # autocast dtype for the forward (GPU); None: float32
+    seed: int = 0  # seeds the stored-row permutation, augmented views and random init
+    on_bad_image: Literal["error", "skip"] = "error"  # skip: leave unreadable images out of the split
+    resume: bool = False  # require an existing store and continue it
+    overwrite: bool = False  # replace an existing store
+    dry_run: bool = False  # plan only: print layers, shapes and bytes, write nothing
+    chunk_samples: int | None = None  # store chunking override (default: a few MB per chunk)
+    shard_samples: int | None = None  # zarr shard override (the write unit)
+    compressor: str | None = None  # "zstd[:level]", "blosc[:level]" or None
+    hf_cache_dir: Path | None = None  # Hugging Face hub cache; default from HF_HUB_CACHE / HF_HOME
+    max_pending_blocks: int = 2  # writer queue bound: blocks in flight to the disk
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ConfigError(f"amp {self.amp!r} is not one of bf16, fp16 (or None for float32)")
+        if self.on_bad_image not in ("error", "skip"):
+            raise ConfigError(f"on_bad_image {self.on_bad_image!r} must be 'error' or 'skip'")
+        if self.format not in (None, "zarr", "h5"):
+            raise ConfigError(f"format {self.format!r} must be zarr or h5")
+        if self.views < 0:
+            raise ConfigError(f"views must be >= 0 (augmented views per image), got {self.views}")
+        if self.batch_size < 1 or self.workers < 0 or self.max_pending_blocks < 1:
+            raise ConfigError("batch_size and max_pending_blocks must be >= 1 and workers >= 0")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError(f"img_size must be positive, got {self.img_size}")
+        if self.weights is not None and self.random_init:
+            raise ConfigError("--weights and --random-init exclude each other; pass one of them")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device {self.device!r} must be cpu, cuda or cuda:N")
+        unknown = sorted(set(self.view_splits) - set(self.splits))
+        if self.views and unknown:
+            raise ConfigError(
+                f"views={self.views} go to the splits {list(self.view_splits)}, but {unknown} are not among the "
+                f"splits {sorted(self.splits)}; set view_splits (--view-splits) to splits you extract"
+            )
+
+    @property
+    def effective_img_size(self) -> int | None:
+        """``img_size``, else an ``img_size`` given in ``model_kwargs``."""
+        if self.img_size is not None:
+            return self.img_size
+        v = self.model_kwargs.get("img_size")
+        return int(v) if isinstance(v, int) else None
+
+    def views_for(self, split: str) -> int:
+        """V of a split: 1 + K for view splits, 1 otherwise."""
+        return 1 + self.views if split in self.view_splits else 1
+
+
+@dataclass(frozen=True, slots=True)
+class SplitPlan:
+    """One split as it will be stored."""
+
+    name: str
+    source: str  # subdirectory or CSV file, relative to the data root
+    num_samples: int
+    views: int  # V
+    num_classes: int
+    bytes_per_layer: int
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """Everything decided before the first image is decoded (what `--dry-run` prints)."""
+
+    requested_model: str
+    model: str  # timm name with the tag of the weights
+    weights: str  # where the weights come from
+    num_model_layers: int
+    layers: tuple[int, ...]  # absolute indices
+    final_norm: bool
+    layout: TokenLayout
+    dim: int  # D
+    num_tokens: int  # T
+    dtype: Dtype
+    input_size: tuple[int, int, int]
+    splits: tuple[SplitPlan, ...]
+    out: str
+    format: str
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.bytes_per_layer for s in self.splits) * len(self.layers)
+
+    def format_text(self) -> str:
+        """Human-readable plan, one fact per line."""
+        lay = self.layout
+        prefix = f"{lay.num_prefix} prefix (CLS at {lay.cls_index}, {lay.num_registers} registers)"
+        lines = [
+            f"model      {self.model}  (from {self.requested_model!r}; weights: {self.weights})",
+            f"input      {self.input_size[1]}x{self.input_size[2]}",
+            f"layers     {_ranges(self.layers)} of 0..{self.num_model_layers - 1}"
+            f"{'  (final norm applied)' if self.final_norm else '  (raw block outputs)'}",
+            f"tokens     T={self.num_tokens}: {prefix} + {lay.grid[0]}x{lay.grid[1]} patches; D={self.dim}",
+            f"dtype      {self.dtype}",
+            f"store      {self.out} ({self.format})",
+        ]
+        for s in self.splits:
+            shape = f"[{s.num_samples}, {s.views}, {self.num_tokens}, {self.dim}]"
+            lines.append(
+                f"split      {s.name:<8} {s.source!r}: {s.num_samples} samples, {s.num_classes} classes, "
+                f"{shape} per layer = {_human(s.bytes_per_layer)} x {len(self.layers)} layers "
+                f"= {_human(s.bytes_per_layer * len(self.layers))}"
+            )
+        lines.append(f"total      {_human(self.total_bytes)}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What a call to ``extract`` did."""
+
+    status: Literal["complete", "already-complete", "dry-run"]
+    store: str
+    plan: ExtractPlan
+    provenance: str | None = None  # the store's provenance key (None for a dry run)
+    resumed: bool = False  # True when the store existed and only missing blocks were extracted
+    samples: Mapping[str, int] = field(default_factory=dict)  # samples forwarded in this call, per split
+    blocks_written: int = 0
+    seconds: float = 0.0  # wall time of the extraction loop
+    writer_wait_s: float = 0.0  # time compute waited for the disk (should be ~0)
+    skipped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # unreadable images left out
+    dropped_keys: tuple[str, ...] = ()  # checkpoint keys not loaded (classifier, decoder)
+    missing_unused: tuple[str, ...] = ()  # final-norm keys absent from the checkpoint, unused
+
+    @property
+    def images_per_s(self) -> float:
+        n = sum(self.samples.values())
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+    def format_text(self) -> str:
+        """One-paragraph summary for the CLI."""
+        if self.status == "dry-run":
+            return self.plan.format_text() + "\n(dry run: nothing written)"
+        if self.status == "already-complete":
+            return (
+                f"{self.store} is already complete for this configuration (provenance {self.provenance}); nothing to do"
+            )
+        n = sum(self.samples.values())
+        verb = "resumed and completed" if self.resumed else "extracted"
+        lines = [
+            f"{verb} {self.store}: {n} samples in {self.seconds:.1f} s ({self.images_per_s:.1f} samples/s), "
+            f"{self.blocks_written} blocks; writer stall {self.writer_wait_s:.1f} s",
+            f"provenance {self.provenance}",
+        ]
+        for split, ids in self.skipped.items():
+            if ids:
+                lines.append(f"skipped {len(ids)} unreadable images in {split!r} (listed in the store's extra/skipped)")
+        if self.dropped_keys:
+            keys = ", ".join(self.dropped_keys[:4])
+            lines.append(f"checkpoint keys not loaded: {len(self.dropped_keys)} (e.g. {keys})")
+        if self.missing_unused:
+            lines.append(f"checkpoint lacks {', '.join(self.missing_unused)} (final norm, not applied)")
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _ranges(layers: tuple[int, ...]) -> str:
+    """(0, 1, 2, 5) -> "0-2,5"."""
+    out: list[str] = []
+    start = prev = layers[0]
+    for i in (*layers[1:], None):
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(out)
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a store dtype (for the plan's size estimate)."""
+    return _ITEMSIZE[dtype]

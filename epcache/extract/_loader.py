@@ -1,0 +1,153 @@
+"""Decoding in DataLoader workers: one item = one sample's V views, or a decode failure.
+
+A worker never raises for a bad image: it returns a flag and the reason, and the main process
+raises ``BadImageError`` naming the file. (An exception raised inside a worker reaches the
+user re-wrapped with the worker's traceback text in the message.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from epcache.extract._transforms import ViewAugment, view_rng
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+__all__ = ["Batch", "ViewDataset", "decode_image", "find_unreadable", "make_loader"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A collated batch of samples in the order they were requested."""
+
+    indices: list[int]  # dataset indices
+    images: torch.Tensor  # (B, V, 3, H, W) float32; zeros where decoding failed
+    errors: list[str]  # "" where decoding succeeded, else the reason
+
+    def pin_memory(self) -> Batch:
+        """Called by the DataLoader's pinning thread (pin_memory=True) so host-to-GPU copies are async."""
+        return Batch(self.indices, self.images.pin_memory(), self.errors)
+
+
+def decode_image(path: Path) -> Image.Image:
+    """Open and fully decode an image as RGB (lazy PIL decoding would defer the failure)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+class ViewDataset:
+    """Map-style dataset: dataset index -> (index, views (V, 3, H, W), error)."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        *,
+        split: str,
+        eval_transform: Callable[[Image.Image], torch.Tensor],
+        input_size: tuple[int, int, int],
+        views: int,
+        augment: ViewAugment | None,
+        seed: int,
+    ) -> None:
+        if views > 1 and augment is None:
+            raise ValueError("views > 1 needs an augmentation recipe")
+        self.paths = list(paths)
+        self.split = split
+        self.eval_transform = eval_transform
+        self.input_size = input_size
+        self.views = views
+        self.augment = augment
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
+        import torch
+
+        try:
+            img = decode_image(self.paths[index])
+            out = [self.eval_transform(img)]
+            for v in range(1, self.views):
+                assert self.augment is not None
+                out.append(self.augment(img, view_rng(self.seed, self.split, index, v)))
+            return index, torch.stack(out), ""
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated, ...
+            reason = f"{type(e).__name__}: {e}"
+            return index, torch.zeros((self.views, *self.input_size)), reason
+
+
+def make_loader(
+    dataset: ViewDataset, batches: Sequence[Sequence[int]], *, workers: int, pin_memory: bool
+) -> torch.utils.data.DataLoader[Batch]:
+    """A loader yielding ``Batch`` objects for exactly ``batches`` (lists of dataset indices), in order."""
+    import torch.utils.data
+
+    return torch.utils.data.DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_sampler=[list(b) for b in batches],
+        num_workers=workers,
+        pin_memory=pin_memory,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def find_unreadable(
+    paths: Sequence[Path], *, workers: int, progress: bool = False, desc: str = "check"
+) -> dict[int, str]:
+    """Decode every image once (in workers) and return ``{index: reason}`` for those that fail.
+
+    Used by ``on_bad_image="skip"`` before the store exists, so that unreadable images are left
+    out of the split instead of being stored as rows of zeros that a probe would train on.
+    """
+    import torch.utils.data
+    from tqdm.auto import tqdm
+
+    loader = torch.utils.data.DataLoader(
+        _DecodeCheck(paths),  # type: ignore[arg-type]
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=list,
+    )
+    bad: dict[int, str] = {}
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for items in loader:
+            bad.update((i, reason) for i, reason in items if reason)
+            bar.update(len(items))
+    return bad
+
+
+def _collate(items: list[tuple[int, torch.Tensor, str]]) -> Batch:
+    import torch
+
+    return Batch(
+        indices=[i for i, _, _ in items],
+        images=torch.stack([x for _, x, _ in items]),
+        errors=[e for _, _, e in items],
+    )
+
+
+class _DecodeCheck:
+    """Dataset that only decodes: index -> (index, "" or the reason it failed)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, str]:
+        try:
+            decode_image(self.paths[index])
+        except (OSError, ValueError, SyntaxError) as e:
+            return index, f"{type(e).__name__}: {e}"
+        return index, ""

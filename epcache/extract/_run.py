@@ -1,0 +1,564 @@
+"""``extract()``: plan, check everything a user can get wrong, then run the backbone once per image.
+
+Order of work, chosen so that user errors never leave a store behind and a crash never leaves
+one that looks complete:
+
+1. plan (no weights, no pixels): resolve the model, locate the weights, resolve layers and
+   token layout with a shape-only forward on the ``meta`` device, list the splits;
+2. load the weights; validate images if unreadable ones are to be skipped;
+3. open the existing store (same provenance: continue; different: refuse) or create it;
+4. per split, per missing write-block in stored order: decode in workers, forward all layers
+   at once, accumulate the block, hand it to the background writer, which records it written
+   only after it is durable. Resuming redoes exactly the blocks not recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import epcache
+from epcache.errors import (
+    BadImageError,
+    ConfigError,
+    NonFiniteFeaturesError,
+    ProvenanceMismatchError,
+    StoreNotFoundError,
+)
+from epcache.extract._backbone import LoadReport, build_meta_model, load_backbone
+from epcache.extract._config import ExtractConfig, ExtractPlan, ExtractResult, SplitPlan, itemsize
+from epcache.extract._forward import ModelGeometry, TokenExtractor, inspect_model
+from epcache.extract._loader import ViewDataset, find_unreadable, make_loader
+from epcache.extract._models import resolve_model
+from epcache.extract._sources import SplitSource, scan_splits
+from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
+from epcache.extract._weights import WeightsSource, locate_weights
+from epcache.store import (
+    BackboneMeta,
+    FeatureStore,
+    SplitSpec,
+    StoreMeta,
+    compute_provenance,
+    create_store,
+    detect_format,
+    from_torch,
+    open_store,
+    split_fingerprint,
+)
+
+__all__ = ["extract", "plan_extract"]
+
+_NP_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+
+
+def plan_extract(config: ExtractConfig) -> ExtractPlan:
+    """Resolve model, weights source, layers, token layout, splits and sizes; load and write nothing.
+
+    Raises:
+        ModelError: unknown model.
+        WeightsError: no weights found (and no explicit random init).
+        UnknownLayerError: a layer outside the model.
+        ConfigError: missing data root, empty split, malformed CSV, incompatible convnet stages.
+    """
+    return _prepare(config).plan
+
+
+def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
+    """Run the backbone once over every split and write the requested layers to the store.
+
+    Re-running the same configuration into an existing store continues it (only blocks not yet
+    recorded as written are extracted, with the same bytes an uninterrupted run writes); a
+    complete store is left as it is (``status == "already-complete"``).
+
+    Args:
+        config: what to extract and where.
+        progress: show a tqdm bar with samples/s and ETA per split.
+
+    Raises:
+        ModelError, WeightsError, UnknownLayerError, ConfigError: before any store is created.
+        ProvenanceMismatchError: the store exists and was made by a different configuration.
+        StoreExistsError: something that is not a store is at ``config.out``.
+        StoreNotFoundError: ``resume=True`` but there is no store to resume.
+        BadImageError: an unreadable image (with ``on_bad_image="error"``); the store stays
+            incomplete and a re-run continues it.
+        NonFiniteFeaturesError: inf/nan tokens (float16 overflow, typically).
+    """
+    prep = _prepare(config)
+    if config.dry_run:
+        return ExtractResult(status="dry-run", store=str(config.out), plan=prep.plan)
+    import torch
+
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {config.device!r} requested but torch sees no CUDA device; use --device cpu")
+    model, report = load_backbone(
+        prep.source,
+        model_kwargs=config.model_kwargs,
+        img_size=config.effective_img_size,
+        final_norm=config.final_norm,
+        seed=config.seed,
+    )
+    model.to(config.device)
+    meta = _store_meta(prep, report)
+    store, resumed, skipped = _open_or_create(config, prep, meta, progress=progress)
+    with store:
+        work = {name: store.missing_blocks(name) for name in prep.sources}
+        if resumed and not any(work.values()):
+            return ExtractResult(
+                status="already-complete",
+                store=str(config.out),
+                plan=prep.plan,
+                provenance=store.provenance,
+                resumed=True,
+                skipped=skipped,
+                dropped_keys=report.dropped_keys,
+                missing_unused=report.missing_unused,
+            )
+        extractor = TokenExtractor(model, prep.geometry, final_norm=config.final_norm)
+        t0 = time.perf_counter()
+        samples: dict[str, int] = {}
+        blocks = 0
+        wait_s = 0.0
+        for name, missing in work.items():
+            if not missing:
+                continue
+            n, b, w = _extract_split(
+                store, prep, prep.sources_in_store[name], name, missing, extractor, progress=progress
+            )
+            samples[name], blocks, wait_s = n, blocks + b, wait_s + w
+        seconds = time.perf_counter() - t0
+        return ExtractResult(
+            status="complete",
+            store=str(config.out),
+            plan=prep.plan,
+            provenance=store.provenance,
+            resumed=resumed,
+            samples=samples,
+            blocks_written=blocks,
+            seconds=seconds,
+            writer_wait_s=wait_s,
+            skipped=skipped,
+            dropped_keys=report.dropped_keys,
+            missing_unused=report.missing_unused,
+        )
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Prepared:
+    """Everything resolved before weights are loaded (mutable: skip validation narrows splits)."""
+
+    config: ExtractConfig
+    source: WeightsSource
+    geometry: ModelGeometry
+    data_config: dict[str, Any]
+    eval_transform: Any
+    augment: ViewAugment | None
+    sources: dict[str, SplitSource]  # as listed
+    sources_in_store: dict[str, SplitSource]  # as stored (unreadable images left out when skipping)
+    plan: ExtractPlan
+
+
+def _prepare(config: ExtractConfig) -> _Prepared:
+    try:
+        json.dumps(dict(config.model_kwargs))
+    except (TypeError, ValueError):
+        raise ConfigError(f"model_kwargs {dict(config.model_kwargs)} must be JSON values (they are recorded)") from None
+    resolved = resolve_model(config.model)
+    source = locate_weights(
+        resolved.timm_name,
+        weights=config.weights,
+        random_init=config.random_init,
+        timm_weights=resolved.alias.timm_weights if resolved.alias else True,
+        cache_dir=config.hf_cache_dir,
+    )
+    img_size = config.effective_img_size
+    meta_model = build_meta_model(source.timm_name, model_kwargs=config.model_kwargs, img_size=img_size)
+    data_config = resolve_data_config(meta_model, img_size=img_size)
+    c, h, w = (int(v) for v in data_config["input_size"])
+    input_size = (c, h, w)
+    geometry = inspect_model(meta_model, layers_spec=config.layers, input_size=input_size, name=source.timm_name)
+    if (
+        config.final_norm
+        and geometry.kind == "tokens"
+        and type(getattr(meta_model, "norm", None)).__name__ == "Identity"
+    ):
+        raise ConfigError(
+            f"{source.timm_name} has no final norm on its tokens (it normalises the pooled vector, fc_norm), "
+            "so --final-norm would store raw block outputs under a false label; drop --final-norm"
+        )
+    sources = scan_splits(Path(config.data), config.splits)
+    augment = (
+        ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+        if config.views
+        else None
+    )
+    T, D = geometry.layout.num_tokens, geometry.dim
+    split_plans = tuple(
+        SplitPlan(
+            name=name,
+            source=src.source,
+            num_samples=len(src),
+            views=config.views_for(name),
+            num_classes=len(src.classes),
+            bytes_per_layer=len(src) * config.views_for(name) * T * D * itemsize(config.dtype),
+        )
+        for name, src in sources.items()
+    )
+    plan = ExtractPlan(
+        requested_model=config.model,
+        model=source.timm_name,
+        weights=source.describe(),
+        num_model_layers=geometry.num_layers,
+        layers=geometry.layers,
+        final_norm=config.final_norm,
+        layout=geometry.layout,
+        dim=D,
+        num_tokens=T,
+        dtype=config.dtype,
+        input_size=input_size,
+        splits=split_plans,
+        out=str(config.out),
+        format=detect_format(str(config.out), config.format),
+    )
+    return _Prepared(
+        config=config,
+        source=source,
+        geometry=geometry,
+        data_config=data_config,
+        eval_transform=create_eval_transform(data_config),
+        augment=augment,
+        sources=sources,
+        sources_in_store=dict(sources),
+        plan=plan,
+    )
+
+
+def _store_meta(prep: _Prepared, report: LoadReport) -> StoreMeta:
+    """The store-level metadata. Everything that changes token values goes into a provenance field
+    (backbone, layout, layers, dtype, preprocessing, views, dataset); ``extra`` is informational."""
+    import timm
+    import torch
+
+    cfg = prep.config
+    g = prep.geometry
+    return StoreMeta(
+        backbone=BackboneMeta(
+            name=report.name,
+            source=report.source.kind,
+            timm_version=timm.__version__,
+            weights_sha256=report.sha256,
+            weights_file=report.source.path.name if report.source.path is not None else None,
+            num_blocks=g.num_layers,
+        ),
+        layout=g.layout,
+        layers=g.layers,
+        final_norm=cfg.final_norm,
+        dtype=cfg.dtype,
+        dim=g.dim,
+        num_tokens=g.layout.num_tokens,
+        preprocessing={
+            "data_config": prep.data_config,
+            "eval_transform": [repr(t) for t in getattr(prep.eval_transform, "transforms", [prep.eval_transform])],
+            "model_kwargs": dict(cfg.model_kwargs),
+            "img_size": cfg.effective_img_size,
+            "amp": cfg.amp,
+            "token_source": f"forward_intermediates ({g.kind}); "
+            + ("prefix tokens then patches" if g.kind == "tokens" else "NCHW flattened row-major"),
+        },
+        views={
+            "augmented": cfg.views,
+            "seed": cfg.seed,
+            "splits": sorted(cfg.view_splits) if cfg.views else [],
+            "recipe": prep.augment.to_json() if prep.augment is not None else None,
+        },
+        dataset={  # per-split content is fingerprinted per split, so splits can be added later
+            "kind": next(iter(prep.sources.values())).kind,
+            "name": Path(cfg.data).expanduser().resolve().name,
+        },
+        extra={
+            "epcache_version": epcache.__version__,
+            "torch_version": torch.__version__,
+            "device": cfg.device,
+            "on_bad_image": cfg.on_bad_image,
+            "weights_dropped_keys": list(report.dropped_keys),
+            "weights_missing_unused": list(report.missing_unused),
+            "split_sources": {name: src.source for name, src in prep.sources.items()},
+            "skipped": {},
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------- store
+
+
+def _split_spec(prep: _Prepared, name: str, src: SplitSource) -> SplitSpec:
+    return SplitSpec(
+        name=name,
+        labels=src.labels,
+        ids=list(src.ids),
+        classes=list(src.classes),
+        views=prep.config.views_for(name),
+        permutation_seed=prep.config.seed,
+    )
+
+
+def _skip_unreadable(prep: _Prepared, names: list[str], *, progress: bool) -> dict[str, tuple[str, ...]]:
+    """With on_bad_image="skip": decode every image of ``names`` once; leave failures out."""
+    skipped: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        src = prep.sources[name]
+        paths = [src.path(i) for i in range(len(src))]
+        bad = find_unreadable(paths, workers=prep.config.workers, progress=progress, desc=f"check {name}")
+        ids = tuple(src.ids[i] for i in sorted(bad))
+        if len(ids) == len(src):
+            raise ConfigError(f"split {name!r}: none of its {len(src)} images can be decoded (e.g. {bad[0]})")
+        prep.sources_in_store[name] = src.without(set(ids))
+        skipped[name] = ids
+    return skipped
+
+
+def _open_or_create(
+    config: ExtractConfig, prep: _Prepared, meta: StoreMeta, *, progress: bool
+) -> tuple[FeatureStore, bool, dict[str, tuple[str, ...]]]:
+    """Continue the store at ``config.out`` if it has the same provenance, else create it."""
+    loc = str(config.out)
+    existing: FeatureStore | None = None
+    if not config.overwrite:
+        try:
+            existing = open_store(loc, "a")
+        except StoreNotFoundError:
+            if config.resume:
+                raise StoreNotFoundError(
+                    f"--resume: there is no store at {loc} to resume; drop --resume to start a new extraction"
+                ) from None
+    if existing is None:
+        skipped = _skip_unreadable(prep, list(prep.sources), progress=progress) if config.on_bad_image == "skip" else {}
+        meta = dataclasses.replace(
+            meta,
+            extra={**meta.extra, "skipped": {k: list(v) for k, v in skipped.items() if v}},
+        )
+        store = create_store(loc, meta, format=config.format, overwrite=config.overwrite, compressor=config.compressor)
+        try:
+            for name, src in prep.sources_in_store.items():
+                store.add_split(
+                    _split_spec(prep, name, src),
+                    chunk_samples=config.chunk_samples,
+                    shard_samples=config.shard_samples,
+                )
+        except BaseException:
+            store.close()
+            raise
+        return store, False, skipped
+    try:
+        skipped = _check_same_provenance(existing, prep, meta, progress=progress)
+    except BaseException:
+        existing.close()
+        raise
+    return existing, True, skipped
+
+
+def _check_same_provenance(
+    store: FeatureStore, prep: _Prepared, meta: StoreMeta, *, progress: bool
+) -> dict[str, tuple[str, ...]]:
+    """Refuse a store made by another configuration; add the splits it does not have yet."""
+    loc = store.location
+    if compute_provenance(meta, {}) != compute_provenance(store.meta, {}):
+        ours, theirs = _provenance_doc(meta), _provenance_doc(store.meta)
+        diff = [k for k in sorted(ours) if ours[k] != theirs.get(k)]
+        detail = "; ".join(f"{k}: store has {_short(theirs.get(k))}, this run {_short(ours[k])}" for k in diff[:4])
+        raise ProvenanceMismatchError(
+            f"{loc} was extracted with a different configuration ({detail}). Pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+    recorded = store.meta.extra.get("skipped", {}) if isinstance(store.meta.extra.get("skipped"), dict) else {}
+    skipped: dict[str, tuple[str, ...]] = {}
+    new_splits = [name for name in prep.sources if name not in store.splits]
+    for name in prep.sources:
+        if name not in store.splits:
+            continue
+        drop = tuple(recorded.get(name, ()))  # what the first run skipped; not decoded again
+        src = prep.sources[name].without(set(drop))
+        prep.sources_in_store[name] = src
+        skipped[name] = drop
+        have = store.splits[name]
+        spec = _split_spec(prep, name, src)
+        ids_sha, labels_sha = split_fingerprint(spec)
+        ours = {
+            "num_samples": len(src),
+            "views": spec.views,
+            "classes": tuple(spec.classes),
+            "permutation_seed": spec.permutation_seed,
+            "ids_sha256": ids_sha,
+            "labels_sha256": labels_sha,
+        }
+        theirs = {k: getattr(have, k) for k in ours}
+        if ours != theirs:
+            diff = [k for k in ours if ours[k] != theirs[k]]
+            raise ProvenanceMismatchError(
+                f"{loc}: split {name!r} was extracted from different data or settings (differs in "
+                f"{', '.join(diff)}: the images, labels, views or seed changed). Pass --overwrite to "
+                "re-extract, or choose another --out"
+            )
+    if new_splits:
+        if prep.config.on_bad_image == "skip":
+            skipped.update(_skip_unreadable(prep, new_splits, progress=progress))
+        for name in new_splits:
+            store.add_split(
+                _split_spec(prep, name, prep.sources_in_store[name]),
+                chunk_samples=prep.config.chunk_samples,
+                shard_samples=prep.config.shard_samples,
+            )
+    return skipped
+
+
+def _provenance_doc(meta: StoreMeta) -> dict[str, Any]:
+    doc = meta.to_json()
+    doc.pop("extra")
+    doc["backbone"] = {k: v for k, v in doc["backbone"].items() if k not in ("source", "weights_file")}
+    return doc
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------- extraction
+
+
+def _extract_split(
+    store: FeatureStore,
+    prep: _Prepared,
+    src: SplitSource,
+    split: str,
+    blocks: list[int],
+    extractor: TokenExtractor,
+    *,
+    progress: bool,
+) -> tuple[int, int, float]:
+    """Extract the given write-blocks of one split; returns (samples, blocks, writer wait seconds)."""
+    from epcache.extract._writer import BlockWriter
+
+    cfg = prep.config
+    order = store.read_order(split)
+    batches: list[list[int]] = []
+    slots: list[tuple[int, int, int, int]] = []  # (block, offset in block, n, block length)
+    for b in blocks:
+        start, stop = store.block_range(split, b)
+        for off in range(0, stop - start, cfg.batch_size):
+            n = min(cfg.batch_size, stop - start - off)
+            batches.append(order[start + off : start + off + n].tolist())
+            slots.append((b, off, n, stop - start))
+    dataset = ViewDataset(
+        [src.path(i) for i in range(len(src))],
+        split=split,
+        eval_transform=prep.eval_transform,
+        input_size=prep.plan.input_size,
+        views=cfg.views_for(split),
+        augment=prep.augment,
+        seed=cfg.seed,
+    )
+    loader = make_loader(dataset, batches, workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"))
+    total = sum(n for _, _, n, _ in slots)
+    batch_iter = iter(loader)  # workers fork here, before the writer thread exists
+    writer = BlockWriter(store, max_pending=cfg.max_pending_blocks)
+    try:
+        with _progress_bar(total, split, enabled=progress) as bar:
+            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()  # blocks already queued are complete and correct: let them land
+        raise
+    stats = writer.close()
+    return total, stats.blocks, stats.wait_s
+
+
+def _run_batches(
+    prep: _Prepared,
+    src: SplitSource,
+    split: str,
+    slots: list[tuple[int, int, int, int]],
+    batch_iter: Iterator[Any],
+    extractor: TokenExtractor,
+    writer: Any,
+    bar: Any,
+) -> None:
+    import torch
+
+    cfg = prep.config
+    g = prep.geometry
+    V, T, D = cfg.views_for(split), g.layout.num_tokens, g.dim
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+    np_dtype = _numpy_dtype(cfg.dtype)
+    acc: dict[int, np.ndarray] | None = None
+    for (block, off, n, length), batch in zip(slots, batch_iter, strict=True):
+        if any(batch.errors):
+            k = next(i for i, e in enumerate(batch.errors) if e)
+            raise BadImageError(
+                f"cannot decode {src.path(batch.indices[k])} (split {split!r}): {batch.errors[k]}. "
+                "Fix or remove the file, or pass --on-bad-image skip to leave unreadable images out"
+            )
+        x = batch.images.to(cfg.device, non_blocking=True).flatten(0, 1)  # (B*V, 3, H, W)
+        with torch.inference_mode(), _autocast(cfg):
+            outs = extractor(x)
+        if acc is None:
+            acc = {layer: np.empty((length, V, T, D), np_dtype) for layer in g.layers}
+        for layer, t in zip(g.layers, outs, strict=True):
+            t = t.to(torch_dtype)
+            if not bool(torch.isfinite(t).all()):
+                _raise_non_finite(cfg, src, split, layer, batch.indices)
+            acc[layer][off : off + n] = from_torch(t.reshape(n, V, T, D).cpu())
+        if off + n == length:
+            writer.submit(split, block, acc)
+            acc = None
+        bar.update(n)
+
+
+def _numpy_dtype(dtype: str) -> np.dtype:
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return _NP_DTYPES[dtype]
+
+
+def _autocast(cfg: ExtractConfig) -> contextlib.AbstractContextManager[Any]:
+    if cfg.amp is None:
+        return contextlib.nullcontext()
+    import torch
+
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=cfg.device.split(":")[0], dtype=dtype)
+
+
+def _raise_non_finite(cfg: ExtractConfig, src: SplitSource, split: str, layer: int, indices: list[int]) -> None:
+    hint = (
+        "float16 overflows above 65504: re-run with --dtype bfloat16 or --dtype float32"
+        if cfg.dtype == "float16"
+        else "the backbone itself produced inf/nan: check the weights" + (", or drop --amp" if cfg.amp else "")
+    )
+    raise NonFiniteFeaturesError(
+        f"layer {layer} produced non-finite tokens (inf/nan) in split {split!r} for a batch starting at "
+        f"{src.ids[indices[0]]}; {hint}"
+    )
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, split: str, *, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=f"extract {split}", unit="img", disable=not enabled, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,192 @@
+"""Image sources: ImageFolder split directories or ``path,label`` CSV files under one data root.
+
+Every split is listed in a deterministic order (sorted sample ids) and each sample id is its
+path relative to the data root in POSIX form: the id is what the store records, so it must
+not depend on the machine, the working directory or the listing order of the file system.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+
+from epcache.errors import ConfigError
+
+__all__ = ["IMAGE_EXTENSIONS", "SplitSource", "scan_splits"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """One split's samples in dataset order (sorted by id)."""
+
+    name: str
+    kind: Literal["imagefolder", "csv"]
+    source: str  # as given: a subdirectory or a CSV file, relative to the data root
+    ids: tuple[str, ...]  # path relative to the data root, POSIX
+    labels: np.ndarray  # int64 [N]
+    classes: tuple[str, ...]  # class names; label i is classes[i]
+    root: Path  # data root (resolved), the base of every id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def path(self, index: int) -> Path:
+        return self.root / self.ids[index]
+
+    def without(self, drop: set[str]) -> SplitSource:
+        """The split minus the given ids (images skipped as unreadable)."""
+        keep = [i for i, sid in enumerate(self.ids) if sid not in drop]
+        return SplitSource(
+            self.name,
+            self.kind,
+            self.source,
+            tuple(self.ids[i] for i in keep),
+            self.labels[keep],
+            self.classes,
+            self.root,
+        )
+
+
+def scan_splits(root: Path, splits: Mapping[str, str]) -> dict[str, SplitSource]:
+    """List every split. A value ending in ``.csv`` is a CSV file, anything else a subdirectory.
+
+    ImageFolder splits share one class list, the sorted union of their class folders, so a
+    label means the same class in every split. CSV labels are integers; class names are their
+    decimal strings.
+
+    Raises:
+        ConfigError: missing root or split source, an empty split, CSV rows that are malformed
+            or point outside the root, or ImageFolder and CSV splits mixed in one store.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data root {root} does not exist or is not a directory")
+    if not splits:
+        raise ConfigError("no splits given; pass e.g. --split train=train --split val=val")
+    root = root.resolve()
+    kinds = {name: ("csv" if src.lower().endswith(".csv") else "imagefolder") for name, src in splits.items()}
+    if len(set(kinds.values())) > 1:
+        raise ConfigError(
+            f"splits mix ImageFolder directories and CSV files ({dict(splits)}); labels would not share "
+            "one class list. Use one kind for every split of a store"
+        )
+    if "imagefolder" in kinds.values():
+        listed = {name: _list_imagefolder(root, name, src) for name, src in splits.items()}
+        classes = tuple(sorted({c for files in listed.values() for c in files}))
+        index = {c: i for i, c in enumerate(classes)}
+        out = {}
+        for name, files in listed.items():
+            pairs = sorted((sid, index[c]) for c, ids in files.items() for sid in ids)
+            out[name] = _make(root, name, "imagefolder", splits[name], pairs, classes)
+        return out
+    rows = {name: _read_csv(root, name, src) for name, src in splits.items()}
+    num_classes = 1 + max(label for pairs in rows.values() for _, label in pairs)
+    classes = tuple(str(i) for i in range(num_classes))
+    return {name: _make(root, name, "csv", splits[name], sorted(pairs), classes) for name, pairs in rows.items()}
+
+
+def _make(
+    root: Path,
+    name: str,
+    kind: Literal["imagefolder", "csv"],
+    source: str,
+    pairs: list[tuple[str, int]],
+    classes: tuple[str, ...],
+) -> SplitSource:
+    ids = tuple(sid for sid, _ in pairs)
+    labels = np.asarray([label for _, label in pairs], dtype=np.int64)
+    return SplitSource(name, kind, source, ids, labels, classes, root)
+
+
+def _split_dir(root: Path, name: str, src: str) -> tuple[Path, PurePosixPath]:
+    """The split directory and its logical path relative to the root (the prefix of its ids)."""
+    rel = PurePosixPath(src.replace("\\", "/"))
+    if rel.is_absolute() or Path(src).is_absolute() or ".." in rel.parts:
+        raise ConfigError(f"split {name!r}: {src!r} must be a subdirectory of the data root {root} (relative, no '..')")
+    d = root / Path(*rel.parts)
+    if not d.is_dir():
+        raise ConfigError(f"split {name!r}: directory {d} does not exist (data root {root})")
+    return d, rel
+
+
+def _list_imagefolder(root: Path, name: str, src: str) -> dict[str, list[str]]:
+    """class name -> sample ids; class folders are the split directory's subdirectories.
+
+    Symlinks inside an ImageFolder are followed (datasets are often assembled from links to a
+    shared pool); ids are the logical paths under the root, not the link targets.
+    """
+    d, rel = _split_dir(root, name, src)
+    files: dict[str, list[str]] = {}
+    for cls_dir in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        ids = []
+        for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=True):
+            dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+            sub = Path(dirpath).relative_to(cls_dir)
+            for fn in filenames:
+                if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
+                    ids.append((rel / cls_dir.name / PurePosixPath(*sub.parts) / fn).as_posix())
+        files[cls_dir.name] = ids
+    if not any(files.values()):
+        raise ConfigError(
+            f"split {name!r}: no images under {d} (ImageFolder layout: {src}/<class>/<image>, "
+            f"extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return files
+
+
+def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
+    csv_path = Path(src) if Path(src).is_absolute() else root / src
+    if not csv_path.is_file():
+        raise ConfigError(f"split {name!r}: CSV file {csv_path} does not exist")
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows and not _is_int(rows[0][-1].strip() if rows[0] else ""):
+        rows = rows[1:]  # header
+    if not rows:
+        raise ConfigError(f"split {name!r}: CSV file {csv_path} has no rows (expected `path,label` lines)")
+    pairs: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for lineno, row in enumerate(rows, start=1):
+        where = f"split {name!r}: {csv_path} row {lineno}"
+        if len(row) != 2 or not _is_int(row[1].strip()):
+            raise ConfigError(f"{where}: expected `path,label` with an integer label, got {row}")
+        rel, label = row[0].strip(), int(row[1])
+        if label < 0:
+            raise ConfigError(f"{where}: label {label} is negative; labels are 0..C-1")
+        sid = _safe_relative(root, rel, where)
+        if sid in seen:
+            raise ConfigError(f"{where}: {sid} is listed twice")
+        seen.add(sid)
+        pairs.append((sid, label))
+    return pairs
+
+
+def _safe_relative(root: Path, rel: str, where: str) -> str:
+    """A CSV path as a sample id, refusing anything that resolves outside the data root."""
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if p.is_absolute() or Path(rel).is_absolute():
+        raise ConfigError(f"{where}: {rel!r} is absolute; CSV paths are relative to the data root {root}")
+    if ".." in p.parts:
+        raise ConfigError(f"{where}: {rel!r} climbs out with '..'; CSV paths must stay under {root}")
+    full = root / Path(*p.parts)
+    if not full.resolve().is_relative_to(root):
+        raise ConfigError(f"{where}: {rel!r} is a symlink that leads outside the data root {root}")
+    if not full.is_file():
+        raise ConfigError(f"{where}: image {full} does not exist")
+    return p.as_posix()
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
