@@ -139,6 +139,111 @@ def _splits(items: list[str] | None) -> dict[str, str]:
 
 
 @app.command()
+def probe(
+    store: Annotated[str, typer.Option(help="Feature store to train from (train split; eval split too by default).")],
+    head: Annotated[str, typer.Option(help="Head kinds/specs, comma-separated: linear, ep, mhca, jepa, ...")] = "ep",
+    queries: Annotated[str | None, typer.Option(help="EP queries M, comma list (default 32).")] = None,
+    d_out: Annotated[str | None, typer.Option("--d-out", help="EP width divisors, comma list (default 1).")] = None,
+    num_heads: Annotated[str | None, typer.Option(help="Attention heads of MHCA-style poolers, comma list.")] = None,
+    layer: Annotated[str | None, typer.Option(help="One block index (alias of --layers).")] = None,
+    layers: Annotated[str, typer.Option(help="Block indices, comma list, or all / last.")] = "last",
+    tokens: Annotated[
+        str | None, typer.Option(help="cls, gap, cls+gap (linear) / patch, all (attentive); comma list.")
+    ] = None,
+    lr: Annotated[str | None, typer.Option(help="Absolute peak learning rates, comma list (overrides --blr).")] = None,
+    blr: Annotated[str, typer.Option(help="Base lr: lr = blr x batch / 256 (EP paper: 0.1).")] = "0.1",
+    wd: Annotated[str, typer.Option(help="Weight decays, comma list.")] = "0",
+    optimizer: Annotated[str, typer.Option(help="lars (paper), adamw or sgd; comma list.")] = "lars",
+    seeds: Annotated[str, typer.Option(help="Head-init seeds, comma list (mean and std are reported).")] = "0",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 90,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up epochs, then cosine to 0.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 4096,
+    holdout: Annotated[float, typer.Option(help="Stratified fraction of train that selects epoch and config.")] = 0.1,
+    shots: Annotated[int | None, typer.Option(help="Low-shot: K training samples per class.")] = None,
+    fraction: Annotated[float | None, typer.Option(help="Low-shot: this fraction of each class.")] = None,
+    train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    eval_split: Annotated[str, typer.Option(help="Split to report.")] = "val",
+    eval_store: Annotated[str | None, typer.Option(help="Another store holding the eval split.")] = None,
+    grid: Annotated[str | None, typer.Option(help="TOML sweep file (overrides these options).")] = None,
+    out: Annotated[str | None, typer.Option(help="Run directory: results.jsonl, heads/, checkpoints.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    in_memory: Annotated[bool, typer.Option(help="Load the selected tokens once instead of streaming.")] = False,
+    allow_incomplete: Annotated[bool, typer.Option(help="Train on the written part of an incomplete store.")] = False,
+    data_seed: Annotated[int, typer.Option(help="Seeds holdout, low-shot subset, batch order and views.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
+    from epcache.probe import ProbeConfig
+    from epcache.probe import probe as run_probe
+    from epcache.probe.grid import parse_heads, parse_layers, parse_list
+
+    with _user_errors():
+        cfg = ProbeConfig(
+            store=store, head=parse_heads(head), queries=parse_list(queries, int), d_out=parse_list(d_out, int),
+            num_heads=parse_list(num_heads, int), layers=parse_layers(layer if layer is not None else layers),
+            tokens=parse_list(tokens, str), lr=parse_list(lr, float), blr=parse_list(blr, float),
+            wd=parse_list(wd, float), optimizer=parse_list(optimizer, str), seeds=parse_list(seeds, int),
+            epochs=epochs, warmup=warmup, batch_size=batch_size, holdout=holdout, shots=shots, fraction=fraction,
+            train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
+            device=device, in_memory=in_memory, allow_incomplete=allow_incomplete, data_seed=data_seed,
+        )
+        result = run_probe(cfg, progress=progress)
+    typer.echo(result.summary)
+    if result.out is not None:
+        typer.echo(f"results: {result.out / 'results.jsonl'}")
+
+
+@app.command()
+def report(
+    rundir: Annotated[str, typer.Argument(help="Run directory written by `epcache probe --out`.")],
+    out: Annotated[str | None, typer.Option(help="Where to write report.md and figures (default RUNDIR/report).")] = (
+        None
+    ),
+    figures: Annotated[bool, typer.Option(help="Render PNG figures (needs matplotlib: epcache[plot]).")] = True,
+) -> None:
+    """Markdown report with the results tables and the paper's figures for this run."""
+    from epcache.report import write_report
+
+    with _user_errors():
+        rep = write_report(rundir, out, figures=figures)
+    typer.echo(f"report: {rep.markdown} ({rep.num_configs} configs, {len(rep.figures)} figures)")
+    for f in rep.figures:
+        typer.echo(f"  {f}")
+
+
+@app.command()
+def attention(
+    rundir: Annotated[str, typer.Argument(help="Run directory written by `epcache probe --out`.")],
+    config: Annotated[str, typer.Option(help="Config id (or unique id prefix) from results.jsonl.")],
+    split: Annotated[str | None, typer.Option(help="Split to analyse (default: the run's eval split).")] = None,
+    images: Annotated[int, typer.Option(help="Images shown in the attention grid.")] = 16,
+    data: Annotated[str | None, typer.Option(help="Data root used for extraction (to overlay maps on images).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output directory (default RUNDIR/attention/ID).")] = None,
+) -> None:
+    """Per-query attention maps, entropies and the uniform-attention ablation of a trained head."""
+    from epcache.report._attention import attention_report
+
+    with _user_errors():
+        res = attention_report(rundir, config, split=split, images=images, data_root=data, out=out)
+    typer.echo(res.table.read_text())
+    typer.echo(f"written: {res.table}, {res.json}" + (f", {res.png}" if res.png else ""))
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Directory for the generated data, store, run and report.")] = "epcache-demo",
+    quick: Annotated[bool, typer.Option(help="A reduced demo (seconds), as the test-suite runs it.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Generate a dataset, extract a random-init ViT, run a sweep and write the report, end to end."""
+    from epcache.demo import DemoConfig, run_demo
+
+    with _user_errors():
+        res = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), echo=typer.echo, progress=progress)
+    typer.echo(f"demo finished in {res.seconds:.0f} s: {res.out}")
+
+
+@app.command()
 def heads(
     dim: Annotated[int, typer.Option(help="Token width D of the backbone.")] = 768,
     classes: Annotated[int, typer.Option(help="Number of classes C.")] = 1000,

@@ -1,6 +1,6 @@
 """A small image dataset that epcache makes itself, so the demo needs no download.
 
-The class is decided by a small object (its shape) placed at a random position on a cluttered
+The class is decided by a small object (its shape and colour) placed at a random position on a cluttered
 background of random coloured blobs. The object covers a few patches only, so pooling every
 patch equally (GAP) dilutes it while a probe that can attend (EP) can find it: the setting in
 which the paper's attentive probes pay off.
@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 __all__ = ["SHAPES", "ShapesConfig", "make_shapes_dataset"]
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar")
+COLOURS = ((230, 40, 40), (40, 200, 60), (50, 90, 240), (240, 220, 30), (230, 60, 230), (40, 220, 230))
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,12 @@ def make_shapes_dataset(root: Path, config: ShapesConfig = ShapesConfig()) -> Pa
             d = root / split / SHAPES[c]
             d.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                _draw(rng, SHAPES[c], config).save(d / f"{i:04d}.png")
+                _draw(rng, c, config).save(d / f"{i:04d}.png")
     return root
 
 
-def _draw(rng: np.random.Generator, shape: str, cfg: ShapesConfig) -> Image.Image:
+def _draw(rng: np.random.Generator, c: int, cfg: ShapesConfig) -> Image.Image:
+    shape = SHAPES[c]
     s = cfg.size
     base = rng.integers(40, 110, size=3)
     img = Image.new("RGB", (s, s), tuple(int(v) for v in base))
@@ -54,11 +56,11 @@ def _draw(rng: np.random.Generator, shape: str, cfg: ShapesConfig) -> Image.Imag
     for _ in range(cfg.clutter):  # clutter: soft blobs of random colour, size and place
         r = int(rng.integers(3, s // 5))
         x, y = (int(v) for v in rng.integers(0, s, size=2))
-        col = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        col = tuple(int(v) for v in rng.integers(60, 200, size=3))  # muted: the object stays the salient part
         draw.ellipse([x - r, y - r, x + r, y + r], fill=col)
     o = cfg.object_size
     x0, y0 = (int(v) for v in rng.integers(2, s - o - 2, size=2))
-    col = tuple(int(v) for v in rng.integers(180, 256, size=3))
+    col = tuple(int(np.clip(v + rng.integers(-25, 26), 0, 255)) for v in COLOURS[c])  # class colour, jittered
     x1, y1 = x0 + o, y0 + o
     outline = (0, 0, 0)
     if shape == "circle":

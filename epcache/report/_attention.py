@@ -1,0 +1,273 @@
+"""`epcache attention`: what each query of a trained attentive head looks at (EP_SPEC §6).
+
+For a head saved by `epcache probe` this computes, on one split of the store it was trained on:
+per-predictor attention maps over the patch grid (overlaid on the source images when the data
+root is given), the mean attention entropy per predictor, and, for EP, the uniform-attention
+ablation: query j's attention is replaced by 1/N (its channel slice becomes GAP(X)·W_V[slice j]),
+everything else is kept (BN running stats included) and the eval top-1 change is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from epcache.errors import ConfigError
+from epcache.report._tables import load_rows
+
+__all__ = ["AttentionResult", "attention_maps", "attention_report", "find_row"]
+
+MAX_COLUMNS = 16  # predictors shown per image row; the table and JSON always cover all of them
+
+
+@dataclass(frozen=True)
+class AttentionResult:
+    png: Path | None
+    table: Path
+    json: Path
+    config: str
+    split: str
+    num_images: int  # images in the split used for entropy and ablation
+    top1: float  # the head's top-1 on the split (no ablation)
+    entropy: list[float]  # mean attention entropy per predictor, nats (max log N)
+    max_entropy: float
+    delta_top1: list[float] | None  # top-1(ablated query j) - top-1, EP heads only
+
+
+def find_row(rows: list[dict[str, Any]], config: str) -> dict[str, Any]:
+    """The row whose id starts with ``config`` or whose name equals it.
+
+    Raises:
+        ConfigError: no match or an ambiguous id prefix (the message lists candidates).
+    """
+    hits = [r for r in rows if r["id"].startswith(config) or r["name"] == config]
+    if len(hits) == 1:
+        return hits[0]
+    shown = "\n  ".join(f"{r['id']}  {r['name']}" for r in rows[:20])
+    what = "matches several configs" if hits else "matches no config"
+    raise ConfigError(f"--config {config!r} {what}; pass an id (prefix) from results.jsonl:\n  {shown}")
+
+
+def attention_maps(head: Any, tokens: Any, *, num_prefix: int, token_selector: str) -> Any:
+    """Attention over patch tokens ``(B, P, h*w)`` of a head fed ``tokens`` (as in training).
+
+    With ``all`` tokens (EP's ``ep_all``) the prefix columns are dropped and each row is
+    renormalised, as EP_SPEC §6.1 prescribes for plotting; with patch tokens this is exactly the
+    head's own attention output.
+    """
+    attn = head.attention(tokens)
+    if token_selector == "all" and num_prefix:
+        attn = attn[..., num_prefix:]
+        attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    return attn
+
+
+def attention_report(
+    rundir: str | PathLike[str],
+    config: str,
+    *,
+    split: str | None = None,
+    images: int = 16,
+    data_root: str | PathLike[str] | None = None,
+    out: str | PathLike[str] | None = None,
+    batch_size: int = 256,
+) -> AttentionResult:
+    """Maps, entropies and the uniform-attention ablation for one trained head of a run.
+
+    Raises:
+        ConfigError: unknown config, a head without attention maps, no saved head, missing images.
+    """
+    import torch
+
+    from epcache.probe.results import load_head
+    from epcache.store import open_store, select_tokens, to_torch
+
+    run = Path(rundir)
+    row = find_row(load_rows(run), config)
+    if not row.get("head_file"):
+        raise ConfigError(f"config {row['id']} has no saved head; re-run the sweep with heads saved")
+    head, _ = load_head(run / row["head_file"])
+    head = head.float().eval()
+    kind, layer, sel = row["config"]["kind"], int(row["config"]["layer"]), row["config"]["tokens"]
+    if kind == "linear" or kind == "dinovit":
+        raise ConfigError(f"a {kind!r} head has no attention maps; pick an ep/mhca/... config")
+    split = split or row.get("data", {}).get("eval_split") or "val"
+    store_path = row["eval_store"]["path"] if row.get("eval_store") else row["store"]["path"]
+    with open_store(store_path) as store:
+        if split not in store.splits:
+            store_path = row["store"]["path"]
+    dest = Path(out) if out is not None else run / "attention" / row["id"]
+    dest.mkdir(parents=True, exist_ok=True)
+
+    with open_store(store_path) as store, torch.inference_mode():
+        layout = store.meta.layout
+        labels = torch.from_numpy(store.read_labels(split))
+        ids = store.read_ids(split)
+        order = store.read_order(split)
+        keep = labels >= 0  # label -1: an image skipped at extraction
+        n_pred = None
+        ent_sum = None
+        correct = 0
+        ablated: torch.Tensor | None = None
+        shown_rows = _pick_rows(order, labels.numpy(), images)
+        shown_maps: dict[int, np.ndarray] = {}
+        for start, chunk in store.iter_chunks(split, layer):
+            x = to_torch(select_tokens(chunk[:, 0], layout, sel)).float()  # view 0 = eval view
+            y = labels[start : start + len(x)]
+            k = keep[start : start + len(x)]
+            for b0 in range(0, len(x), batch_size):
+                xb, yb, kb = x[b0 : b0 + batch_size], y[b0 : b0 + batch_size], k[b0 : b0 + batch_size]
+                attn = head.attention(xb)  # (B, P, N') as in training, for entropy
+                ent = -(attn.clamp_min(1e-30).log() * attn).sum(-1)  # (B, P)
+                ent_sum = ent[kb].sum(0) if ent_sum is None else ent_sum + ent[kb].sum(0)
+                n_pred = attn.shape[1]
+                logits = head(xb)
+                correct += int((logits.argmax(-1) == yb)[kb].sum())
+                if kind == "ep":
+                    m = head.pooling.queries
+                    hits = torch.stack(
+                        [(head(xb, uniform_queries=[j]).argmax(-1) == yb)[kb].sum() for j in range(m)]
+                    )
+                    ablated = hits if ablated is None else ablated + hits
+                rows_here = np.arange(start + b0, start + b0 + len(xb))
+                want = np.isin(rows_here, shown_rows)
+                if want.any():
+                    maps = attention_maps(head, xb[torch.from_numpy(want)], num_prefix=layout.num_prefix,
+                                          token_selector=sel)
+                    for r, mp in zip(rows_here[want], maps, strict=True):
+                        shown_maps[int(r)] = mp.numpy()
+        n = int(keep.sum())
+        if n == 0:
+            raise ConfigError(f"split {split!r} has no labelled images")
+        top1 = correct / n
+        entropy = (ent_sum / n).tolist() if ent_sum is not None else []
+        delta = None if ablated is None else [float(a) / n - top1 for a in ablated.tolist()]
+        n_tokens = layout.num_tokens if sel == "all" else layout.num_patches
+        result = AttentionResult(
+            png=None, table=dest / "attention.md", json=dest / "attention.json", config=row["id"], split=split,
+            num_images=n, top1=top1, entropy=entropy, max_entropy=math.log(n_tokens), delta_top1=delta,
+        )
+        png = None
+        if shown_maps:
+            grid = layout.grid
+            ordered = [r for r in shown_rows.tolist() if r in shown_maps]
+            pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing)
+            png = _plot_grid(
+                [shown_maps[r].reshape(-1, *grid) for r in ordered], pictures, [ids[r] for r in ordered],
+                dest / "attention.png", title=f"{row['name']}  ({split})", n_pred=n_pred or 0,
+            )
+    result = AttentionResult(**{**asdict(result), "png": png})
+    _write_tables(result, row)
+    return result
+
+
+def _pick_rows(order: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Stored rows of ``count`` images taken round-robin over classes, each class in dataset order."""
+    by_class: dict[int, list[int]] = {}
+    for row in np.argsort(order).tolist():  # stored rows in dataset order
+        if labels[row] >= 0:
+            by_class.setdefault(int(labels[row]), []).append(row)
+    picked: list[int] = []
+    queues = [by_class[c] for c in sorted(by_class)]
+    depth = 0
+    while len(picked) < count and any(depth < len(q) for q in queues):
+        picked += [q[depth] for q in queues if depth < len(q)][: count - len(picked)]
+        depth += 1
+    return np.asarray(picked, dtype=np.int64)
+
+
+def _load_images(root: str | PathLike[str] | None, ids: list[str], pre: dict[str, Any]) -> list[np.ndarray | None]:
+    """Source images resized and centre-cropped like the eval transform (no normalisation)."""
+    if root is None:
+        return [None] * len(ids)
+    from PIL import Image
+
+    base = Path(root).resolve()
+    size = _input_size(pre)
+    crop_pct = float(pre.get("crop_pct", pre.get("eval", {}).get("crop_pct", 1.0)) or 1.0)
+    out: list[np.ndarray | None] = []
+    for i in ids:
+        p = (base / i).resolve()
+        if base not in p.parents:
+            raise ConfigError(f"sample id {i!r} points outside the data root {base}")
+        if not p.is_file():
+            raise ConfigError(f"image {p} (id {i!r}) not found; pass the --data root used for extraction")
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            scale = size / crop_pct / min(im.size)
+            im = im.resize((max(size, round(im.size[0] * scale)), max(size, round(im.size[1] * scale))),
+                           Image.Resampling.BICUBIC)
+            left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+            out.append(np.asarray(im.crop((left, top, left + size, top + size))))
+    return out
+
+
+def _input_size(pre: dict[str, Any]) -> int:
+    for src in (pre, pre.get("eval", {}), pre.get("data_config", {})):
+        if isinstance(src, dict) and "input_size" in src:
+            return int(src["input_size"][-1])
+    return 224
+
+
+def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], ids: list[str], path: Path, *,
+               title: str, n_pred: int) -> Path:
+    import torch
+    import torch.nn.functional as F
+
+    from epcache.report._plots import require_matplotlib
+
+    plt = require_matplotlib()
+    cols = min(n_pred, MAX_COLUMNS)
+    ncols = cols + 2  # image, combined, one per predictor
+    fig, axes = plt.subplots(len(maps), ncols, figsize=(1.15 * ncols, 1.2 * len(maps) + 0.6), dpi=100, squeeze=False)
+    for r, (mp, pic) in enumerate(zip(maps, pictures, strict=True)):
+        size = pic.shape[0] if pic is not None else 8 * mp.shape[-1]
+        up = F.interpolate(torch.from_numpy(mp)[None].float(), size=(size, size), mode="bilinear",
+                           align_corners=False)[0].numpy()
+        panels = [("image", None), ("combined", up.mean(0))] + [(f"q{j}", up[j]) for j in range(cols)]
+        for c, (name, m) in enumerate(panels):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if pic is not None:
+                ax.imshow(pic)
+            if m is not None:
+                ax.imshow(m, cmap="inferno", alpha=0.6 if pic is not None else 1.0,
+                          vmin=float(m.min()), vmax=float(m.max()))
+            elif pic is None:
+                ax.text(0.5, 0.5, ids[r][-14:], ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+    fig.suptitle(title + ("" if n_pred <= MAX_COLUMNS else f"  (first {MAX_COLUMNS} of {n_pred} predictors)"),
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _write_tables(res: AttentionResult, row: dict[str, Any]) -> None:
+    lines = [
+        f"# Attention of `{row['name']}`",
+        "",
+        f"split `{res.split}`, {res.num_images} images; top-1 {100 * res.top1:.2f}%; "
+        f"entropy in nats (uniform attention = {res.max_entropy:.2f})",
+        "",
+        "| predictor | mean entropy | Δ top-1 with uniform attention (pp) |",
+        "|---:|---:|---:|",
+    ]
+    for j, h in enumerate(res.entropy):
+        d = "-" if res.delta_top1 is None else f"{100 * res.delta_top1[j]:+.2f}"
+        lines.append(f"| {j} | {h:.3f} | {d} |")
+    if res.png is not None:
+        lines += ["", f"![attention maps]({res.png.name})"]
+    res.table.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(res).items()}
+    res.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,99 @@
+"""`epcache report`: a markdown report with the results tables and the figures of a run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
+
+__all__ = ["Report", "write_report"]
+
+
+@dataclass(frozen=True)
+class Report:
+    markdown: Path
+    figures: list[Path] = field(default_factory=list)
+    num_configs: int = 0
+
+
+def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = None, *,
+                 figures: bool = True) -> Report:
+    """Write ``report.md`` (and PNG figures) for a run directory; ``out`` defaults to ``RUNDIR/report``.
+
+    Raises:
+        ConfigError: no results in ``rundir``, or figures asked for without matplotlib.
+    """
+    run = Path(rundir)
+    rows = load_rows(run)
+    groups = group_seeds(rows)
+    dest = Path(out) if out is not None else run / "report"
+    dest.mkdir(parents=True, exist_ok=True)
+    backbone = rows[0]["store"].get("backbone", "?")
+    honest = all(g.holdout_top1 is not None for g in groups)
+    figs: list[Path] = []
+    if figures:
+        from epcache.report._plots import plot_curves, plot_layers, plot_params
+
+        figs = [
+            plot_params(groups, dest / "top1_vs_params.png", title=f"{backbone}: accuracy vs probe size"),
+            plot_layers(groups, dest / "top1_vs_layer.png", title=f"{backbone}: accuracy by layer"),
+            plot_curves(groups, dest / "curves.png", title=f"{backbone}: learning curves of the selected configs"),
+        ]
+    md = _markdown(rows, groups, backbone=backbone, honest=honest, figures=[f.name for f in figs])
+    path = dest / "report.md"
+    path.write_text(md, encoding="utf-8")
+    return Report(markdown=path, figures=figs, num_configs=len(rows))
+
+
+def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, honest: bool,
+              figures: list[str]) -> str:
+    store = rows[0]["store"]
+    crit = ("selected on the holdout part of train (eval split scored once)" if honest
+            else "NO holdout: selected on eval top-1 (not an honest selection)")
+    lines = [
+        f"# Probe report: {backbone}",
+        "",
+        f"- store: `{store.get('path', '?')}` (provenance `{str(store.get('provenance', '?'))[:16]}`)",
+        f"- {len(rows)} configs in {len(groups)} groups (configs that differ only by seed); selection: {crit}",
+        "- accuracies in %, mean ± std over seeds; `oracle` = max over epochs on the eval split "
+        "(the paper's protocol, for comparison with published tables only)",
+        "",
+        "## Best per head kind",
+        "",
+        _table(sorted(best_by(groups, lambda g: g.kind).values(), key=lambda g: -g.score())),
+        "",
+        "## Best per head kind and layer",
+        "",
+        _table(sorted(best_by(groups, lambda g: (g.kind, g.layer)).values(), key=lambda g: (g.kind, g.layer))),
+        "",
+    ]
+    if figures:
+        lines += ["## Figures", ""]
+        captions = {
+            "top1_vs_params.png": "Eval top-1 vs trainable parameters (best config of each head variant).",
+            "top1_vs_layer.png": "Eval top-1 by backbone layer (best config of each head kind per layer).",
+            "curves.png": "Learning curves of the selected config of each head kind (dot: selected epoch).",
+        }
+        for f in figures:
+            lines += [f"![{captions.get(f, f)}]({f})", "", captions.get(f, ""), ""]
+    lines += ["## All configs", "", _table(sorted(groups, key=lambda g: -g.score()))]
+    return "\n".join(lines) + "\n"
+
+
+def _table(groups: list[ConfigGroup]) -> str:
+    head = "| config | kind | layer | params | seeds | holdout top-1 | eval top-1 | oracle top-1 |"
+    out = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for g in groups:
+        hold = g.holdout_top1
+        out.append(
+            f"| `{g.name}` | {g.kind} | {g.layer} | {g.params:,} | {g.seeds} | "
+            f"{'-' if hold is None else _pm(hold)} | {_pm(g.eval_top1)} | {_pm(g.oracle_top1)} |"
+        )
+    return "\n".join(out)
+
+
+def _pm(ms: tuple[float, float]) -> str:
+    m, s = ms
+    return f"{100 * m:.2f} ± {100 * s:.2f}" if s else f"{100 * m:.2f}"
