@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from epcache.demo._shapes import ShapesConfig, make_shapes_dataset
@@ -31,7 +31,9 @@ With real weights (a local checkpoint, or timm weights already in the Hugging Fa
 class DemoConfig:
     """Sizes of the demo; ``quick()`` is the reduced version the test-suite runs."""
 
-    shapes: ShapesConfig = ShapesConfig(num_classes=4, train_per_class=100, val_per_class=40, size=64)
+    shapes: ShapesConfig = field(
+        default_factory=lambda: ShapesConfig(num_classes=4, train_per_class=100, val_per_class=40, size=64)
+    )
     depth: int = 4  # blocks of the random-init ViT (vit_tiny width 192, patch 8 -> 8x8 grid at 64 px)
     queries: tuple[int, ...] = (4, 16)
     lrs: tuple[float, ...] = (3e-3, 1e-2)
