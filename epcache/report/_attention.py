@@ -97,7 +97,7 @@ def attention_report(
     kind, layer, sel = row["config"]["kind"], int(row["config"]["layer"]), row["config"]["tokens"]
     if kind == "linear" or kind == "dinovit":
         raise ConfigError(f"a {kind!r} head has no attention maps; pick an ep/mhca/... config")
-    split = split or row.get("data", {}).get("eval_split") or "val"
+    split = split or row["config"].get("eval_split", "val")
     store_path = row["eval_store"]["path"] if row.get("eval_store") else row["store"]["path"]
     with open_store(store_path) as store:
         if split not in store.splits:

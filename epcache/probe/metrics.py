@@ -1,0 +1,117 @@
+"""Classification metrics from per-class counts over a whole split (never averaged per batch).
+
+Every metric is computed from sample counts accumulated over the full split: per class, how
+many samples there are and how many a config got right at top-1 / top-5. Averaging per-batch
+accuracies would weight a short last batch like a full one; counts do not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Metrics", "MetricsAccumulator", "MetricsJSON", "mean_std", "metrics_from_counts", "metrics_from_logits"]
+
+
+class MetricsJSON(TypedDict):
+    n: int
+    top1: float
+    top5: float | None
+    balanced_acc: float
+    per_class: list[float | None]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Accuracies of one config on one split, as fractions in [0, 1]."""
+
+    n: int  # samples scored
+    top1: float
+    top5: float | None  # None when there are fewer than 5 classes
+    balanced_acc: float  # mean of the per-class accuracies over classes with samples
+    per_class: tuple[float | None, ...]  # top-1 per class; None for classes without samples
+
+    def to_json(self) -> MetricsJSON:
+        return {
+            "n": self.n,
+            "top1": self.top1,
+            "top5": self.top5,
+            "balanced_acc": self.balanced_acc,
+            "per_class": list(self.per_class),
+        }
+
+
+def metrics_from_counts(correct1: np.ndarray, correct5: np.ndarray | None, total: np.ndarray) -> Metrics:
+    """Metrics from per-class counts: correct at top-1, correct at top-5 (or None), samples."""
+    correct1 = np.asarray(correct1, np.int64)
+    total = np.asarray(total, np.int64)
+    n = int(total.sum())
+    if n == 0:
+        raise ValueError("no samples were scored")
+    has = total > 0
+    per_class = tuple(float(c / t) if t > 0 else None for c, t in zip(correct1.tolist(), total.tolist(), strict=True))
+    return Metrics(
+        n=n,
+        top1=float(correct1.sum() / n),
+        top5=None if correct5 is None else float(np.asarray(correct5, np.int64).sum() / n),
+        balanced_acc=float(np.mean(correct1[has] / total[has])),
+        per_class=per_class,
+    )
+
+
+def metrics_from_logits(logits: Tensor, labels: Tensor, num_classes: int) -> Metrics:
+    """Metrics of one config from its logits ``(B, C)`` and labels ``(B,)``."""
+    acc = MetricsAccumulator(1, num_classes, logits.device)
+    acc.update(logits.unsqueeze(0), labels)
+    return acc.metrics()[0]
+
+
+class MetricsAccumulator:
+    """Per-class correct counts of K configs, kept on the device until read.
+
+    Args:
+        num_configs: K.
+        num_classes: C.
+        device: where the counts live (the logits' device).
+    """
+
+    def __init__(self, num_configs: int, num_classes: int, device: torch.device) -> None:
+        self.num_classes = num_classes
+        self.topk = 5 if num_classes >= 5 else 1
+        self.correct1 = torch.zeros(num_configs, num_classes, dtype=torch.long, device=device)
+        self.correct5 = torch.zeros(num_configs, num_classes, dtype=torch.long, device=device)
+        self.total = torch.zeros(num_classes, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        """Add a batch: ``logits (K, B, C)``, ``labels (B,)``."""
+        top = logits.topk(self.topk, dim=-1).indices  # (K, B, k)
+        hit = top == labels.view(1, -1, 1)
+        self.correct1.index_add_(1, labels, hit[..., 0].long())
+        self.correct5.index_add_(1, labels, hit.any(dim=-1).long())
+        self.total.index_add_(0, labels, torch.ones_like(labels))
+
+    def top1(self) -> np.ndarray:
+        """Top-1 accuracy per config, ``(K,)`` (one host sync)."""
+        n = max(1, int(self.total.sum()))
+        return self.correct1.sum(dim=1).cpu().numpy() / n
+
+    def metrics(self) -> list[Metrics]:
+        """Full metrics per config."""
+        c1, c5, tot = self.correct1.cpu().numpy(), self.correct5.cpu().numpy(), self.total.cpu().numpy()
+        five = self.num_classes >= 5
+        return [metrics_from_counts(c1[k], c5[k] if five else None, tot) for k in range(len(c1))]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0

@@ -1,0 +1,300 @@
+"""The run directory: results rows, selected heads, checkpoints, resolved config, summary table.
+
+::
+
+    RUNDIR/config.json              the latest run's resolved sweep (every config's id and name)
+    RUNDIR/results.jsonl            one JSON row per finished config (ResultRowJSON)
+    RUNDIR/heads/<id>.safetensors   selected head: single-head state dict + JSON config in metadata
+    RUNDIR/ckpt/<group>.safetensors per input group, after every epoch (deleted when the group is done)
+    RUNDIR/summary.txt              the printed summary table
+
+Only safetensors and JSON are written (no pickle). Every file is written to a temporary name
+and renamed into place, except ``results.jsonl``, which is appended one full line at a time
+(flushed and fsynced); a line cut short by a crash is ignored and removed on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from epcache.errors import ConfigError
+from epcache.probe.metrics import MetricsJSON, mean_std
+
+__all__ = [
+    "RESULTS_FILE",
+    "RESULT_SCHEMA",
+    "ResultRowJSON",
+    "append_result",
+    "format_summary",
+    "load_checkpoint",
+    "load_head",
+    "read_results",
+    "repair_results",
+    "save_checkpoint",
+    "save_head",
+    "seed_summary",
+    "write_json",
+]
+
+RESULTS_FILE = "results.jsonl"
+RESULT_SCHEMA = "epcache-probe-result/1"
+HEAD_META_KEY = "epcache_head"
+CKPT_META_KEY = "epcache_ckpt"
+
+
+class ResultRowJSON(TypedDict):
+    """One line of results.jsonl."""
+
+    schema: str
+    id: str  # stable hash of every setting that changes the numbers (store provenance included)
+    name: str  # readable: "ep(queries=8,d_out=1) layer=11 tokens=patch lr=0.001 wd=0 seed=0"
+    config: dict[str, Any]  # all hyperparameters (head, options, layer, tokens, optimizer, lr, blr, wd, seed, ...)
+    store: dict[str, Any]  # {"path", "provenance", "backbone"} of the train store
+    eval_store: dict[str, Any]  # the same for the store holding the eval split
+    data: dict[str, Any]  # num_classes, num_train, num_holdout, num_eval, excluded_train, excluded_eval
+    params: int  # trainable parameters of the head
+    flops: int  # forward matmul FLOPs per image (head_cost)
+    selected_epoch: int  # best holdout top-1 (earliest on ties); the last epoch without a holdout
+    metrics: dict[str, MetricsJSON | None]  # {"holdout": ..., "eval": ...} at the selected epoch
+    oracle: dict[str, Any]  # {"epoch", "eval_top1"}: max over epochs on eval (the paper's protocol)
+    final: dict[str, Any]  # {"epoch", "eval_top1"} of the last epoch
+    curves: dict[str, list[float | None]]  # train_loss, holdout_top1, eval_top1 per epoch
+    diverged: bool  # the training loss became inf/nan
+    head_file: str | None  # relative to RUNDIR
+    timing: dict[str, Any]  # wall-clock fields; the only fields that differ between identical runs
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results.jsonl; a last line without newline (a crash mid-write) is ignored.
+
+    Raises:
+        ConfigError: a complete line that is not JSON (the file was edited by hand).
+    """
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    complete = lines[:-1]  # the part after the last newline is either empty or truncated
+    rows = []
+    for i, line in enumerate(complete):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            raise ConfigError(f"{path}: line {i + 1} is not JSON; delete that line to re-run its config") from None
+    return rows
+
+
+def repair_results(path: Path) -> None:
+    """Cut a truncated last line so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def append_result(path: Path, row: ResultRowJSON | dict[str, Any]) -> None:
+    """Append one row as one line, flushed and fsynced (a crash leaves at most a partial last line)."""
+    line = json.dumps(_finite(row), separators=(",", ":"), allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    _atomic_bytes(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode())
+
+
+def save_head(path: Path, state: dict[str, Tensor], config: dict[str, Any]) -> None:
+    """A head's state dict with its ``create_head`` arguments (and provenance) as JSON metadata."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    _atomic_safetensors(path, tensors, {HEAD_META_KEY: json.dumps(_finite(config), allow_nan=False)})
+
+
+def load_head(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved head: ``create_head(kind, **options, in_dim=..., ...)`` + ``load_state_dict``.
+
+    Returns:
+        The head in eval mode and its metadata (config id, layer, tokens, store provenance ...).
+    """
+    from epcache.probe.heads import create_head
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})[HEAD_META_KEY])
+    state = load_file(str(path), device=device)
+    head = create_head(
+        meta["kind"],
+        in_dim=meta["in_dim"],
+        num_classes=meta["num_classes"],
+        num_tokens=meta["num_tokens"],
+        num_prefix=meta["num_prefix"],
+        **meta["options"],
+    )
+    head.load_state_dict(state)
+    return head.to(device).eval(), meta
+
+
+def save_checkpoint(path: Path, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+    """One file holding tensors and the JSON state, replaced atomically (never half old, half new)."""
+    _atomic_safetensors(path, tensors, {CKPT_META_KEY: json.dumps(_finite(state), allow_nan=False)})
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """Tensors and state of a checkpoint, or None if there is none (or it cannot be read)."""
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads((f.metadata() or {})[CKPT_META_KEY])
+        return load_file(str(path)), state
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return None  # unreadable: the group restarts from epoch 0, which gives the same numbers
+
+
+def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
+    """Text summary: best config per head kind, best overall, and seed mean ± std.
+
+    Configs are ranked by holdout top-1 at their selected epoch (the honest choice); the eval
+    column is the eval split at that epoch, ``oracle`` the best eval epoch (paper protocol).
+    """
+    if not rows:
+        return "no results"
+    honest = all(r["metrics"]["holdout"] is not None for r in rows)
+
+    def score(r: dict[str, Any]) -> tuple[float, float]:
+        m = r["metrics"]["holdout"] if honest else r["metrics"]["eval"]
+        return (m["top1"], m["balanced_acc"])
+
+    ranked = sorted(rows, key=score, reverse=True)
+    lines = []
+    crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
+    lines.append(f"{len(rows)} config(s); ranked by {crit}; accuracies in %")
+    header = ("kind", "config", "holdout", "eval", "oracle (epoch)", "params", "MFLOP/img")
+    body = []
+    best_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in ranked:
+        best_by_kind[r["config"]["kind"]].append(r)
+    for kind in sorted(best_by_kind, key=lambda k: score(best_by_kind[k][0]), reverse=True):
+        for r in best_by_kind[kind][:top]:
+            body.append(_summary_cells(r))
+    lines.append(_table(header, body))
+    best = ranked[0]
+    lines.append(
+        f"best overall: {best['name']}  eval top-1 {_pct(best['metrics']['eval']['top1'])} "
+        f"(selected epoch {best['selected_epoch']}; oracle {_pct(best['oracle']['eval_top1'])})"
+    )
+    seeds = seed_summary(rows)
+    if seeds:
+        lines.append("seeds (mean ± std):")
+        lines.append(
+            _table(
+                ("config", "seeds", "eval top-1", "holdout top-1"),
+                [
+                    (
+                        s["name"],
+                        str(s["seeds"]),
+                        f"{100 * s['eval_top1'][0]:.2f} ± {100 * s['eval_top1'][1]:.2f}",
+                        "-" if s["holdout_top1"] is None else f"{100 * s['holdout_top1'][0]:.2f} ± "
+                        f"{100 * s['holdout_top1'][1]:.2f}",
+                    )
+                    for s in seeds
+                ],
+            )
+        )
+    return "\n".join(lines)
+
+
+def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std of eval / holdout top-1 over configs identical except for the seed (>= 2 seeds)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[r["name"].rsplit(" seed=", 1)[0]].append(r)
+    out = []
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        hold = [m["metrics"]["holdout"] for m in members]
+        out.append(
+            {
+                "name": name,
+                "seeds": len(members),
+                "eval_top1": mean_std([m["metrics"]["eval"]["top1"] for m in members]),
+                "holdout_top1": None if any(h is None for h in hold) else mean_std([h["top1"] for h in hold]),
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _summary_cells(r: dict[str, Any]) -> tuple[str, ...]:
+    hold = r["metrics"]["holdout"]
+    return (
+        r["config"]["kind"],
+        r["name"],
+        "-" if hold is None else _pct(hold["top1"]),
+        _pct(r["metrics"]["eval"]["top1"]),
+        f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
+        f"{r['params']:,}",
+        f"{r['flops'] / 1e6:.3f}",
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in body)])
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

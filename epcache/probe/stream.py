@@ -1,0 +1,366 @@
+"""Batches of cached tokens for the fused trainer: read once per epoch, shuffled, prefetched.
+
+Training batches come from whole chunks read in a seeded random order, mixed in a shuffle
+buffer of a few chunks (the store already holds samples in a random permutation, so chunk-level
+shuffling plus a buffer gives class-mixed batches without element-wise reads). A reader thread
+runs ahead of the trainer through a bounded queue; on CUDA, batches are pinned there and copied
+with ``non_blocking``. Tokens travel in the store's dtype (fp16/bf16) and become float32 on the
+device, which halves host-to-device traffic.
+
+Every random choice (chunk order, buffer permutation, which augmented view a sample uses)
+is drawn from ``(data_seed, epoch)`` only, so the batch sequence does not depend on which
+configs are being trained: a config alone and inside a sweep sees the same batches, and a run
+resumed at an epoch boundary continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from epcache.store import FeatureStore, TokenLayout, to_torch
+
+__all__ = ["Batch", "BatchStream", "InputPlan", "MemorySource", "StoreSource", "prefetch"]
+
+Mode = Literal["all", "patch", "vectors"]
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """Which tokens a group of heads needs, and how each head's input is derived from a batch.
+
+    The reader keeps the smallest thing that serves every selection of the group: all tokens
+    when any head reads ``all`` (or reads ``patch`` while another needs CLS), patch tokens only
+    when that suffices, and for groups of linear heads only the CLS / GAP vectors (D numbers per
+    image instead of T x D), computed on the reader side in the compute dtype.
+    """
+
+    selections: frozenset[str]  # token selections of the group's heads (cls, gap, cls+gap, patch, all)
+    layout: TokenLayout
+    dtype: torch.dtype = torch.float32  # compute dtype
+
+    @property
+    def mode(self) -> Mode:
+        needs_cls = bool(self.selections & {"cls", "cls+gap"})
+        if "all" in self.selections or ("patch" in self.selections and needs_cls):
+            return "all"
+        if "patch" in self.selections:
+            return "patch"
+        return "vectors"
+
+    @property
+    def vectors(self) -> tuple[str, ...]:
+        """Vectors packed in ``vectors`` mode, in order."""
+        out = []
+        if self.selections & {"cls", "cls+gap"}:
+            out.append("cls")
+        if self.selections & {"gap", "cls+gap"}:
+            out.append("gap")
+        return tuple(out)
+
+    def pack(self, x: np.ndarray) -> np.ndarray:
+        """Reader side: ``[..., T, D]`` tokens in the store dtype -> what travels to the device."""
+        P = self.layout.num_prefix
+        mode = self.mode
+        if mode == "all":
+            return x
+        if mode == "patch":
+            return x[..., P:, :]
+        t = to_torch(np.ascontiguousarray(x))
+        parts = []
+        for name in self.vectors:
+            if name == "cls":
+                parts.append(t[..., self.layout.cls_index, :].to(self.dtype))
+            else:
+                parts.append(_gap(t[..., P:, :], self.dtype))
+        return torch.stack(parts, dim=-2).numpy()
+
+    def derive(self, x: Tensor, selection: str) -> Tensor:
+        """Device side: a head's input from a packed batch ``(B, T', D)`` already in the compute dtype."""
+        P = self.layout.num_prefix
+        mode = self.mode
+        if mode == "vectors":
+            idx = {name: i for i, name in enumerate(self.vectors)}
+            if selection == "cls+gap":
+                return torch.cat([x[:, idx["cls"]], x[:, idx["gap"]]], dim=-1)
+            return x[:, idx[selection]]
+        patches = x[:, P:] if mode == "all" else x
+        if selection == "all":
+            return x
+        if selection == "patch":
+            return patches
+        if selection == "gap":
+            return _gap(patches, self.dtype)
+        cls = x[:, self.layout.cls_index]
+        if selection == "cls":
+            return cls
+        return torch.cat([cls, _gap(patches, self.dtype)], dim=-1)
+
+    def packed_bytes_per_view(self, num_tokens: int, dim: int, itemsize: int) -> int:
+        """Bytes one sample-view occupies after packing."""
+        mode = self.mode
+        if mode == "vectors":
+            return len(self.vectors) * dim * torch.finfo(self.dtype).bits // 8
+        n = num_tokens if mode == "all" else self.layout.num_patches
+        return n * dim * itemsize
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch on the device: packed tokens in the compute dtype and int64 labels."""
+
+    x: Tensor  # (B, T', D): see InputPlan.derive
+    y: Tensor  # (B,)
+
+
+class StoreSource:
+    """Reads packed rows of one split and layer from the store, a whole chunk at a time."""
+
+    def __init__(self, store: FeatureStore, split: str, layer: int, plan: InputPlan) -> None:
+        self.store, self.split, self.layer, self.plan = store, split, layer, plan
+        self.chunk_samples = store.split(split).chunk_samples
+
+    def rows(self, chunk: int, local: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        """Packed ``[len(local), T', D]`` for rows ``local`` of ``chunk`` (view per row, or view 0)."""
+        data = self.store.read_chunk(self.split, self.layer, chunk)  # [n, V, T, D]
+        x = data[local, 0] if views is None else data[local, views]
+        return self.plan.pack(x)
+
+
+class MemorySource:
+    """Packed rows held in RAM (all views), served with the same interface as :class:`StoreSource`."""
+
+    def __init__(self, rows: np.ndarray, data: np.ndarray, chunk_samples: int) -> None:
+        self.row_index = np.asarray(rows, np.int64)  # sorted stored rows held
+        self.data = data  # [len(rows), V, T', D] packed
+        self.chunk_samples = chunk_samples
+
+    @classmethod
+    def load(
+        cls,
+        store: FeatureStore,
+        split: str,
+        layer: int,
+        plan: InputPlan,
+        rows: np.ndarray,
+        *,
+        all_views: bool,
+    ) -> MemorySource:
+        """Read ``rows`` once, chunk by chunk, keeping only what ``plan`` needs."""
+        cs = store.split(split).chunk_samples
+        rows = np.asarray(rows, np.int64)
+        parts = []
+        for chunk, local in _rows_by_chunk(rows, cs):
+            data = store.read_chunk(split, layer, chunk)[local]  # [m, V, T, D]
+            parts.append(plan.pack(data if all_views else data[:, :1]))
+        if parts:
+            data = np.concatenate(parts)
+        else:
+            data = np.zeros((0, 1, 0, store.meta.dim), np.float32)
+        return cls(rows, np.ascontiguousarray(data), cs)
+
+    def rows(self, chunk: int, local: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        pos = np.searchsorted(self.row_index, chunk * self.chunk_samples + local)
+        return self.data[pos, 0] if views is None else self.data[pos, views]
+
+
+Source = StoreSource | MemorySource
+
+
+class BatchStream:
+    """The batches of one split subset: shuffled training epochs and ordered evaluation passes.
+
+    Args:
+        source: where packed rows come from (the store, or RAM).
+        rows: stored row indices to use (sorted).
+        labels: labels of the whole split, stored order.
+        batch_size: samples per batch.
+        device: where batches go.
+        dtype: compute dtype the tokens are converted to on the device.
+        data_seed: seeds chunk order, shuffle buffer and view choice together with the epoch.
+        views: views per sample in the split (V); training cycles through them.
+        shuffle_chunks: chunks mixed in the shuffle buffer (0: enough for two batches, at least 4).
+        prefetch: batches the reader thread may run ahead.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        data_seed: int,
+        views: int = 1,
+        shuffle_chunks: int = 0,
+        prefetch: int = 4,
+    ) -> None:
+        self.source = source
+        self.rows = np.asarray(rows, np.int64)
+        self.labels = np.asarray(labels, np.int64)
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.data_seed = data_seed
+        self.views = views
+        cs = source.chunk_samples
+        self.shuffle_chunks = shuffle_chunks or max(4, math.ceil(2 * batch_size / cs))
+        self.prefetch = prefetch
+        self._by_chunk = list(_rows_by_chunk(self.rows, cs))
+        n_split = len(self.labels)
+        self._view_offset = np.random.default_rng([data_seed, 1]).integers(views, size=n_split) if views > 1 else None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.rows)
+
+    def steps_per_epoch(self) -> int:
+        """Training steps per epoch (drop_last)."""
+        return len(self.rows) // self.batch_size
+
+    def train_epoch(self, epoch: int) -> Iterator[Batch]:
+        """Shuffled full batches of epoch ``epoch`` (the last partial batch is dropped)."""
+        return self._device_batches(lambda: self._train_arrays(epoch))
+
+    def eval_pass(self) -> Iterator[Batch]:
+        """Every row once, in stored order, view 0, the last batch partial."""
+        return self._device_batches(self._eval_arrays)
+
+    def host_train_epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Training batches as host arrays, without the device copy (to time the reader alone)."""
+        return prefetch(lambda: self._train_arrays(epoch), self.prefetch)
+
+    # ------------------------------------------------------------------ producer side (reader thread)
+    def _train_arrays(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng([self.data_seed, 0, epoch])
+        order = rng.permutation(len(self._by_chunk))
+        B = self.batch_size
+        carry_x: np.ndarray | None = None
+        carry_y: np.ndarray | None = None
+        for start in range(0, len(order), self.shuffle_chunks):
+            xs, ys = [], []
+            if carry_x is not None:
+                xs.append(carry_x)
+                ys.append(carry_y)
+            for i in order[start : start + self.shuffle_chunks].tolist():
+                chunk, local = self._by_chunk[i]
+                rows = chunk * self.source.chunk_samples + local
+                views = None
+                if self._view_offset is not None:
+                    views = (epoch + self._view_offset[rows]) % self.views
+                xs.append(self.source.rows(chunk, local, views))
+                ys.append(self.labels[rows])
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            perm = rng.permutation(len(y))
+            x, y = x[perm], y[perm]
+            full = len(y) // B
+            for j in range(full):
+                yield x[j * B : (j + 1) * B], y[j * B : (j + 1) * B]
+            carry_x, carry_y = x[full * B :], y[full * B :]
+
+    def _eval_arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        B = self.batch_size
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        held = 0
+        for chunk, local in self._by_chunk:
+            xs.append(self.source.rows(chunk, local, None))
+            ys.append(self.labels[chunk * self.source.chunk_samples + local])
+            held += len(local)
+            if held >= B:
+                x, y = np.concatenate(xs), np.concatenate(ys)
+                full = len(y) // B
+                for j in range(full):
+                    yield x[j * B : (j + 1) * B], y[j * B : (j + 1) * B]
+                xs, ys, held = [x[full * B :]], [y[full * B :]], len(y) - full * B
+        if held:
+            yield np.concatenate(xs), np.concatenate(ys)
+
+    # ------------------------------------------------------------------ consumer side
+    def _device_batches(self, arrays: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]) -> Iterator[Batch]:
+        cuda = self.device.type == "cuda"
+
+        def host() -> Iterator[tuple[Tensor, Tensor]]:
+            for x, y in arrays():
+                tx, ty = to_torch(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+                if cuda:  # pin in the reader thread so the copy below can overlap compute
+                    tx, ty = tx.pin_memory(), ty.pin_memory()
+                yield tx, ty
+
+        for tx, ty in prefetch(host, self.prefetch):
+            x = tx.to(self.device, non_blocking=cuda).to(self.dtype)
+            yield Batch(x, ty.to(self.device, non_blocking=cuda))
+
+
+def prefetch(make: Callable[[], Iterator[Any]], size: int) -> Iterator[Any]:
+    """Run the iterator ``make()`` in a thread, at most ``size`` items ahead; errors re-raise here.
+
+    Closing the consumer early (``break``) stops the thread at its next item.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, size))
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in make():
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            q.put(_Failure(e))
+
+    thread = threading.Thread(target=run, name="epcache-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
+                q.get_nowait()
+            thread.join(timeout=0.05)
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _rows_by_chunk(rows: np.ndarray, chunk_samples: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(chunk, local row indices)`` for sorted stored rows, chunks ascending."""
+    if len(rows) == 0:
+        return
+    chunk_of = rows // chunk_samples
+    bounds = np.flatnonzero(np.diff(chunk_of)) + 1
+    for part in np.split(rows, bounds):
+        c = int(part[0] // chunk_samples)
+        yield c, part - c * chunk_samples
+
+
+def _gap(patches: Tensor, dtype: torch.dtype) -> Tensor:
+    """Mean over the token axis (-2) in ``dtype``: one definition for reader and device side."""
+    return patches.to(dtype).mean(dim=-2)

@@ -1,0 +1,357 @@
+"""The fused trainer: every config of one input group trained in one pass over the store.
+
+Per batch the tokens are read once and handed to every stack of heads; the per-config losses
+are summed (no parameter is shared, so the gradient of the sum w.r.t. config k's parameters is
+the gradient of config k's own loss) and one sliced optimiser step updates all configs with
+their own learning rate, weight decay and schedule. After each epoch every config is scored on
+the holdout (which selects its epoch; the weights of that epoch are kept on the device) and on
+the eval split (the curve and the paper's "best epoch on val" number, recorded as ``oracle``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from epcache.probe.fused import HeadStack, TensorStack, cross_entropy_per_config, make_stack
+from epcache.probe.grid import RunSpec
+from epcache.probe.metrics import Metrics, MetricsAccumulator
+from epcache.probe.optim import lr_at
+from epcache.probe.stacked_optim import SlicedOptimizer
+from epcache.probe.stream import BatchStream, InputPlan
+
+__all__ = ["CKPT_FORMAT", "ConfigOutcome", "GroupTrainer", "HeadGeometry"]
+
+CKPT_FORMAT = "epcache-probe-ckpt"
+CKPT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HeadGeometry:
+    """What every head of a store needs to be built: width, classes and token layout."""
+
+    dim: int
+    num_classes: int
+    num_tokens: int  # T, prefix included
+    num_patches: int
+    num_prefix: int
+
+    def tokens_seen(self, run: RunSpec) -> int:
+        """N of the token sequence a head is built for (``clip`` learns a table of that length)."""
+        if run.head.kind == "linear" or run.tokens == "all":
+            return self.num_tokens
+        return self.num_patches
+
+    def head_config(self, run: RunSpec) -> dict[str, Any]:
+        """Keyword arguments that rebuild the head with ``create_head``."""
+        return {
+            "kind": run.head.kind,
+            "options": dict(run.head.params),
+            "in_dim": self.dim,
+            "num_classes": self.num_classes,
+            "num_tokens": self.tokens_seen(run),
+            "num_prefix": self.num_prefix,
+        }
+
+
+@dataclass
+class ConfigOutcome:
+    """One config after training: its curves, selected epoch, final metrics and selected weights."""
+
+    run: RunSpec
+    train_loss: list[float]
+    holdout_top1: list[float | None]
+    eval_top1: list[float]
+    selected_epoch: int
+    holdout: Metrics | None
+    eval: Metrics
+    state: dict[str, Tensor] = field(repr=False)  # selected single-head state dict (CPU)
+
+    @property
+    def oracle_epoch(self) -> int:
+        return int(np.argmax(self.eval_top1))
+
+    @property
+    def diverged(self) -> bool:
+        return not all(math.isfinite(v) for v in self.train_loss)
+
+
+class GroupTrainer:
+    """Trains the configs of one input group (one layer) together.
+
+    Args:
+        runs: the group's configs.
+        geometry: width, classes and token layout of the store.
+        plan: which tokens the reader delivers and how each head's input is derived.
+        device: training device.
+        dtype: compute dtype.
+        fused: stack same-shape heads (True) or loop over modules (False, the reference path).
+    """
+
+    def __init__(
+        self,
+        runs: Sequence[RunSpec],
+        geometry: HeadGeometry,
+        plan: InputPlan,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        fused: bool = True,
+    ) -> None:
+        from epcache.probe.heads import create_head
+
+        self.runs = list(runs)
+        self.geometry = geometry
+        self.plan = plan
+        self.device = device
+        self.dtype = dtype
+        by_stack: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        for i, run in enumerate(self.runs):
+            by_stack[run.stack_key].append(i)
+        self.stacks: list[HeadStack] = []
+        self.optimizers: dict[str, SlicedOptimizer] = {}
+        slots_by_opt: dict[str, list[Any]] = defaultdict(list)
+        for s, (key, members) in enumerate(by_stack.items()):
+            heads = []
+            for i in members:
+                run = self.runs[i]
+                with torch.random.fork_rng(devices=[]):  # the init depends on the config's seed only
+                    torch.manual_seed(run.seed)
+                    heads.append(
+                        create_head(
+                            run.head,
+                            in_dim=geometry.dim,
+                            num_classes=geometry.num_classes,
+                            num_tokens=geometry.tokens_seen(run),
+                            num_prefix=geometry.num_prefix,
+                        )
+                    )
+            stack = make_stack(heads, key[1], members, fused=fused).to(device=device, dtype=dtype)
+            self.stacks.append(stack)
+            slots_by_opt[key[2]].extend(stack.slots(f"s{s}"))
+        for name, slots in slots_by_opt.items():
+            self.optimizers[name] = SlicedOptimizer(name, slots)
+        self.base_lr = [run.lr for run in self.runs]
+        self.wd = torch.tensor([run.wd for run in self.runs], dtype=torch.float64, device=device)
+        K = len(self.runs)
+        self.epoch = -1  # last completed epoch
+        self.steps = 0
+        self.train_loss: list[list[float]] = [[] for _ in range(K)]
+        self.holdout_top1: list[list[float | None]] = [[] for _ in range(K)]
+        self.eval_top1: list[list[float]] = [[] for _ in range(K)]
+        self.best_epoch = [-1] * K
+        self.best_score = [-math.inf] * K
+        self._best = [self._snapshot(stack) for stack in self.stacks]
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(
+        self,
+        stream: BatchStream,
+        epoch: int,
+        *,
+        warmup_steps: int,
+        total_steps: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """One epoch over ``stream`` with the per-iteration schedule."""
+        for stack in self.stacks:
+            stack.train()
+        loss_sum = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
+        n = 0
+        lrs = self._lr_table(self.steps, stream.steps_per_epoch(), warmup_steps, total_steps)  # (steps, K), one copy
+        for batch in stream.train_epoch(epoch):
+            lr = lrs[n]
+            inputs: dict[str, Tensor] = {}
+            total = None
+            for stack in self.stacks:
+                if stack.selection not in inputs:
+                    inputs[stack.selection] = self.plan.derive(batch.x, stack.selection)
+                losses = cross_entropy_per_config(stack(inputs[stack.selection]), batch.y)  # (K_s,)
+                loss_sum.index_add_(0, stack.config_index, losses.detach().to(torch.float64))
+                total = losses.sum() if total is None else total + losses.sum()
+            for opt in self.optimizers.values():
+                opt.zero_grad()
+            assert total is not None
+            total.backward()
+            for opt in self.optimizers.values():
+                opt.step(lr, self.wd)
+            self.steps += 1
+            n += 1
+            if on_batch is not None:
+                on_batch(len(batch.y))
+        means = (loss_sum / max(n, 1)).tolist()  # the one host sync of the epoch
+        for k, v in enumerate(means):
+            self.train_loss[k].append(v)
+
+    def _lr_table(self, first: int, steps: int, warmup_steps: int, total_steps: int) -> Tensor:
+        """Per-config learning rates of ``steps`` iterations from ``first``: ``lr_at`` for each base lr."""
+        unique = sorted(set(self.base_lr))
+        rows = []
+        for t in range(first, first + steps):
+            at = {b: lr_at(t, base_lr=b, warmup_steps=warmup_steps, total_steps=total_steps) for b in unique}
+            rows.append([at[b] for b in self.base_lr])
+        return torch.tensor(rows, dtype=torch.float64).reshape(steps, len(self.base_lr)).to(self.device)
+
+    @torch.no_grad()
+    def evaluate(self, stream: BatchStream) -> list[MetricsAccumulator]:
+        """Per-class counts of every stack on one pass over ``stream`` (BN in eval mode)."""
+        for stack in self.stacks:
+            stack.eval()
+        accs = [MetricsAccumulator(stack.size, self.geometry.num_classes, self.device) for stack in self.stacks]
+        for batch in stream.eval_pass():
+            inputs: dict[str, Tensor] = {}
+            for stack, acc in zip(self.stacks, accs, strict=True):
+                if stack.selection not in inputs:
+                    inputs[stack.selection] = self.plan.derive(batch.x, stack.selection)
+                acc.update(stack(inputs[stack.selection]), batch.y)
+        return accs
+
+    def top1(self, accs: Sequence[MetricsAccumulator]) -> list[float]:
+        """Top-1 per config (sweep order within the group)."""
+        out = [0.0] * len(self.runs)
+        for stack, acc in zip(self.stacks, accs, strict=True):
+            for k, v in zip(stack.config_index.tolist(), acc.top1().tolist(), strict=True):
+                out[k] = float(v)
+        return out
+
+    def metrics(self, accs: Sequence[MetricsAccumulator]) -> list[Metrics]:
+        """Full metrics per config."""
+        out: list[Metrics | None] = [None] * len(self.runs)
+        for stack, acc in zip(self.stacks, accs, strict=True):
+            for k, m in zip(stack.config_index.tolist(), acc.metrics(), strict=True):
+                out[k] = m
+        return out  # type: ignore[return-value]
+
+    def end_epoch(self, epoch: int, holdout: list[float] | None, eval_top1: list[float]) -> None:
+        """Record the epoch's scores; keep the weights of configs whose holdout top-1 improved.
+
+        Without a holdout every epoch "improves", so the last epoch is selected.
+        """
+        improved = []
+        for k in range(len(self.runs)):
+            score = holdout[k] if holdout is not None else float(epoch)
+            self.holdout_top1[k].append(None if holdout is None else holdout[k])
+            self.eval_top1[k].append(eval_top1[k])
+            if score > self.best_score[k]:  # strict: ties keep the earlier epoch
+                self.best_score[k] = score
+                self.best_epoch[k] = epoch
+                improved.append(k)
+        if improved:
+            mask = torch.zeros(len(self.runs), dtype=torch.bool)
+            mask[improved] = True
+            for stack, best in zip(self.stacks, self._best, strict=True):
+                self._copy_slices(stack, best, mask[stack.config_index.cpu()], to_best=True)
+        self.epoch = epoch
+
+    def load_selected(self) -> None:
+        """Put every config's selected-epoch weights (and BN statistics) into the stacks."""
+        for stack, best in zip(self.stacks, self._best, strict=True):
+            self._copy_slices(stack, best, torch.ones(stack.size, dtype=torch.bool), to_best=False)
+
+    def outcomes(self, holdout: list[Metrics] | None, evaluation: list[Metrics]) -> list[ConfigOutcome]:
+        """Per-config results; call after :meth:`load_selected` and the final evaluation."""
+        out = []
+        for stack in self.stacks:
+            for local, k in enumerate(stack.config_index.tolist()):
+                out.append(
+                    ConfigOutcome(
+                        run=self.runs[k],
+                        train_loss=list(self.train_loss[k]),
+                        holdout_top1=list(self.holdout_top1[k]),
+                        eval_top1=list(self.eval_top1[k]),
+                        selected_epoch=self.best_epoch[k],
+                        holdout=None if holdout is None else holdout[k],
+                        eval=evaluation[k],
+                        state=stack.export(local),
+                    )
+                )
+        order = {run.id: i for i, run in enumerate(self.runs)}
+        return sorted(out, key=lambda o: order[o.run.id])
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Everything needed to continue after the last completed epoch: tensors and JSON state.
+
+        No random state is needed: batch order and view choice are drawn from
+        ``(data_seed, epoch)``, and initial weights are already in the tensors.
+        """
+        tensors: dict[str, Tensor] = {}
+        for s, (stack, best) in enumerate(zip(self.stacks, self._best, strict=True)):
+            for name, t, _ in _items(stack):
+                tensors[f"s{s}.{name}"] = t.detach()
+            for name, t in best.items():
+                tensors[f"best.s{s}.{name}"] = t
+        for opt_name, opt in self.optimizers.items():
+            for name, t in opt.state_tensors().items():
+                tensors[f"opt.{opt_name}.{name}"] = t
+        state = {
+            "format": CKPT_FORMAT,
+            "version": CKPT_VERSION,
+            "config_ids": [run.id for run in self.runs],
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "optimizer_steps": {name: opt.steps for name, opt in self.optimizers.items()},
+            "train_loss": self.train_loss,
+            "holdout_top1": self.holdout_top1,
+            "eval_top1": self.eval_top1,
+            "best_epoch": self.best_epoch,
+            "best_score": [s if math.isfinite(s) else None for s in self.best_score],
+            "rng": {"data_seed": self.runs[0].settings.data_seed, "next_epoch": self.epoch + 1},
+        }
+        return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, state
+
+    def restore(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        """Continue from a :meth:`checkpoint` of the same configs."""
+        if state.get("format") != CKPT_FORMAT or state.get("config_ids") != [run.id for run in self.runs]:
+            raise ValueError("checkpoint belongs to another set of configs")
+        with torch.no_grad():
+            for s, (stack, best) in enumerate(zip(self.stacks, self._best, strict=True)):
+                for name, t, _ in _items(stack):
+                    t.copy_(tensors[f"s{s}.{name}"])
+                for name, t in best.items():
+                    t.copy_(tensors[f"best.s{s}.{name}"])
+        for opt_name, opt in self.optimizers.items():
+            prefix = f"opt.{opt_name}."
+            sub = {k[len(prefix) :]: v.to(self.device) for k, v in tensors.items() if k.startswith(prefix)}
+            opt.load_state_tensors(sub, int(state["optimizer_steps"][opt_name]))
+        self.epoch = int(state["epoch"])
+        self.steps = int(state["steps"])
+        self.train_loss = [[math.nan if v is None else float(v) for v in x] for x in state["train_loss"]]  # JSON null
+        self.holdout_top1 = [list(x) for x in state["holdout_top1"]]
+        self.eval_top1 = [list(x) for x in state["eval_top1"]]
+        self.best_epoch = [int(x) for x in state["best_epoch"]]
+        self.best_score = [-math.inf if x is None else float(x) for x in state["best_score"]]
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _snapshot(stack: HeadStack) -> dict[str, Tensor]:
+        return {name: t.detach().clone() for name, t, _ in _items(stack)}
+
+    @staticmethod
+    @torch.no_grad()
+    def _copy_slices(stack: HeadStack, best: dict[str, Tensor], mask: Tensor, *, to_best: bool) -> None:
+        for name, t, k in _items(stack):
+            src, dst = (t, best[name]) if to_best else (best[name], t)
+            if k is None:
+                m = mask.to(t.device).view(-1, *([1] * (t.ndim - 1)))
+                dst.copy_(torch.where(m, src, dst))
+            elif bool(mask[k]):
+                dst.copy_(src)
+
+
+def _items(stack: HeadStack) -> list[tuple[str, Tensor, int | None]]:
+    """Every tensor of a stack with the config slice it belongs to (None: a leading K axis)."""
+    if isinstance(stack, TensorStack):
+        return [(name, t, None) for name, t in stack.state_dict(keep_vars=True).items()]
+    out = []
+    for k, head in enumerate(stack.heads):  # type: ignore[attr-defined]
+        for name, t in head.state_dict(keep_vars=True).items():
+            out.append((f"{k}.{name}", t, k))
+    return out
