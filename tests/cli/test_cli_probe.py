@@ -1,0 +1,55 @@
+"""`epcache probe` through the CLI: comma lists become a sweep, results land in RUNDIR, errors exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from epcache.cli import app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))
+from probe_helpers import write_store
+
+runner = CliRunner()
+FAST = ["--epochs", "2", "--warmup", "1", "--batch-size", "32", "--optimizer", "adamw", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_store(tmp_path_factory.mktemp("cli") / "s.zarr", n_train=96, n_val=32)
+
+
+def test_sweep_from_comma_lists(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear,ep", "--queries", "2,4",
+                            "--lr", "1e-3,3e-3", "--layers", "0,1", "--out", str(out), *FAST])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # linear: 1 token choice; ep: 2 query counts -> 3 heads x 2 lrs x 2 layers
+    assert len(rows) == 12
+    assert {r["config"]["head_options"].get("queries") for r in rows if r["config"]["kind"] == "ep"} == {2, 4}
+    assert "best overall" in r.output
+    again = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear,ep", "--queries", "2,4",
+                                "--lr", "1e-3,3e-3", "--layers", "0,1", "--out", str(out), *FAST])
+    assert again.exit_code == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 12  # finished configs are skipped
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--layers", "7"], "layer"),
+        (["--eval-split", "test"], "test"),
+        (["--head", "ep", "--queries", "3,5"], "queries"),
+        (["--lr", "fast"], "fast"),
+    ],
+)
+def test_bad_input_exits_2(store: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    r = runner.invoke(app, ["probe", "--store", str(store), *FAST, "--out", str(tmp_path / "r"), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r" / "results.jsonl").exists()
