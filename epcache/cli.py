@@ -106,6 +106,12 @@ def extract(
     shard_samples: Annotated[int | None, typer.Option(help="Samples per zarr shard (default: automatic).")] = None,
     compressor: Annotated[str | None, typer.Option(help="zstd[:N] / blosc[:N] (zarr), gzip / lzf (h5).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    break_lock: Annotated[
+        bool, typer.Option(help="Remove the writer lock a crashed or killed extraction left on --out.")
+    ] = False,
+    allow_duplicate: Annotated[
+        bool, typer.Option(help="Extract even if a complete store with the same provenance sits beside --out.")
+    ] = False,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import ExtractConfig
@@ -119,6 +125,7 @@ def extract(
             final_norm=final_norm, img_size=img_size, device=device, amp=amp, seed=seed,
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
+            break_lock=break_lock, allow_duplicate=allow_duplicate,
         )
         result = run_extract(cfg, progress=progress)
     typer.echo(result.format_text())
@@ -267,6 +274,64 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+@app.command()
+def verify(
+    store: Annotated[str, typer.Argument(help="Feature store: a .zarr directory, an .h5 file or a URL.")],
+    deep: Annotated[bool, typer.Option(help="Also scan every stored value for inf/nan.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    repair: Annotated[bool, typer.Option(help="Re-extract the bad or missing blocks from the images.")] = False,
+    data: Annotated[str | None, typer.Option(help="With --repair: the data root the store came from.")] = None,
+    weights: Annotated[str | None, typer.Option(help="With --repair: the store's checkpoint (sha256 checked).")] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="With --repair: NAME=SUBDIR for splits whose source is not recorded.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="With --repair: default, the extraction's device.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="With --repair: the extraction's --batch-size.")] = None,
+    workers: Annotated[int, typer.Option(help="With --repair: DataLoader decoding processes.")] = 4,
+    break_lock: Annotated[bool, typer.Option(help="With --repair: remove a crashed extraction's lock.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Check every block's bytes against its crc32c record, and the metadata, ids and labels.
+
+    Exit code 0: clean; 1: something is missing, corrupt or inconsistent (listed); 2: not a store.
+    """
+    from epcache.errors import ConfigError
+    from epcache.store import verify_store
+
+    with _user_errors():
+        if repair:
+            from epcache.extract import repair_store
+
+            if data is None:
+                raise ConfigError("--repair needs --data ROOT, the data root the store was extracted from")
+            result = repair_store(
+                store, data=data, weights=weights, splits=_splits(split) if split else None, device=device,
+                batch_size=batch_size, workers=workers, deep=deep, break_lock=break_lock, progress=progress,
+            )
+            report, text, doc = result.after, result.format_text(), result.to_json()
+        else:
+            if data is not None or weights is not None or split or break_lock:
+                raise ConfigError("--data, --weights, --split and --break-lock are used only with --repair")
+            report = verify_store(store, deep=deep, progress=progress)
+            text, doc = report.format_text(), report.to_json()
+    typer.echo(json.dumps(doc, indent=2) if as_json else text)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command(name="ls")
+def ls(
+    root: Annotated[str, typer.Argument(help="Directory or URL prefix (s3://bucket/stores) to search for stores.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """List the stores under ROOT: backbone, weights, dataset, splits, layers, views, dtype, size, status."""
+    from epcache.store import format_catalog, list_stores
+
+    with _user_errors():
+        entries = list_stores(root)
+    typer.echo(json.dumps([e.to_json() for e in entries], indent=2) if as_json else format_catalog(entries, root))
 
 
 def main() -> None:

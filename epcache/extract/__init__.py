@@ -13,6 +13,9 @@ from epcache.extract._models import ModelAlias as ModelAlias
 from epcache.extract._models import ResolvedModel as ResolvedModel
 from epcache.extract._models import list_model_aliases as list_model_aliases
 from epcache.extract._models import resolve_model as resolve_model
+from epcache.extract._repair import RepairResult as RepairResult
+from epcache.extract._repair import extract_config_from_store as extract_config_from_store
+from epcache.extract._repair import repair_store as repair_store
 from epcache.extract._run import extract as extract
 from epcache.extract._run import plan_extract as plan_extract
 
@@ -21,11 +24,14 @@ __all__ = [
     "ExtractPlan",
     "ExtractResult",
     "ModelAlias",
+    "RepairResult",
     "ResolvedModel",
     "SplitPlan",
     "extract",
+    "extract_config_from_store",
     "list_model_aliases",
     "parse_layers",
     "plan_extract",
+    "repair_store",
     "resolve_model",
 ]

@@ -60,6 +60,8 @@ class ExtractConfig:
     compressor: str | None = None  # "zstd[:level]", "blosc[:level]" or None
     hf_cache_dir: Path | None = None  # Hugging Face hub cache; default from HF_HUB_CACHE / HF_HOME
     max_pending_blocks: int = 2  # writer queue bound: blocks in flight to the disk
+    break_lock: bool = False  # remove a writer lock left by a crashed extraction (store/_lock.py)
+    allow_duplicate: bool = False  # extract even if a complete store with this provenance sits beside `out`
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -177,6 +179,7 @@ class ExtractResult:
     skipped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # unreadable images left out
     dropped_keys: tuple[str, ...] = ()  # checkpoint keys not loaded (classifier, decoder)
     missing_unused: tuple[str, ...] = ()  # final-norm keys absent from the checkpoint, unused
+    world_size: int = 1  # processes that extracted together (torchrun); samples and blocks are their sums
 
     @property
     def images_per_s(self) -> float:
@@ -193,8 +196,9 @@ class ExtractResult:
             )
         n = sum(self.samples.values())
         verb = "resumed and completed" if self.resumed else "extracted"
+        ranks = f" on {self.world_size} ranks" if self.world_size > 1 else ""
         lines = [
-            f"{verb} {self.store}: {n} samples in {self.seconds:.1f} s ({self.images_per_s:.1f} samples/s), "
+            f"{verb} {self.store}{ranks}: {n} samples in {self.seconds:.1f} s ({self.images_per_s:.1f} samples/s), "
             f"{self.blocks_written} blocks; writer stall {self.writer_wait_s:.1f} s",
             f"provenance {self.provenance}",
         ]

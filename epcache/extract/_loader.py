@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from epcache.extract._transforms import ViewAugment, view_rng
 
 if TYPE_CHECKING:
@@ -80,7 +82,8 @@ class ViewDataset:
                 assert self.augment is not None
                 out.append(self.augment(img, view_rng(self.seed, self.split, index, v)))
             return index, torch.stack(out), ""
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated, ...
+        # PIL: UnidentifiedImageError, truncated files; DecompressionBombError is a plain Exception
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             reason = f"{type(e).__name__}: {e}"
             return index, torch.zeros((self.views, *self.input_size)), reason
 
@@ -148,6 +151,6 @@ class _DecodeCheck:
     def __getitem__(self, index: int) -> tuple[int, str]:
         try:
             decode_image(self.paths[index])
-        except (OSError, ValueError, SyntaxError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             return index, f"{type(e).__name__}: {e}"
         return index, ""

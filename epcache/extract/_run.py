@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,12 +31,15 @@ import epcache
 from epcache.errors import (
     BadImageError,
     ConfigError,
+    EpcacheError,
     NonFiniteFeaturesError,
     ProvenanceMismatchError,
+    StoreExistsError,
     StoreNotFoundError,
 )
 from epcache.extract._backbone import LoadReport, build_meta_model, load_backbone
 from epcache.extract._config import ExtractConfig, ExtractPlan, ExtractResult, SplitPlan, itemsize
+from epcache.extract._dist import DistContext, distributed_context, exit_on_sigterm, torchrun_world_size
 from epcache.extract._forward import ModelGeometry, TokenExtractor, inspect_model
 from epcache.extract._loader import ViewDataset, find_unreadable, make_loader
 from epcache.extract._models import resolve_model
@@ -45,10 +50,13 @@ from epcache.store import (
     BackboneMeta,
     FeatureStore,
     SplitSpec,
+    StoreLock,
     StoreMeta,
+    acquire_store_lock,
     compute_provenance,
     create_store,
     detect_format,
+    find_stores,
     from_torch,
     open_store,
     split_fingerprint,
@@ -78,6 +86,11 @@ def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
     recorded as written are extracted, with the same bytes an uninterrupted run writes); a
     complete store is left as it is (``status == "already-complete"``).
 
+    Under torchrun (``WORLD_SIZE > 1``) every rank calls this with the same config: rank 0 takes
+    the writer lock and creates the store, each rank writes its round-robin share of the missing
+    blocks, and every rank returns the job's totals. The store is byte-identical to a
+    single-process run's, and a job killed anywhere resumes with any number of ranks.
+
     Args:
         config: what to extract and where.
         progress: show a tqdm bar with samples/s and ETA per split.
@@ -85,7 +98,11 @@ def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
     Raises:
         ModelError, WeightsError, UnknownLayerError, ConfigError: before any store is created.
         ProvenanceMismatchError: the store exists and was made by a different configuration.
-        StoreExistsError: something that is not a store is at ``config.out``.
+        StoreExistsError: something that is not a store is at ``config.out``, or a complete store
+            with the same provenance sits beside it (unless ``allow_duplicate``/``overwrite``).
+        StoreLockedError: another extraction is writing the store, or a crashed one left its lock
+            (``break_lock=True`` removes it).
+        ConfigError: an HDF5 store under torchrun (one writer only; use zarr).
         StoreNotFoundError: ``resume=True`` but there is no store to resume.
         BadImageError: an unreadable image (with ``on_bad_image="error"``); the store stays
             incomplete and a re-run continues it.
@@ -98,6 +115,20 @@ def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
 
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r} requested but torch sees no CUDA device; use --device cpu")
+    world = torchrun_world_size()
+    if world > 1 and prep.plan.format == "h5":  # checked before joining: every rank fails at once, none waits
+        raise ConfigError(
+            f"{config.out}: an HDF5 store takes one writer at a time, so it cannot be extracted by "
+            f"{world} torchrun processes; write a zarr store instead (--out NAME.zarr or --format zarr), "
+            "whose ranks write disjoint shards concurrently, or run a single process"
+        )
+    with exit_on_sigterm(), distributed_context() as ctx:
+        return _extract(prep, ctx, progress=progress)
+
+
+def _extract(prep: _Prepared, ctx: DistContext, *, progress: bool) -> ExtractResult:
+    """``extract`` after planning, on one rank of ``ctx`` (the only one outside torchrun)."""
+    config = prep.config
     model, report = load_backbone(
         prep.source,
         model_kwargs=config.model_kwargs,
@@ -105,49 +136,163 @@ def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
         final_norm=config.final_norm,
         seed=config.seed,
     )
-    model.to(config.device)
-    meta = _store_meta(prep, report)
-    store, resumed, skipped = _open_or_create(config, prep, meta, progress=progress)
-    with store:
-        work = {name: store.missing_blocks(name) for name in prep.sources}
-        if resumed and not any(work.values()):
+    meta = _store_meta(prep, report)  # records the device as asked (so every rank writes the same bytes)
+    if ctx.distributed and config.device == "cuda":  # one GPU per process on each node
+        prep.config = dataclasses.replace(config, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    model.to(prep.config.device)
+    show = progress and ctx.is_main  # one progress bar (rank 0's share), not one per rank
+    setup = _setup_store(prep, meta, ctx, progress=show)
+    try:
+        with setup.store as store:
+            work = setup.work
+            if setup.resumed and not any(work.values()):
+                return ExtractResult(
+                    status="already-complete",
+                    store=str(config.out),
+                    plan=prep.plan,
+                    provenance=store.provenance,
+                    resumed=True,
+                    skipped=setup.skipped,
+                    dropped_keys=report.dropped_keys,
+                    missing_unused=report.missing_unused,
+                    world_size=ctx.world_size,
+                )
+            extractor = TokenExtractor(model, prep.geometry, final_norm=config.final_norm)
+            t0 = time.perf_counter()
+            mine = _RankOutcome()
+            try:
+                for name, missing in work.items():
+                    blocks = ctx.assign(missing)
+                    if not blocks:
+                        continue
+                    n, b, w = _extract_split(
+                        store, prep, prep.sources_in_store[name], name, blocks, extractor, progress=show
+                    )
+                    mine.samples[name] = n
+                    mine.blocks += b
+                    mine.wait_s += w
+            except EpcacheError as e:
+                if not ctx.distributed:
+                    raise
+                mine.error = _portable(e)  # reported by every rank after the barrier below
+            outcomes = ctx.gather(mine)  # also waits until every rank's blocks are recorded
+            _raise_first_error(outcomes, ctx)
+            seconds = time.perf_counter() - t0
+            samples: dict[str, int] = {}
+            for o in outcomes:
+                for name, n in o.samples.items():
+                    samples[name] = samples.get(name, 0) + n
             return ExtractResult(
-                status="already-complete",
+                status="complete",
                 store=str(config.out),
                 plan=prep.plan,
                 provenance=store.provenance,
-                resumed=True,
-                skipped=skipped,
+                resumed=setup.resumed,
+                samples=samples,
+                blocks_written=sum(o.blocks for o in outcomes),
+                seconds=seconds,
+                writer_wait_s=sum(o.wait_s for o in outcomes),
+                skipped=setup.skipped,
                 dropped_keys=report.dropped_keys,
                 missing_unused=report.missing_unused,
+                world_size=ctx.world_size,
             )
-        extractor = TokenExtractor(model, prep.geometry, final_norm=config.final_norm)
-        t0 = time.perf_counter()
-        samples: dict[str, int] = {}
-        blocks = 0
-        wait_s = 0.0
-        for name, missing in work.items():
-            if not missing:
-                continue
-            n, b, w = _extract_split(
-                store, prep, prep.sources_in_store[name], name, missing, extractor, progress=progress
-            )
-            samples[name], blocks, wait_s = n, blocks + b, wait_s + w
-        seconds = time.perf_counter() - t0
-        return ExtractResult(
-            status="complete",
-            store=str(config.out),
-            plan=prep.plan,
-            provenance=store.provenance,
-            resumed=resumed,
-            samples=samples,
-            blocks_written=blocks,
-            seconds=seconds,
-            writer_wait_s=wait_s,
-            skipped=skipped,
-            dropped_keys=report.dropped_keys,
-            missing_unused=report.missing_unused,
-        )
+    finally:
+        if setup.lock is not None:
+            setup.lock.release()
+
+
+@dataclass
+class _StoreSetup:
+    """The store as this rank uses it, and what rank 0 decided for every rank."""
+
+    store: FeatureStore
+    lock: StoreLock | None  # held by rank 0 (the only rank outside torchrun) until the job ends
+    resumed: bool
+    skipped: dict[str, tuple[str, ...]]
+    work: dict[str, list[int]]  # missing blocks per split, computed once by rank 0
+
+
+@dataclass
+class _SetupState:
+    """What rank 0 broadcasts once the store exists (or why it could not make it)."""
+
+    resumed: bool = False
+    skipped: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    work: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    error: BaseException | None = None
+
+
+@dataclass
+class _RankOutcome:
+    """What one rank did, gathered by every rank at the end."""
+
+    samples: dict[str, int] = dataclasses.field(default_factory=dict)
+    blocks: int = 0
+    wait_s: float = 0.0
+    error: BaseException | None = None
+
+
+def _setup_store(prep: _Prepared, meta: StoreMeta, ctx: DistContext, *, progress: bool) -> _StoreSetup:
+    """Rank 0 takes the writer lock and opens or creates the store; the other ranks then open it.
+
+    Only rank 0 writes metadata (creation, new splits, skipped images); the others wait for its
+    broadcast, so they open a store whose arrays all exist, and they extract exactly the blocks
+    rank 0 found missing. A failure on rank 0 is broadcast too, so no rank waits for a store
+    that will never come.
+    """
+    config = prep.config
+    if ctx.is_main:
+        lock: StoreLock | None = None
+        store: FeatureStore | None = None
+        try:
+            purpose = f"epcache extract, rank 0 of {ctx.world_size}" if ctx.distributed else "epcache extract"
+            lock = acquire_store_lock(config.out, break_lock=config.break_lock, purpose=purpose)
+            store, resumed, skipped = _open_or_create(config, prep, meta, progress=progress)
+            state = _SetupState(resumed, skipped, {name: store.missing_blocks(name) for name in prep.sources})
+        except Exception as e:
+            if store is not None:
+                store.close()
+            if lock is not None:
+                lock.release()
+            if ctx.distributed:
+                ctx.share(_SetupState(error=_portable(e)))
+            raise
+        ctx.share(state)
+        return _StoreSetup(store, lock, state.resumed, state.skipped, state.work)
+    shared: _SetupState = ctx.share(None)
+    if shared.error is not None:
+        raise shared.error
+    for name, drop in shared.skipped.items():  # the rows rank 0 left out of the store
+        prep.sources_in_store[name] = prep.sources[name].without(set(drop))
+    store = open_store(str(config.out), "a")
+    return _StoreSetup(store, None, shared.resumed, shared.skipped, shared.work)
+
+
+def _portable(e: BaseException) -> BaseException:
+    """``e`` if it survives pickling to another rank unchanged in class and message, else a RuntimeError."""
+    try:
+        copy = pickle.loads(pickle.dumps(e))
+        if type(copy) is type(e) and str(copy) == str(e):
+            return e
+    except Exception:
+        pass
+    return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+def _raise_first_error(outcomes: list[_RankOutcome], ctx: DistContext) -> None:
+    """Every rank fails with the same message when any rank hit a user error (its own first)."""
+    failed = [(rank, o.error) for rank, o in enumerate(outcomes) if o.error is not None]
+    if not failed:
+        return
+    own = outcomes[ctx.rank].error
+    if own is not None:
+        raise own
+    rank, err = failed[0]
+    try:
+        raise type(err)(f"rank {rank} of {ctx.world_size}: {err}") from None
+    except TypeError:  # an exception class that needs other arguments
+        raise err from None
 
 
 # ---------------------------------------------------------------------------------------- planning
@@ -290,6 +435,7 @@ def _store_meta(prep: _Prepared, report: LoadReport) -> StoreMeta:
             "torch_version": torch.__version__,
             "device": cfg.device,
             "on_bad_image": cfg.on_bad_image,
+            "batch_size": cfg.batch_size,  # CPU kernels may round per batch shape: repair reuses it
             "weights_dropped_keys": list(report.dropped_keys),
             "weights_missing_unused": list(report.missing_unused),
             "split_sources": {name: src.source for name, src in prep.sources.items()},
@@ -342,6 +488,8 @@ def _open_or_create(
                     f"--resume: there is no store at {loc} to resume; drop --resume to start a new extraction"
                 ) from None
     if existing is None:
+        if not (config.overwrite or config.allow_duplicate):
+            _refuse_duplicate(config, prep, meta)
         skipped = _skip_unreadable(prep, list(prep.sources), progress=progress) if config.on_bad_image == "skip" else {}
         meta = dataclasses.replace(
             meta,
@@ -365,6 +513,75 @@ def _open_or_create(
         existing.close()
         raise
     return existing, True, skipped
+
+
+def _refuse_duplicate(config: ExtractConfig, prep: _Prepared, meta: StoreMeta) -> None:
+    """Point to a complete store beside ``config.out`` that already holds these tokens, instead of
+    extracting them again (a lab's root of stores, see ``epcache ls``).
+
+    A neighbour is a duplicate when its store-level provenance (backbone, weights, layers,
+    preprocessing, views, dtype) equals this run's and it holds every requested split, complete,
+    with the same images, labels, views and seed (its recorded skipped images left out, as a
+    resume would). Only the direct children of the parent are looked at: a cheap listing, not a
+    crawl of the whole disk or bucket.
+
+    Raises:
+        StoreExistsError: such a store exists; the message names it and the ways around.
+    """
+    out = str(config.out).rstrip("/")
+    parent = _parent_location(out)
+    try:
+        candidates = find_stores(parent, max_depth=1)
+    except (EpcacheError, OSError):
+        return  # the parent does not exist yet or cannot be listed: nothing to point to
+    ours = compute_provenance(meta, {})
+    for loc in candidates:
+        if _same_location(loc, out):
+            continue
+        try:
+            with open_store(loc) as other:
+                if compute_provenance(other.meta, {}) != ours or not _holds_splits(other, prep):
+                    continue
+        except (EpcacheError, OSError):
+            continue  # unreadable neighbours are `epcache ls`'s business, not a reason to stop here
+        raise StoreExistsError(
+            f"{loc} already holds these tokens (same provenance {ours[:16]}, same data, complete): use it "
+            f"instead of extracting again into {out}. Pass --allow-duplicate (allow_duplicate=True) to "
+            "extract anyway"
+        )
+
+
+def _holds_splits(store: FeatureStore, prep: _Prepared) -> bool:
+    recorded = store.meta.extra.get("skipped", {})
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for name, src in prep.sources.items():
+        if name not in store.splits or store.missing_blocks(name):
+            return False
+        kept = src.without(set(recorded.get(name, ())))
+        ids_sha, labels_sha = split_fingerprint(_split_spec(prep, name, kept))
+        have = store.splits[name]
+        if (have.ids_sha256, have.labels_sha256, have.views, have.permutation_seed) != (
+            ids_sha,
+            labels_sha,
+            prep.config.views_for(name),
+            prep.config.seed,
+        ):
+            return False
+    return True
+
+
+def _parent_location(location: str) -> str:
+    if "://" in location and not location.startswith("file://"):
+        scheme, _, rest = location.partition("://")
+        head = rest.rsplit("/", 1)[0] if "/" in rest else rest
+        return f"{scheme}://{head}"
+    return str(Path(location).expanduser().absolute().parent)
+
+
+def _same_location(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
 
 
 def _check_same_provenance(

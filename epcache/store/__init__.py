@@ -6,11 +6,21 @@ from epcache.store._base import FeatureStore as FeatureStore
 from epcache.store._base import block_checksum as block_checksum
 from epcache.store._base import plan_chunks as plan_chunks
 from epcache.store._base import storage_permutation as storage_permutation
+from epcache.store._catalog import CatalogEntry as CatalogEntry
+from epcache.store._catalog import CatalogSplit as CatalogSplit
+from epcache.store._catalog import find_stores as find_stores
+from epcache.store._catalog import format_catalog as format_catalog
+from epcache.store._catalog import list_stores as list_stores
 from epcache.store._info import MissingBlock as MissingBlock
 from epcache.store._info import SplitInfo as SplitInfo
 from epcache.store._info import StoreInfo as StoreInfo
 from epcache.store._info import describe_store as describe_store
 from epcache.store._info import format_store_info as format_store_info
+from epcache.store._lock import LockInfo as LockInfo
+from epcache.store._lock import StoreLock as StoreLock
+from epcache.store._lock import StoreLockedError as StoreLockedError
+from epcache.store._lock import acquire_store_lock as acquire_store_lock
+from epcache.store._lock import read_store_lock as read_store_lock
 from epcache.store._meta import FORMAT_VERSION as FORMAT_VERSION
 from epcache.store._meta import STORE_DTYPES as STORE_DTYPES
 from epcache.store._meta import BackboneMeta as BackboneMeta
@@ -27,33 +37,55 @@ from epcache.store._tokens import TokenSelector as TokenSelector
 from epcache.store._tokens import from_torch as from_torch
 from epcache.store._tokens import select_tokens as select_tokens
 from epcache.store._tokens import to_torch as to_torch
+from epcache.store._verify import BadBlock as BadBlock
+from epcache.store._verify import BlockProblem as BlockProblem
+from epcache.store._verify import MarkedBlocks as MarkedBlocks
+from epcache.store._verify import VerifyReport as VerifyReport
+from epcache.store._verify import mark_blocks_missing as mark_blocks_missing
+from epcache.store._verify import verify_store as verify_store
 
 __all__ = [
     "FORMAT_VERSION",
     "MISSING",
     "STORE_DTYPES",
     "BackboneMeta",
+    "BadBlock",
+    "BlockProblem",
+    "CatalogEntry",
+    "CatalogSplit",
     "ChunkPlan",
     "FeatureStore",
+    "LockInfo",
+    "MarkedBlocks",
     "MissingBlock",
     "SplitInfo",
     "SplitMeta",
     "SplitSpec",
     "StoreInfo",
+    "StoreLock",
+    "StoreLockedError",
     "StoreMeta",
     "TokenLayout",
     "TokenSelector",
+    "VerifyReport",
+    "acquire_store_lock",
     "block_checksum",
     "compute_provenance",
     "create_store",
     "describe_store",
     "detect_format",
+    "find_stores",
+    "format_catalog",
     "format_store_info",
     "from_torch",
+    "list_stores",
+    "mark_blocks_missing",
     "open_store",
     "plan_chunks",
+    "read_store_lock",
     "select_tokens",
     "split_fingerprint",
     "storage_permutation",
     "to_torch",
+    "verify_store",
 ]

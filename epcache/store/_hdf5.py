@@ -47,7 +47,10 @@ class HDF5FeatureStore(FeatureStore):
             if path.is_dir() or not _is_hdf5(path):
                 raise ConfigError(f"{path} exists and is not an HDF5 store; refusing to replace it with --overwrite")
             path.unlink()
-        obj = cls(location, h5py.File(path, "w-", libver="latest"), read_only=False, compressor=compressor)
+        # v108, not "latest": "latest" writes superblock v3, whose file-consistency flag a SIGKILLed
+        # writer leaves set, and HDF5 then refuses to open the file again (h5clear needed)
+        f = h5py.File(path, "w-", libver=("v108", "latest"))
+        obj = cls(location, f, read_only=False, compressor=compressor)
         obj.meta = meta
         obj._write_meta_doc(obj.meta_document())
         return obj

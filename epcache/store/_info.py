@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Any
 
+from epcache.store._lock import read_store_lock
 from epcache.store._open import open_store
 
 __all__ = ["MissingBlock", "SplitInfo", "StoreInfo", "describe_store", "format_store_info"]
@@ -51,6 +52,7 @@ class StoreInfo:
     complete: bool
     provenance: str
     missing: list[MissingBlock] = field(default_factory=list)
+    writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +103,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             complete=store.is_complete(),
             provenance=store.provenance,
             missing=missing,
+            writer=_writer(location),
         )
 
 
@@ -129,7 +132,15 @@ def format_store_info(info: StoreInfo) -> str:
     for mb in info.missing:
         lines.append(f"  missing   split={mb.split} layer={mb.layer} block={mb.block} rows={mb.rows[0]}-{mb.rows[1]}")
     lines.append(f"provenance  {info.provenance}")
+    if info.writer is not None:
+        w = info.writer
+        lines.append(f"writer      {w['purpose']}: pid {w['pid']} on host {w['host']} since {w['started']} (locked)")
     return "\n".join(lines)
+
+
+def _writer(location: str | PathLike[str]) -> dict[str, Any] | None:
+    lock = read_store_lock(location)
+    return None if lock is None else dict(lock.to_json())
 
 
 def _human(n: int) -> str:

@@ -20,14 +20,25 @@ _H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 def detect_format(location: str | PathLike[str], format: str | None = None) -> StoreFormat:
-    """``format`` if given, else HDF5 for .h5/.hdf5 paths or existing HDF5 files, else zarr."""
+    """``format`` if given, else HDF5 for .h5/.hdf5 paths or existing HDF5 files, else zarr.
+
+    Raises:
+        ConfigError: an unknown format, or HDF5 at a URL (HDF5 stores are local files).
+    """
     loc = str(location)
+    is_url = "://" in loc and not loc.startswith("file://")
     if format is not None:
         if format not in ("zarr", "h5"):
             raise ConfigError(f"unknown store format {format!r}; use zarr or h5")
+    elif loc.lower().endswith(_H5_SUFFIXES):
+        format = "h5"
+    if format == "h5" and is_url:
+        raise ConfigError(
+            f"{loc}: an HDF5 store is one local file and cannot live at a URL; use a .zarr URL "
+            "(zarr stores work on s3:// and any fsspec filesystem)"
+        )
+    if format is not None:
         return format  # type: ignore[return-value]
-    if loc.lower().endswith(_H5_SUFFIXES):
-        return "h5"
     p = Path(loc)
     if "://" not in loc and p.is_file():
         with open(p, "rb") as f:

@@ -14,7 +14,8 @@ import zarr.storage
 
 from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
-from epcache.store._meta import SplitMeta, StoreMeta, parse_meta_json
+from epcache.store._lock import LOCK_NAME
+from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, parse_meta_json
 from epcache.store._rawread import pread_into
 
 __all__ = ["ZarrFeatureStore"]
@@ -44,20 +45,19 @@ class ZarrFeatureStore(FeatureStore):
         cls, location: str, meta: StoreMeta, *, overwrite: bool = False, compressor: str | None = None
     ) -> ZarrFeatureStore:
         _compressors(compressor)  # validate before touching the disk
+        # The writer's lock file (store/_lock.py) may already sit inside the store: it is neither
+        # "something existing" nor deleted by --overwrite, so mode "a" (create) rather than "w" (wipe).
         if _is_url(location):
             store: Any = zarr.storage.FsspecStore.from_url(location, read_only=False)
-            exists = _url_exists(location)
-            check_new_location(exists, location, overwrite)
-            mode = "w"
+            _clear_url_store(location, overwrite=overwrite)
         else:
             path = Path(location)
-            exists = path.exists() and (path.is_file() or any(path.iterdir()))
+            exists = path.exists() and (path.is_file() or any(p.name != LOCK_NAME for p in path.iterdir()))
             check_new_location(exists, location, overwrite)
             if exists:
                 _remove_local_store(path)
             store = zarr.storage.LocalStore(path, read_only=False)
-            mode = "w"
-        group = zarr.open_group(store, mode=mode, zarr_format=3)
+        group = zarr.open_group(store, mode="a", zarr_format=3)
         obj = cls(location, group, read_only=False, compressor=compressor)
         obj.meta = meta
         obj._write_meta_doc(obj.meta_document())
@@ -79,6 +79,11 @@ class ZarrFeatureStore(FeatureStore):
             if not (path / "zarr.json").is_file():
                 raise StoreNotFoundError(
                     f"{location} is not a zarr v3 store (no zarr.json); pass a store made by `epcache extract`"
+                )
+            size = (path / "zarr.json").stat().st_size
+            if size > MAX_META_BYTES:  # zarr parses zarr.json itself: bound it before it does
+                raise CorruptStoreError(
+                    f"{location}: zarr.json is {size} bytes (limit {MAX_META_BYTES}); refusing to parse it"
                 )
             store = zarr.storage.LocalStore(path, read_only=read_only)
         try:
@@ -192,6 +197,14 @@ class ZarrFeatureStore(FeatureStore):
                 f"({e}); run `epcache verify` to locate bad chunks"
             ) from None
         if not found:
+            s = self._splits[split]
+            block = chunk * s.chunk_samples // s.block_samples
+            if self.block_records(split, layer)[block] != MISSING:  # recorded written, yet no bytes
+                raise CorruptStoreError(
+                    f"{self.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} is absent "
+                    f"although block {block} is recorded written (a deleted or lost chunk file); run "
+                    "`epcache verify --repair` to re-extract it"
+                )
             out[...] = 0  # never-written chunk: zarr's fill value, exactly what zarr itself returns
         return out
 
@@ -274,15 +287,35 @@ def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
-def _url_exists(location: str) -> bool:
+def _clear_url_store(location: str, *, overwrite: bool) -> None:
+    """Make room for a new store under a URL prefix: refuse, or delete an old store for --overwrite.
+
+    Never deletes objects under a prefix that is not a store, and keeps the writer's lock.
+    """
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(location)
-    return bool(fs.exists(path.rstrip("/") + "/zarr.json"))
+    path = path.rstrip("/")
+    fs.invalidate_cache(path)
+    keys = [k for k in fs.find(path) if k.rstrip("/") != f"{path}/{LOCK_NAME}"]
+    if not keys:
+        return
+    is_store = f"{path}/zarr.json" in keys
+    check_new_location(is_store, location, overwrite)
+    if not is_store:
+        raise ConfigError(
+            f"{location} holds objects but no zarr store (no zarr.json); refusing to write a store over "
+            "them. Choose another --out"
+        )
+    fs.rm(keys)
+    fs.invalidate_cache(path)
 
 
 def _remove_local_store(path: Path) -> None:
-    """Delete an existing store for --overwrite, but never a directory that is not a store."""
+    """Delete an existing store for --overwrite, but never a directory that is not a store.
+
+    The writer's lock file stays: it belongs to the extraction that is replacing the store.
+    """
     if path.is_file():
         raise ConfigError(f"{path} is a file, not a store; refusing to delete it for --overwrite")
     if not (path / "zarr.json").is_file():
@@ -290,7 +323,13 @@ def _remove_local_store(path: Path) -> None:
             f"{path} is a non-empty directory that is not a zarr store; refusing to delete it for "
             "--overwrite. Choose another --out path"
         )
-    shutil.rmtree(path)
+    for child in path.iterdir():
+        if child.name == LOCK_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _compressors(spec: str | None) -> Any:

@@ -54,6 +54,7 @@ def tiny_config(data: Path, out: Path, **overrides: Any) -> ExtractConfig:
         "batch_size": 4,
         "workers": 0,
         "chunk_samples": 4,
+        "allow_duplicate": True,  # tests build identical reference stores side by side on purpose
     }
     kwargs.update(overrides)
     return ExtractConfig(**kwargs)

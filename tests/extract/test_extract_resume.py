@@ -72,7 +72,7 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
         done_before = {s: store.split(s).num_blocks - len(store.missing_blocks(s)) for s in store.splits}
     assert sum(done_before.values()) >= 2
 
-    cfg = tiny_config(data, out, views=1)
+    cfg = tiny_config(data, out, views=1, break_lock=True)
     result = extract(cfg, progress=False)
     assert result.status == "complete" and result.resumed
     assert sum(result.samples.values()) < 48 + 0  # only the missing blocks were extracted

@@ -1,0 +1,346 @@
+"""One writer at a time: a lock file that names the host, process and start time of a store's writer.
+
+Two extractions into one store would interleave their blocks and metadata writes, and nothing in
+the store itself would show it afterwards. So a writer first creates a lock file, exclusively:
+
+- zarr (a directory or a URL prefix): ``<store>/.epcache.lock``;
+- HDF5 (one file): ``<file>.lock`` beside it.
+
+The file is JSON (``LockInfoJSON``) and holds nothing but where the writer runs; never a path
+with credentials, never command-line options. A second writer is refused with that information.
+A lock whose process no longer runs on this host is *stale* (the writer crashed or was killed):
+it is reported as such and ``break_lock=True`` (``--break-lock``) removes it. A lock held on
+another host cannot be checked from here; the same option breaks it once the user knows that
+writer is gone. Under torchrun only rank 0 takes the lock; the other ranks follow its barrier.
+
+Creation is exclusive where the storage allows it: ``O_CREAT | O_EXCL`` on local disks and a
+conditional put (``If-None-Match: *``, s3fs ``mode="create"``) on object stores. Readers never
+look at the lock: what they may read is decided by the metadata and the block records
+(cache_layout.md §3.3), so reading while a writer appends is safe without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import socket
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+from typing import Any, Self, TypedDict
+
+from epcache.errors import EpcacheError, StoreExistsError
+
+__all__ = [
+    "LOCK_NAME",
+    "LockInfo",
+    "StoreLock",
+    "StoreLockedError",
+    "acquire_store_lock",
+    "lock_location",
+    "read_store_lock",
+]
+
+LOCK_NAME = ".epcache.lock"  # inside a zarr store; an HDF5 file gets "<file>.lock" beside it
+_H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+_MAX_LOCK_BYTES = 64 * 1024  # a lock is a few hundred bytes; anything larger is not ours
+
+
+class StoreLockedError(EpcacheError):
+    """Another writer holds the store's lock (or left a stale one behind)."""
+
+
+class LockInfoJSON(TypedDict):
+    host: str
+    pid: int
+    started: str
+    purpose: str
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """Who holds a store's lock."""
+
+    host: str  # socket.gethostname() of the writer
+    pid: int  # process id of the writer on that host (rank 0 under torchrun)
+    started: str  # ISO 8601 UTC time the lock was taken
+    purpose: str  # what is writing, e.g. "epcache extract"
+
+    @classmethod
+    def current(cls, purpose: str) -> LockInfo:
+        """The lock this process would write."""
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        return cls(host=socket.gethostname(), pid=os.getpid(), started=now, purpose=purpose)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> LockInfo:
+        """Parse a lock file.
+
+        Raises:
+            ValueError: not a lock written by epcache.
+        """
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int) or not isinstance(doc.get("host"), str):
+            raise ValueError("not an epcache lock document")
+        started, purpose = str(doc.get("started", "?")), str(doc.get("purpose", "?"))
+        return cls(host=doc["host"], pid=doc["pid"], started=started, purpose=purpose)
+
+    def to_json(self) -> LockInfoJSON:
+        return LockInfoJSON(host=self.host, pid=self.pid, started=self.started, purpose=self.purpose)
+
+    @property
+    def on_this_host(self) -> bool:
+        return self.host == socket.gethostname()
+
+    @property
+    def stale(self) -> bool | None:
+        """True if the writer provably no longer runs, False if it runs, None if it cannot be told.
+
+        Only a process on this host can be checked (``os.kill(pid, 0)``); a lock from another
+        host of a cluster is None: the user has to know whether that job is still alive.
+        """
+        if not self.on_this_host:
+            return None
+        return not _pid_alive(self.pid)
+
+    def describe(self) -> str:
+        """``pid 123 on host h since 2026-01-01T00:00:00+00:00 (epcache extract)``."""
+        return f"pid {self.pid} on host {self.host} since {self.started} ({self.purpose})"
+
+
+class StoreLock:
+    """An acquired lock on one store; release it with ``release()`` or by leaving the ``with`` block."""
+
+    def __init__(self, location: str, info: LockInfo, *, made_dirs: tuple[str, ...] = ()) -> None:
+        self.location = location  # the store
+        self.lock_path = lock_location(location)
+        self.info = info
+        self._made_dirs = made_dirs  # directories made for the lock (removed again if left empty)
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def release(self) -> None:
+        """Remove the lock file if it is still ours; idempotent.
+
+        A directory that only existed to hold the lock (the store was never created because the
+        extraction stopped at a user error) is removed too, so such errors leave nothing behind.
+        """
+        if not self._held:
+            return
+        self._held = False
+        current = _read(self.lock_path)
+        if current is not None and (current.host, current.pid, current.started) != (
+            self.info.host,
+            self.info.pid,
+            self.info.started,
+        ):
+            return  # someone broke our lock and took it: it is theirs now
+        _remove(self.lock_path)
+        _remove_empty_dirs(self._made_dirs)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_location(location: str | PathLike[str]) -> str:
+    """Where the lock of the store at ``location`` lives (a local path or a URL)."""
+    loc = str(location).rstrip("/")
+    if _is_h5(loc):
+        return loc + ".lock"
+    return f"{loc}/{LOCK_NAME}"
+
+
+def read_store_lock(location: str | PathLike[str]) -> LockInfo | None:
+    """The lock on the store at ``location``, or None when no writer holds it.
+
+    An unreadable lock file (a writer killed while writing it) reads as a lock of host "?" and
+    pid -1, which is never treated as provably stale.
+    """
+    return _read(lock_location(location))
+
+
+def acquire_store_lock(
+    location: str | PathLike[str], *, break_lock: bool = False, purpose: str = "epcache extract"
+) -> StoreLock:
+    """Take the writer lock of the store at ``location`` (which need not exist yet).
+
+    Args:
+        location: the store: a zarr directory, an HDF5 file or an fsspec URL.
+        break_lock: remove an existing lock first (after a crash; also on another host, which
+            epcache cannot check: only pass it when that writer is known to be gone).
+        purpose: recorded in the lock so a refused writer learns what holds it.
+
+    Raises:
+        StoreLockedError: another writer holds the lock, or a crashed one left it (the message
+            says which, and suggests ``--break-lock`` for the latter).
+        StoreExistsError: a file sits where a zarr store directory would go.
+    """
+    loc = str(location).rstrip("/")
+    path = lock_location(loc)
+    info = LockInfo.current(purpose)
+    made_dirs = _prepare_parent(loc, path)
+    payload = json.dumps(info.to_json()).encode()
+    for attempt in range(2):
+        if _create_exclusive(path, payload):
+            return StoreLock(loc, info, made_dirs=made_dirs)
+        holder = _read(path)
+        if holder is None:  # released between our attempt and the read: try again
+            continue
+        if break_lock and attempt == 0:
+            _remove(path)
+            continue
+        _remove_empty_dirs(made_dirs)
+        raise StoreLockedError(_locked_message(loc, path, holder))
+    raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _locked_message(loc: str, path: str, holder: LockInfo) -> str:
+    stale = holder.stale
+    if holder.pid < 0:
+        return (
+            f"{loc} has an unreadable writer lock ({path}), left by a writer killed while taking it. "
+            "If no extraction is running on this store, pass --break-lock (break_lock=True) to remove it"
+        )
+    if stale:
+        return (
+            f"{loc} has a stale writer lock: {holder.describe()}, and that process no longer runs on this "
+            "host (it crashed or was killed). Pass --break-lock (break_lock=True) to remove the lock and "
+            "continue the extraction"
+        )
+    if stale is None:
+        return (
+            f"{loc} is locked by another writer: {holder.describe()}. epcache cannot check a process on "
+            f"another host; if that job is gone, pass --break-lock (break_lock=True). Lock file: {path}"
+        )
+    return (
+        f"{loc} is being written by another process: {holder.describe()}. Two writers would corrupt the "
+        "store: wait for it to finish (it may be still running), or stop it first"
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def _is_h5(location: str) -> bool:
+    if location.lower().endswith(_H5_SUFFIXES):
+        return True
+    if _is_url(location):
+        return False
+    p = Path(location)
+    if p.is_file():
+        with open(p, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    return False
+
+
+def _prepare_parent(loc: str, path: str) -> tuple[str, ...]:
+    """Create the directory the lock goes into; return the directories made, deepest first.
+
+    For a new zarr store that is the store's own directory (and missing parents), for an HDF5
+    file the directory it will be created in. Object stores have no directories to create.
+    """
+    if _is_url(loc):
+        return ()
+    parent = Path(path).parent
+    if parent.exists():
+        if not parent.is_dir():
+            raise StoreExistsError(
+                f"{loc} exists and is a file, not a zarr store directory; choose another --out "
+                "(or an .h5 path for the HDF5 backend)"
+            )
+        return ()
+    missing = [parent, *(p for p in parent.parents if not p.exists())]
+    parent.mkdir(parents=True)
+    return tuple(str(p) for p in missing)
+
+
+def _remove_empty_dirs(dirs: tuple[str, ...]) -> None:
+    for d in dirs:
+        try:
+            os.rmdir(d)  # only succeeds when empty: never removes anything but the lock's own directories
+        except OSError:
+            return
+
+
+def _create_exclusive(path: str, payload: bytes) -> bool:
+    """Create ``path`` holding ``payload`` unless it exists; True if this call created it."""
+    if not _is_url(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+    fs, p = _fs(path)
+    try:
+        fs.pipe_file(p, payload, mode="create")  # conditional put: atomic on S3 and compatible stores
+    except FileExistsError:
+        return False
+    except TypeError:  # a filesystem without exclusive create: best effort, check then write
+        if fs.exists(p):
+            return False
+        fs.pipe_file(p, payload)
+    return True
+
+
+def _read(path: str) -> LockInfo | None:
+    try:
+        if _is_url(path):
+            fs, p = _fs(path)
+            fs.invalidate_cache(p)  # another process may have created or removed it since we listed
+            with fs.open(p, "rb") as f:
+                raw = f.read(_MAX_LOCK_BYTES)
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(_MAX_LOCK_BYTES)
+    except FileNotFoundError:
+        return None
+    try:
+        return LockInfo.from_json(raw)
+    except ValueError:  # also json.JSONDecodeError and UnicodeDecodeError
+        return LockInfo(host="?", pid=-1, started="?", purpose="unreadable lock file")
+
+
+def _remove(path: str) -> None:
+    if _is_url(path):
+        fs, p = _fs(path)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(p)
+        fs.invalidate_cache(p)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
