@@ -1,4 +1,4 @@
-"""Scale-out: extraction throughput on 1 vs 2 torchrun ranks, and store reads from S3 vs local disk.
+"""Scale-out: extraction on 1 vs 2 torchrun ranks, sweeps on 1 vs 2 shards, store reads from S3 vs local disk.
 
 Command:
     python bench/scale.py
@@ -28,6 +28,9 @@ What is compared:
               rotates every repeat to cancel the drift of a shared host, and the headline is the
               median per-repeat ratio of 2 ranks to the better single-process setting. The stores of
               each repeat are checked byte-identical, as the tests require.
+  sweeps      the same 48-config sweep (linear + EP, 3 lrs, all 4 stored layers, 4 epochs) as one
+              process vs two `--shard I/2` processes started together into one RUNDIR (OMP_NUM_THREADS=1
+              each); wall-time ratio; the shards' rows are compared with the unsharded rows.
   reads       one store (the 1-process result) read from local disk (page cache warm) and from the
               S3 server (the same objects, uploaded with s3fs): every chunk of every layer by
               `read_chunk` in random order (how `epcache probe` streams), and each layer as one
@@ -41,6 +44,7 @@ holds one copy in memory.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -144,6 +148,38 @@ def start_s3() -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
 
 
+SWEEP = ["--head", "linear,ep", "--queries", "4,8", "--lr", "1e-3,3e-3,1e-2", "--layers", "all", "--optimizer",
+         "adamw", "--epochs", "4", "--warmup", "1", "--batch-size", "32", "--train-split", "train",
+         "--eval-split", "train", "--no-progress"]
+
+
+def sweep_pass(store: Path, out: Path, *, shards: int) -> float:
+    """Wall seconds of the sweep run as one process, or as `shards` concurrent `--shard I/N` jobs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "epcache", "probe", "--store", str(store), *SWEEP, "--out", str(out),
+                          *(["--shard", f"{i}/{shards}"] if shards > 1 else [])],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for i in range(shards)
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"sweep failed: {err.decode()[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def sweep_rows(out: Path) -> dict[str, dict]:
+    rows = {}
+    for f in sorted(out.glob("results*.jsonl")):
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            row.pop("timing", None)
+            rows[row["id"]] = row
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=192)
@@ -192,6 +228,23 @@ def main() -> None:
         print(f"extraction: 2 ranks / best single process, per repeat {' '.join(f'{x:.2f}' for x in ratios)}; "
               f"median {statistics.median(ratios):.2f}x; 2 ranks / 1 process x 1 thread "
               f"{medians[CONFIGS[2][0]] / medians[CONFIGS[1][0]]:.2f}x; all stores byte-identical")
+
+        walls = {1: [], 2: []}
+        for r in range(args.repeats):
+            for shards in ((1, 2) if r % 2 == 0 else (2, 1)):
+                out = work / f"sweep-r{r}-{shards}"
+                walls[shards].append(sweep_pass(store, out, shards=shards))
+            one, two = sweep_rows(work / f"sweep-r{r}-1"), sweep_rows(work / f"sweep-r{r}-2")
+            if set(one) != set(two):
+                raise SystemExit("the 2-shard sweep trained other configs than the unsharded one")
+            # float32 stacks of another size round differently in the last bits (float64 is exact: tests)
+            same = sum(one[k] == two[k] for k in one)
+            gap = max(abs(one[k]["metrics"]["eval"]["top1"] - two[k]["metrics"]["eval"]["top1"]) for k in one)
+            print(f"  sweep repeat {r}: {same}/{len(one)} rows identical, max |eval top-1 diff| {100 * gap:.2f} pp")
+        n_cfg = len(sweep_rows(work / "sweep-r0-1"))
+        w1, w2 = statistics.median(walls[1]), statistics.median(walls[2])
+        print(f"sweep ({n_cfg} configs, 4 epochs): 1 process {w1:.1f} s, 2 shards in parallel {w2:.1f} s wall; "
+              f"throughput 2 shards / 1 process {w1 / w2:.2f}x")
 
         server = None
         if args.s3_url is None:

@@ -177,6 +177,9 @@ def probe(
     in_memory: Annotated[bool, typer.Option(help="Load the selected tokens once instead of streaming.")] = False,
     allow_incomplete: Annotated[bool, typer.Option(help="Train on the written part of an incomplete store.")] = False,
     data_seed: Annotated[int, typer.Option(help="Seeds holdout, low-shot subset, batch order and views.")] = 0,
+    shard: Annotated[
+        str | None, typer.Option(help="I/N: train part I of N of the sweep (job arrays; torchrun sets it).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
@@ -193,11 +196,12 @@ def probe(
             epochs=epochs, warmup=warmup, batch_size=batch_size, holdout=holdout, shots=shots, fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
             device=device, in_memory=in_memory, allow_incomplete=allow_incomplete, data_seed=data_seed,
+            shard=shard,
         )
         result = run_probe(cfg, progress=progress)
     typer.echo(result.summary)
     if result.out is not None:
-        typer.echo(f"results: {result.out / 'results.jsonl'}")
+        typer.echo(f"results: {result.out}")
 
 
 @app.command()

@@ -46,7 +46,7 @@ from epcache.probe.stream import BatchStream, InputPlan, MemorySource, StoreSour
 from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
 from epcache.store import FeatureStore, open_store
 
-__all__ = ["ProbeResult", "probe", "resolve_device"]
+__all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -93,6 +93,31 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         if eval_store is not store:
             eval_store.close()
         store.close()
+
+
+def resolve_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` -> ``(I, N)``; without a spec, torchrun's ``RANK``/``WORLD_SIZE`` when ``WORLD_SIZE > 1``.
+
+    Each shard trains every N-th config (by id), streams the store itself and appends to its own
+    ``results.shard-I-of-N.jsonl``, so shards never write the same file; `epcache report` reads
+    the union. A config gives the same numbers alone or in any sweep, so the union of the shards
+    equals the unsharded sweep.
+
+    Raises:
+        ConfigError: a malformed spec or I outside 0..N-1.
+    """
+    import os
+
+    if spec is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+    try:
+        index, count = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard takes I/N with integers, e.g. 0/4, got {spec!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard {spec}: I must be in 0..N-1 (e.g. 0/{max(count, 1)})")
+    return index, count
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,6 +181,17 @@ def _probe(
         store_provenance=store.provenance,
         eval_provenance=eval_store.provenance,
     )
+    shard = resolve_shard(config.shard)
+    if shard is not None:
+        index, count = shard
+        ordered = sorted(runs, key=lambda r: r.id)  # independent of how the sweep was spelled
+        mine = {r.id for k, r in enumerate(ordered) if k % count == index}
+        runs = [r for r in runs if r.id in mine]
+        say(f"shard {index}/{count}: {len(runs)} of {len(ordered)} configs")
+        if not runs:
+            return ProbeResult(rows=(), best=None, summary="no configs in this shard", out=None, skipped=(), notes=())
+    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    results_file = RESULTS_FILE if shard is None else f"results{suffix}.jsonl"
     settings = runs[0].settings
     device = resolve_device(config.device)
     dtype = _TORCH_DTYPES[settings.dtype]
@@ -179,10 +215,12 @@ def _probe(
     if out is not None:
         (out / "heads").mkdir(parents=True, exist_ok=True)
         (out / "ckpt").mkdir(parents=True, exist_ok=True)
-        repair_results(out / RESULTS_FILE)
-        finished = {row["id"]: row for row in read_results(out / RESULTS_FILE)}
+        repair_results(out / results_file)
+        for f in sorted(out.glob("results*.jsonl")):  # rows of other shards count as finished too
+            for row in read_results(f):
+                finished.setdefault(row["id"], row)
         write_json(
-            out / "config.json",
+            out / f"config{suffix}.json",
             {
                 "config": config.to_json(),
                 "settings": settings.to_json(),
@@ -206,7 +244,8 @@ def _probe(
             groups[r.group_key].append(r)
     new_rows: dict[str, dict[str, Any]] = {}
     for layer, group in groups.items():
-        context = _GroupContext(config, store, eval_store, data, geometry, device, dtype, out, say, progress)
+        context = _GroupContext(config, store, eval_store, data, geometry, device, dtype, out, say, progress,
+                                results_file)
         for row in context.run(layer, group):
             new_rows[row["id"]] = dict(row)
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in runs)
@@ -214,7 +253,7 @@ def _probe(
     best = max(rows, key=_holdout_score) if honest else None
     summary = format_summary(rows)
     if out is not None:
-        (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+        (out / f"summary{suffix}.txt").write_text(summary + "\n", encoding="utf-8")
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=data.notes)
 
 
@@ -230,6 +269,7 @@ class _GroupContext:
     out: Path | None
     say: Callable[[str], None]
     progress: bool
+    results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
 
     def run(self, layer: int, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
         """Train one input group and write its rows and heads."""
@@ -302,7 +342,7 @@ class _GroupContext:
             if self.out is not None:
                 if c.save_heads:
                     save_head(self.out / "heads" / f"{o.run.id}.safetensors", o.state, self._head_meta(o))
-                append_result(self.out / RESULTS_FILE, row)
+                append_result(self.out / self.results_file, row)
             rows.append(row)
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
