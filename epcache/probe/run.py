@@ -85,8 +85,8 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
     """
     say = _printer(progress)
-    store = open_store(config.store)
-    eval_store = open_store(config.eval_store) if config.eval_store else store
+    store = open_store(config.store, verify_reads=True)  # never train on bytes that changed since extraction
+    eval_store = open_store(config.eval_store, verify_reads=True) if config.eval_store else store
     try:
         return _probe(config, store, eval_store, say, progress)
     finally:

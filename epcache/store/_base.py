@@ -106,6 +106,7 @@ class FeatureStore(ABC):
     meta: StoreMeta
     location: str
     read_only: bool
+    verify_reads: bool = False  # check each chunk against its block crc32c where block == chunk
 
     def __init__(self, location: str, *, read_only: bool) -> None:
         self.location = location
@@ -363,7 +364,16 @@ class FeatureStore(ABC):
         """One whole chunk: the fast path (one aligned read, no per-element indexing)."""
         start, stop = self.chunk_range(split, chunk)
         self._check_layer(layer)
-        return self._logical(self._read_chunk_array(split, layer, chunk, start, stop))
+        raw = self._read_chunk_array(split, layer, chunk, start, stop)
+        s = self._splits[split]
+        if self.verify_reads and s.block_samples == s.chunk_samples:
+            record = int(self.block_records(split, layer)[chunk])
+            if record != MISSING and block_checksum(raw) != record:
+                raise CorruptStoreError(
+                    f"{self.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} fails its "
+                    "crc32c check: its bytes changed after extraction. Run `epcache verify --repair --data ROOT`"
+                )
+        return self._logical(raw)
 
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         """Backends override this with a direct read of the chunk's bytes where the format allows."""

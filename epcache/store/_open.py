@@ -70,8 +70,14 @@ def create_store(
     return ZarrFeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
 
 
-def open_store(location: str | PathLike[str], mode: Literal["r", "a"] = "r") -> FeatureStore:
+def open_store(
+    location: str | PathLike[str], mode: Literal["r", "a"] = "r", *, verify_reads: bool = False
+) -> FeatureStore:
     """Open an existing store read-only (``"r"``) or for appending blocks/splits (``"a"``).
+
+    ``verify_reads=True`` checks every chunk read against its block's crc32c record where a block
+    is one chunk (unsharded splits), so changed bytes fail loudly instead of training a probe on
+    them; `epcache probe` opens stores this way. Sharded blocks are checked by `epcache verify`.
 
     Raises:
         StoreNotFoundError: nothing there, or not an epcache store.
@@ -82,4 +88,6 @@ def open_store(location: str | PathLike[str], mode: Literal["r", "a"] = "r") -> 
         raise ConfigError(f"mode must be 'r' or 'a', got {mode!r}")
     loc = str(location)
     cls = HDF5FeatureStore if detect_format(loc) == "h5" else ZarrFeatureStore
-    return cls.open(loc, read_only=mode == "r")
+    store = cls.open(loc, read_only=mode == "r")
+    store.verify_reads = verify_reads
+    return store

@@ -53,3 +53,21 @@ def test_bad_input_exits_2(store: Path, tmp_path: Path, args: list[str], message
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "r" / "results.jsonl").exists()
+
+
+def test_probe_refuses_a_chunk_whose_bytes_changed(tmp_path: Path) -> None:
+    import numpy as np
+
+    store = write_store(tmp_path / "s.zarr", n_train=64, n_val=16, chunk_samples=16)
+    chunk = store / "splits/train/layers/0/c/1/0/0/0"
+    raw = bytearray(chunk.read_bytes())
+    raw[100] ^= 0x40  # one flipped bit: still a valid float16, so only the checksum can tell
+    chunk.write_bytes(bytes(raw))
+    r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--layers", "0", *FAST])
+    assert r.exit_code == 2, r.output
+    assert "chunk 1 (rows 16-32) of 'train' layer 0 fails its crc32c check" in r.output
+    assert "Traceback" not in r.output
+    from epcache.store import open_store
+
+    with open_store(store) as st:  # plain readers (and the read benchmark) do not pay for the check
+        assert np.isfinite(st.read_chunk("train", 0, 1).astype(np.float32)).all()
