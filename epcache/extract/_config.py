@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from epcache.errors import ConfigError
-from epcache.store import TokenLayout
+from epcache.store import TokenLayout, format_ranges, human_bytes
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
 
@@ -146,7 +146,7 @@ class ExtractPlan:
         lines = [
             f"model      {self.model}  (from {self.requested_model!r}; weights: {self.weights})",
             f"input      {self.input_size[1]}x{self.input_size[2]}",
-            f"layers     {_ranges(self.layers)} of 0..{self.num_model_layers - 1}"
+            f"layers     {format_ranges(self.layers)} of 0..{self.num_model_layers - 1}"
             f"{'  (final norm applied)' if self.final_norm else '  (raw block outputs)'}",
             f"tokens     T={self.num_tokens}: {prefix} + {lay.grid[0]}x{lay.grid[1]} patches; D={self.dim}",
             f"dtype      {self.dtype}",
@@ -156,10 +156,10 @@ class ExtractPlan:
             shape = f"[{s.num_samples}, {s.views}, {self.num_tokens}, {self.dim}]"
             lines.append(
                 f"split      {s.name:<8} {s.source!r}: {s.num_samples} samples, {s.num_classes} classes, "
-                f"{shape} per layer = {_human(s.bytes_per_layer)} x {len(self.layers)} layers "
-                f"= {_human(s.bytes_per_layer * len(self.layers))}"
+                f"{shape} per layer = {human_bytes(s.bytes_per_layer)} x {len(self.layers)} layers "
+                f"= {human_bytes(s.bytes_per_layer * len(self.layers))}"
             )
-        lines.append(f"total      {_human(self.total_bytes)}")
+        lines.append(f"total      {human_bytes(self.total_bytes)}")
         return "\n".join(lines)
 
 
@@ -211,28 +211,6 @@ class ExtractResult:
         if self.missing_unused:
             lines.append(f"checkpoint lacks {', '.join(self.missing_unused)} (final norm, not applied)")
         return "\n".join(lines)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def _ranges(layers: tuple[int, ...]) -> str:
-    """(0, 1, 2, 5) -> "0-2,5"."""
-    out: list[str] = []
-    start = prev = layers[0]
-    for i in (*layers[1:], None):
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-        if i is not None:
-            start = prev = i
-    return ",".join(out)
 
 
 def itemsize(dtype: str) -> int:

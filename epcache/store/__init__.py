@@ -15,7 +15,9 @@ from epcache.store._info import MissingBlock as MissingBlock
 from epcache.store._info import SplitInfo as SplitInfo
 from epcache.store._info import StoreInfo as StoreInfo
 from epcache.store._info import describe_store as describe_store
+from epcache.store._info import format_ranges as format_ranges
 from epcache.store._info import format_store_info as format_store_info
+from epcache.store._info import human_bytes as human_bytes
 from epcache.store._lock import LockInfo as LockInfo
 from epcache.store._lock import StoreLock as StoreLock
 from epcache.store._lock import StoreLockedError as StoreLockedError
@@ -76,8 +78,10 @@ __all__ = [
     "detect_format",
     "find_stores",
     "format_catalog",
+    "format_ranges",
     "format_store_info",
     "from_torch",
+    "human_bytes",
     "list_stores",
     "mark_blocks_missing",
     "open_store",

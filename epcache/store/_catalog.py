@@ -17,7 +17,7 @@ from os import PathLike
 from typing import Any
 
 from epcache.errors import EpcacheError, StoreNotFoundError
-from epcache.store._info import _human, _ranges
+from epcache.store._info import format_ranges, human_bytes
 from epcache.store._lock import LOCK_NAME, LockInfo, read_store_lock
 from epcache.store._open import open_store
 
@@ -164,8 +164,8 @@ def format_catalog(entries: list[CatalogEntry], root: str | PathLike[str] | None
             status = "complete"
         else:
             status = "incomplete: " + ",".join(s.name for s in e.splits if not s.complete)
-        rows.append((name, e.backbone, weights, e.dataset, splits or "-", _ranges(list(e.layers)),
-                     str(e.augmented_views), e.dtype, _human(e.size_bytes), status, e.provenance[:16]))
+        rows.append((name, e.backbone, weights, e.dataset, splits or "-", format_ranges(list(e.layers)),
+                     str(e.augmented_views), e.dtype, human_bytes(e.size_bytes), status, e.provenance[:16]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
     return "\n".join([*lines, *notes])

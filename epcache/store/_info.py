@@ -9,7 +9,15 @@ from typing import Any
 from epcache.store._lock import read_store_lock
 from epcache.store._open import open_store
 
-__all__ = ["MissingBlock", "SplitInfo", "StoreInfo", "describe_store", "format_store_info"]
+__all__ = [
+    "MissingBlock",
+    "SplitInfo",
+    "StoreInfo",
+    "describe_store",
+    "format_ranges",
+    "format_store_info",
+    "human_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -112,9 +120,9 @@ def format_store_info(info: StoreInfo) -> str:
     lay = info.layout
     prefix = f"{lay['num_prefix']} prefix (CLS at {lay['cls_index']}, {lay['num_registers']} registers)"
     lines = [
-        f"store       {info.location}  [{info.format}, {_human(info.size_bytes)}]",
+        f"store       {info.location}  [{info.format}, {human_bytes(info.size_bytes)}]",
         f"backbone    {info.backbone}  ({info.weights})",
-        f"layers      {_ranges(info.layers)} of {info.num_blocks_model} blocks"
+        f"layers      {format_ranges(info.layers)} of {info.num_blocks_model} blocks"
         f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
         f"{info.dtype}",
@@ -143,7 +151,8 @@ def _writer(location: str | PathLike[str]) -> dict[str, Any] | None:
     return None if lock is None else dict(lock.to_json())
 
 
-def _human(n: int) -> str:
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KB": sizes in the CLI's summaries."""
     size = float(n)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if size < 1024 or unit == "TB":
@@ -152,7 +161,8 @@ def _human(n: int) -> str:
     return f"{size:.1f} TB"
 
 
-def _ranges(xs: list[int]) -> str:
+def format_ranges(xs: list[int] | tuple[int, ...]) -> str:
+    """(0, 1, 2, 5) -> "0-2,5": layer lists in the CLI's summaries."""
     if not xs:
         return "-"
     out, start, prev = [], xs[0], xs[0]

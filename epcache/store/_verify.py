@@ -30,6 +30,7 @@ import numpy as np
 from epcache.errors import EpcacheError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, storage_permutation
 from epcache.store._hdf5 import HDF5FeatureStore
+from epcache.store._info import human_bytes
 from epcache.store._lock import read_store_lock
 from epcache.store._meta import MAX_META_BYTES, SplitMeta
 from epcache.store._open import detect_format, open_store
@@ -110,7 +111,7 @@ class VerifyReport:
         head = (
             f"verify {self.location} [{self.format}]: {len(self.splits)} split(s), {len(self.layers)} layer(s), "
             f"{self.blocks_total} blocks; {self.blocks_checked} checksummed "
-            f"({_human(self.bytes_checked)}{', values scanned' if self.deep else ''}) in {self.seconds:.1f} s"
+            f"({human_bytes(self.bytes_checked)}{', values scanned' if self.deep else ''}) in {self.seconds:.1f} s"
         )
         if not self.readable:
             head = f"verify {self.location} [{self.format}]: the store cannot be opened"
@@ -603,11 +604,3 @@ def _unsafe_id(sid: str) -> bool:
 def _why(e: BaseException) -> str:
     text = (str(e) or type(e).__name__).split("; run `epcache verify`")[0]  # we are that command
     return text if isinstance(e, EpcacheError) else f"{type(e).__name__}: {text}"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
