@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,13 +21,6 @@ CASES = [
     ("jepa", {"num_heads": 4}, "patch"),  # no stacked kernel: runs as a module loop
 ]
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def single(kind: str, options: dict, seed: int) -> torch.nn.Module:
