@@ -15,21 +15,18 @@ before any training starts: a sweep of 300 configs should not die at config 217.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
 import itertools
 import json
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
+from epcache.errors import ConfigError, HeadSpecError
 from epcache.probe.config import (
-    _HEAD_RE,
-    ATTENTIVE_TOKENS,
     DTYPES,
     HEAD_OPTION_AXES,
     LINEAR_TOKENS,
@@ -38,6 +35,16 @@ from epcache.probe.config import (
 )
 from epcache.probe.protocol import Protocol, optimizer_settings, resolve_protocol
 from epcache.probe.recipes import get_recipe
+from epcache.probe.sweep_checks import (
+    check_axes,
+    check_choices,
+    check_head,
+    check_shared,
+    jsonable,
+    resolve_layers,
+    split_head,
+    token_choices,
+)
 from epcache.store import StoreMeta
 
 __all__ = ["RunSpec", "SweepRequest", "SweepSettings", "expand_sweep", "load_grid", "resolve_request", "sweep_layers"]
@@ -141,7 +148,7 @@ class RunSpec:
         return {
             "head": self.head.name,
             "kind": self.head.kind,
-            "head_options": {k: _jsonable(v) for k, v in self.head.params},
+            "head_options": {k: jsonable(v) for k, v in self.head.params},
             "layer": self.layer,
             "tokens": self.tokens,
             "optimizer": self.optimizer,
@@ -177,7 +184,7 @@ def resolve_request(config: ProbeConfig) -> SweepRequest:
         blocks = [dataclasses.replace(base, **t) for t in tables] if tables else [base]
     except (TypeError, ValueError) as e:
         raise ConfigError(f"grid file {config.grid}: {e}") from None
-    _check_shared(blocks, config.grid)
+    check_shared(blocks, config.grid)
     return SweepRequest(base, tuple(blocks))
 
 
@@ -189,7 +196,7 @@ def sweep_layers(request: SweepRequest, meta: StoreMeta) -> list[int]:
     """
     out: list[int] = []
     for block in request.blocks:
-        out.extend(_resolve_layers(block.layers, meta))
+        out.extend(resolve_layers(block.layers, meta))
     return list(dict.fromkeys(out))
 
 
@@ -323,13 +330,13 @@ def expand_sweep(
     checked: dict[tuple[str, str], str | None] = {}
     known = set(list_heads())
     for block in request.blocks:
-        layers = _resolve_layers(block.layers, meta)
+        layers = resolve_layers(block.layers, meta)
         grid = resolve_protocol(block, recipe, n_train=n_train, errors=[]) if block is not request.config else base
-        _check_choices("optimizer", grid.optimizers, OPTIMIZER_NAMES, errors)
+        check_choices("optimizer", grid.optimizers, OPTIMIZER_NAMES, errors)
         entries = []
         for text in block.head:
             try:
-                kind, explicit = _split_head(text)
+                kind, explicit = split_head(text)
             except ConfigError as e:
                 errors.append(str(e))
                 continue
@@ -338,8 +345,8 @@ def expand_sweep(
                               "(`epcache heads` lists them)")
                 continue
             entries.append((text, kind, explicit))
-        _check_axes(block, entries, errors)
-        token_choices = _token_choices(block, entries, meta, errors)
+        check_axes(block, entries, errors)
+        choices = token_choices(block, entries, meta, errors)
         for text, kind, explicit in entries:
             accepted = head_options(kind)
             axes = [
@@ -349,7 +356,7 @@ def expand_sweep(
             ]
             for opts in itertools.product(*axes):
                 options = {**explicit, **dict(opts)}
-                toks = [explicit["tokens"]] if kind == "linear" and "tokens" in explicit else token_choices[kind]
+                toks = [explicit["tokens"]] if kind == "linear" and "tokens" in explicit else choices[kind]
                 for tokens in toks:
                     if kind == "linear":
                         options = {**options, "tokens": tokens}
@@ -363,7 +370,7 @@ def expand_sweep(
                         continue
                     key = (spec.name, tokens)
                     if key not in checked:
-                        checked[key] = _check_head(create_head, spec, tokens, meta, num_classes)
+                        checked[key] = check_head(create_head, spec, tokens, meta, num_classes)
                     if checked[key] is not None:
                         errors.append(f"{spec.name} tokens={tokens}: {checked[key]}")
                         continue
@@ -388,127 +395,3 @@ def raise_errors(errors: Sequence[str]) -> None:
 
 def _digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
-    """Settings that define the data pass must be the same in every sub-grid."""
-    shared = ("recipe", "epochs", "warmup", "batch_size", "min_steps", "data_seed", "holdout", "shots", "fraction")
-    shared += ("dtype",)
-    shared += ("train_split", "eval_split", "eval_store", "in_memory", "device", "fused")
-    for name in shared:
-        values = {json.dumps(getattr(b, name)) for b in blocks}
-        if len(values) > 1:
-            raise ConfigError(
-                f"grid file {grid}: {name} differs between [[grid]] tables ({sorted(values)}); it is shared by the "
-                "whole sweep (one data pass), so set it at the top level or run separate sweeps"
-            )
-
-
-def _resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
-    out: list[int] = []
-    for e in entries:
-        if e == "all":
-            out.extend(meta.layers)
-        elif e == "last":
-            out.append(meta.layers[-1])
-        elif int(e) < 0 and -int(e) <= len(meta.layers):
-            out.append(meta.layers[int(e)])  # -1: the last stored layer, as a Python index
-        else:
-            out.append(int(e))
-    missing = sorted({x for x in out if x not in meta.layers})
-    if missing:
-        raise UnknownLayerError(
-            f"the store has no layer(s) {missing} (stored layers: {', '.join(map(str, meta.layers))}); "
-            "choose from those (or -1 for the last stored one), or re-extract with `--layers` including them"
-        )
-    if not out:
-        raise ConfigError("no layer requested; use --layer N, --layers all or --layers last")
-    return list(dict.fromkeys(out))
-
-
-def _check_choices(name: str, values: Iterable[str], choices: Sequence[str], errors: list[str]) -> None:
-    bad = [v for v in values if v not in choices]
-    if bad:
-        errors.append(f"unknown {name} {bad}; choose from {', '.join(choices)}")
-
-
-def _split_head(text: str) -> tuple[str, dict[str, Any]]:
-    """``"ep(queries=8)"`` -> ``("ep", {"queries": 8})``: only the options written out."""
-    m = _HEAD_RE.match(text)
-    if m is None:
-        raise ConfigError(f"cannot parse head {text!r}; expected e.g. 'ep' or 'ep(queries=8,d_out=1)'")
-    kind, args = m.group(1), (m.group(2) or "").strip()
-    if not args:
-        return kind, {}
-    try:
-        call = ast.parse(f"f({args})", mode="eval").body
-        assert isinstance(call, ast.Call)
-        if call.args or any(kw.arg is None for kw in call.keywords):
-            raise ValueError("options must be given as name=value")
-        return kind, {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
-    except (SyntaxError, ValueError) as e:
-        raise ConfigError(f"cannot parse head {text!r}: {e}") from None
-
-
-def _check_axes(c: ProbeConfig, entries: Sequence[tuple[str, str, dict[str, Any]]], errors: list[str]) -> None:
-    from epcache.probe.heads import head_options
-
-    for name in HEAD_OPTION_AXES:
-        if getattr(c, name) and entries and not any(name in head_options(kind) for _, kind, _ in entries):
-            kinds = ", ".join(sorted({k for _, k, _ in entries}))
-            errors.append(f"--{name.replace('_', '-')} was given but none of the heads ({kinds}) takes it")
-
-
-def _token_choices(
-    c: ProbeConfig, entries: Sequence[tuple[str, str, dict[str, Any]]], meta: StoreMeta, errors: list[str]
-) -> dict[str, list[str]]:
-    """Per head kind, the token selections it trains on (the tokens axis filtered by family)."""
-    valid = set(LINEAR_TOKENS) | set(ATTENTIVE_TOKENS)
-    bad = [t for t in c.tokens if t not in valid]
-    if bad:
-        errors.append(
-            f"unknown tokens {bad}; linear heads read {', '.join(LINEAR_TOKENS)}, "
-            f"pooling heads read {', '.join(ATTENTIVE_TOKENS)}"
-        )
-    if meta.layout.cls_index is None and any("cls" in t for t in c.tokens):
-        errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
-    out: dict[str, list[str]] = {}
-    for text, kind, explicit in entries:
-        family = LINEAR_TOKENS if kind == "linear" else ATTENTIVE_TOKENS
-        if not c.tokens:
-            default = "cls" if meta.layout.cls_index is not None else "gap"
-            out[kind] = [default] if kind == "linear" else ["patch"]
-            continue
-        chosen = [t for t in c.tokens if t in family]
-        if not chosen and not (kind == "linear" and "tokens" in explicit):
-            errors.append(
-                f"head {text!r} cannot read tokens {list(c.tokens)}: "
-                f"{'linear heads read' if kind == 'linear' else 'pooling heads read'} {', '.join(family)}"
-            )
-        out[kind] = chosen
-    return out
-
-
-def _check_head(
-    create_head: Callable[..., Any], spec: Any, tokens: str, meta: StoreMeta, num_classes: int
-) -> str | None:
-    """Build the head on the meta device and run one forward; the error text, or None if it works."""
-    import torch
-
-    n = meta.num_tokens if tokens == "all" or spec.kind == "linear" else meta.layout.num_patches
-    try:
-        with torch.device("meta"):
-            head = create_head(
-                spec, in_dim=meta.dim, num_classes=num_classes, num_tokens=n, num_prefix=meta.layout.num_prefix
-            )
-            head(torch.empty(2, n, meta.dim))
-    except HeadSpecError as e:
-        return str(e)
-    return None
-
-
-def _jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v

@@ -82,14 +82,14 @@ def test_layers_all_and_unknown_layer() -> None:
 
 def test_every_invalid_config_is_reported_in_one_error() -> None:
     with pytest.raises(ConfigError) as err:
-        expand(head="linear,ep,nosuchhead", queries="3,4", tokens="patch", lr=-1.0, optimizer="adam", epochs=0)
+        expand(head="linear,ep,nosuchhead", queries="3,4", tokens="patch", lr=-1.0, optimizer="adamax", epochs=0)
     msg = str(err.value)
     assert "nothing was trained" in msg
     assert "unknown head kind 'nosuchhead'" in msg
     assert "D divisible by d_out*M" in msg and "M=3" in msg  # queries=3 does not divide D=16
     assert "linear" in msg and "cannot read tokens ['patch']" in msg
     assert "--lr values must be finite and > 0, got [-1.0]" in msg
-    assert "unknown optimizer ['adam']" in msg
+    assert "unknown optimizer ['adamax']" in msg
     assert "epochs must be >= 1" in msg
 
 
