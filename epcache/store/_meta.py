@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_META_BYTES",
+    "READ_VERSIONS",
     "STORE_DTYPES",
     "BackboneMeta",
     "Dtype",
@@ -30,12 +31,15 @@ __all__ = [
     "StoreMeta",
     "TokenLayout",
     "compute_provenance",
+    "document_version",
     "parse_meta_json",
+    "provenance_of_document",
     "split_fingerprint",
 ]
 
 FORMAT_NAME = "epcache-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = "1.1"  # what this epcache writes (cache_layout.md §5: 1.1 adds arrays and attributes to 1.0)
+READ_VERSIONS = ("1.0", "1.1")  # what it reads; 1.0 is stored as the integer 1
 MAX_META_BYTES = 64 * 1024 * 1024  # refuse to parse metadata larger than this (hostile or corrupt)
 
 Dtype = Literal["float16", "bfloat16", "float32"]
@@ -75,7 +79,7 @@ class SplitMetaJSON(TypedDict):
 
 class StoreMetaJSON(TypedDict):
     format: str
-    format_version: int
+    format_version: int | str
     backbone: BackboneMetaJSON
     layout: TokenLayoutJSON
     layers: list[int]
@@ -160,11 +164,15 @@ class StoreMeta:
     def storage_dtype(self) -> str:
         return STORE_DTYPES[self.dtype]
 
-    def to_json(self) -> dict[str, Any]:
-        """The store-level fields of cache_layout.md §2 (without splits and provenance)."""
+    def to_json(self, version: str = FORMAT_VERSION) -> dict[str, Any]:
+        """The store-level fields of cache_layout.md §2 (without splits and provenance), every key written.
+
+        ``version`` "1.0" writes the integer 1, as 1.0 writers did, so that appending to a 1.0
+        store keeps its document (and provenance key) a 1.0 document.
+        """
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if version == "1.0" else version,
             "backbone": asdict(self.backbone),
             "layout": {**asdict(self.layout), "grid": list(self.layout.grid)},
             "layers": list(self.layers),
@@ -303,27 +311,53 @@ def split_fingerprint(spec: SplitSpec) -> tuple[str, str]:
     return ids, labels
 
 
-def compute_provenance(meta: StoreMeta, splits: Mapping[str, SplitMeta]) -> str:
+def compute_provenance(meta: StoreMeta, splits: Mapping[str, SplitMeta], version: str = FORMAT_VERSION) -> str:
     """Hash of everything that determines the stored bytes (cache_layout.md §2.3).
 
     Chunk and shard sizes and the backend are left out: they change the files, not the values,
-    so two stores with the same provenance hold identical tokens for identical ids.
+    so two stores with the same provenance hold identical tokens for identical ids. This is the
+    key of the complete document a writer of ``version`` stores for ``meta`` and ``splits``.
     """
-    doc = meta.to_json()
-    doc["backbone"] = {k: v for k, v in doc["backbone"].items() if k not in ("source", "weights_file")}
-    doc.pop("extra")
-    doc["splits"] = {
-        name: {
-            "num_samples": s.num_samples,
-            "views": s.views,
-            "classes": list(s.classes),
-            "permutation_seed": s.permutation_seed,
-            "ids_sha256": s.ids_sha256,
-            "labels_sha256": s.labels_sha256,
+    doc = meta.to_json(version)
+    doc["splits"] = {name: s.to_json() for name, s in splits.items()}
+    return provenance_of_document(doc)
+
+
+def provenance_of_document(doc: Mapping[str, Any]) -> str:
+    """The provenance key of a root document as stored (cache_layout.md §2.3), computed exactly as an
+    outsider would: drop ``extra``, ``provenance``, ``backbone.source`` and ``backbone.weights_file``,
+    reduce each split to its six content keys, then sha256 of the canonical JSON encoding.
+
+    Nothing is filled in or normalised: the key is over the document as it is stored, so any edit
+    of a covered key changes it.
+    """
+    red = {k: v for k, v in doc.items() if k not in ("extra", "provenance")}
+    bb = red.get("backbone")
+    if isinstance(bb, Mapping):
+        red["backbone"] = {k: v for k, v in bb.items() if k not in ("source", "weights_file")}
+    splits = red.get("splits")
+    if isinstance(splits, Mapping):
+        red["splits"] = {
+            name: {k: s[k] for k in _PROVENANCE_SPLIT_KEYS if k in s} if isinstance(s, Mapping) else s
+            for name, s in splits.items()
         }
-        for name, s in sorted(splits.items())
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(red).encode("ascii")).hexdigest()
+
+
+_PROVENANCE_SPLIT_KEYS = ("num_samples", "views", "classes", "permutation_seed", "ids_sha256", "labels_sha256")
+
+
+def canonical_json(doc: Any) -> str:
+    """The encoding hashed for the provenance key (cache_layout.md §2.3): keys sorted at every level,
+    no whitespace (separators ``,`` and ``:``), non-ASCII escaped as ``\\uXXXX`` (ensure_ascii),
+    floats as Python's shortest round-trip ``repr`` (``0.485``, ``1e-05``, ``224.0``), no NaN/inf."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def document_version(data: Mapping[str, Any]) -> str:
+    """"1.0" or "1.1" from a root document whose version was checked by ``_check_version``."""
+    v = data.get("format_version")
+    return "1.0" if (v == 1 and not isinstance(v, bool)) or v == "1.0" else str(v)
 
 
 def parse_meta_json(raw: str | bytes | Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -345,9 +379,10 @@ def _check_version(data: Mapping[str, Any]) -> None:
     if data.get("format") != FORMAT_NAME:
         raise CorruptStoreError(f"metadata 'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    known = (version == 1 and type(version) is int) or version in READ_VERSIONS
+    if not known:
         raise LayoutVersionError(
-            f"store has format version {version!r}, this epcache reads version {FORMAT_VERSION}; "
+            f"store has format version {version!r}, this epcache reads versions 1.0 (stored as 1) and 1.1; "
             "upgrade epcache or re-extract the store"
         )
 

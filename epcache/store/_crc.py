@@ -1,0 +1,69 @@
+"""crc32c (Castagnoli) of stored bytes, and the combination of two crc32c values.
+
+A block's record is the crc32c of all its bytes (cache_layout.md §3.3). A reader that gets a
+sharded block one inner chunk at a time, in any order, can still check the block without reading
+a byte twice: it keeps each chunk's crc32c and combines them in row order once it has them all
+(``crc32c_combine`` is zlib's ``crc32_combine`` for the Castagnoli polynomial).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import google_crc32c
+import numpy as np
+
+__all__ = ["block_checksum", "crc32c_combine", "crc32c_concat"]
+
+_POLY = 0x82F63B78  # Castagnoli, reflected
+
+
+def block_checksum(raw: np.ndarray) -> int:
+    """crc32c of a block's bytes as stored (C order, little-endian storage dtype)."""
+    return int(google_crc32c.value(np.ascontiguousarray(raw).tobytes()))  # it accepts bytes only
+
+
+def _times(mat: list[int], vec: int) -> int:
+    out = 0
+    i = 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _square(mat: list[int]) -> list[int]:
+    return [_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """crc32c(a + b) from crc32c(a), crc32c(b) and len(b), in O(log len(b))."""
+    if len2 <= 0:
+        return crc1
+    odd = [_POLY] + [1 << n for n in range(31)]  # operator for one zero bit
+    even = _square(odd)  # two zero bits
+    odd = _square(even)  # four zero bits
+    while True:  # apply len2 zero bytes to crc1
+        even = _square(odd)
+        if len2 & 1:
+            crc1 = _times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _square(even)
+        if len2 & 1:
+            crc1 = _times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def crc32c_concat(parts: Sequence[tuple[int, int]]) -> int:
+    """crc32c of the concatenation of parts given as ``(crc32c, nbytes)`` in order."""
+    crc = 0
+    for c, n in parts:
+        crc = crc32c_combine(crc, c, n)
+    return crc
