@@ -44,7 +44,7 @@ from epcache.probe.results import (
 from epcache.probe.select import check_labels, split_train
 from epcache.probe.stream import BatchStream, InputPlan, MemorySource, StoreSource
 from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
-from epcache.store import FeatureStore, open_store
+from epcache.store import FeatureStore, check_for_probe, open_store
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 
@@ -85,9 +85,12 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
     """
     say = _printer(progress)
-    store = open_store(config.store, verify_reads=True)  # never train on bytes that changed since extraction
-    eval_store = open_store(config.eval_store, verify_reads=True) if config.eval_store else store
+    checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
+    store = open_store(config.store, verify_reads=checked)
+    eval_store = open_store(config.eval_store, verify_reads=checked) if config.eval_store else store
     try:
+        for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
+            print(f"warning: {warning}", file=sys.stderr)
         return _probe(config, store, eval_store, say, progress)
     finally:
         if eval_store is not store:
@@ -397,7 +400,8 @@ class _GroupContext:
             "schema": RESULT_SCHEMA,
             "id": run.id,
             "name": run.name,
-            "config": {**run.hyperparameters(), **{k: v for k, v in s.to_json().items() if "provenance" not in k}},
+            "config": {**run.hyperparameters(), **{k: v for k, v in s.to_json().items() if "provenance" not in k},
+                       "trust_store": self.config.trust_store},
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
             "data": {

@@ -18,6 +18,7 @@ from epcache.store._info import describe_store as describe_store
 from epcache.store._info import format_ranges as format_ranges
 from epcache.store._info import format_store_info as format_store_info
 from epcache.store._info import human_bytes as human_bytes
+from epcache.store._integrity import check_for_probe as check_for_probe
 from epcache.store._integrity import check_store_integrity as check_store_integrity
 from epcache.store._lock import LockInfo as LockInfo
 from epcache.store._lock import StoreLock as StoreLock
@@ -74,6 +75,7 @@ __all__ = [
     "VerifyReport",
     "acquire_store_lock",
     "block_checksum",
+    "check_for_probe",
     "check_store_integrity",
     "compute_provenance",
     "create_store",

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ArraySpec",
     "array_problems",
+    "check_for_probe",
     "check_store_integrity",
     "ids_mirror_problem",
     "provenance_problem",
@@ -112,12 +113,6 @@ def split_problems(store: FeatureStore, name: str, *, ids_too: bool = True) -> l
     out: list[str] = []
     if not np.array_equal(order, storage_permutation(n, s.permutation_seed)):
         out.append(f"{where}: order is not the permutation of seed {s.permutation_seed} (cache_layout.md §3.1)")
-    if n and (labels.min() < 0 or labels.max() >= len(s.classes)):
-        bad = int(np.flatnonzero((labels < 0) | (labels >= len(s.classes)))[0])
-        out.append(
-            f"{where}: label {int(labels[bad])} of row {bad} is outside 0..{len(s.classes) - 1} "
-            f"({len(s.classes)} classes)"
-        )
     dataset_labels = np.empty(n, np.int64)
     dataset_labels[order] = labels
     labels_sha = hashlib.sha256(np.ascontiguousarray(dataset_labels, dtype="<i8").tobytes()).hexdigest()
@@ -185,3 +180,21 @@ def ids_mirror_problem(store: FeatureStore, name: str, ids: list[str]) -> str | 
     if mirror.shape != want.shape or not np.array_equal(mirror, want):
         return f"split {name!r}: the ids_utf8 mirror differs from the ids (edited or damaged)"
     return None
+
+
+def check_for_probe(
+    store: FeatureStore, eval_store: FeatureStore, train_split: str, eval_split: str, trust: bool
+) -> list[str]:
+    """What `epcache probe` checks before training: ``check_store_integrity`` on the train store (train and,
+    when it holds it, eval split) and on a separate eval store. With ``trust`` (--trust-store) nothing is
+    checked; a stored provenance key that differs from the recomputed one is returned as a warning."""
+    pairs = [(store, [train_split] + ([eval_split] if eval_store is store else []))]
+    if eval_store is not store:
+        pairs.append((eval_store, [eval_split]))
+    warnings: list[str] = []
+    for st, splits in pairs:
+        if not trust:
+            check_store_integrity(st, splits)
+        elif (problem := provenance_problem(st)) is not None:
+            warnings.append(f"{st.location}: {problem}; --trust-store: training on it anyway")
+    return warnings

@@ -136,8 +136,15 @@ class _Checker:
         self.problems.extend(split_problems(self.store, name))
         try:
             ids = self.store.read_ids(name)
+            labels = self.store.read_labels(name)
         except _READ_ERRORS:
             return  # reported by split_problems
+        if len(labels) == len(ids) and len(labels) and (labels.min() < 0 or labels.max() >= len(s.classes)):
+            bad = int(np.flatnonzero((labels < 0) | (labels >= len(s.classes)))[0])
+            self.problems.append(  # probe's own label check names the fix for training
+                f"split {name!r}: label {int(labels[bad])} of row {bad} ({ids[bad]!r}) is outside "
+                f"0..{len(s.classes) - 1} ({len(s.classes)} classes)"
+            )
         unsafe = next((i for i in ids if _unsafe_id(i)), None)
         if unsafe is not None:
             self.problems.append(
