@@ -147,7 +147,11 @@ def check_store_integrity(store: FeatureStore, splits: Iterable[str]) -> None:
     checks.append(("provenance", [prov] if prov else []))
     checks.append(("array metadata", array_problems(store, names)))
     for name in names:
-        checks.append((f"split {name!r}", split_problems(store, name)))
+        problems = split_problems(store, name)
+        if not problems and store.format_version != "1.0":
+            mirror = ids_mirror_problem(store, name, store.read_ids(name))
+            problems = [mirror] if mirror else []
+        checks.append((f"split {name!r}", problems))
         try:
             records_ok = all(
                 store.block_records(name, layer).min(initial=0) >= MISSING for layer in store.meta.layers

@@ -115,6 +115,12 @@ class VerifyReport:
                 "(hdf5 tools) clears the mark, then re-run the extraction with --break-lock to finish it; or "
                 "re-extract with `epcache extract --overwrite`"
             )
+        elif any(p.startswith("array metadata:") for p in self.problems):
+            lines.append(
+                "fix: an array's own metadata (zarr.json / HDF5 dataset) no longer matches the store's: restore it as "
+                "each problem says (the bytes are checked again then), or re-extract with `epcache extract "
+                "--overwrite`; `--repair` refuses, as it would rewrite intact blocks through the wrong metadata"
+            )
         else:
             lines.append("fix: the metadata itself is damaged; re-extract the store with `epcache extract --overwrite`")
         return "\n".join(lines)
