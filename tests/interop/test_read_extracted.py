@@ -30,10 +30,10 @@ def extracted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = make_imagefolder(root / "data", splits={"train": 10, "val": 6})
     out = {
         "zarr": root / "bf16.zarr",  # bfloat16 (uint16 bits), sharded: 2 chunks of 4 per shard
-        "h5": root / "f16.h5",
+        "h5": root / "f32.h5",  # the same extraction in float32: the bf16 bytes must be its RNE rounding
     }
     extract(tiny_config(data, out["zarr"], dtype="bfloat16", shard_samples=8), progress=False)
-    extract(tiny_config(data, out["h5"]), progress=False)
+    extract(tiny_config(data, out["h5"], dtype="float32"), progress=False)
     return out
 
 
@@ -96,5 +96,27 @@ def test_plain_h5py_reads_every_value(extracted: dict[str, Path]) -> None:
             _check_split(doc, split, lambda name, split=split: f[f"splits/{split}/{name}"][...])
             for layer in doc["layers"]:
                 plain = f[f"splits/{split}/layers/{layer}"][...]
-                assert f[f"splits/{split}/layers/{layer}"].attrs["epcache_dtype"] == "float16"
+                assert f[f"splits/{split}/layers/{layer}"].attrs["epcache_dtype"] == "float32"
                 assert np.array_equal(plain, st.read_tokens(split, layer))
+
+
+def _rne_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, round to nearest, ties to even (cache_layout.md §5), in integers."""
+    bits = x.astype("<f4").view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def test_bfloat16_bytes_are_the_rne_rounding_of_float32(extracted: dict[str, Path]) -> None:
+    import h5py
+    import zarr
+
+    g = zarr.open_group(extracted["zarr"], mode="r")
+    with h5py.File(extracted["h5"], "r") as f:
+        for split in ("train", "val"):
+            for layer in g.attrs["epcache"]["layers"]:
+                f32 = f[f"splits/{split}/layers/{layer}"][...]
+                bf16 = g[f"splits/{split}/layers/{layer}"][...]
+                assert np.isfinite(f32).all()
+                truncated = (f32.view(np.uint32) >> 16).astype(np.uint16)
+                assert (truncated != bf16).any()  # rounding, not truncation, is what tells them apart
+                np.testing.assert_array_equal(bf16, _rne_bf16_bits(f32))
