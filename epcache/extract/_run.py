@@ -542,10 +542,12 @@ def _refuse_duplicate(config: ExtractConfig, prep: _Prepared, meta: StoreMeta) -
             with open_store(loc) as other:
                 if compute_provenance(other.meta, {}) != ours or not _holds_splits(other, prep):
                     continue
+                key = other.provenance  # the stored key, as `epcache info` and `ls` show it
         except (EpcacheError, OSError):
             continue  # unreadable neighbours are `epcache ls`'s business, not a reason to stop here
         raise StoreExistsError(
-            f"{loc} already holds these tokens (same provenance {ours[:16]}, same data, complete): use it "
+            f"{loc} already holds these tokens (provenance {key}, as `epcache info {loc}` shows; same data, "
+            "complete): use it "
             f"instead of extracting again into {out}. Pass --allow-duplicate (allow_duplicate=True) to "
             "extract anyway"
         )

@@ -103,7 +103,7 @@ class BackboneMeta:
     name: str  # full timm name with tag, e.g. "vit_base_patch16_224.mae"
     source: str  # "timm-hf-cache" | "checkpoint" | "random-init"
     timm_version: str
-    weights_sha256: str  # sha256 of the weights file, or "random-init"
+    weights_sha256: str  # sha256 of the weights file; random-init: of the initialised tensors (cache_layout.md §2.1)
     weights_file: str | None = None  # basename only: paths and credentials never enter metadata
     num_blocks: int = 0  # blocks in the whole model, so readers can tell "layer 11 of 12"
 
