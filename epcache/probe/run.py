@@ -234,19 +234,20 @@ def _probe(
     skipped = tuple(r.id for r in runs if r.id in finished)
     if skipped:
         say(f"{len(skipped)} of {len(runs)} configs already finished in {out}; skipping them")
-    geometry = HeadGeometry(
-        dim=store.meta.dim,
-        num_classes=num_classes,
-        num_tokens=store.meta.num_tokens,
-        num_patches=store.meta.layout.num_patches,
-        num_prefix=store.meta.layout.num_prefix,
-    )
     groups: dict[int, list[RunSpec]] = defaultdict(list)
     for r in runs:
         if r.id not in finished:
             groups[r.group_key].append(r)
     new_rows: dict[str, dict[str, Any]] = {}
     for layer, group in groups.items():
+        lm = store.meta.for_layer(layer)  # a layer's own grid and width (a convnet's stages differ)
+        geometry = HeadGeometry(
+            dim=lm.dim,
+            num_classes=num_classes,
+            num_tokens=lm.num_tokens,
+            num_patches=lm.layout.num_patches,
+            num_prefix=lm.layout.num_prefix,
+        )
         context = _GroupContext(config, store, eval_store, data, geometry, device, dtype, out, say, progress,
                                 results_file)
         for row in context.run(layer, group):
@@ -280,7 +281,7 @@ class _GroupContext:
 
         t0 = time.perf_counter()
         c, s = self.config, runs[0].settings
-        plan = InputPlan(frozenset(r.tokens for r in runs), self.store.meta.layout, self.dtype)
+        plan = InputPlan(frozenset(r.tokens for r in runs), self.store.meta.for_layer(layer).layout, self.dtype)
         train = self._stream(self.store, s.train_split, layer, plan, self.data.train_rows, self.data.train_labels,
                              training=True)
         holdout = None
@@ -364,7 +365,7 @@ class _GroupContext:
     ) -> BatchStream:
         c = self.config
         views = store.split(split).views if training else 1
-        meta = store.meta
+        meta = store.meta.for_layer(layer)
         size = len(rows) * plan.packed_bytes_per_view(meta.num_tokens, meta.dim, _ITEMSIZE[meta.dtype])
         source: StoreSource | MemorySource
         if c.in_memory or (not training and size <= c.eval_cache_mb * 2**20):

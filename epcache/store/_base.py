@@ -118,8 +118,8 @@ class FeatureStore(ABC):
         (readers get the full report from `epcache verify` and the refusal from `probe`).
         """
         for name, s in self._splits.items():
-            want = (s.num_samples, s.views, self.meta.num_tokens, self.meta.dim)
             for layer in self.meta.layers:
+                want = (s.num_samples, s.views, *self.meta.layer_shape(layer))
                 got = self._array_shape(name, layer)
                 if got != want:
                     raise CorruptStoreError(
@@ -243,7 +243,8 @@ class FeatureStore(ABC):
             raise ShapeMismatchError(f"split {spec.name!r} has {n} labels but {len(spec.ids)} ids")
         if spec.views < 1:
             raise ShapeMismatchError(f"views must be >= 1, got {spec.views}")
-        sample_bytes = spec.views * self.meta.num_tokens * self.meta.dim * _NUMPY_DTYPES[self.meta.dtype].itemsize
+        widest = max(t * d for t, d in map(self.meta.layer_shape, self.meta.layers))  # chunks shared by layers
+        sample_bytes = spec.views * widest * _NUMPY_DTYPES[self.meta.dtype].itemsize
         plan = plan_chunks(
             n, sample_bytes, len(self.meta.layers), chunk_samples=chunk_samples, shard_samples=shard_samples
         )
@@ -280,7 +281,7 @@ class FeatureStore(ABC):
         self._check_layer(layer)
         s = self.split(split)
         start, stop = self.block_range(split, block)
-        want = (stop - start, s.views, self.meta.num_tokens, self.meta.dim)
+        want = (stop - start, s.views, *self.meta.layer_shape(layer))
         if tuple(data.shape) != want:
             raise ShapeMismatchError(
                 f"block {block} of {split!r} layer {layer} must have shape {want}, got {tuple(data.shape)}"
@@ -425,7 +426,7 @@ class FeatureStore(ABC):
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= s.num_samples):
             raise IndexError(f"rows out of range for split {split!r} ({s.num_samples} samples)")
-        out = np.empty((len(rows), s.views, self.meta.num_tokens, self.meta.dim), _NUMPY_DTYPES[self.meta.dtype])
+        out = np.empty((len(rows), s.views, *self.meta.layer_shape(layer)), _NUMPY_DTYPES[self.meta.dtype])
         chunk_of = rows // s.chunk_samples
         for c in np.unique(chunk_of).tolist():
             where = np.flatnonzero(chunk_of == c)

@@ -126,10 +126,10 @@ class HDF5FeatureStore(FeatureStore):
             from epcache.store._zarr import ids_utf8
 
             g.create_dataset("ids_utf8", data=ids_utf8(ids))
-        shape = (spec.num_samples, spec.views, self.meta.num_tokens, self.meta.dim)
-        chunks = (spec.chunk_samples, *shape[1:]) if spec.num_samples else None
         flt = _filter(self._compressor)
         for layer in self.meta.layers:
+            shape = (spec.num_samples, spec.views, *self.meta.layer_shape(layer))
+            chunks = (spec.chunk_samples, *shape[1:]) if spec.num_samples else None
             g.create_dataset(
                 f"layers/{layer}",
                 shape=shape,

@@ -61,6 +61,7 @@ class StoreInfo:
     provenance: str  # the key as STORED in the document
     format_version: str = "1.1"  # of the stored document: "1.0" or "1.1"
     computed_provenance: str = ""  # recomputed from the stored document; differs only when it was edited
+    layer_shapes: dict[str, Any] = field(default_factory=dict)  # per-layer grid/dim/T where layers differ
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
 
@@ -114,6 +115,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             provenance=store.provenance,
             format_version=store.format_version,
             computed_provenance=store.computed_provenance(),
+            layer_shapes=m.to_json().get("layer_shapes", {}),
             missing=missing,
             writer=_writer(location),
         )
@@ -130,6 +132,10 @@ def format_store_info(info: StoreInfo) -> str:
         f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
         f"{info.dtype}",
+        *(
+            f"  layer {k:<5} T={v['num_tokens']}: {v['grid'][0]}x{v['grid'][1]} grid, D={v['dim']}"
+            for k, v in info.layer_shapes.items()
+        ),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
         f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
         "splits",

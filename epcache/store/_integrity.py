@@ -56,10 +56,10 @@ def array_problems(store: FeatureStore, splits: Iterable[str] | None = None) -> 
     out: list[str] = []
     for name in store.splits if splits is None else splits:
         s = store.split(name)
-        shape = (s.num_samples, s.views, store.meta.num_tokens, store.meta.dim)
-        chunk = (s.chunk_samples, *shape[1:])
-        shard = (s.block_samples, *shape[1:]) if s.block_samples != s.chunk_samples else None
         for layer in store.meta.layers:
+            shape = (s.num_samples, s.views, *store.meta.layer_shape(layer))
+            chunk = (s.chunk_samples, *shape[1:])
+            shard = (s.block_samples, *shape[1:]) if s.block_samples != s.chunk_samples else None
             where = f"split {name!r} layer {layer}"
             try:
                 spec = store._array_spec(name, layer)

@@ -8,6 +8,7 @@ of a ``KeyError`` deep inside a reader.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -148,6 +149,9 @@ class StoreMeta:
     views: dict[str, Any] = field(default_factory=dict)  # {"augmented": K, "seed": s, "recipe": {...}}
     dataset: dict[str, Any] = field(default_factory=dict)  # {"kind": "imagefolder", "name": ...}
     extra: dict[str, Any] = field(default_factory=dict)  # free JSON (skipped images, notes)
+    # per-layer (grid, dim) of layers whose shape differs from the top-level layout.grid/dim (1.1: a
+    # convnet's stages in one store); empty when every layer has the top-level shape
+    layer_shapes: dict[int, tuple[tuple[int, int], int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
@@ -159,6 +163,24 @@ class StoreMeta:
             )
         if list(self.layers) != sorted(set(self.layers)) or not self.layers:
             raise ValueError(f"layers must be a non-empty sorted list of distinct indices, got {self.layers}")
+        for layer, (grid, dim) in self.layer_shapes.items():
+            if layer not in self.layers or dim < 1 or len(grid) != 2 or min(grid) < 1:
+                raise ValueError(f"layer_shapes entry {layer}: grid {grid}, dim {dim} is not a stored layer's shape")
+
+    def layer_shape(self, layer: int) -> tuple[int, int]:
+        """(T, D) of one layer's tokens: its own shape where ``layer_shapes`` lists it, else the top level."""
+        if layer in self.layer_shapes:
+            (h, w), dim = self.layer_shapes[layer]
+            return self.layout.num_prefix + h * w, dim
+        return self.num_tokens, self.dim
+
+    def for_layer(self, layer: int) -> StoreMeta:
+        """This metadata as seen by a reader of one layer: its grid, T and D at the top level."""
+        if layer not in self.layer_shapes:
+            return self
+        (h, w), dim = self.layer_shapes[layer]
+        layout = TokenLayout(self.layout.num_prefix, self.layout.cls_index, self.layout.num_registers, (h, w))
+        return dataclasses.replace(self, layout=layout, dim=dim, num_tokens=layout.num_tokens, layer_shapes={})
 
     @property
     def storage_dtype(self) -> str:
@@ -185,6 +207,16 @@ class StoreMeta:
             "views": _jsonable(self.views),
             "dataset": _jsonable(self.dataset),
             "extra": _jsonable(self.extra),
+            **(
+                {
+                    "layer_shapes": {
+                        str(layer): {"grid": list(grid), "dim": dim, "num_tokens": self.layer_shape(layer)[0]}
+                        for layer, (grid, dim) in sorted(self.layer_shapes.items())
+                    }
+                }
+                if self.layer_shapes
+                else {}
+            ),
         }
 
     @classmethod
@@ -218,6 +250,7 @@ class StoreMeta:
                 views=dict(data.get("views", {})),
                 dataset=dict(data.get("dataset", {})),
                 extra=dict(data.get("extra", {})),
+                layer_shapes=_parse_layer_shapes(data.get("layer_shapes", {})),
             )
         except KeyError as e:
             raise CorruptStoreError(
@@ -226,6 +259,12 @@ class StoreMeta:
             ) from None
         except (TypeError, ValueError, IndexError) as e:
             raise CorruptStoreError(f"store metadata is malformed ({e}); re-extract the store") from None
+        for key, v in dict(data.get("layer_shapes", {})).items():
+            if v.get("num_tokens", meta.layer_shape(int(key))[0]) != meta.layer_shape(int(key))[0]:
+                raise CorruptStoreError(
+                    f"metadata layer_shapes[{key}] says num_tokens {v['num_tokens']}, its grid and the prefix give "
+                    f"{meta.layer_shape(int(key))[0]}; re-extract the store"
+                )
         if data.get("storage_dtype", meta.storage_dtype) != meta.storage_dtype:
             raise CorruptStoreError(
                 f"metadata says dtype {meta.dtype} but storage_dtype {data['storage_dtype']}; re-extract the store"
@@ -385,6 +424,19 @@ def _check_version(data: Mapping[str, Any]) -> None:
             f"store has format version {version!r}, this epcache reads versions 1.0 (stored as 1) and 1.1; "
             "upgrade epcache or re-extract the store"
         )
+
+
+def _parse_layer_shapes(data: Any) -> dict[int, tuple[tuple[int, int], int]]:
+    """``{"<L>": {"grid": [h, w], "dim": D, "num_tokens": T}}`` -> ``{L: ((h, w), D)}``; T is checked."""
+    if not isinstance(data, Mapping):
+        raise TypeError("layer_shapes must be an object")
+    out: dict[int, tuple[tuple[int, int], int]] = {}
+    for key, v in data.items():
+        grid = (int(v["grid"][0]), int(v["grid"][1]))
+        out[int(key)] = (grid, int(v["dim"]))
+        if "num_tokens" in v and not isinstance(v["num_tokens"], int):
+            raise TypeError(f"layer_shapes[{key}].num_tokens must be an integer")
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

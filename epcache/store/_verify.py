@@ -75,9 +75,10 @@ def verify_store(location: str | PathLike[str], *, deep: bool = False, progress:
         checker = _Checker(store, deep=deep)
         checker.check_document()
         total_bytes = sum(
-            s.num_samples * s.views * store.meta.num_tokens * store.meta.dim * checker.itemsize
+            s.num_samples * s.views * t * d * checker.itemsize
             for s in store.splits.values()
-        ) * len(store.meta.layers)
+            for t, d in map(store.meta.layer_shape, store.meta.layers)
+        )
         from tqdm.auto import tqdm
 
         with tqdm(
@@ -168,7 +169,7 @@ class _Checker:
         per_block = s.block_samples // s.chunk_samples
         for b in range(s.num_blocks):
             start, stop = store.block_range(name, b)
-            nbytes = (stop - start) * s.views * store.meta.num_tokens * store.meta.dim * self.itemsize
+            nbytes = (stop - start) * s.views * int(np.prod(store.meta.layer_shape(layer))) * self.itemsize
             rec = int(records[b])
             if rec == MISSING:
                 self._bad(name, layer, b, "missing", "record is -1: not written (interrupted, or marked for repair)")

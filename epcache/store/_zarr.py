@@ -142,10 +142,10 @@ class ZarrFeatureStore(FeatureStore):
         layers = g.create_group("layers")
         records = g.create_group("records")
         chunk_records = g.create_group("chunk_records") if v11 and spec.block_samples != spec.chunk_samples else None
-        shape = (n, spec.views, self.meta.num_tokens, self.meta.dim)
-        chunks = (spec.chunk_samples, *shape[1:])
-        shards = (spec.block_samples, *shape[1:]) if spec.block_samples != spec.chunk_samples else None
         for layer in self.meta.layers:
+            shape = (n, spec.views, *self.meta.layer_shape(layer))
+            chunks = (spec.chunk_samples, *shape[1:])
+            shards = (spec.block_samples, *shape[1:]) if spec.block_samples != spec.chunk_samples else None
             layers.create_array(
                 str(layer),
                 shape=shape,
