@@ -32,12 +32,12 @@ from epcache.store._meta import SplitMeta as SplitMeta
 from epcache.store._meta import SplitSpec as SplitSpec
 from epcache.store._meta import StoreMeta as StoreMeta
 from epcache.store._meta import TokenLayout as TokenLayout
-from epcache.store._meta import compute_provenance as compute_provenance
-from epcache.store._meta import provenance_of_document as provenance_of_document
-from epcache.store._meta import split_fingerprint as split_fingerprint
 from epcache.store._open import create_store as create_store
 from epcache.store._open import detect_format as detect_format
 from epcache.store._open import open_store as open_store
+from epcache.store._provenance import compute_provenance as compute_provenance
+from epcache.store._provenance import provenance_of_document as provenance_of_document
+from epcache.store._provenance import split_fingerprint as split_fingerprint
 from epcache.store._tokens import TokenSelector as TokenSelector
 from epcache.store._tokens import from_torch as from_torch
 from epcache.store._tokens import select_tokens as select_tokens

@@ -21,17 +21,11 @@ from epcache.errors import (
     UnknownLayerError,
     UnknownSplitError,
 )
-from epcache.store._crc import block_checksum, crc32c_concat
-from epcache.store._meta import (
-    FORMAT_VERSION,
-    SplitMeta,
-    SplitSpec,
-    StoreMeta,
-    compute_provenance,
-    provenance_of_document,
-    split_fingerprint,
-)
+from epcache.store._crc import block_checksum
+from epcache.store._meta import FORMAT_VERSION, SplitMeta, SplitSpec, StoreMeta
 from epcache.store._plan import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
+from epcache.store._provenance import compute_provenance, provenance_of_document, split_fingerprint
+from epcache.store._readcheck import ReadChecks
 
 if TYPE_CHECKING:
     from epcache.store._integrity import ArraySpec
@@ -60,7 +54,7 @@ class FeatureStore(ABC):
         self._stored_doc: dict[str, Any] | None = None  # the root document as last read or written
         self._splits: dict[str, SplitMeta] = {}
         self._records_cache: dict[tuple[str, int], np.ndarray] = {}
-        self._chunk_crcs: dict[tuple[str, int, int], dict[int, tuple[int, int]]] = {}  # 1.0 sharded reads
+        self._read_checks = ReadChecks()  # what verify_reads has checked so far
 
     # ------------------------------------------------------------------ backend primitives
     @property
@@ -111,31 +105,10 @@ class FeatureStore(ABC):
         """Record per-chunk crc32c of a sharded block (format 1.1); backends without shards have none."""
 
     def _validate(self) -> None:
-        """Cross-check the JSON metadata against the arrays, so a hand-edited document fails here.
+        """Cross-check the JSON metadata against the arrays, so a hand-edited document fails here."""
+        from epcache.store._integrity import validate_on_open
 
-        A shape mismatch always fails. A dtype or chunking mismatch fails only when the store is
-        opened for writing: written through a wrong dtype, intact blocks would be converted and lost
-        (readers get the full report from `epcache verify` and the refusal from `probe`).
-        """
-        for name, s in self._splits.items():
-            for layer in self.meta.layers:
-                want = (s.num_samples, s.views, *self.meta.layer_shape(layer))
-                got = self._array_shape(name, layer)
-                if got != want:
-                    raise CorruptStoreError(
-                        f"{self.location}: metadata says split {name!r} layer {layer} has shape {want}, "
-                        f"the array has shape {got}; the metadata was edited or the store is damaged. "
-                        "Re-extract it"
-                    )
-        if not self.read_only:
-            from epcache.store._integrity import array_problems
-
-            problems = array_problems(self)
-            if problems:
-                raise CorruptStoreError(
-                    f"{self.location}: refusing to write into this store: {problems[0]}. Writing would store "
-                    "blocks in a dtype or layout the metadata does not describe"
-                )
+        validate_on_open(self)
 
     @abstractmethod
     def size_bytes(self) -> int:
@@ -367,42 +340,8 @@ class FeatureStore(ABC):
         self._check_layer(layer)
         raw = self._read_chunk_array(split, layer, chunk, start, stop)
         if self.verify_reads:
-            self._check_chunk(split, layer, chunk, raw)
+            self._read_checks.check(self, split, layer, chunk, raw)
         return self._logical(raw)
-
-    def _check_chunk(self, split: str, layer: int, chunk: int, raw: np.ndarray) -> None:
-        """Check the bytes just read against the records, without reading anything again.
-
-        Unsharded: the chunk is the block, checked against its record. Sharded, format 1.1: against
-        the chunk's own record. Sharded, format 1.0 (block records only): each chunk's crc32c is
-        kept and the shard is checked once its last chunk has been read (``crc32c_concat``).
-        """
-        s = self._splits[split]
-        per_block = s.block_samples // s.chunk_samples
-        block = chunk // per_block
-        record = int(self.block_records(split, layer)[block])
-        if record == MISSING:
-            return  # never written: reads as zeros, and probe refuses incomplete stores unless told
-        start, stop = self.chunk_range(split, chunk)
-        crc = block_checksum(raw)
-        what = f"chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer}"
-        if per_block == 1:
-            if crc != record:
-                raise _changed(self.location, what)
-            return
-        chunk_records = self._read_chunk_records(split, layer, chunk, chunk + 1)
-        if chunk_records is not None:
-            if int(chunk_records[0]) != crc:
-                raise _changed(self.location, what, "its per-chunk record")
-            return
-        seen = self._chunk_crcs.setdefault((split, layer, block), {})
-        seen[chunk] = (crc, raw.nbytes)
-        first, end = block * per_block, min(s.num_chunks, (block + 1) * per_block)
-        if len(seen) == end - first:
-            if crc32c_concat([seen[c] for c in range(first, end)]) != record:
-                b0, b1 = self.block_range(split, block)
-                raise _changed(self.location, f"shard {block} (rows {b0}-{b1}) of {split!r} layer {layer}")
-            del self._chunk_crcs[(split, layer, block)]
 
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         """Backends override this with a direct read of the chunk's bytes where the format allows."""
@@ -437,13 +376,6 @@ class FeatureStore(ABC):
 
     def _logical(self, raw: np.ndarray) -> np.ndarray:
         return raw.view(_NUMPY_DTYPES[self.meta.dtype]) if self.meta.dtype == "bfloat16" else raw
-
-
-def _changed(location: str, what: str, against: str = "its record") -> CorruptStoreError:
-    return CorruptStoreError(
-        f"{location}: {what} fails its crc32c check against {against}: its bytes changed after "
-        f"extraction. Run `epcache verify {location}`, then `epcache verify --repair --data ROOT`"
-    )
 
 
 def check_new_location(exists: bool, location: str, overwrite: bool) -> None:

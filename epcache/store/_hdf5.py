@@ -123,7 +123,7 @@ class HDF5FeatureStore(FeatureStore):
         g.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))
         v11 = self.format_version != "1.0"
         if v11:
-            from epcache.store._zarr import ids_utf8
+            from epcache.store._zarr_files import ids_utf8
 
             g.create_dataset("ids_utf8", data=ids_utf8(ids))
         flt = _filter(self._compressor)

@@ -35,6 +35,7 @@ __all__ = [
     "ids_mirror_problem",
     "provenance_problem",
     "split_problems",
+    "validate_on_open",
 ]
 
 _READ_ERRORS = (EpcacheError, OSError, ValueError, RuntimeError, KeyError)
@@ -48,6 +49,32 @@ class ArraySpec:
     shape: tuple[int, ...]
     chunks: tuple[int, ...] | None  # read chunk (inner chunk when sharded); None: contiguous HDF5
     shards: tuple[int, ...] | None = None  # zarr shard shape, None when not sharded
+
+
+def validate_on_open(store: FeatureStore) -> None:
+    """What opening a store checks of its arrays against the JSON metadata.
+
+    A shape mismatch always fails. A dtype or chunking mismatch fails only when the store is
+    opened for writing: written through a wrong dtype, intact blocks would be converted and lost
+    (readers get the full report from `epcache verify` and the refusal from `probe`).
+    """
+    for name, s in store.splits.items():
+        for layer in store.meta.layers:
+            want = (s.num_samples, s.views, *store.meta.layer_shape(layer))
+            got = store._array_shape(name, layer)
+            if got != want:
+                raise CorruptStoreError(
+                    f"{store.location}: metadata says split {name!r} layer {layer} has shape {want}, "
+                    f"the array has shape {got}; the metadata was edited or the store is damaged. "
+                    "Re-extract it"
+                )
+    if not store.read_only:
+        problems = array_problems(store)
+        if problems:
+            raise CorruptStoreError(
+                f"{store.location}: refusing to write into this store: {problems[0]}. Writing would store "
+                "blocks in a dtype or layout the metadata does not describe"
+            )
 
 
 def array_problems(store: FeatureStore, splits: Iterable[str] | None = None) -> list[str]:
@@ -174,7 +201,7 @@ def ids_mirror_problem(store: FeatureStore, name: str, ids: list[str]) -> str | 
     """Format 1.1: ``ids_utf8`` (fixed-width UTF-8 bytes) must hold exactly the ids."""
     if store.format_version == "1.0":
         return None
-    from epcache.store._zarr import ids_utf8
+    from epcache.store._zarr_files import ids_utf8
 
     try:
         mirror = np.asarray(store._read_vector(name, "ids_utf8"))

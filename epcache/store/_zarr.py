@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from epcache.store._integrity import ArraySpec
 from epcache.store._lock import LOCK_NAME
 from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json
 from epcache.store._rawread import pread_into
+from epcache.store._zarr_files import clear_url_store, ids_utf8, remove_local_store
 
 __all__ = ["ZarrFeatureStore"]
 
@@ -50,13 +50,13 @@ class ZarrFeatureStore(FeatureStore):
         # "something existing" nor deleted by --overwrite, so mode "a" (create) rather than "w" (wipe).
         if _is_url(location):
             store: Any = zarr.storage.FsspecStore.from_url(location, read_only=False)
-            _clear_url_store(location, overwrite=overwrite)
+            clear_url_store(location, overwrite=overwrite)
         else:
             path = Path(location)
             exists = path.exists() and (path.is_file() or any(p.name != LOCK_NAME for p in path.iterdir()))
             check_new_location(exists, location, overwrite)
             if exists:
-                _remove_local_store(path)
+                remove_local_store(path)
             store = zarr.storage.LocalStore(path, read_only=False)
         group = zarr.open_group(store, mode="a", zarr_format=3)
         obj = cls(location, group, read_only=False, compressor=compressor)
@@ -330,16 +330,6 @@ class ZarrFeatureStore(FeatureStore):
         return total
 
 
-def ids_utf8(ids: Sequence[str]) -> np.ndarray:
-    """The ids as a ``uint8 [N, W]`` array of UTF-8 bytes, zero-padded to the longest (W >= 1)."""
-    encoded = [i.encode("utf-8") for i in ids]
-    width = max([1, *(len(e) for e in encoded)])
-    out = np.zeros((len(encoded), width), np.uint8)
-    for row, e in enumerate(encoded):
-        out[row, : len(e)] = np.frombuffer(e, np.uint8)
-    return out
-
-
 def _plain_bytes(codecs: Any) -> bool:
     return (
         len(codecs) == 1
@@ -350,51 +340,6 @@ def _plain_bytes(codecs: Any) -> bool:
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
-
-
-def _clear_url_store(location: str, *, overwrite: bool) -> None:
-    """Make room for a new store under a URL prefix: refuse, or delete an old store for --overwrite.
-
-    Never deletes objects under a prefix that is not a store, and keeps the writer's lock.
-    """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location)
-    path = path.rstrip("/")
-    fs.invalidate_cache(path)
-    keys = [k for k in fs.find(path) if k.rstrip("/") != f"{path}/{LOCK_NAME}"]
-    if not keys:
-        return
-    is_store = f"{path}/zarr.json" in keys
-    check_new_location(is_store, location, overwrite)
-    if not is_store:
-        raise ConfigError(
-            f"{location} holds objects but no zarr store (no zarr.json); refusing to write a store over "
-            "them. Choose another --out"
-        )
-    fs.rm(keys)
-    fs.invalidate_cache(path)
-
-
-def _remove_local_store(path: Path) -> None:
-    """Delete an existing store for --overwrite, but never a directory that is not a store.
-
-    The writer's lock file stays: it belongs to the extraction that is replacing the store.
-    """
-    if path.is_file():
-        raise ConfigError(f"{path} is a file, not a store; refusing to delete it for --overwrite")
-    if not (path / "zarr.json").is_file():
-        raise ConfigError(
-            f"{path} is a non-empty directory that is not a zarr store; refusing to delete it for "
-            "--overwrite. Choose another --out path"
-        )
-    for child in path.iterdir():
-        if child.name == LOCK_NAME:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _compressors(spec: str | None) -> Any:
