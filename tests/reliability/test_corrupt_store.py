@@ -29,9 +29,12 @@ from corrupt_helpers import (
     h5_header,
     pristine,
     probe,
+    runner,
     smash,
     verify,
 )
+
+from epcache.cli import app
 
 pytestmark = pytest.mark.reliability_corruption
 
@@ -268,6 +271,11 @@ def test_corruption(name: str, stores: dict[str, Path], tmp_path: Path) -> None:
     assert code == case.verify_code, out
     assert case.verify_says in out, out
     assert "Traceback" not in out
+    info = runner.invoke(app, ["info", str(store)])
+    assert info.exception is None or isinstance(info.exception, SystemExit), info.exception  # never a traceback
+    assert info.exit_code in (0, 2), info.output
+    if "header" in name:  # HDF5 object-header damage: a clean one-line error from info too
+        assert info.exit_code == 2 and "damaged" in info.output, info.output
     code, out = probe(store, "--out", str(tmp_path / "run"))
     assert code == 2, out
     assert case.probe_says in out, out
