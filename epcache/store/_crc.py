@@ -8,6 +8,7 @@ a byte twice: it keeps each chunk's crc32c and combines them in row order once i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import google_crc32c
@@ -38,27 +39,37 @@ def _square(mat: list[int]) -> list[int]:
     return [_times(mat, mat[n]) for n in range(32)]
 
 
-def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
-    """crc32c(a + b) from crc32c(a), crc32c(b) and len(b), in O(log len(b))."""
-    if len2 <= 0:
-        return crc1
+@functools.lru_cache(maxsize=64)
+def _zeros_operator(nbytes: int) -> tuple[int, ...]:
+    """The GF(2) matrix (32 columns) that appends ``nbytes`` zero bytes to a crc32c register.
+
+    Cached: a reader combines chunks of one size over and over, and the matrix is the slow part.
+    """
+    op = [1 << n for n in range(32)]  # identity
     odd = [_POLY] + [1 << n for n in range(31)]  # operator for one zero bit
     even = _square(odd)  # two zero bits
     odd = _square(even)  # four zero bits
-    while True:  # apply len2 zero bytes to crc1
+    while True:  # zlib's crc32_combine, collecting the operator instead of applying it
         even = _square(odd)
-        if len2 & 1:
-            crc1 = _times(even, crc1)
-        len2 >>= 1
-        if not len2:
+        if nbytes & 1:
+            op = [_times(even, c) for c in op]
+        nbytes >>= 1
+        if not nbytes:
             break
         odd = _square(even)
-        if len2 & 1:
-            crc1 = _times(odd, crc1)
-        len2 >>= 1
-        if not len2:
+        if nbytes & 1:
+            op = [_times(odd, c) for c in op]
+        nbytes >>= 1
+        if not nbytes:
             break
-    return crc1 ^ crc2
+    return tuple(op)
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """crc32c(a + b) from crc32c(a), crc32c(b) and len(b)."""
+    if len2 <= 0:
+        return crc1
+    return _times(list(_zeros_operator(len2)), crc1) ^ crc2
 
 
 def crc32c_concat(parts: Sequence[tuple[int, int]]) -> int:

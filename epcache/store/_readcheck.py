@@ -30,6 +30,7 @@ class ReadChecks:
     def __init__(self) -> None:
         self.passed: set[tuple[str, int, int]] = set()  # (split, layer, chunk)
         self.pending: dict[tuple[str, int, int], dict[int, tuple[int, int]]] = {}  # (split, layer, block)
+        self.chunk_records: dict[tuple[str, int], np.ndarray | None] = {}  # read once per layer
 
     def check(self, store: FeatureStore, split: str, layer: int, chunk: int, raw: np.ndarray) -> None:
         """Raise ``CorruptStoreError`` if ``raw`` (chunk ``chunk`` as just read) differs from its records."""
@@ -49,9 +50,11 @@ class ReadChecks:
                 raise _changed(store.location, what)
             self.passed.add((split, layer, chunk))
             return
-        chunk_records = store._read_chunk_records(split, layer, chunk, chunk + 1)
+        if (split, layer) not in self.chunk_records:
+            self.chunk_records[(split, layer)] = store._read_chunk_records(split, layer, 0, s.num_chunks)
+        chunk_records = self.chunk_records[(split, layer)]
         if chunk_records is not None:
-            if int(chunk_records[0]) != crc:
+            if int(chunk_records[chunk]) != crc:
                 raise _changed(store.location, what, "its per-chunk record")
             self.passed.add((split, layer, chunk))
             return
