@@ -181,11 +181,15 @@ class ZarrFeatureStore(FeatureStore):
         key = (split, f"{kind}/{name}")
         arr = self._arrays.get(key)
         if arr is None:
+            rel = f"splits/{split}/{kind}/{name}" if kind else f"splits/{split}/{name}"
             try:
-                arr = self._group[f"splits/{split}/{kind}/{name}" if kind else f"splits/{split}/{name}"]
-            except KeyError:
+                arr = self._group[rel]
+            except (KeyError, ValueError, TypeError, AttributeError) as e:  # zarr's errors for a bad zarr.json
+                doc = Path(self.location) / rel / "zarr.json"
+                state = "is damaged" if not _is_url(self.location) and doc.is_file() else "is missing or damaged"
                 raise CorruptStoreError(
-                    f"{self.location}: array {kind}/{name} of split {split!r} is missing; re-extract the store"
+                    f"{self.location}: array {kind}/{name} of split {split!r} {state} ({type(e).__name__}: {e}; "
+                    f"its metadata is {rel}/zarr.json); re-extract the store"
                 ) from None
             if not self.read_only and kind == "layers":  # zarr skips all-zero chunks unless told (§4.1)
                 arr = arr.with_config({"write_empty_chunks": True})  # type: ignore[union-attr]

@@ -233,6 +233,22 @@ CASES: dict[str, Case] = {
         "zarr", lambda p: edit_json(_layer_json(p), lambda d: _set(d, "shape", [30, 1, 5, 8])),
         "has shape (30, 1, 5, 8)", "has shape (30, 1, 5, 8)",
     ),
+    "zarr-dtype-nonsense": Case(
+        "zarr", lambda p: edit_json(_layer_json(p), lambda d: _set(d, "data_type", "nonsense")),
+        "array layers/1 of split 'train' is damaged (ValueError", "array layers/1 of split 'train' is damaged",
+    ),
+    "zarr-shape-not-a-list": Case(
+        "zarr", lambda p: edit_json(_layer_json(p), lambda d: _set(d, "shape", "abc")),
+        "is damaged (TypeError", "array layers/1 of split 'train' is damaged",
+    ),
+    "zarr-layer-json-garbage": Case(
+        "zarr", lambda p: _layer_json(p).write_text("{not json"), "is damaged (JSONDecodeError",
+        "array layers/1 of split 'train' is damaged",
+    ),
+    "zarr-labels-json-garbage": Case(
+        "zarr", lambda p: (p / "splits/train/labels/zarr.json").write_text("[]"), "cannot read order/labels/ids",
+        "array /labels of split 'train' is damaged",
+    ),
     # ---- HDF5 object headers
     "h5-dataset-header-damaged": Case(
         "h5", lambda p: smash(p, h5_header(p, "splits/train/labels")), "damaged", "damaged",
