@@ -36,8 +36,6 @@ from corrupt_helpers import (
 
 from epcache.cli import app
 
-pytestmark = pytest.mark.reliability_corruption
-
 
 @dataclass(frozen=True)
 class Case:
@@ -277,6 +275,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return pristine(tmp_path_factory.mktemp("pristine"))
 
 
+@pytest.mark.reliability_corruption
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_corruption(name: str, stores: dict[str, Path], tmp_path: Path) -> None:
     case = CASES[name]
