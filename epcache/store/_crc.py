@@ -20,8 +20,14 @@ _POLY = 0x82F63B78  # Castagnoli, reflected
 
 
 def block_checksum(raw: np.ndarray) -> int:
-    """crc32c of a block's bytes as stored (C order, little-endian storage dtype)."""
-    return int(google_crc32c.value(np.ascontiguousarray(raw).tobytes()))  # it accepts bytes only
+    """crc32c of a block's bytes as stored (C order, little-endian storage dtype).
+
+    The crc32c extension takes read-only buffers only: a read-only byte view of the array, not a
+    ``tobytes()`` copy (a copy would cost as much again as the crc32c itself).
+    """
+    view = np.ascontiguousarray(raw).reshape(-1).view(np.uint8).view()
+    view.flags.writeable = False
+    return int(google_crc32c.value(view))
 
 
 def _times(mat: list[int], vec: int) -> int:
