@@ -183,3 +183,18 @@ def test_hdf5_reader_during_a_write_names_the_writer(tmp_path: Path) -> None:
         proc.communicate("", timeout=30)
     with open_store(p) as st:  # readable again once the writer is done
         assert st.is_complete()
+
+
+def test_hdf5_allocates_every_chunk_of_an_all_zero_block(tmp_path: Path) -> None:
+    import h5py
+
+    p = tmp_path / "s.h5"
+    with create_store(p, meta()) as st:
+        st.add_split(SplitSpec("val", np.zeros(16, np.int64), [f"{i}" for i in range(16)], ["a", "b", "c"]),
+                     chunk_samples=4)
+        for layer in (0, 1):
+            for b in range(4):
+                st.write_block("val", layer, b, np.zeros((4, 1, 5, 8), np.float16))
+    with h5py.File(p, "r") as f:
+        ds = f["splits/val/layers/1"]
+        assert all(ds.id.get_chunk_info_by_coord((r, 0, 0, 0)).byte_offset is not None for r in (0, 4, 8, 12))
