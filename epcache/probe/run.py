@@ -91,6 +91,7 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
     try:
         for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
+        say(f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)")
         return _probe(config, store, eval_store, say, progress)
     finally:
         if eval_store is not store:
