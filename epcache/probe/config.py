@@ -102,6 +102,7 @@ class ProbeConfig:
     eval_cache_mb: float = 4096.0  # holdout/eval tokens up to this size are read once and kept in RAM
     eval_curve: bool = True  # score the eval split every epoch (curves, oracle); False: only at the end
     shard: str | None = None  # "I/N": train only part I of N of the sweep (job arrays); torchrun sets it from RANK
+    trust_store: bool = False  # skip the store integrity checks (store/_integrity.py); recorded in every row
 
     def __post_init__(self) -> None:
         for name, kind in _TUPLE_FIELDS.items():

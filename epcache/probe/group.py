@@ -66,7 +66,7 @@ class GroupRunner:
         t0 = time.perf_counter()
         c, s = self.config, runs[0].settings
         p = s.protocol
-        plan = InputPlan(frozenset(r.tokens for r in runs), self.store.meta.layout, self.dtype)
+        plan = InputPlan(frozenset(r.tokens for r in runs), self.store.meta.for_layer(layer).layout, self.dtype)
         train = self._stream(self.store, s.train_split, layer, plan, self.data.train_rows, self.data.train_labels,
                              training=True)
         holdout = None
@@ -167,7 +167,7 @@ class GroupRunner:
         c = self.config
         batch = self.data_batch if training else max(self.data_batch, 1024)  # eval: any batch gives the same counts
         views = store.split(split).views if training else 1
-        meta = store.meta
+        meta = store.meta.for_layer(layer)
         # on the CPU, rows held in RAM are converted to the compute dtype once, not every epoch
         convert = self.device.type == "cpu"
         itemsize = torch.finfo(self.dtype).bits // 8 if convert else _ITEMSIZE[meta.dtype]
@@ -210,7 +210,8 @@ class GroupRunner:
             "name": run.name,
             "seed_group": run.seed_group,
             "config": {**run.hyperparameters(), **{k: v for k, v in s.to_json().items()
-                                                   if "provenance" not in k and k != "protocol"}},
+                                                   if "provenance" not in k and k != "protocol"},
+                       "trust_store": self.config.trust_store},
             "protocol": protocol_fingerprint(run, self.data, self.config),
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
@@ -280,6 +281,7 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "eval_provenance": s.eval_provenance,
         "selection": "holdout top-1, earliest epoch on ties" if len(data.holdout_rows) else "last epoch (no holdout)",
         "dtype": s.dtype,
+        "trust_store": config.trust_store,
     }
 
 

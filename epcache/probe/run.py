@@ -31,7 +31,7 @@ from epcache.probe.ranking import group_by_seed, rank
 from epcache.probe.recipes import get_recipe
 from epcache.probe.results import RESULTS_FILE, format_summary, read_results, repair_results, write_json
 from epcache.probe.train import HeadGeometry
-from epcache.store import FeatureStore, open_store
+from epcache.store import FeatureStore, check_for_probe, open_store
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 
@@ -72,9 +72,13 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
     """
     say = _printer(progress)
-    store = open_store(config.store, verify_reads=True)  # never train on bytes that changed since extraction
-    eval_store = open_store(config.eval_store, verify_reads=True) if config.eval_store else store
+    checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
+    store = open_store(config.store, verify_reads=checked)
+    eval_store = open_store(config.eval_store, verify_reads=checked) if config.eval_store else store
     try:
+        for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
+            print(f"warning: {warning}", file=sys.stderr)
+        say(f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)")
         with cpu_threads(resolve_device(config.device)) as rule:
             return _probe(config, store, eval_store, say, progress, rule)
     finally:
@@ -211,13 +215,6 @@ def _probe(
     skipped = tuple(r.id for r in runs if r.id in finished)
     if skipped:
         say(f"{len(skipped)} of {len(runs)} configs already finished in {out}; skipping them")
-    geometry = HeadGeometry(
-        dim=store.meta.dim,
-        num_classes=num_classes,
-        num_tokens=store.meta.num_tokens,
-        num_patches=store.meta.layout.num_patches,
-        num_prefix=store.meta.layout.num_prefix,
-    )
     groups: dict[int, list[RunSpec]] = defaultdict(list)
     for r in runs:
         if r.id not in finished:
@@ -229,6 +226,9 @@ def _probe(
                desc=f"probe: {sum(map(len, groups.values()))} configs, {len(groups)} groups", leave=False)
     with bar:
         for layer, group in groups.items():
+            lm = store.meta.for_layer(layer)  # a layer's own grid and width (a convnet's stages differ)
+            geometry = HeadGeometry(dim=lm.dim, num_classes=num_classes, num_tokens=lm.num_tokens,
+                                    num_patches=lm.layout.num_patches, num_prefix=lm.layout.num_prefix)
             runner = GroupRunner(c, store, eval_store, data, geometry, resolve_device(c.device),
                                  _TORCH_DTYPES[c.dtype], out, say, bar, data_batch=protocol.batch_size,
                                  threads_rule=threads_rule, results_file=results_file)

@@ -175,7 +175,7 @@ class MemorySource:
         if parts:
             data = np.concatenate(parts)
         else:
-            data = np.zeros((0, 1, 0, store.meta.dim), np.float32)
+            data = np.zeros((0, 1, 0, store.meta.layer_shape(layer)[1]), np.float32)
         return cls(rows, np.ascontiguousarray(data), cs)
 
     def rows(self, chunk: int, local: np.ndarray, views: np.ndarray | None) -> np.ndarray:
