@@ -54,7 +54,7 @@ def extract(
         str, typer.Option(metavar="ROOT", help="Data root: an ImageFolder parent directory (or CSV base directory).")
     ],
     out: Annotated[
-        str, typer.Option(metavar="STORE", help="Store to write: a .zarr directory (default backend) or an .h5 file.")
+        str, typer.Option(metavar="STORE", help="Store to write: a .zarr directory (zarr v3) or an .h5 file (HDF5).")
     ],
     split: Annotated[
         list[str] | None,

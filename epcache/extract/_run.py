@@ -439,6 +439,7 @@ def _store_meta(prep: _Prepared, report: LoadReport) -> StoreMeta:
             "weights_dropped_keys": list(report.dropped_keys),
             "weights_missing_unused": list(report.missing_unused),
             "split_sources": {name: src.source for name, src in prep.sources.items()},
+            "data_root": str(Path(cfg.data).expanduser().resolve()),  # default --data of repair and attention
             "skipped": {},
         },
     )
@@ -542,10 +543,12 @@ def _refuse_duplicate(config: ExtractConfig, prep: _Prepared, meta: StoreMeta) -
             with open_store(loc) as other:
                 if compute_provenance(other.meta, {}) != ours or not _holds_splits(other, prep):
                     continue
+                shown = other.provenance[:16]  # the key `epcache info` and `epcache ls` print
         except (EpcacheError, OSError):
             continue  # unreadable neighbours are `epcache ls`'s business, not a reason to stop here
         raise StoreExistsError(
-            f"{loc} already holds these tokens (same provenance {ours[:16]}, same data, complete): use it "
+            f"{loc} already holds these tokens (same backbone, weights, preprocessing and images, complete; "
+            f"provenance {shown} in `epcache info {loc}`): use it "
             f"instead of extracting again into {out}. Pass --allow-duplicate (allow_duplicate=True) to "
             "extract anyway"
         )

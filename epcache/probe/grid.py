@@ -258,7 +258,7 @@ def parse_heads(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
-    """``"all"``, ``"last"``, ``"11"`` or ``"9,10,11"`` -> layer entries resolved later against the store.
+    """``"all"``, ``"last"``, ``"11"``, ``"-1"``, ``"-4:"`` or ``"9,10,11"`` -> layer entries resolved later.
 
     Raises:
         ConfigError: an entry is neither an integer nor ``all``/``last``.
@@ -269,10 +269,15 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
         if isinstance(item, int) or item in ("all", "last"):
             out.append(item)
             continue
+        if ":" in str(item):  # "-4:" or "last:4", resolved against the model's blocks as extract does
+            out.append(str(item).strip())
+            continue
         try:
             out.append(int(item))
         except ValueError:
-            raise ConfigError(f"layer {item!r} is not a block index, 'last' or 'all'") from None
+            raise ConfigError(
+                f"layer {item!r} is not a block index (-1 = the model's last), a slice like -4:, 'last' or 'all'"
+            ) from None
     return tuple(out)
 
 
@@ -511,6 +516,11 @@ def _resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
             out.extend(meta.layers)
         elif e == "last":
             out.append(meta.layers[-1])
+        elif isinstance(e, str) or int(e) < 0:  # -1, -4:, last:2 count from the end of the model, as in extract
+            from epcache.extract._layers import parse_layers as resolve_spec
+
+            blocks = meta.backbone.num_blocks or max(meta.layers) + 1
+            out.extend(resolve_spec(str(e), blocks, model=f"the store's backbone {meta.backbone.name}"))
         else:
             out.append(int(e))
     missing = sorted({x for x in out if x not in meta.layers})

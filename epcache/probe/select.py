@@ -114,8 +114,8 @@ def split_train(
         listed = "; ".join(empty[:10]) + (f"; and {len(empty) - 10} more" if len(empty) > 10 else "")
         raise ConfigError(
             f"holdout={holdout} leaves {len(empty)} class(es) with no holdout or no training samples: {listed}. "
-            "Use a larger --holdout, or --holdout 0 to train on all of train (then the last epoch is reported "
-            "and configs are not ranked)"
+            "Use a larger --holdout, or --holdout 0 to train on all of train (then each config reports its last "
+            "epoch and configs are ranked on the eval split, which is not an honest selection)"
         )
     notes = []
     if absent:

@@ -371,7 +371,7 @@ class FeatureStore(ABC):
             if record != MISSING and block_checksum(raw) != record:
                 raise CorruptStoreError(
                     f"{self.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} fails its "
-                    "crc32c check: its bytes changed after extraction. Run `epcache verify --repair --data ROOT`"
+                    f"crc32c check: its bytes changed after extraction. Run `epcache verify {self.location} --repair`"
                 )
         return self._logical(raw)
 
