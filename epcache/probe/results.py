@@ -186,34 +186,38 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     ranked = sorted(rows, key=score, reverse=True)
     lines = []
     crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-    lines.append(f"{len(rows)} config(s); ranked by {crit}; accuracies in %")
-    header = ("kind", "config", "holdout", "eval", "oracle (epoch)", "params", "MFLOP/img")
+    from epcache.report._format import flops_unit, plural
+
+    lines.append(f"{plural(len(rows), 'config')}; ranked by {crit}; accuracies in %")
+    scale, unit = flops_unit(r["flops"] for r in rows)
+    header = ("id", "config", "params", f"{unit}/img", "holdout", "eval", "oracle (epoch)")
     body = []
     best_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in ranked:
         best_by_kind[r["config"]["kind"]].append(r)
     for kind in sorted(best_by_kind, key=lambda k: score(best_by_kind[k][0]), reverse=True):
         for r in best_by_kind[kind][:top]:
-            body.append(_summary_cells(r))
+            body.append(_summary_cells(r, scale))
     lines.append(_table(header, body))
     best = ranked[0]
     lines.append(
-        f"best overall: {best['name']}  eval top-1 {_pct(best['metrics']['eval']['top1'])} "
-        f"(selected epoch {best['selected_epoch']}; oracle {_pct(best['oracle']['eval_top1'])})"
+        f"best overall: {best['id'][:10]} {short_label(best['config'])}: eval top-1 "
+        f"{_pct(best['metrics']['eval']['top1'])} (epoch {best['selected_epoch']}; oracle "
+        f"{_pct(best['oracle']['eval_top1'])})"
     )
     seeds = seed_summary(rows)
     if seeds:
         lines.append("seeds (mean ± std):")
         lines.append(
             _table(
-                ("config", "seeds", "eval top-1", "holdout top-1"),
+                ("config", "seeds", "holdout top-1", "eval top-1"),  # holdout first, as in the table above
                 [
                     (
-                        s["name"],
+                        s["label"],
                         str(s["seeds"]),
-                        f"{100 * s['eval_top1'][0]:.2f} ± {100 * s['eval_top1'][1]:.2f}",
                         "-" if s["holdout_top1"] is None else f"{100 * s['holdout_top1'][0]:.2f} ± "
                         f"{100 * s['holdout_top1'][1]:.2f}",
+                        f"{100 * s['eval_top1'][0]:.2f} ± {100 * s['eval_top1'][1]:.2f}",
                     )
                     for s in seeds
                 ],
@@ -235,6 +239,7 @@ def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "name": name,
+                "label": short_label(members[0]["config"]),
                 "seeds": len(members),
                 "eval_top1": mean_std([m["metrics"]["eval"]["top1"] for m in members]),
                 "holdout_top1": None if any(h is None for h in hold) else mean_std([h["top1"] for h in hold]),
@@ -246,17 +251,26 @@ def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _summary_cells(r: dict[str, Any]) -> tuple[str, ...]:
+def _summary_cells(r: dict[str, Any], flops_scale: float) -> tuple[str, ...]:
+    """Short label and numbers; the full config is in results.jsonl (the id finds it)."""
+    from epcache.report._format import format_flops
+
     hold = r["metrics"]["holdout"]
     return (
-        r["config"]["kind"],
-        r["name"],
+        r["id"][:10],
+        short_label(r["config"]),
+        f"{r['params']:,}",
+        format_flops(r["flops"], flops_scale),
         "-" if hold is None else _pct(hold["top1"]),
         _pct(r["metrics"]["eval"]["top1"]),
         f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
-        f"{r['params']:,}",
-        f"{r['flops'] / 1e6:.3f}",
     )
+
+
+def short_label(config: dict[str, Any]) -> str:
+    from epcache.report._format import short_label as label
+
+    return label(config)
 
 
 def _pct(x: float | None) -> str:
