@@ -1,5 +1,6 @@
 """Stage 2: train probe heads on cached tokens."""
 
+from epcache._lazy import callable_module as _callable
 from epcache.probe.fused import EPStack as EPStack
 from epcache.probe.fused import HeadStack as HeadStack
 from epcache.probe.fused import LinearStack as LinearStack
@@ -61,3 +62,6 @@ __all__ = [
     "seed_summary",
     "split_train",
 ]
+
+# `epcache.probe(cfg)` works even after `import epcache.probe` bound the package here
+_callable("epcache.probe", "probe")

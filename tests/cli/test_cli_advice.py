@@ -42,7 +42,7 @@ def _suggested(output: str) -> list[str]:
 
 
 def test_checksum_error_suggests_a_repair_that_works(extracted: tuple[Path, Path], tmp_path: Path) -> None:
-    data, store = extracted
+    _, store = extracted
     copy = tmp_path / "b.zarr"
     shutil.copytree(store, copy)
     flip_byte(chunk_file(copy, "train", 0, 1), 3)
