@@ -23,7 +23,7 @@ from epcache.report._format import short_label
 from epcache.report._model import model_title
 from epcache.report._tables import load_rows
 
-__all__ = ["AttentionResult", "attention_maps", "attention_report", "find_row"]
+__all__ = ["AttentionResult", "attention_figure", "attention_maps", "attention_report", "find_row"]
 
 MAX_COLUMNS = 16  # predictors shown per image row; the table and JSON always cover all of them
 
@@ -243,6 +243,19 @@ def _input_size(pre: dict[str, Any]) -> int:
 
 def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], captions: list[str], path: Path, *,
                title: str, n_pred: int, kind: str) -> Path:
+    """Write :func:`attention_figure` to ``path``."""
+    from epcache.report._plots import require_matplotlib
+
+    plt = require_matplotlib()
+    fig = attention_figure(maps, pictures, captions, title=title, n_pred=n_pred, kind=kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def attention_figure(maps: list[np.ndarray], pictures: list[np.ndarray | None], captions: list[str], *,
+                     title: str, n_pred: int, kind: str) -> Any:
     """One row per image: the image, the mean map, one map per predictor, on one shared colour scale.
 
     Every panel uses the same ``vmin``/``vmax`` (attention mass per patch, upsampled), so a bright
@@ -297,10 +310,7 @@ def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], captio
     what = "queries" if prefix == "q" else "heads"
     more = "" if n_pred <= MAX_COLUMNS else f"  (first {MAX_COLUMNS} of {n_pred} {what})"
     fig.suptitle(title + more, fontsize=8.5, y=1 - 0.08 / fig_h, va="top")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _write_tables(res: AttentionResult, row: dict[str, Any]) -> None:

@@ -19,7 +19,8 @@ from epcache.report._format import variant_label
 from epcache.report._labels import place_labels
 from epcache.report._tables import ConfigGroup, best_by
 
-__all__ = ["FIGSIZE", "KIND_ORDER", "plot_curves", "plot_layers", "plot_params", "require_matplotlib"]
+__all__ = ["FIGSIZE", "KIND_ORDER", "curves_figure", "layers_figure", "params_figure", "plot_curves", "plot_layers",
+           "plot_params", "require_matplotlib"]
 
 FIGSIZE = (7.0, 4.5)  # inches; at DPI this is 840 x 540 pixels, readable at README width
 DPI = 120
@@ -53,6 +54,21 @@ def kind_order(kinds: Iterable[str]) -> list[str]:
 
 
 def plot_params(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
+    """Write :func:`params_figure` to ``path``."""
+    return _save(params_figure(groups, title=title), path)
+
+
+def plot_layers(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
+    """Write :func:`layers_figure` to ``path``."""
+    return _save(layers_figure(groups, title=title), path)
+
+
+def plot_curves(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
+    """Write :func:`curves_figure` to ``path``."""
+    return _save(curves_figure(groups, title=title), path)
+
+
+def params_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
     """Top-1 vs trainable parameters (log x), one marker per head kind, as the paper's Figure 2.
 
     Each point is the best config of one head variant; its label says which (``ep q16``) and
@@ -78,10 +94,10 @@ def plot_params(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Pat
     ax.set_ylabel("eval top-1 accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(title="head kind", **LEGEND)
-    return _save(fig, path, title=title, labels=texts)
+    return _finish(fig, title=title, labels=texts)
 
 
-def plot_layers(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
+def layers_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
     """Top-1 vs layer, one line per head kind (best config of that kind at each layer)."""
     plt = require_matplotlib()
     best = best_by(groups, lambda g: (g.kind, g.layer))
@@ -110,10 +126,10 @@ def plot_layers(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Pat
     ax.set_ylabel("eval top-1 accuracy (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(title="head kind\n(best per layer)", **LEGEND)
-    return _save(fig, path, title=title, labels=texts)
+    return _finish(fig, title=title, labels=texts)
 
 
-def plot_curves(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
+def curves_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
     """Per-epoch eval (solid) and holdout (dashed) top-1 of the selected config of each head kind."""
     plt = require_matplotlib()
     best = best_by(groups, lambda g: g.kind)
@@ -145,7 +161,7 @@ def plot_curves(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Pat
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, alpha=0.3)
     ax.legend(**LEGEND)
-    return _save(fig, path, title=title, labels=[])
+    return _finish(fig, title=title, labels=[])
 
 
 def _variant(g: ConfigGroup) -> str:
@@ -176,12 +192,16 @@ def _color(kind: str) -> str:
     return palette.get(kind, "tab:gray")
 
 
-def _save(fig: Any, path: Path, *, title: str, labels: Sequence[tuple[float, float, str]]) -> Path:
+def _finish(fig: Any, *, title: str, labels: Sequence[tuple[float, float, str]]) -> Any:
+    """Title over the axes, then the point labels (placed last: they measure the final layout)."""
+    fig.suptitle(title, fontsize=10, x=(0.09 + AXES_RIGHT) / 2)
+    place_labels(fig.axes[0], labels)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    ax = fig.axes[0]
-    fig.suptitle(title, fontsize=10, x=(0.09 + AXES_RIGHT) / 2)
-    place_labels(ax, labels)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
