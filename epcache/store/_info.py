@@ -38,6 +38,7 @@ class SplitInfo:
     block_samples: int
     num_blocks: int
     missing_blocks: int  # blocks missing in at least one layer
+    complete: bool  # no block missing (the name and meaning `epcache ls --json` uses)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class StoreInfo:
     location: str
     format: str
     backbone: str
-    weights: str  # source and sha256 prefix
+    weights_source: str  # "checkpoint", "timm-hf-cache" or "random-init" (as in `epcache ls --json`)
+    weights_sha256: str  # sha256 of the weights (of the seeded random weights for random-init)
+    dataset: str  # data root's basename and kind, e.g. "imagenet (imagefolder)", as in `epcache ls --json`
     layers: list[int]
     num_blocks_model: int
     final_norm: bool
@@ -62,8 +65,20 @@ class StoreInfo:
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
 
+    @property
+    def weights(self) -> str:
+        """Source and sha256 prefix, as the text output shows them."""
+        if not self.weights_sha256:
+            return self.weights_source
+        return f"{self.weights_source} sha256:{self.weights_sha256[:12]}"
+
+    @property
+    def augmented_views(self) -> int:
+        return int(self.views.get("augmented", 0) or 0)
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The same facts under the same names as `epcache ls --json`, plus the details only `info` has."""
+        return {**asdict(self), "augmented_views": self.augmented_views}
 
 
 def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> StoreInfo:
@@ -84,6 +99,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
                     s.block_samples,
                     s.num_blocks,
                     len(bad),
+                    not bad,
                 )
             )
             for layer in m.layers:
@@ -91,12 +107,14 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
                     if len(missing) < max_missing:
                         missing.append(MissingBlock(name, layer, b, store.block_range(name, b)))
         bb = m.backbone
-        weights = bb.source if bb.weights_sha256 == "random-init" else f"{bb.source} sha256:{bb.weights_sha256[:12]}"
+        kind = m.dataset.get("kind")
         return StoreInfo(
             location=str(location),
             format=store.format,
             backbone=bb.name,
-            weights=weights,
+            weights_source=bb.source,
+            weights_sha256=bb.weights_sha256,
+            dataset=f"{m.dataset.get('name', '?')}" + (f" ({kind})" if kind else ""),
             layers=list(m.layers),
             num_blocks_model=bb.num_blocks,
             final_norm=m.final_norm,

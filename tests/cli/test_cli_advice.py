@@ -107,3 +107,17 @@ def test_holdout_error_tells_the_truth_about_holdout_zero() -> None:
         split_train(labels, np.ones(4, bool), classes=["a", "b"], holdout=0.5, seed=0)
     msg = str(e.value)
     assert "not ranked" not in msg and "ranked on the eval split" in msg
+
+
+def test_ls_and_info_json_name_the_same_facts_the_same_way(extracted: tuple[Path, Path]) -> None:
+    _, store = extracted
+    info = json.loads(runner.invoke(app, ["info", str(store), "--json"]).stdout)
+    (entry,) = [e for e in json.loads(runner.invoke(app, ["ls", str(store.parent), "--json"]).stdout)
+                if e["location"] == str(store)]
+    shared = set(entry) - {"error"}
+    assert shared <= set(info), sorted(shared - set(info))  # every fact ls gives, info gives under that name
+    for key in shared - {"splits", "writer"}:
+        assert info[key] == entry[key], key
+    for a, b in zip(info["splits"], entry["splits"], strict=True):
+        assert {k: a[k] for k in b} == b
+    assert info["weights_source"] == "random-init" and len(info["weights_sha256"]) == 64
