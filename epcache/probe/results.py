@@ -186,18 +186,17 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     ranked = sorted(rows, key=score, reverse=True)
     lines = []
     crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-    from epcache.report._format import flops_unit, plural
+    from epcache.report._format import FLOP_UNIT, plural
 
     lines.append(f"{plural(len(rows), 'config')}; ranked by {crit}; accuracies in %")
-    scale, unit = flops_unit(r["flops"] for r in rows)
-    header = ("id", "config", "params", f"{unit}/img", "holdout", "eval", "oracle (epoch)")
+    header = ("id", "config", "params", f"{FLOP_UNIT}/img", "holdout", "eval", "oracle (epoch)")
     body = []
     best_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in ranked:
         best_by_kind[r["config"]["kind"]].append(r)
     for kind in sorted(best_by_kind, key=lambda k: score(best_by_kind[k][0]), reverse=True):
         for r in best_by_kind[kind][:top]:
-            body.append(_summary_cells(r, scale))
+            body.append(_summary_cells(r))
     lines.append(_table(header, body))
     best = ranked[0]
     lines.append(
@@ -251,7 +250,7 @@ def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _summary_cells(r: dict[str, Any], flops_scale: float) -> tuple[str, ...]:
+def _summary_cells(r: dict[str, Any]) -> tuple[str, ...]:
     """Short label and numbers; the full config is in results.jsonl (the id finds it)."""
     from epcache.report._format import format_flops
 
@@ -260,7 +259,7 @@ def _summary_cells(r: dict[str, Any], flops_scale: float) -> tuple[str, ...]:
         r["id"][:10],
         short_label(r["config"]),
         f"{r['params']:,}",
-        format_flops(r["flops"], flops_scale),
+        format_flops(r["flops"]),
         "-" if hold is None else _pct(hold["top1"]),
         _pct(r["metrics"]["eval"]["top1"]),
         f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",

@@ -1,17 +1,18 @@
-"""One way to print a quantity: counts pluralised, FLOPs in one unit per column, short config labels.
+"""One way to print a quantity: counts pluralised, FLOPs in one unit, short config labels.
 
-The probe summary, report.md and the figures all label configs with :func:`short_label` (the
-full name stays in results.jsonl) so that tables fit 100 columns and figure labels stay short.
+FLOPs are always MFLOP per image (:data:`FLOP_UNIT`), in every table. The probe summary,
+report.md and the figures label configs with :func:`short_label` (the full name stays in
+results.jsonl) so that tables fit 100 columns and figure labels stay short.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["flops_unit", "format_flops", "plural", "short_label", "variant_label"]
+__all__ = ["FLOP_SCALE", "FLOP_UNIT", "format_flops", "plural", "short_label", "variant_label"]
 
-_UNITS = ((1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP"), (1.0, "FLOP"))
+FLOP_SCALE, FLOP_UNIT = 1e6, "MFLOP"  # one unit for FLOPs in every table (summary, report.md, `epcache heads`)
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -19,23 +20,12 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
-def flops_unit(values: Iterable[float]) -> tuple[float, str]:
-    """(scale, unit) for a column of FLOP counts: the largest unit its smallest non-zero value reaches.
+def format_flops(value: float) -> str:
+    """FLOPs in :data:`FLOP_UNIT` with three significant digits: ``0.00154``, ``0.862``, ``9,635``.
 
-    One unit per column, chosen so that no entry prints as 0.000 (a tiny head next to a large one
-    keeps its digits).
+    Significant digits, not decimals: a tiny head next to a large one never prints as 0.000.
     """
-    nonzero = [v for v in values if v > 0]
-    low = min(nonzero) if nonzero else 1.0
-    for scale, unit in _UNITS:
-        if low >= scale:
-            return scale, unit
-    return 1.0, "FLOP"
-
-
-def format_flops(value: float, scale: float) -> str:
-    """``value / scale`` with three significant digits (``1.54``, ``154``, ``15,400``)."""
-    x = value / scale
+    x = value / FLOP_SCALE
     if x >= 100:
         return f"{x:,.0f}"
     return f"{x:.3g}"

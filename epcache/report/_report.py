@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-from epcache.report._format import flops_unit, format_flops, plural, short_label
+from epcache.report._format import FLOP_UNIT, format_flops, plural, short_label
 from epcache.report._model import model_title
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
 
@@ -89,14 +89,13 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
 
 def _table(groups: list[ConfigGroup]) -> str:
     """One row per seed group; the same columns in the same order in every table of the report."""
-    scale, unit = flops_unit(g.flops for g in groups)
-    head = f"| id | config | params | {unit}/img | seeds | holdout top-1 | eval top-1 | oracle top-1 |"
+    head = f"| id | config | params | {FLOP_UNIT}/img | seeds | holdout top-1 | eval top-1 | oracle top-1 |"
     out = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for g in groups:
         hold = g.holdout_top1
         out.append(
             f"| `{g.rows[0]['id'][:10]}` | {short_label(g.rows[0]['config'])} | {g.params:,} | "
-            f"{format_flops(g.flops, scale)} | {g.seeds} | {'-' if hold is None else _pm(hold)} | "
+            f"{format_flops(g.flops)} | {g.seeds} | {'-' if hold is None else _pm(hold)} | "
             f"{_pm(g.eval_top1)} | {_pm(g.oracle_top1)} |"
         )
     return "\n".join(out)
