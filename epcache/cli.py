@@ -179,7 +179,7 @@ def probe(
         result = run_probe(cfg, progress=progress)
     typer.echo(result.summary)
     if result.out is not None:
-        typer.echo(f"results: {result.out / 'results.jsonl'}; report: epcache report {result.out}")
+        typer.echo(f"results, heads and checkpoints: {result.out}\nnext: epcache report {result.out}")
     else:
         typer.echo("nothing saved (no --out RUNDIR): pass --out RUNDIR to keep results and heads")
 
