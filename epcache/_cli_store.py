@@ -33,10 +33,11 @@ def models() -> None:
 
     rows = list_model_aliases()
     w = max(len(a.alias) for a in rows)
-    typer.echo(f"{'alias':<{w}}  {'timm model':<44} family")
+    t = max(len(a.timm_name) for a in rows)
+    typer.echo(f"{'alias':<{w}}  {'timm model':<{t}}  family")
     for a in rows:
-        note = "" if a.timm_weights else "  [needs --weights: timm has no such weights]"
-        typer.echo(f"{a.alias:<{w}}  {a.timm_name:<44} {a.family}{note}")
+        note = "" if a.timm_weights else "  [needs --weights FILE]"
+        typer.echo(f"{a.alias:<{w}}  {a.timm_name:<{t}}  {a.family}{note}")
 
 
 EXTRACT_EPILOG = """Examples:

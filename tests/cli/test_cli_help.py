@@ -113,3 +113,13 @@ def test_probe_accepts_negative_layers_and_says_when_nothing_is_saved(tmp_path: 
     assert f"epcache report {out}" in r.output
     r = runner.invoke(app, ["probe", "--store", str(store), "--layers", "-3", *fast])
     assert r.exit_code == 2 and "out of range" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("cmd", [["models"], ["heads"], ["heads", "--dim", "1024", "--classes", "21843"]])
+def test_tables_fit_100_columns_and_use_one_flop_unit(cmd: list[str]) -> None:
+    r = runner.invoke(app, cmd)
+    assert r.exit_code == 0, r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 100
+    if cmd[0] == "heads":
+        assert "MFLOP/img" in r.output and "GFLOP" not in r.output
+        assert not re.search(r"\s0\.000\b", r.output)  # tiny heads keep their digits
