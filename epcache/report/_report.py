@@ -58,8 +58,9 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
         f"# Probe report: {backbone}",
         "",
         f"- store: `{store.get('path', '?')}` (provenance `{str(store.get('provenance', '?'))[:16]}`)",
-        f"- {plural(len(rows), 'config')} in {plural(len(groups), 'group')} (configs that differ only by seed); "
-        f"selection: {crit}",
+        (f"- {plural(len(rows), 'config')}, one seed each" if len(groups) == len(rows) else
+         f"- {plural(len(rows), 'config')} in {plural(len(groups), 'group')} (configs that differ only by seed)")
+        + f"; selection: {crit}",
         "- accuracies in %, mean ± std over seeds; `oracle` = max over epochs on the eval split "
         "(the paper's protocol, for comparison with published tables only)",
         "- `id`: the config id in results.jsonl (first seed), for `epcache attention RUNDIR --config ID`; "

@@ -49,6 +49,7 @@ class StoreInfo:
     weights_source: str  # "checkpoint", "timm-hf-cache" or "random-init" (as in `epcache ls --json`)
     weights_sha256: str  # sha256 of the weights (of the seeded random weights for random-init)
     dataset: str  # data root's basename and kind, e.g. "imagenet (imagefolder)", as in `epcache ls --json`
+    data_root: str | None  # where the images were at extraction (verify --repair and attention look there)
     layers: list[int]
     num_blocks_model: int
     final_norm: bool
@@ -115,6 +116,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             weights_source=bb.source,
             weights_sha256=bb.weights_sha256,
             dataset=f"{m.dataset.get('name', '?')}" + (f" ({kind})" if kind else ""),
+            data_root=m.extra.get("data_root") if isinstance(m.extra.get("data_root"), str) else None,
             layers=list(m.layers),
             num_blocks_model=bb.num_blocks,
             final_norm=m.final_norm,
@@ -140,6 +142,8 @@ def format_store_info(info: StoreInfo) -> str:
     lines = [
         f"store       {info.location}  [{info.format}, {human_bytes(info.size_bytes)}]",
         f"backbone    {info.backbone}  ({info.weights})",
+        *_model_line(info.preprocessing),
+        f"data        {info.dataset}" + (f" at {info.data_root}" if info.data_root else ""),
         f"layers      {format_ranges(info.layers)} of {info.num_blocks_model} blocks"
         f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
@@ -162,6 +166,14 @@ def format_store_info(info: StoreInfo) -> str:
         w = info.writer
         lines.append(f"writer      {w['purpose']}: pid {w['pid']} on host {w['host']} since {w['started']} (locked)")
     return "\n".join(lines)
+
+
+def _model_line(pre: dict[str, Any]) -> list[str]:
+    """``model       depth=4, patch_size=8; input 64 px``: what makes the backbone other than its name."""
+    kwargs = [f"{k}={v}" for k, v in sorted(dict(pre.get("model_kwargs") or {}).items())]
+    size = (pre.get("data_config") or {}).get("input_size") or [pre.get("img_size")]
+    parts = ([", ".join(kwargs)] if kwargs else []) + ([f"input {size[-1]} px"] if size and size[-1] else [])
+    return [f"model       {'; '.join(parts)}"] if parts else []
 
 
 def _writer(location: str | PathLike[str]) -> dict[str, Any] | None:

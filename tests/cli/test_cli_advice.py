@@ -110,7 +110,10 @@ def test_holdout_error_tells_the_truth_about_holdout_zero() -> None:
 
 
 def test_ls_and_info_json_name_the_same_facts_the_same_way(extracted: tuple[Path, Path]) -> None:
-    _, store = extracted
+    data, store = extracted
+    text = runner.invoke(app, ["info", str(store)]).output
+    assert "model       depth=2, patch_size=8; input 32 px" in text  # the model as recorded, not just its name
+    assert f"at {data.resolve()}" in text  # where repair and attention look for the images
     info = json.loads(runner.invoke(app, ["info", str(store), "--json"]).stdout)
     (entry,) = [e for e in json.loads(runner.invoke(app, ["ls", str(store.parent), "--json"]).stdout)
                 if e["location"] == str(store)]
