@@ -7,6 +7,7 @@ two EP variants 2 % apart, a single probed layer.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,12 @@ def _row(i: int, kind: str, options: dict[str, Any], layer: int, top1: float, pa
     head = kind if not options else f"{kind}({','.join(f'{k}={v}' for k, v in options.items())})"
     curve = list(np.linspace(0.3, top1, 6))
     return {
-        "id": f"{i:016x}", "name": f"{head} layer={layer} tokens={tokens} lr=0.01 seed=0",
+        "id": f"{i:04x}{'a' * 12}", "name": f"{head} layer={layer} tokens={tokens} lr=0.01 seed=0",
         "config": {"kind": kind, "head": head, "head_options": options, "layer": layer, "tokens": tokens,
                    "lr": 0.01, "wd": 0.0, "seed": 0},
         "store": {"path": str(store), "backbone": "vit_toy", "provenance": "ab" * 32},
         "params": params, "flops": params * 3,
-        "metrics": {"holdout": {"top1": top1}, "eval": {"top1": top1}},
+        "metrics": {"holdout": {"top1": top1, "balanced_acc": top1}, "eval": {"top1": top1, "balanced_acc": top1}},
         "oracle": {"eval_top1": top1, "epoch": 5}, "selected_epoch": 5,
         "curves": {"eval_top1": curve, "holdout_top1": curve},
     }
@@ -149,3 +150,29 @@ def test_attention_figure_shares_one_scale_and_labels_rows() -> None:
                 assert ax.yaxis.label.get_window_extent(r).x0 >= fig.bbox.x0
     finally:
         plt.close(fig)
+
+
+def test_summary_and_report_tables_share_columns_units_and_fit_100_columns(store: Path, tmp_path: Path) -> None:
+    from epcache.probe.results import format_summary
+    from epcache.report import write_report
+
+    rows = _rows(store, (0, 1))
+    one = format_summary(rows[:1])
+    assert one.startswith("1 config;") and "config(s)" not in one
+    seeded = [*rows, *({**r, "id": r["id"][:-1] + "f", "name": r["name"].replace("seed=0", "seed=1"),
+                        "config": {**r["config"], "seed": 1}} for r in rows)]
+    text = format_summary(seeded)
+    assert text.startswith("20 configs;") and "MFLOP/img" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    header = text.splitlines()[1].split()
+    assert header[:4] == ["id", "config", "params", "MFLOP/img"] and header.index("holdout") < header.index("eval")
+    seeds = text.split("seeds (mean ± std):\n", 1)[1].splitlines()[0].split()
+    assert seeds.index("holdout") < seeds.index("eval")  # the same order as the main table
+    assert "linear(tokens=" not in text and "ep q16 L1 lr=0.01" in text  # short labels, nothing said twice
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seeded))
+    md = write_report(tmp_path / "run", figures=False).markdown.read_text()
+    table = [line for line in md.splitlines() if line.startswith("| id |")]
+    assert table and all(t == "| id | config | params | MFLOP/img | seeds | holdout top-1 | eval top-1 | oracle top-1 |"
+                         for t in table)
+    assert "20 configs in 10 groups" in md and f"| `{rows[0]['id'][:10]}` |" in md
