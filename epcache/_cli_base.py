@@ -1,4 +1,4 @@
-"""Plain, git/pip-style help for the typer commands: ``--out DIR``, ``RUNDIR``, one default style.
+"""CLI plumbing shared by the command modules: git/pip-style help (`HelpCommand`), one-line user errors.
 
 typer's own help renders every flag with a ``<bool>`` metavar (``--help`` included), required
 arguments as ``{rundir}`` and, in rich mode, eats ``[plot]`` in help text as markup. Commands
