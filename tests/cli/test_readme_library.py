@@ -55,3 +55,23 @@ def test_config_fields_are_documented_for_help() -> None:
         assert f.metadata.get("doc"), f"ExtractConfig.{f.name} has no doc"
         assert f"    {f.name} (" in doc
     assert "model_kwargs" in doc and "extra timm.create_model kwargs" in doc
+
+
+def test_readme_grid_example_expands_as_described(tmp_path: Path) -> None:
+    sys.path.insert(0, str(README.parent / "tests" / "probe"))
+    from probe_helpers import make_meta
+
+    from epcache.probe import ProbeConfig, expand_sweep
+
+    text = README.read_text(encoding="utf-8")
+    (toml,) = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    grid = tmp_path / "sweep.toml"
+    grid.write_text(toml, encoding="utf-8")
+    meta = make_meta(dim=64, layers=(0, 1))  # a 2-block backbone: layers = [-1] is block 1
+    runs = expand_sweep(ProbeConfig(store="s.zarr", grid=str(grid)), meta, num_classes=4, store_provenance="p",
+                        eval_provenance="p")
+    assert len(runs) == 2 * 2 + 2 * 2  # linear: 2 token kinds x 2 lrs; ep: 2 query counts x 2 blrs
+    assert {r.layer for r in runs} == {1} and all(r.settings.epochs == 20 for r in runs)
+    sliced = expand_sweep(ProbeConfig(store="s.zarr", head=("linear",), layers=("-2:",)), meta, num_classes=4,
+                          store_provenance="p", eval_provenance="p")
+    assert sorted(r.layer for r in sliced) == [0, 1]
