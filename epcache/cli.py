@@ -22,7 +22,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
     rich_markup_mode=None,  # plain help: rich markup would eat "[plot]" in help texts
-    help="Extract frozen-encoder tokens once; train hundreds of probes (linear, EP, attentive) from the store.",
+    context_settings={"max_content_width": 100},  # help uses up to 100 columns, never more
+    help="Extract frozen-encoder tokens once; train hundreds of probes (linear, EP, attentive) from them.",
 )
 command = partial(app.command, cls=HelpCommand)  # git/pip-style help: --out DIR, RUNDIR, [default: X]
 
@@ -45,21 +46,23 @@ def _root(
     """epcache: frozen-encoder feature stores and fast probing."""
 
 
-command()(_cli_store.info)
-command()(_cli_store.models)
-command(epilog=_cli_store.EXTRACT_EPILOG)(_cli_store.extract)
+command(short_help="A store's backbone, splits, layers, tokens, size and completeness.")(_cli_store.info)
+command(short_help="Backbone aliases and the timm model each resolves to.")(_cli_store.models)
+command(epilog=_cli_store.EXTRACT_EPILOG,
+        short_help="Stage 1: run a frozen backbone once, store its layers' tokens.")(_cli_store.extract)
 
 RUNDIR_HELP = "Run directory written by `epcache probe --out RUNDIR`."
 
 
 PROBE_EPILOG = """Examples:
-  epcache probe --store s.zarr --head linear,ep --queries 8,32 --layers -4: --blr 0.1,0.2 --out runs/x
+  epcache probe --store s.zarr --head linear,ep --queries 8,32 --layers -4: \\
+      --blr 0.1,0.2 --out runs/x
   epcache probe --store s.zarr --head "ep(queries=16,d_out=2)" --layers -1 --lr 1e-3 --epochs 20
   epcache probe --store s.zarr --grid sweep.toml --out runs/x
   epcache heads --dim 768 --patches 196      # every head name, its parameters and FLOPs
 
-Every comma list multiplies: the sweep is the product of heads x queries x layers x lrs x seeds ...
-Configs that read the same layer train in one pass over the store.
+Every comma list multiplies: the sweep is the product of heads x queries x layers x lrs x
+seeds ...; configs that read the same layer train in one pass over the store.
 
 --grid FILE (TOML): top-level keys set ProbeConfig fields for the whole sweep (the option
 names with '_' for '-'); each [[grid]] table is one sub-grid; the sweep is their union:
@@ -75,7 +78,7 @@ names with '_' for '-'); each [[grid]] table is one sub-grid; the sweep is their
   queries = [8, 16]"""
 
 
-@command(epilog=PROBE_EPILOG)
+@command(epilog=PROBE_EPILOG, short_help="Stage 2: train a sweep of probe heads from a store.")
 def probe(
     store: Annotated[
         str, typer.Option(metavar="STORE", help="Feature store to train from (its train split; eval split too).")
@@ -184,7 +187,7 @@ def probe(
         typer.echo("nothing saved (no --out RUNDIR): pass --out RUNDIR to keep results and heads")
 
 
-@command()
+@command(short_help="Markdown report: the results tables and figures of a run.")
 def report(
     rundir: Annotated[str, typer.Argument(metavar="RUNDIR", help=RUNDIR_HELP, show_default=False)],
     out: Annotated[
@@ -206,7 +209,7 @@ def report(
         typer.echo(f"  {f}")
 
 
-@command()
+@command(short_help="Attention maps, entropies and ablation of a trained head.")
 def attention(
     rundir: Annotated[str, typer.Argument(metavar="RUNDIR", help=RUNDIR_HELP, show_default=False)],
     config: Annotated[
@@ -236,7 +239,7 @@ def attention(
     typer.echo(f"written: {res.table}, {res.json}" + (f", {res.png}" if res.png else ""))
 
 
-@command()
+@command(short_help="Generated data -> extract -> sweep -> report, end to end.")
 def demo(
     out: Annotated[
         str, typer.Option(metavar="DIR", help="Directory for the generated data, store, run and report.")
@@ -252,7 +255,7 @@ def demo(
     typer.echo(f"demo finished in {res.seconds:.0f} s: {res.out}")
 
 
-@command()
+@command(short_help="Every probe head name with its parameters and FLOPs.")
 def heads(
     dim: Annotated[int, typer.Option(metavar="D", help="Token width D of the backbone.")] = 768,
     classes: Annotated[int, typer.Option(metavar="C", help="Number of classes C.")] = 1000,
@@ -282,8 +285,8 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
         raise ConfigError(f"{option} takes comma-separated integers, got {text!r}") from None
 
 
-command()(_cli_store.verify)
-command(name="ls")(_cli_store.ls)
+command(short_help="Check every block's crc32c; --repair re-extracts bad blocks.")(_cli_store.verify)
+command(name="ls", short_help="List the stores under ROOT (a directory or URL prefix).")(_cli_store.ls)
 
 
 def main() -> None:

@@ -123,3 +123,24 @@ def test_tables_fit_100_columns_and_use_one_flop_unit(cmd: list[str]) -> None:
     if cmd[0] == "heads":
         assert "MFLOP/img" in r.output and "GFLOP" not in r.output
         assert not re.search(r"\s0\.000\b", r.output)  # tiny heads keep their digits
+
+
+def test_help_fits_100_columns_on_a_wide_terminal() -> None:
+    """A real process on a 200-column terminal (CliRunner does not size help from the terminal)."""
+    import os
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from epcache.cli import app\n"
+        "for cmd in ['', 'probe', 'extract', 'verify', 'attention']:\n"
+        "    try:\n"
+        "        app([*([cmd] if cmd else []), '--help'], prog_name='epcache')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+    )
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert "Examples:" in out and max(len(line) for line in out.splitlines()) <= 100
+    commands = out.split("Commands:", 1)[1].split("Usage:", 1)[0]
+    assert "..." not in commands  # the command list is not truncated
