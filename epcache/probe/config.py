@@ -168,7 +168,7 @@ def parse_heads(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
-    """``"all"``, ``"last"``, ``"11"`` or ``"9,10,11"`` -> layer entries resolved later against the store.
+    """``"all"``, ``"last"``, ``"11"``, ``"-1"``, ``"-4:"`` or ``"9,10,11"`` -> layer entries resolved later.
 
     Raises:
         ConfigError: an entry is neither an integer nor ``all``/``last``.
@@ -179,10 +179,15 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
         if isinstance(item, int) or item in ("all", "last"):
             out.append(item)
             continue
+        if ":" in str(item):  # "-4:" or "last:4", resolved against the model's blocks as extract does
+            out.append(str(item).strip())
+            continue
         try:
             out.append(int(item))
         except ValueError:
-            raise ConfigError(f"layer {item!r} is not a block index, 'last' or 'all'") from None
+            raise ConfigError(
+                f"layer {item!r} is not a block index (-1 = the model's last), a slice like -4:, 'last' or 'all'"
+            ) from None
     return tuple(out)
 
 

@@ -41,15 +41,18 @@ def resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
             out.extend(meta.layers)
         elif e == "last":
             out.append(meta.layers[-1])
-        elif int(e) < 0 and -int(e) <= len(meta.layers):
-            out.append(meta.layers[int(e)])  # -1: the last stored layer, as a Python index
+        elif isinstance(e, str) or int(e) < 0:  # -1, -4:, last:2 count from the end of the model, as in extract
+            from epcache.extract._layers import parse_layers as resolve_spec
+
+            blocks = meta.backbone.num_blocks or max(meta.layers) + 1
+            out.extend(resolve_spec(str(e), blocks, model=f"the store's backbone {meta.backbone.name}"))
         else:
             out.append(int(e))
     missing = sorted({x for x in out if x not in meta.layers})
     if missing:
         raise UnknownLayerError(
             f"the store has no layer(s) {missing} (stored layers: {', '.join(map(str, meta.layers))}); "
-            "choose from those (or -1 for the last stored one), or re-extract with `--layers` including them"
+            "choose from those, or re-extract with `--layers` including them"
         )
     if not out:
         raise ConfigError("no layer requested; use --layer N, --layers all or --layers last")
