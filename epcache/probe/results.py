@@ -202,10 +202,10 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     r0 = best.rows[0]
     ev = best.mean_std("eval")
     assert ev is not None
-    seeds = f" over {len(best.rows)} seeds" if len(best.rows) > 1 else ""
+    top1 = f"{_pm(ev)} ({len(best.rows)} seeds)" if len(best.rows) > 1 else _pct(ev[0])
     lines.append(
-        f"best overall: {r0['id'][:10]} {short_label(r0['config'])}: eval top-1 {_pm(ev)}{seeds} "
-        f"(epoch {r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}; oracle {_pct(r0['oracle']['eval_top1'])})"
+        f"best overall: {r0['id'][:10]} {short_label(r0['config'])}\n  eval top-1 {top1}, selected epoch "
+        f"{r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}, oracle {_pct(r0['oracle']['eval_top1'])}"
     )
     multi = [g for g in groups if len(g.rows) > 1]
     if multi:

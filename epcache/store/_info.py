@@ -65,6 +65,7 @@ class StoreInfo:
     provenance: str  # the key as STORED in the document
     format_version: str = "1.1"  # of the stored document: "1.0" or "1.1"
     computed_provenance: str = ""  # recomputed from the stored document; differs only when it was edited
+    provenance_mismatch: bool = False  # stored != recomputed (the name `epcache ls --json` uses)
     layer_shapes: dict[str, Any] = field(default_factory=dict)  # per-layer grid/dim/T where layers differ
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
@@ -135,6 +136,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             provenance=store.provenance,
             format_version=store.format_version,
             computed_provenance=store.computed_provenance(),
+            provenance_mismatch=store.provenance != store.computed_provenance(),
             layer_shapes=m.to_json().get("layer_shapes", {}),
             missing=missing,
             writer=_writer(location),

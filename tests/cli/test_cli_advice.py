@@ -8,12 +8,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from epcache.cli import app
-from epcache.errors import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "verify"))
 from verify_helpers import chunk_file, flip_byte, make_imagefolder
@@ -97,16 +95,6 @@ def test_report_of_a_store_says_how_to_make_a_rundir(extracted: tuple[Path, Path
     assert _suggested(r.output) == ["probe", "--store", str(store), "--out", "RUNDIR"]
     r = runner.invoke(app, ["report", str(tmp_path)])
     assert r.exit_code == 2 and "--out RUNDIR" in r.output and "probe --out " + str(tmp_path) not in r.output
-
-
-def test_holdout_error_tells_the_truth_about_holdout_zero() -> None:
-    from epcache.probe.select import split_train
-
-    labels = np.array([0, 0, 0, 1])  # class 1 has one sample: no holdout and training both
-    with pytest.raises(ConfigError) as e:
-        split_train(labels, np.ones(4, bool), classes=["a", "b"], holdout=0.5, seed=0)
-    msg = str(e.value)
-    assert "not ranked" not in msg and "ranked on the eval split" in msg
 
 
 def test_ls_and_info_json_name_the_same_facts_the_same_way(extracted: tuple[Path, Path]) -> None:

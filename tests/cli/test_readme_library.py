@@ -72,6 +72,6 @@ def test_readme_grid_example_expands_as_described(tmp_path: Path) -> None:
                         eval_provenance="p")
     assert len(runs) == 2 * 2 + 2 * 2  # linear: 2 token kinds x 2 lrs; ep: 2 query counts x 2 blrs
     assert {r.layer for r in runs} == {1} and all(r.settings.epochs == 20 for r in runs)
-    sliced = expand_sweep(ProbeConfig(store="s.zarr", head=("linear",), layers=("-2:",)), meta, num_classes=4,
-                          store_provenance="p", eval_provenance="p")
+    sliced = expand_sweep(ProbeConfig(store="s.zarr", head=("linear",), layers=("-2:",), lr=(0.1,)), meta,
+                          num_classes=4, store_provenance="p", eval_provenance="p")
     assert sorted(r.layer for r in sliced) == [0, 1]

@@ -158,11 +158,11 @@ def test_summary_and_report_tables_share_columns_units_and_fit_100_columns(store
 
     rows = _rows(store, (0, 1))
     one = format_summary(rows[:1])
-    assert one.startswith("1 config;") and "config(s)" not in one
+    assert one.startswith("1 config in 1 seed group;") and "config(s)" not in one
     seeded = [*rows, *({**r, "id": r["id"][:-1] + "f", "name": r["name"].replace("seed=0", "seed=1"),
                         "config": {**r["config"], "seed": 1}} for r in rows)]
     text = format_summary(seeded)
-    assert text.startswith("20 configs;") and "MFLOP/img" in text
+    assert text.startswith("20 configs in 10 seed groups;") and "MFLOP/img" in text
     assert max(len(line) for line in text.splitlines()) <= 100
     header = text.splitlines()[1].split()
     assert header[:4] == ["id", "config", "params", "MFLOP/img"] and header.index("holdout") < header.index("eval")
