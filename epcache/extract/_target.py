@@ -1,0 +1,232 @@
+"""Open the store an extraction continues, or create a new one: provenance checks, duplicates, skips.
+
+Rank 0 runs this under the writer lock (``_run.py``); nothing here forwards an image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from epcache.errors import ConfigError, EpcacheError, ProvenanceMismatchError, StoreExistsError, StoreNotFoundError
+from epcache.extract._config import ExtractConfig
+from epcache.extract._loader import find_unreadable
+from epcache.extract._plan import Prepared
+from epcache.extract._sources import SplitSource
+from epcache.store import (
+    FeatureStore,
+    SplitSpec,
+    StoreMeta,
+    compute_provenance,
+    create_store,
+    find_stores,
+    open_store,
+    split_fingerprint,
+)
+
+__all__ = ["open_or_create"]
+
+
+def _split_spec(prep: Prepared, name: str, src: SplitSource) -> SplitSpec:
+    return SplitSpec(
+        name=name,
+        labels=src.labels,
+        ids=list(src.ids),
+        classes=list(src.classes),
+        views=prep.config.views_for(name),
+        permutation_seed=prep.config.seed,
+    )
+
+
+def _skip_unreadable(prep: Prepared, names: list[str], *, progress: bool) -> dict[str, tuple[str, ...]]:
+    """With on_bad_image="skip": decode every image of ``names`` once; leave failures out."""
+    skipped: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        src = prep.sources[name]
+        paths = [src.path(i) for i in range(len(src))]
+        bad = find_unreadable(paths, workers=prep.config.workers, progress=progress, desc=f"check {name}")
+        ids = tuple(src.ids[i] for i in sorted(bad))
+        if len(ids) == len(src):
+            raise ConfigError(f"split {name!r}: none of its {len(src)} images can be decoded (e.g. {bad[0]})")
+        prep.sources_in_store[name] = src.without(set(ids))
+        skipped[name] = ids
+    return skipped
+
+
+def open_or_create(
+    config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, progress: bool
+) -> tuple[FeatureStore, bool, dict[str, tuple[str, ...]]]:
+    """Continue the store at ``config.out`` if it has the same provenance, else create it."""
+    loc = str(config.out)
+    existing: FeatureStore | None = None
+    if not config.overwrite:
+        try:
+            existing = open_store(loc, "a")
+        except StoreNotFoundError:
+            if config.resume:
+                raise StoreNotFoundError(
+                    f"--resume: there is no store at {loc} to resume; drop --resume to start a new extraction"
+                ) from None
+    if existing is None:
+        if not (config.overwrite or config.allow_duplicate):
+            _refuse_duplicate(config, prep, meta)
+        skipped = _skip_unreadable(prep, list(prep.sources), progress=progress) if config.on_bad_image == "skip" else {}
+        meta = dataclasses.replace(
+            meta,
+            extra={**meta.extra, "skipped": {k: list(v) for k, v in skipped.items() if v}},
+        )
+        store = create_store(loc, meta, format=config.format, overwrite=config.overwrite, compressor=config.compressor)
+        try:
+            for name, src in prep.sources_in_store.items():
+                store.add_split(
+                    _split_spec(prep, name, src),
+                    chunk_samples=config.chunk_samples,
+                    shard_samples=config.shard_samples,
+                )
+        except BaseException:
+            store.close()
+            raise
+        return store, False, skipped
+    try:
+        skipped = _check_same_provenance(existing, prep, meta, progress=progress)
+    except BaseException:
+        existing.close()
+        raise
+    return existing, True, skipped
+
+
+def _refuse_duplicate(config: ExtractConfig, prep: Prepared, meta: StoreMeta) -> None:
+    """Point to a complete store beside ``config.out`` that already holds these tokens, instead of
+    extracting them again (a lab's root of stores, see ``epcache ls``).
+
+    A neighbour is a duplicate when its store-level provenance (backbone, weights, layers,
+    preprocessing, views, dtype) equals this run's and it holds every requested split, complete,
+    with the same images, labels, views and seed (its recorded skipped images left out, as a
+    resume would). Only the direct children of the parent are looked at: a cheap listing, not a
+    crawl of the whole disk or bucket.
+
+    Raises:
+        StoreExistsError: such a store exists; the message names it and the ways around.
+    """
+    out = str(config.out).rstrip("/")
+    parent = _parent_location(out)
+    try:
+        candidates = find_stores(parent, max_depth=1)
+    except (EpcacheError, OSError):
+        return  # the parent does not exist yet or cannot be listed: nothing to point to
+    ours = compute_provenance(meta, {})
+    for loc in candidates:
+        if _same_location(loc, out):
+            continue
+        try:
+            with open_store(loc) as other:
+                if compute_provenance(other.meta, {}) != ours or not _holds_splits(other, prep):
+                    continue
+        except (EpcacheError, OSError):
+            continue  # unreadable neighbours are `epcache ls`'s business, not a reason to stop here
+        raise StoreExistsError(
+            f"{loc} already holds these tokens (same provenance {ours[:16]}, same data, complete): use it "
+            f"instead of extracting again into {out}. Pass --allow-duplicate (allow_duplicate=True) to "
+            "extract anyway"
+        )
+
+
+def _holds_splits(store: FeatureStore, prep: Prepared) -> bool:
+    recorded = store.meta.extra.get("skipped", {})
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for name, src in prep.sources.items():
+        if name not in store.splits or store.missing_blocks(name):
+            return False
+        kept = src.without(set(recorded.get(name, ())))
+        ids_sha, labels_sha = split_fingerprint(_split_spec(prep, name, kept))
+        have = store.splits[name]
+        if (have.ids_sha256, have.labels_sha256, have.views, have.permutation_seed) != (
+            ids_sha,
+            labels_sha,
+            prep.config.views_for(name),
+            prep.config.seed,
+        ):
+            return False
+    return True
+
+
+def _parent_location(location: str) -> str:
+    if "://" in location and not location.startswith("file://"):
+        scheme, _, rest = location.partition("://")
+        head = rest.rsplit("/", 1)[0] if "/" in rest else rest
+        return f"{scheme}://{head}"
+    return str(Path(location).expanduser().absolute().parent)
+
+
+def _same_location(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).expanduser().absolute() == Path(b).expanduser().absolute()
+
+
+def _check_same_provenance(
+    store: FeatureStore, prep: Prepared, meta: StoreMeta, *, progress: bool
+) -> dict[str, tuple[str, ...]]:
+    """Refuse a store made by another configuration; add the splits it does not have yet."""
+    loc = store.location
+    if compute_provenance(meta, {}) != compute_provenance(store.meta, {}):
+        ours, theirs = _provenance_doc(meta), _provenance_doc(store.meta)
+        diff = [k for k in sorted(ours) if ours[k] != theirs.get(k)]
+        detail = "; ".join(f"{k}: store has {_short(theirs.get(k))}, this run {_short(ours[k])}" for k in diff[:4])
+        raise ProvenanceMismatchError(
+            f"{loc} was extracted with a different configuration ({detail}). Pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+    recorded = store.meta.extra.get("skipped", {}) if isinstance(store.meta.extra.get("skipped"), dict) else {}
+    skipped: dict[str, tuple[str, ...]] = {}
+    new_splits = [name for name in prep.sources if name not in store.splits]
+    for name in prep.sources:
+        if name not in store.splits:
+            continue
+        drop = tuple(recorded.get(name, ()))  # what the first run skipped; not decoded again
+        src = prep.sources[name].without(set(drop))
+        prep.sources_in_store[name] = src
+        skipped[name] = drop
+        have = store.splits[name]
+        spec = _split_spec(prep, name, src)
+        ids_sha, labels_sha = split_fingerprint(spec)
+        ours = {
+            "num_samples": len(src),
+            "views": spec.views,
+            "classes": tuple(spec.classes),
+            "permutation_seed": spec.permutation_seed,
+            "ids_sha256": ids_sha,
+            "labels_sha256": labels_sha,
+        }
+        theirs = {k: getattr(have, k) for k in ours}
+        if ours != theirs:
+            diff = [k for k in ours if ours[k] != theirs[k]]
+            raise ProvenanceMismatchError(
+                f"{loc}: split {name!r} was extracted from different data or settings (differs in "
+                f"{', '.join(diff)}: the images, labels, views or seed changed). Pass --overwrite to "
+                "re-extract, or choose another --out"
+            )
+    if new_splits:
+        if prep.config.on_bad_image == "skip":
+            skipped.update(_skip_unreadable(prep, new_splits, progress=progress))
+        for name in new_splits:
+            store.add_split(
+                _split_spec(prep, name, prep.sources_in_store[name]),
+                chunk_samples=prep.config.chunk_samples,
+                shard_samples=prep.config.shard_samples,
+            )
+    return skipped
+
+
+def _provenance_doc(meta: StoreMeta) -> dict[str, Any]:
+    doc = meta.to_json()
+    doc.pop("extra")
+    doc["backbone"] = {k: v for k, v in doc["backbone"].items() if k not in ("source", "weights_file")}
+    return doc
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
