@@ -29,6 +29,7 @@ from epcache.extract._forward import TokenExtractor
 from epcache.extract._plan import Prepared, prepare, store_meta
 from epcache.extract._target import open_or_create
 from epcache.store import FeatureStore, StoreLock, StoreMeta, acquire_store_lock, open_store
+from epcache.store._swap import discard_staging, swap_in
 
 __all__ = ["extract", "plan_extract"]
 
@@ -108,6 +109,7 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
     model.to(prep.config.device)
     show = progress and ctx.is_main  # one progress bar (rank 0's share), not one per rank
     setup = _setup_store(prep, meta, ctx, progress=show)
+    swapped = False
     try:
         with setup.store as store:
             work = setup.work
@@ -148,7 +150,7 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
             for o in outcomes:
                 for name, n in o.samples.items():
                     samples[name] = samples.get(name, 0) + n
-            return ExtractResult(
+            result = ExtractResult(
                 status="complete",
                 store=str(config.out),
                 plan=prep.plan,
@@ -163,7 +165,15 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
                 missing_unused=report.missing_unused,
                 world_size=ctx.world_size,
             )
+        if setup.staging is not None and ctx.is_main:  # --overwrite: every rank's blocks are recorded
+            swap_in(setup.staging, str(config.out))
+        swapped = True
+        if ctx.distributed:
+            ctx.share(True)  # no rank returns before the new store is in place
+        return result
     finally:
+        if setup.staging is not None and ctx.is_main and not swapped:
+            discard_staging(setup.staging)  # the old store at config.out was never touched
         if setup.lock is not None:
             setup.lock.release()
 
@@ -177,6 +187,7 @@ class _StoreSetup:
     resumed: bool
     skipped: dict[str, tuple[str, ...]]
     work: dict[str, list[int]]  # missing blocks per split, computed once by rank 0
+    staging: str | None = None  # --overwrite: where the new store is built until it is swapped in
 
 
 @dataclass
@@ -186,6 +197,7 @@ class _SetupState:
     resumed: bool = False
     skipped: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     work: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    staging: str | None = None
     error: BaseException | None = None
 
 
@@ -214,8 +226,10 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
         try:
             purpose = f"epcache extract, rank 0 of {ctx.world_size}" if ctx.distributed else "epcache extract"
             lock = acquire_store_lock(config.out, break_lock=config.break_lock, purpose=purpose)
-            store, resumed, skipped = open_or_create(config, prep, meta, progress=progress)
-            state = _SetupState(resumed, skipped, {name: store.missing_blocks(name) for name in prep.sources})
+            target = open_or_create(config, prep, meta, progress=progress)
+            store = target.store
+            work = {name: store.missing_blocks(name) for name in prep.sources}
+            state = _SetupState(target.resumed, target.skipped, work, target.staging)
         except Exception as e:
             if store is not None:
                 store.close()
@@ -225,14 +239,14 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
                 ctx.share(_SetupState(error=_portable(e)))
             raise
         ctx.share(state)
-        return _StoreSetup(store, lock, state.resumed, state.skipped, state.work)
+        return _StoreSetup(store, lock, state.resumed, state.skipped, state.work, state.staging)
     shared: _SetupState = ctx.share(None)
     if shared.error is not None:
         raise shared.error
     for name, drop in shared.skipped.items():  # the rows rank 0 left out of the store
         prep.sources_in_store[name] = prep.sources[name].without(set(drop))
-    store = open_store(str(config.out), "a")
-    return _StoreSetup(store, None, shared.resumed, shared.skipped, shared.work)
+    store = open_store(shared.staging or str(config.out), "a")
+    return _StoreSetup(store, None, shared.resumed, shared.skipped, shared.work, shared.staging)
 
 
 def _portable(e: BaseException) -> BaseException:

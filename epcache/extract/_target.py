@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,15 @@ from epcache.store import (
     open_store,
     split_fingerprint,
 )
+from epcache.store._swap import (
+    check_replaceable,
+    discard_staging,
+    recover_interrupted_swap,
+    remove_new_store,
+    staging_location,
+)
 
-__all__ = ["open_or_create"]
+__all__ = ["Target", "open_or_create"]
 
 
 def _split_spec(prep: Prepared, name: str, src: SplitSource) -> SplitSpec:
@@ -55,12 +63,27 @@ def _skip_unreadable(prep: Prepared, names: list[str], *, progress: bool) -> dic
     return skipped
 
 
-def open_or_create(
-    config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, progress: bool
-) -> tuple[FeatureStore, bool, dict[str, tuple[str, ...]]]:
-    """Continue the store at ``config.out`` if it has the same provenance, else create it."""
+@dataclass
+class Target:
+    """The store an extraction writes, and where it ends up."""
+
+    store: FeatureStore
+    resumed: bool
+    skipped: dict[str, tuple[str, ...]]
+    staging: str | None = None  # --overwrite: the new store is built here, swapped to config.out when complete
+
+
+def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, progress: bool) -> Target:
+    """Continue the store at ``config.out`` if it has the same provenance, else create it.
+
+    With ``overwrite`` and a store already at ``config.out`` the new store is created at a
+    hidden sibling (``store/_swap.py``) and the old one stays untouched until the caller swaps.
+    """
     loc = str(config.out)
     existing: FeatureStore | None = None
+    local = not _is_url(loc)
+    if local:
+        recover_interrupted_swap(loc)
     if not config.overwrite:
         try:
             existing = open_store(loc, "a")
@@ -69,32 +92,45 @@ def open_or_create(
                 raise StoreNotFoundError(
                     f"--resume: there is no store at {loc} to resume; drop --resume to start a new extraction"
                 ) from None
-    if existing is None:
-        if not (config.overwrite or config.allow_duplicate):
-            _refuse_duplicate(config, prep, meta)
-        skipped = _skip_unreadable(prep, list(prep.sources), progress=progress) if config.on_bad_image == "skip" else {}
-        meta = dataclasses.replace(
-            meta,
-            extra={**meta.extra, "skipped": {k: list(v) for k, v in skipped.items() if v}},
-        )
-        store = create_store(loc, meta, format=config.format, overwrite=config.overwrite, compressor=config.compressor)
+    if existing is not None:
         try:
-            for name, src in prep.sources_in_store.items():
-                store.add_split(
-                    _split_spec(prep, name, src),
-                    chunk_samples=config.chunk_samples,
-                    shard_samples=config.shard_samples,
-                )
+            skipped = _check_same_provenance(existing, prep, meta, progress=progress)
         except BaseException:
-            store.close()
+            existing.close()
             raise
-        return store, False, skipped
+        return Target(existing, True, skipped)
+    if not (config.overwrite or config.allow_duplicate):
+        _refuse_duplicate(config, prep, meta)
+    fmt = prep.plan.format
+    staging: str | None = None
+    if local and config.overwrite and check_replaceable(loc, fmt):
+        staging = staging_location(loc)
+        discard_staging(staging)  # a killed replacement's leftover: we hold the lock on loc
+    target = staging or loc
+    skipped = _skip_unreadable(prep, list(prep.sources), progress=progress) if config.on_bad_image == "skip" else {}
+    meta = dataclasses.replace(meta, extra={**meta.extra, "skipped": {k: list(v) for k, v in skipped.items() if v}})
+    store = create_store(
+        target, meta, format=fmt, overwrite=config.overwrite and staging is None, compressor=config.compressor
+    )
     try:
-        skipped = _check_same_provenance(existing, prep, meta, progress=progress)
+        for name, src in prep.sources_in_store.items():
+            store.add_split(
+                _split_spec(prep, name, src),
+                chunk_samples=config.chunk_samples,
+                shard_samples=config.shard_samples,
+            )
     except BaseException:
-        existing.close()
+        store.close()
+        if staging is not None:
+            discard_staging(staging)
+        elif local:
+            remove_new_store(loc)  # it did not exist before this call: leave nothing that looks like a store
         raise
-    return existing, True, skipped
+    return Target(store, False, skipped, staging)
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
 
 
 def _refuse_duplicate(config: ExtractConfig, prep: Prepared, meta: StoreMeta) -> None:
