@@ -110,12 +110,17 @@ def test_undecodable_image_fails_naming_it_and_nothing_looks_complete(make: Call
 
 @pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "LA", "I;16"])
 def test_non_rgb_image_is_extracted_as_its_rgb_conversion(mode: str, tmp_path: Path) -> None:
-    """timm's loader convention: ``Image.convert("RGB")`` (alpha dropped, 16-bit values clipped at 255)."""
+    """timm's loader convention: ``Image.convert("RGB")`` (alpha dropped); 16-bit values scaled to 8 bits
+    (``round(v * 255 / 65535)``), not clipped at 255 as ``convert`` does."""
     data = _dataset(tmp_path / "data", n=2)
     odd = _rgb_image(data / "train" / "cat" / ("odd.jpg" if mode == "CMYK" else "odd.png"), mode)
     with Image.open(odd) as im:
         assert im.mode == mode
-        im.convert("RGB").save(data / "train" / "dog" / "twin.png")  # lossless: the exact RGB pixels
+        if mode == "I;16":
+            eight = np.round(np.asarray(im, dtype=np.float64) * 255 / 65535).astype(np.uint8)
+            Image.fromarray(eight).convert("RGB").save(data / "train" / "dog" / "twin.png")
+        else:
+            im.convert("RGB").save(data / "train" / "dog" / "twin.png")  # lossless: the exact RGB pixels
     out = tmp_path / "s" / "s.zarr"
     r = _extract(data, out)
     assert r.exit_code == 0, r.output
