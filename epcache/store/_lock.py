@@ -13,8 +13,13 @@ it is reported as such and ``break_lock=True`` (``--break-lock``) removes it. A 
 another host cannot be checked from here; the same option breaks it once the user knows that
 writer is gone. Under torchrun only rank 0 takes the lock; the other ranks follow its barrier.
 
-Creation is exclusive where the storage allows it: ``O_CREAT | O_EXCL`` on local disks and a
-conditional put (``If-None-Match: *``, s3fs ``mode="create"``) on object stores. Readers never
+On local (and NFSv4) file systems the holder also keeps an advisory ``flock`` on the lock file
+for as long as it writes; the kernel drops it when the process dies. That makes taking the lock,
+and replacing a stale one, atomic: whoever gets the ``flock`` decides, so of several
+``--break-lock`` resumers racing for one stale lock exactly one wins (job-array retries do
+this), and a lock whose process still runs on this host is never broken, ``--break-lock`` or
+not. On object stores creation is a conditional put (``If-None-Match: *``, s3fs
+``mode="create"``); there a stale lock is removed and re-created, which is not atomic. Readers never
 look at the lock: what they may read is decided by the metadata and the block records
 (cache_layout.md §3.3), so reading while a writer appends is safe without it.
 """
@@ -113,11 +118,14 @@ class LockInfo:
 class StoreLock:
     """An acquired lock on one store; release it with ``release()`` or by leaving the ``with`` block."""
 
-    def __init__(self, location: str, info: LockInfo, *, made_dirs: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, location: str, info: LockInfo, *, made_dirs: tuple[str, ...] = (), fd: int | None = None
+    ) -> None:
         self.location = location  # the store
         self.lock_path = lock_location(location)
         self.info = info
         self._made_dirs = made_dirs  # directories made for the lock (removed again if left empty)
+        self._fd = fd  # local locks: the descriptor holding the flock, closed last
         self._held = True
 
     @property
@@ -133,15 +141,20 @@ class StoreLock:
         if not self._held:
             return
         self._held = False
-        current = _read(self.lock_path)
-        if current is not None and (current.host, current.pid, current.started) != (
-            self.info.host,
-            self.info.pid,
-            self.info.started,
-        ):
-            return  # someone broke our lock and took it: it is theirs now
-        _remove(self.lock_path)
-        _remove_empty_dirs(self._made_dirs)
+        try:
+            current = _read(self.lock_path)
+            if current is not None and (current.host, current.pid, current.started) != (
+                self.info.host,
+                self.info.pid,
+                self.info.started,
+            ):
+                return  # someone broke our lock and took it: it is theirs now
+            _remove(self.lock_path)  # unlinked while the flock is held: see _acquire_local's retry
+            _remove_empty_dirs(self._made_dirs)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> Self:
         return self
@@ -188,25 +201,78 @@ def acquire_store_lock(
     info = LockInfo.current(purpose)
     made_dirs = _prepare_parent(loc, path)
     payload = json.dumps(info.to_json()).encode()
-    for attempt in range(2):
-        if _create_exclusive(path, payload):
-            return StoreLock(loc, info, made_dirs=made_dirs)
-        holder = _read(path)
-        if holder is None:  # released between our attempt and the read: try again
-            continue
-        if break_lock and attempt == 0:
-            _remove(path)
-            continue
+    try:
+        if not _is_url(path):
+            fd = _acquire_local(loc, path, payload, break_lock=break_lock)
+            return StoreLock(loc, info, made_dirs=made_dirs, fd=fd)
+        for attempt in range(2):
+            if _create_exclusive(path, payload):
+                return StoreLock(loc, info, made_dirs=made_dirs)
+            holder = _read(path)
+            if holder is None:  # released between our attempt and the read: try again
+                continue
+            if break_lock and attempt == 0 and not (holder.on_this_host and _pid_alive(holder.pid)):
+                _remove(path)
+                continue
+            raise StoreLockedError(_locked_message(loc, path, holder))
+        raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
+    except BaseException:
         _remove_empty_dirs(made_dirs)
-        raise StoreLockedError(_locked_message(loc, path, holder))
-    raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
+        raise
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _locked_message(loc: str, path: str, holder: LockInfo) -> str:
+def _acquire_local(loc: str, path: str, payload: bytes, *, break_lock: bool) -> int:
+    """Take the lock file at ``path`` under an exclusive ``flock``; return the descriptor to keep.
+
+    The flock is the arbiter: a live holder keeps it, so a second process never gets past
+    ``LOCK_NB``; a dead holder's flock is gone, and of the processes that then race for the
+    file exactly one gets it and rewrites it, while the others find it held. The file's
+    content only decides whether the winner may take over (no holder, or a stale one with
+    ``break_lock``) and what a refused writer is told.
+    """
+    import fcntl
+
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read(path) or LockInfo(host="?", pid=-1, started="?", purpose="a writer taking the lock")
+                raise StoreLockedError(_locked_message(loc, path, holder, held=True)) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the holder released (unlinked) it between our open and our flock: retry
+                os.close(fd)
+                continue
+            raw = os.pread(fd, _MAX_LOCK_BYTES, 0)
+            if raw.strip():
+                holder = _parse(raw)
+                alive = holder.on_this_host and _pid_alive(holder.pid)
+                if alive or not break_lock:  # a running writer's lock is never broken
+                    raise StoreLockedError(_locked_message(loc, path, holder))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, payload, 0)
+            os.fsync(fd)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+    raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
+
+
+def _locked_message(loc: str, path: str, holder: LockInfo, *, held: bool = False) -> str:
     stale = holder.stale
+    if held and (holder.pid < 0 or stale):  # the flock says someone holds it right now
+        return (
+            f"{loc} is being written by another process that is taking its writer lock ({path}) right now; "
+            "wait for it to finish, or stop it first"
+        )
     if holder.pid < 0:
         return (
             f"{loc} has an unreadable writer lock ({path}), left by a writer killed while taking it. "
@@ -225,7 +291,9 @@ def _locked_message(loc: str, path: str, holder: LockInfo) -> str:
         )
     return (
         f"{loc} is being written by another process: {holder.describe()}. Two writers would corrupt the "
-        "store: wait for it to finish (it may be still running), or stop it first"
+        "store: wait for it to finish (it may be still running), or stop it first. --break-lock never "
+        f"removes the lock of a process that runs on this host (if pid {holder.pid} is not an epcache "
+        f"writer, the pid was reused: delete {path} by hand)"
     )
 
 
@@ -274,7 +342,15 @@ def _prepare_parent(loc: str, path: str) -> tuple[str, ...]:
             )
         return ()
     missing = [parent, *(p for p in parent.parents if not p.exists())]
-    parent.mkdir(parents=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)  # two new-store writers may race to make it
+    except FileExistsError:
+        raise StoreExistsError(f"{loc}: {parent} exists and is a file; choose another --out") from None
+    except NotADirectoryError:
+        raise StoreExistsError(
+            f"{loc}: a parent of {parent} is a regular file, so the store cannot be created there; "
+            "choose another --out"
+        ) from None
     return tuple(str(p) for p in missing)
 
 
@@ -323,6 +399,10 @@ def _read(path: str) -> LockInfo | None:
                 raw = f.read(_MAX_LOCK_BYTES)
     except FileNotFoundError:
         return None
+    return _parse(raw)
+
+
+def _parse(raw: bytes) -> LockInfo:
     try:
         return LockInfo.from_json(raw)
     except ValueError:  # also json.JSONDecodeError and UnicodeDecodeError
