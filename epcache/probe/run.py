@@ -45,6 +45,7 @@ from epcache.probe.select import check_labels, split_train
 from epcache.probe.stream import BatchStream, InputPlan, MemorySource, StoreSource
 from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
 from epcache.store import FeatureStore, open_store
+from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 
@@ -83,7 +84,13 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         CorruptStoreError: labels outside the class list.
         IncompleteStoreError: blocks never written (unless ``allow_incomplete``).
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
+        StoreLockedError: another sweep (of the same shard) is running into ``config.out``.
     """
+    with run_dir_lock(config.out, shard=resolve_shard(config.shard)):  # one sweep per run dir and shard
+        return _probe_locked(config, progress)
+
+
+def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     say = _printer(progress)
     store = open_store(config.store, verify_reads=True)  # never train on bytes that changed since extraction
     eval_store = open_store(config.eval_store, verify_reads=True) if config.eval_store else store
@@ -219,6 +226,7 @@ def _probe(
         for f in sorted(out.glob("results*.jsonl")):  # rows of other shards count as finished too
             for row in read_results(f):
                 finished.setdefault(row["id"], row)
+        remove_stale_checkpoints(out, set(finished))  # a sweep killed after its rows, before their deletion
         write_json(
             out / f"config{suffix}.json",
             {

@@ -31,6 +31,7 @@ import datetime as _dt
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -224,7 +225,9 @@ def acquire_store_lock(
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _acquire_local(loc: str, path: str, payload: bytes, *, break_lock: bool) -> int:
+def _acquire_local(
+    loc: str, path: str, payload: bytes, *, break_lock: bool, message: Callable[..., str] | None = None
+) -> int:
     """Take the lock file at ``path`` under an exclusive ``flock``; return the descriptor to keep.
 
     The flock is the arbiter: a live holder keeps it, so a second process never gets past
@@ -242,7 +245,7 @@ def _acquire_local(loc: str, path: str, payload: bytes, *, break_lock: bool) -> 
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read(path) or LockInfo(host="?", pid=-1, started="?", purpose="a writer taking the lock")
-                raise StoreLockedError(_locked_message(loc, path, holder, held=True)) from None
+                raise StoreLockedError((message or _locked_message)(loc, path, holder, held=True)) from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:
@@ -255,7 +258,7 @@ def _acquire_local(loc: str, path: str, payload: bytes, *, break_lock: bool) -> 
                 holder = _parse(raw)
                 alive = holder.on_this_host and _pid_alive(holder.pid)
                 if alive or not break_lock:  # a running writer's lock is never broken
-                    raise StoreLockedError(_locked_message(loc, path, holder))
+                    raise StoreLockedError((message or _locked_message)(loc, path, holder))
             os.ftruncate(fd, 0)
             os.pwrite(fd, payload, 0)
             os.fsync(fd)
