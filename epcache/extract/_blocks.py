@@ -15,9 +15,11 @@ from epcache.extract._loader import ViewDataset, make_loader
 from epcache.extract._plan import Prepared
 from epcache.extract._sources import SplitSource
 from epcache.store import FeatureStore, from_torch
+from epcache.store._oserror import require_free_space
 
 __all__ = ["extract_split"]
 
+RESUME_HINT = "Blocks already written are kept: re-run the same command to continue"
 _NP_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 
 
@@ -59,7 +61,7 @@ def extract_split(
     writer = BlockWriter(store, max_pending=cfg.max_pending_blocks)
     try:
         with _progress_bar(total, split, enabled=progress) as bar:
-            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar)
+            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar, location=store.location)
     except BaseException:
         with contextlib.suppress(Exception):
             writer.close()  # blocks already queued are complete and correct: let them land
@@ -77,6 +79,8 @@ def _run_batches(
     extractor: TokenExtractor,
     writer: Any,
     bar: Any,
+    *,
+    location: str,
 ) -> None:
     import torch
 
@@ -86,7 +90,7 @@ def _run_batches(
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
     np_dtype = _numpy_dtype(cfg.dtype)
     acc: dict[int, np.ndarray] | None = None
-    for (block, off, n, length), batch in zip(slots, batch_iter, strict=True):
+    for k, ((block, off, n, length), batch) in enumerate(zip(slots, batch_iter, strict=True)):
         if any(batch.errors):
             k = next(i for i, e in enumerate(batch.errors) if e)
             raise BadImageError(
@@ -104,6 +108,14 @@ def _run_batches(
                 _raise_non_finite(cfg, src, split, layer, batch.indices)
             acc[layer][off : off + n] = from_torch(t.reshape(n, V, T, D).cpu())
         if off + n == length:
+            blocks_left = len({b for b, *_ in slots[k:]})  # this block and the ones after it
+            nbytes = 0 if cfg.compressor not in (None, "none") else sum(a.nbytes for a in acc.values())
+            require_free_space(  # before the write: a failed HDF5 write cannot be closed cleanly
+                location,
+                nbytes * min(blocks_left, cfg.max_pending_blocks + 1),
+                action=f"writing block {block} of split {split!r} to {location}",
+                resume_hint=RESUME_HINT,
+            )
             writer.submit(split, block, acc)
             acc = None
         bar.update(n)

@@ -14,21 +14,24 @@ one that looks complete:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from epcache.errors import ConfigError, EpcacheError
 from epcache.extract._backbone import load_backbone
-from epcache.extract._blocks import extract_split
+from epcache.extract._blocks import RESUME_HINT, extract_split
 from epcache.extract._config import ExtractConfig, ExtractPlan, ExtractResult
 from epcache.extract._dist import DistContext, distributed_context, exit_on_sigterm, torchrun_world_size
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._plan import Prepared, prepare, store_meta
 from epcache.extract._target import open_or_create
 from epcache.store import FeatureStore, StoreLock, StoreMeta, acquire_store_lock, open_store
+from epcache.store._oserror import SpaceReserve, os_errors
 from epcache.store._swap import discard_staging, swap_in
 
 __all__ = ["extract", "plan_extract"]
@@ -74,7 +77,14 @@ def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
         BadImageError: an unreadable image (with ``on_bad_image="error"``); the store stays
             incomplete and a re-run continues it.
         NonFiniteFeaturesError: inf/nan tokens (float16 overflow, typically).
+        DiskFullError, FileSystemError: no space, no permission, a read-only file system or a
+            path through a regular file; blocks already written stay and a re-run continues.
     """
+    with os_errors(action=f"epcache extract into {config.out}", resume_hint=RESUME_HINT):
+        return _extract_checked(config, progress=progress)
+
+
+def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
     prep = prepare(config)
     if config.dry_run:
         return ExtractResult(status="dry-run", store=str(config.out), plan=prep.plan)
@@ -111,7 +121,7 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
     setup = _setup_store(prep, meta, ctx, progress=show)
     swapped = False
     try:
-        with setup.store as store:
+        with _closing(setup.store, setup.reserve) as store:
             work = setup.work
             if setup.resumed and not any(work.values()):
                 return ExtractResult(
@@ -172,6 +182,8 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
             ctx.share(True)  # no rank returns before the new store is in place
         return result
     finally:
+        if setup.reserve is not None:
+            setup.reserve.release()
         if setup.staging is not None and ctx.is_main and not swapped:
             discard_staging(setup.staging)  # the old store at config.out was never touched
         if setup.lock is not None:
@@ -188,6 +200,7 @@ class _StoreSetup:
     skipped: dict[str, tuple[str, ...]]
     work: dict[str, list[int]]  # missing blocks per split, computed once by rank 0
     staging: str | None = None  # --overwrite: where the new store is built until it is swapped in
+    reserve: SpaceReserve | None = None  # local HDF5: ballast freed before closing after a failed write
 
 
 @dataclass
@@ -239,7 +252,8 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
                 ctx.share(_SetupState(error=_portable(e)))
             raise
         ctx.share(state)
-        return _StoreSetup(store, lock, state.resumed, state.skipped, state.work, state.staging)
+        reserve = SpaceReserve(store.location) if store.format == "h5" else None
+        return _StoreSetup(store, lock, state.resumed, state.skipped, state.work, state.staging, reserve)
     shared: _SetupState = ctx.share(None)
     if shared.error is not None:
         raise shared.error
@@ -247,6 +261,19 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
         prep.sources_in_store[name] = prep.sources[name].without(set(drop))
     store = open_store(shared.staging or str(config.out), "a")
     return _StoreSetup(store, None, shared.resumed, shared.skipped, shared.work, shared.staging)
+
+
+@contextlib.contextmanager
+def _closing(store: FeatureStore, reserve: SpaceReserve | None) -> Iterator[FeatureStore]:
+    """``with store``, but a failure first frees the HDF5 ballast so the close can flush."""
+    try:
+        yield store
+    except BaseException:
+        if reserve is not None:
+            reserve.release()
+        raise
+    finally:
+        store.close()
 
 
 def _portable(e: BaseException) -> BaseException:

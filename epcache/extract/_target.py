@@ -26,6 +26,7 @@ from epcache.store import (
     open_store,
     split_fingerprint,
 )
+from epcache.store._oserror import require_free_space
 from epcache.store._swap import (
     check_replaceable,
     discard_staging,
@@ -109,6 +110,7 @@ def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, pr
     target = staging or loc
     skipped = _skip_unreadable(prep, list(prep.sources), progress=progress) if config.on_bad_image == "skip" else {}
     meta = dataclasses.replace(meta, extra={**meta.extra, "skipped": {k: list(v) for k, v in skipped.items() if v}})
+    require_free_space(target, 0, action=f"creating the store {target}")
     store = create_store(
         target, meta, format=fmt, overwrite=config.overwrite and staging is None, compressor=config.compressor
     )
@@ -245,6 +247,7 @@ def _check_same_provenance(
                 "re-extract, or choose another --out"
             )
     if new_splits:
+        require_free_space(loc, 0, action=f"adding splits {new_splits} to {loc}")
         if prep.config.on_bad_image == "skip":
             skipped.update(_skip_unreadable(prep, new_splits, progress=progress))
         for name in new_splits:
