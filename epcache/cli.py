@@ -40,8 +40,11 @@ def _root(
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
+    from epcache.store._oserror import os_errors
+
     try:
-        yield
+        with os_errors(action="epcache"):  # a full disk, no permission, a read-only mount: one line too
+            yield
     except EpcacheError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None

@@ -26,6 +26,7 @@ from epcache.store import (
     open_store,
     split_fingerprint,
 )
+from epcache.store._leftovers import remove_partial_files
 from epcache.store._oserror import require_free_space
 from epcache.store._swap import (
     check_replaceable,
@@ -96,6 +97,7 @@ def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, pr
     if existing is not None:
         try:
             skipped = _check_same_provenance(existing, prep, meta, progress=progress)
+            remove_partial_files(existing)  # a writer killed inside zarr's atomic write left these
         except BaseException:
             existing.close()
             raise

@@ -45,6 +45,7 @@ from epcache.probe.select import check_labels, split_train
 from epcache.probe.stream import BatchStream, InputPlan, MemorySource, StoreSource
 from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
 from epcache.store import FeatureStore, open_store
+from epcache.store._oserror import os_errors
 from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
@@ -86,7 +87,8 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
         StoreLockedError: another sweep (of the same shard) is running into ``config.out``.
     """
-    with run_dir_lock(config.out, shard=resolve_shard(config.shard)):  # one sweep per run dir and shard
+    action = f"epcache probe into {config.out}" if config.out else "epcache probe"
+    with os_errors(action=action), run_dir_lock(config.out, shard=resolve_shard(config.shard)):  # one sweep per dir
         return _probe_locked(config, progress)
 
 

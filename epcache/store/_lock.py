@@ -339,9 +339,13 @@ def _prepare_parent(loc: str, path: str) -> tuple[str, ...]:
     parent = Path(path).parent
     if parent.exists():
         if not parent.is_dir():
+            if str(parent) == loc:
+                raise StoreExistsError(
+                    f"{loc} exists and is a file, not a zarr store directory; choose another --out "
+                    "(or an .h5 path for the HDF5 backend)"
+                )
             raise StoreExistsError(
-                f"{loc} exists and is a file, not a zarr store directory; choose another --out "
-                "(or an .h5 path for the HDF5 backend)"
+                f"{loc}: {parent} is a regular file, so nothing can be created under it; choose another --out"
             )
         return ()
     missing = [parent, *(p for p in parent.parents if not p.exists())]
