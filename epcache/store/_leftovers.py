@@ -33,8 +33,11 @@ def remove_partial_files(store: FeatureStore) -> list[Path]:
     dirs = [root]
     for split in store.splits:
         base = root / "splits" / split
-        dirs += [base, *(base / name for name in ("labels", "ids", "order")), *(base / n / "c" for n in ("labels",
-                 "ids", "order"))]
+        dirs += [
+            base,
+            *(base / name for name in ("labels", "ids", "order")),
+            *(base / n / "c" for n in ("labels", "ids", "order")),
+        ]
         for layer in store.meta.layers:
             dirs += [base / "layers" / str(layer), base / "records" / str(layer), base / "records" / str(layer) / "c"]
             for block in store.missing_blocks(split, layer):

@@ -74,8 +74,9 @@ def os_errors(*, action: str, resume_hint: str = "") -> Iterator[None]:
     except EpcacheError:
         raise
     except (OSError, RuntimeError) as e:
-        err = translate_os_error(e if isinstance(e, OSError) else OSError(_errno_of(e), str(e)), action=action,
-                                 resume_hint=resume_hint)
+        err = translate_os_error(
+            e if isinstance(e, OSError) else OSError(_errno_of(e), str(e)), action=action, resume_hint=resume_hint
+        )
         if err is None:
             raise
         raise err from None
@@ -138,8 +139,12 @@ def _errno_of(e: BaseException) -> int | None:
     if isinstance(code, int):
         return code
     text = str(e)
-    for code, name in ((errno.ENOSPC, "errno = 28"), (errno.EDQUOT, "errno = 122"), (errno.EACCES, "errno = 13"),
-                       (errno.EROFS, "errno = 30")):
+    for code, name in (
+        (errno.ENOSPC, "errno = 28"),
+        (errno.EDQUOT, "errno = 122"),
+        (errno.EACCES, "errno = 13"),
+        (errno.EROFS, "errno = 30"),
+    ):
         if name in text:
             return code
     return None
