@@ -320,7 +320,8 @@ def test_failed_overwrite_keeps_the_store_when_validation_fails(good: dict[str, 
     b = copy_store(good["zarr"], tmp_path / "b" / "s.zarr")
     before = store_files(b)
     data = tmp_path / "missing" if "MISSING" in args else good["data"]
-    argv = ["extract", *TINY, "--data", str(data), "--out", str(b), "--split", "train=train", "--overwrite"]
+    split = [] if "--split" in args else ["--split", "train=train"]  # a split given twice is refused on its own
+    argv = ["extract", *TINY, "--data", str(data), "--out", str(b), *split, "--overwrite"]
     for k in range(0, len(args), 2):
         if args[k] != "--data":
             argv = [*argv, args[k], args[k + 1]]
