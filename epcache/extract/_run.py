@@ -236,23 +236,27 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
     if ctx.is_main:
         lock: StoreLock | None = None
         store: FeatureStore | None = None
+        staging: str | None = None
         try:
             purpose = f"epcache extract, rank 0 of {ctx.world_size}" if ctx.distributed else "epcache extract"
             lock = acquire_store_lock(config.out, break_lock=config.break_lock, purpose=purpose)
             target = open_or_create(config, prep, meta, progress=progress)
-            store = target.store
+            store, staging = target.store, target.staging
+            h5 = store.format == "h5"  # never under torchrun
+            reserve = SpaceReserve(store.location, resume_hint=RESUME_HINT) if h5 else None
             work = {name: store.missing_blocks(name) for name in prep.sources}
             state = _SetupState(target.resumed, target.skipped, work, target.staging)
         except Exception as e:
             if store is not None:
                 store.close()
+            if staging is not None:
+                discard_staging(staging)
             if lock is not None:
                 lock.release()
             if ctx.distributed:
                 ctx.share(_SetupState(error=_portable(e)))
             raise
         ctx.share(state)
-        reserve = SpaceReserve(store.location) if store.format == "h5" else None
         return _StoreSetup(store, lock, state.resumed, state.skipped, state.work, state.staging, reserve)
     shared: _SetupState = ctx.share(None)
     if shared.error is not None:

@@ -118,16 +118,22 @@ class SpaceReserve:
     Created when the writer opens the store (replacing one a killed writer left), deleted when
     the store is closed; after a failed write it is deleted *before* the close, so the HDF5
     library has room to flush its metadata and the file closes cleanly (and stays resumable).
+
+    Raises:
+        DiskFullError: not even ``nbytes`` are free; the writer must not start.
     """
 
-    def __init__(self, location: str, nbytes: int = RESERVE_BYTES) -> None:
+    def __init__(self, location: str, nbytes: int = RESERVE_BYTES, *, resume_hint: str = "") -> None:
         p = Path(location)
         self.path = p.parent / f".{p.name}.epcache-reserve"
         try:
             with open(self.path, "wb") as f:
                 os.posix_fallocate(f.fileno(), 0, nbytes)
-        except OSError:  # no room even for this: the space check before each block reports it
+        except OSError as e:  # without the ballast a failed write could not be closed: do not start
             self.release()
+            action = f"opening the HDF5 store {location} for writing"
+            err = translate_os_error(e, action=action, resume_hint=resume_hint)
+            raise (err or e) from None
 
     def release(self) -> None:
         with contextlib.suppress(FileNotFoundError):
