@@ -215,6 +215,8 @@ def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
 
 def _safe_relative(root: Path, rel: str, where: str) -> str:
     """A CSV path as a sample id, refusing anything that resolves outside the data root."""
+    if "\x00" in rel or not rel:
+        raise ConfigError(f"{where}: the path {rel!r} is empty or holds a NUL byte; expected a path relative to {root}")
     p = PurePosixPath(rel.replace("\\", "/"))
     if p.is_absolute() or Path(rel).is_absolute():
         raise ConfigError(f"{where}: {rel!r} is absolute; CSV paths are relative to the data root {root}")

@@ -1,0 +1,99 @@
+"""The bad-input campaign: every case of bad_input_cases.CASES through the CLI, with its exact outcome.
+
+Exit code, a substring of the message, one line and no traceback for refusals (exit 2), and the
+state afterwards: nothing created at ``--out`` and the data root as it was, or the user's file,
+directory or store named by the case byte-identical.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from bad_input_cases import CASES, Case, Ctx
+from reliability_helpers import TINY, make_imagefolder, run_cli, tree_snapshot
+
+from epcache.store import StoreLockedError, acquire_store_lock
+
+pytestmark = pytest.mark.reliability_bad_input
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bad_input")
+    data = make_imagefolder(root / "data", splits={"train": 8, "val": 4}, classes=("cat", "dog"))
+    out = root / "store" / "s.zarr"
+    code, text = run_cli("extract", *TINY, "--data", str(data), "--out", str(out))
+    assert code == 0, text
+    return out
+
+
+def _state(path: Path) -> object:
+    return tree_snapshot(path) if path.is_dir() else path.read_bytes() if path.exists() else None
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, store: Path, tmp_path: Path) -> None:
+    ctx = Ctx(tmp_path, store)
+    if case.setup is not None:
+        case.setup(ctx)
+    keep = _state(ctx.keep) if ctx.keep is not None else None
+    data = tree_snapshot(ctx.data)
+    before_store = tree_snapshot(store)
+    code, text = run_cli(*case.argv(ctx))
+    assert code == case.code and case.message in text, text
+    assert "Traceback" not in text, text
+    if code == 2:
+        assert len(text.strip().splitlines()) == case.lines and text.startswith("error: "), text
+    assert tree_snapshot(ctx.data) == data  # nothing written into the data root
+    assert tree_snapshot(store) == before_store
+    if ctx.keep is not None:
+        assert _state(ctx.keep) == keep  # the user's file, directory or store is untouched
+    if case.incomplete:
+        code, text = run_cli("verify", str(ctx.out), "--no-progress")
+        assert code == 1 and "missing" in text, text  # kept for a resume, and never looks complete
+    elif code == 2 and ctx.keep is None:
+        assert not ctx.out.exists() and not ctx.out.parent.exists()  # nothing left behind at --out
+    leftovers = [p.name for p in tmp_path.rglob(".epcache-*")]
+    assert not leftovers, leftovers
+
+
+def test_the_campaign_has_at_least_100_cases() -> None:
+    assert len(CASES) >= 100 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_two_new_store_writers_racing_get_one_clear_refusal(tmp_path: Path) -> None:
+    """Writers creating one new store at once: exactly one holds it, the others get a clear refusal, never
+    a FileExistsError from the race to create its directory."""
+    for k in range(10):
+        loc = tmp_path / f"r{k}" / "deep" / ("s.zarr" if k % 2 else "s.h5")
+        outcomes = _race(loc, threads=4)
+        assert outcomes.count("held") == 1, outcomes
+        assert all(isinstance(o, StoreLockedError) for o in outcomes if o != "held"), outcomes
+        assert not [p for p in (tmp_path / f"r{k}").rglob("*") if not p.is_dir()]  # no lock or store left
+
+
+def _race(loc: Path, *, threads: int) -> list[object]:
+    """``threads`` threads take the lock of ``loc`` at once; each holds what it got until all have tried."""
+    start, tried = threading.Barrier(threads), threading.Barrier(threads)
+    outcomes: list[object] = []
+
+    def take() -> None:
+        start.wait()
+        lock = None
+        try:
+            lock = acquire_store_lock(loc)
+            outcomes.append("held")
+        except Exception as e:
+            outcomes.append(e)
+        tried.wait()
+        if lock is not None:
+            lock.release()
+
+    workers = [threading.Thread(target=take) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return outcomes
