@@ -252,6 +252,8 @@ CASES: list[Case] = [
          "cannot read weights", _file("g.safetensors", b"garbage" * 10)),
     Case("weights-nan", ext("--weights", "{tmp}/nan.safetensors", random=False), 2,
          "NaN or inf weights in 1 tensor(s) (blocks.3.attn.qkv.weight)", _nan_checkpoint),
+    Case("resnet18-at-32px", cmd(E, "--model", "resnet18", "--random-init", "--img-size", "32", "--data", "{data}",
+                                 "--out", "{tmp}/o/s.zarr", "--dry-run"), 0, "resnet18"),  # BatchNorm: eval mode
     # data roots and splits
     Case("data-missing", cmd(E, *TINY, "--data", "{tmp}/nope", "--out", "{tmp}/o/s.zarr"), 2,
          "does not exist or is not a directory"),

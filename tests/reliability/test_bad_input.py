@@ -7,7 +7,12 @@ directory or store named by the case byte-identical.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,3 +102,76 @@ def _race(loc: Path, *, threads: int) -> list[object]:
     for t in workers:
         t.join()
     return outcomes
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted read-only (needs root, as in CI)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("target", ["s.zarr", "s.h5", "sub/s.zarr", "run"])
+def test_read_only_file_system(read_only_dir: Path, store: Path, tmp_path: Path, target: str) -> None:
+    data = make_imagefolder(tmp_path / "data", splits={"train": 4}, classes=("cat", "dog"))
+    out = read_only_dir / target
+    if target == "run":
+        argv = ["probe", "--store", str(store), "--head", "linear", "--out", str(out)]
+    else:
+        argv = ["extract", *TINY, "--data", str(data), "--split", "train=train", "--out", str(out)]
+    code, text = run_cli(*argv)
+    assert code == 2 and "the file system is read-only" in text and "writable file system" in text, text
+    assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+    assert not list(read_only_dir.iterdir())
+
+
+@pytest.mark.parametrize("target", ["s.zarr", "s.h5", "run"])
+def test_permission_denied(store: Path, target: str) -> None:
+    """A directory the user cannot write to. Root writes anywhere, so as root the command runs with the
+    effective uid of ``nobody`` (everything it reads is made world-readable; modules are imported first)."""
+    if os.geteuid() == 0 and not hasattr(os, "seteuid"):
+        pytest.skip("cannot drop privileges on this platform")
+    base = Path(tempfile.mkdtemp(prefix="epcache-eacces-"))
+    try:
+        os.chmod(base, 0o755)
+        data = make_imagefolder(base / "data", splits={"train": 4}, classes=("cat", "dog"))
+        shared = base / "store.zarr"
+        shutil.copytree(store, shared)
+        locked = base / "locked"
+        locked.mkdir()
+        for p in [base, *base.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        os.chmod(locked, 0o555)
+        out = locked / target
+        if target == "run":
+            argv = ["probe", "--store", str(shared), "--head", "linear", "--layers", "11", "--tokens", "cls",
+                    "--epochs", "1", "--warmup", "0", "--batch-size", "4", "--holdout", "0", "--no-progress"]
+            warm = run_cli(*argv, "--out", str(base / "warm"))  # imports everything the refused run needs
+            argv = [*argv, "--out", str(out)]
+        else:
+            argv = ["extract", *TINY, "--data", str(data), "--split", "train=train", "--out", str(out)]
+            warm = run_cli(*[str(base / "warm.zarr") if a == str(out) else a for a in argv])
+        assert warm[0] == 0, warm[1]
+        if os.geteuid() == 0:
+            os.setegid(65534)
+            os.seteuid(65534)
+        try:
+            code, text = run_cli(*argv)
+        finally:
+            if os.getuid() == 0:
+                os.seteuid(0)
+                os.setegid(0)
+        assert code == 2 and "permission denied" in text and "you can write to" in text, text
+        assert "Traceback" not in text and len(text.strip().splitlines()) == 1
+        assert not list(locked.iterdir())
+    finally:
+        os.chmod(base / "locked", 0o755)
+        shutil.rmtree(base, ignore_errors=True)
