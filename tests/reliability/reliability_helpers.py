@@ -15,9 +15,14 @@ not by chance:
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -118,15 +123,85 @@ def child_env(kill: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "EPCACHE_KILL": kill, "OMP_NUM_THREADS": "1"}
 
 
-def run_killed(tmp: Path, kill: str, args: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run ``epcache ARGS`` in a child that SIGKILLs itself at ``kill``; it must die by that signal."""
-    script = tmp.parent / f"epcache_kill_child_{os.getpid()}.py"  # beside, not inside, the test's directory
-    if not script.exists():
-        script.write_text(CHILD)
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120,
-                          env=child_env(kill))
-    assert done.returncode == -9, (done.returncode, done.stderr[-3000:])
-    return done
+ZYGOTE = r"""
+import json, os, sys
+import h5py, numpy, PIL.Image, safetensors, timm, torch, zarr  # the heavy imports, once
+import epcache.cli, epcache.extract, epcache.probe, epcache.store
+child = sys.argv[1]
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:  # a fresh child per job: nothing of an earlier job survives
+        fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.environ["EPCACHE_KILL"] = job["kill"]
+        sys.argv = ["epcache", *job["args"]]
+        try:
+            exec(compile(open(child).read(), child, "exec"), {"__name__": "__main__"})
+        except SystemExit as e:
+            os._exit(e.code if isinstance(e.code, int) else 1)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
+                      "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None}), flush=True)
+"""
+
+
+class _Zygote:
+    """One process that imports torch, timm and epcache once and forks a child per kill job.
+
+    A fresh interpreter per kill costs seconds of imports on the 2-core CI machine; a fork of a
+    process that has imported everything (and started no threads) starts at once.
+    """
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="epcache-zygote-"))
+        (self.dir / "child.py").write_text(CHILD)
+        (self.dir / "zygote.py").write_text(ZYGOTE)
+        self.proc = subprocess.Popen([sys.executable, str(self.dir / "zygote.py"), str(self.dir / "child.py")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env("none"))
+        self.jobs = 0
+        atexit.register(self.close)
+
+    def run(self, kill: str, args: list[str]) -> tuple[int, int | None, str]:
+        """(signal, exit code, output) of one job."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.jobs += 1
+        log = self.dir / f"job{self.jobs}.log"
+        self.proc.stdin.write(json.dumps({"kill": kill, "args": args, "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        assert reply, "the zygote process died"
+        done = json.loads(reply)
+        return done["signal"], done["code"], log.read_text() if log.exists() else ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_ZYGOTE: list[_Zygote] = []
+
+
+def run_killed(tmp: Path, kill: str, args: list[str]) -> str:
+    """Run ``epcache ARGS`` in a child that SIGKILLs itself at ``kill``; it must die by that signal.
+
+    Returns the child's output. ``tmp`` is unused (kept so a case reads like the command it runs).
+    """
+    del tmp
+    if not _ZYGOTE:
+        _ZYGOTE.append(_Zygote())
+    sig, code, out = _ZYGOTE[0].run(kill, args)
+    assert sig == signal.SIGKILL, (sig, code, out[-3000:])
+    return out
 
 
 def run_cli(*args: str) -> tuple[int, str]:
