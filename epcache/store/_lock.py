@@ -26,18 +26,23 @@ look at the lock: what they may read is decided by the metadata and the block re
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import json
 import os
-import socket
-from collections.abc import Callable
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Self, TypedDict
+from typing import Self
 
-from epcache.errors import EpcacheError, StoreExistsError
+from epcache.errors import StoreExistsError
+from epcache.store._lockfile import (
+    LockInfo,
+    StoreLockedError,
+    create_exclusive,
+    is_url,
+    pid_alive,
+    read_lock,
+    remove_lock_file,
+    take_local_lock,
+)
 
 __all__ = [
     "LOCK_NAME",
@@ -51,69 +56,6 @@ __all__ = [
 
 LOCK_NAME = ".epcache.lock"  # inside a zarr store; an HDF5 file gets "<file>.lock" beside it
 _H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-_MAX_LOCK_BYTES = 64 * 1024  # a lock is a few hundred bytes; anything larger is not ours
-
-
-class StoreLockedError(EpcacheError):
-    """Another writer holds the store's lock (or left a stale one behind)."""
-
-
-class LockInfoJSON(TypedDict):
-    host: str
-    pid: int
-    started: str
-    purpose: str
-
-
-@dataclass(frozen=True, slots=True)
-class LockInfo:
-    """Who holds a store's lock."""
-
-    host: str  # socket.gethostname() of the writer
-    pid: int  # process id of the writer on that host (rank 0 under torchrun)
-    started: str  # ISO 8601 UTC time the lock was taken
-    purpose: str  # what is writing, e.g. "epcache extract"
-
-    @classmethod
-    def current(cls, purpose: str) -> LockInfo:
-        """The lock this process would write."""
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        return cls(host=socket.gethostname(), pid=os.getpid(), started=now, purpose=purpose)
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> LockInfo:
-        """Parse a lock file.
-
-        Raises:
-            ValueError: not a lock written by epcache.
-        """
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int) or not isinstance(doc.get("host"), str):
-            raise ValueError("not an epcache lock document")
-        started, purpose = str(doc.get("started", "?")), str(doc.get("purpose", "?"))
-        return cls(host=doc["host"], pid=doc["pid"], started=started, purpose=purpose)
-
-    def to_json(self) -> LockInfoJSON:
-        return LockInfoJSON(host=self.host, pid=self.pid, started=self.started, purpose=self.purpose)
-
-    @property
-    def on_this_host(self) -> bool:
-        return self.host == socket.gethostname()
-
-    @property
-    def stale(self) -> bool | None:
-        """True if the writer provably no longer runs, False if it runs, None if it cannot be told.
-
-        Only a process on this host can be checked (``os.kill(pid, 0)``); a lock from another
-        host of a cluster is None: the user has to know whether that job is still alive.
-        """
-        if not self.on_this_host:
-            return None
-        return not _pid_alive(self.pid)
-
-    def describe(self) -> str:
-        """``pid 123 on host h since 2026-01-01T00:00:00+00:00 (epcache extract)``."""
-        return f"pid {self.pid} on host {self.host} since {self.started} ({self.purpose})"
 
 
 class StoreLock:
@@ -143,14 +85,14 @@ class StoreLock:
             return
         self._held = False
         try:
-            current = _read(self.lock_path)
+            current = read_lock(self.lock_path)
             if current is not None and (current.host, current.pid, current.started) != (
                 self.info.host,
                 self.info.pid,
                 self.info.started,
             ):
                 return  # someone broke our lock and took it: it is theirs now
-            _remove(self.lock_path)  # unlinked while the flock is held: see _acquire_local's retry
+            remove_lock_file(self.lock_path)  # unlinked while the flock is held: see _acquire_local's retry
             _remove_empty_dirs(self._made_dirs)
         finally:
             if self._fd is not None:
@@ -178,7 +120,7 @@ def read_store_lock(location: str | PathLike[str]) -> LockInfo | None:
     An unreadable lock file (a writer killed while writing it) reads as a lock of host "?" and
     pid -1, which is never treated as provably stale.
     """
-    return _read(lock_location(location))
+    return read_lock(lock_location(location))
 
 
 def acquire_store_lock(
@@ -203,17 +145,17 @@ def acquire_store_lock(
     made_dirs = _prepare_parent(loc, path)
     payload = json.dumps(info.to_json()).encode()
     try:
-        if not _is_url(path):
-            fd = _acquire_local(loc, path, payload, break_lock=break_lock)
+        if not is_url(path):
+            fd = take_local_lock(loc, path, payload, break_lock=break_lock, message=_locked_message)
             return StoreLock(loc, info, made_dirs=made_dirs, fd=fd)
         for attempt in range(2):
-            if _create_exclusive(path, payload):
+            if create_exclusive(path, payload):
                 return StoreLock(loc, info, made_dirs=made_dirs)
-            holder = _read(path)
+            holder = read_lock(path)
             if holder is None:  # released between our attempt and the read: try again
                 continue
-            if break_lock and attempt == 0 and not (holder.on_this_host and _pid_alive(holder.pid)):
-                _remove(path)
+            if break_lock and attempt == 0 and not (holder.on_this_host and pid_alive(holder.pid)):
+                remove_lock_file(path)
                 continue
             raise StoreLockedError(_locked_message(loc, path, holder))
         raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
@@ -223,50 +165,6 @@ def acquire_store_lock(
 
 
 # ---------------------------------------------------------------------------------------- helpers
-
-
-def _acquire_local(
-    loc: str, path: str, payload: bytes, *, break_lock: bool, message: Callable[..., str] | None = None
-) -> int:
-    """Take the lock file at ``path`` under an exclusive ``flock``; return the descriptor to keep.
-
-    The flock is the arbiter: a live holder keeps it, so a second process never gets past
-    ``LOCK_NB``; a dead holder's flock is gone, and of the processes that then race for the
-    file exactly one gets it and rewrites it, while the others find it held. The file's
-    content only decides whether the winner may take over (no holder, or a stale one with
-    ``break_lock``) and what a refused writer is told.
-    """
-    import fcntl
-
-    for _ in range(20):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read(path) or LockInfo(host="?", pid=-1, started="?", purpose="a writer taking the lock")
-                raise StoreLockedError((message or _locked_message)(loc, path, holder, held=True)) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # the holder released (unlinked) it between our open and our flock: retry
-                os.close(fd)
-                continue
-            raw = os.pread(fd, _MAX_LOCK_BYTES, 0)
-            if raw.strip():
-                holder = _parse(raw)
-                alive = holder.on_this_host and _pid_alive(holder.pid)
-                if alive or not break_lock:  # a running writer's lock is never broken
-                    raise StoreLockedError((message or _locked_message)(loc, path, holder))
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, payload, 0)
-            os.fsync(fd)
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
-    raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
 
 
 def _locked_message(loc: str, path: str, holder: LockInfo, *, held: bool = False) -> str:
@@ -300,26 +198,10 @@ def _locked_message(loc: str, path: str, holder: LockInfo, *, held: bool = False
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
 def _is_h5(location: str) -> bool:
     if location.lower().endswith(_H5_SUFFIXES):
         return True
-    if _is_url(location):
+    if is_url(location):
         return False
     p = Path(location)
     if p.is_file():
@@ -334,7 +216,7 @@ def _prepare_parent(loc: str, path: str) -> tuple[str, ...]:
     For a new zarr store that is the store's own directory (and missing parents), for an HDF5
     file the directory it will be created in. Object stores have no directories to create.
     """
-    if _is_url(loc):
+    if is_url(loc):
         return ()
     parent = Path(path).parent
     if parent.exists():
@@ -369,65 +251,3 @@ def _remove_empty_dirs(dirs: tuple[str, ...]) -> None:
             return
 
 
-def _create_exclusive(path: str, payload: bytes) -> bool:
-    """Create ``path`` holding ``payload`` unless it exists; True if this call created it."""
-    if not _is_url(path):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return True
-    fs, p = _fs(path)
-    try:
-        fs.pipe_file(p, payload, mode="create")  # conditional put: atomic on S3 and compatible stores
-    except FileExistsError:
-        return False
-    except TypeError:  # a filesystem without exclusive create: best effort, check then write
-        if fs.exists(p):
-            return False
-        fs.pipe_file(p, payload)
-    return True
-
-
-def _read(path: str) -> LockInfo | None:
-    try:
-        if _is_url(path):
-            fs, p = _fs(path)
-            fs.invalidate_cache(p)  # another process may have created or removed it since we listed
-            with fs.open(p, "rb") as f:
-                raw = f.read(_MAX_LOCK_BYTES)
-        else:
-            with open(path, "rb") as f:
-                raw = f.read(_MAX_LOCK_BYTES)
-    except FileNotFoundError:
-        return None
-    return _parse(raw)
-
-
-def _parse(raw: bytes) -> LockInfo:
-    try:
-        return LockInfo.from_json(raw)
-    except ValueError:  # also json.JSONDecodeError and UnicodeDecodeError
-        return LockInfo(host="?", pid=-1, started="?", purpose="unreadable lock file")
-
-
-def _remove(path: str) -> None:
-    if _is_url(path):
-        fs, p = _fs(path)
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(p)
-        fs.invalidate_cache(p)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-
-
-def _fs(url: str) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from epcache.errors import ConfigError
-from epcache.store._lock import LockInfo, StoreLock, _acquire_local
+from epcache.store._lock import StoreLock
+from epcache.store._lockfile import LockInfo, take_local_lock
 
 __all__ = ["RUN_LOCK_PREFIX", "acquire_run_lock", "remove_stale_checkpoints", "run_dir_lock"]
 
@@ -57,7 +58,7 @@ def acquire_run_lock(run_dir: Path, *, suffix: str = "", purpose: str = "epcache
     info = LockInfo.current(purpose)
     payload = json.dumps(info.to_json()).encode()
     try:
-        fd = _acquire_local(str(run_dir), str(path), payload, break_lock=True, message=_run_locked_message)
+        fd = take_local_lock(str(run_dir), str(path), payload, break_lock=True, message=_run_locked_message)
     except BaseException:
         _remove_empty(made)
         raise

@@ -71,34 +71,42 @@ def test_break_lock_resumers_racing_in_threads_never_both_hold(tmp_path: Path, r
 
 
 _RESUMER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from epcache.store import StoreLockedError, acquire_store_lock
-store, go = Path(sys.argv[1]), Path(sys.argv[2])
-while not go.exists():
-    time.sleep(0.005)
+store, sync, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+(sync / f"ready-{os.getpid()}").touch()
+while not (sync / "go").exists():
+    time.sleep(0.002)
 try:
     lock = acquire_store_lock(store, break_lock=True)
 except StoreLockedError:
-    print("REFUSED", flush=True)
-else:
-    print("HELD", flush=True)
-    time.sleep(1.5)
+    lock = None
+(sync / f"tried-{os.getpid()}").touch()
+print("HELD" if lock else "REFUSED", flush=True)
+if lock is not None:  # hold it until every resumer has tried
+    deadline = time.time() + 60
+    while len(list(sync.glob("tried-*"))) < n and time.time() < deadline:
+        time.sleep(0.01)
     lock.release()
 """
 
 
 def test_break_lock_resumers_racing_in_processes_never_both_hold(tmp_path: Path) -> None:
-    store, go = tmp_path / "s.zarr", tmp_path / "go"
+    store, sync = tmp_path / "s.zarr", tmp_path / "sync"
+    sync.mkdir()
     _plant(store, _dead_pid())
     script = tmp_path / "resumer.py"
     script.write_text(_RESUMER)
-    procs = [subprocess.Popen([sys.executable, str(script), str(store), str(go)], stdout=subprocess.PIPE, text=True,
-                              env=child_env("none")) for _ in range(6)]
-    time.sleep(1.0)  # let them all import and wait at the start line
-    go.write_text("go")
-    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert sorted(outs) == ["HELD", *["REFUSED"] * 5], outs
+    n = 6
+    procs = [subprocess.Popen([sys.executable, str(script), str(store), str(sync), str(n)], stdout=subprocess.PIPE,
+                              text=True, env=child_env("none")) for _ in range(n)]
+    deadline = time.time() + 120
+    while len(list(sync.glob("ready-*"))) < n and time.time() < deadline:  # all imported, at the start line
+        time.sleep(0.01)
+    (sync / "go").touch()
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(outs) == ["HELD", *["REFUSED"] * (n - 1)], outs
 
 
 def test_a_live_writers_lock_is_never_broken(tmp_path: Path) -> None:
