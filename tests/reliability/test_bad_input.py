@@ -175,3 +175,21 @@ def test_permission_denied(store: Path, target: str) -> None:
     finally:
         os.chmod(base / "locked", 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_16_bit_png_is_scaled_to_8_bits_not_clipped_white(tmp_path: Path) -> None:
+    """PIL's convert("RGB") clips 16-bit values at 255 (a typical 16-bit image became 99.6% white)."""
+    import numpy as np
+    from PIL import Image
+
+    from epcache.extract._loader import decode_image
+
+    values = np.arange(0, 65536, 64, dtype=np.uint16).reshape(32, 32)
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+    rgb = np.asarray(decode_image(path))
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert rgb.shape == (32, 32, 3) and all((rgb[..., k] == expected).all() for k in range(3))
+    assert (rgb == 255).mean() < 0.01 and abs(rgb.mean() - 127.5) < 1

@@ -72,6 +72,19 @@ def test_two_ranks_write_the_bytes_of_one_process(data: Path, reference: Path, t
     assert not (out / LOCK_NAME).exists()  # rank 0 released the job's lock
 
 
+def test_overwrite_under_torchrun_swaps_in_after_the_barrier(data: Path, reference: Path, tmp_path: Path) -> None:
+    """Ranks write the replacement beside the old store; rank 0 swaps it in once every rank's blocks are in."""
+    out = tmp_path / "two.zarr"
+    old = [sys.executable, "-m", "epcache", "extract", *CLI_TINY, "--data", str(data), "--out", str(out)]
+    r = run([*old, "--layers", "-1:"], cwd=HERE)  # another store (the last layer only) at the same place
+    assert r.returncode == 0, r.stderr[-3000:]
+    cmd = torchrun_cmd(2, "-m", "epcache", "extract", *CLI_TINY, "--data", str(data), "--out", str(out), "--overwrite")
+    r = run(cmd, cwd=HERE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same_store(out, reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.zarr"]  # no staging store left
+
+
 @pytest.mark.parametrize("victim", [1, 0])
 def test_killed_rank_resumes_to_identical_bytes(data: Path, reference: Path, tmp_path: Path, victim: int) -> None:
     """Kill one rank mid-run: rank 1 (torchrun stops rank 0, which releases the lock; resume on 2 ranks)
