@@ -64,10 +64,6 @@ def test_bad_input(case: Case, store: Path, tmp_path: Path) -> None:
     assert not leftovers, leftovers
 
 
-def test_the_campaign_has_at_least_100_cases() -> None:
-    assert len(CASES) >= 100 and len({c.id for c in CASES}) == len(CASES)
-
-
 def test_two_new_store_writers_racing_get_one_clear_refusal(tmp_path: Path) -> None:
     """Writers creating one new store at once: exactly one holds it, the others get a clear refusal, never
     a FileExistsError from the race to create its directory."""

@@ -10,7 +10,6 @@ repair scratch directories).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -126,21 +125,3 @@ def test_repair_killed_mid_way_leaves_no_scratch_after_the_next_repair(refs: dic
     assert code == 0 and "Traceback" not in text, text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".epcache-repair-")]
     assert store_arrays(out) == store_arrays(refs["zarr"])
-
-
-def test_second_repair_keeps_a_live_repairs_scratch(refs: dict, tmp_path: Path) -> None:
-    """Scratch directories of a running repair (its pid is alive) and of other stores are never removed."""
-    import os
-    import socket
-
-    from epcache.extract._repair import remove_dead_scratch
-
-    out = copy_store(refs["zarr"], tmp_path / "s.zarr")
-    live = tmp_path / f".epcache-repair-s.zarr-{socket.gethostname()}-{os.getpid()}-abc123"
-    other = tmp_path / f".epcache-repair-t.zarr-{socket.gethostname()}-999999999-abc123"
-    dead = tmp_path / f".epcache-repair-s.zarr-{socket.gethostname()}-999999999-xyz789"
-    for d in (live, other, dead):
-        d.mkdir()
-    assert remove_dead_scratch(str(out)) == [dead]
-    assert live.is_dir() and other.is_dir() and not dead.exists()
-    shutil.rmtree(live)

@@ -24,8 +24,6 @@ from epcache.store import StoreLockedError, acquire_store_lock, read_store_lock
 from epcache.store._lock import LOCK_NAME
 from epcache.store._runlock import acquire_run_lock
 
-pytestmark = pytest.mark.reliability_kill
-
 
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -40,6 +38,7 @@ def _plant(store: Path, pid: int) -> None:
     (store / LOCK_NAME).write_text(json.dumps(doc))
 
 
+@pytest.mark.reliability_kill
 @pytest.mark.parametrize("round_", range(5))
 def test_break_lock_resumers_racing_in_threads_never_both_hold(tmp_path: Path, round_: int) -> None:
     store = tmp_path / "s.zarr"
@@ -92,6 +91,7 @@ if lock is not None:  # hold it until every resumer has tried
 """
 
 
+@pytest.mark.reliability_kill
 def test_break_lock_resumers_racing_in_processes_never_both_hold(tmp_path: Path) -> None:
     store, sync = tmp_path / "s.zarr", tmp_path / "sync"
     sync.mkdir()
@@ -109,6 +109,7 @@ def test_break_lock_resumers_racing_in_processes_never_both_hold(tmp_path: Path)
     assert sorted(outs) == ["HELD", *["REFUSED"] * (n - 1)], outs
 
 
+@pytest.mark.reliability_bad_input
 def test_a_live_writers_lock_is_never_broken(tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     _plant(store, os.getpid())  # this process is alive on this host
@@ -122,6 +123,7 @@ PROBE = ["probe", "--head", "linear", "--layers", "11", "--tokens", "cls", "--lr
          "--warmup", "0", "--batch-size", "4", "--holdout", "0", "--eval-split", "train", "--no-progress"]
 
 
+@pytest.mark.reliability_bad_input
 def test_second_sweep_into_one_run_directory_is_refused(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"train": 8}, classes=("cat", "dog"))
     store = tmp_path / "s.zarr"
