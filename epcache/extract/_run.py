@@ -175,11 +175,20 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
                 missing_unused=report.missing_unused,
                 world_size=ctx.world_size,
             )
+        swap_error: BaseException | None = None
         if setup.staging is not None and ctx.is_main:  # --overwrite: every rank's blocks are recorded
-            swap_in(setup.staging, str(config.out))
-        swapped = True
-        if ctx.distributed:
-            ctx.share(True)  # no rank returns before the new store is in place
+            try:
+                swap_in(setup.staging, str(config.out))
+                swapped = True
+            except Exception as e:
+                swap_error = e
+        else:
+            swapped = True
+        if ctx.distributed:  # no rank returns before the new store is in place (or all fail alike)
+            shared = ctx.share(_portable(swap_error) if swap_error is not None else None)
+            swap_error = swap_error or shared
+        if swap_error is not None:
+            raise swap_error
         return result
     finally:
         if setup.reserve is not None:

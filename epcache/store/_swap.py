@@ -168,7 +168,11 @@ def swap_in(staging: str, location: str) -> None:
     aside = dst.parent / f"{REPLACED_PREFIX}{dst.name}"
     _discard_replaced(aside)
     os.rename(dst, aside)
-    os.rename(src, dst)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rename(aside, dst)  # the old store goes back where it was
+        raise
     _discard_replaced(aside)
 
 
