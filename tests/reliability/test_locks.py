@@ -140,3 +140,35 @@ def test_second_sweep_into_one_run_directory_is_refused(tmp_path: Path) -> None:
     code, text = run_cli(*PROBE, "--store", str(store), "--out", str(run))
     assert code == 0, text
     assert not list(run.glob(".epcache-run*.lock"))
+
+
+_H5_WRITER = """
+import sys, time, h5py
+f = h5py.File(sys.argv[1], "r+")  # what an extraction holds while it appends
+print("OPEN", flush=True)
+sys.stdin.read()
+f.close()
+"""
+
+
+@pytest.mark.reliability_bad_input
+def test_reading_an_hdf5_store_while_it_is_written_names_the_writer(tmp_path: Path) -> None:
+    data = make_imagefolder(tmp_path / "data", splits={"train": 4}, classes=("cat", "dog"))
+    store = tmp_path / "s.h5"
+    code, text = run_cli("extract", *TINY, "--data", str(data), "--split", "train=train", "--out", str(store))
+    assert code == 0, text
+    script = tmp_path / "writer.py"
+    script.write_text(_H5_WRITER)
+    with acquire_store_lock(store, purpose="epcache extract"):
+        writer = subprocess.Popen([sys.executable, str(script), str(store)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdout is not None and writer.stdout.readline().strip() == "OPEN"
+            for argv in (["info", str(store)], ["verify", str(store), "--no-progress"]):
+                code, text = run_cli(*argv)
+                assert "is being written by pid" in text and "cannot be read while another process writes it" in text
+                assert "truncated" not in text and "Traceback" not in text, text
+        finally:
+            writer.communicate("", timeout=60)
+    code, text = run_cli("info", str(store))
+    assert code == 0, text
