@@ -90,7 +90,8 @@ def _run_batches(
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
     np_dtype = _numpy_dtype(cfg.dtype)
     acc: dict[int, np.ndarray] | None = None
-    for k, ((block, off, n, length), batch) in enumerate(zip(slots, batch_iter, strict=True)):
+    blocks_left = len({b for b, *_ in slots})  # this block and the ones after it, counted down
+    for (block, off, n, length), batch in zip(slots, batch_iter, strict=True):
         if any(batch.errors):
             k = next(i for i, e in enumerate(batch.errors) if e)
             raise BadImageError(
@@ -108,7 +109,6 @@ def _run_batches(
                 _raise_non_finite(cfg, src, split, layer, batch.indices)
             acc[layer][off : off + n] = from_torch(t.reshape(n, V, T, D).cpu())
         if off + n == length:
-            blocks_left = len({b for b, *_ in slots[k:]})  # this block and the ones after it
             nbytes = 0 if cfg.compressor not in (None, "none") else sum(a.nbytes for a in acc.values())
             require_free_space(  # before the write: a failed HDF5 write cannot be closed cleanly
                 location,
@@ -117,6 +117,7 @@ def _run_batches(
                 resume_hint=RESUME_HINT,
             )
             writer.submit(split, block, acc)
+            blocks_left -= 1
             acc = None
         bar.update(n)
 
