@@ -27,6 +27,7 @@ from epcache.store import (
     split_fingerprint,
 )
 from epcache.store._leftovers import remove_partial_files
+from epcache.store._lock import LOCK_NAME
 from epcache.store._oserror import require_free_space
 from epcache.store._swap import (
     check_replaceable,
@@ -113,10 +114,12 @@ def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, pr
     skipped = _skip_unreadable(prep, list(prep.sources), progress=progress) if config.on_bad_image == "skip" else {}
     meta = dataclasses.replace(meta, extra={**meta.extra, "skipped": {k: list(v) for k, v in skipped.items() if v}})
     require_free_space(target, 0, action=f"creating the store {target}")
-    store = create_store(
-        target, meta, format=fmt, overwrite=config.overwrite and staging is None, compressor=config.compressor
-    )
+    existed = not local or _occupied(Path(target))
+    store: FeatureStore | None = None
     try:
+        store = create_store(
+            target, meta, format=fmt, overwrite=config.overwrite and staging is None, compressor=config.compressor
+        )
         for name, src in prep.sources_in_store.items():
             store.add_split(
                 _split_spec(prep, name, src),
@@ -124,10 +127,11 @@ def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, pr
                 shard_samples=config.shard_samples,
             )
     except BaseException:
-        store.close()
+        if store is not None:
+            store.close()
         if staging is not None:
             discard_staging(staging)
-        elif local:
+        elif local and (store is not None or not existed):
             remove_new_store(loc)  # it did not exist before this call: leave nothing that looks like a store
         raise
     return Target(store, False, skipped, staging)
@@ -135,6 +139,13 @@ def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, pr
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+def _occupied(path: Path) -> bool:
+    """Something other than our own writer lock is at ``path`` (never to be removed on failure)."""
+    if not path.exists():
+        return False
+    return not path.is_dir() or any(p.name != LOCK_NAME for p in path.iterdir())
 
 
 def _refuse_duplicate(config: ExtractConfig, prep: Prepared, meta: StoreMeta) -> None:
