@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,12 +76,12 @@ def test_two_ranks_write_the_bytes_of_one_process(data: Path, reference: Path, t
 def test_overwrite_under_torchrun_swaps_in_after_the_barrier(data: Path, reference: Path, tmp_path: Path) -> None:
     """Ranks write the replacement beside the old store; rank 0 swaps it in once every rank's blocks are in."""
     out = tmp_path / "two.zarr"
-    old = [sys.executable, "-m", "epcache", "extract", *CLI_TINY, "--data", str(data), "--out", str(out)]
-    r = run([*old, "--layers", "-1:"], cwd=HERE)  # another store (the last layer only) at the same place
-    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.copytree(reference, out)
+    (out / "old-store-marker").write_text("only in the old store")
     cmd = torchrun_cmd(2, "-m", "epcache", "extract", *CLI_TINY, "--data", str(data), "--out", str(out), "--overwrite")
     r = run(cmd, cwd=HERE)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert not (out / "old-store-marker").exists()  # the whole directory was swapped for the new one
     _assert_same_store(out, reference)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.zarr"]  # no staging store left
 
