@@ -87,7 +87,6 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     try:
         for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
-        say(f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)")
         with cpu_threads(resolve_device(config.device)) as rule:
             return _probe(config, store, eval_store, say, progress, rule)
     finally:
@@ -202,7 +201,8 @@ def _probe(
     if not runs:
         raise ConfigError("the sweep is empty: no head/layer/lr combination was requested")
     protocol = runs[0].settings.protocol
-    notes = [_plan_line(runs, layers, data, protocol), *data.notes]
+    notes = [_plan_line(runs, layers, data, protocol), *data.notes,
+             f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if protocol.adapted:
         notes.insert(1, f"recipe {protocol.recipe} adapted to this dataset: " + "; ".join(protocol.adapted))
     for note in notes:
