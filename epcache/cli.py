@@ -166,7 +166,9 @@ def probe(
     warmup: Annotated[int, typer.Option(help="Linear warm-up epochs, then cosine to 0.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 4096,
     holdout: Annotated[float, typer.Option(help="Stratified fraction of train that selects epoch and config.")] = 0.1,
-    shots: Annotated[int | None, typer.Option(help="Low-shot: K training samples per class.")] = None,
+    shots: Annotated[
+        str | None, typer.Option(help="Low-shot: K training samples per class; a comma list runs solver heads per K.")
+    ] = None,
     fraction: Annotated[float | None, typer.Option(help="Low-shot: this fraction of each class.")] = None,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     eval_split: Annotated[str, typer.Option(help="Split to report.")] = "val",
@@ -181,8 +183,19 @@ def probe(
         str | None, typer.Option(help="I/N: train part I of N of the sweep (job arrays; torchrun sets it).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    # --- solver heads (issue 14): knn, ridge, logreg, ncm
+    k: Annotated[str, typer.Option("--k", help="k-NN neighbour counts, comma list (all from one search).")] = (
+        "10,20,100,200"
+    ),
+    temperature: Annotated[str, typer.Option(help="k-NN vote temperatures T, comma list.")] = "0.07",
+    c_preset: Annotated[str, typer.Option(help="logreg C grid: dinov2 (45), clip (96) or raptor (100).")] = "dinov2",
+    tries: Annotated[int, typer.Option(help="Few-shot draws per shot count (needs --shots); mean ± std.")] = 1,
 ) -> None:
-    """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
+    """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data.
+
+    Solver heads (knn, ridge, logreg, ncm) mix with trained heads in one --head list: they read a
+    pooled view (CLS / GAP) computed in one streamed pass and need no epochs.
+    """
     from epcache.probe import ProbeConfig
     from epcache.probe import probe as run_probe
     from epcache.probe.grid import parse_heads, parse_layers, parse_list
@@ -193,7 +206,9 @@ def probe(
             num_heads=parse_list(num_heads, int), layers=parse_layers(layer if layer is not None else layers),
             tokens=parse_list(tokens, str), lr=parse_list(lr, float), blr=parse_list(blr, float),
             wd=parse_list(wd, float), optimizer=parse_list(optimizer, str), seeds=parse_list(seeds, int),
-            epochs=epochs, warmup=warmup, batch_size=batch_size, holdout=holdout, shots=shots, fraction=fraction,
+            epochs=epochs, warmup=warmup, batch_size=batch_size, holdout=holdout, fraction=fraction,
+            shots=parse_list(shots, int) or None, k=parse_list(k, int), temperature=parse_list(temperature, float),
+            c_preset=c_preset, tries=tries,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
             device=device, in_memory=in_memory, allow_incomplete=allow_incomplete, data_seed=data_seed,
             shard=shard,

@@ -60,6 +60,9 @@ _TUPLE_FIELDS: dict[str, type] = {
     "wd": float,
     "optimizer": str,
     "seeds": int,
+    # --- solver heads (issue 14, epcache/probe/solvers): knn defaults
+    "k": int,
+    "temperature": float,
 }
 _HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
@@ -93,7 +96,7 @@ class ProbeConfig:
     batch_size: int = 4096  # per step; drop_last for training
     data_seed: int = 0  # holdout split, low-shot subset, batch order and view choice
     holdout: float = 0.1  # stratified fraction of train used to select epoch and config; 0: last epoch
-    shots: int | None = None  # low-shot: K training samples per class (after the holdout is removed)
+    shots: int | tuple[int, ...] | None = None  # low-shot: K per class (after the holdout); several: solver heads
     fraction: float | None = None  # low-shot: this fraction of each class's training samples
     train_split: str = "train"
     eval_split: str = "val"
@@ -110,10 +113,18 @@ class ProbeConfig:
     shuffle_chunks: int = 0  # chunks in the shuffle buffer; 0: enough for two batches (at least 4)
     eval_cache_mb: float = 4096.0  # holdout/eval tokens up to this size are read once and kept in RAM
     shard: str | None = None  # "I/N": train only part I of N of the sweep (job arrays); torchrun sets it from RANK
+    # --- solver heads (issue 14, epcache/probe/solvers); head options in parentheses override these
+    k: tuple[int, ...] = (10, 20, 100, 200)  # k-NN neighbour counts, all from one search
+    temperature: tuple[float, ...] = (0.07,)  # k-NN vote temperatures T
+    c_preset: str = "dinov2"  # logreg C grid: dinov2 (45 values), clip (96), raptor (100)
+    tries: int = 1  # few-shot draws per shot count (needs shots); mean ± std over tries
 
     def __post_init__(self) -> None:
         for name, kind in _TUPLE_FIELDS.items():
             object.__setattr__(self, name, _as_tuple(getattr(self, name), kind, name))
+        if self.shots is not None and not isinstance(self.shots, int):  # several shot counts (solver heads)
+            shots = _as_tuple(self.shots, int, "shots")
+            object.__setattr__(self, "shots", shots[0] if len(shots) == 1 else shots)
         for name in ("store", "eval_store", "grid", "out"):
             value = getattr(self, name)
             if value is not None:

@@ -174,42 +174,55 @@ def _probe(
             "Extract both splits with the same class list"
         )
     num_classes = len(train_meta.classes)
-    runs = expand_sweep(
-        config,
-        store.meta,
-        num_classes=num_classes,
-        store_provenance=store.provenance,
-        eval_provenance=eval_store.provenance,
+    # --- solver heads (issue 14): knn/ridge/logreg/ncm leave the trained sweep and become solver specs
+    from epcache.probe.solvers import plan_solvers, run_solver_configs
+
+    trained_config, specs = plan_solvers(
+        config, store.meta, store_provenance=store.provenance, eval_provenance=eval_store.provenance
     )
+    runs: list[RunSpec] = []
+    if trained_config is not None:
+        runs = expand_sweep(
+            trained_config,
+            store.meta,
+            num_classes=num_classes,
+            store_provenance=store.provenance,
+            eval_provenance=eval_store.provenance,
+        )
     shard = resolve_shard(config.shard)
     if shard is not None:
         index, count = shard
-        ordered = sorted(runs, key=lambda r: r.id)  # independent of how the sweep was spelled
-        mine = {r.id for k, r in enumerate(ordered) if k % count == index}
+        ordered = sorted([r.id for r in runs] + [s.id for s in specs])  # independent of how the sweep was spelled
+        mine = {i for k, i in enumerate(ordered) if k % count == index}
         runs = [r for r in runs if r.id in mine]
-        say(f"shard {index}/{count}: {len(runs)} of {len(ordered)} configs")
-        if not runs:
+        specs = [s for s in specs if s.id in mine]
+        say(f"shard {index}/{count}: {len(runs) + len(specs)} of {len(ordered)} configs")
+        if not runs and not specs:
             return ProbeResult(rows=(), best=None, summary="no configs in this shard", out=None, skipped=(), notes=())
     suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
     results_file = RESULTS_FILE if shard is None else f"results{suffix}.jsonl"
-    settings = runs[0].settings
     device = resolve_device(config.device)
-    dtype = _TORCH_DTYPES[settings.dtype]
-    layers = sorted({r.layer for r in runs})
+    dtype = _TORCH_DTYPES[config.dtype]
+    layers = sorted({r.layer for r in runs} | {s.layer for s in specs})
     for layer in layers:
         if layer not in eval_store.meta.layers:
             raise UnknownLayerError(f"eval store {eval_store.location} has no layer {layer}")
-    data = _resolve_rows(config, store, eval_store, layers, num_classes)
+    base = trained_config if trained_config is not None else dataclasses.replace(config, shots=None)
+    data = _resolve_rows(base, store, eval_store, layers, num_classes)
+    solver_data = data  # solver heads draw their own few-shot subsets from the rows outside the holdout
+    if specs and base.shots is not None:
+        solver_data = _resolve_rows(dataclasses.replace(base, shots=None), store, eval_store, layers, num_classes)
     for note in data.notes:
         say(note)
-    B = settings.batch_size
-    if B < 2:
-        raise ConfigError("batch_size must be >= 2: BatchNorm needs batch statistics")
-    if len(data.train_rows) < B:
-        raise ConfigError(
-            f"batch_size {B} is larger than the {len(data.train_rows)} training samples (drop_last leaves no step); "
-            "lower --batch-size"
-        )
+    if runs:
+        B = runs[0].settings.batch_size
+        if B < 2:
+            raise ConfigError("batch_size must be >= 2: BatchNorm needs batch statistics")
+        if len(data.train_rows) < B:
+            raise ConfigError(
+                f"batch_size {B} is larger than the {len(data.train_rows)} training samples (drop_last leaves no "
+                "step); lower --batch-size"
+            )
     out = Path(config.out) if config.out else None
     finished: dict[str, dict[str, Any]] = {}
     if out is not None:
@@ -223,14 +236,14 @@ def _probe(
             out / f"config{suffix}.json",
             {
                 "config": config.to_json(),
-                "settings": settings.to_json(),
-                "runs": [{"id": r.id, "name": r.name, **r.hyperparameters()} for r in runs],
+                "settings": runs[0].settings.to_json() if runs else specs[0].settings.to_json(),
+                "runs": [{"id": r.id, "name": r.name, **r.hyperparameters()} for r in [*runs, *specs]],
                 "notes": list(data.notes),
             },
         )
-    skipped = tuple(r.id for r in runs if r.id in finished)
+    skipped = tuple(r.id for r in [*runs, *specs] if r.id in finished)
     if skipped:
-        say(f"{len(skipped)} of {len(runs)} configs already finished in {out}; skipping them")
+        say(f"{len(skipped)} of {len(runs) + len(specs)} configs already finished in {out}; skipping them")
     geometry = HeadGeometry(
         dim=store.meta.dim,
         num_classes=num_classes,
@@ -244,12 +257,18 @@ def _probe(
             groups[r.group_key].append(r)
     new_rows: dict[str, dict[str, Any]] = {}
     for layer, group in groups.items():
-        context = _GroupContext(config, store, eval_store, data, geometry, device, dtype, out, say, progress,
+        context = _GroupContext(base, store, eval_store, data, geometry, device, dtype, out, say, progress,
                                 results_file)
         for row in context.run(layer, group):
             new_rows[row["id"]] = dict(row)
-    rows = tuple(new_rows.get(r.id) or finished[r.id] for r in runs)
-    honest = settings.holdout > 0
+    pending = [s for s in specs if s.id not in finished]
+    if pending:  # solver heads (issue 14): one pooled pass per layer, then closed form / L-BFGS per spec
+        for row in run_solver_configs(pending, store=store, eval_store=eval_store, data=solver_data,
+                                      num_classes=num_classes, device=device, out=out, results_file=results_file,
+                                      save_heads=config.save_heads, say=say):
+            new_rows[row["id"]] = row
+    rows = tuple(new_rows.get(r.id) or finished[r.id] for r in [*runs, *specs])
+    honest = config.holdout > 0
     best = max(rows, key=_holdout_score) if honest else None
     summary = format_summary(rows)
     if out is not None:
