@@ -175,7 +175,7 @@ def _probe(
         )
     num_classes = len(train_meta.classes)
     # --- solver heads (issue 14): knn/ridge/logreg/ncm leave the trained sweep and become solver specs
-    from epcache.probe.solvers import plan_solvers, run_solver_configs
+    from epcache.probe.solvers import check_solver_inputs, plan_solvers, run_solver_configs
 
     trained_config, specs = plan_solvers(
         config, store.meta, store_provenance=store.provenance, eval_provenance=eval_store.provenance
@@ -212,6 +212,7 @@ def _probe(
     solver_data = data  # solver heads draw their own few-shot subsets from the rows outside the holdout
     if specs and base.shots is not None:
         solver_data = _resolve_rows(dataclasses.replace(base, shots=None), store, eval_store, layers, num_classes)
+    check_solver_inputs(specs, solver_data, num_classes)  # issue 14: k vs bank, classes, before any training
     for note in data.notes:
         say(note)
     if runs:

@@ -29,6 +29,7 @@ from epcache.probe.solvers._ridge import RidgeStats as RidgeStats
 from epcache.probe.solvers._ridge import ridge_lambdas as ridge_lambdas
 from epcache.probe.solvers._ridge import ridge_system as ridge_system
 from epcache.probe.solvers._ridge import standardiser as standardiser
+from epcache.probe.solvers._run import check_solver_inputs as check_solver_inputs
 from epcache.probe.solvers._run import load_solver_head as load_solver_head
 from epcache.probe.solvers._run import plan_solvers as plan_solvers
 from epcache.probe.solvers._run import run_solver_configs as run_solver_configs
@@ -53,6 +54,7 @@ __all__ = [
     "SolverSpec",
     "c_grid",
     "check_fewshot",
+    "check_solver_inputs",
     "expand_solver_specs",
     "fewshot_rows",
     "fit_logreg",

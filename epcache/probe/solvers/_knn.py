@@ -173,7 +173,8 @@ def knn_table(
             for i, scores in enumerate(knn_vote(sims, labels, ks=ks_sorted, temperature=t, num_classes=C,
                                                 weighting=weighting)):
                 hit1 = scores.argmax(1) == y
-                hit5 = (scores.topk(top, dim=1).indices == y[:, None]).any(1)
+                v5, i5 = scores.topk(top, dim=1)
+                hit5 = ((i5 == y[:, None]) & (v5 > 0)).any(1)  # a class without votes is no top-5 hit (k < 5)
                 c1[i, j].index_add_(0, y, hit1.long())
                 c5[i, j].index_add_(0, y, hit5.long())
     return KnnTable(ks_sorted, temps, c1.cpu().numpy(), c5.cpu().numpy(), total.cpu().numpy())

@@ -30,7 +30,7 @@ from epcache.probe.solvers._pooled import PooledCache
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
 from epcache.store import FeatureStore, StoreMeta
 
-__all__ = ["RowData", "load_solver_head", "plan_solvers", "run_solver_configs"]
+__all__ = ["RowData", "check_solver_inputs", "load_solver_head", "plan_solvers", "run_solver_configs"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -85,6 +85,38 @@ def plan_solvers(
         temperature=config.temperature, c_preset=config.c_preset, settings=settings,
     )
     return trained_config, specs
+
+
+def check_solver_inputs(specs: Sequence[SolverSpec], data: RowData, num_classes: int) -> None:
+    """Problems that only the resolved rows reveal, raised before anything is pooled or trained.
+
+    Raises:
+        ConfigError: fewer than 2 classes, or a k-NN k larger than its smallest bank (the fit
+            rows that score the holdout, or a few-shot draw), all problems in one message.
+    """
+    if not specs:
+        return
+    present = np.unique(data.train_labels[data.train_rows])
+    if num_classes < 2 or len(present) < 2:
+        raise ConfigError(
+            f"the train split has {len(present)} class(es) with samples ({num_classes} listed); solver heads "
+            "(knn, ridge, logreg, ncm) need at least 2. Extract a split with several classes"
+        )
+    problems = []
+    for spec in specs:
+        if spec.kind != "knn":
+            continue
+        bank = len(data.train_rows)
+        if spec.shots is not None:
+            bank = len(fewshot_rows(data.train_labels, data.train_rows, shots=spec.shots, try_index=spec.try_index,
+                                    seed=spec.settings.data_seed))
+        k = max(spec.option("k"))
+        if k > bank:
+            problems.append(f"{spec.name}: k={k} is larger than the bank ({bank} training samples); "
+                            f"use --k values <= {bank}")
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))
 
 
 def run_solver_configs(
