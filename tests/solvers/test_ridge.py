@@ -41,7 +41,7 @@ def test_one_pass_sums_equal_the_explicit_gram() -> None:
 @pytest.mark.parametrize("lam", LAMBDAS)
 def test_primal_path_equals_solve(lam: float) -> None:
     x, y = _data(200, 12, 5)
-    X, Y, stats = _explicit(x, y, 5)
+    X, Y, _ = _explicit(x, y, 5)
     G, R = X.T @ X, X.T @ Y
     path = EigenPath(G=G, R=R)
     assert path.branch == "primal"

@@ -44,7 +44,8 @@ def test_solver_and_trained_heads_share_one_sweep(store: Path, tmp_path: Path) -
     by_kind = {row["config"]["kind"]: row for row in rows}
     assert by_kind["ridge"]["metrics"]["eval"]["top1"] > 0.8  # separable classes: the probes work
     assert by_kind["knn"]["head_file"] is None and by_kind["knn"]["solver"]["k"] == 20  # the fixed rule
-    assert by_kind["logreg"]["solver"]["C"] in (0.01, 0.1, 1.0) and len(by_kind["logreg"]["curves"]["holdout_top1"]) == 3
+    assert by_kind["logreg"]["solver"]["C"] in (0.01, 0.1, 1.0)
+    assert len(by_kind["logreg"]["curves"]["holdout_top1"]) == 3
     assert "ridge" in r.output and "best overall" in r.output
     assert any((out / "pooled").glob("*.gap.npy"))
     with open_store(store) as st:  # a saved head reproduces its eval accuracy from the pooled view
