@@ -87,7 +87,8 @@ def plot_layers(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Pat
 def plot_curves(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
     """Per-epoch eval (solid) and holdout (dashed) top-1 of the selected config of each head kind."""
     plt = require_matplotlib()
-    best = best_by(groups, lambda g: g.kind)
+    trained = [g for g in groups if not g.rows[0]["config"].get("solver")]  # solver heads (issue 14) have no epochs
+    best = best_by(trained, lambda g: g.kind)
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     for kind, g in sorted(best.items()):
         row = g.rows[0]

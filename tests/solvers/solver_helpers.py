@@ -62,7 +62,7 @@ def class_tokens(labels: np.ndarray, m: StoreMeta, *, noise: float = 1.0, seed: 
 
 
 def class_store(path: Path, *, n_train: int = 160, n_val: int = 64, num_classes: int = 4, dim: int = 16,
-                noise: float = 1.5, dtype: str = "float16", registers: int = 0, cls: bool = True,
+                noise: float = 4.0, dtype: str = "float16", registers: int = 0, cls: bool = True,
                 layers: Sequence[int] = (0,)) -> Path:
     m = meta(dim=dim, registers=registers, cls=cls, layers=layers, dtype=dtype)
     ytr = np.arange(n_train) % num_classes

@@ -98,3 +98,25 @@ def test_k_larger_than_bank_is_refused() -> None:
         knn_table(x, y, x, y, ks=[5, 11], temperatures=[0.07], num_classes=2)
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         knn_table(x, y, x, y, ks=[5], temperatures=[0.0], num_classes=2)
+
+
+def test_accuracy_falling_with_k_is_flagged() -> None:
+    from epcache.probe.solvers import SolverInputs, fit_solver
+    from epcache.probe.solvers._spec import SolverSettings, SolverSpec
+
+    rng = np.random.default_rng(0)
+    a, b, c = np.array([0.0, 0.0]), np.array([100.0, 0.0]), np.array([0.0, 5.0])
+    bank = np.concatenate([a + 0.01 * rng.standard_normal((2, 2)), b + 0.01 * rng.standard_normal((6, 2)),
+                           c + 0.01 * rng.standard_normal((100, 2))])
+    bank_y = np.array([1] * 8 + [0] * 100)
+    queries, query_y = np.stack([a, b, c]), np.array([1, 1, 0])  # right at k=1, 2/3 at k=5, 1/3 at k=20
+    settings = SolverSettings(0, 0.0, None, "float64", "train", "val", "p", "p")
+    options = (("T", (0.07,)), ("k", (1, 5, 20)), ("metric", "euclidean"), ("select", "fixed"),
+               ("weighting", "uniform"))
+    spec = SolverSpec("knn", options, 0, "gap", None, 0, settings)
+    t = torch.from_numpy
+    outcome = fit_solver(spec, SolverInputs(t(bank), t(bank_y), None, None, t(queries), t(query_y), 2,
+                                            refit_with_holdout=False))
+    table = outcome.details["eval_table"]["top1"]
+    assert [round(r[0], 4) for r in table] == [1.0, 0.6667, 0.3333]
+    assert "falls steadily with k" in outcome.details["warning"]

@@ -59,6 +59,9 @@ def test_solver_and_trained_heads_share_one_sweep(store: Path, tmp_path: Path) -
         assert acc == pytest.approx(by_kind[kind]["metrics"]["eval"]["top1"], abs=1 / 64 + 1e-9), kind
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and len(_rows(out)) == 5  # finished solver configs are skipped too
+    rep = runner.invoke(app, ["report", str(out)])  # the report reads solver rows beside trained ones
+    assert rep.exit_code == 0, rep.output
+    assert "| `ncm layer=0 tokens=gap` | ncm |" in (out / "report" / "report.md").read_text()
 
 
 def test_fewshot_tries_give_mean_and_std(store: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -102,6 +103,11 @@ def _fit_knn(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     else:
         k, t = FIXED_KNN_PAIR
     eval_table = knn_table(d.refit_x, d.refit_y, d.eval_x, d.eval_y, **kw)
+    details: dict[str, Any] = {}
+    by_k = eval_table.top1()[:, ts.index(t)]
+    if len(by_k) >= 3 and bool((np.diff(by_k) < 0).all()):  # EP's CLIP log at T=0.07 (PROBE_FAMILIES.md §4.5)
+        details["warning"] = (f"k-NN accuracy falls steadily with k at T={t} ({100 * by_k[0]:.1f}% -> "
+                              f"{100 * by_k[-1]:.1f}%): check the features (normalisation, layer) and try a larger T")
     return SolverOutcome(
         holdout=None if hold_table is None else hold_table.metrics(k, t),
         eval=eval_table.metrics(k, t),
@@ -110,7 +116,7 @@ def _fit_knn(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
         params=0,
         flops=2 * d.refit_x.shape[0] * d.refit_x.shape[1],
         state=None,
-        details={"k": k, "T": t, "select": spec.option("select"), "bank": d.refit_x.shape[0],
+        details={**details, "k": k, "T": t, "select": spec.option("select"), "bank": d.refit_x.shape[0],
                  "holdout_table": None if hold_table is None else hold_table.to_json(),
                  "eval_table": eval_table.to_json()},
     )

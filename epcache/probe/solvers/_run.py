@@ -174,6 +174,8 @@ def run_solver_configs(
             inputs = SolverInputs(fit_x, fit_y, hold_x, hold_y, eval_x, eval_y, num_classes,
                                   refit_with_holdout=spec.shots is None)
             outcome = fit_solver(spec, inputs)
+            if "warning" in outcome.details:
+                say(f"warning: {spec.name}: {outcome.details['warning']}")
             head_file = None
             if out is not None and save_heads and outcome.state is not None:
                 head_file = f"heads/{spec.id}.safetensors"
