@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,21 @@ C_PRESETS: tuple[str, ...] = ("dinov2", "clip", "raptor")
 
 
 @dataclass(frozen=True)
+class LbfgsMemory:
+    """L-BFGS curvature pairs (s, y) of a finished fit, for the next C of a path.
+
+    Two objectives of the path differ only by the quadratic (reg' − reg)‖W‖², so a pair measured
+    on one becomes an exact pair of the other by adding 2(reg' − reg)·s to the W part of y: the
+    next fit starts with the curvature the last one learned instead of a steepest-descent step.
+    """
+
+    steps: tuple[Tensor, ...]  # s_i, flattened [W, b]
+    grads: tuple[Tensor, ...]  # y_i, for the objective with ``reg``
+    reg: float  # the ‖W‖² coefficient the y_i belong to
+    num_weights: int  # length of the W part of the flat vectors
+
+
+@dataclass(frozen=True)
 class LogregFit:
     """One fit at one C."""
 
@@ -32,8 +48,10 @@ class LogregFit:
     weight: Tensor  # (classes, D) in the coordinates it was fitted in
     bias: Tensor  # (classes,)
     n_iter: int  # L-BFGS iterations
+    n_eval: int  # loss + gradient evaluations (passes over the data are twice this)
     hit_max_iter: bool  # stopped by max_iter, not by the tolerance
     loss: float  # final scaled objective (mean CE + ‖W‖²/(2Cn))
+    memory: LbfgsMemory | None = None  # curvature pairs at the end (for warm-starting the next C)
 
 
 def c_grid(preset: str | Sequence[float]) -> tuple[float, ...]:
@@ -67,6 +85,7 @@ def fit_logreg(
     *,
     num_classes: int,
     init: tuple[Tensor, Tensor] | None = None,
+    memory: LbfgsMemory | None = None,
     max_iter: int = 1000,
     tol: float = 1e-6,
     history: int = 20,
@@ -80,28 +99,34 @@ def fit_logreg(
     dt = z.dtype
     W = torch.zeros(num_classes, D, dtype=dt, device=z.device) if init is None else init[0].clone().to(z)
     b = torch.zeros(num_classes, dtype=dt, device=z.device) if init is None else init[1].clone().to(z)
-    W.requires_grad_(True)
-    b.requires_grad_(True)
     reg = 1.0 / (2.0 * C * n)
     opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=0.0,
                             history_size=history, line_search_fn="strong_wolfe")
+    zt = z.T  # (D, n) view: logits as (C, n) = W zᵀ is the faster GEMM shape with few classes
+    cols = torch.arange(n, device=z.device)
 
     def closure() -> Tensor:
-        opt.zero_grad(set_to_none=False)
-        logits = torch.addmm(b, z, W.T)
-        ce = torch.nn.functional.cross_entropy(logits, y, reduction="none").to(torch.float64).sum() / n
-        loss = ce.to(dt) + reg * (W * W).sum()
-        loss.backward()
-        return loss
+        # Loss and gradient by hand (no autograd graph): 2 passes over z per evaluation, the minimum.
+        logits = torch.addmm(b[:, None], W, zt)  # (C, n)
+        lse = torch.logsumexp(logits, dim=0)
+        loss = (lse.to(torch.float64).sum() - logits[y, cols].to(torch.float64).sum()) / n
+        g = torch.exp(logits - lse)  # softmax over classes, (C, n)
+        g[y, cols] -= 1
+        g /= n
+        W.grad = torch.addmm(W, g, z, beta=2 * reg)  # (C, D): g z + 2·reg·W
+        b.grad = g.sum(1)
+        return (loss + reg * (W.to(torch.float64) ** 2).sum()).to(dt)
 
-    opt.step(closure)  # returns the loss at the start, not the end
-    n_iter = int(opt.state[W].get("n_iter", 0))
-    W, b = W.detach(), b.detach()
+    state = opt.state[W]
+    start = _inject_memory(state, memory, reg) if memory is not None else 0
     with torch.no_grad():
-        logits = torch.addmm(b, z, W.T)
-        ce = torch.nn.functional.cross_entropy(logits, y, reduction="none").to(torch.float64).sum() / n
-        loss = float(ce) + reg * float((W * W).sum())
-    return LogregFit(C, W, b, n_iter, n_iter >= max_iter, loss)
+        opt.step(closure)  # returns the loss at the start, not the end
+        n_iter = int(state.get("n_iter", start)) - start
+        loss = float(closure())
+    W.grad = b.grad = None
+    steps, grads = state.get("old_stps") or [], state.get("old_dirs") or []
+    out_memory = LbfgsMemory(tuple(steps), tuple(grads), reg, W.numel()) if steps else memory
+    return LogregFit(C, W, b, n_iter, int(state.get("func_evals", 0)), n_iter >= max_iter, loss, out_memory)
 
 
 def logreg_path(
@@ -124,9 +149,11 @@ def logreg_path(
     fits: list[LogregFit] = []
     accs: list[float] = []
     init = None
+    memory = None
     for C in Cs:
-        fit = fit_logreg(z_fit, y_fit, C, num_classes=num_classes, init=init, max_iter=max_iter, tol=tol)
-        init = (fit.weight, fit.bias)
+        fit = fit_logreg(z_fit, y_fit, C, num_classes=num_classes, init=init, memory=memory, max_iter=max_iter,
+                         tol=tol)
+        init, memory = (fit.weight, fit.bias), fit.memory
         pred = torch.addmm(fit.bias, z_hold, fit.weight.T).argmax(1)
         accs.append(float((pred == y_hold).double().mean()))
         fits.append(fit)
@@ -135,3 +162,37 @@ def logreg_path(
         if a > accs[best]:
             best = i
     return best, fits, accs
+
+
+def _inject_memory(state: dict[str, Any], memory: LbfgsMemory, reg: float) -> int:
+    """Seed ``torch.optim.LBFGS``'s state with the previous fit's pairs, corrected to this ``reg``.
+
+    The first iteration then takes a quasi-Newton step (state ``n_iter`` > 0) and adds no pair
+    of its own (``t = 0`` makes its step zero). Returns the iteration count it starts from.
+    """
+    delta = 2.0 * (reg - memory.reg)
+    steps, grads, ro = [], [], []
+    for s, y in zip(memory.steps, memory.grads, strict=True):
+        y = y.clone()
+        y[: memory.num_weights] += delta * s[: memory.num_weights]
+        ys = float(y.dot(s))
+        if ys > 1e-10:
+            steps.append(s)
+            grads.append(y)
+            ro.append(1.0 / ys)
+    if not steps:
+        return 0
+    last_s, last_y = steps[-1], grads[-1]
+    state.update({
+        "n_iter": 1,
+        "func_evals": 0,
+        "d": torch.zeros_like(last_s),
+        "t": 0.0,
+        "prev_flat_grad": torch.zeros_like(last_s),
+        "prev_loss": 0.0,
+        "old_stps": steps,
+        "old_dirs": grads,
+        "ro": ro,
+        "H_diag": last_s.dot(last_y) / last_y.dot(last_y),
+    })
+    return 1
