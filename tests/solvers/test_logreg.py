@@ -59,3 +59,17 @@ def test_presets_and_bad_grids() -> None:
         c_grid([0.1, 0.0])
     with pytest.raises(ConfigError, match="unknown C preset"):
         c_grid("sklearn")
+
+
+def test_carried_curvature_reaches_the_same_optimum_with_fewer_evaluations(
+    digits: tuple[np.ndarray, np.ndarray],
+) -> None:
+    z, y = torch.from_numpy(digits[0]), torch.from_numpy(digits[1])
+    Cs = c_grid(list(np.logspace(-4, 1, 12)))
+    _, carried, acc_c = logreg_path(z, y, z, y, Cs, num_classes=10, tol=1e-4)
+    _, warm, acc_w = logreg_path(z, y, z, y, Cs, num_classes=10, tol=1e-4, carry_curvature=False)
+    assert sum(f.n_eval for f in carried) < sum(f.n_eval for f in warm)
+    assert np.allclose(acc_c, acc_w, atol=2 / len(y))
+    cold = fit_logreg(z, y, Cs[5], num_classes=10, tol=1e-4)
+    for fit in (carried[5], warm[5]):
+        assert torch.linalg.norm(fit.weight - cold.weight) / torch.linalg.norm(cold.weight) < 1e-2

@@ -139,8 +139,9 @@ def logreg_path(
     num_classes: int,
     max_iter: int = 1000,
     tol: float = 1e-6,
+    carry_curvature: bool = True,
 ) -> tuple[int, list[LogregFit], list[float]]:
-    """Fit every C (ascending, warm-started) and score the holdout.
+    """Fit every C (ascending, warm-started; ``carry_curvature`` also hands on the L-BFGS pairs), score the holdout.
 
     Returns:
         The index of the selected C (best holdout top-1, strict ``>``: a tie keeps the smallest C,
@@ -153,7 +154,7 @@ def logreg_path(
     for C in Cs:
         fit = fit_logreg(z_fit, y_fit, C, num_classes=num_classes, init=init, memory=memory, max_iter=max_iter,
                          tol=tol)
-        init, memory = (fit.weight, fit.bias), fit.memory
+        init, memory = (fit.weight, fit.bias), fit.memory if carry_curvature else None
         pred = torch.addmm(fit.bias, z_hold, fit.weight.T).argmax(1)
         accs.append(float((pred == y_hold).double().mean()))
         fits.append(fit)
