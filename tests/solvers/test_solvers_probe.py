@@ -87,6 +87,8 @@ def test_fewshot_tries_give_mean_and_std(store: Path, tmp_path: Path) -> None:
         (["--head", "ridge", "--tries", "3"], "needs --shots"),
         (["--head", "knn,linear", "--shots", "1,5"], "trained heads"),
         (["--head", "knn", "--k", "5", "--temperature", "0.1"], "k=20, T=0.07"),
+        (["--head", "ncm", "--tokens", "mean"], "unknown tokens ['mean']"),
+        (["--head", "ridge(grid='huge')"], "unknown ridge grid"),
     ],
 )
 def test_bad_solver_input_exits_2(store: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -136,12 +136,12 @@ def expand_solver_specs(
     from epcache.probe.grid import _split_head
 
     errors = check_fewshot(shots, tries)
-    bad_tokens = [t for t in tokens if t not in POOLINGS]
+    unknown = [t for t in tokens if t not in (*POOLINGS, "patch", "all")]  # patch/all: for the trained heads
+    if unknown:
+        errors.append(f"unknown tokens {unknown}; solver heads read {', '.join(POOLINGS)}")
     chosen = [t for t in tokens if t in POOLINGS] or (["cls"] if has_cls else ["gap"])
     if not has_cls and any("cls" in t for t in chosen):
         errors.append("this store's backbone has no CLS token; solver heads can read tokens gap")
-    if bad_tokens and not chosen:
-        errors.append(f"solver heads read pooled tokens {', '.join(POOLINGS)}, not {bad_tokens}")
     defaults = {"knn": {"k": tuple(k), "T": tuple(float(t) for t in temperature), "select": "fixed",
                         "metric": "cosine", "weighting": "softmax"},
                 "ridge": {"grid": "scaled"},
