@@ -204,6 +204,8 @@ def run_solver_configs(
                 "head_file": head_file,
                 "timing": {"seconds": time.perf_counter() - t1, "pool_seconds": pool_seconds, "device": str(device)},
                 "solver": outcome.details,
+                "features": {"layer": spec.layer, "pooling": spec.tokens, "final_norm": store.meta.final_norm,
+                             "dtype": st.dtype},  # the representation: what k-NN and probes depend on most
             }
             if out is not None:
                 append_result(out / results_file, row)
