@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatchError, UnknownLayerError
-from epcache.probe.grid import ProbeConfig, RunSpec, expand_sweep
+from epcache.probe.grid import ProbeConfig, RunSpec, _resolve_layers, expand_sweep
 from epcache.probe.metrics import Metrics
 from epcache.probe.results import (
     RESULT_SCHEMA,
@@ -178,7 +178,8 @@ def _probe(
     from epcache.probe.solvers import check_solver_inputs, plan_solvers, run_solver_configs
 
     trained_config, specs = plan_solvers(
-        config, store.meta, store_provenance=store.provenance, eval_provenance=eval_store.provenance
+        config, store.meta, layers=_resolve_layers(config.layers, store.meta), store_provenance=store.provenance,
+        eval_provenance=eval_store.provenance,
     )
     runs: list[RunSpec] = []
     if trained_config is not None:

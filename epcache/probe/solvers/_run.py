@@ -48,18 +48,17 @@ class RowData(Protocol):
 
 
 def plan_solvers(
-    config: Any, meta: StoreMeta, *, store_provenance: str, eval_provenance: str
+    config: Any, meta: StoreMeta, *, layers: Sequence[int], store_provenance: str, eval_provenance: str
 ) -> tuple[Any | None, list[SolverSpec]]:
     """``(config of the trained heads or None, solver specs)`` of a ``ProbeConfig``.
 
     The trained part keeps every option as given, with a single ``shots`` value; several shot
     counts or tries apply to solver heads only (the trained heads' few-shot loop is not wired yet).
+    ``layers`` are the config's layers resolved against the store by the caller (absolute indices).
 
     Raises:
         ConfigError: problems of the solver part, or a few-shot request trained heads cannot take.
     """
-    from epcache.probe.grid import _resolve_layers
-
     trained, solvers = split_heads(config.head)
     shots = _shots(config.shots)
     tries = int(getattr(config, "tries", 1))
@@ -80,7 +79,7 @@ def plan_solvers(
         eval_provenance=eval_provenance,
     )
     specs = expand_solver_specs(
-        solvers, layers=_resolve_layers(config.layers, meta), tokens=config.tokens,
+        solvers, layers=layers, tokens=config.tokens,
         has_cls=meta.layout.cls_index is not None, shots=shots, tries=tries, k=config.k,
         temperature=config.temperature, c_preset=config.c_preset, settings=settings,
     )

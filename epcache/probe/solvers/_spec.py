@@ -11,8 +11,10 @@ of both kinds share one results.jsonl and one skip-if-finished rule.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,15 @@ from epcache.probe.solvers._logreg import C_PRESETS, c_grid
 from epcache.probe.solvers._pooled import POOLINGS
 from epcache.probe.solvers._ridge import RIDGE_GRIDS
 
-__all__ = ["FIXED_KNN_PAIR", "SOLVER_KINDS", "SolverSettings", "SolverSpec", "expand_solver_specs", "split_heads"]
+__all__ = [
+    "FIXED_KNN_PAIR",
+    "SOLVER_KINDS",
+    "SolverSettings",
+    "SolverSpec",
+    "expand_solver_specs",
+    "parse_head",
+    "split_heads",
+]
 
 SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")
 FIXED_KNN_PAIR = (20, 0.07)  # DINO's default: the headline k-NN number unless select='holdout'
@@ -34,6 +44,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "logreg": ("C", "max_iter", "tol"),
     "ncm": (),
 }
+_HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 _QUIET_DEFAULTS: dict[str, Any] = {"select": "fixed", "metric": "cosine", "weighting": "softmax", "max_iter": 1000,
                                    "tol": 1e-6}  # left out of names (still in the id and the row's config)
 
@@ -105,12 +116,11 @@ class SolverSpec:
 
 
 def split_heads(heads: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``(trained heads, solver heads)`` of a ``--head`` list, each in the given order."""
-    from epcache.probe.grid import _split_head
-
+    """``(trained heads, solver heads)`` of a ``--head`` list, each in the given order (trained ones unparsed)."""
     trained, solvers = [], []
     for text in heads:
-        kind = _split_head(text)[0]
+        m = _HEAD_RE.match(text)
+        kind = m.group(1) if m else text
         (solvers if kind in SOLVER_KINDS else trained).append(text)
     return tuple(trained), tuple(solvers)
 
@@ -133,8 +143,6 @@ def expand_solver_specs(
     Raises:
         ConfigError: every problem of the solver part of the sweep, in one message.
     """
-    from epcache.probe.grid import _split_head
-
     errors = check_fewshot(shots, tries)
     unknown = [t for t in tokens if t not in (*POOLINGS, "patch", "all")]  # patch/all: for the trained heads
     if unknown:
@@ -149,7 +157,11 @@ def expand_solver_specs(
                 "ncm": {}}
     specs: dict[str, SolverSpec] = {}
     for text in heads:
-        kind, explicit = _split_head(text)
+        try:
+            kind, explicit = parse_head(text)
+        except ConfigError as e:
+            errors.append(str(e))
+            continue
         unknown = sorted(set(explicit) - set(_OPTIONS[kind]))
         if unknown:
             errors.append(f"{text}: unknown option(s) {unknown}; {kind} takes {', '.join(_OPTIONS[kind]) or 'none'}")
@@ -170,6 +182,29 @@ def expand_solver_specs(
         unique = list(dict.fromkeys(errors))
         raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))
     return list(specs.values())
+
+
+def parse_head(text: str) -> tuple[str, dict[str, Any]]:
+    """``"knn(k=[10,20],select='holdout')"`` -> ``("knn", {"k": [10, 20], "select": "holdout"})``.
+
+    Options are Python literals read with ``ast.literal_eval`` (never ``eval``), as for trained heads.
+
+    Raises:
+        ConfigError: the text is not ``kind`` or ``kind(name=literal, ...)``.
+    """
+    m = _HEAD_RE.match(text)
+    if m is None:
+        raise ConfigError(f"cannot parse head {text!r}; expected e.g. 'knn' or \"knn(k=[10,20])\"")
+    kind, args = m.group(1), (m.group(2) or "").strip()
+    if not args:
+        return kind, {}
+    try:
+        call = ast.parse(f"f({args})", mode="eval").body
+        if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
+            raise ValueError("options must be given as name=value")
+        return kind, {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ConfigError(f"cannot parse head {text!r}: {e}") from None
 
 
 def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
