@@ -45,6 +45,10 @@ def test_cache_is_written_beside_the_run_and_reused(tmp_path: Path, monkeypatch:
 
         monkeypatch.setattr(pooled_module, "pool_rows", no_pass)
         again = PooledCache(tmp_path / "run" / "pooled").get(st, "train", 0, rows)
+        cache = PooledCache(tmp_path / "run" / "pooled")
+        cache.get(st, "train", 0, rows)
+        cache.release()  # memory emptied; the next get reads the file again
+        assert not cache._memory and np.array_equal(cache.get(st, "train", 0, rows).gap, first.gap)
     assert np.array_equal(first.gap, again.gap) and np.array_equal(first.cls, again.cls)
     with open_store(store) as st:  # the store's own arrays were not touched
         assert st.is_complete()

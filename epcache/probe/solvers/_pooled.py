@@ -131,6 +131,10 @@ class PooledCache:
         self._memory[key] = view
         return view
 
+    def release(self) -> None:
+        """Forget the views held in memory (files on disk stay): one layer's views at a time in RAM."""
+        self._memory.clear()
+
     def _load(self, key: str, rows: np.ndarray) -> PooledView | None:
         if self.root is None:
             return None
