@@ -120,3 +120,24 @@ def test_accuracy_falling_with_k_is_flagged() -> None:
     table = outcome.details["eval_table"]["top1"]
     assert [round(r[0], 4) for r in table] == [1.0, 0.6667, 0.3333]
     assert "falls steadily with k" in outcome.details["warning"]
+
+
+def test_query_batch_is_halved_when_the_device_runs_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from epcache.probe.solvers import _knn
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(120, 6, generator=g), torch.randint(0, 3, (120,), generator=g)
+    q, qy = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
+    ref = knn_table(x, y, q, qy, ks=[5, 10], temperatures=[0.1], num_classes=3)
+    real, seen = _knn.knn_search, []
+
+    def small_device(bank: torch.Tensor, queries: torch.Tensor, k: int, **kw: object) -> object:
+        seen.append(queries.shape[0])
+        if queries.shape[0] > 8:
+            raise torch.OutOfMemoryError("simulated")
+        return real(bank, queries, k, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_knn, "knn_search", small_device)
+    got = knn_table(x, y, q, qy, ks=[5, 10], temperatures=[0.1], num_classes=3, query_batch=32)
+    assert seen[:3] == [32, 16, 8] and max(seen[3:]) <= 8
+    assert np.array_equal(got.correct1, ref.correct1) and np.array_equal(got.correct5, ref.correct5)

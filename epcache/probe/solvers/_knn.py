@@ -3,9 +3,10 @@
 The EP code runs a full similarity search per (k, T) pair (21 per variant); DINO v1 one per k.
 Votes for every k and T only need the max(k) nearest neighbours and their similarities, so one
 search serves the whole table: bank chunked (≤ 262,144 rows), queries batched (256), fp32
-similarities, a running top-K merged per chunk, then for each T the weights (softmax of s/T,
-DINOv2; or exp(s/T), DINO v1: same argmax) and for each k a ``scatter_add`` of the first k
-weights into a (q, C) buffer, incrementally in k (never a (q, K, C) one-hot).
+similarities, a running top-K merged per chunk (the query batch halves on out-of-memory), then
+for each T the weights (softmax of s/T, DINOv2; or exp(s/T), DINO v1: same argmax) and for each
+k a ``scatter_add`` of the first k weights into a (q, C) buffer, incrementally in k (never a
+(q, K, C) one-hot).
 
 ``metric="euclidean", weighting="uniform"`` is scikit-learn's ``KNeighborsClassifier`` (brute
 force, uniform votes, ties to the smallest class index), used for the parity test.
@@ -164,9 +165,19 @@ def knn_table(
     c1 = torch.zeros(len(ks_sorted), len(temps), C, dtype=torch.long, device=bank.device)
     c5 = torch.zeros_like(c1)
     total = torch.zeros(C, dtype=torch.long, device=bank.device)
-    for q0 in range(0, queries.shape[0], query_batch):
+    q0 = 0
+    while q0 < queries.shape[0]:
         q, y = queries[q0 : q0 + query_batch], query_labels[q0 : q0 + query_batch]
-        sims, idx = knn_search(bank, q, kmax, metric=metric, query_batch=query_batch, bank_chunk=bank_chunk)
+        try:
+            sims, idx = knn_search(bank, q, kmax, metric=metric, query_batch=query_batch, bank_chunk=bank_chunk)
+        except torch.OutOfMemoryError:
+            if query_batch == 1:
+                raise
+            query_batch //= 2  # the similarity block is query_batch x bank_chunk: halve and retry this batch
+            if bank.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        q0 += q.shape[0]
         labels = bank_labels[idx]  # (q, K): gathered once for every k and T
         total.index_add_(0, y, torch.ones_like(y))
         for j, t in enumerate(temps):
