@@ -9,8 +9,9 @@ Setup (issue 19): one store of 2,048 train + 512 val samples of 197 x 384 fp16 t
 layer; synthetic class-structured tokens), EP with 8 queries, LARS, batch 256, 3 epochs, holdout
 (10%) and val scored every epoch on both sides, one torch thread.
 
-- hand loop: the same epcache EP head (``create_head``), the tokens loaded ONCE from an ``.npy``
-  into RAM as float32, a seeded permutation per epoch, the same number of batches per epoch,
+- hand loop: the same epcache EP head (``create_head``), the tokens loaded ONCE per run from an
+  ``.npy`` into RAM as float32 (the load is in its time, as the store read is in epcache's), a
+  seeded permutation per epoch, the same number of batches per epoch,
   LARS with epcache's warm-up + cosine schedule; holdout and val scored every epoch. K configs =
   K such loops one after another (as a user sweeping lrs would run them).
 - epcache: ``probe(ProbeConfig(..., in_memory=True))`` with the K configs in one sweep (fused),
@@ -72,9 +73,14 @@ def build_store(root: Path, n_train: int, n_val: int) -> Path:
     return path
 
 
-def hand_loop(x_train: np.ndarray, y_train: np.ndarray, x_hold: np.ndarray, y_hold: np.ndarray, x_val: np.ndarray,
-              y_val: np.ndarray, lr: float, wd: float) -> float:
-    """One config, written the way a user would: returns its last-epoch val top-1."""
+def hand_loop(root: Path, rows: tuple[np.ndarray, np.ndarray], y_all: np.ndarray, y_val: np.ndarray, lr: float,
+              wd: float) -> float:
+    """One config, written the way a user would (its data loaded from .npy as float32, included in its
+    time as epcache's reading of the store is in epcache's); returns its last-epoch val top-1."""
+    x_all = np.load(root / "train.npy").astype(np.float32)
+    x_val = np.load(root / "val.npy").astype(np.float32)
+    train, hold = rows
+    x_train, y_train, x_hold, y_hold = x_all[train], y_all[train], x_all[hold], y_all[hold]
     torch.manual_seed(0)
     head = create_head("ep", in_dim=D, num_classes=C, queries=QUERIES)
     opt = LARS(head.parameters(), lr=lr, weight_decay=wd)
@@ -120,9 +126,7 @@ def main() -> None:
         sub = split_train(ytr, ytr >= 0, classes=st.split("train").classes, holdout=0.1, seed=0)
         for split in ("train", "val"):
             np.save(root / f"{split}.npy", st.read_tokens(split, 11)[:, 0, 1:])
-        x_all = np.load(root / "train.npy").astype(np.float32)
-        x_val = np.load(root / "val.npy").astype(np.float32)
-        data = (x_all[sub.train], ytr[sub.train], x_all[sub.holdout], ytr[sub.holdout], x_val, yva)
+        data = (root, (sub.train, sub.holdout), ytr, yva)
         configs = [(lr, wd) for wd in WDS for lr in LRS]
         print(f"store: {n_train} train / {n_val} val x 197 x {D} fp16; EP q={QUERIES}, LARS, batch {BATCH}, "
               f"{EPOCHS} epochs, holdout + val scored every epoch; torch threads {torch.get_num_threads()}")

@@ -165,14 +165,22 @@ class MemorySource:
         """
         cs = store.split(split).chunk_samples
         rows = np.asarray(rows, np.int64)
+        out: np.ndarray | None = None
         parts = []
+        at = 0
         for chunk, local in _rows_by_chunk(rows, cs):
             data = store.read_chunk(split, layer, chunk)[local]  # [m, V, T, D]
             packed = plan.pack(data if all_views else data[:, :1])
-            if dtype is not None:
-                packed = to_torch(np.ascontiguousarray(packed)).to(dtype).numpy()
-            parts.append(packed)
-        if parts:
+            if dtype is None:
+                parts.append(packed)
+                continue
+            if out is None:  # one buffer in the compute dtype, filled chunk by chunk: one conversion, no concat
+                out = torch.empty((len(rows), *packed.shape[1:]), dtype=dtype).numpy()
+            torch.from_numpy(out[at : at + len(local)]).copy_(to_torch(packed))
+            at += len(local)
+        if out is not None:
+            data = out
+        elif parts:
             data = np.concatenate(parts)
         else:
             data = np.zeros((0, 1, 0, store.meta.layer_shape(layer)[1]), np.float32)
