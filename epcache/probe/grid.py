@@ -43,8 +43,8 @@ __all__ = [
     "parse_list",
 ]
 
-LINEAR_TOKENS: tuple[str, ...] = ("cls", "gap", "cls+gap")  # what a linear head can read
-ATTENTIVE_TOKENS: tuple[str, ...] = ("patch", "all")  # what a pooling head can read
+LINEAR_TOKENS: tuple[str, ...] = ("cls", "gap", "cls+gap", "pooled")  # what a linear head can read (issue 15)
+ATTENTIVE_TOKENS: tuple[str, ...] = ("patch", "all", "registers", "patch+registers")  # pooling heads, MP
 HEAD_OPTION_AXES: tuple[str, ...] = ("queries", "d_out", "num_heads")  # ProbeConfig axes that are head options
 DTYPES: tuple[str, ...] = ("float32", "float64")
 OPTIMIZER_NAMES: tuple[str, ...] = ("lars", "adamw", "sgd")
@@ -55,6 +55,7 @@ _TUPLE_FIELDS: dict[str, type] = {
     "num_heads": int,
     "layers": object,
     "tokens": str,
+    "layer_mix": str,
     "lr": float,
     "blr": float,
     "wd": float,
@@ -82,7 +83,8 @@ class ProbeConfig:
     d_out: tuple[int, ...] = ()  # EP width divisor; empty: default (1)
     num_heads: tuple[int, ...] = ()  # attention heads of MHCA-style poolers; empty: each kind's default
     layers: tuple[int | str, ...] = ("last",)  # absolute block indices, "last" or "all"
-    tokens: tuple[str, ...] = ()  # empty: linear reads cls, pooling heads read patch
+    tokens: tuple[str, ...] = ()  # empty: linear reads cls, pooling heads read patch, mp reads all
+    layer_mix: tuple[str, ...] = ("none",)  # none: one config per layer; concat|mean|tokens: all layers as one input
     lr: tuple[float, ...] = ()  # absolute peak lr; when empty lr = blr * batch_size / 256
     blr: tuple[float, ...] = (0.1,)  # base lr (EP_SPEC §4.1); ignored when lr is given
     wd: tuple[float, ...] = (0.0,)  # weight decay (LARS: only on >=2-D params, as MAE)
@@ -156,19 +158,26 @@ class RunSpec:
     """
 
     head: Any  # HeadSpec (typed loosely so this module imports without torch)
-    layer: int
-    tokens: str  # cls | gap | cls+gap (linear) or patch | all (pooling heads)
+    layer: int  # the layer read; for a layer mix its last layer; -1 for tokens=pooled (no layer)
+    tokens: str  # token source, epcache.probe.data.sources (cls, gap, cls+gap, pooled / patch, all, registers ...)
     optimizer: str
     lr: float  # absolute peak learning rate
     blr: float | None  # base lr it came from (lr = blr * batch / 256); None when lr was given directly
     wd: float
     seed: int
     settings: SweepSettings
+    layer_mix: str = "none"  # none | concat | mean | tokens (issue 15)
+    mix_layers: tuple[int, ...] = ()  # the layers a mix reads, ascending (empty for none)
     id: str = field(init=False)
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
-        name = f"{self.head.name} layer={self.layer} tokens={self.tokens} lr={self.lr:.6g} wd={self.wd:g}"
+        where = f"layer={self.layer}"
+        if self.layer_mix != "none":
+            where = f"layers={','.join(map(str, self.mix_layers))} mix={self.layer_mix}"
+        elif self.tokens == "pooled":
+            where = "layer=pooled"
+        name = f"{self.head.name} {where} tokens={self.tokens} lr={self.lr:.6g} wd={self.wd:g}"
         if self.optimizer != "lars":
             name += f" optimizer={self.optimizer}"
         object.__setattr__(self, "name", f"{name} seed={self.seed}")
@@ -177,14 +186,23 @@ class RunSpec:
         object.__setattr__(self, "id", digest[:16])
 
     @property
-    def group_key(self) -> int:
-        """Configs with the same key read the same input and train in one pass."""
-        return self.layer
+    def group_key(self) -> tuple[int, ...]:
+        """Configs with the same key read the same layers and train in one pass (``()``: pooled output)."""
+        from epcache.probe.data.layers import read_layers
+
+        return read_layers(self)
+
+    @property
+    def input_key(self) -> str:
+        """How the head's input is derived from the group's batch: ``patch``, ``mean:patch`` ..."""
+        from epcache.probe.data.sources import input_key
+
+        return input_key(self.tokens, self.layer_mix)
 
     @property
     def stack_key(self) -> tuple[str, str, str]:
         """Configs with the same key have the same parameter shapes and are stacked."""
-        return (self.head.name, self.tokens, self.optimizer)
+        return (self.head.name, self.input_key, self.optimizer)
 
     @property
     def seedless_name(self) -> str:
@@ -193,7 +211,7 @@ class RunSpec:
 
     def hyperparameters(self) -> dict[str, Any]:
         """This config's own settings as JSON."""
-        return {
+        doc = {
             "head": self.head.name,
             "kind": self.head.kind,
             "head_options": {k: _jsonable(v) for k, v in self.head.params},
@@ -205,6 +223,9 @@ class RunSpec:
             "wd": self.wd,
             "seed": self.seed,
         }
+        if self.layer_mix != "none":  # only then: ids of single-layer configs stay what they were
+            doc |= {"layer_mix": self.layer_mix, "layers": list(self.mix_layers)}
+        return doc
 
 
 def parse_list(text: str | Sequence[Any] | None, kind: Callable[[str], Any] = str) -> tuple[Any, ...]:
@@ -258,10 +279,12 @@ def parse_heads(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
-    """``"all"``, ``"last"``, ``"11"`` or ``"9,10,11"`` -> layer entries resolved later against the store.
+    """``"all"``, ``"last"``, ``"last:4"``, ``"11"`` or ``"9,10,11"`` -> layer entries resolved against the store.
+
+    ``last:K`` (also ``lastk:K``) is the last K stored layers.
 
     Raises:
-        ConfigError: an entry is neither an integer nor ``all``/``last``.
+        ConfigError: an entry is neither an integer nor ``all``/``last``/``last:K``.
     """
     items = parse_list(text, str) if isinstance(text, str) else tuple(text)
     out: list[int | str] = []
@@ -269,10 +292,14 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
         if isinstance(item, int) or item in ("all", "last"):
             out.append(item)
             continue
+        m = re.fullmatch(r"last(?:k)?:(\d+)", str(item).strip())
+        if m and int(m.group(1)) >= 1:
+            out.append(f"last:{int(m.group(1))}")
+            continue
         try:
             out.append(int(item))
         except ValueError:
-            raise ConfigError(f"layer {item!r} is not a block index, 'last' or 'all'") from None
+            raise ConfigError(f"layer {item!r} is not a block index, 'last', 'last:K' or 'all'") from None
     return tuple(out)
 
 
@@ -338,7 +365,7 @@ def expand_sweep(
         ConfigError: every invalid setting and config of the sweep, in one message.
         UnknownLayerError: a requested layer is not in the store.
     """
-    from epcache.probe.heads import HeadSpec, create_head, head_options, list_heads
+    from epcache.probe.heads import HeadSpec, head_options, list_heads
 
     blocks = [config]
     if config.grid is not None:
@@ -358,6 +385,7 @@ def expand_sweep(
         layers = _resolve_layers(block.layers, meta)
         lrs = _learning_rates(block, errors)
         _check_choices("optimizer", block.optimizer, OPTIMIZER_NAMES, errors)
+        inputs = _layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input
         _check_positive("wd", block.wd, errors, allow_zero=True)
         entries = []
         for text in block.head:
@@ -393,17 +421,19 @@ def expand_sweep(
                     if kind == "linear" and tokens not in LINEAR_TOKENS:
                         errors.append(f"{text}: linear heads read cls, gap or cls+gap, not tokens={tokens!r}")
                         continue
-                    key = (spec.name, tokens)
-                    if key not in checked:
-                        checked[key] = _check_head(create_head, spec, tokens, meta, num_classes)
-                    if checked[key] is not None:
-                        errors.append(f"{spec.name} tokens={tokens}: {checked[key]}")
-                        continue
-                    for layer, optimizer, (lr, blr), wd, seed in itertools.product(
-                        layers, block.optimizer, lrs, block.wd, block.seeds
-                    ):
-                        run = RunSpec(spec, layer, tokens, optimizer, lr, blr, wd, seed, settings)
-                        runs.setdefault(run.id, run)
+                    for layer, mix, mix_layers in [(-1, "none", ())] if tokens == "pooled" else inputs:
+                        key = (spec.name, tokens, mix, len(mix_layers))
+                        if key not in checked:
+                            checked[key] = _check_head(spec, tokens, mix, len(mix_layers), meta, num_classes)
+                        if checked[key] is not None:
+                            mixed = "" if mix == "none" else f" layer_mix={mix}"
+                            errors.append(f"{spec.name} tokens={tokens}{mixed}: {checked[key]}")
+                            continue
+                        for optimizer, (lr, blr), wd, seed in itertools.product(
+                            block.optimizer, lrs, block.wd, block.seeds
+                        ):
+                            run = RunSpec(spec, layer, tokens, optimizer, lr, blr, wd, seed, settings, mix, mix_layers)
+                            runs.setdefault(run.id, run)
     if errors:
         unique = list(dict.fromkeys(errors))
         raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))
@@ -511,6 +541,8 @@ def _resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
             out.extend(meta.layers)
         elif e == "last":
             out.append(meta.layers[-1])
+        elif isinstance(e, str) and e.startswith("last:"):
+            out.extend(meta.layers[-int(e[5:]) :])
         else:
             out.append(int(e))
     missing = sorted({x for x in out if x not in meta.layers})
@@ -590,10 +622,11 @@ def _token_choices(
         errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
     out: dict[str, list[str]] = {}
     for text, kind, explicit in entries:
-        family = LINEAR_TOKENS if kind == "linear" else ATTENTIVE_TOKENS
+        family = LINEAR_TOKENS if kind == "linear" else ("all", "patch") if kind == "mp" else ATTENTIVE_TOKENS
         if not c.tokens:
             default = "cls" if meta.layout.cls_index is not None else "gap"
-            out[kind] = [default] if kind == "linear" else ["patch"]
+            mp_default = "all" if meta.layout.cls_index is not None else "patch"  # MP: CLS + patches (§1.1)
+            out[kind] = [default] if kind == "linear" else [mp_default] if kind == "mp" else ["patch"]
             continue
         chosen = [t for t in c.tokens if t in family]
         if not chosen and not (kind == "linear" and "tokens" in explicit):
@@ -605,19 +638,41 @@ def _token_choices(
     return out
 
 
-def _check_head(
-    create_head: Callable[..., Any], spec: Any, tokens: str, meta: StoreMeta, num_classes: int
-) -> str | None:
+def _layer_inputs(
+    mixes: Sequence[str], layers: Sequence[int], errors: list[str]
+) -> list[tuple[int, str, tuple[int, ...]]]:
+    """``(layer, mix, mix_layers)`` per input: each layer alone for ``none``, all layers as one for a mix."""
+    from epcache.probe.data.sources import LAYER_MIXES
+
+    _check_choices("layer_mix", mixes, LAYER_MIXES, errors)
+    out: list[tuple[int, str, tuple[int, ...]]] = []
+    for mix in mixes:
+        if mix == "none":
+            out.extend((layer, "none", ()) for layer in layers)
+        elif mix in LAYER_MIXES:
+            chosen = tuple(sorted(set(layers)))
+            if len(chosen) < 2:
+                errors.append(f"layer_mix {mix!r} needs at least 2 layers (e.g. --layers last:4), got {list(chosen)}")
+                continue
+            out.append((chosen[-1], mix, chosen))
+    return out
+
+
+def _check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMeta, num_classes: int) -> str | None:
     """Build the head on the meta device and run one forward; the error text, or None if it works."""
     import torch
 
-    n = meta.num_tokens if tokens == "all" or spec.kind == "linear" else meta.layout.num_patches
+    from epcache.probe.data.sources import build_head, head_input, pooled_dim
+
+    lay = meta.layout
     try:
+        shapes = head_input(spec.kind, tokens, mix, num_layers, dim=meta.dim, num_prefix=lay.num_prefix,
+                            cls_index=lay.cls_index, num_registers=lay.num_registers, num_patches=lay.num_patches,
+                            pooled_dim=pooled_dim(meta))
         with torch.device("meta"):
-            head = create_head(
-                spec, in_dim=meta.dim, num_classes=num_classes, num_tokens=n, num_prefix=meta.layout.num_prefix
-            )
-            head(torch.empty(2, n, meta.dim))
+            head = build_head(spec, shapes, num_classes)
+            x = torch.empty(2, shapes.in_dim) if shapes.vector else torch.empty(2, shapes.num_tokens, shapes.in_dim)
+            head(x)
     except HeadSpecError as e:
         return str(e)
     return None

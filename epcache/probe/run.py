@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatchError, UnknownLayerError
+from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
+from epcache.probe.data.sources import pooled_dim
 from epcache.probe.grid import ProbeConfig, RunSpec, expand_sweep
 from epcache.probe.metrics import Metrics
 from epcache.probe.results import (
@@ -42,7 +44,7 @@ from epcache.probe.results import (
     write_json,
 )
 from epcache.probe.select import check_labels, split_train
-from epcache.probe.stream import BatchStream, InputPlan, MemorySource, StoreSource
+from epcache.probe.stream import BatchStream
 from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
 from epcache.store import FeatureStore, open_store
 
@@ -195,7 +197,7 @@ def _probe(
     settings = runs[0].settings
     device = resolve_device(config.device)
     dtype = _TORCH_DTYPES[settings.dtype]
-    layers = sorted({r.layer for r in runs})
+    layers = sorted({layer for r in runs for layer in r.group_key})  # every layer any config reads
     for layer in layers:
         if layer not in eval_store.meta.layers:
             raise UnknownLayerError(f"eval store {eval_store.location} has no layer {layer}")
@@ -237,16 +239,22 @@ def _probe(
         num_tokens=store.meta.num_tokens,
         num_patches=store.meta.layout.num_patches,
         num_prefix=store.meta.layout.num_prefix,
+        cls_index=store.meta.layout.cls_index,
+        num_registers=store.meta.layout.num_registers,
+        pooled_dim=pooled_dim(store.meta),
     )
-    groups: dict[int, list[RunSpec]] = defaultdict(list)
+    if any(r.tokens == "pooled" for r in runs):  # the eval split needs the pooled array as well
+        for st, split in ((store, config.train_split), (eval_store, config.eval_split)):
+            st.require_pooled(split)
+    groups: dict[tuple[int, ...], list[RunSpec]] = defaultdict(list)
     for r in runs:
         if r.id not in finished:
             groups[r.group_key].append(r)
     new_rows: dict[str, dict[str, Any]] = {}
-    for layer, group in groups.items():
+    for group in groups.values():
         context = _GroupContext(config, store, eval_store, data, geometry, device, dtype, out, say, progress,
                                 results_file)
-        for row in context.run(layer, group):
+        for row in context.run(group):
             new_rows[row["id"]] = dict(row)
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in runs)
     honest = settings.holdout > 0
@@ -271,38 +279,39 @@ class _GroupContext:
     progress: bool
     results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
 
-    def run(self, layer: int, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
-        """Train one input group and write its rows and heads."""
+    def run(self, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
+        """Train one input group (configs reading the same layers) and write its rows and heads."""
         from tqdm import tqdm
 
         t0 = time.perf_counter()
         c, s = self.config, runs[0].settings
-        plan = InputPlan(frozenset(r.tokens for r in runs), self.store.meta.layout, self.dtype)
-        train = self._stream(self.store, s.train_split, layer, plan, self.data.train_rows, self.data.train_labels,
+        layer = group_label(runs)  # "layer11", "layers8-9-10-11" or "pooled"
+        plan = make_plan(runs, self.store.meta.layout, self.dtype)
+        train = self._stream(self.store, s.train_split, runs, plan, self.data.train_rows, self.data.train_labels,
                              training=True)
         holdout = None
         if len(self.data.holdout_rows):
-            holdout = self._stream(self.store, s.train_split, layer, plan, self.data.holdout_rows,
+            holdout = self._stream(self.store, s.train_split, runs, plan, self.data.holdout_rows,
                                    self.data.train_labels, training=False)
-        evaluation = self._stream(self.eval_store, s.eval_split, layer, plan, self.data.eval_rows,
+        evaluation = self._stream(self.eval_store, s.eval_split, runs, plan, self.data.eval_rows,
                                   self.data.eval_labels, training=False)
         trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.fused)
         spe = train.steps_per_epoch()
         ckpt = None
         resumed_from = None
         if self.out is not None:
-            key = hashlib.sha256(json.dumps([layer, sorted(r.id for r in runs)]).encode()).hexdigest()[:16]
-            ckpt = self.out / "ckpt" / f"layer{layer}-{key}.safetensors"
+            key = hashlib.sha256(json.dumps([runs[0].group_key, sorted(r.id for r in runs)]).encode()).hexdigest()[:16]
+            ckpt = self.out / "ckpt" / f"{layer}-{key}.safetensors"
             loaded = load_checkpoint(ckpt)
             if loaded is not None and loaded[1].get("config_ids") == [r.id for r in runs]:
                 trainer.restore(*loaded)
                 resumed_from = trainer.epoch
-                self.say(f"layer {layer}: resuming {len(runs)} configs after epoch {trainer.epoch + 1}/{s.epochs}")
+                self.say(f"{layer}: resuming {len(runs)} configs after epoch {trainer.epoch + 1}/{s.epochs}")
         epochs_run = 0
         for epoch in range(trainer.epoch + 1, s.epochs):
             t_epoch = time.perf_counter()
             bar = tqdm(total=spe * s.batch_size, unit="img", unit_scale=True, leave=False, disable=not self.progress,
-                       desc=f"layer {layer} epoch {epoch + 1}/{s.epochs} ({len(runs)} configs)", file=sys.stderr)
+                       desc=f"{layer} epoch {epoch + 1}/{s.epochs} ({len(runs)} configs)", file=sys.stderr)
             with bar:
                 trainer.train_epoch(train, epoch, warmup_steps=s.warmup * spe, total_steps=s.epochs * spe,
                                     on_batch=bar.update)
@@ -317,7 +326,7 @@ class _GroupContext:
                 sel = hold_top1 if hold_top1 is not None else eval_top1
                 what = "holdout" if hold_top1 is not None else "eval"
                 self.say(
-                    f"layer {layer} epoch {epoch + 1}/{s.epochs}: {len(runs)} configs, mean loss "
+                    f"{layer} epoch {epoch + 1}/{s.epochs}: {len(runs)} configs, mean loss "
                     f"{sum(losses) / max(len(losses), 1):.4f} ({len(runs) - len(losses)} diverged), "
                     f"best {what} top-1 {100 * max(sel):.2f}%, "
                     f"{spe * s.batch_size / (time.perf_counter() - t_epoch):.0f} img/s"
@@ -352,8 +361,8 @@ class _GroupContext:
         self,
         store: FeatureStore,
         split: str,
-        layer: int,
-        plan: InputPlan,
+        runs: Sequence[RunSpec],
+        plan: Plan,
         rows: np.ndarray,
         labels: np.ndarray,
         *,
@@ -362,12 +371,11 @@ class _GroupContext:
         c = self.config
         views = store.split(split).views if training else 1
         meta = store.meta
-        size = len(rows) * plan.packed_bytes_per_view(meta.num_tokens, meta.dim, _ITEMSIZE[meta.dtype])
-        source: StoreSource | MemorySource
+        width = self.geometry.pooled_dim or meta.dim if isinstance(plan, PooledPlan) else meta.dim
+        size = len(rows) * plan.packed_bytes_per_view(meta.num_tokens, width, _ITEMSIZE[meta.dtype])
+        source: Any = make_source(store, split, runs, plan)
         if c.in_memory or (not training and size <= c.eval_cache_mb * 2**20):
-            source = MemorySource.load(store, split, layer, plan, rows, all_views=training)
-        else:
-            source = StoreSource(store, split, layer, plan)
+            source = load_memory(source, rows, store.split(split).views, all_views=training)
         return BatchStream(
             source,
             rows,
@@ -382,16 +390,13 @@ class _GroupContext:
         )
 
     def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str], Any], timing: dict[str, Any]) -> ResultRowJSON:
-        from epcache.probe.heads import head_cost
+        from epcache.probe.data.sources import input_cost
 
         run, g, s = o.run, self.geometry, o.run.settings
-        key = (run.head.name, run.tokens)
+        key = (run.head.name, run.input_key, len(run.mix_layers))
         if key not in costs:
-            n = g.num_patches if run.head.kind == "linear" else g.tokens_seen(run)
-            costs[key] = head_cost(
-                run.head, dim=g.dim, num_classes=g.num_classes, num_tokens=n, num_prefix=g.num_prefix
-            )
-        cost = costs[key]
+            costs[key] = input_cost(run.head, g.shapes(run), g.num_classes)  # (params, flops) of the real input
+        params, flops = costs[key]
         oracle = o.oracle_epoch
         return {
             "schema": RESULT_SCHEMA,
@@ -408,8 +413,9 @@ class _GroupContext:
                 "excluded_train": self.data.excluded_train,
                 "excluded_eval": self.data.excluded_eval,
             },
-            "params": int(cost.params),
-            "flops": int(cost.flops),
+            "params": params,
+            "flops": flops,
+            "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
             "selected_epoch": o.selected_epoch,
             "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},
             "oracle": {"epoch": oracle, "eval_top1": o.eval_top1[oracle]},

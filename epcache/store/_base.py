@@ -31,6 +31,7 @@ from epcache.store._meta import (
     compute_provenance,
     split_fingerprint,
 )
+from epcache.store._pooled import PooledArrays
 
 __all__ = ["MISSING", "ChunkPlan", "FeatureStore", "plan_chunks"]
 
@@ -95,7 +96,7 @@ def plan_chunks(
     return ChunkPlan(chunk_samples, shard_samples)
 
 
-class FeatureStore(ABC):
+class FeatureStore(PooledArrays, ABC):
     """A feature store: splits of labels, ids and per-layer ``[N, V, T, D]`` token arrays.
 
     Open one with ``open_store`` / ``create_store``; no code outside ``epcache.store`` knows

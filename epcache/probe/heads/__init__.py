@@ -37,6 +37,7 @@ from ._token_pools import CLIPPooler as CLIPPooler
 from ._token_pools import DinoViTPooler as DinoViTPooler
 from ._token_pools import ESimPoolPooler as ESimPoolPooler
 from ._token_pools import SimPoolPooler as SimPoolPooler
+from ._vector import VectorInput as VectorInput
 from ._xattn_pools import AIMPooler as AIMPooler
 from ._xattn_pools import CAEPooler as CAEPooler
 from ._xattn_pools import CaiTPooler as CaiTPooler
@@ -71,6 +72,7 @@ __all__ = [
     "SigLIPPooler",
     "SimPoolPooler",
     "TokenSelect",
+    "VectorInput",
     "create_head",
     "format_heads_table",
     "from_reference",
