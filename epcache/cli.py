@@ -112,6 +112,9 @@ def extract(
     allow_duplicate: Annotated[
         bool, typer.Option(help="Extract even if a complete store with the same provenance sits beside --out.")
     ] = False,
+    pooled: Annotated[
+        bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
+    ] = False,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import ExtractConfig
@@ -125,7 +128,7 @@ def extract(
             final_norm=final_norm, img_size=img_size, device=device, amp=amp, seed=seed,
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
-            break_lock=break_lock, allow_duplicate=allow_duplicate,
+            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
         )
         result = run_extract(cfg, progress=progress)
     typer.echo(result.format_text())
@@ -153,9 +156,13 @@ def probe(
     d_out: Annotated[str | None, typer.Option("--d-out", help="EP width divisors, comma list (default 1).")] = None,
     num_heads: Annotated[str | None, typer.Option(help="Attention heads of MHCA-style poolers, comma list.")] = None,
     layer: Annotated[str | None, typer.Option(help="One block index (alias of --layers).")] = None,
-    layers: Annotated[str, typer.Option(help="Block indices, comma list, or all / last.")] = "last",
+    layers: Annotated[str, typer.Option(help="Block indices, comma list, or all / last / last:K.")] = "last",
+    layer_mix: Annotated[
+        str, typer.Option(help="none (one config per layer) / concat / mean / tokens (all --layers as one input).")
+    ] = "none",
     tokens: Annotated[
-        str | None, typer.Option(help="cls, gap, cls+gap (linear) / patch, all (attentive); comma list.")
+        str | None,
+        typer.Option(help="cls, gap, cls+gap, pooled (linear) / patch, all, registers, patch+registers; comma list."),
     ] = None,
     lr: Annotated[str | None, typer.Option(help="Absolute peak learning rates, comma list (overrides --blr).")] = None,
     blr: Annotated[str, typer.Option(help="Base lr: lr = blr x batch / 256 (EP paper: 0.1).")] = "0.1",
@@ -196,7 +203,7 @@ def probe(
             epochs=epochs, warmup=warmup, batch_size=batch_size, holdout=holdout, shots=shots, fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
             device=device, in_memory=in_memory, allow_incomplete=allow_incomplete, data_seed=data_seed,
-            shard=shard,
+            shard=shard, layer_mix=parse_list(layer_mix, str),
         )
         result = run_probe(cfg, progress=progress)
     typer.echo(result.summary)

@@ -62,6 +62,7 @@ class ExtractConfig:
     max_pending_blocks: int = 2  # writer queue bound: blocks in flight to the disk
     break_lock: bool = False  # remove a writer lock left by a crashed extraction (store/_lock.py)
     allow_duplicate: bool = False  # extract even if a complete store with this provenance sits beside `out`
+    pooled: bool = False  # also store the model's pooled output (forward_head(pre_logits=True)), cache_layout §3.4
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -43,6 +43,7 @@ from epcache.extract._dist import DistContext, distributed_context, exit_on_sigt
 from epcache.extract._forward import ModelGeometry, TokenExtractor, inspect_model
 from epcache.extract._loader import ViewDataset, find_unreadable, make_loader
 from epcache.extract._models import resolve_model
+from epcache.extract._pooled import POOLED_KEY, PooledTokenExtractor, ensure_pooled, pooled_width
 from epcache.extract._sources import SplitSource, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
@@ -157,7 +158,9 @@ def _extract(prep: _Prepared, ctx: DistContext, *, progress: bool) -> ExtractRes
                     missing_unused=report.missing_unused,
                     world_size=ctx.world_size,
                 )
-            extractor = TokenExtractor(model, prep.geometry, final_norm=config.final_norm)
+            extractor: Any = (PooledTokenExtractor if prep.pooled_dim else TokenExtractor)(
+                model, prep.geometry, final_norm=config.final_norm
+            )
             t0 = time.perf_counter()
             mine = _RankOutcome()
             try:
@@ -249,6 +252,7 @@ def _setup_store(prep: _Prepared, meta: StoreMeta, ctx: DistContext, *, progress
             purpose = f"epcache extract, rank 0 of {ctx.world_size}" if ctx.distributed else "epcache extract"
             lock = acquire_store_lock(config.out, break_lock=config.break_lock, purpose=purpose)
             store, resumed, skipped = _open_or_create(config, prep, meta, progress=progress)
+            ensure_pooled(store, prep.sources_in_store, prep.pooled_dim, resumed=resumed)
             state = _SetupState(resumed, skipped, {name: store.missing_blocks(name) for name in prep.sources})
         except Exception as e:
             if store is not None:
@@ -311,6 +315,7 @@ class _Prepared:
     sources: dict[str, SplitSource]  # as listed
     sources_in_store: dict[str, SplitSource]  # as stored (unreadable images left out when skipping)
     plan: ExtractPlan
+    pooled_dim: int | None = None  # width of the pooled output when --pooled, else None
 
 
 def _prepare(config: ExtractConfig) -> _Prepared:
@@ -385,6 +390,7 @@ def _prepare(config: ExtractConfig) -> _Prepared:
         sources=sources,
         sources_in_store=dict(sources),
         plan=plan,
+        pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
     )
 
 
@@ -728,8 +734,15 @@ def _run_batches(
         x = batch.images.to(cfg.device, non_blocking=True).flatten(0, 1)  # (B*V, 3, H, W)
         with torch.inference_mode(), _autocast(cfg):
             outs = extractor(x)
+        pooled = None
+        if isinstance(outs, tuple):  # --pooled: (layers, pooled output)
+            outs, pooled = outs
         if acc is None:
             acc = {layer: np.empty((length, V, T, D), np_dtype) for layer in g.layers}
+            if pooled is not None:
+                acc[POOLED_KEY] = np.empty((length, V, pooled.shape[-1]), np_dtype)
+        if pooled is not None:
+            acc[POOLED_KEY][off : off + n] = from_torch(pooled.to(torch_dtype).reshape(n, V, -1).cpu())
         for layer, t in zip(g.layers, outs, strict=True):
             t = t.to(torch_dtype)
             if not bool(torch.isfinite(t).all()):

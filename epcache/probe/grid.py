@@ -419,9 +419,11 @@ def expand_sweep(
                         errors.append(f"{text}: {e}")
                         break
                     if kind == "linear" and tokens not in LINEAR_TOKENS:
-                        errors.append(f"{text}: linear heads read cls, gap or cls+gap, not tokens={tokens!r}")
+                        errors.append(f"{text}: linear heads read {', '.join(LINEAR_TOKENS)}, not tokens={tokens!r}")
                         continue
                     for layer, mix, mix_layers in [(-1, "none", ())] if tokens == "pooled" else inputs:
+                        if mix == "tokens" and kind in ("linear", "mp"):  # the mix axis skips heads it cannot feed
+                            continue
                         key = (spec.name, tokens, mix, len(mix_layers))
                         if key not in checked:
                             checked[key] = _check_head(spec, tokens, mix, len(mix_layers), meta, num_classes)
