@@ -57,15 +57,18 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "shared"])
 @pytest.mark.parametrize(("mix", "tokens"), CASES)
-def test_mixes_equal_doing_it_by_hand_from_read_tokens(store: Path, mix: str, tokens: str) -> None:
+def test_mixes_equal_doing_it_by_hand_from_read_tokens(store: Path, mix: str, tokens: str, shared: bool) -> None:
     with open_store(store) as st:
         layout = st.meta.layout
         rows = np.array([3, 4, 9, 15])  # all in chunk 0 (16 samples per chunk)
         x = np.stack([st.read_tokens("train", layer, 0, 16)[rows, 0] for layer in LAYERS], axis=1)
         want = _by_hand(x.astype(np.float64), mix, tokens)
         key = f"{mix}:{tokens}"
-        plan = LayerPlan(frozenset({key}), layout, len(LAYERS), torch.float64)
+        keys = {key, "tokens:all"} if shared else {key}  # alone, a mean group is averaged by the reader
+        plan = LayerPlan(frozenset(keys), layout, len(LAYERS), torch.float64)
+        assert plan.reduce_mean == (mix == "mean" and not shared)
         source = MultiLayerSource(st, "train", LAYERS, plan)
         packed = source.rows(0, rows, None)
         source.close()

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from epcache.probe.data.sources import input_key
 from epcache.probe.stream import InputPlan, MemorySource, StoreSource
-from epcache.store import FeatureStore, TokenLayout
+from epcache.store import FeatureStore, TokenLayout, to_torch
 
 __all__ = [
     "LayerPlan",
@@ -76,17 +76,26 @@ class LayerPlan:
     def mode(self) -> str:
         return self.base.mode
 
+    @property
+    def reduce_mean(self) -> bool:
+        """Every head of the group reads the layer mean: the reader averages, k times fewer bytes travel."""
+        return all(k.startswith("mean:") for k in self.keys)
+
     def pack(self, x: np.ndarray) -> np.ndarray:
-        """Reader side: ``[m, k, T, D]`` -> ``[m, k, T', D]`` (or per-layer vectors)."""
-        return self.base.pack(x)
+        """Reader side: ``[m, k, T, D]`` -> ``[m, k, T', D]`` (or per-layer vectors; ``[m, 1, ...]`` averaged)."""
+        packed = self.base.pack(x)
+        if not self.reduce_mean:
+            return packed
+        t = to_torch(np.ascontiguousarray(packed)).to(self.dtype)
+        return t.mean(dim=1, keepdim=True).numpy()
 
     def derive(self, x: Tensor, key: str) -> Tensor:
-        """Device side: one head's input from ``(B, k, T', D)``."""
+        """Device side: one head's input from ``(B, k, T', D)`` (``(B, 1, T', D)`` when the reader averaged)."""
         base = self.base
         mix, tokens = key.split(":", 1)
         k = x.shape[1]
         if mix == "mean":
-            return base.derive(x.mean(dim=1), tokens)
+            return base.derive(x[:, 0] if self.reduce_mean else x.mean(dim=1), tokens)
         if mix == "concat":
             if tokens == "cls+gap":  # DINOv2: CLS of every layer, then the GAP of the last one
                 parts = [base.derive(x[:, i], "cls") for i in range(k)] + [base.derive(x[:, -1], "gap")]
@@ -97,6 +106,8 @@ class LayerPlan:
         raise ValueError(f"unknown layer mix in input key {key!r}")
 
     def packed_bytes_per_view(self, num_tokens: int, dim: int, itemsize: int) -> int:
+        if self.reduce_mean:
+            return self.base.packed_bytes_per_view(num_tokens, dim, torch.finfo(self.dtype).bits // 8)
         return self.num_layers * self.base.packed_bytes_per_view(num_tokens, dim, itemsize)
 
 
@@ -129,9 +140,11 @@ class MultiLayerSource:
         self._pool = ThreadPoolExecutor(max_workers=len(self.layers), thread_name_prefix="epcache-layer")
 
     def rows(self, chunk: int, local: np.ndarray, views: np.ndarray | None) -> np.ndarray:
-        datas = list(self._pool.map(lambda layer: self.store.read_chunk(self.split, layer, chunk), self.layers))
-        parts = [d[local, 0] if views is None else d[local, views] for d in datas]  # each [m, T, D]
-        return self.plan.pack(np.stack(parts, axis=1))
+        def read(layer: int) -> np.ndarray:
+            data = self.store.read_chunk(self.split, layer, chunk)
+            return data[local, 0] if views is None else data[local, views]  # [m, T, D]
+
+        return self.plan.pack(np.stack(list(self._pool.map(read, self.layers)), axis=1))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
