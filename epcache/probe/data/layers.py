@@ -83,11 +83,27 @@ class LayerPlan:
 
     def pack(self, x: np.ndarray) -> np.ndarray:
         """Reader side: ``[m, k, T, D]`` -> ``[m, k, T', D]`` (or per-layer vectors; ``[m, 1, ...]`` averaged)."""
-        packed = self.base.pack(x)
-        if not self.reduce_mean:
-            return packed
-        t = to_torch(np.ascontiguousarray(packed)).to(self.dtype)
-        return t.mean(dim=1, keepdim=True).numpy()
+        return self.pack_layers([x[:, i] for i in range(x.shape[1])])
+
+    def pack_layers(self, layers: Sequence[np.ndarray]) -> np.ndarray:
+        """Reader side from one ``[m, T, D]`` array per layer, with one copy of the packed data.
+
+        A mean group accumulates the layers in the compute dtype and sends ``[m, 1, T', D]``.
+        """
+        base = self.base
+        if self.reduce_mean:
+            acc: Tensor | None = None
+            for x in layers:
+                t = to_torch(np.ascontiguousarray(base.pack(x)))
+                acc = t.to(self.dtype, copy=True) if acc is None else acc.add_(t)
+            assert acc is not None
+            return acc.div_(len(layers)).unsqueeze(1).numpy()
+        first = base.pack(layers[0])
+        out = np.empty((first.shape[0], len(layers), *first.shape[1:]), first.dtype)
+        out[:, 0] = first
+        for i, x in enumerate(layers[1:], start=1):
+            out[:, i] = base.pack(x)
+        return out
 
     def derive(self, x: Tensor, key: str) -> Tensor:
         """Device side: one head's input from ``(B, k, T', D)`` (``(B, 1, T', D)`` when the reader averaged)."""
@@ -140,11 +156,15 @@ class MultiLayerSource:
         self._pool = ThreadPoolExecutor(max_workers=len(self.layers), thread_name_prefix="epcache-layer")
 
     def rows(self, chunk: int, local: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        contiguous = views is None and len(local) and int(local[-1]) - int(local[0]) == len(local) - 1
+
         def read(layer: int) -> np.ndarray:
             data = self.store.read_chunk(self.split, layer, chunk)
+            if contiguous:  # a whole run of rows: a view, copied once by pack_layers
+                return data[int(local[0]) : int(local[-1]) + 1, 0]
             return data[local, 0] if views is None else data[local, views]  # [m, T, D]
 
-        return self.plan.pack(np.stack(list(self._pool.map(read, self.layers)), axis=1))
+        return self.plan.pack_layers(list(self._pool.map(read, self.layers)))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
