@@ -145,6 +145,25 @@ def test_mean_of_layers_trains_end_to_end_and_its_head_reloads(store: Path, tmp_
     assert ep["metrics"]["eval"]["top1"] > 0.25  # the needle is in every layer: the mean still finds it
 
 
+def test_report_draws_top1_per_input_and_token_source(store: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from epcache.report import write_report
+    from epcache.report._mix_plot import input_label
+    from epcache.report._tables import group_seeds, load_rows
+
+    probe(config(store, head="linear,ep", tokens="cls,gap,patch", layers="last:2", layer_mix="none,mean,concat",
+                 epochs=1, out=str(tmp_path / "run")), progress=False)
+    labels = {(g.kind, input_label(g), g.tokens) for g in group_seeds(load_rows(tmp_path / "run"))}
+    assert ("ep", "mean 2-3", "patch") in labels and ("linear", "concat 2-3", "gap") in labels
+    assert ("linear", "single layer", "cls") in labels
+    report = write_report(tmp_path / "run")
+    fig = report.markdown.parent / "top1_by_input.png"
+    assert fig in report.figures and "top1_by_input.png" in report.markdown.read_text()
+    with Image.open(fig) as im:
+        assert im.size[0] > 600
+
+
 # ------------------------------------------------------------------------------------ pooled output
 
 
