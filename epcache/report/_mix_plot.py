@@ -50,7 +50,7 @@ def plot_mixes(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path
                     xs.append(i - 0.4 + width * (j + 0.5))
                     ys.append(100 * m)
                     errs.append(100 * s)
-            ax.bar(xs, ys, width=width, yerr=errs, capsize=2, label=tok)
+            ax.bar(xs, ys, width=width, yerr=errs if any(errs) else None, capsize=2, label=tok)
         ax.set_xticks(range(len(inputs)))
         ax.set_xticklabels(inputs, rotation=20, ha="right", fontsize=8)
         ax.set_title(kind, fontsize=10)
