@@ -365,6 +365,7 @@ def expand_sweep(
         ConfigError: every invalid setting and config of the sweep, in one message.
         UnknownLayerError: a requested layer is not in the store.
     """
+    from epcache.probe.data.sources import layer_inputs
     from epcache.probe.heads import HeadSpec, head_options, list_heads
 
     blocks = [config]
@@ -385,7 +386,7 @@ def expand_sweep(
         layers = _resolve_layers(block.layers, meta)
         lrs = _learning_rates(block, errors)
         _check_choices("optimizer", block.optimizer, OPTIMIZER_NAMES, errors)
-        inputs = _layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input
+        inputs = layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input
         _check_positive("wd", block.wd, errors, allow_zero=True)
         entries = []
         for text in block.head:
@@ -637,26 +638,6 @@ def _token_choices(
                 f"{'linear heads read' if kind == 'linear' else 'pooling heads read'} {', '.join(family)}"
             )
         out[kind] = chosen
-    return out
-
-
-def _layer_inputs(
-    mixes: Sequence[str], layers: Sequence[int], errors: list[str]
-) -> list[tuple[int, str, tuple[int, ...]]]:
-    """``(layer, mix, mix_layers)`` per input: each layer alone for ``none``, all layers as one for a mix."""
-    from epcache.probe.data.sources import LAYER_MIXES
-
-    _check_choices("layer_mix", mixes, LAYER_MIXES, errors)
-    out: list[tuple[int, str, tuple[int, ...]]] = []
-    for mix in mixes:
-        if mix == "none":
-            out.extend((layer, "none", ()) for layer in layers)
-        elif mix in LAYER_MIXES:
-            chosen = tuple(sorted(set(layers)))
-            if len(chosen) < 2:
-                errors.append(f"layer_mix {mix!r} needs at least 2 layers (e.g. --layers last:4), got {list(chosen)}")
-                continue
-            out.append((chosen[-1], mix, chosen))
     return out
 
 

@@ -229,3 +229,38 @@ def test_register_sources_follow_the_layout() -> None:
     assert (shapes.num_tokens, shapes.num_prefix) == (6, 0)
     mp = head_input("mp", "all", "none", 1, dim=3, num_prefix=3, cls_index=0, num_registers=2, num_patches=4)
     assert (mp.num_tokens, mp.num_prefix) == (7, 3)  # MP takes CLS and skips the registers itself
+
+
+# ------------------------------------------------------------------------------------ streaming modes, CLI
+
+
+def test_in_memory_equals_streaming_for_layer_groups(store: Path) -> None:
+    kw = {"head": "linear,ep", "tokens": "cls+gap,patch", "layers": "last:3", "layer_mix": "concat,tokens,mean",
+          "epochs": 2, "dtype": "float64", "lr": "0.02"}
+    streamed = probe(config(store, eval_cache_mb=0, **kw), progress=False)
+    memory = probe(config(store, in_memory=True, **kw), progress=False)
+    assert len(streamed.rows) == 5
+    for a, b in zip(streamed.rows, memory.rows, strict=True):
+        assert a["id"] == b["id"]
+        assert a["curves"]["train_loss"] == pytest.approx(b["curves"]["train_loss"], rel=1e-12)
+        assert a["metrics"]["eval"]["top1"] == b["metrics"]["eval"]["top1"]
+
+
+def test_cli_layer_mix_heads_and_errors(store: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from epcache.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["heads", "--dim", "768", "--classes", "1000", "--tokens", "196"])
+    assert r.exit_code == 0 and any(line.startswith("mp ") and "4,047,146" in line for line in r.output.splitlines())
+    fast = ["--epochs", "1", "--warmup", "0", "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.01",
+            "--no-progress", "--device", "cpu"]
+    r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--tokens", "cls+gap",
+                            "--layers", "last:4", "--layer-mix", "concat", "--out", str(tmp_path / "run"), *fast])
+    assert r.exit_code == 0, r.output
+    assert "layers=0,1,2,3 mix=concat" in r.output
+    r = runner.invoke(app, ["probe", "--store", str(store), "--head", "ep", "--layer-mix", "median", *fast])
+    assert r.exit_code == 2 and "unknown layer_mix" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--tokens", "pooled", *fast])
+    assert r.exit_code == 2 and "--pooled" in r.output

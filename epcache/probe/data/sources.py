@@ -16,6 +16,7 @@ along the token axis, V-JEPA 2; sequence sources only).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "head_input",
     "input_cost",
     "input_key",
+    "layer_inputs",
     "pooled_dim",
     "rebuild_head",
 ]
@@ -123,6 +125,29 @@ def head_input(
     if layer_mix == "tokens":
         return HeadInput(dim, k * n, 0, False)
     return HeadInput(k * dim if layer_mix == "concat" else dim, n, prefix, False)
+
+
+def layer_inputs(
+    mixes: Sequence[str], layers: Sequence[int], errors: list[str]
+) -> list[tuple[int, str, tuple[int, ...]]]:
+    """``(layer, mix, mix_layers)`` per input: each layer alone for ``none``, all layers as one for a mix.
+
+    Problems are appended to ``errors`` (the sweep reports them all at once).
+    """
+    bad = [m for m in mixes if m not in LAYER_MIXES]
+    if bad:
+        errors.append(f"unknown layer_mix {bad}; choose from {', '.join(LAYER_MIXES)}")
+    out: list[tuple[int, str, tuple[int, ...]]] = []
+    for mix in mixes:
+        if mix == "none":
+            out.extend((layer, "none", ()) for layer in layers)
+        elif mix in LAYER_MIXES:
+            chosen = tuple(sorted(set(layers)))
+            if len(chosen) < 2:
+                errors.append(f"layer_mix {mix!r} needs at least 2 layers (e.g. --layers last:4), got {list(chosen)}")
+                continue
+            out.append((chosen[-1], mix, chosen))
+    return out
 
 
 def build_head(spec: Any, shapes: HeadInput, num_classes: int) -> nn.Module:
