@@ -61,6 +61,7 @@ class StoreInfo:
     provenance: str
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
+    pooled_dim: int | None = None  # width of the optional pooled output (cache_layout.md §3.4)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +113,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             provenance=store.provenance,
             missing=missing,
             writer=_writer(location),
+            pooled_dim=store.pooled_dim,
         )
 
 
@@ -126,6 +128,8 @@ def format_store_info(info: StoreInfo) -> str:
         f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
         f"{info.dtype}",
+        *([f"pooled      D={info.pooled_dim}: the model's own pooled output (forward_head(pre_logits=True))"]
+          if info.pooled_dim is not None else []),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
         f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
         "splits",

@@ -16,7 +16,7 @@ from epcache.extract._loader import decode_image
 from epcache.extract._transforms import create_eval_transform, resolve_data_config
 from epcache.probe import ProbeConfig, probe
 from epcache.probe.stream import InputPlan
-from epcache.store import open_store
+from epcache.store import describe_store, format_store_info, open_store
 
 REG_VIT = "vit_small_patch14_reg4_dinov2"  # CLS + 4 registers
 REG_KWARGS = {"depth": 2, "img_size": 28, "embed_dim": 48, "num_heads": 2}
@@ -49,6 +49,7 @@ def test_pooled_equals_forward_head_and_registers_follow_the_layout(tmp_path: Pa
             registers = InputPlan(frozenset({"registers"}), layout).derive(tokens, "registers")
             torch.testing.assert_close(registers, inter[0][1][:, 1:], rtol=1e-5, atol=1e-5)  # prefix minus CLS
             torch.testing.assert_close(tokens[:, 5:], inter[0][0], rtol=1e-5, atol=1e-5)
+    assert "pooled      D=48" in format_store_info(describe_store(cfg.out))
     res = probe(ProbeConfig(store=str(cfg.out), head="linear,ep", tokens="pooled,registers", queries=(2,),
                             epochs=1, warmup=0, batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0,
                             device="cpu"), progress=False)

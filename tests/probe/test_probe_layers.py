@@ -10,7 +10,7 @@ import pytest
 import torch
 from probe_helpers import config, make_meta, write_store
 
-from epcache.errors import ConfigError, MissingPooledError
+from epcache.errors import ConfigError, HeadSpecError, MissingPooledError
 from epcache.probe import probe
 from epcache.probe.data.layers import LayerPlan, MultiLayerSource, PooledPlan, PooledSource
 from epcache.probe.data.sources import head_input
@@ -229,6 +229,10 @@ def test_register_sources_follow_the_layout() -> None:
     assert (shapes.num_tokens, shapes.num_prefix) == (6, 0)
     mp = head_input("mp", "all", "none", 1, dim=3, num_prefix=3, cls_index=0, num_registers=2, num_patches=4)
     assert (mp.num_tokens, mp.num_prefix) == (7, 3)  # MP takes CLS and skips the registers itself
+    with pytest.raises(HeadSpecError, match="use tokens 'patch'"):  # registers without CLS: no first-order token
+        head_input("mp", "all", "none", 1, dim=3, num_prefix=2, cls_index=None, num_registers=2, num_patches=4)
+    with pytest.raises(HeadSpecError, match="'mp' reads tokens 'all'"):
+        head_input("mp", "registers", "none", 1, dim=3, num_prefix=3, cls_index=0, num_registers=2, num_patches=4)
 
 
 # ------------------------------------------------------------------------------------ streaming modes, CLI

@@ -92,6 +92,9 @@ def head_input(
         raise HeadSpecError(f"{which} {', '.join(family)}; not tokens={tokens!r}")
     if kind == "mp" and tokens not in _MP_SOURCES:
         raise HeadSpecError(f"'mp' reads tokens 'all' (CLS + patches) or 'patch' (GAP + patches), not {tokens!r}")
+    if kind == "mp" and tokens == "all" and num_prefix and cls_index != 0:
+        raise HeadSpecError("'mp' takes its first-order term from CLS as token 0, and this store's prefix has no CLS "
+                            "first; use tokens 'patch' (GAP of the patches)")
     if layer_mix not in LAYER_MIXES:
         raise HeadSpecError(f"unknown layer mix {layer_mix!r}; choose from {', '.join(LAYER_MIXES)}")
     if "cls" in tokens and cls_index is None:
