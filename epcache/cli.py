@@ -164,15 +164,28 @@ def probe(
         str | None,
         typer.Option(help="cls, gap, cls+gap, pooled (linear) / patch, all, registers, patch+registers; comma list."),
     ] = None,
-    lr: Annotated[str | None, typer.Option(help="Absolute peak learning rates, comma list (overrides --blr).")] = None,
-    blr: Annotated[str, typer.Option(help="Base lr: lr = blr x batch / 256 (EP paper: 0.1).")] = "0.1",
-    wd: Annotated[str, typer.Option(help="Weight decays, comma list.")] = "0",
-    optimizer: Annotated[str, typer.Option(help="lars (paper), adamw or sgd; comma list.")] = "lars",
+    recipe: Annotated[str, typer.Option(
+        help="Training protocol: auto (works from 20 samples to ImageNet), ep-paper, dinov2-linear, capi-attentive. "
+        "`epcache recipes` shows what each sets and its source; the flags below override one field each.")] = "auto",
+    lr: Annotated[str | None, typer.Option(help="Absolute peak lrs, comma list (a grid, trained fused). "
+                                           "Default: the recipe's grid.")] = None,
+    blr: Annotated[str | None, typer.Option(help="Base lrs, lr = blr x batch / 256 (ep-paper: 0.1). "
+                                            "Default: the recipe's.")] = None,
+    wd: Annotated[str | None, typer.Option(help="Weight decays, comma list. Default: the recipe's.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="lars, adamw or sgd; comma list. Default: the recipe's.")] = (
+        None
+    ),
     seeds: Annotated[str, typer.Option(help="Head-init seeds, comma list (mean and std are reported).")] = "0",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 90,
-    warmup: Annotated[int, typer.Option(help="Linear warm-up epochs, then cosine to 0.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 4096,
-    holdout: Annotated[float, typer.Option(help="Stratified fraction of train that selects epoch and config.")] = 0.1,
+    epochs: Annotated[int | None, typer.Option(help="Evaluation epochs (exactly this many passes). "
+                                               "Default: the recipe's, with its step floor.")] = None,
+    warmup: Annotated[float | None, typer.Option(help="Linear warm-up epochs, then cosine to 0. "
+                                                 "Default: the recipe's.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size. Default: the recipe's, shrunk to give >= 8 "
+                                                   "steps per epoch on small sets.")] = None,
+    min_steps: Annotated[int | None, typer.Option(help="Floor on optimiser steps (epochs become several passes). "
+                                                  "Default: the recipe's (auto: 1000).")] = None,
+    holdout: Annotated[float | None, typer.Option(help="Stratified fraction of train that selects epoch and config "
+                                                  "(>= 1 per class when possible; 0: none). Default: 0.1.")] = None,
     shots: Annotated[int | None, typer.Option(help="Low-shot: K training samples per class.")] = None,
     fraction: Annotated[float | None, typer.Option(help="Low-shot: this fraction of each class.")] = None,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
@@ -192,23 +205,35 @@ def probe(
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
     from epcache.probe import ProbeConfig
     from epcache.probe import probe as run_probe
-    from epcache.probe.grid import parse_heads, parse_layers, parse_list
+    from epcache.probe.config import parse_heads, parse_layers, parse_list
 
     with _user_errors():
         cfg = ProbeConfig(
             store=store, head=parse_heads(head), queries=parse_list(queries, int), d_out=parse_list(d_out, int),
             num_heads=parse_list(num_heads, int), layers=parse_layers(layer if layer is not None else layers),
-            tokens=parse_list(tokens, str), lr=parse_list(lr, float), blr=parse_list(blr, float),
+            tokens=parse_list(tokens, str), recipe=recipe, lr=parse_list(lr, float), blr=parse_list(blr, float),
             wd=parse_list(wd, float), optimizer=parse_list(optimizer, str), seeds=parse_list(seeds, int),
-            epochs=epochs, warmup=warmup, batch_size=batch_size, holdout=holdout, shots=shots, fraction=fraction,
+            epochs=epochs, warmup=warmup, batch_size=batch_size, min_steps=min_steps, holdout=holdout, shots=shots,
+            fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
             device=device, in_memory=in_memory, allow_incomplete=allow_incomplete, data_seed=data_seed,
             shard=shard, layer_mix=parse_list(layer_mix, str),
         )
         result = run_probe(cfg, progress=progress)
+    if not progress:  # with progress the library printed the plan and notes as it went
+        for note in result.notes:
+            typer.echo(note, err=True)
     typer.echo(result.summary)
     if result.out is not None:
         typer.echo(f"results: {result.out}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the training recipes `epcache probe --recipe` accepts: what each sets and where it comes from."""
+    from epcache.probe.recipes import format_recipes
+
+    typer.echo(format_recipes())
 
 
 @app.command()

@@ -1,22 +1,26 @@
 """Stage 2: train probe heads on cached tokens."""
 
+from epcache.probe.config import ProbeConfig as ProbeConfig
+from epcache.probe.config import parse_heads as parse_heads
+from epcache.probe.config import parse_layers as parse_layers
+from epcache.probe.config import parse_list as parse_list
 from epcache.probe.fused import EPStack as EPStack
 from epcache.probe.fused import HeadStack as HeadStack
 from epcache.probe.fused import LinearStack as LinearStack
 from epcache.probe.fused import MHCAStack as MHCAStack
 from epcache.probe.fused import ModuleStack as ModuleStack
 from epcache.probe.fused import make_stack as make_stack
-from epcache.probe.grid import ProbeConfig as ProbeConfig
 from epcache.probe.grid import RunSpec as RunSpec
 from epcache.probe.grid import SweepSettings as SweepSettings
 from epcache.probe.grid import expand_sweep as expand_sweep
 from epcache.probe.grid import load_grid as load_grid
-from epcache.probe.grid import parse_heads as parse_heads
-from epcache.probe.grid import parse_layers as parse_layers
-from epcache.probe.grid import parse_list as parse_list
 from epcache.probe.metrics import Metrics as Metrics
 from epcache.probe.metrics import metrics_from_counts as metrics_from_counts
 from epcache.probe.metrics import metrics_from_logits as metrics_from_logits
+from epcache.probe.protocol import Protocol as Protocol
+from epcache.probe.protocol import resolve_protocol as resolve_protocol
+from epcache.probe.recipes import RECIPES as RECIPES
+from epcache.probe.recipes import Recipe as Recipe
 from epcache.probe.results import ResultRowJSON as ResultRowJSON
 from epcache.probe.results import format_summary as format_summary
 from epcache.probe.results import load_head as load_head
@@ -31,6 +35,7 @@ from epcache.probe.stream import BatchStream as BatchStream
 from epcache.probe.stream import InputPlan as InputPlan
 
 __all__ = [
+    "RECIPES",
     "BatchStream",
     "EPStack",
     "HeadStack",
@@ -41,6 +46,8 @@ __all__ = [
     "ModuleStack",
     "ProbeConfig",
     "ProbeResult",
+    "Protocol",
+    "Recipe",
     "ResultRowJSON",
     "RunSpec",
     "SlicedOptimizer",
@@ -58,6 +65,7 @@ __all__ = [
     "parse_list",
     "probe",
     "read_results",
+    "resolve_protocol",
     "seed_summary",
     "split_train",
 ]

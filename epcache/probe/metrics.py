@@ -25,6 +25,7 @@ class MetricsJSON(TypedDict):
     top5: float | None
     balanced_acc: float
     per_class: list[float | None]
+    loss: float | None
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Metrics:
     top5: float | None  # None when there are fewer than 5 classes
     balanced_acc: float  # mean of the per-class accuracies over classes with samples
     per_class: tuple[float | None, ...]  # top-1 per class; None for classes without samples
+    loss: float | None = None  # mean cross-entropy; breaks accuracy ties on small holdouts
 
     def to_json(self) -> MetricsJSON:
         return {
@@ -44,11 +46,14 @@ class Metrics:
             "top5": self.top5,
             "balanced_acc": self.balanced_acc,
             "per_class": list(self.per_class),
+            "loss": self.loss,
         }
 
 
-def metrics_from_counts(correct1: np.ndarray, correct5: np.ndarray | None, total: np.ndarray) -> Metrics:
-    """Metrics from per-class counts: correct at top-1, correct at top-5 (or None), samples."""
+def metrics_from_counts(
+    correct1: np.ndarray, correct5: np.ndarray | None, total: np.ndarray, loss_sum: float | None = None
+) -> Metrics:
+    """Metrics from per-class counts: correct at top-1, correct at top-5 (or None), samples, summed loss."""
     correct1 = np.asarray(correct1, np.int64)
     total = np.asarray(total, np.int64)
     n = int(total.sum())
@@ -62,6 +67,7 @@ def metrics_from_counts(correct1: np.ndarray, correct5: np.ndarray | None, total
         top5=None if correct5 is None else float(np.asarray(correct5, np.int64).sum() / n),
         balanced_acc=float(np.mean(correct1[has] / total[has])),
         per_class=per_class,
+        loss=None if loss_sum is None else float(loss_sum / n),
     )
 
 
@@ -87,6 +93,7 @@ class MetricsAccumulator:
         self.correct1 = torch.zeros(num_configs, num_classes, dtype=torch.long, device=device)
         self.correct5 = torch.zeros(num_configs, num_classes, dtype=torch.long, device=device)
         self.total = torch.zeros(num_classes, dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros(num_configs, dtype=torch.float64, device=device)
 
     @torch.no_grad()
     def update(self, logits: Tensor, labels: Tensor) -> None:
@@ -96,17 +103,26 @@ class MetricsAccumulator:
         self.correct1.index_add_(1, labels, hit[..., 0].long())
         self.correct5.index_add_(1, labels, hit.any(dim=-1).long())
         self.total.index_add_(0, labels, torch.ones_like(labels))
+        K, B, C = logits.shape
+        ce = torch.nn.functional.cross_entropy(logits.reshape(K * B, C), labels.repeat(K), reduction="none")
+        self.loss_sum += ce.view(K, B).sum(dim=1).to(torch.float64)
 
     def top1(self) -> np.ndarray:
         """Top-1 accuracy per config, ``(K,)`` (one host sync)."""
         n = max(1, int(self.total.sum()))
         return self.correct1.sum(dim=1).cpu().numpy() / n
 
+    def loss(self) -> np.ndarray:
+        """Mean cross-entropy per config, ``(K,)``."""
+        n = max(1, int(self.total.sum()))
+        return self.loss_sum.cpu().numpy() / n
+
     def metrics(self) -> list[Metrics]:
         """Full metrics per config."""
         c1, c5, tot = self.correct1.cpu().numpy(), self.correct5.cpu().numpy(), self.total.cpu().numpy()
+        loss = self.loss_sum.cpu().numpy()
         five = self.num_classes >= 5
-        return [metrics_from_counts(c1[k], c5[k] if five else None, tot) for k in range(len(c1))]
+        return [metrics_from_counts(c1[k], c5[k] if five else None, tot, float(loss[k])) for k in range(len(c1))]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from epcache.errors import ConfigError
 
 __all__ = ["LARS", "OPTIMIZERS", "build_optimizer", "lr_at"]
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "lars", "adamw")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "lars", "adamw", "adam")
 
 
 class LARS(torch.optim.Optimizer):
@@ -132,6 +132,8 @@ def build_optimizer(
             )
         if key == "adamw":
             return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        if key == "adam":
+            return torch.optim.Adam(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     except ValueError as e:  # torch's own hyperparameter checks
         raise ConfigError(f"invalid {key} settings: {e}") from None
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

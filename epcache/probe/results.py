@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from epcache.errors import ConfigError
-from epcache.probe.metrics import MetricsJSON, mean_std
+from epcache.probe.metrics import MetricsJSON
+from epcache.probe.ranking import group_by_seed, rank
 
 __all__ = [
     "RESULTS_FILE",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 RESULTS_FILE = "results.jsonl"
-RESULT_SCHEMA = "epcache-probe-result/1"
+RESULT_SCHEMA = "epcache-probe-result/2"  # /2: 1-based epochs, protocol, seed_group
 HEAD_META_KEY = "epcache_head"
 CKPT_META_KEY = "epcache_ckpt"
 
@@ -57,18 +58,20 @@ class ResultRowJSON(TypedDict):
 
     schema: str
     id: str  # stable hash of every setting that changes the numbers (store provenance included)
-    name: str  # readable: "ep(queries=8,d_out=1) layer=11 tokens=patch lr=0.001 wd=0 seed=0"
+    name: str  # readable: "ep(queries=8,d_out=1) layer=11 patch lr=0.001 wd=0 seed=0"
+    seed_group: str  # hash of everything but the seed: rows with equal keys are seeds of one config
     config: dict[str, Any]  # all hyperparameters (head, options, layer, tokens, optimizer, lr, blr, wd, seed, ...)
+    protocol: dict[str, Any]  # the protocol fingerprint (recipe, optimiser, lr rule, steps, batch, holdout, ...)
     store: dict[str, Any]  # {"path", "provenance", "backbone"} of the train store
     eval_store: dict[str, Any]  # the same for the store holding the eval split
     data: dict[str, Any]  # num_classes, num_train, num_holdout, num_eval, excluded_train, excluded_eval
     params: int  # trainable parameters of the head
     flops: int  # forward matmul FLOPs per image (head_cost)
-    selected_epoch: int  # best holdout top-1 (earliest on ties); the last epoch without a holdout
+    selected_epoch: int  # 1-based; best holdout top-1 (earliest on ties); the last epoch without a holdout
     metrics: dict[str, MetricsJSON | None]  # {"holdout": ..., "eval": ...} at the selected epoch
-    oracle: dict[str, Any]  # {"epoch", "eval_top1"}: max over epochs on eval (the paper's protocol)
-    final: dict[str, Any]  # {"epoch", "eval_top1"} of the last epoch
-    curves: dict[str, list[float | None]]  # train_loss, holdout_top1, eval_top1 per epoch
+    oracle: dict[str, Any]  # {"epoch" (1-based), "eval_top1"}: max over epochs on eval (the paper's protocol)
+    final: dict[str, Any]  # {"epoch" (1-based), "eval_top1"} of the last epoch
+    curves: dict[str, list[float | None]]  # train_loss, holdout_top1, eval_top1 per epoch (item i = epoch i+1)
     diverged: bool  # the training loss became inf/nan
     head_file: str | None  # relative to RUNDIR
     timing: dict[str, Any]  # wall-clock fields; the only fields that differ between identical runs
@@ -163,97 +166,90 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | No
 
 
 def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
-    """Text summary: best config per head kind, best overall, and seed mean ± std.
+    """Text summary: the best seed group per head kind, the best overall, and seed mean ± std.
 
-    Configs are ranked by holdout top-1 at their selected epoch (the honest choice); the eval
-    column is the eval split at that epoch, ``oracle`` the best eval epoch (paper protocol).
+    Ranking is :func:`epcache.probe.ranking.rank` (seed-mean holdout top-1, deterministic ties),
+    the same function the report uses, so the summary and the report name the same best config.
+    The eval column is the eval split at each config's selected epoch; ``oracle`` is the best
+    eval epoch (the paper's protocol, not an honest number). Epochs are 1-based.
     """
     if not rows:
         return "no results"
-    honest = all(r["metrics"]["holdout"] is not None for r in rows)
-
-    def score(r: dict[str, Any]) -> tuple[float, float]:
-        m = r["metrics"]["holdout"] if honest else r["metrics"]["eval"]
-        return (m["top1"], m["balanced_acc"])
-
-    ranked = sorted(rows, key=score, reverse=True)
-    lines = []
+    groups = rank(group_by_seed(rows))
+    honest = all(g.honest for g in groups)
     crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-    lines.append(f"{len(rows)} config(s); ranked by {crit}; accuracies in %")
-    header = ("kind", "config", "holdout", "eval", "oracle (epoch)", "params", "MFLOP/img")
+    n_groups = len(groups)
+    lines = [f"{_plural(len(rows), 'config')} in {_plural(n_groups, 'seed group')}; ranked by {crit} "
+             "(seed mean); accuracies in %"]
+    header = ("kind", "config", "holdout", "eval", "oracle (epoch)", "params")
     body = []
-    best_by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in ranked:
-        best_by_kind[r["config"]["kind"]].append(r)
-    for kind in sorted(best_by_kind, key=lambda k: score(best_by_kind[k][0]), reverse=True):
-        for r in best_by_kind[kind][:top]:
-            body.append(_summary_cells(r))
+    best_by_kind: dict[str, list[Any]] = defaultdict(list)
+    for g in groups:
+        best_by_kind[g.rows[0]["config"]["kind"]].append(g)
+    for kind in best_by_kind:  # dict order = rank order of each kind's best group
+        for g in best_by_kind[kind][:top]:
+            body.append(_summary_cells(g))
     lines.append(_table(header, body))
-    best = ranked[0]
+    best = groups[0]
+    r0 = best.rows[0]
+    ev = best.mean_std("eval")
+    assert ev is not None
+    seeds = f" over {len(best.rows)} seeds" if len(best.rows) > 1 else ""
     lines.append(
-        f"best overall: {best['name']}  eval top-1 {_pct(best['metrics']['eval']['top1'])} "
-        f"(selected epoch {best['selected_epoch']}; oracle {_pct(best['oracle']['eval_top1'])})"
+        f"best overall: {best.name}  eval top-1 {_pm(ev)}{seeds} (selected epoch {r0['selected_epoch']} of "
+        f"{len(r0['curves']['eval_top1'])}; oracle {_pct(r0['oracle']['eval_top1'])})"
     )
-    seeds = seed_summary(rows)
-    if seeds:
+    multi = [g for g in groups if len(g.rows) > 1]
+    if multi:
         lines.append("seeds (mean ± std):")
-        lines.append(
-            _table(
-                ("config", "seeds", "eval top-1", "holdout top-1"),
-                [
-                    (
-                        s["name"],
-                        str(s["seeds"]),
-                        f"{100 * s['eval_top1'][0]:.2f} ± {100 * s['eval_top1'][1]:.2f}",
-                        "-" if s["holdout_top1"] is None else f"{100 * s['holdout_top1'][0]:.2f} ± "
-                        f"{100 * s['holdout_top1'][1]:.2f}",
-                    )
-                    for s in seeds
-                ],
-            )
-        )
+        lines.append(_table(("config", "seeds", "holdout top-1", "eval top-1"), [
+            (g.name, str(len(g.rows)), _pm(g.mean_std("holdout")), _pm(g.mean_std("eval"))) for g in multi
+        ]))
     return "\n".join(lines)
 
 
 def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std of eval / holdout top-1 over configs identical except for the seed (>= 2 seeds)."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[r["name"].rsplit(" seed=", 1)[0]].append(r)
+    """Mean and std of eval / holdout top-1 over rows identical except for the seed (>= 2 seeds)."""
     out = []
-    for name, members in groups.items():
-        if len(members) < 2:
+    for g in group_by_seed(rows):
+        if len(g.rows) < 2:
             continue
-        hold = [m["metrics"]["holdout"] for m in members]
-        out.append(
-            {
-                "name": name,
-                "seeds": len(members),
-                "eval_top1": mean_std([m["metrics"]["eval"]["top1"] for m in members]),
-                "holdout_top1": None if any(h is None for h in hold) else mean_std([h["top1"] for h in hold]),
-            }
-        )
+        out.append({"name": g.name, "seed_group": g.key, "seeds": len(g.rows), "eval_top1": g.mean_std("eval"),
+                    "holdout_top1": g.mean_std("holdout")})
     return out
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _summary_cells(r: dict[str, Any]) -> tuple[str, ...]:
-    hold = r["metrics"]["holdout"]
+def _summary_cells(g: Any) -> tuple[str, ...]:
+    r = g.rows[0]
     return (
         r["config"]["kind"],
-        r["name"],
-        "-" if hold is None else _pct(hold["top1"]),
-        _pct(r["metrics"]["eval"]["top1"]),
+        _short(g.name),
+        _pm(g.mean_std("holdout"), std=len(g.rows) > 1),
+        _pm(g.mean_std("eval"), std=len(g.rows) > 1),
         f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
         f"{r['params']:,}",
-        f"{r['flops'] / 1e6:.3f}",
     )
+
+
+def _short(name: str, width: int = 44) -> str:
+    return name if len(name) <= width else name[: width - 3] + "..."
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _pm(ms: tuple[float, float] | None, *, std: bool = True) -> str:
+    if ms is None:
+        return "-"
+    return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if std else f"{100 * ms[0]:.2f}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:

@@ -16,7 +16,9 @@ import numpy as np
 
 from epcache.errors import ConfigError, CorruptStoreError
 
-__all__ = ["SKIPPED_LABEL", "TrainSubsets", "check_labels", "split_train"]
+__all__ = ["HOLDOUT_RULE", "SKIPPED_LABEL", "TrainSubsets", "check_labels", "holdout_count", "split_train"]
+
+HOLDOUT_RULE = "per class round(holdout x n), at least 1 when n >= 2, at most n - 1"
 
 SKIPPED_LABEL = -1  # extraction marks images it could not decode with this label
 
@@ -66,8 +68,11 @@ def split_train(
 ) -> TrainSubsets:
     """Seeded, stratified holdout, then an optional stratified low-shot subset of the rest.
 
-    Per class with ``n`` usable samples the holdout takes ``round(holdout · n)`` of them (half
-    rounds up). The random draws depend only on ``seed`` and the labels.
+    Per class with ``n`` usable samples the holdout takes :func:`holdout_count` of them:
+    ``round(holdout · n)`` (half up), at least 1 when ``n >= 2`` and at most ``n - 1``, so every
+    class keeps a training sample and every class that can spare one is held out. Classes where
+    the rule had to step in are named in ``notes`` (summarised when long). The random draws depend
+    only on ``seed`` and the labels.
 
     Args:
         labels: train labels in stored order.
@@ -78,16 +83,14 @@ def split_train(
         shots: keep at most this many training samples per class.
         fraction: keep this fraction (at least 1) of each class's training samples.
 
-    Raises:
-        ConfigError: a class present in the split would end up with no training or no holdout
-            samples; the message lists them and the fix.
     """
     labels = np.asarray(labels)
     hold_seq, shot_seq = np.random.SeedSequence(seed).spawn(2)
     hold_rng, shot_rng = np.random.default_rng(hold_seq), np.random.default_rng(shot_seq)
     train_rows: list[np.ndarray] = []
     hold_rows: list[np.ndarray] = []
-    empty: list[str] = []
+    raised: list[str] = []  # classes whose round(holdout * n) was 0 and got 1
+    single: list[str] = []  # classes with one sample: trained on, not held out
     short: list[str] = []
     absent = 0
     for c in range(len(classes)):
@@ -97,10 +100,11 @@ def split_train(
             absent += 1
             continue
         rows = hold_rng.permutation(rows)
-        n_hold = int(np.floor(holdout * n + 0.5)) if holdout > 0 else 0
-        if holdout > 0 and (n_hold == 0 or n_hold == n):
-            empty.append(f"{classes[c]!r} ({n} sample(s) -> {n_hold} holdout, {n - n_hold} train)")
-            continue
+        n_hold = holdout_count(holdout, n)
+        if holdout > 0 and n == 1:
+            single.append(str(classes[c]))
+        elif holdout > 0 and int(np.floor(holdout * n + 0.5)) == 0:
+            raised.append(str(classes[c]))
         hold_rows.append(rows[:n_hold])
         rest = rows[n_hold:]
         if shots is not None or fraction is not None:
@@ -110,18 +114,32 @@ def split_train(
                 short.append(str(classes[c]))
             rest = rest[:keep]
         train_rows.append(rest)
-    if empty:
-        listed = "; ".join(empty[:10]) + (f"; and {len(empty) - 10} more" if len(empty) > 10 else "")
-        raise ConfigError(
-            f"holdout={holdout} leaves {len(empty)} class(es) with no holdout or no training samples: {listed}. "
-            "Use a larger --holdout, or --holdout 0 to train on all of train (then the last epoch is reported "
-            "and configs are not ranked)"
-        )
     notes = []
+    if raised:
+        notes.append(f"holdout: too few samples for {holdout:g} in {_some(raised, len(classes))}; each holds out 1 "
+                     f"(rule: {HOLDOUT_RULE})")
+    if single:
+        notes.append(f"holdout: a single sample in {_some(single, len(classes))}; it is trained on, not held out")
     if absent:
         notes.append(f"{absent} of {len(classes)} classes have no usable sample in the train split")
     if short:
-        notes.append(f"{len(short)} class(es) have fewer than {shots} training samples and use all they have")
+        what = f"{shots} training samples" if shots is not None else "the requested fraction"
+        notes.append(f"fewer than {what} in {_some(short, len(classes))}; they use all they have")
     train = np.sort(np.concatenate(train_rows)) if train_rows else np.zeros(0, np.int64)
     hold = np.sort(np.concatenate(hold_rows)) if hold_rows else np.zeros(0, np.int64)
     return TrainSubsets(train=train.astype(np.int64), holdout=hold.astype(np.int64), notes=tuple(notes))
+
+
+def holdout_count(holdout: float, n: int) -> int:
+    """Held-out samples of a class of ``n``: ``round(holdout · n)`` clamped to ``[1, n - 1]`` (0 if n < 2)."""
+    if holdout <= 0 or n < 2:
+        return 0
+    return min(max(int(np.floor(holdout * n + 0.5)), 1), n - 1)
+
+
+def _some(names: Sequence[str], total: int, limit: int = 5) -> str:
+    """``"3 of 10 classes ('a', 'b', 'c')"``; long lists are cut: ``"37 of 1000 classes, e.g. 'a', 'b' ..."``."""
+    shown = ", ".join(repr(n) for n in names[:limit])
+    if len(names) > limit:
+        return f"{len(names)} of {total} classes, e.g. {shown} ..."
+    return f"{len(names)} of {total} class{'es' if total != 1 else ''} ({shown})"

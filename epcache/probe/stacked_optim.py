@@ -47,8 +47,8 @@ class SlicedOptimizer:
         eps: float = 1e-8,
         trust_coefficient: float = 0.001,
     ) -> None:
-        if name not in ("lars", "adamw", "sgd"):
-            raise ConfigError(f"unknown optimizer {name!r}; choose one of lars, adamw, sgd")
+        if name not in ("lars", "adamw", "adam", "sgd"):
+            raise ConfigError(f"unknown optimizer {name!r}; choose one of lars, adamw, adam, sgd")
         self.name = name
         self.slots = list(slots)
         self.momentum = (0.9 if name == "lars" else 0.0) if momentum is None else momentum
@@ -77,6 +77,8 @@ class SlicedOptimizer:
                 self._lars(s, p, g, lr_k, wd_k, state)
             elif self.name == "adamw":
                 self._adamw(p, g, lr_k, wd_k, state)
+            elif self.name == "adam":  # L2 added to the gradient (torch.optim.Adam's weight_decay)
+                self._adamw(p, g + wd_k * p, lr_k, torch.zeros_like(wd_k), state)
             else:
                 self._sgd(p, g, lr_k, wd_k, state)
 

@@ -24,6 +24,7 @@ from epcache.probe.fused import HeadStack, TensorStack, cross_entropy_per_config
 from epcache.probe.grid import RunSpec
 from epcache.probe.metrics import Metrics, MetricsAccumulator
 from epcache.probe.optim import lr_at
+from epcache.probe.protocol import optimizer_settings
 from epcache.probe.stacked_optim import SlicedOptimizer
 from epcache.probe.stream import BatchStream
 
@@ -89,6 +90,7 @@ class ConfigOutcome:
     run: RunSpec
     train_loss: list[float]
     holdout_top1: list[float | None]
+    holdout_loss: list[float | None]
     eval_top1: list[float]
     selected_epoch: int
     holdout: Metrics | None
@@ -149,8 +151,11 @@ class GroupTrainer:
             stack = make_stack(heads, key[1], members, fused=fused).to(device=device, dtype=dtype)
             self.stacks.append(stack)
             slots_by_opt[key[2]].extend(stack.slots(f"s{s}"))
+        protocol = self.runs[0].settings.protocol
         for name, slots in slots_by_opt.items():
-            self.optimizers[name] = SlicedOptimizer(name, slots)
+            opt = optimizer_settings(protocol, name)
+            self.optimizers[name] = SlicedOptimizer(name, slots, momentum=opt["momentum"],
+                                                    betas=opt["betas"] or (0.9, 0.999))
         self.base_lr = [run.lr for run in self.runs]
         self.wd = torch.tensor([run.wd for run in self.runs], dtype=torch.float64, device=device)
         K = len(self.runs)
@@ -161,6 +166,8 @@ class GroupTrainer:
         self.eval_top1: list[list[float]] = [[] for _ in range(K)]
         self.best_epoch = [-1] * K
         self.best_score = [-math.inf] * K
+        self.best_loss = [math.inf] * K
+        self.holdout_loss: list[list[float | None]] = [[] for _ in range(K)]
         self._best = [self._snapshot(stack) for stack in self.stacks]
 
     # ------------------------------------------------------------------ training
@@ -171,15 +178,23 @@ class GroupTrainer:
         *,
         warmup_steps: int,
         total_steps: int,
+        passes: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        """One epoch over ``stream`` with the per-iteration schedule."""
+        """One epoch with the per-iteration schedule: ``passes`` shuffled passes over ``stream``.
+
+        Pass ``p`` of epoch ``e`` draws its batch order as data epoch ``e · passes + p``, so an
+        epoch of several passes (the recipe's step floor on tiny sets) is reproducible and
+        resumable like any other, and ``passes=1`` is exactly the one-pass epoch.
+        """
         for stack in self.stacks:
             stack.train()
         loss_sum = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
         n = 0
-        lrs = self._lr_table(self.steps, stream.steps_per_epoch(), warmup_steps, total_steps)  # (steps, K), one copy
-        for batch in stream.train_epoch(epoch):
+        steps = passes * stream.steps_per_epoch()
+        lrs = self._lr_table(self.steps, steps, warmup_steps, total_steps)  # (steps, K), one copy
+        batches = (b for p in range(passes) for b in stream.train_epoch(epoch * passes + p))
+        for batch in batches:
             lr = lrs[n]
             inputs: dict[str, Tensor] = {}
             total = None
@@ -228,9 +243,16 @@ class GroupTrainer:
 
     def top1(self, accs: Sequence[MetricsAccumulator]) -> list[float]:
         """Top-1 per config (sweep order within the group)."""
+        return self._per_config(accs, lambda acc: acc.top1())
+
+    def loss(self, accs: Sequence[MetricsAccumulator]) -> list[float]:
+        """Mean cross-entropy per config (sweep order within the group)."""
+        return self._per_config(accs, lambda acc: acc.loss())
+
+    def _per_config(self, accs: Sequence[MetricsAccumulator], get: Callable[[MetricsAccumulator], Any]) -> list[float]:
         out = [0.0] * len(self.runs)
         for stack, acc in zip(self.stacks, accs, strict=True):
-            for k, v in zip(stack.config_index.tolist(), acc.top1().tolist(), strict=True):
+            for k, v in zip(stack.config_index.tolist(), get(acc).tolist(), strict=True):
                 out[k] = float(v)
         return out
 
@@ -242,18 +264,25 @@ class GroupTrainer:
                 out[k] = m
         return out  # type: ignore[return-value]
 
-    def end_epoch(self, epoch: int, holdout: list[float] | None, eval_top1: list[float]) -> None:
-        """Record the epoch's scores; keep the weights of configs whose holdout top-1 improved.
+    def end_epoch(
+        self, epoch: int, holdout: list[float] | None, eval_top1: list[float], holdout_loss: list[float] | None = None
+    ) -> None:
+        """Record the epoch's scores; keep the weights of configs whose holdout score improved.
 
-        Without a holdout every epoch "improves", so the last epoch is selected.
+        The score is holdout top-1, ties broken by a lower holdout cross-entropy (small holdouts
+        tie often: 4 held-out samples are 100% right after a few steps). Without a holdout every
+        epoch "improves", so the last epoch is selected.
         """
         improved = []
         for k in range(len(self.runs)):
+            loss = holdout_loss[k] if holdout_loss is not None and math.isfinite(holdout_loss[k]) else math.inf
             score = holdout[k] if holdout is not None else float(epoch)
             self.holdout_top1[k].append(None if holdout is None else holdout[k])
+            self.holdout_loss[k].append(None if holdout_loss is None else holdout_loss[k])
             self.eval_top1[k].append(eval_top1[k])
-            if score > self.best_score[k]:  # strict: ties keep the earlier epoch
-                self.best_score[k] = score
+            if score > self.best_score[k] or (score == self.best_score[k] and loss < self.best_loss[k]):
+                self.best_score[k] = score  # strict: full ties keep the earlier epoch
+                self.best_loss[k] = loss
                 self.best_epoch[k] = epoch
                 improved.append(k)
         if improved:
@@ -278,6 +307,7 @@ class GroupTrainer:
                         run=self.runs[k],
                         train_loss=list(self.train_loss[k]),
                         holdout_top1=list(self.holdout_top1[k]),
+                        holdout_loss=list(self.holdout_loss[k]),
                         eval_top1=list(self.eval_top1[k]),
                         selected_epoch=self.best_epoch[k],
                         holdout=None if holdout is None else holdout[k],
@@ -316,6 +346,8 @@ class GroupTrainer:
             "eval_top1": self.eval_top1,
             "best_epoch": self.best_epoch,
             "best_score": [s if math.isfinite(s) else None for s in self.best_score],
+            "best_loss": [s if math.isfinite(s) else None for s in self.best_loss],
+            "holdout_loss": self.holdout_loss,
             "rng": {"data_seed": self.runs[0].settings.data_seed, "next_epoch": self.epoch + 1},
         }
         return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, state
@@ -341,6 +373,8 @@ class GroupTrainer:
         self.eval_top1 = [list(x) for x in state["eval_top1"]]
         self.best_epoch = [int(x) for x in state["best_epoch"]]
         self.best_score = [-math.inf if x is None else float(x) for x in state["best_score"]]
+        self.best_loss = [math.inf if x is None else float(x) for x in state.get("best_loss", [None] * len(self.runs))]
+        self.holdout_loss = [list(x) for x in state.get("holdout_loss", [[] for _ in self.runs])]
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -65,7 +65,7 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
         "",
         "## Best per head kind",
         "",
-        _table(sorted(best_by(groups, lambda g: g.kind).values(), key=lambda g: -g.score())),
+        _table(list(best_by(groups, lambda g: g.kind).values())),  # rank order, as the probe summary
         "",
         "## Best per head kind and layer",
         "",
@@ -83,7 +83,7 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
         }
         for f in figures:
             lines += [f"![{captions.get(f, f)}]({f})", "", captions.get(f, ""), ""]
-    lines += ["## All configs", "", _table(sorted(groups, key=lambda g: -g.score()))]
+    lines += ["## All configs", "", _table(sorted(groups, key=lambda g: g.rank_key(honest)))]
     return "\n".join(lines) + "\n"
 
 

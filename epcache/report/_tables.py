@@ -8,13 +8,13 @@ without a holdout fall back to eval top-1 and the report says so.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError
+from epcache.probe.ranking import SeedGroup, group_by_seed, rank_key
 
 __all__ = ["ConfigGroup", "best_by", "group_seeds", "load_rows"]
 
@@ -31,6 +31,7 @@ class ConfigGroup:
     params: int
     flops: int
     rows: tuple[dict[str, Any], ...]
+    key: str = ""  # the seed group (protocol fingerprint minus the seed)
 
     @property
     def seeds(self) -> int:
@@ -61,6 +62,10 @@ class ConfigGroup:
         hold = self.holdout_top1
         return hold[0] if hold is not None else self.eval_top1[0]
 
+    def rank_key(self, honest: bool) -> tuple[Any, ...]:
+        """The shared ranking key (smallest = best), see :func:`epcache.probe.ranking.rank_key`."""
+        return rank_key(SeedGroup(self.key, self.rows), honest=honest)
+
 
 def load_rows(rundir: Path) -> list[dict[str, Any]]:
     """Every results row of a run directory (``results.jsonl`` and sharded ``results.*.jsonl``).
@@ -76,37 +81,51 @@ def load_rows(rundir: Path) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for f in files:
         for row in read_results(f):
-            seen.setdefault(row["id"], row)  # a config resumed in two shards counts once
+            seen.setdefault(row["id"], _upgrade(row))  # a config resumed in two shards counts once
     if not seen:
         raise ConfigError(f"{rundir}: results files are empty; the sweep has not finished a config yet")
     return list(seen.values())
 
 
 def group_seeds(rows: Iterable[dict[str, Any]]) -> list[ConfigGroup]:
-    """Group rows that differ only by seed, in first-seen order."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[r["name"].rsplit(" seed=", 1)[0]].append(r)
+    """Group rows that differ only by the head-init seed (same protocol fingerprint), in first-seen order.
+
+    Rows of runs with other shots, epochs, batch, holdout or data seed are separate groups even
+    when their names match: see :mod:`epcache.probe.ranking`.
+    """
     out = []
-    for name, members in groups.items():
+    for sg in group_by_seed(rows):
+        name, members = sg.name, list(sg.rows)
         c = members[0]["config"]
         out.append(
             ConfigGroup(
                 name=name, kind=c["kind"], head=c["head"], layer=int(c["layer"]), tokens=c["tokens"],
-                params=int(members[0]["params"]), flops=int(members[0]["flops"]), rows=tuple(members),
+                params=int(members[0]["params"]), flops=int(members[0]["flops"]), rows=tuple(members), key=sg.key,
             )
         )
     return out
 
 
 def best_by(groups: Sequence[ConfigGroup], key: Callable[[ConfigGroup], Hashable]) -> dict[Any, ConfigGroup]:
-    """Best group (by :meth:`ConfigGroup.score`) for each value of ``key``, e.g. ``lambda g: g.kind``."""
+    """Best group for each value of ``key`` (e.g. ``lambda g: g.kind``), by the probe summary's ranking.
+
+    Ties are broken as :func:`epcache.probe.ranking.rank_key` breaks them, so the report's best
+    per kind is the summary's best per kind.
+    """
+    honest = all(g.holdout_top1 is not None for g in groups)
     best: dict[Any, ConfigGroup] = {}
-    for g in groups:
-        k = key(g)
-        if k not in best or g.score() > best[k].score():
-            best[k] = g
+    for g in sorted(groups, key=lambda g: g.rank_key(honest)):
+        best.setdefault(key(g), g)
     return best
+
+
+def _upgrade(row: dict[str, Any]) -> dict[str, Any]:
+    """Rows of schema /1 numbered epochs from 0: renumber them from 1 like every newer row."""
+    if str(row.get("schema", "")).endswith("/1"):
+        row = {**row, "selected_epoch": row["selected_epoch"] + 1,
+               "oracle": {**row["oracle"], "epoch": row["oracle"]["epoch"] + 1},
+               "final": {**row["final"], "epoch": row["final"]["epoch"] + 1}}
+    return row
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:

@@ -136,8 +136,9 @@ def test_build_optimizer_kinds_and_defaults() -> None:
 
 def test_build_optimizer_errors() -> None:
     p = [torch.nn.Parameter(torch.zeros(1))]
-    with pytest.raises(ConfigError, match="unknown optimizer 'adam'.*sgd, lars, adamw"):
-        build_optimizer("adam", p, lr=0.1)
+    assert isinstance(build_optimizer("adam", p, lr=0.1), torch.optim.Adam)
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamax'.*sgd, lars, adamw, adam"):
+        build_optimizer("adamax", p, lr=0.1)
     with pytest.raises(ConfigError, match="LARS"):
         build_optimizer("lars", p, lr=-1.0)
     with pytest.raises(ConfigError, match="invalid sgd"):

@@ -19,6 +19,8 @@ from epcache.errors import (
     UnknownSplitError,
 )
 from epcache.probe import probe
+from epcache.probe.select import holdout_count
+from epcache.store import open_store
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +85,26 @@ def test_class_lists_must_match(tmp_path: Path) -> None:
         probe(config(s), progress=False)
 
 
-def test_holdout_that_empties_a_class(tmp_path: Path) -> None:
+def test_holdout_falls_back_on_tiny_classes(tmp_path: Path) -> None:
     y = np.arange(80) % 4
     y[y == 3] = 0
-    y[:2] = 3  # class 3 has 2 samples: 20% holdout rounds to 0
+    y[:2] = 3  # class 3 has 2 samples: 20% holdout rounds to 0 -> 1 held out, 1 trained on
+    y[2] = 2
+    y[y == 2] = 1
+    y[2] = 2  # class 2 has a single sample: trained on, not held out
     s = write_store(tmp_path / "rare.zarr", n_train=80, n_val=40, train_labels=y)
-    with pytest.raises(ConfigError, match=r"'c3' \(2 sample\(s\) -> 0 holdout, 2 train\)"):
-        probe(config(s, out=str(tmp_path / "run")), progress=False)
-    assert_nothing_written(tmp_path / "run")
+    res = probe(config(s, out=str(tmp_path / "run")), progress=False)
+    notes = "\n".join(res.notes)
+    assert "holdout: too few samples for 0.2 in 1 of 4 classes ('c3'); each holds out 1" in notes
+    assert "holdout: a single sample in 1 of 4 classes ('c2'); it is trained on, not held out" in notes
+    row = res.rows[0]
+    assert row["data"]["holdout_rule"] == "per class round(holdout x n), at least 1 when n >= 2, at most n - 1"
+    labels = np.asarray(open_store(s).read_labels("train"))
+    counts = np.bincount(labels, minlength=4)
+    assert counts[2] == 1 and counts[3] == 2
+    expected = sum(holdout_count(0.2, int(n)) for n in counts)  # class 3: 1, class 2: 0
+    assert row["data"]["num_holdout"] == expected == row["protocol"]["holdout_size"]
+    assert row["data"]["num_train"] == len(labels) - expected
     res = probe(config(s, holdout=0.5, epochs=1), progress=False)  # 1 holdout, 1 train: fine
     assert res.rows[0]["data"]["num_holdout"] > 0
 
@@ -110,7 +124,7 @@ def test_incomplete_store(tmp_path: Path) -> None:
 def test_batch_larger_than_the_training_set(store: Path) -> None:
     with pytest.raises(ConfigError, match="lower --batch-size"):
         probe(config(store, batch_size=4096), progress=False)
-    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+    with pytest.raises(ConfigError, match="batch-size must be >= 2"):
         probe(config(store, batch_size=1), progress=False)
 
 

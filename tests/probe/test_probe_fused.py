@@ -74,9 +74,19 @@ def test_exported_slice_loads_into_create_head() -> None:
     torch.testing.assert_close(head(x), stack(x)[1])
 
 
-@pytest.mark.parametrize("optimizer", ["lars", "adamw", "sgd"])
+@pytest.mark.parametrize(
+    ("optimizer", "kwargs"),
+    [
+        ("lars", {}),
+        ("adamw", {}),
+        ("sgd", {}),
+        ("adam", {}),  # L2 in the gradient, torch.optim.Adam's weight_decay
+        ("sgd", {"momentum": 0.9}),  # the dinov2-linear recipe
+        ("adamw", {"betas": (0.9, 0.95)}),  # the capi-attentive recipe
+    ],
+)
 @pytest.mark.parametrize("fused", [True, False])
-def test_sliced_optimizer_matches_one_optimizer_per_head(optimizer: str, fused: bool) -> None:
+def test_sliced_optimizer_matches_one_optimizer_per_head(optimizer: str, kwargs: dict, fused: bool) -> None:
     lrs, wds = [0.5, 0.1, 0.02], [0.0, 1e-2, 1e-1]
     heads = [single("ep", {"queries": 4}, s) for s in range(3)]
     copies = [single("ep", {"queries": 4}, s) for s in range(3)]
@@ -84,9 +94,9 @@ def test_sliced_optimizer_matches_one_optimizer_per_head(optimizer: str, fused: 
         for h in (heads[2], copies[2]):
             h.pooling.v.weight.mul_(30.0)  # type: ignore[operator]
     stack = make_stack(copies, "patch", [0, 1, 2], fused=fused).double()
-    sliced = SlicedOptimizer(optimizer, stack.slots("s0"))
+    sliced = SlicedOptimizer(optimizer, stack.slots("s0"), **kwargs)
     opts = [
-        build_optimizer(optimizer, h.parameters(), lr=lr, weight_decay=wd)
+        build_optimizer(optimizer, h.parameters(), lr=lr, weight_decay=wd, **kwargs)
         for h, lr, wd in zip(heads, lrs, wds, strict=True)
     ]
     g = torch.Generator().manual_seed(1)

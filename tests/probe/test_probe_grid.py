@@ -58,7 +58,7 @@ def test_cartesian_product_applies_head_options_only_where_accepted() -> None:
 def test_names_and_ids_are_canonical_and_independent_of_the_sweep() -> None:
     alone = expand(head="ep", queries=8, lr=0.001, wd=0.0, seeds=0)
     sweep = expand(head="linear,ep", queries="4,8", lr="0.001,0.01", wd="0,1e-4", seeds="0,1")
-    assert alone[0].name == "ep(queries=8,d_out=1) layer=1 tokens=patch lr=0.001 wd=0 seed=0"
+    assert alone[0].name == "ep(queries=8,d_out=1) layer=1 patch lr=0.001 wd=0 seed=0"
     match = [r for r in sweep if r.name == alone[0].name]
     assert len(match) == 1 and match[0].id == alone[0].id
     # the id covers every setting that changes the numbers, the store's provenance included
@@ -82,26 +82,26 @@ def test_layers_all_and_unknown_layer() -> None:
 
 def test_every_invalid_config_is_reported_in_one_error() -> None:
     with pytest.raises(ConfigError) as err:
-        expand(head="linear,ep,nosuchhead", queries="3,4", tokens="patch", lr=-1.0, optimizer="adam", epochs=0)
+        expand(head="linear,ep,nosuchhead", queries="3,4", tokens="patch", lr=-1.0, optimizer="adamax", epochs=0)
     msg = str(err.value)
     assert "nothing was trained" in msg
     assert "unknown head kind 'nosuchhead'" in msg
     assert "D divisible by d_out*M" in msg and "M=3" in msg  # queries=3 does not divide D=16
     assert "linear" in msg and "cannot read tokens ['patch']" in msg
-    assert "lr must be > 0" in msg
-    assert "unknown optimizer ['adam']" in msg
+    assert "--lr values must be finite and > 0, got [-1.0]" in msg
+    assert "unknown optimizer ['adamax']" in msg
     assert "epochs must be >= 1" in msg
 
 
 def test_option_given_for_no_head_and_cls_on_store_without_cls() -> None:
     with pytest.raises(ConfigError, match="--queries was given but none of the heads"):
         expand(head="linear", queries=8)
-    with pytest.raises(ConfigError, match="give lr .* not both"):
+    with pytest.raises(ConfigError, match="give --lr .* not both"):
         expand(head="ep", queries=4, lr=0.1, blr=0.2)
 
 
 def test_explicit_head_spec_options_win_over_axes() -> None:
-    runs = expand(head="ep(queries=2),ep", queries="4,8")
+    runs = expand(head="ep(queries=2),ep", queries="4,8", lr=0.001)
     assert sorted(r.head.kwargs["queries"] for r in runs) == [2, 4, 8]
 
 

@@ -12,9 +12,10 @@ from probe_helpers import config, make_meta, write_store
 
 from epcache.errors import ConfigError, HeadSpecError, MissingPooledError
 from epcache.probe import probe
+from epcache.probe.config import parse_layers
 from epcache.probe.data.layers import LayerPlan, MultiLayerSource, PooledPlan, PooledSource
 from epcache.probe.data.sources import head_input
-from epcache.probe.grid import expand_sweep, parse_layers
+from epcache.probe.grid import expand_sweep
 from epcache.probe.stream import InputPlan
 from epcache.store import FeatureStore, TokenLayout, open_store
 
@@ -116,8 +117,8 @@ def test_mix_configs_have_their_own_names_ids_and_widths(store: Path) -> None:
                                    layer_mix="none,concat"), st.meta, num_classes=4, store_provenance="p",
                             eval_provenance="p")
     names = [r.name for r in runs]
-    assert any("layers=2,3 mix=concat tokens=cls+gap" in n for n in names)
-    assert sum("layer=3 tokens=cls+gap" in n for n in names) == 1 and sum("layer=2 " in n for n in names) == 1
+    assert any(n.startswith("linear(tokens='cls+gap') layers=2,3 mix=concat lr=") for n in names)
+    assert sum(" layer=3 " in n for n in names) == 1 and sum(" layer=2 " in n for n in names) == 1
     single = next(r for r in runs if r.layer_mix == "none" and r.layer == 3)
     assert "layer_mix" not in single.hyperparameters()  # single-layer ids are unchanged by this feature
     assert parse_layers("last:4,lastk:2") == ("last:4", "last:2")
@@ -198,7 +199,7 @@ def test_pooled_array_round_trips_and_a_linear_probe_reads_it(tmp_path: Path) ->
         np.testing.assert_array_equal(got.numpy(), pooled["train"][rows, 0].astype(np.float32))
     res = probe(config(path, head="linear,ep", tokens="pooled,patch", epochs=20, lr=0.05), progress=False)
     row = next(r for r in res.rows if r["config"]["tokens"] == "pooled")
-    assert row["input"]["layers"] == [] and "layer=pooled" in row["name"]
+    assert row["input"]["layers"] == [] and " pooled " in row["name"]
     assert row["params"] == 12 * 4 + 4
     assert row["metrics"]["eval"]["top1"] > 0.8
 
@@ -263,7 +264,7 @@ def test_cli_layer_mix_heads_and_errors(store: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--tokens", "cls+gap",
                             "--layers", "last:4", "--layer-mix", "concat", "--out", str(tmp_path / "run"), *fast])
     assert r.exit_code == 0, r.output
-    assert "layers=0,1,2,3 mix=concat" in r.output
+    assert "layers=0,1,2,3 mix=concat" in (tmp_path / "run" / "results.jsonl").read_text()
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "ep", "--layer-mix", "median", *fast])
     assert r.exit_code == 2 and "unknown layer_mix" in r.output and "Traceback" not in r.output
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--tokens", "pooled", *fast])

@@ -74,7 +74,7 @@ def test_killed_sweep_resumes_with_identical_rows(tmp_path: Path) -> None:
     reference_rows = read_results(reference / "results.jsonl")
     assert len(resumed_rows) == 2 * 2 * 2 * 2  # (linear, ep) x 2 layers x 2 lr x 2 seeds
     resumed_first = [r for r in resumed_rows if r["config"]["layer"] == 0]
-    assert all(r["timing"]["resumed_after_epoch"] == state["epoch"] for r in resumed_first)
+    assert all(r["timing"]["resumed_after_epoch"] == state["epoch"] + 1 for r in resumed_first)
     assert without_timing(resumed_rows) == without_timing(reference_rows)
     for r in reference_rows:  # the saved heads are identical too
         assert (out / r["head_file"]).read_bytes() == (reference / r["head_file"]).read_bytes()

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from epcache.probe import load_head, probe, read_results
 from epcache.probe.results import RESULT_SCHEMA
+from epcache.probe.select import HOLDOUT_RULE
 from epcache.store import open_store, select_tokens, to_torch
 
 
@@ -110,13 +111,16 @@ def test_results_schema_heads_and_consistency(store: Path, tmp_path: Path) -> No
                           "metrics", "oracle", "final", "curves", "head_file", "timing", "diverged"}
         assert r["store"]["provenance"] == st.provenance and r["store"]["path"] == str(store)
         assert set(r["config"]) >= {"head", "kind", "head_options", "layer", "tokens", "optimizer", "lr", "blr", "wd",
-                                    "seed", "epochs", "warmup", "batch_size", "data_seed", "holdout"}
+                                    "seed", "data_seed", "holdout", "shots", "fraction"}
+        assert r["protocol"]["epochs"] == 4 and r["protocol"]["batch_size"] == 32
+        assert r["protocol"]["total_steps"] == 4 * (192 // 32) and r["protocol"]["store_provenance"] == st.provenance
         assert r["params"] > 0 and r["flops"] > 0
         assert r["data"] == {"num_classes": 4, "num_train": 192, "num_holdout": 48, "num_eval": 120,
+                             "holdout_fraction": 0.2, "holdout_rule": HOLDOUT_RULE,
                              "excluded_train": 0, "excluded_eval": 0}
         curves = r["curves"]
         assert len(curves["train_loss"]) == len(curves["holdout_top1"]) == len(curves["eval_top1"]) == 4
-        e = r["selected_epoch"]
+        e = r["selected_epoch"] - 1  # 1-based in rows, 0-based in the curve lists
         assert curves["holdout_top1"][e] == max(curves["holdout_top1"])
         assert curves["holdout_top1"].index(max(curves["holdout_top1"])) == e  # earliest on ties
         assert r["metrics"]["eval"]["top1"] == pytest.approx(curves["eval_top1"][e])
@@ -172,7 +176,7 @@ def test_bfloat16_and_float32_stores(tmp_path: Path, dtype: str) -> None:
 def test_holdout_zero_selects_the_last_epoch(store: Path) -> None:
     res = probe(config(store, holdout=0.0, epochs=3), progress=False)
     row = res.rows[0]
-    assert row["selected_epoch"] == 2 and row["metrics"]["holdout"] is None and res.best is None
+    assert row["selected_epoch"] == 3 and row["metrics"]["holdout"] is None and res.best is None  # 1-based
     assert "not an honest selection" in res.summary
 
 

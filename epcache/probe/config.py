@@ -1,0 +1,235 @@
+"""What ``epcache probe`` takes: :class:`ProbeConfig`, and the parsers of its comma-list options.
+
+Fields left ``None`` (or empty) come from the recipe (``--recipe``, default ``auto``); an explicit
+value overrides that one field. The config is resolved once, with its TOML grid file, into the
+sweep's protocol (``epcache.probe.protocol``) and runs (``epcache.probe.grid``), and the data path
+and every results row read from that resolution, never from the raw request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from epcache.errors import ConfigError
+
+__all__ = [
+    "ATTENTIVE_TOKENS",
+    "DTYPES",
+    "HEAD_OPTION_AXES",
+    "LINEAR_TOKENS",
+    "ProbeConfig",
+    "parse_heads",
+    "parse_layers",
+    "parse_list",
+]
+
+LINEAR_TOKENS: tuple[str, ...] = ("cls", "gap", "cls+gap", "pooled")  # what a linear head can read (issue 15)
+ATTENTIVE_TOKENS: tuple[str, ...] = ("patch", "all", "registers", "patch+registers")  # pooling heads, MP
+HEAD_OPTION_AXES: tuple[str, ...] = ("queries", "d_out", "num_heads")  # ProbeConfig axes that are head options
+DTYPES: tuple[str, ...] = ("float32", "float64")
+OPTIMIZER_NAMES: tuple[str, ...] = ("lars", "adamw", "adam", "sgd")
+_TUPLE_FIELDS: dict[str, type] = {
+    "head": str,
+    "queries": int,
+    "d_out": int,
+    "num_heads": int,
+    "layers": object,
+    "tokens": str,
+    "layer_mix": str,
+    "lr": float,
+    "blr": float,
+    "wd": float,
+    "optimizer": str,
+    "seeds": int,
+}
+_HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Everything ``epcache probe`` takes; list-valued fields are sweep axes (their product is the sweep).
+
+    Fields map 1:1 to CLI options (``--d-out`` -> ``d_out``). Tuple fields accept a scalar or a
+    list in Python; the CLI passes comma strings through :func:`parse_list` / :func:`parse_heads`
+    / :func:`parse_layers`. Head-option axes (``queries``, ``d_out``, ``num_heads``) multiply
+    only the heads that take that option, so ``head=("linear", "ep"), queries=(4, 8)`` gives one
+    linear and two EP heads per remaining combination; the same holds for ``tokens`` (linear
+    heads take the cls/gap values, pooling heads the patch/all values).
+
+    Optimisation fields (``optimizer``, ``lr``, ``blr``, ``wd``, ``epochs``, ``warmup``,
+    ``batch_size``, ``holdout``, ``min_steps``) default to the ``recipe``'s values (``None`` or
+    empty = from the recipe); the recipe adapts its own defaults to the dataset and records how.
+    """
+
+    store: str  # feature store path or URL (the train split, and the eval split unless eval_store)
+    head: tuple[str, ...] = ("ep",)  # head kinds or specs, e.g. "ep", "linear(tokens='gap')"
+    queries: tuple[int, ...] = ()  # EP queries M; empty: the head's default (32)
+    d_out: tuple[int, ...] = ()  # EP width divisor; empty: default (1)
+    num_heads: tuple[int, ...] = ()  # attention heads of MHCA-style poolers; empty: each kind's default
+    layers: tuple[int | str, ...] = ("last",)  # block indices (negative: from the end), "last" or "all"
+    tokens: tuple[str, ...] = ()  # empty: linear reads cls, pooling heads read patch, mp reads all
+    layer_mix: tuple[str, ...] = ("none",)  # none: one config per layer; concat|mean|tokens: all layers as one input
+    recipe: str = "auto"  # training protocol (`epcache recipes`): auto | ep-paper | dinov2-linear | capi-attentive
+    lr: tuple[float, ...] = ()  # absolute peak lrs (a grid, trained fused); empty: the recipe's
+    blr: tuple[float, ...] = ()  # base lrs, lr = blr * batch_size / 256; empty: the recipe's
+    wd: tuple[float, ...] = ()  # weight decays (LARS: only on >=2-D params, as MAE); empty: the recipe's
+    optimizer: tuple[str, ...] = ()  # lars | adamw | sgd; empty: the recipe's
+    seeds: tuple[int, ...] = (0,)  # head-init seeds; data order depends on data_seed only
+    epochs: int | None = None  # evaluation epochs; None: the recipe's (with its step floor)
+    warmup: float | None = None  # warm-up epochs (linear from 0, per iteration); None: the recipe's
+    batch_size: int | None = None  # per step (drop_last); None: the recipe's, adapted to the dataset
+    min_steps: int | None = None  # floor on optimiser steps (epochs become several passes); None: the recipe's
+    data_seed: int = 0  # holdout split, low-shot subset, batch order and view choice
+    holdout: float | None = None  # stratified fraction of train that selects epoch and config; 0: last epoch
+    shots: int | None = None  # low-shot: K training samples per class (after the holdout is removed)
+    fraction: float | None = None  # low-shot: this fraction of each class's training samples
+    train_split: str = "train"
+    eval_split: str = "val"
+    eval_store: str | None = None  # another store holding eval_split (same backbone provenance required)
+    grid: str | None = None  # TOML sweep file; its keys override these fields (see load_grid)
+    out: str | None = None  # run directory; None: nothing is written (no resume)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    in_memory: bool = False  # load the selected tokens of every split once instead of streaming
+    allow_incomplete: bool = False  # train on the written blocks of an incomplete store
+    dtype: str = "float32"  # compute dtype; float64 is for exactness tests
+    fused: bool = True  # stack same-shape heads into batched ops; False: one module per config (reference)
+    save_heads: bool = True  # write heads/<id>.safetensors for every config's selected epoch
+    prefetch: int = 4  # batches the reader thread may run ahead
+    shuffle_chunks: int = 0  # chunks in the shuffle buffer; 0: enough for two batches (at least 4)
+    eval_cache_mb: float = 4096.0  # holdout/eval tokens up to this size are read once and kept in RAM
+    shard: str | None = None  # "I/N": train only part I of N of the sweep (job arrays); torchrun sets it from RANK
+
+    def __post_init__(self) -> None:
+        for name, kind in _TUPLE_FIELDS.items():
+            object.__setattr__(self, name, _as_tuple(getattr(self, name), kind, name))
+        for name in ("store", "eval_store", "grid", "out"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(value))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def parse_list(text: str | Sequence[Any] | None, kind: Callable[[str], Any] = str) -> tuple[Any, ...]:
+    """``"1e-3,3e-3"`` -> ``(0.001, 0.003)``: comma lists from the CLI (a list passes through).
+
+    Raises:
+        ConfigError: an element does not convert.
+    """
+    if text is None:
+        return ()
+    if not isinstance(text, str):
+        return tuple(kind(x) if isinstance(x, str) else x for x in text)
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(kind(part))
+        except ValueError:
+            name = getattr(kind, "__name__", str(kind))
+            raise ConfigError(f"cannot read {part!r} in {text!r} as {name}") from None
+    return tuple(out)
+
+
+def parse_heads(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"linear,ep(queries=8,d_out=2)"`` -> ``("linear", "ep(queries=8,d_out=2)")``.
+
+    Splits at commas outside parentheses, so head specs keep their own option lists.
+
+    Raises:
+        ConfigError: unbalanced parentheses.
+    """
+    if not isinstance(text, str):
+        return tuple(text)
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth < 0:
+            raise ConfigError(f"unbalanced ')' in head list {text!r}")
+        cur.append(ch)
+    if depth:
+        raise ConfigError(f"unbalanced '(' in head list {text!r}")
+    parts.append("".join(cur).strip())
+    return tuple(p for p in parts if p)
+
+
+def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
+    """``"all"``, ``"last"``, ``"last:4"``, ``"11"`` or ``"9,10,11"`` -> layer entries resolved against the store.
+
+    ``last:K`` (also ``lastk:K``) is the last K stored layers.
+
+    Raises:
+        ConfigError: an entry is neither an integer nor ``all``/``last``/``last:K``.
+    """
+    items = parse_list(text, str) if isinstance(text, str) else tuple(text)
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, int) or item in ("all", "last"):
+            out.append(item)
+            continue
+        m = re.fullmatch(r"last(?:k)?:(\d+)", str(item).strip())
+        if m and int(m.group(1)) >= 1:
+            out.append(f"last:{int(m.group(1))}")
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ConfigError(f"layer {item!r} is not a block index, 'last', 'last:K' or 'all'") from None
+    return tuple(out)
+
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _as_tuple(value: Any, kind: type, name: str) -> tuple[Any, ...]:
+    """Normalise a list-valued field: scalars, lists and comma strings all become tuples."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        if name == "head":
+            return parse_heads(value)
+        if name == "layers":
+            return parse_layers(value)
+        value = parse_list(value, str)
+    elif not isinstance(value, Iterable):
+        value = (value,)
+    if name == "layers":
+        return parse_layers(tuple(value))
+    out = []
+    for x in value:
+        if isinstance(x, bool):
+            raise ConfigError(f"{name}: {x!r} is not a {kind.__name__}")
+        if isinstance(x, str):
+            if kind is str:
+                out.append(x.strip())
+                continue
+            try:
+                x = kind(x.strip())
+            except ValueError:
+                raise ConfigError(f"{name}: cannot read {x!r} as {kind.__name__}") from None
+        if kind is float and isinstance(x, int | float):
+            out.append(float(x))
+        elif kind is int and isinstance(x, int):
+            out.append(x)
+        elif kind is int and isinstance(x, float) and x.is_integer():
+            out.append(int(x))
+        else:
+            raise ConfigError(f"{name}: {x!r} is not a {kind.__name__}")
+    return tuple(out)
+
+

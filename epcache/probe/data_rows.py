@@ -1,0 +1,151 @@
+"""Which stored rows a run trains, selects and evaluates on, resolved once before any training.
+
+Everything here is checked before a single step: completeness of the blocks the sweep reads,
+labels against the class list, the holdout and low-shot subsets, and that a separate eval store
+holds features of the same backbone and preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatchError
+from epcache.probe.config import ProbeConfig
+from epcache.probe.select import HOLDOUT_RULE, check_labels, split_train
+from epcache.store import FeatureStore
+
+__all__ = ["RunData", "check_compatible", "resolve_rows"]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything about the rows of the run, resolved once before training."""
+
+    train_labels: np.ndarray
+    eval_labels: np.ndarray
+    train_rows: np.ndarray
+    holdout_rows: np.ndarray
+    eval_rows: np.ndarray
+    excluded_train: int
+    excluded_eval: int
+    holdout: float  # the requested fraction (the per-class rule is HOLDOUT_RULE)
+    notes: tuple[str, ...]
+
+    def to_json(self, num_classes: int) -> dict[str, Any]:
+        """The data section of a results row: sizes and the holdout rule that produced them."""
+        return {
+            "num_classes": num_classes,
+            "num_train": len(self.train_rows),
+            "num_holdout": len(self.holdout_rows),
+            "num_eval": len(self.eval_rows),
+            "holdout_fraction": self.holdout,
+            "holdout_rule": HOLDOUT_RULE if self.holdout > 0 else "none (last epoch kept)",
+            "excluded_train": self.excluded_train,
+            "excluded_eval": self.excluded_eval,
+        }
+
+
+def resolve_rows(
+    config: ProbeConfig,
+    store: FeatureStore,
+    eval_store: FeatureStore,
+    layers: Sequence[int],
+    num_classes: int,
+    *,
+    holdout: float,
+) -> RunData:
+    """The rows of the run, from the resolved config and holdout fraction (never the raw request).
+
+    Raises:
+        IncompleteStoreError: blocks never written (unless ``allow_incomplete``).
+        CorruptStoreError: labels outside the class list.
+        ConfigError: an empty split or no usable training sample.
+    """
+    notes: list[str] = []
+    missing_rows: dict[str, np.ndarray] = {}
+    problems = []
+    for role, st, split in (("train", store, config.train_split), ("eval", eval_store, config.eval_split)):
+        n = st.split(split).num_samples
+        if n == 0:
+            raise ConfigError(f"{st.location}: split {split!r} is empty")
+        bad = np.zeros(n, bool)
+        for layer in layers:
+            blocks = st.missing_blocks(split, layer)
+            if blocks:
+                problems.append(f"{st.location} split {split!r} layer {layer}: blocks {_short(blocks)} not written")
+                for b in blocks:
+                    lo, hi = st.block_range(split, b)
+                    bad[lo:hi] = True
+        missing_rows[role] = bad
+    if problems and not config.allow_incomplete:
+        raise IncompleteStoreError(
+            "the store is incomplete: " + "; ".join(problems) + ". Finish the extraction (run `epcache extract` "
+            "again to resume it) or pass --allow-incomplete to train and evaluate on the written blocks only"
+        )
+    if problems:
+        notes.append("allow_incomplete: skipping rows of unwritten blocks: " + "; ".join(problems))
+    train_labels = store.read_labels(config.train_split)
+    eval_labels = eval_store.read_labels(config.eval_split)
+    train_ok = check_labels(train_labels, num_classes, split=config.train_split, where=store.location)
+    eval_ok = check_labels(eval_labels, num_classes, split=config.eval_split, where=eval_store.location)
+    excluded_train, excluded_eval = int((~train_ok).sum()), int((~eval_ok).sum())
+    for n_ex, split in ((excluded_train, config.train_split), (excluded_eval, config.eval_split)):
+        if n_ex:
+            notes.append(f"split {split!r}: {n_ex} sample(s) labelled -1 (skipped at extraction) are excluded")
+    train_ok &= ~missing_rows["train"]
+    eval_ok &= ~missing_rows["eval"]
+    if not eval_ok.any():
+        raise ConfigError(f"split {config.eval_split!r} has no usable samples in the written blocks")
+    subsets = split_train(
+        train_labels,
+        train_ok,
+        classes=store.split(config.train_split).classes,
+        holdout=holdout,
+        seed=config.data_seed,
+        shots=config.shots,
+        fraction=config.fraction,
+    )
+    if len(subsets.train) == 0:
+        raise ConfigError(f"split {config.train_split!r} has no usable training samples")
+    notes.extend(subsets.notes)
+    return RunData(
+        train_labels=train_labels,
+        eval_labels=eval_labels,
+        train_rows=subsets.train,
+        holdout_rows=subsets.holdout,
+        eval_rows=np.flatnonzero(eval_ok).astype(np.int64),
+        holdout=holdout,
+        excluded_train=excluded_train,
+        excluded_eval=excluded_eval,
+        notes=tuple(notes),
+    )
+
+
+def check_compatible(store: FeatureStore, other: FeatureStore) -> None:
+    """The eval store must hold tokens of the same backbone, weights, layout and preprocessing."""
+    a, b = store.meta, other.meta
+    fields = {
+        "backbone": (a.backbone.name, b.backbone.name),
+        "weights_sha256": (a.backbone.weights_sha256, b.backbone.weights_sha256),
+        "dim": (a.dim, b.dim),
+        "token layout": (dataclasses.asdict(a.layout), dataclasses.asdict(b.layout)),
+        "final_norm": (a.final_norm, b.final_norm),
+        "preprocessing": (a.preprocessing, b.preprocessing),
+    }
+    diffs = [f"{name}: {x!r} vs {y!r}" for name, (x, y) in fields.items() if x != y]
+    if diffs:
+        raise ProvenanceMismatchError(
+            f"eval store {other.location} was not produced like {store.location} ({'; '.join(diffs)}); "
+            "probing one and scoring on the other compares different features. Extract both with the same "
+            "backbone, weights and preprocessing"
+        )
+
+
+def _short(items: Sequence[int], limit: int = 8) -> str:
+    head = ", ".join(map(str, items[:limit]))
+    return f"[{head}{', ...' if len(items) > limit else ''}] ({len(items)} block(s))"

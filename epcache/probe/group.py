@@ -1,0 +1,267 @@
+"""One input group of a sweep (every config reading one layer), trained in one fused pass per epoch.
+
+Each epoch: the protocol's passes over the training rows (every batch read once and fed to every
+stacked head), then one scoring pass over the holdout and one over the eval split; a checkpoint
+after every epoch makes a killed group resume with the numbers it would have produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from epcache.probe.config import ProbeConfig
+from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
+from epcache.probe.data_rows import RunData
+from epcache.probe.grid import RunSpec
+from epcache.probe.metrics import Metrics
+from epcache.probe.ranking import SeedGroup, rank_key
+from epcache.probe.results import (
+    RESULT_SCHEMA,
+    RESULTS_FILE,
+    ResultRowJSON,
+    append_result,
+    load_checkpoint,
+    save_checkpoint,
+    save_head,
+)
+from epcache.probe.stream import BatchStream
+from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
+from epcache.store import FeatureStore
+
+__all__ = ["GroupRunner", "protocol_fingerprint"]
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+
+
+@dataclass
+class GroupRunner:
+    """Trains one input group (one layer) of a sweep and writes its rows, heads and checkpoints."""
+
+    config: ProbeConfig  # the resolved config (grid file applied)
+    store: FeatureStore
+    eval_store: FeatureStore
+    data: RunData
+    geometry: HeadGeometry
+    device: torch.device
+    dtype: torch.dtype
+    out: Path | None
+    say: Callable[[str], None]
+    bar: Any  # the sweep-level progress bar (tqdm, possibly disabled)
+    data_batch: int = 2  # the protocol's training batch
+    results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
+
+    def run(self, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
+        """Train one input group (configs reading the same layers) and write its rows and heads."""
+        t0 = time.perf_counter()
+        c, s = self.config, runs[0].settings
+        p = s.protocol
+        layer = group_label(runs)  # "layer11", "layers8-9-10-11" or "pooled" (issue 15)
+        plan = make_plan(runs, self.store.meta.layout, self.dtype)
+        train = self._stream(self.store, s.train_split, runs, plan, self.data.train_rows, self.data.train_labels,
+                             training=True)
+        holdout = None
+        if len(self.data.holdout_rows):
+            holdout = self._stream(self.store, s.train_split, runs, plan, self.data.holdout_rows,
+                                   self.data.train_labels, training=False)
+        evaluation = self._stream(self.eval_store, s.eval_split, runs, plan, self.data.eval_rows,
+                                  self.data.eval_labels, training=False)
+        trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.fused)
+        ckpt = None
+        resumed_from = None
+        if self.out is not None:
+            key = hashlib.sha256(json.dumps([runs[0].group_key, sorted(r.id for r in runs)]).encode()).hexdigest()[:16]
+            ckpt = self.out / "ckpt" / f"{layer}-{key}.safetensors"
+            loaded = load_checkpoint(ckpt)
+            if loaded is not None and loaded[1].get("config_ids") == [r.id for r in runs]:
+                trainer.restore(*loaded)
+                resumed_from = trainer.epoch
+                self.say(f"{layer}: resuming {len(runs)} configs after epoch {trainer.epoch + 1}/{p.epochs}")
+        epochs_run = 0
+        self.bar.update(max(trainer.epoch + 1, 0) * p.steps_per_epoch)  # resumed epochs count as done
+        best = 0.0
+        for epoch in range(trainer.epoch + 1, p.epochs):
+            self.bar.set_postfix_str(f"{layer}, epoch {epoch + 1}/{p.epochs}, {len(runs)} configs"
+                                     + (f", best holdout {100 * best:.1f}%" if holdout is not None else ""))
+            trainer.train_epoch(train, epoch, warmup_steps=p.warmup_steps, total_steps=p.total_steps,
+                                passes=p.passes_per_epoch, on_batch=lambda _n: self.bar.update(1))
+            hold_accs = trainer.evaluate(holdout) if holdout is not None else None
+            hold_top1 = trainer.top1(hold_accs) if hold_accs is not None else None
+            hold_loss = trainer.loss(hold_accs) if hold_accs is not None else None
+            eval_top1 = trainer.top1(trainer.evaluate(evaluation))
+            trainer.end_epoch(epoch, hold_top1, eval_top1, hold_loss)
+            best = max(hold_top1) if hold_top1 is not None else best
+            epochs_run += 1
+            if ckpt is not None:
+                save_checkpoint(ckpt, *trainer.checkpoint())
+        trainer.load_selected()
+        hold_metrics = trainer.metrics(trainer.evaluate(holdout)) if holdout is not None else None
+        eval_metrics = trainer.metrics(trainer.evaluate(evaluation))
+        outcomes = trainer.outcomes(hold_metrics, eval_metrics)
+        seconds = time.perf_counter() - t0
+        timing = {
+            "group_seconds": seconds,
+            "group_configs": len(runs),
+            "epochs_run": epochs_run,
+            "steps_run": trainer.steps,  # optimiser steps of the whole schedule (resumed ones included)
+            "seconds_per_epoch": seconds / max(epochs_run, 1),
+            "resumed_after_epoch": None if resumed_from is None else resumed_from + 1,
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+        }
+        rows = []
+        costs: dict[tuple[str, str, int], Any] = {}
+        for o in outcomes:
+            row = self._row(o, costs, timing)
+            if self.out is not None:
+                if c.save_heads:
+                    save_head(self.out / "heads" / f"{o.run.id}.safetensors", o.state, self._head_meta(o))
+                append_result(self.out / self.results_file, row)
+            rows.append(row)
+        if ckpt is not None:
+            ckpt.unlink(missing_ok=True)
+        best_row = min(rows, key=lambda r: rank_key(SeedGroup(r["id"], (r,))))
+        self.say(f"{layer}: {len(runs)} configs in {seconds:.1f} s; best {best_row['name']} "
+                 f"(holdout {_pct(best_row['metrics']['holdout'])}, eval {_pct(best_row['metrics']['eval'])})")
+        return rows
+
+    def _stream(
+        self,
+        store: FeatureStore,
+        split: str,
+        runs: Sequence[RunSpec],
+        plan: Plan,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        *,
+        training: bool,
+    ) -> BatchStream:
+        c = self.config
+        batch = self.data_batch if training else max(self.data_batch, 256)  # eval: any batch gives the same counts
+        views = store.split(split).views if training else 1
+        meta = store.meta
+        width = self.geometry.pooled_dim or meta.dim if isinstance(plan, PooledPlan) else meta.dim
+        size = len(rows) * plan.packed_bytes_per_view(meta.num_tokens, width, _ITEMSIZE[meta.dtype])
+        source: Any = make_source(store, split, runs, plan)  # one layer, k layers together, or pooled
+        if c.in_memory or (not training and size <= c.eval_cache_mb * 2**20):
+            source = load_memory(source, rows, store.split(split).views, all_views=training)
+        return BatchStream(
+            source,
+            rows,
+            labels,
+            batch_size=batch,
+            device=self.device,
+            dtype=self.dtype,
+            data_seed=c.data_seed,
+            views=views,
+            shuffle_chunks=c.shuffle_chunks,
+            prefetch=c.prefetch,
+        )
+
+    def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any]) -> ResultRowJSON:
+        from epcache.probe.data.sources import input_cost
+
+        run, g, s = o.run, self.geometry, o.run.settings
+        key = (run.head.name, run.input_key, len(run.mix_layers))
+        if key not in costs:
+            costs[key] = input_cost(run.head, g.shapes(run), g.num_classes)  # (params, flops) of the real input
+        params, flops = costs[key]
+        oracle = o.oracle_epoch
+        return {
+            "schema": RESULT_SCHEMA,
+            "id": run.id,
+            "name": run.name,
+            "seed_group": run.seed_group,
+            "config": {**run.hyperparameters(), **{k: v for k, v in s.to_json().items()
+                                                   if "provenance" not in k and k != "protocol"}},
+            "protocol": protocol_fingerprint(run, self.data, self.config),
+            "store": _store_info(self.store),
+            "eval_store": _store_info(self.eval_store),
+            "data": self.data.to_json(g.num_classes),
+            "params": params,
+            "flops": flops,
+            "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
+            "selected_epoch": o.selected_epoch + 1,
+            "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},
+            "oracle": {"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]},
+            "final": {"epoch": len(o.eval_top1), "eval_top1": o.eval_top1[-1]},
+            "curves": {"train_loss": o.train_loss, "holdout_top1": o.holdout_top1, "holdout_loss": o.holdout_loss,
+                       "eval_top1": o.eval_top1},
+            "diverged": o.diverged,
+            "head_file": f"heads/{run.id}.safetensors" if self.out is not None and self.config.save_heads else None,
+            "timing": dict(timing),
+        }
+
+    def _head_meta(self, o: ConfigOutcome) -> dict[str, Any]:
+        run = o.run
+        return {
+            **self.geometry.head_config(run),
+            "id": run.id,
+            "name": run.name,
+            "layer": run.layer,
+            "tokens": run.tokens,
+            "selected_epoch": o.selected_epoch + 1,
+            "store_provenance": self.store.provenance,
+            "backbone": self.store.meta.backbone.name,
+            "classes": list(self.store.split(run.settings.train_split).classes),
+        }
+
+
+def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> dict[str, Any]:
+    """Everything that decides a row's numbers besides the head: compare rows across runs and tools by it."""
+    s = run.settings
+    p = s.protocol
+    opt = run.hyperparameters()
+    return {
+        "recipe": p.recipe,
+        "optimizer": run.optimizer,
+        "momentum": opt["momentum"],
+        "betas": opt["betas"],
+        "lr_rule": "absolute" if run.blr is None else "blr",
+        "lr": run.lr,
+        "blr": run.blr,
+        "wd": run.wd,
+        "batch_size": p.batch_size,
+        "epochs": p.epochs,
+        "passes_per_epoch": p.passes_per_epoch,
+        "steps_per_epoch": p.steps_per_epoch,
+        "total_steps": p.total_steps,
+        "warmup_steps": p.warmup_steps,
+        "min_steps": p.min_steps,
+        "schedule": "linear warm-up, half-cosine to 0 (per step)",
+        "adapted": list(p.adapted),
+        "holdout_fraction": s.holdout,
+        "holdout_rule": data.to_json(0)["holdout_rule"],
+        "holdout_size": len(data.holdout_rows),
+        "train_size": len(data.train_rows),
+        "shots": s.shots,
+        "fraction": s.fraction,
+        "data_seed": s.data_seed,
+        "tokens": run.tokens,
+        "layer_mix": run.layer_mix,
+        "layers": list(run.group_key),
+        "store_provenance": s.store_provenance,
+        "eval_provenance": s.eval_provenance,
+        "selection": "holdout top-1, earliest epoch on ties" if len(data.holdout_rows) else "last epoch (no holdout)",
+        "dtype": s.dtype,
+    }
+
+
+def _store_info(store: FeatureStore) -> dict[str, Any]:
+    return {"path": store.location, "provenance": store.provenance, "backbone": store.meta.backbone.name}
+
+
+def _mjson(m: Metrics | None) -> Any:
+    return None if m is None else m.to_json()
+
+
+def _pct(m: dict[str, Any] | None) -> str:
+    return "-" if m is None else f"{100 * m['top1']:.2f}%"

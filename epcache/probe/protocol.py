@@ -1,0 +1,180 @@
+"""Resolve a recipe plus the user's explicit flags against a dataset into one training protocol.
+
+The protocol is the single source of truth of a run: the batch stream, the schedule, the
+trainer and every results row read it, and it enters every config's id. A recipe's defaults
+adapt to the dataset (a batch that gives several steps per epoch, a length floor in optimiser
+steps, a warm-up that scales with the length); explicit flags are taken as given, and asking
+for something impossible (an explicit batch larger than the training set, a warm-up longer than
+training) is an error listed together with every other problem of the sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from epcache.probe.recipes import Recipe
+
+__all__ = ["Protocol", "adapted_batch", "optimizer_settings", "resolve_holdout", "resolve_protocol"]
+
+MIN_STEPS_PER_EPOCH = 8  # a recipe's batch shrinks until an epoch has about this many steps
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    """How every trained config of a sweep is optimised; JSON in each row under ``protocol``."""
+
+    recipe: str
+    optimizers: tuple[str, ...]  # the optimizer axis
+    momentum: float | None  # for the recipe's own optimiser (others use their defaults)
+    betas: tuple[float, float] | None
+    recipe_optimizer: str  # momentum / betas above belong to this optimiser
+    lr_rule: str  # "absolute" or "blr" (lr = blr x batch / 256)
+    lrs: tuple[tuple[float, float | None], ...]  # (absolute lr, blr or None) grid
+    wd: tuple[float, ...]
+    batch_size: int
+    epochs: int  # evaluation epochs (the holdout picks one)
+    passes_per_epoch: int  # passes over the training set per epoch (> 1 only to meet min_steps)
+    steps_per_epoch: int  # optimiser steps per epoch (all passes)
+    total_steps: int
+    warmup_steps: int
+    min_steps: int  # the length floor that was applied (0: none)
+    adapted: tuple[str, ...]  # every field the dataset changed, and why (printed once, recorded)
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["lrs"] = [list(x) for x in self.lrs]
+        doc["betas"] = None if self.betas is None else list(self.betas)
+        return doc
+
+
+def optimizer_settings(protocol: Protocol, name: str) -> dict[str, Any]:
+    """Momentum and betas for optimiser ``name``: the recipe's for its own optimiser, else the defaults."""
+    if name == protocol.recipe_optimizer:
+        return {"momentum": protocol.momentum, "betas": protocol.betas}
+    return {"momentum": None, "betas": None}
+
+
+def resolve_holdout(value: float | None, recipe: Recipe, errors: list[str]) -> float:
+    """The holdout fraction: explicit, else the recipe's."""
+    h = recipe.holdout if value is None else float(value)
+    if not (math.isfinite(h) and 0.0 <= h < 1.0):
+        errors.append(f"--holdout must be in [0, 1), got {value} (0: no holdout, the last epoch is kept)")
+        return recipe.holdout
+    return h
+
+
+def adapted_batch(recipe_batch: int, n_train: int) -> int:
+    """The recipe's batch, shrunk (by powers of 2) until an epoch has >= 8 steps, but not below 16.
+
+    A dataset smaller than 16 samples trains on all of it as one batch.
+    """
+    target = max(1, n_train // MIN_STEPS_PER_EPOCH)
+    pow2 = 1 << (target.bit_length() - 1)
+    return max(2, min(recipe_batch, max(pow2, min(16, n_train)), n_train))
+
+
+def resolve_protocol(
+    c: Any,
+    recipe: Recipe,
+    *,
+    n_train: int | None,
+    errors: list[str],
+) -> Protocol:
+    """Apply ``recipe`` and the explicit fields of ``c`` (a ProbeConfig) to a training set of ``n_train``.
+
+    ``n_train=None`` resolves without a dataset (no batch adaptation; step counts are per the
+    recipe's batch and unknown length): used to expand a sweep for inspection.
+    Problems are appended to ``errors`` (one message for the whole sweep).
+    """
+    adapted: list[str] = []
+    # ---- batch
+    if c.batch_size is not None:
+        batch = int(c.batch_size)
+        if batch < 2:
+            errors.append(f"--batch-size must be >= 2 (BatchNorm needs batch statistics), got {batch}")
+            batch = 2
+        if n_train is not None and batch > n_train:
+            errors.append(
+                f"--batch-size {batch} is larger than the {n_train} training samples (no full batch); lower "
+                "--batch-size, or leave it out and the recipe adapts it"
+            )
+    elif n_train is None:
+        batch = recipe.batch_size
+    else:
+        if n_train < 2:
+            errors.append(f"only {n_train} training sample(s) after the holdout: BatchNorm needs >= 2 per batch; "
+                          "use --holdout 0 or more data")
+        batch = adapted_batch(recipe.batch_size, max(n_train, 2))
+        if batch != recipe.batch_size:
+            adapted.append(f"batch {batch} (recipe {recipe.batch_size}; {n_train} training samples)")
+    # ---- learning rates
+    lr, blr = tuple(c.lr), tuple(c.blr)
+    if lr and blr:
+        errors.append("give --lr (absolute) or --blr (scaled by batch/256), not both")
+    if not lr and not blr:
+        lr, blr = recipe.lr, recipe.blr
+    _check_finite("lr", lr, errors, positive=True)
+    _check_finite("blr", blr, errors, positive=True)
+    lrs = tuple((x, None) for x in lr) if lr else tuple((b * batch / 256, b) for b in blr)
+    wd = tuple(c.wd) if c.wd else recipe.wd
+    _check_finite("wd", wd, errors, positive=False)
+    optimizers = tuple(c.optimizer) if c.optimizer else (recipe.optimizer,)
+    # ---- length
+    explicit_length = c.epochs is not None
+    epochs = int(c.epochs) if explicit_length else recipe.epochs
+    if epochs < 1:
+        errors.append(f"--epochs must be >= 1, got {epochs}")
+        epochs = 1
+    min_steps = int(c.min_steps) if getattr(c, "min_steps", None) is not None else (
+        0 if explicit_length else recipe.min_steps)
+    if min_steps < 0:
+        errors.append(f"--min-steps must be >= 0, got {min_steps}")
+        min_steps = 0
+    spe_data = max(1, (n_train or batch) // batch)
+    passes = max(1, math.ceil(min_steps / (epochs * spe_data))) if min_steps else 1
+    if passes > 1 and n_train is not None:
+        adapted.append(f"{passes} passes per epoch ({epochs} epochs x {passes * spe_data} steps = "
+                       f"{epochs * passes * spe_data} steps >= min {min_steps})")
+    spe = passes * spe_data
+    total = epochs * spe
+    # ---- warm-up
+    if c.warmup is not None:
+        w = float(c.warmup)
+        if not (math.isfinite(w) and 0 <= w <= epochs):
+            errors.append(f"--warmup must be between 0 and --epochs ({epochs}), got {c.warmup}")
+            w = 0.0
+        warmup = round(w * spe)
+    elif recipe.warmup_fraction is not None:
+        warmup = round(recipe.warmup_fraction * total)
+    else:
+        we = float(recipe.warmup_epochs or 0.0)
+        if epochs != recipe.epochs:
+            we = we * epochs / recipe.epochs
+            adapted.append(f"warm-up {we:g} epochs (recipe {recipe.warmup_epochs:g} of {recipe.epochs})")
+        warmup = round(we * spe)
+    return Protocol(
+        recipe=recipe.name,
+        optimizers=optimizers,
+        momentum=recipe.momentum,
+        betas=recipe.betas,
+        recipe_optimizer=recipe.optimizer,
+        lr_rule="absolute" if lr else "blr",
+        lrs=lrs,
+        wd=tuple(float(x) for x in wd),
+        batch_size=batch,
+        epochs=epochs,
+        passes_per_epoch=passes,
+        steps_per_epoch=spe,
+        total_steps=total,
+        warmup_steps=min(warmup, total),
+        min_steps=min_steps,
+        adapted=tuple(adapted),
+    )
+
+
+def _check_finite(name: str, values: tuple[float, ...], errors: list[str], *, positive: bool) -> None:
+    bad = [v for v in values if not math.isfinite(v) or v < 0 or (positive and v == 0)]
+    if bad:
+        errors.append(f"--{name} values must be finite and {'> 0' if positive else '>= 0'}, got {bad}")

@@ -1,0 +1,149 @@
+"""Checks and small resolvers of the sweep grid: head specs, token choices, layers, shared settings.
+
+Each check appends a message to the sweep's error list instead of raising, so one ConfigError can
+name every problem of a sweep at once (see :func:`epcache.probe.grid.raise_errors`).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
+from epcache.probe.config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
+from epcache.store import StoreMeta
+
+__all__ = ["check_axes", "check_choices", "check_head", "check_shared", "jsonable", "resolve_layers", "split_head",
+           "token_choices"]
+
+
+
+def check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
+    """Settings that define the data pass must be the same in every sub-grid."""
+    shared = ("recipe", "epochs", "warmup", "batch_size", "min_steps", "data_seed", "holdout", "shots", "fraction")
+    shared += ("dtype",)
+    shared += ("train_split", "eval_split", "eval_store", "in_memory", "device", "fused")
+    for name in shared:
+        values = {json.dumps(getattr(b, name)) for b in blocks}
+        if len(values) > 1:
+            raise ConfigError(
+                f"grid file {grid}: {name} differs between [[grid]] tables ({sorted(values)}); it is shared by the "
+                "whole sweep (one data pass), so set it at the top level or run separate sweeps"
+            )
+
+
+def resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
+    out: list[int] = []
+    for e in entries:
+        if e == "all":
+            out.extend(meta.layers)
+        elif e == "last":
+            out.append(meta.layers[-1])
+        elif isinstance(e, str) and e.startswith("last:"):  # the last K stored layers (issue 15)
+            out.extend(meta.layers[-int(e[5:]) :])
+        elif int(e) < 0 and -int(e) <= len(meta.layers):
+            out.append(meta.layers[int(e)])  # -1: the last stored layer, as a Python index
+        else:
+            out.append(int(e))
+    missing = sorted({x for x in out if x not in meta.layers})
+    if missing:
+        raise UnknownLayerError(
+            f"the store has no layer(s) {missing} (stored layers: {', '.join(map(str, meta.layers))}); "
+            "choose from those (or -1 for the last stored one), or re-extract with `--layers` including them"
+        )
+    if not out:
+        raise ConfigError("no layer requested; use --layer N, --layers all or --layers last")
+    return list(dict.fromkeys(out))
+
+
+def check_choices(name: str, values: Iterable[str], choices: Sequence[str], errors: list[str]) -> None:
+    bad = [v for v in values if v not in choices]
+    if bad:
+        errors.append(f"unknown {name} {bad}; choose from {', '.join(choices)}")
+
+
+def split_head(text: str) -> tuple[str, dict[str, Any]]:
+    """``"ep(queries=8)"`` -> ``("ep", {"queries": 8})``: only the options written out."""
+    m = _HEAD_RE.match(text)
+    if m is None:
+        raise ConfigError(f"cannot parse head {text!r}; expected e.g. 'ep' or 'ep(queries=8,d_out=1)'")
+    kind, args = m.group(1), (m.group(2) or "").strip()
+    if not args:
+        return kind, {}
+    try:
+        call = ast.parse(f"f({args})", mode="eval").body
+        assert isinstance(call, ast.Call)
+        if call.args or any(kw.arg is None for kw in call.keywords):
+            raise ValueError("options must be given as name=value")
+        return kind, {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ConfigError(f"cannot parse head {text!r}: {e}") from None
+
+
+def check_axes(c: ProbeConfig, entries: Sequence[tuple[str, str, dict[str, Any]]], errors: list[str]) -> None:
+    from epcache.probe.heads import head_options
+
+    for name in HEAD_OPTION_AXES:
+        if getattr(c, name) and entries and not any(name in head_options(kind) for _, kind, _ in entries):
+            kinds = ", ".join(sorted({k for _, k, _ in entries}))
+            errors.append(f"--{name.replace('_', '-')} was given but none of the heads ({kinds}) takes it")
+
+
+def token_choices(
+    c: ProbeConfig, entries: Sequence[tuple[str, str, dict[str, Any]]], meta: StoreMeta, errors: list[str]
+) -> dict[str, list[str]]:
+    """Per head kind, the token selections it trains on (the tokens axis filtered by family)."""
+    valid = set(LINEAR_TOKENS) | set(ATTENTIVE_TOKENS)
+    bad = [t for t in c.tokens if t not in valid]
+    if bad:
+        errors.append(
+            f"unknown tokens {bad}; linear heads read {', '.join(LINEAR_TOKENS)}, "
+            f"pooling heads read {', '.join(ATTENTIVE_TOKENS)}"
+        )
+    if meta.layout.cls_index is None and any("cls" in t for t in c.tokens):
+        errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
+    out: dict[str, list[str]] = {}
+    for text, kind, explicit in entries:
+        family = LINEAR_TOKENS if kind == "linear" else ("all", "patch") if kind == "mp" else ATTENTIVE_TOKENS
+        if not c.tokens:
+            default = "cls" if meta.layout.cls_index is not None else "gap"
+            mp_default = "all" if meta.layout.cls_index is not None else "patch"  # MP: CLS + patches (§1.1)
+            out[kind] = [default] if kind == "linear" else [mp_default] if kind == "mp" else ["patch"]
+            continue
+        chosen = [t for t in c.tokens if t in family]
+        if not chosen and not (kind == "linear" and "tokens" in explicit):
+            errors.append(
+                f"head {text!r} cannot read tokens {list(c.tokens)}: "
+                f"{'linear heads read' if kind == 'linear' else 'pooling heads read'} {', '.join(family)}"
+            )
+        out[kind] = chosen
+    return out
+
+
+def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMeta, num_classes: int) -> str | None:
+    """Build the head for its input (token source x layer mix) on the meta device and run one forward.
+
+    Returns the error text, or None if it works.
+    """
+    import torch
+
+    from epcache.probe.data.sources import build_head, head_input, pooled_dim
+
+    lay = meta.layout
+    try:
+        shapes = head_input(spec.kind, tokens, mix, num_layers, dim=meta.dim, num_prefix=lay.num_prefix,
+                            cls_index=lay.cls_index, num_registers=lay.num_registers, num_patches=lay.num_patches,
+                            pooled_dim=pooled_dim(meta))
+        with torch.device("meta"):
+            head = build_head(spec, shapes, num_classes)
+            x = torch.empty(2, shapes.in_dim) if shapes.vector else torch.empty(2, shapes.num_tokens, shapes.in_dim)
+            head(x)
+    except HeadSpecError as e:
+        return str(e)
+    return None
+
+
+def jsonable(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
