@@ -200,6 +200,9 @@ def probe(
     shard: Annotated[
         str | None, typer.Option(help="I/N: train part I of N of the sweep (job arrays; torchrun sets it).")
     ] = None,
+    trust_store: Annotated[
+        bool, typer.Option(help="Skip the store integrity checks (bytes, labels, ids, metadata); recorded in rows.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
@@ -217,7 +220,7 @@ def probe(
             fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
             device=device, in_memory=in_memory, allow_incomplete=allow_incomplete, data_seed=data_seed,
-            shard=shard, layer_mix=parse_list(layer_mix, str),
+            shard=shard, trust_store=trust_store, layer_mix=parse_list(layer_mix, str),
         )
         result = run_probe(cfg, progress=progress)
     if not progress:  # with progress the library printed the plan and notes as it went

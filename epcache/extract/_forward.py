@@ -9,7 +9,7 @@ stage maps that are flattened row-major into ``H*W`` tokens without prefix.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from epcache.errors import ConfigError, ModelError
@@ -32,8 +32,17 @@ class ModelGeometry:
     kind: ModelKind  # "tokens": ViT-like with prefix tokens; "spatial": NCHW maps flattened
     num_layers: int  # layers the model exposes (blocks for ViTs, stages for convnets)
     layers: tuple[int, ...]  # requested, absolute and sorted
-    layout: TokenLayout
-    dim: int  # D of every requested layer
+    layout: TokenLayout  # of the last requested layer
+    dim: int  # D of the last requested layer
+    # (grid, D) per requested layer when they differ (a convnet's stages); empty when all are alike
+    layer_shapes: dict[int, tuple[tuple[int, int], int]] = field(default_factory=dict)
+
+    def layer_shape(self, layer: int) -> tuple[int, int]:
+        """(T, D) of one requested layer's tokens."""
+        if layer in self.layer_shapes:
+            (h, w), dim = self.layer_shapes[layer]
+            return self.layout.num_prefix + h * w, dim
+        return self.layout.num_tokens, self.dim
 
 
 def model_kind(model: nn.Module) -> ModelKind:
@@ -71,12 +80,13 @@ def inspect_model(
     """Resolve the layer spec and the token layout with one shape-only forward.
 
     Run it on a ``meta``-device model: no weights, no compute, exact shapes. ``layers_spec``
-    None means every layer for token models and the last stage for spatial models (their
-    stages differ in width and grid, and a store holds one ``[N, V, T, D]`` shape).
+    None means every layer for token models and the last stage for spatial models. Layers of
+    different widths or grids (a convnet's stages, ``--layers all``) go into one store with
+    per-layer shapes (cache_layout.md §2.1 ``layer_shapes``), from one forward pass.
 
     Raises:
         UnknownLayerError: a requested layer outside the model.
-        ConfigError: spatial stages of different width or grid requested together.
+        ConfigError: layers with different numbers of prefix tokens (no timm model has them).
     """
     import torch
 
@@ -102,13 +112,14 @@ def inspect_model(
         spatial, prefix = out if isinstance(out, tuple) else (out, None)
         _, d, h, w = spatial.shape
         shapes.append((0 if prefix is None else int(prefix.shape[1]), int(d), int(h), int(w)))
-    if len(set(shapes)) != 1:
-        listing = ", ".join(f"{i}: D={d} grid {h}x{w}" for i, (_, d, h, w) in zip(layers, shapes, strict=True))
+    if len({p for p, _, _, _ in shapes}) != 1:
         raise ConfigError(
-            f"layers {list(layers)} of {name} have different widths or grids ({listing}); a store holds "
-            "one [N, V, T, D] shape, so extract stages of one shape per store (e.g. --layers last)"
+            f"layers {list(layers)} of {name} have different numbers of prefix tokens; extract them apart"
         )
-    num_prefix, dim, h, w = shapes[0]
+    num_prefix, dim, h, w = shapes[-1]
+    per_layer: dict[int, tuple[tuple[int, int], int]] = {}
+    if len(set(shapes)) != 1:
+        per_layer = {layer: ((sh, sw), sd) for layer, (_, sd, sh, sw) in zip(layers, shapes, strict=True)}
     has_cls = getattr(model, "cls_token", None) is not None and num_prefix > 0
     layout = TokenLayout(
         num_prefix=num_prefix,
@@ -116,7 +127,7 @@ def inspect_model(
         num_registers=int(getattr(model, "num_reg_tokens", 0) or 0) if kind == "tokens" else 0,
         grid=(h, w),
     )
-    return ModelGeometry(kind=kind, num_layers=n, layers=layers, layout=layout, dim=dim)
+    return ModelGeometry(kind=kind, num_layers=n, layers=layers, layout=layout, dim=dim, layer_shapes=per_layer)
 
 
 class TokenExtractor:

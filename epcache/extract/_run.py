@@ -353,6 +353,7 @@ def _prepare(config: ExtractConfig) -> _Prepared:
         else None
     )
     T, D = geometry.layout.num_tokens, geometry.dim
+    td = sum(a * b for a, b in map(geometry.layer_shape, geometry.layers)) // len(geometry.layers)  # mean T*D
     split_plans = tuple(
         SplitPlan(
             name=name,
@@ -360,7 +361,7 @@ def _prepare(config: ExtractConfig) -> _Prepared:
             num_samples=len(src),
             views=config.views_for(name),
             num_classes=len(src.classes),
-            bytes_per_layer=len(src) * config.views_for(name) * T * D * itemsize(config.dtype),
+            bytes_per_layer=len(src) * config.views_for(name) * td * itemsize(config.dtype),
         )
         for name, src in sources.items()
     )
@@ -417,6 +418,7 @@ def _store_meta(prep: _Prepared, report: LoadReport) -> StoreMeta:
         dtype=cfg.dtype,
         dim=g.dim,
         num_tokens=g.layout.num_tokens,
+        layer_shapes=dict(g.layer_shapes),
         preprocessing={
             "data_config": prep.data_config,
             "eval_transform": [repr(t) for t in getattr(prep.eval_transform, "transforms", [prep.eval_transform])],
@@ -548,10 +550,12 @@ def _refuse_duplicate(config: ExtractConfig, prep: _Prepared, meta: StoreMeta) -
             with open_store(loc) as other:
                 if compute_provenance(other.meta, {}) != ours or not _holds_splits(other, prep):
                     continue
+                key = other.provenance  # the stored key, as `epcache info` and `ls` show it
         except (EpcacheError, OSError):
             continue  # unreadable neighbours are `epcache ls`'s business, not a reason to stop here
         raise StoreExistsError(
-            f"{loc} already holds these tokens (same provenance {ours[:16]}, same data, complete): use it "
+            f"{loc} already holds these tokens (provenance {key}, as `epcache info {loc}` shows; same data, "
+            "complete): use it "
             f"instead of extracting again into {out}. Pass --allow-duplicate (allow_duplicate=True) to "
             "extract anyway"
         )
@@ -720,7 +724,7 @@ def _run_batches(
 
     cfg = prep.config
     g = prep.geometry
-    V, T, D = cfg.views_for(split), g.layout.num_tokens, g.dim
+    V = cfg.views_for(split)
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
     np_dtype = _numpy_dtype(cfg.dtype)
     acc: dict[int, np.ndarray] | None = None
@@ -738,7 +742,7 @@ def _run_batches(
         if isinstance(outs, tuple):  # --pooled: (layers, pooled output)
             outs, pooled = outs
         if acc is None:
-            acc = {layer: np.empty((length, V, T, D), np_dtype) for layer in g.layers}
+            acc = {layer: np.empty((length, V, *g.layer_shape(layer)), np_dtype) for layer in g.layers}
             if pooled is not None:
                 acc[POOLED_KEY] = np.empty((length, V, pooled.shape[-1]), np_dtype)
         if pooled is not None:
@@ -747,7 +751,7 @@ def _run_batches(
             t = t.to(torch_dtype)
             if not bool(torch.isfinite(t).all()):
                 _raise_non_finite(cfg, src, split, layer, batch.indices)
-            acc[layer][off : off + n] = from_torch(t.reshape(n, V, T, D).cpu())
+            acc[layer][off : off + n] = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
         if off + n == length:
             writer.submit(split, block, acc)
             acc = None

@@ -102,7 +102,9 @@ class ProbeConfig:
     prefetch: int = 4  # batches the reader thread may run ahead
     shuffle_chunks: int = 0  # chunks in the shuffle buffer; 0: enough for two batches (at least 4)
     eval_cache_mb: float = 4096.0  # holdout/eval tokens up to this size are read once and kept in RAM
+    eval_curve: bool = True  # score the eval split every epoch (curves, oracle); False: only at the end
     shard: str | None = None  # "I/N": train only part I of N of the sweep (job arrays); torchrun sets it from RANK
+    trust_store: bool = False  # skip the store integrity checks (store/_integrity.py); recorded in every row
 
     def __post_init__(self) -> None:
         for name, kind in _TUPLE_FIELDS.items():

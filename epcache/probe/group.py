@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ class GroupRunner:
     say: Callable[[str], None]
     bar: Any  # the sweep-level progress bar (tqdm, possibly disabled)
     data_batch: int = 2  # the protocol's training batch
+    held_bytes: int = 0  # tokens held in RAM (in-memory training rows, holdout/eval caches)
+    threads_rule: str = "user"  # how the torch thread count was chosen (recorded in timing)
     results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
 
     def run(self, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
@@ -65,7 +68,8 @@ class GroupRunner:
         c, s = self.config, runs[0].settings
         p = s.protocol
         layer = group_label(runs)  # "layer11", "layers8-9-10-11" or "pooled" (issue 15)
-        plan = make_plan(runs, self.store.meta.layout, self.dtype)
+        layout = self.store.meta.for_layer(runs[0].group_key[0]).layout if runs[0].group_key else None
+        plan = make_plan(runs, layout if layout is not None else self.store.meta.layout, self.dtype)
         train = self._stream(self.store, s.train_split, runs, plan, self.data.train_rows, self.data.train_labels,
                              training=True)
         holdout = None
@@ -88,15 +92,23 @@ class GroupRunner:
         epochs_run = 0
         self.bar.update(max(trainer.epoch + 1, 0) * p.steps_per_epoch)  # resumed epochs count as done
         best = 0.0
+        t_train = t_eval = 0.0
         for epoch in range(trainer.epoch + 1, p.epochs):
             self.bar.set_postfix_str(f"{layer}, epoch {epoch + 1}/{p.epochs}, {len(runs)} configs"
                                      + (f", best holdout {100 * best:.1f}%" if holdout is not None else ""))
+            t = time.perf_counter()
             trainer.train_epoch(train, epoch, warmup_steps=p.warmup_steps, total_steps=p.total_steps,
                                 passes=p.passes_per_epoch, on_batch=lambda _n: self.bar.update(1))
+            t_train += time.perf_counter() - t
+            t = time.perf_counter()
             hold_accs = trainer.evaluate(holdout) if holdout is not None else None
             hold_top1 = trainer.top1(hold_accs) if hold_accs is not None else None
             hold_loss = trainer.loss(hold_accs) if hold_accs is not None else None
-            eval_top1 = trainer.top1(trainer.evaluate(evaluation))
+            if c.eval_curve or epoch == p.epochs - 1:
+                eval_top1 = trainer.top1(trainer.evaluate(evaluation))
+            else:  # the eval split is scored once, at the selected epoch (below); the curve comes from the holdout
+                eval_top1 = [math.nan] * len(runs)
+            t_eval += time.perf_counter() - t
             trainer.end_epoch(epoch, hold_top1, eval_top1, hold_loss)
             best = max(hold_top1) if hold_top1 is not None else best
             epochs_run += 1
@@ -116,6 +128,17 @@ class GroupRunner:
             "resumed_after_epoch": None if resumed_from is None else resumed_from + 1,
             "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
+            "threads_rule": self.threads_rule,
+            # where the time went: training (incl. waiting for the reader) and scoring, per group
+            "train_seconds": t_train,
+            "data_wait_seconds": train.wait_seconds,  # the reader's queue was empty this long
+            "eval_seconds": t_eval,
+            # fixed = shared by every config of the group (waiting for data, scoring passes' reads);
+            # marginal = the rest of training divided by the configs (an estimate: bench/vs_hand_loop.py
+            # measures it as the slope over 1, 8 and 32 configs)
+            "fixed_seconds": train.wait_seconds,
+            "marginal_seconds_per_config": (t_train - train.wait_seconds + t_eval) / len(runs),
+            "held_bytes": self.held_bytes,
         }
         rows = []
         costs: dict[tuple[str, str, int], Any] = {}
@@ -145,14 +168,20 @@ class GroupRunner:
         training: bool,
     ) -> BatchStream:
         c = self.config
-        batch = self.data_batch if training else max(self.data_batch, 256)  # eval: any batch gives the same counts
+        batch = self.data_batch if training else max(self.data_batch, 1024)  # eval: any batch gives the same counts
         views = store.split(split).views if training else 1
-        meta = store.meta
-        width = self.geometry.pooled_dim or meta.dim if isinstance(plan, PooledPlan) else meta.dim
-        size = len(rows) * plan.packed_bytes_per_view(meta.num_tokens, width, _ITEMSIZE[meta.dtype])
+        read = runs[0].group_key  # the layers this group reads (none: the pooled output)
+        meta = store.meta.for_layer(read[0]) if read else store.meta
+        # on the CPU, rows held in RAM are converted to the compute dtype once, not every epoch
+        convert = self.device.type == "cpu"
+        itemsize = torch.finfo(self.dtype).bits // 8 if convert else _ITEMSIZE[meta.dtype]
+        width = (self.geometry.pooled_dim or meta.dim) if isinstance(plan, PooledPlan) else meta.dim
+        size = len(rows) * views * plan.packed_bytes_per_view(meta.num_tokens, width, itemsize)
         source: Any = make_source(store, split, runs, plan)  # one layer, k layers together, or pooled
         if c.in_memory or (not training and size <= c.eval_cache_mb * 2**20):
-            source = load_memory(source, rows, store.split(split).views, all_views=training)
+            source = load_memory(source, rows, store.split(split).views, all_views=training,
+                                 dtype=self.dtype if convert else None)
+            self.held_bytes += size
         return BatchStream(
             source,
             rows,
@@ -181,7 +210,8 @@ class GroupRunner:
             "name": run.name,
             "seed_group": run.seed_group,
             "config": {**run.hyperparameters(), **{k: v for k, v in s.to_json().items()
-                                                   if "provenance" not in k and k != "protocol"}},
+                                                   if "provenance" not in k and k != "protocol"},
+                       "trust_store": self.config.trust_store},
             "protocol": protocol_fingerprint(run, self.data, self.config),
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
@@ -191,10 +221,11 @@ class GroupRunner:
             "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
             "selected_epoch": o.selected_epoch + 1,
             "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},
-            "oracle": {"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]},
+            "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.eval_curve
+                       else {"epoch": None, "eval_top1": None}),  # no per-epoch eval curve: no oracle
             "final": {"epoch": len(o.eval_top1), "eval_top1": o.eval_top1[-1]},
             "curves": {"train_loss": o.train_loss, "holdout_top1": o.holdout_top1, "holdout_loss": o.holdout_loss,
-                       "eval_top1": o.eval_top1},
+                       "eval_top1": [v if math.isfinite(v) else None for v in o.eval_top1]},
             "diverged": o.diverged,
             "head_file": f"heads/{run.id}.safetensors" if self.out is not None and self.config.save_heads else None,
             "timing": dict(timing),
@@ -252,6 +283,7 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "eval_provenance": s.eval_provenance,
         "selection": "holdout top-1, earliest epoch on ties" if len(data.holdout_rows) else "last epoch (no holdout)",
         "dtype": s.dtype,
+        "trust_store": config.trust_store,
     }
 
 

@@ -229,7 +229,7 @@ def _summary_cells(g: Any) -> tuple[str, ...]:
         _short(g.name),
         _pm(g.mean_std("holdout"), std=len(g.rows) > 1),
         _pm(g.mean_std("eval"), std=len(g.rows) > 1),
-        f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
+        "-" if r["oracle"]["epoch"] is None else f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
         f"{r['params']:,}",
     )
 

@@ -10,9 +10,11 @@ last completed epoch with the same numbers it would have produced uninterrupted.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from epcache.probe.ranking import group_by_seed, rank
 from epcache.probe.recipes import get_recipe
 from epcache.probe.results import RESULTS_FILE, format_summary, read_results, repair_results, write_json
 from epcache.probe.train import HeadGeometry
-from epcache.store import FeatureStore, open_store
+from epcache.store import FeatureStore, check_for_probe, open_store
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 
@@ -70,14 +72,42 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
     """
     say = _printer(progress)
-    store = open_store(config.store, verify_reads=True)  # never train on bytes that changed since extraction
-    eval_store = open_store(config.eval_store, verify_reads=True) if config.eval_store else store
+    checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
+    store = open_store(config.store, verify_reads=checked)
+    eval_store = open_store(config.eval_store, verify_reads=checked) if config.eval_store else store
     try:
-        return _probe(config, store, eval_store, say, progress)
+        for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
+            print(f"warning: {warning}", file=sys.stderr)
+        say(f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)")
+        with cpu_threads(resolve_device(config.device)) as rule:
+            return _probe(config, store, eval_store, say, progress, rule)
     finally:
         if eval_store is not store:
             eval_store.close()
         store.close()
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device) -> Iterator[str]:
+    """A torch thread count for small-head CPU work, unless the user chose one; yields the rule used.
+
+    Probe heads are small ops on batches of a few MB: with as many OpenMP threads as cores, the
+    reader thread and OpenMP spin-waiting compete for the cores (measured on a 2-core VM: small ops
+    ~100x slower with 2 threads than with 1). So when neither ``OMP_NUM_THREADS`` nor
+    ``torch.set_num_threads`` chose a count (torch still at one thread per available core), the
+    sweep uses one core fewer than available, leaving one for the reader, and restores the count
+    afterwards. The rule is recorded in every row's ``timing``.
+    """
+    n = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ or n != cores or cores < 2:
+        yield f"{n} (as set: OMP_NUM_THREADS or torch.set_num_threads, or a GPU run)"
+        return
+    torch.set_num_threads(cores - 1)
+    try:
+        yield f"{cores - 1} (epcache: one core fewer than the {cores} available, for the reader thread)"
+    finally:
+        torch.set_num_threads(n)
 
 
 def resolve_shard(spec: str | None) -> tuple[int, int] | None:
@@ -133,6 +163,7 @@ def _probe(
     eval_store: FeatureStore,
     say: Callable[[str], None],
     progress: bool,
+    threads_rule: str,
 ) -> ProbeResult:
     request = resolve_request(config)  # the grid file is applied here, once; everything below reads `c`
     c = request.config
@@ -184,16 +215,7 @@ def _probe(
     skipped = tuple(r.id for r in runs if r.id in finished)
     if skipped:
         say(f"{len(skipped)} of {len(runs)} configs already finished in {out}; skipping them")
-    geometry = HeadGeometry(
-        dim=store.meta.dim,
-        num_classes=num_classes,
-        num_tokens=store.meta.num_tokens,
-        num_patches=store.meta.layout.num_patches,
-        num_prefix=store.meta.layout.num_prefix,
-        cls_index=store.meta.layout.cls_index,  # issue 15: token sources and the pooled output
-        num_registers=store.meta.layout.num_registers,
-        pooled_dim=store.pooled_dim,
-    )
+    pooled_dim = store.pooled_dim  # issue 15: the optional pooled output
     if any(r.tokens == "pooled" for r in runs):  # the eval split needs the pooled array as well
         for st, split in ((store, c.train_split), (eval_store, c.eval_split)):
             st.require_pooled(split)
@@ -207,10 +229,15 @@ def _probe(
     bar = tqdm(total=len(groups) * protocol.total_steps, unit="step", disable=not progress, file=sys.stderr,
                desc=f"probe: {sum(map(len, groups.values()))} configs, {len(groups)} groups", leave=False)
     with bar:
-        for group in groups.values():
+        for key, group in groups.items():
+            lm = store.meta.for_layer(key[0]) if key else store.meta  # a layer's own grid and width (convnets)
+            geometry = HeadGeometry(dim=lm.dim, num_classes=num_classes, num_tokens=lm.num_tokens,
+                                    num_patches=lm.layout.num_patches, num_prefix=lm.layout.num_prefix,
+                                    cls_index=lm.layout.cls_index, num_registers=lm.layout.num_registers,
+                                    pooled_dim=pooled_dim)
             runner = GroupRunner(c, store, eval_store, data, geometry, resolve_device(c.device),
                                  _TORCH_DTYPES[c.dtype], out, say, bar, data_batch=protocol.batch_size,
-                                 results_file=results_file)
+                                 threads_rule=threads_rule, results_file=results_file)
             for row in runner.run(group):
                 new_rows[row["id"]] = dict(row)
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in runs)

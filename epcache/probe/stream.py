@@ -19,6 +19,7 @@ import contextlib
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -161,22 +162,34 @@ class MemorySource:
         rows: np.ndarray,
         *,
         all_views: bool,
+        dtype: torch.dtype | None = None,
     ) -> MemorySource:
-        """Read ``rows`` once, chunk by chunk, keeping only what ``plan`` needs."""
+        """Read ``rows`` once, chunk by chunk, keeping only what ``plan`` needs.
+
+        With ``dtype`` (the compute dtype) the rows are converted once here, chunk by chunk, so
+        later epochs serve batches that need no conversion at all.
+        """
         cs = store.split(split).chunk_samples
         rows = np.asarray(rows, np.int64)
         parts = []
         for chunk, local in _rows_by_chunk(rows, cs):
             data = store.read_chunk(split, layer, chunk)[local]  # [m, V, T, D]
-            parts.append(plan.pack(data if all_views else data[:, :1]))
+            packed = plan.pack(data if all_views else data[:, :1])
+            if dtype is not None:
+                packed = to_torch(np.ascontiguousarray(packed)).to(dtype).numpy()
+            parts.append(packed)
         if parts:
             data = np.concatenate(parts)
         else:
-            data = np.zeros((0, 1, 0, store.meta.dim), np.float32)
+            data = np.zeros((0, 1, 0, store.meta.layer_shape(layer)[1]), np.float32)
         return cls(rows, np.ascontiguousarray(data), cs)
 
     def rows(self, chunk: int, local: np.ndarray, views: np.ndarray | None) -> np.ndarray:
-        pos = np.searchsorted(self.row_index, chunk * self.chunk_samples + local)
+        return self.gather(chunk * self.chunk_samples + local, views)
+
+    def gather(self, rows: np.ndarray, views: np.ndarray | None) -> np.ndarray:
+        """Packed ``[len(rows), T', D]`` for stored rows ``rows`` (each held), one copy."""
+        pos = np.searchsorted(self.row_index, rows)
         return self.data[pos, 0] if views is None else self.data[pos, views]
 
 
@@ -224,6 +237,7 @@ class BatchStream:
         cs = source.chunk_samples
         self.shuffle_chunks = shuffle_chunks or max(4, math.ceil(2 * batch_size / cs))
         self.prefetch = prefetch
+        self.wait_seconds = 0.0  # time the consumer waited for the reader (queue empty), all passes
         self._by_chunk = list(_rows_by_chunk(self.rows, cs))
         n_split = len(self.labels)
         self._view_offset = np.random.default_rng([data_seed, 1]).integers(views, size=n_split) if views > 1 else None
@@ -250,6 +264,9 @@ class BatchStream:
 
     # ------------------------------------------------------------------ producer side (reader thread)
     def _train_arrays(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if isinstance(self.source, MemorySource):
+            yield from self._train_arrays_in_memory(epoch)
+            return
         rng = np.random.default_rng([self.data_seed, 0, epoch])
         order = rng.permutation(len(self._by_chunk))
         B = self.batch_size
@@ -276,8 +293,38 @@ class BatchStream:
                 yield x[j * B : (j + 1) * B], y[j * B : (j + 1) * B]
             carry_x, carry_y = x[full * B :], y[full * B :]
 
+    def _train_arrays_in_memory(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of :meth:`_train_arrays`, computed on row indices and gathered once per batch.
+
+        Same draws from the same generator in the same order (chunk order, buffer permutation,
+        carry-over), so the batch sequence is identical to streaming; only the data moves once
+        (one gather from RAM, already in the compute dtype) instead of three times.
+        """
+        assert isinstance(self.source, MemorySource)
+        rng = np.random.default_rng([self.data_seed, 0, epoch])
+        order = rng.permutation(len(self._by_chunk))
+        B, cs = self.batch_size, self.source.chunk_samples
+        carry = np.zeros(0, np.int64)
+        for start in range(0, len(order), self.shuffle_chunks):
+            parts = [carry]
+            for i in order[start : start + self.shuffle_chunks].tolist():
+                chunk, local = self._by_chunk[i]
+                parts.append(chunk * cs + local)
+            rows = np.concatenate(parts)
+            rows = rows[rng.permutation(len(rows))]
+            full = len(rows) // B
+            for j in range(full):
+                r = rows[j * B : (j + 1) * B]
+                views = None if self._view_offset is None else (epoch + self._view_offset[r]) % self.views
+                yield self.source.gather(r, views), self.labels[r]
+            carry = rows[full * B :]
+
     def _eval_arrays(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         B = self.batch_size
+        if isinstance(self.source, MemorySource) and np.array_equal(self.source.row_index, self.rows):
+            for i in range(0, len(self.rows), B):  # rows held in stored order: batches are views, no copy
+                yield self.source.data[i : i + B, 0], self.labels[self.rows[i : i + B]]
+            return
         xs: list[np.ndarray] = []
         ys: list[np.ndarray] = []
         held = 0
@@ -303,17 +350,24 @@ class BatchStream:
                 tx, ty = to_torch(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
                 if cuda:  # pin in the reader thread so the copy below can overlap compute
                     tx, ty = tx.pin_memory(), ty.pin_memory()
+                else:  # CPU: the one conversion to the compute dtype happens here, off the training thread
+                    tx = tx.to(self.dtype)
                 yield tx, ty
 
-        for tx, ty in prefetch(host, self.prefetch):
-            x = tx.to(self.device, non_blocking=cuda).to(self.dtype)
-            yield Batch(x, ty.to(self.device, non_blocking=cuda))
+        waited = [0.0]
+        try:
+            for tx, ty in prefetch(host, self.prefetch, waited=waited):
+                x = tx.to(self.device, non_blocking=cuda).to(self.dtype)  # no-op on CPU: already converted
+                yield Batch(x, ty.to(self.device, non_blocking=cuda))
+        finally:
+            self.wait_seconds += waited[0]
 
 
-def prefetch(make: Callable[[], Iterator[Any]], size: int) -> Iterator[Any]:
+def prefetch(make: Callable[[], Iterator[Any]], size: int, *, waited: list[float] | None = None) -> Iterator[Any]:
     """Run the iterator ``make()`` in a thread, at most ``size`` items ahead; errors re-raise here.
 
-    Closing the consumer early (``break``) stops the thread at its next item.
+    Closing the consumer early (``break``) stops the thread at its next item. ``waited[0]``
+    accumulates the seconds the consumer found the queue empty (the reader was behind).
     """
     q: queue.Queue[Any] = queue.Queue(maxsize=max(1, size))
     stop = threading.Event()
@@ -337,7 +391,13 @@ def prefetch(make: Callable[[], Iterator[Any]], size: int) -> Iterator[Any]:
     thread.start()
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                t0 = time.perf_counter()
+                item = q.get()
+                if waited is not None:
+                    waited[0] += time.perf_counter() - t0
             if item is _DONE:
                 return
             if isinstance(item, _Failure):

@@ -99,7 +99,7 @@ class ConfigOutcome:
 
     @property
     def oracle_epoch(self) -> int:
-        return int(np.argmax(self.eval_top1))
+        return int(np.nanargmax(self.eval_top1)) if any(math.isfinite(v) for v in self.eval_top1) else 0
 
     @property
     def diverged(self) -> bool:
@@ -227,7 +227,7 @@ class GroupTrainer:
             rows.append([at[b] for b in self.base_lr])
         return torch.tensor(rows, dtype=torch.float64).reshape(steps, len(self.base_lr)).to(self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, stream: BatchStream) -> list[MetricsAccumulator]:
         """Per-class counts of every stack on one pass over ``stream`` (BN in eval mode)."""
         for stack in self.stacks:

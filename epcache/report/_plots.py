@@ -95,7 +95,7 @@ def plot_curves(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Pat
         epochs = list(range(1, len(curves["eval_top1"]) + 1))
         cfg = row["config"]
         label = f"{g.variant} L{g.layer} lr={cfg['lr']:.3g}"
-        ax.plot(epochs, [100 * v for v in curves["eval_top1"]], color=_color(kind), label=label)
+        ax.plot(epochs, [None if v is None else 100 * v for v in curves["eval_top1"]], color=_color(kind), label=label)
         if any(v is not None for v in curves.get("holdout_top1", [])):
             ax.plot(epochs, [None if v is None else 100 * v for v in curves["holdout_top1"]], color=_color(kind),
                     linestyle="--", alpha=0.6)

@@ -94,7 +94,8 @@ def _table(groups: list[ConfigGroup]) -> str:
         hold = g.holdout_top1
         out.append(
             f"| `{g.name}` | {g.kind} | {g.layer} | {g.params:,} | {g.seeds} | "
-            f"{'-' if hold is None else _pm(hold)} | {_pm(g.eval_top1)} | {_pm(g.oracle_top1)} |"
+            f"{'-' if hold is None else _pm(hold)} | {_pm(g.eval_top1)} | "
+            f"{'-' if g.oracle_top1 is None else _pm(g.oracle_top1)} |"
         )
     return "\n".join(out)
 

@@ -49,8 +49,10 @@ class ConfigGroup:
         return _mean_std([h["top1"] for h in hold])
 
     @property
-    def oracle_top1(self) -> tuple[float, float]:
-        return _mean_std([r["oracle"]["eval_top1"] for r in self.rows])
+    def oracle_top1(self) -> tuple[float, float] | None:
+        """Max over epochs on eval; None when the run scored eval only at the end (``eval_curve=False``)."""
+        xs = [r["oracle"]["eval_top1"] for r in self.rows]
+        return None if any(x is None for x in xs) else _mean_std(xs)
 
     @property
     def variant(self) -> str:

@@ -18,6 +18,8 @@ from epcache.store._info import describe_store as describe_store
 from epcache.store._info import format_ranges as format_ranges
 from epcache.store._info import format_store_info as format_store_info
 from epcache.store._info import human_bytes as human_bytes
+from epcache.store._integrity import check_for_probe as check_for_probe
+from epcache.store._integrity import check_store_integrity as check_store_integrity
 from epcache.store._lock import LockInfo as LockInfo
 from epcache.store._lock import StoreLock as StoreLock
 from epcache.store._lock import StoreLockedError as StoreLockedError
@@ -30,21 +32,22 @@ from epcache.store._meta import SplitMeta as SplitMeta
 from epcache.store._meta import SplitSpec as SplitSpec
 from epcache.store._meta import StoreMeta as StoreMeta
 from epcache.store._meta import TokenLayout as TokenLayout
-from epcache.store._meta import compute_provenance as compute_provenance
-from epcache.store._meta import split_fingerprint as split_fingerprint
 from epcache.store._open import create_store as create_store
 from epcache.store._open import detect_format as detect_format
 from epcache.store._open import open_store as open_store
+from epcache.store._provenance import compute_provenance as compute_provenance
+from epcache.store._provenance import provenance_of_document as provenance_of_document
+from epcache.store._provenance import split_fingerprint as split_fingerprint
 from epcache.store._tokens import TokenSelector as TokenSelector
 from epcache.store._tokens import from_torch as from_torch
 from epcache.store._tokens import select_tokens as select_tokens
 from epcache.store._tokens import to_torch as to_torch
-from epcache.store._verify import BadBlock as BadBlock
-from epcache.store._verify import BlockProblem as BlockProblem
-from epcache.store._verify import MarkedBlocks as MarkedBlocks
-from epcache.store._verify import VerifyReport as VerifyReport
-from epcache.store._verify import mark_blocks_missing as mark_blocks_missing
 from epcache.store._verify import verify_store as verify_store
+from epcache.store._verify_blocks import MarkedBlocks as MarkedBlocks
+from epcache.store._verify_blocks import mark_blocks_missing as mark_blocks_missing
+from epcache.store._verify_report import BadBlock as BadBlock
+from epcache.store._verify_report import BlockProblem as BlockProblem
+from epcache.store._verify_report import VerifyReport as VerifyReport
 
 __all__ = [
     "FORMAT_VERSION",
@@ -72,6 +75,8 @@ __all__ = [
     "VerifyReport",
     "acquire_store_lock",
     "block_checksum",
+    "check_for_probe",
+    "check_store_integrity",
     "compute_provenance",
     "create_store",
     "describe_store",
@@ -86,6 +91,7 @@ __all__ = [
     "mark_blocks_missing",
     "open_store",
     "plan_chunks",
+    "provenance_of_document",
     "read_store_lock",
     "select_tokens",
     "split_fingerprint",

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import google_crc32c
-import ml_dtypes
 import numpy as np
 
 from epcache.errors import (
@@ -24,77 +21,19 @@ from epcache.errors import (
     UnknownLayerError,
     UnknownSplitError,
 )
-from epcache.store._meta import (
-    SplitMeta,
-    SplitSpec,
-    StoreMeta,
-    compute_provenance,
-    split_fingerprint,
-)
+from epcache.store._crc import block_checksum
+from epcache.store._meta import FORMAT_VERSION, SplitMeta, SplitSpec, StoreMeta
+from epcache.store._plan import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
 from epcache.store._pooled import PooledArrays
+from epcache.store._provenance import compute_provenance, provenance_of_document, split_fingerprint
+from epcache.store._readcheck import ReadChecks
 
-__all__ = ["MISSING", "ChunkPlan", "FeatureStore", "plan_chunks"]
+if TYPE_CHECKING:
+    from epcache.store._integrity import ArraySpec
 
-MISSING = -1  # block record value of a block that was never (completely) written
-TARGET_CHUNK_BYTES = 6 * 1024 * 1024  # a chunk is the read unit: a few MB amortises per-call cost
-MAX_CHUNK_SAMPLES = 1024
-SHARD_WHEN_CHUNKS_ABOVE = 2048  # more chunk files than this per layer and split -> zarr sharding
-SHARD_BUFFER_BYTES = 1536 * 1024 * 1024  # writer memory: one shard per layer must fit in this
-MAX_SHARD_BYTES = 512 * 1024 * 1024
+_NUMPY_DTYPES = NUMPY_DTYPES
 
-_NUMPY_DTYPES: dict[str, np.dtype] = {
-    "float16": np.dtype("<f2"),
-    "float32": np.dtype("<f4"),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """Sample counts per chunk (read unit) and per block (write unit; a shard when sharded)."""
-
-    chunk_samples: int
-    block_samples: int
-
-    @property
-    def sharded(self) -> bool:
-        return self.block_samples != self.chunk_samples
-
-
-def plan_chunks(
-    num_samples: int,
-    sample_bytes: int,
-    num_layers: int,
-    *,
-    chunk_samples: int | None = None,
-    shard_samples: int | None = None,
-) -> ChunkPlan:
-    """Choose chunk and shard sizes (cache_layout.md §3.2).
-
-    Chunks hold whole samples and aim at a few MB: e.g. 16 samples of 197 x 768 float16 (4.8 MB).
-    A split whose layer would need more than a few thousand chunk files gets zarr sharding so an
-    ImageNet-size store is thousands of files, not millions; the shard is the write unit and the
-    writer holds one per layer in memory, so the shard size is bounded by a memory budget.
-    """
-    if chunk_samples is None:
-        fit = max(1, TARGET_CHUNK_BYTES // max(1, sample_bytes))
-        chunk_samples = 1 << (fit.bit_length() - 1)  # power of two at or below the target
-        chunk_samples = min(chunk_samples, MAX_CHUNK_SAMPLES)
-    if chunk_samples < 1:
-        raise ShapeMismatchError(f"chunk_samples must be >= 1, got {chunk_samples}")
-    chunk_samples = min(chunk_samples, max(1, num_samples))  # a chunk never exceeds the split (HDF5 requires it)
-    num_chunks = -(-num_samples // chunk_samples)
-    if shard_samples is None:
-        if num_chunks <= SHARD_WHEN_CHUNKS_ABOVE:
-            return ChunkPlan(chunk_samples, chunk_samples)
-        chunk_bytes = chunk_samples * sample_bytes
-        budget = min(MAX_SHARD_BYTES, SHARD_BUFFER_BYTES // max(1, num_layers))
-        per_shard = max(1, budget // chunk_bytes)
-        shard_samples = per_shard * chunk_samples
-    if shard_samples % chunk_samples:
-        raise ShapeMismatchError(f"shard_samples={shard_samples} is not a multiple of chunk_samples={chunk_samples}")
-    return ChunkPlan(chunk_samples, shard_samples)
-
+__all__ = ["MISSING", "ChunkPlan", "FeatureStore", "block_checksum", "plan_chunks", "storage_permutation"]
 
 class FeatureStore(PooledArrays, ABC):
     """A feature store: splits of labels, ids and per-layer ``[N, V, T, D]`` token arrays.
@@ -107,13 +46,16 @@ class FeatureStore(PooledArrays, ABC):
     meta: StoreMeta
     location: str
     read_only: bool
-    verify_reads: bool = False  # check each chunk against its block crc32c where block == chunk
+    verify_reads: bool = False  # check every chunk read against its records (cache_layout.md §3.3)
 
     def __init__(self, location: str, *, read_only: bool) -> None:
         self.location = location
         self.read_only = read_only
+        self.format_version: str = FORMAT_VERSION  # "1.0" or "1.1": of the document as stored
+        self._stored_doc: dict[str, Any] | None = None  # the root document as last read or written
         self._splits: dict[str, SplitMeta] = {}
         self._records_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._read_checks = ReadChecks()  # what verify_reads has checked so far
 
     # ------------------------------------------------------------------ backend primitives
     @property
@@ -152,18 +94,22 @@ class FeatureStore(PooledArrays, ABC):
     def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
         """Shape of a token array as the backend records it (not as the JSON claims)."""
 
+    @abstractmethod
+    def _array_spec(self, split: str, layer: int) -> ArraySpec:
+        """dtype, shape and chunking of a token array as the backend records it."""
+
+    def _read_chunk_records(self, split: str, layer: int, first: int, stop: int) -> np.ndarray | None:
+        """Per-chunk crc32c of chunks ``[first, stop)`` of a sharded split (format 1.1), or None."""
+        return None
+
+    def _write_chunk_records(self, split: str, layer: int, first: int, values: np.ndarray) -> None:
+        """Record per-chunk crc32c of a sharded block (format 1.1); backends without shards have none."""
+
     def _validate(self) -> None:
         """Cross-check the JSON metadata against the arrays, so a hand-edited document fails here."""
-        for name, s in self._splits.items():
-            want = (s.num_samples, s.views, self.meta.num_tokens, self.meta.dim)
-            for layer in self.meta.layers:
-                got = self._array_shape(name, layer)
-                if got != want:
-                    raise CorruptStoreError(
-                        f"{self.location}: metadata says split {name!r} layer {layer} has shape {want}, "
-                        f"the array has shape {got}; the metadata was edited or the store is damaged. "
-                        "Re-extract it"
-                    )
+        from epcache.store._integrity import validate_on_open
+
+        validate_on_open(self)
 
     @abstractmethod
     def size_bytes(self) -> int:
@@ -185,14 +131,37 @@ class FeatureStore(PooledArrays, ABC):
 
     @property
     def provenance(self) -> str:
-        return compute_provenance(self.meta, self._splits)
+        """The provenance key as STORED in the document (what every tool shows and compares).
+
+        ``computed_provenance()`` recomputes it; the two differ only when the document was edited,
+        which `epcache verify`, `info`, `ls` and `probe` report.
+        """
+        if self._stored_doc is not None and isinstance(self._stored_doc.get("provenance"), str):
+            return str(self._stored_doc["provenance"])
+        return self.computed_provenance()
+
+    def computed_provenance(self) -> str:
+        """The key recomputed from the stored document (cache_layout.md §2.3).
+
+        Format 1.1 hashes the document exactly as stored. Format 1.0 writers hashed their parsed,
+        normalised metadata, so a 1.0 key is recomputed the same way.
+        """
+        if self.format_version != "1.0" and self._stored_doc is not None:
+            return provenance_of_document(self._stored_doc)
+        return compute_provenance(self.meta, self._splits, self.format_version)
 
     def meta_document(self) -> dict[str, Any]:
-        """The full root JSON document (cache_layout.md §2)."""
-        doc = self.meta.to_json()
+        """The full root JSON document (cache_layout.md §2), every key written, with its provenance key."""
+        doc = self.meta.to_json(self.format_version)
         doc["splits"] = {name: s.to_json() for name, s in self._splits.items()}
-        doc["provenance"] = self.provenance
+        doc["provenance"] = provenance_of_document(doc)
         return doc
+
+    def _store_doc(self) -> None:
+        """Write the root document and remember it as stored."""
+        doc = self.meta_document()
+        self._write_meta_doc(doc)
+        self._stored_doc = doc
 
     def split(self, name: str) -> SplitMeta:
         try:
@@ -224,7 +193,7 @@ class FeatureStore(PooledArrays, ABC):
 
         self._require_writable()
         self.meta = dataclasses.replace(self.meta, extra={**self.meta.extra, key: value})
-        self._write_meta_doc(self.meta_document())
+        self._store_doc()
 
     def add_split(
         self,
@@ -248,7 +217,8 @@ class FeatureStore(PooledArrays, ABC):
             raise ShapeMismatchError(f"split {spec.name!r} has {n} labels but {len(spec.ids)} ids")
         if spec.views < 1:
             raise ShapeMismatchError(f"views must be >= 1, got {spec.views}")
-        sample_bytes = spec.views * self.meta.num_tokens * self.meta.dim * _NUMPY_DTYPES[self.meta.dtype].itemsize
+        widest = max(t * d for t, d in map(self.meta.layer_shape, self.meta.layers))  # chunks shared by layers
+        sample_bytes = spec.views * widest * _NUMPY_DTYPES[self.meta.dtype].itemsize
         plan = plan_chunks(
             n, sample_bytes, len(self.meta.layers), chunk_samples=chunk_samples, shard_samples=shard_samples
         )
@@ -268,7 +238,7 @@ class FeatureStore(PooledArrays, ABC):
         ids = [spec.ids[i] for i in order]
         self._create_split_arrays(meta, labels=labels[order], ids=ids, order=order)
         self._splits[spec.name] = meta
-        self._write_meta_doc(self.meta_document())
+        self._store_doc()
         return meta
 
     def block_range(self, split: str, block: int) -> tuple[int, int]:
@@ -285,7 +255,7 @@ class FeatureStore(PooledArrays, ABC):
         self._check_layer(layer)
         s = self.split(split)
         start, stop = self.block_range(split, block)
-        want = (stop - start, s.views, self.meta.num_tokens, self.meta.dim)
+        want = (stop - start, s.views, *self.meta.layer_shape(layer))
         if tuple(data.shape) != want:
             raise ShapeMismatchError(
                 f"block {block} of {split!r} layer {layer} must have shape {want}, got {tuple(data.shape)}"
@@ -297,6 +267,10 @@ class FeatureStore(PooledArrays, ABC):
             )
         raw = np.ascontiguousarray(data).view(self.meta.storage_dtype)
         self._write_array(split, layer, start, raw)
+        if s.block_samples != s.chunk_samples and self.format_version != "1.0":
+            cs = s.chunk_samples  # per-chunk records let readers check each inner chunk they read
+            crcs = np.array([block_checksum(raw[i : i + cs]) for i in range(0, len(raw), cs)], np.int64)
+            self._write_chunk_records(split, layer, start // cs, crcs)
         self._write_record(split, layer, block, block_checksum(raw))
         self._records_cache.pop((split, layer), None)
 
@@ -366,14 +340,8 @@ class FeatureStore(PooledArrays, ABC):
         start, stop = self.chunk_range(split, chunk)
         self._check_layer(layer)
         raw = self._read_chunk_array(split, layer, chunk, start, stop)
-        s = self._splits[split]
-        if self.verify_reads and s.block_samples == s.chunk_samples:
-            record = int(self.block_records(split, layer)[chunk])
-            if record != MISSING and block_checksum(raw) != record:
-                raise CorruptStoreError(
-                    f"{self.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} fails its "
-                    "crc32c check: its bytes changed after extraction. Run `epcache verify --repair --data ROOT`"
-                )
+        if self.verify_reads:
+            self._read_checks.check(self, split, layer, chunk, raw)
         return self._logical(raw)
 
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
@@ -398,7 +366,7 @@ class FeatureStore(PooledArrays, ABC):
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= s.num_samples):
             raise IndexError(f"rows out of range for split {split!r} ({s.num_samples} samples)")
-        out = np.empty((len(rows), s.views, self.meta.num_tokens, self.meta.dim), _NUMPY_DTYPES[self.meta.dtype])
+        out = np.empty((len(rows), s.views, *self.meta.layer_shape(layer)), _NUMPY_DTYPES[self.meta.dtype])
         chunk_of = rows // s.chunk_samples
         for c in np.unique(chunk_of).tolist():
             where = np.flatnonzero(chunk_of == c)
@@ -409,16 +377,6 @@ class FeatureStore(PooledArrays, ABC):
 
     def _logical(self, raw: np.ndarray) -> np.ndarray:
         return raw.view(_NUMPY_DTYPES[self.meta.dtype]) if self.meta.dtype == "bfloat16" else raw
-
-
-def storage_permutation(num_samples: int, seed: int) -> np.ndarray:
-    """The seeded permutation of dataset order used as stored order (cache_layout.md §3.1)."""
-    return np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
-
-
-def block_checksum(raw: np.ndarray) -> int:
-    """crc32c of a block's bytes as stored (C order, little-endian storage dtype)."""
-    return int(google_crc32c.value(np.ascontiguousarray(raw).tobytes()))  # it accepts bytes only
 
 
 def check_new_location(exists: bool, location: str, overwrite: bool) -> None:

@@ -56,7 +56,8 @@ class CatalogEntry:
     dtype: str = ""
     size_bytes: int = 0
     complete: bool = False
-    provenance: str = ""  # cache_layout.md §2.3: equal keys mean equal tokens for equal ids
+    provenance: str = ""  # the STORED key (cache_layout.md §2.3): equal keys mean equal tokens for equal ids
+    provenance_mismatch: bool = False  # the stored key is not the one recomputed from the document (edited)
     writer: LockInfo | None = None  # the writer holding the store's lock (an extraction in progress)
     error: str | None = None  # why the store could not be read
 
@@ -131,6 +132,7 @@ def _describe(location: str) -> CatalogEntry | None:
                 size_bytes=store.size_bytes(),
                 complete=bool(splits) and all(s.complete for s in splits),
                 provenance=store.provenance,
+                provenance_mismatch=store.provenance != store.computed_provenance(),
                 writer=writer,
             )
     except StoreNotFoundError:
@@ -164,6 +166,10 @@ def format_catalog(entries: list[CatalogEntry], root: str | PathLike[str] | None
             status = "complete"
         else:
             status = "incomplete: " + ",".join(s.name for s in e.splits if not s.complete)
+        if e.provenance_mismatch:
+            status += ", EDITED metadata"
+            notes.append(f"{name}: warning: its stored provenance key is not the hash of its metadata (the "
+                         f"document was edited after extraction); run `epcache verify {e.location}`")
         rows.append((name, e.backbone, weights, e.dataset, splits or "-", format_ranges(list(e.layers)),
                      str(e.augmented_views), e.dtype, human_bytes(e.size_bytes), status, e.provenance[:16]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

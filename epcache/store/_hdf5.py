@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
+from epcache.errors import ConfigError, CorruptStoreError, EpcacheError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
-from epcache.store._meta import SplitMeta, StoreMeta, parse_meta_json
+from epcache.store._integrity import ArraySpec
+from epcache.store._meta import SplitMeta, StoreMeta, document_version, parse_meta_json
 from epcache.store._rawread import pread_into
 
 __all__ = ["HDF5FeatureStore"]
@@ -52,7 +53,7 @@ class HDF5FeatureStore(FeatureStore):
         f = h5py.File(path, "w-", libver=("v108", "latest"))
         obj = cls(location, f, read_only=False, compressor=compressor)
         obj.meta = meta
-        obj._write_meta_doc(obj.meta_document())
+        obj._store_doc()
         return obj
 
     @classmethod
@@ -69,8 +70,15 @@ class HDF5FeatureStore(FeatureStore):
         try:
             f = h5py.File(path, "r" if read_only else "r+")
         except OSError as e:
-            raise CorruptStoreError(f"{location}: HDF5 file cannot be opened ({e}); it may be truncated") from None
-        raw = f.attrs.get(ATTR_KEY)
+            raise _open_error(location, e) from None
+        try:
+            raw = f.attrs.get(ATTR_KEY)
+        except (KeyError, OSError, RuntimeError, ValueError) as e:  # a damaged root object header
+            f.close()
+            raise CorruptStoreError(
+                f"{location}: the HDF5 root group's header is damaged ({type(e).__name__}: {e}); the store "
+                "cannot be read. Re-extract it with `epcache extract --overwrite`"
+            ) from None
         if raw is None:
             f.close()
             raise StoreNotFoundError(f"{location} is an HDF5 file without epcache metadata")
@@ -80,6 +88,8 @@ class HDF5FeatureStore(FeatureStore):
         obj = cls(location, f, read_only=read_only)
         try:
             obj.meta = StoreMeta.from_json(doc)
+            obj.format_version = document_version(doc)
+            obj._stored_doc = doc
             splits = doc.get("splits")
             if not isinstance(splits, dict):
                 raise CorruptStoreError(f"{location}: metadata key 'splits' is missing or not an object")
@@ -111,10 +121,15 @@ class HDF5FeatureStore(FeatureStore):
         g.create_dataset("labels", data=labels.astype("<i8"))
         g.create_dataset("order", data=order.astype("<i8"))
         g.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))
-        shape = (spec.num_samples, spec.views, self.meta.num_tokens, self.meta.dim)
-        chunks = (spec.chunk_samples, *shape[1:]) if spec.num_samples else None
+        v11 = self.format_version != "1.0"
+        if v11:
+            from epcache.store._zarr_files import ids_utf8
+
+            g.create_dataset("ids_utf8", data=ids_utf8(ids))
         flt = _filter(self._compressor)
         for layer in self.meta.layers:
+            shape = (spec.num_samples, spec.views, *self.meta.layer_shape(layer))
+            chunks = (spec.chunk_samples, *shape[1:]) if spec.num_samples else None
             g.create_dataset(
                 f"layers/{layer}",
                 shape=shape,
@@ -123,6 +138,8 @@ class HDF5FeatureStore(FeatureStore):
                 fillvalue=0,
                 **flt,
             )
+            if v11:
+                g[f"layers/{layer}"].attrs["epcache_dtype"] = self.meta.dtype
             g.create_dataset(f"records/{layer}", shape=(spec.num_blocks,), dtype="<i8", fillvalue=MISSING)
         self._file.flush()
 
@@ -132,9 +149,15 @@ class HDF5FeatureStore(FeatureStore):
         if ds is None:
             try:
                 ds = self._file[key]
-            except KeyError:
+            except KeyError as e:
+                gone = "missing" if "doesn't exist" in str(e) or "not found" in str(e).lower() else "damaged"
                 raise CorruptStoreError(
-                    f"{self.location}: dataset {name} of split {split!r} is missing; re-extract the store"
+                    f"{self.location}: dataset {name} of split {split!r} is {gone} ({e}); re-extract the store"
+                ) from None
+            except (OSError, RuntimeError, ValueError) as e:  # a damaged object header
+                raise CorruptStoreError(
+                    f"{self.location}: dataset {name} of split {split!r} is damaged ({type(e).__name__}: {e}); "
+                    "re-extract the store"
                 ) from None
             self._datasets[key] = ds
         return ds
@@ -192,6 +215,11 @@ class HDF5FeatureStore(FeatureStore):
     def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
         return tuple(self._ds(split, f"layers/{layer}").shape)
 
+    def _array_spec(self, split: str, layer: int) -> ArraySpec:
+        ds = self._ds(split, f"layers/{layer}")
+        chunks = ds.chunks
+        return ArraySpec(dtype=ds.dtype.str, shape=tuple(ds.shape), chunks=None if chunks is None else tuple(chunks))
+
     # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
     def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
         dtype = np.dtype(self.meta.storage_dtype).newbyteorder("<")
@@ -211,6 +239,31 @@ class HDF5FeatureStore(FeatureStore):
 
     def size_bytes(self) -> int:
         return os.path.getsize(self.location)
+
+
+def _open_error(location: str, e: OSError) -> EpcacheError:
+    """Why h5py cannot open the file: a writer has it open (named from its lock), or it is damaged."""
+    from epcache.store._lock import StoreLockedError, read_store_lock
+
+    try:
+        lock = read_store_lock(location)
+    except (EpcacheError, OSError):
+        lock = None
+    if lock is not None and lock.stale is not True:
+        return StoreLockedError(
+            f"{location} is being written by {lock.describe()}: HDF5 cannot be read while a writer has the "
+            "file open (cache_layout.md §4.3). Wait until the extraction ends, or extract to zarr, which "
+            "can be read during an append"
+        )
+    if lock is not None:
+        return StoreLockedError(
+            f"{location} cannot be opened ({e}); its writer {lock.describe()} is gone (killed) and left the file "
+            "marked open for write. Run `h5clear -s FILE`, then resume the extraction with --break-lock"
+        )
+    return CorruptStoreError(
+        f"{location}: HDF5 file cannot be opened ({e}); it is truncated or damaged, or another program has "
+        "it open for writing. Run `epcache verify` on it; re-extract it if it is damaged"
+    )
 
 
 def _is_hdf5(path: Path) -> bool:

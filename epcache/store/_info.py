@@ -58,7 +58,10 @@ class StoreInfo:
     splits: list[SplitInfo]
     size_bytes: int
     complete: bool
-    provenance: str
+    provenance: str  # the key as STORED in the document
+    format_version: str = "1.1"  # of the stored document: "1.0" or "1.1"
+    computed_provenance: str = ""  # recomputed from the stored document; differs only when it was edited
+    layer_shapes: dict[str, Any] = field(default_factory=dict)  # per-layer grid/dim/T where layers differ
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
     pooled_dim: int | None = None  # width of the optional pooled output (cache_layout.md §3.4)
@@ -111,6 +114,9 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             size_bytes=store.size_bytes(),
             complete=store.is_complete(),
             provenance=store.provenance,
+            format_version=store.format_version,
+            computed_provenance=store.computed_provenance(),
+            layer_shapes=m.to_json().get("layer_shapes", {}),
             missing=missing,
             writer=_writer(location),
             pooled_dim=store.pooled_dim,
@@ -122,12 +128,16 @@ def format_store_info(info: StoreInfo) -> str:
     lay = info.layout
     prefix = f"{lay['num_prefix']} prefix (CLS at {lay['cls_index']}, {lay['num_registers']} registers)"
     lines = [
-        f"store       {info.location}  [{info.format}, {human_bytes(info.size_bytes)}]",
+        f"store       {info.location}  [{info.format}, format {info.format_version}, {human_bytes(info.size_bytes)}]",
         f"backbone    {info.backbone}  ({info.weights})",
         f"layers      {format_ranges(info.layers)} of {info.num_blocks_model} blocks"
         f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
         f"{info.dtype}",
+        *(
+            f"  layer {k:<5} T={v['num_tokens']}: {v['grid'][0]}x{v['grid'][1]} grid, D={v['dim']}"
+            for k, v in info.layer_shapes.items()
+        ),
         *([f"pooled      D={info.pooled_dim}: the model's own pooled output (forward_head(pre_logits=True))"]
           if info.pooled_dim is not None else []),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
@@ -144,6 +154,12 @@ def format_store_info(info: StoreInfo) -> str:
     for mb in info.missing:
         lines.append(f"  missing   split={mb.split} layer={mb.layer} block={mb.block} rows={mb.rows[0]}-{mb.rows[1]}")
     lines.append(f"provenance  {info.provenance}")
+    if info.computed_provenance and info.computed_provenance != info.provenance:
+        lines.append(
+            f"WARNING     the stored provenance key is not the hash of the stored metadata "
+            f"({info.computed_provenance}): the document was edited after extraction; "
+            f"run `epcache verify {info.location}`"
+        )
     if info.writer is not None:
         w = info.writer
         lines.append(f"writer      {w['purpose']}: pid {w['pid']} on host {w['host']} since {w['started']} (locked)")

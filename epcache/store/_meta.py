@@ -8,7 +8,7 @@ of a ``KeyError`` deep inside a reader.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_META_BYTES",
+    "READ_VERSIONS",
     "STORE_DTYPES",
     "BackboneMeta",
     "Dtype",
@@ -29,13 +30,13 @@ __all__ = [
     "SplitSpec",
     "StoreMeta",
     "TokenLayout",
-    "compute_provenance",
+    "document_version",
     "parse_meta_json",
-    "split_fingerprint",
 ]
 
 FORMAT_NAME = "epcache-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = "1.1"  # what this epcache writes (cache_layout.md §5: 1.1 adds arrays and attributes to 1.0)
+READ_VERSIONS = ("1.0", "1.1")  # what it reads; 1.0 is stored as the integer 1
 MAX_META_BYTES = 64 * 1024 * 1024  # refuse to parse metadata larger than this (hostile or corrupt)
 
 Dtype = Literal["float16", "bfloat16", "float32"]
@@ -75,7 +76,7 @@ class SplitMetaJSON(TypedDict):
 
 class StoreMetaJSON(TypedDict):
     format: str
-    format_version: int
+    format_version: int | str
     backbone: BackboneMetaJSON
     layout: TokenLayoutJSON
     layers: list[int]
@@ -99,7 +100,7 @@ class BackboneMeta:
     name: str  # full timm name with tag, e.g. "vit_base_patch16_224.mae"
     source: str  # "timm-hf-cache" | "checkpoint" | "random-init"
     timm_version: str
-    weights_sha256: str  # sha256 of the weights file, or "random-init"
+    weights_sha256: str  # sha256 of the weights file; random-init: of the initialised tensors (cache_layout.md §2.1)
     weights_file: str | None = None  # basename only: paths and credentials never enter metadata
     num_blocks: int = 0  # blocks in the whole model, so readers can tell "layer 11 of 12"
 
@@ -144,6 +145,9 @@ class StoreMeta:
     views: dict[str, Any] = field(default_factory=dict)  # {"augmented": K, "seed": s, "recipe": {...}}
     dataset: dict[str, Any] = field(default_factory=dict)  # {"kind": "imagefolder", "name": ...}
     extra: dict[str, Any] = field(default_factory=dict)  # free JSON (skipped images, notes)
+    # per-layer (grid, dim) of layers whose shape differs from the top-level layout.grid/dim (1.1: a
+    # convnet's stages in one store); empty when every layer has the top-level shape
+    layer_shapes: dict[int, tuple[tuple[int, int], int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
@@ -155,16 +159,38 @@ class StoreMeta:
             )
         if list(self.layers) != sorted(set(self.layers)) or not self.layers:
             raise ValueError(f"layers must be a non-empty sorted list of distinct indices, got {self.layers}")
+        for layer, (grid, dim) in self.layer_shapes.items():
+            if layer not in self.layers or dim < 1 or len(grid) != 2 or min(grid) < 1:
+                raise ValueError(f"layer_shapes entry {layer}: grid {grid}, dim {dim} is not a stored layer's shape")
+
+    def layer_shape(self, layer: int) -> tuple[int, int]:
+        """(T, D) of one layer's tokens: its own shape where ``layer_shapes`` lists it, else the top level."""
+        if layer in self.layer_shapes:
+            (h, w), dim = self.layer_shapes[layer]
+            return self.layout.num_prefix + h * w, dim
+        return self.num_tokens, self.dim
+
+    def for_layer(self, layer: int) -> StoreMeta:
+        """This metadata as seen by a reader of one layer: its grid, T and D at the top level."""
+        if layer not in self.layer_shapes:
+            return self
+        (h, w), dim = self.layer_shapes[layer]
+        layout = TokenLayout(self.layout.num_prefix, self.layout.cls_index, self.layout.num_registers, (h, w))
+        return dataclasses.replace(self, layout=layout, dim=dim, num_tokens=layout.num_tokens, layer_shapes={})
 
     @property
     def storage_dtype(self) -> str:
         return STORE_DTYPES[self.dtype]
 
-    def to_json(self) -> dict[str, Any]:
-        """The store-level fields of cache_layout.md §2 (without splits and provenance)."""
+    def to_json(self, version: str = FORMAT_VERSION) -> dict[str, Any]:
+        """The store-level fields of cache_layout.md §2 (without splits and provenance), every key written.
+
+        ``version`` "1.0" writes the integer 1, as 1.0 writers did, so that appending to a 1.0
+        store keeps its document (and provenance key) a 1.0 document.
+        """
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if version == "1.0" else version,
             "backbone": asdict(self.backbone),
             "layout": {**asdict(self.layout), "grid": list(self.layout.grid)},
             "layers": list(self.layers),
@@ -177,6 +203,16 @@ class StoreMeta:
             "views": _jsonable(self.views),
             "dataset": _jsonable(self.dataset),
             "extra": _jsonable(self.extra),
+            **(
+                {
+                    "layer_shapes": {
+                        str(layer): {"grid": list(grid), "dim": dim, "num_tokens": self.layer_shape(layer)[0]}
+                        for layer, (grid, dim) in sorted(self.layer_shapes.items())
+                    }
+                }
+                if self.layer_shapes
+                else {}
+            ),
         }
 
     @classmethod
@@ -210,6 +246,7 @@ class StoreMeta:
                 views=dict(data.get("views", {})),
                 dataset=dict(data.get("dataset", {})),
                 extra=dict(data.get("extra", {})),
+                layer_shapes=_parse_layer_shapes(data.get("layer_shapes", {})),
             )
         except KeyError as e:
             raise CorruptStoreError(
@@ -218,6 +255,12 @@ class StoreMeta:
             ) from None
         except (TypeError, ValueError, IndexError) as e:
             raise CorruptStoreError(f"store metadata is malformed ({e}); re-extract the store") from None
+        for key, v in dict(data.get("layer_shapes", {})).items():
+            if v.get("num_tokens", meta.layer_shape(int(key))[0]) != meta.layer_shape(int(key))[0]:
+                raise CorruptStoreError(
+                    f"metadata layer_shapes[{key}] says num_tokens {v['num_tokens']}, its grid and the prefix give "
+                    f"{meta.layer_shape(int(key))[0]}; re-extract the store"
+                )
         if data.get("storage_dtype", meta.storage_dtype) != meta.storage_dtype:
             raise CorruptStoreError(
                 f"metadata says dtype {meta.dtype} but storage_dtype {data['storage_dtype']}; re-extract the store"
@@ -296,34 +339,10 @@ class SplitMeta:
         return sm
 
 
-def split_fingerprint(spec: SplitSpec) -> tuple[str, str]:
-    """sha256 of the ids and of the labels, both in dataset order."""
-    ids = hashlib.sha256("\n".join(spec.ids).encode("utf-8")).hexdigest()
-    labels = hashlib.sha256(np.ascontiguousarray(spec.labels, dtype="<i8").tobytes()).hexdigest()
-    return ids, labels
-
-
-def compute_provenance(meta: StoreMeta, splits: Mapping[str, SplitMeta]) -> str:
-    """Hash of everything that determines the stored bytes (cache_layout.md §2.3).
-
-    Chunk and shard sizes and the backend are left out: they change the files, not the values,
-    so two stores with the same provenance hold identical tokens for identical ids.
-    """
-    doc = meta.to_json()
-    doc["backbone"] = {k: v for k, v in doc["backbone"].items() if k not in ("source", "weights_file")}
-    doc.pop("extra")
-    doc["splits"] = {
-        name: {
-            "num_samples": s.num_samples,
-            "views": s.views,
-            "classes": list(s.classes),
-            "permutation_seed": s.permutation_seed,
-            "ids_sha256": s.ids_sha256,
-            "labels_sha256": s.labels_sha256,
-        }
-        for name, s in sorted(splits.items())
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def document_version(data: Mapping[str, Any]) -> str:
+    """"1.0" or "1.1" from a root document whose version was checked by ``_check_version``."""
+    v = data.get("format_version")
+    return "1.0" if (v == 1 and not isinstance(v, bool)) or v == "1.0" else str(v)
 
 
 def parse_meta_json(raw: str | bytes | Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -345,11 +364,25 @@ def _check_version(data: Mapping[str, Any]) -> None:
     if data.get("format") != FORMAT_NAME:
         raise CorruptStoreError(f"metadata 'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    known = (version == 1 and type(version) is int) or version in READ_VERSIONS
+    if not known:
         raise LayoutVersionError(
-            f"store has format version {version!r}, this epcache reads version {FORMAT_VERSION}; "
+            f"store has format version {version!r}, this epcache reads versions 1.0 (stored as 1) and 1.1; "
             "upgrade epcache or re-extract the store"
         )
+
+
+def _parse_layer_shapes(data: Any) -> dict[int, tuple[tuple[int, int], int]]:
+    """``{"<L>": {"grid": [h, w], "dim": D, "num_tokens": T}}`` -> ``{L: ((h, w), D)}``; T is checked."""
+    if not isinstance(data, Mapping):
+        raise TypeError("layer_shapes must be an object")
+    out: dict[int, tuple[tuple[int, int], int]] = {}
+    for key, v in data.items():
+        grid = (int(v["grid"][0]), int(v["grid"][1]))
+        out[int(key)] = (grid, int(v["dim"]))
+        if "num_tokens" in v and not isinstance(v["num_tokens"], int):
+            raise TypeError(f"layer_shapes[{key}].num_tokens must be an integer")
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

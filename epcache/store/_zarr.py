@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,11 @@ import zarr.storage
 
 from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
+from epcache.store._integrity import ArraySpec
 from epcache.store._lock import LOCK_NAME
-from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, parse_meta_json
+from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json
 from epcache.store._rawread import pread_into
+from epcache.store._zarr_files import clear_url_store, ids_utf8, remove_local_store
 
 __all__ = ["ZarrFeatureStore"]
 
@@ -49,18 +50,18 @@ class ZarrFeatureStore(FeatureStore):
         # "something existing" nor deleted by --overwrite, so mode "a" (create) rather than "w" (wipe).
         if _is_url(location):
             store: Any = zarr.storage.FsspecStore.from_url(location, read_only=False)
-            _clear_url_store(location, overwrite=overwrite)
+            clear_url_store(location, overwrite=overwrite)
         else:
             path = Path(location)
             exists = path.exists() and (path.is_file() or any(p.name != LOCK_NAME for p in path.iterdir()))
             check_new_location(exists, location, overwrite)
             if exists:
-                _remove_local_store(path)
+                remove_local_store(path)
             store = zarr.storage.LocalStore(path, read_only=False)
         group = zarr.open_group(store, mode="a", zarr_format=3)
         obj = cls(location, group, read_only=False, compressor=compressor)
         obj.meta = meta
-        obj._write_meta_doc(obj.meta_document())
+        obj._store_doc()
         return obj
 
     @classmethod
@@ -98,6 +99,8 @@ class ZarrFeatureStore(FeatureStore):
         doc = parse_meta_json(raw, location)
         obj = cls(location, group, read_only=read_only)
         obj.meta = StoreMeta.from_json(doc)
+        obj.format_version = document_version(doc)
+        obj._stored_doc = doc
         splits = doc.get("splits")
         if not isinstance(splits, dict):
             raise CorruptStoreError(f"{location}: metadata key 'splits' is missing or not an object")
@@ -118,18 +121,31 @@ class ZarrFeatureStore(FeatureStore):
             del parent[spec.name]
         g = parent.create_group(spec.name)
         n = spec.num_samples
+        v11 = self.format_version != "1.0"
         vec_chunk = (max(1, min(n, 1 << 20)),)
-        g.create_array("labels", shape=(n,), chunks=vec_chunk, dtype="int64", compressors=None)[...] = labels
-        g.create_array("order", shape=(n,), chunks=vec_chunk, dtype="int64", compressors=None)[...] = order
-        ids_arr = g.create_array("ids", shape=(n,), chunks=vec_chunk, dtype=str)
+        dims = {"dimension_names": ("sample",)} if v11 else {}
+        for name, vec in (("labels", labels), ("order", order)):
+            arr = g.create_array(name, shape=(n,), chunks=vec_chunk, dtype="int64", compressors=None, **dims)
+            if n:  # every chunk written (cache_layout.md §4.1), even an all-zero one
+                arr.with_config({"write_empty_chunks": True})[...] = vec
+        ids_arr = g.create_array("ids", shape=(n,), chunks=vec_chunk, dtype=str, **dims)
         if n:
             ids_arr[...] = np.asarray(list(ids), dtype=object)
+        if v11:  # the ids again as fixed-width UTF-8 bytes: readable by tools without vlen strings
+            utf8 = ids_utf8(ids)
+            mirror = g.create_array(
+                "ids_utf8", shape=utf8.shape, chunks=(vec_chunk[0], utf8.shape[1]), dtype="uint8",
+                compressors=None, fill_value=0, dimension_names=("sample", "byte"),
+            )
+            if n:
+                mirror.with_config({"write_empty_chunks": True})[...] = utf8
         layers = g.create_group("layers")
         records = g.create_group("records")
-        shape = (n, spec.views, self.meta.num_tokens, self.meta.dim)
-        chunks = (spec.chunk_samples, *shape[1:])
-        shards = (spec.block_samples, *shape[1:]) if spec.block_samples != spec.chunk_samples else None
+        chunk_records = g.create_group("chunk_records") if v11 and spec.block_samples != spec.chunk_samples else None
         for layer in self.meta.layers:
+            shape = (n, spec.views, *self.meta.layer_shape(layer))
+            chunks = (spec.chunk_samples, *shape[1:])
+            shards = (spec.block_samples, *shape[1:]) if spec.block_samples != spec.chunk_samples else None
             layers.create_array(
                 str(layer),
                 shape=shape,
@@ -139,6 +155,7 @@ class ZarrFeatureStore(FeatureStore):
                 compressors=_compressors(self._compressor),
                 fill_value=0,
                 dimension_names=("sample", "view", "token", "channel"),
+                attributes={"epcache_dtype": self.meta.dtype} if v11 else None,
             )
             records.create_array(
                 str(layer),
@@ -147,18 +164,35 @@ class ZarrFeatureStore(FeatureStore):
                 dtype="int64",
                 fill_value=MISSING,
                 compressors=None,
+                **({"dimension_names": ("block",)} if v11 else {}),
             )
+            if chunk_records is not None:
+                chunk_records.create_array(
+                    str(layer),
+                    shape=(spec.num_chunks,),
+                    chunks=(spec.block_samples // spec.chunk_samples,),
+                    dtype="int64",
+                    fill_value=MISSING,
+                    compressors=None,
+                    dimension_names=("chunk",),
+                )
 
     def _array(self, split: str, kind: str, name: str) -> zarr.Array:
         key = (split, f"{kind}/{name}")
         arr = self._arrays.get(key)
         if arr is None:
+            rel = f"splits/{split}/{kind}/{name}" if kind else f"splits/{split}/{name}"
             try:
-                arr = self._group[f"splits/{split}/{kind}/{name}" if kind else f"splits/{split}/{name}"]
-            except KeyError:
+                arr = self._group[rel]
+            except (KeyError, ValueError, TypeError, AttributeError) as e:  # zarr's errors for a bad zarr.json
+                doc = Path(self.location) / rel / "zarr.json"
+                state = "is damaged" if not _is_url(self.location) and doc.is_file() else "is missing or damaged"
                 raise CorruptStoreError(
-                    f"{self.location}: array {kind}/{name} of split {split!r} is missing; re-extract the store"
+                    f"{self.location}: array {kind}/{name} of split {split!r} {state} ({type(e).__name__}: {e}; "
+                    f"its metadata is {rel}/zarr.json); re-extract the store"
                 ) from None
+            if not self.read_only and kind == "layers":  # zarr skips all-zero chunks unless told (§4.1)
+                arr = arr.with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
             self._arrays[key] = arr
         return arr  # type: ignore[return-value]
 
@@ -262,6 +296,31 @@ class ZarrFeatureStore(FeatureStore):
     def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
         return tuple(self._array(split, "layers", str(layer)).shape)
 
+    def _array_spec(self, split: str, layer: int) -> ArraySpec:
+        arr = self._array(split, "layers", str(layer))
+        dtype = np.dtype(arr.dtype)
+        codecs = arr.metadata.codecs
+        inner = codecs[0].codecs if len(codecs) == 1 and type(codecs[0]).__name__ == "ShardingCodec" else codecs
+        for c in inner:  # the bytes codec decides the byte order of the stored values
+            if type(c).__name__ == "BytesCodec" and dtype.itemsize > 1:
+                big = str(getattr(c.endian, "value", c.endian)) == "big"
+                dtype = dtype.newbyteorder(">" if big else "<")
+        shards = arr.shards
+        return ArraySpec(
+            dtype=dtype.str,
+            shape=tuple(arr.shape),
+            chunks=tuple(arr.chunks),
+            shards=None if shards is None else tuple(shards),
+        )
+
+    def _read_chunk_records(self, split: str, layer: int, first: int, stop: int) -> np.ndarray | None:
+        if self.format_version == "1.0":
+            return None
+        return self._array(split, "chunk_records", str(layer))[first:stop]
+
+    def _write_chunk_records(self, split: str, layer: int, first: int, values: np.ndarray) -> None:
+        self._array(split, "chunk_records", str(layer))[first : first + len(values)] = values
+
     # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
     def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
         self._group[f"splits/{split}"].create_array(  # type: ignore[union-attr]
@@ -301,51 +360,6 @@ def _plain_bytes(codecs: Any) -> bool:
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
-
-
-def _clear_url_store(location: str, *, overwrite: bool) -> None:
-    """Make room for a new store under a URL prefix: refuse, or delete an old store for --overwrite.
-
-    Never deletes objects under a prefix that is not a store, and keeps the writer's lock.
-    """
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(location)
-    path = path.rstrip("/")
-    fs.invalidate_cache(path)
-    keys = [k for k in fs.find(path) if k.rstrip("/") != f"{path}/{LOCK_NAME}"]
-    if not keys:
-        return
-    is_store = f"{path}/zarr.json" in keys
-    check_new_location(is_store, location, overwrite)
-    if not is_store:
-        raise ConfigError(
-            f"{location} holds objects but no zarr store (no zarr.json); refusing to write a store over "
-            "them. Choose another --out"
-        )
-    fs.rm(keys)
-    fs.invalidate_cache(path)
-
-
-def _remove_local_store(path: Path) -> None:
-    """Delete an existing store for --overwrite, but never a directory that is not a store.
-
-    The writer's lock file stays: it belongs to the extraction that is replacing the store.
-    """
-    if path.is_file():
-        raise ConfigError(f"{path} is a file, not a store; refusing to delete it for --overwrite")
-    if not (path / "zarr.json").is_file():
-        raise ConfigError(
-            f"{path} is a non-empty directory that is not a zarr store; refusing to delete it for "
-            "--overwrite. Choose another --out path"
-        )
-    for child in path.iterdir():
-        if child.name == LOCK_NAME:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _compressors(spec: str | None) -> Any:

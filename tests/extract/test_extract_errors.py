@@ -139,12 +139,14 @@ def test_invalid_options_are_config_errors(tmp_path: Path, overrides: dict[str, 
         tiny_config(tmp_path, tmp_path / "s.zarr", **overrides)
 
 
-def test_convnet_stages_of_different_width_are_refused_before_the_store(tmp_path: Path) -> None:
+def test_convnet_stages_of_different_width_are_planned_per_layer(tmp_path: Path) -> None:
+    """Stages of different widths go into one store (per-layer shapes; tests/extract/test_extract_stages.py)."""
     data = make_imagefolder(tmp_path / "data", splits={"val": 2})
     cfg = tiny_config(
         data, tmp_path / "s.zarr", splits={"val": "val"}, model="resnet18", model_kwargs={}, img_size=64, layers="3,4"
     )
-    with pytest.raises(ConfigError, match=r"3: D=256 grid 4x4, 4: D=512 grid 2x2"):
-        extract(cfg, progress=False)
+    plan = plan_extract(cfg)
+    assert plan.layers == (3, 4) and (plan.dim, plan.layout.grid) == (512, (2, 2))  # top level: the last stage
+    assert plan.splits[0].bytes_per_layer == 2 * ((16 * 256 + 4 * 512) // 2) * 2  # N x mean T*D x float16
     assert not (tmp_path / "s.zarr").exists()
     assert TINY_VIT_KWARGS["depth"] == 2  # the shared kwargs were not mutated by any run

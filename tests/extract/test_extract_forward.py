@@ -12,7 +12,7 @@ import torch
 from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, tiny_config
 
 import epcache.extract._run as run_module
-from epcache.errors import ConfigError, UnknownLayerError
+from epcache.errors import UnknownLayerError
 from epcache.extract import extract
 from epcache.extract._forward import TokenExtractor, inspect_model
 from epcache.extract._loader import decode_image
@@ -94,11 +94,15 @@ def test_convnet_tokens_are_the_last_stage_flattened_row_major(name: str, stage:
     torch.testing.assert_close(tokens, fmap.flatten(2).transpose(1, 2), rtol=0, atol=0)
 
 
-def test_convnet_stages_of_different_shape_are_refused() -> None:
+def test_convnet_stages_of_different_shape_get_per_layer_shapes() -> None:
     model = _model("convnext_atto")
-    with pytest.raises(ConfigError, match="different widths or grids") as e:
-        inspect_model(model, layers_spec="all", input_size=(3, 64, 64), name="convnext_atto")
-    assert "--layers last" in str(e.value)
+    g = inspect_model(model, layers_spec="all", input_size=(3, 64, 64), name="convnext_atto")
+    assert g.layers == (0, 1, 2, 3) and (g.dim, g.layout.grid) == (320, (2, 2))  # top level: the last stage
+    assert g.layer_shapes == {0: ((16, 16), 40), 1: ((8, 8), 80), 2: ((4, 4), 160), 3: ((2, 2), 320)}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        tokens = TokenExtractor(model, g, final_norm=False)(x)
+    assert [tuple(t.shape[1:]) for t in tokens] == [g.layer_shape(i) for i in g.layers]
 
 
 def test_layer_out_of_range_names_valid_range() -> None:

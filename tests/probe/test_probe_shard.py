@@ -33,7 +33,18 @@ def test_two_shards_equal_the_unsharded_sweep(tmp_path: Path) -> None:
     assert not {r["id"] for r in a.rows} & {r["id"] for r in b.rows}
     files = sorted(p.name for p in (tmp_path / "sharded").glob("results*.jsonl"))
     assert files == ["results.shard-0-of-2.jsonl", "results.shard-1-of-2.jsonl"]  # no shared file
-    assert _strip(load_rows(tmp_path / "sharded")) == _strip(list(full.rows))
+    sharded, unsharded = _strip(load_rows(tmp_path / "sharded")), _strip(list(full.rows))
+    assert sharded.keys() == unsharded.keys()
+    for key, row in unsharded.items():  # float32 losses may differ in the last bits with another stack size
+        other = sharded[key]
+        assert {k: v for k, v in other.items() if k not in ("metrics", "curves")} == {
+            k: v for k, v in row.items() if k not in ("metrics", "curves")}
+        for split in ("holdout", "eval"):
+            assert {k: v for k, v in other["metrics"][split].items() if k != "loss"} == {
+                k: v for k, v in row["metrics"][split].items() if k != "loss"}
+            assert other["metrics"][split]["loss"] == pytest.approx(row["metrics"][split]["loss"], rel=1e-5)
+        for name, curve in row["curves"].items():
+            assert other["curves"][name] == pytest.approx(curve, rel=1e-5), name
     assert write_report(tmp_path / "sharded", figures=False).num_configs == 12
     again = probe(_config(store, tmp_path / "sharded"), progress=False)  # unsharded re-run: all finished
     assert len(again.skipped) == 12

@@ -122,7 +122,8 @@ def test_results_schema_heads_and_consistency(store: Path, tmp_path: Path) -> No
         assert len(curves["train_loss"]) == len(curves["holdout_top1"]) == len(curves["eval_top1"]) == 4
         e = r["selected_epoch"] - 1  # 1-based in rows, 0-based in the curve lists
         assert curves["holdout_top1"][e] == max(curves["holdout_top1"])
-        assert curves["holdout_top1"].index(max(curves["holdout_top1"])) == e  # earliest on ties
+        scores = [(h, -loss) for h, loss in zip(curves["holdout_top1"], curves["holdout_loss"], strict=True)]
+        assert scores.index(max(scores)) == e  # top-1 ties broken by the lower holdout loss, then the earlier epoch
         assert r["metrics"]["eval"]["top1"] == pytest.approx(curves["eval_top1"][e])
         assert r["metrics"]["holdout"]["top1"] == pytest.approx(curves["holdout_top1"][e])
         assert r["oracle"]["eval_top1"] == max(curves["eval_top1"])

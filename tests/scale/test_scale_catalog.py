@@ -111,8 +111,11 @@ def test_ls_cli_json_and_text(lab: Path) -> None:
 def test_extraction_points_to_a_complete_store_with_the_same_provenance(data: Path, lab: Path) -> None:
     # same configuration, next to vit_a: refused with vit_a's name; partial.zarr (same key) is not complete
     again = tiny_config(data, lab / "lab" / "again.zarr", views=1)
-    with pytest.raises(StoreExistsError, match=r"vit_a\.zarr already holds these tokens.*--allow-duplicate"):
+    with pytest.raises(StoreExistsError, match=r"vit_a\.zarr already holds these tokens.*--allow-duplicate") as err:
         extract(again, progress=False)
+    shown = runner.invoke(app, ["info", str(lab / "lab" / "vit_a.zarr")]).output
+    key = str(err.value).split("(provenance ")[1].split(",")[0]
+    assert f"provenance  {key}" in shown  # the refusal quotes the key `epcache info` shows
     assert not again.out.exists()  # nothing left behind, not even the lock's directory
     # a subset of its splits is held too; HDF5 and zarr stores with one key hold the same tokens
     with pytest.raises(StoreExistsError, match="vit_a"):

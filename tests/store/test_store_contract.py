@@ -396,13 +396,15 @@ def test_truncated_chunk_file_is_named(tmp_path: Path) -> None:
         st.read_chunk("train", 0, 2)
 
 
-def test_cache_layout_example_reads_a_store_without_epcache(tmp_path: Path) -> None:
-    """The 10-line example of cache_layout.md §6 must run against a real store, unmodified."""
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cache_layout_example_reads_a_store_without_epcache(tmp_path: Path, dtype: str) -> None:
+    """The 10-line example of cache_layout.md §6 must run against a real store, unmodified, and give
+    the right values for bfloat16 too (raw uint16 bits averaged would give a GAP in the tens of thousands)."""
     doc = (Path(__file__).resolve().parents[2] / "cache_layout.md").read_text()
     code = doc.split("## 6.")[1].split("```python")[1].split("```")[0]
     p = tmp_path / "imagenet_mae_vitb.zarr"
-    x = random_tokens(23, 2, "float16")
-    with create_store(p, make_meta(layers=(0, 2))) as st:
+    x = random_tokens(23, 2, dtype)
+    with create_store(p, make_meta(dtype, layers=(0, 2))) as st:
         st.add_split(make_spec(name="val"), chunk_samples=4)
         fill(st, "val", {0: x, 2: x})
     ns: dict = {}
@@ -414,8 +416,10 @@ def test_cache_layout_example_reads_a_store_without_epcache(tmp_path: Path) -> N
         exec(compile(code, "cache_layout.md", "exec"), ns)
     finally:
         os.chdir(cwd)
+    assert ns["cls"].dtype == x.dtype
     np.testing.assert_array_equal(ns["cls"], x[:23, 0, 0])
     np.testing.assert_allclose(ns["gap"], x[:, 0, 2:].astype(np.float32).mean(axis=1))
+    assert np.abs(ns["gap"]).max() < 10  # standard-normal tokens
     with open_store(p) as st:
         assert list(ns["ids"]) == st.read_ids("val") and ns["y"].tolist() == st.read_labels("val").tolist()
 

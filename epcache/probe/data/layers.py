@@ -210,12 +210,18 @@ def make_source(store: FeatureStore, split: str, runs: Sequence[Any], plan: Plan
     return StoreSource(store, split, layers[0], plan)
 
 
-def load_memory(source: Source, rows: np.ndarray, views: int, *, all_views: bool) -> MemorySource:
-    """Read ``rows`` of any source once, chunk by chunk, into a :class:`MemorySource`."""
+def load_memory(
+    source: Source, rows: np.ndarray, views: int, *, all_views: bool, dtype: torch.dtype | None = None
+) -> MemorySource:
+    """Read ``rows`` of any source once, chunk by chunk, into a :class:`MemorySource`.
+
+    ``dtype``: convert the held rows to the compute dtype once (as ``MemorySource.load``).
+    """
     from epcache.probe.stream import _rows_by_chunk
 
     if isinstance(source, StoreSource):  # one layer: the stream module's loader (each chunk read once)
-        return MemorySource.load(source.store, source.split, source.layer, source.plan, rows, all_views=all_views)
+        return MemorySource.load(source.store, source.split, source.layer, source.plan, rows, all_views=all_views,
+                                 dtype=dtype)
     cs = source.chunk_samples
     rows = np.asarray(rows, np.int64)
     parts = []
@@ -225,5 +231,7 @@ def load_memory(source: Source, rows: np.ndarray, views: int, *, all_views: bool
             parts.append(np.stack(per_view, axis=1))
         else:
             parts.append(source.rows(chunk, local, None)[:, None])
+        if dtype is not None:
+            parts[-1] = to_torch(np.ascontiguousarray(parts[-1])).to(dtype).numpy()
     data = np.concatenate(parts) if parts else np.zeros((0, 1, 1, 1), np.float32)
     return MemorySource(rows, np.ascontiguousarray(data), cs)

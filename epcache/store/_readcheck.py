@@ -1,0 +1,76 @@
+"""Checking the bytes a reader reads against the records, without reading anything twice.
+
+`epcache probe` opens stores with ``verify_reads=True``: every chunk it reads is checked the first
+time it is read (cache_layout.md §3.3). Unsharded: the chunk is the block, checked against the
+block record. Sharded, format 1.1: against the chunk's own record (``chunk_records``). Sharded,
+format 1.0 (block records only): each chunk's crc32c is kept and the shard is checked once its
+last chunk has been read, by combining the chunks' crc32c in row order (``crc32c_concat``).
+A chunk (or a whole shard) that passed is not hashed again on later reads of the same handle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from epcache.errors import CorruptStoreError
+from epcache.store._crc import block_checksum, crc32c_concat
+from epcache.store._plan import MISSING
+
+if TYPE_CHECKING:
+    from epcache.store._base import FeatureStore
+
+__all__ = ["ReadChecks"]
+
+
+class ReadChecks:
+    """Per store handle: which chunks passed, and the pending chunk crc32c of 1.0 shards."""
+
+    def __init__(self) -> None:
+        self.passed: set[tuple[str, int, int]] = set()  # (split, layer, chunk)
+        self.pending: dict[tuple[str, int, int], dict[int, tuple[int, int]]] = {}  # (split, layer, block)
+        self.chunk_records: dict[tuple[str, int], np.ndarray | None] = {}  # read once per layer
+
+    def check(self, store: FeatureStore, split: str, layer: int, chunk: int, raw: np.ndarray) -> None:
+        """Raise ``CorruptStoreError`` if ``raw`` (chunk ``chunk`` as just read) differs from its records."""
+        if (split, layer, chunk) in self.passed:
+            return
+        s = store.split(split)
+        per_block = s.block_samples // s.chunk_samples
+        block = chunk // per_block
+        record = int(store.block_records(split, layer)[block])
+        if record == MISSING:
+            return  # never written: reads as zeros, and probe refuses incomplete stores unless told
+        start, stop = store.chunk_range(split, chunk)
+        crc = block_checksum(raw)
+        what = f"chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer}"
+        if per_block == 1:
+            if crc != record:
+                raise _changed(store.location, what)
+            self.passed.add((split, layer, chunk))
+            return
+        if (split, layer) not in self.chunk_records:
+            self.chunk_records[(split, layer)] = store._read_chunk_records(split, layer, 0, s.num_chunks)
+        chunk_records = self.chunk_records[(split, layer)]
+        if chunk_records is not None:
+            if int(chunk_records[chunk]) != crc:
+                raise _changed(store.location, what, "its per-chunk record")
+            self.passed.add((split, layer, chunk))
+            return
+        seen = self.pending.setdefault((split, layer, block), {})
+        seen[chunk] = (crc, raw.nbytes)
+        first, end = block * per_block, min(s.num_chunks, (block + 1) * per_block)
+        if len(seen) == end - first:
+            del self.pending[(split, layer, block)]
+            if crc32c_concat([seen[c] for c in range(first, end)]) != record:
+                b0, b1 = store.block_range(split, block)
+                raise _changed(store.location, f"shard {block} (rows {b0}-{b1}) of {split!r} layer {layer}")
+            self.passed.update((split, layer, c) for c in range(first, end))
+
+
+def _changed(location: str, what: str, against: str = "its record") -> CorruptStoreError:
+    return CorruptStoreError(
+        f"{location}: {what} fails its crc32c check against {against}: its bytes changed after "
+        f"extraction. Run `epcache verify {location}`, then `epcache verify --repair --data ROOT`"
+    )
