@@ -187,8 +187,9 @@ def _pooled_store(path: Path, *, with_pooled: bool) -> tuple[Path, dict[str, np.
     return path, pooled
 
 
-def test_pooled_array_round_trips_and_a_linear_probe_reads_it(tmp_path: Path) -> None:
-    path, pooled = _pooled_store(tmp_path / "p.zarr", with_pooled=True)
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_pooled_array_round_trips_and_a_linear_probe_reads_it(tmp_path: Path, suffix: str) -> None:
+    path, pooled = _pooled_store(tmp_path / f"p{suffix}", with_pooled=True)
     with open_store(path) as st:
         assert st.pooled_dim == 12 and st.has_pooled("val")
         np.testing.assert_array_equal(st.read_pooled("train"), pooled["train"])
@@ -197,6 +198,11 @@ def test_pooled_array_round_trips_and_a_linear_probe_reads_it(tmp_path: Path) ->
         rows = np.array([1, 5])
         got = plan.derive(torch.from_numpy(src.rows(0, rows, None)), "pooled")
         np.testing.assert_array_equal(got.numpy(), pooled["train"][rows, 0].astype(np.float32))
+    from epcache.store import verify_store
+
+    assert verify_store(path, deep=True).ok  # the extra array is part of a valid store
+    if suffix == ".h5":
+        return  # one training run is enough
     res = probe(config(path, head="linear,ep", tokens="pooled,patch", epochs=20, lr=0.05), progress=False)
     row = next(r for r in res.rows if r["config"]["tokens"] == "pooled")
     assert row["input"]["layers"] == [] and " pooled " in row["name"]
