@@ -5,16 +5,17 @@ Machine:   the shared 2-core CPU dev box (no GPU); numbers in the closing note c
 Runtime:   ~1-3 minutes (writes one zarr store of samples x layers x 197 x 768 float16: 1.2 GB at
            the defaults; needs that much free disk and RAM for the page cache).
 Expected:  a group of mean-of-layers configs >= 2x faster than 4 single-layer passes (target);
-           measured 2026-11-27 on the shared 2-core box (load average 7-12 from other jobs):
-             --samples 1024: singles/group(mean) = 2.32x, singles/group(all k) = 0.65x
-             --samples 512:  singles/group(mean) = 3.45x, singles/group(all k) = 0.49x
-           A mean group is averaged on the reader side, so k times fewer bytes go through the
-           shuffle buffer, the batch copies and the dtype conversion. When all k layers must
-           travel (concat, tokens, or a mean mixed with those in one group) every byte still
-           goes through the same copies, in k times larger buffers; on this CPU that is slower
-           than k passes (the parallel layer reads do not make up for it). Such mixes cannot be
-           served by single-layer passes at all, and single-layer configs still form
-           single-layer groups, so no existing sweep gets slower.
+           measured 2026-11-27 on the shared 2-core box, --samples 1024, load average ~3, two runs:
+             singles/group(mean)  = 2.42x, 2.23x
+             singles/group(all k) = 0.52x, 1.01x   (its rounds vary 1.9-6.7 s: page faults of the
+                                                    k-times larger buffers on a busy machine)
+           A mean group is averaged on the reader side (in the compute dtype, straight from the
+           chunk views), so k times fewer values go through the shuffle buffer, the batch copies
+           and the consumer. When all k layers must travel (concat, tokens, or a mean mixed with
+           those in one group) every byte goes through the same copies as in k passes, in k times
+           larger buffers: about the same time at best. Such mixes cannot be served by
+           single-layer passes at all, and single-layer configs still form single-layer groups,
+           so no existing sweep gets slower.
 
 What is timed: one training epoch of device batches (float32 on the CPU "device", batch 256,
 the trainer's shuffle buffer and prefetch thread) as `epcache probe` streams them, with the

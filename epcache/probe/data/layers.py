@@ -94,7 +94,7 @@ class LayerPlan:
         if self.reduce_mean:
             acc: Tensor | None = None
             for x in layers:
-                t = to_torch(np.ascontiguousarray(base.pack(x)))
+                t = to_torch(base.pack(x))  # a strided view: converted and summed without an extra copy
                 acc = t.to(self.dtype, copy=True) if acc is None else acc.add_(t)
             assert acc is not None
             return acc.div_(len(layers)).unsqueeze(1).numpy()
