@@ -265,6 +265,7 @@ def test_cli_layer_mix_heads_and_errors(store: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["heads", "--dim", "768", "--classes", "1000", "--tokens", "196"])
     assert r.exit_code == 0 and any(line.startswith("mp ") and "4,047,146" in line for line in r.output.splitlines())
+    assert "the MP paper counts without it (3.65 M here" in r.output
     fast = ["--epochs", "1", "--warmup", "0", "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.01",
             "--no-progress", "--device", "cpu"]
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--tokens", "cls+gap",
