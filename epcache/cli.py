@@ -7,14 +7,13 @@ Heavy imports (torch, timm) happen inside the commands so `--help` and `info` st
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from functools import partial
 from typing import Annotated
 
 import typer
 
-from epcache.errors import EpcacheError
+from epcache import _cli_store
+from epcache._cli_base import HelpCommand, user_errors
 
 __all__ = ["app", "main"]
 
@@ -22,183 +21,187 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
-    help="Extract frozen-encoder tokens once; train hundreds of probes (linear, EP, attentive) from the store.",
+    rich_markup_mode=None,  # plain help: rich markup would eat "[plot]" in help texts
+    context_settings={"max_content_width": 100},  # help uses up to 100 columns, never more
+    help="Extract frozen-encoder tokens once; train hundreds of probes (linear, EP, attentive) from them.",
 )
+command = partial(app.command, cls=HelpCommand)  # git/pip-style help: --out DIR, RUNDIR, [default: X]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from epcache import __version__
+
+        typer.echo(f"epcache {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the epcache version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the epcache version and exit."),
+    ] = False,
 ) -> None:
     """epcache: frozen-encoder feature stores and fast probing."""
-    if version:
-        from epcache import __version__
-
-        typer.echo(__version__)
-        raise typer.Exit()
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except EpcacheError as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(code=2) from None
+command(short_help="A store's backbone, splits, layers, tokens, size and completeness.")(_cli_store.info)
+command(short_help="Backbone aliases and the timm model each resolves to.")(_cli_store.models)
+command(epilog=_cli_store.EXTRACT_EPILOG,
+        short_help="Stage 1: run a frozen backbone once, store its layers' tokens.")(_cli_store.extract)
+
+RUNDIR_HELP = "Run directory written by `epcache probe --out RUNDIR`."
 
 
-@app.command()
-def info(
-    store: Annotated[str, typer.Argument(help="Feature store: a .zarr directory, an .h5 file or a URL.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """Show a store's backbone, splits, layers, token layout, dtype, size and completeness."""
-    from epcache.store import describe_store, format_store_info
+PROBE_EPILOG = """Examples:
+  epcache probe --store s.zarr --head linear,ep --queries 8,32 --layers -4: \\
+      --blr 0.1,0.2 --out runs/x
+  epcache probe --store s.zarr --head "ep(queries=16,d_out=2)" --layers -1 --lr 1e-3 --epochs 20
+  epcache probe --store s.zarr --grid sweep.toml --out runs/x
+  epcache heads --dim 768 --patches 196      # every head name, its parameters and FLOPs
 
-    with _user_errors():
-        desc = describe_store(store)
-    typer.echo(json.dumps(desc.to_json(), indent=2) if as_json else format_store_info(desc))
+Every comma list multiplies: the sweep is the product of heads x queries x layers x lrs x
+seeds ...; configs that read the same layer train in one pass over the store.
 
+--grid FILE (TOML): top-level keys set ProbeConfig fields for the whole sweep (the option
+names with '_' for '-'); each [[grid]] table is one sub-grid; the sweep is their union:
 
-@app.command()
-def models() -> None:
-    """List the backbone aliases and the timm model each resolves to (any timm name works too)."""
-    from epcache.extract import list_model_aliases
+  recipe = "auto"
+  shots = 10
+  [[grid]]
+  head = "linear"
+  tokens = ["cls", "gap"]
+  [[grid]]
+  head = "ep"
+  queries = [8, 16]
+  lr = [1e-3, 3e-3]
 
-    rows = list_model_aliases()
-    w = max(len(a.alias) for a in rows)
-    typer.echo(f"{'alias':<{w}}  {'timm model':<44} family")
-    for a in rows:
-        note = "" if a.timm_weights else "  [needs --weights: timm has no such weights]"
-        typer.echo(f"{a.alias:<{w}}  {a.timm_name:<44} {a.family}{note}")
-
-
-@app.command()
-def extract(
-    model: Annotated[str, typer.Option(help="Backbone: an alias from `epcache models` or any timm model name.")],
-    data: Annotated[str, typer.Option(help="Data root: an ImageFolder parent directory (or CSV base directory).")],
-    out: Annotated[str, typer.Option(help="Store to write: a .zarr directory (default backend) or an .h5 file.")],
-    split: Annotated[
-        list[str] | None,
-        typer.Option(help="NAME=SUBDIR or NAME=FILE.csv (path,label rows), repeatable. Default: train=train, val=val."),
-    ] = None,
-    layers: Annotated[
-        str | None, typer.Option(help="Blocks to store: all, last, -4: (last 4), or 0,5,11. Default: all (ViT).")
-    ] = None,
-    views: Annotated[int, typer.Option(help="Augmented views per train image (RandomResizedCrop+flip).")] = 0,
-    view_splits: Annotated[str, typer.Option(help="Splits that get the augmented views, comma-separated.")] = "train",
-    dtype: Annotated[str, typer.Option(help="Stored dtype: float16, bfloat16 or float32.")] = "float16",
-    format: Annotated[str | None, typer.Option(help="zarr or h5; default from the --out suffix.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass (times the number of views).")] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader decoding processes (0: decode in the main process).")] = 4,
-    weights: Annotated[str | None, typer.Option(help="Local checkpoint (.pth/.pt/.safetensors).")] = None,
-    random_init: Annotated[bool, typer.Option(help="Use random weights explicitly (never a silent fallback).")] = False,
-    final_norm: Annotated[bool, typer.Option(help="Apply the model's final norm (default: raw blocks).")] = False,
-    img_size: Annotated[int | None, typer.Option(help="Input resolution override.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    amp: Annotated[str | None, typer.Option(help="Autocast on GPU: bf16 or fp16.")] = None,
-    seed: Annotated[int, typer.Option(help="Seeds the stored order, the augmented views and random init.")] = 0,
-    on_bad_image: Annotated[str, typer.Option(help="error (default) or skip (recorded in metadata).")] = "error",
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted extraction into an existing store.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store at --out.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print layers, shapes and bytes, then exit without writing.")] = False,
-    chunk_samples: Annotated[int | None, typer.Option(help="Samples per chunk (default: a few MB).")] = None,
-    shard_samples: Annotated[int | None, typer.Option(help="Samples per zarr shard (default: automatic).")] = None,
-    compressor: Annotated[str | None, typer.Option(help="zstd[:N] / blosc[:N] (zarr), gzip / lzf (h5).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    break_lock: Annotated[
-        bool, typer.Option(help="Remove the writer lock a crashed or killed extraction left on --out.")
-    ] = False,
-    allow_duplicate: Annotated[
-        bool, typer.Option(help="Extract even if a complete store with the same provenance sits beside --out.")
-    ] = False,
-    pooled: Annotated[
-        bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
-    ] = False,
-) -> None:
-    """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
-    from epcache.extract import ExtractConfig
-    from epcache.extract import extract as run_extract
-
-    with _user_errors():
-        cfg = ExtractConfig(
-            model=model, data=data, out=out, splits=_splits(split), layers=layers, views=views,
-            view_splits=tuple(v for v in view_splits.split(",") if v), dtype=dtype, format=format,
-            batch_size=batch_size, workers=workers, weights=weights, random_init=random_init,
-            final_norm=final_norm, img_size=img_size, device=device, amp=amp, seed=seed,
-            on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
-            chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
-            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
-        )
-        result = run_extract(cfg, progress=progress)
-    typer.echo(result.format_text())
+store, out, grid and shard cannot be set in the file. What the file sets is what runs and what
+every results row records."""
 
 
-def _splits(items: list[str] | None) -> dict[str, str]:
-    from epcache.errors import ConfigError
-
-    if not items:
-        return {"train": "train", "val": "val"}
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, where = item.partition("=")
-        if not sep or not name or not where:
-            raise ConfigError(f"--split takes NAME=SUBDIR or NAME=FILE.csv, got {item!r}")
-        out[name] = where
-    return out
-
-
-@app.command()
+@command(epilog=PROBE_EPILOG, short_help="Stage 2: train a sweep of probe heads from a store.")
 def probe(
-    store: Annotated[str, typer.Option(help="Feature store to train from (train split; eval split too by default).")],
-    head: Annotated[str, typer.Option(help="Head kinds/specs, comma-separated: linear, ep, mhca, jepa, ...")] = "ep",
-    queries: Annotated[str | None, typer.Option(help="EP queries M, comma list (default 32).")] = None,
-    d_out: Annotated[str | None, typer.Option("--d-out", help="EP width divisors, comma list (default 1).")] = None,
-    num_heads: Annotated[str | None, typer.Option(help="Attention heads of MHCA-style poolers, comma list.")] = None,
-    layer: Annotated[str | None, typer.Option(help="One block index (alias of --layers).")] = None,
-    layers: Annotated[str, typer.Option(help="Block indices, comma list, or all / last / last:K.")] = "last",
+    store: Annotated[
+        str, typer.Option(metavar="STORE", help="Feature store to train from (its train split; eval split too).")
+    ],
+    head: Annotated[
+        str,
+        typer.Option(
+            metavar="HEADS",
+            help="Head names or specs, comma list: linear, ep, mhca, jepa, ... (`epcache heads` lists them all); "
+            "a spec sets options: ep(queries=8,d_out=2).",
+        ),
+    ] = "ep",
+    queries: Annotated[
+        str | None, typer.Option(metavar="M,...", help="EP queries M, comma list.", show_default="32")
+    ] = None,
+    d_out: Annotated[
+        str | None,
+        typer.Option("--d-out", metavar="K,...",
+                     help="EP width divisor: values are D/K wide (EP_SPEC: d_out), comma list.", show_default="1"),
+    ] = None,
+    num_heads: Annotated[
+        str | None,
+        typer.Option(metavar="H,...", help="Attention heads of MHCA-style poolers, comma list.",
+                     show_default="each head's own"),
+    ] = None,
+    layer: Annotated[str | None, typer.Option(metavar="N", help="One block index (same as --layers N).")] = None,
+    layers: Annotated[
+        str,
+        typer.Option(metavar="SPEC", help="Blocks: all, last, -1, a slice like -4: or a list like 8,9,10,11."),
+    ] = "last",
     layer_mix: Annotated[
-        str, typer.Option(help="none (one config per layer) / concat / mean / tokens (all --layers as one input).")
+        str,
+        typer.Option(metavar="MIX,...", help="How --layers feed a head, comma list: none (one config per layer), "
+                     "concat, mean, tokens (all --layers as one input)."),
     ] = "none",
     tokens: Annotated[
         str | None,
-        typer.Option(help="cls, gap, cls+gap, pooled (linear) / patch, all, registers, patch+registers; comma list."),
+        typer.Option(metavar="KINDS", help="Token kind each head reads, comma list: cls, gap, cls+gap, pooled "
+                     "(linear); patch, all, registers, patch+registers (attentive; mp: all, patch).",
+                     show_default="cls (linear), patch (attentive), all (mp)"),
     ] = None,
-    recipe: Annotated[str, typer.Option(
-        help="Training protocol: auto (works from 20 samples to ImageNet), ep-paper, dinov2-linear, capi-attentive. "
-        "`epcache recipes` shows what each sets and its source; the flags below override one field each.")] = "auto",
-    lr: Annotated[str | None, typer.Option(help="Absolute peak lrs, comma list (a grid, trained fused). "
-                                           "Default: the recipe's grid.")] = None,
-    blr: Annotated[str | None, typer.Option(help="Base lrs, lr = blr x batch / 256 (ep-paper: 0.1). "
-                                            "Default: the recipe's.")] = None,
-    wd: Annotated[str | None, typer.Option(help="Weight decays, comma list. Default: the recipe's.")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="lars, adamw or sgd; comma list. Default: the recipe's.")] = (
-        None
-    ),
-    seeds: Annotated[str, typer.Option(help="Head-init seeds, comma list (mean and std are reported).")] = "0",
-    epochs: Annotated[int | None, typer.Option(help="Evaluation epochs (exactly this many passes). "
-                                               "Default: the recipe's, with its step floor.")] = None,
-    warmup: Annotated[float | None, typer.Option(help="Linear warm-up epochs, then cosine to 0. "
-                                                 "Default: the recipe's.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size. Default: the recipe's, shrunk to give >= 8 "
-                                                   "steps per epoch on small sets.")] = None,
-    min_steps: Annotated[int | None, typer.Option(help="Floor on optimiser steps (epochs become several passes). "
-                                                  "Default: the recipe's (auto: 1000).")] = None,
-    holdout: Annotated[float | None, typer.Option(help="Stratified fraction of train that selects epoch and config "
-                                                  "(>= 1 per class when possible; 0: none). Default: 0.1.")] = None,
-    shots: Annotated[int | None, typer.Option(help="Low-shot: K training samples per class.")] = None,
-    fraction: Annotated[float | None, typer.Option(help="Low-shot: this fraction of each class.")] = None,
-    train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
-    eval_split: Annotated[str, typer.Option(help="Split to report.")] = "val",
-    eval_store: Annotated[str | None, typer.Option(help="Another store holding the eval split.")] = None,
-    grid: Annotated[str | None, typer.Option(help="TOML sweep file (overrides these options).")] = None,
-    out: Annotated[str | None, typer.Option(help="Run directory: results.jsonl, heads/, checkpoints.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    in_memory: Annotated[bool, typer.Option(help="Load the selected tokens once instead of streaming.")] = False,
+    recipe: Annotated[
+        str,
+        typer.Option(metavar="NAME", help="Training protocol: auto (any dataset size), ep-paper, dinov2-linear, "
+                     "capi-attentive (`epcache recipes`); the options below override one field each."),
+    ] = "auto",
+    lr: Annotated[
+        str | None,
+        typer.Option(metavar="LR,...", help="Absolute peak learning rates, comma list (a grid, trained fused).",
+                     show_default="the recipe's grid"),
+    ] = None,
+    blr: Annotated[
+        str | None,
+        typer.Option(metavar="BLR,...", help="Base lrs: lr = blr x batch-size / 256.", show_default="the recipe's"),
+    ] = None,
+    wd: Annotated[
+        str | None, typer.Option(metavar="WD,...", help="Weight decays, comma list.", show_default="the recipe's")
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(metavar="NAMES", help="lars, adamw, adam (L2) or sgd; comma list.", show_default="the recipe's"),
+    ] = None,
+    seeds: Annotated[
+        str, typer.Option(metavar="S,...", help="Head-init seeds, comma list (reported as mean ± std).")
+    ] = "0",
+    epochs: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Evaluation epochs: exactly N passes over the training set.",
+                     show_default="the recipe's, with its step floor"),
+    ] = None,
+    warmup: Annotated[
+        float | None,
+        typer.Option(metavar="EPOCHS", help="Linear warm-up epochs, then cosine to 0.", show_default="the recipe's"),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Training batch size.",
+                     show_default="the recipe's, shrunk to give >= 8 steps per epoch"),
+    ] = None,
+    min_steps: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Floor on optimiser steps (an epoch becomes several passes).",
+                     show_default="the recipe's; auto: 1000"),
+    ] = None,
+    holdout: Annotated[
+        float | None,
+        typer.Option(metavar="FRAC", help="Stratified fraction of train that selects each config's epoch and the "
+                     "best config (>= 1 per class when possible; 0: last epoch, ranked on eval).",
+                     show_default="0.1"),
+    ] = None,
+    shots: Annotated[int | None, typer.Option(metavar="K", help="Low-shot: K training samples per class.")] = None,
+    fraction: Annotated[
+        float | None, typer.Option(metavar="FRAC", help="Low-shot: this fraction of each class.")
+    ] = None,
+    train_split: Annotated[str, typer.Option(metavar="NAME", help="Split to train on.")] = "train",
+    eval_split: Annotated[str, typer.Option(metavar="NAME", help="Split to report.")] = "val",
+    eval_store: Annotated[
+        str | None, typer.Option(metavar="STORE", help="Another store holding the eval split.", show_default="--store")
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option(metavar="FILE", help="TOML sweep file (format below); its keys override options.")
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(metavar="RUNDIR", help="Run directory: results.jsonl, heads/, checkpoints; re-running resumes.",
+                     show_default="none: nothing is saved, the summary is only printed"),
+    ] = None,
+    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    in_memory: Annotated[bool, typer.Option(help="Hold the selected tokens in RAM in the compute dtype (converted "
+                                            "once) instead of streaming them every epoch.")] = False,
+    eval_curve: Annotated[bool, typer.Option(help="Score the eval split every epoch (curves, oracle); "
+                                             "--no-eval-curve scores it once, at the end.")] = True,
     allow_incomplete: Annotated[bool, typer.Option(help="Train on the written part of an incomplete store.")] = False,
-    data_seed: Annotated[int, typer.Option(help="Seeds holdout, low-shot subset, batch order and views.")] = 0,
+    data_seed: Annotated[
+        int, typer.Option(metavar="N", help="Seeds holdout, low-shot subset, batch order and views.")
+    ] = 0,
     shard: Annotated[
-        str | None, typer.Option(help="I/N: train part I of N of the sweep (job arrays; torchrun sets it).")
+        str | None,
+        typer.Option(metavar="I/N", help="Train part I of N of the sweep (job arrays).",
+                     show_default="torchrun's RANK/WORLD_SIZE, else all"),
     ] = None,
     trust_store: Annotated[
         bool, typer.Option(help="Skip the store integrity checks (bytes, labels, ids, metadata); recorded in rows.")
@@ -210,7 +213,7 @@ def probe(
     from epcache.probe import probe as run_probe
     from epcache.probe.config import parse_heads, parse_layers, parse_list
 
-    with _user_errors():
+    with user_errors():
         cfg = ProbeConfig(
             store=store, head=parse_heads(head), queries=parse_list(queries, int), d_out=parse_list(d_out, int),
             num_heads=parse_list(num_heads, int), layers=parse_layers(layer if layer is not None else layers),
@@ -219,7 +222,8 @@ def probe(
             epochs=epochs, warmup=warmup, batch_size=batch_size, min_steps=min_steps, holdout=holdout, shots=shots,
             fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
-            device=device, in_memory=in_memory, allow_incomplete=allow_incomplete, data_seed=data_seed,
+            device=device, in_memory=in_memory, eval_curve=eval_curve, allow_incomplete=allow_incomplete,
+            data_seed=data_seed,
             shard=shard, trust_store=trust_store, layer_mix=parse_list(layer_mix, str),
         )
         result = run_probe(cfg, progress=progress)
@@ -228,10 +232,12 @@ def probe(
             typer.echo(note, err=True)
     typer.echo(result.summary)
     if result.out is not None:
-        typer.echo(f"results: {result.out}")
+        typer.echo(f"results, heads and checkpoints: {result.out}\nnext: epcache report {result.out}")
+    else:
+        typer.echo("nothing saved (no --out RUNDIR): pass --out RUNDIR to keep results and heads")
 
 
-@app.command()
+@command(short_help="The training recipes of `epcache probe --recipe`: what each sets, and its source.")
 def recipes() -> None:
     """List the training recipes `epcache probe --recipe` accepts: what each sets and where it comes from."""
     from epcache.probe.recipes import format_recipes
@@ -239,69 +245,91 @@ def recipes() -> None:
     typer.echo(format_recipes())
 
 
-@app.command()
+@command(short_help="Markdown report: the results tables and figures of a run.")
 def report(
-    rundir: Annotated[str, typer.Argument(help="Run directory written by `epcache probe --out`.")],
-    out: Annotated[str | None, typer.Option(help="Where to write report.md and figures (default RUNDIR/report).")] = (
-        None
-    ),
-    figures: Annotated[bool, typer.Option(help="Render PNG figures (needs matplotlib: epcache[plot]).")] = True,
+    rundir: Annotated[str, typer.Argument(metavar="RUNDIR", help=RUNDIR_HELP, show_default=False)],
+    out: Annotated[
+        str | None,
+        typer.Option(metavar="DIR", help="Where to write report.md and the figures.", show_default="RUNDIR/report"),
+    ] = None,
+    figures: Annotated[
+        bool, typer.Option(help="Render PNG figures (needs matplotlib: pip install 'epcache[plot]').")
+    ] = True,
 ) -> None:
     """Markdown report with the results tables and the paper's figures for this run."""
     from epcache.report import write_report
+    from epcache.report._format import plural
 
-    with _user_errors():
+    with user_errors():
         rep = write_report(rundir, out, figures=figures)
-    typer.echo(f"report: {rep.markdown} ({rep.num_configs} configs, {len(rep.figures)} figures)")
+    typer.echo(f"report: {rep.markdown} ({plural(rep.num_configs, 'config')}, {plural(len(rep.figures), 'figure')})")
     for f in rep.figures:
         typer.echo(f"  {f}")
 
 
-@app.command()
+@command(short_help="Attention maps, entropies and ablation of a trained head.")
 def attention(
-    rundir: Annotated[str, typer.Argument(help="Run directory written by `epcache probe --out`.")],
-    config: Annotated[str, typer.Option(help="Config id (or unique id prefix) from results.jsonl.")],
-    split: Annotated[str | None, typer.Option(help="Split to analyse (default: the run's eval split).")] = None,
-    images: Annotated[int, typer.Option(help="Images shown in the attention grid.")] = 16,
-    data: Annotated[str | None, typer.Option(help="Data root used for extraction (to overlay maps on images).")] = None,
-    out: Annotated[str | None, typer.Option(help="Output directory (default RUNDIR/attention/ID).")] = None,
+    rundir: Annotated[str, typer.Argument(metavar="RUNDIR", help=RUNDIR_HELP, show_default=False)],
+    config: Annotated[
+        str,
+        typer.Option(metavar="ID", help="Config id (or a unique prefix; see report.md's id column), or 'best': "
+                     "the best attentive config."),
+    ] = "best",
+    split: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Split to analyse.", show_default="the run's eval split")
+    ] = None,
+    images: Annotated[int, typer.Option(metavar="N", help="Images shown in the attention grid.")] = 16,
+    data: Annotated[
+        str | None,
+        typer.Option(metavar="ROOT", help="Data root of the images (to overlay the maps on them).",
+                     show_default="the root the store recorded at extraction"),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(metavar="DIR", help="Output directory.", show_default="RUNDIR/attention/ID")
+    ] = None,
 ) -> None:
     """Per-query attention maps, entropies and the uniform-attention ablation of a trained head."""
     from epcache.report._attention import attention_report
 
-    with _user_errors():
+    with user_errors():
         res = attention_report(rundir, config, split=split, images=images, data_root=data, out=out)
     typer.echo(res.table.read_text())
     typer.echo(f"written: {res.table}, {res.json}" + (f", {res.png}" if res.png else ""))
 
 
-@app.command()
+@command(short_help="Generated data -> extract -> sweep -> report, end to end.")
 def demo(
-    out: Annotated[str, typer.Option(help="Directory for the generated data, store, run and report.")] = "epcache-demo",
+    out: Annotated[
+        str, typer.Option(metavar="DIR", help="Directory for the generated data, store, run and report.")
+    ] = "epcache-demo",
     quick: Annotated[bool, typer.Option(help="A reduced demo (seconds), as the test-suite runs it.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Generate a dataset, extract a random-init ViT, run a sweep and write the report, end to end."""
     from epcache.demo import DemoConfig, run_demo
 
-    with _user_errors():
+    with user_errors():
         res = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), echo=typer.echo, progress=progress)
     typer.echo(f"demo finished in {res.seconds:.0f} s: {res.out}")
 
 
-@app.command()
+@command(short_help="Every probe head name with its parameters and FLOPs.")
 def heads(
-    dim: Annotated[int, typer.Option(help="Token width D of the backbone.")] = 768,
-    classes: Annotated[int, typer.Option(help="Number of classes C.")] = 1000,
-    tokens: Annotated[int, typer.Option(help="Patch tokens N the head attends over (196 for ViT-B/16 at 224).")] = 196,
-    queries: Annotated[str, typer.Option(help="EP query counts M to list, comma-separated.")] = "8,32",
-    d_out: Annotated[str, typer.Option("--d-out", help="EP width divisors to list, comma-separated.")] = "1",
+    dim: Annotated[int, typer.Option(metavar="D", help="Token width D of the backbone.")] = 768,
+    classes: Annotated[int, typer.Option(metavar="C", help="Number of classes C.")] = 1000,
+    patches: Annotated[
+        int, typer.Option(metavar="N", help="Patch tokens N a head attends over (196 for ViT-B/16 at 224 px).")
+    ] = 196,
+    queries: Annotated[str, typer.Option(metavar="M,...", help="EP query counts M to list, comma list.")] = "8,32",
+    d_out: Annotated[
+        str, typer.Option("--d-out", metavar="K,...", help="EP width divisors to list, comma list.")
+    ] = "1",
 ) -> None:
-    """Trainable parameters and forward FLOPs per image of every probe head."""
+    """Every probe head name `epcache probe --head` accepts, with its parameters and forward FLOPs per image."""
     from epcache.probe.heads import format_heads_table, heads_table
 
-    with _user_errors():
-        rows = heads_table(dim=dim, num_classes=classes, num_tokens=tokens, queries=_ints(queries, "--queries"),
+    with user_errors():
+        rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),
                            d_out=_ints(d_out, "--d-out"))
     typer.echo(format_heads_table(rows))
     mp = next((r for r in rows if r.kind == "mp"), None)
@@ -320,62 +348,8 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
         raise ConfigError(f"{option} takes comma-separated integers, got {text!r}") from None
 
 
-@app.command()
-def verify(
-    store: Annotated[str, typer.Argument(help="Feature store: a .zarr directory, an .h5 file or a URL.")],
-    deep: Annotated[bool, typer.Option(help="Also scan every stored value for inf/nan.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    repair: Annotated[bool, typer.Option(help="Re-extract the bad or missing blocks from the images.")] = False,
-    data: Annotated[str | None, typer.Option(help="With --repair: the data root the store came from.")] = None,
-    weights: Annotated[str | None, typer.Option(help="With --repair: the store's checkpoint (sha256 checked).")] = None,
-    split: Annotated[
-        list[str] | None, typer.Option(help="With --repair: NAME=SUBDIR for splits whose source is not recorded.")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="With --repair: default, the extraction's device.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="With --repair: the extraction's --batch-size.")] = None,
-    workers: Annotated[int, typer.Option(help="With --repair: DataLoader decoding processes.")] = 4,
-    break_lock: Annotated[bool, typer.Option(help="With --repair: remove a crashed extraction's lock.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
-    """Check every block's bytes against its crc32c record, and the metadata, ids and labels.
-
-    Exit code 0: clean; 1: something is missing, corrupt or inconsistent (listed); 2: not a store.
-    """
-    from epcache.errors import ConfigError
-    from epcache.store import verify_store
-
-    with _user_errors():
-        if repair:
-            from epcache.extract import repair_store
-
-            if data is None:
-                raise ConfigError("--repair needs --data ROOT, the data root the store was extracted from")
-            result = repair_store(
-                store, data=data, weights=weights, splits=_splits(split) if split else None, device=device,
-                batch_size=batch_size, workers=workers, deep=deep, break_lock=break_lock, progress=progress,
-            )
-            report, text, doc = result.after, result.format_text(), result.to_json()
-        else:
-            if data is not None or weights is not None or split or break_lock:
-                raise ConfigError("--data, --weights, --split and --break-lock are used only with --repair")
-            report = verify_store(store, deep=deep, progress=progress)
-            text, doc = report.format_text(), report.to_json()
-    typer.echo(json.dumps(doc, indent=2) if as_json else text)
-    if not report.ok:
-        raise typer.Exit(code=1)
-
-
-@app.command(name="ls")
-def ls(
-    root: Annotated[str, typer.Argument(help="Directory or URL prefix (s3://bucket/stores) to search for stores.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """List the stores under ROOT: backbone, weights, dataset, splits, layers, views, dtype, size, status."""
-    from epcache.store import format_catalog, list_stores
-
-    with _user_errors():
-        entries = list_stores(root)
-    typer.echo(json.dumps([e.to_json() for e in entries], indent=2) if as_json else format_catalog(entries, root))
+command(short_help="Check every block's crc32c; --repair re-extracts bad blocks.")(_cli_store.verify)
+command(name="ls", short_help="List the stores under ROOT (a directory or URL prefix).")(_cli_store.ls)
 
 
 def main() -> None:

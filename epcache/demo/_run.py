@@ -8,16 +8,21 @@ the numbers show that the pipeline works, not how good any model is.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from epcache.demo._shapes import ShapesConfig, make_shapes_dataset
 from epcache.errors import StoreExistsError
+from epcache.report._format import plural
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
+DEMO_MODEL = "vit_tiny_patch16_224"  # width 192; the demo sets depth and patch size (DemoConfig.depth, patch 8)
 REAL_WEIGHTS_HINT = """\
 With real weights (a local checkpoint, or timm weights already in the Hugging Face cache):
   epcache extract --model mae_vitb --weights mae_pretrain_vit_base.pth --data /data/imagenet \\
@@ -67,7 +72,7 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
         StoreExistsError: ``out`` holds something else.
     """
     from epcache.extract import ExtractConfig, extract
-    from epcache.probe import ProbeConfig, probe
+    from epcache.probe import ProbeConfig, ProbeResult, probe
 
     t0 = time.perf_counter()
     root = Path(out)
@@ -75,34 +80,52 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
         raise StoreExistsError(f"{root} exists and is not an epcache demo directory; pass another --out")
     root.mkdir(parents=True, exist_ok=True)
     (root / "demo.txt").write_text("epcache demo output; safe to delete\n")
-    echo("epcache demo: the backbone is a RANDOM-INIT ViT, so the numbers below show the pipeline, "
-         "not a model's quality.")
+    sh = config.shapes
+    n_train, n_val = sh.num_classes * sh.train_per_class, sh.num_classes * sh.val_per_class
+    kwargs = {"depth": config.depth, "patch_size": 8}
+    heads = ("linear(tokens='cls')", "linear(tokens='gap')", "ep", "mhca")
+    layers = tuple(range(config.depth))
+    n_configs = (3 + len(config.queries)) * len(config.lrs) * len(layers)
+    echo(f"epcache demo: a RANDOM-INIT {DEMO_MODEL} ({config.depth} blocks, patch 8, {sh.size} px);\n"
+         "the numbers show the pipeline, not a model's quality.")
+    echo(f"plan: {n_train} train / {n_val} val images ({sh.num_classes} classes) -> {config.depth} blocks -> "
+         f"{n_configs} configs x {config.epochs} epochs -> report")
     data = root / "data"
     if not (data / "val").exists():
-        make_shapes_dataset(data, config.shapes)
-    n_train = config.shapes.num_classes * config.shapes.train_per_class
-    echo(f"1/3 dataset: {config.shapes.num_classes} shape classes, {n_train} train / "
-         f"{config.shapes.num_classes * config.shapes.val_per_class} val images of {config.shapes.size}px in {data}")
+        make_shapes_dataset(data, sh)
     store = root / "store.zarr"
     res = extract(
-        ExtractConfig(
-            model="vit_tiny_patch16_224", data=data, out=store, random_init=True, img_size=config.shapes.size,
-            model_kwargs={"depth": config.depth, "patch_size": 8}, workers=0, layers="all", batch_size=32,
-        ),
+        ExtractConfig(model=DEMO_MODEL, data=data, out=store, random_init=True, img_size=sh.size,
+                      model_kwargs=kwargs, workers=0, layers="all", batch_size=32),
         progress=progress,
     )
-    echo(f"2/3 extract: {res.format_text().splitlines()[0]}")
     rundir = root / "run"
-    layers = tuple(range(config.depth))
-    result = probe(
-        ProbeConfig(
-            store=str(store), head=("linear(tokens='cls')", "linear(tokens='gap')", "ep", "mhca"),
-            queries=config.queries, layers=layers, optimizer=("adamw",), lr=config.lrs, epochs=config.epochs,
-            warmup=max(1, config.epochs // 10), batch_size=config.batch_size, holdout=0.15, out=str(rundir),
-        ),
-        progress=progress,
-    )
-    echo(f"3/3 probe: {len(result.rows)} configs trained in one fused pass per layer -> {rundir}/results.jsonl")
+
+    def sweep(on: tuple[int, ...]) -> ProbeResult:
+        return probe(
+            ProbeConfig(
+                store=str(store), head=heads, queries=config.queries, layers=on, optimizer=("adamw",), lr=config.lrs,
+                epochs=config.epochs, warmup=max(1, config.epochs // 10), batch_size=config.batch_size,
+                holdout=0.15, out=str(rundir),
+            ),
+            progress=False,
+        )
+
+    # one bar for the whole stage: a sweep per layer (a config's numbers do not depend on its sweep),
+    # then the full sweep, which finds every config finished and only gathers the rows
+    with _bar(progress, len(layers), "probe (layers)") as bar:
+        trained = 0
+        for layer in layers:
+            part = sweep((layer,))
+            trained += len(part.rows) - len(part.skipped)
+            bar.update(1)
+    result = sweep(layers)
+    if trained == len(result.rows):
+        echo(f"probe: {plural(trained, 'config')} trained, one fused pass per layer")
+    elif trained:
+        echo(f"probe: {plural(trained, 'config')} trained, {len(result.rows) - trained} already in {rundir}")
+    else:
+        echo(f"probe: all {plural(len(result.rows), 'config')} already in {rundir}: skipped (delete it to retrain)")
     echo(result.summary)
     report_path: Path | None = None
     figures: tuple[Path, ...] = ()
@@ -111,7 +134,26 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
 
         rep = write_report(rundir, root / "report")
         report_path, figures = rep.markdown, tuple(rep.figures)
-        echo(f"report: {report_path} ({len(figures)} figures)")
+    echo(f"data     {data}  ({n_train} train / {n_val} val images)")
+    echo(f"store    {store}  ({'reused: already complete' if res.status == 'already-complete' else 'extracted'})")
+    echo(f"results  {rundir / 'results.jsonl'}")
+    if report_path is not None:
+        echo(f"report   {report_path}  ({plural(len(figures), 'figure')})")
+    echo(f"attention maps: epcache attention {rundir} --config best")
+    echo("the same backbone from the CLI:\n"
+         f"  epcache extract --model {DEMO_MODEL} --random-init --img-size {sh.size} \\\n"
+         f"      --model-kwargs '{json.dumps(kwargs)}' --data {data} --out my_store.zarr")
     echo(REAL_WEIGHTS_HINT)
     return DemoResult(out=root, data=data, store=store, rundir=rundir, report=report_path, figures=figures,
                       summary=result.summary, seconds=time.perf_counter() - t0)
+
+
+@contextmanager
+def _bar(enabled: bool, total: int, desc: str) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

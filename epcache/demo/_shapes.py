@@ -33,8 +33,9 @@ class ShapesConfig:
     seed: int = 0
 
 
-def make_shapes_dataset(root: Path, config: ShapesConfig = ShapesConfig()) -> Path:
+def make_shapes_dataset(root: str | Path, config: ShapesConfig = ShapesConfig()) -> Path:
     """Write ``root/{train,val}/<shape>/<i>.png`` (an ImageFolder) and return ``root``."""
+    root = Path(root)
     if not 1 <= config.num_classes <= len(SHAPES):
         raise ValueError(f"num_classes must be in 1..{len(SHAPES)}")
     rng = np.random.default_rng(config.seed)

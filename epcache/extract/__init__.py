@@ -4,6 +4,7 @@
 ``--dry-run``; ``list_model_aliases()`` backs ``epcache models``.
 """
 
+from epcache._lazy import callable_module as _callable
 from epcache.extract._config import ExtractConfig as ExtractConfig
 from epcache.extract._config import ExtractPlan as ExtractPlan
 from epcache.extract._config import ExtractResult as ExtractResult
@@ -35,3 +36,6 @@ __all__ = [
     "repair_store",
     "resolve_model",
 ]
+
+# `epcache.extract(cfg)` works even after `import epcache.extract` bound the package here
+_callable("epcache.extract", "extract")

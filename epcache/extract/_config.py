@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
 from epcache.store import TokenLayout, format_ranges, human_bytes
 
@@ -23,6 +24,7 @@ def _default_splits() -> dict[str, str]:
     return {"train": "train", "val": "val"}
 
 
+@document_fields
 @dataclass(frozen=True)
 class ExtractConfig:
     """One extraction: a backbone over a dataset's splits into one store.
@@ -32,37 +34,37 @@ class ExtractConfig:
     only change speed or files, so an interrupted run may resume with different values.
     """
 
-    model: str  # alias from `epcache models` or any timm name (with or without .tag)
-    data: Path  # data root; every sample id is a path relative to it
-    out: Path | str  # store: a .zarr directory, an .h5 file, or an fsspec URL (zarr)
-    splits: Mapping[str, str] = field(default_factory=_default_splits)  # name -> subdir or CSV file
-    layers: str | None = None  # "all", "last", "last:4", "-4:", "0,5,11"; None: all (ViT) / last (convnet)
-    views: int = 0  # K augmented views per sample of the view_splits; view 0 is always the eval view
-    view_splits: tuple[str, ...] = ("train",)  # splits that get the K augmented views (others V=1)
-    dtype: Dtype = "float16"
-    format: Literal["zarr", "h5"] | None = None  # None: from the suffix of `out`
-    batch_size: int = 64  # samples per forward (the forward batch is batch_size x V images)
-    workers: int = 4  # DataLoader decoding processes; 0 decodes in the main process
-    weights: Path | None = None  # local checkpoint (.pth/.pt/.safetensors); else the HF cache
-    random_init: bool = False  # explicit random weights (never a silent fallback)
-    final_norm: bool = False  # apply the model's final norm to every layer (default: raw blocks)
-    img_size: int | None = None  # input resolution override (model and transform)
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
-    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"
-    amp: Amp | None = None  # autocast dtype for the forward (GPU); None: float32
-    seed: int = 0  # seeds the stored-row permutation, augmented views and random init
-    on_bad_image: Literal["error", "skip"] = "error"  # skip: leave unreadable images out of the split
-    resume: bool = False  # require an existing store and continue it
-    overwrite: bool = False  # replace an existing store
-    dry_run: bool = False  # plan only: print layers, shapes and bytes, write nothing
-    chunk_samples: int | None = None  # store chunking override (default: a few MB per chunk)
-    shard_samples: int | None = None  # zarr shard override (the write unit)
-    compressor: str | None = None  # "zstd[:level]", "blosc[:level]" or None
-    hf_cache_dir: Path | None = None  # Hugging Face hub cache; default from HF_HUB_CACHE / HF_HOME
-    max_pending_blocks: int = 2  # writer queue bound: blocks in flight to the disk
-    break_lock: bool = False  # remove a writer lock left by a crashed extraction (store/_lock.py)
-    allow_duplicate: bool = False  # extract even if a complete store with this provenance sits beside `out`
-    pooled: bool = False  # also store the model's pooled output (forward_head(pre_logits=True)), cache_layout §3.4
+    model: str = doc(doc="alias from `epcache models` or any timm name (with or without .tag)")
+    data: Path = doc(doc="data root; every sample id is a path relative to it")
+    out: Path | str = doc(doc="store: a .zarr directory, an .h5 file, or an fsspec URL (zarr)")
+    splits: Mapping[str, str] = doc(default_factory=_default_splits, doc="name -> subdir or CSV file")
+    layers: str | None = doc(None, doc="'all', 'last', 'last:4', '-4:', '0,5,11'; None: all (ViT) / last (convnet)")
+    views: int = doc(0, doc="K augmented views per sample of the view_splits; view 0 is always the eval view")
+    view_splits: tuple[str, ...] = doc(("train",), doc="splits that get the K augmented views (others V=1)")
+    dtype: Dtype = doc("float16", doc="stored dtype: float16, bfloat16 or float32")
+    format: Literal["zarr", "h5"] | None = doc(None, doc="None: from the suffix of `out`")
+    batch_size: int = doc(64, doc="samples per forward (the forward batch is batch_size x V images)")
+    workers: int = doc(4, doc="DataLoader decoding processes; 0 decodes in the main process")
+    weights: Path | None = doc(None, doc="local checkpoint (.pth/.pt/.safetensors); else the HF cache")
+    random_init: bool = doc(False, doc="explicit random weights (never a silent fallback)")
+    final_norm: bool = doc(False, doc="apply the model's final norm to every layer (default: raw blocks)")
+    img_size: int | None = doc(None, doc="input resolution override (model and transform)")
+    model_kwargs: Mapping[str, Any] = doc(default_factory=dict, doc="extra timm.create_model kwargs")
+    device: str = doc("cpu", doc="'cpu', 'cuda' or 'cuda:N'")
+    amp: Amp | None = doc(None, doc="autocast dtype for the forward (GPU); None: float32")
+    seed: int = doc(0, doc="seeds the stored-row permutation, augmented views and random init")
+    on_bad_image: Literal["error", "skip"] = doc("error", doc="skip: leave unreadable images out of the split")
+    resume: bool = doc(False, doc="require an existing store and continue it")
+    overwrite: bool = doc(False, doc="replace an existing store")
+    dry_run: bool = doc(False, doc="plan only: print layers, shapes and bytes, write nothing")
+    chunk_samples: int | None = doc(None, doc="store chunking override (default: a few MB per chunk)")
+    shard_samples: int | None = doc(None, doc="zarr shard override (the write unit)")
+    compressor: str | None = doc(None, doc="'zstd[:level]', 'blosc[:level]' or None")
+    hf_cache_dir: Path | None = doc(None, doc="Hugging Face hub cache; default from HF_HUB_CACHE / HF_HOME")
+    max_pending_blocks: int = doc(2, doc="writer queue bound: blocks in flight to the disk")
+    break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/_lock.py)")
+    allow_duplicate: bool = doc(False, doc="extract even if a complete store with this provenance sits beside `out`")
+    pooled: bool = doc(False, doc="also store the pooled output, forward_head(pre_logits=True) (cache_layout §3.4)")
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -37,7 +37,7 @@ from epcache.store import (
     verify_store,
 )
 
-__all__ = ["RepairResult", "extract_config_from_store", "repair_store"]
+__all__ = ["RepairResult", "extract_config_from_store", "recorded_data_root", "repair_store"]
 
 _PURPOSE = "epcache verify --repair"
 _DEFAULT_BATCH_SIZE = 64  # ExtractConfig's default; stores do not record the batch size (yet)
@@ -76,10 +76,23 @@ class RepairResult:
         )
 
 
+def recorded_data_root(extra: Mapping[str, Any]) -> Path | None:
+    """The data root a store recorded at extraction (``extra.data_root``), if it is a directory here.
+
+    Stores move between machines; a recorded root that does not exist here is no default at all,
+    so callers fall back to asking for ``--data``.
+    """
+    text = extra.get("data_root")
+    if not isinstance(text, str) or not text:
+        return None
+    path = Path(text)
+    return path if path.is_dir() else None
+
+
 def extract_config_from_store(
     location: str | PathLike[str],
     *,
-    data: str | PathLike[str],
+    data: str | PathLike[str] | None = None,
     weights: str | PathLike[str] | None = None,
     splits: Mapping[str, str] | None = None,
     device: str | None = None,
@@ -90,7 +103,8 @@ def extract_config_from_store(
 
     Args:
         location: the store.
-        data: the data root the store was extracted from (its name is part of the provenance).
+        data: the data root the store was extracted from (its name is part of the provenance);
+            default: the root the store recorded at extraction.
         weights: the checkpoint, for stores extracted from one; its sha256 must equal the record.
         splits: NAME=SOURCE for splits whose source the store does not record (and overrides).
         device: where to run the backbone; default: the device recorded at extraction.
@@ -137,6 +151,14 @@ def extract_config_from_store(
                 f"--weights {path} has sha256 {digest}, but {loc} was extracted from {bb.weights_file!r} with "
                 f"sha256 {bb.weights_sha256}; pass the checkpoint the store was extracted from"
             )
+    if data is None:
+        found = recorded_data_root(meta.extra)
+        if found is None:
+            raise ConfigError(
+                f"{loc} records no data root that exists here; pass the root its images came from: "
+                f"`epcache verify {loc} --repair --data ROOT`"
+            )
+        data = found
     root = Path(data).expanduser()
     recorded_name = meta.dataset.get("name")
     if root.is_dir() and recorded_name is not None and root.resolve().name != recorded_name:
@@ -187,7 +209,7 @@ def extract_config_from_store(
 def repair_store(
     location: str | PathLike[str],
     *,
-    data: str | PathLike[str],
+    data: str | PathLike[str] | None = None,
     weights: str | PathLike[str] | None = None,
     splits: Mapping[str, str] | None = None,
     device: str | None = None,
@@ -205,7 +227,7 @@ def repair_store(
 
     Args:
         location: the store.
-        data: the data root the store was extracted from.
+        data: the data root the store was extracted from; default: the one it recorded.
         weights: the checkpoint, for stores extracted from one (checked by sha256).
         splits: NAME=SOURCE for splits whose source the store does not record.
         device: default: the device recorded at extraction.

@@ -447,6 +447,7 @@ def _store_meta(prep: _Prepared, report: LoadReport) -> StoreMeta:
             "weights_dropped_keys": list(report.dropped_keys),
             "weights_missing_unused": list(report.missing_unused),
             "split_sources": {name: src.source for name, src in prep.sources.items()},
+            "data_root": str(Path(cfg.data).expanduser().resolve()),  # default --data of repair and attention
             "skipped": {},
         },
     )

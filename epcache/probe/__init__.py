@@ -1,5 +1,6 @@
 """Stage 2: train probe heads on cached tokens."""
 
+from epcache._lazy import callable_module as _callable
 from epcache.probe.config import ProbeConfig as ProbeConfig
 from epcache.probe.config import parse_heads as parse_heads
 from epcache.probe.config import parse_layers as parse_layers
@@ -69,3 +70,6 @@ __all__ = [
     "seed_summary",
     "split_train",
 ]
+
+# `epcache.probe(cfg)` works even after `import epcache.probe` bound the package here
+_callable("epcache.probe", "probe")

@@ -170,9 +170,7 @@ def parse_heads(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
-    """``"all"``, ``"last"``, ``"last:4"``, ``"11"`` or ``"9,10,11"`` -> layer entries resolved against the store.
-
-    ``last:K`` (also ``lastk:K``) is the last K stored layers.
+    """``"all"``, ``"last"``, ``"11"``, ``"-1"``, ``"-4:"`` or ``"9,10,11"`` -> layer entries resolved later.
 
     Raises:
         ConfigError: an entry is neither an integer nor ``all``/``last``/``last:K``.
@@ -183,14 +181,15 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
         if isinstance(item, int) or item in ("all", "last"):
             out.append(item)
             continue
-        m = re.fullmatch(r"last(?:k)?:(\d+)", str(item).strip())
-        if m and int(m.group(1)) >= 1:
-            out.append(f"last:{int(m.group(1))}")
+        if ":" in str(item):  # "-4:" or "last:4", resolved against the model's blocks as extract does
+            out.append(str(item).strip().replace("lastk:", "last:"))  # lastk:4 = last:4 (issue 15 spelling)
             continue
         try:
             out.append(int(item))
         except ValueError:
-            raise ConfigError(f"layer {item!r} is not a block index, 'last', 'last:K' or 'all'") from None
+            raise ConfigError(
+                f"layer {item!r} is not a block index (-1 = the model's last), a slice like -4:, 'last' or 'all'"
+            ) from None
     return tuple(out)
 
 

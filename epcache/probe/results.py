@@ -178,10 +178,11 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     groups = rank(group_by_seed(rows))
     honest = all(g.honest for g in groups)
     crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-    n_groups = len(groups)
-    lines = [f"{_plural(len(rows), 'config')} in {_plural(n_groups, 'seed group')}; ranked by {crit} "
+    from epcache.report._format import FLOP_UNIT, plural
+
+    lines = [f"{plural(len(rows), 'config')} in {plural(len(groups), 'seed group')}; ranked by {crit} "
              "(seed mean); accuracies in %"]
-    header = ("kind", "config", "holdout", "eval", "oracle (epoch)", "params")
+    header = ("id", "config", "params", f"{FLOP_UNIT}/img", "holdout", "eval", "oracle (epoch)")
     body = []
     best_by_kind: dict[str, list[Any]] = defaultdict(list)
     for g in groups:
@@ -194,16 +195,17 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     r0 = best.rows[0]
     ev = best.mean_std("eval")
     assert ev is not None
-    seeds = f" over {len(best.rows)} seeds" if len(best.rows) > 1 else ""
+    top1 = f"{_pm(ev)} ({len(best.rows)} seeds)" if len(best.rows) > 1 else _pct(ev[0])
     lines.append(
-        f"best overall: {best.name}  eval top-1 {_pm(ev)}{seeds} (selected epoch {r0['selected_epoch']} of "
-        f"{len(r0['curves']['eval_top1'])}; oracle {_pct(r0['oracle']['eval_top1'])})"
+        f"best overall: {r0['id'][:10]} {short_label(r0['config'])}\n  eval top-1 {top1}, selected epoch "
+        f"{r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}, oracle {_pct(r0['oracle']['eval_top1'])}"
     )
     multi = [g for g in groups if len(g.rows) > 1]
     if multi:
         lines.append("seeds (mean ± std):")
-        lines.append(_table(("config", "seeds", "holdout top-1", "eval top-1"), [
-            (g.name, str(len(g.rows)), _pm(g.mean_std("holdout")), _pm(g.mean_std("eval"))) for g in multi
+        lines.append(_table(("config", "seeds", "holdout top-1", "eval top-1"), [  # holdout first, as above
+            (short_label(g.rows[0]["config"]), str(len(g.rows)), _pm(g.mean_std("holdout")), _pm(g.mean_std("eval")))
+            for g in multi
         ]))
     return "\n".join(lines)
 
@@ -214,8 +216,8 @@ def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for g in group_by_seed(rows):
         if len(g.rows) < 2:
             continue
-        out.append({"name": g.name, "seed_group": g.key, "seeds": len(g.rows), "eval_top1": g.mean_std("eval"),
-                    "holdout_top1": g.mean_std("holdout")})
+        out.append({"name": g.name, "label": short_label(g.rows[0]["config"]), "seed_group": g.key,
+                    "seeds": len(g.rows), "eval_top1": g.mean_std("eval"), "holdout_top1": g.mean_std("holdout")})
     return out
 
 
@@ -223,19 +225,25 @@ def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _summary_cells(g: Any) -> tuple[str, ...]:
+    """Short label and numbers of a seed group; the full config is in results.jsonl (the id finds it)."""
+    from epcache.report._format import format_flops
+
     r = g.rows[0]
     return (
-        r["config"]["kind"],
-        _short(g.name),
+        r["id"][:10],
+        short_label(r["config"]),
+        f"{r['params']:,}",
+        format_flops(r["flops"]),
         _pm(g.mean_std("holdout"), std=len(g.rows) > 1),
         _pm(g.mean_std("eval"), std=len(g.rows) > 1),
         "-" if r["oracle"]["epoch"] is None else f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
-        f"{r['params']:,}",
     )
 
 
-def _short(name: str, width: int = 44) -> str:
-    return name if len(name) <= width else name[: width - 3] + "..."
+def short_label(config: dict[str, Any]) -> str:
+    from epcache.report._format import short_label as label
+
+    return label(config)
 
 
 def _pct(x: float | None) -> str:
@@ -246,10 +254,6 @@ def _pm(ms: tuple[float, float] | None, *, std: bool = True) -> str:
     if ms is None:
         return "-"
     return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if std else f"{100 * ms[0]:.2f}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
@@ -41,17 +41,18 @@ def resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
             out.extend(meta.layers)
         elif e == "last":
             out.append(meta.layers[-1])
-        elif isinstance(e, str) and e.startswith("last:"):  # the last K stored layers (issue 15)
-            out.extend(meta.layers[-int(e[5:]) :])
-        elif int(e) < 0 and -int(e) <= len(meta.layers):
-            out.append(meta.layers[int(e)])  # -1: the last stored layer, as a Python index
+        elif isinstance(e, str) or int(e) < 0:  # -1, -4:, last:2 count from the end of the model, as in extract
+            from epcache.extract._layers import parse_layers as resolve_spec
+
+            blocks = meta.backbone.num_blocks or max(meta.layers) + 1
+            out.extend(resolve_spec(str(e), blocks, model=f"the store's backbone {meta.backbone.name}"))
         else:
             out.append(int(e))
     missing = sorted({x for x in out if x not in meta.layers})
     if missing:
         raise UnknownLayerError(
             f"the store has no layer(s) {missing} (stored layers: {', '.join(map(str, meta.layers))}); "
-            "choose from those (or -1 for the last stored one), or re-extract with `--layers` including them"
+            "choose from those, or re-extract with `--layers` including them"
         )
     if not out:
         raise ConfigError("no layer requested; use --layer N, --layers all or --layers last")
@@ -106,11 +107,10 @@ def token_choices(
         errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
     out: dict[str, list[str]] = {}
     for text, kind, explicit in entries:
-        family = LINEAR_TOKENS if kind == "linear" else ("all", "patch") if kind == "mp" else ATTENTIVE_TOKENS
+        family = LINEAR_TOKENS if kind == "linear" else ATTENTIVE_TOKENS
         if not c.tokens:
             default = "cls" if meta.layout.cls_index is not None else "gap"
-            mp_default = "all" if meta.layout.cls_index is not None else "patch"  # MP: CLS + patches (§1.1)
-            out[kind] = [default] if kind == "linear" else [mp_default] if kind == "mp" else ["patch"]
+            out[kind] = [default] if kind == "linear" else ["patch"]
             continue
         chosen = [t for t in c.tokens if t in family]
         if not chosen and not (kind == "linear" and "tokens" in explicit):
@@ -122,24 +122,19 @@ def token_choices(
     return out
 
 
-def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMeta, num_classes: int) -> str | None:
-    """Build the head for its input (token source x layer mix) on the meta device and run one forward.
-
-    Returns the error text, or None if it works.
-    """
+def check_head(
+    create_head: Callable[..., Any], spec: Any, tokens: str, meta: StoreMeta, num_classes: int
+) -> str | None:
+    """Build the head on the meta device and run one forward; the error text, or None if it works."""
     import torch
 
-    from epcache.probe.data.sources import build_head, head_input, pooled_dim
-
-    lay = meta.layout
+    n = meta.num_tokens if tokens == "all" or spec.kind == "linear" else meta.layout.num_patches
     try:
-        shapes = head_input(spec.kind, tokens, mix, num_layers, dim=meta.dim, num_prefix=lay.num_prefix,
-                            cls_index=lay.cls_index, num_registers=lay.num_registers, num_patches=lay.num_patches,
-                            pooled_dim=pooled_dim(meta))
         with torch.device("meta"):
-            head = build_head(spec, shapes, num_classes)
-            x = torch.empty(2, shapes.in_dim) if shapes.vector else torch.empty(2, shapes.num_tokens, shapes.in_dim)
-            head(x)
+            head = create_head(
+                spec, in_dim=meta.dim, num_classes=num_classes, num_tokens=n, num_prefix=meta.layout.num_prefix
+            )
+            head(torch.empty(2, n, meta.dim))
     except HeadSpecError as e:
         return str(e)
     return None

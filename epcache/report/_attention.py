@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from epcache.errors import ConfigError
+from epcache.report._format import short_label
+from epcache.report._model import model_title
 from epcache.report._tables import load_rows
 
-__all__ = ["AttentionResult", "attention_maps", "attention_report", "find_row"]
+__all__ = ["AttentionResult", "attention_figure", "attention_maps", "attention_report", "find_row"]
 
 MAX_COLUMNS = 16  # predictors shown per image row; the table and JSON always cover all of them
 
@@ -41,15 +43,25 @@ class AttentionResult:
 
 
 def find_row(rows: list[dict[str, Any]], config: str) -> dict[str, Any]:
-    """The row whose id starts with ``config`` or whose name equals it.
+    """The row whose id starts with ``config`` or whose name equals it; ``best``: the best attentive config.
+
+    ``best`` ranks the configs that have attention maps (not linear / dinovit) by the report's
+    selection score (holdout top-1, eval top-1 without a holdout).
 
     Raises:
         ConfigError: no match or an ambiguous id prefix (the message lists candidates).
     """
+    if config == "best":
+        from epcache.report._tables import group_seeds
+
+        groups = [g for g in group_seeds(rows) if g.kind not in ("linear", "dinovit") and g.rows[0].get("head_file")]
+        if not groups:
+            raise ConfigError("--config best: this run has no attentive head with a saved head file; pass --config ID")
+        return max(groups, key=lambda g: g.score()).rows[0]
     hits = [r for r in rows if r["id"].startswith(config) or r["name"] == config]
     if len(hits) == 1:
         return hits[0]
-    shown = "\n  ".join(f"{r['id']}  {r['name']}" for r in rows[:20])
+    shown = "\n  ".join(f"{r['id'][:10]}  {short_label(r['config'])}" for r in rows[:20])
     what = "matches several configs" if hits else "matches no config"
     raise ConfigError(f"--config {config!r} {what}; pass an id (prefix) from results.jsonl:\n  {shown}")
 
@@ -121,6 +133,7 @@ def attention_report(
         ablated: torch.Tensor | None = None
         shown_rows = _pick_rows(order, labels.numpy(), images)
         shown_maps: dict[int, np.ndarray] = {}
+        predicted: dict[int, int] = {}
         for start, chunk in store.iter_chunks(split, layer):
             x = to_torch(select_tokens(chunk[:, 0], layout, sel)).float()  # view 0 = eval view
             y = labels[start : start + len(x)]
@@ -144,8 +157,10 @@ def attention_report(
                 if want.any():
                     maps = attention_maps(head, xb[torch.from_numpy(want)], num_prefix=layout.num_prefix,
                                           token_selector=sel)
-                    for r, mp in zip(rows_here[want], maps, strict=True):
+                    preds = logits.argmax(-1)[torch.from_numpy(want)]
+                    for r, mp, pr in zip(rows_here[want], maps, preds.tolist(), strict=True):
                         shown_maps[int(r)] = mp.numpy()
+                        predicted[int(r)] = int(pr)
         n = int(keep.sum())
         if n == 0:
             raise ConfigError(f"split {split!r} has no labelled images")
@@ -161,10 +176,21 @@ def attention_report(
         if shown_maps:
             grid = layout.grid
             ordered = [r for r in shown_rows.tolist() if r in shown_maps]
+            if data_root is None:
+                from epcache.extract._repair import recorded_data_root
+
+                data_root = recorded_data_root(store.meta.extra)  # None: maps on their own, ids as row labels
             pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing)
+            classes = store.split(split).classes
+            captions = [
+                f"true {classes[int(labels[r])]}\npred {classes[predicted[r]]}" + ("" if pictures[0] is not None
+                                                                                 else f"\n{Path(ids[r]).name}")
+                for r in ordered
+            ]
+            title = f"{short_label(row['config'])}  (id {row['id'][:10]}, split {split})\n{model_title(row)}"
             png = _plot_grid(
-                [shown_maps[r].reshape(-1, *grid) for r in ordered], pictures, [ids[r] for r in ordered],
-                dest / "attention.png", title=f"{row['name']}  ({split})", n_pred=n_pred or 0,
+                [shown_maps[r].reshape(-1, *grid) for r in ordered], pictures, captions,
+                dest / "attention.png", title=title, n_pred=n_pred or 0, kind=kind,
             )
     result = AttentionResult(**{**asdict(result), "png": png})
     _write_tables(result, row)
@@ -219,8 +245,27 @@ def _input_size(pre: dict[str, Any]) -> int:
     return 224
 
 
-def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], ids: list[str], path: Path, *,
-               title: str, n_pred: int) -> Path:
+def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], captions: list[str], path: Path, *,
+               title: str, n_pred: int, kind: str) -> Path:
+    """Write :func:`attention_figure` to ``path``."""
+    from epcache.report._plots import require_matplotlib
+
+    plt = require_matplotlib()
+    fig = attention_figure(maps, pictures, captions, title=title, n_pred=n_pred, kind=kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def attention_figure(maps: list[np.ndarray], pictures: list[np.ndarray | None], captions: list[str], *,
+                     title: str, n_pred: int, kind: str) -> Any:
+    """One row per image: the image, the mean map, one map per predictor, on one shared colour scale.
+
+    Every panel uses the same ``vmin``/``vmax`` (attention mass per patch, upsampled), so a bright
+    patch means the same in every column and row; the colour bar on the right gives the scale.
+    EP's predictors are queries (``q0``..), MHCA-style poolers' are heads (``h0``..).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -228,13 +273,22 @@ def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], ids: l
 
     plt = require_matplotlib()
     cols = min(n_pred, MAX_COLUMNS)
+    prefix = "q" if kind == "ep" else "h"
     ncols = cols + 2  # image, combined, one per predictor
-    fig, axes = plt.subplots(len(maps), ncols, figsize=(1.15 * ncols, 1.2 * len(maps) + 0.6), dpi=100, squeeze=False)
-    for r, (mp, pic) in enumerate(zip(maps, pictures, strict=True)):
+    ups = []
+    for mp, pic in zip(maps, pictures, strict=True):
         size = pic.shape[0] if pic is not None else 8 * mp.shape[-1]
-        up = F.interpolate(torch.from_numpy(mp)[None].float(), size=(size, size), mode="bilinear",
-                           align_corners=False)[0].numpy()
-        panels = [("image", None), ("combined", up.mean(0))] + [(f"q{j}", up[j]) for j in range(cols)]
+        ups.append(F.interpolate(torch.from_numpy(mp)[None].float(), size=(size, size), mode="bilinear",
+                                 align_corners=False)[0].numpy())
+    vmax = max(float(u.max()) for u in ups)
+    cell = 1.0
+    fig_w, fig_h = cell * ncols + 1.9, cell * len(maps) + 1.1
+    fig, axes = plt.subplots(len(maps), ncols, figsize=(fig_w, fig_h), dpi=100, squeeze=False)
+    fig.subplots_adjust(left=1.1 / fig_w, right=1 - 0.8 / fig_w, top=1 - 0.85 / fig_h, bottom=0.05 / fig_h,
+                        wspace=0.05, hspace=0.08)
+    image = None
+    for r, (up, pic) in enumerate(zip(ups, pictures, strict=True)):
+        panels = [("image", None), ("mean", up.mean(0))] + [(f"{prefix}{j}", up[j]) for j in range(cols)]
         for c, (name, m) in enumerate(panels):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -242,24 +296,32 @@ def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], ids: l
             if pic is not None:
                 ax.imshow(pic)
             if m is not None:
-                ax.imshow(m, cmap="inferno", alpha=0.6 if pic is not None else 1.0,
-                          vmin=float(m.min()), vmax=float(m.max()))
+                image = ax.imshow(m, cmap="inferno", alpha=0.65 if pic is not None else 1.0, vmin=0.0, vmax=vmax)
             elif pic is None:
-                ax.text(0.5, 0.5, ids[r][-14:], ha="center", va="center", fontsize=6, transform=ax.transAxes)
+                ax.set_facecolor("0.92")
+                ax.text(0.5, 0.5, "no image\n(--data)", ha="center", va="center", fontsize=6, color="0.4",
+                        transform=ax.transAxes)
             if r == 0:
                 ax.set_title(name, fontsize=8)
-    fig.suptitle(title + ("" if n_pred <= MAX_COLUMNS else f"  (first {MAX_COLUMNS} of {n_pred} predictors)"),
-                 fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+            if c == 0:
+                ax.set_ylabel(captions[r], fontsize=6.5, rotation=0, ha="right", va="center", labelpad=4)
+    if image is not None:
+        top, bottom = axes[0, -1].get_position().y1, axes[-1, -1].get_position().y0
+        cax = fig.add_axes((1 - 0.62 / fig_w, bottom, 0.12 / fig_w, top - bottom))
+        bar = fig.colorbar(image, cax=cax)
+        bar.set_label("attention per patch", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    what = "queries" if prefix == "q" else "heads"
+    more = "" if n_pred <= MAX_COLUMNS else f"  (first {MAX_COLUMNS} of {n_pred} {what})"
+    fig.suptitle(title + more, fontsize=8.5, y=1 - 0.08 / fig_h, va="top")
+    return fig
 
 
 def _write_tables(res: AttentionResult, row: dict[str, Any]) -> None:
     lines = [
-        f"# Attention of `{row['name']}`",
+        f"# Attention of `{short_label(row['config'])}` (id `{row['id']}`)",
+        "",
+        f"full config: `{row['name']}`",
         "",
         f"split `{res.split}`, {res.num_images} images; top-1 {100 * res.top1:.2f}%; "
         f"entropy in nats (uniform attention = {res.max_entropy:.2f})",
@@ -267,9 +329,13 @@ def _write_tables(res: AttentionResult, row: dict[str, Any]) -> None:
         "| predictor | mean entropy | Δ top-1 with uniform attention (pp) |",
         "|---:|---:|---:|",
     ]
+    prefix = "q" if row["config"]["kind"] == "ep" else "h"
     for j, h in enumerate(res.entropy):
         d = "-" if res.delta_top1 is None else f"{100 * res.delta_top1[j]:+.2f}"
-        lines.append(f"| {j} | {h:.3f} | {d} |")
+        lines.append(f"| {prefix}{j} | {h:.3f} | {d} |")
+    if res.delta_top1 is None:
+        lines += ["", "Δ top-1 is `-`: the uniform-attention ablation is defined for EP heads only (EP_SPEC §6), "
+                  "whose queries own disjoint channel slices; the heads of this pooler share their output channels."]
     if res.png is not None:
         lines += ["", f"![attention maps]({res.png.name})"]
     res.table.write_text("\n".join(lines) + "\n", encoding="utf-8")

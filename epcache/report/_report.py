@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from epcache.report._format import FLOP_UNIT, format_flops, plural, short_label
+from epcache.report._model import model_title
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
 
 __all__ = ["Report", "write_report"]
@@ -30,7 +32,7 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
     groups = group_seeds(rows)
     dest = Path(out) if out is not None else run / "report"
     dest.mkdir(parents=True, exist_ok=True)
-    backbone = rows[0]["store"].get("backbone", "?")
+    backbone = model_title(rows[0])
     honest = all(g.holdout_top1 is not None for g in groups)
     figs: list[Path] = []
     if figures:
@@ -38,9 +40,9 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
         from epcache.report._plots import plot_curves, plot_layers, plot_params
 
         figs = [
-            plot_params(groups, dest / "top1_vs_params.png", title=f"{backbone}: accuracy vs probe size"),
-            plot_layers(groups, dest / "top1_vs_layer.png", title=f"{backbone}: accuracy by layer"),
-            plot_curves(groups, dest / "curves.png", title=f"{backbone}: learning curves of the selected configs"),
+            plot_params(groups, dest / "top1_vs_params.png", title=f"accuracy vs probe size\n{backbone}"),
+            plot_layers(groups, dest / "top1_vs_layer.png", title=f"accuracy by layer\n{backbone}"),
+            plot_curves(groups, dest / "curves.png", title=f"learning curves of the selected configs\n{backbone}"),
         ]
         if len({(input_label(g), g.tokens) for g in groups}) > 1:  # issue 15: more than one input to compare
             figs.append(plot_mixes(groups, dest / "top1_by_input.png", title=f"{backbone}: top-1 by layers and tokens"))
@@ -59,9 +61,13 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
         f"# Probe report: {backbone}",
         "",
         f"- store: `{store.get('path', '?')}` (provenance `{str(store.get('provenance', '?'))[:16]}`)",
-        f"- {len(rows)} configs in {len(groups)} groups (configs that differ only by seed); selection: {crit}",
+        (f"- {plural(len(rows), 'config')}, one seed each" if len(groups) == len(rows) else
+         f"- {plural(len(rows), 'config')} in {plural(len(groups), 'group')} (configs that differ only by seed)")
+        + f"; selection: {crit}",
         "- accuracies in %, mean ± std over seeds; `oracle` = max over epochs on the eval split "
         "(the paper's protocol, for comparison with published tables only)",
+        "- `id`: the config id in results.jsonl (first seed), for `epcache attention RUNDIR --config ID`; "
+        "`config`: head, layer (`L`) and lr, the full settings are in results.jsonl",
         "",
         "## Best per head kind",
         "",
@@ -88,14 +94,15 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
 
 
 def _table(groups: list[ConfigGroup]) -> str:
-    head = "| config | kind | layer | params | seeds | holdout top-1 | eval top-1 | oracle top-1 |"
+    """One row per seed group; the same columns in the same order in every table of the report."""
+    head = f"| id | config | params | {FLOP_UNIT}/img | seeds | holdout top-1 | eval top-1 | oracle top-1 |"
     out = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for g in groups:
         hold = g.holdout_top1
         out.append(
-            f"| `{g.name}` | {g.kind} | {g.layer} | {g.params:,} | {g.seeds} | "
-            f"{'-' if hold is None else _pm(hold)} | {_pm(g.eval_top1)} | "
-            f"{'-' if g.oracle_top1 is None else _pm(g.oracle_top1)} |"
+            f"| `{g.rows[0]['id'][:10]}` | {short_label(g.rows[0]['config'])} | {g.params:,} | "
+            f"{format_flops(g.flops)} | {g.seeds} | {'-' if hold is None else _pm(hold)} | "
+            f"{_pm(g.eval_top1)} | {'-' if g.oracle_top1 is None else _pm(g.oracle_top1)} |"
         )
     return "\n".join(out)
 

@@ -78,8 +78,15 @@ def load_rows(rundir: Path) -> list[dict[str, Any]]:
     from epcache.probe.results import read_results
 
     files = sorted(rundir.glob("results*.jsonl"))
+    if _is_store(rundir):
+        raise ConfigError(
+            f"{rundir} is a feature store, not a run directory: train probes from it first with "
+            f"`epcache probe --store {rundir} --out RUNDIR`, then run `epcache report RUNDIR`"
+        )
     if not rundir.is_dir() or not files:
-        raise ConfigError(f"{rundir} holds no results.jsonl; run `epcache probe --out {rundir}` first")
+        raise ConfigError(
+            f"{rundir} holds no results.jsonl; pass the RUNDIR of `epcache probe --store STORE --out RUNDIR`"
+        )
     seen: dict[str, dict[str, Any]] = {}
     for f in files:
         for row in read_results(f):
@@ -87,6 +94,17 @@ def load_rows(rundir: Path) -> list[dict[str, Any]]:
     if not seen:
         raise ConfigError(f"{rundir}: results files are empty; the sweep has not finished a config yet")
     return list(seen.values())
+
+
+def _is_store(path: Path) -> bool:
+    """A zarr store (zarr.json with epcache attributes) or an HDF5 file: what `epcache report` cannot read."""
+    if path.is_file():
+        return path.suffix.lower() in (".h5", ".hdf5")
+    doc = path / "zarr.json"
+    try:
+        return doc.is_file() and '"epcache"' in doc.read_text(encoding="utf-8", errors="replace")[:100_000]
+    except OSError:
+        return False
 
 
 def group_seeds(rows: Iterable[dict[str, Any]]) -> list[ConfigGroup]:

@@ -38,6 +38,7 @@ class SplitInfo:
     block_samples: int
     num_blocks: int
     missing_blocks: int  # blocks missing in at least one layer
+    complete: bool  # no block missing (the name and meaning `epcache ls --json` uses)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,10 @@ class StoreInfo:
     location: str
     format: str
     backbone: str
-    weights: str  # source and sha256 prefix
+    weights_source: str  # "checkpoint", "timm-hf-cache" or "random-init" (as in `epcache ls --json`)
+    weights_sha256: str  # sha256 of the weights (of the seeded random weights for random-init)
+    dataset: str  # data root's basename and kind, e.g. "imagenet (imagefolder)", as in `epcache ls --json`
+    data_root: str | None  # where the images were at extraction (verify --repair and attention look there)
     layers: list[int]
     num_blocks_model: int
     final_norm: bool
@@ -61,13 +65,26 @@ class StoreInfo:
     provenance: str  # the key as STORED in the document
     format_version: str = "1.1"  # of the stored document: "1.0" or "1.1"
     computed_provenance: str = ""  # recomputed from the stored document; differs only when it was edited
+    provenance_mismatch: bool = False  # stored != recomputed (the name `epcache ls --json` uses)
     layer_shapes: dict[str, Any] = field(default_factory=dict)  # per-layer grid/dim/T where layers differ
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
     pooled_dim: int | None = None  # width of the optional pooled output (cache_layout.md §3.4)
 
+    @property
+    def weights(self) -> str:
+        """Source and sha256 prefix, as the text output shows them."""
+        if not self.weights_sha256:
+            return self.weights_source
+        return f"{self.weights_source} sha256:{self.weights_sha256[:12]}"
+
+    @property
+    def augmented_views(self) -> int:
+        return int(self.views.get("augmented", 0) or 0)
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The same facts under the same names as `epcache ls --json`, plus the details only `info` has."""
+        return {**asdict(self), "augmented_views": self.augmented_views}
 
 
 def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> StoreInfo:
@@ -88,6 +105,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
                     s.block_samples,
                     s.num_blocks,
                     len(bad),
+                    not bad,
                 )
             )
             for layer in m.layers:
@@ -95,12 +113,15 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
                     if len(missing) < max_missing:
                         missing.append(MissingBlock(name, layer, b, store.block_range(name, b)))
         bb = m.backbone
-        weights = bb.source if bb.weights_sha256 == "random-init" else f"{bb.source} sha256:{bb.weights_sha256[:12]}"
+        kind = m.dataset.get("kind")
         return StoreInfo(
             location=str(location),
             format=store.format,
             backbone=bb.name,
-            weights=weights,
+            weights_source=bb.source,
+            weights_sha256=bb.weights_sha256,
+            dataset=f"{m.dataset.get('name', '?')}" + (f" ({kind})" if kind else ""),
+            data_root=m.extra.get("data_root") if isinstance(m.extra.get("data_root"), str) else None,
             layers=list(m.layers),
             num_blocks_model=bb.num_blocks,
             final_norm=m.final_norm,
@@ -116,6 +137,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             provenance=store.provenance,
             format_version=store.format_version,
             computed_provenance=store.computed_provenance(),
+            provenance_mismatch=store.provenance != store.computed_provenance(),
             layer_shapes=m.to_json().get("layer_shapes", {}),
             missing=missing,
             writer=_writer(location),
@@ -130,6 +152,8 @@ def format_store_info(info: StoreInfo) -> str:
     lines = [
         f"store       {info.location}  [{info.format}, format {info.format_version}, {human_bytes(info.size_bytes)}]",
         f"backbone    {info.backbone}  ({info.weights})",
+        *_model_line(info.preprocessing),
+        f"data        {info.dataset}" + (f" at {info.data_root}" if info.data_root else ""),
         f"layers      {format_ranges(info.layers)} of {info.num_blocks_model} blocks"
         f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
@@ -164,6 +188,14 @@ def format_store_info(info: StoreInfo) -> str:
         w = info.writer
         lines.append(f"writer      {w['purpose']}: pid {w['pid']} on host {w['host']} since {w['started']} (locked)")
     return "\n".join(lines)
+
+
+def _model_line(pre: dict[str, Any]) -> list[str]:
+    """``model       depth=4, patch_size=8; input 64 px``: what makes the backbone other than its name."""
+    kwargs = [f"{k}={v}" for k, v in sorted(dict(pre.get("model_kwargs") or {}).items())]
+    size = (pre.get("data_config") or {}).get("input_size") or [pre.get("img_size")]
+    parts = ([", ".join(kwargs)] if kwargs else []) + ([f"input {size[-1]} px"] if size and size[-1] else [])
+    return [f"model       {'; '.join(parts)}"] if parts else []
 
 
 def _writer(location: str | PathLike[str]) -> dict[str, Any] | None:

@@ -72,5 +72,5 @@ class ReadChecks:
 def _changed(location: str, what: str, against: str = "its record") -> CorruptStoreError:
     return CorruptStoreError(
         f"{location}: {what} fails its crc32c check against {against}: its bytes changed after "
-        f"extraction. Run `epcache verify {location}`, then `epcache verify --repair --data ROOT`"
+        f"extraction. Run `epcache verify {location} --repair` (add --data ROOT if the images moved since extraction)"
     )

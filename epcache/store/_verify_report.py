@@ -107,7 +107,8 @@ class VerifyReport:
         lines.extend(f"  block    {b.format_text()}" for b in self.bad_blocks)
         if self.readable and not self.problems:
             lines.append(
-                "fix: `epcache verify STORE --repair --data ROOT` re-extracts exactly these blocks from the images"
+                f"fix: `epcache verify {self.location} --repair` re-extracts exactly these blocks from the images "
+                "(add --data ROOT if the images moved since extraction)"
             )
         elif any("already open for write" in p for p in self.problems):
             lines.append(

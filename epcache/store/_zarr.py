@@ -237,7 +237,7 @@ class ZarrFeatureStore(FeatureStore):
                 raise CorruptStoreError(
                     f"{self.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} is absent "
                     f"although block {block} is recorded written (a deleted or lost chunk file); run "
-                    "`epcache verify --repair` to re-extract it"
+                    f"`epcache verify {self.location} --repair` to re-extract it"
                 )
             out[...] = 0  # never-written chunk: zarr's fill value, exactly what zarr itself returns
         return out

@@ -17,7 +17,7 @@ def test_help_lists_commands() -> None:
 
 
 def test_heads_table_matches_paper_counts() -> None:
-    r = runner.invoke(app, ["heads", "--dim", "768", "--classes", "1000", "--tokens", "196"])
+    r = runner.invoke(app, ["heads", "--dim", "768", "--classes", "1000", "--patches", "196"])
     assert r.exit_code == 0, r.output
     ep32 = next(line for line in r.output.splitlines() if "queries=32,d_out=1" in line)
     assert "1,383,400" in ep32

@@ -524,8 +524,8 @@ def test_heads_table_skips_baselines_that_do_not_fit() -> None:
 def test_format_heads_table_is_aligned() -> None:
     text = format_heads_table(heads_table(dim=64, num_classes=10, num_tokens=16, queries=(4,)))
     lines = text.splitlines()
-    assert lines[0].split() == ["kind", "variant", "pooling", "params", "total", "params", "GFLOP/img"]
+    assert lines[0].split() == ["kind", "variant", "pooling", "params", "total", "params", "MFLOP/img"]
     assert set(lines[1]) <= {"-", " "}
     assert any(line.startswith("ep ") and "queries=4,d_out=1" in line for line in lines)
-    gflop_column = lines[0].index("GFLOP/img") + len("GFLOP/img")
+    gflop_column = lines[0].index("MFLOP/img") + len("MFLOP/img")
     assert all(len(line) == gflop_column for line in lines[2:])  # right-aligned last column

@@ -77,7 +77,7 @@ def test_the_plain_cli_command_works_on_a_20_sample_store(tmp_path: Path) -> Non
     res = CliRunner().invoke(app, ["probe", "--store", str(store), "--head", "linear", "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "plan: 12 configs (1 head x 12 lrs)" in res.stderr  # notes reach stderr even with --no-progress
-    assert "best overall: linear" in res.stdout
+    assert "best overall: " in res.stdout and "linear[cls] L0" in res.stdout
 
 
 def test_grid_file_settings_are_the_ones_that_run(tmp_path: Path) -> None:
@@ -142,7 +142,8 @@ def _row(name: str, seed: int, hold: float, ev: float, *, group: str, kind: str 
          params: int = 10) -> dict:
     m = lambda top1: {"top1": top1, "balanced_acc": top1, "top5": None, "n": 10, "per_class": []}  # noqa: E731
     return {"id": f"{group}-{seed}", "name": f"{name} seed={seed}", "seed_group": group,
-            "config": {"kind": kind, "head": name.split(" ")[0], "layer": 0, "tokens": "gap", "seed": seed},
+            "config": {"kind": kind, "head": name.split(" ")[0], "layer": 0, "tokens": "gap", "seed": seed,
+                       "lr": float(name.split("lr=")[1]), "head_options": {}},
             "params": params, "flops": 1, "metrics": {"holdout": m(hold), "eval": m(ev)}, "selected_epoch": 1,
             "oracle": {"epoch": 1, "eval_top1": ev}, "final": {"epoch": 1, "eval_top1": ev},
             "curves": {"eval_top1": [ev], "holdout_top1": [hold], "train_loss": [1.0]},
@@ -164,7 +165,7 @@ def test_summary_and_report_rank_the_same_way() -> None:
     best_kind = best_by(groups, lambda g: g.kind)
     assert best_kind["linear"].key == "b"  # 0.80 ties with shots5 and with a's mean: fewer params, then name
     summary = format_summary(rows)
-    assert "best overall: linear lr=0.3" in summary
+    assert "best overall: b-0 linear[gap] L0 lr=0.3" in summary
     assert list(best_kind) == ["linear", "ep"]  # rank order in both
 
 

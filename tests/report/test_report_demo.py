@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,25 @@ def test_demo_writes_results_report_and_figures(demo_dir: Path) -> None:
             assert im.format == "PNG" and im.size == (840, 540)
 
 
+def test_demo_again_says_skipped_and_its_model_is_reproducible_from_the_cli(demo_dir: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["demo", "--out", str(demo_dir), "--quick", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "already in" in r.output and "skipped" in r.output and "trained" not in r.output
+    short = r.output.replace(str(demo_dir), "epcache-demo")  # as with the default --out
+    assert max(len(line) for line in short.splitlines()) <= 100  # fits 100 columns
+    line = r.output.split("the same backbone from the CLI:\n", 1)[1].split("\nWith real weights", 1)[0]
+    argv = shlex.split(line.replace("\\\n", " "))[1:]  # drop `epcache`
+    argv[argv.index("--out") + 1] = str(tmp_path / "again.zarr")
+    made = runner.invoke(app, [*argv, "--workers", "0", "--no-progress"])
+    assert made.exit_code == 0, made.output
+    info = [json.loads(runner.invoke(app, ["info", str(p), "--json"]).stdout)["provenance"]
+            for p in (demo_dir / "store.zarr", tmp_path / "again.zarr")]
+    assert info[0] == info[1]  # the same model, preprocessing and data: the same tokens
+    md = (demo_dir / "report/report.md").read_text()
+    assert md.startswith("# Probe report: vit_tiny_patch16_224 (depth=2, patch_size=8, 32 px), random init")
+    assert "| id | config |" in md
+
+
 def test_report_cli_and_errors(demo_dir: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["report", str(demo_dir / "run"), "--out", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
@@ -56,7 +76,7 @@ def test_attention_cli(demo_dir: Path, tmp_path: Path) -> None:
     ep = next(r for r in rows if r["config"]["kind"] == "ep")
     out = tmp_path / "att"
     r = runner.invoke(app, ["attention", str(demo_dir / "run"), "--config", ep["id"][:10], "--images", "3",
-                            "--data", str(demo_dir / "data"), "--out", str(out)])
+                            "--out", str(out)])  # images found from the data root the store recorded
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "attention.json").read_text())
     q = ep["config"]["head_options"]["queries"]
@@ -64,6 +84,11 @@ def test_attention_cli(demo_dir: Path, tmp_path: Path) -> None:
     assert all(0 <= h <= doc["max_entropy"] + 1e-6 for h in doc["entropy"])
     with Image.open(out / "attention.png") as im:
         assert im.size[0] > im.size[1] > 0  # rows of images, one column per query (+ image, combined)
+    assert "no image" not in (out / "attention.md").read_text()
+    best = runner.invoke(app, ["attention", str(demo_dir / "run"), "--images", "2", "--out", str(tmp_path / "b")])
+    assert best.exit_code == 0, best.output  # --config best is the default
+    doc = json.loads((tmp_path / "b/attention.json").read_text())
+    assert doc["config"] in {r["id"] for r in rows if r["config"]["kind"] in ("ep", "mhca")}
     lin = next(r for r in rows if r["config"]["kind"] == "linear")
     r = runner.invoke(app, ["attention", str(demo_dir / "run"), "--config", lin["id"]])
     assert r.exit_code == 2 and "no attention maps" in r.output

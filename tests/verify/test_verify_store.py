@@ -181,7 +181,6 @@ def test_repair_is_refused_before_anything_changes(clean_zarr: Path, data: Path,
     flip_byte(chunk_file(b, "val", 1, 1), 3)
     before = store_files(b)
     cases = [
-        ([], "--repair needs --data"),
         (["--data", str(tmp_path / "nowhere")], "does not exist"),
         (["--data", str(tmp_path)], "named 'data'"),
         (["--data", str(data), "--weights", str(tmp_path / "w.pth")], "drop --weights"),

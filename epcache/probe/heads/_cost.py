@@ -129,9 +129,11 @@ def heads_table(
 
 
 def format_heads_table(rows: Iterable[HeadCost]) -> str:
-    """Aligned text table: kind, variant, pooling params, total params, GFLOP/img."""
-    header = ("kind", "variant", "pooling params", "total params", "GFLOP/img")
-    body = [(r.kind, r.variant, f"{r.pooling_params:,}", f"{r.params:,}", f"{r.flops / 1e9:.4f}") for r in rows]
+    """Aligned text table: kind, variant, pooling params, total params, MFLOP/img (the unit of every table)."""
+    from epcache.report._format import FLOP_UNIT, format_flops
+
+    header = ("kind", "variant", "pooling params", "total params", f"{FLOP_UNIT}/img")
+    body = [(r.kind, r.variant, f"{r.pooling_params:,}", f"{r.params:,}", format_flops(r.flops)) for r in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     left = (True, True, False, False, False)
 

@@ -1,0 +1,54 @@
+"""Field documentation that ``help()`` shows, for the config dataclasses (ExtractConfig, ProbeConfig).
+
+A comment after a dataclass field is invisible to ``help(ExtractConfig)``. Declare the field with
+:func:`doc` instead and decorate the class with :func:`document_fields`; the class docstring
+then gains an ``Attributes:`` section listing every field, its type, its default and its text::
+
+    @document_fields
+    @dataclass(frozen=True)
+    class ExtractConfig:
+        model: str = doc(doc="alias from `epcache models` or any timm name")
+        batch_size: int = doc(64, doc="samples per forward")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["doc", "document_fields", "field_doc"]
+
+T = TypeVar("T")
+_MISSING: Any = dataclasses.MISSING
+
+
+def doc(default: Any = _MISSING, *, doc: str, default_factory: Callable[[], Any] = _MISSING) -> Any:
+    """A dataclass field carrying its documentation (``metadata["doc"]``)."""
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def field_doc(cls: type, name: str) -> str:
+    """The documentation of one field (empty if it has none)."""
+    return next((str(f.metadata.get("doc", "")) for f in dataclasses.fields(cls) if f.name == name), "")
+
+
+def document_fields(cls: type[T]) -> type[T]:
+    """Append an ``Attributes:`` section (name, type, default, doc of every field) to the class docstring."""
+    lines = ["", "Attributes:"]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if f.default is not dataclasses.MISSING:
+            default = f" = {f.default!r}"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f" = {f.default_factory()!r}"
+        else:
+            default = " (required)"
+        lines.append(f"    {f.name} ({kind}){default}")
+        text = str(f.metadata.get("doc", ""))
+        if text:
+            lines.append(f"        {text}")
+    cls.__doc__ = (cls.__doc__ or cls.__name__).rstrip() + "\n" + "\n".join(lines) + "\n"
+    return cls
