@@ -335,8 +335,8 @@ def heads(
     mp = next((r for r in rows if r.kind == "mp"), None)
     if mp is not None:  # PROBE_FAMILIES §1.3: published MP counts leave out the projection
         proj = 512 * dim + 512
-        typer.echo(f"note: mp's {mp.params:,} include its {dim}->512 projection ({proj:,}); the MP paper counts "
-                   f"without it ({(mp.params - proj) / 1e6:.2f} M here, 3.65 M at ViT-B)")
+        typer.echo(f"note: mp's {mp.params:,} include its {dim}->512 projection ({proj:,});\n"
+                   f"      the MP paper counts without it ({(mp.params - proj) / 1e6:.2f} M here, 3.65 M at ViT-B)")
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:

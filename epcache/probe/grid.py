@@ -346,7 +346,7 @@ def expand_sweep(
     settings = make_settings(request, base, store_provenance=store_provenance, eval_provenance=eval_provenance,
                              holdout=holdout, errors=errors)
     runs: dict[str, RunSpec] = {}
-    checked: dict[tuple[str, str, str, int], str | None] = {}
+    checked: dict[tuple[str, str, str, int, int, int], str | None] = {}
     known = set(list_heads())
     for block in request.blocks:
         layers = resolve_layers(block.layers, meta)
@@ -391,9 +391,14 @@ def expand_sweep(
                     for layer, mix, mix_layers in [(-1, "none", ())] if tokens == "pooled" else inputs:
                         if mix == "tokens" and kind in ("linear", "mp"):  # the mix axis skips heads it cannot feed
                             continue
-                        key = (spec.name, tokens, mix, len(mix_layers))
+                        lm = meta.for_layer(layer) if layer >= 0 else meta  # a layer's own grid and width
+                        if len({(meta.for_layer(x).dim, meta.for_layer(x).num_tokens) for x in mix_layers}) > 1:
+                            errors.append(f"layer_mix {mix}: layers {list(mix_layers)} differ in grid or width; "
+                                          "mix layers of one shape")
+                            continue
+                        key = (spec.name, tokens, mix, len(mix_layers), lm.dim, lm.num_tokens)
                         if key not in checked:
-                            checked[key] = check_head(spec, tokens, mix, len(mix_layers), meta, num_classes)
+                            checked[key] = check_head(spec, tokens, mix, len(mix_layers), lm, num_classes)
                         if checked[key] is not None:
                             mixed = "" if mix == "none" else f" layer_mix={mix}"
                             errors.append(f"{spec.name} tokens={tokens}{mixed}: {checked[key]}")

@@ -113,7 +113,7 @@ def test_a_multi_layer_group_reads_each_chunk_of_each_layer_once_per_epoch(
 
 def test_mix_configs_have_their_own_names_ids_and_widths(store: Path) -> None:
     with open_store(store) as st:
-        runs = expand_sweep(config(store, head="linear", queries=(), tokens="cls+gap", layers="last:2,last",
+        runs = expand_sweep(config(store, head="linear", queries=(), tokens="cls+gap", layers="2,3,last",
                                    layer_mix="none,concat"), st.meta, num_classes=4, store_provenance="p",
                             eval_provenance="p")
     names = [r.name for r in runs]
@@ -121,7 +121,7 @@ def test_mix_configs_have_their_own_names_ids_and_widths(store: Path) -> None:
     assert sum(" layer=3 " in n for n in names) == 1 and sum(" layer=2 " in n for n in names) == 1
     single = next(r for r in runs if r.layer_mix == "none" and r.layer == 3)
     assert "layer_mix" not in single.hyperparameters()  # single-layer ids are unchanged by this feature
-    assert parse_layers("last:4,lastk:2") == ("last:4", "last:2")
+    assert parse_layers("last:4,lastk:2") == ("last:4", "last:2")  # counted from the model's last block
 
 
 def test_mix_errors_are_reported_before_training(store: Path) -> None:
@@ -153,7 +153,7 @@ def test_report_draws_top1_per_input_and_token_source(store: Path, tmp_path: Pat
     from epcache.report._mix_plot import input_label
     from epcache.report._tables import group_seeds, load_rows
 
-    probe(config(store, head="linear,ep", tokens="cls,gap,patch", layers="last:2", layer_mix="none,mean,concat",
+    probe(config(store, head="linear,ep", tokens="cls,gap,patch", layers="2,3", layer_mix="none,mean,concat",
                  epochs=1, out=str(tmp_path / "run")), progress=False)
     labels = {(g.kind, input_label(g), g.tokens) for g in group_seeds(load_rows(tmp_path / "run"))}
     assert ("ep", "mean 2-3", "patch") in labels and ("linear", "concat 2-3", "gap") in labels
@@ -246,7 +246,7 @@ def test_register_sources_follow_the_layout() -> None:
 
 
 def test_in_memory_equals_streaming_for_layer_groups(store: Path) -> None:
-    kw = {"head": "linear,ep", "tokens": "cls+gap,patch", "layers": "last:3", "layer_mix": "concat,tokens,mean",
+    kw = {"head": "linear,ep", "tokens": "cls+gap,patch", "layers": "1,2,3", "layer_mix": "concat,tokens,mean",
           "epochs": 2, "dtype": "float64", "lr": "0.02"}
     streamed = probe(config(store, eval_cache_mb=0, **kw), progress=False)
     memory = probe(config(store, in_memory=True, **kw), progress=False)
@@ -263,13 +263,13 @@ def test_cli_layer_mix_heads_and_errors(store: Path, tmp_path: Path) -> None:
     from epcache.cli import app
 
     runner = CliRunner()
-    r = runner.invoke(app, ["heads", "--dim", "768", "--classes", "1000", "--tokens", "196"])
+    r = runner.invoke(app, ["heads", "--dim", "768", "--classes", "1000", "--patches", "196"])
     assert r.exit_code == 0 and any(line.startswith("mp ") and "4,047,146" in line for line in r.output.splitlines())
     assert "the MP paper counts without it (3.65 M here" in r.output
     fast = ["--epochs", "1", "--warmup", "0", "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.01",
             "--no-progress", "--device", "cpu"]
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--tokens", "cls+gap",
-                            "--layers", "last:4", "--layer-mix", "concat", "--out", str(tmp_path / "run"), *fast])
+                            "--layers", "0,1,2,3", "--layer-mix", "concat", "--out", str(tmp_path / "run"), *fast])
     assert r.exit_code == 0, r.output
     assert "layers=0,1,2,3 mix=concat" in (tmp_path / "run" / "results.jsonl").read_text()
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "ep", "--layer-mix", "median", *fast])
