@@ -110,9 +110,12 @@ def _default_text(p: Any) -> str:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn an `EpcacheError` into one red line on stderr and exit code 2 (no traceback)."""
+    """Turn an `EpcacheError` (or an OS error a user can cause) into one red line on stderr and exit code 2."""
+    from epcache.store._oserror import os_errors
+
     try:
-        yield
+        with os_errors(action="epcache"):  # a full disk, no permission, a read-only mount: one line too
+            yield
     except EpcacheError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from None

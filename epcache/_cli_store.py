@@ -158,6 +158,10 @@ def _splits(items: list[str] | None) -> dict[str, str]:
         name, sep, where = item.partition("=")
         if not sep or not name or not where:
             raise ConfigError(f"--split takes NAME=SUBDIR or NAME=FILE.csv, got {item!r}")
+        if name in out:  # the last one used to win silently: a store whose "train" is val
+            raise ConfigError(
+                f"--split {name}= is given twice ({name}={out[name]} and {item}); give each split name once"
+            )
         out[name] = where
     return out
 

@@ -11,7 +11,9 @@ __all__ = [
     "BadImageError",
     "ConfigError",
     "CorruptStoreError",
+    "DiskFullError",
     "EpcacheError",
+    "FileSystemError",
     "HeadSpecError",
     "IncompleteStoreError",
     "LayoutVersionError",
@@ -39,6 +41,18 @@ class StoreNotFoundError(EpcacheError, FileNotFoundError):
 
 class StoreExistsError(EpcacheError, FileExistsError):
     """A store already exists where a new one was to be created."""
+
+
+class FileSystemError(EpcacheError, OSError):
+    """The file system refused a write or read a user can fix: permissions, a read-only mount,
+    a path through a regular file (``store/_oserror.py`` words the message)."""
+
+    def __str__(self) -> str:  # the message alone, not OSError's "[Errno 28] ..."
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+class DiskFullError(FileSystemError):
+    """No space left on the device (or quota exhausted) for the store or run directory."""
 
 
 class ReadOnlyStoreError(EpcacheError, PermissionError):

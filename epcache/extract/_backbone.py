@@ -54,7 +54,9 @@ def build_meta_model(name: str, *, model_kwargs: Mapping[str, Any], img_size: in
     import torch
 
     with torch.device("meta"):
-        return _create(name, model_kwargs=model_kwargs, img_size=img_size)
+        # eval mode, as for extraction: in train mode BatchNorm refuses a 1x1 map of batch 1
+        # (resnet18 at 32 px) while planning, though the real forward runs in eval mode
+        return _create(name, model_kwargs=model_kwargs, img_size=img_size).eval()
 
 
 def load_backbone(
@@ -102,9 +104,26 @@ def load_backbone(
             report = LoadReport(source, source.timm_name, sha256_file(source.path), dropped, missing_unused)
         else:
             report = LoadReport(source, source.timm_name, sha256_state_dict(model))
+    if source.kind != "random-init":
+        _refuse_non_finite(model, source)
     model.eval()
     model.requires_grad_(False)
     return model, report
+
+
+def _refuse_non_finite(model: nn.Module, source: WeightsSource) -> None:
+    """A checkpoint with NaN/inf weights gives NaN tokens whatever the stored dtype: say so up front
+    (the non-finite-token error would otherwise suggest --dtype bfloat16, which cannot help)."""
+    import torch
+
+    tensors = model.state_dict().items()
+    bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise WeightsError(
+            f"the checkpoint {source.path} has NaN or inf weights in {len(bad)} tensor(s) "
+            f"({', '.join(bad[:3])}{more}); it is damaged or from a diverged run: use another checkpoint"
+        )
 
 
 def _create(

@@ -18,6 +18,7 @@ Dtype = Literal["float16", "bfloat16", "float32"]
 Amp = Literal["bf16", "fp16"]
 _DTYPES = ("float16", "bfloat16", "float32")
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+MAX_VIEWS = 256  # augmented views per image; far beyond any recipe (DINO uses 10, MAE 1)
 
 
 def _default_splits() -> dict[str, str]:
@@ -77,6 +78,14 @@ class ExtractConfig:
             raise ConfigError(f"format {self.format!r} must be zarr or h5")
         if self.views < 0:
             raise ConfigError(f"views must be >= 0 (augmented views per image), got {self.views}")
+        if self.views > MAX_VIEWS:  # every view of a block is held in memory at once: 100000 grows until killed
+            raise ConfigError(
+                f"views={self.views} augmented views per image is over the limit of {MAX_VIEWS} (each block holds "
+                f"every view in memory); pass --views {MAX_VIEWS} or fewer"
+            )
+        for name, value in (("chunk_samples", self.chunk_samples), ("shard_samples", self.shard_samples)):
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (samples per file), got {value}")
         if self.batch_size < 1 or self.workers < 0 or self.max_pending_blocks < 1:
             raise ConfigError("batch_size and max_pending_blocks must be >= 1 and workers >= 0")
         if self.img_size is not None and self.img_size < 1:

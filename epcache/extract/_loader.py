@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image
 
 from epcache.extract._transforms import ViewAugment, view_rng
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["Batch", "ViewDataset", "decode_image", "find_unreadable", "make_loader"]
+__all__ = ["Batch", "ViewDataset", "decode_image", "find_unreadable", "make_loader", "sixteen_bit_to_8"]
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,41 @@ class Batch:
 
 
 def decode_image(path: Path) -> Image.Image:
-    """Open and fully decode an image as RGB (lazy PIL decoding would defer the failure)."""
+    """Open and fully decode an image as RGB (lazy PIL decoding would defer the failure).
+
+    16-bit grayscale (PNG/TIFF, PIL modes ``I;16*`` and ``I``) is scaled to 8 bits,
+    ``round(v * 255 / 65535)``: PIL's ``convert("RGB")`` clips it at 255 instead, which turned a
+    typical 16-bit image 99.6% white. Float images (mode ``F``) have no agreed range and are refused.
+
+    Raises:
+        ValueError: a float or 32-bit integer image outside 0..65535 (reported as a bad image).
+    """
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
+        if im.mode.startswith("I"):
+            return _sixteen_bit_to_rgb(im)
+        if im.mode == "F":
+            raise ValueError("a 32-bit float image has no defined pixel range; convert it to 8-bit RGB first")
         return im.convert("RGB")
+
+
+def sixteen_bit_to_8(values: np.ndarray) -> np.ndarray:
+    """Scale 16-bit pixel values to 8 bits with rounding (0 -> 0, 65535 -> 255, 257 * k -> k)."""
+    v = values.astype(np.uint32)
+    return ((v * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _sixteen_bit_to_rgb(im: Image.Image) -> Image.Image:
+    from PIL import Image
+
+    a = np.asarray(im)
+    if a.dtype.kind == "f" or (a.size and (int(a.min()) < 0 or int(a.max()) > 65535)):
+        raise ValueError(
+            f"a {im.mode} image with values {int(a.min())}..{int(a.max())} is not 16-bit; convert it to 8-bit RGB first"
+        )
+    return Image.fromarray(sixteen_bit_to_8(a)).convert("RGB")
 
 
 class ViewDataset:

@@ -13,6 +13,10 @@ backup, the damaged ones stay marked missing, and the repair fails loudly instea
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +42,8 @@ from epcache.store import (
 )
 
 __all__ = ["RepairResult", "extract_config_from_store", "recorded_data_root", "repair_store"]
+
+_SCRATCH_RE = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[^-]+$")  # after ".epcache-repair-<store>-"
 
 _PURPOSE = "epcache verify --repair"
 _DEFAULT_BATCH_SIZE = 64  # ExtractConfig's default; stores do not record the batch size (yet)
@@ -261,7 +267,10 @@ def repair_store(
     # A checksum mismatch is damaged bytes or a damaged record: re-extraction must give one of the two
     on_disk = {b.key: b.stored_crc for b in before.bad_blocks if b.stored_crc is not None}
     targets = sorted({(split, block) for split, _, block in bad})
-    with tempfile.TemporaryDirectory(prefix=".epcache-repair-", dir=_scratch_parent(loc)) as scratch:
+    parent = _scratch_parent(loc)
+    if parent is not None:
+        remove_dead_scratch(loc)  # a killed repair's backups: its blocks stay marked missing, resumable
+    with tempfile.TemporaryDirectory(prefix=_scratch_prefix(loc, os.getpid()), dir=parent) as scratch:
         aside = Path(scratch) / "aside"
         aside.mkdir()
         with acquire_store_lock(loc, break_lock=break_lock, purpose=_PURPOSE), open_store(loc, "a") as store:
@@ -358,6 +367,43 @@ def _settle(
     elif failed and all(record(k) == MISSING for k in marked.previous):  # refused before writing anything
         marked.undo(store)
     return differ, confirmed
+
+
+def remove_dead_scratch(location: str) -> list[Path]:
+    """Delete the scratch directories of repairs of this store whose process is gone; return them.
+
+    A scratch directory is ``.epcache-repair-<store name>-<host>-<pid>-<random>`` beside the
+    store, so repairs of other stores in the same directory, and a repair still running, are
+    never touched. A killed repair left its damaged blocks marked missing (and the intact ones
+    in place), so nothing in its scratch directory is needed by the next run.
+    """
+    parent = _scratch_parent(location)
+    if parent is None:
+        return []
+    removed = []
+    for d in Path(parent).glob(_scratch_prefix(location, None) + "*"):
+        m = _SCRATCH_RE.match(d.name[len(_scratch_prefix(location, None)) :])
+        if m is None or m.group("host") != socket.gethostname() or _alive(int(m.group("pid"))):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _scratch_prefix(location: str, pid: int | None) -> str:
+    name = Path(location.rstrip("/")).name
+    base = f".epcache-repair-{name}-"
+    return base if pid is None else f"{base}{socket.gethostname()}-{pid}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _scratch_parent(location: str) -> str | None:

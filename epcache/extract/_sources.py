@@ -21,6 +21,7 @@ from epcache.errors import ConfigError
 __all__ = ["IMAGE_EXTENSIONS", "SplitSource", "scan_splits"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MAX_CLASSES = 1_000_000  # CSV labels are class indices; each class name is stored in the metadata
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,14 @@ def _list_imagefolder(root: Path, name: str, src: str) -> dict[str, list[str]]:
     d, rel = _split_dir(root, name, src)
     files: dict[str, list[str]] = {}
     for cls_dir in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        _refuse_loop(cls_dir, d, name)  # `train/all -> .` would be a fake class holding every image
         ids = []
         for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=True):
+            here = Path(dirpath)
+            for x in dirnames:
+                _refuse_loop(here / x, here, name)  # a link to an ancestor: os.walk would follow it forever
             dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
-            sub = Path(dirpath).relative_to(cls_dir)
+            sub = here.relative_to(cls_dir)
             for fn in filenames:
                 if fn.lower().endswith(IMAGE_EXTENSIONS) and not fn.startswith("."):
                     ids.append((rel / cls_dir.name / PurePosixPath(*sub.parts) / fn).as_posix())
@@ -142,12 +147,46 @@ def _list_imagefolder(root: Path, name: str, src: str) -> dict[str, list[str]]:
     return files
 
 
+def _refuse_loop(path: Path, parent: Path, split: str) -> None:
+    """Refuse a directory symlink that leads back to ``parent`` or one of its ancestors.
+
+    Following it would list the same images again under ever longer ids (8 images became 168)
+    or, at the class level, add a class that holds every image of the split.
+
+    Raises:
+        ConfigError: ``path`` is such a loop (the message names it and its target).
+    """
+    if not path.is_symlink():
+        return
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # a link to itself or a chain that never ends
+        raise ConfigError(
+            f"split {split!r}: {path} is a symlink loop (it never resolves); remove it from the dataset"
+        ) from None
+    real_parent = parent.resolve()
+    if real_parent == target or real_parent.is_relative_to(target):
+        raise ConfigError(
+            f"split {split!r}: {path} is a symlink loop: it leads to {target}, which contains it, so its "
+            "images would be listed again and again (or as a fake class). Remove the link"
+        )
+
+
 def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
     csv_path = Path(src) if Path(src).is_absolute() else root / src
     if not csv_path.is_file():
         raise ConfigError(f"split {name!r}: CSV file {csv_path} does not exist")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"split {name!r}: CSV file {csv_path} is not UTF-8 (byte {e.start}: {e.reason}); re-save it as UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise ConfigError(
+            f"split {name!r}: CSV file {csv_path} cannot be parsed ({e}); expected `path,label` lines"
+        ) from None
     if rows and not _is_int(rows[0][-1].strip() if rows[0] else ""):
         rows = rows[1:]  # header
     if not rows:
@@ -161,6 +200,11 @@ def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
         rel, label = row[0].strip(), int(row[1])
         if label < 0:
             raise ConfigError(f"{where}: label {label} is negative; labels are 0..C-1")
+        if label >= MAX_CLASSES:  # C class names go into the metadata: 10,000,000 made a 458 MB zarr.json
+            raise ConfigError(
+                f"{where}: label {label} is too large; labels are class indices 0..C-1 with C at most "
+                f"{MAX_CLASSES}. Remap the labels to 0..C-1"
+            )
         sid = _safe_relative(root, rel, where)
         if sid in seen:
             raise ConfigError(f"{where}: {sid} is listed twice")
@@ -171,6 +215,8 @@ def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
 
 def _safe_relative(root: Path, rel: str, where: str) -> str:
     """A CSV path as a sample id, refusing anything that resolves outside the data root."""
+    if "\x00" in rel or not rel:
+        raise ConfigError(f"{where}: the path {rel!r} is empty or holds a NUL byte; expected a path relative to {root}")
     p = PurePosixPath(rel.replace("\\", "/"))
     if p.is_absolute() or Path(rel).is_absolute():
         raise ConfigError(f"{where}: {rel!r} is absolute; CSV paths are relative to the data root {root}")

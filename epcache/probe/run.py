@@ -32,6 +32,8 @@ from epcache.probe.recipes import get_recipe
 from epcache.probe.results import RESULTS_FILE, format_summary, read_results, repair_results, write_json
 from epcache.probe.train import HeadGeometry
 from epcache.store import FeatureStore, check_for_probe, open_store
+from epcache.store._oserror import os_errors
+from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 
@@ -70,7 +72,14 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         CorruptStoreError: labels outside the class list.
         IncompleteStoreError: blocks never written (unless ``allow_incomplete``).
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
+        StoreLockedError: another sweep (of the same shard) is running into ``config.out``.
     """
+    action = f"epcache probe into {config.out}" if config.out else "epcache probe"
+    with os_errors(action=action), run_dir_lock(config.out, shard=resolve_shard(config.shard)):  # one sweep per dir
+        return _probe_locked(config, progress)
+
+
+def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     say = _printer(progress)
     checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
     store = open_store(config.store, verify_reads=checked)
@@ -260,6 +269,7 @@ def _prepare_rundir(out: Path | None, results_file: str, suffix: str, request: S
     for f in sorted(out.glob("results*.jsonl")):  # rows of other shards count as finished too
         for row in read_results(f):
             finished.setdefault(row["id"], row)
+    remove_stale_checkpoints(out, set(finished))  # a sweep killed after its rows, before their deletion
     write_json(
         out / f"config{suffix}.json",
         {

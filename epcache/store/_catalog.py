@@ -196,6 +196,7 @@ class _Lister:
             self.protocol = ""
             self.fs = None
             self.root = root.removeprefix("file://").rstrip("/") or "/"
+        self._seen: set[tuple[int, int]] = set()  # (device, inode) of local directories walked
 
     def location(self, path: str) -> str:
         return f"{self.protocol}://{path}" if self.url else path
@@ -221,6 +222,14 @@ class _Lister:
         return out
 
     def walk(self, path: str, max_depth: int | None, depth: int = 0) -> Iterator[str]:
+        if not self.url:  # symlinks are followed: a link back to an ancestor would recurse forever
+            try:
+                st = os.stat(path)
+            except OSError:
+                return
+            if (st.st_dev, st.st_ino) in self._seen:
+                return
+            self._seen.add((st.st_dev, st.st_ino))
         entries = self.children(path)
         if any(name == "zarr.json" and not is_dir for name, _, is_dir in entries):
             yield path  # a zarr store (or group): never descend into its chunk directories

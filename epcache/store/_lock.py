@@ -13,25 +13,36 @@ it is reported as such and ``break_lock=True`` (``--break-lock``) removes it. A 
 another host cannot be checked from here; the same option breaks it once the user knows that
 writer is gone. Under torchrun only rank 0 takes the lock; the other ranks follow its barrier.
 
-Creation is exclusive where the storage allows it: ``O_CREAT | O_EXCL`` on local disks and a
-conditional put (``If-None-Match: *``, s3fs ``mode="create"``) on object stores. Readers never
+On local (and NFSv4) file systems the holder also keeps an advisory ``flock`` on the lock file
+for as long as it writes; the kernel drops it when the process dies. That makes taking the lock,
+and replacing a stale one, atomic: whoever gets the ``flock`` decides, so of several
+``--break-lock`` resumers racing for one stale lock exactly one wins (job-array retries do
+this), and a lock whose process still runs on this host is never broken, ``--break-lock`` or
+not. On object stores creation is a conditional put (``If-None-Match: *``, s3fs
+``mode="create"``); there a stale lock is removed and re-created, which is not atomic. Readers never
 look at the lock: what they may read is decided by the metadata and the block records
 (cache_layout.md §3.3), so reading while a writer appends is safe without it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import json
 import os
-import socket
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Self, TypedDict
+from typing import Self
 
-from epcache.errors import EpcacheError, StoreExistsError
+from epcache.errors import StoreExistsError
+from epcache.store._lockfile import (
+    LockInfo,
+    StoreLockedError,
+    create_exclusive,
+    is_url,
+    pid_alive,
+    read_lock,
+    remove_lock_file,
+    take_local_lock,
+)
 
 __all__ = [
     "LOCK_NAME",
@@ -45,79 +56,19 @@ __all__ = [
 
 LOCK_NAME = ".epcache.lock"  # inside a zarr store; an HDF5 file gets "<file>.lock" beside it
 _H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-_MAX_LOCK_BYTES = 64 * 1024  # a lock is a few hundred bytes; anything larger is not ours
-
-
-class StoreLockedError(EpcacheError):
-    """Another writer holds the store's lock (or left a stale one behind)."""
-
-
-class LockInfoJSON(TypedDict):
-    host: str
-    pid: int
-    started: str
-    purpose: str
-
-
-@dataclass(frozen=True, slots=True)
-class LockInfo:
-    """Who holds a store's lock."""
-
-    host: str  # socket.gethostname() of the writer
-    pid: int  # process id of the writer on that host (rank 0 under torchrun)
-    started: str  # ISO 8601 UTC time the lock was taken
-    purpose: str  # what is writing, e.g. "epcache extract"
-
-    @classmethod
-    def current(cls, purpose: str) -> LockInfo:
-        """The lock this process would write."""
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        return cls(host=socket.gethostname(), pid=os.getpid(), started=now, purpose=purpose)
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> LockInfo:
-        """Parse a lock file.
-
-        Raises:
-            ValueError: not a lock written by epcache.
-        """
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or not isinstance(doc.get("pid"), int) or not isinstance(doc.get("host"), str):
-            raise ValueError("not an epcache lock document")
-        started, purpose = str(doc.get("started", "?")), str(doc.get("purpose", "?"))
-        return cls(host=doc["host"], pid=doc["pid"], started=started, purpose=purpose)
-
-    def to_json(self) -> LockInfoJSON:
-        return LockInfoJSON(host=self.host, pid=self.pid, started=self.started, purpose=self.purpose)
-
-    @property
-    def on_this_host(self) -> bool:
-        return self.host == socket.gethostname()
-
-    @property
-    def stale(self) -> bool | None:
-        """True if the writer provably no longer runs, False if it runs, None if it cannot be told.
-
-        Only a process on this host can be checked (``os.kill(pid, 0)``); a lock from another
-        host of a cluster is None: the user has to know whether that job is still alive.
-        """
-        if not self.on_this_host:
-            return None
-        return not _pid_alive(self.pid)
-
-    def describe(self) -> str:
-        """``pid 123 on host h since 2026-01-01T00:00:00+00:00 (epcache extract)``."""
-        return f"pid {self.pid} on host {self.host} since {self.started} ({self.purpose})"
 
 
 class StoreLock:
     """An acquired lock on one store; release it with ``release()`` or by leaving the ``with`` block."""
 
-    def __init__(self, location: str, info: LockInfo, *, made_dirs: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, location: str, info: LockInfo, *, made_dirs: tuple[str, ...] = (), fd: int | None = None
+    ) -> None:
         self.location = location  # the store
         self.lock_path = lock_location(location)
         self.info = info
         self._made_dirs = made_dirs  # directories made for the lock (removed again if left empty)
+        self._fd = fd  # local locks: the descriptor holding the flock, closed last
         self._held = True
 
     @property
@@ -133,15 +84,20 @@ class StoreLock:
         if not self._held:
             return
         self._held = False
-        current = _read(self.lock_path)
-        if current is not None and (current.host, current.pid, current.started) != (
-            self.info.host,
-            self.info.pid,
-            self.info.started,
-        ):
-            return  # someone broke our lock and took it: it is theirs now
-        _remove(self.lock_path)
-        _remove_empty_dirs(self._made_dirs)
+        try:
+            current = read_lock(self.lock_path)
+            if current is not None and (current.host, current.pid, current.started) != (
+                self.info.host,
+                self.info.pid,
+                self.info.started,
+            ):
+                return  # someone broke our lock and took it: it is theirs now
+            remove_lock_file(self.lock_path)  # unlinked while the flock is held: see _acquire_local's retry
+            _remove_empty_dirs(self._made_dirs)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __enter__(self) -> Self:
         return self
@@ -164,7 +120,7 @@ def read_store_lock(location: str | PathLike[str]) -> LockInfo | None:
     An unreadable lock file (a writer killed while writing it) reads as a lock of host "?" and
     pid -1, which is never treated as provably stale.
     """
-    return _read(lock_location(location))
+    return read_lock(lock_location(location))
 
 
 def acquire_store_lock(
@@ -188,25 +144,36 @@ def acquire_store_lock(
     info = LockInfo.current(purpose)
     made_dirs = _prepare_parent(loc, path)
     payload = json.dumps(info.to_json()).encode()
-    for attempt in range(2):
-        if _create_exclusive(path, payload):
-            return StoreLock(loc, info, made_dirs=made_dirs)
-        holder = _read(path)
-        if holder is None:  # released between our attempt and the read: try again
-            continue
-        if break_lock and attempt == 0:
-            _remove(path)
-            continue
+    try:
+        if not is_url(path):
+            fd = take_local_lock(loc, path, payload, break_lock=break_lock, message=_locked_message)
+            return StoreLock(loc, info, made_dirs=made_dirs, fd=fd)
+        for attempt in range(2):
+            if create_exclusive(path, payload):
+                return StoreLock(loc, info, made_dirs=made_dirs)
+            holder = read_lock(path)
+            if holder is None:  # released between our attempt and the read: try again
+                continue
+            if break_lock and attempt == 0 and not (holder.on_this_host and pid_alive(holder.pid)):
+                remove_lock_file(path)
+                continue
+            raise StoreLockedError(_locked_message(loc, path, holder))
+        raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
+    except BaseException:
         _remove_empty_dirs(made_dirs)
-        raise StoreLockedError(_locked_message(loc, path, holder))
-    raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
+        raise
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _locked_message(loc: str, path: str, holder: LockInfo) -> str:
+def _locked_message(loc: str, path: str, holder: LockInfo, *, held: bool = False) -> str:
     stale = holder.stale
+    if held and (holder.pid < 0 or stale):  # the flock says someone holds it right now
+        return (
+            f"{loc} is being written by another process that is taking its writer lock ({path}) right now; "
+            "wait for it to finish, or stop it first"
+        )
     if holder.pid < 0:
         return (
             f"{loc} has an unreadable writer lock ({path}), left by a writer killed while taking it. "
@@ -225,30 +192,16 @@ def _locked_message(loc: str, path: str, holder: LockInfo) -> str:
         )
     return (
         f"{loc} is being written by another process: {holder.describe()}. Two writers would corrupt the "
-        "store: wait for it to finish (it may be still running), or stop it first"
+        "store: wait for it to finish (it may be still running), or stop it first. --break-lock never "
+        f"removes the lock of a process that runs on this host (if pid {holder.pid} is not an epcache "
+        f"writer, the pid was reused: delete {path} by hand)"
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
 
 
 def _is_h5(location: str) -> bool:
     if location.lower().endswith(_H5_SUFFIXES):
         return True
-    if _is_url(location):
+    if is_url(location):
         return False
     p = Path(location)
     if p.is_file():
@@ -263,18 +216,30 @@ def _prepare_parent(loc: str, path: str) -> tuple[str, ...]:
     For a new zarr store that is the store's own directory (and missing parents), for an HDF5
     file the directory it will be created in. Object stores have no directories to create.
     """
-    if _is_url(loc):
+    if is_url(loc):
         return ()
     parent = Path(path).parent
     if parent.exists():
         if not parent.is_dir():
+            if str(parent) == loc:
+                raise StoreExistsError(
+                    f"{loc} exists and is a file, not a zarr store directory; choose another --out "
+                    "(or an .h5 path for the HDF5 backend)"
+                )
             raise StoreExistsError(
-                f"{loc} exists and is a file, not a zarr store directory; choose another --out "
-                "(or an .h5 path for the HDF5 backend)"
+                f"{loc}: {parent} is a regular file, so nothing can be created under it; choose another --out"
             )
         return ()
     missing = [parent, *(p for p in parent.parents if not p.exists())]
-    parent.mkdir(parents=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)  # two new-store writers may race to make it
+    except FileExistsError:
+        raise StoreExistsError(f"{loc}: {parent} exists and is a file; choose another --out") from None
+    except NotADirectoryError:
+        raise StoreExistsError(
+            f"{loc}: a parent of {parent} is a regular file, so the store cannot be created there; "
+            "choose another --out"
+        ) from None
     return tuple(str(p) for p in missing)
 
 
@@ -286,61 +251,3 @@ def _remove_empty_dirs(dirs: tuple[str, ...]) -> None:
             return
 
 
-def _create_exclusive(path: str, payload: bytes) -> bool:
-    """Create ``path`` holding ``payload`` unless it exists; True if this call created it."""
-    if not _is_url(path):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return True
-    fs, p = _fs(path)
-    try:
-        fs.pipe_file(p, payload, mode="create")  # conditional put: atomic on S3 and compatible stores
-    except FileExistsError:
-        return False
-    except TypeError:  # a filesystem without exclusive create: best effort, check then write
-        if fs.exists(p):
-            return False
-        fs.pipe_file(p, payload)
-    return True
-
-
-def _read(path: str) -> LockInfo | None:
-    try:
-        if _is_url(path):
-            fs, p = _fs(path)
-            fs.invalidate_cache(p)  # another process may have created or removed it since we listed
-            with fs.open(p, "rb") as f:
-                raw = f.read(_MAX_LOCK_BYTES)
-        else:
-            with open(path, "rb") as f:
-                raw = f.read(_MAX_LOCK_BYTES)
-    except FileNotFoundError:
-        return None
-    try:
-        return LockInfo.from_json(raw)
-    except ValueError:  # also json.JSONDecodeError and UnicodeDecodeError
-        return LockInfo(host="?", pid=-1, started="?", purpose="unreadable lock file")
-
-
-def _remove(path: str) -> None:
-    if _is_url(path):
-        fs, p = _fs(path)
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(p)
-        fs.invalidate_cache(p)
-        return
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-
-
-def _fs(url: str) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)

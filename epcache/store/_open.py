@@ -7,9 +7,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Literal
 
-from epcache.errors import ConfigError
+from epcache.errors import ConfigError, CorruptStoreError
 from epcache.store._base import FeatureStore
 from epcache.store._hdf5 import HDF5FeatureStore
+from epcache.store._lock import StoreLockedError, read_store_lock
 from epcache.store._meta import StoreMeta
 from epcache.store._zarr import ZarrFeatureStore
 
@@ -70,6 +71,23 @@ def create_store(
     return ZarrFeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
 
 
+def _refuse_while_written(location: str) -> None:
+    """An HDF5 file that a writer holds open cannot be opened by anyone else (HDF5 file locking): say
+    who writes it instead of calling the file damaged.
+
+    Raises:
+        StoreLockedError: a writer's lock names its process (when there is one).
+    """
+    holder = read_store_lock(location)
+    if holder is None:
+        return
+    raise StoreLockedError(
+        f"{location} is being written by {holder.describe()}; an HDF5 store cannot be read while another "
+        "process writes it. Wait for that writer to finish, or extract to zarr, whose stores can be read "
+        "during an append"
+    )
+
+
 def open_store(
     location: str | PathLike[str], mode: Literal["r", "a"] = "r", *, verify_reads: bool = False
 ) -> FeatureStore:
@@ -83,11 +101,17 @@ def open_store(
         StoreNotFoundError: nothing there, or not an epcache store.
         LayoutVersionError: a format version this epcache does not read.
         CorruptStoreError: metadata that does not parse or misses keys.
+        StoreLockedError: an HDF5 store that another process is writing right now.
     """
     if mode not in ("r", "a"):
         raise ConfigError(f"mode must be 'r' or 'a', got {mode!r}")
     loc = str(location)
     cls = HDF5FeatureStore if detect_format(loc) == "h5" else ZarrFeatureStore
-    store = cls.open(loc, read_only=mode == "r")
+    try:
+        store = cls.open(loc, read_only=mode == "r")
+    except CorruptStoreError:
+        if cls is HDF5FeatureStore:
+            _refuse_while_written(loc)
+        raise
     store.verify_reads = verify_reads
     return store

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,19 @@ def test_two_ranks_write_the_bytes_of_one_process(data: Path, reference: Path, t
     assert r.stdout.count("on 2 ranks: 48 samples") == 2  # every rank reports the job's totals
     _assert_same_store(out, reference)
     assert not (out / LOCK_NAME).exists()  # rank 0 released the job's lock
+
+
+def test_overwrite_under_torchrun_swaps_in_after_the_barrier(data: Path, reference: Path, tmp_path: Path) -> None:
+    """Ranks write the replacement beside the old store; rank 0 swaps it in once every rank's blocks are in."""
+    out = tmp_path / "two.zarr"
+    shutil.copytree(reference, out)
+    (out / "old-store-marker").write_text("only in the old store")
+    cmd = torchrun_cmd(2, "-m", "epcache", "extract", *CLI_TINY, "--data", str(data), "--out", str(out), "--overwrite")
+    r = run(cmd, cwd=HERE)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (out / "old-store-marker").exists()  # the whole directory was swapped for the new one
+    _assert_same_store(out, reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.zarr"]  # no staging store left
 
 
 @pytest.mark.parametrize("victim", [1, 0])

@@ -1,0 +1,170 @@
+"""The extraction loop: decode in workers, forward all layers at once, hand whole blocks to the writer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from epcache.errors import BadImageError, NonFiniteFeaturesError
+from epcache.extract._config import ExtractConfig
+from epcache.extract._forward import TokenExtractor
+from epcache.extract._loader import ViewDataset, make_loader
+from epcache.extract._plan import Prepared
+from epcache.extract._pooled import POOLED_KEY
+from epcache.extract._sources import SplitSource
+from epcache.store import FeatureStore, from_torch
+from epcache.store._oserror import require_free_space
+
+__all__ = ["extract_split"]
+
+RESUME_HINT = "Blocks already written are kept: re-run the same command to continue"
+_NP_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+
+
+def extract_split(
+    store: FeatureStore,
+    prep: Prepared,
+    src: SplitSource,
+    split: str,
+    blocks: list[int],
+    extractor: TokenExtractor,
+    *,
+    progress: bool,
+) -> tuple[int, int, float]:
+    """Extract the given write-blocks of one split; returns (samples, blocks, writer wait seconds)."""
+    from epcache.extract._writer import BlockWriter
+
+    cfg = prep.config
+    order = store.read_order(split)
+    batches: list[list[int]] = []
+    slots: list[tuple[int, int, int, int]] = []  # (block, offset in block, n, block length)
+    for b in blocks:
+        start, stop = store.block_range(split, b)
+        for off in range(0, stop - start, cfg.batch_size):
+            n = min(cfg.batch_size, stop - start - off)
+            batches.append(order[start + off : start + off + n].tolist())
+            slots.append((b, off, n, stop - start))
+    dataset = ViewDataset(
+        [src.path(i) for i in range(len(src))],
+        split=split,
+        eval_transform=prep.eval_transform,
+        input_size=prep.plan.input_size,
+        views=cfg.views_for(split),
+        augment=prep.augment,
+        seed=cfg.seed,
+    )
+    loader = make_loader(dataset, batches, workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"))
+    total = sum(n for _, _, n, _ in slots)
+    batch_iter = iter(loader)  # workers fork here, before the writer thread exists
+    writer = BlockWriter(store, max_pending=cfg.max_pending_blocks)
+    try:
+        with _progress_bar(total, split, enabled=progress) as bar:
+            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar, location=store.location)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()  # blocks already queued are complete and correct: let them land
+        raise
+    stats = writer.close()
+    return total, stats.blocks, stats.wait_s
+
+
+def _run_batches(
+    prep: Prepared,
+    src: SplitSource,
+    split: str,
+    slots: list[tuple[int, int, int, int]],
+    batch_iter: Iterator[Any],
+    extractor: TokenExtractor,
+    writer: Any,
+    bar: Any,
+    *,
+    location: str,
+) -> None:
+    import torch
+
+    cfg = prep.config
+    g = prep.geometry
+    V = cfg.views_for(split)
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+    np_dtype = _numpy_dtype(cfg.dtype)
+    acc: dict[int, np.ndarray] | None = None
+    blocks_left = len({b for b, *_ in slots})  # this block and the ones after it, counted down
+    for (block, off, n, length), batch in zip(slots, batch_iter, strict=True):
+        if any(batch.errors):
+            k = next(i for i, e in enumerate(batch.errors) if e)
+            raise BadImageError(
+                f"cannot decode {src.path(batch.indices[k])} (split {split!r}): {batch.errors[k]}. "
+                "Fix or remove the file, or pass --on-bad-image skip to leave unreadable images out"
+            )
+        x = batch.images.to(cfg.device, non_blocking=True).flatten(0, 1)  # (B*V, 3, H, W)
+        with torch.inference_mode(), _autocast(cfg):
+            outs = extractor(x)
+        pooled = None
+        if isinstance(outs, tuple):  # --pooled: (layers, the model's pooled output), issue 15
+            outs, pooled = outs
+        if acc is None:
+            acc = {layer: np.empty((length, V, *g.layer_shape(layer)), np_dtype) for layer in g.layers}
+            if pooled is not None:
+                acc[POOLED_KEY] = np.empty((length, V, pooled.shape[-1]), np_dtype)
+        if pooled is not None:
+            acc[POOLED_KEY][off : off + n] = from_torch(pooled.to(torch_dtype).reshape(n, V, -1).cpu())
+        for layer, t in zip(g.layers, outs, strict=True):
+            t = t.to(torch_dtype)
+            if not bool(torch.isfinite(t).all()):
+                _raise_non_finite(cfg, src, split, layer, batch.indices)
+            acc[layer][off : off + n] = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
+        if off + n == length:
+            nbytes = 0 if cfg.compressor not in (None, "none") else sum(a.nbytes for a in acc.values())
+            require_free_space(  # before the write: a failed HDF5 write cannot be closed cleanly
+                location,
+                nbytes * min(blocks_left, cfg.max_pending_blocks + 1),
+                action=f"writing block {block} of split {split!r} to {location}",
+                resume_hint=RESUME_HINT,
+            )
+            writer.submit(split, block, acc)
+            blocks_left -= 1
+            acc = None
+        bar.update(n)
+
+
+def _numpy_dtype(dtype: str) -> np.dtype:
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return _NP_DTYPES[dtype]
+
+
+def _autocast(cfg: ExtractConfig) -> contextlib.AbstractContextManager[Any]:
+    if cfg.amp is None:
+        return contextlib.nullcontext()
+    import torch
+
+    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=cfg.device.split(":")[0], dtype=dtype)
+
+
+def _raise_non_finite(cfg: ExtractConfig, src: SplitSource, split: str, layer: int, indices: list[int]) -> None:
+    hint = (
+        "float16 overflows above 65504: re-run with --dtype bfloat16 or --dtype float32"
+        if cfg.dtype == "float16"
+        else "the backbone itself produced inf/nan: check the weights" + (", or drop --amp" if cfg.amp else "")
+    )
+    raise NonFiniteFeaturesError(
+        f"layer {layer} produced non-finite tokens (inf/nan) in split {split!r} for a batch starting at "
+        f"{src.ids[indices[0]]}; {hint}"
+    )
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, split: str, *, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=f"extract {split}", unit="img", disable=not enabled, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,177 @@
+"""Planning an extraction: everything resolved before weights are loaded or a store is touched.
+
+Separate from the run so ``--dry-run`` and every user error (unknown model, missing weights,
+layers out of range, bad splits) happen with no side effect at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import epcache
+from epcache.errors import ConfigError
+from epcache.extract._backbone import LoadReport, build_meta_model
+from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, itemsize
+from epcache.extract._forward import ModelGeometry, inspect_model
+from epcache.extract._models import resolve_model
+from epcache.extract._pooled import pooled_width
+from epcache.extract._sources import SplitSource, scan_splits
+from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
+from epcache.extract._weights import WeightsSource, locate_weights
+from epcache.store import BackboneMeta, StoreMeta, detect_format
+
+__all__ = ["Prepared", "prepare", "store_meta"]
+
+
+@dataclass
+class Prepared:
+    """Everything resolved before weights are loaded (mutable: skip validation narrows splits)."""
+
+    config: ExtractConfig
+    source: WeightsSource
+    geometry: ModelGeometry
+    data_config: dict[str, Any]
+    eval_transform: Any
+    augment: ViewAugment | None
+    sources: dict[str, SplitSource]  # as listed
+    sources_in_store: dict[str, SplitSource]  # as stored (unreadable images left out when skipping)
+    plan: ExtractPlan
+    pooled_dim: int | None = None  # width of the model's pooled output when --pooled (issue 15), else None
+
+
+def prepare(config: ExtractConfig) -> Prepared:
+    try:
+        json.dumps(dict(config.model_kwargs))
+    except (TypeError, ValueError):
+        raise ConfigError(f"model_kwargs {dict(config.model_kwargs)} must be JSON values (they are recorded)") from None
+    resolved = resolve_model(config.model)
+    source = locate_weights(
+        resolved.timm_name,
+        weights=config.weights,
+        random_init=config.random_init,
+        timm_weights=resolved.alias.timm_weights if resolved.alias else True,
+        cache_dir=config.hf_cache_dir,
+    )
+    img_size = config.effective_img_size
+    meta_model = build_meta_model(source.timm_name, model_kwargs=config.model_kwargs, img_size=img_size)
+    data_config = resolve_data_config(meta_model, img_size=img_size)
+    c, h, w = (int(v) for v in data_config["input_size"])
+    input_size = (c, h, w)
+    geometry = inspect_model(meta_model, layers_spec=config.layers, input_size=input_size, name=source.timm_name)
+    if (
+        config.final_norm
+        and geometry.kind == "tokens"
+        and type(getattr(meta_model, "norm", None)).__name__ == "Identity"
+    ):
+        raise ConfigError(
+            f"{source.timm_name} has no final norm on its tokens (it normalises the pooled vector, fc_norm), "
+            "so --final-norm would store raw block outputs under a false label; drop --final-norm"
+        )
+    sources = scan_splits(Path(config.data), config.splits)
+    augment = (
+        ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+        if config.views
+        else None
+    )
+    T, D = geometry.layout.num_tokens, geometry.dim
+    td = sum(a * b for a, b in map(geometry.layer_shape, geometry.layers)) // len(geometry.layers)  # mean T*D
+    split_plans = tuple(
+        SplitPlan(
+            name=name,
+            source=src.source,
+            num_samples=len(src),
+            views=config.views_for(name),
+            num_classes=len(src.classes),
+            bytes_per_layer=len(src) * config.views_for(name) * td * itemsize(config.dtype),
+        )
+        for name, src in sources.items()
+    )
+    plan = ExtractPlan(
+        requested_model=config.model,
+        model=source.timm_name,
+        weights=source.describe(),
+        num_model_layers=geometry.num_layers,
+        layers=geometry.layers,
+        final_norm=config.final_norm,
+        layout=geometry.layout,
+        dim=D,
+        num_tokens=T,
+        dtype=config.dtype,
+        input_size=input_size,
+        splits=split_plans,
+        out=str(config.out),
+        format=detect_format(str(config.out), config.format),
+    )
+    return Prepared(
+        config=config,
+        source=source,
+        geometry=geometry,
+        data_config=data_config,
+        eval_transform=create_eval_transform(data_config),
+        augment=augment,
+        sources=sources,
+        sources_in_store=dict(sources),
+        plan=plan,
+        pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
+    )
+
+
+def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
+    """The store-level metadata. Everything that changes token values goes into a provenance field
+    (backbone, layout, layers, dtype, preprocessing, views, dataset); ``extra`` is informational."""
+    import timm
+    import torch
+
+    cfg = prep.config
+    g = prep.geometry
+    return StoreMeta(
+        backbone=BackboneMeta(
+            name=report.name,
+            source=report.source.kind,
+            timm_version=timm.__version__,
+            weights_sha256=report.sha256,
+            weights_file=report.source.path.name if report.source.path is not None else None,
+            num_blocks=g.num_layers,
+        ),
+        layout=g.layout,
+        layers=g.layers,
+        final_norm=cfg.final_norm,
+        dtype=cfg.dtype,
+        dim=g.dim,
+        num_tokens=g.layout.num_tokens,
+        layer_shapes=dict(g.layer_shapes),
+        preprocessing={
+            "data_config": prep.data_config,
+            "eval_transform": [repr(t) for t in getattr(prep.eval_transform, "transforms", [prep.eval_transform])],
+            "model_kwargs": dict(cfg.model_kwargs),
+            "img_size": cfg.effective_img_size,
+            "amp": cfg.amp,
+            "token_source": f"forward_intermediates ({g.kind}); "
+            + ("prefix tokens then patches" if g.kind == "tokens" else "NCHW flattened row-major"),
+        },
+        views={
+            "augmented": cfg.views,
+            "seed": cfg.seed,
+            "splits": sorted(cfg.view_splits) if cfg.views else [],
+            "recipe": prep.augment.to_json() if prep.augment is not None else None,
+        },
+        dataset={  # per-split content is fingerprinted per split, so splits can be added later
+            "kind": next(iter(prep.sources.values())).kind,
+            "name": Path(cfg.data).expanduser().resolve().name,
+        },
+        extra={
+            "epcache_version": epcache.__version__,
+            "torch_version": torch.__version__,
+            "device": cfg.device,
+            "on_bad_image": cfg.on_bad_image,
+            "batch_size": cfg.batch_size,  # CPU kernels may round per batch shape: repair reuses it
+            "weights_dropped_keys": list(report.dropped_keys),
+            "weights_missing_unused": list(report.missing_unused),
+            "split_sources": {name: src.source for name, src in prep.sources.items()},
+            "data_root": str(Path(cfg.data).expanduser().resolve()),  # default --data of repair and attention
+            "skipped": {},
+        },
+    )
