@@ -172,7 +172,11 @@ def probe(
                      "best config (>= 1 per class when possible; 0: last epoch, ranked on eval).",
                      show_default="0.1"),
     ] = None,
-    shots: Annotated[int | None, typer.Option(metavar="K", help="Low-shot: K training samples per class.")] = None,
+    shots: Annotated[
+        str | None,
+        typer.Option(metavar="K,...", help="Low-shot: K training samples per class; a comma list (1,5,10,25) runs "
+                     "solver heads per K."),
+    ] = None,
     fraction: Annotated[
         float | None, typer.Option(metavar="FRAC", help="Low-shot: this fraction of each class.")
     ] = None,
@@ -207,6 +211,16 @@ def probe(
         bool, typer.Option(help="Skip the store integrity checks (bytes, labels, ids, metadata); recorded in rows.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    k: Annotated[
+        str, typer.Option("--k", metavar="K,...", help="k-NN neighbour counts, comma list (all from one search).")
+    ] = "10,20,100,200",
+    temperature: Annotated[str, typer.Option(metavar="T,...", help="k-NN vote temperatures T, comma list.")] = "0.07",
+    c_preset: Annotated[
+        str, typer.Option(metavar="NAME", help="logreg C grid: dinov2 (45 values), clip (96) or raptor (100).")
+    ] = "dinov2",
+    tries: Annotated[
+        int, typer.Option(metavar="N", help="Few-shot draws per shot count (needs --shots); mean ± std over draws.")
+    ] = 1,
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
     from epcache.probe import ProbeConfig
@@ -219,7 +233,9 @@ def probe(
             num_heads=parse_list(num_heads, int), layers=parse_layers(layer if layer is not None else layers),
             tokens=parse_list(tokens, str), recipe=recipe, lr=parse_list(lr, float), blr=parse_list(blr, float),
             wd=parse_list(wd, float), optimizer=parse_list(optimizer, str), seeds=parse_list(seeds, int),
-            epochs=epochs, warmup=warmup, batch_size=batch_size, min_steps=min_steps, holdout=holdout, shots=shots,
+            epochs=epochs, warmup=warmup, batch_size=batch_size, min_steps=min_steps, holdout=holdout,
+            shots=parse_list(shots, int) or None, k=parse_list(k, int), temperature=parse_list(temperature, float),
+            c_preset=c_preset, tries=tries,
             fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
             device=device, in_memory=in_memory, eval_curve=eval_curve, allow_incomplete=allow_incomplete,

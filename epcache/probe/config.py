@@ -46,6 +46,8 @@ _TUPLE_FIELDS: dict[str, type] = {
     "wd": float,
     "optimizer": str,
     "seeds": int,
+    "k": int,  # solver heads (epcache/probe/solvers): k-NN defaults
+    "temperature": float,
 }
 _HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
@@ -86,7 +88,7 @@ class ProbeConfig:
     min_steps: int | None = None  # floor on optimiser steps (epochs become several passes); None: the recipe's
     data_seed: int = 0  # holdout split, low-shot subset, batch order and view choice
     holdout: float | None = None  # stratified fraction of train that selects epoch and config; 0: last epoch
-    shots: int | None = None  # low-shot: K training samples per class (after the holdout is removed)
+    shots: int | tuple[int, ...] | None = None  # low-shot: K per class (after the holdout); several: solver heads
     fraction: float | None = None  # low-shot: this fraction of each class's training samples
     train_split: str = "train"
     eval_split: str = "val"
@@ -105,10 +107,18 @@ class ProbeConfig:
     eval_curve: bool = True  # score the eval split every epoch (curves, oracle); False: only at the end
     shard: str | None = None  # "I/N": train only part I of N of the sweep (job arrays); torchrun sets it from RANK
     trust_store: bool = False  # skip the store integrity checks (store/_integrity.py); recorded in every row
+    # solver heads (epcache/probe/solvers); head options in parentheses override these
+    k: tuple[int, ...] = (10, 20, 100, 200)  # k-NN neighbour counts, all from one search
+    temperature: tuple[float, ...] = (0.07,)  # k-NN vote temperatures T
+    c_preset: str = "dinov2"  # logreg C grid: dinov2 (45 values), clip (96), raptor (100)
+    tries: int = 1  # few-shot draws per shot count (needs shots); mean ± std over tries
 
     def __post_init__(self) -> None:
         for name, kind in _TUPLE_FIELDS.items():
             object.__setattr__(self, name, _as_tuple(getattr(self, name), kind, name))
+        if self.shots is not None and not isinstance(self.shots, int):  # several shot counts (solver heads)
+            shots = _as_tuple(self.shots, int, "shots")
+            object.__setattr__(self, "shots", shots[0] if len(shots) == 1 else shots)
         for name in ("store", "eval_store", "grid", "out"):
             value = getattr(self, name)
             if value is not None:

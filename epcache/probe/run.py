@@ -11,6 +11,7 @@ last completed epoch with the same numbers it would have produced uninterrupted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections import defaultdict
@@ -30,6 +31,7 @@ from epcache.probe.protocol import Protocol, resolve_holdout
 from epcache.probe.ranking import group_by_seed, rank
 from epcache.probe.recipes import get_recipe
 from epcache.probe.results import RESULTS_FILE, format_summary, read_results, repair_results, write_json
+from epcache.probe.solvers import check_solver_inputs, plan_solvers, run_solver_configs
 from epcache.probe.train import HeadGeometry
 from epcache.store import FeatureStore, check_for_probe, open_store
 from epcache.store._oserror import os_errors
@@ -87,7 +89,6 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     try:
         for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
-        say(f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)")
         with cpu_threads(resolve_device(config.device)) as rule:
             return _probe(config, store, eval_store, say, progress, rule)
     finally:
@@ -192,38 +193,54 @@ def _probe(
     holdout = resolve_holdout(c.holdout, recipe, errors)
     raise_errors(errors)
     layers = sweep_layers(request, store.meta)
+    # solver heads (knn, ridge, logreg, ncm) leave the trained sweep and become solver specs
+    trained, specs = plan_solvers(dataclasses.replace(c, holdout=holdout), store.meta, layers=layers,
+                                  store_provenance=store.provenance, eval_provenance=eval_store.provenance)
+    if specs:
+        trained = None if trained is None else dataclasses.replace(trained, holdout=c.holdout)
+        request = SweepRequest(trained, (trained,)) if trained is not None else None  # type: ignore[assignment]
+        c = trained or dataclasses.replace(c, shots=None)
     for layer in layers:
         if layer not in eval_store.meta.layers:
             raise UnknownLayerError(f"eval store {eval_store.location} has no layer {layer}")
     data = resolve_rows(c, store, eval_store, layers, num_classes, holdout=holdout)
-    runs = expand_sweep(request, store.meta, num_classes=num_classes, store_provenance=store.provenance,
-                        eval_provenance=eval_store.provenance, n_train=len(data.train_rows), errors=errors)
+    solver_data = data  # solver heads draw their own few-shot subsets from the rows outside the holdout
+    if specs and c.shots is not None:
+        solver_data = resolve_rows(dataclasses.replace(c, shots=None), store, eval_store, layers, num_classes,
+                                   holdout=holdout)
+    check_solver_inputs(specs, solver_data, num_classes)  # k vs bank, classes: before any training
+    runs: list[RunSpec] = []
+    if request is not None:
+        runs = expand_sweep(request, store.meta, num_classes=num_classes, store_provenance=store.provenance,
+                            eval_provenance=eval_store.provenance, n_train=len(data.train_rows), errors=errors)
     raise_errors(errors)
-    if not runs:
+    if not runs and not specs:
         raise ConfigError("the sweep is empty: no head/layer/lr combination was requested")
-    protocol = runs[0].settings.protocol
-    notes = [_plan_line(runs, layers, data, protocol), *data.notes]
-    if protocol.adapted:
+    protocol = runs[0].settings.protocol if runs else None
+    notes = [_plan_line(runs, specs, layers, data, protocol), *data.notes,
+             f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
+    if protocol is not None and protocol.adapted:
         notes.insert(1, f"recipe {protocol.recipe} adapted to this dataset: " + "; ".join(protocol.adapted))
     for note in notes:
         say(note)
     shard = resolve_shard(c.shard)
     if shard is not None:
         index, count = shard
-        ordered = sorted(runs, key=lambda r: r.id)  # independent of how the sweep was spelled
-        mine = {r.id for k, r in enumerate(ordered) if k % count == index}
+        ordered = sorted([r.id for r in runs] + [s.id for s in specs])  # independent of how the sweep was spelled
+        mine = {i for k, i in enumerate(ordered) if k % count == index}
         runs = [r for r in runs if r.id in mine]
-        say(f"shard {index}/{count}: {len(runs)} of {len(ordered)} configs")
-        if not runs:
+        specs = [s for s in specs if s.id in mine]
+        say(f"shard {index}/{count}: {len(runs) + len(specs)} of {len(ordered)} configs")
+        if not runs and not specs:
             return ProbeResult(rows=(), best=None, summary="no configs in this shard", out=None, skipped=(),
                                notes=tuple(notes))
     suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
     results_file = RESULTS_FILE if shard is None else f"results{suffix}.jsonl"
     out = Path(c.out) if c.out else None
-    finished = _prepare_rundir(out, results_file, suffix, request, runs, notes)
-    skipped = tuple(r.id for r in runs if r.id in finished)
+    finished = _prepare_rundir(out, results_file, suffix, c, [*runs, *specs], notes)
+    skipped = tuple(r.id for r in [*runs, *specs] if r.id in finished)
     if skipped:
-        say(f"{len(skipped)} of {len(runs)} configs already finished in {out}; skipping them")
+        say(f"{len(skipped)} of {len(runs) + len(specs)} configs already finished in {out}; skipping them")
     pooled_dim = store.pooled_dim  # issue 15: the optional pooled output
     if any(r.tokens == "pooled" for r in runs):  # the eval split needs the pooled array as well
         for st, split in ((store, c.train_split), (eval_store, c.eval_split)):
@@ -235,7 +252,8 @@ def _probe(
     new_rows: dict[str, dict[str, Any]] = {}
     from tqdm import tqdm
 
-    bar = tqdm(total=len(groups) * protocol.total_steps, unit="step", disable=not progress, file=sys.stderr,
+    bar = tqdm(total=len(groups) * (protocol.total_steps if protocol else 0), unit="step", file=sys.stderr,
+               disable=not progress or not groups,
                desc=f"probe: {sum(map(len, groups.values()))} configs, {len(groups)} groups", leave=False)
     with bar:
         for key, group in groups.items():
@@ -245,11 +263,17 @@ def _probe(
                                     cls_index=lm.layout.cls_index, num_registers=lm.layout.num_registers,
                                     pooled_dim=pooled_dim)
             runner = GroupRunner(c, store, eval_store, data, geometry, resolve_device(c.device),
-                                 _TORCH_DTYPES[c.dtype], out, say, bar, data_batch=protocol.batch_size,
+                                 _TORCH_DTYPES[c.dtype], out, say, bar, data_batch=runs[0].settings.batch_size,
                                  threads_rule=threads_rule, results_file=results_file)
             for row in runner.run(group):
                 new_rows[row["id"]] = dict(row)
-    rows = tuple(new_rows.get(r.id) or finished[r.id] for r in runs)
+    pending = [s for s in specs if s.id not in finished]
+    if pending:  # solver heads: one pooled pass per layer, then closed form / L-BFGS per spec
+        for row in run_solver_configs(pending, store=store, eval_store=eval_store, data=solver_data,
+                                      num_classes=num_classes, device=resolve_device(c.device), out=out,
+                                      results_file=results_file, save_heads=c.save_heads, say=say):
+            new_rows[row["id"]] = row
+    rows = tuple(new_rows.get(r.id) or finished[r.id] for r in [*runs, *specs])
     best = rank(group_by_seed(rows))[0].rows[0] if len(data.holdout_rows) else None
     summary = format_summary(rows)
     if out is not None:
@@ -257,7 +281,7 @@ def _probe(
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=tuple(notes))
 
 
-def _prepare_rundir(out: Path | None, results_file: str, suffix: str, request: SweepRequest, runs: list[RunSpec],
+def _prepare_rundir(out: Path | None, results_file: str, suffix: str, config: ProbeConfig, runs: list[Any],
                     notes: list[str]) -> dict[str, dict[str, Any]]:
     """Create the run directory and return the rows of configs already finished in it (any shard)."""
     finished: dict[str, dict[str, Any]] = {}
@@ -273,8 +297,8 @@ def _prepare_rundir(out: Path | None, results_file: str, suffix: str, request: S
     write_json(
         out / f"config{suffix}.json",
         {
-            "config": request.config.to_json(),
-            "settings": runs[0].settings.to_json(),
+            "config": config.to_json(),
+            "settings": runs[0].settings.to_json(),  # trained runs first, else the first solver spec
             "runs": [{"id": r.id, "name": r.name, **r.hyperparameters()} for r in runs],
             "notes": notes,
         },
@@ -282,11 +306,15 @@ def _prepare_rundir(out: Path | None, results_file: str, suffix: str, request: S
     return finished
 
 
-def _plan_line(runs: list[RunSpec], layers: list[int], data: RunData, p: Protocol) -> str:
-    heads = len({(r.head.name, r.tokens) for r in runs})
+def _plan_line(runs: list[RunSpec], specs: list[Any], layers: list[int], data: RunData, p: Protocol | None) -> str:
     hold = f"holdout {len(data.holdout_rows)}" if len(data.holdout_rows) else "no holdout"
-    return (
-        f"plan: {_n(len(runs), 'config')} ({_n(heads, 'head')} x {_n(len({r.lr for r in runs}), 'lr')}"
+    solvers = f"{_n(len(specs), 'solver config')} ({', '.join(sorted({s.kind for s in specs}))})" if specs else ""
+    if p is None:
+        return (f"plan: {solvers} on {_n(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / "
+                f"eval {len(data.eval_rows)}")
+    heads = len({(r.head.name, r.tokens) for r in runs})
+    return (("plan: " + solvers + " and " if solvers else "plan: ") +
+        f"{_n(len(runs), 'config')} ({_n(heads, 'head')} x {_n(len({r.lr for r in runs}), 'lr')}"
         f"{f' x {len(set(r.wd for r in runs))} wd' if len({r.wd for r in runs}) > 1 else ''}) on "
         f"{_n(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
         f"recipe {p.recipe}: batch {p.batch_size}, {p.epochs} epochs x {p.steps_per_epoch} steps = {p.total_steps} "

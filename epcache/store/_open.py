@@ -7,10 +7,9 @@ from os import PathLike
 from pathlib import Path
 from typing import Literal
 
-from epcache.errors import ConfigError, CorruptStoreError
+from epcache.errors import ConfigError
 from epcache.store._base import FeatureStore
 from epcache.store._hdf5 import HDF5FeatureStore
-from epcache.store._lock import StoreLockedError, read_store_lock
 from epcache.store._meta import StoreMeta
 from epcache.store._zarr import ZarrFeatureStore
 
@@ -71,23 +70,6 @@ def create_store(
     return ZarrFeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
 
 
-def _refuse_while_written(location: str) -> None:
-    """An HDF5 file that a writer holds open cannot be opened by anyone else (HDF5 file locking): say
-    who writes it instead of calling the file damaged.
-
-    Raises:
-        StoreLockedError: a writer's lock names its process (when there is one).
-    """
-    holder = read_store_lock(location)
-    if holder is None:
-        return
-    raise StoreLockedError(
-        f"{location} is being written by {holder.describe()}; an HDF5 store cannot be read while another "
-        "process writes it. Wait for that writer to finish, or extract to zarr, whose stores can be read "
-        "during an append"
-    )
-
-
 def open_store(
     location: str | PathLike[str], mode: Literal["r", "a"] = "r", *, verify_reads: bool = False
 ) -> FeatureStore:
@@ -107,11 +89,6 @@ def open_store(
         raise ConfigError(f"mode must be 'r' or 'a', got {mode!r}")
     loc = str(location)
     cls = HDF5FeatureStore if detect_format(loc) == "h5" else ZarrFeatureStore
-    try:
-        store = cls.open(loc, read_only=mode == "r")
-    except CorruptStoreError:
-        if cls is HDF5FeatureStore:
-            _refuse_while_written(loc)
-        raise
+    store = cls.open(loc, read_only=mode == "r")  # an HDF5 file a writer holds open: the writer is named (_hdf5.py)
     store.verify_reads = verify_reads
     return store

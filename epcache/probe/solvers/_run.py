@@ -1,0 +1,262 @@
+"""Dispatcher: the solver part of ``epcache probe``, from pooled views to results rows.
+
+:func:`plan_solvers` splits a :class:`ProbeConfig` into its trained part (handed to the fused
+trainer unchanged) and the solver specs; :func:`run_solver_configs` pools each needed layer
+once (one streamed pass, cached in ``RUNDIR/pooled``), fits every solver spec of that layer on
+the pooled rows, and writes one results row per spec in the trained heads' row format (so the
+summary, the selection rule and the report read both), plus the fitted state as safetensors
+(k-NN saves nothing but the config in its row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from epcache.errors import ConfigError
+from epcache.probe.results import RESULT_SCHEMA, RESULTS_FILE, append_result, save_head
+from epcache.probe.solvers._fewshot import fewshot_rows
+from epcache.probe.solvers._fit import SolverInputs, fit_solver
+from epcache.probe.solvers._ncm import NcmModel
+from epcache.probe.solvers._pooled import PooledCache
+from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
+from epcache.store import FeatureStore, StoreMeta
+
+__all__ = ["RowData", "check_solver_inputs", "load_solver_head", "plan_solvers", "run_solver_configs"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class RowData(Protocol):
+    """Which stored rows play which role (``run._Data`` has these fields)."""
+
+    train_labels: np.ndarray
+    eval_labels: np.ndarray
+    train_rows: np.ndarray  # train split rows outside the holdout (no few-shot subset applied)
+    holdout_rows: np.ndarray
+    eval_rows: np.ndarray
+    excluded_train: int
+    excluded_eval: int
+
+
+def plan_solvers(
+    config: Any, meta: StoreMeta, *, layers: Sequence[int], store_provenance: str, eval_provenance: str
+) -> tuple[Any | None, list[SolverSpec]]:
+    """``(config of the trained heads or None, solver specs)`` of a ``ProbeConfig``.
+
+    The trained part keeps every option as given, with a single ``shots`` value; several shot
+    counts or tries apply to solver heads only (the trained heads' few-shot loop is not wired yet).
+    ``layers`` are the config's layers resolved against the store by the caller (absolute indices).
+
+    Raises:
+        ConfigError: problems of the solver part, or a few-shot request trained heads cannot take.
+    """
+    trained, solvers = split_heads(config.head)
+    shots = _shots(config.shots)
+    tries = int(getattr(config, "tries", 1))
+    trained_config = None
+    if trained:
+        if len(shots) > 1 or tries > 1:
+            raise ConfigError(
+                f"--shots {','.join(map(str, shots))} --tries {tries}: several shot counts or tries run for solver "
+                f"heads (knn, ridge, logreg, ncm) only; trained heads ({', '.join(trained)}) take one --shots value. "
+                "Run the trained heads in a separate sweep per shot count"
+            )
+        trained_config = dataclasses.replace(config, head=trained, shots=shots[0] if shots else None)
+    if not solvers:
+        return trained_config, []
+    settings = SolverSettings(
+        data_seed=config.data_seed, holdout=float(config.holdout), fraction=config.fraction, dtype=config.dtype,
+        train_split=config.train_split, eval_split=config.eval_split, store_provenance=store_provenance,
+        eval_provenance=eval_provenance,
+    )
+    specs = expand_solver_specs(
+        solvers, layers=layers, tokens=config.tokens,
+        has_cls=meta.layout.cls_index is not None, shots=shots, tries=tries, k=config.k,
+        temperature=config.temperature, c_preset=config.c_preset, settings=settings,
+    )
+    return trained_config, specs
+
+
+def check_solver_inputs(specs: Sequence[SolverSpec], data: RowData, num_classes: int) -> None:
+    """Problems that only the resolved rows reveal, raised before anything is pooled or trained.
+
+    Raises:
+        ConfigError: fewer than 2 classes, or a k-NN k larger than its smallest bank (the fit
+            rows that score the holdout, or a few-shot draw), all problems in one message.
+    """
+    if not specs:
+        return
+    present = np.unique(data.train_labels[data.train_rows])
+    if num_classes < 2 or len(present) < 2:
+        raise ConfigError(
+            f"the train split has {len(present)} class(es) with samples ({num_classes} listed); solver heads "
+            "(knn, ridge, logreg, ncm) need at least 2. Extract a split with several classes"
+        )
+    problems = []
+    for spec in specs:
+        if spec.kind != "knn":
+            continue
+        bank = len(data.train_rows)
+        if spec.shots is not None:
+            bank = len(fewshot_rows(data.train_labels, data.train_rows, shots=spec.shots, try_index=spec.try_index,
+                                    seed=spec.settings.data_seed))
+        k = max(spec.option("k"))
+        if k > bank:
+            problems.append(f"{spec.name}: k={k} is larger than the bank ({bank} training samples); "
+                            f"use --k values <= {bank}")
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))
+
+
+def run_solver_configs(
+    specs: Sequence[SolverSpec],
+    *,
+    store: FeatureStore,
+    eval_store: FeatureStore,
+    data: RowData,
+    num_classes: int,
+    device: torch.device,
+    out: Path | None,
+    results_file: str = RESULTS_FILE,
+    save_heads: bool = True,
+    say: Callable[[str], None] = lambda msg: None,
+) -> list[dict[str, Any]]:
+    """Fit and score every spec; one results row each (appended to ``out/results_file`` as it finishes).
+
+    Raises:
+        NonFiniteFeaturesError: a pooled row is inf/nan (names layer and rows).
+        ConfigError: a class-less fit set, k larger than the bank.
+    """
+    if num_classes < 2:
+        raise ConfigError(f"the store lists {num_classes} class; solver heads need at least 2 classes")
+    cache = PooledCache(out / "pooled" if out is not None else None)
+    by_layer: dict[int, list[SolverSpec]] = defaultdict(list)
+    for s in specs:
+        by_layer[s.layer].append(s)
+    rows: list[dict[str, Any]] = []
+    train_all = np.union1d(data.train_rows, data.holdout_rows)
+    for layer, group in by_layer.items():
+        st = group[0].settings
+        t0 = time.perf_counter()
+        train_view = cache.get(store, st.train_split, layer, train_all)
+        eval_view = cache.get(eval_store, st.eval_split, layer, data.eval_rows)
+        pool_seconds = time.perf_counter() - t0
+        say(f"layer {layer}: pooled {len(train_all)} train + {len(data.eval_rows)} eval rows in {pool_seconds:.1f} s; "
+            f"{len(group)} solver config(s)")
+        dtype = _DTYPES[st.dtype]
+
+        def tensor(view: Any, rows: np.ndarray, tokens: str, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+            x = torch.from_numpy(view.subset(rows).features(tokens)).to(device=device, dtype=dtype)  # noqa: B023
+            return x, torch.from_numpy(labels[rows]).to(device)
+
+        for spec in group:
+            t1 = time.perf_counter()
+            fit = data.train_rows
+            if spec.shots is not None:
+                fit = fewshot_rows(data.train_labels, data.train_rows, shots=spec.shots, try_index=spec.try_index,
+                                   seed=st.data_seed)
+            fit_x, fit_y = tensor(train_view, fit, spec.tokens, data.train_labels)
+            hold_x = hold_y = None
+            if len(data.holdout_rows):
+                hold_x, hold_y = tensor(train_view, data.holdout_rows, spec.tokens, data.train_labels)
+            eval_x, eval_y = tensor(eval_view, data.eval_rows, spec.tokens, data.eval_labels)
+            inputs = SolverInputs(fit_x, fit_y, hold_x, hold_y, eval_x, eval_y, num_classes,
+                                  refit_with_holdout=spec.shots is None)
+            outcome = fit_solver(spec, inputs)
+            if "warning" in outcome.details:
+                say(f"warning: {spec.name}: {outcome.details['warning']}")
+            head_file = None
+            if out is not None and save_heads and outcome.state is not None:
+                head_file = f"heads/{spec.id}.safetensors"
+                (out / "heads").mkdir(parents=True, exist_ok=True)
+                save_head(out / head_file, outcome.state, _head_meta(spec, store, num_classes, fit_x.shape[1]))
+            row = {
+                "schema": RESULT_SCHEMA,
+                "id": spec.id,
+                "name": spec.name,
+                "config": {**spec.hyperparameters(),
+                           **{k: v for k, v in st.to_json().items() if "provenance" not in k}},
+                "store": _store_info(store),
+                "eval_store": _store_info(eval_store),
+                "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": len(data.holdout_rows),
+                         "num_eval": len(data.eval_rows), "num_refit": int(inputs.refit_y.shape[0]),
+                         "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval},
+                "params": int(outcome.params),
+                "flops": int(outcome.flops),
+                "selected_epoch": 0,
+                "metrics": {"holdout": None if outcome.holdout is None else outcome.holdout.to_json(),
+                            "eval": outcome.eval.to_json()},
+                "oracle": {"epoch": 0, "eval_top1": outcome.oracle_eval_top1},
+                "final": {"epoch": 0, "eval_top1": outcome.eval.top1},
+                "curves": {"train_loss": [], "holdout_top1": outcome.holdout_curve, "eval_top1": [outcome.eval.top1]},
+                "diverged": False,
+                "head_file": head_file,
+                "timing": {"seconds": time.perf_counter() - t1, "pool_seconds": pool_seconds, "device": str(device)},
+                "solver": outcome.details,
+                "features": {"layer": spec.layer, "pooling": spec.tokens, "final_norm": store.meta.final_norm,
+                             "dtype": st.dtype},  # the representation: what k-NN and probes depend on most
+            }
+            if out is not None:
+                append_result(out / results_file, row)
+            rows.append(row)
+        cache.release()  # the next layer's views replace these (IN-1k: ~4 GB per pooled view)
+    return rows
+
+
+def load_solver_head(path: str | Path, *, device: str = "cpu") -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
+    """A saved ridge / logreg / ncm head as ``logits(pooled features (n, D)) -> (n, C)`` and its metadata."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from epcache.probe.results import HEAD_META_KEY
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})[HEAD_META_KEY])
+    state = load_file(str(path), device=device)
+    if meta["kind"] == "ncm":
+        C = state["centroids"].shape[0]
+        model = NcmModel(state["centre"], state["centroids"], torch.ones(C, dtype=torch.bool, device=device))
+        return model.scores, meta
+    weight, bias = state["weight"], state["bias"]
+    return (lambda x: torch.addmm(bias, x.to(weight.dtype), weight.T)), meta
+
+
+def _head_meta(spec: SolverSpec, store: FeatureStore, num_classes: int, in_dim: int) -> dict[str, Any]:
+    return {
+        "kind": spec.kind,
+        "solver": True,
+        "id": spec.id,
+        "name": spec.name,
+        "layer": spec.layer,
+        "tokens": spec.tokens,
+        "in_dim": in_dim,
+        "num_classes": num_classes,
+        "store_provenance": store.provenance,
+        "backbone": store.meta.backbone.name,
+        "classes": list(store.split(spec.settings.train_split).classes),
+        "input": "pooled features in raw store coordinates (CLS / GAP of the patch tokens, float32)",
+    }
+
+
+def _shots(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def _store_info(store: FeatureStore) -> dict[str, Any]:
+    return {"path": store.location, "provenance": store.provenance, "backbone": store.meta.backbone.name}

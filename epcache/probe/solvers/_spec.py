@@ -1,0 +1,265 @@
+"""Solver configs of a sweep: which heads are solvers, their options, and one ``SolverSpec`` per row.
+
+``--head knn,ridge,logreg,ncm,linear,ep`` names solver heads and trained heads in one list;
+:func:`split_heads` separates them (by kind name, options in parentheses as for trained heads:
+``knn(k=[10,20],T=[0.07],select='holdout')``), and :func:`expand_solver_specs` turns the solver
+part into specs: head x layer x tokens (cls / gap / cls+gap) x shots x try. Every spec has a
+canonical ``name`` that prints back as a head spec and a stable ``id`` (a hash of everything
+that changes its numbers, store provenance included), like a trained config's, so results rows
+of both kinds share one results.jsonl and one skip-if-finished rule.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from epcache.errors import ConfigError
+from epcache.probe.solvers._fewshot import check_fewshot
+from epcache.probe.solvers._knn import check_knn_options
+from epcache.probe.solvers._logreg import C_PRESETS, c_grid
+from epcache.probe.solvers._pooled import POOLINGS
+from epcache.probe.solvers._ridge import RIDGE_GRIDS
+
+__all__ = [
+    "FIXED_KNN_PAIR",
+    "SOLVER_KINDS",
+    "SolverSettings",
+    "SolverSpec",
+    "expand_solver_specs",
+    "parse_head",
+    "split_heads",
+]
+
+SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")
+FIXED_KNN_PAIR = (20, 0.07)  # DINO's default: the headline k-NN number unless select='holdout'
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "knn": ("k", "T", "select", "metric", "weighting"),
+    "ridge": ("grid",),
+    "logreg": ("C", "max_iter", "tol"),
+    "ncm": (),
+}
+_HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+_QUIET_DEFAULTS: dict[str, Any] = {"select": "fixed", "metric": "cosine", "weighting": "softmax", "max_iter": 1000,
+                                   "tol": 1e-6}  # left out of names (still in the id and the row's config)
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Settings shared by every solver spec of a sweep; part of each id."""
+
+    data_seed: int
+    holdout: float
+    fraction: float | None
+    dtype: str
+    train_split: str
+    eval_split: str
+    store_provenance: str
+    eval_provenance: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """One solver row: a solver head with resolved options, on one pooled input, one few-shot draw."""
+
+    kind: str  # knn | ridge | logreg | ncm
+    options: tuple[tuple[str, Any], ...]  # resolved, sorted by name
+    layer: int
+    tokens: str  # cls | gap | cls+gap
+    shots: int | None  # per-class training samples (few-shot protocol), None: all train
+    try_index: int  # few-shot draw; printed as seed= so tries aggregate like seeds (mean ± std)
+    settings: SolverSettings
+    id: str = field(init=False)
+    name: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        name = f"{self.head_name} layer={self.layer} tokens={self.tokens}"
+        if self.shots is not None:
+            name += f" shots={self.shots}"
+        object.__setattr__(self, "name", f"{name} seed={self.try_index}")
+        doc = {**self.hyperparameters(), "settings": self.settings.to_json()}
+        digest = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        object.__setattr__(self, "id", digest[:16])
+
+    @property
+    def head_name(self) -> str:
+        """``kind(opt=value,...)``: a valid ``--head`` entry."""
+        shown = [(k, v) for k, v in self.options if _QUIET_DEFAULTS.get(k, object()) != v]
+        if not shown:
+            return self.kind
+        return f"{self.kind}({','.join(f'{k}={_literal(v)}' for k, v in shown)})"
+
+    def option(self, name: str) -> Any:
+        return dict(self.options)[name]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """This spec's own settings as JSON (the ``config`` of its results row)."""
+        return {
+            "head": self.head_name,
+            "kind": self.kind,
+            "head_options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.options},
+            "layer": self.layer,
+            "tokens": self.tokens,
+            "shots": self.shots,
+            "try": self.try_index,
+            "seed": self.try_index,
+            "solver": True,
+        }
+
+
+def split_heads(heads: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(trained heads, solver heads)`` of a ``--head`` list, each in the given order (trained ones unparsed)."""
+    trained, solvers = [], []
+    for text in heads:
+        m = _HEAD_RE.match(text)
+        kind = m.group(1) if m else text
+        (solvers if kind in SOLVER_KINDS else trained).append(text)
+    return tuple(trained), tuple(solvers)
+
+
+def expand_solver_specs(
+    heads: Sequence[str],
+    *,
+    layers: Sequence[int],
+    tokens: Sequence[str],
+    has_cls: bool,
+    shots: Sequence[int],
+    tries: int,
+    k: Sequence[int],
+    temperature: Sequence[float],
+    c_preset: str,
+    settings: SolverSettings,
+) -> list[SolverSpec]:
+    """Solver specs in sweep order (head, layer, tokens, shots, try), without duplicates.
+
+    Raises:
+        ConfigError: every problem of the solver part of the sweep, in one message.
+    """
+    errors = check_fewshot(shots, tries)
+    unknown = [t for t in tokens if t not in (*POOLINGS, "patch", "all")]  # patch/all: for the trained heads
+    if unknown:
+        errors.append(f"unknown tokens {unknown}; solver heads read {', '.join(POOLINGS)}")
+    chosen = [t for t in tokens if t in POOLINGS] or (["cls"] if has_cls else ["gap"])
+    if not has_cls and any("cls" in t for t in chosen):
+        errors.append("this store's backbone has no CLS token; solver heads can read tokens gap")
+    defaults = {"knn": {"k": tuple(k), "T": tuple(float(t) for t in temperature), "select": "fixed",
+                        "metric": "cosine", "weighting": "softmax"},
+                "ridge": {"grid": "scaled"},
+                "logreg": {"C": c_preset, "max_iter": 1000, "tol": 1e-6},
+                "ncm": {}}
+    specs: dict[str, SolverSpec] = {}
+    for text in heads:
+        try:
+            kind, explicit = parse_head(text)
+        except ConfigError as e:
+            errors.append(str(e))
+            continue
+        unknown = sorted(set(explicit) - set(_OPTIONS[kind]))
+        if unknown:
+            errors.append(f"{text}: unknown option(s) {unknown}; {kind} takes {', '.join(_OPTIONS[kind]) or 'none'}")
+            continue
+        options = {**defaults[kind], **explicit}
+        problem = _check_options(kind, options, settings.holdout)
+        if problem:
+            errors.append(f"{text}: {problem}")
+            continue
+        resolved = tuple(sorted((n, _freeze(v)) for n, v in options.items()))
+        for layer in layers:
+            for tok in chosen:
+                for n_shots in shots or [None]:
+                    for t in range(tries):
+                        spec = SolverSpec(kind, resolved, layer, tok, n_shots, t, settings)
+                        specs.setdefault(spec.id, spec)
+    if errors:
+        unique = list(dict.fromkeys(errors))
+        raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))
+    return list(specs.values())
+
+
+def parse_head(text: str) -> tuple[str, dict[str, Any]]:
+    """``"knn(k=[10,20],select='holdout')"`` -> ``("knn", {"k": [10, 20], "select": "holdout"})``.
+
+    Options are Python literals read with ``ast.literal_eval`` (never ``eval``), as for trained heads.
+
+    Raises:
+        ConfigError: the text is not ``kind`` or ``kind(name=literal, ...)``.
+    """
+    m = _HEAD_RE.match(text)
+    if m is None:
+        raise ConfigError(f"cannot parse head {text!r}; expected e.g. 'knn' or \"knn(k=[10,20])\"")
+    kind, args = m.group(1), (m.group(2) or "").strip()
+    if not args:
+        return kind, {}
+    try:
+        call = ast.parse(f"f({args})", mode="eval").body
+        if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
+            raise ValueError("options must be given as name=value")
+        return kind, {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ConfigError(f"cannot parse head {text!r}: {e}") from None
+
+
+def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
+    try:
+        if kind == "knn":
+            ks = _as_list(o["k"], int, "k")
+            ts = _as_list(o["T"], float, "T")
+            check_knn_options(ks, ts, o["metric"], o["weighting"])
+            if o["select"] not in ("fixed", "holdout"):
+                return f"select must be 'fixed' (k=20, T=0.07) or 'holdout', got {o['select']!r}"
+            if o["select"] == "fixed" and (FIXED_KNN_PAIR[0] not in ks or FIXED_KNN_PAIR[1] not in ts):
+                return ("the fixed headline rule reads k=20, T=0.07, which the grid lacks; add them "
+                        "(--k ...,20 --temperature ...,0.07) or use knn(select='holdout')")
+            if o["select"] == "holdout" and holdout <= 0:
+                return "select='holdout' needs --holdout > 0"
+            o["k"], o["T"] = tuple(sorted(set(ks))), tuple(dict.fromkeys(ts))
+        elif kind == "ridge":
+            g = o["grid"]
+            if isinstance(g, str) and g not in RIDGE_GRIDS:
+                return f"unknown ridge grid {g!r}; choose {', '.join(RIDGE_GRIDS)} or give a list of lambdas"
+            if not isinstance(g, str):
+                lams = _as_list(g, float, "grid")
+                if not lams or any(not v > 0 for v in lams):
+                    return f"ridge lambdas must be > 0, got {lams}"
+                o["grid"] = tuple(sorted(set(lams)))
+            if holdout <= 0 and (g == "scaled" or (not isinstance(g, str) and len(o["grid"]) > 1)):
+                return "choosing lambda needs a holdout: use --holdout > 0 or ridge(grid='bigvision') (one lambda)"
+        elif kind == "logreg":
+            if isinstance(o["C"], str) and o["C"] not in C_PRESETS:
+                return f"unknown C preset {o['C']!r}; choose {', '.join(C_PRESETS)} or give C values"
+            Cs = c_grid(o["C"] if isinstance(o["C"], str) else _as_list(o["C"], float, "C"))
+            if not isinstance(o["C"], str):
+                o["C"] = Cs
+            if holdout <= 0 and len(Cs) > 1:
+                return "choosing C needs a holdout: use --holdout > 0 or a single C, e.g. logreg(C=[1.0])"
+            if int(o["max_iter"]) < 1 or not float(o["tol"]) > 0:
+                return f"max_iter must be >= 1 and tol > 0, got {o['max_iter']}, {o['tol']}"
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def _as_list(v: Any, kind: type, name: str) -> list[Any]:
+    values = list(v) if isinstance(v, list | tuple) else [v]
+    try:
+        return [kind(x) for x in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} takes {kind.__name__} values, got {v!r}") from None
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _literal(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "[" + ",".join(_literal(x) for x in v) + "]"
+    return repr(v)
