@@ -28,7 +28,7 @@ def seed_group_key(row: dict[str, Any]) -> str:
     key = row.get("seed_group")
     if key:
         return str(key)
-    config = {k: v for k, v in row.get("config", {}).items() if k != "seed"}
+    config = {k: v for k, v in row.get("config", {}).items() if k not in ("seed", "try")}  # seeds, few-shot draws
     store = row.get("store", {}).get("provenance")
     doc = {"config": config, "store": store, "name": row["name"].rsplit(" seed=", 1)[0]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -49,6 +49,9 @@ def variant_label(kind: str, options: Mapping[str, Any], tokens: str) -> str:
 
 def short_label(config: Mapping[str, Any], *, seed: bool = False) -> str:
     """A results row's config in a few words: ``ep q16 L2 lr=0.01`` (optimizer and wd only if not default)."""
+    if config.get("solver"):  # k-NN, ridge, logreg, ncm: no lr; the pooled input and the shots say it
+        label = f"{config['kind']}[{config.get('tokens', '')}] L{config['layer']}"
+        return label + (f" {config['shots']}-shot" if config.get("shots") else "")
     label = variant_label(config["kind"], config.get("head_options") or {}, str(config.get("tokens", "")))
     label += f" L{config['layer']} lr={float(config['lr']):.3g}"
     if float(config.get("wd") or 0) != 0:

@@ -75,7 +75,7 @@ def params_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
     where it came from (layer and lr), so a reader can find it in report.md.
     """
     plt = require_matplotlib()
-    best = best_by(groups, lambda g: g.variant)
+    best = best_by([g for g in groups if g.params > 0], lambda g: g.variant)  # k-NN learns no parameters
     fig, ax = _figure(plt)
     texts: list[tuple[float, float, str]] = []
     for kind in kind_order(g.kind for g in best.values()):
@@ -85,7 +85,7 @@ def params_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
             ax.errorbar(g.params, 100 * m, yerr=100 * s if g.seeds > 1 else None, fmt=MARKERS.get(kind, "o"),
                         markersize=11 if kind == "ep" else 8, color=_color(kind), capsize=3,
                         label=kind if i == 0 else None, clip_on=False, zorder=3)
-            texts.append((g.params, 100 * m, f"{_variant(g)}\nL{g.layer}, lr {g.rows[0]['config']['lr']:.2g}"))
+            texts.append((g.params, 100 * m, f"{_variant(g)}\nL{g.layer}{_lr(g.rows[0]['config'])}"))
     ax.set_xscale("log")
     xs = [t[0] for t in texts]
     ax.set_xlim(min(xs) / 2.5, max(xs) * 2.5)  # room for labels on both sides
@@ -141,7 +141,7 @@ def curves_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
         row = g.rows[0]
         curves = row["curves"]
         epochs = list(range(1, len(curves["eval_top1"]) + 1))
-        label = f"{_variant(g)}\nL{g.layer}, lr {row['config']['lr']:.2g}"
+        label = f"{_variant(g)}\nL{g.layer}{_lr(row['config'])}"
         ev = [None if v is None else 100 * v for v in curves["eval_top1"]]  # None: eval scored only at the end
         ys += [v for v in ev if v is not None]
         ax.plot(epochs, ev, color=_color(kind), label=label)
@@ -207,3 +207,8 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def _lr(config: dict[str, Any]) -> str:
+    """", lr 0.01" for trained heads; solver heads (k-NN, ridge, logreg, ncm) have none."""
+    return f", lr {float(config['lr']):.2g}" if "lr" in config else ""

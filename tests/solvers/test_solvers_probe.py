@@ -61,7 +61,7 @@ def test_solver_and_trained_heads_share_one_sweep(store: Path, tmp_path: Path) -
     assert again.exit_code == 0 and len(_rows(out)) == 5  # finished solver configs are skipped too
     rep = runner.invoke(app, ["report", str(out)])  # the report reads solver rows beside trained ones
     assert rep.exit_code == 0, rep.output
-    assert "| `ncm layer=0 tokens=gap` | ncm |" in (out / "report" / "report.md").read_text()
+    assert "| ncm[gap] L0 |" in (out / "report" / "report.md").read_text()
 
 
 def test_fewshot_tries_give_mean_and_std(store: Path, tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_fewshot_tries_give_mean_and_std(store: Path, tmp_path: Path) -> None:
         assert row["data"]["num_refit"] == row["data"]["num_train"]  # the holdout only selects
     ncm = [row for row in rows if row["config"]["kind"] == "ncm" and row["config"]["shots"] == 5]
     assert {row["config"]["try"] for row in ncm} == {0, 1}
-    assert "seeds (mean ± std)" in r.output and "shots=5" in r.output
+    assert "seeds (mean ± std)" in r.output and "5-shot" in r.output
 
 
 @pytest.mark.parametrize(
