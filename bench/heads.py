@@ -1,4 +1,4 @@
-"""Training-step cost of EP pooling-first vs EP reference order vs generic MHCA, on CPU.
+"""Training-step cost of EP pooling-first vs EP reference order vs generic MHCA vs MP vs linear, on CPU.
 
 Command (from the repository root):
 
@@ -31,6 +31,16 @@ Expected result (``--threads 1``, dev box, 2026-11-22, load average ~4 from othe
 i.e. pooling first is roughly an order of magnitude cheaper per training step than the
 reference order (whose N·D·D value projection dominates, EP_SPEC §1.5), and generic MHCA
 (K and V projections over all tokens) costs about twice the reference EP order.
+
+MP (issue 15; input CLS + 196 patches) and the linear probe on CLS were added on 2026-11-27
+(``--threads 1``, load average 6.6-8 from other jobs; two runs):
+
+    mp (4x128, hidden 512)        0.1815          21.0   (21.4 in the other run)
+    linear (CLS)                  0.0015           0.124 (0.184)
+    MP: mp/ep32 pool_first = 7.0x (8.0x), mp/linear = 170x (116x)
+
+MP's 768->512 projection of every patch token (154 of its 181.5 MFLOP, PROBE_FAMILIES §1.4) makes
+it cost about as much as EP in the reference order: one MP config costs ~7 EP_32 configs.
 """
 
 from __future__ import annotations
@@ -72,15 +82,20 @@ def main() -> None:
     torch.manual_seed(0)
     tokens = torch.randn(BATCH, TOKENS, DIM)
     labels = torch.randint(0, CLASSES, (BATCH,))
+    with_cls = torch.cat([torch.randn(BATCH, 1, DIM), tokens], dim=1)  # MP and linear read CLS + patches
     heads = {"mhca": create_head("mhca", in_dim=DIM, num_classes=CLASSES).train()}
     heads |= {f"ep{m}": create_head("ep", in_dim=DIM, num_classes=CLASSES, queries=m).train() for m in QUERIES}
+    heads["mp"] = create_head("mp", in_dim=DIM, num_classes=CLASSES, num_prefix=1).train()
+    heads["linear"] = create_head("linear", in_dim=DIM, num_classes=CLASSES, num_prefix=1).train()
     configs = [("mhca", None)] + [(f"ep{m}", order) for m in QUERIES for order in ("pool_first", "reference")]
+    configs += [("mp", None), ("linear", None)]
 
     # Interleaved rounds: a burst of load from elsewhere on the machine hits every configuration.
     times: dict[tuple[str, str | None], list[float]] = {c: [] for c in configs}
     for r in range(WARMUP + args.repeats):
         for name, order in configs:
-            elapsed = one_step(heads[name], order, tokens, labels)
+            x = with_cls if name in ("mp", "linear") else tokens
+            elapsed = one_step(heads[name], order, x, labels)
             if r >= WARMUP:
                 times[(name, order)].append(elapsed)
     ms = {c: statistics.median(t) / BATCH * 1e3 for c, t in times.items()}
@@ -98,6 +113,11 @@ def main() -> None:
             probe.pooling.order = order
             gflop = _flops(probe) / 1e9
             print(f"{f'ep M={m} {order}':<22} {gflop:>13.4f} {ms[(f'ep{m}', order)]:>15.3f}")
+    for name, label in (("mp", "mp (4x128, hidden 512)"), ("linear", "linear (CLS)")):
+        gflop = head_cost(name, dim=DIM, num_classes=CLASSES, num_tokens=TOKENS).flops / 1e9
+        print(f"{label:<22} {gflop:>13.4f} {ms[(name, None)]:>15.3f}")
+    mp, ep32, linear = ms[("mp", None)], ms[("ep32", "pool_first")], ms[("linear", None)]
+    print(f"MP: mp/ep32 pool_first = {mp / ep32:.1f}x, mp/linear = {mp / linear:.1f}x")
     for m in QUERIES:
         fast = ms[(f"ep{m}", "pool_first")]
         print(

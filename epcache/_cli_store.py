@@ -125,6 +125,9 @@ def extract(
     allow_duplicate: Annotated[
         bool, typer.Option(help="Extract even if a complete store with the same provenance sits beside --out.")
     ] = False,
+    pooled: Annotated[
+        bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
+    ] = False,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import ExtractConfig
@@ -139,7 +142,7 @@ def extract(
             device=device, amp=amp, seed=seed,
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
-            break_lock=break_lock, allow_duplicate=allow_duplicate,
+            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
         )
         result = run_extract(cfg, progress=progress)
     typer.echo(result.format_text())

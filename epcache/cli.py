@@ -112,10 +112,16 @@ def probe(
         str,
         typer.Option(metavar="SPEC", help="Blocks: all, last, -1, a slice like -4: or a list like 8,9,10,11."),
     ] = "last",
+    layer_mix: Annotated[
+        str,
+        typer.Option(metavar="MIX,...", help="How --layers feed a head, comma list: none (one config per layer), "
+                     "concat, mean, tokens (all --layers as one input)."),
+    ] = "none",
     tokens: Annotated[
         str | None,
-        typer.Option(metavar="KINDS", help="Token kind each head reads, comma list: cls, gap, cls+gap (linear); "
-                     "patch, all (attentive).", show_default="cls (linear), patch (attentive)"),
+        typer.Option(metavar="KINDS", help="Token kind each head reads, comma list: cls, gap, cls+gap, pooled "
+                     "(linear); patch, all, registers, patch+registers (attentive; mp: all, patch).",
+                     show_default="cls (linear), patch (attentive), all (mp)"),
     ] = None,
     recipe: Annotated[
         str,
@@ -234,7 +240,7 @@ def probe(
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
             device=device, in_memory=in_memory, eval_curve=eval_curve, allow_incomplete=allow_incomplete,
             data_seed=data_seed,
-            shard=shard, trust_store=trust_store,
+            shard=shard, trust_store=trust_store, layer_mix=parse_list(layer_mix, str),
         )
         result = run_probe(cfg, progress=progress)
     if not progress:  # with progress the library printed the plan and notes as it went
@@ -342,6 +348,11 @@ def heads(
         rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),
                            d_out=_ints(d_out, "--d-out"))
     typer.echo(format_heads_table(rows))
+    mp = next((r for r in rows if r.kind == "mp"), None)
+    if mp is not None:  # PROBE_FAMILIES §1.3: published MP counts leave out the projection
+        proj = 512 * dim + 512
+        typer.echo(f"note: mp's {mp.params:,} include its {dim}->512 projection ({proj:,});\n"
+                   f"      the MP paper counts without it ({(mp.params - proj) / 1e6:.2f} M here, 3.65 M at ViT-B)")
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:

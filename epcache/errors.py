@@ -17,6 +17,7 @@ __all__ = [
     "HeadSpecError",
     "IncompleteStoreError",
     "LayoutVersionError",
+    "MissingPooledError",
     "ModelError",
     "NonFiniteFeaturesError",
     "ProvenanceMismatchError",
@@ -114,3 +115,10 @@ class ConfigError(EpcacheError, ValueError):
 
 class HeadSpecError(ConfigError):
     """Invalid probe head specification."""
+
+
+class MissingPooledError(EpcacheError, KeyError):
+    """A config asks for the model's pooled output but the store was extracted without it (issue 15)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -13,6 +13,7 @@ from epcache.extract._config import ExtractConfig
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._loader import ViewDataset, make_loader
 from epcache.extract._plan import Prepared
+from epcache.extract._pooled import POOLED_KEY
 from epcache.extract._sources import SplitSource
 from epcache.store import FeatureStore, from_torch
 from epcache.store._oserror import require_free_space
@@ -101,8 +102,15 @@ def _run_batches(
         x = batch.images.to(cfg.device, non_blocking=True).flatten(0, 1)  # (B*V, 3, H, W)
         with torch.inference_mode(), _autocast(cfg):
             outs = extractor(x)
+        pooled = None
+        if isinstance(outs, tuple):  # --pooled: (layers, the model's pooled output), issue 15
+            outs, pooled = outs
         if acc is None:
             acc = {layer: np.empty((length, V, *g.layer_shape(layer)), np_dtype) for layer in g.layers}
+            if pooled is not None:
+                acc[POOLED_KEY] = np.empty((length, V, pooled.shape[-1]), np_dtype)
+        if pooled is not None:
+            acc[POOLED_KEY][off : off + n] = from_torch(pooled.to(torch_dtype).reshape(n, V, -1).cpu())
         for layer, t in zip(g.layers, outs, strict=True):
             t = t.to(torch_dtype)
             if not bool(torch.isfinite(t).all()):

@@ -65,6 +65,7 @@ class ExtractConfig:
     max_pending_blocks: int = doc(2, doc="writer queue bound: blocks in flight to the disk")
     break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/_lock.py)")
     allow_duplicate: bool = doc(False, doc="extract even if a complete store with this provenance sits beside `out`")
+    pooled: bool = doc(False, doc="also store the pooled output, forward_head(pre_logits=True) (cache_layout §3.4)")
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -17,6 +17,7 @@ from epcache.extract._backbone import LoadReport, build_meta_model
 from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, itemsize
 from epcache.extract._forward import ModelGeometry, inspect_model
 from epcache.extract._models import resolve_model
+from epcache.extract._pooled import pooled_width
 from epcache.extract._sources import SplitSource, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
@@ -38,6 +39,7 @@ class Prepared:
     sources: dict[str, SplitSource]  # as listed
     sources_in_store: dict[str, SplitSource]  # as stored (unreadable images left out when skipping)
     plan: ExtractPlan
+    pooled_dim: int | None = None  # width of the model's pooled output when --pooled (issue 15), else None
 
 
 def prepare(config: ExtractConfig) -> Prepared:
@@ -113,6 +115,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         sources=sources,
         sources_in_store=dict(sources),
         plan=plan,
+        pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
     )
 
 

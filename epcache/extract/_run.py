@@ -21,6 +21,7 @@ import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from epcache.errors import ConfigError, EpcacheError
 from epcache.extract._backbone import load_backbone
@@ -29,6 +30,7 @@ from epcache.extract._config import ExtractConfig, ExtractPlan, ExtractResult
 from epcache.extract._dist import DistContext, distributed_context, exit_on_sigterm, torchrun_world_size
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._plan import Prepared, prepare, store_meta
+from epcache.extract._pooled import PooledTokenExtractor, ensure_pooled
 from epcache.extract._target import open_or_create
 from epcache.store import FeatureStore, StoreLock, StoreMeta, acquire_store_lock, open_store
 from epcache.store._oserror import SpaceReserve, os_errors
@@ -135,7 +137,9 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
                     missing_unused=report.missing_unused,
                     world_size=ctx.world_size,
                 )
-            extractor = TokenExtractor(model, prep.geometry, final_norm=config.final_norm)
+            extractor: Any = (PooledTokenExtractor if prep.pooled_dim else TokenExtractor)(  # --pooled: issue 15
+                model, prep.geometry, final_norm=config.final_norm
+            )
             t0 = time.perf_counter()
             mine = _RankOutcome()
             try:
@@ -251,6 +255,7 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
             lock = acquire_store_lock(config.out, break_lock=config.break_lock, purpose=purpose)
             target = open_or_create(config, prep, meta, progress=progress)
             store, staging = target.store, target.staging
+            ensure_pooled(store, prep.sources_in_store, prep.pooled_dim, resumed=target.resumed)  # issue 15
             h5 = store.format == "h5"  # never under torchrun
             reserve = SpaceReserve(store.location, resume_hint=RESUME_HINT) if h5 else None
             work = {name: store.missing_blocks(name) for name in prep.sources}

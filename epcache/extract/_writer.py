@@ -93,8 +93,11 @@ class BlockWriter:
             split, block, arrays = item  # type: ignore[misc]
             try:
                 t0 = time.perf_counter()
-                for layer, data in sorted(arrays.items()):
-                    self._store.write_block(split, layer, block, data)
+                for layer, data in sorted(arrays.items()):  # pooled (key -1) first: before any record
+                    if layer == -1:
+                        self._store.write_pooled_block(split, block, data)
+                    else:
+                        self._store.write_block(split, layer, block, data)
                     self._bytes += data.nbytes
                 self._write_s += time.perf_counter() - t0
                 self._blocks += 1

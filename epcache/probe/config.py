@@ -28,8 +28,8 @@ __all__ = [
     "parse_list",
 ]
 
-LINEAR_TOKENS: tuple[str, ...] = ("cls", "gap", "cls+gap")  # what a linear head can read
-ATTENTIVE_TOKENS: tuple[str, ...] = ("patch", "all")  # what a pooling head can read
+LINEAR_TOKENS: tuple[str, ...] = ("cls", "gap", "cls+gap", "pooled")  # what a linear head can read (issue 15)
+ATTENTIVE_TOKENS: tuple[str, ...] = ("patch", "all", "registers", "patch+registers")  # pooling heads, MP
 HEAD_OPTION_AXES: tuple[str, ...] = ("queries", "d_out", "num_heads")  # ProbeConfig axes that are head options
 DTYPES: tuple[str, ...] = ("float32", "float64")
 OPTIMIZER_NAMES: tuple[str, ...] = ("lars", "adamw", "adam", "sgd")
@@ -40,6 +40,7 @@ _TUPLE_FIELDS: dict[str, type] = {
     "num_heads": int,
     "layers": object,
     "tokens": str,
+    "layer_mix": str,
     "lr": float,
     "blr": float,
     "wd": float,
@@ -73,7 +74,8 @@ class ProbeConfig:
     d_out: tuple[int, ...] = ()  # EP width divisor; empty: default (1)
     num_heads: tuple[int, ...] = ()  # attention heads of MHCA-style poolers; empty: each kind's default
     layers: tuple[int | str, ...] = ("last",)  # block indices (negative: from the end), "last" or "all"
-    tokens: tuple[str, ...] = ()  # empty: linear reads cls, pooling heads read patch
+    tokens: tuple[str, ...] = ()  # empty: linear reads cls, pooling heads read patch, mp reads all
+    layer_mix: tuple[str, ...] = ("none",)  # none: one config per layer; concat|mean|tokens: all layers as one input
     recipe: str = "auto"  # training protocol (`epcache recipes`): auto | ep-paper | dinov2-linear | capi-attentive
     lr: tuple[float, ...] = ()  # absolute peak lrs (a grid, trained fused); empty: the recipe's
     blr: tuple[float, ...] = ()  # base lrs, lr = blr * batch_size / 256; empty: the recipe's
@@ -181,7 +183,7 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
     """``"all"``, ``"last"``, ``"11"``, ``"-1"``, ``"-4:"`` or ``"9,10,11"`` -> layer entries resolved later.
 
     Raises:
-        ConfigError: an entry is neither an integer nor ``all``/``last``.
+        ConfigError: an entry is neither an integer nor ``all``/``last``/``last:K``.
     """
     items = parse_list(text, str) if isinstance(text, str) else tuple(text)
     out: list[int | str] = []
@@ -190,7 +192,7 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
             out.append(item)
             continue
         if ":" in str(item):  # "-4:" or "last:4", resolved against the model's blocks as extract does
-            out.append(str(item).strip())
+            out.append(str(item).strip().replace("lastk:", "last:"))  # lastk:4 = last:4 (issue 15 spelling)
             continue
         try:
             out.append(int(item))

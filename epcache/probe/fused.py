@@ -10,7 +10,8 @@ needs per-slice learning rates (``stacked_optim``).
 Stacked kinds: ``linear`` (BN + classifier on a CLS/GAP vector), ``ep`` (pooling-first EP,
 EP_SPEC §1.5), ``mhca`` (evaluated pooling-first too: with one learned query the key projection
 folds into a per-head query vector and the value projection moves after the weighted sum, the
-same function at a fraction of the cost). Every other kind runs as a :class:`ModuleStack`, a
+same function at a fraction of the cost), ``mp`` (Moment Probing, ``fused_mp.MPStack``: batched
+projections, covariances and grouped convolutions). Every other kind runs as a :class:`ModuleStack`, a
 loop over the epcache modules, which is also the reference path the stacks are tested against
 (``fused=False``).
 """
@@ -89,15 +90,20 @@ class TensorStack(HeadStack):
     def __init__(self, heads: Sequence[nn.Module], selection: str, config_index: Sequence[int]) -> None:
         super().__init__()
         first = heads[0]
-        self.kind = first.kind  # type: ignore[assignment]
-        self.selection = selection
-        self.register_buffer("config_index", torch.as_tensor(list(config_index), dtype=torch.long), persistent=False)
+        self._stack_state(heads, selection, config_index)
         names = {id(m): n for n, m in first.named_children()}
         self.pool_name = names[id(first.pooling)]  # type: ignore[arg-type]
         self.bn_name = names[id(first.bn)]  # type: ignore[arg-type]
         self.cls_name = names[id(first.classifier)]  # type: ignore[arg-type]
         self.bn_momentum = float(first.bn.momentum)  # type: ignore[union-attr,arg-type]
         self.bn_eps = float(first.bn.eps)  # type: ignore[union-attr,arg-type]
+
+    def _stack_state(self, heads: Sequence[nn.Module], selection: str, config_index: Sequence[int]) -> None:
+        """Every state-dict entry of the K heads as one ``(K, ...)`` parameter or buffer."""
+        first = heads[0]
+        self.kind = first.kind  # type: ignore[assignment]
+        self.selection = selection
+        self.register_buffer("config_index", torch.as_tensor(list(config_index), dtype=torch.long), persistent=False)
         param_keys = {n for n, _ in first.named_parameters()}
         sds = [h.state_dict() for h in heads]
         self._attrs: dict[str, str] = {}
@@ -273,6 +279,10 @@ def make_stack(
 ) -> HeadStack:
     """A stack for K heads of one kind and shape: batched if the kind has one, else a module loop."""
     kind = heads[0].kind  # type: ignore[union-attr]
+    if kind == "mp" and fused:  # Moment Probing keeps its own structure; its stack lives with it
+        from epcache.probe.fused_mp import MPStack
+
+        return MPStack(heads, selection, config_index)
     cls = STACKED_KINDS.get(kind) if fused else None  # type: ignore[call-overload]
     if cls is None:
         return ModuleStack(heads, selection, config_index)

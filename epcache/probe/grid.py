@@ -104,21 +104,28 @@ class RunSpec:
     """
 
     head: Any  # HeadSpec (typed loosely so this module imports without torch)
-    layer: int
-    tokens: str  # cls | gap | cls+gap (linear) or patch | all (pooling heads)
+    layer: int  # the layer read; for a layer mix its last layer; -1 for tokens=pooled (no layer)
+    tokens: str  # token source, epcache.probe.data.sources (cls, gap, cls+gap, pooled / patch, all, registers ...)
     optimizer: str
     lr: float  # absolute peak learning rate
     blr: float | None  # base lr it came from (lr = blr * batch / 256); None when lr was given directly
     wd: float
     seed: int
     settings: SweepSettings
+    layer_mix: str = "none"  # none | concat | mean | tokens (issue 15)
+    mix_layers: tuple[int, ...] = ()  # the layers a mix reads, ascending (empty for none)
     id: str = field(init=False)
     name: str = field(init=False)
     seed_group: str = field(init=False)
 
     def __post_init__(self) -> None:
         tokens = "" if "tokens=" in self.head.name else f" {self.tokens}"
-        name = f"{self.head.name} layer={self.layer}{tokens} lr={self.lr:.3g} wd={self.wd:g}"
+        where = f"layer={self.layer}"
+        if self.layer_mix != "none":
+            where = f"layers={','.join(map(str, self.mix_layers))} mix={self.layer_mix}"
+        elif self.tokens == "pooled":
+            where = "pooled"
+        name = f"{self.head.name} {where}{tokens} lr={self.lr:.3g} wd={self.wd:g}"
         if self.optimizer != self.settings.protocol.recipe_optimizer:
             name += f" {self.optimizer}"
         object.__setattr__(self, "name", f"{name} seed={self.seed}")
@@ -128,14 +135,23 @@ class RunSpec:
         object.__setattr__(self, "seed_group", _digest(doc)[:16])
 
     @property
-    def group_key(self) -> int:
-        """Configs with the same key read the same input and train in one pass."""
-        return self.layer
+    def group_key(self) -> tuple[int, ...]:
+        """Configs with the same key read the same layers and train in one pass (``()``: pooled output)."""
+        from epcache.probe.data.layers import read_layers
+
+        return read_layers(self)
+
+    @property
+    def input_key(self) -> str:
+        """How the head's input is derived from the group's batch: ``patch``, ``mean:patch`` ..."""
+        from epcache.probe.data.sources import input_key
+
+        return input_key(self.tokens, self.layer_mix)
 
     @property
     def stack_key(self) -> tuple[str, str, str]:
         """Configs with the same key have the same parameter shapes and are stacked."""
-        return (self.head.name, self.tokens, self.optimizer)
+        return (self.head.name, self.input_key, self.optimizer)
 
     @property
     def seedless_name(self) -> str:
@@ -145,6 +161,7 @@ class RunSpec:
     def hyperparameters(self) -> dict[str, Any]:
         """This config's own settings as JSON."""
         opt = optimizer_settings(self.settings.protocol, self.optimizer)
+        mix = {"layer_mix": self.layer_mix, "layers": list(self.mix_layers)} if self.layer_mix != "none" else {}
         return {
             "head": self.head.name,
             "kind": self.head.kind,
@@ -158,6 +175,7 @@ class RunSpec:
             "blr": self.blr,
             "wd": self.wd,
             "seed": self.seed,
+            **mix,  # only for mixes: ids of single-layer configs stay what they were
         }
 
 
@@ -311,7 +329,8 @@ def expand_sweep(
         ConfigError: every invalid setting and config of the sweep, in one message (unless ``errors``).
         UnknownLayerError: a requested layer is not in the store.
     """
-    from epcache.probe.heads import HeadSpec, create_head, head_options, list_heads
+    from epcache.probe.data.sources import layer_inputs
+    from epcache.probe.heads import HeadSpec, head_options, list_heads
     from epcache.probe.protocol import resolve_holdout
 
     request = config if isinstance(config, SweepRequest) else resolve_request(config)
@@ -327,12 +346,13 @@ def expand_sweep(
     settings = make_settings(request, base, store_provenance=store_provenance, eval_provenance=eval_provenance,
                              holdout=holdout, errors=errors)
     runs: dict[str, RunSpec] = {}
-    checked: dict[tuple[str, str], str | None] = {}
+    checked: dict[tuple[str, str, str, int, int, int], str | None] = {}
     known = set(list_heads())
     for block in request.blocks:
         layers = resolve_layers(block.layers, meta)
         grid = resolve_protocol(block, recipe, n_train=n_train, errors=[]) if block is not request.config else base
         check_choices("optimizer", grid.optimizers, OPTIMIZER_NAMES, errors)
+        inputs = layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input (issue 15)
         entries = []
         for text in block.head:
             try:
@@ -366,19 +386,28 @@ def expand_sweep(
                         errors.append(f"{text}: {e}")
                         break
                     if kind == "linear" and tokens not in LINEAR_TOKENS:
-                        errors.append(f"{text}: linear heads read cls, gap or cls+gap, not tokens={tokens!r}")
+                        errors.append(f"{text}: linear heads read {', '.join(LINEAR_TOKENS)}, not tokens={tokens!r}")
                         continue
-                    key = (spec.name, tokens)
-                    if key not in checked:
-                        checked[key] = check_head(create_head, spec, tokens, meta, num_classes)
-                    if checked[key] is not None:
-                        errors.append(f"{spec.name} tokens={tokens}: {checked[key]}")
-                        continue
-                    for layer, optimizer, (lr, blr), wd, seed in itertools.product(
-                        layers, grid.optimizers, grid.lrs, grid.wd, block.seeds
-                    ):
-                        run = RunSpec(spec, layer, tokens, optimizer, lr, blr, wd, seed, settings)
-                        runs.setdefault(run.id, run)
+                    for layer, mix, mix_layers in [(-1, "none", ())] if tokens == "pooled" else inputs:
+                        if mix == "tokens" and kind in ("linear", "mp"):  # the mix axis skips heads it cannot feed
+                            continue
+                        lm = meta.for_layer(layer) if layer >= 0 else meta  # a layer's own grid and width
+                        if len({(meta.for_layer(x).dim, meta.for_layer(x).num_tokens) for x in mix_layers}) > 1:
+                            errors.append(f"layer_mix {mix}: layers {list(mix_layers)} differ in grid or width; "
+                                          "mix layers of one shape")
+                            continue
+                        key = (spec.name, tokens, mix, len(mix_layers), lm.dim, lm.num_tokens)
+                        if key not in checked:
+                            checked[key] = check_head(spec, tokens, mix, len(mix_layers), lm, num_classes)
+                        if checked[key] is not None:
+                            mixed = "" if mix == "none" else f" layer_mix={mix}"
+                            errors.append(f"{spec.name} tokens={tokens}{mixed}: {checked[key]}")
+                            continue
+                        for optimizer, (lr, blr), wd, seed in itertools.product(
+                            grid.optimizers, grid.lrs, grid.wd, block.seeds
+                        ):
+                            run = RunSpec(spec, layer, tokens, optimizer, lr, blr, wd, seed, settings, mix, mix_layers)
+                            runs.setdefault(run.id, run)
     if own_errors:
         raise_errors(errors)
         if not runs:

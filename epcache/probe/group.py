@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from epcache.probe.config import ProbeConfig
+from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
 from epcache.probe.data_rows import RunData
 from epcache.probe.grid import RunSpec
 from epcache.probe.metrics import Metrics
@@ -33,7 +34,7 @@ from epcache.probe.results import (
     save_checkpoint,
     save_head,
 )
-from epcache.probe.stream import BatchStream, InputPlan, MemorySource, StoreSource
+from epcache.probe.stream import BatchStream
 from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
 from epcache.store import FeatureStore
 
@@ -61,37 +62,39 @@ class GroupRunner:
     threads_rule: str = "user"  # how the torch thread count was chosen (recorded in timing)
     results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
 
-    def run(self, layer: int, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
-        """Train one input group and write its rows and heads."""
+    def run(self, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
+        """Train one input group (configs reading the same layers) and write its rows and heads."""
         t0 = time.perf_counter()
         c, s = self.config, runs[0].settings
         p = s.protocol
-        plan = InputPlan(frozenset(r.tokens for r in runs), self.store.meta.for_layer(layer).layout, self.dtype)
-        train = self._stream(self.store, s.train_split, layer, plan, self.data.train_rows, self.data.train_labels,
+        layer = group_label(runs)  # "layer11", "layers8-9-10-11" or "pooled" (issue 15)
+        layout = self.store.meta.for_layer(runs[0].group_key[0]).layout if runs[0].group_key else None
+        plan = make_plan(runs, layout if layout is not None else self.store.meta.layout, self.dtype)
+        train = self._stream(self.store, s.train_split, runs, plan, self.data.train_rows, self.data.train_labels,
                              training=True)
         holdout = None
         if len(self.data.holdout_rows):
-            holdout = self._stream(self.store, s.train_split, layer, plan, self.data.holdout_rows,
+            holdout = self._stream(self.store, s.train_split, runs, plan, self.data.holdout_rows,
                                    self.data.train_labels, training=False)
-        evaluation = self._stream(self.eval_store, s.eval_split, layer, plan, self.data.eval_rows,
+        evaluation = self._stream(self.eval_store, s.eval_split, runs, plan, self.data.eval_rows,
                                   self.data.eval_labels, training=False)
         trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.fused)
         ckpt = None
         resumed_from = None
         if self.out is not None:
-            key = hashlib.sha256(json.dumps([layer, sorted(r.id for r in runs)]).encode()).hexdigest()[:16]
-            ckpt = self.out / "ckpt" / f"layer{layer}-{key}.safetensors"
+            key = hashlib.sha256(json.dumps([runs[0].group_key, sorted(r.id for r in runs)]).encode()).hexdigest()[:16]
+            ckpt = self.out / "ckpt" / f"{layer}-{key}.safetensors"
             loaded = load_checkpoint(ckpt)
             if loaded is not None and loaded[1].get("config_ids") == [r.id for r in runs]:
                 trainer.restore(*loaded)
                 resumed_from = trainer.epoch
-                self.say(f"layer {layer}: resuming {len(runs)} configs after epoch {trainer.epoch + 1}/{p.epochs}")
+                self.say(f"{layer}: resuming {len(runs)} configs after epoch {trainer.epoch + 1}/{p.epochs}")
         epochs_run = 0
         self.bar.update(max(trainer.epoch + 1, 0) * p.steps_per_epoch)  # resumed epochs count as done
         best = 0.0
         t_train = t_eval = 0.0
         for epoch in range(trainer.epoch + 1, p.epochs):
-            self.bar.set_postfix_str(f"layer {layer}, epoch {epoch + 1}/{p.epochs}, {len(runs)} configs"
+            self.bar.set_postfix_str(f"{layer}, epoch {epoch + 1}/{p.epochs}, {len(runs)} configs"
                                      + (f", best holdout {100 * best:.1f}%" if holdout is not None else ""))
             t = time.perf_counter()
             trainer.train_epoch(train, epoch, warmup_steps=p.warmup_steps, total_steps=p.total_steps,
@@ -138,7 +141,7 @@ class GroupRunner:
             "held_bytes": self.held_bytes,
         }
         rows = []
-        costs: dict[tuple[str, str], Any] = {}
+        costs: dict[tuple[str, str, int], Any] = {}
         for o in outcomes:
             row = self._row(o, costs, timing)
             if self.out is not None:
@@ -149,7 +152,7 @@ class GroupRunner:
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
         best_row = min(rows, key=lambda r: rank_key(SeedGroup(r["id"], (r,))))
-        self.say(f"layer {layer}: {len(runs)} configs in {seconds:.1f} s; best {best_row['name']} "
+        self.say(f"{layer}: {len(runs)} configs in {seconds:.1f} s; best {best_row['name']} "
                  f"(holdout {_pct(best_row['metrics']['holdout'])}, eval {_pct(best_row['metrics']['eval'])})")
         return rows
 
@@ -157,8 +160,8 @@ class GroupRunner:
         self,
         store: FeatureStore,
         split: str,
-        layer: int,
-        plan: InputPlan,
+        runs: Sequence[RunSpec],
+        plan: Plan,
         rows: np.ndarray,
         labels: np.ndarray,
         *,
@@ -167,18 +170,18 @@ class GroupRunner:
         c = self.config
         batch = self.data_batch if training else max(self.data_batch, 1024)  # eval: any batch gives the same counts
         views = store.split(split).views if training else 1
-        meta = store.meta.for_layer(layer)
+        read = runs[0].group_key  # the layers this group reads (none: the pooled output)
+        meta = store.meta.for_layer(read[0]) if read else store.meta
         # on the CPU, rows held in RAM are converted to the compute dtype once, not every epoch
         convert = self.device.type == "cpu"
         itemsize = torch.finfo(self.dtype).bits // 8 if convert else _ITEMSIZE[meta.dtype]
-        size = len(rows) * views * plan.packed_bytes_per_view(meta.num_tokens, meta.dim, itemsize)
-        source: StoreSource | MemorySource
+        width = (self.geometry.pooled_dim or meta.dim) if isinstance(plan, PooledPlan) else meta.dim
+        size = len(rows) * views * plan.packed_bytes_per_view(meta.num_tokens, width, itemsize)
+        source: Any = make_source(store, split, runs, plan)  # one layer, k layers together, or pooled
         if c.in_memory or (not training and size <= c.eval_cache_mb * 2**20):
-            source = MemorySource.load(store, split, layer, plan, rows, all_views=training,
-                                       dtype=self.dtype if convert else None)
+            source = load_memory(source, rows, store.split(split).views, all_views=training,
+                                 dtype=self.dtype if convert else None)
             self.held_bytes += size
-        else:
-            source = StoreSource(store, split, layer, plan)
         return BatchStream(
             source,
             rows,
@@ -192,17 +195,14 @@ class GroupRunner:
             prefetch=c.prefetch,
         )
 
-    def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str], Any], timing: dict[str, Any]) -> ResultRowJSON:
-        from epcache.probe.heads import head_cost
+    def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any]) -> ResultRowJSON:
+        from epcache.probe.data.sources import input_cost
 
         run, g, s = o.run, self.geometry, o.run.settings
-        key = (run.head.name, run.tokens)
+        key = (run.head.name, run.input_key, len(run.mix_layers))
         if key not in costs:
-            n = g.num_patches if run.head.kind == "linear" else g.tokens_seen(run)
-            costs[key] = head_cost(
-                run.head, dim=g.dim, num_classes=g.num_classes, num_tokens=n, num_prefix=g.num_prefix
-            )
-        cost = costs[key]
+            costs[key] = input_cost(run.head, g.shapes(run), g.num_classes)  # (params, flops) of the real input
+        params, flops = costs[key]
         oracle = o.oracle_epoch
         return {
             "schema": RESULT_SCHEMA,
@@ -216,8 +216,9 @@ class GroupRunner:
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
             "data": self.data.to_json(g.num_classes),
-            "params": int(cost.params),
-            "flops": int(cost.flops),
+            "params": params,
+            "flops": flops,
+            "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
             "selected_epoch": o.selected_epoch + 1,
             "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},
             "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.eval_curve
@@ -276,7 +277,8 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "fraction": s.fraction,
         "data_seed": s.data_seed,
         "tokens": run.tokens,
-        "layers": [run.layer],
+        "layer_mix": run.layer_mix,
+        "layers": list(run.group_key),
         "store_provenance": s.store_provenance,
         "eval_provenance": s.eval_provenance,
         "selection": "holdout top-1, earliest epoch on ties" if len(data.holdout_rows) else "last epoch (no holdout)",

@@ -138,19 +138,12 @@ def load_head(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict
     Returns:
         The head in eval mode and its metadata (config id, layer, tokens, store provenance ...).
     """
-    from epcache.probe.heads import create_head
+    from epcache.probe.data.sources import rebuild_head  # issue 15: vector-input linear heads, mp
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})[HEAD_META_KEY])
     state = load_file(str(path), device=device)
-    head = create_head(
-        meta["kind"],
-        in_dim=meta["in_dim"],
-        num_classes=meta["num_classes"],
-        num_tokens=meta["num_tokens"],
-        num_prefix=meta["num_prefix"],
-        **meta["options"],
-    )
+    head = rebuild_head(meta)
     head.load_state_dict(state)
     return head.to(device).eval(), meta
 

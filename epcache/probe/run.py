@@ -241,7 +241,11 @@ def _probe(
     skipped = tuple(r.id for r in [*runs, *specs] if r.id in finished)
     if skipped:
         say(f"{len(skipped)} of {len(runs) + len(specs)} configs already finished in {out}; skipping them")
-    groups: dict[int, list[RunSpec]] = defaultdict(list)
+    pooled_dim = store.pooled_dim  # issue 15: the optional pooled output
+    if any(r.tokens == "pooled" for r in runs):  # the eval split needs the pooled array as well
+        for st, split in ((store, c.train_split), (eval_store, c.eval_split)):
+            st.require_pooled(split)
+    groups: dict[tuple[int, ...], list[RunSpec]] = defaultdict(list)
     for r in runs:
         if r.id not in finished:
             groups[r.group_key].append(r)
@@ -252,14 +256,16 @@ def _probe(
                disable=not progress or not groups,
                desc=f"probe: {sum(map(len, groups.values()))} configs, {len(groups)} groups", leave=False)
     with bar:
-        for layer, group in groups.items():
-            lm = store.meta.for_layer(layer)  # a layer's own grid and width (a convnet's stages differ)
+        for key, group in groups.items():
+            lm = store.meta.for_layer(key[0]) if key else store.meta  # a layer's own grid and width (convnets)
             geometry = HeadGeometry(dim=lm.dim, num_classes=num_classes, num_tokens=lm.num_tokens,
-                                    num_patches=lm.layout.num_patches, num_prefix=lm.layout.num_prefix)
+                                    num_patches=lm.layout.num_patches, num_prefix=lm.layout.num_prefix,
+                                    cls_index=lm.layout.cls_index, num_registers=lm.layout.num_registers,
+                                    pooled_dim=pooled_dim)
             runner = GroupRunner(c, store, eval_store, data, geometry, resolve_device(c.device),
                                  _TORCH_DTYPES[c.dtype], out, say, bar, data_batch=runs[0].settings.batch_size,
                                  threads_rule=threads_rule, results_file=results_file)
-            for row in runner.run(layer, group):
+            for row in runner.run(group):
                 new_rows[row["id"]] = dict(row)
     pending = [s for s in specs if s.id not in finished]
     if pending:  # solver heads: one pooled pass per layer, then closed form / L-BFGS per spec

@@ -46,14 +46,15 @@ class InputPlan:
     image instead of T x D), computed on the reader side in the compute dtype.
     """
 
-    selections: frozenset[str]  # token selections of the group's heads (cls, gap, cls+gap, patch, all)
+    selections: frozenset[str]  # token sources of the group's heads (cls, gap, cls+gap, patch, all, registers ...)
     layout: TokenLayout
     dtype: torch.dtype = torch.float32  # compute dtype
 
     @property
     def mode(self) -> Mode:
         needs_cls = bool(self.selections & {"cls", "cls+gap"})
-        if "all" in self.selections or ("patch" in self.selections and needs_cls):
+        needs_prefix = bool(self.selections & {"all", "registers", "patch+registers"})  # register sources too
+        if needs_prefix or ("patch" in self.selections and needs_cls):
             return "all"
         if "patch" in self.selections:
             return "patch"
@@ -98,6 +99,11 @@ class InputPlan:
         patches = x[:, P:] if mode == "all" else x
         if selection == "all":
             return x
+        if selection == "registers":
+            return x[:, self.layout.register_slice()]
+        if selection == "patch+registers":  # every token but CLS, in stored order
+            ci = self.layout.cls_index
+            return x if ci is None else torch.cat([x[:, :ci], x[:, ci + 1 :]], dim=1)
         if selection == "patch":
             return patches
         if selection == "gap":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
@@ -107,10 +107,11 @@ def token_choices(
         errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
     out: dict[str, list[str]] = {}
     for text, kind, explicit in entries:
-        family = LINEAR_TOKENS if kind == "linear" else ATTENTIVE_TOKENS
+        family = LINEAR_TOKENS if kind == "linear" else ("all", "patch") if kind == "mp" else ATTENTIVE_TOKENS
         if not c.tokens:
             default = "cls" if meta.layout.cls_index is not None else "gap"
-            out[kind] = [default] if kind == "linear" else ["patch"]
+            mp_default = "all" if meta.layout.cls_index is not None else "patch"  # MP: CLS + patches (§1.1)
+            out[kind] = [default] if kind == "linear" else [mp_default] if kind == "mp" else ["patch"]
             continue
         chosen = [t for t in c.tokens if t in family]
         if not chosen and not (kind == "linear" and "tokens" in explicit):
@@ -122,19 +123,25 @@ def token_choices(
     return out
 
 
-def check_head(
-    create_head: Callable[..., Any], spec: Any, tokens: str, meta: StoreMeta, num_classes: int
-) -> str | None:
-    """Build the head on the meta device and run one forward; the error text, or None if it works."""
+def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMeta, num_classes: int) -> str | None:
+    """Build the head for its input (token source x layer mix, issue 15) on the meta device, run one forward.
+
+    ``meta`` is the store's metadata as seen by the layer(s) read (``StoreMeta.for_layer``).
+    Returns the error text, or None if it works.
+    """
     import torch
 
-    n = meta.num_tokens if tokens == "all" or spec.kind == "linear" else meta.layout.num_patches
+    from epcache.probe.data.sources import build_head, head_input, pooled_dim
+
+    lay = meta.layout
     try:
+        shapes = head_input(spec.kind, tokens, mix, num_layers, dim=meta.dim, num_prefix=lay.num_prefix,
+                            cls_index=lay.cls_index, num_registers=lay.num_registers, num_patches=lay.num_patches,
+                            pooled_dim=pooled_dim(meta))
         with torch.device("meta"):
-            head = create_head(
-                spec, in_dim=meta.dim, num_classes=num_classes, num_tokens=n, num_prefix=meta.layout.num_prefix
-            )
-            head(torch.empty(2, n, meta.dim))
+            head = build_head(spec, shapes, num_classes)
+            x = torch.empty(2, shapes.in_dim) if shapes.vector else torch.empty(2, shapes.num_tokens, shapes.in_dim)
+            head(x)
     except HeadSpecError as e:
         return str(e)
     return None

@@ -14,7 +14,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,7 +26,11 @@ from epcache.probe.metrics import Metrics, MetricsAccumulator
 from epcache.probe.optim import lr_at
 from epcache.probe.protocol import optimizer_settings
 from epcache.probe.stacked_optim import SlicedOptimizer
-from epcache.probe.stream import BatchStream, InputPlan
+from epcache.probe.stream import BatchStream
+
+if TYPE_CHECKING:
+    from epcache.probe.data.layers import Plan
+    from epcache.probe.data.sources import HeadInput
 
 __all__ = ["CKPT_FORMAT", "ConfigOutcome", "GroupTrainer", "HeadGeometry"]
 
@@ -43,23 +47,40 @@ class HeadGeometry:
     num_tokens: int  # T, prefix included
     num_patches: int
     num_prefix: int
+    cls_index: int | None = 0  # position of CLS among the prefix tokens; None: no CLS
+    num_registers: int = 0
+    pooled_dim: int | None = None  # width of the store's pooled output; None: the store has none
+
+    def shapes(self, run: RunSpec) -> HeadInput:
+        """Width, token count and prefix of the input ``run``'s head reads (token source x layer mix)."""
+        from epcache.probe.data.sources import head_input
+
+        return head_input(run.head.kind, run.tokens, run.layer_mix, len(run.mix_layers), dim=self.dim,
+                          num_prefix=self.num_prefix, cls_index=self.cls_index, num_registers=self.num_registers,
+                          num_patches=self.num_patches, pooled_dim=self.pooled_dim)
 
     def tokens_seen(self, run: RunSpec) -> int:
         """N of the token sequence a head is built for (``clip`` learns a table of that length)."""
-        if run.head.kind == "linear" or run.tokens == "all":
+        if run.head.kind == "linear":
             return self.num_tokens
-        return self.num_patches
+        return self.shapes(run).num_tokens
 
     def head_config(self, run: RunSpec) -> dict[str, Any]:
-        """Keyword arguments that rebuild the head with ``create_head``."""
-        return {
+        """Keyword arguments that rebuild the head with ``create_head`` (``vector_input``: a ready vector)."""
+        shapes = self.shapes(run)
+        plain_linear = run.head.kind == "linear" and run.layer_mix == "none" and run.tokens != "pooled"
+        config = {
             "kind": run.head.kind,
             "options": dict(run.head.params),
-            "in_dim": self.dim,
+            "in_dim": self.dim if plain_linear else shapes.in_dim,
             "num_classes": self.num_classes,
             "num_tokens": self.tokens_seen(run),
-            "num_prefix": self.num_prefix,
+            "num_prefix": self.num_prefix if run.head.kind == "linear" else shapes.num_prefix,
+            "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
         }
+        if run.head.kind == "linear" and not plain_linear:
+            config["vector_input"] = shapes.in_dim  # the saved head is VectorInput -> BN -> Linear
+        return config
 
 
 @dataclass
@@ -101,13 +122,13 @@ class GroupTrainer:
         self,
         runs: Sequence[RunSpec],
         geometry: HeadGeometry,
-        plan: InputPlan,
+        plan: Plan,
         *,
         device: torch.device,
         dtype: torch.dtype,
         fused: bool = True,
     ) -> None:
-        from epcache.probe.heads import create_head
+        from epcache.probe.data.sources import build_head
 
         self.runs = list(runs)
         self.geometry = geometry
@@ -126,15 +147,7 @@ class GroupTrainer:
                 run = self.runs[i]
                 with torch.random.fork_rng(devices=[]):  # the init depends on the config's seed only
                     torch.manual_seed(run.seed)
-                    heads.append(
-                        create_head(
-                            run.head,
-                            in_dim=geometry.dim,
-                            num_classes=geometry.num_classes,
-                            num_tokens=geometry.tokens_seen(run),
-                            num_prefix=geometry.num_prefix,
-                        )
-                    )
+                    heads.append(build_head(run.head, geometry.shapes(run), geometry.num_classes))
             stack = make_stack(heads, key[1], members, fused=fused).to(device=device, dtype=dtype)
             self.stacks.append(stack)
             slots_by_opt[key[2]].extend(stack.slots(f"s{s}"))

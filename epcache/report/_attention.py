@@ -107,8 +107,12 @@ def attention_report(
     head, _ = load_head(run / row["head_file"])
     head = head.float().eval()
     kind, layer, sel = row["config"]["kind"], int(row["config"]["layer"]), row["config"]["tokens"]
-    if kind == "linear" or kind == "dinovit":
+    if kind in ("linear", "dinovit", "mp"):
         raise ConfigError(f"a {kind!r} head has no attention maps; pick an ep/mhca/... config")
+    if row["config"].get("layer_mix", "none") != "none" or sel not in ("patch", "all"):  # issue 15 inputs
+        raise ConfigError(f"attention maps are drawn over the patch grid of one layer; config {row['id']} reads "
+                          f"tokens={sel} layer_mix={row['config'].get('layer_mix', 'none')}; pick a single-layer "
+                          "config reading patch or all tokens")
     split = split or row["config"].get("eval_split", "val")
     store_path = row["eval_store"]["path"] if row.get("eval_store") else row["store"]["path"]
     with open_store(store_path) as store:

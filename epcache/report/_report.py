@@ -36,6 +36,7 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
     honest = all(g.holdout_top1 is not None for g in groups)
     figs: list[Path] = []
     if figures:
+        from epcache.report._mix_plot import input_label, plot_mixes
         from epcache.report._plots import plot_curves, plot_layers, plot_params
 
         figs = [
@@ -43,6 +44,8 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
             plot_layers(groups, dest / "top1_vs_layer.png", title=f"accuracy by layer\n{backbone}"),
             plot_curves(groups, dest / "curves.png", title=f"learning curves of the selected configs\n{backbone}"),
         ]
+        if len({(input_label(g), g.tokens) for g in groups}) > 1:  # issue 15: more than one input to compare
+            figs.append(plot_mixes(groups, dest / "top1_by_input.png", title=f"{backbone}: top-1 by layers and tokens"))
     md = _markdown(rows, groups, backbone=backbone, honest=honest, figures=[f.name for f in figs])
     path = dest / "report.md"
     path.write_text(md, encoding="utf-8")
@@ -81,6 +84,8 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
             "top1_vs_params.png": "Eval top-1 vs trainable parameters (best config of each head variant).",
             "top1_vs_layer.png": "Eval top-1 by backbone layer (best config of each head kind per layer).",
             "curves.png": "Learning curves of the selected config of each head kind (dot: selected epoch).",
+            "top1_by_input.png": "Eval top-1 per input (single layer, layer mix, pooled output) and token "
+            "source, best config of each, one panel per head kind.",
         }
         for f in figures:
             lines += [f"![{captions.get(f, f)}]({f})", "", captions.get(f, ""), ""]

@@ -24,6 +24,7 @@ from epcache.errors import (
 from epcache.store._crc import block_checksum
 from epcache.store._meta import FORMAT_VERSION, SplitMeta, SplitSpec, StoreMeta
 from epcache.store._plan import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
+from epcache.store._pooled import PooledArrays
 from epcache.store._provenance import compute_provenance, provenance_of_document, split_fingerprint
 from epcache.store._readcheck import ReadChecks
 
@@ -34,7 +35,7 @@ _NUMPY_DTYPES = NUMPY_DTYPES
 
 __all__ = ["MISSING", "ChunkPlan", "FeatureStore", "block_checksum", "plan_chunks", "storage_permutation"]
 
-class FeatureStore(ABC):
+class FeatureStore(PooledArrays, ABC):
     """A feature store: splits of labels, ids and per-layer ``[N, V, T, D]`` token arrays.
 
     Open one with ``open_store`` / ``create_store``; no code outside ``epcache.store`` knows

@@ -220,6 +220,23 @@ class HDF5FeatureStore(FeatureStore):
         chunks = ds.chunks
         return ArraySpec(dtype=ds.dtype.str, shape=tuple(ds.shape), chunks=None if chunks is None else tuple(chunks))
 
+    # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
+    def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
+        dtype = np.dtype(self.meta.storage_dtype).newbyteorder("<")
+        self._file[f"splits/{split}"].create_dataset("pooled", shape=shape, dtype=dtype,
+                                                     chunks=chunks if shape[0] else None, fillvalue=0)
+        self._file.flush()
+
+    def _write_pooled(self, split: str, start: int, data: np.ndarray) -> None:
+        self._ds(split, "pooled")[start : start + len(data)] = data
+        self._file.flush()
+
+    def _read_pooled(self, split: str, start: int, stop: int) -> np.ndarray:
+        return self._ds(split, "pooled")[start:stop]
+
+    def _has_pooled(self, split: str) -> bool:
+        return f"splits/{split}/pooled" in self._file
+
     def size_bytes(self) -> int:
         return os.path.getsize(self.location)
 

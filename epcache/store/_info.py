@@ -69,6 +69,7 @@ class StoreInfo:
     layer_shapes: dict[str, Any] = field(default_factory=dict)  # per-layer grid/dim/T where layers differ
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
+    pooled_dim: int | None = None  # width of the optional pooled output (cache_layout.md §3.4)
 
     @property
     def weights(self) -> str:
@@ -140,6 +141,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             layer_shapes=m.to_json().get("layer_shapes", {}),
             missing=missing,
             writer=_writer(location),
+            pooled_dim=store.pooled_dim,
         )
 
 
@@ -160,6 +162,8 @@ def format_store_info(info: StoreInfo) -> str:
             f"  layer {k:<5} T={v['num_tokens']}: {v['grid'][0]}x{v['grid'][1]} grid, D={v['dim']}"
             for k, v in info.layer_shapes.items()
         ),
+        *([f"pooled      D={info.pooled_dim}: the model's own pooled output (forward_head(pre_logits=True))"]
+          if info.pooled_dim is not None else []),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
         f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
         "splits",

@@ -321,6 +321,22 @@ class ZarrFeatureStore(FeatureStore):
     def _write_chunk_records(self, split: str, layer: int, first: int, values: np.ndarray) -> None:
         self._array(split, "chunk_records", str(layer))[first : first + len(values)] = values
 
+    # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
+    def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
+        self._group[f"splits/{split}"].create_array(  # type: ignore[union-attr]
+            "pooled", shape=shape, chunks=chunks, dtype=self.meta.storage_dtype, compressors=None, fill_value=0,
+            dimension_names=("sample", "view", "channel"),
+        )
+
+    def _write_pooled(self, split: str, start: int, data: np.ndarray) -> None:
+        self._array(split, "", "pooled")[start : start + len(data)] = data
+
+    def _read_pooled(self, split: str, start: int, stop: int) -> np.ndarray:
+        return self._array(split, "", "pooled")[start:stop]
+
+    def _has_pooled(self, split: str) -> bool:
+        return f"splits/{split}/pooled" in self._group
+
     def size_bytes(self) -> int:
         if _is_url(self.location):
             import fsspec

@@ -28,7 +28,7 @@ from epcache.probe.heads import (
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-ALL_KINDS = ["linear", "ep", "mhca", *BASELINE_KINDS]
+ALL_KINDS = ["linear", "ep", "mhca", "mp", *BASELINE_KINDS]
 
 
 def _ep(dim: int, queries: int, d_out: int, *, seed: int = 0) -> EfficientProbing:

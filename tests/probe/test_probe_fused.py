@@ -19,6 +19,7 @@ CASES = [
     ("mhca", {"num_heads": 4}, "patch"),
     ("linear", {"tokens": "gap"}, "gap"),
     ("jepa", {"num_heads": 4}, "patch"),  # no stacked kernel: runs as a module loop
+    ("mp", {"hidden": 64, "num_heads": 4}, "all"),  # Moment Probing: CLS + patches, grouped convs
 ]
 
 

@@ -3,7 +3,8 @@
 Kinds: ``linear`` (CLS / GAP / both), ``ep`` (Efficient Probing, evaluated pooling-first),
 ``mhca`` (generic multi-head cross-attention) and the reference poolers ``jepa``, ``siglip``,
 ``aim``, ``simpool``, ``esimpool``, ``cait``, ``coca``, ``cae``, ``abmilp``, ``dinovit``,
-``clip``, ``cbam``, ``dolg``. Attention maps (``attention(tokens) -> (B, P, N)``): every kind
+``clip``, ``cbam``, ``dolg``, and ``mp`` (Moment Probing, its own structure: CLS + covariances).
+Attention maps (``attention(tokens) -> (B, P, N)``): every kind
 except ``linear`` and ``dinovit``; for ``cbam``/``dolg`` they are unnormalised spatial scores.
 """
 
@@ -22,6 +23,8 @@ from ._grid_pools import DOLGPooler as DOLGPooler
 from ._linear import TOKEN_CHOICES as TOKEN_CHOICES
 from ._linear import TokenSelect as TokenSelect
 from ._mhca import MultiHeadCrossAttention as MultiHeadCrossAttention
+from ._mp import MomentProbing as MomentProbing
+from ._mp import mp_feature_size as mp_feature_size
 from ._reference import from_reference as from_reference
 from ._registry import HeadFactory as HeadFactory
 from ._registry import HeadSpec as HeadSpec
@@ -34,6 +37,7 @@ from ._token_pools import CLIPPooler as CLIPPooler
 from ._token_pools import DinoViTPooler as DinoViTPooler
 from ._token_pools import ESimPoolPooler as ESimPoolPooler
 from ._token_pools import SimPoolPooler as SimPoolPooler
+from ._vector import VectorInput as VectorInput
 from ._xattn_pools import AIMPooler as AIMPooler
 from ._xattn_pools import CAEPooler as CAEPooler
 from ._xattn_pools import CaiTPooler as CaiTPooler
@@ -61,12 +65,14 @@ __all__ = [
     "HeadFactory",
     "HeadSpec",
     "JEPAPooler",
+    "MomentProbing",
     "MultiHeadCrossAttention",
     "Pooling",
     "ProbeHead",
     "SigLIPPooler",
     "SimPoolPooler",
     "TokenSelect",
+    "VectorInput",
     "create_head",
     "format_heads_table",
     "from_reference",
@@ -74,5 +80,6 @@ __all__ = [
     "head_options",
     "heads_table",
     "list_heads",
+    "mp_feature_size",
     "register_head",
 ]

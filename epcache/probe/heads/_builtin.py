@@ -20,6 +20,7 @@ from ._ep import EfficientProbing
 from ._grid_pools import CBAMPooler, DOLGPooler
 from ._linear import TokenSelect
 from ._mhca import MultiHeadCrossAttention
+from ._mp import MomentProbing
 from ._registry import register_head
 from ._token_pools import ABMILPPooler, CLIPPooler, DinoViTPooler, ESimPoolPooler, SimPoolPooler
 from ._xattn_pools import AIMPooler, CAEPooler, CaiTPooler, CoCaPooler, JEPAPooler, SigLIPPooler
@@ -148,3 +149,11 @@ def _cbam(*, in_dim: int, num_classes: int, num_tokens: int | None, num_prefix: 
 @register_head("dolg")
 def _dolg(*, in_dim: int, num_classes: int, num_tokens: int | None, num_prefix: int) -> ProbeHead:
     return _classifier_first("dolg", in_dim, num_classes, lambda: DOLGPooler(in_dim))
+
+
+@register_head("mp")
+def _mp(
+    *, in_dim: int, num_classes: int, num_tokens: int | None, num_prefix: int, hidden: int = 512, num_heads: int = 4
+) -> MomentProbing:
+    """Moment Probing: CLS (GAP when ``num_prefix`` is 0) plus adjacent cross-covariances of the patches."""
+    return MomentProbing(in_dim, num_classes, hidden=hidden, num_heads=num_heads, num_prefix=num_prefix)

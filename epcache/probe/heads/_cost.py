@@ -66,8 +66,8 @@ def head_cost(
         dim: token width D.
         num_classes: classes C.
         num_tokens: tokens the pooling sees, N (196 patch tokens at ViT-B/16; 197 for ``*_all``).
-        num_prefix: prefix tokens in front of the patches; only the linear probe reads them
-            (its input is ``num_prefix + num_tokens`` tokens).
+        num_prefix: prefix tokens in front of the patches; only the linear probe and MP read them
+            (their input is ``num_prefix + num_tokens`` tokens).
         **kwargs: the kind's options (``queries``, ``d_out``, ``num_heads``, ``tokens`` ...).
 
     Raises:
@@ -80,7 +80,7 @@ def head_cost(
     )
     with torch.device("meta"):
         head = create_head(spec, in_dim=dim, num_classes=num_classes, num_tokens=num_tokens, num_prefix=num_prefix)
-        n_in = num_tokens + (num_prefix if spec.kind == "linear" else 0)
+        n_in = num_tokens + (num_prefix if spec.kind in ("linear", "mp") else 0)  # mp: CLS + patches
         tokens = torch.empty(1, n_in, dim)
     head.eval()
     counter = FlopCounterMode(display=False)
@@ -104,7 +104,7 @@ def heads_table(
     *,
     kinds: Sequence[str] | None = None,
 ) -> list[HeadCost]:
-    """Cost rows: linear (CLS), EP for every (queries, d_out), generic MHCA, then the reference poolers.
+    """Cost rows: linear (CLS), EP for every (queries, d_out), generic MHCA, MP, then the reference poolers.
 
     EP combinations the width does not allow raise (they were asked for explicitly); baseline
     kinds that cannot be built at these dimensions (e.g. ``esimpool`` needs D divisible by 12,
@@ -119,7 +119,7 @@ def heads_table(
         for k in d_out
         for m in queries
     ]
-    for kind in ("mhca", *BASELINE_KINDS) if kinds is None else kinds:
+    for kind in ("mhca", "mp", *BASELINE_KINDS) if kinds is None else kinds:
         try:
             rows.append(head_cost(kind, dim=dim, num_classes=num_classes, num_tokens=num_tokens))
         except HeadSpecError:

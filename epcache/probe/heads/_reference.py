@@ -20,6 +20,7 @@ from ._base import ProbeHead
 from ._builtin import POOLING_CLASSES
 from ._infer import accept, need
 from ._linear import TokenSelect
+from ._mp import MomentProbing
 
 __all__ = ["from_reference"]
 
@@ -42,7 +43,10 @@ def from_reference(kind: str, state_dict: Mapping[str, Any], **config: Any) -> n
     show is passed in ``config``, named as in the reference constructors: ``num_heads`` (jepa,
     aim: default 16 = the reference ``--num_heads``; siglip/cae/dinovit 8; cait/clip 4; esimpool
     12; mhca 8), ``self_attention_apply_to``/``activation`` (abmilp), and ``tokens``/``num_prefix``
-    (linear; default ``"cls"`` and 1).
+    (linear; default ``"cls"`` and 1), ``num_prefix`` (mp; default 1: token 0 is CLS).
+
+    ``mp`` takes the official ``Moment_Probing_ViT`` keys (``proj``, ``ln``, ``classifier1``,
+    ``classifier2``, ``downblocks.0.0``, ``downblocks.0.2``) and returns :class:`MomentProbing`.
 
     The module takes the floating dtype of the weights (float64 weights give a float64 module)
     and is returned in training mode, like any freshly built ``nn.Module``.
@@ -51,11 +55,15 @@ def from_reference(kind: str, state_dict: Mapping[str, Any], **config: Any) -> n
         HeadSpecError: unknown kind or config name, missing or unexpected keys (all listed),
             or shapes that do not fit together.
     """
-    if kind not in POOLING_CLASSES:
-        raise HeadSpecError(f"unknown head kind {kind!r}; known: {', '.join(sorted(POOLING_CLASSES))}")
+    if kind not in POOLING_CLASSES and kind != MomentProbing.kind:
+        known = ", ".join(sorted([*POOLING_CLASSES, MomentProbing.kind]))
+        raise HeadSpecError(f"unknown head kind {kind!r}; known: {known}")
     sd = _head_entries(state_dict)
     full = any(_FULL_HEAD_KEY.match(k) for k in sd)
-    if kind == "linear":
+    if kind == MomentProbing.kind:  # its own structure: the official keys are the module's keys
+        args = MomentProbing.config_from_state(sd, **config)
+        module = _build(lambda: MomentProbing(**args))
+    elif kind == "linear":
         module = _build(lambda: _linear_head(sd, config))
     elif full:
         pool_sd = {k[2:]: v for k, v in sd.items() if k.startswith("0.")}

@@ -15,13 +15,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from epcache.errors import HeadSpecError
 
 from ._base import ProbeHead
 
 __all__ = ["HeadFactory", "HeadSpec", "create_head", "head_options", "list_heads", "register_head"]
 
-HeadFactory = Callable[..., ProbeHead]
+HeadFactory = Callable[..., "ProbeHead | nn.Module"]  # ProbeHead, or a head with its own structure (mp)
 _HEAD_FACTORIES: dict[
     str, HeadFactory
 ] = {}  # kind -> factory(*, in_dim, num_classes, num_tokens, num_prefix, **options)
@@ -146,8 +148,8 @@ def create_head(
     num_tokens: int | None = None,
     num_prefix: int = 0,
     **kwargs: Any,
-) -> ProbeHead:
-    """Build a probe head ``pooling -> BN -> Linear``.
+) -> ProbeHead | nn.Module:
+    """Build a probe head: ``pooling -> BN -> Linear``, or the kind's own module (``mp``).
 
     Args:
         kind: registered kind (see :func:`list_heads`) or a :class:`HeadSpec`.
