@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from epcache.probe.data.layers import LayerPlan, MultiLayerSource
-from epcache.probe.stream import BatchStream, InputPlan, StoreSource
+from epcache.probe.data.stream import BatchStream, InputPlan, StoreSource
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
 
 T, D, BATCH = 197, 768, 256

@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 
 from epcache.probe import ProbeConfig, probe
-from epcache.probe.select import split_train
+from epcache.probe.data.select import split_train
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
 
 C_GRID = np.logspace(-4, 4, 33)

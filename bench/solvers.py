@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from epcache.probe.select import split_train  # noqa: E402
+from epcache.probe.data.select import split_train  # noqa: E402
 from epcache.probe.solvers import (  # noqa: E402
     EigenPath,
     PooledCache,

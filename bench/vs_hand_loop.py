@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from epcache.probe import ProbeConfig, probe
+from epcache.probe.data.select import split_train
 from epcache.probe.heads import create_head
-from epcache.probe.optim import LARS, lr_at
-from epcache.probe.select import split_train
+from epcache.probe.train.optim import LARS, lr_at
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
 
 D, GRID, C = 384, (14, 14), 10

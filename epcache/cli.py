@@ -225,7 +225,7 @@ def probe(
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
     from epcache.probe import ProbeConfig
     from epcache.probe import probe as run_probe
-    from epcache.probe.config import parse_heads, parse_layers, parse_list
+    from epcache.probe.sweep.config import parse_heads, parse_layers, parse_list
 
     with user_errors():
         cfg = ProbeConfig(
@@ -256,7 +256,7 @@ def probe(
 @command(short_help="The training recipes of `epcache probe --recipe`: what each sets, and its source.")
 def recipes() -> None:
     """List the training recipes `epcache probe --recipe` accepts: what each sets and where it comes from."""
-    from epcache.probe.recipes import format_recipes
+    from epcache.probe.train.recipes import format_recipes
 
     typer.echo(format_recipes())
 

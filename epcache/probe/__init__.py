@@ -1,39 +1,46 @@
-"""Stage 2: train probe heads on cached tokens."""
+"""Stage 2: probes trained or fitted on cached tokens; ``probe(config)`` is the entry point.
+
+Subpackages by concept: ``sweep`` (the request, its grid file, the runs), ``data`` (which rows,
+which tokens, streamed batches), ``heads`` (trained heads and their registry), ``train`` (recipes,
+the resolved protocol, stacked heads and optimisers, the fused trainer), ``solvers`` (k-NN, ridge,
+logistic C path, nearest class mean), ``results`` (rows, heads on disk, metrics, the ranking);
+``run`` resolves a config once, plans the groups and dispatches them.
+"""
 
 from epcache._lazy import callable_module as _callable
-from epcache.probe.config import ProbeConfig as ProbeConfig
-from epcache.probe.config import parse_heads as parse_heads
-from epcache.probe.config import parse_layers as parse_layers
-from epcache.probe.config import parse_list as parse_list
-from epcache.probe.fused import EPStack as EPStack
-from epcache.probe.fused import HeadStack as HeadStack
-from epcache.probe.fused import LinearStack as LinearStack
-from epcache.probe.fused import MHCAStack as MHCAStack
-from epcache.probe.fused import ModuleStack as ModuleStack
-from epcache.probe.fused import make_stack as make_stack
-from epcache.probe.grid import RunSpec as RunSpec
-from epcache.probe.grid import SweepSettings as SweepSettings
-from epcache.probe.grid import expand_sweep as expand_sweep
-from epcache.probe.grid import load_grid as load_grid
-from epcache.probe.metrics import Metrics as Metrics
-from epcache.probe.metrics import metrics_from_counts as metrics_from_counts
-from epcache.probe.metrics import metrics_from_logits as metrics_from_logits
-from epcache.probe.protocol import Protocol as Protocol
-from epcache.probe.protocol import resolve_protocol as resolve_protocol
-from epcache.probe.recipes import RECIPES as RECIPES
-from epcache.probe.recipes import Recipe as Recipe
-from epcache.probe.results import ResultRowJSON as ResultRowJSON
-from epcache.probe.results import format_summary as format_summary
-from epcache.probe.results import load_head as load_head
-from epcache.probe.results import read_results as read_results
-from epcache.probe.results import seed_summary as seed_summary
+from epcache.probe.data.select import TrainSubsets as TrainSubsets
+from epcache.probe.data.select import split_train as split_train
+from epcache.probe.data.stream import BatchStream as BatchStream
+from epcache.probe.data.stream import InputPlan as InputPlan
+from epcache.probe.results.metrics import Metrics as Metrics
+from epcache.probe.results.metrics import metrics_from_counts as metrics_from_counts
+from epcache.probe.results.metrics import metrics_from_logits as metrics_from_logits
+from epcache.probe.results.rows import ResultRowJSON as ResultRowJSON
+from epcache.probe.results.rows import format_summary as format_summary
+from epcache.probe.results.rows import load_head as load_head
+from epcache.probe.results.rows import read_results as read_results
+from epcache.probe.results.rows import seed_summary as seed_summary
 from epcache.probe.run import ProbeResult as ProbeResult
 from epcache.probe.run import probe as probe
-from epcache.probe.select import TrainSubsets as TrainSubsets
-from epcache.probe.select import split_train as split_train
-from epcache.probe.stacked_optim import SlicedOptimizer as SlicedOptimizer
-from epcache.probe.stream import BatchStream as BatchStream
-from epcache.probe.stream import InputPlan as InputPlan
+from epcache.probe.sweep.config import ProbeConfig as ProbeConfig
+from epcache.probe.sweep.config import parse_heads as parse_heads
+from epcache.probe.sweep.config import parse_layers as parse_layers
+from epcache.probe.sweep.config import parse_list as parse_list
+from epcache.probe.sweep.grid import RunSpec as RunSpec
+from epcache.probe.sweep.grid import SweepSettings as SweepSettings
+from epcache.probe.sweep.grid import expand_sweep as expand_sweep
+from epcache.probe.sweep.grid import load_grid as load_grid
+from epcache.probe.train.fused import EPStack as EPStack
+from epcache.probe.train.fused import HeadStack as HeadStack
+from epcache.probe.train.fused import LinearStack as LinearStack
+from epcache.probe.train.fused import MHCAStack as MHCAStack
+from epcache.probe.train.fused import ModuleStack as ModuleStack
+from epcache.probe.train.fused import make_stack as make_stack
+from epcache.probe.train.protocol import Protocol as Protocol
+from epcache.probe.train.protocol import resolve_protocol as resolve_protocol
+from epcache.probe.train.recipes import RECIPES as RECIPES
+from epcache.probe.train.recipes import Recipe as Recipe
+from epcache.probe.train.stacked_optim import SlicedOptimizer as SlicedOptimizer
 
 __all__ = [
     "RECIPES",

@@ -23,16 +23,16 @@ from typing import Any
 import torch
 
 from epcache.errors import ConfigError, UnknownLayerError
-from epcache.probe.config import ProbeConfig
-from epcache.probe.data_rows import RunData, check_compatible, resolve_rows
-from epcache.probe.grid import RunSpec, SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
-from epcache.probe.group import GroupRunner
-from epcache.probe.protocol import Protocol, resolve_holdout
-from epcache.probe.ranking import group_by_seed, rank
-from epcache.probe.recipes import get_recipe
-from epcache.probe.results import RESULTS_FILE, format_summary, read_results, repair_results, write_json
+from epcache.probe.data.rows import RunData, check_compatible, resolve_rows
+from epcache.probe.results.ranking import group_by_seed, rank
+from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_results, repair_results, write_json
 from epcache.probe.solvers import check_solver_inputs, plan_solvers, run_solver_configs
-from epcache.probe.train import HeadGeometry
+from epcache.probe.sweep.config import ProbeConfig
+from epcache.probe.sweep.grid import RunSpec, SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
+from epcache.probe.train.group import GroupRunner
+from epcache.probe.train.protocol import Protocol, resolve_holdout
+from epcache.probe.train.recipes import get_recipe
+from epcache.probe.train.trainer import HeadGeometry
 from epcache.store import FeatureStore, check_for_probe, open_store
 from epcache.store._oserror import os_errors
 from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock

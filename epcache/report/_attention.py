@@ -97,7 +97,7 @@ def attention_report(
     """
     import torch
 
-    from epcache.probe.results import load_head
+    from epcache.probe.results.rows import load_head
     from epcache.store import open_store, select_tokens, to_torch
 
     run = Path(rundir)

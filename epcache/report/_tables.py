@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError
-from epcache.probe.ranking import SeedGroup, group_by_seed, rank_key
+from epcache.probe.results.ranking import SeedGroup, group_by_seed, rank_key
 
 __all__ = ["ConfigGroup", "best_by", "group_seeds", "load_rows"]
 
@@ -65,7 +65,7 @@ class ConfigGroup:
         return hold[0] if hold is not None else self.eval_top1[0]
 
     def rank_key(self, honest: bool) -> tuple[Any, ...]:
-        """The shared ranking key (smallest = best), see :func:`epcache.probe.ranking.rank_key`."""
+        """The shared ranking key (smallest = best), see :func:`epcache.probe.results.ranking.rank_key`."""
         return rank_key(SeedGroup(self.key, self.rows), honest=honest)
 
 
@@ -75,7 +75,7 @@ def load_rows(rundir: Path) -> list[dict[str, Any]]:
     Raises:
         ConfigError: no results file, or no rows in it.
     """
-    from epcache.probe.results import read_results
+    from epcache.probe.results.rows import read_results
 
     files = sorted(rundir.glob("results*.jsonl"))
     if _is_store(rundir):
@@ -111,7 +111,7 @@ def group_seeds(rows: Iterable[dict[str, Any]]) -> list[ConfigGroup]:
     """Group rows that differ only by the head-init seed (same protocol fingerprint), in first-seen order.
 
     Rows of runs with other shots, epochs, batch, holdout or data seed are separate groups even
-    when their names match: see :mod:`epcache.probe.ranking`.
+    when their names match: see :mod:`epcache.probe.results.ranking`.
     """
     out = []
     for sg in group_by_seed(rows):
@@ -129,7 +129,7 @@ def group_seeds(rows: Iterable[dict[str, Any]]) -> list[ConfigGroup]:
 def best_by(groups: Sequence[ConfigGroup], key: Callable[[ConfigGroup], Hashable]) -> dict[Any, ConfigGroup]:
     """Best group for each value of ``key`` (e.g. ``lambda g: g.kind``), by the probe summary's ranking.
 
-    Ties are broken as :func:`epcache.probe.ranking.rank_key` breaks them, so the report's best
+    Ties are broken as :func:`epcache.probe.results.ranking.rank_key` breaks them, so the report's best
     per kind is the summary's best per kind.
     """
     honest = all(g.holdout_top1 is not None for g in groups)

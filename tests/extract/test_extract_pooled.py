@@ -15,7 +15,7 @@ from epcache.extract import extract
 from epcache.extract._loader import decode_image
 from epcache.extract._transforms import create_eval_transform, resolve_data_config
 from epcache.probe import ProbeConfig, probe
-from epcache.probe.stream import InputPlan
+from epcache.probe.data.stream import InputPlan
 from epcache.store import describe_store, format_store_info, open_store
 
 REG_VIT = "vit_small_patch14_reg4_dinov2"  # CLS + 4 registers

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from epcache.errors import ConfigError
 from epcache.probe.heads import from_reference
-from epcache.probe.optim import LARS, build_optimizer, lr_at
+from epcache.probe.train.optim import LARS, build_optimizer, lr_at
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "train"
 TRAIN_FILES = sorted(DATA.glob("*.npz"))

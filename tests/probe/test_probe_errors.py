@@ -19,7 +19,7 @@ from epcache.errors import (
     UnknownSplitError,
 )
 from epcache.probe import probe
-from epcache.probe.select import holdout_count
+from epcache.probe.data.select import holdout_count
 from epcache.store import open_store
 
 

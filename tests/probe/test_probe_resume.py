@@ -14,7 +14,7 @@ import pytest
 from probe_helpers import write_store
 
 from epcache.probe import read_results
-from epcache.probe.results import load_checkpoint
+from epcache.probe.results.rows import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 20

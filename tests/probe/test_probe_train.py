@@ -12,8 +12,8 @@ from probe_helpers import config, write_store
 from safetensors.torch import load_file
 
 from epcache.probe import load_head, probe, read_results
-from epcache.probe.results import RESULT_SCHEMA
-from epcache.probe.select import HOLDOUT_RULE
+from epcache.probe.data.select import HOLDOUT_RULE
+from epcache.probe.results.rows import RESULT_SCHEMA
 from epcache.store import open_store, select_tokens, to_torch
 
 

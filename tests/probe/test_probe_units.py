@@ -10,8 +10,8 @@ import torch
 from probe_helpers import write_store
 
 from epcache.probe import BatchStream, InputPlan, metrics_from_counts, metrics_from_logits, split_train
-from epcache.probe.metrics import mean_std
-from epcache.probe.stream import MemorySource, StoreSource, prefetch
+from epcache.probe.data.stream import MemorySource, StoreSource, prefetch
+from epcache.probe.results.metrics import mean_std
 from epcache.store import open_store, select_tokens, to_torch
 
 

@@ -97,7 +97,7 @@ elif kind == "h5-data":
 
     HDF5FeatureStore._write_array = write_array
 elif kind == "after-row":
-    import epcache.probe.group as run  # where a group appends its rows
+    import epcache.probe.train.group as run  # where a group appends its rows
     original = run.append_result
 
     def append_result(*args, **kwargs):

@@ -153,7 +153,7 @@ def test_attention_figure_shares_one_scale_and_labels_rows() -> None:
 
 
 def test_summary_and_report_tables_share_columns_units_and_fit_100_columns(store: Path, tmp_path: Path) -> None:
-    from epcache.probe.results import format_summary
+    from epcache.probe.results.rows import format_summary
     from epcache.report import write_report
 
     rows = _rows(store, (0, 1))

@@ -11,6 +11,8 @@ except ``linear`` and ``dinovit``; for ``cbam``/``dolg`` they are unnormalised s
 from ._base import Pooling as Pooling
 from ._base import ProbeHead as ProbeHead
 from ._builtin import POOLING_CLASSES as POOLING_CLASSES
+from ._class_attn_pools import CaiTPooler as CaiTPooler
+from ._class_attn_pools import CoCaPooler as CoCaPooler
 from ._cost import BASELINE_KINDS as BASELINE_KINDS
 from ._cost import HeadCost as HeadCost
 from ._cost import format_heads_table as format_heads_table
@@ -40,8 +42,6 @@ from ._token_pools import SimPoolPooler as SimPoolPooler
 from ._vector import VectorInput as VectorInput
 from ._xattn_pools import AIMPooler as AIMPooler
 from ._xattn_pools import CAEPooler as CAEPooler
-from ._xattn_pools import CaiTPooler as CaiTPooler
-from ._xattn_pools import CoCaPooler as CoCaPooler
 from ._xattn_pools import JEPAPooler as JEPAPooler
 from ._xattn_pools import SigLIPPooler as SigLIPPooler
 

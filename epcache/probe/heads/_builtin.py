@@ -16,6 +16,7 @@ from torch import nn
 from epcache.errors import HeadSpecError
 
 from ._base import Pooling, ProbeHead
+from ._class_attn_pools import CaiTPooler, CoCaPooler
 from ._ep import EfficientProbing
 from ._grid_pools import CBAMPooler, DOLGPooler
 from ._linear import TokenSelect
@@ -23,7 +24,7 @@ from ._mhca import MultiHeadCrossAttention
 from ._mp import MomentProbing
 from ._registry import register_head
 from ._token_pools import ABMILPPooler, CLIPPooler, DinoViTPooler, ESimPoolPooler, SimPoolPooler
-from ._xattn_pools import AIMPooler, CAEPooler, CaiTPooler, CoCaPooler, JEPAPooler, SigLIPPooler
+from ._xattn_pools import AIMPooler, CAEPooler, JEPAPooler, SigLIPPooler
 
 __all__ = ["POOLING_CLASSES"]
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from epcache.errors import ConfigError
-from epcache.probe.metrics import Metrics, MetricsAccumulator
+from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.solvers._knn import knn_table
 from epcache.probe.solvers._logreg import c_grid, fit_logreg, logreg_path
 from epcache.probe.solvers._ncm import fit_ncm

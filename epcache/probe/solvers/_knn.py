@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from epcache.errors import ConfigError
-from epcache.probe.metrics import Metrics, metrics_from_counts
+from epcache.probe.results.metrics import Metrics, metrics_from_counts
 
 __all__ = ["KNN_METRICS", "KNN_WEIGHTINGS", "KnnTable", "knn_search", "knn_table", "knn_vote"]
 

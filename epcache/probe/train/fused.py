@@ -280,7 +280,7 @@ def make_stack(
     """A stack for K heads of one kind and shape: batched if the kind has one, else a module loop."""
     kind = heads[0].kind  # type: ignore[union-attr]
     if kind == "mp" and fused:  # Moment Probing keeps its own structure; its stack lives with it
-        from epcache.probe.fused_mp import MPStack
+        from epcache.probe.train.fused_mp import MPStack
 
         return MPStack(heads, selection, config_index)
     cls = STACKED_KINDS.get(kind) if fused else None  # type: ignore[call-overload]

@@ -3,7 +3,7 @@
 A stacked tensor ``(K, ...)`` holds K configs; a torch optimiser would treat it as one
 parameter (one LARS trust ratio over all K configs, one lr). Here every rule is applied per
 slice: LARS norms are taken over ``param[k]`` only, learning rate and weight decay are ``(K, 1,
-..., 1)`` tensors. Each rule follows the single-head optimiser in ``epcache.probe.optim``
+..., 1)`` tensors. Each rule follows the single-head optimiser in ``epcache.probe.train.optim``
 (MAE's LARS) or torch (AdamW, SGD) operation by operation, so a config trained in a stack gets
 the weights it gets alone (tests compare them in float64).
 """
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from epcache.errors import ConfigError
-from epcache.probe.fused import ParamSlot
+from epcache.probe.train.fused import ParamSlot
 
 __all__ = ["SlicedOptimizer"]
 

@@ -1,7 +1,7 @@
 """Checks and small resolvers of the sweep grid: head specs, token choices, layers, shared settings.
 
 Each check appends a message to the sweep's error list instead of raising, so one ConfigError can
-name every problem of a sweep at once (see :func:`epcache.probe.grid.raise_errors`).
+name every problem of a sweep at once (see :func:`epcache.probe.sweep.grid.raise_errors`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
-from epcache.probe.config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
+from epcache.probe.sweep.config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
 from epcache.store import StoreMeta
 
 __all__ = ["check_axes", "check_choices", "check_head", "check_shared", "jsonable", "resolve_layers", "split_head",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatchError
-from epcache.probe.config import ProbeConfig
-from epcache.probe.select import HOLDOUT_RULE, check_labels, split_train
+from epcache.probe.data.select import HOLDOUT_RULE, check_labels, split_train
+from epcache.probe.sweep.config import ProbeConfig
 from epcache.store import FeatureStore
 
 __all__ = ["RunData", "check_compatible", "resolve_rows"]

@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from epcache.probe.config import ProbeConfig
 from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
-from epcache.probe.data_rows import RunData
-from epcache.probe.grid import RunSpec
-from epcache.probe.metrics import Metrics
-from epcache.probe.ranking import SeedGroup, rank_key
-from epcache.probe.results import (
+from epcache.probe.data.rows import RunData
+from epcache.probe.data.stream import BatchStream
+from epcache.probe.results.metrics import Metrics
+from epcache.probe.results.ranking import SeedGroup, rank_key
+from epcache.probe.results.rows import (
     RESULT_SCHEMA,
     RESULTS_FILE,
     ResultRowJSON,
@@ -34,8 +33,9 @@ from epcache.probe.results import (
     save_checkpoint,
     save_head,
 )
-from epcache.probe.stream import BatchStream
-from epcache.probe.train import ConfigOutcome, GroupTrainer, HeadGeometry
+from epcache.probe.sweep.config import ProbeConfig
+from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer, HeadGeometry
 from epcache.store import FeatureStore
 
 __all__ = ["GroupRunner", "protocol_fingerprint"]

@@ -28,8 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from epcache.errors import ConfigError
-from epcache.probe.metrics import MetricsJSON
-from epcache.probe.ranking import group_by_seed, rank
+from epcache.probe.results.metrics import MetricsJSON
+from epcache.probe.results.ranking import group_by_seed, rank
 
 __all__ = [
     "RESULTS_FILE",
@@ -168,7 +168,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | No
 def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     """Text summary: the best seed group per head kind, the best overall, and seed mean ± std.
 
-    Ranking is :func:`epcache.probe.ranking.rank` (seed-mean holdout top-1, deterministic ties),
+    Ranking is :func:`epcache.probe.results.ranking.rank` (seed-mean holdout top-1, deterministic ties),
     the same function the report uses, so the summary and the report name the same best config.
     The eval column is the eval split at each config's selected epoch; ``oracle`` is the best
     eval epoch (the paper's protocol, not an honest number). Epochs are 1-based.

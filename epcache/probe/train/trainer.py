@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from epcache.probe.fused import HeadStack, TensorStack, cross_entropy_per_config, make_stack
-from epcache.probe.grid import RunSpec
-from epcache.probe.metrics import Metrics, MetricsAccumulator
-from epcache.probe.optim import lr_at
-from epcache.probe.protocol import optimizer_settings
-from epcache.probe.stacked_optim import SlicedOptimizer
-from epcache.probe.stream import BatchStream
+from epcache.probe.data.stream import BatchStream
+from epcache.probe.results.metrics import Metrics, MetricsAccumulator
+from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.train.fused import HeadStack, TensorStack, cross_entropy_per_config, make_stack
+from epcache.probe.train.optim import lr_at
+from epcache.probe.train.protocol import optimizer_settings
+from epcache.probe.train.stacked_optim import SlicedOptimizer
 
 if TYPE_CHECKING:
     from epcache.probe.data.layers import Plan

@@ -2,7 +2,7 @@
 
 Fields left ``None`` (or empty) come from the recipe (``--recipe``, default ``auto``); an explicit
 value overrides that one field. The config is resolved once, with its TOML grid file, into the
-sweep's protocol (``epcache.probe.protocol``) and runs (``epcache.probe.grid``), and the data path
+sweep's protocol (``epcache.probe.train.protocol``) and runs (``epcache.probe.sweep.grid``), and the data path
 and every results row read from that resolution, never from the raw request.
 """
 
