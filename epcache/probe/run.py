@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from epcache.errors import ConfigError, UnknownLayerError
@@ -194,6 +195,7 @@ def _probe(
     raise_errors(errors)
     layers = sweep_layers(request, store.meta)
     # solver heads (knn, ridge, logreg, ncm) leave the trained sweep and become solver specs
+    c, knn_note = _cap_default_k(c, store, eval_store, layers, num_classes, holdout)
     trained, specs = plan_solvers(dataclasses.replace(c, holdout=holdout), store.meta, layers=layers,
                                   store_provenance=store.provenance, eval_provenance=eval_store.provenance)
     if specs:
@@ -219,6 +221,8 @@ def _probe(
     protocol = runs[0].settings.protocol if runs else None
     notes = [_plan_line(runs, specs, layers, data, protocol), *data.notes,
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
+    if knn_note:
+        notes.insert(1, knn_note)
     if protocol is not None and protocol.adapted:
         notes.insert(1, f"recipe {protocol.recipe} adapted to this dataset: " + "; ".join(protocol.adapted))
     for note in notes:
@@ -279,6 +283,28 @@ def _probe(
     if out is not None:
         (out / f"summary{suffix}.txt").write_text(summary + "\n", encoding="utf-8")
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=tuple(notes))
+
+
+def _cap_default_k(c: ProbeConfig, store: FeatureStore, eval_store: FeatureStore, layers: list[int],
+                   num_classes: int, holdout: float) -> tuple[ProbeConfig, str | None]:
+    """The default k list (10, 20, 100, 200) capped at the k-NN bank of a small training set, said once.
+
+    An explicit ``--k`` larger than the bank stays an error (``check_solver_inputs``); the default
+    must not make a valid command fail, so it keeps the values that fit and adds the bank size.
+    """
+    default = next(f.default for f in dataclasses.fields(ProbeConfig) if f.name == "k")
+    if c.k != default or not any(h.split("(")[0].strip() == "knn" for h in c.head):
+        return c, None
+    rows = resolve_rows(dataclasses.replace(c, shots=None), store, eval_store, layers, num_classes, holdout=holdout)
+    bank = len(rows.train_rows)
+    shots = c.shots if isinstance(c.shots, tuple) else (c.shots,) if c.shots else ()
+    if shots:
+        present = len(np.unique(rows.train_labels[rows.train_rows]))
+        bank = min(bank, min(shots) * present)
+    if max(default) <= bank:
+        return c, None
+    ks = tuple(sorted({k for k in default if k <= bank} | {bank}))
+    return dataclasses.replace(c, k=ks), f"k-NN: the default k list capped at the bank of {bank} samples: k = {ks}"
 
 
 def _prepare_rundir(out: Path | None, results_file: str, suffix: str, config: ProbeConfig, runs: list[Any],

@@ -74,9 +74,12 @@ def test_defaults_run_and_learn_from_20_samples_up(tmp_path: Path, n_train: int,
 
 def test_the_plain_cli_command_works_on_a_20_sample_store(tmp_path: Path) -> None:
     store = separable_store(tmp_path / "s.zarr", n_train=20, n_val=40, num_classes=4)
-    res = CliRunner().invoke(app, ["probe", "--store", str(store), "--head", "linear", "--no-progress"])
+    res = CliRunner().invoke(app, ["probe", "--store", str(store), "--head", "linear,knn", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "plan: 12 configs (1 head x 12 lrs)" in res.stderr  # notes reach stderr even with --no-progress
+    assert "plan: 1 solver config (knn) and 12 configs (1 head x 12 lrs)" in res.stderr  # stderr without progress
+    assert "k-NN: the default k list capped at the bank of 16 samples: k = (10, 16)" in res.stderr
+    explicit = CliRunner().invoke(app, ["probe", "--store", str(store), "--head", "knn", "--k", "10,20,200"])
+    assert explicit.exit_code == 2 and "k=200 is larger than the bank" in explicit.output  # explicit: an error
     assert "best overall: " in res.stdout and "linear[cls] L0" in res.stdout
 
 

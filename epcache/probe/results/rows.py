@@ -236,8 +236,8 @@ def _summary_cells(g: Any) -> tuple[str, ...]:
         format_flops(r["flops"]),
         _pm(g.mean_std("holdout"), std=len(g.rows) > 1),
         _pm(g.mean_std("eval"), std=len(g.rows) > 1),
-        "-" if r["oracle"]["epoch"] is None else f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
-    )
+        "-" if not r["oracle"]["epoch"] else f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
+    )  # solver heads have no epochs (0), eval-only-at-the-end runs no oracle (None)
 
 
 def short_label(config: dict[str, Any]) -> str:

@@ -100,8 +100,8 @@ def _fit_knn(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     if spec.option("select") == "holdout" and hold_table is not None:
         acc = hold_table.top1()
         k, t = pairs[max(range(len(pairs)), key=lambda i: (acc.flat[i], -i))]  # ties: smallest k, then T
-    else:
-        k, t = FIXED_KNN_PAIR
+    else:  # DINO's k=20, T=0.07; a bank smaller than 20 has its largest k instead (the k list was capped)
+        k, t = min(FIXED_KNN_PAIR[0], max(ks)), FIXED_KNN_PAIR[1]
     eval_table = knn_table(d.refit_x, d.refit_y, d.eval_x, d.eval_y, **kw)
     details: dict[str, Any] = {}
     by_k = eval_table.top1()[:, ts.index(t)]

@@ -215,7 +215,8 @@ def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
             check_knn_options(ks, ts, o["metric"], o["weighting"])
             if o["select"] not in ("fixed", "holdout"):
                 return f"select must be 'fixed' (k=20, T=0.07) or 'holdout', got {o['select']!r}"
-            if o["select"] == "fixed" and (FIXED_KNN_PAIR[0] not in ks or FIXED_KNN_PAIR[1] not in ts):
+            headline = min(FIXED_KNN_PAIR[0], max(ks))  # k=20, or the largest k of a list capped at a small bank
+            if o["select"] == "fixed" and (headline not in ks or FIXED_KNN_PAIR[1] not in ts):
                 return ("the fixed headline rule reads k=20, T=0.07, which the grid lacks; add them "
                         "(--k ...,20 --temperature ...,0.07) or use knn(select='holdout')")
             if o["select"] == "holdout" and holdout <= 0:
