@@ -40,6 +40,7 @@ from epcache.store import (
     open_store,
     verify_store,
 )
+from epcache.store._lockfile import pid_alive
 
 __all__ = ["RepairResult", "extract_config_from_store", "recorded_data_root", "repair_store"]
 
@@ -383,7 +384,7 @@ def remove_dead_scratch(location: str) -> list[Path]:
     removed = []
     for d in Path(parent).glob(_scratch_prefix(location, None) + "*"):
         m = _SCRATCH_RE.match(d.name[len(_scratch_prefix(location, None)) :])
-        if m is None or m.group("host") != socket.gethostname() or _alive(int(m.group("pid"))):
+        if m is None or m.group("host") != socket.gethostname() or pid_alive(int(m.group("pid"))):
             continue
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
@@ -394,16 +395,6 @@ def _scratch_prefix(location: str, pid: int | None) -> str:
     name = Path(location.rstrip("/")).name
     base = f".epcache-repair-{name}-"
     return base if pid is None else f"{base}{socket.gethostname()}-{pid}-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _scratch_parent(location: str) -> str | None:

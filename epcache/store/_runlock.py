@@ -19,7 +19,7 @@ from pathlib import Path
 
 from epcache.errors import ConfigError
 from epcache.store._lock import StoreLock
-from epcache.store._lockfile import LockInfo, take_local_lock
+from epcache.store._lockfile import LockInfo, pid_alive, take_local_lock
 
 __all__ = ["RUN_LOCK_PREFIX", "acquire_run_lock", "remove_stale_checkpoints", "run_dir_lock"]
 
@@ -100,7 +100,7 @@ def remove_stale_checkpoints(run_dir: Path, finished: set[str]) -> list[Path]:
     for f in sorted(ckpt_dir.iterdir()):
         tmp = _TMP_CKPT.match(f.name)
         if tmp is not None:
-            if not _pid_alive(int(tmp.group(1))):
+            if not pid_alive(int(tmp.group(1))):
                 f.unlink(missing_ok=True)
                 removed.append(f)
             continue
@@ -123,16 +123,6 @@ def _remove_empty(dirs: tuple[str, ...]) -> None:
             os.rmdir(d)
         except OSError:
             return
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_locked_message(loc: str, path: str, holder: LockInfo, *, held: bool = False) -> str:

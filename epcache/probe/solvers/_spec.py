@@ -11,7 +11,6 @@ of both kinds share one results.jsonl and one skip-if-finished rule.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import re
@@ -192,19 +191,9 @@ def parse_head(text: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: the text is not ``kind`` or ``kind(name=literal, ...)``.
     """
-    m = _HEAD_RE.match(text)
-    if m is None:
-        raise ConfigError(f"cannot parse head {text!r}; expected e.g. 'knn' or \"knn(k=[10,20])\"")
-    kind, args = m.group(1), (m.group(2) or "").strip()
-    if not args:
-        return kind, {}
-    try:
-        call = ast.parse(f"f({args})", mode="eval").body
-        if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
-            raise ValueError("options must be given as name=value")
-        return kind, {str(kw.arg): ast.literal_eval(kw.value) for kw in call.keywords}
-    except (SyntaxError, ValueError) as e:
-        raise ConfigError(f"cannot parse head {text!r}: {e}") from None
+    from epcache.probe.sweep.checks import split_head
+
+    return split_head(text)
 
 
 def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
