@@ -30,7 +30,7 @@ from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_result
 from epcache.probe.solvers import check_solver_inputs, plan_solvers, run_solver_configs
 from epcache.probe.sweep.config import ProbeConfig
 from epcache.probe.sweep.grid import RunSpec, SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
-from epcache.probe.train.group import GroupRunner
+from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.protocol import Protocol, resolve_holdout
 from epcache.probe.train.recipes import get_recipe
 from epcache.probe.train.trainer import HeadGeometry
@@ -250,9 +250,12 @@ def _probe(
         for st, split in ((store, c.train_split), (eval_store, c.eval_split)):
             st.require_pooled(split)
     groups: dict[tuple[int, ...], list[RunSpec]] = defaultdict(list)
-    for r in runs:
-        if r.id not in finished:
-            groups[r.group_key].append(r)
+    for key, members in _by_group(runs).items():
+        todo = [r for r in members if r.id not in finished]
+        if todo and len(todo) < len(members) and out is not None and checkpoint_path(out, members).is_file():
+            todo = members  # killed between its rows: resume the whole stack from its checkpoint
+        if todo:
+            groups[key] = todo
     new_rows: dict[str, dict[str, Any]] = {}
     from tqdm import tqdm
 
@@ -269,7 +272,7 @@ def _probe(
             runner = GroupRunner(c, store, eval_store, data, geometry, resolve_device(c.device),
                                  _TORCH_DTYPES[c.dtype], out, say, bar, data_batch=runs[0].settings.batch_size,
                                  threads_rule=threads_rule, results_file=results_file)
-            for row in runner.run(group):
+            for row in runner.run(group, finished):
                 new_rows[row["id"]] = dict(row)
     pending = [s for s in specs if s.id not in finished]
     if pending:  # solver heads: one pooled pass per layer, then closed form / L-BFGS per spec
@@ -283,6 +286,13 @@ def _probe(
     if out is not None:
         (out / f"summary{suffix}.txt").write_text(summary + "\n", encoding="utf-8")
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=tuple(notes))
+
+
+def _by_group(runs: list[RunSpec]) -> dict[tuple[int, ...], list[RunSpec]]:
+    groups: dict[tuple[int, ...], list[RunSpec]] = defaultdict(list)
+    for r in runs:
+        groups[r.group_key].append(r)
+    return groups
 
 
 def _cap_default_k(c: ProbeConfig, store: FeatureStore, eval_store: FeatureStore, layers: list[int],

@@ -113,6 +113,24 @@ def test_sweep_killed_after_its_rows_resumes_without_stale_checkpoints(refs: dic
     assert not list(run.glob(".epcache-run*.lock"))
 
 
+def test_sweep_killed_between_the_rows_of_a_group_resumes_to_the_same_rows(refs: dict, tmp_path: Path) -> None:
+    """The group is resumed whole from its checkpoint (float32 numbers depend on the stack size)."""
+    args = [*PROBE, "--store", str(refs["zarr"]), "--eval-split", "train", "--lr", "0.01,0.02,0.05"]
+    run_killed(tmp_path, "after-row:1", [*args, "--out", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "results.jsonl").read_text().count("\n") == 1
+    code, text = run_cli(*args, "--out", str(tmp_path / "run"))
+    assert code == 0 and "Traceback" not in text, text
+    code, text = run_cli(*args, "--out", str(tmp_path / "ref"))  # never interrupted
+    assert code == 0, text
+
+    def rows(run: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "timing"}
+                for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())]
+
+    assert rows(tmp_path / "run") == rows(tmp_path / "ref")  # exactly, float32 included
+    assert not list((tmp_path / "run" / "ckpt").iterdir())
+
+
 def test_repair_killed_mid_way_leaves_no_scratch_after_the_next_repair(refs: dict, tmp_path: Path) -> None:
     out = copy_store(refs["zarr"], tmp_path / "s.zarr")
     chunk = out / "splits" / "train" / "layers" / "11" / "c" / "1" / "0" / "0" / "0"

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from epcache.probe.sweep.grid import RunSpec
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer, HeadGeometry
 from epcache.store import FeatureStore
 
-__all__ = ["GroupRunner", "protocol_fingerprint"]
+__all__ = ["GroupRunner", "checkpoint_path", "protocol_fingerprint"]
 
 _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -62,8 +62,14 @@ class GroupRunner:
     threads_rule: str = "user"  # how the torch thread count was chosen (recorded in timing)
     results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
 
-    def run(self, runs: Sequence[RunSpec]) -> list[ResultRowJSON]:
-        """Train one input group (configs reading the same layers) and write its rows and heads."""
+    def run(self, runs: Sequence[RunSpec], finished: Mapping[str, Any] | None = None) -> list[ResultRowJSON]:
+        """Train one input group (configs reading the same layers) and write its rows and heads.
+
+        ``finished``: rows already in the run directory; their configs are trained along (a killed
+        group resumes with the stack it was checkpointed with, so float32 numbers stay the same)
+        but their rows and heads are not written again.
+        """
+        finished = finished or {}
         t0 = time.perf_counter()
         c, s = self.config, runs[0].settings
         p = s.protocol
@@ -82,8 +88,7 @@ class GroupRunner:
         ckpt = None
         resumed_from = None
         if self.out is not None:
-            key = hashlib.sha256(json.dumps([runs[0].group_key, sorted(r.id for r in runs)]).encode()).hexdigest()[:16]
-            ckpt = self.out / "ckpt" / f"{layer}-{key}.safetensors"
+            ckpt = checkpoint_path(self.out, runs)
             loaded = load_checkpoint(ckpt)
             if loaded is not None and loaded[1].get("config_ids") == [r.id for r in runs]:
                 trainer.restore(*loaded)
@@ -143,6 +148,9 @@ class GroupRunner:
         rows = []
         costs: dict[tuple[str, str, int], Any] = {}
         for o in outcomes:
+            if o.run.id in finished:  # trained along for the stack's sake; its row is already written
+                rows.append(finished[o.run.id])
+                continue
             row = self._row(o, costs, timing)
             if self.out is not None:
                 if c.save_heads:
@@ -297,3 +305,9 @@ def _mjson(m: Metrics | None) -> Any:
 
 def _pct(m: dict[str, Any] | None) -> str:
     return "-" if m is None else f"{100 * m['top1']:.2f}%"
+
+
+def checkpoint_path(out: Path, runs: Sequence[RunSpec]) -> Path:
+    """Where a group's per-epoch checkpoint lives: named by its input and the exact set of its configs."""
+    key = hashlib.sha256(json.dumps([runs[0].group_key, sorted(r.id for r in runs)]).encode()).hexdigest()[:16]
+    return out / "ckpt" / f"{group_label(runs)}-{key}.safetensors"
