@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -45,7 +46,6 @@ def test_import_epcache_is_light_and_offers_entry_points() -> None:
 
 
 def test_config_fields_are_documented_for_help() -> None:
-    import dataclasses
 
     import epcache
 
@@ -75,3 +75,14 @@ def test_readme_grid_example_expands_as_described(tmp_path: Path) -> None:
     sliced = expand_sweep(ProbeConfig(store="s.zarr", head=("linear",), layers=("-2:",), lr=(0.1,)), meta,
                           num_classes=4, store_provenance="p", eval_provenance="p")
     assert sorted(r.layer for r in sliced) == [0, 1]
+
+
+def test_probe_config_fields_are_documented_for_help() -> None:
+    import epcache
+
+    doc = epcache.ProbeConfig.__doc__ or ""
+    assert "Attributes:" in doc
+    for f in dataclasses.fields(epcache.ProbeConfig):
+        assert f.metadata.get("doc"), f"ProbeConfig.{f.name} has no doc"
+        assert f"    {f.name} (" in doc
+    assert "training protocol (`epcache recipes`)" in doc

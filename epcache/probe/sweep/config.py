@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
 
 __all__ = [
@@ -52,6 +53,7 @@ _TUPLE_FIELDS: dict[str, type] = {
 _HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
 
+@document_fields
 @dataclass(frozen=True)
 class ProbeConfig:
     """Everything ``epcache probe`` takes; list-valued fields are sweep axes (their product is the sweep).
@@ -68,50 +70,62 @@ class ProbeConfig:
     empty = from the recipe); the recipe adapts its own defaults to the dataset and records how.
     """
 
-    store: str  # feature store path or URL (the train split, and the eval split unless eval_store)
-    head: tuple[str, ...] = ("ep",)  # head kinds or specs, e.g. "ep", "linear(tokens='gap')"
-    queries: tuple[int, ...] = ()  # EP queries M; empty: the head's default (32)
-    d_out: tuple[int, ...] = ()  # EP width divisor; empty: default (1)
-    num_heads: tuple[int, ...] = ()  # attention heads of MHCA-style poolers; empty: each kind's default
-    layers: tuple[int | str, ...] = ("last",)  # block indices (negative: from the end), "last" or "all"
-    tokens: tuple[str, ...] = ()  # empty: linear reads cls, pooling heads read patch, mp reads all
-    layer_mix: tuple[str, ...] = ("none",)  # none: one config per layer; concat|mean|tokens: all layers as one input
-    recipe: str = "auto"  # training protocol (`epcache recipes`): auto | ep-paper | dinov2-linear | capi-attentive
-    lr: tuple[float, ...] = ()  # absolute peak lrs (a grid, trained fused); empty: the recipe's
-    blr: tuple[float, ...] = ()  # base lrs, lr = blr * batch_size / 256; empty: the recipe's
-    wd: tuple[float, ...] = ()  # weight decays (LARS: only on >=2-D params, as MAE); empty: the recipe's
-    optimizer: tuple[str, ...] = ()  # lars | adamw | sgd; empty: the recipe's
-    seeds: tuple[int, ...] = (0,)  # head-init seeds; data order depends on data_seed only
-    epochs: int | None = None  # evaluation epochs; None: the recipe's (with its step floor)
-    warmup: float | None = None  # warm-up epochs (linear from 0, per iteration); None: the recipe's
-    batch_size: int | None = None  # per step (drop_last); None: the recipe's, adapted to the dataset
-    min_steps: int | None = None  # floor on optimiser steps (epochs become several passes); None: the recipe's
-    data_seed: int = 0  # holdout split, low-shot subset, batch order and view choice
-    holdout: float | None = None  # stratified fraction of train that selects epoch and config; 0: last epoch
-    shots: int | tuple[int, ...] | None = None  # low-shot: K per class (after the holdout); several: solver heads
-    fraction: float | None = None  # low-shot: this fraction of each class's training samples
-    train_split: str = "train"
-    eval_split: str = "val"
-    eval_store: str | None = None  # another store holding eval_split (same backbone provenance required)
-    grid: str | None = None  # TOML sweep file; its keys override these fields (see load_grid)
-    out: str | None = None  # run directory; None: nothing is written (no resume)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    in_memory: bool = False  # load the selected tokens of every split once instead of streaming
-    allow_incomplete: bool = False  # train on the written blocks of an incomplete store
-    dtype: str = "float32"  # compute dtype; float64 is for exactness tests
-    fused: bool = True  # stack same-shape heads into batched ops; False: one module per config (reference)
-    save_heads: bool = True  # write heads/<id>.safetensors for every config's selected epoch
-    prefetch: int = 4  # batches the reader thread may run ahead
-    shuffle_chunks: int = 0  # chunks in the shuffle buffer; 0: enough for two batches (at least 4)
-    eval_cache_mb: float = 4096.0  # holdout/eval tokens up to this size are read once and kept in RAM
-    eval_curve: bool = True  # score the eval split every epoch (curves, oracle); False: only at the end
-    shard: str | None = None  # "I/N": train only part I of N of the sweep (job arrays); torchrun sets it from RANK
-    trust_store: bool = False  # skip the store integrity checks (store/_integrity.py); recorded in every row
+    store: str = doc(doc="feature store path or URL (the train split, and the eval split unless eval_store)")
+    head: tuple[str, ...] = doc(("ep",), doc="head kinds or specs, e.g. \"ep\", \"linear(tokens='gap')\"")
+    queries: tuple[int, ...] = doc((), doc="EP queries M; empty: the head's default (32)")
+    d_out: tuple[int, ...] = doc((), doc="EP width divisor; empty: default (1)")
+    num_heads: tuple[int, ...] = doc((), doc="attention heads of MHCA-style poolers; empty: each kind's default")
+    layers: tuple[int | str, ...] = doc(("last",), doc="block indices (negative: from the end), \"last\" or \"all\"")
+    tokens: tuple[str, ...] = doc((), doc="empty: linear reads cls, pooling heads read patch, mp reads all")
+    layer_mix: tuple[str, ...] = doc(
+        ("none",),
+        doc="none: one config per layer; concat|mean|tokens: all layers as one input",
+    )
+    recipe: str = doc(
+        "auto",
+        doc="training protocol (`epcache recipes`): auto | ep-paper | dinov2-linear | capi-attentive",
+    )
+    lr: tuple[float, ...] = doc((), doc="absolute peak lrs (a grid, trained fused); empty: the recipe's")
+    blr: tuple[float, ...] = doc((), doc="base lrs, lr = blr * batch_size / 256; empty: the recipe's")
+    wd: tuple[float, ...] = doc((), doc="weight decays (LARS: only on >=2-D params, as MAE); empty: the recipe's")
+    optimizer: tuple[str, ...] = doc((), doc="lars | adamw | adam | sgd; empty: the recipe's")
+    seeds: tuple[int, ...] = doc((0,), doc="head-init seeds; data order depends on data_seed only")
+    epochs: int | None = doc(None, doc="evaluation epochs; None: the recipe's (with its step floor)")
+    warmup: float | None = doc(None, doc="warm-up epochs (linear from 0, per iteration); None: the recipe's")
+    batch_size: int | None = doc(None, doc="per step (drop_last); None: the recipe's, adapted to the dataset")
+    min_steps: int | None = doc(None, doc="floor on optimiser steps (epochs become several passes); None: the recipe's")
+    data_seed: int = doc(0, doc="holdout split, low-shot subset, batch order and view choice")
+    holdout: float | None = doc(None, doc="stratified fraction of train that selects epoch and config; 0: last epoch")
+    shots: int | tuple[int, ...] | None = doc(
+        None,
+        doc="low-shot: K per class (after the holdout); several: solver heads",
+    )
+    fraction: float | None = doc(None, doc="low-shot: this fraction of each class's training samples")
+    train_split: str = doc("train", doc="split to train on (and to hold out from)")
+    eval_split: str = doc("val", doc="split to report, scored once at each config's selected epoch")
+    eval_store: str | None = doc(None, doc="another store holding eval_split (same backbone provenance required)")
+    grid: str | None = doc(None, doc="TOML sweep file; its keys override these fields (see load_grid)")
+    out: str | None = doc(None, doc="run directory; None: nothing is written (no resume)")
+    device: str = doc("auto", doc="auto | cpu | cuda | cuda:N")
+    in_memory: bool = doc(False, doc="load the selected tokens of every split once instead of streaming")
+    allow_incomplete: bool = doc(False, doc="train on the written blocks of an incomplete store")
+    dtype: str = doc("float32", doc="compute dtype; float64 is for exactness tests")
+    fused: bool = doc(True, doc="stack same-shape heads into batched ops; False: one module per config (reference)")
+    save_heads: bool = doc(True, doc="write heads/<id>.safetensors for every config's selected epoch")
+    prefetch: int = doc(4, doc="batches the reader thread may run ahead")
+    shuffle_chunks: int = doc(0, doc="chunks in the shuffle buffer; 0: enough for two batches (at least 4)")
+    eval_cache_mb: float = doc(4096.0, doc="holdout/eval tokens up to this size are read once and kept in RAM")
+    eval_curve: bool = doc(True, doc="score the eval split every epoch (curves, oracle); False: only at the end")
+    shard: str | None = doc(
+        None,
+        doc="\"I/N\": train only part I of N of the sweep (job arrays); torchrun sets it from RANK",
+    )
+    trust_store: bool = doc(False, doc="skip the store integrity checks (store/_integrity.py); recorded in every row")
     # solver heads (epcache/probe/solvers); head options in parentheses override these
-    k: tuple[int, ...] = (10, 20, 100, 200)  # k-NN neighbour counts, all from one search
-    temperature: tuple[float, ...] = (0.07,)  # k-NN vote temperatures T
-    c_preset: str = "dinov2"  # logreg C grid: dinov2 (45 values), clip (96), raptor (100)
-    tries: int = 1  # few-shot draws per shot count (needs shots); mean ± std over tries
+    k: tuple[int, ...] = doc((10, 20, 100, 200), doc="k-NN neighbour counts, all from one search")
+    temperature: tuple[float, ...] = doc((0.07,), doc="k-NN vote temperatures T")
+    c_preset: str = doc("dinov2", doc="logreg C grid: dinov2 (45 values), clip (96), raptor (100)")
+    tries: int = doc(1, doc="few-shot draws per shot count (needs shots); mean ± std over tries")
 
     def __post_init__(self) -> None:
         for name, kind in _TUPLE_FIELDS.items():
