@@ -36,7 +36,8 @@ def plot_mixes(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path
     kinds = sorted({k for k, _, _ in best})
     cols = min(3, len(kinds))
     rows = -(-len(kinds) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), dpi=DPI, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), dpi=DPI, squeeze=False,
+                             layout="constrained")  # nothing clipped: titles, tick labels and legends get room
     for ax, kind in zip(axes.flat, kinds, strict=False):
         cells = {(lab, tok): g for (k, lab, tok), g in best.items() if k == kind}
         inputs = sorted({lab for lab, _ in cells}, key=lambda s: (s != "single layer", s == "pooled output", s))
@@ -52,11 +53,15 @@ def plot_mixes(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path
                     errs.append(100 * s)
             ax.bar(xs, ys, width=width, yerr=errs if any(errs) else None, capsize=2, label=tok)
         ax.set_xticks(range(len(inputs)))
-        ax.set_xticklabels(inputs, rotation=20, ha="right", fontsize=8)
+        ax.set_xticklabels(inputs, rotation=20 if len(inputs) > 2 else 0, ha="right" if len(inputs) > 2 else "center",
+                           fontsize=8)
         ax.set_title(kind, fontsize=10)
         ax.set_ylabel("eval top-1 (%)")
+        ax.set_ylim(0, 118)  # headroom for the legend above the bars; ticks stop at 100
+        ax.set_yticks(range(0, 101, 20))
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(title="tokens", fontsize=7, title_fontsize=7)
+        ax.legend(title="tokens", fontsize=7, title_fontsize=7, loc="upper center", ncols=max(1, len(sources)),
+                  frameon=False)
     for ax in list(axes.flat)[len(kinds) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
