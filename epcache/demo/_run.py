@@ -27,8 +27,8 @@ REAL_WEIGHTS_HINT = """\
 With real weights (a local checkpoint, or timm weights already in the Hugging Face cache):
   epcache extract --model mae_vitb --weights mae_pretrain_vit_base.pth --data /data/imagenet \\
       --split train=train --split val=val --layers -4: --out imagenet_mae_vitb.zarr
-  epcache probe --store imagenet_mae_vitb.zarr --head linear,ep,knn,logreg --queries 8,32 --layers all \\
-      --out runs/mae_vitb                       # recipe auto; --recipe ep-paper for the paper's protocol
+  epcache probe --store imagenet_mae_vitb.zarr --head linear,ep,knn,logreg --queries 8,32 \\
+      --layers all --out runs/mae_vitb        # recipe auto; --recipe ep-paper: the paper's protocol
   epcache report runs/mae_vitb"""
 
 
