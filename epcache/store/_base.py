@@ -26,6 +26,7 @@ from epcache.store._meta import FORMAT_VERSION, SplitMeta, SplitSpec, StoreMeta
 from epcache.store._plan import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
 from epcache.store._pooled import PooledArrays
 from epcache.store._provenance import compute_provenance, provenance_of_document, split_fingerprint
+from epcache.store._quantstore import QuantArrays
 from epcache.store._readcheck import ReadChecks
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ _NUMPY_DTYPES = NUMPY_DTYPES
 
 __all__ = ["MISSING", "ChunkPlan", "FeatureStore", "block_checksum", "plan_chunks", "storage_permutation"]
 
-class FeatureStore(PooledArrays, ABC):
+class FeatureStore(PooledArrays, QuantArrays, ABC):
     """A feature store: splits of labels, ids and per-layer ``[N, V, T, D]`` token arrays.
 
     Open one with ``open_store`` / ``create_store``; no code outside ``epcache.store`` knows
@@ -260,6 +261,12 @@ class FeatureStore(PooledArrays, ABC):
             raise ShapeMismatchError(
                 f"block {block} of {split!r} layer {layer} must have shape {want}, got {tuple(data.shape)}"
             )
+        if self.quant is not None:  # float in, codes and scales stored (cache_layout.md §3.5)
+            codes, scales, crcs, whole = self._encode_block(split, data)
+            self._write_scales(split, layer, self._scale_rows(split, start // s.chunk_samples, 0)[0], scales)
+            self._write_array(split, layer, start, codes)
+            self._finish_block(split, layer, block, crcs, whole)
+            return
         expected = _NUMPY_DTYPES[self.meta.dtype]
         if data.dtype != expected:
             raise ShapeMismatchError(
@@ -267,11 +274,18 @@ class FeatureStore(PooledArrays, ABC):
             )
         raw = np.ascontiguousarray(data).view(self.meta.storage_dtype)
         self._write_array(split, layer, start, raw)
+        cs = s.chunk_samples
+        sharded = s.block_samples != s.chunk_samples and self.format_version != "1.0"
+        crcs = [block_checksum(raw[i : i + cs]) for i in range(0, len(raw), cs)] if sharded else []
+        self._finish_block(split, layer, block, crcs, block_checksum(raw))
+
+    def _finish_block(self, split: str, layer: int, block: int, chunk_crcs: list[int], whole: int) -> None:
+        """After a block's arrays are written: its per-chunk records (1.1 sharded), then its record (§3.3)."""
+        s = self.split(split)
+        start, _ = self.block_range(split, block)
         if s.block_samples != s.chunk_samples and self.format_version != "1.0":
-            cs = s.chunk_samples  # per-chunk records let readers check each inner chunk they read
-            crcs = np.array([block_checksum(raw[i : i + cs]) for i in range(0, len(raw), cs)], np.int64)
-            self._write_chunk_records(split, layer, start // cs, crcs)
-        self._write_record(split, layer, block, block_checksum(raw))
+            self._write_chunk_records(split, layer, start // s.chunk_samples, np.array(chunk_crcs, np.int64))
+        self._write_record(split, layer, block, whole)
         self._records_cache.pop((split, layer), None)
 
     # ------------------------------------------------------------------ completeness
@@ -326,7 +340,15 @@ class FeatureStore(PooledArrays, ABC):
         stop = s.num_samples if stop is None else stop
         if not 0 <= start <= stop <= s.num_samples:
             raise IndexError(f"rows [{start}, {stop}) out of range for split {split!r} ({s.num_samples})")
-        return self._logical(self._read_array(split, layer, start, stop))
+        if self.quant is None:
+            return self._logical(self._read_array(split, layer, start, stop))
+        out = np.empty((stop - start, s.views, *self.meta.layer_shape(layer)), _NUMPY_DTYPES[self.meta.dtype])
+        for c in range(start // s.chunk_samples, -(-stop // s.chunk_samples)):
+            a, b = self.chunk_range(split, c)
+            out[max(a, start) - start : min(b, stop) - start] = self.read_chunk(split, layer, c)[
+                max(a, start) - a : min(b, stop) - a
+            ]
+        return out
 
     def chunk_range(self, split: str, chunk: int) -> tuple[int, int]:
         s = self.split(split)
@@ -340,9 +362,10 @@ class FeatureStore(PooledArrays, ABC):
         start, stop = self.chunk_range(split, chunk)
         self._check_layer(layer)
         raw = self._read_chunk_array(split, layer, chunk, start, stop)
+        scales = None if self.quant is None else self._read_chunk_scales(split, layer, chunk)
         if self.verify_reads:
-            self._read_checks.check(self, split, layer, chunk, raw)
-        return self._logical(raw)
+            self._read_checks.check(self, split, layer, chunk, (raw,) if scales is None else (raw, scales))
+        return self._logical(raw) if scales is None else self._decode_chunk(split, layer, raw, scales)
 
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         """Backends override this with a direct read of the chunk's bytes where the format allows."""

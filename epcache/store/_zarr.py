@@ -15,7 +15,8 @@ from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._integrity import ArraySpec
 from epcache.store._lock import LOCK_NAME
-from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json
+from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
+from epcache.store._quant import token_attributes
 from epcache.store._rawread import pread_into
 from epcache.store._zarr_files import clear_url_store, ids_utf8, remove_local_store
 
@@ -23,6 +24,7 @@ __all__ = ["ZarrFeatureStore"]
 
 ATTR_KEY = "epcache"
 _NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
+SCALE_DIMS = {"channel": ("chunk", "channel"), "token": ("sample", "view", "token")}  # scales arrays (§3.5)
 
 
 class ZarrFeatureStore(FeatureStore):
@@ -61,6 +63,7 @@ class ZarrFeatureStore(FeatureStore):
         group = zarr.open_group(store, mode="a", zarr_format=3)
         obj = cls(location, group, read_only=False, compressor=compressor)
         obj.meta = meta
+        obj.format_version = writer_version(meta)
         obj._store_doc()
         return obj
 
@@ -155,8 +158,15 @@ class ZarrFeatureStore(FeatureStore):
                 compressors=_compressors(self._compressor),
                 fill_value=0,
                 dimension_names=("sample", "view", "token", "channel"),
-                attributes={"epcache_dtype": self.meta.dtype} if v11 else None,
+                attributes=token_attributes(self.meta) if v11 else None,
             )
+            if self.quant is not None:  # cache_layout.md §3.5: the codes' scales, chunked like them along N
+                scale_shape, scale_chunks, scale_shards = self.scales_layout(spec, layer)
+                g.require_group("scales").create_array(
+                    str(layer), shape=scale_shape, chunks=scale_chunks,
+                    shards=scale_shards, dtype="float32", compressors=None, fill_value=0,
+                    dimension_names=SCALE_DIMS[self.quant.scales],
+                )
             records.create_array(
                 str(layer),
                 shape=(spec.num_blocks,),
@@ -191,7 +201,7 @@ class ZarrFeatureStore(FeatureStore):
                     f"{self.location}: array {kind}/{name} of split {split!r} {state} ({type(e).__name__}: {e}; "
                     f"its metadata is {rel}/zarr.json); re-extract the store"
                 ) from None
-            if not self.read_only and kind == "layers":  # zarr skips all-zero chunks unless told (§4.1)
+            if not self.read_only and kind in ("layers", "scales"):  # zarr skips all-zero chunks unless told (§4.1)
                 arr = arr.with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
             self._arrays[key] = arr
         return arr  # type: ignore[return-value]
@@ -287,6 +297,18 @@ class ZarrFeatureStore(FeatureStore):
     def _read_vector(self, split: str, name: str) -> np.ndarray:
         return self._array(split, "", name)[...]
 
+    def _read_scales(self, split: str, layer: int, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._array(split, "scales", str(layer))[start:stop]
+        except (ValueError, OSError) as e:
+            raise CorruptStoreError(
+                f"{self.location}: cannot decode scales [{start}, {stop}) of {split!r} layer {layer} ({e}); "
+                "run `epcache verify` to locate the bad chunk"
+            ) from None
+
+    def _write_scales(self, split: str, layer: int, start: int, data: np.ndarray) -> None:
+        self._array(split, "scales", str(layer))[start : start + len(data)] = data
+
     def _read_records(self, split: str, layer: int) -> np.ndarray:
         return self._array(split, "records", str(layer))[...]
 
@@ -324,7 +346,7 @@ class ZarrFeatureStore(FeatureStore):
     # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
     def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
         self._group[f"splits/{split}"].create_array(  # type: ignore[union-attr]
-            "pooled", shape=shape, chunks=chunks, dtype=self.meta.storage_dtype, compressors=None, fill_value=0,
+            "pooled", shape=shape, chunks=chunks, dtype=self.meta.value_storage_dtype, compressors=None, fill_value=0,
             dimension_names=("sample", "view", "channel"),
         )
 
