@@ -128,6 +128,14 @@ def extract(
     pooled: Annotated[
         bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
     ] = False,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SCHEME",
+            help="Store int8/fp8 codes + scales: int8 (= int8-channel), int8-token or fp8; reads give --dtype.",
+            show_default="off",
+        ),
+    ] = None,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import ExtractConfig
@@ -142,7 +150,7 @@ def extract(
             device=device, amp=amp, seed=seed,
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
-            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
+            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled, quantize=quantize,
         )
         result = run_extract(cfg, progress=progress)
     typer.echo(result.format_text())
