@@ -96,8 +96,8 @@ class FeatureStore(PooledArrays, QuantArrays, ABC):
         """Shape of a token array as the backend records it (not as the JSON claims)."""
 
     @abstractmethod
-    def _array_spec(self, split: str, layer: int) -> ArraySpec:
-        """dtype, shape and chunking of a token array as the backend records it."""
+    def _array_spec(self, split: str, layer: int, kind: str = "layers") -> ArraySpec:
+        """dtype, shape and chunking of a token (``kind`` "scales": scales) array as the backend records it."""
 
     def _read_chunk_records(self, split: str, layer: int, first: int, stop: int) -> np.ndarray | None:
         """Per-chunk crc32c of chunks ``[first, stop)`` of a sharded split (format 1.1), or None."""

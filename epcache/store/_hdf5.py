@@ -238,8 +238,8 @@ class HDF5FeatureStore(FeatureStore):
     def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
         return tuple(self._ds(split, f"layers/{layer}").shape)
 
-    def _array_spec(self, split: str, layer: int) -> ArraySpec:
-        ds = self._ds(split, f"layers/{layer}")
+    def _array_spec(self, split: str, layer: int, kind: str = "layers") -> ArraySpec:
+        ds = self._ds(split, f"{kind}/{layer}")
         chunks = ds.chunks
         return ArraySpec(dtype=ds.dtype.str, shape=tuple(ds.shape), chunks=None if chunks is None else tuple(chunks))
 

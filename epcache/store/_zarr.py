@@ -318,8 +318,8 @@ class ZarrFeatureStore(FeatureStore):
     def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
         return tuple(self._array(split, "layers", str(layer)).shape)
 
-    def _array_spec(self, split: str, layer: int) -> ArraySpec:
-        arr = self._array(split, "layers", str(layer))
+    def _array_spec(self, split: str, layer: int, kind: str = "layers") -> ArraySpec:
+        arr = self._array(split, kind, str(layer))
         dtype = np.dtype(arr.dtype)
         codecs = arr.metadata.codecs
         inner = codecs[0].codecs if len(codecs) == 1 and type(codecs[0]).__name__ == "ShardingCodec" else codecs
