@@ -10,6 +10,7 @@ either fails ``verify`` and the probe's read checks, exactly like a corrupt toke
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +92,12 @@ class QuantArrays:
         parts = [(codes[i : i + cs], scales[k * per : (k + 1) * per]) for k, i in enumerate(range(0, len(codes), cs))]
         return [parts_checksum(p) for p in parts], parts_checksum([a for p in parts for a in p])
 
-    def _decode_chunk(self, split: str, layer: int, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    def _decode_chunk(
+        self, split: str, layer: int, codes: np.ndarray, scales: np.ndarray, dtype: Any = None
+    ) -> np.ndarray:
         assert self.quant is not None
-        return dequantize(self.quant, codes, scales, np.dtype(NUMPY_DTYPES[self.meta.dtype]))  # type: ignore[attr-defined]
+        out = np.dtype(NUMPY_DTYPES[self.meta.dtype] if dtype is None else dtype)  # type: ignore[attr-defined]
+        return dequantize(self.quant, codes, scales, out)
 
     def _read_chunk_scales(self, split: str, layer: int, chunk: int) -> np.ndarray:
         """The scales of one codes chunk: ``[D]`` per channel, ``[n, V, T]`` per token."""

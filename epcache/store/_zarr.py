@@ -35,7 +35,7 @@ class ZarrFeatureStore(FeatureStore):
         self._group = group
         self._compressor = compressor
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
-        self._raw: dict[tuple[str, int], tuple[str, int] | None] = {}  # (dir, chunks per shard) or None
+        self._raw: dict[tuple[Any, ...], tuple[str, int] | None] = {}  # (dir, chunks per shard) or None; scales too
         self._shard_index: dict[str, np.ndarray] = {}
 
     @property
@@ -252,17 +252,17 @@ class ZarrFeatureStore(FeatureStore):
             out[...] = 0  # never-written chunk: zarr's fill value, exactly what zarr itself returns
         return out
 
-    def _raw_layout(self, split: str, layer: int) -> tuple[str, int] | None:
+    def _raw_layout(self, split: str, layer: int, kind: str = "layers") -> tuple[str, int] | None:
         """Direct-read plan for a local, uncompressed array (cache_layout.md §4.1), else None."""
-        key = (split, layer)
+        key = (split, layer) if kind == "layers" else (split, layer, kind)
         if key not in self._raw:
             self._raw[key] = None
             if not _is_url(self.location):
-                arr = self._array(split, "layers", str(layer))
+                arr = self._array(split, kind, str(layer))
                 codecs = arr.metadata.codecs
                 enc = arr.metadata.chunk_key_encoding
                 if getattr(enc, "separator", None) == "/" and type(enc).__name__ == "DefaultChunkKeyEncoding":
-                    directory = str(Path(self.location) / "splits" / split / "layers" / str(layer))
+                    directory = str(Path(self.location) / "splits" / split / kind / str(layer))
                     if _plain_bytes(codecs):
                         self._raw[key] = (directory, 0)
                     elif (
@@ -274,6 +274,35 @@ class ZarrFeatureStore(FeatureStore):
                         per_shard = arr.shards[0] // arr.chunks[0]
                         self._raw[key] = (directory, per_shard)
         return self._raw[key]
+
+    def _read_chunk_scales(self, split: str, layer: int, chunk: int) -> np.ndarray:
+        """The scales of one codes chunk (§3.5), read straight from their file like the codes."""
+        raw = self._raw_layout(split, layer, "scales")
+        if raw is None:
+            return super()._read_chunk_scales(split, layer, chunk)
+        directory, per_shard = raw
+        a, b = self._scale_rows(split, chunk, chunk + 1)
+        arr = self._array(split, "scales", str(layer))
+        out = np.empty((b - a, *arr.shape[1:]), "<f4")
+        zeros = "/0" * (arr.ndim - 1)
+        try:
+            if per_shard == 0:
+                found = pread_into(f"{directory}/c/{chunk}{zeros}", 0, out)
+            else:
+                shard_path = f"{directory}/c/{chunk // per_shard}{zeros}"
+                offset, nbytes = self._inner_chunk(shard_path, per_shard, chunk % per_shard)
+                full = out.nbytes // max(1, b - a) * arr.chunks[0]
+                if offset != _NO_CHUNK and nbytes != full:
+                    raise OSError(f"inner chunk {chunk} has {nbytes} bytes, expected {full}")
+                found = offset != _NO_CHUNK and pread_into(shard_path, offset, out)
+        except OSError as e:
+            raise CorruptStoreError(
+                f"{self.location}: cannot read the scales of chunk {chunk} of {split!r} layer {layer} ({e}); "
+                "run `epcache verify` to locate bad chunks"
+            ) from None
+        if not found:
+            out[...] = 0  # never written: the fill value (a recorded block without them fails its crc32c)
+        return out.reshape(-1) if self.quant.scales == "channel" else out  # type: ignore[union-attr]
 
     def _inner_chunk(self, shard_path: str, per_shard: int, inner: int) -> tuple[int, int]:
         index = self._shard_index.get(shard_path) if self.read_only else None

@@ -89,7 +89,8 @@ class MemorySource:
         parts = []
         at = 0
         for chunk, local in _rows_by_chunk(rows, cs):
-            data = store.read_chunk(split, layer, chunk)[local]  # [m, V, T, D]
+            decode = np.float32 if dtype == torch.float32 else None  # quantised: straight to the compute dtype
+            data = store.read_chunk(split, layer, chunk, decode_to=decode)[local]  # [m, V, T, D]
             packed = plan.pack(data if all_views else data[:, :1])
             if dtype is None:
                 parts.append(packed)

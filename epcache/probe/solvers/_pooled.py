@@ -82,7 +82,8 @@ def pool_rows(store: FeatureStore, split: str, layer: int, rows: np.ndarray) -> 
     start = 0
     for part in np.split(rows, bounds) if len(rows) else []:
         chunk = int(part[0] // cs)
-        x = to_torch(np.ascontiguousarray(store.read_chunk(split, layer, chunk)[part - chunk * cs, 0]))  # (m, T, D)
+        data = store.read_chunk(split, layer, chunk, decode_to=np.float32)  # quantised: decoded once, to float32
+        x = to_torch(np.ascontiguousarray(data[part - chunk * cs, 0]))  # (m, T, D)
         gap = x[:, P:].to(torch.float64).mean(dim=1)  # float64 accumulation over the patch tokens
         finite = torch.isfinite(gap).all(dim=1)
         sl = slice(start, start + len(part))
