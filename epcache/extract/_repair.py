@@ -197,6 +197,7 @@ def extract_config_from_store(
         views=views,
         view_splits=tuple(meta.views.get("splits") or ()) if views else ("train",),
         dtype=meta.dtype,
+        quantize=meta.quantization,
         format=fmt,  # type: ignore[arg-type]
         batch_size=batch_size or (int(recorded_batch) if isinstance(recorded_batch, int) else _DEFAULT_BATCH_SIZE),
         workers=workers,

@@ -342,13 +342,7 @@ class FeatureStore(PooledArrays, QuantArrays, ABC):
             raise IndexError(f"rows [{start}, {stop}) out of range for split {split!r} ({s.num_samples})")
         if self.quant is None:
             return self._logical(self._read_array(split, layer, start, stop))
-        out = np.empty((stop - start, s.views, *self.meta.layer_shape(layer)), _NUMPY_DTYPES[self.meta.dtype])
-        for c in range(start // s.chunk_samples, -(-stop // s.chunk_samples)):
-            a, b = self.chunk_range(split, c)
-            out[max(a, start) - start : min(b, stop) - start] = self.read_chunk(split, layer, c)[
-                max(a, start) - a : min(b, stop) - a
-            ]
-        return out
+        return self._read_decoded_rows(split, layer, start, stop)
 
     def chunk_range(self, split: str, chunk: int) -> tuple[int, int]:
         s = self.split(split)

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 
 from epcache.errors import CorruptStoreError, LayoutVersionError
-from epcache.store._quant import QUANTIZATIONS
+from epcache.store._quant import QUANT_FORMAT_VERSION, QUANTIZATIONS, parse_quantization
 
 __all__ = [
     "FORMAT_NAME",
@@ -39,7 +39,6 @@ __all__ = [
 
 FORMAT_NAME = "epcache-store"
 FORMAT_VERSION = "1.1"  # what this epcache writes (cache_layout.md §5: 1.1 adds arrays and attributes to 1.0)
-QUANT_FORMAT_VERSION = "1.2"  # quantised stores only (§3.5), so unquantised ones stay readable by 1.1 readers
 READ_VERSIONS = ("1.0", "1.1", "1.2")  # what it reads; 1.0 is stored as the integer 1
 MAX_META_BYTES = 64 * 1024 * 1024  # refuse to parse metadata larger than this (hostile or corrupt)
 
@@ -265,7 +264,7 @@ class StoreMeta:
                 dataset=dict(data.get("dataset", {})),
                 extra=dict(data.get("extra", {})),
                 layer_shapes=_parse_layer_shapes(data.get("layer_shapes", {})),
-                quantization=_parse_quantization(data),
+                quantization=parse_quantization(data),
             )
         except KeyError as e:
             raise CorruptStoreError(
@@ -394,18 +393,6 @@ def _check_version(data: Mapping[str, Any]) -> None:
             f"store has format version {version!r}, this epcache reads versions 1.0 (stored as 1), 1.1 and 1.2; "
             "upgrade epcache or re-extract the store"
         )
-
-
-def _parse_quantization(data: Mapping[str, Any]) -> str | None:
-    """The optional ``quantization`` key (1.2, cache_layout.md §3.5); older versions may not carry it."""
-    q = data.get("quantization")
-    if q is None:
-        return None
-    if not isinstance(q, str):
-        raise TypeError("quantization must be a string or null")
-    if data.get("format_version") != QUANT_FORMAT_VERSION:
-        raise ValueError(f"quantization {q!r} in a format {data.get('format_version')!r} document (needs 1.2)")
-    return q
 
 
 def _parse_layer_shapes(data: Any) -> dict[int, tuple[tuple[int, int], int]]:

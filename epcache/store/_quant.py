@@ -30,14 +30,17 @@ from epcache.errors import ConfigError, NonFiniteFeaturesError
 __all__ = [
     "DEFAULT_INT8",
     "QUANTIZATIONS",
+    "QUANT_FORMAT_VERSION",
     "QuantSpec",
     "dequantize",
+    "parse_quantization",
     "quant_spec",
     "quantize_chunk",
     "resolve_quantization",
     "token_attributes",
 ]
 
+QUANT_FORMAT_VERSION = "1.2"  # quantised stores only, so unquantised ones stay readable by 1.1 readers
 DEFAULT_INT8 = "int8-channel"  # what `--quantize int8` means: measured by bench/quantize.py (README)
 SCALE_DTYPE = "float32"
 
@@ -81,6 +84,18 @@ def resolve_quantization(value: str | None) -> str | None:
         return key
     known = ", ".join(["int8", *QUANTIZATIONS, "fp8", "none"])
     raise ConfigError(f"unknown quantisation {value!r}; use one of {known}")
+
+
+def parse_quantization(data: Any) -> str | None:
+    """The optional ``quantization`` key of a root document; only a 1.2 document may carry one."""
+    q = data.get("quantization")
+    if q is None:
+        return None
+    if not isinstance(q, str):
+        raise TypeError("quantization must be a string or null")
+    if data.get("format_version") != QUANT_FORMAT_VERSION:
+        raise ValueError(f"quantization {q!r} in a format {data.get('format_version')!r} document (needs 1.2)")
+    return q
 
 
 def quant_spec(name: str) -> QuantSpec:

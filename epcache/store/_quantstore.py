@@ -99,6 +99,16 @@ class QuantArrays:
         out = np.dtype(NUMPY_DTYPES[self.meta.dtype] if dtype is None else dtype)  # type: ignore[attr-defined]
         return dequantize(self.quant, codes, scales, out)
 
+    def _read_decoded_rows(self, split: str, layer: int, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` decoded, chunk by chunk through ``read_chunk`` (codes need their chunk's scales)."""
+        s = self.split(split)  # type: ignore[attr-defined]
+        out = np.empty((stop - start, s.views, *self.meta.layer_shape(layer)), NUMPY_DTYPES[self.meta.dtype])  # type: ignore[attr-defined]
+        for c in range(start // s.chunk_samples, -(-stop // s.chunk_samples)):
+            a, b = self.chunk_range(split, c)  # type: ignore[attr-defined]
+            lo, hi = max(a, start), min(b, stop)
+            out[lo - start : hi - start] = self.read_chunk(split, layer, c)[lo - a : hi - a]  # type: ignore[attr-defined]
+        return out
+
     def _read_chunk_scales(self, split: str, layer: int, chunk: int) -> np.ndarray:
         """The scales of one codes chunk: ``[D]`` per channel, ``[n, V, T]`` per token."""
         a, b = self._scale_rows(split, chunk, chunk + 1)

@@ -18,7 +18,7 @@ from epcache.store._lock import LOCK_NAME
 from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
 from epcache.store._quant import token_attributes
 from epcache.store._rawread import pread_into
-from epcache.store._zarr_files import clear_url_store, ids_utf8, remove_local_store
+from epcache.store._zarr_files import clear_url_store, ids_utf8, read_scales_direct, remove_local_store
 
 __all__ = ["ZarrFeatureStore"]
 
@@ -280,29 +280,7 @@ class ZarrFeatureStore(FeatureStore):
         raw = self._raw_layout(split, layer, "scales")
         if raw is None:
             return super()._read_chunk_scales(split, layer, chunk)
-        directory, per_shard = raw
-        a, b = self._scale_rows(split, chunk, chunk + 1)
-        arr = self._array(split, "scales", str(layer))
-        out = np.empty((b - a, *arr.shape[1:]), "<f4")
-        zeros = "/0" * (arr.ndim - 1)
-        try:
-            if per_shard == 0:
-                found = pread_into(f"{directory}/c/{chunk}{zeros}", 0, out)
-            else:
-                shard_path = f"{directory}/c/{chunk // per_shard}{zeros}"
-                offset, nbytes = self._inner_chunk(shard_path, per_shard, chunk % per_shard)
-                full = out.nbytes // max(1, b - a) * arr.chunks[0]
-                if offset != _NO_CHUNK and nbytes != full:
-                    raise OSError(f"inner chunk {chunk} has {nbytes} bytes, expected {full}")
-                found = offset != _NO_CHUNK and pread_into(shard_path, offset, out)
-        except OSError as e:
-            raise CorruptStoreError(
-                f"{self.location}: cannot read the scales of chunk {chunk} of {split!r} layer {layer} ({e}); "
-                "run `epcache verify` to locate bad chunks"
-            ) from None
-        if not found:
-            out[...] = 0  # never written: the fill value (a recorded block without them fails its crc32c)
-        return out.reshape(-1) if self.quant.scales == "channel" else out  # type: ignore[union-attr]
+        return read_scales_direct(self, split, layer, chunk, raw)
 
     def _inner_chunk(self, shard_path: str, per_shard: int, inner: int) -> tuple[int, int]:
         index = self._shard_index.get(shard_path) if self.read_only else None
