@@ -85,7 +85,7 @@ def prepare(config: ExtractConfig) -> Prepared:
             num_samples=len(src),
             views=config.views_for(name),
             num_classes=len(src.classes),
-            bytes_per_layer=len(src) * config.views_for(name) * td * itemsize(config.dtype),
+            bytes_per_layer=len(src) * config.views_for(name) * td * (1 if config.quantize else itemsize(config.dtype)),
         )
         for name, src in sources.items()
     )
