@@ -161,3 +161,17 @@ def test_quantize_values() -> None:
     assert resolve_quantization("none") is None
     with pytest.raises(ConfigError, match="int8-token"):
         resolve_quantization("int4")
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "h5"])
+def test_pooled_output_of_a_quantised_store_stays_float(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"s.{fmt}"
+    make(path, "int8-channel", dtype="float16")
+    pooled = np.random.default_rng(1).standard_normal((N, V, 5)).astype(np.float16)
+    with open_store(path, "a") as st:
+        st.add_pooled("train", 5)
+        for b in range(st.split("train").num_blocks):
+            lo, hi = st.block_range("train", b)
+            st.write_pooled_block("train", b, pooled[lo:hi])
+    st = open_store(path)
+    np.testing.assert_array_equal(st.read_pooled("train"), pooled)  # stored as float16, never quantised
