@@ -4,6 +4,7 @@ Command (from the repository root)::
 
     python bench/quantize.py          # ~5 min on 2 idle CPU cores (15-20 min while other jobs load them)
     python bench/quantize.py --full   # 2.5x the samples: less noise, ~3x the time
+    python bench/quantize.py --datasets synthetic --variants int8-channel,fp16+noise   # a part of it
 
 From ONE fp16 extraction per dataset it writes the other stores with the store API
 (``create_store(..., quantization=...)`` + ``write_block`` of the fp16 blocks, exactly what
@@ -11,7 +12,10 @@ From ONE fp16 extraction per dataset it writes the other stores with the store A
 
 - ``fp16``: the extraction itself;
 - ``int8-channel``, ``int8-token``, ``fp8-e4m3``: quantised copies (cache_layout.md §3.5);
-- ``2x2-pooled``: the patch grid averaged over 2x2 windows in numpy (prefix tokens kept), fp16.
+- ``2x2-pooled``: the patch grid averaged over 2x2 windows in numpy (prefix tokens kept), fp16;
+- ``fp16+noise``: the control, fp16 plus Gaussian noise with the RMS of int8-channel's error per
+  (token, channel): what any perturbation of int8's size does to each head (with the ``fp16 seeds
+  3-5`` row, the noise floor a difference must clear before it says anything about quantisation).
 
 Datasets: ``demo`` (the demo's generated shapes through a random-init 4-block patch-8 ViT at 64 px,
 grid 8x8, last block) and ``synthetic`` (class-structured tokens, D=64, 3x3 grid, 4 outlier channels
@@ -40,7 +44,7 @@ import numpy as np
 from epcache.probe import ProbeConfig, probe
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
 
-VARIANTS = ("fp16", "int8-channel", "int8-token", "fp8-e4m3", "2x2-pooled")
+VARIANTS = ("fp16", "int8-channel", "int8-token", "fp8-e4m3", "2x2-pooled", "fp16+noise")
 HEADS = {"linear-cls": ("linear", "cls"), "linear-gap": ("linear", "gap"), "ep": ("ep", "patch"), "knn": ("knn", "cls")}
 SPECS = ("linear(tokens='cls')", "linear(tokens='gap')", "ep", "knn(k=20)")
 SEEDS = (0, 1, 2)  # head-init seeds averaged: one seed's spread is larger than what int8 costs
@@ -91,11 +95,15 @@ def copy_store(src: Path, dst: Path, variant: str) -> None:
     s = open_store(src)
     meta = s.meta
     pool = variant == "2x2-pooled"
+    noisy = variant == "fp16+noise"
+    if noisy:  # the control: a perturbation of int8-channel's size that is not quantisation
+        int8 = open_store(dst.parent / dst.name.replace("fp16+noise", "int8-channel"))
+        rng = np.random.default_rng(7)
     if pool:
         h, w = meta.layout.grid
         layout = dataclasses.replace(meta.layout, grid=(-(-h // 2), -(-w // 2)))
         meta = dataclasses.replace(meta, layout=layout, num_tokens=layout.num_tokens)
-    else:
+    elif not noisy:
         meta = dataclasses.replace(meta, quantization=variant)
     with create_store(dst, meta) as d:
         for split, sm in s.splits.items():
@@ -111,6 +119,9 @@ def copy_store(src: Path, dst: Path, variant: str) -> None:
                 for b in range(d.split(split).num_blocks):
                     lo, hi = d.block_range(split, b)
                     x = s.read_tokens(split, layer, lo, hi)
+                    if noisy:  # Gaussian noise with the RMS of int8-channel's error, per (token, channel)
+                        err = x.astype(np.float32) - int8.read_tokens(split, layer, lo, hi).astype(np.float32)
+                        x = (x + rng.standard_normal(x.shape) * np.sqrt((err**2).mean(axis=(0, 1)))).astype(x.dtype)
                     d.write_block(split, layer, b, pool_2x2(x, s.meta.layout) if pool else x)
 
 
@@ -173,15 +184,22 @@ def rel_error(ref: Path, other: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="2.5x the samples (less noise, ~3x the time)")
+    ap.add_argument("--datasets", default="demo,synthetic", help="comma list of demo, synthetic")
+    ap.add_argument("--variants", default=",".join(VARIANTS[1:]), help="comma list of stores beside fp16")
     args = ap.parse_args()
+    variants = [v for v in VARIANTS[1:] if v in args.variants.split(",")]
+    if "fp16+noise" in variants and "int8-channel" not in variants:
+        variants.insert(0, "int8-channel")  # the control is sized by int8-channel's error
     t0 = time.perf_counter()
     worst = {"int8-channel": 0.0, "int8-token": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for name, make in (("demo", demo_store), ("synthetic", synthetic_store)):
+            if name not in args.datasets.split(","):
+                continue
             src = make(root, not args.full)
             stores = {"fp16": src}
-            for v in VARIANTS[1:]:
+            for v in variants:
                 stores[v] = root / f"{name}-{v}.zarr"
                 copy_store(src, stores[v], v)
             print(f"\n== {name}: {open_store(src).split('train').num_samples} train samples, "
@@ -213,7 +231,8 @@ def main() -> None:
                     spread = [f"{100 * noise[h]:6.2f}{100 * (noise[h] - base[h]):+5.1f}" for h in HEADS]
                     print(f"{'fp16 seeds 3-5':<13} " + " ".join(f"{c:>11}" for c in spread), flush=True)
     print("\ncells: top-1 % (mean of head seeds 0-2) and its difference from fp16 in points ('fp16 seeds 3-5': the "
-          "same store, other head seeds: the noise floor); bytes: the whole store on disk; "
+          "same store, other head seeds; 'fp16+noise': fp16 plus Gaussian noise of int8-channel's error RMS: "
+          "together, the noise floor); bytes: the whole store on disk; "
           "rel.err: RMS(decoded - fp16) / RMS(fp16) on val; "
           "MB/s: read_chunk in logical fp16 bytes (pooled: of its fewer tokens); f32 MB/s: decode_to=float32")
     print(f"worst int8 difference from fp16 over heads and datasets: per channel {worst['int8-channel']:+.2f}, "
