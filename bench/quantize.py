@@ -184,6 +184,7 @@ def rel_error(ref: Path, other: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="2.5x the samples (less noise, ~3x the time)")
+    ap.add_argument("--no-probe", action="store_true", help="bytes, error and read throughput only (no heads)")
     ap.add_argument("--datasets", default="demo,synthetic", help="comma list of demo, synthetic")
     ap.add_argument("--variants", default=",".join(VARIANTS[1:]), help="comma list of stores beside fp16")
     args = ap.parse_args()
@@ -209,9 +210,10 @@ def main() -> None:
             ref_bytes = open_store(src).size_bytes()
             ref_mb = 0.0
             base: dict[str, float] = {}
-            noise = top1(src, NOISE_SEEDS)
+            nothing = dict.fromkeys(HEADS, float("nan"))
+            noise = nothing if args.no_probe else top1(src, NOISE_SEEDS)
             for v, path in stores.items():
-                accs = top1(path)
+                accs = nothing if args.no_probe else top1(path)
                 if v == "fp16":
                     base = accs
                 cells = []

@@ -380,10 +380,11 @@ class ZarrFeatureStore(FeatureStore):
 
 
 def _plain_bytes(codecs: Any) -> bool:
+    """Only the ``bytes`` codec, little-endian (no endian at all for one-byte types: int8/uint8 codes)."""
     return (
         len(codecs) == 1
         and type(codecs[0]).__name__ == "BytesCodec"
-        and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == "little"
+        and str(getattr(codecs[0].endian, "value", codecs[0].endian)) in ("little", "None")
     )
 
 
