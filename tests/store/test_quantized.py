@@ -175,3 +175,12 @@ def test_pooled_output_of_a_quantised_store_stays_float(tmp_path: Path, fmt: str
             st.write_pooled_block("train", b, pooled[lo:hi])
     st = open_store(path)
     np.testing.assert_array_equal(st.read_pooled("train"), pooled)  # stored as float16, never quantised
+
+
+@pytest.mark.parametrize("shard", [None, 8])
+def test_codes_and_scales_take_the_direct_read_path(tmp_path: Path, shard: int | None) -> None:
+    """zarr writes no endian for one-byte types: int8 codes must still be read with preadv, not through zarr."""
+    make(tmp_path / "s.zarr", "int8-channel", shard=shard)
+    st = open_store(tmp_path / "s.zarr")
+    assert st._raw_layout("train", 0) is not None and st._raw_layout("train", 0, "scales") is not None
+    np.testing.assert_array_equal(st.read_chunk("train", 0, 0), st.read_tokens("train", 0, 0, 4))
