@@ -2,9 +2,10 @@
 
 Command (from the repository root)::
 
-    python bench/quantize.py          # ~5 min on 2 idle CPU cores (15-20 min while other jobs load them)
+    python bench/quantize.py          # 30 min on the shared 2-core machine under load (3 head seeds x 7 stores x 2)
     python bench/quantize.py --full   # 2.5x the samples: less noise, ~3x the time
     python bench/quantize.py --datasets synthetic --variants int8-channel,fp16+noise   # a part of it
+    python bench/quantize.py --no-probe   # bytes, error and read throughput only: 15 s
 
 From ONE fp16 extraction per dataset it writes the other stores with the store API
 (``create_store(..., quantization=...)`` + ``write_block`` of the fp16 blocks, exactly what
@@ -237,6 +238,8 @@ def main() -> None:
           "together, the noise floor); bytes: the whole store on disk; "
           "rel.err: RMS(decoded - fp16) / RMS(fp16) on val; "
           "MB/s: read_chunk in logical fp16 bytes (pooled: of its fewer tokens); f32 MB/s: decode_to=float32")
+    if args.no_probe:
+        return
     print(f"worst int8 difference from fp16 over heads and datasets: per channel {worst['int8-channel']:+.2f}, "
           f"per token {worst['int8-token']:+.2f} points (target >= -0.30); {time.perf_counter() - t0:.0f} s")
 
