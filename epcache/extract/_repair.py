@@ -28,6 +28,7 @@ import numpy as np
 
 from epcache.errors import ConfigError, CorruptStoreError, ProvenanceMismatchError, WeightsError
 from epcache.extract._config import ExtractConfig, ExtractResult
+from epcache.extract._pixels import default_workers
 from epcache.extract._run import extract, plan_extract
 from epcache.extract._weights import sha256_file
 from epcache.store import (
@@ -83,17 +84,22 @@ class RepairResult:
         )
 
 
-def recorded_data_root(extra: Mapping[str, Any]) -> Path | None:
+def recorded_data_root(extra: Mapping[str, Any]) -> Path | str | None:
     """The data root a store recorded at extraction (``extra.data_root``), if it is a directory here.
 
     Stores move between machines; a recorded root that does not exist here is no default at all,
-    so callers fall back to asking for ``--data``.
+    so callers fall back to asking for ``--data``. An ``hf:`` root is returned as its string when
+    its directory exists, an fsspec URL (WebDataset shards) as it is.
     """
     text = extra.get("data_root")
     if not isinstance(text, str) or not text:
         return None
-    path = Path(text)
-    return path if path.is_dir() else None
+    if "://" in text and not text.startswith("file://"):
+        return text
+    path = Path(text.removeprefix("hf:"))
+    if not path.is_dir():
+        return None
+    return text if text.startswith("hf:") else path
 
 
 def extract_config_from_store(
@@ -104,7 +110,7 @@ def extract_config_from_store(
     splits: Mapping[str, str] | None = None,
     device: str | None = None,
     batch_size: int | None = None,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> ExtractConfig:
     """The ``ExtractConfig`` that continues (resumes) the extraction recorded in a store's metadata.
 
@@ -117,7 +123,7 @@ def extract_config_from_store(
         device: where to run the backbone; default: the device recorded at extraction.
         batch_size: forward batch; default 64 (extraction's default). It must match the original
             run where blocks are larger than the batch: CPU and GPU kernels are not batch-invariant.
-        workers: DataLoader decoding processes.
+        workers: DataLoader decoding processes (None: min(4, CPUs)).
 
     Raises:
         StoreNotFoundError, CorruptStoreError: no readable store at ``location``.
@@ -166,9 +172,9 @@ def extract_config_from_store(
                 f"`epcache verify {loc} --repair --data ROOT`"
             )
         data = found
-    root = Path(data).expanduser()
+    root: Path | str = data if _is_location(str(data)) else Path(data).expanduser()
     recorded_name = meta.dataset.get("name")
-    if root.is_dir() and recorded_name is not None and root.resolve().name != recorded_name:
+    if isinstance(root, Path) and root.is_dir() and recorded_name is not None and root.resolve().name != recorded_name:
         raise ConfigError(
             f"--data {root} is a directory named {root.resolve().name!r}, but {loc} was extracted from a data root "
             f"named {recorded_name!r} (the name is part of the provenance); pass that root"
@@ -199,7 +205,7 @@ def extract_config_from_store(
         dtype=meta.dtype,
         format=fmt,  # type: ignore[arg-type]
         batch_size=batch_size or (int(recorded_batch) if isinstance(recorded_batch, int) else _DEFAULT_BATCH_SIZE),
-        workers=workers,
+        workers=default_workers() if workers is None else workers,
         weights=None if weights is None else Path(weights).expanduser(),
         random_init=random_init,
         final_norm=meta.final_norm,
@@ -210,7 +216,23 @@ def extract_config_from_store(
         seed=int(meta.views.get("seed", 0)),
         on_bad_image=extra.get("on_bad_image", "error"),
         resume=True,
+        **_source_options(meta.dataset, pre),
     )
+
+
+def _is_location(text: str) -> bool:
+    """An ``hf:`` dataset or an fsspec URL: kept as a string (a Path would fold ``s3://`` to ``s3:/``)."""
+    return text.startswith("hf:") or ("://" in text and not text.startswith("file://"))
+
+
+def _source_options(dataset: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, Any]:
+    """How the store's samples were read (WebDataset keys, HF columns, GPU decoding), as recorded."""
+    keys = ("image_key", "label_key", "image_column", "label_column")
+    fields = ("wds_image_key", "wds_label_key", "image_column", "label_column")
+    out = {f: str(dataset[k]) for k, f in zip(keys, fields, strict=True) if isinstance(dataset.get(k), str)}
+    if pre.get("decode"):
+        out["decode"] = "gpu"
+    return out
 
 
 def repair_store(
@@ -221,7 +243,7 @@ def repair_store(
     splits: Mapping[str, str] | None = None,
     device: str | None = None,
     batch_size: int | None = None,
-    workers: int = 4,
+    workers: int | None = None,
     deep: bool = False,
     break_lock: bool = False,
     progress: bool = True,
@@ -239,7 +261,7 @@ def repair_store(
         splits: NAME=SOURCE for splits whose source the store does not record.
         device: default: the device recorded at extraction.
         batch_size: default: 64, extraction's default (see ``extract_config_from_store``).
-        workers: DataLoader decoding processes.
+        workers: DataLoader decoding processes (None: min(4, CPUs)).
         deep: also scan values for inf/nan (and re-extract blocks that have any).
         break_lock: remove the writer lock a crashed extraction left behind (store/_lock.py).
         progress: progress bars on stderr.
