@@ -12,6 +12,7 @@ corner cases), are decoded by PIL, in the workers or here.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,10 +71,12 @@ class GpuDecoder:
         if not slots:
             return errors
         data = [torch.frombuffer(bytearray(batch.jpegs[i]), dtype=torch.uint8) for i in slots]  # type: ignore[arg-type]
-        try:
-            decoded: list[Any] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
-        except RuntimeError:  # one bad JPEG fails the whole batch: decode one by one
-            decoded = [self._one(d, decode_jpeg, ImageReadMode.RGB) for d in data]
+        with warnings.catch_warnings():  # torchvision 0.29 points to torchcodec; decode_jpeg still works
+            warnings.filterwarnings("ignore", ".*decoding and encoding capabilities", DeprecationWarning)
+            try:
+                decoded: list[Any] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+            except RuntimeError:  # one bad JPEG fails the whole batch: decode one by one
+                decoded = [self._one(d, decode_jpeg, ImageReadMode.RGB) for d in data]
         for i, img in zip(slots, decoded, strict=True):
             if img is None:  # nvjpeg refused it: PIL on the CPU decides whether it is an image at all
                 try:
