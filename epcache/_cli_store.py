@@ -45,10 +45,11 @@ EXTRACT_EPILOG = """Examples:
       --layers -4: --out stores/in1k_mae_vitb.zarr --dry-run
   epcache extract --model vit_tiny_patch16_224 --random-init --img-size 64 \\
       --model-kwargs '{"depth": 4, "patch_size": 8}' --data epcache-demo/data --out demo.zarr
-  epcache extract --model mae_vitb --data /data/wds --split 'train=in1k-train-{000000..001281}.tar' \\
+  epcache extract --model mae_vitb --data /data/wds \\
+      --split 'train=in1k-train-{000000..001281}.tar' \\
       --split 'val=in1k-val-{000000..000049}.tar' --out in1k.zarr
-  epcache extract --model mae_vitb --data hf:/data/imagenet-1k --split train=train --split val=validation \\
-      --out in1k.zarr"""
+  epcache extract --model mae_vitb --data hf:/data/imagenet-1k \\
+      --split train=train --split val=validation --out in1k.zarr"""
 
 
 def extract(
