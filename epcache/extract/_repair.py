@@ -29,6 +29,7 @@ import numpy as np
 from epcache.errors import ConfigError, CorruptStoreError, ProvenanceMismatchError, WeightsError
 from epcache.extract._config import ExtractConfig, ExtractResult
 from epcache.extract._pixels import default_workers
+from epcache.extract._recorded import is_location, recorded_data_root, recorded_source_options
 from epcache.extract._run import extract, plan_extract
 from epcache.extract._weights import sha256_file
 from epcache.store import (
@@ -82,24 +83,6 @@ class RepairResult:
                 self.after.format_text(),
             ]
         )
-
-
-def recorded_data_root(extra: Mapping[str, Any]) -> Path | str | None:
-    """The data root a store recorded at extraction (``extra.data_root``), if it is a directory here.
-
-    Stores move between machines; a recorded root that does not exist here is no default at all,
-    so callers fall back to asking for ``--data``. An ``hf:`` root is returned as its string when
-    its directory exists, an fsspec URL (WebDataset shards) as it is.
-    """
-    text = extra.get("data_root")
-    if not isinstance(text, str) or not text:
-        return None
-    if "://" in text and not text.startswith("file://"):
-        return text
-    path = Path(text.removeprefix("hf:"))
-    if not path.is_dir():
-        return None
-    return text if text.startswith("hf:") else path
 
 
 def extract_config_from_store(
@@ -172,7 +155,7 @@ def extract_config_from_store(
                 f"`epcache verify {loc} --repair --data ROOT`"
             )
         data = found
-    root: Path | str = data if _is_location(str(data)) else Path(data).expanduser()
+    root: Path | str = data if is_location(str(data)) else Path(data).expanduser()
     recorded_name = meta.dataset.get("name")
     if isinstance(root, Path) and root.is_dir() and recorded_name is not None and root.resolve().name != recorded_name:
         raise ConfigError(
@@ -216,23 +199,8 @@ def extract_config_from_store(
         seed=int(meta.views.get("seed", 0)),
         on_bad_image=extra.get("on_bad_image", "error"),
         resume=True,
-        **_source_options(meta.dataset, pre),
+        **recorded_source_options(meta.dataset, pre),
     )
-
-
-def _is_location(text: str) -> bool:
-    """An ``hf:`` dataset or an fsspec URL: kept as a string (a Path would fold ``s3://`` to ``s3:/``)."""
-    return text.startswith("hf:") or ("://" in text and not text.startswith("file://"))
-
-
-def _source_options(dataset: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, Any]:
-    """How the store's samples were read (WebDataset keys, HF columns, GPU decoding), as recorded."""
-    keys = ("image_key", "label_key", "image_column", "label_column")
-    fields = ("wds_image_key", "wds_label_key", "image_column", "label_column")
-    out = {f: str(dataset[k]) for k, f in zip(keys, fields, strict=True) if isinstance(dataset.get(k), str)}
-    if pre.get("decode"):
-        out["decode"] = "gpu"
-    return out
 
 
 def repair_store(
