@@ -163,3 +163,21 @@ def test_repair_and_attention_find_shard_samples_by_id(shards: tuple[Path, dict[
         pictures = _load_images(str(root), list(ids[:2]), store.meta.preprocessing, fetch)
         assert all(p is not None and p.shape == (32, 32, 3) for p in pictures)
     np.testing.assert_array_equal(clean[("train", -1)], repaired[("train", -1)])
+
+
+def test_shards_behind_an_fsspec_url(shards: tuple[Path, dict[str, str]], reference: Path, tmp_path: Path) -> None:
+    import fsspec
+
+    root, patterns = shards
+    fs = fsspec.filesystem("memory")
+    for f in root.iterdir():
+        fs.pipe(f"/wds-{tmp_path.name}/{f.name}", f.read_bytes())
+    url = f"memory://wds-{tmp_path.name}"
+    cfg = tiny_config(url, tmp_path / "u.zarr", views=1, splits=patterns)
+    extract(cfg, progress=False)
+    _same_tokens(cfg.out, reference)
+    with open_store(cfg.out) as store:
+        assert store.meta.extra["data_root"] == url and store.meta.dataset["name"] == f"wds-{tmp_path.name}"
+    (Path(cfg.out) / "splits" / "val" / "layers" / "0" / "c" / "0" / "0" / "0" / "0").unlink()
+    result = repair_store(cfg.out, workers=0, progress=False)  # the recorded URL is the default --data
+    assert result.after.ok and result.blocks == (("val", 0),)
