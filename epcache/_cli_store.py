@@ -45,8 +45,8 @@ EXTRACT_EPILOG = """Examples:
       --layers -4: --out stores/in1k_mae_vitb.zarr --dry-run
   epcache extract --model vit_tiny_patch16_224 --random-init --img-size 64 \\
       --model-kwargs '{"depth": 4, "patch_size": 8}' --data epcache-demo/data --out demo.zarr
-  epcache extract --model dinov2_vitb --data /data/imagenet --layers last --pool-patches 2 \
-      --out stores/in1k_dinov2_pool2.zarr      # 16x16 patch grid stored as 8x8 (2x2 means)"""
+  epcache extract --model dinov2_vitb --data /data/imagenet --layers last --pool-patches 2 \\
+      --out stores/in1k_dinov2_pool2.zarr   # 16x16 grid stored as 8x8 means"""
 
 
 def extract(
