@@ -30,10 +30,13 @@ def check_poolable(layout: TokenLayout, k: int, *, what: str) -> None:
         raise ConfigError(f"--pool-patches must be >= 1 (1 = no pooling), got {k}")
     h, w = layout.grid
     if k > 1 and (h % k or w % k):
-        raise ConfigError(
-            f"--pool-patches {k}: the patch grid of {what} is {h}x{w}, not divisible by {k}; choose a factor that "
-            f"divides both sides (e.g. {_divisors(h, w)}) or 1 for no pooling"
+        common = [d for d in range(2, min(h, w) + 1) if h % d == 0 and w % d == 0][:4]
+        fix = (
+            f"choose a factor that divides both sides ({', '.join(map(str, common))}) or 1 for no pooling"
+            if common
+            else "no factor above 1 divides it: pass --pool-patches 1, or leave this layer out (--layers)"
         )
+        raise ConfigError(f"--pool-patches {k}: the patch grid of {what} is {h}x{w}, not divisible by {k}; {fix}")
 
 
 def pooled_meta(meta: StoreMeta, k: int, *, what: str) -> StoreMeta:
@@ -90,7 +93,3 @@ def cast_tokens(values: np.ndarray, dtype: str) -> np.ndarray:
     out_dtype = NUMPY_DTYPES[dtype]
     return values if values.dtype == out_dtype else values.astype(np.float32).astype(out_dtype)
 
-
-def _divisors(h: int, w: int) -> str:
-    common = [d for d in range(2, min(h, w) + 1) if h % d == 0 and w % d == 0]
-    return ", ".join(map(str, common[:4])) if common else "none above 1"

@@ -170,3 +170,28 @@ def test_interrupted_convert_leaves_no_complete_looking_store(
     with pytest.raises(KeyboardInterrupt):
         convert(ConvertConfig(src=stores["src"], dst=fresh, pool_patches=2), progress=False)
     assert not fresh.exists() and store_files(tmp_path) == [dst.name]
+
+
+def test_convnet_stage_subset_pooled_in_bfloat16_equals_extraction(tmp_path: Path) -> None:
+    """Layers of different grids (a convnet's stages): the kept ones' shapes, pooled, in bfloat16."""
+    data = make_imagefolder(tmp_path / "data", splits={"val": 6})
+    common = {"model": "resnet18", "model_kwargs": {}, "img_size": 32, "splits": {"val": "val"},
+              "dtype": "bfloat16"}
+    full, direct = tmp_path / "full.zarr", tmp_path / "direct.zarr"
+    extract(grid4_config(data, full, layers="all", **common), progress=False)  # grids 16, 8, 4, 2, 1
+    extract(grid4_config(data, direct, layers="0,1", pool_patches=2, **common), progress=False)
+    r = runner.invoke(app, ["convert", str(full), str(tmp_path / "all.zarr"), "--pool-patches", "2"])
+    assert r.exit_code == 2 and "layer 4 is 1x1" in r.output  # the last stage has no grid left to pool
+    assert "leave this layer out" in r.output and not (tmp_path / "all.zarr").exists()
+    conv = tmp_path / "conv.zarr"
+    convert(ConvertConfig(src=full, dst=conv, layers="0,1", pool_patches=2), progress=False)
+    assert all_bytes(conv) == all_bytes(direct)
+    with open_store(full) as f:
+        want = {layer: ((h // 2, w // 2), dim) for layer, ((h, w), dim) in f.meta.layer_shapes.items() if layer < 2}
+    with open_store(conv) as c, open_store(direct) as d:
+        assert c.meta.layer_shapes == d.meta.layer_shapes == want and want[0][0] == (8, 8)
+        assert (c.meta.layout, c.meta.dim, c.meta.dtype) == (d.meta.layout, d.meta.dim, "bfloat16")
+    last = tmp_path / "last.zarr"
+    convert(ConvertConfig(src=full, dst=last, layers="last"), progress=False)
+    with open_store(last) as s:
+        assert s.meta.layer_shapes == {} and s.meta.layout.grid == (1, 1) and s.meta.dim == 512
