@@ -1,13 +1,15 @@
 """``convert()``: read a complete store chunk by chunk, transform each block, write a new store beside
 its destination and swap it in when every block is recorded.
 
-Memory is bounded by one write-block of one layer of the new store plus one chunk of the source:
-layers are converted one after another, blocks in stored order, and a source chunk that straddles
-two new blocks is read once and kept until the next block has taken its rows.
+Layers are converted one after another, blocks in stored order; a source chunk that straddles two
+new blocks is read once and kept until the next block has taken its rows. Writes run on extract's
+background ``BlockWriter``, so reading and pooling the next block overlaps writing this one; memory
+is bounded by three write-blocks of one layer of the new store plus one chunk of the source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -128,6 +130,8 @@ def _copy(
     """Declare every split with the source's order, ids and labels, then write every block of every layer."""
     from tqdm.auto import tqdm
 
+    from epcache.extract._writer import BlockWriter  # numpy and the store only: no torch
+
     read = written = 0
     samples: dict[str, int] = {}
     for name in splits:
@@ -148,19 +152,26 @@ def _copy(
                 rows = src.read_pooled(name, start, stop)
                 dst.write_pooled_block(name, b, cast_tokens(rows, dst.meta.dtype))
         samples[name] = s.num_samples
-        with tqdm(total=s.num_samples * len(layers), desc=f"convert {name}", unit="row", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            for layer in layers:
-                layout = src.meta.for_layer(layer).layout
-                chunks = _ChunkCursor(src, name, layer)
-                for b in range(new.num_blocks):
-                    start, stop = dst.block_range(name, b)
-                    rows = chunks.rows(start, stop)
-                    out = pool_patch_tokens(rows, layout, config.pool_patches, dst.meta.dtype)
-                    dst.write_block(name, layer, b, out)
-                    read += rows.nbytes
-                    written += out.nbytes
-                    bar.update(stop - start)
+        writer = BlockWriter(dst, max_pending=2)
+        try:
+            with tqdm(total=s.num_samples * len(layers), desc=f"convert {name}", unit="row", disable=not progress,
+                      dynamic_ncols=True) as bar:
+                for layer in layers:
+                    layout = src.meta.for_layer(layer).layout
+                    chunks = _ChunkCursor(src, name, layer)
+                    for b in range(new.num_blocks):
+                        start, stop = dst.block_range(name, b)
+                        rows = chunks.rows(start, stop)
+                        out = pool_patch_tokens(rows, layout, config.pool_patches, dst.meta.dtype)
+                        writer.submit(name, b, {layer: out})
+                        read += rows.nbytes
+                        written += out.nbytes
+                        bar.update(stop - start)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.close()  # the store is discarded anyway: only stop the thread before it closes
+            raise
+        writer.close()  # re-raises a write error
     return read, written, samples
 
 
