@@ -44,7 +44,9 @@ EXTRACT_EPILOG = """Examples:
   epcache extract --model mae_vitb --weights mae_pretrain_vit_base.pth --data /data/imagenet \\
       --layers -4: --out stores/in1k_mae_vitb.zarr --dry-run
   epcache extract --model vit_tiny_patch16_224 --random-init --img-size 64 \\
-      --model-kwargs '{"depth": 4, "patch_size": 8}' --data epcache-demo/data --out demo.zarr"""
+      --model-kwargs '{"depth": 4, "patch_size": 8}' --data epcache-demo/data --out demo.zarr
+  epcache extract --model dinov2_vitb --data /data/imagenet --layers last --pool-patches 2 \\
+      --out stores/in1k_dinov2_pool2.zarr   # 16x16 grid stored as 8x8 means"""
 
 
 def extract(
@@ -128,6 +130,9 @@ def extract(
     pooled: Annotated[
         bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
     ] = False,
+    pool_patches: Annotated[
+        int, typer.Option(metavar="K", help="Average KxK windows of the patch grid (prefix tokens kept); 1: off.")
+    ] = 1,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import ExtractConfig
@@ -143,6 +148,7 @@ def extract(
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
             break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
+            pool_patches=pool_patches,
         )
         result = run_extract(cfg, progress=progress)
     typer.echo(result.format_text())
