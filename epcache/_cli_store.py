@@ -45,6 +45,8 @@ EXTRACT_EPILOG = """Examples:
       --layers -4: --out stores/in1k_mae_vitb.zarr --dry-run
   epcache extract --model vit_tiny_patch16_224 --random-init --img-size 64 \\
       --model-kwargs '{"depth": 4, "patch_size": 8}' --data epcache-demo/data --out demo.zarr
+  epcache extract --model dinov2_vitb --data /data/imagenet --layers last --pool-patches 2 \\
+      --out stores/in1k_dinov2_pool2.zarr   # 16x16 grid stored as 8x8 means
   epcache extract --model mae_vitb --data /data/wds \\
       --split 'train=in1k-train-{000000..001281}.tar' \\
       --split 'val=in1k-val-{000000..000049}.tar' --out in1k.zarr
@@ -137,6 +139,9 @@ def extract(
     pooled: Annotated[
         bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
     ] = False,
+    pool_patches: Annotated[
+        int, typer.Option(metavar="K", help="Average KxK windows of the patch grid (prefix tokens kept); 1: off.")
+    ] = 1,
     wds_image_key: Annotated[
         str, typer.Option(metavar="EXTS", help="WebDataset: image member extensions, ';'-separated, first found wins.")
     ] = "jpg;jpeg;png;webp",
@@ -163,6 +168,7 @@ def extract(
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
             break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
+            pool_patches=pool_patches,
             wds_image_key=wds_image_key, wds_label_key=wds_label_key, image_column=image_column,
             label_column=label_column, decode=decode, **({} if workers is None else {"workers": workers}),  # type: ignore[arg-type]
         )

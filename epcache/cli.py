@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from epcache import _cli_store
+from epcache import _cli_convert, _cli_store
 from epcache._cli_base import HelpCommand, user_errors
 
 __all__ = ["app", "main"]
@@ -366,6 +366,10 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 command(short_help="Check every block's crc32c; --repair re-extracts bad blocks.")(_cli_store.verify)
 command(name="ls", short_help="List the stores under ROOT (a directory or URL prefix).")(_cli_store.ls)
+command(epilog=_cli_convert.CONVERT_EPILOG,
+        short_help="Derive a smaller store (layers, pooled grid, dtype, format) without the backbone.")(
+    _cli_convert.convert
+)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from epcache.extract._pixels import Normalizer, pil_steps
 from epcache.extract._plan import Prepared
 from epcache.extract._pooled import POOLED_KEY
 from epcache.extract._sources import SplitSource
-from epcache.store import FeatureStore, from_torch
+from epcache.store import FeatureStore, TokenLayout, from_torch, pool_patch_tokens
 from epcache.store._oserror import require_free_space
 
 __all__ = ["extract_split"]
@@ -88,7 +89,7 @@ def _run_batches(
     import torch
 
     cfg = prep.config
-    g = prep.geometry
+    g, stored = prep.geometry, prep.store_geometry  # as the model gives them, as the store holds them
     V = cfg.views_for(split)
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
     normalize = Normalizer(prep.data_config["mean"], prep.data_config["std"])
@@ -116,7 +117,7 @@ def _run_batches(
         if isinstance(outs, tuple):  # --pooled: (layers, the model's pooled output), issue 15
             outs, pooled = outs
         if acc is None:
-            acc = {layer: np.empty((length, V, *g.layer_shape(layer)), np_dtype) for layer in g.layers}
+            acc = {layer: np.empty((length, V, *stored.layer_shape(layer)), np_dtype) for layer in g.layers}
             if pooled is not None:
                 acc[POOLED_KEY] = np.empty((length, V, pooled.shape[-1]), np_dtype)
         if pooled is not None:
@@ -125,7 +126,10 @@ def _run_batches(
             t = t.to(torch_dtype)
             if not bool(torch.isfinite(t).all()):
                 _raise_non_finite(cfg, src, split, layer, batch.indices)
-            acc[layer][off : off + n] = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
+            tokens = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
+            if cfg.pool_patches > 1:  # pooled from the values as stored, so convert reproduces these bytes
+                tokens = pool_patch_tokens(tokens, _layer_layout(g, layer), cfg.pool_patches, cfg.dtype)
+            acc[layer][off : off + n] = tokens
         if off + n == length:
             nbytes = 0 if cfg.compressor not in (None, "none") else sum(a.nbytes for a in acc.values())
             require_free_space(  # before the write: a failed HDF5 write cannot be closed cleanly
@@ -138,6 +142,12 @@ def _run_batches(
             blocks_left -= 1
             acc = None
         bar.update(n)
+
+
+def _layer_layout(g: Any, layer: int) -> TokenLayout:
+    """The model's token layout of one layer (its own grid where the layers differ)."""
+    (h, w), _ = g.layer_shapes.get(layer, (g.layout.grid, g.dim))
+    return dataclasses.replace(g.layout, grid=(h, w))
 
 
 def _numpy_dtype(dtype: str) -> np.dtype:

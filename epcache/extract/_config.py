@@ -67,6 +67,7 @@ class ExtractConfig:
     break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/_lock.py)")
     allow_duplicate: bool = doc(False, doc="extract even if a complete store with this provenance sits beside `out`")
     pooled: bool = doc(False, doc="also store the pooled output, forward_head(pre_logits=True) (cache_layout §3.4)")
+    pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")
     wds_image_key: str = doc("jpg;jpeg;png;webp", doc="WebDataset: image member extensions, first present wins")
     wds_label_key: str = doc("cls", doc="WebDataset: extension of the member holding the integer label")
     image_column: str = doc("image", doc="hf: sources: the image column ({bytes, path} structs or bytes)")
@@ -94,6 +95,8 @@ class ExtractConfig:
         for name, value in (("chunk_samples", self.chunk_samples), ("shard_samples", self.shard_samples)):
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (samples per file), got {value}")
+        if self.pool_patches < 1:
+            raise ConfigError(f"--pool-patches must be >= 1 (1 = no pooling), got {self.pool_patches}")
         if self.batch_size < 1 or self.workers < 0 or self.max_pending_blocks < 1:
             raise ConfigError("batch_size and max_pending_blocks must be >= 1 and workers >= 0")
         if self.img_size is not None and self.img_size < 1:
@@ -163,12 +166,13 @@ class ExtractPlan:
         """Human-readable plan, one fact per line."""
         lay = self.layout
         prefix = f"{lay.num_prefix} prefix (CLS at {lay.cls_index}, {lay.num_registers} registers)"
+        pooled = f" (patch grid pooled {lay.pool_patches}x{lay.pool_patches})" if lay.pool_patches > 1 else ""
         lines = [
             f"model      {self.model}  (from {self.requested_model!r}; weights: {self.weights})",
             f"input      {self.input_size[1]}x{self.input_size[2]}",
             f"layers     {format_ranges(self.layers)} of 0..{self.num_model_layers - 1}"
             f"{'  (final norm applied)' if self.final_norm else '  (raw block outputs)'}",
-            f"tokens     T={self.num_tokens}: {prefix} + {lay.grid[0]}x{lay.grid[1]} patches; D={self.dim}",
+            f"tokens     T={self.num_tokens}: {prefix} + {lay.grid[0]}x{lay.grid[1]} patches{pooled}; D={self.dim}",
             f"dtype      {self.dtype}",
             f"store      {self.out} ({self.format})",
         ]

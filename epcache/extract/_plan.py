@@ -6,6 +6,7 @@ layers out of range, bad splits) happen with no side effect at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from epcache.extract._pooled import pooled_width
 from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
-from epcache.store import BackboneMeta, StoreMeta, detect_format
+from epcache.store import BackboneMeta, StoreMeta, check_poolable, detect_format
 
 __all__ = ["Prepared", "prepare", "store_meta"]
 
@@ -40,6 +41,11 @@ class Prepared:
     sources_in_store: dict[str, SplitSource]  # as stored (unreadable images left out when skipping)
     plan: ExtractPlan
     pooled_dim: int | None = None  # width of the model's pooled output when --pooled (issue 15), else None
+    stored: ModelGeometry | None = None  # the layers as stored: ``geometry`` with its grids pooled (issue 17)
+
+    @property
+    def store_geometry(self) -> ModelGeometry:
+        return self.stored if self.stored is not None else self.geometry
 
 
 def prepare(config: ExtractConfig) -> Prepared:
@@ -78,8 +84,9 @@ def prepare(config: ExtractConfig) -> Prepared:
         if config.views
         else None
     )
-    T, D = geometry.layout.num_tokens, geometry.dim
-    td = sum(a * b for a, b in map(geometry.layer_shape, geometry.layers)) // len(geometry.layers)  # mean T*D
+    stored = pooled_geometry(geometry, config.pool_patches, name=source.timm_name)
+    T, D = stored.layout.num_tokens, stored.dim
+    td = sum(a * b for a, b in map(stored.layer_shape, stored.layers)) // len(stored.layers)  # mean T*D
     split_plans = tuple(
         SplitPlan(
             name=name,
@@ -98,7 +105,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         num_model_layers=geometry.num_layers,
         layers=geometry.layers,
         final_norm=config.final_norm,
-        layout=geometry.layout,
+        layout=stored.layout,
         dim=D,
         num_tokens=T,
         dtype=config.dtype,
@@ -118,7 +125,25 @@ def prepare(config: ExtractConfig) -> Prepared:
         sources_in_store=dict(sources),
         plan=plan,
         pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
+        stored=stored,
     )
+
+
+def pooled_geometry(g: ModelGeometry, k: int, *, name: str) -> ModelGeometry:
+    """``g`` as stored with ``--pool-patches k``: every layer's grid divided by k (prefix unchanged).
+
+    Raises:
+        ConfigError: a requested layer whose grid k does not divide (nothing is loaded or written yet).
+    """
+    if k == 1:
+        return g
+    for layer in g.layers:
+        (h, w), _ = g.layer_shapes.get(layer, (g.layout.grid, g.dim))
+        check_poolable(dataclasses.replace(g.layout, grid=(h, w)), k, what=f"{name} layer {layer}")
+    h, w = g.layout.grid
+    layout = dataclasses.replace(g.layout, grid=(h // k, w // k), pool_patches=k)
+    shapes = {layer: ((gh // k, gw // k), d) for layer, ((gh, gw), d) in g.layer_shapes.items()}
+    return dataclasses.replace(g, layout=layout, layer_shapes=shapes)
 
 
 def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
@@ -128,7 +153,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
     import torch
 
     cfg = prep.config
-    g = prep.geometry
+    g = prep.store_geometry
     kind = next(iter(prep.sources.values())).kind
     where, location = data_location(cfg.data)
     root = location if where == "local" else ("hf:" if where == "hf" else "") + location

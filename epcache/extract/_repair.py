@@ -124,6 +124,12 @@ def extract_config_from_store(
         fmt = store.format
     bb = meta.backbone
     pre, extra = meta.preprocessing, meta.extra
+    if meta.derived_from is not None:
+        raise ConfigError(
+            f"{loc} was made by `epcache convert` from the store {(extra.get('derived_from') or {}).get('location')} "
+            f"(provenance {meta.derived_from.get('provenance')}), not extracted from images; repair the source "
+            "and convert it again"
+        )
     if bb.timm_version != timm.__version__:
         raise ProvenanceMismatchError(
             f"{loc} was extracted with timm {bb.timm_version}, this environment has timm {timm.__version__}: "
@@ -198,6 +204,7 @@ def extract_config_from_store(
         amp=pre.get("amp"),
         seed=int(meta.views.get("seed", 0)),
         on_bad_image=extra.get("on_bad_image", "error"),
+        pool_patches=meta.layout.pool_patches,
         resume=True,
         **recorded_source_options(meta.dataset, pre),
     )
