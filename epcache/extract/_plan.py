@@ -19,7 +19,7 @@ from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, items
 from epcache.extract._forward import ModelGeometry, inspect_model
 from epcache.extract._models import resolve_model
 from epcache.extract._pooled import pooled_width
-from epcache.extract._sources import SplitSource, scan_splits
+from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
 from epcache.store import BackboneMeta, StoreMeta, check_poolable, detect_format
@@ -76,7 +76,9 @@ def prepare(config: ExtractConfig) -> Prepared:
             f"{source.timm_name} has no final norm on its tokens (it normalises the pooled vector, fc_norm), "
             "so --final-norm would store raw block outputs under a false label; drop --final-norm"
         )
-    sources = scan_splits(Path(config.data), config.splits)
+    options = SourceOptions(config.wds_image_key, config.wds_label_key, config.image_column, config.label_column,
+                            config.on_bad_image)
+    sources = scan_splits(config.data, config.splits, options=options)
     augment = (
         ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
         if config.views
@@ -152,6 +154,15 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
 
     cfg = prep.config
     g = prep.store_geometry
+    kind = next(iter(prep.sources.values())).kind
+    where, location = data_location(cfg.data)
+    root = location if where == "local" else ("hf:" if where == "hf" else "") + location
+    dataset: dict[str, Any] = {"kind": kind, "name": Path(cfg.data).expanduser().resolve().name}
+    if kind == "webdataset":  # how samples were read changes what they are: provenance
+        dataset.update(name=location.rstrip("/").rsplit("/", 1)[-1], image_key=cfg.wds_image_key,
+                       label_key=cfg.wds_label_key)
+    elif kind == "hf":
+        dataset.update(name=Path(location).name, image_column=cfg.image_column, label_column=cfg.label_column)
     return StoreMeta(
         backbone=BackboneMeta(
             name=report.name,
@@ -172,6 +183,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "data_config": prep.data_config,
             "eval_transform": [repr(t) for t in getattr(prep.eval_transform, "transforms", [prep.eval_transform])],
             "model_kwargs": dict(cfg.model_kwargs),
+            **({"decode": "gpu (nvjpeg + torch resize)"} if cfg.decode == "gpu" else {}),  # pixels differ slightly
             "img_size": cfg.effective_img_size,
             "amp": cfg.amp,
             "token_source": f"forward_intermediates ({g.kind}); "
@@ -183,10 +195,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "splits": sorted(cfg.view_splits) if cfg.views else [],
             "recipe": prep.augment.to_json() if prep.augment is not None else None,
         },
-        dataset={  # per-split content is fingerprinted per split, so splits can be added later
-            "kind": next(iter(prep.sources.values())).kind,
-            "name": Path(cfg.data).expanduser().resolve().name,
-        },
+        dataset=dataset,  # per-split content is fingerprinted per split, so splits can be added later
         extra={
             "epcache_version": epcache.__version__,
             "torch_version": torch.__version__,
@@ -196,7 +205,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "weights_dropped_keys": list(report.dropped_keys),
             "weights_missing_unused": list(report.missing_unused),
             "split_sources": {name: src.source for name, src in prep.sources.items()},
-            "data_root": str(Path(cfg.data).expanduser().resolve()),  # default --data of repair and attention
+            "data_root": root,  # default --data of repair and attention
             "skipped": {},
         },
     )
