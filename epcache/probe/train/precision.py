@@ -72,10 +72,11 @@ def compile_stack(stack: nn.Module, enabled: bool) -> Callable[[Tensor], Tensor]
     """The stack's forward, through ``torch.compile`` when ``enabled``; the module keeps its state.
 
     The compiled callable shares parameters and buffers with ``stack`` (optimiser, export,
-    checkpoints and ``train()``/``eval()`` act on the module as before); train and eval mode and
-    the last partial eval batch are separate graphs, compiled once each.
+    checkpoints and ``train()``/``eval()`` act on the module as before). Train and eval mode are
+    separate graphs; after a second batch size (the eval batch, a last partial batch) torch's
+    automatic dynamic shapes make the batch axis symbolic instead of compiling per size.
     """
     if not enabled:
         return stack
-    return torch.compile(stack, dynamic=False)  # type: ignore[return-value]
+    return torch.compile(stack)  # type: ignore[return-value]
 

@@ -208,9 +208,7 @@ class GroupTrainer:
             for stack, forward in zip(self.stacks, self._forward, strict=True):
                 if stack.selection not in inputs:
                     inputs[stack.selection] = self.plan.derive(batch.x, stack.selection)
-                with amp_context(self.amp, self.device):
-                    logits = forward(inputs[stack.selection])
-                losses = cross_entropy_per_config(widen(logits), batch.y)  # (K_s,), float32 losses
+                losses = cross_entropy_per_config(self._logits(forward, inputs[stack.selection]), batch.y)  # (K_s,)
                 loss_sum.index_add_(0, stack.config_index, losses.detach().to(torch.float64))
                 total = losses.sum() if total is None else total + losses.sum()
             for opt in self.optimizers.values():
@@ -226,6 +224,11 @@ class GroupTrainer:
         means = (loss_sum / max(n, 1)).tolist()  # the one host sync of the epoch
         for k, v in enumerate(means):
             self.train_loss[k].append(v)
+
+    def _logits(self, forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """``(K, B, C)`` logits of one stack, under autocast with ``amp``; float32 (or float64) for the loss."""
+        with amp_context(self.amp, self.device):
+            return widen(forward(x))
 
     def _lr_table(self, first: int, steps: int, warmup_steps: int, total_steps: int) -> Tensor:
         """Per-config learning rates of ``steps`` iterations from ``first``: ``lr_at`` for each base lr."""
@@ -247,9 +250,7 @@ class GroupTrainer:
             for stack, forward, acc in zip(self.stacks, self._forward, accs, strict=True):
                 if stack.selection not in inputs:
                     inputs[stack.selection] = self.plan.derive(batch.x, stack.selection)
-                with amp_context(self.amp, self.device):
-                    logits = forward(inputs[stack.selection])
-                acc.update(widen(logits), batch.y)
+                acc.update(self._logits(forward, inputs[stack.selection]), batch.y)
         return accs
 
     def top1(self, accs: Sequence[MetricsAccumulator]) -> list[float]:
