@@ -250,7 +250,7 @@ def extract_pass(args: argparse.Namespace, device: Any, work: Path, *, decode: s
     cfg = ExtractConfig(model=MODEL, data=work / "data", out=out, splits={"train": "train"}, layers="last",
                         random_init=True, batch_size=args.batch_size, workers=args.workers, img_size=args.img_size,
                         dtype="float16", device=str(device), amp="fp16" if device.type == "cuda" else None,
-                        overwrite=True, **extra)
+                        overwrite=True, allow_duplicate=True, **extra)
     reset_peak(device)
     result = extract(cfg, progress=False)
     shutil.rmtree(out, ignore_errors=True)
@@ -267,17 +267,18 @@ def probe_cases(rows: list[Row], budget: Budget, args: argparse.Namespace, devic
     run_case(rows, budget, "setup", "token store", lambda: token_store(args, device, work, state))
     if "source" not in state:
         return
-    cases = [(1, "none", False), (1, "bf16", False), (64, "none", False), (64, "bf16", False)]
-    if not args.no_compile:
+    cases: list[tuple[int, str, bool] | None] = [(1, "none", False), (1, "bf16", False), (64, "none", False),
+                                                 (64, "bf16", False), None]  # None: probe() end to end
+    if not args.no_compile:  # last: the slowest to start and the most likely to fail
         cases += [(64, "none", True), (64, "bf16", True)]
-    for k, amp, comp in cases:
-        name = f"{k} config{'s' if k > 1 else ''}, {'fp32' if amp == 'none' else amp}{', compile' if comp else ''}"
-        if comp:  # before the compile cases, the whole `probe()` path once (rows, eval passes, amp=auto)
+    for case in cases:
+        if case is None:  # the whole `probe()` path once (rows, holdout and eval passes, amp=auto)
             run_case(rows, budget, "e2e", "probe(), amp auto", lambda: probe_end_to_end(args, device, state))
+            continue
+        k, amp, comp = case
+        name = f"{k} config{'s' if k > 1 else ''}, {'fp32' if amp == 'none' else amp}{', compile' if comp else ''}"
         run_case(rows, budget, "probe", name, lambda k=k, amp=amp, comp=comp: probe_case(args, device, state,
                                                                                          k, amp, comp))
-    if args.no_compile:
-        run_case(rows, budget, "e2e", "probe(), amp auto", lambda: probe_end_to_end(args, device, state))
 
 
 def token_store(args: argparse.Namespace, device: Any, work: Path, state: dict[str, Any]) -> Row:
