@@ -194,6 +194,13 @@ def probe(
                      show_default="none: nothing is saved, the summary is only printed"),
     ] = None,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[
+        str,
+        typer.Option(metavar="MODE", help="auto, none or bf16: bfloat16 autocast of the heads' matmuls (weights, "
+                     "losses, BatchNorm and the MP covariance stay float32); auto = bf16 on CUDA, none on CPU."),
+    ] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile",
+                                          help="Run each stack of heads through torch.compile.")] = False,
     in_memory: Annotated[bool, typer.Option(help="Hold the selected tokens in RAM in the compute dtype (converted "
                                             "once) instead of streaming them every epoch.")] = False,
     eval_curve: Annotated[bool, typer.Option(help="Score the eval split every epoch (curves, oracle); "
@@ -238,8 +245,8 @@ def probe(
             c_preset=c_preset, tries=tries,
             fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
-            device=device, in_memory=in_memory, eval_curve=eval_curve, allow_incomplete=allow_incomplete,
-            data_seed=data_seed,
+            device=device, amp=amp, compile=compile, in_memory=in_memory, eval_curve=eval_curve,
+            allow_incomplete=allow_incomplete, data_seed=data_seed,
             shard=shard, trust_store=trust_store, layer_mix=parse_list(layer_mix, str),
         )
         result = run_probe(cfg, progress=progress)

@@ -223,6 +223,9 @@ def _probe(
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if knn_note:
         notes.insert(1, knn_note)
+    if runs and (runs[0].settings.amp != "none" or c.compile):
+        notes.insert(1, f"precision: amp {runs[0].settings.amp} ({runs[0].settings.amp_rule}; master weights, losses, "
+                     f"BatchNorm and MP covariance in float32){', torch.compile on' if c.compile else ''}")
     if protocol is not None and protocol.adapted:
         notes.insert(1, f"recipe {protocol.recipe} adapted to this dataset: " + "; ".join(protocol.adapted))
     for note in notes:

@@ -4,8 +4,9 @@ Training batches come from whole chunks read in a seeded random order, mixed in 
 buffer of a few chunks (the store already holds samples in a random permutation, so chunk-level
 shuffling plus a buffer gives class-mixed batches without element-wise reads). A reader thread
 runs ahead of the trainer through a bounded queue; on CUDA, batches are pinned there and copied
-with ``non_blocking``. Tokens travel in the store's dtype (fp16/bf16) and become float32 on the
-device, which halves host-to-device traffic.
+with ``non_blocking`` on a copy stream, one batch ahead of the trainer (``device_copy``). Tokens
+travel in the store's dtype (fp16/bf16) and become float32 on the device, which halves
+host-to-device traffic.
 
 Every random choice (chunk order, buffer permutation, which augmented view a sample uses)
 is drawn from ``(data_seed, epoch)`` only, so the batch sequence does not depend on which
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from epcache.probe.data.device_copy import DeviceCopier, lookahead
 from epcache.probe.data.plan import InputPlan
 from epcache.store import FeatureStore, to_torch
 
@@ -277,11 +279,13 @@ class BatchStream:
                 yield tx, ty
 
         waited = [0.0]
-        try:
-            for tx, ty in prefetch(host, self.prefetch, waited=waited):
-                x = tx.to(self.device, non_blocking=cuda).to(self.dtype)  # no-op on CPU: already converted
-                yield Batch(x, ty.to(self.device, non_blocking=cuda))
+        copier = DeviceCopier(self.device, self.dtype)  # CPU: the conversion below is a no-op, already done
+        host_batches = prefetch(host, self.prefetch, waited=waited)
+        try:  # batch n+1's copy is issued before batch n trains
+            for x, y in map(copier.finish, lookahead(host_batches, copier.start)):
+                yield Batch(x, y)
         finally:
+            host_batches.close()
             self.wait_seconds += waited[0]
 
 

@@ -110,6 +110,12 @@ class ProbeConfig:
     in_memory: bool = doc(False, doc="load the selected tokens of every split once instead of streaming")
     allow_incomplete: bool = doc(False, doc="train on the written blocks of an incomplete store")
     dtype: str = doc("float32", doc="compute dtype; float64 is for exactness tests")
+    amp: str = doc(
+        "auto",
+        doc="auto | none | bf16: bfloat16 autocast of the heads' matmuls (fp32 weights, losses, BN, MP "
+        "covariance); auto: bf16 on CUDA, none on CPU",
+    )
+    compile: bool = doc(False, doc="run each stack of heads through torch.compile (recorded in every row)")
     fused: bool = doc(True, doc="stack same-shape heads into batched ops; False: one module per config (reference)")
     save_heads: bool = doc(True, doc="write heads/<id>.safetensors for every config's selected epoch")
     prefetch: int = doc(4, doc="batches the reader thread may run ahead")
