@@ -77,7 +77,8 @@ class ChunkCache:
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._size: int | None = None  # bytes held, scanned on the first write under a limit
-        self._records: dict[tuple[int, str, int], np.ndarray | None] = {}
+        self._records: dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._records_lock = threading.Lock()
 
     def applies_to(self, store: FeatureStore) -> bool:
         """Only read-only stores behind a URL: local disk needs no copy, and a writable store may change."""
@@ -108,18 +109,28 @@ class ChunkCache:
     def _expected_crc(self, store: FeatureStore, split: str, layer: int, chunk: int) -> int | None:
         s = store.split(split)
         per_block = s.block_samples // s.chunk_samples
-        block_record = int(store.block_records(split, layer)[chunk // per_block])
+        blocks, chunks = self._layer_records(store, split, layer)
+        block_record = int(blocks[chunk // per_block])
         if block_record == MISSING:
             return None
         if per_block == 1:
             return block_record
-        key = (id(store), split, layer)
-        if key not in self._records:
-            self._records[key] = store._read_chunk_records(split, layer, 0, s.num_chunks)
-        records = self._records[key]
-        if records is None or int(records[chunk]) == MISSING:
+        if chunks is None or int(chunks[chunk]) == MISSING:
             return None
-        return int(records[chunk])
+        return int(chunks[chunk])
+
+    def _layer_records(self, store: FeatureStore, split: str, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Block and per-chunk records of a layer, read once (read-ahead threads wait for the first)."""
+        key = (id(store), split, layer)
+        with self._records_lock:
+            if key not in self._records:
+                s = store.split(split)
+                shared = store._read_checks.chunk_records  # the read checks' copy: each record array read once
+                if s.block_samples != s.chunk_samples and (split, layer) not in shared:
+                    shared[(split, layer)] = store._read_chunk_records(split, layer, 0, s.num_chunks)
+                chunks = shared.get((split, layer)) if s.block_samples != s.chunk_samples else None
+                self._records[key] = (store.block_records(split, layer), chunks)
+            return self._records[key]
 
     def _load(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, crc: int) -> np.ndarray | None:
         out = np.empty(shape, dtype)

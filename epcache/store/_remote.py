@@ -48,6 +48,7 @@ class RemoteChunks:
     def __init__(self, fs: Any, directory: str, per_shard: int, *, cache_index: bool) -> None:
         self.fs, self.directory, self.per_shard, self.cache_index = fs, directory, per_shard, cache_index
         self._index: dict[int, np.ndarray | None] = {}
+        self._locks: dict[int, threading.Lock] = {}  # one per shard: its index is fetched once, not per thread
 
     def read_into(self, chunk: int, out: np.ndarray, chunk_bytes: int) -> bool:
         """Fill ``out`` with chunk ``chunk``'s first ``out.nbytes`` bytes; False when it was never written.
@@ -71,6 +72,14 @@ class RemoteChunks:
     def _shard_index(self, shard: int) -> np.ndarray | None:
         if shard in self._index:
             return self._index[shard]
+        with _LOCK:
+            lock = self._locks.setdefault(shard, threading.Lock())
+        with lock:
+            if shard in self._index:  # fetched by another thread meanwhile
+                return self._index[shard]
+            return self._fetch_index(shard)
+
+    def _fetch_index(self, shard: int) -> np.ndarray | None:
         size = 16 * self.per_shard + 4  # (offset, nbytes) uint64 pairs, then a crc32c of the index
         try:  # a suffix range: one request, no HEAD for the object's size
             raw = self.fs.cat_file(f"{self.directory}/c/{shard}/0/0/0", start=-size)
