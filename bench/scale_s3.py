@@ -149,37 +149,39 @@ def s3_section(stores: dict[str, Path], *, s3_url: str | None, reads: int, tmp: 
 
     With moto, once per added latency (0: moto as it is); with ``s3_url``, once against that bucket.
     """
+    server = None
+    if s3_url is None:
+        server, endpoint = start_s3()
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
     figures: dict[str, float] = {}
-    for latency in latencies if s3_url is None else (0.0,):
-        server = None
-        if s3_url is None:
-            server, endpoint = start_s3(latency)
-            os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                              AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
-            say(f"moto S3 server on 127.0.0.1, {latency:g} ms added to every GET")
-        try:
-            figures.update(_one_server(stores, s3_url=s3_url, reads=reads, tmp=tmp, say=say,
-                                       tag=f"{latency:g}ms", writes=latency == latencies[0]))
-        finally:
+    try:
+        for i, latency in enumerate(latencies if s3_url is None else (0.0,)):
             if server is not None:
-                server.terminate()
-                server.wait()
+                set_latency(endpoint, latency)
+                say(f"moto S3 server on 127.0.0.1, {latency:g} ms added to every GET")
+            figures.update(_one_server(stores, s3_url=s3_url, reads=reads, tmp=tmp, say=say,
+                                       tag=f"{latency:g}ms", first=i == 0))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
     return figures
 
 
 def _one_server(stores: dict[str, Path], *, s3_url: str | None, reads: int, tmp: Path, say: Callable[[str], None],
-                tag: str, writes: bool) -> dict[str, float]:
+                tag: str, first: bool) -> dict[str, float]:
     import s3fs
 
-    s3fs.S3FileSystem.clear_instance_cache()  # a new server: new clients
     fs = s3fs.S3FileSystem()
     prefix = s3_url.rstrip("/") if s3_url else "s3://epcache-bench"
-    if s3_url is None:
+    if s3_url is None and first:
         fs.mkdir("epcache-bench")
     figures: dict[str, float] = {}
     for label, store in stores.items():
         url = f"{prefix}/bench-{label}.zarr"
-        fs.put(str(store) + "/", url.removeprefix("s3://"), recursive=True)
+        if first:
+            fs.put(str(store) + "/", url.removeprefix("s3://"), recursive=True)
         local = max(read_rate(str(store), "direct") for _ in range(reads))
         remote = {m: max(read_rate(url, m) for _ in range(reads)) for m in MODES}
         cache = tmp / f"cache-{label}"
@@ -194,11 +196,11 @@ def _one_server(stores: dict[str, Path], *, s3_url: str | None, reads: int, tmp:
             f"S3 / local: before {remote['before'] / local:.3f}x, in flight {remote['inflight'] / local:.3f}x, "
             f"cached epoch {cached / local:.2f}x")
         figures.update({f"{tag}.{label}.{k}": v for k, v in {**remote, "local": local, "cached": cached}.items()})
-        if writes and label == "unsharded":
+        if first and label == "unsharded":
             one, four = (write_rate(f"{prefix}/bench-write-{w}.zarr", store, w) for w in (1, 4))
             say(f"  {label}: writes to S3, write_block one by one {one:6.1f} MB/s, 4 in flight {four:6.1f} MB/s "
                 f"({four / one:.1f}x)")
-        if s3_url is not None:
+        if s3_url is not None:  # one pass against a real bucket: remove what it wrote
             for name in (f"bench-{label}.zarr", "bench-write-1.zarr", "bench-write-4.zarr"):
                 if fs.exists(f"{prefix.removeprefix('s3://')}/{name}"):
                     fs.rm(f"{prefix.removeprefix('s3://')}/{name}", recursive=True)
@@ -210,26 +212,31 @@ import sys, time, logging
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import run_simple
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
-port, delay = int(sys.argv[1]), float(sys.argv[2]) / 1000
 app = DomainDispatcherApplication(create_backend_app)
+delay = [0.0]
 def delayed(environ, start_response):  # the time a request spends on the network, in its own thread: no CPU
-    if delay and environ.get("REQUEST_METHOD") == "GET":
-        time.sleep(delay)
+    path = environ.get("PATH_INFO", "")
+    if path.startswith("/__latency_ms/"):  # the bench sets the added latency between its sections
+        delay[0] = float(path.rsplit("/", 1)[1]) / 1000
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+    if delay[0] and environ.get("REQUEST_METHOD") == "GET":
+        time.sleep(delay[0])
     return app(environ, start_response)
-run_simple("127.0.0.1", port, delayed, threaded=True)
+run_simple("127.0.0.1", int(sys.argv[1]), delayed, threaded=True)
 """
 
 
-def start_s3(latency_ms: float = 0.0) -> tuple[subprocess.Popen[bytes], str]:
+def start_s3() -> tuple[subprocess.Popen[bytes], str]:
     """moto's S3 server as a separate process on 127.0.0.1 (in-process it would share our GIL).
 
-    ``latency_ms`` delays every GET by that long before moto answers (a stand-in for the network
+    :func:`set_latency` delays every GET by that long before moto answers (a stand-in for the network
     between a client and a real bucket; sleeping threads use no CPU).
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(port), str(latency_ms)],
+    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
@@ -241,6 +248,13 @@ def start_s3(latency_ms: float = 0.0) -> tuple[subprocess.Popen[bytes], str]:
                 server.kill()
                 raise SystemExit("the moto S3 server did not start (pip install 'moto[server]')") from None
             time.sleep(0.1)
+
+
+def set_latency(endpoint: str, ms: float) -> None:
+    import urllib.request
+
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
+    no_proxy.open(f"{endpoint}/__latency_ms/{ms:g}", timeout=10).read()
 
 
 def main() -> None:
