@@ -257,3 +257,41 @@ def test_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     result = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--cache-dir",
                                  str(tmp_path / "file"), "--device", "cpu", "--no-progress"])
     assert result.exit_code == 2 and "--cache-dir" in result.output and "is a file" in result.output
+
+
+def test_extraction_writer_writes_layers_of_a_block_concurrently_to_s3(bucket: str, tmp_path: Path) -> None:
+    from epcache.extract._writer import BlockWriter
+
+    local = _tiny_store(tmp_path / "s.zarr", shard=None)
+    with open_store(local) as src:
+        spec = SplitSpec("train", src.read_labels("train"), src.read_ids("train"), ["a", "b", "c", "d"], views=2,
+                         permutation_seed=7)
+        blocks = {b: {ly: src.read_tokens("train", ly, *src.block_range("train", b)) for ly in src.meta.layers}
+                  for b in range(src.split("train").num_blocks)}
+        meta = src.meta
+    for url, concurrent in ((f"s3://{bucket}/w.zarr", True), (str(tmp_path / "w.zarr"), False)):
+        with create_store(url, meta) as dst:
+            dst.add_split(spec, chunk_samples=4)
+            write = dst.write_block
+            lock = threading.Lock()
+            state = {"running": 0, "peak": 0}
+
+            def counting(*args: object, write=write, lock=lock, state=state) -> None:  # type: ignore[no-untyped-def]
+                with lock:
+                    state["running"] += 1
+                    state["peak"] = max(state["peak"], state["running"])
+                time.sleep(0.05)
+                write(*args)  # type: ignore[arg-type]
+                with lock:
+                    state["running"] -= 1
+
+            dst.write_block = counting  # type: ignore[method-assign]
+            writer = BlockWriter(dst)
+            for b, arrays in blocks.items():
+                writer.submit("train", b, arrays)
+            writer.close()
+            assert state["peak"] == (len(meta.layers) if concurrent else 1)
+        with open_store(url) as back, open_store(local) as src:
+            assert back.is_complete()
+            for ly in meta.layers:
+                assert back.read_tokens("train", ly).tobytes() == src.read_tokens("train", ly).tobytes()
