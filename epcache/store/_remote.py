@@ -12,6 +12,7 @@ waits on the network. Arrays with a codec go through zarr as before.
 
 from __future__ import annotations
 
+import errno
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ __all__ = ["RemoteChunks", "read_remote_chunk", "remote_chunks"]
 _NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
 _LOCK = threading.Lock()
 _PLANS: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], RemoteChunks | None]] = weakref.WeakKeyDictionary()
+_PLAN_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 class _Damaged(OSError):
@@ -98,6 +100,10 @@ class RemoteChunks:
             data = self.fs.cat_file(path, start=offset, end=offset + out.nbytes)
         except FileNotFoundError:
             return False
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # s3fs: a range past the object's end ("not satisfiable")
+                raise
+            raise _Damaged(f"{path}: object ends before byte {offset} (truncated chunk; {e})") from None
         if len(data) != out.nbytes:
             raise _Damaged(f"{path}: object ends {out.nbytes - len(data)} bytes early (truncated chunk)")
         out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
@@ -109,34 +115,39 @@ def remote_chunks(store: ZarrFeatureStore, split: str, layer: int) -> RemoteChun
     key = (split, layer)
     with _LOCK:
         cache = _PLANS.setdefault(store, {})
+        lock = _PLAN_LOCKS.setdefault(store, threading.Lock())
     if key in cache:
         return cache[key]
+    with lock:  # read-ahead threads start together: one of them reads the array's metadata
+        if key not in cache:
+            cache[key] = _plan(store, split, layer)
+    return cache[key]
+
+
+def _plan(store: ZarrFeatureStore, split: str, layer: int) -> RemoteChunks | None:
     from epcache.store._zarr import _plain_bytes
 
-    plan: RemoteChunks | None = None
     arr = store._array(split, "layers", str(layer))
     codecs = arr.metadata.codecs
     enc = arr.metadata.chunk_key_encoding
-    if getattr(enc, "separator", None) == "/" and type(enc).__name__ == "DefaultChunkKeyEncoding":
-        per_shard = None
-        if _plain_bytes(codecs):
-            per_shard = 0
-        elif (
-            len(codecs) == 1
-            and type(codecs[0]).__name__ == "ShardingCodec"
-            and _plain_bytes(codecs[0].codecs)
-            and str(getattr(codecs[0].index_location, "value", codecs[0].index_location)) == "end"
-        ):
-            per_shard = arr.shards[0] // arr.chunks[0]
-        if per_shard is not None:
-            import fsspec
+    if getattr(enc, "separator", None) != "/" or type(enc).__name__ != "DefaultChunkKeyEncoding":
+        return None
+    if _plain_bytes(codecs):
+        per_shard = 0
+    elif (
+        len(codecs) == 1
+        and type(codecs[0]).__name__ == "ShardingCodec"
+        and _plain_bytes(codecs[0].codecs)
+        and str(getattr(codecs[0].index_location, "value", codecs[0].index_location)) == "end"
+    ):
+        per_shard = arr.shards[0] // arr.chunks[0]
+    else:
+        return None  # a codec: zarr decodes it
+    import fsspec
 
-            fs, root = fsspec.core.url_to_fs(store.location)
-            directory = f"{root.rstrip('/')}/splits/{split}/layers/{layer}"
-            plan = RemoteChunks(fs, directory, per_shard, cache_index=store.read_only)
-    with _LOCK:
-        cache[key] = plan
-    return plan
+    fs, root = fsspec.core.url_to_fs(store.location)
+    directory = f"{root.rstrip('/')}/splits/{split}/layers/{layer}"
+    return RemoteChunks(fs, directory, per_shard, cache_index=store.read_only)
 
 
 def read_remote_chunk(

@@ -173,6 +173,9 @@ def test_corrupt_or_lost_remote_chunk_is_detected_through_read_ahead(bucket: str
             for c, _ in store.read_chunks("train", 0, [0, 1, 2, 3], inflight=4):
                 seen.append(c)
         assert seen == [0, 1] and str(ahead.value) == str(one.value)  # same error, at the same chunk
+    fs.pipe_file(key, bytes(blob[: offset + nbytes // 2]))  # a truncated object: the local path's message
+    with open_store(url, verify_reads=True) as store, pytest.raises(CorruptStoreError, match="cannot read chunk"):
+        list(store.read_chunks("train", 0, [0, 1, 2], inflight=3))
     if shard is None:  # a lost chunk object: the same message as on local disk
         fs.rm(key)
         with open_store(url, verify_reads=True) as store, pytest.raises(CorruptStoreError, match="is absent although"):
