@@ -298,3 +298,25 @@ def test_extraction_writer_writes_layers_of_a_block_concurrently_to_s3(bucket: s
             assert back.is_complete()
             for ly in meta.layers:
                 assert back.read_tokens("train", ly).tobytes() == src.read_tokens("train", ly).tobytes()
+
+
+def test_convert_from_s3_reads_ahead_and_equals_convert_from_disk(bucket: str, tmp_path: Path) -> None:
+    from epcache.convert import ConvertConfig, convert
+
+    local = _tiny_store(tmp_path / "s.zarr", shard=8)
+    url = _upload(local, bucket, "s.zarr")
+    convert(ConvertConfig(local, tmp_path / "from-disk.zarr", chunk_samples=8), progress=False)
+    real = FeatureStore.read_chunks
+    calls: list[bool] = []
+
+    def spy(self: FeatureStore, *args: object, **kw: object) -> object:
+        calls.append(self.is_remote)
+        return real(self, *args, **kw)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FeatureStore, "read_chunks", spy)
+        convert(ConvertConfig(url, tmp_path / "from-s3.zarr", chunk_samples=8), progress=False)
+    assert calls and all(calls)  # every layer's chunks came through read_chunks, from the remote store
+    with open_store(tmp_path / "from-disk.zarr") as a, open_store(tmp_path / "from-s3.zarr") as b:
+        for layer in a.meta.layers:
+            assert a.read_tokens("train", layer).tobytes() == b.read_tokens("train", layer).tobytes()
