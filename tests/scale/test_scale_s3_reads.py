@@ -7,12 +7,10 @@ store holds exactly the local bytes and every remote read can be compared with a
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +33,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def endpoint(moto_endpoint: str) -> str:
+    return moto_endpoint  # one server per session: tests/scale/conftest.py
 
 
 @pytest.fixture
