@@ -217,6 +217,15 @@ def probe(
     trust_store: Annotated[
         bool, typer.Option(help="Skip the store integrity checks (bytes, labels, ids, metadata); recorded in rows.")
     ] = False,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(metavar="DIR", help="Keep local copies of the chunks of a store behind a URL (s3://...) in DIR, "
+                     "so epochs after the first (and later runs) read local disk; checked on every read."),
+    ] = None,
+    cache_max_gb: Annotated[
+        float | None, typer.Option(metavar="GB", help="Evict least recently used --cache-dir entries beyond GB.",
+                                   show_default="no limit")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
     k: Annotated[
         str, typer.Option("--k", metavar="K,...", help="k-NN neighbour counts, comma list (all from one search).")
@@ -248,6 +257,7 @@ def probe(
             device=device, amp=amp, compile=compile, in_memory=in_memory, eval_curve=eval_curve,
             allow_incomplete=allow_incomplete, data_seed=data_seed,
             shard=shard, trust_store=trust_store, layer_mix=parse_list(layer_mix, str),
+            cache_dir=cache_dir, cache_max_gb=cache_max_gb,
         )
         result = run_probe(cfg, progress=progress)
     if not progress:  # with progress the library printed the plan and notes as it went

@@ -184,6 +184,8 @@ class _ChunkCursor:
         self.cs = store.split(split).chunk_samples
         self.chunk = -1
         self.data: np.ndarray | None = None
+        # every chunk once, in order: read ahead (many requests in flight from a store behind a URL)
+        self._ahead = store.read_chunks(split, layer, range(store.split(split).num_chunks))
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         parts: list[np.ndarray] = []
@@ -191,7 +193,9 @@ class _ChunkCursor:
         while row < stop:
             c = row // self.cs
             if c != self.chunk:
-                self.chunk, self.data = c, self.store.read_chunk(self.split, self.layer, c)
+                self.chunk, self.data = next(self._ahead, (-1, None))
+                if self.chunk != c:  # rows always advance chunk by chunk; read directly should they not
+                    self.chunk, self.data = c, self.store.read_chunk(self.split, self.layer, c)
             assert self.data is not None
             first = c * self.cs
             take = min(stop, first + len(self.data))

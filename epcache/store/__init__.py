@@ -11,6 +11,8 @@ from epcache.store._catalog import CatalogSplit as CatalogSplit
 from epcache.store._catalog import find_stores as find_stores
 from epcache.store._catalog import format_catalog as format_catalog
 from epcache.store._catalog import list_stores as list_stores
+from epcache.store._chunkcache import CacheStats as CacheStats
+from epcache.store._chunkcache import ChunkCache as ChunkCache
 from epcache.store._info import MissingBlock as MissingBlock
 from epcache.store._info import SplitInfo as SplitInfo
 from epcache.store._info import StoreInfo as StoreInfo
@@ -60,8 +62,10 @@ __all__ = [
     "BackboneMeta",
     "BadBlock",
     "BlockProblem",
+    "CacheStats",
     "CatalogEntry",
     "CatalogSplit",
+    "ChunkCache",
     "ChunkPlan",
     "FeatureStore",
     "LockInfo",

@@ -29,6 +29,7 @@ from epcache.store._provenance import compute_provenance, provenance_of_document
 from epcache.store._readcheck import ReadChecks
 
 if TYPE_CHECKING:
+    from epcache.store._chunkcache import ChunkCache
     from epcache.store._integrity import ArraySpec
 
 _NUMPY_DTYPES = NUMPY_DTYPES
@@ -47,6 +48,7 @@ class FeatureStore(PooledArrays, ABC):
     location: str
     read_only: bool
     verify_reads: bool = False  # check every chunk read against its records (cache_layout.md §3.3)
+    chunk_cache: ChunkCache | None = None  # local copies of remote chunks (store/_chunkcache.py)
 
     def __init__(self, location: str, *, read_only: bool) -> None:
         self.location = location
@@ -125,6 +127,11 @@ class FeatureStore(PooledArrays, ABC):
         self.close()
 
     # ------------------------------------------------------------------ metadata
+    @property
+    def is_remote(self) -> bool:
+        """Whether the store lives behind a URL (object storage), where each read is a request."""
+        return "://" in self.location and not self.location.startswith("file://")
+
     @property
     def splits(self) -> dict[str, SplitMeta]:
         return dict(self._splits)
@@ -339,10 +346,25 @@ class FeatureStore(PooledArrays, ABC):
         """One whole chunk: the fast path (one aligned read, no per-element indexing)."""
         start, stop = self.chunk_range(split, chunk)
         self._check_layer(layer)
-        raw = self._read_chunk_array(split, layer, chunk, start, stop)
+        raw = self._fetch_chunk(split, layer, chunk, start, stop)
         if self.verify_reads:
             self._read_checks.check(self, split, layer, chunk, raw)
         return self._logical(raw)
+
+    def read_chunks(
+        self, split: str, layer: int, chunks: Sequence[int] | np.ndarray, *, inflight: int | None = None,
+        max_bytes: int | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(chunk, tokens)`` in the given order, ``read_chunk`` of each with reads in flight (_readahead.py)."""
+        from epcache.store._readahead import read_ahead
+
+        return read_ahead(self, split, layer, chunks, inflight=inflight, max_bytes=max_bytes)
+
+    def _fetch_chunk(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
+        """A chunk's stored bytes, through the chunk cache when one is set (thread-safe: read ahead)."""
+        if self.chunk_cache is not None:
+            return self.chunk_cache.fetch(self, split, layer, chunk, start, stop)
+        return self._read_chunk_array(split, layer, chunk, start, stop)
 
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         """Backends override this with a direct read of the chunk's bytes where the format allows."""

@@ -80,9 +80,10 @@ def pool_rows(store: FeatureStore, split: str, layer: int, rows: np.ndarray) -> 
     chunk_of = rows // cs
     bounds = np.flatnonzero(np.diff(chunk_of)) + 1
     start = 0
-    for part in np.split(rows, bounds) if len(rows) else []:
-        chunk = int(part[0] // cs)
-        x = to_torch(np.ascontiguousarray(store.read_chunk(split, layer, chunk)[part - chunk * cs, 0]))  # (m, T, D)
+    parts = np.split(rows, bounds) if len(rows) else []
+    reads = store.read_chunks(split, layer, [int(p[0] // cs) for p in parts])  # read ahead: remote stores
+    for part, (chunk, data) in zip(parts, reads, strict=True):
+        x = to_torch(np.ascontiguousarray(data[part - chunk * cs, 0]))  # (m, T, D)
         gap = x[:, P:].to(torch.float64).mean(dim=1)  # float64 accumulation over the patch tokens
         finite = torch.isfinite(gap).all(dim=1)
         sl = slice(start, start + len(part))

@@ -127,6 +127,11 @@ class ProbeConfig:
         doc="\"I/N\": train only part I of N of the sweep (job arrays); torchrun sets it from RANK",
     )
     trust_store: bool = doc(False, doc="skip the store integrity checks (store/_integrity.py); recorded in every row")
+    cache_dir: str | None = doc(
+        None,
+        doc="local copies of the chunks of a store behind a URL (s3://...): epochs after the first read local disk",
+    )
+    cache_max_gb: float | None = doc(None, doc="evict least recently used cache_dir entries beyond this size")
     # solver heads (epcache/probe/solvers); head options in parentheses override these
     k: tuple[int, ...] = doc((10, 20, 100, 200), doc="k-NN neighbour counts, all from one search")
     temperature: tuple[float, ...] = doc((0.07,), doc="k-NN vote temperatures T")
@@ -139,7 +144,7 @@ class ProbeConfig:
         if self.shots is not None and not isinstance(self.shots, int):  # several shot counts (solver heads)
             shots = _as_tuple(self.shots, int, "shots")
             object.__setattr__(self, "shots", shots[0] if len(shots) == 1 else shots)
-        for name in ("store", "eval_store", "grid", "out"):
+        for name in ("store", "eval_store", "grid", "out", "cache_dir"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, str(value))
