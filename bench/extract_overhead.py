@@ -3,6 +3,7 @@
 Command:
     python bench/extract_overhead.py
     python bench/extract_overhead.py --model vit_tiny_patch16_224 --images 128 --pairs 8   # harsher
+    python bench/extract_overhead.py --only transfer --images 512 [--device cuda]   # uint8 vs float32 workers
 
 Machine: 2 CPU cores (AMD EPYC VM, shared host), no GPU, local disk; torch 2.14.1, timm 1.0.31,
 zarr 3.1.6.
@@ -23,6 +24,19 @@ ratio = full throughput / forward-only throughput, per adjacent pair of passes (
 their order); the median pair ratio is the headline, because on a shared machine throughput
 drifts by 2-3x over tens of seconds and adjacent passes share the conditions. Small write
 blocks keep the one write that cannot overlap anything (the last block's) short.
+
+Worker output (issue 18), measured in the same run: the DataLoader alone (decode, resize, crop in
+2 workers, collate, hand-over to the main process, normalise there) with workers sending
+  uint8         what extraction does: 1 byte a pixel, normalised in the main process / on the device;
+  float32       the previous behaviour: ToTensor + Normalize in the worker, 4 bytes a pixel.
+Reported: bytes moved per image (the collated tensor, which crosses process boundaries through
+shared memory and then goes to the device) and images/s, each as uint8 / float32, median of
+alternating pairs. `--only transfer` runs this part alone. Expected: bytes ratio 0.250 exactly.
+Measured here (2 shared cores, --device cpu, 512 images @224): throughput ratio 0.80 (pairs
+0.62-0.87): on a CPU-only box the main process now does the normalisation the 2 workers did in
+parallel (~2 ms a batch of 16, under 1% of a CPU forward of vit_small, so a full CPU extraction
+does not notice); the gain is on a GPU box (`--device cuda`), where the normalisation runs on the
+GPU, workers skip it and the host-to-device copy is 4x smaller.
 
 Resource warning: vit_small stores ~1.8 MB per image (12 layers x 197 tokens x 384 x fp16),
 written under --tmp (default: the system temp dir) and deleted after each pass.
@@ -97,6 +111,66 @@ def run_pass(args: argparse.Namespace, data: Path, out: Path, *, write: bool) ->
     return result.images_per_s, per_cpu_s
 
 
+def transfer_pass(
+    data: Path, *, img_size: int, workers: int, batch_size: int, float32: bool, device: str = "cpu"
+) -> tuple[float, float]:
+    """One pass of the loader over every image; returns (bytes moved per image, images per second)."""
+    from epcache.extract._loader import ViewDataset, make_loader
+    from epcache.extract._pixels import Normalizer
+    from epcache.extract._transforms import create_eval_transform
+
+    cfg = {"input_size": [3, img_size, img_size], "interpolation": "bicubic", "crop_pct": 0.875,
+           "crop_mode": "center", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    paths = sorted(data.rglob("*.jpg"))
+    normalize = Normalizer(cfg["mean"], cfg["std"])
+
+    class Float32Views(ViewDataset):
+        """The old worker output: normalised float32 views made in the worker."""
+
+        def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
+            i, views, err, raw = super().__getitem__(index)
+            return i, normalize(views), err, raw
+
+    kind = Float32Views if float32 else ViewDataset
+    ds = kind(paths, split="train", eval_transform=create_eval_transform(cfg), input_size=(3, img_size, img_size),
+              views=1, augment=None, seed=0)
+    batches = [list(range(i, min(len(paths), i + batch_size))) for i in range(0, len(paths), batch_size)]
+    moved = 0
+    t0 = time.perf_counter()
+    cuda = device.startswith("cuda")
+    for batch in make_loader(ds, batches, workers=workers, pin_memory=cuda):
+        moved += batch.images.nbytes
+        x = batch.images.to(device, non_blocking=True)
+        x = x if float32 else normalize(x.flatten(0, 1))  # on the device, as extraction does
+        assert x.dtype.is_floating_point
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return moved / len(paths), len(paths) / seconds
+
+
+def compare_transfer(args: argparse.Namespace, data: Path) -> None:
+    """uint8 vs float32 worker output, alternating passes, ratios uint8 / float32."""
+    kw = {"img_size": args.img_size, "workers": args.workers, "batch_size": args.batch_size, "device": args.device}
+    transfer_pass(data, float32=False, **kw)  # warm-up: page cache, worker start
+    speed: dict[bool, list[float]] = {False: [], True: []}
+    ratios, moved = [], {}
+    for r in range(args.pairs):
+        got = {}
+        for f32 in ((False, True) if r % 2 == 0 else (True, False)):
+            moved[f32], got[f32] = transfer_pass(data, float32=f32, **kw)
+            speed[f32].append(got[f32])
+        ratios.append(got[False] / got[True])
+    print(f"worker output @{args.img_size}px, {args.workers} workers, device {args.device}: bytes moved per image "
+          f"uint8 {moved[False]:,.0f} "
+          f"vs float32 {moved[True]:,.0f} (ratio {moved[False] / moved[True]:.3f})")
+    print(f"  throughput uint8 {statistics.median(speed[False]):.1f} img/s vs float32 "
+          f"{statistics.median(speed[True]):.1f} img/s; pair ratios {' '.join(f'{x:.2f}' for x in ratios)}; "
+          f"median ratio (uint8 / float32) {statistics.median(ratios):.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=64)
@@ -107,6 +181,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--pairs", type=int, default=5, help="(forward-only, full) pass pairs")
     p.add_argument("--tmp", type=Path, default=None, help="where the images and stores go")
+    p.add_argument("--device", default="cpu", help="where the transfer part normalises (cuda: as on a GPU box)")
+    p.add_argument("--only", choices=["overhead", "transfer"], default=None, help="run one part (default: both)")
     args = p.parse_args()
 
     import timm
@@ -126,6 +202,10 @@ def main() -> None:
             f"@{args.img_size}, all layers, float16, batch {args.batch_size}, blocks of {args.chunk_samples}, "
             f"{args.workers} workers"
         )
+        if args.only != "overhead":
+            compare_transfer(args, work / "data")
+        if args.only == "transfer":
+            return
         print("warm-up", end="")
         run_pass(args, work / "data", work / "warmup.zarr", write=True)  # warm caches, oneDNN kernels
         ratios, fwd, full = [], [], []

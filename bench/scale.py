@@ -4,6 +4,7 @@ Command:
     python bench/scale.py
     python bench/scale.py --images 512 --repeats 5 --model vit_small_patch16_224   # longer, steadier
     python bench/scale.py --s3-url s3://my-bucket/tmp   # reads from a real bucket (credentials as for s3fs)
+    python bench/scale.py --s3-only                     # only the S3 section (synthetic store, ~1-2 min)
 
 Machine: 2 CPU cores (AMD EPYC VM, shared host), no GPU, local disk; torch 2.14.1 (CPU), timm 1.0.31,
 zarr 3.1.6, s3fs 2026.9.0, moto 5.2.1 (needs the `s3` extra and `moto[server]`).
@@ -13,11 +14,9 @@ two cores, so this is the scaling of the distributed path on a CPU box, not of t
 GPUs it is ~N because each rank owns its device). Measured on the machine above with a load of ~3
 from other jobs: median 1.22x (25.9 vs 21.3 samples/s in the loop; wall with process startup 19 s
 vs 15 s for 192 images); 1 process x 2 threads collapsed to 6.3 samples/s (OpenMP barriers waiting
-for descheduled threads on the busy host). All stores byte-identical. Reads from a moto S3 server on
-127.0.0.1 vs local disk (page cache warm): chunk by chunk 78 vs 7430 MB/s (0.011x; one HTTP request
-per 0.6 MB chunk against preadv), one call per layer 108 vs 1590 MB/s (0.068x; zarr fetches chunks
-concurrently). moto is a Python server on the same 2 cores; real S3 serves each request faster but
-from farther away: measure your own bucket with --s3-url s3://bucket/prefix.
+for descheduled threads on the busy host). All stores byte-identical. Reads from S3: see
+bench/scale_s3.py, which this script runs as its last section on the extracted store (requests in
+flight vs one by one vs local disk, on moto's S3 server with 0 and 20 ms added per GET).
 
 What is compared:
   extraction  the same `epcache extract` command (random-init ViT, last 4 layers, float16, zarr,
@@ -31,10 +30,9 @@ What is compared:
   sweeps      the same 48-config sweep (linear + EP, 3 lrs, all 4 stored layers, 4 epochs) as one
               process vs two `--shard I/2` processes started together into one RUNDIR (OMP_NUM_THREADS=1
               each); wall-time ratio; the shards' rows are compared with the unsharded rows.
-  reads       one store (the 1-process result) read from local disk (page cache warm) and from the
-              S3 server (the same objects, uploaded with s3fs): every chunk of every layer by
-              `read_chunk` in random order (how `epcache probe` streams), and each layer as one
-              `read_tokens` call. MB/s of token bytes; ratio = S3 / local.
+  reads       bench/scale_s3.py's S3 section on the extracted store: every chunk of every layer in random
+              order from local disk, from S3 one by one as before (through zarr), one by one with direct
+              byte-range GETs, and 16 in flight (store.read_chunks); a second epoch through --cache-dir.
 
 Resource warning: with the defaults each store is ~58 MB (192 images x 4 layers x 197 tokens x 192 x fp16),
 written under --tmp (default: the system temp dir) three times per repeat and deleted; the moto server
@@ -49,7 +47,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -110,44 +107,6 @@ def same_bytes(a: Path, b: Path) -> bool:
     )
 
 
-def read_rates(location: str) -> tuple[float, float]:
-    """(MB/s reading every chunk in random order, MB/s reading each layer in one call) of split train."""
-    from epcache.store import open_store
-
-    with open_store(location) as store:
-        layers, s = store.meta.layers, store.split("train")
-        nbytes = 0
-        t0 = time.perf_counter()
-        for layer in layers:
-            for _, chunk in store.iter_chunks("train", layer, seed=layer):
-                nbytes += chunk.nbytes
-        chunked = nbytes / (time.perf_counter() - t0) / 1e6
-        t0 = time.perf_counter()
-        whole = sum(store.read_tokens("train", layer).nbytes for layer in layers)
-        bulk = whole / (time.perf_counter() - t0) / 1e6
-        assert whole == nbytes == s.num_samples * s.views * store.meta.num_tokens * store.meta.dim * 2 * len(layers)
-    return chunked, bulk
-
-
-def start_s3() -> tuple[subprocess.Popen[bytes], str]:
-    """moto's S3 server as a separate process on 127.0.0.1 (in-process it would share our GIL)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise SystemExit("the moto S3 server did not start (pip install 'moto[server]')") from None
-            time.sleep(0.1)
-
-
 SWEEP = ["--head", "linear,ep", "--queries", "4,8", "--lr", "1e-3,3e-3,1e-2", "--layers", "all", "--optimizer",
          "adamw", "--epochs", "4", "--warmup", "1", "--batch-size", "32", "--train-split", "train",
          "--eval-split", "train", "--no-progress"]
@@ -180,6 +139,56 @@ def sweep_rows(out: Path) -> dict[str, dict]:
     return rows
 
 
+def extract_and_sweep(args: argparse.Namespace, work: Path) -> Path:
+    """The extraction and sweep sections; returns the store they made (read by the S3 section)."""
+    make_images(work / "data", args.images)
+    print(f"{args.images} JPEGs; {args.model} @224, last 4 layers, float16, batch {args.batch_size}, "
+          f"chunks of {args.chunk_samples}, decoding in the rank process")
+    extract_pass(args, work / "data", work / "warmup.zarr", ranks=1, threads=1)  # page cache, imports
+    shutil.rmtree(work / "warmup.zarr")
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
+    ratios: list[float] = []
+    for r in range(args.repeats):
+        order = CONFIGS[r % 3:] + CONFIGS[: r % 3]  # rotate to cancel the drift of a shared host
+        got: dict[str, float] = {}
+        for label, ranks, threads in order:
+            out = work / f"r{r}-{ranks}x{threads}.zarr"
+            got[label], wall = extract_pass(args, work / "data", out, ranks=ranks, threads=threads)
+            rates[label].append(got[label])
+            print(f"  {label:<22} {got[label]:6.1f} samples/s in the loop, {wall:5.1f} s wall")
+        stores = [work / f"r{r}-{ranks}x{threads}.zarr" for _, ranks, threads in CONFIGS]
+        if not all(same_bytes(stores[0], other) for other in stores[1:]):
+            raise SystemExit("the stores of one repeat differ")
+        ratios.append(got[CONFIGS[2][0]] / max(got[CONFIGS[0][0]], got[CONFIGS[1][0]]))
+        for path in stores[1 if r == args.repeats - 1 else 0:]:
+            shutil.rmtree(path)
+    store = work / f"r{args.repeats - 1}-1x2.zarr"
+    medians = {label: statistics.median(v) for label, v in rates.items()}
+    print("extraction, median samples/s: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()))
+    print(f"extraction: 2 ranks / best single process, per repeat {' '.join(f'{x:.2f}' for x in ratios)}; "
+          f"median {statistics.median(ratios):.2f}x; 2 ranks / 1 process x 1 thread "
+          f"{medians[CONFIGS[2][0]] / medians[CONFIGS[1][0]]:.2f}x; all stores byte-identical")
+
+    walls = {1: [], 2: []}
+    for r in range(args.repeats):
+        for shards in ((1, 2) if r % 2 == 0 else (2, 1)):
+            out = work / f"sweep-r{r}-{shards}"
+            walls[shards].append(sweep_pass(store, out, shards=shards))
+        one, two = sweep_rows(work / f"sweep-r{r}-1"), sweep_rows(work / f"sweep-r{r}-2")
+        if set(one) != set(two):
+            raise SystemExit("the 2-shard sweep trained other configs than the unsharded one")
+        # float32 stacks of another size round differently in the last bits (float64 is exact: tests)
+        same = sum(one[k] == two[k] for k in one)
+        gap = max(abs(one[k]["metrics"]["eval"]["top1"] - two[k]["metrics"]["eval"]["top1"]) for k in one)
+        print(f"  sweep repeat {r}: {same}/{len(one)} rows identical, max |eval top-1 diff| {100 * gap:.2f} pp")
+    n_cfg = len(sweep_rows(work / "sweep-r0-1"))
+    w1, w2 = statistics.median(walls[1]), statistics.median(walls[2])
+    print(f"sweep ({n_cfg} configs, 4 epochs): 1 process {w1:.1f} s, 2 shards in parallel {w2:.1f} s wall; "
+          f"throughput 2 shards / 1 process {w1 / w2:.2f}x")
+
+    return store
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=192)
@@ -189,6 +198,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds of the three extraction settings")
     p.add_argument("--reads", type=int, default=3, help="read passes per backend (best is kept)")
     p.add_argument("--s3-url", default=None, help="an s3:// prefix of your own to read from instead of moto")
+    p.add_argument("--latency-ms", default="0,20", help="moto only: ms added to every GET, comma list")
+    p.add_argument("--s3-only", action="store_true", help="only the S3 section, on a synthetic store (~1-2 min)")
     p.add_argument("--tmp", type=Path, default=None, help="where the images and stores go")
     args = p.parse_args()
 
@@ -201,81 +212,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="epcache-bench-scale-", dir=args.tmp))
     t_start = time.perf_counter()
     try:
-        make_images(work / "data", args.images)
-        print(f"{args.images} JPEGs; {args.model} @224, last 4 layers, float16, batch {args.batch_size}, "
-              f"chunks of {args.chunk_samples}, decoding in the rank process")
-        extract_pass(args, work / "data", work / "warmup.zarr", ranks=1, threads=1)  # page cache, imports
-        shutil.rmtree(work / "warmup.zarr")
-        rates: dict[str, list[float]] = {label: [] for label, _, _ in CONFIGS}
-        ratios: list[float] = []
-        for r in range(args.repeats):
-            order = CONFIGS[r % 3:] + CONFIGS[: r % 3]  # rotate to cancel the drift of a shared host
-            got: dict[str, float] = {}
-            for label, ranks, threads in order:
-                out = work / f"r{r}-{ranks}x{threads}.zarr"
-                got[label], wall = extract_pass(args, work / "data", out, ranks=ranks, threads=threads)
-                rates[label].append(got[label])
-                print(f"  {label:<22} {got[label]:6.1f} samples/s in the loop, {wall:5.1f} s wall")
-            stores = [work / f"r{r}-{ranks}x{threads}.zarr" for _, ranks, threads in CONFIGS]
-            if not all(same_bytes(stores[0], other) for other in stores[1:]):
-                raise SystemExit("the stores of one repeat differ")
-            ratios.append(got[CONFIGS[2][0]] / max(got[CONFIGS[0][0]], got[CONFIGS[1][0]]))
-            for path in stores[1 if r == args.repeats - 1 else 0:]:
-                shutil.rmtree(path)
-        store = work / f"r{args.repeats - 1}-1x2.zarr"
-        medians = {label: statistics.median(v) for label, v in rates.items()}
-        print("extraction, median samples/s: " + ", ".join(f"{k} {v:.1f}" for k, v in medians.items()))
-        print(f"extraction: 2 ranks / best single process, per repeat {' '.join(f'{x:.2f}' for x in ratios)}; "
-              f"median {statistics.median(ratios):.2f}x; 2 ranks / 1 process x 1 thread "
-              f"{medians[CONFIGS[2][0]] / medians[CONFIGS[1][0]]:.2f}x; all stores byte-identical")
+        if args.s3_only:  # the S3 section alone, on a synthetic store of the same shape
+            from scale_s3 import synthetic_store
 
-        walls = {1: [], 2: []}
-        for r in range(args.repeats):
-            for shards in ((1, 2) if r % 2 == 0 else (2, 1)):
-                out = work / f"sweep-r{r}-{shards}"
-                walls[shards].append(sweep_pass(store, out, shards=shards))
-            one, two = sweep_rows(work / f"sweep-r{r}-1"), sweep_rows(work / f"sweep-r{r}-2")
-            if set(one) != set(two):
-                raise SystemExit("the 2-shard sweep trained other configs than the unsharded one")
-            # float32 stacks of another size round differently in the last bits (float64 is exact: tests)
-            same = sum(one[k] == two[k] for k in one)
-            gap = max(abs(one[k]["metrics"]["eval"]["top1"] - two[k]["metrics"]["eval"]["top1"]) for k in one)
-            print(f"  sweep repeat {r}: {same}/{len(one)} rows identical, max |eval top-1 diff| {100 * gap:.2f} pp")
-        n_cfg = len(sweep_rows(work / "sweep-r0-1"))
-        w1, w2 = statistics.median(walls[1]), statistics.median(walls[2])
-        print(f"sweep ({n_cfg} configs, 4 epochs): 1 process {w1:.1f} s, 2 shards in parallel {w2:.1f} s wall; "
-              f"throughput 2 shards / 1 process {w1 / w2:.2f}x")
+            store = synthetic_store(work / "s3-only.zarr", args.images, chunk_samples=args.chunk_samples,
+                                    shard_samples=None)
+        else:
+            store = extract_and_sweep(args, work)
+        from scale_s3 import s3_section  # reads from S3: in flight vs one by one vs local disk
 
-        server = None
-        if args.s3_url is None:
-            server, endpoint = start_s3()
-            os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                              AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
-        try:
-            import s3fs
-
-            fs = s3fs.S3FileSystem()
-            url = args.s3_url.rstrip("/") + "/bench-scale.zarr" if args.s3_url else "s3://epcache-bench/scale.zarr"
-            if args.s3_url is None:
-                fs.mkdir("epcache-bench")
-            t0 = time.perf_counter()
-            fs.put(str(store) + "/", url.removeprefix("s3://"), recursive=True)
-            size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
-            print(f"uploaded {size / 1e6:.1f} MB to {url} in {time.perf_counter() - t0:.1f} s")
-            local = [read_rates(str(store)) for _ in range(args.reads)]
-            remote = [read_rates(url) for _ in range(args.reads)]
-            lc, lb = max(x[0] for x in local), max(x[1] for x in local)
-            rc, rb = max(x[0] for x in remote), max(x[1] for x in remote)
-            print(f"reads, chunk by chunk (random order): local {lc:7.1f} MB/s, S3 {rc:7.1f} MB/s, "
-                  f"S3 / local {rc / lc:.3f}x")
-            print(f"reads, one call per layer:            local {lb:7.1f} MB/s, S3 {rb:7.1f} MB/s, "
-                  f"S3 / local {rb / lb:.3f}x")
-            if args.s3_url is not None:
-                fs.rm(url.removeprefix("s3://"), recursive=True)
-        finally:
-            if server is not None:
-                server.terminate()
-                server.wait()
+        s3_section({"unsharded": store}, s3_url=args.s3_url, reads=args.reads, tmp=work,
+                   latencies=tuple(float(x) for x in args.latency_ms.split(",")))
         print(f"total {time.perf_counter() - t_start:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)

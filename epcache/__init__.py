@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
     if name in EXPORTS:
         module, attr = EXPORTS[name]
         value = getattr(import_module(module), attr)
-        if name not in ("extract", "probe"):  # those two are also subpackages: see epcache._lazy
+        if name not in ("extract", "probe", "convert"):  # those two are also subpackages: see epcache._lazy
             globals()[name] = value
         return value
     raise AttributeError(f"module 'epcache' has no attribute {name!r}")

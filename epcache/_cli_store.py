@@ -44,7 +44,14 @@ EXTRACT_EPILOG = """Examples:
   epcache extract --model mae_vitb --weights mae_pretrain_vit_base.pth --data /data/imagenet \\
       --layers -4: --out stores/in1k_mae_vitb.zarr --dry-run
   epcache extract --model vit_tiny_patch16_224 --random-init --img-size 64 \\
-      --model-kwargs '{"depth": 4, "patch_size": 8}' --data epcache-demo/data --out demo.zarr"""
+      --model-kwargs '{"depth": 4, "patch_size": 8}' --data epcache-demo/data --out demo.zarr
+  epcache extract --model dinov2_vitb --data /data/imagenet --layers last --pool-patches 2 \\
+      --out stores/in1k_dinov2_pool2.zarr   # 16x16 grid stored as 8x8 means
+  epcache extract --model mae_vitb --data /data/wds \\
+      --split 'train=in1k-train-{000000..001281}.tar' \\
+      --split 'val=in1k-val-{000000..000049}.tar' --out in1k.zarr
+  epcache extract --model mae_vitb --data hf:/data/imagenet-1k \\
+      --split train=train --split val=validation --out in1k.zarr"""
 
 
 def extract(
@@ -52,7 +59,8 @@ def extract(
         str, typer.Option(metavar="NAME", help="Backbone: an alias from `epcache models` or any timm model name.")
     ],
     data: Annotated[
-        str, typer.Option(metavar="ROOT", help="Data root: an ImageFolder parent directory (or CSV base directory).")
+        str, typer.Option(metavar="ROOT", help="Data root: an ImageFolder parent directory (or CSV base directory), "
+                          "a WebDataset shard directory or URL (or one shard pattern), or hf:DIR (HF dataset).")
     ],
     out: Annotated[
         str, typer.Option(metavar="STORE", help="Store to write: a .zarr directory (zarr v3) or an .h5 file (HDF5).")
@@ -60,7 +68,8 @@ def extract(
     split: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="NAME=SRC", help="NAME=SUBDIR or NAME=FILE.csv (path,label rows); repeat for each split.",
+            metavar="NAME=SRC", help="NAME=SUBDIR, NAME=FILE.csv (path,label rows), NAME=SHARDS-{0..9}.tar or "
+            "NAME=HF_SPLIT; repeat for each split.",
             show_default="train=train, val=val",
         ),
     ] = None,
@@ -82,7 +91,9 @@ def extract(
         str | None, typer.Option(metavar="FORMAT", help="zarr or h5.", show_default="from the --out suffix")
     ] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass (times the views).")] = 64,
-    workers: Annotated[int, typer.Option(metavar="N", help="DataLoader decoding processes (0: main process).")] = 4,
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", help="Decoding processes (0: main process).", show_default="min(4, CPUs)")
+    ] = None,
     weights: Annotated[
         str | None,
         typer.Option(metavar="FILE", help="Local checkpoint (.pth/.pt/.safetensors).",
@@ -128,6 +139,20 @@ def extract(
     pooled: Annotated[
         bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
     ] = False,
+    pool_patches: Annotated[
+        int, typer.Option(metavar="K", help="Average KxK windows of the patch grid (prefix tokens kept); 1: off.")
+    ] = 1,
+    wds_image_key: Annotated[
+        str, typer.Option(metavar="EXTS", help="WebDataset: image member extensions, ';'-separated, first found wins.")
+    ] = "jpg;jpeg;png;webp",
+    wds_label_key: Annotated[str, typer.Option(metavar="EXT", help="WebDataset: member holding the integer label.")] = (
+        "cls"
+    ),
+    image_column: Annotated[str, typer.Option(metavar="COL", help="hf: datasets: the image column.")] = "image",
+    label_column: Annotated[str, typer.Option(metavar="COL", help="hf: datasets: the integer label column.")] = "label",
+    decode: Annotated[
+        str, typer.Option(metavar="WHERE", help="cpu (PIL in the workers) or gpu (nvjpeg on --device cuda).")
+    ] = "cpu",
     quantize: Annotated[
         str | None,
         typer.Option(
@@ -145,12 +170,15 @@ def extract(
         cfg = ExtractConfig(
             model=model, data=data, out=out, splits=_splits(split), layers=layers, views=views,
             view_splits=tuple(v for v in view_splits.split(",") if v), dtype=dtype, format=format,
-            batch_size=batch_size, workers=workers, weights=weights, random_init=random_init,
+            batch_size=batch_size, weights=weights, random_init=random_init,
             final_norm=final_norm, img_size=img_size, model_kwargs=_json_object(model_kwargs, "--model-kwargs"),
             device=device, amp=amp, seed=seed,
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
-            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled, quantize=quantize,
+            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
+            pool_patches=pool_patches, quantize=quantize,
+            wds_image_key=wds_image_key, wds_label_key=wds_label_key, image_column=image_column,
+            label_column=label_column, decode=decode, **({} if workers is None else {"workers": workers}),  # type: ignore[arg-type]
         )
         result = run_extract(cfg, progress=progress)
     typer.echo(result.format_text())
@@ -216,7 +244,9 @@ def verify(
     batch_size: Annotated[
         int | None, typer.Option(metavar="N", help="With --repair: forward batch.", show_default="the extraction's")
     ] = None,
-    workers: Annotated[int, typer.Option(metavar="N", help="With --repair: DataLoader decoding processes.")] = 4,
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", help="With --repair: decoding processes.", show_default="min(4, CPUs)")
+    ] = None,
     break_lock: Annotated[bool, typer.Option(help="With --repair: remove a crashed extraction's lock.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:

@@ -3,9 +3,9 @@
 ``import epcache`` stays light (no torch, no timm) so that ``epcache --help`` starts fast; each
 name in :data:`EXPORTS` is imported the first time it is touched.
 
-``epcache.extract`` and ``epcache.probe`` are both a subpackage and the function a user calls.
+``epcache.extract``, ``epcache.probe`` and ``epcache.convert`` are each both a subpackage and the function a user calls.
 Once ``epcache.extract`` (the package) is imported, Python binds that attribute to the module, so
-the two subpackages make themselves callable (:func:`callable_module`): ``epcache.extract(cfg)``
+the subpackages make themselves callable (:func:`callable_module`): ``epcache.extract(cfg)``
 calls ``epcache.extract.extract(cfg)`` whichever of the two the attribute holds.
 """
 
@@ -22,6 +22,9 @@ EXPORTS: dict[str, tuple[str, str]] = {
     "ExtractConfig": ("epcache.extract", "ExtractConfig"),
     "ExtractResult": ("epcache.extract", "ExtractResult"),
     "repair_store": ("epcache.extract", "repair_store"),
+    "convert": ("epcache.convert", "convert"),
+    "ConvertConfig": ("epcache.convert", "ConvertConfig"),
+    "ConvertResult": ("epcache.convert", "ConvertResult"),
     "probe": ("epcache.probe", "probe"),
     "ProbeConfig": ("epcache.probe", "ProbeConfig"),
     "ProbeResult": ("epcache.probe", "ProbeResult"),

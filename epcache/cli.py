@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from epcache import _cli_store
+from epcache import _cli_convert, _cli_store
 from epcache._cli_base import HelpCommand, user_errors
 
 __all__ = ["app", "main"]
@@ -194,6 +194,13 @@ def probe(
                      show_default="none: nothing is saved, the summary is only printed"),
     ] = None,
     device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[
+        str,
+        typer.Option(metavar="MODE", help="auto, none or bf16: bfloat16 autocast of the heads' matmuls (weights, "
+                     "losses, BatchNorm and the MP covariance stay float32); auto = bf16 on CUDA, none on CPU."),
+    ] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile",
+                                          help="Run each stack of heads through torch.compile.")] = False,
     in_memory: Annotated[bool, typer.Option(help="Hold the selected tokens in RAM in the compute dtype (converted "
                                             "once) instead of streaming them every epoch.")] = False,
     eval_curve: Annotated[bool, typer.Option(help="Score the eval split every epoch (curves, oracle); "
@@ -210,6 +217,15 @@ def probe(
     trust_store: Annotated[
         bool, typer.Option(help="Skip the store integrity checks (bytes, labels, ids, metadata); recorded in rows.")
     ] = False,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(metavar="DIR", help="Keep local copies of the chunks of a store behind a URL (s3://...) in DIR, "
+                     "so epochs after the first (and later runs) read local disk; checked on every read."),
+    ] = None,
+    cache_max_gb: Annotated[
+        float | None, typer.Option(metavar="GB", help="Evict least recently used --cache-dir entries beyond GB.",
+                                   show_default="no limit")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
     k: Annotated[
         str, typer.Option("--k", metavar="K,...", help="k-NN neighbour counts, comma list (all from one search).")
@@ -238,9 +254,10 @@ def probe(
             c_preset=c_preset, tries=tries,
             fraction=fraction,
             train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
-            device=device, in_memory=in_memory, eval_curve=eval_curve, allow_incomplete=allow_incomplete,
-            data_seed=data_seed,
+            device=device, amp=amp, compile=compile, in_memory=in_memory, eval_curve=eval_curve,
+            allow_incomplete=allow_incomplete, data_seed=data_seed,
             shard=shard, trust_store=trust_store, layer_mix=parse_list(layer_mix, str),
+            cache_dir=cache_dir, cache_max_gb=cache_max_gb,
         )
         result = run_probe(cfg, progress=progress)
     if not progress:  # with progress the library printed the plan and notes as it went
@@ -366,6 +383,10 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 command(short_help="Check every block's crc32c; --repair re-extracts bad blocks.")(_cli_store.verify)
 command(name="ls", short_help="List the stores under ROOT (a directory or URL prefix).")(_cli_store.ls)
+command(epilog=_cli_convert.CONVERT_EPILOG,
+        short_help="Derive a smaller store (layers, pooled grid, dtype, format) without the backbone.")(
+    _cli_convert.convert
+)
 
 
 def main() -> None:

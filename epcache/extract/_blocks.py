@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +13,11 @@ from epcache.errors import BadImageError, NonFiniteFeaturesError
 from epcache.extract._config import ExtractConfig
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._loader import ViewDataset, make_loader
+from epcache.extract._pixels import Normalizer, pil_steps
 from epcache.extract._plan import Prepared
 from epcache.extract._pooled import POOLED_KEY
 from epcache.extract._sources import SplitSource
-from epcache.store import FeatureStore, from_torch
+from epcache.store import FeatureStore, TokenLayout, from_torch, pool_patch_tokens
 from epcache.store._oserror import require_free_space
 
 __all__ = ["extract_split"]
@@ -48,13 +50,14 @@ def extract_split(
             batches.append(order[start + off : start + off + n].tolist())
             slots.append((b, off, n, stop - start))
     dataset = ViewDataset(
-        [src.path(i) for i in range(len(src))],
+        src.images(),
         split=split,
         eval_transform=prep.eval_transform,
         input_size=prep.plan.input_size,
         views=cfg.views_for(split),
         augment=prep.augment,
         seed=cfg.seed,
+        raw_jpeg=cfg.decode == "gpu",  # only for V=1 splits: augmented views are cut from the PIL image
     )
     loader = make_loader(dataset, batches, workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"))
     total = sum(n for _, _, n, _ in slots)
@@ -86,27 +89,35 @@ def _run_batches(
     import torch
 
     cfg = prep.config
-    g = prep.geometry
+    g, stored = prep.geometry, prep.store_geometry  # as the model gives them, as the store holds them
     V = cfg.views_for(split)
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+    normalize = Normalizer(prep.data_config["mean"], prep.data_config["std"])
+    gpu = None
+    if cfg.decode == "gpu" and V == 1:
+        from epcache.extract._gpudecode import GpuDecoder
+
+        gpu = GpuDecoder(pil_steps(prep.eval_transform), cfg.device)
     np_dtype = _numpy_dtype(cfg.dtype)
     acc: dict[int, np.ndarray] | None = None
     blocks_left = len({b for b, *_ in slots})  # this block and the ones after it, counted down
     for (block, off, n, length), batch in zip(slots, batch_iter, strict=True):
-        if any(batch.errors):
-            k = next(i for i, e in enumerate(batch.errors) if e)
+        x = batch.images.to(cfg.device, non_blocking=True)  # (B, V, 3, H, W) uint8
+        errors = gpu.fill(x, batch) if gpu is not None else batch.errors
+        if any(errors):
+            k = next(i for i, e in enumerate(errors) if e)
             raise BadImageError(
-                f"cannot decode {src.path(batch.indices[k])} (split {split!r}): {batch.errors[k]}. "
+                f"cannot decode {src.where(batch.indices[k])} (split {split!r}): {errors[k]}. "
                 "Fix or remove the file, or pass --on-bad-image skip to leave unreadable images out"
             )
-        x = batch.images.to(cfg.device, non_blocking=True).flatten(0, 1)  # (B*V, 3, H, W)
+        x = normalize(x.flatten(0, 1))  # (B*V, 3, H, W) float32, as ToTensor + Normalize
         with torch.inference_mode(), _autocast(cfg):
             outs = extractor(x)
         pooled = None
         if isinstance(outs, tuple):  # --pooled: (layers, the model's pooled output), issue 15
             outs, pooled = outs
         if acc is None:
-            acc = {layer: np.empty((length, V, *g.layer_shape(layer)), np_dtype) for layer in g.layers}
+            acc = {layer: np.empty((length, V, *stored.layer_shape(layer)), np_dtype) for layer in g.layers}
             if pooled is not None:
                 acc[POOLED_KEY] = np.empty((length, V, pooled.shape[-1]), np_dtype)
         if pooled is not None:
@@ -115,7 +126,10 @@ def _run_batches(
             t = t.to(torch_dtype)
             if not bool(torch.isfinite(t).all()):
                 _raise_non_finite(cfg, src, split, layer, batch.indices)
-            acc[layer][off : off + n] = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
+            tokens = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
+            if cfg.pool_patches > 1:  # pooled from the values as stored, so convert reproduces these bytes
+                tokens = pool_patch_tokens(tokens, _layer_layout(g, layer), cfg.pool_patches, cfg.dtype)
+            acc[layer][off : off + n] = tokens
         if off + n == length:
             nbytes = 0 if cfg.compressor not in (None, "none") else sum(a.nbytes for a in acc.values())
             require_free_space(  # before the write: a failed HDF5 write cannot be closed cleanly
@@ -128,6 +142,12 @@ def _run_batches(
             blocks_left -= 1
             acc = None
         bar.update(n)
+
+
+def _layer_layout(g: Any, layer: int) -> TokenLayout:
+    """The model's token layout of one layer (its own grid where the layers differ)."""
+    (h, w), _ = g.layer_shapes.get(layer, (g.layout.grid, g.dim))
+    return dataclasses.replace(g.layout, grid=(h, w))
 
 
 def _numpy_dtype(dtype: str) -> np.dtype:

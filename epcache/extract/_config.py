@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
+from epcache.extract._pixels import default_workers
 from epcache.store import SizeOption, TokenLayout, format_ranges, format_size_table, human_bytes, resolve_quantization
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
@@ -36,7 +37,7 @@ class ExtractConfig:
     """
 
     model: str = doc(doc="alias from `epcache models` or any timm name (with or without .tag)")
-    data: Path = doc(doc="data root; every sample id is a path relative to it")
+    data: Path | str = doc(doc="data root (ids are relative to it): a directory, fsspec URL (shards) or hf:DIR")
     out: Path | str = doc(doc="store: a .zarr directory, an .h5 file, or an fsspec URL (zarr)")
     splits: Mapping[str, str] = doc(default_factory=_default_splits, doc="name -> subdir or CSV file")
     layers: str | None = doc(None, doc="'all', 'last', 'last:4', '-4:', '0,5,11'; None: all (ViT) / last (convnet)")
@@ -45,7 +46,7 @@ class ExtractConfig:
     dtype: Dtype = doc("float16", doc="stored dtype: float16, bfloat16 or float32")
     format: Literal["zarr", "h5"] | None = doc(None, doc="None: from the suffix of `out`")
     batch_size: int = doc(64, doc="samples per forward (the forward batch is batch_size x V images)")
-    workers: int = doc(4, doc="DataLoader decoding processes; 0 decodes in the main process")
+    workers: int = doc(default_factory=default_workers, doc="decoding processes (min(4, CPUs)); 0: main process")
     weights: Path | None = doc(None, doc="local checkpoint (.pth/.pt/.safetensors); else the HF cache")
     random_init: bool = doc(False, doc="explicit random weights (never a silent fallback)")
     final_norm: bool = doc(False, doc="apply the model's final norm to every layer (default: raw blocks)")
@@ -66,6 +67,12 @@ class ExtractConfig:
     break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/_lock.py)")
     allow_duplicate: bool = doc(False, doc="extract even if a complete store with this provenance sits beside `out`")
     pooled: bool = doc(False, doc="also store the pooled output, forward_head(pre_logits=True) (cache_layout §3.4)")
+    pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")
+    wds_image_key: str = doc("jpg;jpeg;png;webp", doc="WebDataset: image member extensions, first present wins")
+    wds_label_key: str = doc("cls", doc="WebDataset: extension of the member holding the integer label")
+    image_column: str = doc("image", doc="hf: sources: the image column ({bytes, path} structs or bytes)")
+    label_column: str = doc("label", doc="hf: sources: the integer label column")
+    decode: Literal["cpu", "gpu"] = doc("cpu", doc="gpu: decode JPEGs on the CUDA device (nvjpeg); else PIL in workers")
     quantize: str | None = doc(
         None, doc="lossy token storage (cache_layout §3.5): int8 (= int8-channel), int8-token, fp8; reads give dtype"
     )
@@ -78,6 +85,8 @@ class ExtractConfig:
             raise ConfigError(f"amp {self.amp!r} is not one of bf16, fp16 (or None for float32)")
         if self.on_bad_image not in ("error", "skip"):
             raise ConfigError(f"on_bad_image {self.on_bad_image!r} must be 'error' or 'skip'")
+        if self.decode not in ("cpu", "gpu"):
+            raise ConfigError(f"decode {self.decode!r} must be cpu or gpu")
         if self.format not in (None, "zarr", "h5"):
             raise ConfigError(f"format {self.format!r} must be zarr or h5")
         if self.views < 0:
@@ -90,6 +99,8 @@ class ExtractConfig:
         for name, value in (("chunk_samples", self.chunk_samples), ("shard_samples", self.shard_samples)):
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (samples per file), got {value}")
+        if self.pool_patches < 1:
+            raise ConfigError(f"--pool-patches must be >= 1 (1 = no pooling), got {self.pool_patches}")
         if self.batch_size < 1 or self.workers < 0 or self.max_pending_blocks < 1:
             raise ConfigError("batch_size and max_pending_blocks must be >= 1 and workers >= 0")
         if self.img_size is not None and self.img_size < 1:
@@ -163,12 +174,13 @@ class ExtractPlan:
         """Human-readable plan, one fact per line."""
         lay = self.layout
         prefix = f"{lay.num_prefix} prefix (CLS at {lay.cls_index}, {lay.num_registers} registers)"
+        pooled = f" (patch grid pooled {lay.pool_patches}x{lay.pool_patches})" if lay.pool_patches > 1 else ""
         lines = [
             f"model      {self.model}  (from {self.requested_model!r}; weights: {self.weights})",
             f"input      {self.input_size[1]}x{self.input_size[2]}",
             f"layers     {format_ranges(self.layers)} of 0..{self.num_model_layers - 1}"
             f"{'  (final norm applied)' if self.final_norm else '  (raw block outputs)'}",
-            f"tokens     T={self.num_tokens}: {prefix} + {lay.grid[0]}x{lay.grid[1]} patches; D={self.dim}",
+            f"tokens     T={self.num_tokens}: {prefix} + {lay.grid[0]}x{lay.grid[1]} patches{pooled}; D={self.dim}",
             f"dtype      {self.dtype}" + (f" (stored as {self.quantization} codes + scales)" * bool(self.quantization)),
             f"store      {self.out} ({self.format})",
         ]

@@ -1,27 +1,63 @@
-"""Decoding in DataLoader workers: one item = one sample's V views, or a decode failure.
+"""Decoding in DataLoader workers: one item = one sample's V views as uint8, or a decode failure.
 
 A worker never raises for a bad image: it returns a flag and the reason, and the main process
 raises ``BadImageError`` naming the file. (An exception raised inside a worker reaches the
 user re-wrapped with the worker's traceback text in the message.)
+
+Images come from files (a list of paths: ImageFolder, CSV) or from a ``SampleReader`` that
+returns each sample's encoded bytes (WebDataset shards, Hugging Face tables). Workers send
+uint8 pixels (``_pixels``); with ``raw_jpeg`` they send a JPEG's bytes undecoded, for the GPU.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
 
+from epcache.extract._pixels import pil_steps, to_uint8_chw
 from epcache.extract._transforms import ViewAugment, view_rng
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["Batch", "ViewDataset", "decode_image", "find_unreadable", "make_loader", "sixteen_bit_to_8"]
+__all__ = [
+    "Batch",
+    "SampleReader",
+    "ViewDataset",
+    "decode_image",
+    "find_unreadable",
+    "is_jpeg",
+    "make_loader",
+    "sixteen_bit_to_8",
+]
+
+_BAD = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways to fail, and the readers'
+
+
+class SampleReader(Protocol):
+    """Encoded bytes of sample ``index`` of one split (picklable: it travels to the workers)."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> bytes:
+        """The image's file bytes. Raises OSError or ValueError when the sample cannot be read."""
+        ...
+
+    def where(self, index: int) -> str:
+        """Where the sample lives, for messages (shard and member, table file and row)."""
+        ...
+
+
+def is_jpeg(data: bytes) -> bool:
+    """JPEG's start-of-image marker: what GPU decoding can take."""
+    return data[:3] == b"\xff\xd8\xff"
 
 
 @dataclass(frozen=True)
@@ -29,15 +65,16 @@ class Batch:
     """A collated batch of samples in the order they were requested."""
 
     indices: list[int]  # dataset indices
-    images: torch.Tensor  # (B, V, 3, H, W) float32; zeros where decoding failed
+    images: torch.Tensor  # (B, V, 3, H, W) uint8; zeros where decoding failed or a JPEG is left to the GPU
     errors: list[str]  # "" where decoding succeeded, else the reason
+    jpegs: list[bytes | None] = field(default_factory=list)  # raw_jpeg: undecoded JPEG per sample, else None
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread (pin_memory=True) so host-to-GPU copies are async."""
-        return Batch(self.indices, self.images.pin_memory(), self.errors)
+        return Batch(self.indices, self.images.pin_memory(), self.errors, self.jpegs)
 
 
-def decode_image(path: Path) -> Image.Image:
+def decode_image(path: Path | bytes) -> Image.Image:
     """Open and fully decode an image as RGB (lazy PIL decoding would defer the failure).
 
     16-bit grayscale (PNG/TIFF, PIL modes ``I;16*`` and ``I``) is scaled to 8 bits,
@@ -49,7 +86,7 @@ def decode_image(path: Path) -> Image.Image:
     """
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
         im.load()
         if im.mode.startswith("I"):
             return _sixteen_bit_to_rgb(im)
@@ -76,11 +113,11 @@ def _sixteen_bit_to_rgb(im: Image.Image) -> Image.Image:
 
 
 class ViewDataset:
-    """Map-style dataset: dataset index -> (index, views (V, 3, H, W), error)."""
+    """Map-style dataset: dataset index -> (index, uint8 views (V, 3, H, W), error, raw JPEG or None)."""
 
     def __init__(
         self,
-        paths: Sequence[Path],
+        paths: Sequence[Path] | SampleReader,
         *,
         split: str,
         eval_transform: Callable[[Image.Image], torch.Tensor],
@@ -88,34 +125,47 @@ class ViewDataset:
         views: int,
         augment: ViewAugment | None,
         seed: int,
+        raw_jpeg: bool = False,
     ) -> None:
         if views > 1 and augment is None:
             raise ValueError("views > 1 needs an augmentation recipe")
-        self.paths = list(paths)
+        self.paths = paths if hasattr(paths, "read") else list(paths)  # type: ignore[arg-type]
         self.split = split
         self.eval_transform = eval_transform
+        self.pixels = pil_steps(eval_transform)  # resize + crop; ToTensor/Normalize run on the device
         self.input_size = input_size
         self.views = views
         self.augment = augment
         self.seed = seed
+        self.raw_jpeg = raw_jpeg and views == 1  # augmented views are cropped from the PIL image
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, str, bytes | None]:
         import torch
 
         try:
-            img = decode_image(self.paths[index])
-            out = [self.eval_transform(img)]
+            data = read_sample(self.paths, index)
+            if self.raw_jpeg and is_jpeg(data):
+                return index, torch.zeros((self.views, *self.input_size), dtype=torch.uint8), "", data
+            img = decode_image(data)
+            out = [to_uint8_chw(self.pixels(img))]
             for v in range(1, self.views):
                 assert self.augment is not None
                 out.append(self.augment(img, view_rng(self.seed, self.split, index, v)))
-            return index, torch.stack(out), ""
-        # PIL: UnidentifiedImageError, truncated files; DecompressionBombError is a plain Exception
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            return index, torch.stack(out), "", None
+        except _BAD as e:
             reason = f"{type(e).__name__}: {e}"
-            return index, torch.zeros((self.views, *self.input_size)), reason
+            return index, torch.zeros((self.views, *self.input_size), dtype=torch.uint8), reason, None
+
+
+def read_sample(paths: Sequence[Path] | SampleReader, index: int) -> bytes:
+    """The encoded bytes of one sample, from its file or its reader."""
+    if hasattr(paths, "read"):
+        return paths.read(index)  # type: ignore[union-attr]
+    with open(paths[index], "rb") as f:  # type: ignore[index]
+        return f.read()
 
 
 def make_loader(
@@ -135,7 +185,7 @@ def make_loader(
 
 
 def find_unreadable(
-    paths: Sequence[Path], *, workers: int, progress: bool = False, desc: str = "check"
+    paths: Sequence[Path] | SampleReader, *, workers: int, progress: bool = False, desc: str = "check"
 ) -> dict[int, str]:
     """Decode every image once (in workers) and return ``{index: reason}`` for those that fail.
 
@@ -159,28 +209,29 @@ def find_unreadable(
     return bad
 
 
-def _collate(items: list[tuple[int, torch.Tensor, str]]) -> Batch:
+def _collate(items: list[tuple[int, torch.Tensor, str, bytes | None]]) -> Batch:
     import torch
 
     return Batch(
-        indices=[i for i, _, _ in items],
-        images=torch.stack([x for _, x, _ in items]),
-        errors=[e for _, _, e in items],
+        indices=[i for i, _, _, _ in items],
+        images=torch.stack([x for _, x, _, _ in items]),
+        errors=[e for _, _, e, _ in items],
+        jpegs=[j for _, _, _, j in items],
     )
 
 
 class _DecodeCheck:
     """Dataset that only decodes: index -> (index, "" or the reason it failed)."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[Path] | SampleReader) -> None:
+        self.paths = paths if hasattr(paths, "read") else list(paths)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[int, str]:
         try:
-            decode_image(self.paths[index])
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            decode_image(read_sample(self.paths, index))
+        except _BAD as e:
             return index, f"{type(e).__name__}: {e}"
         return index, ""

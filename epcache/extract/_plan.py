@@ -6,6 +6,7 @@ layers out of range, bad splits) happen with no side effect at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,10 @@ from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, items
 from epcache.extract._forward import ModelGeometry, inspect_model
 from epcache.extract._models import resolve_model
 from epcache.extract._pooled import pooled_width
-from epcache.extract._sources import SplitSource, scan_splits
+from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
-from epcache.store import BackboneMeta, SizeOption, StoreMeta, detect_format, plan_chunks, size_options
+from epcache.store import BackboneMeta, SizeOption, StoreMeta, check_poolable, detect_format, plan_chunks, size_options
 
 __all__ = ["Prepared", "prepare", "store_meta"]
 
@@ -40,6 +41,11 @@ class Prepared:
     sources_in_store: dict[str, SplitSource]  # as stored (unreadable images left out when skipping)
     plan: ExtractPlan
     pooled_dim: int | None = None  # width of the model's pooled output when --pooled (issue 15), else None
+    stored: ModelGeometry | None = None  # the layers as stored: ``geometry`` with its grids pooled (issue 17)
+
+    @property
+    def store_geometry(self) -> ModelGeometry:
+        return self.stored if self.stored is not None else self.geometry
 
 
 def prepare(config: ExtractConfig) -> Prepared:
@@ -70,14 +76,17 @@ def prepare(config: ExtractConfig) -> Prepared:
             f"{source.timm_name} has no final norm on its tokens (it normalises the pooled vector, fc_norm), "
             "so --final-norm would store raw block outputs under a false label; drop --final-norm"
         )
-    sources = scan_splits(Path(config.data), config.splits)
+    options = SourceOptions(config.wds_image_key, config.wds_label_key, config.image_column, config.label_column,
+                            config.on_bad_image)
+    sources = scan_splits(config.data, config.splits, options=options)
     augment = (
         ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
         if config.views
         else None
     )
-    T, D = geometry.layout.num_tokens, geometry.dim
-    td = sum(a * b for a, b in map(geometry.layer_shape, geometry.layers)) // len(geometry.layers)  # mean T*D
+    stored = pooled_geometry(geometry, config.pool_patches, name=source.timm_name)
+    T, D = stored.layout.num_tokens, stored.dim
+    td = sum(a * b for a, b in map(stored.layer_shape, stored.layers)) // len(stored.layers)  # mean T*D
     split_plans = tuple(
         SplitPlan(
             name=name,
@@ -96,7 +105,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         num_model_layers=geometry.num_layers,
         layers=geometry.layers,
         final_norm=config.final_norm,
-        layout=geometry.layout,
+        layout=stored.layout,
         dim=D,
         num_tokens=T,
         dtype=config.dtype,
@@ -105,7 +114,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         out=str(config.out),
         format=detect_format(str(config.out), config.format),
         quantization=config.quantize,
-        sizes=tuple(_size_options(config, geometry, split_plans)),
+        sizes=tuple(_size_options(config, stored, split_plans)),
     )
     return Prepared(
         config=config,
@@ -118,7 +127,25 @@ def prepare(config: ExtractConfig) -> Prepared:
         sources_in_store=dict(sources),
         plan=plan,
         pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
+        stored=stored,
     )
+
+
+def pooled_geometry(g: ModelGeometry, k: int, *, name: str) -> ModelGeometry:
+    """``g`` as stored with ``--pool-patches k``: every layer's grid divided by k (prefix unchanged).
+
+    Raises:
+        ConfigError: a requested layer whose grid k does not divide (nothing is loaded or written yet).
+    """
+    if k == 1:
+        return g
+    for layer in g.layers:
+        (h, w), _ = g.layer_shapes.get(layer, (g.layout.grid, g.dim))
+        check_poolable(dataclasses.replace(g.layout, grid=(h, w)), k, what=f"{name} layer {layer}")
+    h, w = g.layout.grid
+    layout = dataclasses.replace(g.layout, grid=(h // k, w // k), pool_patches=k)
+    shapes = {layer: ((gh // k, gw // k), d) for layer, ((gh, gw), d) in g.layer_shapes.items()}
+    return dataclasses.replace(g, layout=layout, layer_shapes=shapes)
 
 
 def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
@@ -128,7 +155,16 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
     import torch
 
     cfg = prep.config
-    g = prep.geometry
+    g = prep.store_geometry
+    kind = next(iter(prep.sources.values())).kind
+    where, location = data_location(cfg.data)
+    root = location if where == "local" else ("hf:" if where == "hf" else "") + location
+    dataset: dict[str, Any] = {"kind": kind, "name": Path(cfg.data).expanduser().resolve().name}
+    if kind == "webdataset":  # how samples were read changes what they are: provenance
+        dataset.update(name=location.rstrip("/").rsplit("/", 1)[-1], image_key=cfg.wds_image_key,
+                       label_key=cfg.wds_label_key)
+    elif kind == "hf":
+        dataset.update(name=Path(location).name, image_column=cfg.image_column, label_column=cfg.label_column)
     return StoreMeta(
         backbone=BackboneMeta(
             name=report.name,
@@ -150,6 +186,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "data_config": prep.data_config,
             "eval_transform": [repr(t) for t in getattr(prep.eval_transform, "transforms", [prep.eval_transform])],
             "model_kwargs": dict(cfg.model_kwargs),
+            **({"decode": "gpu (nvjpeg + torch resize)"} if cfg.decode == "gpu" else {}),  # pixels differ slightly
             "img_size": cfg.effective_img_size,
             "amp": cfg.amp,
             "token_source": f"forward_intermediates ({g.kind}); "
@@ -161,10 +198,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "splits": sorted(cfg.view_splits) if cfg.views else [],
             "recipe": prep.augment.to_json() if prep.augment is not None else None,
         },
-        dataset={  # per-split content is fingerprinted per split, so splits can be added later
-            "kind": next(iter(prep.sources.values())).kind,
-            "name": Path(cfg.data).expanduser().resolve().name,
-        },
+        dataset=dataset,  # per-split content is fingerprinted per split, so splits can be added later
         extra={
             "epcache_version": epcache.__version__,
             "torch_version": torch.__version__,
@@ -174,7 +208,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "weights_dropped_keys": list(report.dropped_keys),
             "weights_missing_unused": list(report.missing_unused),
             "split_sources": {name: src.source for name, src in prep.sources.items()},
-            "data_root": str(Path(cfg.data).expanduser().resolve()),  # default --data of repair and attention
+            "data_root": root,  # default --data of repair and attention
             "skipped": {},
         },
     )

@@ -28,6 +28,8 @@ import numpy as np
 
 from epcache.errors import ConfigError, CorruptStoreError, ProvenanceMismatchError, WeightsError
 from epcache.extract._config import ExtractConfig, ExtractResult
+from epcache.extract._pixels import default_workers
+from epcache.extract._recorded import is_location, recorded_data_root, recorded_source_options
 from epcache.extract._run import extract, plan_extract
 from epcache.extract._weights import sha256_file
 from epcache.store import (
@@ -83,19 +85,6 @@ class RepairResult:
         )
 
 
-def recorded_data_root(extra: Mapping[str, Any]) -> Path | None:
-    """The data root a store recorded at extraction (``extra.data_root``), if it is a directory here.
-
-    Stores move between machines; a recorded root that does not exist here is no default at all,
-    so callers fall back to asking for ``--data``.
-    """
-    text = extra.get("data_root")
-    if not isinstance(text, str) or not text:
-        return None
-    path = Path(text)
-    return path if path.is_dir() else None
-
-
 def extract_config_from_store(
     location: str | PathLike[str],
     *,
@@ -104,7 +93,7 @@ def extract_config_from_store(
     splits: Mapping[str, str] | None = None,
     device: str | None = None,
     batch_size: int | None = None,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> ExtractConfig:
     """The ``ExtractConfig`` that continues (resumes) the extraction recorded in a store's metadata.
 
@@ -117,7 +106,7 @@ def extract_config_from_store(
         device: where to run the backbone; default: the device recorded at extraction.
         batch_size: forward batch; default 64 (extraction's default). It must match the original
             run where blocks are larger than the batch: CPU and GPU kernels are not batch-invariant.
-        workers: DataLoader decoding processes.
+        workers: DataLoader decoding processes (None: min(4, CPUs)).
 
     Raises:
         StoreNotFoundError, CorruptStoreError: no readable store at ``location``.
@@ -135,6 +124,12 @@ def extract_config_from_store(
         fmt = store.format
     bb = meta.backbone
     pre, extra = meta.preprocessing, meta.extra
+    if meta.derived_from is not None:
+        raise ConfigError(
+            f"{loc} was made by `epcache convert` from the store {(extra.get('derived_from') or {}).get('location')} "
+            f"(provenance {meta.derived_from.get('provenance')}), not extracted from images; repair the source "
+            "and convert it again"
+        )
     if bb.timm_version != timm.__version__:
         raise ProvenanceMismatchError(
             f"{loc} was extracted with timm {bb.timm_version}, this environment has timm {timm.__version__}: "
@@ -166,9 +161,9 @@ def extract_config_from_store(
                 f"`epcache verify {loc} --repair --data ROOT`"
             )
         data = found
-    root = Path(data).expanduser()
+    root: Path | str = data if is_location(str(data)) else Path(data).expanduser()
     recorded_name = meta.dataset.get("name")
-    if root.is_dir() and recorded_name is not None and root.resolve().name != recorded_name:
+    if isinstance(root, Path) and root.is_dir() and recorded_name is not None and root.resolve().name != recorded_name:
         raise ConfigError(
             f"--data {root} is a directory named {root.resolve().name!r}, but {loc} was extracted from a data root "
             f"named {recorded_name!r} (the name is part of the provenance); pass that root"
@@ -200,7 +195,7 @@ def extract_config_from_store(
         quantize=meta.quantization,
         format=fmt,  # type: ignore[arg-type]
         batch_size=batch_size or (int(recorded_batch) if isinstance(recorded_batch, int) else _DEFAULT_BATCH_SIZE),
-        workers=workers,
+        workers=default_workers() if workers is None else workers,
         weights=None if weights is None else Path(weights).expanduser(),
         random_init=random_init,
         final_norm=meta.final_norm,
@@ -210,7 +205,9 @@ def extract_config_from_store(
         amp=pre.get("amp"),
         seed=int(meta.views.get("seed", 0)),
         on_bad_image=extra.get("on_bad_image", "error"),
+        pool_patches=meta.layout.pool_patches,
         resume=True,
+        **recorded_source_options(meta.dataset, pre),
     )
 
 
@@ -222,7 +219,7 @@ def repair_store(
     splits: Mapping[str, str] | None = None,
     device: str | None = None,
     batch_size: int | None = None,
-    workers: int = 4,
+    workers: int | None = None,
     deep: bool = False,
     break_lock: bool = False,
     progress: bool = True,
@@ -240,7 +237,7 @@ def repair_store(
         splits: NAME=SOURCE for splits whose source the store does not record.
         device: default: the device recorded at extraction.
         batch_size: default: 64, extraction's default (see ``extract_config_from_store``).
-        workers: DataLoader decoding processes.
+        workers: DataLoader decoding processes (None: min(4, CPUs)).
         deep: also scan values for inf/nan (and re-extract blocks that have any).
         break_lock: remove the writer lock a crashed extraction left behind (store/_lock.py).
         progress: progress bars on stderr.

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import pickle
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
 
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r} requested but torch sees no CUDA device; use --device cpu")
+    if config.decode == "gpu":
+        _check_gpu_decode(prep)
     world = torchrun_world_size()
     if world > 1 and prep.plan.format == "h5":  # checked before joining: every rank fails at once, none waits
         raise ConfigError(
@@ -103,6 +106,17 @@ def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
         )
     with exit_on_sigterm(), distributed_context() as ctx:
         return _extract(prep, ctx, progress=progress)
+
+
+def _check_gpu_decode(prep: Prepared) -> None:
+    """``--decode gpu`` where it cannot run: say so once and decode on the CPU (recorded as such)."""
+    from epcache.extract._gpudecode import gpu_decode_unavailable
+    from epcache.extract._pixels import pil_steps
+
+    reason = gpu_decode_unavailable(prep.config.device, pil_steps(prep.eval_transform))
+    if reason is not None:
+        print(f"epcache: --decode gpu is unavailable ({reason}); decoding JPEGs on the CPU instead", file=sys.stderr)
+        prep.config = dataclasses.replace(prep.config, decode="cpu")
 
 
 def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResult:

@@ -1,8 +1,10 @@
-"""Image sources: ImageFolder split directories or ``path,label`` CSV files under one data root.
+"""Image sources: ImageFolder split directories or ``path,label`` CSV files under one data root,
+WebDataset tar shards (``_wds``) or a Hugging Face dataset (``--data hf:/path``, ``_hf``).
 
 Every split is listed in a deterministic order (sorted sample ids) and each sample id is its
-path relative to the data root in POSIX form: the id is what the store records, so it must
-not depend on the machine, the working directory or the listing order of the file system.
+path relative to the data root in POSIX form (shard/key for WebDataset, source/row for HF): the
+id is what the store records, so it must not depend on the machine, the working directory or
+the listing order of the file system.
 """
 
 from __future__ import annotations
@@ -12,16 +14,32 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from epcache.errors import ConfigError
+from epcache.extract._hf import HF_PREFIX, list_hf
+from epcache.extract._wds import DEFAULT_IMAGE_KEYS, is_shard_pattern, list_shards
 
-__all__ = ["IMAGE_EXTENSIONS", "SplitSource", "scan_splits"]
+__all__ = ["IMAGE_EXTENSIONS", "SourceOptions", "SplitSource", "data_location", "scan_splits"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_CLASSES = 1_000_000  # CSV labels are class indices; each class name is stored in the metadata
+
+
+SourceKind = Literal["imagefolder", "csv", "webdataset", "hf"]
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read WebDataset shards and HF tables; what to do with samples unusable at listing."""
+
+    wds_image_key: str = DEFAULT_IMAGE_KEYS
+    wds_label_key: str = "cls"
+    image_column: str = "image"
+    label_column: str = "label"
+    on_bad_image: str = "error"
 
 
 @dataclass(frozen=True)
@@ -29,18 +47,27 @@ class SplitSource:
     """One split's samples in dataset order (sorted by id)."""
 
     name: str
-    kind: Literal["imagefolder", "csv"]
-    source: str  # as given: a subdirectory or a CSV file, relative to the data root
+    kind: SourceKind
+    source: str  # as given: a subdirectory, a CSV file, a shard pattern or an HF split, under the data root
     ids: tuple[str, ...]  # path relative to the data root, POSIX
     labels: np.ndarray  # int64 [N]
     classes: tuple[str, ...]  # class names; label i is classes[i]
     root: Path  # data root (resolved), the base of every id
+    reader: Any = None  # webdataset / hf: a loader.SampleReader giving each sample's bytes; None: files
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def path(self, index: int) -> Path:
         return self.root / self.ids[index]
+
+    def where(self, index: int) -> str:
+        """Where sample ``index`` is, for messages: its file, or its shard member / table row."""
+        return str(self.path(index)) if self.reader is None else f"{self.ids[index]} in {self.reader.where(index)}"
+
+    def images(self) -> Any:
+        """What ViewDataset reads: the files' paths, or the reader."""
+        return [self.path(i) for i in range(len(self))] if self.reader is None else self.reader
 
     def without(self, drop: set[str]) -> SplitSource:
         """The split minus the given ids (images skipped as unreadable)."""
@@ -53,10 +80,28 @@ class SplitSource:
             self.labels[keep],
             self.classes,
             self.root,
+            None if self.reader is None else self.reader.subset(keep),
         )
 
 
-def scan_splits(root: Path, splits: Mapping[str, str]) -> dict[str, SplitSource]:
+def data_location(data: str | Path) -> tuple[str, str]:
+    """(kind, location) of ``--data``: ("hf", dir), ("url", fsspec URL) or ("local", dir), resolved.
+
+    A shard pattern given as ``--data`` stands for its directory (see ``scan_splits``).
+    """
+    text = str(data)
+    if text.startswith(HF_PREFIX):
+        return "hf", str(Path(text[len(HF_PREFIX) :]).expanduser().resolve())
+    if is_shard_pattern(text):
+        text = text.replace("\\", "/").rsplit("/", 1)[0] if "/" in text else "."
+    if "://" in text and not text.startswith("file://"):
+        return "url", text.rstrip("/")
+    return "local", str(Path(text.removeprefix("file://")).expanduser().resolve())
+
+
+def scan_splits(
+    root: Path | str, splits: Mapping[str, str], *, options: SourceOptions | None = None
+) -> dict[str, SplitSource]:
     """List every split. A value ending in ``.csv`` is a CSV file, anything else a subdirectory.
 
     ImageFolder splits share one class list, the sorted union of their class folders, so a
@@ -67,6 +112,10 @@ def scan_splits(root: Path, splits: Mapping[str, str]) -> dict[str, SplitSource]
         ConfigError: missing root or split source, an empty split, CSV rows that are malformed
             or point outside the root, or ImageFolder and CSV splits mixed in one store.
     """
+    options = options or SourceOptions()
+    text = str(root)
+    if text.startswith(HF_PREFIX) or is_shard_pattern(text) or any(is_shard_pattern(v) for v in splits.values()):
+        return _scan_records(text, splits, options)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"data root {root} does not exist or is not a directory")
@@ -94,10 +143,51 @@ def scan_splits(root: Path, splits: Mapping[str, str]) -> dict[str, SplitSource]
     return {name: _make(root, name, "csv", splits[name], sorted(pairs), classes) for name, pairs in rows.items()}
 
 
+def _scan_records(data: str, splits: Mapping[str, str], options: SourceOptions) -> dict[str, SplitSource]:
+    """WebDataset or HF splits: labels are integers, class names shared over the splits."""
+    kind, loc = data_location(data)
+    if is_shard_pattern(data) and not data.startswith(HF_PREFIX):  # --data DIR/train-{0..9}.tar: one split
+        if dict(splits) != {"train": "train", "val": "val"}:
+            raise ConfigError(f"--data {data} is a shard pattern, which makes one split 'train'; for named splits "
+                              f"pass the shards' directory: --data {loc} --split NAME=PATTERN.tar")
+        splits = {"train": data.replace("\\", "/").rsplit("/", 1)[-1]}
+    if kind == "hf":
+        if not Path(loc).is_dir():
+            raise ConfigError(f"--data {data}: dataset directory {loc} does not exist")
+    elif not all(is_shard_pattern(v) for v in splits.values()):
+        raise ConfigError(f"splits mix WebDataset shards and other sources ({dict(splits)}); give every split "
+                          "as a shard pattern (NAME=train-{000000..000099}.tar)")
+    listed: dict[str, Any] = {}
+    for name, src in splits.items():
+        if kind == "hf":
+            listed[name] = list_hf(Path(loc), name, src, image_column=options.image_column,
+                                   label_column=options.label_column)
+        else:
+            listed[name] = list_shards(loc, name, src, image_keys=options.wds_image_key,
+                                       label_key=options.wds_label_key)
+        problems = listed[name].problems
+        if problems and options.on_bad_image != "skip":
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise ConfigError(f"split {name!r}: {len(problems)} sample(s) cannot be used: {shown}. Fix the data, "
+                              "pass --on-bad-image skip to leave them out, or name the right keys/columns "
+                              "(--wds-image-key, --wds-label-key, --image-column, --label-column)")
+    top = max(max(x.labels) for x in listed.values())
+    if top >= MAX_CLASSES:
+        raise ConfigError(f"label {top} is too large; labels are class indices 0..C-1 with C at most {MAX_CLASSES}")
+    named = [x.class_names for x in listed.values() if getattr(x, "class_names", None)]
+    classes = named[0] if named and len(named[0]) > top else tuple(str(i) for i in range(top + 1))
+    src_kind: SourceKind = "hf" if kind == "hf" else "webdataset"
+    return {
+        name: SplitSource(name, src_kind, splits[name], tuple(x.ids),
+                          np.asarray([max(v, 0) for v in x.labels], dtype=np.int64), classes, Path(loc), x.reader)
+        for name, x in listed.items()
+    }
+
+
 def _make(
     root: Path,
     name: str,
-    kind: Literal["imagefolder", "csv"],
+    kind: SourceKind,
     source: str,
     pairs: list[tuple[str, int]],
     classes: tuple[str, ...],

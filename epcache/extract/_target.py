@@ -56,8 +56,7 @@ def _skip_unreadable(prep: Prepared, names: list[str], *, progress: bool) -> dic
     skipped: dict[str, tuple[str, ...]] = {}
     for name in names:
         src = prep.sources[name]
-        paths = [src.path(i) for i in range(len(src))]
-        bad = find_unreadable(paths, workers=prep.config.workers, progress=progress, desc=f"check {name}")
+        bad = find_unreadable(src.images(), workers=prep.config.workers, progress=progress, desc=f"check {name}")
         ids = tuple(src.ids[i] for i in sorted(bad))
         if len(ids) == len(src):
             raise ConfigError(f"split {name!r}: none of its {len(src)} images can be decoded (e.g. {bad[0]})")

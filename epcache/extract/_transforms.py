@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from epcache.extract._pixels import to_uint8_chw
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -97,7 +99,7 @@ def crop_params(
 
 @dataclass(frozen=True)
 class ViewAugment:
-    """The augmented-view recipe; call it with the view's generator."""
+    """The augmented-view recipe; call it with the view's generator for the view's uint8 pixels."""
 
     size: tuple[int, int]  # (h, w) model input
     mean: tuple[float, ...]
@@ -113,7 +115,7 @@ class ViewAugment:
         )
         if rng.random() < FLIP_P:
             out = F.hflip(out)
-        return F.normalize(F.to_tensor(out), list(self.mean), list(self.std))
+        return to_uint8_chw(out)  # uint8: normalised on the device with mean/std (_pixels.Normalizer)
 
     def to_json(self) -> dict[str, Any]:
         """The recipe as recorded in ``StoreMeta.views["recipe"]``."""

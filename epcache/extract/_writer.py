@@ -2,8 +2,9 @@
 
 The queue is bounded, so a disk slower than the backbone stalls extraction instead of filling
 RAM (each queued item is one write-block of every layer). Only this thread touches the store
-while extraction runs. A write error is re-raised in the main thread at its next ``submit``
-or at ``close``.
+while extraction runs (for a store behind a URL, it writes the layers of a block from a few
+threads at once: each layer's write is a request, so several are in flight). A write error is
+re-raised in the main thread at its next ``submit`` or at ``close``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -21,6 +24,7 @@ from epcache.store import FeatureStore
 __all__ = ["BlockWriter", "WriterStats"]
 
 _STOP = object()
+REMOTE_WRITES = 4  # layers of one block written at once to a store behind a URL (local disk: one at a time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,7 @@ class BlockWriter:
         self._bytes = 0
         self._write_s = 0.0
         self._wait_s = 0.0
+        self._pool = ThreadPoolExecutor(REMOTE_WRITES, "epcache-layer-writer") if store.is_remote else None
         self._thread = threading.Thread(target=self._run, name="epcache-block-writer", daemon=True)
         self._thread.start()
 
@@ -87,18 +92,24 @@ class BlockWriter:
         while True:
             item = self._queue.get()
             if item is _STOP:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
                 return
             if self._failed:
                 continue  # drain without writing after a failure; the caller is told once
             split, block, arrays = item  # type: ignore[misc]
             try:
                 t0 = time.perf_counter()
-                for layer, data in sorted(arrays.items()):  # pooled (key -1) first: before any record
-                    if layer == -1:
-                        self._store.write_pooled_block(split, block, data)
-                    else:
-                        self._store.write_block(split, layer, block, data)
-                    self._bytes += data.nbytes
+                if -1 in arrays:  # pooled first: before any record
+                    self._store.write_pooled_block(split, block, arrays[-1])
+                layers = sorted(k for k in arrays if k != -1)
+                if self._pool is None:
+                    for layer in layers:
+                        self._store.write_block(split, layer, block, arrays[layer])
+                else:  # object storage: each layer's objects are requests, several in flight (bench/scale_s3.py)
+                    datas = [arrays[ly] for ly in layers]
+                    list(self._pool.map(self._store.write_block, repeat(split), layers, repeat(block), datas))
+                self._bytes += sum(data.nbytes for data in arrays.values())
                 self._write_s += time.perf_counter() - t0
                 self._blocks += 1
             except BaseException as e:  # re-raised in the caller's thread

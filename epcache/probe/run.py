@@ -34,7 +34,7 @@ from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.protocol import Protocol, resolve_holdout
 from epcache.probe.train.recipes import get_recipe
 from epcache.probe.train.trainer import HeadGeometry
-from epcache.store import FeatureStore, check_for_probe, open_store
+from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store
 from epcache.store._oserror import os_errors
 from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock
 
@@ -85,8 +85,13 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
 def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     say = _printer(progress)
     checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
+    cache = None  # copies of remote chunks; never changes a byte read (store/_chunkcache.py)
+    if config.cache_dir is not None:
+        max_bytes = None if config.cache_max_gb is None else int(config.cache_max_gb * 1e9)
+        cache = ChunkCache(config.cache_dir, max_bytes=max_bytes)
     store = open_store(config.store, verify_reads=checked)
     eval_store = open_store(config.eval_store, verify_reads=checked) if config.eval_store else store
+    store.chunk_cache = eval_store.chunk_cache = cache
     try:
         for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
@@ -223,6 +228,9 @@ def _probe(
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if knn_note:
         notes.insert(1, knn_note)
+    if runs and (runs[0].settings.amp != "none" or c.compile):
+        notes.insert(1, f"precision: amp {runs[0].settings.amp} ({runs[0].settings.amp_rule}; master weights, losses, "
+                     f"BatchNorm and MP covariance in float32){', torch.compile on' if c.compile else ''}")
     if protocol is not None and protocol.adapted:
         notes.insert(1, f"recipe {protocol.recipe} adapted to this dataset: " + "; ".join(protocol.adapted))
     for note in notes:

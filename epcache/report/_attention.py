@@ -9,8 +9,10 @@ everything else is kept (BN running stats included) and the eval top-1 change is
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from os import PathLike
 from pathlib import Path
@@ -180,7 +182,12 @@ def attention_report(
                 from epcache.extract._repair import recorded_data_root
 
                 data_root = recorded_data_root(store.meta.extra)  # None: maps on their own, ids as row labels
-            pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing)
+            fetch = None
+            if data_root is not None:
+                from epcache.extract._lookup import image_fetcher
+
+                fetch = image_fetcher(store.meta, split, data_root)  # WebDataset / HF: read by id
+            pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing, fetch)
             classes = store.split(split).classes
             captions = [
                 f"true {classes[int(labels[r])]}\npred {classes[predicted[r]]}" + ("" if pictures[0] is not None
@@ -212,22 +219,29 @@ def _pick_rows(order: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(picked, dtype=np.int64)
 
 
-def _load_images(root: str | PathLike[str] | None, ids: list[str], pre: dict[str, Any]) -> list[np.ndarray | None]:
-    """Source images resized and centre-cropped like the eval transform (no normalisation)."""
+def _load_images(root: str | PathLike[str] | None, ids: list[str], pre: dict[str, Any],
+                 fetch: Callable[[str], bytes] | None = None) -> list[np.ndarray | None]:
+    """Source images resized and centre-cropped like the eval transform (no normalisation).
+
+    ``fetch`` reads a WebDataset / HF sample's bytes by id; without it ids are paths under ``root``.
+    """
     if root is None:
         return [None] * len(ids)
     from PIL import Image
 
-    base = Path(root).resolve()
     size = _input_size(pre)
     crop_pct = float(pre.get("crop_pct", pre.get("eval", {}).get("crop_pct", 1.0)) or 1.0)
     out: list[np.ndarray | None] = []
     for i in ids:
-        p = (base / i).resolve()
-        if base not in p.parents:
-            raise ConfigError(f"sample id {i!r} points outside the data root {base}")
-        if not p.is_file():
-            raise ConfigError(f"image {p} (id {i!r}) not found; pass the --data root used for extraction")
+        if fetch is not None:
+            p: Path | io.BytesIO = io.BytesIO(fetch(i))
+        else:
+            base = Path(root).resolve()
+            p = (base / i).resolve()
+            if base not in p.parents:
+                raise ConfigError(f"sample id {i!r} points outside the data root {base}")
+            if not p.is_file():
+                raise ConfigError(f"image {p} (id {i!r}) not found; pass the --data root used for extraction")
         with Image.open(p) as im:
             im = im.convert("RGB")
             scale = size / crop_pct / min(im.size)

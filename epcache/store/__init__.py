@@ -11,6 +11,8 @@ from epcache.store._catalog import CatalogSplit as CatalogSplit
 from epcache.store._catalog import find_stores as find_stores
 from epcache.store._catalog import format_catalog as format_catalog
 from epcache.store._catalog import list_stores as list_stores
+from epcache.store._chunkcache import CacheStats as CacheStats
+from epcache.store._chunkcache import ChunkCache as ChunkCache
 from epcache.store._info import MissingBlock as MissingBlock
 from epcache.store._info import SplitInfo as SplitInfo
 from epcache.store._info import StoreInfo as StoreInfo
@@ -35,6 +37,10 @@ from epcache.store._meta import TokenLayout as TokenLayout
 from epcache.store._open import create_store as create_store
 from epcache.store._open import detect_format as detect_format
 from epcache.store._open import open_store as open_store
+from epcache.store._poolgrid import cast_tokens as cast_tokens
+from epcache.store._poolgrid import check_poolable as check_poolable
+from epcache.store._poolgrid import pool_patch_tokens as pool_patch_tokens
+from epcache.store._poolgrid import pooled_meta as pooled_meta
 from epcache.store._provenance import compute_provenance as compute_provenance
 from epcache.store._provenance import provenance_of_document as provenance_of_document
 from epcache.store._provenance import split_fingerprint as split_fingerprint
@@ -62,8 +68,10 @@ __all__ = [
     "BackboneMeta",
     "BadBlock",
     "BlockProblem",
+    "CacheStats",
     "CatalogEntry",
     "CatalogSplit",
+    "ChunkCache",
     "ChunkPlan",
     "FeatureStore",
     "LockInfo",
@@ -82,7 +90,9 @@ __all__ = [
     "VerifyReport",
     "acquire_store_lock",
     "block_checksum",
+    "cast_tokens",
     "check_for_probe",
+    "check_poolable",
     "check_store_integrity",
     "compute_provenance",
     "create_store",
@@ -99,6 +109,8 @@ __all__ = [
     "mark_blocks_missing",
     "open_store",
     "plan_chunks",
+    "pool_patch_tokens",
+    "pooled_meta",
     "provenance_of_document",
     "read_store_lock",
     "resolve_quantization",

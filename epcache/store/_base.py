@@ -30,6 +30,7 @@ from epcache.store._quantstore import QuantArrays
 from epcache.store._readcheck import ReadChecks
 
 if TYPE_CHECKING:
+    from epcache.store._chunkcache import ChunkCache
     from epcache.store._integrity import ArraySpec
 
 _NUMPY_DTYPES = NUMPY_DTYPES
@@ -48,6 +49,7 @@ class FeatureStore(PooledArrays, QuantArrays, ABC):
     location: str
     read_only: bool
     verify_reads: bool = False  # check every chunk read against its records (cache_layout.md §3.3)
+    chunk_cache: ChunkCache | None = None  # local copies of remote chunks (store/_chunkcache.py)
 
     def __init__(self, location: str, *, read_only: bool) -> None:
         self.location = location
@@ -126,6 +128,11 @@ class FeatureStore(PooledArrays, QuantArrays, ABC):
         self.close()
 
     # ------------------------------------------------------------------ metadata
+    @property
+    def is_remote(self) -> bool:
+        """Whether the store lives behind a URL (object storage), where each read is a request."""
+        return "://" in self.location and not self.location.startswith("file://")
+
     @property
     def splits(self) -> dict[str, SplitMeta]:
         return dict(self._splits)
@@ -360,13 +367,35 @@ class FeatureStore(PooledArrays, QuantArrays, ABC):
         """
         start, stop = self.chunk_range(split, chunk)
         self._check_layer(layer)
-        raw = self._read_chunk_array(split, layer, chunk, start, stop)
-        scales = None if self.quant is None else self._read_chunk_scales(split, layer, chunk)
+        return self._deliver(split, layer, chunk, self._fetch_parts(split, layer, chunk, start, stop), decode_to)
+
+    def read_chunks(
+        self, split: str, layer: int, chunks: Sequence[int] | np.ndarray, *, inflight: int | None = None,
+        max_bytes: int | None = None, decode_to: Any = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(chunk, tokens)`` in the given order, ``read_chunk`` of each with reads in flight (_readahead.py)."""
+        from epcache.store._readahead import read_ahead
+
+        return read_ahead(self, split, layer, chunks, inflight=inflight, max_bytes=max_bytes, decode_to=decode_to)
+
+    def _fetch_parts(self, split: str, layer: int, chunk: int, start: int, stop: int) -> tuple[np.ndarray, ...]:
+        """A chunk's stored parts: its tokens, or its codes and their scales (§3.5); thread-safe (read ahead)."""
+        raw = self._fetch_chunk(split, layer, chunk, start, stop)
+        return (raw,) if self.quant is None else (raw, self._read_chunk_scales(split, layer, chunk))
+
+    def _deliver(self, split: str, layer: int, chunk: int, parts: tuple[np.ndarray, ...], decode_to: Any) -> np.ndarray:
+        """Check a fetched chunk against its records (``verify_reads``), then its values in the logical dtype."""
         if self.verify_reads:
-            self._read_checks.check(self, split, layer, chunk, (raw,) if scales is None else (raw, scales))
-        if scales is None:
-            return self._logical(raw)
-        return self._decode_chunk(split, layer, raw, scales, decode_to)
+            self._read_checks.check(self, split, layer, chunk, parts)
+        if len(parts) == 1:
+            return self._logical(parts[0])
+        return self._decode_chunk(split, layer, parts[0], parts[1], decode_to)
+
+    def _fetch_chunk(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
+        """A chunk's stored bytes, through the chunk cache when one is set (thread-safe: read ahead)."""
+        if self.chunk_cache is not None:
+            return self.chunk_cache.fetch(self, split, layer, chunk, start, stop)
+        return self._read_chunk_array(split, layer, chunk, start, stop)
 
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         """Backends override this with a direct read of the chunk's bytes where the format allows."""

@@ -71,6 +71,7 @@ class StoreInfo:
     missing: list[MissingBlock] = field(default_factory=list)
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
     pooled_dim: int | None = None  # width of the optional pooled output (cache_layout.md §3.4)
+    derived_from: dict[str, Any] | None = None  # `epcache convert`: source provenance, ops and location (§2.4)
     quantization: str | None = None  # cache_layout.md §3.5: "int8-channel", "int8-token", "fp8-e4m3" or None
     sizes: list[dict[str, Any]] = field(default_factory=list)  # bytes of each storage option (store/_sizes.py)
 
@@ -145,6 +146,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             missing=missing,
             writer=_writer(location),
             pooled_dim=store.pooled_dim,
+            derived_from=_derived(m.derived_from, m.extra),
             quantization=m.quantization,
             sizes=[asdict(o) for o in size_options(m, ((s.num_samples, s.views, s.chunk_samples)
                                                         for s in store.splits.values()))],
@@ -162,14 +164,20 @@ def format_store_info(info: StoreInfo) -> str:
         f"data        {info.dataset}" + (f" at {info.data_root}" if info.data_root else ""),
         f"layers      {format_ranges(info.layers)} of {info.num_blocks_model} blocks"
         f"{'  (final norm applied)' if info.final_norm else '  (raw block outputs)'}",
-        f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches, D={info.dim}, "
-        f"{info.dtype}" + (f" (stored as {info.quantization} codes + scales)" if info.quantization else ""),
+        f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches"
+        + (f" (patch grid pooled {lay['pool_patches']}x{lay['pool_patches']})" if lay.get("pool_patches", 1) > 1
+           else "")
+        + f", D={info.dim}, {info.dtype}"
+        + (f" (stored as {info.quantization} codes + scales)" if info.quantization else ""),
         *(
             f"  layer {k:<5} T={v['num_tokens']}: {v['grid'][0]}x{v['grid'][1]} grid, D={v['dim']}"
             for k, v in info.layer_shapes.items()
         ),
         *([f"pooled      D={info.pooled_dim}: the model's own pooled output (forward_head(pre_logits=True))"]
           if info.pooled_dim is not None else []),
+        *([f"derived     from {info.derived_from.get('location', '?')} (provenance "
+           f"{str(info.derived_from.get('provenance'))[:12]}..., ops {info.derived_from.get('ops')})"]
+          if info.derived_from is not None else []),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
         f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
         "splits",
@@ -235,3 +243,12 @@ def format_ranges(xs: list[int] | tuple[int, ...]) -> str:
         if x is not None:
             start = prev = x
     return ",".join(out)
+
+
+def _derived(derived_from: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """``derived_from`` of the document with the source's location (kept in ``extra``, outside the key)."""
+    if derived_from is None:
+        return None
+    where = extra.get("derived_from")
+    location = where.get("location") if isinstance(where, dict) else None
+    return {**derived_from, "location": location}

@@ -115,7 +115,10 @@ class TokenLayout:
     num_prefix: int  # prefix tokens (CLS + registers) before the patch grid; 0 for convnets
     cls_index: int | None  # position of CLS among the prefix tokens, None if the model has none
     num_registers: int
-    grid: tuple[int, int]  # patch grid (h, w); patches follow the prefix row-major
+    grid: tuple[int, int]  # patch grid (h, w) as stored; patches follow the prefix row-major
+    # the stored grid averages pool_patches x pool_patches windows of the model's grid (issue 17);
+    # written to JSON only when > 1, so unpooled stores keep the document (and provenance) they had
+    pool_patches: int = 1
 
     @property
     def num_patches(self) -> int:
@@ -151,6 +154,9 @@ class StoreMeta:
     # per-layer (grid, dim) of layers whose shape differs from the top-level layout.grid/dim (1.1: a
     # convnet's stages in one store); empty when every layer has the top-level shape
     layer_shapes: dict[int, tuple[tuple[int, int], int]] = field(default_factory=dict)
+    # a store made by `epcache convert` from another: {"provenance": source key, "ops": {...}} (issue 17);
+    # inside the provenance key, so a derived store never shares its source's key
+    derived_from: dict[str, Any] | None = None
     # None: tokens stored in `dtype`; else the scheme of cache_layout.md §3.5 ("int8-channel",
     # "int8-token", "fp8-e4m3"): codes in the token arrays, scales beside them, reads give `dtype`
     quantization: str | None = None
@@ -165,6 +171,8 @@ class StoreMeta:
                 f"num_tokens={self.num_tokens} disagrees with the token layout "
                 f"({self.layout.num_prefix} prefix + {self.layout.grid[0]}x{self.layout.grid[1]} patches)"
             )
+        if self.layout.pool_patches < 1:
+            raise ValueError(f"layout.pool_patches must be >= 1, got {self.layout.pool_patches}")
         if list(self.layers) != sorted(set(self.layers)) or not self.layers:
             raise ValueError(f"layers must be a non-empty sorted list of distinct indices, got {self.layers}")
         for layer, (grid, dim) in self.layer_shapes.items():
@@ -183,7 +191,7 @@ class StoreMeta:
         if layer not in self.layer_shapes:
             return self
         (h, w), dim = self.layer_shapes[layer]
-        layout = TokenLayout(self.layout.num_prefix, self.layout.cls_index, self.layout.num_registers, (h, w))
+        layout = dataclasses.replace(self.layout, grid=(h, w))
         return dataclasses.replace(self, layout=layout, dim=dim, num_tokens=layout.num_tokens, layer_shapes={})
 
     @property
@@ -208,7 +216,7 @@ class StoreMeta:
             "format": FORMAT_NAME,
             "format_version": 1 if version == "1.0" else version,
             "backbone": asdict(self.backbone),
-            "layout": {**asdict(self.layout), "grid": list(self.layout.grid)},
+            "layout": _layout_json(self.layout),
             "layers": list(self.layers),
             "final_norm": self.final_norm,
             "dtype": self.dtype,
@@ -229,6 +237,7 @@ class StoreMeta:
                 if self.layer_shapes
                 else {}
             ),
+            **({"derived_from": _jsonable(self.derived_from)} if self.derived_from is not None else {}),
             **({"quantization": self.quantization} if self.quantization is not None else {}),
         }
 
@@ -253,6 +262,7 @@ class StoreMeta:
                     cls_index=None if lay["cls_index"] is None else int(lay["cls_index"]),
                     num_registers=int(lay["num_registers"]),
                     grid=(int(lay["grid"][0]), int(lay["grid"][1])),
+                    pool_patches=int(lay.get("pool_patches", 1)),
                 ),
                 layers=tuple(int(i) for i in data["layers"]),
                 final_norm=bool(data["final_norm"]),
@@ -264,6 +274,7 @@ class StoreMeta:
                 dataset=dict(data.get("dataset", {})),
                 extra=dict(data.get("extra", {})),
                 layer_shapes=_parse_layer_shapes(data.get("layer_shapes", {})),
+                derived_from=dict(data["derived_from"]) if data.get("derived_from") is not None else None,
                 quantization=parse_quantization(data),
             )
         except KeyError as e:
@@ -406,6 +417,14 @@ def _parse_layer_shapes(data: Any) -> dict[int, tuple[tuple[int, int], int]]:
         if "num_tokens" in v and not isinstance(v["num_tokens"], int):
             raise TypeError(f"layer_shapes[{key}].num_tokens must be an integer")
     return out
+
+
+def _layout_json(layout: TokenLayout) -> dict[str, Any]:
+    """``layout`` of §2.1; ``pool_patches`` only when the grid was pooled (older documents lack it)."""
+    doc = {**asdict(layout), "grid": list(layout.grid)}
+    if layout.pool_patches == 1:
+        del doc["pool_patches"]
+    return doc
 
 
 def _jsonable(obj: Any) -> Any:

@@ -3,7 +3,8 @@
 `extract --dry-run` prints the table for the planned store, `epcache info` for an existing one.
 The figures are exact for the token arrays and their scales (cache_layout.md §3, §3.5), uncompressed;
 labels, ids and records are left out (bytes per sample, not per token). ``2x2-pooled`` is the patch
-grid averaged over 2x2 windows (``h/2 x w/2`` rounded up, prefix tokens kept) stored in float16.
+grid averaged over 2x2 windows (``--pool-patches 2``: ``h/2 x w/2``, prefix tokens kept) in float16;
+it is left out when a layer's grid has an odd side (pooling refuses it, cache_layout.md §2.4).
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def size_options(meta: StoreMeta, splits: Iterable[tuple[int, int, int]]) -> lis
             t, d = meta.layer_shape(layer)
             if grid2:
                 (h, w) = meta.layer_shapes[layer][0] if layer in meta.layer_shapes else meta.layout.grid
-                t = p + (-(-h // 2)) * (-(-w // 2))
+                t = p + (h // 2) * (w // 2)
             for n, v, cs in splits:
                 out += n * v * t * d * itemsize
                 out += n * v * t * token  # one float32 scale per (sample, view, token)
                 out += -(-n // max(1, cs)) * d * chunk_dim  # one float32 scale per (chunk, channel)
         return out
 
+    grids = [meta.layer_shapes[ly][0] if ly in meta.layer_shapes else meta.layout.grid for ly in meta.layers]
+    poolable = all(h % 2 == 0 and w % 2 == 0 for h, w in grids)
     return [
         SizeOption("float32", total(4), "--dtype float32"),
         SizeOption("float16", total(2), "--dtype float16 (default)"),
@@ -50,7 +53,7 @@ def size_options(meta: StoreMeta, splits: Iterable[tuple[int, int, int]]) -> lis
         SizeOption("int8-channel", total(1, chunk_dim=4), "--quantize int8 (= int8-channel)"),
         SizeOption("int8-token", total(1, token=4), "--quantize int8-token"),
         SizeOption("fp8-e4m3", total(1, chunk_dim=4), "--quantize fp8"),
-        SizeOption("2x2-pooled", total(2, grid2=True), "float16, patch grid pooled 2x2"),
+        *([SizeOption("2x2-pooled", total(2, grid2=True), "--pool-patches 2 (float16)")] if poolable else []),
     ]
 
 

@@ -18,6 +18,7 @@ from epcache.store._lock import LOCK_NAME
 from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
 from epcache.store._quant import token_attributes
 from epcache.store._rawread import pread_into
+from epcache.store._remote import read_remote_chunk, remote_chunks
 from epcache.store._zarr_files import clear_url_store, ids_utf8, read_scales_direct, remove_local_store
 
 __all__ = ["ZarrFeatureStore"]
@@ -218,6 +219,9 @@ class ZarrFeatureStore(FeatureStore):
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         raw = self._raw_layout(split, layer)
         if raw is None:
+            remote = remote_chunks(self, split, layer) if _is_url(self.location) else None
+            if remote is not None:  # one byte-range GET into the buffer (store/_remote.py)
+                return read_remote_chunk(self, remote, split, layer, chunk, start, stop)
             return self._read_array(split, layer, start, stop)
         directory, per_shard = raw
         arr = self._array(split, "layers", str(layer))

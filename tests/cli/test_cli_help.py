@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))
 from probe_helpers import write_store
 
 runner = CliRunner()
-COMMANDS = ("info", "models", "extract", "probe", "report", "attention", "demo", "heads", "verify", "ls")
+COMMANDS = ("info", "models", "extract", "probe", "report", "attention", "demo", "heads", "verify", "ls", "convert")
 
 
 def _help(*cmd: str) -> str:

@@ -37,8 +37,8 @@ def test_import_epcache_is_light_and_offers_entry_points() -> None:
         "assert 'torch' not in sys.modules, 'import epcache loaded torch'\n"
         "names = ['extract', 'probe', 'open_store', 'write_report', 'ExtractConfig', 'ProbeConfig']\n"
         "assert set(names) <= set(dir(epcache)) and set(names) <= set(epcache.__all__)\n"
-        "import epcache.extract, epcache.probe\n"  # the subpackages bind these names: still callable
-        "assert callable(epcache.extract) and callable(epcache.probe)\n"
+        "import epcache.extract, epcache.probe, epcache.convert\n"  # the subpackages bind these names: still callable
+        "assert callable(epcache.extract) and callable(epcache.probe) and callable(epcache.convert)\n"
         "assert epcache.open_store.__module__.startswith('epcache.store')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=README.parent)
@@ -46,7 +46,8 @@ def test_import_epcache_is_light_and_offers_entry_points() -> None:
 
 
 @pytest.mark.parametrize(("name", "phrase"), [("ExtractConfig", "extra timm.create_model kwargs"),
-                                             ("ProbeConfig", "training protocol (`epcache recipes`)")])
+                                             ("ProbeConfig", "training protocol (`epcache recipes`)"),
+                                             ("ConvertConfig", "read chunk by chunk")])
 def test_config_fields_are_documented_for_help(name: str, phrase: str) -> None:
     import epcache
 

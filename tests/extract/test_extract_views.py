@@ -12,6 +12,7 @@ from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, read_al
 
 from epcache.extract import extract
 from epcache.extract._loader import ViewDataset, decode_image
+from epcache.extract._pixels import Normalizer
 from epcache.extract._transforms import (
     ViewAugment,
     create_eval_transform,
@@ -52,13 +53,14 @@ def test_views_depend_only_on_sample_view_and_seed(tmp_path: Path) -> None:
     ds = _dataset(data, views=4)
     forward = [ds[i] for i in range(5)]
     backward = [ds[i] for i in reversed(range(5))][::-1]  # another access order, as other batching gives
-    for (i, a, ea), (j, b, eb) in zip(forward, backward, strict=True):
+    for (i, a, ea, _), (j, b, eb, _) in zip(forward, backward, strict=True):
         assert i == j and ea == eb == "" and torch.equal(a, b)
-    idx, views, _ = forward[2]
-    assert views.shape == (4, 3, 32, 32)
-    assert torch.equal(views[0], ds.eval_transform(decode_image(ds.paths[idx])))  # view 0 = eval view
+    idx, views, _, _ = forward[2]
+    assert views.shape == (4, 3, 32, 32) and views.dtype == torch.uint8  # normalised on the device
+    normalize = Normalizer(ds.augment.mean, ds.augment.std)  # type: ignore[union-attr]
+    assert torch.equal(normalize(views[0]), ds.eval_transform(decode_image(ds.paths[idx])))  # view 0 = eval view
     assert all(not torch.equal(views[a], views[b]) for a in range(4) for b in range(a))
-    _, other_seed, _ = _dataset(data, views=4, seed=1)[2]
+    _, other_seed, _, _ = _dataset(data, views=4, seed=1)[2]
     assert torch.equal(other_seed[0], views[0]) and not torch.equal(other_seed[1], views[1])
 
 

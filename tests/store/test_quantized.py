@@ -184,3 +184,20 @@ def test_codes_and_scales_take_the_direct_read_path(tmp_path: Path, shard: int |
     st = open_store(tmp_path / "s.zarr")
     assert st._raw_layout("train", 0) is not None and st._raw_layout("train", 0, "scales") is not None
     np.testing.assert_array_equal(st.read_chunk("train", 0, 0), st.read_tokens("train", 0, 0, 4))
+
+
+def test_read_ahead_decodes_and_checks_like_read_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    make(path, "int8-token", dtype="float16")
+    st = open_store(path)
+    st.verify_reads = True
+    chunks = list(range(st.split("train").num_chunks))[::-1]
+    got = dict(st.read_chunks("train", 0, chunks, inflight=4))
+    assert all(np.array_equal(got[c], st.read_chunk("train", 0, c)) for c in chunks)
+    f32 = dict(st.read_chunks("train", 0, chunks, inflight=4, decode_to=np.float32))
+    assert f32[0].dtype == np.float32 and np.allclose(f32[0], got[0].astype(np.float32), rtol=1e-3, atol=1e-3)
+    _flip(next(p for p in sorted((path / "splits/train/scales/0/c").rglob("*")) if p.is_file()))
+    bad = open_store(path)
+    bad.verify_reads = True
+    with pytest.raises(CorruptStoreError):
+        dict(bad.read_chunks("train", 0, chunks, inflight=4))

@@ -12,7 +12,7 @@ image, with :class:`PooledPlan` and :class:`PooledSource`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -165,6 +165,17 @@ class MultiLayerSource:
             return data[local, 0] if views is None else data[local, views]  # [m, T, D]
 
         return self.plan.pack_layers(list(self._pool.map(read, self.layers)))
+
+    def rows_in_order(self, requests: Sequence[Any]) -> Iterator[np.ndarray]:
+        """:meth:`rows` of each ``(chunk, local, views)``; every layer's chunks read ahead (``read_chunks``)."""
+        chunks = [r[0] for r in requests]
+        if not self.store.is_remote:  # local disk: the layers of one chunk read concurrently, as in rows()
+            yield from (self.rows(c, local, views) for c, local, views in requests)
+            return
+        reads = [self.store.read_chunks(self.split, layer, chunks) for layer in self.layers]
+        for (_, local, views), *per_layer in zip(requests, *reads, strict=True):
+            picked = [d[local, 0] if views is None else d[local, views] for _, d in per_layer]
+            yield self.plan.pack_layers(picked)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -4,8 +4,9 @@ Training batches come from whole chunks read in a seeded random order, mixed in 
 buffer of a few chunks (the store already holds samples in a random permutation, so chunk-level
 shuffling plus a buffer gives class-mixed batches without element-wise reads). A reader thread
 runs ahead of the trainer through a bounded queue; on CUDA, batches are pinned there and copied
-with ``non_blocking``. Tokens travel in the store's dtype (fp16/bf16) and become float32 on the
-device, which halves host-to-device traffic.
+with ``non_blocking`` on a copy stream, one batch ahead of the trainer (``device_copy``). Tokens
+travel in the store's dtype (fp16/bf16) and become float32 on the device, which halves
+host-to-device traffic.
 
 Every random choice (chunk order, buffer permutation, which augmented view a sample uses)
 is drawn from ``(data_seed, epoch)`` only, so the batch sequence does not depend on which
@@ -20,7 +21,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from epcache.probe.data.device_copy import DeviceCopier, lookahead
 from epcache.probe.data.plan import InputPlan
 from epcache.store import FeatureStore, to_torch
 
-__all__ = ["Batch", "BatchStream", "InputPlan", "MemorySource", "StoreSource", "prefetch"]
+__all__ = ["Batch", "BatchStream", "InputPlan", "MemorySource", "StoreSource", "prefetch", "rows_in_order"]
 
 _DONE = object()
+Request = tuple[int, np.ndarray, np.ndarray | None]  # (chunk, local rows, view per row or None)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,12 @@ class StoreSource:
         data = self.store.read_chunk(self.split, self.layer, chunk)  # [n, V, T, D]
         x = data[local, 0] if views is None else data[local, views]
         return self.plan.pack(x)
+
+    def rows_in_order(self, requests: Sequence[Request]) -> Iterator[np.ndarray]:
+        """:meth:`rows` of each ``(chunk, local, views)`` in turn, the chunks read ahead (``read_chunks``)."""
+        reads = self.store.read_chunks(self.split, self.layer, [r[0] for r in requests])
+        for (_, local, views), (_, data) in zip(requests, reads, strict=True):
+            yield self.plan.pack(data[local, 0] if views is None else data[local, views])
 
 
 class MemorySource:
@@ -88,9 +97,11 @@ class MemorySource:
         out: np.ndarray | None = None
         parts = []
         at = 0
-        for chunk, local in _rows_by_chunk(rows, cs):
-            decode = np.float32 if dtype == torch.float32 else None  # quantised: straight to the compute dtype
-            data = store.read_chunk(split, layer, chunk, decode_to=decode)[local]  # [m, V, T, D]
+        by_chunk = list(_rows_by_chunk(rows, cs))
+        decode = np.float32 if dtype == torch.float32 else None  # quantised: straight to the compute dtype
+        reads = store.read_chunks(split, layer, [c for c, _ in by_chunk], decode_to=decode)  # read ahead: remote
+        for (_, local), (_, chunk_data) in zip(by_chunk, reads, strict=True):
+            data = chunk_data[local]  # [m, V, T, D]
             packed = plan.pack(data if all_views else data[:, :1])
             if dtype is None:
                 parts.append(packed)
@@ -192,6 +203,7 @@ class BatchStream:
             return
         rng = np.random.default_rng([self.data_seed, 0, epoch])
         order = rng.permutation(len(self._by_chunk))
+        reads = rows_in_order(self.source, [self._request(i, epoch) for i in order.tolist()])
         B = self.batch_size
         carry_x: np.ndarray | None = None
         carry_y: np.ndarray | None = None
@@ -202,12 +214,8 @@ class BatchStream:
                 ys.append(carry_y)
             for i in order[start : start + self.shuffle_chunks].tolist():
                 chunk, local = self._by_chunk[i]
-                rows = chunk * self.source.chunk_samples + local
-                views = None
-                if self._view_offset is not None:
-                    views = (epoch + self._view_offset[rows]) % self.views
-                xs.append(self.source.rows(chunk, local, views))
-                ys.append(self.labels[rows])
+                xs.append(next(reads))
+                ys.append(self.labels[chunk * self.source.chunk_samples + local])
             x, y = np.concatenate(xs), np.concatenate(ys)
             perm = rng.permutation(len(y))
             x, y = x[perm], y[perm]
@@ -215,6 +223,14 @@ class BatchStream:
             for j in range(full):
                 yield x[j * B : (j + 1) * B], y[j * B : (j + 1) * B]
             carry_x, carry_y = x[full * B :], y[full * B :]
+
+    def _request(self, i: int, epoch: int) -> Request:
+        """Chunk ``i`` of the subset in ``epoch``: its rows and the view each row uses."""
+        chunk, local = self._by_chunk[i]
+        views = None
+        if self._view_offset is not None:
+            views = (epoch + self._view_offset[chunk * self.source.chunk_samples + local]) % self.views
+        return chunk, local, views
 
     def _train_arrays_in_memory(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of :meth:`_train_arrays`, computed on row indices and gathered once per batch.
@@ -251,8 +267,9 @@ class BatchStream:
         xs: list[np.ndarray] = []
         ys: list[np.ndarray] = []
         held = 0
-        for chunk, local in self._by_chunk:
-            xs.append(self.source.rows(chunk, local, None))
+        reads = rows_in_order(self.source, [(c, local, None) for c, local in self._by_chunk])
+        for (chunk, local), x_chunk in zip(self._by_chunk, reads, strict=True):
+            xs.append(x_chunk)
             ys.append(self.labels[chunk * self.source.chunk_samples + local])
             held += len(local)
             if held >= B:
@@ -278,11 +295,13 @@ class BatchStream:
                 yield tx, ty
 
         waited = [0.0]
-        try:
-            for tx, ty in prefetch(host, self.prefetch, waited=waited):
-                x = tx.to(self.device, non_blocking=cuda).to(self.dtype)  # no-op on CPU: already converted
-                yield Batch(x, ty.to(self.device, non_blocking=cuda))
+        copier = DeviceCopier(self.device, self.dtype)  # CPU: the conversion below is a no-op, already done
+        host_batches = prefetch(host, self.prefetch, waited=waited)
+        try:  # batch n+1's copy is issued before batch n trains
+            for x, y in map(copier.finish, lookahead(host_batches, copier.start)):
+                yield Batch(x, y)
         finally:
+            host_batches.close()
             self.wait_seconds += waited[0]
 
 
@@ -332,6 +351,14 @@ def prefetch(make: Callable[[], Iterator[Any]], size: int, *, waited: list[float
             with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
                 q.get_nowait()
             thread.join(timeout=0.05)
+
+
+def rows_in_order(source: Source, requests: Sequence[Request]) -> Iterator[np.ndarray]:
+    """``source.rows`` of each request in turn; sources that read a store read the chunks ahead."""
+    ahead = getattr(source, "rows_in_order", None)
+    if ahead is not None:
+        return ahead(requests)  # type: ignore[no-any-return]
+    return (source.rows(c, local, views) for c, local, views in requests)
 
 
 class _Failure:

@@ -80,9 +80,10 @@ def pool_rows(store: FeatureStore, split: str, layer: int, rows: np.ndarray) -> 
     chunk_of = rows // cs
     bounds = np.flatnonzero(np.diff(chunk_of)) + 1
     start = 0
-    for part in np.split(rows, bounds) if len(rows) else []:
-        chunk = int(part[0] // cs)
-        data = store.read_chunk(split, layer, chunk, decode_to=np.float32)  # quantised: decoded once, to float32
+    parts = np.split(rows, bounds) if len(rows) else []
+    chunks = [int(p[0] // cs) for p in parts]  # read ahead (remote stores); quantised: decoded once, to float32
+    reads = store.read_chunks(split, layer, chunks, decode_to=np.float32)
+    for part, (chunk, data) in zip(parts, reads, strict=True):
         x = to_torch(np.ascontiguousarray(data[part - chunk * cs, 0]))  # (m, T, D)
         gap = x[:, P:].to(torch.float64).mean(dim=1)  # float64 accumulation over the patch tokens
         finite = torch.isfinite(gap).all(dim=1)

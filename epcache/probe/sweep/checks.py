@@ -23,7 +23,7 @@ __all__ = ["check_axes", "check_choices", "check_head", "check_shared", "jsonabl
 def check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
     """Settings that define the data pass must be the same in every sub-grid."""
     shared = ("recipe", "epochs", "warmup", "batch_size", "min_steps", "data_seed", "holdout", "shots", "fraction")
-    shared += ("dtype",)
+    shared += ("dtype", "amp", "compile")
     shared += ("train_split", "eval_split", "eval_store", "in_memory", "device", "fused")
     for name in shared:
         values = {json.dumps(getattr(b, name)) for b in blocks}

@@ -110,6 +110,12 @@ class ProbeConfig:
     in_memory: bool = doc(False, doc="load the selected tokens of every split once instead of streaming")
     allow_incomplete: bool = doc(False, doc="train on the written blocks of an incomplete store")
     dtype: str = doc("float32", doc="compute dtype; float64 is for exactness tests")
+    amp: str = doc(
+        "auto",
+        doc="auto | none | bf16: bfloat16 autocast of the heads' matmuls (fp32 weights, losses, BN, MP "
+        "covariance); auto: bf16 on CUDA, none on CPU",
+    )
+    compile: bool = doc(False, doc="run each stack of heads through torch.compile (recorded in every row)")
     fused: bool = doc(True, doc="stack same-shape heads into batched ops; False: one module per config (reference)")
     save_heads: bool = doc(True, doc="write heads/<id>.safetensors for every config's selected epoch")
     prefetch: int = doc(4, doc="batches the reader thread may run ahead")
@@ -121,6 +127,11 @@ class ProbeConfig:
         doc="\"I/N\": train only part I of N of the sweep (job arrays); torchrun sets it from RANK",
     )
     trust_store: bool = doc(False, doc="skip the store integrity checks (store/_integrity.py); recorded in every row")
+    cache_dir: str | None = doc(
+        None,
+        doc="local copies of the chunks of a store behind a URL (s3://...): epochs after the first read local disk",
+    )
+    cache_max_gb: float | None = doc(None, doc="evict least recently used cache_dir entries beyond this size")
     # solver heads (epcache/probe/solvers); head options in parentheses override these
     k: tuple[int, ...] = doc((10, 20, 100, 200), doc="k-NN neighbour counts, all from one search")
     temperature: tuple[float, ...] = doc((0.07,), doc="k-NN vote temperatures T")
@@ -133,7 +144,7 @@ class ProbeConfig:
         if self.shots is not None and not isinstance(self.shots, int):  # several shot counts (solver heads)
             shots = _as_tuple(self.shots, int, "shots")
             object.__setattr__(self, "shots", shots[0] if len(shots) == 1 else shots)
-        for name in ("store", "eval_store", "grid", "out"):
+        for name in ("store", "eval_store", "grid", "out", "cache_dir"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, str(value))

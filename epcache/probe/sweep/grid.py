@@ -157,6 +157,7 @@ def make_settings(
         errors.append(f"shuffle_chunks must be >= 0, got {c.shuffle_chunks}")
     if not c.seeds:
         errors.append("seeds is empty")
+    amp, amp_rule = _resolve_amp(c, errors)
     return SweepSettings(
         protocol=protocol,
         data_seed=c.data_seed,
@@ -168,7 +169,24 @@ def make_settings(
         eval_split=c.eval_split,
         store_provenance=store_provenance,
         eval_provenance=eval_provenance,
+        amp=amp,
+        amp_rule=amp_rule,
     )
+
+
+def _resolve_amp(c: ProbeConfig, errors: list[str]) -> tuple[str, str]:
+    """The sweep's autocast on its device (``auto``: bf16 on CUDA); imports torch only here."""
+    from epcache.probe.run import resolve_device
+    from epcache.probe.train.precision import resolve_amp
+
+    if not isinstance(c.compile, bool):
+        errors.append(f"compile must be true or false, got {c.compile!r}")
+    try:
+        device = resolve_device(c.device)
+    except ConfigError as e:
+        errors.append(str(e))
+        return "none", "invalid"
+    return resolve_amp(c.amp, device, c.dtype, errors)
 
 
 def expand_sweep(

@@ -33,6 +33,8 @@ class SweepSettings:
     eval_split: str
     store_provenance: str  # provenance key of the train store
     eval_provenance: str  # provenance key of the store holding eval_split
+    amp: str = "none"  # resolved autocast: none | bf16 (epcache.probe.train.precision)
+    amp_rule: str = "as requested"  # how it was chosen ("auto: bf16 autocast on CUDA", ...)
 
     @property
     def epochs(self) -> int:
@@ -46,7 +48,9 @@ class SweepSettings:
         p = self.protocol.to_json()
         for grid_axis in ("lrs", "wd", "optimizers"):  # each run carries its own point of these axes
             p.pop(grid_axis)
+        amp = {"amp": self.amp} if self.amp != "none" else {}  # float32 configs keep the ids they had
         return {
+            **amp,
             "protocol": p,
             "data_seed": self.data_seed,
             "holdout": self.holdout,

@@ -199,7 +199,7 @@ class EPStack(TensorStack):
         K, _, M, _ = q.shape
         c = w.shape[1] // M
         logits = torch.matmul(q.reshape(K * M, D) * D**-0.5, x.transpose(1, 2))  # (B, K·M, N)
-        pooled = logits.softmax(dim=-1) @ x  # (B, K·M, D)
+        pooled = _softmax(logits) @ x  # (B, K·M, D)
         y = torch.einsum("bkmd,kmcd->kbmc", pooled.view(B, K, M, D), w.view(K, M, c, D))
         return y.reshape(K, B, M * c)
 
@@ -234,7 +234,7 @@ class MHCAStack(TensorStack):
         scale = dh**-0.5
         logits = torch.matmul(u.reshape(K * H, D), x.transpose(1, 2))  # (B, K·H, N)
         logits = (logits + shift.reshape(1, K * H, 1)) * scale
-        z = (logits.softmax(dim=-1) @ x).view(B, K, H, D)  # attention-weighted token sums
+        z = (_softmax(logits) @ x).view(B, K, H, D)  # attention-weighted token sums
         v = torch.einsum("bkhd,khed->kbhe", z, wv.view(K, H, dh, D)).reshape(K, B, D) + bv.unsqueeze(1)
         wo, bo = self.t(f"{p}.proj.weight"), self.t(f"{p}.proj.bias")
         return torch.baddbmm(bo.unsqueeze(1), v, wo.transpose(1, 2))
@@ -253,6 +253,8 @@ class ModuleStack(HeadStack):
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "linear":  # the input is already the selected vector; the selection has no state
             return torch.stack([h.classifier(h.bn(x)) for h in self.heads])  # type: ignore[operator]
+        if torch.is_autocast_enabled(x.device.type):  # BatchNorm statistics in float32 under autocast
+            return torch.stack([_head_autocast(h, x) for h in self.heads])
         return torch.stack([h(x) for h in self.heads])
 
     def slots(self, prefix: str) -> list[ParamSlot]:
@@ -305,6 +307,8 @@ def stacked_batch_norm(
     variance with the unbiased one (``B/(B-1)``), exactly as ``nn.BatchNorm1d``; evaluation uses
     the running statistics.
     """
+    if x.dtype in (torch.float16, torch.bfloat16):  # autocast output: statistics in float32 (precision.py)
+        x = x.float()
     if not training:
         return (x - running_mean.unsqueeze(1)) * torch.rsqrt(running_var.unsqueeze(1) + eps)
     B = x.shape[1]
@@ -324,3 +328,20 @@ def cross_entropy_per_config(logits: Tensor, y: Tensor) -> Tensor:
     """Mean cross-entropy of each config, ``(K,)``, from logits ``(K, B, C)``."""
     K, B, C = logits.shape
     return F.cross_entropy(logits.reshape(K * B, C), y.repeat(K), reduction="none").view(K, B).mean(dim=1)
+
+
+def _softmax(logits: Tensor) -> Tensor:
+    """Attention weights; float32 at least (CPU autocast would keep bfloat16 logits in bfloat16)."""
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits.softmax(dim=-1)
+
+
+def _head_autocast(head: nn.Module, x: Tensor) -> Tensor:
+    """One epcache head under autocast: pooling as autocast runs it, BatchNorm on float32 features."""
+    from epcache.probe.heads import ProbeHead
+
+    if not isinstance(head, ProbeHead):  # Moment Probing: its covariance already runs in float32
+        return head(x).float()
+    pooled = head.pooling(x)
+    return head.classifier(head.bn(pooled.float() if pooled.dtype != torch.float64 else pooled)).float()

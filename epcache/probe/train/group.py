@@ -84,7 +84,8 @@ class GroupRunner:
                                    self.data.train_labels, training=False)
         evaluation = self._stream(self.eval_store, s.eval_split, runs, plan, self.data.eval_rows,
                                   self.data.eval_labels, training=False)
-        trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.fused)
+        trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.fused,
+                               amp=s.amp, compile=c.compile)
         ckpt = None
         resumed_from = None
         if self.out is not None:
@@ -291,6 +292,9 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "eval_provenance": s.eval_provenance,
         "selection": "holdout top-1, earliest epoch on ties" if len(data.holdout_rows) else "last epoch (no holdout)",
         "dtype": s.dtype,
+        "amp": s.amp,  # bf16: the heads' matmuls under autocast; weights, losses, BN, MP covariance float32
+        "amp_rule": s.amp_rule,
+        "compile": config.compile,
         "trust_store": config.trust_store,
     }
 

@@ -25,6 +25,7 @@ from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.sweep.grid import RunSpec
 from epcache.probe.train.fused import HeadStack, TensorStack, cross_entropy_per_config, make_stack
 from epcache.probe.train.optim import lr_at
+from epcache.probe.train.precision import amp_context, compile_stack, widen
 from epcache.probe.train.protocol import optimizer_settings
 from epcache.probe.train.stacked_optim import SlicedOptimizer
 
@@ -114,8 +115,10 @@ class GroupTrainer:
         geometry: width, classes and token layout of the store.
         plan: which tokens the reader delivers and how each head's input is derived.
         device: training device.
-        dtype: compute dtype.
+        dtype: compute dtype (of the master weights and optimiser states).
         fused: stack same-shape heads (True) or loop over modules (False, the reference path).
+        amp: ``"bf16"``: the heads' forward under bfloat16 autocast (``precision.py``); ``"none"``.
+        compile: run each stack's forward through ``torch.compile``.
     """
 
     def __init__(
@@ -127,6 +130,8 @@ class GroupTrainer:
         device: torch.device,
         dtype: torch.dtype,
         fused: bool = True,
+        amp: str = "none",
+        compile: bool = False,
     ) -> None:
         from epcache.probe.data.sources import build_head
 
@@ -135,6 +140,7 @@ class GroupTrainer:
         self.plan = plan
         self.device = device
         self.dtype = dtype
+        self.amp = amp
         by_stack: dict[tuple[str, str, str], list[int]] = defaultdict(list)
         for i, run in enumerate(self.runs):
             by_stack[run.stack_key].append(i)
@@ -156,6 +162,7 @@ class GroupTrainer:
             opt = optimizer_settings(protocol, name)
             self.optimizers[name] = SlicedOptimizer(name, slots, momentum=opt["momentum"],
                                                     betas=opt["betas"] or (0.9, 0.999))
+        self._forward = [compile_stack(stack, compile) for stack in self.stacks]  # the stacks, or compiled
         self.base_lr = [run.lr for run in self.runs]
         self.wd = torch.tensor([run.wd for run in self.runs], dtype=torch.float64, device=device)
         K = len(self.runs)
@@ -198,10 +205,10 @@ class GroupTrainer:
             lr = lrs[n]
             inputs: dict[str, Tensor] = {}
             total = None
-            for stack in self.stacks:
+            for stack, forward in zip(self.stacks, self._forward, strict=True):
                 if stack.selection not in inputs:
                     inputs[stack.selection] = self.plan.derive(batch.x, stack.selection)
-                losses = cross_entropy_per_config(stack(inputs[stack.selection]), batch.y)  # (K_s,)
+                losses = cross_entropy_per_config(self._logits(forward, inputs[stack.selection]), batch.y)  # (K_s,)
                 loss_sum.index_add_(0, stack.config_index, losses.detach().to(torch.float64))
                 total = losses.sum() if total is None else total + losses.sum()
             for opt in self.optimizers.values():
@@ -217,6 +224,11 @@ class GroupTrainer:
         means = (loss_sum / max(n, 1)).tolist()  # the one host sync of the epoch
         for k, v in enumerate(means):
             self.train_loss[k].append(v)
+
+    def _logits(self, forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """``(K, B, C)`` logits of one stack, under autocast with ``amp``; float32 (or float64) for the loss."""
+        with amp_context(self.amp, self.device):
+            return widen(forward(x))
 
     def _lr_table(self, first: int, steps: int, warmup_steps: int, total_steps: int) -> Tensor:
         """Per-config learning rates of ``steps`` iterations from ``first``: ``lr_at`` for each base lr."""
@@ -235,10 +247,10 @@ class GroupTrainer:
         accs = [MetricsAccumulator(stack.size, self.geometry.num_classes, self.device) for stack in self.stacks]
         for batch in stream.eval_pass():
             inputs: dict[str, Tensor] = {}
-            for stack, acc in zip(self.stacks, accs, strict=True):
+            for stack, forward, acc in zip(self.stacks, self._forward, accs, strict=True):
                 if stack.selection not in inputs:
                     inputs[stack.selection] = self.plan.derive(batch.x, stack.selection)
-                acc.update(stack(inputs[stack.selection]), batch.y)
+                acc.update(self._logits(forward, inputs[stack.selection]), batch.y)
         return accs
 
     def top1(self, accs: Sequence[MetricsAccumulator]) -> list[float]:

@@ -1,0 +1,15 @@
+"""``epcache convert``: derive a smaller store from an existing one, without the backbone (issue 17).
+
+A lab extracts once in fp16 and publishes smaller copies: fewer layers, a pooled patch grid, another
+dtype or backend. The copy's provenance names its source's (``derived_from``), and it is built beside
+its destination and swapped in only when complete, like ``extract --overwrite``.
+"""
+
+from epcache._lazy import callable_module as _callable
+from epcache.convert._config import ConvertConfig as ConvertConfig
+from epcache.convert._config import ConvertResult as ConvertResult
+from epcache.convert._run import convert as convert
+
+__all__ = ["ConvertConfig", "ConvertResult", "convert"]
+
+_callable(__name__, "convert")  # `epcache.convert(cfg)` works once this package is imported (epcache._lazy)
