@@ -153,6 +153,14 @@ def extract(
     decode: Annotated[
         str, typer.Option(metavar="WHERE", help="cpu (PIL in the workers) or gpu (nvjpeg on --device cuda).")
     ] = "cpu",
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SCHEME",
+            help="Store int8/fp8 codes + scales: int8 (= int8-channel), int8-token or fp8; reads give --dtype.",
+            show_default="off",
+        ),
+    ] = None,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import ExtractConfig
@@ -168,7 +176,7 @@ def extract(
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
             break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
-            pool_patches=pool_patches,
+            pool_patches=pool_patches, quantize=quantize,
             wds_image_key=wds_image_key, wds_label_key=wds_label_key, image_column=image_column,
             label_column=label_column, decode=decode, **({} if workers is None else {"workers": workers}),  # type: ignore[arg-type]
         )

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
 from epcache.extract._pixels import default_workers
-from epcache.store import TokenLayout, format_ranges, human_bytes
+from epcache.store import SizeOption, TokenLayout, format_ranges, format_size_table, human_bytes, resolve_quantization
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
 
@@ -73,10 +73,14 @@ class ExtractConfig:
     image_column: str = doc("image", doc="hf: sources: the image column ({bytes, path} structs or bytes)")
     label_column: str = doc("label", doc="hf: sources: the integer label column")
     decode: Literal["cpu", "gpu"] = doc("cpu", doc="gpu: decode JPEGs on the CUDA device (nvjpeg); else PIL in workers")
+    quantize: str | None = doc(
+        None, doc="lossy token storage (cache_layout §3.5): int8 (= int8-channel), int8-token, fp8; reads give dtype"
+    )
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
+        object.__setattr__(self, "quantize", resolve_quantization(self.quantize))  # "int8" -> "int8-channel"
         if self.amp not in (None, "bf16", "fp16"):
             raise ConfigError(f"amp {self.amp!r} is not one of bf16, fp16 (or None for float32)")
         if self.on_bad_image not in ("error", "skip"):
@@ -157,10 +161,14 @@ class ExtractPlan:
     splits: tuple[SplitPlan, ...]
     out: str
     format: str
+    quantization: str | None = None  # cache_layout.md §3.5; None: tokens stored in `dtype`
+    sizes: tuple[SizeOption, ...] = ()  # bytes of every storage option for this plan (store/_sizes.py)
 
     @property
     def total_bytes(self) -> int:
-        return sum(s.bytes_per_layer for s in self.splits) * len(self.layers)
+        """Bytes of the token arrays (and scales) as planned."""
+        chosen = next((o.bytes for o in self.sizes if o.name == (self.quantization or self.dtype)), None)
+        return chosen if chosen is not None else sum(s.bytes_per_layer for s in self.splits) * len(self.layers)
 
     def format_text(self) -> str:
         """Human-readable plan, one fact per line."""
@@ -173,7 +181,7 @@ class ExtractPlan:
             f"layers     {format_ranges(self.layers)} of 0..{self.num_model_layers - 1}"
             f"{'  (final norm applied)' if self.final_norm else '  (raw block outputs)'}",
             f"tokens     T={self.num_tokens}: {prefix} + {lay.grid[0]}x{lay.grid[1]} patches{pooled}; D={self.dim}",
-            f"dtype      {self.dtype}",
+            f"dtype      {self.dtype}" + (f" (stored as {self.quantization} codes + scales)" * bool(self.quantization)),
             f"store      {self.out} ({self.format})",
         ]
         for s in self.splits:
@@ -184,6 +192,8 @@ class ExtractPlan:
                 f"= {human_bytes(s.bytes_per_layer * len(self.layers))}"
             )
         lines.append(f"total      {human_bytes(self.total_bytes)}")
+        if self.sizes:
+            lines.append(format_size_table(self.sizes, current=self.quantization or self.dtype))
         return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from epcache.extract._pooled import pooled_width
 from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
-from epcache.store import BackboneMeta, StoreMeta, check_poolable, detect_format
+from epcache.store import BackboneMeta, SizeOption, StoreMeta, check_poolable, detect_format, plan_chunks, size_options
 
 __all__ = ["Prepared", "prepare", "store_meta"]
 
@@ -94,7 +94,7 @@ def prepare(config: ExtractConfig) -> Prepared:
             num_samples=len(src),
             views=config.views_for(name),
             num_classes=len(src.classes),
-            bytes_per_layer=len(src) * config.views_for(name) * td * itemsize(config.dtype),
+            bytes_per_layer=len(src) * config.views_for(name) * td * (1 if config.quantize else itemsize(config.dtype)),
         )
         for name, src in sources.items()
     )
@@ -113,6 +113,8 @@ def prepare(config: ExtractConfig) -> Prepared:
         splits=split_plans,
         out=str(config.out),
         format=detect_format(str(config.out), config.format),
+        quantization=config.quantize,
+        sizes=tuple(_size_options(config, stored, split_plans)),
     )
     return Prepared(
         config=config,
@@ -176,6 +178,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
         layers=g.layers,
         final_norm=cfg.final_norm,
         dtype=cfg.dtype,
+        quantization=cfg.quantize,
         dim=g.dim,
         num_tokens=g.layout.num_tokens,
         layer_shapes=dict(g.layer_shapes),
@@ -209,3 +212,21 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "skipped": {},
         },
     )
+
+
+def _size_options(
+    config: ExtractConfig, geometry: ModelGeometry, split_plans: tuple[SplitPlan, ...]
+) -> list[SizeOption]:
+    """Bytes of each storage option for the planned splits, with the chunking the store will use."""
+    meta = StoreMeta(
+        backbone=BackboneMeta("", "", "", ""), layout=geometry.layout, layers=geometry.layers, final_norm=False,
+        dtype=config.dtype, dim=geometry.dim, num_tokens=geometry.layout.num_tokens,
+        layer_shapes=dict(geometry.layer_shapes),
+    )
+    widest = max(t * d for t, d in map(meta.layer_shape, meta.layers))
+    rows = []
+    for s in split_plans:
+        plan = plan_chunks(s.num_samples, s.views * widest * itemsize(config.dtype), len(meta.layers),
+                           chunk_samples=config.chunk_samples, shard_samples=config.shard_samples)
+        rows.append((s.num_samples, s.views, plan.chunk_samples))
+    return size_options(meta, rows)

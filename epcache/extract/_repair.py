@@ -192,6 +192,7 @@ def extract_config_from_store(
         views=views,
         view_splits=tuple(meta.views.get("splits") or ()) if views else ("train",),
         dtype=meta.dtype,
+        quantize=meta.quantization,
         format=fmt,  # type: ignore[arg-type]
         batch_size=batch_size or (int(recorded_batch) if isinstance(recorded_batch, int) else _DEFAULT_BATCH_SIZE),
         workers=default_workers() if workers is None else workers,
@@ -332,7 +333,9 @@ def _back_up_witnesses(
             witnesses[key] = {rec} if key not in on_disk else {rec, on_disk[key]}
             if key not in bad:
                 start, stop = store.block_range(split, block)
-                np.save(scratch / _backup_name(key), store._read_array(split, layer, start, stop), allow_pickle=False)
+                cs = store.split(split).chunk_samples  # tokens, or codes and scales (cache_layout.md §3.5)
+                for i, part in enumerate(store._stored_parts(split, layer, start // cs, -(-stop // cs))):
+                    np.save(scratch / _backup_name(key, i), part, allow_pickle=False)
     return witnesses
 
 
@@ -359,8 +362,10 @@ def _settle(
         for key in differ:
             backup = scratch / _backup_name(key)
             if backup.is_file():  # an intact block overwritten with other bytes: put the original back
-                raw = np.load(backup, allow_pickle=False)
-                store.write_block(key[0], key[1], key[2], store._logical(raw))
+                parts = [np.load(backup, allow_pickle=False)]
+                if (scratch / _backup_name(key, 1)).is_file():
+                    parts.append(np.load(scratch / _backup_name(key, 1), allow_pickle=False))
+                store._write_stored_parts(key[0], key[1], key[2], parts)
         mark_blocks_missing(store, [k for k in marked.previous if record(k) not in witnesses.get(k, set())])
     elif failed and all(record(k) == MISSING for k in marked.previous):  # refused before writing anything
         marked.undo(store)
@@ -401,6 +406,6 @@ def _scratch_parent(location: str) -> str | None:
     return str(Path(location).expanduser().absolute().parent)
 
 
-def _backup_name(key: tuple[str, int, int]) -> str:
+def _backup_name(key: tuple[str, int, int], part: int = 0) -> str:
     split, layer, block = key
-    return f"{split}.{layer}.{block}.npy"
+    return f"{split}.{layer}.{block}.npy" if part == 0 else f"{split}.{layer}.{block}.part{part}.npy"

@@ -44,6 +44,11 @@ from epcache.store._poolgrid import pooled_meta as pooled_meta
 from epcache.store._provenance import compute_provenance as compute_provenance
 from epcache.store._provenance import provenance_of_document as provenance_of_document
 from epcache.store._provenance import split_fingerprint as split_fingerprint
+from epcache.store._quant import QUANTIZATIONS as QUANTIZATIONS
+from epcache.store._quant import resolve_quantization as resolve_quantization
+from epcache.store._sizes import SizeOption as SizeOption
+from epcache.store._sizes import format_size_table as format_size_table
+from epcache.store._sizes import size_options as size_options
 from epcache.store._tokens import TokenSelector as TokenSelector
 from epcache.store._tokens import from_torch as from_torch
 from epcache.store._tokens import select_tokens as select_tokens
@@ -58,6 +63,7 @@ from epcache.store._verify_report import VerifyReport as VerifyReport
 __all__ = [
     "FORMAT_VERSION",
     "MISSING",
+    "QUANTIZATIONS",
     "STORE_DTYPES",
     "BackboneMeta",
     "BadBlock",
@@ -71,6 +77,7 @@ __all__ = [
     "LockInfo",
     "MarkedBlocks",
     "MissingBlock",
+    "SizeOption",
     "SplitInfo",
     "SplitMeta",
     "SplitSpec",
@@ -94,6 +101,7 @@ __all__ = [
     "find_stores",
     "format_catalog",
     "format_ranges",
+    "format_size_table",
     "format_store_info",
     "from_torch",
     "human_bytes",
@@ -105,7 +113,9 @@ __all__ = [
     "pooled_meta",
     "provenance_of_document",
     "read_store_lock",
+    "resolve_quantization",
     "select_tokens",
+    "size_options",
     "split_fingerprint",
     "storage_permutation",
     "to_torch",

@@ -26,6 +26,7 @@ from epcache.store._meta import FORMAT_VERSION, SplitMeta, SplitSpec, StoreMeta
 from epcache.store._plan import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
 from epcache.store._pooled import PooledArrays
 from epcache.store._provenance import compute_provenance, provenance_of_document, split_fingerprint
+from epcache.store._quantstore import QuantArrays
 from epcache.store._readcheck import ReadChecks
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ _NUMPY_DTYPES = NUMPY_DTYPES
 
 __all__ = ["MISSING", "ChunkPlan", "FeatureStore", "block_checksum", "plan_chunks", "storage_permutation"]
 
-class FeatureStore(PooledArrays, ABC):
+class FeatureStore(PooledArrays, QuantArrays, ABC):
     """A feature store: splits of labels, ids and per-layer ``[N, V, T, D]`` token arrays.
 
     Open one with ``open_store`` / ``create_store``; no code outside ``epcache.store`` knows
@@ -97,8 +98,8 @@ class FeatureStore(PooledArrays, ABC):
         """Shape of a token array as the backend records it (not as the JSON claims)."""
 
     @abstractmethod
-    def _array_spec(self, split: str, layer: int) -> ArraySpec:
-        """dtype, shape and chunking of a token array as the backend records it."""
+    def _array_spec(self, split: str, layer: int, kind: str = "layers") -> ArraySpec:
+        """dtype, shape and chunking of a token (``kind`` "scales": scales) array as the backend records it."""
 
     def _read_chunk_records(self, split: str, layer: int, first: int, stop: int) -> np.ndarray | None:
         """Per-chunk crc32c of chunks ``[first, stop)`` of a sharded split (format 1.1), or None."""
@@ -267,6 +268,12 @@ class FeatureStore(PooledArrays, ABC):
             raise ShapeMismatchError(
                 f"block {block} of {split!r} layer {layer} must have shape {want}, got {tuple(data.shape)}"
             )
+        if self.quant is not None:  # float in, codes and scales stored (cache_layout.md §3.5)
+            codes, scales, crcs, whole = self._encode_block(split, data)
+            self._write_scales(split, layer, self._scale_rows(split, start // s.chunk_samples, 0)[0], scales)
+            self._write_array(split, layer, start, codes)
+            self._finish_block(split, layer, block, crcs, whole)
+            return
         expected = _NUMPY_DTYPES[self.meta.dtype]
         if data.dtype != expected:
             raise ShapeMismatchError(
@@ -274,11 +281,18 @@ class FeatureStore(PooledArrays, ABC):
             )
         raw = np.ascontiguousarray(data).view(self.meta.storage_dtype)
         self._write_array(split, layer, start, raw)
+        cs = s.chunk_samples
+        sharded = s.block_samples != s.chunk_samples and self.format_version != "1.0"
+        crcs = [block_checksum(raw[i : i + cs]) for i in range(0, len(raw), cs)] if sharded else []
+        self._finish_block(split, layer, block, crcs, block_checksum(raw))
+
+    def _finish_block(self, split: str, layer: int, block: int, chunk_crcs: list[int], whole: int) -> None:
+        """After a block's arrays are written: its per-chunk records (1.1 sharded), then its record (§3.3)."""
+        s = self.split(split)
+        start, _ = self.block_range(split, block)
         if s.block_samples != s.chunk_samples and self.format_version != "1.0":
-            cs = s.chunk_samples  # per-chunk records let readers check each inner chunk they read
-            crcs = np.array([block_checksum(raw[i : i + cs]) for i in range(0, len(raw), cs)], np.int64)
-            self._write_chunk_records(split, layer, start // cs, crcs)
-        self._write_record(split, layer, block, block_checksum(raw))
+            self._write_chunk_records(split, layer, start // s.chunk_samples, np.array(chunk_crcs, np.int64))
+        self._write_record(split, layer, block, whole)
         self._records_cache.pop((split, layer), None)
 
     # ------------------------------------------------------------------ completeness
@@ -333,7 +347,9 @@ class FeatureStore(PooledArrays, ABC):
         stop = s.num_samples if stop is None else stop
         if not 0 <= start <= stop <= s.num_samples:
             raise IndexError(f"rows [{start}, {stop}) out of range for split {split!r} ({s.num_samples})")
-        return self._logical(self._read_array(split, layer, start, stop))
+        if self.quant is None:
+            return self._logical(self._read_array(split, layer, start, stop))
+        return self._read_decoded_rows(split, layer, start, stop)
 
     def chunk_range(self, split: str, chunk: int) -> tuple[int, int]:
         s = self.split(split)
@@ -342,23 +358,38 @@ class FeatureStore(PooledArrays, ABC):
         start = chunk * s.chunk_samples
         return start, min(s.num_samples, start + s.chunk_samples)
 
-    def read_chunk(self, split: str, layer: int, chunk: int) -> np.ndarray:
-        """One whole chunk: the fast path (one aligned read, no per-element indexing)."""
+    def read_chunk(self, split: str, layer: int, chunk: int, *, decode_to: Any = None) -> np.ndarray:
+        """One whole chunk: the fast path (one aligned read, no per-element indexing).
+
+        ``decode_to`` (quantised stores only, cache_layout.md §3.5): the dtype codes are decoded into
+        instead of ``meta.dtype``; a probe computing in float32 passes ``np.float32`` and skips a
+        float16 round trip (the slowest part of decoding on CPUs). Unquantised chunks ignore it.
+        """
         start, stop = self.chunk_range(split, chunk)
         self._check_layer(layer)
-        raw = self._fetch_chunk(split, layer, chunk, start, stop)
-        if self.verify_reads:
-            self._read_checks.check(self, split, layer, chunk, raw)
-        return self._logical(raw)
+        return self._deliver(split, layer, chunk, self._fetch_parts(split, layer, chunk, start, stop), decode_to)
 
     def read_chunks(
         self, split: str, layer: int, chunks: Sequence[int] | np.ndarray, *, inflight: int | None = None,
-        max_bytes: int | None = None,
+        max_bytes: int | None = None, decode_to: Any = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """``(chunk, tokens)`` in the given order, ``read_chunk`` of each with reads in flight (_readahead.py)."""
         from epcache.store._readahead import read_ahead
 
-        return read_ahead(self, split, layer, chunks, inflight=inflight, max_bytes=max_bytes)
+        return read_ahead(self, split, layer, chunks, inflight=inflight, max_bytes=max_bytes, decode_to=decode_to)
+
+    def _fetch_parts(self, split: str, layer: int, chunk: int, start: int, stop: int) -> tuple[np.ndarray, ...]:
+        """A chunk's stored parts: its tokens, or its codes and their scales (§3.5); thread-safe (read ahead)."""
+        raw = self._fetch_chunk(split, layer, chunk, start, stop)
+        return (raw,) if self.quant is None else (raw, self._read_chunk_scales(split, layer, chunk))
+
+    def _deliver(self, split: str, layer: int, chunk: int, parts: tuple[np.ndarray, ...], decode_to: Any) -> np.ndarray:
+        """Check a fetched chunk against its records (``verify_reads``), then its values in the logical dtype."""
+        if self.verify_reads:
+            self._read_checks.check(self, split, layer, chunk, parts)
+        if len(parts) == 1:
+            return self._logical(parts[0])
+        return self._decode_chunk(split, layer, parts[0], parts[1], decode_to)
 
     def _fetch_chunk(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         """A chunk's stored bytes, through the chunk cache when one is set (thread-safe: read ahead)."""

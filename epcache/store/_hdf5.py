@@ -13,7 +13,8 @@ import numpy as np
 from epcache.errors import ConfigError, CorruptStoreError, EpcacheError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._integrity import ArraySpec
-from epcache.store._meta import SplitMeta, StoreMeta, document_version, parse_meta_json
+from epcache.store._meta import SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
+from epcache.store._quant import token_attributes
 from epcache.store._rawread import pread_into
 
 __all__ = ["HDF5FeatureStore"]
@@ -53,6 +54,7 @@ class HDF5FeatureStore(FeatureStore):
         f = h5py.File(path, "w-", libver=("v108", "latest"))
         obj = cls(location, f, read_only=False, compressor=compressor)
         obj.meta = meta
+        obj.format_version = writer_version(meta)
         obj._store_doc()
         return obj
 
@@ -139,7 +141,11 @@ class HDF5FeatureStore(FeatureStore):
                 **flt,
             )
             if v11:
-                g[f"layers/{layer}"].attrs["epcache_dtype"] = self.meta.dtype
+                g[f"layers/{layer}"].attrs.update(token_attributes(self.meta))
+            if self.quant is not None:  # cache_layout.md §3.5: the codes' scales, chunked like them along N
+                sshape, schunks, _ = self.scales_layout(spec, layer)
+                g.create_dataset(f"scales/{layer}", shape=sshape, dtype="<f4", fillvalue=0,
+                                 chunks=schunks if spec.num_samples else None)
             g.create_dataset(f"records/{layer}", shape=(spec.num_blocks,), dtype="<i8", fillvalue=MISSING)
         self._file.flush()
 
@@ -208,6 +214,23 @@ class HDF5FeatureStore(FeatureStore):
     def _read_records(self, split: str, layer: int) -> np.ndarray:
         return self._ds(split, f"records/{layer}")[...]
 
+    def _read_scales(self, split: str, layer: int, start: int, stop: int) -> np.ndarray:
+        ds = self._ds(split, f"scales/{layer}")
+        out = np.empty((stop - start, *ds.shape[1:]), dtype="<f4")
+        if stop > start:
+            try:
+                ds.read_direct(out, np.s_[start:stop])
+            except OSError as e:
+                raise CorruptStoreError(
+                    f"{self.location}: cannot read scales [{start}, {stop}) of {split!r} layer {layer} ({e}); "
+                    "run `epcache verify`"
+                ) from None
+        return out
+
+    def _write_scales(self, split: str, layer: int, start: int, data: np.ndarray) -> None:
+        self._ds(split, f"scales/{layer}")[start : start + len(data)] = data
+        self._file.flush()
+
     def _write_record(self, split: str, layer: int, block: int, value: int) -> None:
         self._ds(split, f"records/{layer}")[block] = value
         self._file.flush()
@@ -215,14 +238,14 @@ class HDF5FeatureStore(FeatureStore):
     def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
         return tuple(self._ds(split, f"layers/{layer}").shape)
 
-    def _array_spec(self, split: str, layer: int) -> ArraySpec:
-        ds = self._ds(split, f"layers/{layer}")
+    def _array_spec(self, split: str, layer: int, kind: str = "layers") -> ArraySpec:
+        ds = self._ds(split, f"{kind}/{layer}")
         chunks = ds.chunks
         return ArraySpec(dtype=ds.dtype.str, shape=tuple(ds.shape), chunks=None if chunks is None else tuple(chunks))
 
     # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
     def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
-        dtype = np.dtype(self.meta.storage_dtype).newbyteorder("<")
+        dtype = np.dtype(self.meta.value_storage_dtype).newbyteorder("<")
         self._file[f"splits/{split}"].create_dataset("pooled", shape=shape, dtype=dtype,
                                                      chunks=chunks if shape[0] else None, fillvalue=0)
         self._file.flush()

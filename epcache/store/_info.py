@@ -8,6 +8,7 @@ from typing import Any
 
 from epcache.store._lock import read_store_lock
 from epcache.store._open import open_store
+from epcache.store._sizes import SizeOption, format_size_table, size_options
 
 __all__ = [
     "MissingBlock",
@@ -71,6 +72,8 @@ class StoreInfo:
     writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
     pooled_dim: int | None = None  # width of the optional pooled output (cache_layout.md §3.4)
     derived_from: dict[str, Any] | None = None  # `epcache convert`: source provenance, ops and location (§2.4)
+    quantization: str | None = None  # cache_layout.md §3.5: "int8-channel", "int8-token", "fp8-e4m3" or None
+    sizes: list[dict[str, Any]] = field(default_factory=list)  # bytes of each storage option (store/_sizes.py)
 
     @property
     def weights(self) -> str:
@@ -144,6 +147,9 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             writer=_writer(location),
             pooled_dim=store.pooled_dim,
             derived_from=_derived(m.derived_from, m.extra),
+            quantization=m.quantization,
+            sizes=[asdict(o) for o in size_options(m, ((s.num_samples, s.views, s.chunk_samples)
+                                                        for s in store.splits.values()))],
         )
 
 
@@ -161,7 +167,8 @@ def format_store_info(info: StoreInfo) -> str:
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches"
         + (f" (patch grid pooled {lay['pool_patches']}x{lay['pool_patches']})" if lay.get("pool_patches", 1) > 1
            else "")
-        + f", D={info.dim}, {info.dtype}",
+        + f", D={info.dim}, {info.dtype}"
+        + (f" (stored as {info.quantization} codes + scales)" if info.quantization else ""),
         *(
             f"  layer {k:<5} T={v['num_tokens']}: {v['grid'][0]}x{v['grid'][1]} grid, D={v['dim']}"
             for k, v in info.layer_shapes.items()
@@ -191,6 +198,9 @@ def format_store_info(info: StoreInfo) -> str:
             f"({info.computed_provenance}): the document was edited after extraction; "
             f"run `epcache verify {info.location}`"
         )
+    if info.sizes:
+        current = info.quantization or info.dtype
+        lines.append(format_size_table([SizeOption(**o) for o in info.sizes], current=current))
     if info.writer is not None:
         w = info.writer
         lines.append(f"writer      {w['purpose']}: pid {w['pid']} on host {w['host']} since {w['started']} (locked)")

@@ -107,7 +107,23 @@ def array_problems(store: FeatureStore, splits: Iterable[str] | None = None) -> 
                     f"chunks {chunk} shards {shard} (chunk_samples={s.chunk_samples}, "
                     f"block_samples={s.block_samples})"
                 )
+            if store.quant is not None:
+                out.extend(_scales_problems(store, s, layer, where))
     return out
+
+
+def _scales_problems(store: FeatureStore, s: SplitMeta, layer: int, where: str) -> list[str]:
+    """A quantised layer's scales array (cache_layout.md §3.5) against the shape and chunking it must have."""
+    shape, chunks, shards = store.scales_layout(s, layer)
+    try:
+        spec = store._array_spec(s.name, layer, "scales")
+    except _READ_ERRORS as e:
+        return [f"{where}: the scales array cannot be read ({e})"]
+    if spec.dtype != "<f4" or spec.shape != shape:
+        return [f"{where}: the scales array is {spec.dtype} {spec.shape}, the metadata says <f4 {shape}"]
+    if s.num_samples and (spec.chunks != chunks or (spec.shards is not None and spec.shards != shards)):
+        return [f"{where}: the scales array is chunked {spec.chunks} sharded {spec.shards}, expected {chunks} {shards}"]
+    return []
 
 
 def provenance_problem(store: FeatureStore) -> str | None:

@@ -17,11 +17,13 @@ from typing import Any, Literal, TypedDict
 import numpy as np
 
 from epcache.errors import CorruptStoreError, LayoutVersionError
+from epcache.store._quant import QUANT_FORMAT_VERSION, QUANTIZATIONS, parse_quantization
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_META_BYTES",
+    "QUANT_FORMAT_VERSION",
     "READ_VERSIONS",
     "STORE_DTYPES",
     "BackboneMeta",
@@ -32,11 +34,12 @@ __all__ = [
     "TokenLayout",
     "document_version",
     "parse_meta_json",
+    "writer_version",
 ]
 
 FORMAT_NAME = "epcache-store"
 FORMAT_VERSION = "1.1"  # what this epcache writes (cache_layout.md §5: 1.1 adds arrays and attributes to 1.0)
-READ_VERSIONS = ("1.0", "1.1")  # what it reads; 1.0 is stored as the integer 1
+READ_VERSIONS = ("1.0", "1.1", "1.2")  # what it reads; 1.0 is stored as the integer 1
 MAX_META_BYTES = 64 * 1024 * 1024  # refuse to parse metadata larger than this (hostile or corrupt)
 
 Dtype = Literal["float16", "bfloat16", "float32"]
@@ -154,10 +157,15 @@ class StoreMeta:
     # a store made by `epcache convert` from another: {"provenance": source key, "ops": {...}} (issue 17);
     # inside the provenance key, so a derived store never shares its source's key
     derived_from: dict[str, Any] | None = None
+    # None: tokens stored in `dtype`; else the scheme of cache_layout.md §3.5 ("int8-channel",
+    # "int8-token", "fp8-e4m3"): codes in the token arrays, scales beside them, reads give `dtype`
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(STORE_DTYPES)}")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization {self.quantization!r} is not one of {sorted(QUANTIZATIONS)}")
         if self.num_tokens != self.layout.num_tokens:
             raise ValueError(
                 f"num_tokens={self.num_tokens} disagrees with the token layout "
@@ -188,6 +196,14 @@ class StoreMeta:
 
     @property
     def storage_dtype(self) -> str:
+        """dtype of the token arrays' bytes: the codes' dtype when quantised."""
+        if self.quantization is not None:
+            return QUANTIZATIONS[self.quantization].code_dtype
+        return STORE_DTYPES[self.dtype]
+
+    @property
+    def value_storage_dtype(self) -> str:
+        """dtype of the bytes of unquantised float arrays (the pooled output, §3.4): ``dtype``'s storage."""
         return STORE_DTYPES[self.dtype]
 
     def to_json(self, version: str = FORMAT_VERSION) -> dict[str, Any]:
@@ -222,6 +238,7 @@ class StoreMeta:
                 else {}
             ),
             **({"derived_from": _jsonable(self.derived_from)} if self.derived_from is not None else {}),
+            **({"quantization": self.quantization} if self.quantization is not None else {}),
         }
 
     @classmethod
@@ -258,6 +275,7 @@ class StoreMeta:
                 extra=dict(data.get("extra", {})),
                 layer_shapes=_parse_layer_shapes(data.get("layer_shapes", {})),
                 derived_from=dict(data["derived_from"]) if data.get("derived_from") is not None else None,
+                quantization=parse_quantization(data),
             )
         except KeyError as e:
             raise CorruptStoreError(
@@ -350,6 +368,11 @@ class SplitMeta:
         return sm
 
 
+def writer_version(meta: StoreMeta) -> str:
+    """The format version a new store with this metadata is written as (1.2 only when quantised)."""
+    return QUANT_FORMAT_VERSION if meta.quantization is not None else FORMAT_VERSION
+
+
 def document_version(data: Mapping[str, Any]) -> str:
     """"1.0" or "1.1" from a root document whose version was checked by ``_check_version``."""
     v = data.get("format_version")
@@ -378,7 +401,7 @@ def _check_version(data: Mapping[str, Any]) -> None:
     known = (version == 1 and type(version) is int) or version in READ_VERSIONS
     if not known:
         raise LayoutVersionError(
-            f"store has format version {version!r}, this epcache reads versions 1.0 (stored as 1) and 1.1; "
+            f"store has format version {version!r}, this epcache reads versions 1.0 (stored as 1), 1.1 and 1.2; "
             "upgrade epcache or re-extract the store"
         )
 

@@ -71,7 +71,7 @@ class PooledArrays:
         want = (stop - start, self.split(split).views, self.pooled_dim)  # type: ignore[attr-defined]
         if tuple(data.shape) != want:
             raise ShapeMismatchError(f"pooled block {block} of {split!r} must have shape {want}, got {data.shape}")
-        self._write_pooled(split, start, np.ascontiguousarray(data).view(self.meta.storage_dtype))
+        self._write_pooled(split, start, np.ascontiguousarray(data).view(self.meta.value_storage_dtype))
 
     def read_pooled(self, split: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Pooled rows ``[start, stop)`` as ``[n, V, D_pooled]`` in the logical dtype."""

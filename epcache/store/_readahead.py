@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +57,7 @@ def read_ahead(
     *,
     inflight: int | None = None,
     max_bytes: int | None = None,
+    decode_to: Any = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(chunk, tokens)`` for ``chunks`` in the given order, equal to ``store.read_chunk`` of each.
 
@@ -77,14 +78,14 @@ def read_ahead(
     window = read_window(store, split, layer, inflight, max_bytes)
     if window == 1 or len(order) < 2:
         for c in order:
-            yield c, store.read_chunk(split, layer, c)
+            yield c, store.read_chunk(split, layer, c, decode_to=decode_to)
         return
     pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="epcache-read-ahead")
-    pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+    pending: deque[tuple[int, Future[tuple[np.ndarray, ...]]]] = deque()
 
     def submit(i: int) -> None:
         start, stop = ranges[i]
-        pending.append((i, pool.submit(store._fetch_chunk, split, layer, order[i], start, stop)))
+        pending.append((i, pool.submit(store._fetch_parts, split, layer, order[i], start, stop)))
 
     try:
         for i in range(min(window, len(order))):
@@ -92,13 +93,11 @@ def read_ahead(
         nxt = len(pending)
         while pending:
             i, future = pending.popleft()
-            raw = future.result()
+            parts = future.result()  # tokens, or codes and scales (cache_layout.md §3.5)
             if nxt < len(order):  # keep the window full while the consumer works on this chunk
                 submit(nxt)
                 nxt += 1
-            if store.verify_reads:
-                store._read_checks.check(store, split, layer, order[i], raw)
-            yield order[i], store._logical(raw)
+            yield order[i], store._deliver(split, layer, order[i], parts, decode_to)
     finally:
         for _, future in pending:
             future.cancel()

@@ -10,13 +10,15 @@ A chunk (or a whole shard) that passed is not hashed again on later reads of the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from epcache.errors import CorruptStoreError
-from epcache.store._crc import block_checksum, crc32c_concat
+from epcache.store._crc import crc32c_concat
 from epcache.store._plan import MISSING
+from epcache.store._quantstore import parts_checksum
 
 if TYPE_CHECKING:
     from epcache.store._base import FeatureStore
@@ -32,8 +34,9 @@ class ReadChecks:
         self.pending: dict[tuple[str, int, int], dict[int, tuple[int, int]]] = {}  # (split, layer, block)
         self.chunk_records: dict[tuple[str, int], np.ndarray | None] = {}  # read once per layer
 
-    def check(self, store: FeatureStore, split: str, layer: int, chunk: int, raw: np.ndarray) -> None:
-        """Raise ``CorruptStoreError`` if ``raw`` (chunk ``chunk`` as just read) differs from its records."""
+    def check(self, store: FeatureStore, split: str, layer: int, chunk: int, parts: Sequence[np.ndarray]) -> None:
+        """Raise ``CorruptStoreError`` if ``parts`` (chunk ``chunk`` as just read: tokens, or codes and
+        scales, cache_layout.md §3.5) differ from its records."""
         if (split, layer, chunk) in self.passed:
             return
         s = store.split(split)
@@ -43,7 +46,8 @@ class ReadChecks:
         if record == MISSING:
             return  # never written: reads as zeros, and probe refuses incomplete stores unless told
         start, stop = store.chunk_range(split, chunk)
-        crc = block_checksum(raw)
+        crc = parts_checksum(parts)
+        nbytes = sum(p.nbytes for p in parts)
         what = f"chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer}"
         if per_block == 1:
             if crc != record:
@@ -59,7 +63,7 @@ class ReadChecks:
             self.passed.add((split, layer, chunk))
             return
         seen = self.pending.setdefault((split, layer, block), {})
-        seen[chunk] = (crc, raw.nbytes)
+        seen[chunk] = (crc, nbytes)
         first, end = block * per_block, min(s.num_chunks, (block + 1) * per_block)
         if len(seen) == end - first:
             del self.pending[(split, layer, block)]

@@ -31,6 +31,7 @@ from epcache.store._integrity import array_problems, ids_mirror_problem, provena
 from epcache.store._lock import read_store_lock
 from epcache.store._meta import MAX_META_BYTES, SplitMeta
 from epcache.store._open import detect_format, open_store
+from epcache.store._quantstore import parts_checksum
 from epcache.store._verify_blocks import READ_ERRORS as _READ_ERRORS
 from epcache.store._verify_blocks import MarkedBlocks, block_where, file_state, mark_blocks_missing
 from epcache.store._verify_report import BadBlock, BlockProblem, VerifyReport
@@ -208,13 +209,12 @@ class _Checker:
         non_finite = 0
         chunk_crcs: list[int] = []
         for c in range(first_chunk, end_chunk):
-            start, stop = self.store.chunk_range(split, c)
-            raw = np.ascontiguousarray(self.store._read_array(split, layer, start, stop))
-            data = raw.tobytes()
-            chunk_crcs.append(int(google_crc32c.value(data)))
-            crc = google_crc32c.extend(crc, data)  # crc32c(a + b) = extend(crc32c(a), b)
+            parts = self.store._stored_parts(split, layer, c, c + 1)  # tokens, or codes then scales (§3.5)
+            chunk_crcs.append(parts_checksum(parts))
+            for p in parts:
+                crc = google_crc32c.extend(crc, p.tobytes())  # crc32c(a + b) = extend(crc32c(a), b)
             if self.deep:
-                values = self.store._logical(raw)
+                values = self.store._logical(parts[0]) if len(parts) == 1 else parts[1]
                 non_finite += int(values.size - np.count_nonzero(np.isfinite(values)))
         chunk_bad = ""
         s = self.store.split(split)

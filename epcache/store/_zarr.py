@@ -15,15 +15,17 @@ from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._integrity import ArraySpec
 from epcache.store._lock import LOCK_NAME
-from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json
+from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
+from epcache.store._quant import token_attributes
 from epcache.store._rawread import pread_into
 from epcache.store._remote import read_remote_chunk, remote_chunks
-from epcache.store._zarr_files import clear_url_store, ids_utf8, remove_local_store
+from epcache.store._zarr_files import clear_url_store, ids_utf8, read_scales_direct, remove_local_store
 
 __all__ = ["ZarrFeatureStore"]
 
 ATTR_KEY = "epcache"
 _NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
+SCALE_DIMS = {"channel": ("chunk", "channel"), "token": ("sample", "view", "token")}  # scales arrays (§3.5)
 
 
 class ZarrFeatureStore(FeatureStore):
@@ -34,7 +36,7 @@ class ZarrFeatureStore(FeatureStore):
         self._group = group
         self._compressor = compressor
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
-        self._raw: dict[tuple[str, int], tuple[str, int] | None] = {}  # (dir, chunks per shard) or None
+        self._raw: dict[tuple[Any, ...], tuple[str, int] | None] = {}  # (dir, chunks per shard) or None; scales too
         self._shard_index: dict[str, np.ndarray] = {}
 
     @property
@@ -62,6 +64,7 @@ class ZarrFeatureStore(FeatureStore):
         group = zarr.open_group(store, mode="a", zarr_format=3)
         obj = cls(location, group, read_only=False, compressor=compressor)
         obj.meta = meta
+        obj.format_version = writer_version(meta)
         obj._store_doc()
         return obj
 
@@ -156,8 +159,15 @@ class ZarrFeatureStore(FeatureStore):
                 compressors=_compressors(self._compressor),
                 fill_value=0,
                 dimension_names=("sample", "view", "token", "channel"),
-                attributes={"epcache_dtype": self.meta.dtype} if v11 else None,
+                attributes=token_attributes(self.meta) if v11 else None,
             )
+            if self.quant is not None:  # cache_layout.md §3.5: the codes' scales, chunked like them along N
+                scale_shape, scale_chunks, scale_shards = self.scales_layout(spec, layer)
+                g.require_group("scales").create_array(
+                    str(layer), shape=scale_shape, chunks=scale_chunks,
+                    shards=scale_shards, dtype="float32", compressors=None, fill_value=0,
+                    dimension_names=SCALE_DIMS[self.quant.scales],
+                )
             records.create_array(
                 str(layer),
                 shape=(spec.num_blocks,),
@@ -192,7 +202,7 @@ class ZarrFeatureStore(FeatureStore):
                     f"{self.location}: array {kind}/{name} of split {split!r} {state} ({type(e).__name__}: {e}; "
                     f"its metadata is {rel}/zarr.json); re-extract the store"
                 ) from None
-            if not self.read_only and kind == "layers":  # zarr skips all-zero chunks unless told (§4.1)
+            if not self.read_only and kind in ("layers", "scales"):  # zarr skips all-zero chunks unless told (§4.1)
                 arr = arr.with_config({"write_empty_chunks": True})  # type: ignore[union-attr]
             self._arrays[key] = arr
         return arr  # type: ignore[return-value]
@@ -246,17 +256,17 @@ class ZarrFeatureStore(FeatureStore):
             out[...] = 0  # never-written chunk: zarr's fill value, exactly what zarr itself returns
         return out
 
-    def _raw_layout(self, split: str, layer: int) -> tuple[str, int] | None:
+    def _raw_layout(self, split: str, layer: int, kind: str = "layers") -> tuple[str, int] | None:
         """Direct-read plan for a local, uncompressed array (cache_layout.md §4.1), else None."""
-        key = (split, layer)
+        key = (split, layer) if kind == "layers" else (split, layer, kind)
         if key not in self._raw:
             self._raw[key] = None
             if not _is_url(self.location):
-                arr = self._array(split, "layers", str(layer))
+                arr = self._array(split, kind, str(layer))
                 codecs = arr.metadata.codecs
                 enc = arr.metadata.chunk_key_encoding
                 if getattr(enc, "separator", None) == "/" and type(enc).__name__ == "DefaultChunkKeyEncoding":
-                    directory = str(Path(self.location) / "splits" / split / "layers" / str(layer))
+                    directory = str(Path(self.location) / "splits" / split / kind / str(layer))
                     if _plain_bytes(codecs):
                         self._raw[key] = (directory, 0)
                     elif (
@@ -268,6 +278,13 @@ class ZarrFeatureStore(FeatureStore):
                         per_shard = arr.shards[0] // arr.chunks[0]
                         self._raw[key] = (directory, per_shard)
         return self._raw[key]
+
+    def _read_chunk_scales(self, split: str, layer: int, chunk: int) -> np.ndarray:
+        """The scales of one codes chunk (§3.5), read straight from their file like the codes."""
+        raw = self._raw_layout(split, layer, "scales")
+        if raw is None:
+            return super()._read_chunk_scales(split, layer, chunk)
+        return read_scales_direct(self, split, layer, chunk, raw)
 
     def _inner_chunk(self, shard_path: str, per_shard: int, inner: int) -> tuple[int, int]:
         index = self._shard_index.get(shard_path) if self.read_only else None
@@ -291,6 +308,18 @@ class ZarrFeatureStore(FeatureStore):
     def _read_vector(self, split: str, name: str) -> np.ndarray:
         return self._array(split, "", name)[...]
 
+    def _read_scales(self, split: str, layer: int, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._array(split, "scales", str(layer))[start:stop]
+        except (ValueError, OSError) as e:
+            raise CorruptStoreError(
+                f"{self.location}: cannot decode scales [{start}, {stop}) of {split!r} layer {layer} ({e}); "
+                "run `epcache verify` to locate the bad chunk"
+            ) from None
+
+    def _write_scales(self, split: str, layer: int, start: int, data: np.ndarray) -> None:
+        self._array(split, "scales", str(layer))[start : start + len(data)] = data
+
     def _read_records(self, split: str, layer: int) -> np.ndarray:
         return self._array(split, "records", str(layer))[...]
 
@@ -300,8 +329,8 @@ class ZarrFeatureStore(FeatureStore):
     def _array_shape(self, split: str, layer: int) -> tuple[int, ...]:
         return tuple(self._array(split, "layers", str(layer)).shape)
 
-    def _array_spec(self, split: str, layer: int) -> ArraySpec:
-        arr = self._array(split, "layers", str(layer))
+    def _array_spec(self, split: str, layer: int, kind: str = "layers") -> ArraySpec:
+        arr = self._array(split, kind, str(layer))
         dtype = np.dtype(arr.dtype)
         codecs = arr.metadata.codecs
         inner = codecs[0].codecs if len(codecs) == 1 and type(codecs[0]).__name__ == "ShardingCodec" else codecs
@@ -328,7 +357,7 @@ class ZarrFeatureStore(FeatureStore):
     # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
     def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
         self._group[f"splits/{split}"].create_array(  # type: ignore[union-attr]
-            "pooled", shape=shape, chunks=chunks, dtype=self.meta.storage_dtype, compressors=None, fill_value=0,
+            "pooled", shape=shape, chunks=chunks, dtype=self.meta.value_storage_dtype, compressors=None, fill_value=0,
             dimension_names=("sample", "view", "channel"),
         )
 
@@ -355,10 +384,11 @@ class ZarrFeatureStore(FeatureStore):
 
 
 def _plain_bytes(codecs: Any) -> bool:
+    """Only the ``bytes`` codec, little-endian (no endian at all for one-byte types: int8/uint8 codes)."""
     return (
         len(codecs) == 1
         and type(codecs[0]).__name__ == "BytesCodec"
-        and str(getattr(codecs[0].endian, "value", codecs[0].endian)) == "little"
+        and str(getattr(codecs[0].endian, "value", codecs[0].endian)) in ("little", "None")
     )
 
 

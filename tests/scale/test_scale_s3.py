@@ -31,6 +31,7 @@ from epcache.store import (  # noqa: E402
     list_stores,
     open_store,
     read_store_lock,
+    verify_store,
 )
 
 pytestmark = pytest.mark.slow
@@ -165,3 +166,23 @@ def test_remote_prefix_that_is_not_a_store_is_never_overwritten(bucket: str, dat
     with pytest.raises(ConfigError, match="HDF5 store is one local file"):
         create_store(f"s3://{bucket}/x.h5", None)  # type: ignore[arg-type]
     assert list_stores(f"s3://{bucket}") == []
+
+
+@pytest.mark.parametrize("scheme", ["int8-channel", "int8-token", "fp8"])
+def test_quantized_remote_reads_equal_local_reads(bucket: str, data: Path, tmp_path: Path, scheme: str) -> None:
+    """A quantised store (cache_layout.md §3.5) on S3: the same objects as on disk, codes and scales
+    included, and every read (decoded, with the crc32c checks on) equal to the local one."""
+    url = f"s3://{bucket}/stores/q.zarr"
+    extract(tiny_config(data, url, views=1, shard_samples=8, quantize=scheme), progress=False)
+    local = tiny_config(data, tmp_path / "q.zarr", views=1, shard_samples=8, quantize=scheme)
+    extract(local, progress=False)
+    assert _objects(bucket, "stores/q.zarr") == store_files(Path(local.out))
+    with open_store(url) as remote, open_store(local.out) as disk:
+        assert remote.meta.quantization == disk.meta.quantization is not None
+        remote.verify_reads = disk.verify_reads = True
+        for split in disk.splits:
+            for layer in disk.meta.layers:
+                np.testing.assert_array_equal(remote.read_tokens(split, layer), disk.read_tokens(split, layer))
+                for c in range(disk.split(split).num_chunks):
+                    assert remote.read_chunk(split, layer, c).tobytes() == disk.read_chunk(split, layer, c).tobytes()
+    assert verify_store(url).ok

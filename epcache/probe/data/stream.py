@@ -98,7 +98,8 @@ class MemorySource:
         parts = []
         at = 0
         by_chunk = list(_rows_by_chunk(rows, cs))
-        reads = store.read_chunks(split, layer, [c for c, _ in by_chunk])  # read ahead: remote stores
+        decode = np.float32 if dtype == torch.float32 else None  # quantised: straight to the compute dtype
+        reads = store.read_chunks(split, layer, [c for c, _ in by_chunk], decode_to=decode)  # read ahead: remote
         for (_, local), (_, chunk_data) in zip(by_chunk, reads, strict=True):
             data = chunk_data[local]  # [m, V, T, D]
             packed = plan.pack(data if all_views else data[:, :1])

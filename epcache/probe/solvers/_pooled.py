@@ -81,7 +81,8 @@ def pool_rows(store: FeatureStore, split: str, layer: int, rows: np.ndarray) -> 
     bounds = np.flatnonzero(np.diff(chunk_of)) + 1
     start = 0
     parts = np.split(rows, bounds) if len(rows) else []
-    reads = store.read_chunks(split, layer, [int(p[0] // cs) for p in parts])  # read ahead: remote stores
+    chunks = [int(p[0] // cs) for p in parts]  # read ahead (remote stores); quantised: decoded once, to float32
+    reads = store.read_chunks(split, layer, chunks, decode_to=np.float32)
     for part, (chunk, data) in zip(parts, reads, strict=True):
         x = to_torch(np.ascontiguousarray(data[part - chunk * cs, 0]))  # (m, T, D)
         gap = x[:, P:].to(torch.float64).mean(dim=1)  # float64 accumulation over the patch tokens
