@@ -13,6 +13,7 @@ __all__ = ["CONVERT_EPILOG", "convert"]
 CONVERT_EPILOG = """Examples:
   epcache convert stores/in1k_mae_vitb.zarr stores/in1k_mae_vitb_pool2.zarr --pool-patches 2
   epcache convert stores/in1k_mae_vitb.zarr stores/in1k_mae_vitb_last4.h5 --layers -4:
+  epcache convert stores/in1k_mae_vitb.zarr stores/in1k_mae_vitb_int8.zarr --quantize int8
   epcache convert demo.zarr demo_last.zarr --layers last --splits val --dtype bfloat16"""
 
 
@@ -31,6 +32,11 @@ def convert(
     ] = None,
     dtype: Annotated[
         str | None, typer.Option(metavar="DTYPE", help="float16, bfloat16 or float32.", show_default="the source's")
+    ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(metavar="SCHEME", help="int8 (per channel), int8-token, fp8, or none (plain floats).",
+                     show_default="the source's"),
     ] = None,
     splits: Annotated[
         str | None, typer.Option(metavar="NAMES", help="Splits to copy, comma-separated.", show_default="all")
@@ -54,7 +60,7 @@ def convert(
     break_lock: Annotated[bool, typer.Option(help="Remove the writer lock a killed conversion left on DST.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Derive a smaller store from SRC without the backbone: fewer layers, a pooled grid, another dtype or format.
+    """Derive a smaller store from SRC without the backbone: fewer layers, a pooled grid, int8, another dtype or format.
 
     The source must be complete; its records are checked as it is read. DST names SRC's provenance
     (`derived_from`) and appears only when complete.
@@ -65,6 +71,7 @@ def convert(
     with user_errors():
         cfg = ConvertConfig(
             src=src, dst=dst, pool_patches=pool_patches, layers=layers, dtype=dtype,  # type: ignore[arg-type]
+            quantize=quantize,
             splits=tuple(s for s in splits.split(",") if s) if splits is not None else None,
             format=format, chunk_samples=chunk_samples,  # type: ignore[arg-type]
             shard_samples=shard_samples, compressor=compressor, overwrite=overwrite, break_lock=break_lock,

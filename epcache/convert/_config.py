@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
-from epcache.store import human_bytes
+from epcache.store import human_bytes, resolve_quantization
 
 __all__ = ["ConvertConfig", "ConvertResult"]
 
@@ -30,6 +30,9 @@ class ConvertConfig:
     pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")
     layers: str | None = doc(None, doc="stored layers to keep: all, last, -4:, 0,5,11; None: every stored layer")
     dtype: Literal["float16", "bfloat16", "float32"] | None = doc(None, doc="dtype of the copy; None: the source's")
+    quantize: str | None = doc(
+        None, doc="int8 (= int8-channel), int8-token, fp8 or none (plain floats); None: the source's scheme"
+    )
     splits: tuple[str, ...] | None = doc(None, doc="splits to copy; None: every split")
     format: Literal["zarr", "h5"] | None = doc(None, doc="None: from the suffix of `dst`")
     chunk_samples: int | None = doc(None, doc="chunking of the copy (default: a few MB per chunk)")
@@ -43,6 +46,8 @@ class ConvertConfig:
             raise ConfigError(f"--pool-patches must be >= 1 (1 = no pooling), got {self.pool_patches}")
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
+        if self.quantize is not None:
+            resolve_quantization(self.quantize)  # an unknown scheme fails here, naming the accepted ones
         if self.format not in (None, "zarr", "h5"):
             raise ConfigError(f"format {self.format!r} must be zarr or h5")
         for name, value in (("chunk_samples", self.chunk_samples), ("shard_samples", self.shard_samples)):

@@ -54,11 +54,13 @@ def derived_meta(
     layers: tuple[int, ...],
     pool_patches: int,
     dtype: str,
+    quantization: str | None,
     source_provenance: str,
     source_location: str,
     ops: dict[str, Any],
 ) -> StoreMeta:
-    """``meta`` restricted to ``layers``, pooled by ``pool_patches``, in ``dtype``, naming its source.
+    """``meta`` restricted to ``layers``, pooled by ``pool_patches``, in ``dtype`` (stored as
+    ``quantization`` codes + scales, or plain), naming its source.
 
     ``derived_from`` (provenance of the source and the ops) is inside the new provenance key; the
     source's location is not (the same tokens converted from a moved copy are the same store) and
@@ -84,6 +86,7 @@ def derived_meta(
     return dataclasses.replace(
         pooled,
         dtype=dtype,  # type: ignore[arg-type]
+        quantization=quantization,
         extra=extra,
         derived_from={"provenance": source_provenance, "ops": ops},
     )

@@ -28,6 +28,7 @@ from epcache.store import (
     detect_format,
     open_store,
     pool_patch_tokens,
+    resolve_quantization,
 )
 from epcache.store._oserror import os_errors
 from epcache.store._swap import check_replaceable, discard_staging, staging_location, swap_in
@@ -39,7 +40,8 @@ RESUME_HINT = "Nothing was written at the destination: run the same command agai
 
 def convert(config: ConvertConfig, *, progress: bool = True) -> ConvertResult:
     """Derive a store from ``config.src`` without the backbone: fewer layers, a pooled grid, another
-    dtype, chunking or backend. Split order, ids, labels and classes are kept as they are.
+    dtype or quantisation (int8/fp8 codes + scales, cache_layout.md §3.5), chunking or backend. Split
+    order, ids, labels and classes are kept as they are.
 
     The source must be complete and pass the checks `epcache probe` runs; every chunk read is checked
     against its crc32c record. The new store is built at a hidden sibling of ``config.dst`` and
@@ -79,6 +81,7 @@ def _convert(config: ConvertConfig, *, progress: bool) -> ConvertResult:
                     f"`epcache verify {src_loc} --repair` first"
                 )
         dtype = config.dtype or src.meta.dtype
+        quant = src.meta.quantization if config.quantize is None else resolve_quantization(config.quantize)
         ops: dict[str, object] = {}
         if layers != src.meta.layers:
             ops["layers"] = list(layers)
@@ -86,10 +89,12 @@ def _convert(config: ConvertConfig, *, progress: bool) -> ConvertResult:
             ops["pool_patches"] = config.pool_patches
         if dtype != src.meta.dtype:
             ops["dtype"] = dtype
+        if quant != src.meta.quantization:
+            ops["quantize"] = quant or "none"
         if list(splits) != list(src.splits):
             ops["splits"] = list(splits)
         meta = derived_meta(
-            src.meta, layers=layers, pool_patches=config.pool_patches, dtype=dtype,
+            src.meta, layers=layers, pool_patches=config.pool_patches, dtype=dtype, quantization=quant,
             source_provenance=src.provenance, source_location=src_loc, ops=ops,
         )
         lock = acquire_store_lock(dst_loc, break_lock=config.break_lock, purpose="epcache convert")

@@ -195,3 +195,44 @@ def test_convnet_stage_subset_pooled_in_bfloat16_equals_extraction(tmp_path: Pat
     convert(ConvertConfig(src=full, dst=last, layers="last"), progress=False)
     with open_store(last) as s:
         assert s.meta.layer_shapes == {} and s.meta.layout.grid == (1, 1) and s.meta.dim == 512
+
+
+def test_convert_quantize_equals_extract_quantize_within_quantisation_error(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """fp16 store -> `convert --quantize int8` against `extract --quantize int8` of the same images: both
+    hold codes + scales (format 1.2) whose decoded values lie within one quantisation step of each other
+    and within half a step of the fp16 source; `--quantize none` turns the copy back into plain floats."""
+    direct = tmp_path / "direct.zarr"
+    extract(grid4_config(stores["data"], direct, layers="all", views=1, chunk_samples=4, quantize="int8"),
+            progress=False)
+    conv = tmp_path / "conv.zarr"
+    r = runner.invoke(app, ["convert", str(stores["src"]), str(conv), "--quantize", "int8", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "quantize=int8-channel" in r.output
+    with open_store(conv) as c, open_store(direct) as d, open_store(stores["src"]) as s:
+        assert c.meta.quantization == d.meta.quantization == "int8-channel" and c.format_version == "1.2"
+        assert c.meta_document()["derived_from"]["ops"] == {"quantize": "int8-channel"}
+        for split in s.splits:
+            for layer in s.meta.layers:
+                src = s.read_tokens(split, layer).astype(np.float32)
+                a, b = c.read_tokens(split, layer).astype(np.float32), d.read_tokens(split, layer).astype(np.float32)
+                steps = [_int8_step(src, st.split(split).chunk_samples) for st in (c, d)]
+                fp16 = np.abs(src) * 2.0**-10 + 1e-6  # the decoded value is rounded to fp16 once more
+                assert np.all(np.abs(a - src) <= steps[0] / 2 + fp16)
+                assert np.all(np.abs(b - src) <= steps[1] / 2 + fp16)
+                assert np.all(np.abs(a - b) <= (steps[0] + steps[1]) / 2 + 2 * fp16)
+    assert verify_store(str(conv), progress=False).ok
+    back = tmp_path / "back.zarr"
+    convert(ConvertConfig(src=conv, dst=back, quantize="none"), progress=False)
+    with open_store(back) as f, open_store(conv) as c:
+        assert f.meta.quantization is None and f.meta_document()["derived_from"]["ops"] == {"quantize": "none"}
+        assert f.read_tokens("val", 0).tobytes() == c.read_tokens("val", 0).tobytes()  # the decoded values, as floats
+    bad = runner.invoke(app, ["convert", str(stores["src"]), str(tmp_path / "bad.zarr"), "--quantize", "int4"])
+    assert bad.exit_code == 2 and "unknown quantisation 'int4'" in bad.output and not (tmp_path / "bad.zarr").exists()
+
+
+def _int8_step(x: np.ndarray, cs: int) -> np.ndarray:
+    """The per-channel step of each row's chunk (absmax over the chunk's rows, views and tokens / 127)."""
+    return np.concatenate([np.repeat(np.abs(x[i : i + cs]).max(axis=(0, 1, 2), keepdims=True) / 127,
+                                     len(x[i : i + cs]), axis=0) for i in range(0, len(x), cs)])
