@@ -31,7 +31,8 @@ def convert(
                      show_default="every stored layer"),
     ] = None,
     dtype: Annotated[
-        str | None, typer.Option(metavar="DTYPE", help="float16, bfloat16 or float32.", show_default="the source's")
+        str | None,
+        typer.Option("--dtype", metavar="DTYPE", help="float16, bfloat16 or float32.", show_default="the source's"),
     ] = None,
     quantize: Annotated[
         str | None,
@@ -42,7 +43,7 @@ def convert(
         str | None, typer.Option(metavar="NAMES", help="Splits to copy, comma-separated.", show_default="all")
     ] = None,
     format: Annotated[
-        str | None, typer.Option(metavar="FORMAT", help="zarr or h5.", show_default="from the DST suffix")
+        str | None, typer.Option("--format", metavar="FORMAT", help="zarr or h5.", show_default="from the DST suffix")
     ] = None,
     chunk_samples: Annotated[
         int | None, typer.Option(metavar="N", help="Samples per chunk.", show_default="a few MB per chunk")

@@ -85,10 +85,10 @@ def extract(
         str, typer.Option(metavar="NAMES", help="Splits that get the augmented views, comma-separated.")
     ] = "train",
     dtype: Annotated[
-        str, typer.Option(metavar="DTYPE", help="Stored dtype: float16, bfloat16 or float32.")
+        str, typer.Option("--dtype", metavar="DTYPE", help="Stored dtype: float16, bfloat16 or float32.")
     ] = "float16",
     format: Annotated[
-        str | None, typer.Option(metavar="FORMAT", help="zarr or h5.", show_default="from the --out suffix")
+        str | None, typer.Option("--format", metavar="FORMAT", help="zarr or h5.", show_default="from the --out suffix")
     ] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass (times the views).")] = 64,
     workers: Annotated[
@@ -108,7 +108,7 @@ def extract(
         str | None,
         typer.Option(metavar="JSON", help='Extra timm.create_model arguments as a JSON object, e.g. \'{"depth": 4}\'.'),
     ] = None,
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N.")] = "cpu",
     amp: Annotated[
         str | None, typer.Option(metavar="DTYPE", help="Autocast on GPU: bf16 or fp16.", show_default="off (float32)")
     ] = None,
@@ -238,7 +238,7 @@ def verify(
         typer.Option(metavar="NAME=SRC", help="With --repair: NAME=SUBDIR for splits whose source is not recorded."),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(metavar="DEVICE", help="With --repair: where to run the backbone.",
+        str | None, typer.Option("--device", metavar="DEVICE", help="With --repair: where to run the backbone.",
                                  show_default="the extraction's device")
     ] = None,
     batch_size: Annotated[

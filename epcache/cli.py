@@ -84,7 +84,8 @@ every results row records."""
 @command(epilog=PROBE_EPILOG, short_help="Stage 2: train a sweep of probe heads from a store.")
 def probe(
     store: Annotated[
-        str, typer.Option(metavar="STORE", help="Feature store to train from (its train split; eval split too).")
+        str,
+        typer.Option("--store", metavar="STORE", help="Feature store to train from (its train split; eval split too)."),
     ],
     head: Annotated[
         str,
@@ -193,7 +194,7 @@ def probe(
         typer.Option(metavar="RUNDIR", help="Run directory: results.jsonl, heads/, checkpoints; re-running resumes.",
                      show_default="none: nothing is saved, the summary is only printed"),
     ] = None,
-    device: Annotated[str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[
         str,
         typer.Option(metavar="MODE", help="auto, none or bf16: bfloat16 autocast of the heads' matmuls (weights, "

@@ -144,3 +144,20 @@ def test_help_fits_100_columns_on_a_wide_terminal() -> None:
     assert "Examples:" in out and max(len(line) for line in out.splitlines()) <= 100
     commands = out.split("Commands:", 1)[1].split("Usage:", 1)[0]
     assert "..." not in commands  # the command list is not truncated
+
+
+def test_option_names_are_the_documented_lowercase_flags() -> None:
+    """Every option's flags are lowercase `--name` as in the README, whatever typer derives from the metavar.
+
+    typer 0.27 named an option after its metavar when the two matched (`--STORE STORE`, so `--store` was
+    "No such option"); options whose metavar is their own name therefore declare their flag explicitly.
+    """
+    import typer.main
+
+    group = typer.main.get_command(app)
+    for name in COMMANDS:
+        cmd = group.commands[name]  # type: ignore[attr-defined]
+        for param in cmd.params:
+            for flag in [*param.opts, *param.secondary_opts]:
+                if flag.startswith("-"):
+                    assert flag == flag.lower(), (name, param.name, flag)
