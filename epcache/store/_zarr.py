@@ -15,7 +15,8 @@ from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._integrity import ArraySpec
 from epcache.store._lock import LOCK_NAME
-from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
+from epcache.store._meta import SplitMeta, StoreMeta, writer_version
+from epcache.store._metadoc import MAX_META_BYTES, document_version, parse_meta_json
 from epcache.store._quant import token_attributes
 from epcache.store._rawread import pread_into
 from epcache.store._remote import read_remote_chunk, remote_chunks
