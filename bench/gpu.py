@@ -336,7 +336,8 @@ def probe_case(args: argparse.Namespace, device: Any, state: dict[str, Any], k: 
     from epcache.probe.data.stream import BatchStream
     from epcache.probe.sweep.config import ProbeConfig
     from epcache.probe.sweep.grid import expand_sweep
-    from epcache.probe.train.trainer import GroupTrainer, HeadGeometry
+    from epcache.probe.train.geometry import HeadGeometry
+    from epcache.probe.train.trainer import GroupTrainer
 
     st, B = state["store"], args.probe_batch
     lrs = (1e-3,) if k == 1 else tuple(float(x) for x in np.geomspace(1e-4, 1e-1, 32))

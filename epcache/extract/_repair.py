@@ -14,9 +14,6 @@ backup, the damaged ones stay marked missing, and the repair fails loudly instea
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,29 +21,28 @@ from os import PathLike
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-import numpy as np
-
 from epcache.errors import ConfigError, CorruptStoreError, ProvenanceMismatchError, WeightsError
 from epcache.extract._config import ExtractConfig, ExtractResult
 from epcache.extract._pixels import default_workers
 from epcache.extract._recorded import is_location, recorded_data_root, recorded_source_options
+from epcache.extract._repair_backup import (
+    back_up_witnesses,
+    remove_dead_scratch,
+    scratch_parent,
+    scratch_prefix,
+    settle_witnesses,
+)
 from epcache.extract._run import extract, plan_extract
 from epcache.extract._weights import sha256_file
 from epcache.store import (
-    MISSING,
-    FeatureStore,
-    MarkedBlocks,
     VerifyReport,
     acquire_store_lock,
     mark_blocks_missing,
     open_store,
     verify_store,
 )
-from epcache.store._lockfile import pid_alive
 
 __all__ = ["RepairResult", "extract_config_from_store", "recorded_data_root", "repair_store"]
-
-_SCRATCH_RE = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[^-]+$")  # after ".epcache-repair-<store>-"
 
 _PURPOSE = "epcache verify --repair"
 _DEFAULT_BATCH_SIZE = 64  # ExtractConfig's default; stores do not record the batch size (yet)
@@ -266,14 +262,14 @@ def repair_store(
     # A checksum mismatch is damaged bytes or a damaged record: re-extraction must give one of the two
     on_disk = {b.key: b.stored_crc for b in before.bad_blocks if b.stored_crc is not None}
     targets = sorted({(split, block) for split, _, block in bad})
-    parent = _scratch_parent(loc)
+    parent = scratch_parent(loc)
     if parent is not None:
         remove_dead_scratch(loc)  # a killed repair's backups: its blocks stay marked missing, resumable
-    with tempfile.TemporaryDirectory(prefix=_scratch_prefix(loc, os.getpid()), dir=parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=scratch_prefix(loc, os.getpid()), dir=parent) as scratch:
         aside = Path(scratch) / "aside"
         aside.mkdir()
         with acquire_store_lock(loc, break_lock=break_lock, purpose=_PURPOSE), open_store(loc, "a") as store:
-            witnesses = _back_up_witnesses(store, targets, set(bad), untrusted, on_disk, Path(scratch))
+            witnesses = back_up_witnesses(store, targets, set(bad), untrusted, on_disk, Path(scratch))
             marked = mark_blocks_missing(store, bad, set_aside=aside)
         error: BaseException | None = None
         result: ExtractResult | None = None
@@ -282,7 +278,7 @@ def repair_store(
         except BaseException as e:  # checked below: never leave a half-repaired store mixing two runs
             error = e
         with acquire_store_lock(loc, purpose=_PURPOSE), open_store(loc, "a") as store:
-            differ, confirmed = _settle(store, witnesses, marked, Path(scratch), failed=error is not None)
+            differ, confirmed = settle_witnesses(store, witnesses, marked, Path(scratch), failed=error is not None)
     if error is not None:
         raise error
     if differ:
@@ -308,104 +304,3 @@ def _recorded_source(loc: str, name: str, src: Any) -> str:
             f"a store's metadata never leads outside --data. Pass --split {name}=SOURCE to say where it is"
         )
     return text
-
-
-def _back_up_witnesses(
-    store: FeatureStore,
-    targets: list[tuple[str, int]],
-    bad: set[tuple[str, int, int]],
-    untrusted: set[tuple[str, int, int]],
-    on_disk: dict[tuple[str, int, int], int],
-    scratch: Path,
-) -> dict[tuple[str, int, int], set[int]]:
-    """The crc32c each layer-block that resume will rewrite must come back with; intact ones are saved.
-
-    A damaged block's record predates the damage, so it is a witness too (but has no backup); when
-    the record itself was damaged instead, re-extraction reproduces the stored bytes' crc32c.
-    """
-    witnesses: dict[tuple[str, int, int], set[int]] = {}
-    for split, block in targets:
-        records = {layer: int(store.block_records(split, layer)[block]) for layer in store.meta.layers}
-        for layer, rec in records.items():
-            key = (split, layer, block)
-            if rec == MISSING or key in untrusted:
-                continue
-            witnesses[key] = {rec} if key not in on_disk else {rec, on_disk[key]}
-            if key not in bad:
-                start, stop = store.block_range(split, block)
-                cs = store.split(split).chunk_samples  # tokens, or codes and scales (cache_layout.md §3.5)
-                for i, part in enumerate(store._stored_parts(split, layer, start // cs, -(-stop // cs))):
-                    np.save(scratch / _backup_name(key, i), part, allow_pickle=False)
-    return witnesses
-
-
-def _settle(
-    store: FeatureStore,
-    witnesses: dict[tuple[str, int, int], set[int]],
-    marked: MarkedBlocks,
-    scratch: Path,
-    *,
-    failed: bool,
-) -> tuple[list[tuple[str, int, int]], int]:
-    """After the resume: compare witnesses; on a mismatch put intact blocks back and mark damaged ones missing.
-
-    Returns the layer-blocks whose new crc32c differs from the recorded one, and how many matched.
-    """
-
-    def record(key: tuple[str, int, int]) -> int:
-        return int(store.block_records(key[0], key[1])[key[2]])
-
-    rewritten = {k: record(k) for k in witnesses if record(k) != MISSING}
-    differ = sorted(k for k, rec in rewritten.items() if rec not in witnesses[k])
-    confirmed = len(rewritten) - len(differ)
-    if differ:
-        for key in differ:
-            backup = scratch / _backup_name(key)
-            if backup.is_file():  # an intact block overwritten with other bytes: put the original back
-                parts = [np.load(backup, allow_pickle=False)]
-                if (scratch / _backup_name(key, 1)).is_file():
-                    parts.append(np.load(scratch / _backup_name(key, 1), allow_pickle=False))
-                store._write_stored_parts(key[0], key[1], key[2], parts)
-        mark_blocks_missing(store, [k for k in marked.previous if record(k) not in witnesses.get(k, set())])
-    elif failed and all(record(k) == MISSING for k in marked.previous):  # refused before writing anything
-        marked.undo(store)
-    return differ, confirmed
-
-
-def remove_dead_scratch(location: str) -> list[Path]:
-    """Delete the scratch directories of repairs of this store whose process is gone; return them.
-
-    A scratch directory is ``.epcache-repair-<store name>-<host>-<pid>-<random>`` beside the
-    store, so repairs of other stores in the same directory, and a repair still running, are
-    never touched. A killed repair left its damaged blocks marked missing (and the intact ones
-    in place), so nothing in its scratch directory is needed by the next run.
-    """
-    parent = _scratch_parent(location)
-    if parent is None:
-        return []
-    removed = []
-    for d in Path(parent).glob(_scratch_prefix(location, None) + "*"):
-        m = _SCRATCH_RE.match(d.name[len(_scratch_prefix(location, None)) :])
-        if m is None or m.group("host") != socket.gethostname() or pid_alive(int(m.group("pid"))):
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(d)
-    return removed
-
-
-def _scratch_prefix(location: str, pid: int | None) -> str:
-    name = Path(location.rstrip("/")).name
-    base = f".epcache-repair-{name}-"
-    return base if pid is None else f"{base}{socket.gethostname()}-{pid}-"
-
-
-def _scratch_parent(location: str) -> str | None:
-    """Beside a local store (same file system: moving a block aside is a rename), else the temp dir."""
-    if "://" in location and not location.startswith("file://"):
-        return None
-    return str(Path(location).expanduser().absolute().parent)
-
-
-def _backup_name(key: tuple[str, int, int], part: int = 0) -> str:
-    split, layer, block = key
-    return f"{split}.{layer}.{block}.npy" if part == 0 else f"{split}.{layer}.{block}.part{part}.npy"

@@ -30,10 +30,10 @@ from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_result
 from epcache.probe.solvers import check_solver_inputs, plan_solvers, run_solver_configs
 from epcache.probe.sweep.config import ProbeConfig
 from epcache.probe.sweep.grid import RunSpec, SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
+from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.protocol import Protocol, resolve_holdout
 from epcache.probe.train.recipes import get_recipe
-from epcache.probe.train.trainer import HeadGeometry
 from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store
 from epcache.store._oserror import os_errors
 from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock

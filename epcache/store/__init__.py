@@ -27,13 +27,13 @@ from epcache.store._lock import StoreLock as StoreLock
 from epcache.store._lock import StoreLockedError as StoreLockedError
 from epcache.store._lock import acquire_store_lock as acquire_store_lock
 from epcache.store._lock import read_store_lock as read_store_lock
-from epcache.store._meta import FORMAT_VERSION as FORMAT_VERSION
 from epcache.store._meta import STORE_DTYPES as STORE_DTYPES
 from epcache.store._meta import BackboneMeta as BackboneMeta
 from epcache.store._meta import SplitMeta as SplitMeta
 from epcache.store._meta import SplitSpec as SplitSpec
 from epcache.store._meta import StoreMeta as StoreMeta
 from epcache.store._meta import TokenLayout as TokenLayout
+from epcache.store._metadoc import FORMAT_VERSION as FORMAT_VERSION
 from epcache.store._open import create_store as create_store
 from epcache.store._open import detect_format as detect_format
 from epcache.store._open import open_store as open_store

@@ -13,7 +13,8 @@ import numpy as np
 from epcache.errors import ConfigError, CorruptStoreError, EpcacheError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._integrity import ArraySpec
-from epcache.store._meta import SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
+from epcache.store._meta import SplitMeta, StoreMeta, writer_version
+from epcache.store._metadoc import document_version, parse_meta_json
 from epcache.store._quant import token_attributes
 from epcache.store._rawread import pread_into
 

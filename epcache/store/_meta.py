@@ -1,9 +1,10 @@
-"""Typed store metadata: the JSON document of cache_layout.md §2 and its parsed dataclasses.
+"""Typed store metadata: the parsed dataclasses of the JSON document of cache_layout.md §2.
 
-Each on-disk document has two types: a ``TypedDict`` that is the JSON exactly as written and a
-frozen dataclass holding the parsed value. ``StoreMeta.from_json`` checks the format version
-before it reads anything else, so an unknown future layout fails with a clear message instead
-of a ``KeyError`` deep inside a reader.
+Each on-disk document has two types: a ``TypedDict`` that is the JSON exactly as written (in
+``_metadoc.py``, with the format constants and the bounded decode) and a frozen dataclass
+holding the parsed value (here). ``StoreMeta.from_json`` checks the format version before it
+reads anything else, so an unknown future layout fails with a clear message instead of a
+``KeyError`` deep inside a reader.
 """
 
 from __future__ import annotations
@@ -12,19 +13,16 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 import numpy as np
 
-from epcache.errors import CorruptStoreError, LayoutVersionError
+from epcache.errors import CorruptStoreError
+from epcache.store._metadoc import FORMAT_NAME, FORMAT_VERSION, SplitMetaJSON, check_version
 from epcache.store._quant import QUANT_FORMAT_VERSION, QUANTIZATIONS, parse_quantization
 
 __all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "MAX_META_BYTES",
     "QUANT_FORMAT_VERSION",
-    "READ_VERSIONS",
     "STORE_DTYPES",
     "BackboneMeta",
     "Dtype",
@@ -32,15 +30,8 @@ __all__ = [
     "SplitSpec",
     "StoreMeta",
     "TokenLayout",
-    "document_version",
-    "parse_meta_json",
     "writer_version",
 ]
-
-FORMAT_NAME = "epcache-store"
-FORMAT_VERSION = "1.1"  # what this epcache writes (cache_layout.md §5: 1.1 adds arrays and attributes to 1.0)
-READ_VERSIONS = ("1.0", "1.1", "1.2")  # what it reads; 1.0 is stored as the integer 1
-MAX_META_BYTES = 64 * 1024 * 1024  # refuse to parse metadata larger than this (hostile or corrupt)
 
 Dtype = Literal["float16", "bfloat16", "float32"]
 STORE_DTYPES: dict[str, str] = {  # logical dtype -> dtype of the bytes on disk (cache_layout.md §3)
@@ -48,52 +39,6 @@ STORE_DTYPES: dict[str, str] = {  # logical dtype -> dtype of the bytes on disk 
     "bfloat16": "uint16",  # zarr and HDF5 have no bfloat16: the raw bits, read back as bfloat16
     "float32": "float32",
 }
-
-
-class BackboneMetaJSON(TypedDict):
-    name: str
-    source: str
-    timm_version: str
-    weights_sha256: str
-    weights_file: str | None
-    num_blocks: int
-
-
-class TokenLayoutJSON(TypedDict):
-    num_prefix: int
-    cls_index: int | None
-    num_registers: int
-    grid: list[int]
-
-
-class SplitMetaJSON(TypedDict):
-    num_samples: int
-    views: int
-    classes: list[str]
-    chunk_samples: int
-    block_samples: int
-    permutation_seed: int
-    ids_sha256: str
-    labels_sha256: str
-
-
-class StoreMetaJSON(TypedDict):
-    format: str
-    format_version: int | str
-    backbone: BackboneMetaJSON
-    layout: TokenLayoutJSON
-    layers: list[int]
-    final_norm: bool
-    dtype: str
-    storage_dtype: str
-    dim: int
-    num_tokens: int
-    preprocessing: dict[str, Any]
-    views: dict[str, Any]
-    dataset: dict[str, Any]
-    extra: dict[str, Any]
-    splits: dict[str, SplitMetaJSON]
-    provenance: str
 
 
 @dataclass(frozen=True)
@@ -244,7 +189,7 @@ class StoreMeta:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StoreMeta:
         """Parse the root document; the version is checked before any other field."""
-        _check_version(data)
+        check_version(data)
         try:
             bb = data["backbone"]
             lay = data["layout"]
@@ -371,39 +316,6 @@ class SplitMeta:
 def writer_version(meta: StoreMeta) -> str:
     """The format version a new store with this metadata is written as (1.2 only when quantised)."""
     return QUANT_FORMAT_VERSION if meta.quantization is not None else FORMAT_VERSION
-
-
-def document_version(data: Mapping[str, Any]) -> str:
-    """"1.0" or "1.1" from a root document whose version was checked by ``_check_version``."""
-    v = data.get("format_version")
-    return "1.0" if (v == 1 and not isinstance(v, bool)) or v == "1.0" else str(v)
-
-
-def parse_meta_json(raw: str | bytes | Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Decode the root document with a size bound; ``where`` names the store in messages."""
-    if isinstance(raw, Mapping):
-        return dict(raw)
-    if len(raw) > MAX_META_BYTES:
-        raise CorruptStoreError(f"{where}: metadata is {len(raw)} bytes (limit {MAX_META_BYTES}); refusing to parse")
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise CorruptStoreError(f"{where}: metadata is not valid JSON ({e}); re-extract the store") from None
-    if not isinstance(data, dict):
-        raise CorruptStoreError(f"{where}: metadata is not a JSON object; re-extract the store")
-    return data
-
-
-def _check_version(data: Mapping[str, Any]) -> None:
-    if data.get("format") != FORMAT_NAME:
-        raise CorruptStoreError(f"metadata 'format' is {data.get('format')!r}, expected {FORMAT_NAME!r}")
-    version = data.get("format_version")
-    known = (version == 1 and type(version) is int) or version in READ_VERSIONS
-    if not known:
-        raise LayoutVersionError(
-            f"store has format version {version!r}, this epcache reads versions 1.0 (stored as 1), 1.1 and 1.2; "
-            "upgrade epcache or re-extract the store"
-        )
 
 
 def _parse_layer_shapes(data: Any) -> dict[int, tuple[tuple[int, int], int]]:

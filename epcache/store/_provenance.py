@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from epcache.store._meta import FORMAT_VERSION, SplitMeta, SplitSpec, StoreMeta
+from epcache.store._meta import SplitMeta, SplitSpec, StoreMeta
+from epcache.store._metadoc import FORMAT_VERSION
 
 __all__ = ["canonical_json", "compute_provenance", "provenance_of_document", "split_fingerprint"]
 

@@ -29,7 +29,8 @@ from epcache.errors import EpcacheError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore
 from epcache.store._integrity import array_problems, ids_mirror_problem, provenance_problem, split_problems
 from epcache.store._lock import read_store_lock
-from epcache.store._meta import MAX_META_BYTES, SplitMeta
+from epcache.store._meta import SplitMeta
+from epcache.store._metadoc import MAX_META_BYTES
 from epcache.store._open import detect_format, open_store
 from epcache.store._quantstore import parts_checksum
 from epcache.store._verify_blocks import READ_ERRORS as _READ_ERRORS

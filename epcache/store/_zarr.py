@@ -15,21 +15,23 @@ from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._integrity import ArraySpec
 from epcache.store._lock import LOCK_NAME
-from epcache.store._meta import MAX_META_BYTES, SplitMeta, StoreMeta, document_version, parse_meta_json, writer_version
+from epcache.store._meta import SplitMeta, StoreMeta, writer_version
+from epcache.store._metadoc import MAX_META_BYTES, document_version, parse_meta_json
 from epcache.store._quant import token_attributes
-from epcache.store._rawread import pread_into
-from epcache.store._remote import read_remote_chunk, remote_chunks
-from epcache.store._zarr_files import clear_url_store, ids_utf8, read_scales_direct, remove_local_store
+from epcache.store._zarr_direct import ZarrDirectReads
+from epcache.store._zarr_files import clear_url_store, ids_utf8, remove_local_store
 
 __all__ = ["ZarrFeatureStore"]
 
 ATTR_KEY = "epcache"
-_NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
 SCALE_DIMS = {"channel": ("chunk", "channel"), "token": ("sample", "view", "token")}  # scales arrays (§3.5)
 
 
-class ZarrFeatureStore(FeatureStore):
-    """zarr v3 store. Token arrays are chunked by whole samples, sharded when large."""
+class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
+    """zarr v3 store. Token arrays are chunked by whole samples, sharded when large.
+
+    Chunk reads of local, uncompressed arrays bypass zarr-python (``_zarr_direct.py``).
+    """
 
     def __init__(self, location: str, group: zarr.Group, *, read_only: bool, compressor: str | None = None):
         super().__init__(location, read_only=read_only)
@@ -216,92 +218,6 @@ class ZarrFeatureStore(FeatureStore):
                 "run `epcache verify` to locate the bad chunk"
             ) from None
 
-    def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
-        raw = self._raw_layout(split, layer)
-        if raw is None:
-            remote = remote_chunks(self, split, layer) if _is_url(self.location) else None
-            if remote is not None:  # one byte-range GET into the buffer (store/_remote.py)
-                return read_remote_chunk(self, remote, split, layer, chunk, start, stop)
-            return self._read_array(split, layer, start, stop)
-        directory, per_shard = raw
-        arr = self._array(split, "layers", str(layer))
-        out = np.empty((stop - start, *arr.shape[1:]), dtype=np.dtype(self.meta.storage_dtype).newbyteorder("<"))
-        try:
-            if per_shard == 0:
-                found = pread_into(f"{directory}/c/{chunk}/0/0/0", 0, out)
-            else:
-                shard_path = f"{directory}/c/{chunk // per_shard}/0/0/0"
-                offset, nbytes = self._inner_chunk(shard_path, per_shard, chunk % per_shard)
-                chunk_bytes = out.nbytes // (stop - start) * self._splits[split].chunk_samples
-                if offset == _NO_CHUNK:
-                    found = False
-                elif nbytes != chunk_bytes:
-                    raise OSError(f"inner chunk {chunk} has {nbytes} bytes, expected {chunk_bytes}")
-                else:
-                    found = pread_into(shard_path, offset, out)
-        except OSError as e:
-            raise CorruptStoreError(
-                f"{self.location}: cannot read chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} "
-                f"({e}); run `epcache verify` to locate bad chunks"
-            ) from None
-        if not found:
-            s = self._splits[split]
-            block = chunk * s.chunk_samples // s.block_samples
-            if self.block_records(split, layer)[block] != MISSING:  # recorded written, yet no bytes
-                raise CorruptStoreError(
-                    f"{self.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} is absent "
-                    f"although block {block} is recorded written (a deleted or lost chunk file); run "
-                    f"`epcache verify {self.location} --repair` to re-extract it"
-                )
-            out[...] = 0  # never-written chunk: zarr's fill value, exactly what zarr itself returns
-        return out
-
-    def _raw_layout(self, split: str, layer: int, kind: str = "layers") -> tuple[str, int] | None:
-        """Direct-read plan for a local, uncompressed array (cache_layout.md §4.1), else None."""
-        key = (split, layer) if kind == "layers" else (split, layer, kind)
-        if key not in self._raw:
-            self._raw[key] = None
-            if not _is_url(self.location):
-                arr = self._array(split, kind, str(layer))
-                codecs = arr.metadata.codecs
-                enc = arr.metadata.chunk_key_encoding
-                if getattr(enc, "separator", None) == "/" and type(enc).__name__ == "DefaultChunkKeyEncoding":
-                    directory = str(Path(self.location) / "splits" / split / kind / str(layer))
-                    if _plain_bytes(codecs):
-                        self._raw[key] = (directory, 0)
-                    elif (
-                        len(codecs) == 1
-                        and type(codecs[0]).__name__ == "ShardingCodec"
-                        and _plain_bytes(codecs[0].codecs)
-                        and str(getattr(codecs[0].index_location, "value", codecs[0].index_location)) == "end"
-                    ):
-                        per_shard = arr.shards[0] // arr.chunks[0]
-                        self._raw[key] = (directory, per_shard)
-        return self._raw[key]
-
-    def _read_chunk_scales(self, split: str, layer: int, chunk: int) -> np.ndarray:
-        """The scales of one codes chunk (§3.5), read straight from their file like the codes."""
-        raw = self._raw_layout(split, layer, "scales")
-        if raw is None:
-            return super()._read_chunk_scales(split, layer, chunk)
-        return read_scales_direct(self, split, layer, chunk, raw)
-
-    def _inner_chunk(self, shard_path: str, per_shard: int, inner: int) -> tuple[int, int]:
-        index = self._shard_index.get(shard_path) if self.read_only else None
-        if index is None:
-            size = 16 * per_shard + 4  # (offset, nbytes) uint64 pairs, then a crc32c of the index
-            buf = np.empty(size, np.uint8)
-            try:
-                file_size = Path(shard_path).stat().st_size
-            except FileNotFoundError:
-                return _NO_CHUNK, _NO_CHUNK
-            if file_size < size or not pread_into(shard_path, file_size - size, buf):
-                raise OSError(f"{shard_path} is shorter than its shard index (truncated)")
-            index = buf[:-4].view("<u8").reshape(per_shard, 2)
-            if self.read_only:
-                self._shard_index[shard_path] = index
-        return int(index[inner, 0]), int(index[inner, 1])
-
     def _write_array(self, split: str, layer: int, start: int, data: np.ndarray) -> None:
         self._array(split, "layers", str(layer))[start : start + len(data)] = data
 
@@ -381,15 +297,6 @@ class ZarrFeatureStore(FeatureStore):
             for f in files:
                 total += os.path.getsize(os.path.join(dirpath, f))
         return total
-
-
-def _plain_bytes(codecs: Any) -> bool:
-    """Only the ``bytes`` codec, little-endian (no endian at all for one-byte types: int8/uint8 codes)."""
-    return (
-        len(codecs) == 1
-        and type(codecs[0]).__name__ == "BytesCodec"
-        and str(getattr(codecs[0].endian, "value", codecs[0].endian)) in ("little", "None")
-    )
 
 
 def _is_url(location: str) -> bool:

@@ -7,7 +7,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from epcache.extract._repair import remove_dead_scratch
+from epcache.extract._repair_backup import remove_dead_scratch
 
 
 def test_second_repair_keeps_a_live_repairs_scratch(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ from epcache.probe.results.rows import (
 )
 from epcache.probe.sweep.config import ProbeConfig
 from epcache.probe.sweep.grid import RunSpec
-from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer, HeadGeometry
+from epcache.probe.train.geometry import HeadGeometry
+from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
 from epcache.store import FeatureStore
 
 __all__ = ["GroupRunner", "checkpoint_path", "protocol_fingerprint"]

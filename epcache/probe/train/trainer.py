@@ -24,6 +24,7 @@ from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.sweep.grid import RunSpec
 from epcache.probe.train.fused import HeadStack, TensorStack, cross_entropy_per_config, make_stack
+from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.optim import lr_at
 from epcache.probe.train.precision import amp_context, compile_stack, widen
 from epcache.probe.train.protocol import optimizer_settings
@@ -31,57 +32,11 @@ from epcache.probe.train.stacked_optim import SlicedOptimizer
 
 if TYPE_CHECKING:
     from epcache.probe.data.layers import Plan
-    from epcache.probe.data.sources import HeadInput
 
-__all__ = ["CKPT_FORMAT", "ConfigOutcome", "GroupTrainer", "HeadGeometry"]
+__all__ = ["CKPT_FORMAT", "ConfigOutcome", "GroupTrainer"]
 
 CKPT_FORMAT = "epcache-probe-ckpt"
 CKPT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class HeadGeometry:
-    """What every head of a store needs to be built: width, classes and token layout."""
-
-    dim: int
-    num_classes: int
-    num_tokens: int  # T, prefix included
-    num_patches: int
-    num_prefix: int
-    cls_index: int | None = 0  # position of CLS among the prefix tokens; None: no CLS
-    num_registers: int = 0
-    pooled_dim: int | None = None  # width of the store's pooled output; None: the store has none
-
-    def shapes(self, run: RunSpec) -> HeadInput:
-        """Width, token count and prefix of the input ``run``'s head reads (token source x layer mix)."""
-        from epcache.probe.data.sources import head_input
-
-        return head_input(run.head.kind, run.tokens, run.layer_mix, len(run.mix_layers), dim=self.dim,
-                          num_prefix=self.num_prefix, cls_index=self.cls_index, num_registers=self.num_registers,
-                          num_patches=self.num_patches, pooled_dim=self.pooled_dim)
-
-    def tokens_seen(self, run: RunSpec) -> int:
-        """N of the token sequence a head is built for (``clip`` learns a table of that length)."""
-        if run.head.kind == "linear":
-            return self.num_tokens
-        return self.shapes(run).num_tokens
-
-    def head_config(self, run: RunSpec) -> dict[str, Any]:
-        """Keyword arguments that rebuild the head with ``create_head`` (``vector_input``: a ready vector)."""
-        shapes = self.shapes(run)
-        plain_linear = run.head.kind == "linear" and run.layer_mix == "none" and run.tokens != "pooled"
-        config = {
-            "kind": run.head.kind,
-            "options": dict(run.head.params),
-            "in_dim": self.dim if plain_linear else shapes.in_dim,
-            "num_classes": self.num_classes,
-            "num_tokens": self.tokens_seen(run),
-            "num_prefix": self.num_prefix if run.head.kind == "linear" else shapes.num_prefix,
-            "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
-        }
-        if run.head.kind == "linear" and not plain_linear:
-            config["vector_input"] = shapes.in_dim  # the saved head is VectorInput -> BN -> Linear
-        return config
 
 
 @dataclass
