@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from init_stream import needs_generator_init
 
 from epcache.errors import HeadSpecError
 from epcache.probe.heads import HeadSpec, MomentProbing, create_head, from_reference, head_cost, heads_table
@@ -69,7 +68,6 @@ def test_vector_params_are_the_trained_weights(path: Path) -> None:
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@needs_generator_init
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_logits_match_reference_float64_and_float32(path: Path) -> None:
     z = np.load(path)
@@ -84,7 +82,6 @@ def test_logits_match_reference_float64_and_float32(path: Path) -> None:
     np.testing.assert_allclose(y32.detach().numpy(), z["y_f32"], atol=1e-5, rtol=0)
 
 
-@needs_generator_init
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_five_adamw_steps_match_reference(path: Path) -> None:
     z = np.load(path)
@@ -105,7 +102,6 @@ def test_five_adamw_steps_match_reference(path: Path) -> None:
         _close(t, after[key], RTOL)
 
 
-@needs_generator_init
 def test_reference_checkpoint_layout_with_head_prefix() -> None:
     z = np.load(FILES[0])
     state = {k: v.double() for k, v in _initial_head(z).state_dict().items()}

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from init_stream import needs_generator_init
 from torch import nn
 
 from epcache.probe.heads import POOLING_CLASSES, Pooling, ProbeHead, create_head, from_reference
@@ -151,7 +150,6 @@ def test_reference_checkpoint_layout_loads(path: Path) -> None:
         assert_close(head(torch.from_numpy(z["x"])), z["logits_eval"])
 
 
-@needs_generator_init
 @pytest.mark.parametrize("path", INIT_POOL_FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_seeded_pooling_init_reproduces_reference(path: Path) -> None:
     """manual_seed(0) -> our constructor -> x = randn: same parameters, same RNG consumption."""
@@ -170,7 +168,6 @@ def test_seeded_pooling_init_reproduces_reference(path: Path) -> None:
     assert torch.equal(x.double(), torch.from_numpy(z["x"]))
 
 
-@needs_generator_init
 @pytest.mark.parametrize("path", HEAD_FILES, ids=lambda p: p.stem)
 def test_seeded_head_init_reproduces_reference(path: Path) -> None:
     """Reference order: seed -> encoder head Linear(D, C) -> pooling (-> EP's fresh classifier) -> x."""
