@@ -13,10 +13,11 @@ The values are bit-for-bit those of the definition (:func:`dequantize_reference`
 output dtype with round-to-nearest-even (torch and numpy/ml_dtypes round alike). fp8 codes are
 decoded without a table: the e4m3fn bits ``s eeee mmm`` shifted left by 7 in an int16 are the float16
 ``s 0eeee mmm0000000``, which is the e4m3 value times 2^-8 exactly, subnormals included (both formats'
-subnormals have exponent field 0, and float16's bias is 15 against e4m3's 7). Multiplying by 2^8 in
-float32 is exact (``|value| <= 448``), so the product with the scale is the same real number, rounded
-the same way. e4m3fn's two NaN codes (0x7F, 0xFF), which writers never store (§3.5 refuses non-finite
-tokens and clips to ±448), are mapped to NaN as the definition says.
+subnormals have exponent field 0, and float16's bias is 15 against e4m3's 7). The 2^8 goes into the
+scales (exact while ``scale * 2^8`` is finite, as every writer's ``absmax / 448`` is) or else into the
+values (exact: ``|value| <= 448``), so the product is the same real number, rounded the same way.
+e4m3fn's two NaN codes (0x7F, 0xFF), which writers never store (§3.5 refuses non-finite tokens and
+clips to ±448), are mapped to NaN as the definition says.
 """
 
 from __future__ import annotations
