@@ -159,14 +159,14 @@ def top1(store: Path, seeds: tuple[int, ...] = SEEDS) -> dict[str, float]:
 
 
 def read_speed(store: Path, decode_to: type | None = None) -> tuple[float, float]:
-    """(MB/s of logical fp16 tokens, samples/s) of read_chunk over the whole train split, best of 3 passes
+    """(MB/s of logical fp16 tokens, samples/s) of read_chunk over the whole train split, best of 10 passes
     (page-cached: this is the decode cost, not the disk's). ``decode_to=np.float32``: what the probe's
     RAM load and the solvers' pooled pass ask of a quantised store."""
     st = open_store(store)
     layer, sm = st.meta.layers[-1], st.split("train")
     t, d = st.meta.layer_shape(layer)
     best = float("inf")
-    for _ in range(3):
+    for _ in range(10):
         t0 = time.perf_counter()
         for c in range(sm.num_chunks):
             st.read_chunk("train", layer, c, decode_to=decode_to)

@@ -13,8 +13,8 @@ scales of that chunk, nothing global. Three schemes:
 - ``fp8-e4m3``: float8 e4m3fn bits (stored as uint8) with a per-channel, per-chunk scale that
   maps each channel's absmax to 448, the format's largest finite value.
 
-Codes are written from float32 arithmetic; reads multiply codes by scales straight into the
-logical dtype (one pass, no float32 copy of the chunk).
+Codes are written from float32 arithmetic; reads multiply codes by scales in float32 and round
+once into the logical dtype (``_dequant.py`` does it blockwise in torch, at memory speed).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ __all__ = [
     "QUANTIZATIONS",
     "QUANT_FORMAT_VERSION",
     "QuantSpec",
-    "dequantize",
+    "dequantize_reference",
     "parse_quantization",
     "quant_spec",
     "quantize_chunk",
@@ -155,10 +155,12 @@ def quantize_chunk(spec: QuantSpec, x: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return codes, scale
 
 
-def dequantize(spec: QuantSpec, codes: np.ndarray, scales: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
-    """``codes`` ``[n, V, T, D]`` times their scales, written once into ``out_dtype``.
+def dequantize_reference(spec: QuantSpec, codes: np.ndarray, scales: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    """``codes`` ``[n, V, T, D]`` times their scales in float32, rounded once into ``out_dtype``: the definition.
 
-    ``scales`` are those of the chunk (``[D]`` per channel, ``[n, V, T]`` per token).
+    ``scales`` are those of the chunk (``[D]`` per channel, ``[n, V, T]`` per token). Plain numpy,
+    slow for float16 (no SIMD conversions): readers use ``_dequant.dequantize``, which gives the same
+    bits and falls back to this for dtypes torch does not map.
     """
     out = np.empty(codes.shape, out_dtype)
     s = scales.reshape(-1) if spec.scales == "channel" else scales[..., None]

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from epcache.errors import ShapeMismatchError
+from epcache.store._dequant import dequantize
 from epcache.store._meta import SplitMeta
 from epcache.store._plan import NUMPY_DTYPES
-from epcache.store._quant import QuantSpec, dequantize, quant_spec, quantize_chunk, scales_shape
+from epcache.store._quant import QuantSpec, quant_spec, quantize_chunk, scales_shape
 
 __all__ = ["QuantArrays", "parts_checksum"]
 

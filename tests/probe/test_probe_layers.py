@@ -88,9 +88,9 @@ def test_a_multi_layer_group_reads_each_chunk_of_each_layer_once_per_epoch(
     reads: Counter[tuple[str, int, int]] = Counter()
     original = FeatureStore.read_chunk
 
-    def counting(self: FeatureStore, split: str, layer: int, chunk: int) -> np.ndarray:
+    def counting(self: FeatureStore, split: str, layer: int, chunk: int, **kw: object) -> np.ndarray:
         reads[(split, layer, chunk)] += 1
-        return original(self, split, layer, chunk)
+        return original(self, split, layer, chunk, **kw)
 
     monkeypatch.setattr(FeatureStore, "read_chunk", counting)
     epochs = 2

@@ -150,8 +150,11 @@ class PooledPlan:
 class MultiLayerSource:
     """Rows of ``k`` layers of one split, each chunk's layers read concurrently: ``[m, k, T', D]``."""
 
-    def __init__(self, store: FeatureStore, split: str, layers: Sequence[int], plan: LayerPlan) -> None:
+    def __init__(
+        self, store: FeatureStore, split: str, layers: Sequence[int], plan: LayerPlan, *, decode_to: Any = None
+    ) -> None:
         self.store, self.split, self.layers, self.plan = store, split, tuple(layers), plan
+        self.decode_to = decode_to  # as StoreSource's
         self.chunk_samples = store.split(split).chunk_samples
         self._pool = ThreadPoolExecutor(max_workers=len(self.layers), thread_name_prefix="epcache-layer")
 
@@ -159,7 +162,7 @@ class MultiLayerSource:
         contiguous = views is None and len(local) and int(local[-1]) - int(local[0]) == len(local) - 1
 
         def read(layer: int) -> np.ndarray:
-            data = self.store.read_chunk(self.split, layer, chunk)
+            data = self.store.read_chunk(self.split, layer, chunk, decode_to=self.decode_to)
             if contiguous:  # a whole run of rows: a view, copied once by pack_layers
                 return data[int(local[0]) : int(local[-1]) + 1, 0]
             return data[local, 0] if views is None else data[local, views]  # [m, T, D]
@@ -172,7 +175,7 @@ class MultiLayerSource:
         if not self.store.is_remote:  # local disk: the layers of one chunk read concurrently, as in rows()
             yield from (self.rows(c, local, views) for c, local, views in requests)
             return
-        reads = [self.store.read_chunks(self.split, layer, chunks) for layer in self.layers]
+        reads = [self.store.read_chunks(self.split, layer, chunks, decode_to=self.decode_to) for layer in self.layers]
         for (_, local, views), *per_layer in zip(requests, *reads, strict=True):
             picked = [d[local, 0] if views is None else d[local, views] for _, d in per_layer]
             yield self.plan.pack_layers(picked)
@@ -211,14 +214,19 @@ def make_plan(runs: Sequence[Any], layout: TokenLayout, dtype: torch.dtype) -> P
     return LayerPlan(frozenset(input_key(r.tokens, r.layer_mix) for r in runs), layout, len(layers), dtype)
 
 
-def make_source(store: FeatureStore, split: str, runs: Sequence[Any], plan: Plan) -> Source:
-    """The streaming source for the group of ``runs``."""
+def make_source(store: FeatureStore, split: str, runs: Sequence[Any], plan: Plan, *, decode_to: Any = None) -> Source:
+    """The streaming source for the group of ``runs``.
+
+    ``decode_to``: the dtype a quantised store's chunks decode into (cache_layout.md §3.5): the compute
+    dtype where batches are converted on the host (CPU), None (the store's dtype) where they travel to a
+    GPU and are converted there. The pooled output is never quantised.
+    """
     layers = read_layers(runs[0])
     if isinstance(plan, PooledPlan):
         return PooledSource(store, split, plan)
     if isinstance(plan, LayerPlan):
-        return MultiLayerSource(store, split, layers, plan)
-    return StoreSource(store, split, layers[0], plan)
+        return MultiLayerSource(store, split, layers, plan, decode_to=decode_to)
+    return StoreSource(store, split, layers[0], plan, decode_to=decode_to)
 
 
 def load_memory(

@@ -50,19 +50,20 @@ class Batch:
 class StoreSource:
     """Reads packed rows of one split and layer from the store, a whole chunk at a time."""
 
-    def __init__(self, store: FeatureStore, split: str, layer: int, plan: InputPlan) -> None:
+    def __init__(self, store: FeatureStore, split: str, layer: int, plan: InputPlan, *, decode_to: Any = None) -> None:
         self.store, self.split, self.layer, self.plan = store, split, layer, plan
         self.chunk_samples = store.split(split).chunk_samples
+        self.decode_to = decode_to  # quantised stores: the dtype chunks decode into (None: the store's dtype)
 
     def rows(self, chunk: int, local: np.ndarray, views: np.ndarray | None) -> np.ndarray:
         """Packed ``[len(local), T', D]`` for rows ``local`` of ``chunk`` (view per row, or view 0)."""
-        data = self.store.read_chunk(self.split, self.layer, chunk)  # [n, V, T, D]
+        data = self.store.read_chunk(self.split, self.layer, chunk, decode_to=self.decode_to)  # [n, V, T, D]
         x = data[local, 0] if views is None else data[local, views]
         return self.plan.pack(x)
 
     def rows_in_order(self, requests: Sequence[Request]) -> Iterator[np.ndarray]:
         """:meth:`rows` of each ``(chunk, local, views)`` in turn, the chunks read ahead (``read_chunks``)."""
-        reads = self.store.read_chunks(self.split, self.layer, [r[0] for r in requests])
+        reads = self.store.read_chunks(self.split, self.layer, [r[0] for r in requests], decode_to=self.decode_to)
         for (_, local, views), (_, data) in zip(requests, reads, strict=True):
             yield self.plan.pack(data[local, 0] if views is None else data[local, views])
 

@@ -187,7 +187,8 @@ class GroupRunner:
         itemsize = torch.finfo(self.dtype).bits // 8 if convert else _ITEMSIZE[meta.dtype]
         width = (self.geometry.pooled_dim or meta.dim) if isinstance(plan, PooledPlan) else meta.dim
         size = len(rows) * views * plan.packed_bytes_per_view(meta.num_tokens, width, itemsize)
-        source: Any = make_source(store, split, runs, plan)  # one layer, k layers together, or pooled
+        decode = np.float32 if convert and self.dtype == torch.float32 else None  # quantised: the batches' dtype
+        source: Any = make_source(store, split, runs, plan, decode_to=decode)  # one layer, k layers together, or pooled
         if c.in_memory or (not training and size <= c.eval_cache_mb * 2**20):
             source = load_memory(source, rows, store.split(split).views, all_views=training,
                                  dtype=self.dtype if convert else None)
