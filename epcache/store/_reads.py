@@ -74,7 +74,8 @@ class TokenReads:
 
         ``decode_to`` (quantised stores only, cache_layout.md §3.5): the dtype codes are decoded into
         instead of ``meta.dtype``; a probe computing in float32 passes ``np.float32`` and skips a
-        float16 round trip (the slowest part of decoding on CPUs). Unquantised chunks ignore it.
+        float16 round trip it would undo at once (and gets the exact products, not their fp16
+        rounding). Unquantised chunks ignore it.
         """
         start, stop = self.chunk_range(split, chunk)
         self._check_layer(layer)  # type: ignore[attr-defined]
