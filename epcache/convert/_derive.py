@@ -24,7 +24,7 @@ def select_layers(meta: StoreMeta, spec: str | None) -> tuple[int, ...]:
         UnknownLayerError: a layer the source does not store (the message lists the stored ones).
         ConfigError: a spec that does not parse.
     """
-    from epcache.extract._layers import parse_layers  # pure parsing: no torch, no timm
+    from epcache._layerspec import parse_layers
 
     if spec is None:
         return meta.layers

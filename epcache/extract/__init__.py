@@ -4,12 +4,12 @@
 ``--dry-run``; ``list_model_aliases()`` backs ``epcache models``.
 """
 
+from epcache._layerspec import parse_layers as parse_layers
 from epcache._lazy import callable_module as _callable
 from epcache.extract._config import ExtractConfig as ExtractConfig
 from epcache.extract._config import ExtractPlan as ExtractPlan
 from epcache.extract._config import ExtractResult as ExtractResult
 from epcache.extract._config import SplitPlan as SplitPlan
-from epcache.extract._layers import parse_layers as parse_layers
 from epcache.extract._models import ModelAlias as ModelAlias
 from epcache.extract._models import ResolvedModel as ResolvedModel
 from epcache.extract._models import list_model_aliases as list_model_aliases

@@ -12,8 +12,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from epcache._layerspec import parse_layers
 from epcache.errors import ConfigError, ModelError
-from epcache.extract._layers import parse_layers
 from epcache.store import TokenLayout
 
 if TYPE_CHECKING:

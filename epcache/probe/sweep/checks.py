@@ -42,7 +42,7 @@ def resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
         elif e == "last":
             out.append(meta.layers[-1])
         elif isinstance(e, str) or int(e) < 0:  # -1, -4:, last:2 count from the end of the model, as in extract
-            from epcache.extract._layers import parse_layers as resolve_spec
+            from epcache._layerspec import parse_layers as resolve_spec
 
             blocks = meta.backbone.num_blocks or max(meta.layers) + 1
             out.extend(resolve_spec(str(e), blocks, model=f"the store's backbone {meta.backbone.name}"))

@@ -2,6 +2,8 @@
 
 timm's ``feature_take_indices`` reads a bare int as "the last n"; that is easy to misread, so
 epcache resolves every spec to sorted absolute indices here and never stores the spec itself.
+Extract, probe and convert all read the same syntax, so it lives outside all three (DESIGN.md:
+extract and probe never import each other).
 """
 
 from __future__ import annotations
