@@ -32,52 +32,22 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import _stores
 import numpy as np
 
 from epcache.probe import ProbeConfig, probe
 from epcache.probe.data.select import split_train
-from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
+from epcache.store import open_store
 
 C_GRID = np.logspace(-4, 4, 33)
 
 
 def demo_store(root: Path, quick: bool) -> Path:
-    from epcache.demo._shapes import ShapesConfig, make_shapes_dataset
-    from epcache.extract import ExtractConfig, extract
-
-    cfg = ShapesConfig(num_classes=4, train_per_class=60 if quick else 150, val_per_class=60 if quick else 150, size=64)
-    data = make_shapes_dataset(root / "data", cfg)
-    store = root / "demo.zarr"
-    extract(ExtractConfig(model="vit_tiny_patch16_224", data=data, out=store, random_init=True, img_size=64,
-                          model_kwargs={"depth": 4, "patch_size": 8}, workers=0, layers="last", batch_size=32),
-            progress=False)
-    return store
+    return _stores.demo_store(root, quick)
 
 
 def synthetic_store(root: Path, quick: bool) -> Path:
-    C, D, grid = 20, 64, (3, 3)
-    n_train, n_val = (1000, 600) if quick else (2000, 2000)
-    meta = StoreMeta(
-        backbone=BackboneMeta("synthetic", "random-init", "1.0", "random-init", None, 1),
-        layout=TokenLayout(num_prefix=1, cls_index=0, num_registers=0, grid=grid), layers=(0,), final_norm=False,
-        dtype="float16", dim=D, num_tokens=1 + grid[0] * grid[1], preprocessing={"input_size": [3, 48, 48]},
-    )
-    rng = np.random.default_rng(0)
-    means = rng.standard_normal((C, D)) * 0.35
-    scale = np.ones(D)
-    scale[:4] = 20.0  # outlier channels, as ViT tokens have
-    path = root / "synthetic.zarr"
-    with create_store(path, meta) as st:
-        for split, n in (("train", n_train), ("val", n_val)):
-            y = rng.integers(C, size=n)
-            st.add_split(SplitSpec(split, y, [f"{split}/{i}" for i in range(n)], [f"c{i}" for i in range(C)],
-                                   views=1, permutation_seed=1), chunk_samples=64)
-            ys = y[st.read_order(split)]
-            x = (means[ys][:, None, None, :] + rng.standard_normal((n, 1, meta.num_tokens, D))) * scale
-            for b in range(st.split(split).num_blocks):
-                lo, hi = st.block_range(split, b)
-                st.write_block(split, 0, b, x[lo:hi].astype(np.float16))
-    return path
+    return _stores.synthetic_store(root, quick, outlier_scale=20.0)
 
 
 def features(store: Path, split: str, tokens: str) -> np.ndarray:
