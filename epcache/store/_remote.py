@@ -125,23 +125,10 @@ def remote_chunks(store: ZarrFeatureStore, split: str, layer: int) -> RemoteChun
 
 
 def _plan(store: ZarrFeatureStore, split: str, layer: int) -> RemoteChunks | None:
-    from epcache.store._zarr_direct import plain_bytes
+    from epcache.store._zarr_direct import raw_chunks_per_shard
 
-    arr = store._array(split, "layers", str(layer))
-    codecs = arr.metadata.codecs
-    enc = arr.metadata.chunk_key_encoding
-    if getattr(enc, "separator", None) != "/" or type(enc).__name__ != "DefaultChunkKeyEncoding":
-        return None
-    if plain_bytes(codecs):
-        per_shard = 0
-    elif (
-        len(codecs) == 1
-        and type(codecs[0]).__name__ == "ShardingCodec"
-        and plain_bytes(codecs[0].codecs)
-        and str(getattr(codecs[0].index_location, "value", codecs[0].index_location)) == "end"
-    ):
-        per_shard = arr.shards[0] // arr.chunks[0]
-    else:
+    per_shard = raw_chunks_per_shard(store._array(split, "layers", str(layer)))
+    if per_shard is None:
         return None  # a codec: zarr decodes it
     import fsspec
 

@@ -24,7 +24,7 @@ from epcache.store._remote import read_remote_chunk, remote_chunks
 if TYPE_CHECKING:
     from epcache.store._meta import SplitMeta, StoreMeta
 
-__all__ = ["NO_CHUNK", "ZarrDirectReads", "plain_bytes", "read_scales_direct"]
+__all__ = ["NO_CHUNK", "ZarrDirectReads", "plain_bytes", "raw_chunks_per_shard", "read_scales_direct"]
 
 NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
 
@@ -89,21 +89,9 @@ class ZarrDirectReads:
         if key not in self._raw:
             self._raw[key] = None
             if not self.is_remote:  # type: ignore[attr-defined]
-                arr = self._array(split, kind, str(layer))  # type: ignore[attr-defined]
-                codecs = arr.metadata.codecs
-                enc = arr.metadata.chunk_key_encoding
-                if getattr(enc, "separator", None) == "/" and type(enc).__name__ == "DefaultChunkKeyEncoding":
-                    directory = str(Path(self.location) / "splits" / split / kind / str(layer))
-                    if plain_bytes(codecs):
-                        self._raw[key] = (directory, 0)
-                    elif (
-                        len(codecs) == 1
-                        and type(codecs[0]).__name__ == "ShardingCodec"
-                        and plain_bytes(codecs[0].codecs)
-                        and str(getattr(codecs[0].index_location, "value", codecs[0].index_location)) == "end"
-                    ):
-                        per_shard = arr.shards[0] // arr.chunks[0]
-                        self._raw[key] = (directory, per_shard)
+                per_shard = raw_chunks_per_shard(self._array(split, kind, str(layer)))  # type: ignore[attr-defined]
+                if per_shard is not None:
+                    self._raw[key] = (str(Path(self.location) / "splits" / split / kind / str(layer)), per_shard)
         return self._raw[key]
 
     def _read_chunk_scales(self, split: str, layer: int, chunk: int) -> np.ndarray:
@@ -128,6 +116,26 @@ class ZarrDirectReads:
             if self.read_only:
                 self._shard_index[shard_path] = index
         return int(index[inner, 0]), int(index[inner, 1])
+
+
+def raw_chunks_per_shard(arr: Any) -> int | None:
+    """How a zarr array's chunks can be read as plain bytes without zarr (cache_layout.md §4.1): 0 for
+    one file per chunk, k for shards of k chunks with the index at the end, None when a codec or
+    another key encoding means zarr must decode. Local direct reads and remote byte-range GETs share it."""
+    codecs = arr.metadata.codecs
+    enc = arr.metadata.chunk_key_encoding
+    if getattr(enc, "separator", None) != "/" or type(enc).__name__ != "DefaultChunkKeyEncoding":
+        return None
+    if plain_bytes(codecs):
+        return 0
+    if (
+        len(codecs) == 1
+        and type(codecs[0]).__name__ == "ShardingCodec"
+        and plain_bytes(codecs[0].codecs)
+        and str(getattr(codecs[0].index_location, "value", codecs[0].index_location)) == "end"
+    ):
+        return int(arr.shards[0] // arr.chunks[0])
+    return None
 
 
 def plain_bytes(codecs: Any) -> bool:
