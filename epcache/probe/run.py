@@ -27,7 +27,8 @@ from epcache.errors import ConfigError, UnknownLayerError
 from epcache.probe.data.rows import RunData, check_compatible, resolve_rows
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_results, repair_results, write_json
-from epcache.probe.solvers import check_solver_inputs, plan_solvers, run_solver_configs
+from epcache.probe.solvers import check_solver_inputs, plan_block_solvers, run_solver_configs
+from epcache.probe.sweep.checks import resolve_layers
 from epcache.probe.sweep.config import ProbeConfig
 from epcache.probe.sweep.grid import RunSpec, SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
 from epcache.probe.train.geometry import HeadGeometry
@@ -199,14 +200,23 @@ def _probe(
     holdout = resolve_holdout(c.holdout, recipe, errors)
     raise_errors(errors)
     layers = sweep_layers(request, store.meta)
-    # solver heads (knn, ridge, logreg, ncm) leave the trained sweep and become solver specs
+    # solver heads (knn, ridge, logreg, ncm), of the config or of any [[grid]] table, become solver specs;
+    # the trained heads of every block stay in the sweep
     c, knn_note = _cap_default_k(c, store, eval_store, layers, num_classes, holdout)
-    trained, specs = plan_solvers(dataclasses.replace(c, holdout=holdout), store.meta, layers=layers,
-                                  store_provenance=store.provenance, eval_provenance=eval_store.provenance)
+    capped = [_cap_default_k(b, store, eval_store, layers, num_classes, holdout) for b in request.blocks]
+    knn_note = knn_note or next((note for _, note in capped if note), None)
+    trained, specs = plan_block_solvers(
+        [b for b, _ in capped], store.meta, layers_of=lambda b: resolve_layers(b.layers, store.meta), holdout=holdout,
+        store_provenance=store.provenance, eval_provenance=eval_store.provenance,
+    )
     if specs:
-        trained = None if trained is None else dataclasses.replace(trained, holdout=c.holdout)
-        request = SweepRequest(trained, (trained,)) if trained is not None else None  # type: ignore[assignment]
-        c = trained or dataclasses.replace(c, shots=None)
+        if not trained:
+            request, c = None, dataclasses.replace(c, shots=None)  # type: ignore[assignment]
+        elif request.config.grid is None:
+            request, c = SweepRequest(trained[0], (trained[0],)), trained[0]
+        else:  # the base settles the shared protocol; the tables' trained heads run as given
+            c = dataclasses.replace(c, head=trained[0].head, shots=trained[0].shots)
+            request = SweepRequest(c, tuple(trained))
     for layer in layers:
         if layer not in eval_store.meta.layers:
             raise UnknownLayerError(f"eval store {eval_store.location} has no layer {layer}")

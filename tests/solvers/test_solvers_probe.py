@@ -64,6 +64,25 @@ def test_solver_and_trained_heads_share_one_sweep(store: Path, tmp_path: Path) -
     assert "| ncm[gap] L0 |" in (out / "report" / "report.md").read_text()
 
 
+def test_grid_file_routes_solver_heads_of_every_table(store: Path, tmp_path: Path) -> None:
+    """Solver heads at the top level of a grid file or inside [[grid]] tables run with each table's own
+    options; the tables' trained heads still run as the tables say (they used to be dropped whenever a
+    solver head was in the sweep), and a solver head several tables inherit runs once."""
+    grid = tmp_path / "sweep.toml"
+    grid.write_text('head = ["linear", "knn(k=[5])"]\ntokens = ["gap"]\n'
+                    '[[grid]]\nlr = [0.01]\n[[grid]]\nlr = [0.1]\n'
+                    '[[grid]]\nhead = ["ncm"]\ntokens = ["cls"]\n')
+    out = tmp_path / "run"
+    fast = [a for a in FAST if a not in ("--lr", "0.01")]
+    r = runner.invoke(app, ["probe", "--store", str(store), "--grid", str(grid), "--out", str(out), *fast])
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    got = sorted((row["config"]["kind"], row["config"].get("lr"), row["config"]["tokens"]) for row in rows)
+    assert got == [("knn", None, "gap"), ("linear", 0.01, "gap"), ("linear", 0.1, "gap"), ("ncm", None, "cls")], got
+    knn = next(row for row in rows if row["config"]["kind"] == "knn")
+    assert knn["solver"]["k"] == 5
+
+
 def test_fewshot_tries_give_mean_and_std(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "few"
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "knn(select='holdout'),ncm,ridge",

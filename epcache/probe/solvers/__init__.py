@@ -31,6 +31,7 @@ from epcache.probe.solvers._ridge import ridge_system as ridge_system
 from epcache.probe.solvers._ridge import standardiser as standardiser
 from epcache.probe.solvers._run import check_solver_inputs as check_solver_inputs
 from epcache.probe.solvers._run import load_solver_head as load_solver_head
+from epcache.probe.solvers._run import plan_block_solvers as plan_block_solvers
 from epcache.probe.solvers._run import plan_solvers as plan_solvers
 from epcache.probe.solvers._run import run_solver_configs as run_solver_configs
 from epcache.probe.solvers._spec import SOLVER_KINDS as SOLVER_KINDS
@@ -65,6 +66,7 @@ __all__ = [
     "knn_table",
     "load_solver_head",
     "logreg_path",
+    "plan_block_solvers",
     "plan_solvers",
     "pool_rows",
     "ridge_lambdas",

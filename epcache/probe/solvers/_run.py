@@ -30,7 +30,9 @@ from epcache.probe.solvers._pooled import PooledCache
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
 from epcache.store import FeatureStore, StoreMeta
 
-__all__ = ["RowData", "check_solver_inputs", "load_solver_head", "plan_solvers", "run_solver_configs"]
+__all__ = [
+    "RowData", "check_solver_inputs", "load_solver_head", "plan_block_solvers", "plan_solvers", "run_solver_configs",
+]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -84,6 +86,28 @@ def plan_solvers(
         temperature=config.temperature, c_preset=config.c_preset, settings=settings,
     )
     return trained_config, specs
+
+
+def plan_block_solvers(
+    blocks: Sequence[Any], meta: StoreMeta, *, layers_of: Callable[[Any], Sequence[int]], holdout: float,
+    store_provenance: str, eval_provenance: str,
+) -> tuple[list[Any], list[SolverSpec]]:
+    """``plan_solvers`` over every block of a sweep (the config, or each ``[[grid]]`` table applied to it).
+
+    Returns the blocks' trained parts (blocks without trained heads left out) and their solver specs,
+    each spec once: tables that inherit a solver head from the file's top level ask for the same spec,
+    and a row describes one run. Each block's solver heads read that block's own layers and options.
+    """
+    trained: list[Any] = []
+    specs: dict[str, SolverSpec] = {}
+    for block in blocks:
+        part, block_specs = plan_solvers(dataclasses.replace(block, holdout=holdout), meta, layers=layers_of(block),
+                                         store_provenance=store_provenance, eval_provenance=eval_provenance)
+        if part is not None:
+            trained.append(dataclasses.replace(part, holdout=block.holdout))
+        for spec in block_specs:
+            specs.setdefault(spec.id, spec)
+    return trained, list(specs.values())
 
 
 def check_solver_inputs(specs: Sequence[SolverSpec], data: RowData, num_classes: int) -> None:
