@@ -81,6 +81,8 @@ def test_grid_file_routes_solver_heads_of_every_table(store: Path, tmp_path: Pat
     assert got == [("knn", None, "gap"), ("linear", 0.01, "gap"), ("linear", 0.1, "gap"), ("ncm", None, "cls")], got
     knn = next(row for row in rows if row["config"]["kind"] == "knn")
     assert knn["solver"]["k"] == 5
+    assert {row["input"]["tokens"] for row in rows} == {"gap", "cls"}  # solver rows describe their input too
+    assert all(row["input"]["layers"] == [0] and row["input"]["layer_mix"] == "none" for row in rows)
 
 
 def test_fewshot_tries_give_mean_and_std(store: Path, tmp_path: Path) -> None:

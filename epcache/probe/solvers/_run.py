@@ -212,6 +212,7 @@ def run_solver_configs(
                            **{k: v for k, v in st.to_json().items() if "provenance" not in k}},
                 "store": _store_info(store),
                 "eval_store": _store_info(eval_store),
+                "input": {"tokens": spec.tokens, "layer_mix": "none", "layers": [spec.layer]},  # as trained rows
                 "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": len(data.holdout_rows),
                          "num_eval": len(data.eval_rows), "num_refit": int(inputs.refit_y.shape[0]),
                          "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval},
