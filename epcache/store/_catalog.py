@@ -149,19 +149,23 @@ def format_catalog(entries: list[CatalogEntry], root: str | PathLike[str] | None
         return f"no epcache stores under {root}" if root is not None else "no epcache stores"
     base = str(root).rstrip("/") + "/" if root is not None else ""
     notes: list[str] = []
-    rows = [("STORE", "BACKBONE", "WEIGHTS", "DATASET", "SPLITS", "LAYERS", "K", "DTYPE", "SIZE", "STATUS",
-             "PROVENANCE")]
+    # a line of the columns one compares across stores, then an indented line of the details (fits 100 columns)
+    rows = [("STORE", "BACKBONE", "SPLITS", "LAYERS", "DTYPE", "SIZE", "STATUS")]
+    details: list[list[str]] = [[]]
     for e in entries:
         name = e.location[len(base):] if base and e.location.startswith(base) else e.location
         name = name or e.location
         if e.error is not None:
-            rows.append((name, "-", "-", "-", "-", "-", "-", "-", "-", "unreadable (below)", "-"))
+            rows.append((name, "-", "-", "-", "-", "-", "unreadable"))
+            details.append([])
             notes.append(f"{name}: {e.error}")
             continue
         weights = e.weights_source if e.weights_source == "random-init" else f"sha256:{e.weights_sha256[:10]}"
         splits = " ".join(f"{s.name}:{s.num_samples}" + (f"x{s.views}" if s.views > 1 else "") for s in e.splits)
+        more: list[str] = []
         if e.writer is not None:
-            status = f"writing ({e.writer.describe()})" if e.writer.stale is not True else "incomplete, stale lock"
+            status = "writing" if e.writer.stale is not True else "incomplete, stale lock"
+            more.append(f"    writer: {e.writer.describe()}")
         elif e.complete:
             status = "complete"
         else:
@@ -170,10 +174,15 @@ def format_catalog(entries: list[CatalogEntry], root: str | PathLike[str] | None
             status += ", EDITED metadata"
             notes.append(f"{name}: warning: its stored provenance key is not the hash of its metadata (the "
                          f"document was edited after extraction); run `epcache verify {e.location}`")
-        rows.append((name, e.backbone, weights, e.dataset, splits or "-", format_ranges(list(e.layers)),
-                     str(e.augmented_views), e.dtype, human_bytes(e.size_bytes), status, e.provenance[:16]))
+        rows.append((name, e.backbone, splits or "-", format_ranges(list(e.layers)), e.dtype,
+                     human_bytes(e.size_bytes), status))
+        views = f"{e.augmented_views} augmented view" + ("s" if e.augmented_views != 1 else "")
+        details.append([f"    {weights} · {e.dataset} · {views} · provenance {e.provenance[:16]}", *more])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    lines: list[str] = []
+    for r, detail in zip(rows, details, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+        lines.extend(detail)
     return "\n".join([*lines, *notes])
 
 

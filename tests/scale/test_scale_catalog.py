@@ -95,11 +95,15 @@ def test_ls_cli_json_and_text(lab: Path) -> None:
     with acquire_store_lock(lab / "partial.zarr"):  # an extraction in progress shows as such
         r = runner.invoke(app, ["ls", str(lab)])
     assert r.exit_code == 0, r.output
-    lines = {line.split()[0]: line for line in r.output.splitlines()[1:]}
-    assert r.output.splitlines()[0].split()[:3] == ["STORE", "BACKBONE", "WEIGHTS"]
+    out = r.output.splitlines()
+    # a store's line, with the indented details line under it; every line fits 100 columns
+    table = [line for line in out if ": " not in line or line.startswith("    ")]  # notes name a store + ": "
+    lines = {line.split()[0]: " ".join(table[i:i + 3]) for i, line in enumerate(table) if i and line[0] != " "}
+    assert out[0].split() == ["STORE", "BACKBONE", "SPLITS", "LAYERS", "DTYPE", "SIZE", "STATUS"]
+    assert max(len(line) for line in table if not line.startswith("    writer:")) <= 100, table
     assert "complete" in lines["lab/vit_a.zarr"] and "train:9x2 val:5" in lines["lab/vit_a.zarr"]
     assert "0-1" in lines["lab/vit_a.zarr"] and "random-init" in lines["lab/vit_a.zarr"]
-    assert "writing (pid" in lines["partial.zarr"]
+    assert "writing" in lines["partial.zarr"] and "writer: pid" in lines["partial.zarr"]
     assert "unreadable" in lines["corrupt.zarr"] and "corrupt.zarr: store has format version 99" in r.output
 
     missing = runner.invoke(app, ["ls", str(lab / "nope")])
