@@ -8,9 +8,12 @@ one server for the whole session instead.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from scale_helpers import S3_KEY_ID, S3_SECRET
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +27,21 @@ def moto_endpoint() -> Iterator[str]:
     assert host == "127.0.0.1"  # loopback only
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A fresh bucket; credentials and endpoint set the standard way, isolated from any real AWS config."""
+    s3fs = pytest.importorskip("s3fs")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    name = f"epcache-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return name

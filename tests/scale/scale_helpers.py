@@ -16,6 +16,8 @@ from epcache.extract import ExtractConfig
 TINY_VIT = "vit_tiny_patch16_224"
 TINY_VIT_KWARGS: dict[str, Any] = {"depth": 2, "img_size": 32}
 LOCK_NAME = ".epcache.lock"  # cache_layout / issue #8: the writer lock inside a zarr store
+S3_KEY_ID = "EPCACHETESTKEYID0001"  # the moto bucket fixture's credentials (tests/scale/conftest.py)
+S3_SECRET = "epcache-test-secret-that-must-never-be-written"  # test_scale_s3 checks it is written nowhere
 
 # The CLI has no model kwargs, so CLI runs use the 12-block tiny ViT at 32 px (4 patches) and keep
 # the last two blocks. Chunks of 4 samples in shards of 8 make shards the write unit, so ranks

@@ -9,11 +9,11 @@ environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``), nothing passed by epc
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import S3_KEY_ID, S3_SECRET
 from scale_helpers import LOCK_NAME, make_imagefolder, store_files, tiny_config
 from typer.testing import CliRunner
 
@@ -36,31 +36,6 @@ from epcache.store import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-KEY_ID = "EPCACHETESTKEYID0001"
-SECRET = "epcache-test-secret-that-must-never-be-written"
-
-
-@pytest.fixture(scope="module")
-def endpoint(moto_endpoint: str) -> str:
-    return moto_endpoint  # one server per session: tests/scale/conftest.py
-
-
-@pytest.fixture
-def bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    """A fresh bucket; credentials and endpoint set the standard way, isolated from any real AWS config."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    name = f"epcache-{uuid.uuid4().hex[:12]}"
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir(name)
-    return name
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +100,7 @@ def test_extract_info_ls_probe_report_on_s3(bucket: str, data: Path, tmp_path: P
     # credentials come from the environment and are written nowhere
     texts = [info.output, listed.output, probed.output, reported.output, result.format_text()]
     blobs = [*remote_files.values(), *(p.read_bytes() for p in run.rglob("*") if p.is_file())]
-    for secret in (SECRET, KEY_ID):
+    for secret in (S3_SECRET, S3_KEY_ID):
         assert not any(secret in t for t in texts)
         assert not any(secret.encode() in b for b in blobs)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -30,27 +29,6 @@ from epcache.store import ChunkCache, FeatureStore, SplitSpec, create_store, ope
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def endpoint(moto_endpoint: str) -> str:
-    return moto_endpoint  # one server per session: tests/scale/conftest.py
-
-
-@pytest.fixture
-def bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "FSSPEC_S3_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "EPCACHETESTKEYID0002")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "epcache-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    name = f"epcache-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
-    return name
 
 
 def _fs() -> s3fs.S3FileSystem:
