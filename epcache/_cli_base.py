@@ -18,16 +18,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperCommand
 
 from epcache.errors import EpcacheError
 
-__all__ = ["STORE_HELP", "HelpCommand", "option_record", "user_errors"]
+__all__ = [
+    "STORE_HELP", "ChunkSamplesOption", "CompressorOption", "HelpCommand", "ShardSamplesOption", "option_record",
+    "user_errors",
+]
 
 STORE_HELP = "Feature store: a .zarr directory, an .h5 file or a URL."
+
+# storage options that extract and convert share: one wording, one default style
+ChunkSamplesOption = Annotated[
+    int | None, typer.Option(metavar="N", help="Samples per chunk.", show_default="a few MB per chunk")
+]
+ShardSamplesOption = Annotated[
+    int | None, typer.Option(metavar="N", help="Samples per zarr shard.", show_default="automatic")
+]
+CompressorOption = Annotated[
+    str | None, typer.Option(metavar="CODEC", help="zstd[:N] / blosc[:N] (zarr), gzip / lzf (h5).", show_default="none")
+]
 
 
 class HelpCommand(TyperCommand):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from epcache._cli_base import STORE_HELP, user_errors
+from epcache._cli_base import STORE_HELP, ChunkSamplesOption, CompressorOption, ShardSamplesOption, user_errors
 
 __all__ = ["CONVERT_EPILOG", "convert"]
 
@@ -45,16 +45,9 @@ def convert(
     format: Annotated[
         str | None, typer.Option("--format", metavar="FORMAT", help="zarr or h5.", show_default="from the DST suffix")
     ] = None,
-    chunk_samples: Annotated[
-        int | None, typer.Option(metavar="N", help="Samples per chunk.", show_default="a few MB per chunk")
-    ] = None,
-    shard_samples: Annotated[
-        int | None, typer.Option(metavar="N", help="Samples per zarr shard.", show_default="automatic")
-    ] = None,
-    compressor: Annotated[
-        str | None,
-        typer.Option(metavar="CODEC", help="zstd[:N] / blosc[:N] (zarr), gzip / lzf (h5).", show_default="none"),
-    ] = None,
+    chunk_samples: ChunkSamplesOption = None,
+    shard_samples: ShardSamplesOption = None,
+    compressor: CompressorOption = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a store at DST (kept until the new one is complete).")
     ] = False,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from epcache._cli_base import STORE_HELP, user_errors
+from epcache._cli_base import STORE_HELP, ChunkSamplesOption, CompressorOption, ShardSamplesOption, user_errors
 
 __all__ = ["EXTRACT_EPILOG", "extract", "info", "ls", "models", "verify"]
 
@@ -119,16 +119,9 @@ def extract(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted extraction into an existing store.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store at --out.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print layers, shapes and bytes, then exit without writing.")] = False,
-    chunk_samples: Annotated[
-        int | None, typer.Option(metavar="N", help="Samples per chunk.", show_default="a few MB per chunk")
-    ] = None,
-    shard_samples: Annotated[
-        int | None, typer.Option(metavar="N", help="Samples per zarr shard.", show_default="automatic")
-    ] = None,
-    compressor: Annotated[
-        str | None,
-        typer.Option(metavar="CODEC", help="zstd[:N] / blosc[:N] (zarr), gzip / lzf (h5).", show_default="none"),
-    ] = None,
+    chunk_samples: ChunkSamplesOption = None,
+    shard_samples: ShardSamplesOption = None,
+    compressor: CompressorOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     break_lock: Annotated[
         bool, typer.Option(help="Remove the writer lock a crashed or killed extraction left on --out.")
