@@ -86,7 +86,8 @@ def option_record(p: Any) -> tuple[str, str]:
     if p.param_type_name == "argument":
         return _arg_name(p), str(getattr(p, "help", "") or "")
     if p.is_flag:  # an off-by-default switch shows as git's do (--resume); --no-resume still parses
-        shown = (p.opts, p.secondary_opts) if p.default else (p.opts,)
+        # a tri-state pair (default None: decided at run time) shows both spellings
+        shown = (p.opts, p.secondary_opts) if p.default or p.default is None else (p.opts,)
         names = " / ".join(", ".join(o) for o in shown if o)
     else:
         names = f"{', '.join(p.opts)} {p.metavar or _value_name(p)}"

@@ -51,7 +51,14 @@ def convert(
     overwrite: Annotated[
         bool, typer.Option(help="Replace a store at DST (kept until the new one is complete).")
     ] = False,
-    break_lock: Annotated[bool, typer.Option(help="Remove the writer lock a killed conversion left on DST.")] = False,
+    break_lock: Annotated[
+        bool, typer.Option(help="Remove a stale writer lock on DST: another host's, or a killed extraction's (a killed "
+                           "conversion's lock on this host is taken over without it).")
+    ] = False,
+    record_paths: Annotated[
+        bool, typer.Option(help="Record SRC's location and the data root as absolute host paths; without it they are "
+                           "recorded relative to DST's directory, or left out (cache_layout.md §2.1).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Derive a smaller store from SRC without the backbone: fewer layers, a pooled grid, int8, another dtype or format.
@@ -69,6 +76,7 @@ def convert(
             splits=tuple(s for s in splits.split(",") if s) if splits is not None else None,
             format=format, chunk_samples=chunk_samples,  # type: ignore[arg-type]
             shard_samples=shard_samples, compressor=compressor, overwrite=overwrite, break_lock=break_lock,
+            record_paths=record_paths,
         )
         result = run_convert(cfg, progress=progress)
     typer.echo(result.format_text())

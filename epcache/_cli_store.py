@@ -100,7 +100,10 @@ def extract(
                      show_default="timm weights in the local Hugging Face cache"),
     ] = None,
     random_init: Annotated[bool, typer.Option(help="Use random weights explicitly (never a silent fallback).")] = False,
-    final_norm: Annotated[bool, typer.Option(help="Apply the model's final norm (off: raw block outputs).")] = False,
+    final_norm: Annotated[
+        bool, typer.Option(help="Apply the model's final norm (off: raw block outputs); refused for a model whose "
+                           "final norm does not act on its tokens or maps (a ResNet, a ViT with fc_norm).")
+    ] = False,
     img_size: Annotated[
         int | None, typer.Option(metavar="PX", help="Input resolution override.", show_default="the model's")
     ] = None,
@@ -110,7 +113,10 @@ def extract(
     ] = None,
     device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda or cuda:N.")] = "cpu",
     amp: Annotated[
-        str | None, typer.Option(metavar="DTYPE", help="Autocast on GPU: bf16 or fp16.", show_default="off (float32)")
+        str | None,
+        typer.Option(metavar="DTYPE", help="Autocast the forward: bf16 or fp16, meant for GPUs; on the CPU it applies "
+                     "too (a one-line note says so; slow without bf16 hardware) and is recorded.",
+                     show_default="off (float32)"),
     ] = None,
     seed: Annotated[int, typer.Option(metavar="N", help="Seeds the stored order, the views and random init.")] = 0,
     on_bad_image: Annotated[
@@ -129,6 +135,10 @@ def extract(
     allow_duplicate: Annotated[
         bool, typer.Option(help="Extract even if a complete store with the same provenance sits beside --out.")
     ] = False,
+    record_paths: Annotated[
+        bool, typer.Option(help="Record the data root as an absolute host path; without it the root is recorded "
+                           "relative to the store's directory, or left out (cache_layout.md §2.1).")
+    ] = False,
     pooled: Annotated[
         bool, typer.Option(help="Also store the model's own pooled output (forward_head(pre_logits=True)).")
     ] = False,
@@ -143,6 +153,10 @@ def extract(
     ),
     image_column: Annotated[str, typer.Option(metavar="COL", help="hf: datasets: the image column.")] = "image",
     label_column: Annotated[str, typer.Option(metavar="COL", help="hf: datasets: the integer label column.")] = "label",
+    allow_outside_paths: Annotated[
+        bool, typer.Option(help="hf: datasets: image cells holding only a path may name files outside the dataset "
+                           "directory (absolute or '..'); off: refused, as CSV paths always are.")
+    ] = False,
     decode: Annotated[
         str, typer.Option(metavar="WHERE", help="cpu (PIL in the workers) or gpu (nvjpeg on --device cuda).")
     ] = "cpu",
@@ -158,6 +172,7 @@ def extract(
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import ExtractConfig
     from epcache.extract import extract as run_extract
+    from epcache.launch.capture import handed_to_launcher
 
     with user_errors():
         cfg = ExtractConfig(
@@ -168,11 +183,14 @@ def extract(
             device=device, amp=amp, seed=seed,
             on_bad_image=on_bad_image, resume=resume, overwrite=overwrite, dry_run=dry_run,
             chunk_samples=chunk_samples, shard_samples=shard_samples, compressor=compressor,
-            break_lock=break_lock, allow_duplicate=allow_duplicate, pooled=pooled,
+            break_lock=break_lock, allow_duplicate=allow_duplicate, record_paths=record_paths, pooled=pooled,
             pool_patches=pool_patches, quantize=quantize,
             wds_image_key=wds_image_key, wds_label_key=wds_label_key, image_column=image_column,
-            label_column=label_column, decode=decode, **({} if workers is None else {"workers": workers}),  # type: ignore[arg-type]
+            label_column=label_column, allow_outside_paths=allow_outside_paths,
+            decode=decode, **({} if workers is None else {"workers": workers}),  # type: ignore[arg-type]
         )
+        if handed_to_launcher(cfg):  # `epcache submit ... -- extract ...`: the launcher runs it as units
+            return
         result = run_extract(cfg, progress=progress)
     typer.echo(result.format_text())
 

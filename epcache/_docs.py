@@ -23,11 +23,16 @@ T = TypeVar("T")
 _MISSING: Any = dataclasses.MISSING
 
 
-def doc(default: Any = _MISSING, *, doc: str, default_factory: Callable[[], Any] = _MISSING) -> Any:
-    """A dataclass field carrying its documentation (``metadata["doc"]``)."""
+def doc(default: Any = _MISSING, *, doc: str, default_factory: Callable[[], Any] = _MISSING, check: Any = None) -> Any:
+    """A dataclass field carrying its documentation (``metadata["doc"]``).
+
+    ``check`` (``metadata["check"]``) is the field's allowed range, declared next to the field so one
+    generic validator reads it and ``help()`` shows it (e.g. ``epcache.probe.sweep.fields.Range``).
+    """
+    metadata = {"doc": doc} if check is None else {"doc": doc, "check": check}
     if default_factory is not _MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"doc": doc})
-    return dataclasses.field(default=default, metadata={"doc": doc})
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def field_doc(cls: type, name: str) -> str:
@@ -48,6 +53,8 @@ def document_fields(cls: type[T]) -> type[T]:
             default = " (required)"
         lines.append(f"    {f.name} ({kind}){default}")
         text = str(f.metadata.get("doc", ""))
+        if str(f.metadata.get("check") or ""):  # the allowed range, e.g. [> 0]
+            text = f"{text} [{f.metadata['check']}]".strip()
         if text:
             lines.append(f"        {text}")
     cls.__doc__ = (cls.__doc__ or cls.__name__).rstrip() + "\n" + "\n".join(lines) + "\n"

@@ -39,7 +39,11 @@ class ConvertConfig:
     shard_samples: int | None = doc(None, doc="zarr shard of the copy (default: automatic)")
     compressor: str | None = doc(None, doc="'zstd[:level]', 'blosc[:level]' (zarr), 'gzip', 'lzf' (h5) or None")
     overwrite: bool = doc(False, doc="replace a store at `dst` (kept until the copy is complete)")
-    break_lock: bool = doc(False, doc="remove the writer lock a killed conversion left on `dst`")
+    break_lock: bool = doc(False, doc="remove a stale writer lock on `dst` (another host's, or a killed "
+                           "extraction's); a killed conversion's lock on this host is taken over without it")
+    record_paths: bool = doc(
+        False, doc="record the source's location and the data root as absolute paths (default: relative, or left out)"
+    )
 
     def __post_init__(self) -> None:
         if self.pool_patches < 1:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from epcache.errors import ConfigError, UnknownLayerError
-from epcache.store import StoreMeta, pooled_meta
+from epcache.extract._recorded import portable_location, rebased_data_root
+from epcache.store import FORMAT_VERSION, StoreMeta, pooled_meta
 
 __all__ = ["derived_meta", "select_layers"]
 
-# extra keys of the source that describe its own files, not the tokens: never copied
-_NOT_INHERITED = ("compressor", "pooled", "derived_from")
+# extra keys of the source that describe its own files, not the tokens: never copied (data_root is rebased)
+_NOT_INHERITED = ("compressor", "pooled", "derived_from", "data_root")
 
 
 def select_layers(meta: StoreMeta, spec: str | None) -> tuple[int, ...]:
@@ -58,13 +60,20 @@ def derived_meta(
     source_provenance: str,
     source_location: str,
     ops: dict[str, Any],
+    location: str,
+    record_paths: bool,
+    source_document: Mapping[str, Any] | None = None,
 ) -> StoreMeta:
     """``meta`` restricted to ``layers``, pooled by ``pool_patches``, in ``dtype`` (stored as
     ``quantization`` codes + scales, or plain), naming its source.
 
     ``derived_from`` (provenance of the source and the ops) is inside the new provenance key; the
-    source's location is not (the same tokens converted from a moved copy are the same store) and
-    goes to ``extra.derived_from``.
+    source's name and location are not (the same tokens converted from a moved copy are the same
+    store) and go to ``extra.derived_from``. Like extraction's data root, the source's location and
+    the inherited data root are recorded relative to the new store at ``location`` (or left out),
+    absolute only with ``record_paths`` (``extract._recorded``). Top-level keys of the stored
+    ``source_document`` that ``StoreMeta`` does not model (a third-party writer's) are copied as they
+    are: the new document is the source's (cache_layout.md §2.4), and they stay inside its key.
 
     Raises:
         ConfigError: a kept layer whose grid ``pool_patches`` does not divide.
@@ -82,11 +91,36 @@ def derived_meta(
     )
     pooled = pooled_meta(kept, pool_patches, what=f"the source {source_location}")
     extra = {k: v for k, v in meta.extra.items() if k not in _NOT_INHERITED}
-    extra["derived_from"] = {"location": source_location, "provenance": source_provenance}
-    return dataclasses.replace(
+    where = portable_location(source_location, location, record_paths=record_paths)
+    extra["derived_from"] = {"name": source_location.rstrip("/").rsplit("/", 1)[-1],
+                             **({"location": where} if where is not None else {}), "provenance": source_provenance}
+    root = rebased_data_root(meta.extra, source_location, location, record_paths=record_paths)
+    if root is not None:
+        extra["data_root"] = root
+    derived = dataclasses.replace(
         pooled,
         dtype=dtype,  # type: ignore[arg-type]
         quantization=quantization,
         extra=extra,
         derived_from={"provenance": source_provenance, "ops": ops},
     )
+    known = meta.to_json()  # what parsing the source's document kept; the rest is a writer's own
+    added = {k: v for k, v in (source_document or {}).items() if k not in known and k not in ("splits", "provenance")}
+    if not added:
+        return derived
+    fields = {f.name: getattr(derived, f.name) for f in dataclasses.fields(derived)}
+    return WithWriterKeys(**fields, writer_keys=added)
+
+
+@dataclasses.dataclass(frozen=True)
+class WithWriterKeys(StoreMeta):
+    """Store metadata plus top-level document keys epcache does not model, written back as they were.
+
+    ``StoreMeta`` parses the keys of cache_layout.md §2 and drops the rest; a copy made by ``convert``
+    must keep a third-party writer's keys (its document is the source's), and so its provenance key.
+    """
+
+    writer_keys: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self, version: str = FORMAT_VERSION) -> dict[str, Any]:
+        return {**self.writer_keys, **super().to_json(version)}

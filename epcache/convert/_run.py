@@ -10,18 +10,21 @@ is bounded by three write-blocks of one layer of the new store plus one chunk of
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from epcache.convert._config import ConvertConfig, ConvertResult
 from epcache.convert._derive import derived_meta, select_layers
+from epcache.convert._lock import DestinationLock
 from epcache.errors import ConfigError, IncompleteStoreError, StoreExistsError
 from epcache.store import (
     FeatureStore,
     SplitSpec,
-    acquire_store_lock,
+    StoreMeta,
     cast_tokens,
     check_store_integrity,
     create_store,
@@ -30,12 +33,13 @@ from epcache.store import (
     pool_patch_tokens,
     resolve_quantization,
 )
-from epcache.store._oserror import os_errors
-from epcache.store._swap import check_replaceable, discard_staging, staging_location, swap_in
+from epcache.store._oserror import SpaceReserve, os_errors, require_free_space
+from epcache.store._swap import STAGING_PREFIX, discard_staging, staging_location, swap_in
 
 __all__ = ["convert"]
 
 RESUME_HINT = "Nothing was written at the destination: run the same command again"
+PENDING = 2  # blocks queued on the background writer besides the one it writes
 
 
 def convert(config: ConvertConfig, *, progress: bool = True) -> ConvertResult:
@@ -95,37 +99,76 @@ def _convert(config: ConvertConfig, *, progress: bool) -> ConvertResult:
             ops["splits"] = list(splits)
         meta = derived_meta(
             src.meta, layers=layers, pool_patches=config.pool_patches, dtype=dtype, quantization=quant,
-            source_provenance=src.provenance, source_location=src_loc, ops=ops,
+            source_provenance=src.provenance, source_location=src_loc, ops=ops, location=dst_loc,
+            record_paths=config.record_paths, source_document=src._stored_doc,  # a writer's own keys stay
         )
-        lock = acquire_store_lock(dst_loc, break_lock=config.break_lock, purpose="epcache convert")
+        dest = DestinationLock(dst_loc, break_lock=config.break_lock)  # beside DST: nothing appears at DST
         staging: str | None = None
         try:
-            local = "://" not in dst_loc
-            exists = check_replaceable(dst_loc, fmt) if local else _url_exists(dst_loc)
+            exists = dest.check_destination(fmt, overwrite=config.overwrite) if dest.local else _url_exists(dst_loc)
             if exists and not config.overwrite:
                 raise StoreExistsError(f"{dst_loc} already exists; pass --overwrite to replace it (kept until the "
                                        "new store is complete)")
-            staging = staging_location(dst_loc) if local else None
+            staging = staging_location(dst_loc) if dest.local else None
             if staging is not None:
                 discard_staging(staging)  # a killed conversion's leftover: we hold the lock on dst
+                require_free_space(staging, 0, action=f"creating the store {dst_loc}", resume_hint=RESUME_HINT)
             target = staging or dst_loc
-            with create_store(target, meta, format=fmt, overwrite=not local and config.overwrite,
-                              compressor=config.compressor) as dst:
+            with _new_store(target, meta, fmt, config) as dst:
                 read, written, samples = _copy(src, dst, splits, layers, config, progress=progress)
                 if not dst.is_complete():  # every block of every layer was written above
                     raise RuntimeError(f"{target} is incomplete after conversion")  # internal invariant
                 provenance = dst.provenance
             if staging is not None:
+                dest.check_destination(fmt, overwrite=config.overwrite)  # a store may have appeared meanwhile
                 swap_in(staging, dst_loc)
                 staging = None
         finally:
             if staging is not None:
                 discard_staging(staging)
-            lock.release()
+            dest.release()
     return ConvertResult(
         src=src_loc, dst=dst_loc, provenance=provenance, source_provenance=src.provenance, ops=ops,
         samples=samples, bytes_read=read, bytes_written=written, seconds=time.perf_counter() - t0,
     )
+
+
+@contextlib.contextmanager
+def _new_store(target: str, meta: StoreMeta, fmt: str, config: ConvertConfig) -> Iterator[FeatureStore]:
+    """``with create_store(...)``, made safe to close after a write failed for lack of space.
+
+    HDF5 cannot close a file whose write failed on a full disk: the close flushes again, fails,
+    and the half-closed file crashes the interpreter when it is collected (SIGSEGV at exit, after
+    the one-line error was printed). So an HDF5 copy holds a ballast file (``SpaceReserve``), as
+    extract's writer does; after a failure the ballast is freed and the copy, which is discarded
+    anyway, is truncated before the close, so the library always finds room to finish it.
+    """
+    local_h5 = fmt == "h5" and "://" not in target
+    staged = Path(target).name.startswith(STAGING_PREFIX)  # the copy is discarded after a failure
+    reserve = SpaceReserve(target, resume_hint=RESUME_HINT) if local_h5 else None
+    try:
+        store = create_store(target, meta, format=fmt, overwrite="://" in target and config.overwrite,
+                             compressor=config.compressor)
+    except BaseException:
+        if reserve is not None:
+            reserve.release()
+        raise
+    try:
+        yield store
+    except BaseException:
+        if reserve is not None:
+            reserve.release()
+            if staged:
+                with contextlib.suppress(OSError):
+                    os.truncate(target, 0)  # its blocks are given back to the disk
+        with contextlib.suppress(Exception):
+            store.close()  # the error that stopped the conversion is the one to report
+        raise
+    else:
+        store.close()
+    finally:
+        if reserve is not None:
+            reserve.release()
 
 
 def _copy(
@@ -154,20 +197,24 @@ def _copy(
             dst.add_pooled(name, int(src.pooled_dim or 0))
             for b in range(new.num_blocks):
                 start, stop = dst.block_range(name, b)
-                rows = src.read_pooled(name, start, stop)
-                dst.write_pooled_block(name, b, cast_tokens(rows, dst.meta.dtype))
+                rows = cast_tokens(src.read_pooled(name, start, stop), dst.meta.dtype)
+                _check_space(dst, config, rows.nbytes, f"the pooled output of block {b} of split {name!r}")
+                dst.write_pooled_block(name, b, rows)
         samples[name] = s.num_samples
-        writer = BlockWriter(dst, max_pending=2)
+        writer = BlockWriter(dst, max_pending=PENDING)
         try:
             with tqdm(total=s.num_samples * len(layers), desc=f"convert {name}", unit="row", disable=not progress,
                       dynamic_ncols=True) as bar:
-                for layer in layers:
+                for li, layer in enumerate(layers):
                     layout = src.meta.for_layer(layer).layout
                     chunks = _ChunkCursor(src, name, layer)
                     for b in range(new.num_blocks):
                         start, stop = dst.block_range(name, b)
                         rows = chunks.rows(start, stop)
                         out = pool_patch_tokens(rows, layout, config.pool_patches, dst.meta.dtype)
+                        left = (len(layers) - li) * new.num_blocks - b
+                        _check_space(dst, config, out.nbytes * min(left, PENDING + 1), f"block {b} of split "
+                                     f"{name!r} layer {layer}")
                         writer.submit(name, b, {layer: out})
                         read += rows.nbytes
                         written += out.nbytes
@@ -178,6 +225,17 @@ def _copy(
             raise
         writer.close()  # re-raises a write error
     return read, written, samples
+
+
+def _check_space(dst: FeatureStore, config: ConvertConfig, nbytes: int, what: str) -> None:
+    """Refuse a block before it is written when the disk cannot take it (and those still queued).
+
+    A write that fails for lack of space leaves an HDF5 file that cannot be closed cleanly, so
+    the check comes first; compressed blocks are counted as nothing, since their size is unknown.
+    """
+    compressed = config.compressor not in (None, "none")
+    require_free_space(dst.location, 0 if compressed else nbytes, action=f"writing {what} to {config.dst}",
+                       resume_hint=RESUME_HINT)
 
 
 class _ChunkCursor:

@@ -44,6 +44,7 @@ class DemoConfig:
     lrs: tuple[float, ...] = (3e-3, 1e-2)
     epochs: int = 30
     batch_size: int = 64
+    holdout: float = 0.15  # of train: picks each config's epoch and the best config (60 of 400 images)
     figures: bool = True
 
     @classmethod
@@ -106,7 +107,7 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
             ProbeConfig(
                 store=str(store), head=heads, queries=config.queries, layers=on, optimizer=("adamw",), lr=config.lrs,
                 epochs=config.epochs, warmup=max(1, config.epochs // 10), batch_size=config.batch_size,
-                holdout=0.15, out=str(rundir),
+                holdout=config.holdout, out=str(rundir),
             ),
             progress=False,
         )

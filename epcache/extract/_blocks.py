@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,8 +35,13 @@ def extract_split(
     extractor: TokenExtractor,
     *,
     progress: bool,
+    batch_source: Callable[[ViewDataset, list[list[int]]], Iterator[Any]] | None = None,
 ) -> tuple[int, int, float]:
-    """Extract the given write-blocks of one split; returns (samples, blocks, writer wait seconds)."""
+    """Extract the given write-blocks of one split; returns (samples, blocks, writer wait seconds).
+
+    ``batch_source`` replaces the DataLoader that decodes in local worker processes: it yields
+    the decoded ``Batch`` of each list of dataset indices, in order (Ray decode tasks on other nodes).
+    """
     from epcache.extract._writer import BlockWriter
 
     cfg = prep.config
@@ -59,9 +64,12 @@ def extract_split(
         seed=cfg.seed,
         raw_jpeg=cfg.decode == "gpu",  # only for V=1 splits: augmented views are cut from the PIL image
     )
-    loader = make_loader(dataset, batches, workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"))
     total = sum(n for _, _, n, _ in slots)
-    batch_iter = iter(loader)  # workers fork here, before the writer thread exists
+    if batch_source is not None:
+        batch_iter = batch_source(dataset, batches)
+    else:
+        loader = make_loader(dataset, batches, workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"))
+        batch_iter = iter(loader)  # workers fork here, before the writer thread exists
     writer = BlockWriter(store, max_pending=cfg.max_pending_blocks)
     try:
         with _progress_bar(total, split, enabled=progress) as bar:

@@ -12,6 +12,7 @@ from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
 from epcache.extract._pixels import default_workers
 from epcache.store import SizeOption, TokenLayout, format_ranges, format_size_table, human_bytes, resolve_quantization
+from epcache.store._info import prefix_text
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
 
@@ -49,11 +50,17 @@ class ExtractConfig:
     workers: int = doc(default_factory=default_workers, doc="decoding processes (min(4, CPUs)); 0: main process")
     weights: Path | None = doc(None, doc="local checkpoint (.pth/.pt/.safetensors); else the HF cache")
     random_init: bool = doc(False, doc="explicit random weights (never a silent fallback)")
-    final_norm: bool = doc(False, doc="apply the model's final norm to every layer (default: raw blocks)")
+    final_norm: bool = doc(
+        False, doc="apply the model's final norm to every layer (default: raw blocks); refused for a model whose "
+        "final norm does not act on its tokens or maps (a ResNet, a ViT with fc_norm)"
+    )
     img_size: int | None = doc(None, doc="input resolution override (model and transform)")
     model_kwargs: Mapping[str, Any] = doc(default_factory=dict, doc="extra timm.create_model kwargs")
     device: str = doc("cpu", doc="'cpu', 'cuda' or 'cuda:N'")
-    amp: Amp | None = doc(None, doc="autocast dtype for the forward (GPU); None: float32")
+    amp: Amp | None = doc(
+        None, doc="autocast dtype for the forward, meant for GPUs; on the CPU it applies too (slow without bf16 "
+        "hardware; a one-line note says so), recorded like on a GPU; None: float32"
+    )
     seed: int = doc(0, doc="seeds the stored-row permutation, augmented views and random init")
     on_bad_image: Literal["error", "skip"] = doc("error", doc="skip: leave unreadable images out of the split")
     resume: bool = doc(False, doc="require an existing store and continue it")
@@ -66,12 +73,19 @@ class ExtractConfig:
     max_pending_blocks: int = doc(2, doc="writer queue bound: blocks in flight to the disk")
     break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/_lock.py)")
     allow_duplicate: bool = doc(False, doc="extract even if a complete store with this provenance sits beside `out`")
+    record_paths: bool = doc(
+        False, doc="record the data root as an absolute path (default: relative to the store's parent, or left out)"
+    )
     pooled: bool = doc(False, doc="also store the pooled output, forward_head(pre_logits=True) (cache_layout §3.4)")
     pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")
     wds_image_key: str = doc("jpg;jpeg;png;webp", doc="WebDataset: image member extensions, first present wins")
     wds_label_key: str = doc("cls", doc="WebDataset: extension of the member holding the integer label")
     image_column: str = doc("image", doc="hf: sources: the image column ({bytes, path} structs or bytes)")
     label_column: str = doc("label", doc="hf: sources: the integer label column")
+    allow_outside_paths: bool = doc(
+        False, doc="hf: sources: image cells holding only a path may name files outside the dataset directory "
+        "(absolute or '..'); off: refused, as CSV paths always are"
+    )
     decode: Literal["cpu", "gpu"] = doc("cpu", doc="gpu: decode JPEGs on the CUDA device (nvjpeg); else PIL in workers")
     quantize: str | None = doc(
         None, doc="lossy token storage (cache_layout §3.5): int8 (= int8-channel), int8-token, fp8; reads give dtype"
@@ -163,6 +177,9 @@ class ExtractPlan:
     format: str
     quantization: str | None = None  # cache_layout.md §3.5; None: tokens stored in `dtype`
     sizes: tuple[SizeOption, ...] = ()  # bytes of every storage option for this plan (store/_sizes.py)
+    feature_map: bool = False  # a convnet's NCHW maps flattened: no prefix tokens
+    # `--dry-run`: the measured forward time (extract/_estimate.py), or why not; a measurement, not part of the plan
+    estimate: str | None = field(default=None, compare=False)
 
     @property
     def total_bytes(self) -> int:
@@ -173,7 +190,7 @@ class ExtractPlan:
     def format_text(self) -> str:
         """Human-readable plan, one fact per line."""
         lay = self.layout
-        prefix = f"{lay.num_prefix} prefix (CLS at {lay.cls_index}, {lay.num_registers} registers)"
+        prefix = prefix_text(lay.num_prefix, lay.cls_index, lay.num_registers, feature_map=self.feature_map)
         pooled = f" (patch grid pooled {lay.pool_patches}x{lay.pool_patches})" if lay.pool_patches > 1 else ""
         lines = [
             f"model      {self.model}  (from {self.requested_model!r}; weights: {self.weights})",
@@ -192,6 +209,8 @@ class ExtractPlan:
                 f"= {human_bytes(s.bytes_per_layer * len(self.layers))}"
             )
         lines.append(f"total      {human_bytes(self.total_bytes)}")
+        if self.estimate:
+            lines.append(f"time       {self.estimate}")
         if self.sizes:
             lines.append(format_size_table(self.sizes, current=self.quantization or self.dtype))
         return "\n".join(lines)

@@ -35,6 +35,7 @@ def image_fetcher(meta: Any, split: str, data: Path | str) -> Callable[[str], by
         image_column=str(dataset.get("image_column", SourceOptions.image_column)),
         label_column=str(dataset.get("label_column", SourceOptions.label_column)),
         on_bad_image="skip",  # samples skipped at extraction are not looked up
+        allow_outside_paths=meta.extra.get("allow_outside_paths") is True,  # as the extraction read them
     )
     src = scan_splits(data, {split: str(sources[split])}, options=options)[split]
     index = {sid: i for i, sid in enumerate(src.ids)}

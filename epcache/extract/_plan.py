@@ -19,6 +19,7 @@ from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, items
 from epcache.extract._forward import ModelGeometry, inspect_model
 from epcache.extract._models import resolve_model
 from epcache.extract._pooled import pooled_width
+from epcache.extract._recorded import portable_data_root, portable_split_source
 from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
@@ -76,8 +77,13 @@ def prepare(config: ExtractConfig) -> Prepared:
             f"{source.timm_name} has no final norm on its tokens (it normalises the pooled vector, fc_norm), "
             "so --final-norm would store raw block outputs under a false label; drop --final-norm"
         )
+    if config.final_norm and geometry.kind != "tokens" and not _has_map_norm(meta_model):
+        raise ConfigError(
+            f"{source.timm_name} is a convnet with no final norm on its feature maps (any norm sits in its head, "
+            "after pooling), so --final-norm would store raw stage outputs under a false label; drop --final-norm"
+        )
     options = SourceOptions(config.wds_image_key, config.wds_label_key, config.image_column, config.label_column,
-                            config.on_bad_image)
+                            config.on_bad_image, config.allow_outside_paths)
     sources = scan_splits(config.data, config.splits, options=options)
     augment = (
         ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
@@ -115,6 +121,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         format=detect_format(str(config.out), config.format),
         quantization=config.quantize,
         sizes=tuple(_size_options(config, stored, split_plans)),
+        feature_map=geometry.kind != "tokens",
     )
     return Prepared(
         config=config,
@@ -128,6 +135,18 @@ def prepare(config: ExtractConfig) -> Prepared:
         plan=plan,
         pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
         stored=stored,
+    )
+
+
+def _has_map_norm(model: Any) -> bool:
+    """Whether timm's ``forward_intermediates(norm=True)`` can normalise a spatial model's last map.
+
+    timm applies ``norm_pre`` (ConvNeXt with ``head_norm_first``) or ``norm`` (Swin-like
+    hierarchies); a ResNet, EfficientNet or RegNet has neither, and ``norm=True`` changes nothing.
+    """
+    return any(
+        getattr(model, name, None) is not None and type(getattr(model, name)).__name__ != "Identity"
+        for name in ("norm_pre", "norm")
     )
 
 
@@ -158,7 +177,9 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
     g = prep.store_geometry
     kind = next(iter(prep.sources.values())).kind
     where, location = data_location(cfg.data)
-    root = location if where == "local" else ("hf:" if where == "hf" else "") + location
+    root = portable_data_root(where, location, str(cfg.out), record_paths=cfg.record_paths)  # None: left out
+    sources = {name: portable_split_source(src.source, location, record_paths=cfg.record_paths)
+               for name, src in prep.sources.items()}
     dataset: dict[str, Any] = {"kind": kind, "name": Path(cfg.data).expanduser().resolve().name}
     if kind == "webdataset":  # how samples were read changes what they are: provenance
         dataset.update(name=location.rstrip("/").rsplit("/", 1)[-1], image_key=cfg.wds_image_key,
@@ -207,9 +228,12 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "batch_size": cfg.batch_size,  # CPU kernels may round per batch shape: repair reuses it
             "weights_dropped_keys": list(report.dropped_keys),
             "weights_missing_unused": list(report.missing_unused),
-            "split_sources": {name: src.source for name, src in prep.sources.items()},
-            "data_root": root,  # default --data of repair and attention
+            "split_sources": {name: src for name, src in sources.items() if src is not None},
+            **({"data_root": root} if root is not None else {}),  # default --data of repair and attention
             "skipped": {},
+            # --on-bad-image skip: unreadable HF files and cut shards, whose rows were never listed
+            "skipped_files": {n: list(s.skipped_files) for n, s in prep.sources.items() if s.skipped_files},
+            **({"allow_outside_paths": True} if cfg.allow_outside_paths else {}),  # repair/attention read the same
         },
     )
 

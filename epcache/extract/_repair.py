@@ -24,7 +24,12 @@ from typing import Any
 from epcache.errors import ConfigError, CorruptStoreError, ProvenanceMismatchError, WeightsError
 from epcache.extract._config import ExtractConfig, ExtractResult
 from epcache.extract._pixels import default_workers
-from epcache.extract._recorded import is_location, recorded_data_root, recorded_source_options
+from epcache.extract._recorded import (
+    is_location,
+    recorded_data_root,
+    recorded_source_options,
+    records_data_root,
+)
 from epcache.extract._repair_backup import (
     back_up_witnesses,
     remove_dead_scratch,
@@ -121,8 +126,9 @@ def extract_config_from_store(
     bb = meta.backbone
     pre, extra = meta.preprocessing, meta.extra
     if meta.derived_from is not None:
+        where = extra.get("derived_from") if isinstance(extra.get("derived_from"), dict) else {}
         raise ConfigError(
-            f"{loc} was made by `epcache convert` from the store {(extra.get('derived_from') or {}).get('location')} "
+            f"{loc} was made by `epcache convert` from the store {where.get('location') or where.get('name')} "
             f"(provenance {meta.derived_from.get('provenance')}), not extracted from images; repair the source "
             "and convert it again"
         )
@@ -150,7 +156,12 @@ def extract_config_from_store(
                 f"sha256 {bb.weights_sha256}; pass the checkpoint the store was extracted from"
             )
     if data is None:
-        found = recorded_data_root(meta.extra)
+        if not records_data_root(meta.extra):
+            raise ConfigError(
+                f"{loc} does not record where its images are (no host path is kept without --record-paths); "
+                f"pass the root they came from: `epcache verify {loc} --repair --data ROOT`"
+            )
+        found = recorded_data_root(meta.extra, loc)
         if found is None:
             raise ConfigError(
                 f"{loc} records no data root that exists here; pass the root its images came from: "
@@ -203,6 +214,7 @@ def extract_config_from_store(
         on_bad_image=extra.get("on_bad_image", "error"),
         pool_patches=meta.layout.pool_patches,
         resume=True,
+        allow_outside_paths=extra.get("allow_outside_paths") is True,  # hf: path cells read as at extraction
         **recorded_source_options(meta.dataset, pre),
     )
 

@@ -89,8 +89,16 @@ def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
 
 def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
     prep = prepare(config)
-    if config.dry_run:
-        return ExtractResult(status="dry-run", store=str(config.out), plan=prep.plan)
+    if config.amp is not None and config.device == "cpu":  # honoured, but rarely meant: say it once
+        print(f"epcache: --amp {config.amp} on the CPU: the forward runs under CPU autocast in "
+              f"{'bfloat16' if config.amp == 'bf16' else 'float16'} (slow without hardware support; the tokens "
+              "differ from float32 and the store records amp); drop --amp for float32", file=sys.stderr)
+    if config.dry_run:  # with a measured forward time: the one cost the shapes cannot give
+        from epcache.extract._estimate import estimate_forward
+
+        est = estimate_forward(prep)
+        plan = dataclasses.replace(prep.plan, estimate=est if isinstance(est, str) else est.text())
+        return ExtractResult(status="dry-run", store=str(config.out), plan=plan)
     import torch
 
     if config.device.startswith("cuda") and not torch.cuda.is_available():

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from epcache.errors import ConfigError
+from epcache.extract._confine import confined_path
 from epcache.extract._hf import HF_PREFIX, list_hf
 from epcache.extract._wds import DEFAULT_IMAGE_KEYS, is_shard_pattern, list_shards
 
@@ -40,6 +41,7 @@ class SourceOptions:
     image_column: str = "image"
     label_column: str = "label"
     on_bad_image: str = "error"
+    allow_outside_paths: bool = False  # hf: path-only image cells may name files outside the dataset directory
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class SplitSource:
     classes: tuple[str, ...]  # class names; label i is classes[i]
     root: Path  # data root (resolved), the base of every id
     reader: Any = None  # webdataset / hf: a loader.SampleReader giving each sample's bytes; None: files
+    skipped_files: tuple[str, ...] = ()  # "file: reason" of HF files / damaged shards whose rows are not listed
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -81,6 +84,7 @@ class SplitSource:
             self.classes,
             self.root,
             None if self.reader is None else self.reader.subset(keep),
+            self.skipped_files,
         )
 
 
@@ -161,7 +165,8 @@ def _scan_records(data: str, splits: Mapping[str, str], options: SourceOptions) 
     for name, src in splits.items():
         if kind == "hf":
             listed[name] = list_hf(Path(loc), name, src, image_column=options.image_column,
-                                   label_column=options.label_column)
+                                   label_column=options.label_column, allow_outside_paths=options.allow_outside_paths,
+                                   skip_bad_files=options.on_bad_image == "skip")
         else:
             listed[name] = list_shards(loc, name, src, image_keys=options.wds_image_key,
                                        label_key=options.wds_label_key)
@@ -179,7 +184,8 @@ def _scan_records(data: str, splits: Mapping[str, str], options: SourceOptions) 
     src_kind: SourceKind = "hf" if kind == "hf" else "webdataset"
     return {
         name: SplitSource(name, src_kind, splits[name], tuple(x.ids),
-                          np.asarray([max(v, 0) for v in x.labels], dtype=np.int64), classes, Path(loc), x.reader)
+                          np.asarray([max(v, 0) for v in x.labels], dtype=np.int64), classes, Path(loc), x.reader,
+                          tuple(x.skipped_files))
         for name, x in listed.items()
     }
 
@@ -304,17 +310,9 @@ def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
 
 
 def _safe_relative(root: Path, rel: str, where: str) -> str:
-    """A CSV path as a sample id, refusing anything that resolves outside the data root."""
-    if "\x00" in rel or not rel:
-        raise ConfigError(f"{where}: the path {rel!r} is empty or holds a NUL byte; expected a path relative to {root}")
-    p = PurePosixPath(rel.replace("\\", "/"))
-    if p.is_absolute() or Path(rel).is_absolute():
-        raise ConfigError(f"{where}: {rel!r} is absolute; CSV paths are relative to the data root {root}")
-    if ".." in p.parts:
-        raise ConfigError(f"{where}: {rel!r} climbs out with '..'; CSV paths must stay under {root}")
+    """A CSV path as a sample id: confined to the data root (``_confine``) and naming a file."""
+    p = confined_path(root, rel, where, what="CSV paths")
     full = root / Path(*p.parts)
-    if not full.resolve().is_relative_to(root):
-        raise ConfigError(f"{where}: {rel!r} is a symlink that leads outside the data root {root}")
     if not full.is_file():
         raise ConfigError(f"{where}: image {full} does not exist")
     return p.as_posix()

@@ -6,7 +6,6 @@ Rank 0 runs this under the writer lock (``_run.py``); nothing here forwards an i
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,12 +223,12 @@ def _check_same_provenance(
     """Refuse a store made by another configuration; add the splits it does not have yet."""
     loc = store.location
     if compute_provenance(meta, {}) != compute_provenance(store.meta, {}):
-        ours, theirs = _provenance_doc(meta), _provenance_doc(store.meta)
-        diff = [k for k in sorted(ours) if ours[k] != theirs.get(k)]
-        detail = "; ".join(f"{k}: store has {_short(theirs.get(k))}, this run {_short(ours[k])}" for k in diff[:4])
+        from epcache.store._diff import describe_differences
+
+        detail = describe_differences(_provenance_doc(store.meta), _provenance_doc(meta))
         raise ProvenanceMismatchError(
-            f"{loc} was extracted with a different configuration ({detail}). Pass --overwrite to replace it, "
-            "or choose another --out"
+            f"{loc} was extracted with a different configuration (the store's vs this run's: {detail}). "
+            "Pass --overwrite to replace it, or choose another --out"
         )
     recorded = store.meta.extra.get("skipped", {}) if isinstance(store.meta.extra.get("skipped"), dict) else {}
     skipped: dict[str, tuple[str, ...]] = {}
@@ -278,8 +277,3 @@ def _provenance_doc(meta: StoreMeta) -> dict[str, Any]:
     doc.pop("extra")
     doc["backbone"] = {k: v for k, v in doc["backbone"].items() if k not in ("source", "weights_file")}
     return doc
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

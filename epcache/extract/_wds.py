@@ -10,6 +10,10 @@ one small read per member (ImageNet's 1.28M samples: 2.6M headers, tens of secon
 shard is read through once in full (fsspec's read-ahead). Each image member's data offset and
 size are recorded, so workers (and ``verify --repair``, ``epcache attention``) read exactly
 that byte range of one shard, in any order, without scanning again.
+
+A member name that occurs twice in one shard (the same key and extension: ``tar -r`` appends,
+or two writers' outputs concatenated) makes its sample ambiguous, so the sample is unusable,
+as WebDataset's own reader refuses it: named at listing, or skipped with ``--on-bad-image skip``.
 """
 
 from __future__ import annotations
@@ -132,6 +136,7 @@ class ShardListing:
     labels: list[int]  # -1 where the sample has no usable label (then it is in ``reader.bad``)
     reader: TarReader
     problems: list[str]  # one line per unusable sample or truncated shard, for the error message
+    skipped_files: list[str] = field(default_factory=list)  # truncated shards: samples after the cut are unlisted
 
 
 def list_shards(root: str, split: str, pattern: str, *, image_keys: str, label_key: str) -> ShardListing:
@@ -151,10 +156,12 @@ def list_shards(root: str, split: str, pattern: str, *, image_keys: str, label_k
     rows: list[tuple[str, int, int, int, str, int, str]] = []  # id, shard, offset, size, member, label, problem
     shards = expand_braces(rel_pattern)
     problems: list[str] = []
+    damaged: list[str] = []
     for s, rel in enumerate(shards):
         samples, note = _scan_shard(join_location(root, rel), split, exts, label_ext)
         if note:
             problems.append(note)
+            damaged.append(f"{rel}: {note}")
         for key, (offset, size, member, label, problem) in sorted(samples.items()):
             rows.append((f"{rel}/{key}", s, offset, size, member, label, problem))
     if not rows:
@@ -171,7 +178,7 @@ def list_shards(root: str, split: str, pattern: str, *, image_keys: str, label_k
         tuple(r[4] for r in rows),
         bad,
     )
-    return ShardListing([r[0] for r in rows], [r[5] for r in rows], reader, problems)
+    return ShardListing([r[0] for r in rows], [r[5] for r in rows], reader, problems, damaged)
 
 
 def _scan_shard(
@@ -183,6 +190,8 @@ def _scan_shard(
     images: dict[str, tuple[int, int, int, str]] = {}  # key -> (priority, offset, size, member)
     labels: dict[str, int | str] = {}  # key -> label, or the reason it is unusable
     keys: list[str] = []
+    names: set[str] = set()  # member names seen, to find one given twice
+    twice: dict[str, str] = {}  # key -> the reason its sample is ambiguous
     note = ""
     try:
         with fsspec.open(location, "rb") as f:
@@ -198,8 +207,11 @@ def _scan_shard(
                         if not dot or stem == "" or base.startswith("._"):
                             continue
                         key = posixpath.join(d, stem)
-                        if key not in images and key not in labels:
+                        if key not in images and key not in labels and key not in twice:
                             keys.append(key)
+                        if m.name in names:
+                            twice.setdefault(key, f"member {m.name} occurs twice in shard {location}; keep one copy")
+                        names.add(m.name)
                         ext = ext.lower()
                         if ext in exts:
                             prio = exts.index(ext)
@@ -216,14 +228,15 @@ def _scan_shard(
     out: dict[str, tuple[int, int, str, int, str]] = {}
     for key in keys:
         if key not in images:
-            if key in labels:  # a label without an image: only the label was kept, or the shard is cut
-                out[key] = (0, 0, key, -1, f"no image member (tried .{', .'.join(exts)})")
+            if key in labels or key in twice:  # a label without an image: only the label was kept, or the shard is cut
+                out[key] = (0, 0, key, -1, twice.get(key) or f"no image member (tried .{', .'.join(exts)})")
             continue
         _, offset, size, member = images[key]
         label = labels.get(key, f"no .{label_ext} member (the label key; --wds-label-key)")
         problem = label if isinstance(label, str) else ""
         if offset + size > end:
             problem = f"the shard is truncated inside {member}"
+        problem = twice.get(key, problem)
         out[key] = (offset, size, member, label if isinstance(label, int) else -1, problem)
     return out, note
 

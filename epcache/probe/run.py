@@ -26,13 +26,21 @@ import torch
 from epcache.errors import ConfigError, UnknownLayerError
 from epcache.probe.data.rows import RunData, check_compatible, resolve_rows
 from epcache.probe.results.ranking import group_by_seed, rank
-from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_results, repair_results, write_json
+from epcache.probe.results.rows import (
+    RESULTS_FILE,
+    format_summary,
+    read_results,
+    repair_results,
+    write_json,
+    write_text,
+)
 from epcache.probe.solvers import check_solver_inputs, plan_block_solvers, run_solver_configs
-from epcache.probe.sweep.checks import resolve_layers
+from epcache.probe.sweep.checks import check_two_classes, resolve_layers
 from epcache.probe.sweep.config import ProbeConfig
 from epcache.probe.sweep.grid import RunSpec, SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
 from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.group import GroupRunner, checkpoint_path
+from epcache.probe.train.progress import SweepProgress
 from epcache.probe.train.protocol import Protocol, resolve_holdout
 from epcache.probe.train.recipes import get_recipe
 from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store
@@ -42,6 +50,7 @@ from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+RESUME_HINT = "Finished configs are kept: run the same command again to train the rest"
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,8 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         StoreLockedError: another sweep (of the same shard) is running into ``config.out``.
     """
     action = f"epcache probe into {config.out}" if config.out else "epcache probe"
-    with os_errors(action=action), run_dir_lock(config.out, shard=resolve_shard(config.shard)):  # one sweep per dir
+    shard = resolve_shard(config.shard)
+    with os_errors(action=action, resume_hint=RESUME_HINT), run_dir_lock(config.out, shard=shard):  # one sweep per dir
         return _probe_locked(config, progress)
 
 
@@ -89,7 +99,7 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     cache = None  # copies of remote chunks; never changes a byte read (store/_chunkcache.py)
     if config.cache_dir is not None:
         max_bytes = None if config.cache_max_gb is None else int(config.cache_max_gb * 1e9)
-        cache = ChunkCache(config.cache_dir, max_bytes=max_bytes)
+        cache = ChunkCache(config.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected
     store = open_store(config.store, verify_reads=checked)
     eval_store = open_store(config.eval_store, verify_reads=checked) if config.eval_store else store
     store.chunk_cache = eval_store.chunk_cache = cache
@@ -231,6 +241,8 @@ def _probe(
         runs = expand_sweep(request, store.meta, num_classes=num_classes, store_provenance=store.provenance,
                             eval_provenance=eval_store.provenance, n_train=len(data.train_rows), errors=errors)
     raise_errors(errors)
+    if runs:  # a one-class training set would train and report 100%: refused as solver heads refuse it
+        check_two_classes(data.train_labels, data.train_rows, num_classes)
     if not runs and not specs:
         raise ConfigError("the sweep is empty: no head/layer/lr combination was requested")
     protocol = runs[0].settings.protocol if runs else None
@@ -275,11 +287,9 @@ def _probe(
         if todo:
             groups[key] = todo
     new_rows: dict[str, dict[str, Any]] = {}
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(groups) * (protocol.total_steps if protocol else 0), unit="step", file=sys.stderr,
-               disable=not progress or not groups,
-               desc=f"probe: {sum(map(len, groups.values()))} configs, {len(groups)} groups", leave=False)
+    bar = SweepProgress(len(groups) * (protocol.total_steps if protocol else 0), enabled=progress and bool(groups),
+                        desc=f"probe: {sum(map(len, groups.values()))} configs, {len(groups)} groups")
+    said: set[str] = set()  # notes the groups print once per sweep
     with bar:
         for key, group in groups.items():
             lm = store.meta.for_layer(key[0]) if key else store.meta  # a layer's own grid and width (convnets)
@@ -289,7 +299,7 @@ def _probe(
                                     pooled_dim=pooled_dim)
             runner = GroupRunner(c, store, eval_store, data, geometry, resolve_device(c.device),
                                  _TORCH_DTYPES[c.dtype], out, say, bar, data_batch=runs[0].settings.batch_size,
-                                 threads_rule=threads_rule, results_file=results_file)
+                                 threads_rule=threads_rule, results_file=results_file, said=said)
             for row in runner.run(group, finished):
                 new_rows[row["id"]] = dict(row)
     pending = [s for s in specs if s.id not in finished]
@@ -302,7 +312,7 @@ def _probe(
     best = rank(group_by_seed(rows))[0].rows[0] if len(data.holdout_rows) else None
     summary = format_summary(rows)
     if out is not None:
-        (out / f"summary{suffix}.txt").write_text(summary + "\n", encoding="utf-8")
+        write_text(out / f"summary{suffix}.txt", summary + "\n")  # atomic: a full disk leaves no cut summary
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=tuple(notes))
 
 

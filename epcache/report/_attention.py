@@ -44,10 +44,10 @@ class AttentionResult:
     delta_top1: list[float] | None  # top-1(ablated query j) - top-1, EP heads only
 
 
-def find_row(rows: list[dict[str, Any]], config: str) -> dict[str, Any]:
+def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR") -> dict[str, Any]:
     """The row whose id starts with ``config`` or whose name equals it; ``best``: the best attentive config.
 
-    ``best`` ranks the configs that have attention maps (not linear / dinovit) by the report's
+    ``best`` ranks the configs that have attention maps (not linear / dinovit / mp) by the report's
     selection score (holdout top-1, eval top-1 without a holdout).
 
     Raises:
@@ -56,9 +56,9 @@ def find_row(rows: list[dict[str, Any]], config: str) -> dict[str, Any]:
     if config == "best":
         from epcache.report._tables import group_seeds
 
-        groups = [g for g in group_seeds(rows) if g.kind not in ("linear", "dinovit") and g.rows[0].get("head_file")]
+        groups = [g for g in group_seeds(rows) if g.kind not in _NO_MAPS and g.rows[0].get("head_file")]
         if not groups:
-            raise ConfigError("--config best: this run has no attentive head with a saved head file; pass --config ID")
+            raise ConfigError(_no_attentive_config(rows, rundir))
         return max(groups, key=lambda g: g.score()).rows[0]
     hits = [r for r in rows if r["id"].startswith(config) or r["name"] == config]
     if len(hits) == 1:
@@ -66,6 +66,24 @@ def find_row(rows: list[dict[str, Any]], config: str) -> dict[str, Any]:
     shown = "\n  ".join(f"{r['id'][:10]}  {short_label(r['config'])}" for r in rows[:20])
     what = "matches several configs" if hits else "matches no config"
     raise ConfigError(f"--config {config!r} {what}; pass an id (prefix) from results.jsonl:\n  {shown}")
+
+
+_NO_MAPS = ("linear", "dinovit", "mp")  # trained heads without attention maps (solver heads have none either)
+
+
+def _no_attentive_config(rows: list[dict[str, Any]], rundir: str) -> str:
+    """Why ``--config best`` found nothing, and what to run: no ``--config ID`` can help when no head attends."""
+    kinds = sorted({str(r["config"].get("kind")) for r in rows})
+    attentive = sorted({str(r["config"]["kind"]) for r in rows
+                        if r["config"].get("kind") not in _NO_MAPS and not r["config"].get("solver")})
+    if attentive:
+        return (f"--config best: the attentive configs of this run ({', '.join(attentive)}) have no saved head "
+                f"file, so there is nothing to draw; re-run their sweep with --out {rundir}, which saves every head")
+    store = (rows[0].get("store") or {}).get("path", "STORE") if rows else "STORE"
+    return (f"--config best: this run has no attentive config (its heads: {', '.join(kinds) or 'none'}; "
+            f"{', '.join(_NO_MAPS)} and solver heads have no attention maps), so no --config ID would work; "
+            f"train one into the same run: `epcache probe --store {store} --head ep --out {rundir}`, "
+            f"then `epcache attention {rundir}`")
 
 
 def attention_maps(head: Any, tokens: Any, *, num_prefix: int, token_selector: str) -> Any:
@@ -103,7 +121,7 @@ def attention_report(
     from epcache.store import open_store, select_tokens, to_torch
 
     run = Path(rundir)
-    row = find_row(load_rows(run), config)
+    row = find_row(load_rows(run), config, rundir=str(run))
     if not row.get("head_file"):
         raise ConfigError(f"config {row['id']} has no saved head; re-run the sweep with heads saved")
     head, _ = load_head(run / row["head_file"])
@@ -120,6 +138,8 @@ def attention_report(
     with open_store(store_path) as store:
         if split not in store.splits:
             store_path = row["store"]["path"]
+    if data_root is None and images > 0:
+        data_root = _default_data_root(store_path, rundir, row["id"])
     dest = Path(out) if out is not None else run / "attention" / row["id"]
     dest.mkdir(parents=True, exist_ok=True)
 
@@ -178,10 +198,6 @@ def attention_report(
         if shown_maps:
             grid = layout.grid
             ordered = [r for r in shown_rows.tolist() if r in shown_maps]
-            if data_root is None:
-                from epcache.extract._repair import recorded_data_root
-
-                data_root = recorded_data_root(store.meta.extra)  # None: maps on their own, ids as row labels
             fetch = None
             if data_root is not None:
                 from epcache.extract._lookup import image_fetcher
@@ -202,6 +218,28 @@ def attention_report(
     result = AttentionResult(**{**asdict(result), "png": png})
     _write_tables(result, row)
     return result
+
+
+def _default_data_root(store_path: str, rundir: str | PathLike[str], config_id: str) -> Path | str | None:
+    """The data root the store recorded, a relative one resolved against the store's location.
+
+    None when the recorded root is not here (the images moved): the maps are drawn on their own.
+
+    Raises:
+        ConfigError: the store records no root at all (extracted without ``--record-paths`` from a
+            data root outside its tree), so only ``--data`` can say where the images are.
+    """
+    from epcache.extract._recorded import recorded_data_root, records_data_root
+    from epcache.store import open_store
+
+    with open_store(store_path) as store:
+        extra, location = store.meta.extra, str(store.location)
+    if not records_data_root(extra):
+        raise ConfigError(
+            f"the store {location} does not record where its images are (no host path is kept without "
+            f"--record-paths); pass their root: `epcache attention {rundir} --config {config_id[:10]} --data ROOT`"
+        )
+    return recorded_data_root(extra, location)
 
 
 def _pick_rows(order: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:

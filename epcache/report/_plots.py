@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError
+from epcache.report._files import write_atomically
 from epcache.report._format import variant_label
 from epcache.report._labels import place_labels
 from epcache.report._tables import ConfigGroup, best_by
@@ -204,8 +205,10 @@ def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=DPI))  # a full disk leaves no cut PNG
+    finally:
+        plt.close(fig)
     return path
 
 

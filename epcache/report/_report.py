@@ -6,11 +6,15 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from epcache.report._files import write_atomically
 from epcache.report._format import FLOP_UNIT, format_flops, plural, short_label
 from epcache.report._model import model_title
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
+from epcache.store._oserror import os_errors
 
 __all__ = ["Report", "write_report"]
+
+RESUME_HINT = "Run the same command again once there is room"
 
 
 @dataclass(frozen=True)
@@ -26,11 +30,18 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
 
     Raises:
         ConfigError: no results in ``rundir``, or figures asked for without matplotlib.
+        DiskFullError, FileSystemError: ``out`` cannot be written; every file is written whole or
+            not at all (a figure or report.md already there stays as it was).
     """
     run = Path(rundir)
     rows = load_rows(run)
-    groups = group_seeds(rows)
     dest = Path(out) if out is not None else run / "report"
+    with os_errors(action=f"epcache report into {dest}", resume_hint=RESUME_HINT):
+        return _write(rows, dest, figures=figures)
+
+
+def _write(rows: list[dict], dest: Path, *, figures: bool) -> Report:
+    groups = group_seeds(rows)
     dest.mkdir(parents=True, exist_ok=True)
     backbone = model_title(rows[0])
     honest = all(g.holdout_top1 is not None for g in groups)
@@ -47,8 +58,7 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
         if len({(input_label(g), g.tokens) for g in groups}) > 1:  # issue 15: more than one input to compare
             figs.append(plot_mixes(groups, dest / "top1_by_input.png", title=f"{backbone}: top-1 by layers and tokens"))
     md = _markdown(rows, groups, backbone=backbone, honest=honest, figures=[f.name for f in figs])
-    path = dest / "report.md"
-    path.write_text(md, encoding="utf-8")
+    path = write_atomically(dest / "report.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
     return Report(markdown=path, figures=figs, num_configs=len(rows))
 
 

@@ -17,7 +17,7 @@ from os import PathLike
 from typing import Any
 
 from epcache.errors import EpcacheError, StoreNotFoundError
-from epcache.store._info import format_ranges, human_bytes
+from epcache.store._info import _derived, format_ranges, human_bytes
 from epcache.store._lock import LOCK_NAME, LockInfo, read_store_lock
 from epcache.store._open import open_store
 
@@ -60,6 +60,7 @@ class CatalogEntry:
     provenance_mismatch: bool = False  # the stored key is not the one recomputed from the document (edited)
     writer: LockInfo | None = None  # the writer holding the store's lock (an extraction in progress)
     error: str | None = None  # why the store could not be read
+    derived_from: dict[str, Any] | None = None  # `epcache convert`: source provenance, ops, location (as `info`)
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -134,6 +135,7 @@ def _describe(location: str) -> CatalogEntry | None:
                 provenance=store.provenance,
                 provenance_mismatch=store.provenance != store.computed_provenance(),
                 writer=writer,
+                derived_from=_derived(m.derived_from, m.extra, location),
             )
     except StoreNotFoundError:
         return None  # a zarr group or HDF5 file made by something else (or removed meanwhile)
@@ -177,6 +179,9 @@ def format_catalog(entries: list[CatalogEntry], root: str | PathLike[str] | None
         rows.append((name, e.backbone, splits or "-", format_ranges(list(e.layers)), e.dtype,
                      human_bytes(e.size_bytes), status))
         views = f"{e.augmented_views} augmented view" + ("s" if e.augmented_views != 1 else "")
+        if e.derived_from is not None:  # made by `epcache convert`: its tokens are the source's, transformed
+            more.insert(0, f"    derived from {e.derived_from.get('location') or '?'} by epcache convert "
+                           f"({_ops_text(e.derived_from.get('ops'))})")
         details.append([f"    {weights} · {e.dataset} · {views} · provenance {e.provenance[:16]}", *more])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines: list[str] = []
@@ -187,6 +192,13 @@ def format_catalog(entries: list[CatalogEntry], root: str | PathLike[str] | None
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def _ops_text(ops: Any) -> str:
+    """``{'quantize': 'int8-channel', 'layers': [11]}`` -> ``quantize=int8-channel, layers=[11]``."""
+    if not isinstance(ops, dict) or not ops:
+        return "no ops recorded"
+    return ", ".join(f"{k}={v}" for k, v in ops.items())
 
 
 class _Lister:

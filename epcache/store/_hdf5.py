@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from epcache.errors import ConfigError, CorruptStoreError, EpcacheError, StoreNotFoundError
+from epcache.store._absent import check_library_chunk, fill_absent_chunk
 from epcache.store._base import MISSING, FeatureStore, check_new_location
 from epcache.store._integrity import ArraySpec
 from epcache.store._meta import SplitMeta, StoreMeta, writer_version
@@ -185,12 +186,11 @@ class HDF5FeatureStore(FeatureStore):
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         ds = self._ds(split, f"layers/{layer}")
         if ds.compression is not None or ds.shuffle or ds.fletcher32 or ds.scaleoffset is not None:
-            return self._read_array(split, layer, start, stop)
+            return check_library_chunk(self, split, layer, chunk, self._read_array(split, layer, start, stop))
         out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         info = ds.id.get_chunk_info_by_coord((start, 0, 0, 0))
-        if info.byte_offset is None:  # never allocated: HDF5 returns the fill value
-            out[...] = 0
-            return out
+        if info.byte_offset is None:  # never allocated: the one absent-chunk rule (_absent.py) decides
+            return fill_absent_chunk(self, split, layer, chunk, out)
         full = out.nbytes // max(1, stop - start) * ds.chunks[0]
         try:
             if info.size != full:
@@ -201,6 +201,13 @@ class HDF5FeatureStore(FeatureStore):
                 f"{self.location}: cannot read chunk {chunk} of {split!r} layer {layer} ({e}); run `epcache verify`"
             ) from None
         return out
+
+    def _chunk_present(self, split: str, layer: int, chunk: int) -> bool:
+        ds = self._ds(split, f"layers/{layer}")
+        if ds.chunks is None:  # contiguous: one allocation, not chunk by chunk
+            return True
+        start = chunk * self.split(split).chunk_samples
+        return ds.id.get_chunk_info_by_coord((start, 0, 0, 0)).byte_offset is not None
 
     def _write_array(self, split: str, layer: int, start: int, data: np.ndarray) -> None:
         self._ds(split, f"layers/{layer}")[start : start + len(data)] = data
@@ -242,7 +249,10 @@ class HDF5FeatureStore(FeatureStore):
     def _array_spec(self, split: str, layer: int, kind: str = "layers") -> ArraySpec:
         ds = self._ds(split, f"{kind}/{layer}")
         chunks = ds.chunks
-        return ArraySpec(dtype=ds.dtype.str, shape=tuple(ds.shape), chunks=None if chunks is None else tuple(chunks))
+        attrs = {k: ds.attrs[k] for k in ds.attrs if k.startswith("epcache_")}
+        return ArraySpec(
+            dtype=ds.dtype.str, shape=tuple(ds.shape), chunks=None if chunks is None else tuple(chunks), attrs=attrs
+        )
 
     # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
     def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from epcache.store._lock import read_store_lock
 from epcache.store._open import open_store
+from epcache.store._paths import resolve_recorded_path
 from epcache.store._sizes import SizeOption, format_size_table, size_options
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "format_ranges",
     "format_store_info",
     "human_bytes",
+    "prefix_text",
 ]
 
 
@@ -125,7 +127,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             weights_source=bb.source,
             weights_sha256=bb.weights_sha256,
             dataset=f"{m.dataset.get('name', '?')}" + (f" ({kind})" if kind else ""),
-            data_root=m.extra.get("data_root") if isinstance(m.extra.get("data_root"), str) else None,
+            data_root=_recorded(m.extra.get("data_root"), str(location)),
             layers=list(m.layers),
             num_blocks_model=bb.num_blocks,
             final_norm=m.final_norm,
@@ -146,7 +148,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             missing=missing,
             writer=_writer(location),
             pooled_dim=store.pooled_dim,
-            derived_from=_derived(m.derived_from, m.extra),
+            derived_from=_derived(m.derived_from, m.extra, str(location)),
             quantization=m.quantization,
             sizes=[asdict(o) for o in size_options(m, ((s.num_samples, s.views, s.chunk_samples)
                                                         for s in store.splits.values()))],
@@ -156,7 +158,8 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
 def format_store_info(info: StoreInfo) -> str:
     """Readable multi-line summary."""
     lay = info.layout
-    prefix = f"{lay['num_prefix']} prefix (CLS at {lay['cls_index']}, {lay['num_registers']} registers)"
+    feature_map = "NCHW" in str(info.preprocessing.get("token_source", ""))
+    prefix = prefix_text(lay["num_prefix"], lay["cls_index"], lay["num_registers"], feature_map=feature_map)
     lines = [
         f"store       {info.location}  [{info.format}, format {info.format_version}, {human_bytes(info.size_bytes)}]",
         f"backbone    {info.backbone}  ({info.weights})",
@@ -207,6 +210,14 @@ def format_store_info(info: StoreInfo) -> str:
     return "\n".join(lines)
 
 
+def prefix_text(num_prefix: int, cls_index: int | None, num_registers: int, *, feature_map: bool) -> str:
+    """``1 prefix (CLS at 0, 4 registers)``, or what a layout without prefix tokens is (never "CLS at None")."""
+    if num_prefix == 0:
+        return "no prefix tokens (convnet feature map)" if feature_map else "no prefix tokens (no CLS, no registers)"
+    cls = f"CLS at {cls_index}" if cls_index is not None else "no CLS"
+    return f"{num_prefix} prefix ({cls}, {num_registers} registers)"
+
+
 def _model_line(pre: dict[str, Any]) -> list[str]:
     """``model       depth=4, patch_size=8; input 64 px``: what makes the backbone other than its name."""
     kwargs = [f"{k}={v}" for k, v in sorted(dict(pre.get("model_kwargs") or {}).items())]
@@ -245,10 +256,18 @@ def format_ranges(xs: list[int] | tuple[int, ...]) -> str:
     return ",".join(out)
 
 
-def _derived(derived_from: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any] | None:
+def _derived(derived_from: dict[str, Any] | None, extra: dict[str, Any], store: str) -> dict[str, Any] | None:
     """``derived_from`` of the document with the source's location (kept in ``extra``, outside the key)."""
     if derived_from is None:
         return None
     where = extra.get("derived_from")
-    location = where.get("location") if isinstance(where, dict) else None
+    where = where if isinstance(where, dict) else {}
+    location = _recorded(where.get("location"), store) or where.get("name")  # name only: no path was kept
     return {**derived_from, "location": location}
+
+
+def _recorded(text: Any, store: str) -> str | None:
+    """A location the store recorded, relative to itself by default (cache_layout §2.1), as usable here."""
+    if not isinstance(text, str) or not text:
+        return None
+    return resolve_recorded_path(text, store) or text

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ArraySpec",
     "array_problems",
+    "attribute_problems",
     "check_for_probe",
     "check_store_integrity",
     "ids_mirror_problem",
@@ -49,6 +50,7 @@ class ArraySpec:
     shape: tuple[int, ...]
     chunks: tuple[int, ...] | None  # read chunk (inner chunk when sharded); None: contiguous HDF5
     shards: tuple[int, ...] | None = None  # zarr shard shape, None when not sharded
+    attrs: dict[str, object] | None = None  # the array's ``epcache_*`` attributes (cache_layout.md §3)
 
 
 def validate_on_open(store: FeatureStore) -> None:
@@ -109,6 +111,40 @@ def array_problems(store: FeatureStore, splits: Iterable[str] | None = None) -> 
                 )
             if store.quant is not None:
                 out.extend(_scales_problems(store, s, layer, where))
+    return out
+
+
+def attribute_problems(store: FeatureStore, splits: Iterable[str] | None = None) -> list[str]:
+    """Every token array whose ``epcache_*`` attributes disagree with the metadata document, described.
+
+    Other tools read a token array by its attributes (cache_layout.md §3: ``epcache_dtype`` says that
+    a ``uint16`` array holds bfloat16 bits), so an edited attribute makes them misread intact bytes,
+    while epcache, which reads the document, would not notice. Format 1.0 did not write them: there
+    an attribute is checked only where one is present.
+    """
+    from epcache.store._quant import token_attributes
+
+    want = token_attributes(store.meta)
+    out: list[str] = []
+    for name in store.splits if splits is None else splits:
+        for layer in store.meta.layers:
+            try:
+                got = store._array_spec(name, layer).attrs or {}
+            except _READ_ERRORS:
+                continue  # array_problems reports an array whose metadata cannot be read
+            for key, value in want.items():
+                have = got.get(key)
+                have = have.decode("utf-8", "replace") if isinstance(have, bytes) else have
+                if have == value or (have is None and store.format_version == "1.0"):
+                    continue
+                said = "is missing" if have is None else f"is {have!r}"
+                out.append(
+                    f"split {name!r} layer {layer}: the token array's attribute {key} {said}, the metadata document "
+                    f"says {value!r} (tools that read the attribute would misread the values; the bytes are "
+                    f"likely intact): set the attribute back to {value!r} (zarr: the array's zarr.json "
+                    "`attributes`; HDF5: the dataset's attribute), or re-extract the store with "
+                    "`epcache extract --overwrite`"
+                )
     return out
 
 
@@ -189,6 +225,7 @@ def check_store_integrity(store: FeatureStore, splits: Iterable[str]) -> None:
     prov = provenance_problem(store)
     checks.append(("provenance", [prov] if prov else []))
     checks.append(("array metadata", array_problems(store, names)))
+    checks.append(("array attributes", attribute_problems(store, names)))
     for name in names:
         problems = split_problems(store, name)
         if not problems and store.format_version != "1.0":

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from os import PathLike
 from pathlib import Path
 from typing import Self
@@ -215,32 +216,56 @@ def _prepare_parent(loc: str, path: str) -> tuple[str, ...]:
 
     For a new zarr store that is the store's own directory (and missing parents), for an HDF5
     file the directory it will be created in. Object stores have no directories to create.
+
+    Racing creators of one new store make and remove this directory concurrently (a holder that
+    releases the lock of a store it never created removes it again), so every look at it is one
+    ``stat`` and a directory that vanishes mid-way is a lost race (``StoreLockedError``), never
+    reported as a file in the way or left to fail later with ``FileNotFoundError``.
     """
     if is_url(loc):
         return ()
     parent = Path(path).parent
-    if parent.exists():
-        if not parent.is_dir():
-            if str(parent) == loc:
-                raise StoreExistsError(
-                    f"{loc} exists and is a file, not a zarr store directory; choose another --out "
-                    "(or an .h5 path for the HDF5 backend)"
-                )
-            raise StoreExistsError(
-                f"{loc}: {parent} is a regular file, so nothing can be created under it; choose another --out"
-            )
+    kind = _kind(parent)
+    if kind == "dir":
         return ()
-    missing = [parent, *(p for p in parent.parents if not p.exists())]
+    if kind == "other":
+        raise _in_the_way(loc, parent)
+    missing = [parent, *(p for p in parent.parents if _kind(p) == "none")]
     try:
         parent.mkdir(parents=True, exist_ok=True)  # two new-store writers may race to make it
-    except FileExistsError:
-        raise StoreExistsError(f"{loc}: {parent} exists and is a file; choose another --out") from None
-    except NotADirectoryError:
-        raise StoreExistsError(
-            f"{loc}: a parent of {parent} is a regular file, so the store cannot be created there; "
-            "choose another --out"
+    except (FileExistsError, NotADirectoryError, FileNotFoundError):
+        blocker = next((p for p in (parent, *parent.parents) if _kind(p) == "other"), None)
+        if blocker is not None:
+            raise _in_the_way(loc, blocker) from None
+        raise StoreLockedError(  # made and removed again by a racing writer while we made it
+            f"{loc}: another writer is creating or removing this location right now (its directory {parent} "
+            "vanished while this process was taking the writer lock); wait for it to finish, then try again"
         ) from None
     return tuple(str(p) for p in missing)
+
+
+def _kind(p: Path) -> str:
+    """``dir``, ``none`` (nothing there) or ``other`` (a file, a broken link...), from one ``stat``."""
+    for look in (os.stat, os.lstat):  # lstat: a dangling symbolic link is in the way, not "nothing"
+        try:
+            mode = look(p).st_mode
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:  # a parent is a file: reported for that parent
+            return "none"
+        return "dir" if stat.S_ISDIR(mode) else "other"
+    return "none"
+
+
+def _in_the_way(loc: str, blocker: Path) -> StoreExistsError:
+    if str(blocker) == loc:
+        return StoreExistsError(
+            f"{loc} exists and is a file, not a zarr store directory; choose another --out "
+            "(or an .h5 path for the HDF5 backend)"
+        )
+    return StoreExistsError(
+        f"{loc}: {blocker} is a regular file, so nothing can be created under it; choose another --out"
+    )
 
 
 def _remove_empty_dirs(dirs: tuple[str, ...]) -> None:

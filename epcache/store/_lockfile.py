@@ -110,7 +110,10 @@ def take_local_lock(
     import fcntl
 
     for _ in range(20):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a racing writer released and removed the lock's directory, or renamed it
+            raise StoreLockedError(_vanished_message(loc, path)) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -139,6 +142,18 @@ def take_local_lock(
             raise
     raise StoreLockedError(f"{loc}: could not take the writer lock {path}; another writer keeps taking it")
 
+
+def _vanished_message(loc: str, path: str) -> str:
+    """Why a racer lost: the directory of the lock went away between preparing it and creating the file.
+
+    Only another writer removes or renames that directory (a holder releasing the lock of a store it
+    never created, or swapping a rebuilt store in), so this is a lost race like a held ``flock``.
+    """
+    return (
+        f"{loc}: another writer is creating, replacing or removing this location right now (the directory "
+        f"of the writer lock {path} vanished while this process was taking the lock); wait for it to "
+        "finish, then try again"
+    )
 
 
 def pid_alive(pid: int) -> bool:

@@ -75,9 +75,10 @@ def open_store(
 ) -> FeatureStore:
     """Open an existing store read-only (``"r"``) or for appending blocks/splits (``"a"``).
 
-    ``verify_reads=True`` checks every chunk read against its block's crc32c record where a block
-    is one chunk (unsharded splits), so changed bytes fail loudly instead of training a probe on
-    them; `epcache probe` opens stores this way. Sharded blocks are checked by `epcache verify`.
+    ``verify_reads=True`` checks every chunk read against its records (cache_layout.md §3.3: the block
+    record, a 1.1 shard's per-chunk records and the shard record they combine into, a 1.0 shard's
+    record once all its chunks were read), so changed bytes or records fail loudly instead of training
+    a probe on them; `epcache probe` opens stores this way. Absent chunks follow ``_absent.py``.
 
     Raises:
         StoreNotFoundError: nothing there, or not an epcache store.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from epcache.errors import DiskFullError, EpcacheError, FileSystemError
 __all__ = ["MIN_FREE_BYTES", "SpaceReserve", "os_errors", "require_free_space", "translate_os_error"]
 
 MIN_FREE_BYTES = 1 << 20  # headroom for metadata, records and the file system's own blocks
+_SHORT_WRITE = re.compile(r"\b\d+ requested and \d+ written\b")  # numpy's message, which carries no errno
 RESERVE_BYTES = 512 << 10  # an HDF5 writer's ballast: freed so a failed file can still flush and close
 
 _FIXES = {
@@ -153,4 +155,6 @@ def _errno_of(e: BaseException) -> int | None:
     ):
         if name in text:
             return code
+    if isinstance(e, OSError) and _SHORT_WRITE.search(text):  # numpy (np.save, tofile): a file write cut short
+        return errno.ENOSPC
     return None

@@ -125,9 +125,10 @@ def scales_shape(
 def quantize_chunk(spec: QuantSpec, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes and scales of one chunk ``x`` ``[n, V, T, D]`` (any float dtype).
 
-    int8: ``code = rint(x / scale)`` with ``scale = absmax / 127``, so ``|x - code * scale| <= scale / 2``.
-    fp8: ``code = e4m3(x / scale)`` with ``scale = absmax / 448`` (round to nearest even).
-    A zero absmax gives scale 0 and codes 0 (decoded exactly as 0).
+    int8: ``code = rint(x * (1 / scale))`` with ``scale = absmax / 127``, so ``|x - code * scale| <= scale / 2``.
+    fp8: ``code = e4m3(x * (1 / scale))`` with ``scale = absmax / 448`` (round to nearest even).
+    Every step in float32 (cache_layout.md §3.5 spells each one out). A zero absmax gives scale 0 and
+    codes 0 (decoded exactly as 0).
 
     Raises:
         NonFiniteFeaturesError: inf or nan in ``x`` (a scale cannot represent them).
@@ -146,7 +147,12 @@ def quantize_chunk(spec: QuantSpec, x: np.ndarray) -> tuple[np.ndarray, np.ndarr
             "tokens contain inf or nan, which a quantised store cannot hold; extract with --dtype float32 "
             "(or bfloat16) to find where they come from, or without --quantize"
         )
-    inv = np.divide(np.float32(1.0), bcast, out=np.zeros_like(bcast), where=bcast > 0)
+    # the reciprocal, then a product (cache_layout.md §3.5 states this order: x / scale differs by one code in a
+    # few values); 0 where it is not finite: a zero scale, or one so small that 1 / scale overflows float32,
+    # whose codes are then 0 rather than nan (x * inf with x = 0) or a clipped inf
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.float32(1.0) / bcast
+    inv[~np.isfinite(inv)] = 0
     y = xf * inv
     if spec.code_dtype == "int8":
         codes = np.clip(np.rint(y), -127, 127).astype(np.int8)

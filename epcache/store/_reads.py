@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from epcache.store._absent import check_library_chunk
 from epcache.store._plan import NUMPY_DTYPES
 
 if TYPE_CHECKING:
@@ -111,7 +112,16 @@ class TokenReads:
 
     def _read_chunk_array(self, split: str, layer: int, chunk: int, start: int, stop: int) -> np.ndarray:
         """Backends override this with a direct read of the chunk's bytes where the format allows."""
-        return self._read_array(split, layer, start, stop)  # type: ignore[attr-defined]
+        data = self._read_array(split, layer, start, stop)  # type: ignore[attr-defined]
+        return check_library_chunk(self, split, layer, chunk, data)  # type: ignore[arg-type]
+
+    def _chunk_present(self, split: str, layer: int, chunk: int) -> bool:
+        """Whether the backend stores chunk ``chunk`` (absent: it reads as the fill value, ``_absent.py``).
+
+        Backends that can look override this; a backend that cannot says present, so its zeros are
+        checked like any other bytes, against the records.
+        """
+        return True
 
     def iter_chunks(self, split: str, layer: int, *, seed: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, tokens)`` per chunk, in seeded random order (sequential if None)."""

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from epcache.errors import CorruptStoreError
-from epcache.store._plan import MISSING
+from epcache.store._absent import NO_CHUNK, fill_absent_chunk
 
 if TYPE_CHECKING:
     from epcache.store._zarr import ZarrFeatureStore
 
-__all__ = ["RemoteChunks", "read_remote_chunk", "remote_chunks"]
+__all__ = ["RemoteChunks", "read_remote_chunk", "remote_chunk_present", "remote_chunks"]
 
-_NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
 _LOCK = threading.Lock()
 _PLANS: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], RemoteChunks | None]] = weakref.WeakKeyDictionary()
 _PLAN_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
@@ -65,11 +64,23 @@ class RemoteChunks:
         if index is None:
             return False
         offset, nbytes = int(index[inner, 0]), int(index[inner, 1])
-        if offset == _NO_CHUNK:
+        if offset == NO_CHUNK:
             return False
         if nbytes != chunk_bytes:
             raise _Damaged(f"inner chunk {chunk} has {nbytes} bytes, expected {chunk_bytes}")
         return self._get(f"{self.directory}/c/{shard}/0/0/0", offset, out)
+
+    def present(self, chunk: int) -> bool:
+        """Whether chunk ``chunk`` is stored: its object exists, or its shard's index has an entry for it.
+
+        Raises:
+            OSError: (``_Damaged``) the shard object is shorter than its index.
+        """
+        if self.per_shard == 0:
+            return bool(self.fs.exists(f"{self.directory}/c/{chunk}/0/0/0"))
+        shard, inner = divmod(chunk, self.per_shard)
+        index = self._shard_index(shard)
+        return index is not None and int(index[inner, 0]) != NO_CHUNK
 
     def _shard_index(self, shard: int) -> np.ndarray | None:
         if shard in self._index:
@@ -110,9 +121,13 @@ class RemoteChunks:
         return True
 
 
-def remote_chunks(store: ZarrFeatureStore, split: str, layer: int) -> RemoteChunks | None:
-    """The direct-read plan of a remote, uncompressed token array, else None (read through zarr)."""
-    key = (split, layer)
+def remote_chunks(store: ZarrFeatureStore, split: str, layer: int, *, any_codec: bool = False) -> RemoteChunks | None:
+    """The direct-read plan of a remote, uncompressed token array, else None (read through zarr).
+
+    ``any_codec``: the plan of any array whose chunk keys and shard index are as cache_layout.md §4.1
+    describes, for looking up whether a chunk is stored (``remote_chunk_present``), never for reading.
+    """
+    key = (split, layer, any_codec)
     with _LOCK:
         cache = _PLANS.setdefault(store, {})
         lock = _PLAN_LOCKS.setdefault(store, threading.Lock())
@@ -120,14 +135,15 @@ def remote_chunks(store: ZarrFeatureStore, split: str, layer: int) -> RemoteChun
         return cache[key]
     with lock:  # read-ahead threads start together: one of them reads the array's metadata
         if key not in cache:
-            cache[key] = _plan(store, split, layer)
+            cache[key] = _plan(store, split, layer, any_codec)
     return cache[key]
 
 
-def _plan(store: ZarrFeatureStore, split: str, layer: int) -> RemoteChunks | None:
-    from epcache.store._zarr_direct import raw_chunks_per_shard
+def _plan(store: ZarrFeatureStore, split: str, layer: int, any_codec: bool) -> RemoteChunks | None:
+    from epcache.store._zarr_direct import chunk_keys, raw_chunks_per_shard
 
-    per_shard = raw_chunks_per_shard(store._array(split, "layers", str(layer)))
+    layout = chunk_keys if any_codec else raw_chunks_per_shard
+    per_shard = layout(store._array(split, "layers", str(layer)))
     if per_shard is None:
         return None  # a codec: zarr decodes it
     import fsspec
@@ -151,14 +167,20 @@ def read_remote_chunk(
             f"{store.location}: cannot read chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} "
             f"({e}); run `epcache verify` to locate bad chunks"
         ) from None
-    if not found:
-        s = store.split(split)
-        block = chunk * s.chunk_samples // s.block_samples
-        if store.block_records(split, layer)[block] != MISSING:  # recorded written, yet no bytes
-            raise CorruptStoreError(
-                f"{store.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} is absent "
-                f"although block {block} is recorded written (a deleted or lost chunk file); run "
-                f"`epcache verify {store.location} --repair` to re-extract it"
-            )
-        out[...] = 0  # never-written chunk: zarr's fill value, exactly what zarr itself returns
+    if not found:  # the one absent-chunk rule (_absent.py) decides between zeros and damage
+        return fill_absent_chunk(store, split, layer, chunk, out)
     return out
+
+
+def remote_chunk_present(store: ZarrFeatureStore, split: str, layer: int, chunk: int) -> bool:
+    """Whether a remote token array stores chunk ``chunk`` (True when its layout cannot be looked up)."""
+    plan = remote_chunks(store, split, layer, any_codec=True)
+    if plan is None:
+        return True
+    try:
+        return plan.present(chunk)
+    except _Damaged as e:
+        raise CorruptStoreError(
+            f"{store.location}: cannot read the shard index of chunk {chunk} of {split!r} layer {layer} ({e}); "
+            "run `epcache verify` to locate bad chunks"
+        ) from None

@@ -21,11 +21,13 @@ from epcache.errors import ConfigError
 from epcache.store._lock import StoreLock
 from epcache.store._lockfile import LockInfo, pid_alive, take_local_lock
 
-__all__ = ["RUN_LOCK_PREFIX", "acquire_run_lock", "remove_stale_checkpoints", "run_dir_lock"]
+__all__ = ["RUN_LOCK_PREFIX", "acquire_run_lock", "check_pooled_dir", "remove_stale_checkpoints", "run_dir_lock"]
 
 RUN_LOCK_PREFIX = ".epcache-run"
 _CKPT_META_KEY = "epcache_ckpt"  # probe/results.py: the JSON state inside a checkpoint's metadata
-_TMP_CKPT = re.compile(r"^\..+\.tmp-(\d+)$")  # probe/results.py _atomic_safetensors' temporary name
+_TMP_CKPT = re.compile(r"^\..+\.tmp-(\d+)$")  # results/rows.py _atomic_safetensors', solvers/_pooled.py's temp name
+_POOLED_DIR = "pooled"  # probe/solvers/_pooled.py: the solver heads' pooled-vector cache
+_TMP_DIRS = ("ckpt", "heads", _POOLED_DIR)  # where a killed sweep can leave temporary files
 
 
 class _RunLock(StoreLock):
@@ -84,27 +86,28 @@ def run_dir_lock(run_dir: str | Path | None, *, shard: tuple[int, int] | None = 
 
 
 def remove_stale_checkpoints(run_dir: Path, finished: set[str]) -> list[Path]:
-    """Delete per-epoch checkpoints no sweep will resume from; return what was removed.
+    """Delete per-epoch checkpoints no sweep will resume from, and dead writers' temporary files.
 
     A checkpoint is stale when every config it holds already has its results row (the sweep
-    was killed after writing the rows, before deleting the checkpoint), or when it is a
-    temporary file of a checkpoint write whose process is gone. Checkpoints of configs without
-    a row are kept: another shard of the sweep may be training them right now.
+    was killed after writing the rows, before deleting the checkpoint). A temporary file
+    (``.<name>.tmp-<pid>``) of a checkpoint, a head or a pooled-vector cache entry is removed
+    when its process is gone: a killed sweep's leftover, never renamed into place. Checkpoints
+    of configs without a row and temporary files of running processes are kept: another shard
+    of the sweep may be writing them right now. Returns what was removed.
+
+    Raises:
+        ConfigError: ``<run dir>/pooled`` (the solver heads' cache folder) is a regular file.
     """
     from safetensors import safe_open
 
-    removed: list[Path] = []
-    ckpt_dir = Path(run_dir) / "ckpt"
+    run_dir = Path(run_dir)
+    check_pooled_dir(run_dir / _POOLED_DIR)  # at the start of a sweep, not after its trained heads
+    removed = [f for sub in _TMP_DIRS for f in _remove_dead_tmp(run_dir / sub)]
+    ckpt_dir = run_dir / "ckpt"
     if not ckpt_dir.is_dir():
         return removed
     for f in sorted(ckpt_dir.iterdir()):
-        tmp = _TMP_CKPT.match(f.name)
-        if tmp is not None:
-            if not pid_alive(int(tmp.group(1))):
-                f.unlink(missing_ok=True)
-                removed.append(f)
-            continue
-        if f.suffix != ".safetensors":
+        if f.suffix != ".safetensors" or _TMP_CKPT.match(f.name):
             continue
         try:
             with safe_open(str(f), framework="pt") as st:
@@ -112,6 +115,30 @@ def remove_stale_checkpoints(run_dir: Path, finished: set[str]) -> list[Path]:
         except (OSError, KeyError, ValueError, RuntimeError):
             continue  # unreadable: the sweep that owns it restarts that group and replaces it
         if ids and all(i in finished for i in ids):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+def check_pooled_dir(root: Path) -> None:
+    """Refuse a regular file where the solver heads' pooled-vector cache folder belongs.
+
+    Raises:
+        ConfigError: ``root`` exists and is not a directory (names the path and the fix).
+    """
+    if (root.exists() or root.is_symlink()) and not root.is_dir():
+        raise ConfigError(f"{root} is a regular file where the solver heads keep their pooled-vector cache "
+                          "(a folder); move or delete that file (the cache is pooled from the store again)")
+
+
+def _remove_dead_tmp(folder: Path) -> list[Path]:
+    """Temporary files in ``folder`` whose writing process no longer runs here, deleted."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for f in sorted(folder.iterdir()):
+        tmp = _TMP_CKPT.match(f.name)
+        if tmp is not None and not pid_alive(int(tmp.group(1))):
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed

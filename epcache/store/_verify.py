@@ -26,8 +26,15 @@ import google_crc32c
 import numpy as np
 
 from epcache.errors import EpcacheError, StoreNotFoundError
+from epcache.store._absent import absent_chunk_problem
 from epcache.store._base import MISSING, FeatureStore
-from epcache.store._integrity import array_problems, ids_mirror_problem, provenance_problem, split_problems
+from epcache.store._integrity import (
+    array_problems,
+    attribute_problems,
+    ids_mirror_problem,
+    provenance_problem,
+    split_problems,
+)
 from epcache.store._lock import read_store_lock
 from epcache.store._meta import SplitMeta
 from epcache.store._metadoc import MAX_META_BYTES
@@ -133,6 +140,8 @@ class _Checker:
         for p in array_problems(self.store):
             self.problems.append(f"array metadata: {p}")
             self.bad_layers.add(p.split(":")[0])
+        for p in attribute_problems(self.store):  # the bytes are still checked: only their label is wrong
+            self.problems.append(f"array attributes: {p}")
 
     def check_split(self, name: str, s: SplitMeta) -> None:
         """``order``, ``labels``, ``ids``: lengths, permutation, ranges, uniqueness, fingerprints; the ids mirror."""
@@ -182,7 +191,7 @@ class _Checker:
                 bar.update(nbytes)
                 continue
             try:
-                crc, non_finite, chunk_bad = self._read_block(
+                crc, non_finite, chunk_bad, absent = self._read_block(
                     name, layer, b * per_block, min(s.num_chunks, (b + 1) * per_block)
                 )
             except _READ_ERRORS as e:
@@ -192,7 +201,9 @@ class _Checker:
             self.blocks_checked += 1
             self.bytes_checked += nbytes
             bar.update(nbytes)
-            if crc == rec and chunk_bad:
+            if crc == rec and absent:  # zeros that match, from a chunk that must exist (_absent.py)
+                self._bad(name, layer, b, "unreadable", absent, record=rec, stored_crc=crc)
+            elif crc == rec and chunk_bad:
                 self._bad(name, layer, b, "bad-record", chunk_bad, record=rec, stored_crc=crc)
             elif crc != rec:
                 state = file_state(store, name, layer, b)
@@ -203,14 +214,18 @@ class _Checker:
                     name, layer, b, "non-finite", f"{non_finite} values are inf or nan", record=rec, stored_crc=crc
                 )
 
-    def _read_block(self, split: str, layer: int, first_chunk: int, end_chunk: int) -> tuple[int, int, str]:
-        """crc32c of a block's bytes, read one chunk at a time; its count of non-finite values; and
-        which per-chunk record (format 1.1 sharded splits) disagrees with its chunk, if any."""
+    def _read_block(self, split: str, layer: int, first_chunk: int, end_chunk: int) -> tuple[int, int, str, str]:
+        """crc32c of a block's bytes, read one chunk at a time; its count of non-finite values; which
+        per-chunk record (format 1.1 sharded splits) disagrees with its chunk, if any; and why an absent
+        chunk of it may not be read as zeros, if one may not (the rule probe's reads apply, _absent.py)."""
         crc = 0
         non_finite = 0
         chunk_crcs: list[int] = []
+        absent = ""
         for c in range(first_chunk, end_chunk):
             parts = self.store._stored_parts(split, layer, c, c + 1)  # tokens, or codes then scales (§3.5)
+            if not absent and _all_zero(parts[0]) and not self.store._chunk_present(split, layer, c):
+                absent = absent_chunk_problem(self.store, split, layer, c) or ""
             chunk_crcs.append(parts_checksum(parts))
             for p in parts:
                 crc = google_crc32c.extend(crc, p.tobytes())  # crc32c(a + b) = extend(crc32c(a), b)
@@ -226,7 +241,7 @@ class _Checker:
                 wrong = [first_chunk + k for k, (a, b) in enumerate(pairs) if a != b]
                 if wrong:
                     chunk_bad = f"the per-chunk records of chunk(s) {wrong} disagree with their bytes (records damaged)"
-        return int(crc), non_finite, chunk_bad
+        return int(crc), non_finite, chunk_bad, absent
 
     def _bad(
         self,
@@ -315,6 +330,11 @@ def _format_of(location: str) -> str:
         return detect_format(location)
     except EpcacheError:
         return "?"
+
+
+def _all_zero(a: np.ndarray) -> bool:
+    """Every byte zero: what zarr-python and h5py return for an absent chunk (also for a stored all-zero one)."""
+    return not np.ascontiguousarray(a).view(np.uint8).any()
 
 
 def _unsafe_id(sid: str) -> bool:

@@ -17,14 +17,13 @@ from epcache.store._integrity import ArraySpec
 from epcache.store._lock import LOCK_NAME
 from epcache.store._meta import SplitMeta, StoreMeta, writer_version
 from epcache.store._metadoc import MAX_META_BYTES, document_version, parse_meta_json
-from epcache.store._quant import token_attributes
+from epcache.store._quant import QUANTIZATIONS, token_attributes
 from epcache.store._zarr_direct import ZarrDirectReads
 from epcache.store._zarr_files import clear_url_store, ids_utf8, remove_local_store
 
 __all__ = ["ZarrFeatureStore"]
 
 ATTR_KEY = "epcache"
-SCALE_DIMS = {"channel": ("chunk", "channel"), "token": ("sample", "view", "token")}  # scales arrays (§3.5)
 
 
 class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
@@ -160,7 +159,7 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
                 dtype=self.meta.storage_dtype,
                 compressors=_compressors(self._compressor),
                 fill_value=0,
-                dimension_names=("sample", "view", "token", "channel"),
+                dimension_names=token_dims(self.meta, layer),
                 attributes=token_attributes(self.meta) if v11 else None,
             )
             if self.quant is not None:  # cache_layout.md §3.5: the codes' scales, chunked like them along N
@@ -168,7 +167,7 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
                 g.require_group("scales").create_array(
                     str(layer), shape=scale_shape, chunks=scale_chunks,
                     shards=scale_shards, dtype="float32", compressors=None, fill_value=0,
-                    dimension_names=SCALE_DIMS[self.quant.scales],
+                    dimension_names=scale_dims(self.meta, layer),
                 )
             records.create_array(
                 str(layer),
@@ -260,6 +259,7 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
             shape=tuple(arr.shape),
             chunks=tuple(arr.chunks),
             shards=None if shards is None else tuple(shards),
+            attrs={k: v for k, v in arr.attrs.asdict().items() if k.startswith("epcache_")},
         )
 
     def _read_chunk_records(self, split: str, layer: int, first: int, stop: int) -> np.ndarray | None:
@@ -272,9 +272,11 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
 
     # ------------------------------------------------------------------ pooled output (cache_layout.md §3.4)
     def _create_pooled_array(self, split: str, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> None:
+        # a width other than the layers' `dim` needs its own axis name: xarray gives a name one size per tree
+        channel = "channel" if shape[2] == self.meta.dim else "channel_pooled"
         self._group[f"splits/{split}"].create_array(  # type: ignore[union-attr]
             "pooled", shape=shape, chunks=chunks, dtype=self.meta.value_storage_dtype, compressors=None, fill_value=0,
-            dimension_names=("sample", "view", "channel"),
+            dimension_names=("sample", "view", channel),
         )
 
     def _write_pooled(self, split: str, start: int, data: np.ndarray) -> None:
@@ -297,6 +299,24 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
             for f in files:
                 total += os.path.getsize(os.path.join(dirpath, f))
         return total
+
+
+def token_dims(meta: StoreMeta, layer: int) -> tuple[str, str, str, str]:
+    """``dimension_names`` of a layer's token array (cache_layout.md §3).
+
+    xarray gives one size to one dimension name across a group: layers of different shapes (a
+    convnet's stages, recorded as ``layer_shapes``) name their token and channel axes per layer.
+    """
+    if meta.layer_shapes:
+        return ("sample", "view", f"token_{layer}", f"channel_{layer}")
+    return ("sample", "view", "token", "channel")
+
+
+def scale_dims(meta: StoreMeta, layer: int) -> tuple[str, ...]:
+    """``dimension_names`` of a layer's scales array (cache_layout.md §3.5), named as its token array's axes."""
+    _, _, token, channel = token_dims(meta, layer)
+    q = meta.quantization
+    return ("chunk", channel) if q is not None and QUANTIZATIONS[q].scales == "channel" else ("sample", "view", token)
 
 
 def _is_url(location: str) -> bool:

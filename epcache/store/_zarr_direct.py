@@ -17,16 +17,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from epcache.errors import CorruptStoreError
-from epcache.store._plan import MISSING
+from epcache.store._absent import NO_CHUNK, check_library_chunk, fill_absent_chunk
 from epcache.store._rawread import pread_into
-from epcache.store._remote import read_remote_chunk, remote_chunks
+from epcache.store._remote import read_remote_chunk, remote_chunk_present, remote_chunks
 
 if TYPE_CHECKING:
     from epcache.store._meta import SplitMeta, StoreMeta
 
-__all__ = ["NO_CHUNK", "ZarrDirectReads", "plain_bytes", "raw_chunks_per_shard", "read_scales_direct"]
-
-NO_CHUNK = 2**64 - 1  # shard index entry of an inner chunk that was never written
+__all__ = ["ZarrDirectReads", "chunk_keys", "plain_bytes", "raw_chunks_per_shard", "read_scales_direct"]
 
 
 class ZarrDirectReads:
@@ -49,7 +47,8 @@ class ZarrDirectReads:
             remote = remote_chunks(self, split, layer) if self.is_remote else None  # type: ignore[attr-defined]
             if remote is not None:  # one byte-range GET into the buffer (store/_remote.py)
                 return read_remote_chunk(self, remote, split, layer, chunk, start, stop)
-            return self._read_array(split, layer, start, stop)  # type: ignore[attr-defined]
+            data = self._read_array(split, layer, start, stop)  # type: ignore[attr-defined]
+            return check_library_chunk(self, split, layer, chunk, data)  # type: ignore[arg-type]
         directory, per_shard = raw
         arr = self._array(split, "layers", str(layer))  # type: ignore[attr-defined]
         out = np.empty((stop - start, *arr.shape[1:]), dtype=np.dtype(self.meta.storage_dtype).newbyteorder("<"))
@@ -71,17 +70,33 @@ class ZarrDirectReads:
                 f"{self.location}: cannot read chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} "
                 f"({e}); run `epcache verify` to locate bad chunks"
             ) from None
-        if not found:
-            s = self._splits[split]
-            block = chunk * s.chunk_samples // s.block_samples
-            if self.block_records(split, layer)[block] != MISSING:  # type: ignore[attr-defined]  # recorded written, yet no bytes
-                raise CorruptStoreError(
-                    f"{self.location}: chunk {chunk} (rows {start}-{stop}) of {split!r} layer {layer} is absent "
-                    f"although block {block} is recorded written (a deleted or lost chunk file); run "
-                    f"`epcache verify {self.location} --repair` to re-extract it"
-                )
-            out[...] = 0  # never-written chunk: zarr's fill value, exactly what zarr itself returns
+        if not found:  # the one absent-chunk rule (_absent.py) decides between zeros and damage
+            return fill_absent_chunk(self, split, layer, chunk, out)  # type: ignore[arg-type]
         return out
+
+    def _chunk_present(self, split: str, layer: int, chunk: int) -> bool:
+        """Whether the token array stores chunk ``chunk``: its file, or its entry in its shard's index.
+
+        Only asked about a chunk zarr-python returned as all zeros (``_absent.py``); an array whose
+        chunk keys or shard index this cannot parse counts as present (its bytes are still checked).
+        """
+        if self.is_remote:  # type: ignore[attr-defined]
+            return remote_chunk_present(self, split, layer, chunk)  # type: ignore[arg-type]
+        per_shard = chunk_keys(self._array(split, "layers", str(layer)))  # type: ignore[attr-defined]
+        if per_shard is None:
+            return True
+        directory = Path(self.location) / "splits" / split / "layers" / str(layer)
+        if per_shard == 0:
+            return (directory / "c" / str(chunk) / "0" / "0" / "0").is_file()
+        shard_path = str(directory / "c" / str(chunk // per_shard) / "0" / "0" / "0")
+        try:
+            offset, _ = self._inner_chunk(shard_path, per_shard, chunk % per_shard)
+        except OSError as e:
+            raise CorruptStoreError(
+                f"{self.location}: cannot read the shard index of chunk {chunk} of {split!r} layer {layer} ({e}); "
+                "run `epcache verify` to locate bad chunks"
+            ) from None
+        return offset != NO_CHUNK
 
     def _raw_layout(self, split: str, layer: int, kind: str = "layers") -> tuple[str, int] | None:
         """Direct-read plan for a local, uncompressed array (cache_layout.md §4.1), else None."""
@@ -136,6 +151,24 @@ def raw_chunks_per_shard(arr: Any) -> int | None:
     ):
         return int(arr.shards[0] // arr.chunks[0])
     return None
+
+
+def chunk_keys(arr: Any) -> int | None:
+    """Where a zarr array's chunks live, whatever their codecs: 0 for one object per chunk, k for shards
+    of k chunks whose index (``(offset, nbytes)`` pairs, then a crc32c) is at the end; None when the key
+    encoding or shard index is not the one cache_layout.md §4.1 describes (presence cannot be looked up)."""
+    codecs = arr.metadata.codecs
+    enc = arr.metadata.chunk_key_encoding
+    if getattr(enc, "separator", None) != "/" or type(enc).__name__ != "DefaultChunkKeyEncoding":
+        return None
+    if not (len(codecs) == 1 and type(codecs[0]).__name__ == "ShardingCodec"):
+        return 0
+    shard = codecs[0]
+    index = [type(c).__name__ for c in shard.index_codecs]
+    at_end = str(getattr(shard.index_location, "value", shard.index_location)) == "end"
+    if not at_end or index != ["BytesCodec", "Crc32cCodec"] or not plain_bytes(shard.index_codecs[:1]):
+        return None
+    return int(arr.shards[0] // arr.chunks[0])
 
 
 def plain_bytes(codecs: Any) -> bool:

@@ -40,9 +40,10 @@ def _suggested(output: str) -> list[str]:
 
 
 def test_checksum_error_suggests_a_repair_that_works(extracted: tuple[Path, Path], tmp_path: Path) -> None:
-    _, store = extracted
-    copy = tmp_path / "b.zarr"
+    data, store = extracted
+    copy = tmp_path / "stores" / "b.zarr"
     shutil.copytree(store, copy)
+    (tmp_path / "data").symlink_to(data)  # the store records its root as ../data, relative to itself
     flip_byte(chunk_file(copy, "train", 0, 1), 3)
     r = runner.invoke(app, ["probe", "--store", str(copy), "--head", "linear", "--layers", "0", "--epochs", "1",
                             "--warmup", "0", "--batch-size", "4", "--lr", "1e-3", "--holdout", "0", "--no-progress"])

@@ -11,6 +11,7 @@ from source_helpers import imagefolder_samples, write_parquet, write_save_to_dis
 from epcache.errors import BadImageError, ConfigError
 from epcache.extract import extract, repair_store
 from epcache.extract._lookup import image_fetcher
+from epcache.extract._recorded import recorded_data_root
 from epcache.store import open_store
 
 pytest.importorskip("pyarrow")
@@ -48,7 +49,8 @@ def test_hf_dataset_gives_the_tokens_of_the_same_images(folder: Path, reference:
     with open_store(cfg.out) as store:
         assert sorted(store.read_ids("train"))[:2] == ["train/00000000", "train/00000001"]  # rows are permuted
         assert store.meta.dataset["kind"] == "hf" and store.meta.dataset["image_column"] == "image"
-        assert store.meta.extra["data_root"] == f"hf:{ds.resolve()}"
+        assert store.meta.extra["data_root"] == "hf:in1k"  # relative to the store's directory
+        assert recorded_data_root(store.meta.extra, str(cfg.out)) == f"hf:{ds.resolve()}"
         want = ("cat", "dog", "eel") if layout == "save_to_disk" else ("0", "1", "2")  # ClassLabel names if recorded
         assert store.split("train").classes == want
         fetch = image_fetcher(store.meta, "val", f"hf:{ds}")

@@ -19,6 +19,7 @@ from source_helpers import add_member, imagefolder_samples, write_shards
 from epcache.errors import BadImageError, ConfigError
 from epcache.extract import extract, repair_store
 from epcache.extract._lookup import image_fetcher
+from epcache.extract._recorded import recorded_data_root
 from epcache.extract._wds import expand_braces
 from epcache.store import open_store
 
@@ -72,7 +73,8 @@ def test_shards_give_the_tokens_of_the_same_images_as_an_imagefolder(
     with open_store(cfg.out) as store:
         ids = store.read_ids("train")
         assert sorted(ids)[0] == "train-000000.tar/000000" and store.meta.dataset["kind"] == "webdataset"
-        assert store.meta.dataset["label_key"] == "cls" and store.meta.extra["data_root"] == str(root.resolve())
+        assert store.meta.dataset["label_key"] == "cls" and not Path(store.meta.extra["data_root"]).is_absolute()
+        assert recorded_data_root(store.meta.extra, str(cfg.out)) == root.resolve()  # relative to the store
         assert store.split("train").classes == ("0", "1", "2")  # integer labels: class names are their text
 
 

@@ -50,3 +50,63 @@ def test_epcache_accepts_an_outsider_store(backend: str, tmp_path: Path) -> None
     assert len(rows) == 1 and rows[0]["store"]["provenance"] == key
     assert rows[0]["store"]["backbone"] == "outsider_net.v1" and rows[0]["data"]["num_eval"] == 12
     assert rows[0]["metrics"]["eval"]["top1"] > 0.9  # CLS channel y is raised for class y: separable
+
+
+def _zarr_layout(root: Path) -> dict[str, dict]:
+    """Every array's zarr.json (the array metadata of §4.1), by path."""
+    return {str(p.parent.relative_to(root)): json.loads(p.read_text())
+            for p in sorted(root.glob("splits/**/zarr.json")) if json.loads(p.read_text())["node_type"] == "array"}
+
+
+def _h5_layout(path: Path) -> dict[str, dict]:
+    """Every dataset's dtype, shape, layout, chunks, filters, fill value and attributes (§4.2), by path."""
+    import h5py
+
+    out: dict[str, dict] = {}
+    with h5py.File(path, "r") as f:
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = {
+                    "dtype": obj.dtype.str, "string": h5py.check_string_dtype(obj.dtype), "shape": obj.shape,
+                    "layout": obj.id.get_create_plist().get_layout(), "chunks": obj.chunks,
+                    "compression": obj.compression, "fill": obj.fillvalue, "attrs": dict(obj.attrs),
+                }
+        f.visititems(visit)
+        root = f.attrs.get_id("epcache")
+        out["/epcache"] = {"string": h5py.check_string_dtype(root.dtype), "shape": root.shape}
+    return out
+
+
+@pytest.mark.parametrize("backend", ["zarr", "h5"])
+def test_the_outsider_store_is_laid_out_as_epcache_writes_it(backend: str, tmp_path: Path) -> None:
+    """Records, ids, ids_utf8, labels, order and tokens as §4 states them: the array metadata (zarr)
+    and dataset properties (HDF5) of the outsider's store equal those of epcache writing the same
+    content, and so does the root document."""
+    import numpy as np
+
+    from epcache.store import SplitSpec, StoreMeta, create_store, open_store
+
+    outsider = tmp_path / f"outsider.{backend}"
+    (outsider_writer.write_zarr if backend == "zarr" else outsider_writer.write_h5)(outsider)
+    mine = tmp_path / f"epcache.{backend}"
+    with create_store(str(mine), StoreMeta.from_json(outsider_writer.document())) as st:
+        for split in outsider_writer.N:
+            ids, labels, x = outsider_writer.dataset(split)
+            st.add_split(SplitSpec(split, labels, ids, outsider_writer.CLASSES, permutation_seed=11),
+                         chunk_samples=outsider_writer.CHUNK)
+            order = st.read_order(split)
+            for b in range(st.split(split).num_blocks):
+                lo, hi = st.block_range(split, b)
+                st.write_block(split, 2, b, np.ascontiguousarray(x[order][lo:hi]))
+    with open_store(str(mine)) as a, open_store(str(outsider)) as b:
+        assert a._stored_doc == b._stored_doc == outsider_writer.document()
+    if backend == "zarr":
+        assert _zarr_layout(mine) == _zarr_layout(outsider)
+        files = [sorted(p.relative_to(r).as_posix() for p in r.rglob("*") if p.is_file()) for r in (mine, outsider)]
+        assert files[0] == files[1] and "splits/val/records/2/c/2" in files[0]  # the same chunk files
+    else:
+        got, want = _h5_layout(mine), _h5_layout(outsider)
+        assert got == want
+        assert got["splits/val/records/2"]["layout"] == 1 and got["splits/val/records/2"]["fill"] == -1  # contiguous
+        assert got["splits/val/ids"]["string"].encoding == "utf-8" and got["splits/val/ids"]["string"].length is None
+        assert got["splits/val/ids_utf8"]["dtype"] == "|u1" and got["/epcache"]["string"].length is None

@@ -1,13 +1,12 @@
 """Moment Probing against the official ``Moment_Probing_ViT`` (tests/data/mp, vectors README ``mp/``).
 
-Every vector file: float64 logits at rtol 1e-10, the float32 module against ``y_f32`` at 1e-5,
-and the 5-step AdamW run (wd 0.05 on every parameter) to 1e-10 on every weight and loss.
-
-The files' ``param.*`` entries equal ``params_after.*`` (the generator stored the state dict by
-reference, so the optimiser overwrote it; asserted below). The initial weights are rebuilt
-from the recipe in each file's ``meta`` instead: ``torch.manual_seed(seed)``, construct (the
-reference's order), trunc-normal Linears, then ``+= 0.05·randn`` per parameter for ``_rand``.
-``create_head("mp")`` draws exactly those weights, which also checks seeded construction.
+Every vector file: ``param.*`` (the weights before training, under the reference's keys) gives the
+float64 logits ``y`` at rtol 1e-10 and ``y_f32`` at 1e-5; the 5-step AdamW run (wd 0.05 on every
+parameter) from ``param.*`` reaches ``losses`` and ``params_after.*`` to 1e-10. ``create_head("mp")``
+with the recipe in each file's ``meta`` (``torch.manual_seed(seed)``, construction in the
+reference's order, trunc-normal Linears, then ``+= 0.05·randn`` per parameter for ``_rand``) draws
+``param.*`` (to a few float32 ulps across CPUs, tests/probe/init_draws.py), which checks seeded
+construction.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from init_draws import assert_same_draw
 
 from epcache.errors import HeadSpecError
 from epcache.probe.heads import HeadSpec, MomentProbing, create_head, from_reference, head_cost, heads_table
@@ -61,23 +61,38 @@ def test_all_vector_files_are_there() -> None:
     ]
 
 
+def _reference_head(z: np.lib.npyio.NpzFile, dtype: torch.dtype = torch.float64) -> MomentProbing:
+    """The file's ``param.*`` loaded through the reference key names."""
+    head = from_reference("mp", {k: torch.from_numpy(v).to(dtype) for k, v in _params(z, "param.").items()})
+    assert isinstance(head, MomentProbing) and next(head.parameters()).dtype == dtype
+    return head
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
-def test_vector_params_are_the_trained_weights(path: Path) -> None:
-    z = np.load(path)  # the defect the initial-weight recipe works around; fails once the files are fixed
+def test_vector_params_are_the_weights_before_training(path: Path) -> None:
+    z = np.load(path)
     before, after = _params(z, "param."), _params(z, "params_after.")
-    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+    assert before.keys() == after.keys()
+    assert all(v.dtype == np.float64 for v in before.values())
+    assert not any(np.array_equal(before[k], after[k]) for k in before)  # AdamW moves every parameter
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_seeded_create_head_draws_the_vector_params(path: Path) -> None:
+    z = np.load(path)
+    drawn = _initial_head(z).state_dict()
+    ref = _params(z, "param.")
+    assert drawn.keys() == ref.keys()
+    for key, t in drawn.items():
+        assert_same_draw(t, ref[key], key)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_logits_match_reference_float64_and_float32(path: Path) -> None:
     z = np.load(path)
-    state = {k: v.double() for k, v in _initial_head(z).state_dict().items()}
-    head = from_reference("mp", state)  # the official key names
-    assert isinstance(head, MomentProbing) and next(head.parameters()).dtype == torch.float64
     x = torch.from_numpy(z["x"])
-    _close(head(x), z["y"], RTOL)
-    head32 = from_reference("mp", {k: v.float() for k, v in state.items()})
-    y32 = head32(x.float())
+    _close(_reference_head(z)(x), z["y"], RTOL)
+    y32 = _reference_head(z, torch.float32)(x.float())
     assert y32.dtype == torch.float32
     np.testing.assert_allclose(y32.detach().numpy(), z["y_f32"], atol=1e-5, rtol=0)
 
@@ -85,7 +100,7 @@ def test_logits_match_reference_float64_and_float32(path: Path) -> None:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_five_adamw_steps_match_reference(path: Path) -> None:
     z = np.load(path)
-    head = _initial_head(z).double()
+    head = _reference_head(z)
     x, y = torch.from_numpy(z["x"]), torch.from_numpy(z["y_train"])
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8)
     losses = []
@@ -104,7 +119,7 @@ def test_five_adamw_steps_match_reference(path: Path) -> None:
 
 def test_reference_checkpoint_layout_with_head_prefix() -> None:
     z = np.load(FILES[0])
-    state = {k: v.double() for k, v in _initial_head(z).state_dict().items()}
+    state = {k: torch.from_numpy(v) for k, v in _params(z, "param.").items()}
     ckpt = {"model": {**{f"head.{k}": v for k, v in state.items()}, "blocks.0.norm1.weight": np.ones(3)}}
     head = from_reference("mp", ckpt)
     _close(head(torch.from_numpy(z["x"])), z["y"], RTOL)
@@ -113,7 +128,7 @@ def test_reference_checkpoint_layout_with_head_prefix() -> None:
 def test_created_head_has_the_reference_keys_and_shapes() -> None:
     z = np.load(FILES[1])
     head = _initial_head(z)
-    ref = _params(z, "params_after.")
+    ref = _params(z, "param.")
     assert {k: tuple(v.shape) for k, v in head.state_dict().items()} == {k: v.shape for k, v in ref.items()}
     assert float(head.proj.bias.detach().abs().max()) == 0.0 and 0.015 < float(head.proj.weight.detach().std()) < 0.025
 

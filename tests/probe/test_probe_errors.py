@@ -124,7 +124,7 @@ def test_incomplete_store(tmp_path: Path) -> None:
 def test_batch_larger_than_the_training_set(store: Path) -> None:
     with pytest.raises(ConfigError, match="lower --batch-size"):
         probe(config(store, batch_size=4096), progress=False)
-    with pytest.raises(ConfigError, match="batch-size must be >= 2"):
+    with pytest.raises(ConfigError, match=r"batch_size must be an integer >= 2 \(BatchNorm needs batch statistics\)"):
         probe(config(store, batch_size=1), progress=False)
 
 

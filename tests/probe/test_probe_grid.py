@@ -82,15 +82,18 @@ def test_layers_all_and_unknown_layer() -> None:
 
 def test_every_invalid_config_is_reported_in_one_error() -> None:
     with pytest.raises(ConfigError) as err:
-        expand(head="linear,ep,nosuchhead", queries="3,4", tokens="patch", lr=-1.0, optimizer="adamax", epochs=0)
+        expand(head="linear,ep,nosuchhead", queries="3,4", tokens="patch", lr=0.1, blr=0.2, optimizer="adamax")
     msg = str(err.value)
     assert "nothing was trained" in msg
     assert "unknown head kind 'nosuchhead'" in msg
     assert "D divisible by d_out*M" in msg and "M=3" in msg  # queries=3 does not divide D=16
     assert "linear" in msg and "cannot read tokens ['patch']" in msg
-    assert "--lr values must be finite and > 0, got [-1.0]" in msg
+    assert "give --lr (absolute) or --blr" in msg
     assert "unknown optimizer ['adamax']" in msg
-    assert "epochs must be >= 1" in msg
+    # a field's own value is refused by the config itself, every refused field in one message
+    with pytest.raises(ConfigError) as err:
+        ProbeConfig(store="s", lr=-1.0, epochs=0)
+    assert str(err.value) == "lr values must be finite numbers > 0, got -1.0; epochs must be an integer >= 1, got 0"
 
 
 def test_option_given_for_no_head_and_cls_on_store_without_cls() -> None:

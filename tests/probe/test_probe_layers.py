@@ -95,7 +95,7 @@ def test_a_multi_layer_group_reads_each_chunk_of_each_layer_once_per_epoch(
     monkeypatch.setattr(FeatureStore, "read_chunk", counting)
     epochs = 2
     cfg = config(store, head="linear,ep", tokens="cls,patch", layers="all", layer_mix="mean,concat,tokens",
-                 epochs=epochs, holdout=0.0, eval_cache_mb=0)
+                 epochs=epochs, holdout=0.0, eval_cache_mb=0, in_memory=False)  # streamed: read every epoch
     res = probe(cfg, progress=False)
     # linear x (mean, concat) + ep x (mean, concat, tokens): five configs, ONE group of four layers
     assert sorted((r["config"]["kind"], r["input"]["layer_mix"]) for r in res.rows) == [
@@ -248,7 +248,7 @@ def test_register_sources_follow_the_layout() -> None:
 def test_in_memory_equals_streaming_for_layer_groups(store: Path) -> None:
     kw = {"head": "linear,ep", "tokens": "cls+gap,patch", "layers": "1,2,3", "layer_mix": "concat,tokens,mean",
           "epochs": 2, "dtype": "float64", "lr": "0.02"}
-    streamed = probe(config(store, eval_cache_mb=0, **kw), progress=False)
+    streamed = probe(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
     memory = probe(config(store, in_memory=True, **kw), progress=False)
     assert len(streamed.rows) == 5
     for a, b in zip(streamed.rows, memory.rows, strict=True):

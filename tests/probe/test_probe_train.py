@@ -69,10 +69,10 @@ def test_sweep_equals_configs_trained_alone(store: Path, tmp_path: Path) -> None
 def test_fused_equals_reference_loop_and_in_memory_equals_streaming(store: Path) -> None:
     kw = {"head": "linear,ep,mhca", "tokens": "cls+gap,patch,all", "queries": 4, "num_heads": 2, "epochs": 3,
           "dtype": "float64", "lr": "0.02", "seeds": "0,1"}
-    fused = probe(config(store, **kw), progress=False)
-    loop = probe(config(store, fused=False, **kw), progress=False)
+    fused = probe(config(store, in_memory=False, **kw), progress=False)
+    loop = probe(config(store, fused=False, in_memory=False, **kw), progress=False)
     memory = probe(config(store, in_memory=True, **kw), progress=False)
-    streamed_eval = probe(config(store, eval_cache_mb=0, **kw), progress=False)
+    streamed_eval = probe(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
     for other in (loop, memory, streamed_eval):
         for a, b in zip(fused.rows, other.rows, strict=True):
             assert a["id"] == b["id"]

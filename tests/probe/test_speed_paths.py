@@ -24,7 +24,7 @@ def _strip(rows: tuple[dict, ...]) -> list[dict]:
 
 
 def test_in_memory_converted_once_is_bit_identical_in_float64(store: Path) -> None:
-    streamed = probe(config(store, dtype="float64", **KW), progress=False)
+    streamed = probe(config(store, dtype="float64", in_memory=False, **KW), progress=False)
     held = probe(config(store, dtype="float64", in_memory=True, eval_cache_mb=0, **KW), progress=False)
     assert _strip(held.rows) == _strip(streamed.rows)  # curves, metrics, selected epochs: exactly equal
     # train, holdout and eval rows (128 + 32 + 48) as the 16 patch tokens gap and patch heads need, in float64
@@ -33,7 +33,7 @@ def test_in_memory_converted_once_is_bit_identical_in_float64(store: Path) -> No
 
 
 def test_float32_fast_paths_select_the_same_epochs_and_metrics(store: Path) -> None:
-    a = probe(config(store, **KW), progress=False)
+    a = probe(config(store, in_memory=False, **KW), progress=False)
     b = probe(config(store, in_memory=True, **KW), progress=False)
     for ra, rb in zip(a.rows, b.rows, strict=True):
         assert ra["selected_epoch"] == rb["selected_epoch"]

@@ -20,7 +20,8 @@ from epcache.store import open_store
 
 pytestmark = pytest.mark.reliability_diskfull
 
-ARGS = [*TINY, "--dtype", "float32", "--views", "1", "--split", "train=train"]  # 32 images: 8 blocks of ~61 KB
+ARGS = [*TINY, "--dtype", "float32", "--views", "1", "--split", "train=train",  # 32 images: 8 blocks of ~61 KB
+        "--record-paths"]  # stores at different places record one data root: their metadata is identical
 
 
 @pytest.fixture(scope="module")

@@ -41,14 +41,15 @@ def refs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for name, (extra, fname, _) in FORMATS.items():
         ref = root / "ref" / name / fname
         code, text = run_cli("extract", *TINY, *extra, "--data", str(data), "--split", "train=train",
-                             "--out", str(ref))
+                             "--out", str(ref), "--record-paths")  # one data root for stores anywhere
         assert code == 0, text
         out[name] = ref
     return out
 
 
 def _args(refs: dict, out: Path, extra: list[str]) -> list[str]:
-    return ["extract", *TINY, *extra, "--data", str(refs["data"]), "--split", "train=train", "--out", str(out)]
+    return ["extract", *TINY, *extra, "--data", str(refs["data"]), "--split", "train=train", "--out", str(out),
+            "--record-paths"]
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))

@@ -9,13 +9,18 @@ directory (and shard) are refused, while the shards of one sweep run side by sid
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import random
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reliability_helpers import TINY, child_env, make_imagefolder, run_cli
@@ -107,6 +112,110 @@ def test_break_lock_resumers_racing_in_processes_never_both_hold(tmp_path: Path)
     (sync / "go").touch()
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert sorted(outs) == ["HELD", *["REFUSED"] * (n - 1)], outs
+
+
+def _create_race(root: Path, rounds: int, racers: int, hold: Callable[[], None] | None) -> Counter[str]:
+    """``racers`` threads take the lock of a new, nested store ``rounds`` times; the outcome of every try.
+
+    Without ``hold`` a winner releases at once: the window in which the holder removes the
+    directory it made for the lock while the other racers are making it or opening the lock file
+    (the race that used to end in FileNotFoundError, or in "exists and is a file").
+    """
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads interleave inside the lock code, as processes do
+    try:
+        return _create_rounds(root, rounds, racers, hold)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _create_rounds(root: Path, rounds: int, racers: int, hold: Callable[[], None] | None) -> Counter[str]:
+    outcomes: Counter[str] = Counter()
+    guard = threading.Lock()
+    holders = [0]
+    for r in range(rounds):
+        store = root / f"r{r}" / ("new/deeper" if r % 2 else "") / "s.zarr"
+        start = threading.Barrier(racers)
+
+        def create(k: int, store: Path = store, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                lock = acquire_store_lock(store, purpose=f"creator {k}")
+            except StoreLockedError:
+                outcome = "refused"
+            except Exception as e:  # anything else is the bug this test exists for
+                outcome = f"{type(e).__name__}: {e}"
+            else:
+                with guard:
+                    holders[0] += 1
+                    outcome = "held" if holders[0] == 1 else "held by two at once"
+                if hold is not None:
+                    hold()
+                with guard:
+                    holders[0] -= 1
+                lock.release()
+            with guard:
+                outcomes[outcome] += 1
+
+        threads = [threading.Thread(target=create, args=(k,)) for k in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return outcomes
+
+
+@pytest.mark.reliability_kill
+def test_racing_creators_of_a_new_store_are_refused_never_crash(tmp_path: Path) -> None:
+    """Every try ends holding the lock or in StoreLockedError, however the winners come and go."""
+    outcomes = _create_race(tmp_path, rounds=150, racers=16, hold=None)
+    assert set(outcomes) <= {"held", "refused"}, outcomes
+    assert outcomes["held"] >= 150 and sum(outcomes.values()) == 150 * 16, outcomes
+    assert not [p for p in tmp_path.rglob("*") if not p.is_dir()]  # no lock left behind, at most empty directories
+
+
+@pytest.mark.reliability_kill
+def test_racing_creators_exactly_one_holds_while_it_creates(tmp_path: Path) -> None:
+    """A winner that holds the lock while it creates the store: every other creator is refused."""
+    outcomes = _create_race(tmp_path, rounds=30, racers=12, hold=lambda: time.sleep(0.02))
+    assert outcomes == Counter({"held": 30, "refused": 30 * 11}), outcomes
+
+
+def _creator(root: Path, rounds: int, start: Any, results: Any, seed: int) -> None:
+    """One forked creator: races the others for the same new store of each round, reports each outcome.
+
+    Rounds start together; a random delay of up to a few milliseconds then lets late creators
+    arrive while an early winner releases (and removes the directory it made for the lock).
+    """
+    rng = random.Random(seed)
+    out: list[str] = []
+    for r in range(rounds):
+        start.wait()
+        time.sleep(rng.random() * 0.004)
+        try:
+            acquire_store_lock(root / f"r{r}" / "s.zarr").release()
+            out.append("held")
+        except StoreLockedError:
+            out.append("refused")
+        except Exception as e:
+            out.append(f"{type(e).__name__}: {e}")
+    results.put(out)
+
+
+@pytest.mark.reliability_kill
+def test_racing_creator_processes_are_refused_never_crash(tmp_path: Path) -> None:
+    """The same race between processes (forked: epcache is imported once), each with its own flocks."""
+    ctx = multiprocessing.get_context("fork")
+    n, rounds = 8, 100
+    start, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_creator, args=(tmp_path, rounds, start, results, k)) for k in range(n)]
+    for p in procs:
+        p.start()
+    outcomes = Counter(o for _ in procs for o in results.get(timeout=120))
+    for p in procs:
+        p.join(timeout=60)
+    assert set(outcomes) <= {"held", "refused"} and sum(outcomes.values()) == n * rounds, outcomes
+    assert not [p for p in tmp_path.rglob("*") if not p.is_dir()]
 
 
 @pytest.mark.reliability_bad_input

@@ -51,12 +51,14 @@ def _objects(bucket: str, prefix: str) -> dict[str, bytes]:
 
 def test_extract_info_ls_probe_report_on_s3(bucket: str, data: Path, tmp_path: Path) -> None:
     url = f"s3://{bucket}/stores/tiny.zarr"
-    cfg = tiny_config(data, url, views=1, shard_samples=8)
+    # absolute data roots on both sides: by default a local store records its root relative to
+    # itself and an S3 store records none, the one intended difference between their documents
+    cfg = tiny_config(data, url, views=1, shard_samples=8, record_paths=True)
     result = extract(cfg, progress=False)
     assert result.status == "complete" and sum(result.samples.values()) == 33
 
     # the same bytes as a local extraction, object for object
-    local = tiny_config(data, tmp_path / "local" / "tiny.zarr", views=1, shard_samples=8)
+    local = tiny_config(data, tmp_path / "local" / "tiny.zarr", views=1, shard_samples=8, record_paths=True)
     extract(local, progress=False)
     remote_files = _objects(bucket, "stores/tiny.zarr")
     assert LOCK_NAME not in remote_files  # released at the end
@@ -107,7 +109,7 @@ def test_extract_info_ls_probe_report_on_s3(bucket: str, data: Path, tmp_path: P
 
 def test_a_killed_remote_extraction_resumes(bucket: str, data: Path, tmp_path: Path) -> None:
     url = f"s3://{bucket}/resume.zarr"
-    cfg = tiny_config(data, url, splits={"val": "val"})
+    cfg = tiny_config(data, url, splits={"val": "val"}, record_paths=True)  # comparable documents (above)
     extract(cfg, progress=False)
     with open_store(url, "a") as store:  # lose two blocks, as a crash between writes would
         for layer in store.meta.layers:
@@ -116,7 +118,7 @@ def test_a_killed_remote_extraction_resumes(bucket: str, data: Path, tmp_path: P
     assert not describe_store(url).complete
     again = extract(cfg, progress=False)
     assert again.resumed and again.samples == {"val": 5}  # only blocks 0 and 2 were extracted again
-    local = tiny_config(data, tmp_path / "resume.zarr", splits={"val": "val"})
+    local = tiny_config(data, tmp_path / "resume.zarr", splits={"val": "val"}, record_paths=True)
     extract(local, progress=False)
     assert _objects(bucket, "resume.zarr") == store_files(Path(local.out))
 
@@ -148,8 +150,8 @@ def test_quantized_remote_reads_equal_local_reads(bucket: str, data: Path, tmp_p
     """A quantised store (cache_layout.md §3.5) on S3: the same objects as on disk, codes and scales
     included, and every read (decoded, with the crc32c checks on) equal to the local one."""
     url = f"s3://{bucket}/stores/q.zarr"
-    extract(tiny_config(data, url, views=1, shard_samples=8, quantize=scheme), progress=False)
-    local = tiny_config(data, tmp_path / "q.zarr", views=1, shard_samples=8, quantize=scheme)
+    extract(tiny_config(data, url, views=1, shard_samples=8, quantize=scheme, record_paths=True), progress=False)
+    local = tiny_config(data, tmp_path / "q.zarr", views=1, shard_samples=8, quantize=scheme, record_paths=True)
     extract(local, progress=False)
     assert _objects(bucket, "stores/q.zarr") == store_files(Path(local.out))
     with open_store(url) as remote, open_store(local.out) as disk:

@@ -62,7 +62,7 @@ finally:
 
 ARGS = ["extract", "--model", "vit_tiny_patch16_224", "--random-init", "--img-size", "32", "--split", "train=train",
         "--layers", "0,6,11", "--views", "1", "--batch-size", "4", "--workers", "0", "--chunk-samples", "4",
-        "--no-progress"]  # 64 images: 16 blocks x 3 layers
+        "--no-progress", "--record-paths"]  # 64 images: 16 blocks x 3 layers; one data root for stores anywhere
 
 
 @pytest.fixture(scope="module")

@@ -128,21 +128,17 @@ def resolve_rows(
 
 def check_compatible(store: FeatureStore, other: FeatureStore) -> None:
     """The eval store must hold tokens of the same backbone, weights, layout and preprocessing."""
-    a, b = store.meta, other.meta
-    fields = {
-        "backbone": (a.backbone.name, b.backbone.name),
-        "weights_sha256": (a.backbone.weights_sha256, b.backbone.weights_sha256),
-        "dim": (a.dim, b.dim),
-        "token layout": (dataclasses.asdict(a.layout), dataclasses.asdict(b.layout)),
-        "final_norm": (a.final_norm, b.final_norm),
-        "preprocessing": (a.preprocessing, b.preprocessing),
-    }
-    diffs = [f"{name}: {x!r} vs {y!r}" for name, (x, y) in fields.items() if x != y]
-    if diffs:
+    from epcache.store._diff import describe_differences
+
+    def fields(m: Any) -> dict[str, Any]:
+        return {"backbone": m.backbone.name, "weights_sha256": m.backbone.weights_sha256, "dim": m.dim,
+                "layout": dataclasses.asdict(m.layout), "final_norm": m.final_norm, "preprocessing": m.preprocessing}
+
+    ours, theirs = fields(store.meta), fields(other.meta)
+    if ours != theirs:  # field: this store's value vs the eval store's, shortened (the dicts are long)
         raise ProvenanceMismatchError(
-            f"eval store {other.location} was not produced like {store.location} ({'; '.join(diffs)}); "
-            "probing one and scoring on the other compares different features. Extract both with the same "
-            "backbone, weights and preprocessing"
+            f"eval store {other.location} was not extracted like {store.location} "
+            f"({describe_differences(ours, theirs)}); extract both with the same backbone, weights and preprocessing"
         )
 
 

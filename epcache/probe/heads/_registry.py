@@ -180,8 +180,9 @@ def _factory(kind: str) -> HeadFactory:
     try:
         return _HEAD_FACTORIES[kind]
     except KeyError:
-        known = ", ".join(list_heads())
-        raise HeadSpecError(f"unknown head kind {kind!r}; registered kinds: {known}") from None
+        from epcache.probe.heads._listing import known_heads_text
+
+        raise HeadSpecError(f"unknown head kind {kind!r}; {known_heads_text()}") from None
 
 
 def _canonical(kind: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:

@@ -15,15 +15,19 @@ and renamed into place, except ``results.jsonl``, which is appended one full lin
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
+import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from safetensors import safe_open
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -45,12 +49,14 @@ __all__ = [
     "save_head",
     "seed_summary",
     "write_json",
+    "write_text",
 ]
 
 RESULTS_FILE = "results.jsonl"
 RESULT_SCHEMA = "epcache-probe-result/2"  # /2: 1-based epochs, protocol, seed_group
 HEAD_META_KEY = "epcache_head"
 CKPT_META_KEY = "epcache_ckpt"
+CKPT_SHA_KEY = "epcache_ckpt_sha256"  # sha256 of a checkpoint's tensors and state, checked before a resume
 
 
 class ResultRowJSON(TypedDict):
@@ -115,15 +121,30 @@ def repair_results(path: Path) -> None:
 def append_result(path: Path, row: ResultRowJSON | dict[str, Any]) -> None:
     """Append one row as one line, flushed and fsynced (a crash leaves at most a partial last line)."""
     line = json.dumps(_finite(row), separators=(",", ":"), allow_nan=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    data = memoryview(line.encode("utf-8"))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while data:  # unbuffered: a short write is seen here, not again when a buffer is closed
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError:  # a full disk: the short line is cut again (truncating needs no space)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     _atomic_bytes(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: a full disk leaves the previous file (or none), never a cut one."""
+    _atomic_bytes(path, text.encode("utf-8"))
 
 
 def save_head(path: Path, state: dict[str, Tensor], config: dict[str, Any]) -> None:
@@ -149,20 +170,40 @@ def load_head(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict
 
 
 def save_checkpoint(path: Path, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
-    """One file holding tensors and the JSON state, replaced atomically (never half old, half new)."""
-    _atomic_safetensors(path, tensors, {CKPT_META_KEY: json.dumps(_finite(state), allow_nan=False)})
+    """One file holding tensors and the JSON state, replaced atomically (never half old, half new).
+
+    The metadata records the sha256 of the tensors and the state as written, so a resume never
+    continues from a checkpoint whose numbers were changed afterwards (``load_checkpoint``).
+    """
+    text = json.dumps(_finite(state), allow_nan=False)
+    _atomic_safetensors(path, tensors, {CKPT_META_KEY: text, CKPT_SHA_KEY: _checkpoint_sha256(tensors, text)})
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    """Tensors and state of a checkpoint, or None if there is none (or it cannot be read)."""
+def load_checkpoint(
+    path: Path, *, say: Callable[[str], None] | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """Tensors and state of a checkpoint, or None if there is none, it cannot be read, or it fails its sha256.
+
+    A checkpoint whose tensors or state no longer hash to the sha256 recorded at write time is not
+    resumed from (one note through ``say``): the group restarts from epoch 0, which gives the
+    numbers it would have given.
+    """
     if not path.exists():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            state = json.loads((f.metadata() or {})[CKPT_META_KEY])
-        return load_file(str(path)), state
+            meta = f.metadata() or {}
+            text = meta[CKPT_META_KEY]
+            state = json.loads(text)
+        tensors = load_file(str(path))
     except (OSError, KeyError, ValueError, RuntimeError):
         return None  # unreadable: the group restarts from epoch 0, which gives the same numbers
+    if meta.get(CKPT_SHA_KEY) != _checkpoint_sha256(tensors, text):
+        if say is not None:
+            say(f"note: checkpoint {path} does not hash to the sha256 recorded when it was written; "
+                "training its group again from the first epoch")
+        return None
+    return tensors, state
 
 
 def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
@@ -276,18 +317,47 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _checkpoint_sha256(tensors: dict[str, Tensor], state_text: str) -> str:
+    """sha256 over the state and every tensor's name, dtype, shape and bytes (in name order)."""
+    h = hashlib.sha256(state_text.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def _atomic_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no short temporary file is left to fill it further
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _atomic_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """safetensors' own error for a failed write carries the errno only in its text ("os error 28"):
+    it becomes the ``OSError`` it is, so a full disk reaches the user as one line (``os_errors``)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            err = int(code.group(1))
+            raise OSError(err, os.strerror(err), str(path)) from None
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

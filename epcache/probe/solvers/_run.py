@@ -28,6 +28,7 @@ from epcache.probe.solvers._fit import SolverInputs, fit_solver
 from epcache.probe.solvers._ncm import NcmModel
 from epcache.probe.solvers._pooled import PooledCache
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
+from epcache.probe.sweep.checks import check_two_classes
 from epcache.store import FeatureStore, StoreMeta
 
 __all__ = [
@@ -119,12 +120,7 @@ def check_solver_inputs(specs: Sequence[SolverSpec], data: RowData, num_classes:
     """
     if not specs:
         return
-    present = np.unique(data.train_labels[data.train_rows])
-    if num_classes < 2 or len(present) < 2:
-        raise ConfigError(
-            f"the train split has {len(present)} class(es) with samples ({num_classes} listed); solver heads "
-            "(knn, ridge, logreg, ncm) need at least 2. Extract a split with several classes"
-        )
+    check_two_classes(data.train_labels, data.train_rows, num_classes)  # trained heads get the same refusal
     problems = []
     for spec in specs:
         if spec.kind != "knn":
@@ -157,13 +153,17 @@ def run_solver_configs(
 ) -> list[dict[str, Any]]:
     """Fit and score every spec; one results row each (appended to ``out/results_file`` as it finishes).
 
+    Each row's ``input.features_from`` says where its pooled vectors came from: ``store`` (pooled
+    from the store in this run), ``cache`` (read back from ``out/pooled`` after their sha256 check)
+    or ``store+cache`` (the train and eval views differ).
+
     Raises:
         NonFiniteFeaturesError: a pooled row is inf/nan (names layer and rows).
         ConfigError: a class-less fit set, k larger than the bank.
     """
     if num_classes < 2:
         raise ConfigError(f"the store lists {num_classes} class; solver heads need at least 2 classes")
-    cache = PooledCache(out / "pooled" if out is not None else None)
+    cache = PooledCache(out / "pooled" if out is not None else None, say=say)  # entries checked by sha256
     by_layer: dict[int, list[SolverSpec]] = defaultdict(list)
     for s in specs:
         by_layer[s.layer].append(s)
@@ -175,6 +175,8 @@ def run_solver_configs(
         train_view = cache.get(store, st.train_split, layer, train_all)
         eval_view = cache.get(eval_store, st.eval_split, layer, data.eval_rows)
         pool_seconds = time.perf_counter() - t0
+        cached = {train_view.from_cache, eval_view.from_cache}  # RUNDIR/pooled entries passed their sha256 check
+        features_from = "store+cache" if len(cached) == 2 else "cache" if True in cached else "store"
         say(f"layer {layer}: pooled {len(train_all)} train + {len(data.eval_rows)} eval rows in {pool_seconds:.1f} s; "
             f"{len(group)} solver config(s)")
         dtype = _DTYPES[st.dtype]
@@ -212,7 +214,8 @@ def run_solver_configs(
                            **{k: v for k, v in st.to_json().items() if "provenance" not in k}},
                 "store": _store_info(store),
                 "eval_store": _store_info(eval_store),
-                "input": {"tokens": spec.tokens, "layer_mix": "none", "layers": [spec.layer]},  # as trained rows
+                "input": {"tokens": spec.tokens, "layer_mix": "none", "layers": [spec.layer],  # as trained rows
+                          "features_from": features_from},
                 "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": len(data.holdout_rows),
                          "num_eval": len(data.eval_rows), "num_refit": int(inputs.refit_y.shape[0]),
                          "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval},

@@ -11,13 +11,14 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
 from epcache.probe.sweep.config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
 from epcache.store import StoreMeta
 
-__all__ = ["check_axes", "check_choices", "check_head", "check_shared", "jsonable", "resolve_layers", "split_head",
-           "token_choices"]
-
+__all__ = ["check_axes", "check_choices", "check_head", "check_shared", "check_two_classes", "jsonable",
+           "resolve_layers", "split_head", "token_choices"]
 
 
 def check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
@@ -32,6 +33,32 @@ def check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
                 f"grid file {grid}: {name} differs between [[grid]] tables ({sorted(values)}); it is shared by the "
                 "whole sweep (one data pass), so set it at the top level or run separate sweeps"
             )
+
+
+def check_two_classes(train_labels: np.ndarray, train_rows: np.ndarray, num_classes: int) -> None:
+    """Refuse to train or fit on fewer than 2 classes, before any step: every head would score 100%.
+
+    One check for trained heads and solver heads alike, on the rows they would learn from (after
+    the holdout and any low-shot selection), so the same store gets the same refusal whichever
+    head is asked for.
+
+    Raises:
+        ConfigError: fewer than 2 classes listed, or fewer than 2 with samples in ``train_rows``.
+    """
+    present = len(np.unique(train_labels[train_rows]))
+    if num_classes >= 2 and present >= 2:
+        return
+    in_split = len(np.unique(train_labels[train_labels >= 0]))
+    if num_classes >= 2 and in_split >= 2:
+        raise ConfigError(
+            f"the rows left to train on (after the holdout, the low-shot selection and unwritten blocks) hold "
+            f"{present} class(es) of the {in_split} in the train split; probe heads (trained and solver) need at "
+            "least 2. Finish the extraction, or lower --holdout / select more rows per class (--shots, --fraction)"
+        )
+    raise ConfigError(
+        f"the train split has {present} class(es) with samples ({num_classes} listed); probe heads (trained and "
+        "solver: knn, ridge, logreg, ncm) need at least 2. Extract a split with several classes"
+    )
 
 
 def resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
+from epcache.probe.sweep.fields import Range, check_values, split_list
 
 __all__ = [
     "ATTENTIVE_TOKENS",
@@ -24,6 +25,7 @@ __all__ = [
     "HEAD_OPTION_AXES",
     "LINEAR_TOKENS",
     "ProbeConfig",
+    "check_config_values",
     "parse_heads",
     "parse_layers",
     "parse_list",
@@ -34,22 +36,9 @@ ATTENTIVE_TOKENS: tuple[str, ...] = ("patch", "all", "registers", "patch+registe
 HEAD_OPTION_AXES: tuple[str, ...] = ("queries", "d_out", "num_heads")  # ProbeConfig axes that are head options
 DTYPES: tuple[str, ...] = ("float32", "float64")
 OPTIMIZER_NAMES: tuple[str, ...] = ("lars", "adamw", "adam", "sgd")
-_TUPLE_FIELDS: dict[str, type] = {
-    "head": str,
-    "queries": int,
-    "d_out": int,
-    "num_heads": int,
-    "layers": object,
-    "tokens": str,
-    "layer_mix": str,
-    "lr": float,
-    "blr": float,
-    "wd": float,
-    "optimizer": str,
-    "seeds": int,
-    "k": int,  # solver heads (epcache/probe/solvers): k-NN defaults
-    "temperature": float,
-}
+_POSITIVE = Range(gt=0)
+_COUNT = Range(ge=1)
+_SEED = Range(ge=0, lt=2**63)  # numpy's generators take no negative seed, torch none beyond 64 bits
 _HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
 
@@ -72,10 +61,15 @@ class ProbeConfig:
 
     store: str = doc(doc="feature store path or URL (the train split, and the eval split unless eval_store)")
     head: tuple[str, ...] = doc(("ep",), doc="head kinds or specs, e.g. \"ep\", \"linear(tokens='gap')\"")
-    queries: tuple[int, ...] = doc((), doc="EP queries M; empty: the head's default (32)")
-    d_out: tuple[int, ...] = doc((), doc="EP width divisor; empty: default (1)")
-    num_heads: tuple[int, ...] = doc((), doc="attention heads of MHCA-style poolers; empty: each kind's default")
-    layers: tuple[int | str, ...] = doc(("last",), doc="block indices (negative: from the end), \"last\" or \"all\"")
+    queries: tuple[int, ...] = doc((), doc="EP queries M; empty: the head's default (32)", check=_COUNT)
+    d_out: tuple[int, ...] = doc((), doc="EP width divisor; empty: default (1)", check=_COUNT)
+    num_heads: tuple[int, ...] = doc(
+        (), doc="attention heads of MHCA-style poolers; empty: each kind's default", check=_COUNT
+    )
+    layers: tuple[int | str, ...] = doc(
+        ("last",), doc="block indices (negative: from the end), \"last\" or \"all\"",
+        check=Range(why="block indices, 'last', 'all' or a slice like -4:"),
+    )
     tokens: tuple[str, ...] = doc((), doc="empty: linear reads cls, pooling heads read patch, mp reads all")
     layer_mix: tuple[str, ...] = doc(
         ("none",),
@@ -85,29 +79,42 @@ class ProbeConfig:
         "auto",
         doc="training protocol (`epcache recipes`): auto | ep-paper | dinov2-linear | capi-attentive",
     )
-    lr: tuple[float, ...] = doc((), doc="absolute peak lrs (a grid, trained fused); empty: the recipe's")
-    blr: tuple[float, ...] = doc((), doc="base lrs, lr = blr * batch_size / 256; empty: the recipe's")
-    wd: tuple[float, ...] = doc((), doc="weight decays (LARS: only on >=2-D params, as MAE); empty: the recipe's")
+    lr: tuple[float, ...] = doc((), doc="absolute peak lrs (a grid, trained fused); empty: the recipe's",
+                                check=_POSITIVE)
+    blr: tuple[float, ...] = doc((), doc="base lrs, lr = blr * batch_size / 256; empty: the recipe's",
+                                 check=_POSITIVE)
+    wd: tuple[float, ...] = doc((), doc="weight decays (LARS: only on >=2-D params, as MAE); empty: the recipe's",
+                                check=Range(ge=0))
     optimizer: tuple[str, ...] = doc((), doc="lars | adamw | adam | sgd; empty: the recipe's")
-    seeds: tuple[int, ...] = doc((0,), doc="head-init seeds; data order depends on data_seed only")
-    epochs: int | None = doc(None, doc="evaluation epochs; None: the recipe's (with its step floor)")
-    warmup: float | None = doc(None, doc="warm-up epochs (linear from 0, per iteration); None: the recipe's")
-    batch_size: int | None = doc(None, doc="per step (drop_last); None: the recipe's, adapted to the dataset")
-    min_steps: int | None = doc(None, doc="floor on optimiser steps (epochs become several passes); None: the recipe's")
-    data_seed: int = doc(0, doc="holdout split, low-shot subset, batch order and view choice")
-    holdout: float | None = doc(None, doc="stratified fraction of train that selects epoch and config; 0: last epoch")
+    seeds: tuple[int, ...] = doc((0,), doc="head-init seeds; data order depends on data_seed only", check=_SEED)
+    epochs: int | None = doc(None, doc="evaluation epochs; None: the recipe's (with its step floor)", check=_COUNT)
+    warmup: float | None = doc(None, doc="warm-up epochs (linear from 0, per iteration); None: the recipe's",
+                               check=Range(ge=0))
+    batch_size: int | None = doc(None, doc="per step (drop_last); None: the recipe's, adapted to the dataset",
+                                 check=Range(ge=2, why="BatchNorm needs batch statistics"))
+    min_steps: int | None = doc(None, doc="floor on optimiser steps (epochs become several passes); None: the recipe's",
+                                check=Range(ge=0))
+    data_seed: int = doc(0, doc="holdout split, low-shot subset, batch order and view choice", check=_SEED)
+    holdout: float | None = doc(None, doc="stratified fraction of train that selects epoch and config; 0: last epoch",
+                                check=Range(ge=0, lt=1, why="0: no holdout, the last epoch is kept"))
     shots: int | tuple[int, ...] | None = doc(
         None,
         doc="low-shot: K per class (after the holdout); several: solver heads",
+        check=_COUNT,
     )
-    fraction: float | None = doc(None, doc="low-shot: this fraction of each class's training samples")
+    fraction: float | None = doc(None, doc="low-shot: this fraction of each class's training samples",
+                                 check=Range(gt=0, le=1))
     train_split: str = doc("train", doc="split to train on (and to hold out from)")
     eval_split: str = doc("val", doc="split to report, scored once at each config's selected epoch")
     eval_store: str | None = doc(None, doc="another store holding eval_split (same backbone provenance required)")
     grid: str | None = doc(None, doc="TOML sweep file; its keys override these fields (see load_grid)")
     out: str | None = doc(None, doc="run directory; None: nothing is written (no resume)")
     device: str = doc("auto", doc="auto | cpu | cuda | cuda:N")
-    in_memory: bool = doc(False, doc="load the selected tokens of every split once instead of streaming")
+    in_memory: bool | None = doc(
+        None,
+        doc="hold the selected training tokens in RAM (read and converted once) instead of streaming them every "
+        "epoch; None (auto): held when they fit in a quarter of the available RAM, said once and recorded",
+    )
     allow_incomplete: bool = doc(False, doc="train on the written blocks of an incomplete store")
     dtype: str = doc("float32", doc="compute dtype; float64 is for exactness tests")
     amp: str = doc(
@@ -118,9 +125,11 @@ class ProbeConfig:
     compile: bool = doc(False, doc="run each stack of heads through torch.compile (recorded in every row)")
     fused: bool = doc(True, doc="stack same-shape heads into batched ops; False: one module per config (reference)")
     save_heads: bool = doc(True, doc="write heads/<id>.safetensors for every config's selected epoch")
-    prefetch: int = doc(4, doc="batches the reader thread may run ahead")
-    shuffle_chunks: int = doc(0, doc="chunks in the shuffle buffer; 0: enough for two batches (at least 4)")
-    eval_cache_mb: float = doc(4096.0, doc="holdout/eval tokens up to this size are read once and kept in RAM")
+    prefetch: int = doc(4, doc="batches the reader thread may run ahead", check=_COUNT)
+    shuffle_chunks: int = doc(0, doc="chunks in the shuffle buffer; 0: enough for two batches (at least 4)",
+                              check=Range(ge=0))
+    eval_cache_mb: float = doc(4096.0, doc="holdout/eval tokens up to this size are read once and kept in RAM",
+                               check=Range(ge=0))
     eval_curve: bool = doc(True, doc="score the eval split every epoch (curves, oracle); False: only at the end")
     shard: str | None = doc(
         None,
@@ -131,23 +140,32 @@ class ProbeConfig:
         None,
         doc="local copies of the chunks of a store behind a URL (s3://...): epochs after the first read local disk",
     )
-    cache_max_gb: float | None = doc(None, doc="evict least recently used cache_dir entries beyond this size")
+    cache_max_gb: float | None = doc(None, doc="evict least recently used cache_dir entries beyond this size",
+                                     check=_POSITIVE)
     # solver heads (epcache/probe/solvers); head options in parentheses override these
-    k: tuple[int, ...] = doc((10, 20, 100, 200), doc="k-NN neighbour counts, all from one search")
-    temperature: tuple[float, ...] = doc((0.07,), doc="k-NN vote temperatures T")
+    k: tuple[int, ...] = doc((10, 20, 100, 200), doc="k-NN neighbour counts, all from one search", check=_COUNT)
+    temperature: tuple[float, ...] = doc((0.07,), doc="k-NN vote temperatures T", check=_POSITIVE)
     c_preset: str = doc("dinov2", doc="logreg C grid: dinov2 (45 values), clip (96), raptor (100)")
-    tries: int = doc(1, doc="few-shot draws per shot count (needs shots); mean ± std over tries")
+    tries: int = doc(1, doc="few-shot draws per shot count (needs shots); mean ± std over tries", check=_COUNT)
 
     def __post_init__(self) -> None:
-        for name, kind in _TUPLE_FIELDS.items():
-            object.__setattr__(self, name, _as_tuple(getattr(self, name), kind, name))
-        if self.shots is not None and not isinstance(self.shots, int):  # several shot counts (solver heads)
-            shots = _as_tuple(self.shots, int, "shots")
-            object.__setattr__(self, "shots", shots[0] if len(shots) == 1 else shots)
-        for name in ("store", "eval_store", "grid", "out", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, str(value))
+        """Every field checked and normalised by :func:`check_config_values`, as the CLI and grid files are."""
+        values = check_config_values({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_cli(cls, **options: Any) -> ProbeConfig:
+        """A config from command-line text: a numeric option's string is read as its number first.
+
+        ``--epochs 3`` arrives as ``"3"``; reading it here rather than in the CLI framework means
+        ``--epochs true`` or ``--epochs nan`` is refused by the same check, with the same message,
+        as ``epochs = true`` in a grid file or ``ProbeConfig(epochs=True)``.
+
+        Raises:
+            ConfigError: every refused field, in one message.
+        """
+        return cls(**check_config_values(options, text=True))
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (tuples become lists)."""
@@ -185,23 +203,7 @@ def parse_heads(text: str | Sequence[str]) -> tuple[str, ...]:
     Raises:
         ConfigError: unbalanced parentheses.
     """
-    if not isinstance(text, str):
-        return tuple(text)
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-            continue
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth < 0:
-            raise ConfigError(f"unbalanced ')' in head list {text!r}")
-        cur.append(ch)
-    if depth:
-        raise ConfigError(f"unbalanced '(' in head list {text!r}")
-    parts.append("".join(cur).strip())
-    return tuple(p for p in parts if p)
+    return split_list(text) if isinstance(text, str) else tuple(text)
 
 
 def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
@@ -228,44 +230,35 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
     return tuple(out)
 
 
+def check_config_values(values: Mapping[str, Any], *, text: bool = False) -> dict[str, Any]:
+    """The one check of :class:`ProbeConfig` values, whichever way they arrive.
 
-# ---------------------------------------------------------------------------------------------- helpers
+    ``ProbeConfig(...)`` (so the library's ``epcache.probe``), :meth:`ProbeConfig.from_cli`
+    (``epcache probe``) and each table of a grid file (``load_grid``, which prefixes the file and
+    the table) all call it, so a value is refused the same way, with the same message naming the
+    field and what it must be, wherever it was written. Types come from the field annotations and
+    ranges from each field's ``check=Range(...)`` (``epcache.probe.sweep.fields``).
 
+    Args:
+        values: field name -> value, any subset of the fields.
+        text: command-line text: a numeric field's string is read as its number first.
 
-def _as_tuple(value: Any, kind: type, name: str) -> tuple[Any, ...]:
-    """Normalise a list-valued field: scalars, lists and comma strings all become tuples."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        if name == "head":
-            return parse_heads(value)
-        if name == "layers":
-            return parse_layers(value)
-        value = parse_list(value, str)
-    elif not isinstance(value, Iterable):
-        value = (value,)
-    if name == "layers":
-        return parse_layers(tuple(value))
-    out = []
-    for x in value:
-        if isinstance(x, bool):
-            raise ConfigError(f"{name}: {x!r} is not a {kind.__name__}")
-        if isinstance(x, str):
-            if kind is str:
-                out.append(x.strip())
-                continue
-            try:
-                x = kind(x.strip())
-            except ValueError:
-                raise ConfigError(f"{name}: cannot read {x!r} as {kind.__name__}") from None
-        if kind is float and isinstance(x, int | float):
-            out.append(float(x))
-        elif kind is int and isinstance(x, int):
-            out.append(x)
-        elif kind is int and isinstance(x, float) and x.is_integer():
-            out.append(int(x))
-        else:
-            raise ConfigError(f"{name}: {x!r} is not a {kind.__name__}")
-    return tuple(out)
+    Returns:
+        The values normalised: list fields as tuples, numbers as their field's type, layer specs
+        parsed, one shot count as an int.
 
-
+    Raises:
+        ConfigError: every refused field, in one line.
+    """
+    out, problems = check_values(ProbeConfig, values, text=text)
+    if "layers" in out:  # its elements passed the type check; the specs themselves are checked here
+        try:
+            out["layers"] = parse_layers(out["layers"])
+        except ConfigError as e:
+            problems.append(str(e))
+    shots = out.get("shots")
+    if isinstance(shots, tuple):  # one shot count is a plain K; several run solver heads once per K
+        out["shots"] = None if not shots else shots[0] if len(shots) == 1 else shots
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return out

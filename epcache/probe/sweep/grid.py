@@ -39,6 +39,7 @@ from epcache.probe.sweep.config import (
     LINEAR_TOKENS,
     OPTIMIZER_NAMES,
     ProbeConfig,
+    check_config_values,
 )
 from epcache.probe.sweep.runspec import RunSpec, SweepSettings
 from epcache.probe.train.protocol import Protocol, resolve_protocol
@@ -109,8 +110,12 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         head = "ep"
         queries = [8, 16]
 
+    Every table's values go through :func:`~epcache.probe.sweep.config.check_config_values`, the
+    check ``ProbeConfig(...)`` and the command line use, so ``lr = nan`` or ``epochs = true`` is
+    refused here, naming the file, the table and the key, exactly as ``--lr nan`` is refused.
+
     Raises:
-        ConfigError: unreadable TOML, unknown or forbidden keys or values of the wrong type.
+        ConfigError: unreadable TOML, unknown or forbidden keys, values of the wrong type or out of range.
     """
     p = Path(path)
     try:
@@ -124,6 +129,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         raise ConfigError(f"grid file {p}: 'grid' must be an array of tables ([[grid]])")
     fields = {f.name for f in dataclasses.fields(ProbeConfig)}
     allowed = fields - _GRID_FORBIDDEN
+    checked: list[dict[str, Any]] = []
     for where, table in [("top level", doc), *((f"[[grid]] #{i + 1}", b) for i, b in enumerate(blocks))]:
         forbidden = sorted(set(table) & _GRID_FORBIDDEN)
         if forbidden:
@@ -134,7 +140,11 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         unknown = sorted(set(table) - allowed)
         if unknown:
             raise ConfigError(f"grid file {p}, {where}: unknown key(s) {unknown}; accepted: {sorted(allowed)}")
-    return doc, list(blocks)
+        try:
+            checked.append(check_config_values(table))
+        except ConfigError as e:
+            raise ConfigError(f"grid file {p}, {where}: {e}") from None
+    return checked[0], checked[1:]
 
 
 def make_settings(
@@ -145,16 +155,8 @@ def make_settings(
     c = request.config
     if c.shots is not None and c.fraction is not None:
         errors.append("give --shots or --fraction, not both")
-    if c.shots is not None and c.shots < 1:
-        errors.append(f"--shots must be >= 1, got {c.shots}")
-    if c.fraction is not None and not 0.0 < c.fraction <= 1.0:
-        errors.append(f"--fraction must be in (0, 1], got {c.fraction}")
     if c.dtype not in DTYPES:
         errors.append(f"dtype must be one of {DTYPES}, got {c.dtype!r}")
-    if c.prefetch < 1:
-        errors.append(f"prefetch must be >= 1, got {c.prefetch}")
-    if c.shuffle_chunks < 0:
-        errors.append(f"shuffle_chunks must be >= 0, got {c.shuffle_chunks}")
     if not c.seeds:
         errors.append("seeds is empty")
     amp, amp_rule = _resolve_amp(c, errors)
@@ -179,8 +181,6 @@ def _resolve_amp(c: ProbeConfig, errors: list[str]) -> tuple[str, str]:
     from epcache.probe.run import resolve_device
     from epcache.probe.train.precision import resolve_amp
 
-    if not isinstance(c.compile, bool):
-        errors.append(f"compile must be true or false, got {c.compile!r}")
     try:
         device = resolve_device(c.device)
     except ConfigError as e:
@@ -220,6 +220,7 @@ def expand_sweep(
     """
     from epcache.probe.data.sources import layer_inputs
     from epcache.probe.heads import HeadSpec, head_options, list_heads
+    from epcache.probe.heads._listing import known_heads_text
     from epcache.probe.train.protocol import resolve_holdout
 
     request = config if isinstance(config, SweepRequest) else resolve_request(config)
@@ -239,7 +240,8 @@ def expand_sweep(
     known = set(list_heads())
     for block in request.blocks:
         layers = resolve_layers(block.layers, meta)
-        grid = resolve_protocol(block, recipe, n_train=n_train, errors=[]) if block is not request.config else base
+        # a table's own lr/blr/wd choices are checked as the base's are (the messages are deduplicated)
+        grid = resolve_protocol(block, recipe, n_train=n_train, errors=errors) if block is not request.config else base
         check_choices("optimizer", grid.optimizers, OPTIMIZER_NAMES, errors)
         inputs = layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input (issue 15)
         entries = []
@@ -250,8 +252,7 @@ def expand_sweep(
                 errors.append(str(e))
                 continue
             if kind not in known:
-                errors.append(f"unknown head kind {kind!r} in {text!r}; registered kinds: {', '.join(sorted(known))} "
-                              "(`epcache heads` lists them)")
+                errors.append(f"unknown head kind {kind!r} in {text!r}; {known_heads_text()}")
                 continue
             entries.append((text, kind, explicit))
         check_axes(block, entries, errors)

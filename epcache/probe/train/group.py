@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
+from epcache.probe.data.memory import decide_in_memory
 from epcache.probe.data.rows import RunData
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics
@@ -62,6 +63,8 @@ class GroupRunner:
     held_bytes: int = 0  # tokens held in RAM (in-memory training rows, holdout/eval caches)
     threads_rule: str = "user"  # how the torch thread count was chosen (recorded in timing)
     results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
+    said: set[str] = field(default_factory=set)  # notes already printed in this sweep (shared by its groups)
+    memory_rule: str = ""  # how the training rows were read: held or streamed, and why (recorded in timing)
 
     def run(self, runs: Sequence[RunSpec], finished: Mapping[str, Any] | None = None) -> list[ResultRowJSON]:
         """Train one input group (configs reading the same layers) and write its rows and heads.
@@ -91,18 +94,19 @@ class GroupRunner:
         resumed_from = None
         if self.out is not None:
             ckpt = checkpoint_path(self.out, runs)
-            loaded = load_checkpoint(ckpt)
+            loaded = load_checkpoint(ckpt, say=self.say)  # None (with a note) if it fails its sha256
             if loaded is not None and loaded[1].get("config_ids") == [r.id for r in runs]:
                 trainer.restore(*loaded)
                 resumed_from = trainer.epoch
                 self.say(f"{layer}: resuming {len(runs)} configs after epoch {trainer.epoch + 1}/{p.epochs}")
         epochs_run = 0
-        self.bar.update(max(trainer.epoch + 1, 0) * p.steps_per_epoch)  # resumed epochs count as done
-        best = 0.0
+        self.bar.skip(max(trainer.epoch + 1, 0) * p.steps_per_epoch)  # resumed epochs: done, not throughput
+        finite = [b for b in trainer.best_score if math.isfinite(b)]  # a resumed stack's best so far
+        best: float | None = max(finite) if finite else None
         t_train = t_eval = 0.0
         for epoch in range(trainer.epoch + 1, p.epochs):
             self.bar.set_postfix_str(f"{layer}, epoch {epoch + 1}/{p.epochs}, {len(runs)} configs"
-                                     + (f", best holdout {100 * best:.1f}%" if holdout is not None else ""))
+                                     + (f", best holdout {100 * best:.1f}%" if best is not None else ""))
             t = time.perf_counter()
             trainer.train_epoch(train, epoch, warmup_steps=p.warmup_steps, total_steps=p.total_steps,
                                 passes=p.passes_per_epoch, on_batch=lambda _n: self.bar.update(1))
@@ -117,7 +121,8 @@ class GroupRunner:
                 eval_top1 = [math.nan] * len(runs)
             t_eval += time.perf_counter() - t
             trainer.end_epoch(epoch, hold_top1, eval_top1, hold_loss)
-            best = max(hold_top1) if hold_top1 is not None else best
+            if hold_top1 is not None:
+                best = max(hold_top1) if best is None else max(best, *hold_top1)
             epochs_run += 1
             if ckpt is not None:
                 save_checkpoint(ckpt, *trainer.checkpoint())
@@ -146,6 +151,7 @@ class GroupRunner:
             "fixed_seconds": train.wait_seconds,
             "marginal_seconds_per_config": (t_train - train.wait_seconds + t_eval) / len(runs),
             "held_bytes": self.held_bytes,
+            "in_memory": self.memory_rule,
         }
         rows = []
         costs: dict[tuple[str, str, int], Any] = {}
@@ -189,7 +195,15 @@ class GroupRunner:
         size = len(rows) * views * plan.packed_bytes_per_view(meta.num_tokens, width, itemsize)
         decode = np.float32 if convert and self.dtype == torch.float32 else None  # quantised: the batches' dtype
         source: Any = make_source(store, split, runs, plan, decode_to=decode)  # one layer, k layers together, or pooled
-        if c.in_memory or (not training and size <= c.eval_cache_mb * 2**20):
+        hold = not training and (c.in_memory is True or size <= c.eval_cache_mb * 2**20)
+        if training:
+            decision = decide_in_memory(c.in_memory, size)
+            hold = decision.hold
+            self.memory_rule = decision.rule
+            if c.in_memory is None and decision.rule not in self.said:  # auto: said once per sweep
+                self.said.add(decision.rule)
+                self.say(f"training tokens {decision.rule}; --in-memory / --no-in-memory to choose")
+        if hold:
             source = load_memory(source, rows, store.split(split).views, all_views=training,
                                  dtype=self.dtype if convert else None)
             self.held_bytes += size
