@@ -176,9 +176,15 @@ def test_racing_creators_of_a_new_store_are_refused_never_crash(tmp_path: Path) 
 
 @pytest.mark.reliability_kill
 def test_racing_creators_exactly_one_holds_while_it_creates(tmp_path: Path) -> None:
-    """A winner that holds the lock while it creates the store: every other creator is refused."""
+    """A winner that holds the lock while it creates the store: every other creator is refused.
+
+    Never two holders at once (``_create_rounds`` counts "held by two at once"). A racer the scheduler
+    starts only after the winner released may take the lock in turn (under load: 31 holds in 30
+    rounds), which is correct, so the count of holds is bounded, not exact.
+    """
     outcomes = _create_race(tmp_path, rounds=30, racers=12, hold=lambda: time.sleep(0.02))
-    assert outcomes == Counter({"held": 30, "refused": 30 * 11}), outcomes
+    assert set(outcomes) == {"held", "refused"}, outcomes
+    assert sum(outcomes.values()) == 30 * 12 and 30 <= outcomes["held"] <= 30 + 3, outcomes
 
 
 def _creator(root: Path, rounds: int, start: Any, results: Any, seed: int) -> None:
