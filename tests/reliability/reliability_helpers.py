@@ -234,3 +234,8 @@ def write_png16(path: Path, values: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(values.astype(np.uint16)).save(path)
     return path
+
+
+def resize_tmpfs(mnt: Path, size: str) -> None:
+    """Grow or shrink the ``small_disk`` tmpfs (``64k``, ``16m``): fill it up, then make room to resume."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)

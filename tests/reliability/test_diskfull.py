@@ -7,12 +7,11 @@ Needs ``mount -t tmpfs`` (root, as in CI); skipped with the reason otherwise.
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from reliability_helpers import TINY, make_imagefolder, run_cli, store_arrays
+from reliability_helpers import resize_tmpfs as _resize
 
 import epcache.extract._blocks as blocks_module
 import epcache.extract._target as target_module
@@ -35,25 +34,6 @@ def refs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         assert code == 0, text
         out[fmt] = ref
     return out
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs mount; resize it with ``_resize``."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _resize(mnt: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
 
 
 def _no_space_check(monkeypatch: pytest.MonkeyPatch) -> None:

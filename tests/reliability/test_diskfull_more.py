@@ -16,12 +16,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from reliability_helpers import TINY, child_env, copy_store, make_imagefolder, run_cli, store_arrays
+from reliability_helpers import resize_tmpfs as _resize
 
 pytestmark = pytest.mark.reliability_diskfull
 
@@ -67,25 +68,6 @@ def refs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     code, text = run_cli(*PROBE, "--head", "linear,knn", "--store", str(store), "--out", str(run))
     assert code == 0, text
     return {"store": store, "run": run}
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs mount; resize it with ``_resize``."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def _resize(mnt: Path, size: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
 
 
 def _one_line_disk_full(code: int, text: str, action: str) -> None:
