@@ -161,7 +161,8 @@ def list_shards(root: str, split: str, pattern: str, *, image_keys: str, label_k
         samples, note = _scan_shard(join_location(root, rel), split, exts, label_ext)
         if note:
             problems.append(note)
-            damaged.append(f"{rel}: {note}")
+            # recorded in the store: the shard's name relative to the data root, never the host path
+            damaged.append(f"{rel}: {note.replace(join_location(root, rel), rel)}")
         for key, (offset, size, member, label, problem) in sorted(samples.items()):
             rows.append((f"{rel}/{key}", s, offset, size, member, label, problem))
     if not rows:
