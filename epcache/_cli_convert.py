@@ -66,8 +66,8 @@ def convert(
     The source must be complete; its records are checked as it is read. DST names SRC's provenance
     (`derived_from`) and appears only when complete.
     """
-    from epcache.convert import ConvertConfig
-    from epcache.convert import convert as run_convert
+    from epcache.convert import ConvertConfig  # lazy: loads PIL, numpy, zarr only when this runs
+    from epcache.convert import convert as run_convert  # lazy: loads PIL, numpy, zarr only when this runs
 
     with user_errors():
         cfg = ConvertConfig(

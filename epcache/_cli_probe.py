@@ -204,9 +204,9 @@ def probe(
     ] = "1",
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
-    from epcache.launch.capture import handed_to_launcher
-    from epcache.probe import ProbeConfig
-    from epcache.probe import probe as run_probe
+    from epcache.launch.capture import handed_to_launcher  # lazy: loads numpy, zarr only when this runs
+    from epcache.probe import ProbeConfig  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.probe import probe as run_probe  # lazy: loads numpy, safetensors, torch only when this runs
 
     with user_errors():  # the options' text is read and checked by ProbeConfig, as grid files and Python are
         cfg = ProbeConfig.from_cli(

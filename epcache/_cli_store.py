@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from epcache._cli_base import STORE_HELP, ChunkSamplesOption, CompressorOption, ShardSamplesOption, user_errors
+from epcache.errors import ConfigError
 
 __all__ = ["EXTRACT_EPILOG", "extract", "info", "ls", "models", "verify"]
 
@@ -20,7 +21,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show a store's backbone, splits, layers, token layout, dtype, size and completeness."""
-    from epcache.store import describe_store, format_store_info
+    from epcache.store import describe_store, format_store_info  # lazy: loads numpy, zarr only when this runs
 
     with user_errors():
         desc = describe_store(store)
@@ -29,7 +30,7 @@ def info(
 
 def models() -> None:
     """List the backbone aliases and the timm model each resolves to (any timm name works too)."""
-    from epcache.extract import list_model_aliases
+    from epcache.extract import list_model_aliases  # lazy: loads PIL, numpy, zarr only when this runs
 
     rows = list_model_aliases()
     w = max(len(a.alias) for a in rows)
@@ -170,9 +171,9 @@ def extract(
     ] = None,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
-    from epcache.extract import ExtractConfig
-    from epcache.extract import extract as run_extract
-    from epcache.launch.capture import handed_to_launcher
+    from epcache.extract import ExtractConfig  # lazy: loads PIL, numpy, zarr only when this runs
+    from epcache.extract import extract as run_extract  # lazy: loads PIL, numpy, zarr only when this runs
+    from epcache.launch.capture import handed_to_launcher  # lazy: loads numpy, zarr only when this runs
 
     with user_errors():
         cfg = ExtractConfig(
@@ -196,7 +197,6 @@ def extract(
 
 
 def _splits(items: list[str] | None) -> dict[str, str]:
-    from epcache.errors import ConfigError
 
     if not items:
         return {"train": "train", "val": "val"}
@@ -215,7 +215,6 @@ def _splits(items: list[str] | None) -> dict[str, str]:
 
 def _json_object(text: str | None, option: str) -> dict[str, object]:
     """A JSON object given on the command line (``--model-kwargs '{"depth": 4}'``)."""
-    from epcache.errors import ConfigError
 
     if text is None:
         return {}
@@ -265,12 +264,11 @@ def verify(
 
     Exit code 0: clean; 1: something is missing, corrupt or inconsistent (listed); 2: not a store.
     """
-    from epcache.errors import ConfigError
-    from epcache.store import verify_store
+    from epcache.store import verify_store  # lazy: loads numpy, zarr only when this runs
 
     with user_errors():
         if repair:
-            from epcache.extract import repair_store
+            from epcache.extract import repair_store  # lazy: loads PIL, numpy, zarr only when this runs
 
             result = repair_store(
                 store, data=data, weights=weights, splits=_splits(split) if split else None, device=device,
@@ -296,7 +294,7 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """List the stores under ROOT: backbone, weights, dataset, splits, layers, views, dtype, size, status."""
-    from epcache.store import format_catalog, list_stores
+    from epcache.store import format_catalog, list_stores  # lazy: loads numpy, zarr only when this runs
 
     with user_errors():
         entries = list_stores(root)

@@ -12,8 +12,11 @@ from typing import Annotated
 
 import typer
 
-from epcache import _cli_convert, _cli_launch, _cli_probe, _cli_store
+from epcache import __version__, _cli_convert, _cli_launch, _cli_probe, _cli_store
 from epcache._cli_base import HelpCommand, user_errors
+from epcache._env_check import run_checked
+from epcache._text import plural
+from epcache.errors import ConfigError
 
 __all__ = ["app", "main"]
 
@@ -30,7 +33,6 @@ command = partial(app.command, cls=HelpCommand)  # git/pip-style help: --out DIR
 
 def _print_version(value: bool) -> None:
     if value:
-        from epcache import __version__
 
         typer.echo(f"epcache {__version__}")
         raise typer.Exit()
@@ -62,7 +64,7 @@ command(epilog=_cli_probe.PROBE_EPILOG, short_help="Stage 2: train a sweep of pr
 @command(short_help="The training recipes of `epcache probe --recipe`: what each sets, and its source.")
 def recipes() -> None:
     """List the training recipes `epcache probe --recipe` accepts: what each sets and where it comes from."""
-    from epcache.probe.train.recipes import format_recipes
+    from epcache.probe.train.recipes import format_recipes  # lazy: loads numpy, safetensors, torch only when this runs
 
     typer.echo(format_recipes())
 
@@ -79,8 +81,7 @@ def report(
     ] = True,
 ) -> None:
     """Markdown report with the results tables and the paper's figures for this run."""
-    from epcache.report import write_report
-    from epcache.report._format import plural
+    from epcache.report import write_report  # lazy: loads numpy, safetensors, torch only when this runs
 
     with user_errors():
         rep = write_report(rundir, out, figures=figures)
@@ -111,7 +112,7 @@ def attention(
     ] = None,
 ) -> None:
     """Per-query attention maps, entropies and the uniform-attention ablation of a trained head."""
-    from epcache.report._attention import attention_report
+    from epcache.report import attention_report  # lazy: loads numpy, safetensors, torch only when this runs
 
     with user_errors():
         res = attention_report(rundir, config, split=split, images=images, data_root=data, out=out)
@@ -128,7 +129,7 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Generate a dataset, extract a random-init ViT, run a sweep and write the report, end to end."""
-    from epcache.demo import DemoConfig, run_demo
+    from epcache.demo import DemoConfig, run_demo  # lazy: loads PIL, numpy only when this runs
 
     with user_errors():
         res = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), echo=typer.echo, progress=progress)
@@ -149,8 +150,10 @@ def heads(
 ) -> None:
     """Every head name `epcache probe --head` accepts: the trained heads with their parameters and forward FLOPs
     per image, then the solver heads (knn, ridge, logreg, ncm) with what they fit and what a fit costs."""
-    from epcache.probe.heads import heads_table
-    from epcache.probe.heads._listing import format_heads_listing
+    from epcache.probe.heads import heads_table  # lazy: loads numpy, safetensors, torch only when this runs
+
+    # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.probe.heads.listing import format_heads_listing
 
     with user_errors():
         rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),
@@ -159,7 +162,6 @@ def heads(
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
-    from epcache.errors import ConfigError
 
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
@@ -180,7 +182,6 @@ command(epilog=_cli_convert.CONVERT_EPILOG,
 
 def main() -> None:
     """Console-script entry point: the torch/torchvision pair is checked before any command imports torch."""
-    from epcache._env_check import run_checked
 
     run_checked(app, light_commands=("info", "ls"))
 

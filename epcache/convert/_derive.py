@@ -6,8 +6,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from epcache._layerspec import parse_layers
 from epcache.errors import ConfigError, UnknownLayerError
-from epcache.extract._recorded import portable_location, rebased_data_root
+from epcache.extract.locations import portable_location, rebased_data_root
 from epcache.store import FORMAT_VERSION, StoreMeta, pooled_meta
 
 __all__ = ["derived_meta", "select_layers"]
@@ -26,7 +27,6 @@ def select_layers(meta: StoreMeta, spec: str | None) -> tuple[int, ...]:
         UnknownLayerError: a layer the source does not store (the message lists the stored ones).
         ConfigError: a spec that does not parse.
     """
-    from epcache._layerspec import parse_layers
 
     if spec is None:
         return meta.layers

@@ -23,9 +23,15 @@ from pathlib import Path
 
 from epcache.errors import ConfigError, StoreExistsError
 from epcache.store import acquire_store_lock
-from epcache.store._lock import StoreLock, read_store_lock
-from epcache.store._lockfile import LockInfo, is_url, read_lock, take_local_lock
-from epcache.store._swap import check_replaceable
+from epcache.store.files import (
+    LockInfo,
+    StoreLock,
+    check_replaceable,
+    is_url,
+    read_lock,
+    read_store_lock,
+    take_local_lock,
+)
 
 __all__ = ["CONVERT_LOCK_PREFIX", "PURPOSE", "DestinationLock", "convert_lock_location"]
 

@@ -20,7 +20,7 @@ import numpy as np
 from epcache.convert._config import ConvertConfig, ConvertResult
 from epcache.convert._derive import derived_meta, select_layers
 from epcache.convert._lock import DestinationLock
-from epcache.errors import ConfigError, IncompleteStoreError, StoreExistsError
+from epcache.errors import ConfigError, IncompleteStoreError, StoreExistsError, StoreNotFoundError
 from epcache.store import (
     FeatureStore,
     SplitSpec,
@@ -33,8 +33,15 @@ from epcache.store import (
     pool_patch_tokens,
     resolve_quantization,
 )
-from epcache.store._oserror import SpaceReserve, os_errors, require_free_space
-from epcache.store._swap import STAGING_PREFIX, discard_staging, staging_location, swap_in
+from epcache.store.files import (
+    STAGING_PREFIX,
+    SpaceReserve,
+    discard_staging,
+    os_errors,
+    require_free_space,
+    staging_location,
+    swap_in,
+)
 
 __all__ = ["convert"]
 
@@ -178,7 +185,7 @@ def _copy(
     """Declare every split with the source's order, ids and labels, then write every block of every layer."""
     from tqdm.auto import tqdm
 
-    from epcache.extract._writer import BlockWriter  # numpy and the store only: no torch
+    from epcache.extract.stages import BlockWriter  # numpy and the store only: no torch
 
     read = written = 0
     samples: dict[str, int] = {}
@@ -298,7 +305,6 @@ def _refuse_same(src: str, dst: str) -> None:
 
 
 def _url_exists(loc: str) -> bool:
-    from epcache.errors import StoreNotFoundError
 
     try:
         with open_store(loc):

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from epcache._text import plural
 from epcache.demo._shapes import ShapesConfig, make_shapes_dataset
 from epcache.errors import StoreExistsError
-from epcache.report._format import plural
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -72,7 +72,9 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     Raises:
         StoreExistsError: ``out`` holds something else.
     """
-    from epcache.extract import ExtractConfig, extract
+    from epcache.extract import ExtractConfig, extract  # lazy: loads zarr only when this runs
+
+    # lazy: loads safetensors, torch, zarr only when this runs
     from epcache.probe import ProbeConfig, ProbeResult, probe
 
     t0 = time.perf_counter()
@@ -131,7 +133,7 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     report_path: Path | None = None
     figures: tuple[Path, ...] = ()
     if config.figures:
-        from epcache.report import write_report
+        from epcache.report import write_report  # lazy: loads safetensors, torch, zarr only when this runs
 
         rep = write_report(rundir, root / "report")
         report_path, figures = rep.markdown, tuple(rep.figures)

@@ -18,7 +18,7 @@ from epcache.extract._plan import Prepared
 from epcache.extract._pooled import POOLED_KEY
 from epcache.extract._sources import SplitSource
 from epcache.store import FeatureStore, TokenLayout, from_torch, pool_patch_tokens
-from epcache.store._oserror import require_free_space
+from epcache.store.files import require_free_space
 
 __all__ = ["extract_split"]
 
@@ -42,6 +42,7 @@ def extract_split(
     ``batch_source`` replaces the DataLoader that decodes in local worker processes: it yields
     the decoded ``Batch`` of each list of dataset indices, in order (Ray decode tasks on other nodes).
     """
+    # not at the top: extract._writer imports this module (import cycle)
     from epcache.extract._writer import BlockWriter
 
     cfg = prep.config
@@ -103,6 +104,7 @@ def _run_batches(
     normalize = Normalizer(prep.data_config["mean"], prep.data_config["std"])
     gpu = None
     if cfg.decode == "gpu" and V == 1:
+        # not at the top: extract._gpudecode imports this module (import cycle)
         from epcache.extract._gpudecode import GpuDecoder
 
         gpu = GpuDecoder(pil_steps(prep.eval_transform), cfg.device)

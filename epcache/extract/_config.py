@@ -12,7 +12,7 @@ from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
 from epcache.extract._pixels import default_workers
 from epcache.store import SizeOption, TokenLayout, format_ranges, format_size_table, human_bytes, resolve_quantization
-from epcache.store._info import prefix_text
+from epcache.store.messages import prefix_text
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
 

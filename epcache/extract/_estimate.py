@@ -44,9 +44,14 @@ def estimate_forward(prep: Prepared) -> ForwardEstimate | str:
     """Time one small batch of the planned forward; a string says why nothing could be measured."""
     import torch
 
+    # not at the top: extract._backbone imports this module (import cycle)
     from epcache.extract._backbone import _create
-    from epcache.extract._blocks import _autocast
+    from epcache.extract._blocks import _autocast  # not at the top: extract._blocks imports this module (import cycle)
+
+    # not at the top: extract._forward imports this module (import cycle)
     from epcache.extract._forward import TokenExtractor
+
+    # not at the top: extract._pooled imports this module (import cycle)
     from epcache.extract._pooled import PooledTokenExtractor
 
     cfg = prep.config

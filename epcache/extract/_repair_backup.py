@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from epcache.store import MISSING, FeatureStore, MarkedBlocks, mark_blocks_missing
-from epcache.store._lockfile import pid_alive
+from epcache.store.files import pid_alive
 
 __all__ = ["back_up_witnesses", "remove_dead_scratch", "scratch_parent", "scratch_prefix", "settle_witnesses"]
 

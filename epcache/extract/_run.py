@@ -34,8 +34,7 @@ from epcache.extract._plan import Prepared, prepare, store_meta
 from epcache.extract._pooled import PooledTokenExtractor, ensure_pooled
 from epcache.extract._target import open_or_create
 from epcache.store import FeatureStore, StoreLock, StoreMeta, acquire_store_lock, open_store
-from epcache.store._oserror import SpaceReserve, os_errors
-from epcache.store._swap import discard_staging, swap_in
+from epcache.store.files import SpaceReserve, discard_staging, os_errors, swap_in
 
 __all__ = ["extract", "plan_extract"]
 
@@ -94,6 +93,7 @@ def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
               f"{'bfloat16' if config.amp == 'bf16' else 'float16'} (slow without hardware support; the tokens "
               "differ from float32 and the store records amp); drop --amp for float32", file=sys.stderr)
     if config.dry_run:  # with a measured forward time: the one cost the shapes cannot give
+        # not at the top: extract._estimate imports this module (import cycle)
         from epcache.extract._estimate import estimate_forward
 
         est = estimate_forward(prep)
@@ -118,8 +118,9 @@ def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
 
 def _check_gpu_decode(prep: Prepared) -> None:
     """``--decode gpu`` where it cannot run: say so once and decode on the CPU (recorded as such)."""
+    # not at the top: extract._gpudecode imports this module (import cycle)
     from epcache.extract._gpudecode import gpu_decode_unavailable
-    from epcache.extract._pixels import pil_steps
+    from epcache.extract._pixels import pil_steps  # not at the top: extract._pixels imports this module (import cycle)
 
     reason = gpu_decode_unavailable(prep.config.device, pil_steps(prep.eval_transform))
     if reason is not None:

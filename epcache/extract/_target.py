@@ -25,16 +25,17 @@ from epcache.store import (
     open_store,
     split_fingerprint,
 )
-from epcache.store._leftovers import remove_partial_files
-from epcache.store._lock import LOCK_NAME
-from epcache.store._oserror import require_free_space
-from epcache.store._swap import (
+from epcache.store.files import (
+    LOCK_NAME,
     check_replaceable,
     discard_staging,
     recover_interrupted_swap,
     remove_new_store,
+    remove_partial_files,
+    require_free_space,
     staging_location,
 )
+from epcache.store.messages import describe_differences
 
 __all__ = ["Target", "open_or_create"]
 
@@ -223,7 +224,6 @@ def _check_same_provenance(
     """Refuse a store made by another configuration; add the splits it does not have yet."""
     loc = store.location
     if compute_provenance(meta, {}) != compute_provenance(store.meta, {}):
-        from epcache.store._diff import describe_differences
 
         detail = describe_differences(_provenance_doc(store.meta), _provenance_doc(meta))
         raise ProvenanceMismatchError(

@@ -28,7 +28,7 @@ def extract_config_from_json(doc: dict[str, Any]) -> Any:
     Raises:
         ConfigError: a field the dataclass refuses.
     """
-    from epcache.extract import ExtractConfig
+    from epcache.extract import ExtractConfig  # lazy: loads PIL only when this runs
 
     kwargs = dict(doc)
     for name in _PATH_FIELDS:
@@ -44,7 +44,7 @@ def probe_config_to_json(config: Any) -> dict[str, Any]:
 
 def probe_config_from_json(doc: dict[str, Any]) -> Any:
     """The ``ProbeConfig`` of :func:`probe_config_to_json` (its checks normalise lists to tuples)."""
-    from epcache.probe import ProbeConfig
+    from epcache.probe import ProbeConfig  # lazy: loads safetensors, torch only when this runs
 
     return ProbeConfig(**doc)
 

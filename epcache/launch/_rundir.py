@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError, EpcacheError
-from epcache.store._lock import StoreLock
-from epcache.store._lockfile import StoreLockedError
-from epcache.store._runlock import acquire_run_lock
+from epcache.store.files import StoreLock, StoreLockedError, acquire_run_lock
 
 __all__ = [
     "COMPLETE_FILE",

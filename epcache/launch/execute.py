@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from epcache.launch._configs import extract_config_from_json, probe_config_from_json
 from epcache.launch._rundir import RunPlan, done_units, read_plan, try_unit_lock, unit_dir, write_marker
+from epcache.store import open_store
+from epcache.store.files import os_errors
 
 __all__ = ["UnitOutcome", "forget_backbone", "run_unit"]
 
@@ -71,10 +73,8 @@ def _run_extract_unit(plan: RunPlan, unit: dict[str, Any], batch_source: Callabl
     rank does and reuses the extraction loop itself (``extract_split``), so the bytes are the ones
     a single process writes.
     """
-    from epcache.extract._blocks import RESUME_HINT, extract_split
-    from epcache.extract._dist import exit_on_sigterm
-    from epcache.store import open_store
-    from epcache.store._oserror import os_errors
+    # lazy: loads PIL only when this runs
+    from epcache.extract.stages import RESUME_HINT, exit_on_sigterm, extract_split
 
     config = extract_config_from_json(plan.config)
     split, start, stop = unit["split"], int(unit["start"]), int(unit["stop"])
@@ -98,10 +98,8 @@ _CACHE: dict[str, tuple[Any, Any]] = {}
 
 
 def _prepared(plan: RunPlan, config: Any, *, need_model: bool) -> tuple[Any, Any]:
-    from epcache.extract._backbone import load_backbone
-    from epcache.extract._forward import TokenExtractor
-    from epcache.extract._plan import prepare
-    from epcache.extract._pooled import PooledTokenExtractor
+    # lazy: loads PIL only when this runs
+    from epcache.extract.stages import PooledTokenExtractor, TokenExtractor, load_backbone, prepare
 
     key = json.dumps([plan.config, plan.extra], sort_keys=True)
     prep, extractor = _CACHE.get(key, (None, None))
@@ -126,7 +124,7 @@ def _prepared(plan: RunPlan, config: Any, *, need_model: bool) -> tuple[Any, Any
 
 def _run_probe_unit(plan: RunPlan, unit: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The sweep restricted to the unit's layer, in the unit's own run directory."""
-    from epcache.probe import probe
+    from epcache.probe import probe  # lazy: loads safetensors, torch only when this runs
 
     config = probe_config_from_json(plan.config)
     changes: dict[str, Any] = {"out": str(unit_dir(run_dir, unit["id"])), "shard": None,
@@ -141,7 +139,7 @@ def _rank_device(device: str) -> str:
     """``cuda`` under torchrun is this rank's own GPU (``LOCAL_RANK``); SLURM and Ray already hide the others."""
     import os
 
-    from epcache.extract._dist import torchrun_world_size
+    from epcache.extract.stages import torchrun_world_size  # lazy: loads PIL only when this runs
 
     if torchrun_world_size() == 1 or device not in ("cuda", "auto"):
         return device

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epcache.errors import ConfigError
 from epcache.launch._rundir import (
     COMPLETE_FILE,
     IncompleteRunError,
@@ -29,6 +30,7 @@ from epcache.launch._rundir import (
     unit_dir,
     write_json_atomic,
 )
+from epcache.store import open_store
 
 __all__ = ["GatherResult", "gather", "resubmit_command"]
 
@@ -73,7 +75,6 @@ def gather(run_dir: str | Path) -> GatherResult:
 
 
 def _commit_extract(run_dir: Path, plan: RunPlan) -> GatherResult:
-    from epcache.store import open_store
 
     out = str(plan.config["out"])
     holes: list[str] = []
@@ -103,8 +104,9 @@ def _commit_extract(run_dir: Path, plan: RunPlan) -> GatherResult:
 
 
 def _merge_probe(run_dir: Path, plan: RunPlan) -> GatherResult:
-    from epcache.errors import ConfigError
-    from epcache.probe.results.ranking import group_by_seed, rank
+    from epcache.probe.results.ranking import group_by_seed, rank  # lazy: loads safetensors, torch only when this runs
+
+    # lazy: loads safetensors, torch only when this runs
     from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_results, write_text
 
     rows: dict[str, dict[str, Any]] = {}

@@ -42,7 +42,7 @@ class _UnitActor:
         self.decode_window = decode_window
 
     def run(self, run_dir: str, unit_id: str) -> str:
-        from epcache.launch.execute import run_unit
+        from epcache.launch.execute import run_unit  # not at the top: launch.execute imports this module (import cycle)
 
         if self.decode_cpus <= 0:
             return run_unit(run_dir, unit_id)
@@ -70,7 +70,7 @@ def ray_batches(dataset: Any, batches: list[list[int]], *, window: int, num_cpus
 
 def _decode_batch(dataset: Any, indices: list[int]) -> Any:
     """One batch, decoded exactly as a DataLoader worker decodes it (same dataset, same collation)."""
-    from epcache.extract._loader import make_loader
+    from epcache.extract.stages import make_loader  # lazy: loads PIL only when this runs
 
     return next(iter(make_loader(dataset, [indices], workers=0, pin_memory=False)))
 

@@ -23,6 +23,7 @@ from typing import Any
 from epcache.errors import ConfigError
 from epcache.launch._rundir import PLAN_FILE, RunPlan, done_units, read_plan, write_plan
 from epcache.launch.gather import GatherResult, gather
+from epcache.store import open_store
 
 __all__ = ["LAUNCHERS", "LaunchOptions", "SubmitResult", "submit"]
 
@@ -74,6 +75,7 @@ def submit(run_dir: str | Path, config: Any = None, options: LaunchOptions | Non
     outcomes: dict[str, str] = {}
     job_ids: tuple[str, ...] = ()
     if options.launcher == "local":
+        # not at the top: launch.execute imports this module (import cycle)
         from epcache.launch.execute import forget_backbone, run_unit
 
         try:
@@ -105,6 +107,7 @@ def _plan(run_dir: Path, config: Any, options: LaunchOptions) -> RunPlan:
     """Plan a new run (or check that ``config`` is the one already planned there), or read the plan."""
     if config is None:
         return read_plan(run_dir)
+    # not at the top: launch.units imports this module (import cycle)
     from epcache.launch.units import plan_extract_run, plan_probe_run
 
     if hasattr(config, "store"):  # a ProbeConfig: the run directory is its --out
@@ -140,8 +143,7 @@ def _settle_recorded(run_dir: Path, plan: RunPlan, todo: list[str]) -> list[str]
     """
     if plan.kind != "extract" or not todo:
         return todo
-    from epcache.launch._rundir import write_marker
-    from epcache.store import open_store
+    from epcache.launch._rundir import write_marker  # not at the top: launch._rundir imports this module (import cycle)
 
     with open_store(str(plan.config["out"])) as store:
         missing = {name: set(store.missing_blocks(name)) for name in store.splits}
@@ -158,7 +160,9 @@ def _settle_recorded(run_dir: Path, plan: RunPlan, todo: list[str]) -> list[str]
 
 
 def _submit_torchrun(run_dir: Path, config: Any, options: LaunchOptions) -> SubmitResult:
-    from epcache.extract._dist import distributed_context
+    from epcache.extract.stages import distributed_context  # lazy: loads PIL only when this runs
+
+    # not at the top: launch.execute imports this module (import cycle)
     from epcache.launch.execute import forget_backbone, run_unit
 
     with distributed_context() as ctx:

@@ -17,6 +17,7 @@ from typing import Any
 
 import submitit
 
+from epcache.errors import ConfigError
 from epcache.launch.execute import UnitOutcome, run_unit
 
 __all__ = ["SlurmOptions", "UnitTask", "make_executor", "submit_array"]
@@ -55,7 +56,6 @@ def submit_array(run_dir: Path, unit_ids: list[str], options: SlurmOptions) -> l
 
 def make_executor(run_dir: Path, options: SlurmOptions, tasks: int) -> Any:
     """The submitit executor of the array, its parameters set (what the sbatch file will ask for)."""
-    from epcache.errors import ConfigError
 
     executor = submitit.AutoExecutor(folder=str(Path(run_dir) / "submitit" / "%j"), cluster=options.cluster)
     if options.cluster is None and executor.cluster != "slurm":  # submitit would quietly run it here instead

@@ -25,6 +25,7 @@ from typing import Any
 from epcache.errors import ConfigError
 from epcache.launch._configs import extract_config_from_json, extract_config_to_json, probe_config_to_json
 from epcache.launch._rundir import RunPlan
+from epcache.store import acquire_store_lock, open_store
 
 __all__ = ["block_ranges", "plan_extract_run", "plan_probe_run"]
 
@@ -57,11 +58,8 @@ def plan_extract_run(config: Any, units: int, run_dir: Path, *, progress: bool =
             launched run writes into the store in place; delete the old store first), plus every
             error ``epcache extract`` raises before it writes a block.
     """
-    from epcache.extract._backbone import load_backbone
-    from epcache.extract._plan import prepare, store_meta
-    from epcache.extract._pooled import ensure_pooled
-    from epcache.extract._target import open_or_create
-    from epcache.store import acquire_store_lock
+    # lazy: loads PIL only when this runs
+    from epcache.extract.stages import ensure_pooled, load_backbone, open_or_create, prepare, store_meta
 
     if config.overwrite or config.dry_run:
         flag = "--overwrite" if config.overwrite else "--dry-run"
@@ -101,8 +99,8 @@ def plan_probe_run(config: Any) -> RunPlan:
         ConfigError: ``--shard`` together with a launcher (units replace shards), or no ``--out``.
         Every error of ``epcache probe``'s checks on the store and the grid is raised by the units.
     """
+    # lazy: loads safetensors, torch only when this runs
     from epcache.probe.sweep.grid import resolve_request, sweep_layers
-    from epcache.store import open_store
 
     if config.shard is not None:
         raise ConfigError("--shard cannot be combined with a launcher: the launcher splits the sweep into "
@@ -125,7 +123,7 @@ def _grid_leaves_layers(config: Any) -> bool:
     """No grid file, or one that sets no layers (a unit's own layer would be replaced by the file's)."""
     if config.grid is None:
         return True
-    from epcache.probe.sweep.grid import load_grid
+    from epcache.probe.sweep.grid import load_grid  # lazy: loads safetensors, torch only when this runs
 
     top, tables = load_grid(config.grid)
     return "layers" not in top and all("layers" not in t for t in tables)

@@ -44,8 +44,7 @@ from epcache.probe.train.progress import SweepProgress
 from epcache.probe.train.protocol import Protocol, resolve_holdout
 from epcache.probe.train.recipes import get_recipe
 from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store
-from epcache.store._oserror import os_errors
-from epcache.store._runlock import remove_stale_checkpoints, run_dir_lock
+from epcache.store.files import os_errors, remove_stale_checkpoints, run_dir_lock
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 

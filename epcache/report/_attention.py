@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from epcache._text import short_label
 from epcache.errors import ConfigError
-from epcache.report._format import short_label
+from epcache.probe.results.rows import load_head
 from epcache.report._model import model_title
 from epcache.report._tables import load_rows
+from epcache.store import open_store, select_tokens, to_torch
 
 __all__ = ["AttentionResult", "attention_figure", "attention_maps", "attention_report", "find_row"]
 
@@ -54,6 +56,7 @@ def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR")
         ConfigError: no match or an ambiguous id prefix (the message lists candidates).
     """
     if config == "best":
+        # not at the top: report._tables imports this module (import cycle)
         from epcache.report._tables import group_seeds
 
         groups = [g for g in group_seeds(rows) if g.kind not in _NO_MAPS and g.rows[0].get("head_file")]
@@ -117,8 +120,6 @@ def attention_report(
     """
     import torch
 
-    from epcache.probe.results.rows import load_head
-    from epcache.store import open_store, select_tokens, to_torch
 
     run = Path(rundir)
     row = find_row(load_rows(run), config, rundir=str(run))
@@ -200,7 +201,7 @@ def attention_report(
             ordered = [r for r in shown_rows.tolist() if r in shown_maps]
             fetch = None
             if data_root is not None:
-                from epcache.extract._lookup import image_fetcher
+                from epcache.extract.locations import image_fetcher  # lazy: loads PIL only when this runs
 
                 fetch = image_fetcher(store.meta, split, data_root)  # WebDataset / HF: read by id
             pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing, fetch)
@@ -229,8 +230,7 @@ def _default_data_root(store_path: str, rundir: str | PathLike[str], config_id: 
         ConfigError: the store records no root at all (extracted without ``--record-paths`` from a
             data root outside its tree), so only ``--data`` can say where the images are.
     """
-    from epcache.extract._recorded import recorded_data_root, records_data_root
-    from epcache.store import open_store
+    from epcache.extract.locations import recorded_data_root, records_data_root  # lazy: loads PIL only when this runs
 
     with open_store(store_path) as store:
         extra, location = store.meta.extra, str(store.location)
@@ -300,6 +300,7 @@ def _input_size(pre: dict[str, Any]) -> int:
 def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], captions: list[str], path: Path, *,
                title: str, n_pred: int, kind: str) -> Path:
     """Write :func:`attention_figure` to ``path``."""
+    # not at the top: report._plots imports this module (import cycle)
     from epcache.report._plots import require_matplotlib
 
     plt = require_matplotlib()
@@ -321,6 +322,7 @@ def attention_figure(maps: list[np.ndarray], pictures: list[np.ndarray | None], 
     import torch
     import torch.nn.functional as F
 
+    # not at the top: report._plots imports this module (import cycle)
     from epcache.report._plots import require_matplotlib
 
     plt = require_matplotlib()

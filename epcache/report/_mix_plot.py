@@ -29,6 +29,7 @@ def input_label(g: ConfigGroup) -> str:
 
 def plot_mixes(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
     """Grouped bars: x = input layers (single / mixes / pooled), bars = token source, a panel per head kind."""
+    # not at the top: report._plots imports this module (import cycle)
     from epcache.report._plots import DPI, _save, require_matplotlib
 
     plt = require_matplotlib()

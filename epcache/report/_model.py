@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import EpcacheError
+from epcache.store import open_store
 
 __all__ = ["model_title"]
 
 
 def model_title(row: Mapping[str, Any]) -> str:
     """``vit_tiny_patch16_224 (depth=4, patch_size=8, 64 px), random init``, or the bare name from the row."""
-    from epcache.store import open_store
 
     store = row.get("store") or {}
     name = str(store.get("backbone", "?"))

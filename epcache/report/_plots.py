@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from epcache._text import variant_label
 from epcache.errors import ConfigError
 from epcache.report._files import write_atomically
-from epcache.report._format import variant_label
 from epcache.report._labels import place_labels
 from epcache.report._tables import ConfigGroup, best_by
 

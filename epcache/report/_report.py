@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from epcache._text import FLOP_UNIT, format_flops, plural, short_label
 from epcache.report._files import write_atomically
-from epcache.report._format import FLOP_UNIT, format_flops, plural, short_label
 from epcache.report._model import model_title
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
-from epcache.store._oserror import os_errors
+from epcache.store.files import os_errors
 
 __all__ = ["Report", "write_report"]
 
@@ -47,7 +47,10 @@ def _write(rows: list[dict], dest: Path, *, figures: bool) -> Report:
     honest = all(g.holdout_top1 is not None for g in groups)
     figs: list[Path] = []
     if figures:
+        # not at the top: report._mix_plot imports this module (import cycle)
         from epcache.report._mix_plot import input_label, plot_mixes
+
+        # not at the top: report._plots imports this module (import cycle)
         from epcache.report._plots import plot_curves, plot_layers, plot_params
 
         figs = [

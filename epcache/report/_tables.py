@@ -15,6 +15,7 @@ from typing import Any
 
 from epcache.errors import ConfigError
 from epcache.probe.results.ranking import SeedGroup, group_by_seed, rank_key
+from epcache.probe.results.rows import read_results
 
 __all__ = ["ConfigGroup", "best_by", "group_seeds", "load_rows"]
 
@@ -75,7 +76,6 @@ def load_rows(rundir: Path) -> list[dict[str, Any]]:
     Raises:
         ConfigError: no results file, or no rows in it.
     """
-    from epcache.probe.results.rows import read_results
 
     files = sorted(rundir.glob("results*.jsonl"))
     if _is_store(rundir):

@@ -114,6 +114,7 @@ class FeatureStore(TokenReads, PooledArrays, QuantArrays, ABC):
 
     def _validate(self) -> None:
         """Cross-check the JSON metadata against the arrays, so a hand-edited document fails here."""
+        # not at the top: store._integrity imports this module (import cycle)
         from epcache.store._integrity import validate_on_open
 
         validate_on_open(self)

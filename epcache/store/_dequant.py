@@ -56,7 +56,7 @@ def dequantize_blocked(spec: QuantSpec, codes: np.ndarray, scales: np.ndarray, o
     """The torch kernel of :func:`dequantize` (float16, bfloat16 or float32 ``out_dtype``), at any size."""
     import torch
 
-    from epcache.store._tokens import to_torch
+    from epcache.store._tokens import to_torch  # not at the top: store._tokens imports this module (import cycle)
 
     out = np.empty(codes.shape, out_dtype)
     d = codes.shape[-1]

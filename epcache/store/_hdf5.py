@@ -127,6 +127,7 @@ class HDF5FeatureStore(FeatureStore):
         g.create_dataset("ids", data=np.asarray(list(ids), dtype=object), dtype=h5py.string_dtype("utf-8"))
         v11 = self.format_version != "1.0"
         if v11:
+            # not at the top: store._zarr_files imports this module (import cycle)
             from epcache.store._zarr_files import ids_utf8
 
             g.create_dataset("ids_utf8", data=ids_utf8(ids))
@@ -277,6 +278,7 @@ class HDF5FeatureStore(FeatureStore):
 
 def _open_error(location: str, e: OSError) -> EpcacheError:
     """Why h5py cannot open the file: a writer has it open (named from its lock), or it is damaged."""
+    # not at the top: store._lock imports this module (import cycle)
     from epcache.store._lock import StoreLockedError, read_store_lock
 
     try:

@@ -122,7 +122,7 @@ def attribute_problems(store: FeatureStore, splits: Iterable[str] | None = None)
     while epcache, which reads the document, would not notice. Format 1.0 did not write them: there
     an attribute is checked only where one is present.
     """
-    from epcache.store._quant import token_attributes
+    from epcache.store._quant import token_attributes  # not at the top: store._quant imports this module (import cycle)
 
     want = token_attributes(store.meta)
     out: list[str] = []
@@ -254,6 +254,7 @@ def ids_mirror_problem(store: FeatureStore, name: str, ids: list[str]) -> str | 
     """Format 1.1: ``ids_utf8`` (fixed-width UTF-8 bytes) must hold exactly the ids."""
     if store.format_version == "1.0":
         return None
+    # not at the top: store._zarr_files imports this module (import cycle)
     from epcache.store._zarr_files import ids_utf8
 
     try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from epcache.errors import EpcacheError
+from epcache.store._paths import is_url
 
 __all__ = [
     "LockInfo",
@@ -166,10 +167,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
-
-def is_url(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
 
 
 

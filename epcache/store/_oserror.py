@@ -105,7 +105,7 @@ def require_free_space(location: str, nbytes: int, *, action: str, resume_hint: 
     free = st.f_bavail * st.f_frsize
     need = nbytes + MIN_FREE_BYTES
     if free < need:
-        from epcache.store._info import human_bytes
+        from epcache.store._info import human_bytes  # not at the top: store._info imports this module (import cycle)
 
         msg = (
             f"{action}: no space left on the device of {p} ({human_bytes(free)} free, the next write needs "

@@ -87,6 +87,7 @@ class TokenReads:
         max_bytes: int | None = None, decode_to: Any = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """``(chunk, tokens)`` in the given order, ``read_chunk`` of each with reads in flight (_readahead.py)."""
+        # not at the top: store._readahead imports this module (import cycle)
         from epcache.store._readahead import read_ahead
 
         return read_ahead(self, split, layer, chunks, inflight=inflight, max_bytes=max_bytes, decode_to=decode_to)

@@ -140,6 +140,7 @@ def remote_chunks(store: ZarrFeatureStore, split: str, layer: int, *, any_codec:
 
 
 def _plan(store: ZarrFeatureStore, split: str, layer: int, any_codec: bool) -> RemoteChunks | None:
+    # not at the top: store._zarr_direct imports this module (import cycle)
     from epcache.store._zarr_direct import chunk_keys, raw_chunks_per_shard
 
     layout = chunk_keys if any_codec else raw_chunks_per_shard

@@ -59,7 +59,7 @@ def size_options(meta: StoreMeta, splits: Iterable[tuple[int, int, int]]) -> lis
 
 def format_size_table(options: Sequence[SizeOption], *, current: str | None = None) -> str:
     """``size  float16  1.2 GB  1.00x  --dtype float16 (default)`` lines, relative to float16."""
-    from epcache.store._info import human_bytes
+    from epcache.store._info import human_bytes  # not at the top: store._info imports this module (import cycle)
 
     ref = next((o.bytes for o in options if o.name == "float16"), 0) or 1
     lines = ["sizes       each storage option for these splits and layers (token arrays and scales):"]

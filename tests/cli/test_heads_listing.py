@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from epcache.cli import app
 from epcache.errors import HeadSpecError
 from epcache.probe.heads import HeadSpec, list_heads
-from epcache.probe.heads._listing import known_heads_text, solver_heads
+from epcache.probe.heads.listing import known_heads_text, solver_heads
 from epcache.probe.solvers._spec import SOLVER_KINDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))

@@ -236,6 +236,7 @@ def load_memory(
 
     ``dtype``: convert the held rows to the compute dtype once (as ``MemorySource.load``).
     """
+    # not at the top: probe.data.stream imports this module (import cycle)
     from epcache.probe.data.stream import _rows_by_chunk
 
     if isinstance(source, StoreSource):  # one layer: the stream module's loader (each chunk read once)

@@ -18,6 +18,7 @@ from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatch
 from epcache.probe.data.select import HOLDOUT_RULE, check_labels, split_train
 from epcache.probe.sweep.config import ProbeConfig
 from epcache.store import FeatureStore
+from epcache.store.messages import describe_differences
 
 __all__ = ["RunData", "check_compatible", "resolve_rows"]
 
@@ -128,7 +129,6 @@ def resolve_rows(
 
 def check_compatible(store: FeatureStore, other: FeatureStore) -> None:
     """The eval store must hold tokens of the same backbone, weights, layout and preprocessing."""
-    from epcache.store._diff import describe_differences
 
     def fields(m: Any) -> dict[str, Any]:
         return {"backbone": m.backbone.name, "weights_sha256": m.backbone.weights_sha256, "dim": m.dim,

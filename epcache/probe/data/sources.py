@@ -165,6 +165,7 @@ def build_head(spec: Any, shapes: HeadInput, num_classes: int) -> nn.Module:
     """
     from torch import nn
 
+    # not at the top: probe.heads imports this module (import cycle)
     from epcache.probe.heads import ProbeHead, VectorInput, create_head
 
     if spec.kind == "linear":
@@ -198,6 +199,7 @@ def rebuild_head(meta: dict[str, Any]) -> nn.Module:
     """A saved head's module from its metadata (``load_head``): ``create_head`` or a vector-input linear head."""
     from torch import nn
 
+    # not at the top: probe.heads imports this module (import cycle)
     from epcache.probe.heads import ProbeHead, VectorInput, create_head
 
     width = meta.get("vector_input")

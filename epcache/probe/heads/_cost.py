@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from epcache._text import FLOP_UNIT, format_flops
 from epcache.errors import HeadSpecError
 
 from ._registry import HeadSpec, create_head
@@ -130,7 +131,6 @@ def heads_table(
 
 def format_heads_table(rows: Iterable[HeadCost]) -> str:
     """Aligned text table: kind, variant, pooling params, total params, MFLOP/img (the unit of every table)."""
-    from epcache.report._format import FLOP_UNIT, format_flops
 
     header = ("kind", "variant", "pooling params", "total params", f"{FLOP_UNIT}/img")
     body = [(r.kind, r.variant, f"{r.pooling_params:,}", f"{r.params:,}", format_flops(r.flops)) for r in rows]

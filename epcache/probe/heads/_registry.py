@@ -180,7 +180,8 @@ def _factory(kind: str) -> HeadFactory:
     try:
         return _HEAD_FACTORIES[kind]
     except KeyError:
-        from epcache.probe.heads._listing import known_heads_text
+        # not at the top: probe.heads.listing imports this module (import cycle)
+        from epcache.probe.heads.listing import known_heads_text
 
         raise HeadSpecError(f"unknown head kind {kind!r}; {known_heads_text()}") from None
 

@@ -31,6 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from epcache._text import FLOP_UNIT, format_flops, plural
+from epcache._text import short_label as label
 from epcache.errors import ConfigError
 from epcache.probe.results.metrics import MetricsJSON
 from epcache.probe.results.ranking import group_by_seed, rank
@@ -219,7 +221,6 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     groups = rank(group_by_seed(rows))
     honest = all(g.honest for g in groups)
     crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-    from epcache.report._format import FLOP_UNIT, plural
 
     lines = [f"{plural(len(rows), 'config')} in {plural(len(groups), 'seed group')}; ranked by {crit} "
              "(seed mean); accuracies in %"]
@@ -267,7 +268,6 @@ def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _summary_cells(g: Any) -> tuple[str, ...]:
     """Short label and numbers of a seed group; the full config is in results.jsonl (the id finds it)."""
-    from epcache.report._format import format_flops
 
     r = g.rows[0]
     return (
@@ -282,7 +282,6 @@ def _summary_cells(g: Any) -> tuple[str, ...]:
 
 
 def short_label(config: dict[str, Any]) -> str:
-    from epcache.report._format import short_label as label
 
     return label(config)
 

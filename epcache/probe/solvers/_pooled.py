@@ -43,7 +43,7 @@ import torch
 
 from epcache.errors import ConfigError, NonFiniteFeaturesError
 from epcache.store import FeatureStore, to_torch
-from epcache.store._runlock import check_pooled_dir
+from epcache.store.files import check_pooled_dir
 
 __all__ = ["POOLINGS", "PooledCache", "PooledView", "pool_rows"]
 

@@ -248,6 +248,7 @@ def load_solver_head(path: str | Path, *, device: str = "cpu") -> tuple[Callable
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    # not at the top: probe.results.rows imports this module (import cycle)
     from epcache.probe.results.rows import HEAD_META_KEY
 
     with safe_open(str(path), framework="pt") as f:

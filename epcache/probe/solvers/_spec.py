@@ -191,6 +191,7 @@ def parse_head(text: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: the text is not ``kind`` or ``kind(name=literal, ...)``.
     """
+    # not at the top: probe.sweep.checks imports this module (import cycle)
     from epcache.probe.sweep.checks import split_head
 
     return split_head(text)

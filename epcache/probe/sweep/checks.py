@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from epcache._layerspec import parse_layers as resolve_spec
 from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
 from epcache.probe.sweep.config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
 from epcache.store import StoreMeta
@@ -69,7 +70,6 @@ def resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
         elif e == "last":
             out.append(meta.layers[-1])
         elif isinstance(e, str) or int(e) < 0:  # -1, -4:, last:2 count from the end of the model, as in extract
-            from epcache._layerspec import parse_layers as resolve_spec
 
             blocks = meta.backbone.num_blocks or max(meta.layers) + 1
             out.extend(resolve_spec(str(e), blocks, model=f"the store's backbone {meta.backbone.name}"))
@@ -111,7 +111,7 @@ def split_head(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def check_axes(c: ProbeConfig, entries: Sequence[tuple[str, str, dict[str, Any]]], errors: list[str]) -> None:
-    from epcache.probe.heads import head_options
+    from epcache.probe.heads import head_options  # not at the top: probe.heads imports this module (import cycle)
 
     for name in HEAD_OPTION_AXES:
         if getattr(c, name) and entries and not any(name in head_options(kind) for _, kind, _ in entries):
@@ -158,6 +158,7 @@ def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMet
     """
     import torch
 
+    # not at the top: probe.data.sources imports this module (import cycle)
     from epcache.probe.data.sources import build_head, head_input, pooled_dim
 
     lay = meta.layout

@@ -178,7 +178,9 @@ def make_settings(
 
 def _resolve_amp(c: ProbeConfig, errors: list[str]) -> tuple[str, str]:
     """The sweep's autocast on its device (``auto``: bf16 on CUDA); imports torch only here."""
-    from epcache.probe.run import resolve_device
+    from epcache.probe.run import resolve_device  # not at the top: probe.run imports this module (import cycle)
+
+    # not at the top: probe.train.precision imports this module (import cycle)
     from epcache.probe.train.precision import resolve_amp
 
     try:
@@ -218,9 +220,16 @@ def expand_sweep(
         ConfigError: every invalid setting and config of the sweep, in one message (unless ``errors``).
         UnknownLayerError: a requested layer is not in the store.
     """
+    # not at the top: probe.data.sources imports this module (import cycle)
     from epcache.probe.data.sources import layer_inputs
+
+    # not at the top: probe.heads imports this module (import cycle)
     from epcache.probe.heads import HeadSpec, head_options, list_heads
-    from epcache.probe.heads._listing import known_heads_text
+
+    # not at the top: probe.heads.listing imports this module (import cycle)
+    from epcache.probe.heads.listing import known_heads_text
+
+    # not at the top: probe.train.protocol imports this module (import cycle)
     from epcache.probe.train.protocol import resolve_holdout
 
     request = config if isinstance(config, SweepRequest) else resolve_request(config)

@@ -108,6 +108,7 @@ class RunSpec:
     @property
     def group_key(self) -> tuple[int, ...]:
         """Configs with the same key read the same layers and train in one pass (``()``: pooled output)."""
+        # not at the top: probe.data.layers imports this module (import cycle)
         from epcache.probe.data.layers import read_layers
 
         return read_layers(self)
@@ -115,6 +116,7 @@ class RunSpec:
     @property
     def input_key(self) -> str:
         """How the head's input is derived from the group's batch: ``patch``, ``mean:patch`` ..."""
+        # not at the top: probe.data.sources imports this module (import cycle)
         from epcache.probe.data.sources import input_key
 
         return input_key(self.tokens, self.layer_mix)

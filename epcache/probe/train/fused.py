@@ -282,6 +282,7 @@ def make_stack(
     """A stack for K heads of one kind and shape: batched if the kind has one, else a module loop."""
     kind = heads[0].kind  # type: ignore[union-attr]
     if kind == "mp" and fused:  # Moment Probing keeps its own structure; its stack lives with it
+        # not at the top: probe.train.fused_mp imports this module (import cycle)
         from epcache.probe.train.fused_mp import MPStack
 
         return MPStack(heads, selection, config_index)
@@ -339,7 +340,7 @@ def _softmax(logits: Tensor) -> Tensor:
 
 def _head_autocast(head: nn.Module, x: Tensor) -> Tensor:
     """One epcache head under autocast: pooling as autocast runs it, BatchNorm on float32 features."""
-    from epcache.probe.heads import ProbeHead
+    from epcache.probe.heads import ProbeHead  # not at the top: probe.heads imports this module (import cycle)
 
     if not isinstance(head, ProbeHead):  # Moment Probing: its covariance already runs in float32
         return head(x).float()

@@ -33,6 +33,7 @@ class HeadGeometry:
 
     def shapes(self, run: RunSpec) -> HeadInput:
         """Width, token count and prefix of the input ``run``'s head reads (token source x layer mix)."""
+        # not at the top: probe.data.sources imports this module (import cycle)
         from epcache.probe.data.sources import head_input
 
         return head_input(run.head.kind, run.tokens, run.layer_mix, len(run.mix_layers), dim=self.dim,

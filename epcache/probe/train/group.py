@@ -221,6 +221,7 @@ class GroupRunner:
         )
 
     def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any]) -> ResultRowJSON:
+        # not at the top: probe.data.sources imports this module (import cycle)
         from epcache.probe.data.sources import input_cost
 
         run, g, s = o.run, self.geometry, o.run.settings

@@ -88,6 +88,7 @@ class GroupTrainer:
         amp: str = "none",
         compile: bool = False,
     ) -> None:
+        # not at the top: probe.data.sources imports this module (import cycle)
         from epcache.probe.data.sources import build_head
 
         self.runs = list(runs)

@@ -31,8 +31,8 @@ class SolverHead:
 
 def solver_heads(dim: int = 768, num_classes: int = 1000) -> list[SolverHead]:
     """The solver heads in the order `--head` documents them, sized for width ``dim`` and ``num_classes``."""
-    from epcache.probe.solvers._logreg import c_grid
-    from epcache.probe.solvers._spec import SOLVER_KINDS
+    # not at the top: probe.solvers imports this module (import cycle)
+    from epcache.probe.solvers import SOLVER_KINDS, c_grid
 
     d, c = dim, num_classes
     rows = {
@@ -78,6 +78,7 @@ def format_solver_table(rows: Iterable[SolverHead]) -> str:
 
 def format_heads_listing(rows: Sequence[HeadCost], *, dim: int, num_classes: int) -> str:
     """What `epcache heads` prints: the trained heads' cost table, its MP note, then the solver heads."""
+    # not at the top: probe.heads._cost imports this module (import cycle)
     from epcache.probe.heads._cost import format_heads_table
 
     parts = ["trained heads: epochs of SGD on the stored tokens; forward FLOPs per image", format_heads_table(rows)]
@@ -93,8 +94,9 @@ def format_heads_listing(rows: Sequence[HeadCost], *, dim: int, num_classes: int
 
 def known_heads_text() -> str:
     """``registered kinds: ...; solver heads: ...``: what an unknown-head message offers instead."""
+    # not at the top: probe.heads._registry imports this module (import cycle)
     from epcache.probe.heads._registry import list_heads
-    from epcache.probe.solvers._spec import SOLVER_KINDS
+    from epcache.probe.solvers import SOLVER_KINDS  # not at the top: probe.solvers imports this module (import cycle)
 
     return (f"registered kinds: {', '.join(list_heads())} (trained); solver heads (fitted, no training): "
             f"{', '.join(SOLVER_KINDS)} (`epcache heads` lists them all)")
