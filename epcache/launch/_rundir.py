@@ -18,13 +18,12 @@ JSON: nothing a task reads from the run directory can execute code.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError, EpcacheError
-from epcache.store.files import StoreLock, StoreLockedError, acquire_run_lock
+from epcache.store.files import StoreLock, StoreLockedError, acquire_run_lock, atomic_write
 
 __all__ = [
     "COMPLETE_FILE",
@@ -74,13 +73,7 @@ class RunPlan:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temp file and a rename: readers on shared storage see all of it or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")))
 
 
 def write_plan(run_dir: Path, plan: RunPlan) -> None:

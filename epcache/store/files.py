@@ -7,6 +7,7 @@ into the store's private modules.
 
 from __future__ import annotations
 
+from epcache.store._atomic import atomic_write
 from epcache.store._leftovers import remove_partial_files
 from epcache.store._lock import LOCK_NAME, StoreLock, read_store_lock
 from epcache.store._lockfile import LockInfo, StoreLockedError, pid_alive, read_lock, take_local_lock
@@ -25,8 +26,8 @@ from epcache.store._swap import (
 
 __all__ = [
     "HF_PREFIX", "LOCK_NAME", "STAGING_PREFIX", "LockInfo", "SpaceReserve", "StoreLock", "StoreLockedError",
-    "acquire_run_lock", "check_pooled_dir", "check_replaceable", "discard_staging", "is_url", "os_errors",
-    "pid_alive", "read_lock", "read_store_lock", "recover_interrupted_swap", "remove_new_store",
+    "acquire_run_lock", "atomic_write", "check_pooled_dir", "check_replaceable", "discard_staging", "is_url",
+    "os_errors", "pid_alive", "read_lock", "read_store_lock", "recover_interrupted_swap", "remove_new_store",
     "remove_partial_files", "remove_stale_checkpoints", "require_free_space", "resolve_recorded_path",
     "run_dir_lock", "staging_location", "store_parent", "swap_in", "take_local_lock",
 ]

@@ -36,6 +36,7 @@ from epcache._text import short_label as label
 from epcache.errors import ConfigError
 from epcache.probe.results.metrics import MetricsJSON
 from epcache.probe.results.ranking import group_by_seed, rank
+from epcache.store.files import atomic_write
 
 __all__ = [
     "RESULTS_FILE",
@@ -327,17 +328,7 @@ def _checkpoint_sha256(tensors: dict[str, Tensor], state_text: str) -> str:
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no short temporary file is left to fill it further
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _atomic_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:

@@ -29,10 +29,8 @@ Rows record where their vectors came from (``input.features_from``: ``store``, `
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 
 from epcache.errors import ConfigError, NonFiniteFeaturesError
 from epcache.store import FeatureStore, to_torch
-from epcache.store.files import check_pooled_dir
+from epcache.store.files import atomic_write, check_pooled_dir
 
 __all__ = ["POOLINGS", "PooledCache", "PooledView", "pool_rows"]
 
@@ -245,16 +243,6 @@ def _array_sha256(array: np.ndarray) -> str:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], object]) -> None:
-    """Write through ``.<name>.tmp-<pid>`` and rename: a killed run leaves that file (removed on the next
-    run, ``remove_stale_checkpoints``), never a torn entry."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """A killed run leaves ``.<name>.tmp-<pid>`` (removed on the next run, ``remove_stale_checkpoints``),
+    never a torn entry."""
+    atomic_write(path, write)
