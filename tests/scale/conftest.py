@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scale_helpers import S3_KEY_ID, S3_SECRET
+from scale_helpers import S3_KEY_ID, S3_SECRET, make_imagefolder
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,9 @@ def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     name = f"epcache-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return name
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 train / 8 val generated images (a test module with other needs defines its own ``data``)."""
+    return make_imagefolder(tmp_path_factory.mktemp("imgs"), splits={"train": 40, "val": 8})

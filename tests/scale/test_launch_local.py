@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from launch_helpers import assert_same_store, extract_args
-from scale_helpers import child_env, make_imagefolder, run, torchrun_cmd, written_blocks
+from scale_helpers import child_env, run, torchrun_cmd, written_blocks
 from typer.testing import CliRunner
 
 from epcache.cli import app
@@ -30,11 +30,6 @@ from epcache.store import open_store
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("imgs"), splits={"train": 40, "val": 8})
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from launch_helpers import assert_same_store, probe_config, rows_by_id, write_probe_store
-from scale_helpers import make_imagefolder, tiny_config, written_blocks
+from scale_helpers import tiny_config, written_blocks
 
 from epcache.extract import extract
 from epcache.launch import LaunchOptions, gather, read_plan, submit
@@ -30,11 +30,6 @@ from epcache.launch.submitit_backend import SlurmOptions, UnitTask  # noqa: E402
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).parent
 LOCAL = SlurmOptions(cluster="local", gpus_per_task=0, cpus_per_task=1, time_min=10)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("imgs"), splits={"train": 40, "val": 8})
 
 
 @pytest.fixture(scope="module")

@@ -41,11 +41,6 @@ HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_imagefolder(tmp_path_factory.mktemp("imgs"), splits={"train": 40, "val": 8})
-
-
-@pytest.fixture(scope="module")
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The single-process store every distributed run must reproduce byte for byte."""
     out = tmp_path_factory.mktemp("single") / "ref.zarr"
