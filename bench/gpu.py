@@ -285,9 +285,9 @@ def token_store(args: argparse.Namespace, device: Any, work: Path, state: dict[s
     """A store of ViT-B-shaped tokens (class direction + shared noise bank), then held in RAM."""
     import torch
 
+    from epcache.probe.config.probe_config import ProbeConfig
     from epcache.probe.data.layers import make_plan
     from epcache.probe.data.stream import MemorySource
-    from epcache.probe.sweep.config import ProbeConfig
     from epcache.probe.sweep.grid import expand_sweep
     from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
 
@@ -333,8 +333,8 @@ def probe_case(args: argparse.Namespace, device: Any, state: dict[str, Any], k: 
     """One fused-trainer epoch of ``k`` EP configs, timed after a few warm-up steps."""
     import torch
 
+    from epcache.probe.config.probe_config import ProbeConfig
     from epcache.probe.data.stream import BatchStream
-    from epcache.probe.sweep.config import ProbeConfig
     from epcache.probe.sweep.grid import expand_sweep
     from epcache.probe.train.geometry import HeadGeometry
     from epcache.probe.train.trainer import GroupTrainer

@@ -27,7 +27,7 @@ def doc(default: Any = _MISSING, *, doc: str, default_factory: Callable[[], Any]
     """A dataclass field carrying its documentation (``metadata["doc"]``).
 
     ``check`` (``metadata["check"]``) is the field's allowed range, declared next to the field so one
-    generic validator reads it and ``help()`` shows it (e.g. ``epcache.probe.sweep.fields.Range``).
+    generic validator reads it and ``help()`` shows it (e.g. ``epcache.probe.config.fields.Range``).
     """
     metadata = {"doc": doc} if check is None else {"doc": doc, "check": check}
     if default_factory is not _MISSING:

@@ -64,7 +64,7 @@ command(epilog=_cli_probe.PROBE_EPILOG, short_help="Stage 2: train a sweep of pr
 @command(short_help="The training recipes of `epcache probe --recipe`: what each sets, and its source.")
 def recipes() -> None:
     """List the training recipes `epcache probe --recipe` accepts: what each sets and where it comes from."""
-    from epcache.probe.train.recipes import format_recipes  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.probe.config.recipes import format_recipes  # lazy: loads numpy, safetensors, torch only when this runs
 
     typer.echo(format_recipes())
 

@@ -8,6 +8,14 @@ logistic C path, nearest class mean), ``results`` (rows, heads on disk, metrics,
 """
 
 from epcache._lazy import callable_module as _callable
+from epcache.probe.config.probe_config import ProbeConfig as ProbeConfig
+from epcache.probe.config.probe_config import parse_heads as parse_heads
+from epcache.probe.config.probe_config import parse_layers as parse_layers
+from epcache.probe.config.probe_config import parse_list as parse_list
+from epcache.probe.config.protocol import Protocol as Protocol
+from epcache.probe.config.protocol import resolve_protocol as resolve_protocol
+from epcache.probe.config.recipes import RECIPES as RECIPES
+from epcache.probe.config.recipes import Recipe as Recipe
 from epcache.probe.data.select import TrainSubsets as TrainSubsets
 from epcache.probe.data.select import split_train as split_train
 from epcache.probe.data.stream import BatchStream as BatchStream
@@ -22,10 +30,6 @@ from epcache.probe.results.rows import read_results as read_results
 from epcache.probe.results.rows import seed_summary as seed_summary
 from epcache.probe.run import ProbeResult as ProbeResult
 from epcache.probe.run import probe as probe
-from epcache.probe.sweep.config import ProbeConfig as ProbeConfig
-from epcache.probe.sweep.config import parse_heads as parse_heads
-from epcache.probe.sweep.config import parse_layers as parse_layers
-from epcache.probe.sweep.config import parse_list as parse_list
 from epcache.probe.sweep.grid import RunSpec as RunSpec
 from epcache.probe.sweep.grid import SweepSettings as SweepSettings
 from epcache.probe.sweep.grid import expand_sweep as expand_sweep
@@ -36,10 +40,6 @@ from epcache.probe.train.fused import LinearStack as LinearStack
 from epcache.probe.train.fused import MHCAStack as MHCAStack
 from epcache.probe.train.fused import ModuleStack as ModuleStack
 from epcache.probe.train.fused import make_stack as make_stack
-from epcache.probe.train.protocol import Protocol as Protocol
-from epcache.probe.train.protocol import resolve_protocol as resolve_protocol
-from epcache.probe.train.recipes import RECIPES as RECIPES
-from epcache.probe.train.recipes import Recipe as Recipe
 from epcache.probe.train.stacked_optim import SlicedOptimizer as SlicedOptimizer
 
 __all__ = [

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from epcache.cli import app
 from epcache.errors import ConfigError
 from epcache.probe import ProbeConfig, probe
-from epcache.probe.sweep.fields import FieldKind, field_kinds
+from epcache.probe.config.fields import FieldKind, field_kinds
 from epcache.probe.sweep.grid import resolve_request
 from epcache.store import open_store
 

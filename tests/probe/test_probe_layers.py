@@ -12,10 +12,10 @@ from probe_helpers import config, make_meta, write_store
 
 from epcache.errors import ConfigError, HeadSpecError, MissingPooledError
 from epcache.probe import probe
+from epcache.probe.config.probe_config import parse_layers
 from epcache.probe.data.layers import LayerPlan, MultiLayerSource, PooledPlan, PooledSource
 from epcache.probe.data.sources import head_input
 from epcache.probe.data.stream import InputPlan
-from epcache.probe.sweep.config import parse_layers
 from epcache.probe.sweep.grid import expand_sweep
 from epcache.store import FeatureStore, TokenLayout, open_store
 

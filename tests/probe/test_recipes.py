@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from epcache.cli import app
 from epcache.errors import ConfigError
 from epcache.probe import ProbeConfig, probe, read_results
+from epcache.probe.config.protocol import adapted_batch, resolve_protocol
+from epcache.probe.config.recipes import RECIPES, get_recipe
 from epcache.probe.results.rows import format_summary
-from epcache.probe.train.protocol import adapted_batch, resolve_protocol
-from epcache.probe.train.recipes import RECIPES, get_recipe
 from epcache.report import write_report
 from epcache.report._tables import best_by, group_seeds
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store

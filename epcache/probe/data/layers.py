@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from epcache.probe.data.sources import input_key
+from epcache.probe.config.inputs import POOLED_GROUP, input_key, read_layers
 from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource
 from epcache.store import FeatureStore, TokenLayout, to_torch
 
@@ -36,16 +36,6 @@ __all__ = [
     "make_source",
     "read_layers",
 ]
-
-POOLED_GROUP = "pooled"
-
-
-def read_layers(run: Any) -> tuple[int, ...]:
-    """The stored layers a config reads: its mix's layers, its one layer, or none (``pooled``)."""
-    if run.tokens == "pooled":
-        return ()
-    return tuple(run.mix_layers) if run.layer_mix != "none" else (run.layer,)
-
 
 def group_label(runs: Sequence[Any]) -> str:
     """``layer11``, ``layers8-9-10-11`` or ``pooled``: names a group in messages and checkpoint files."""

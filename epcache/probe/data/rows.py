@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatchError
+from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.data.select import HOLDOUT_RULE, check_labels, split_train
-from epcache.probe.sweep.config import ProbeConfig
 from epcache.store import FeatureStore
 from epcache.store.messages import describe_differences
 
@@ -36,6 +36,13 @@ class RunData:
     excluded_eval: int
     holdout: float  # the requested fraction (the per-class rule is HOLDOUT_RULE)
     notes: tuple[str, ...]
+    pool_rows: np.ndarray | None = None  # train rows outside the holdout before a low-shot subset
+
+    def shot_free(self) -> RunData:
+        """The same resolution without the low-shot subset: the rows solver heads draw their few-shot sets from."""
+        if self.pool_rows is None:
+            return self
+        return dataclasses.replace(self, train_rows=self.pool_rows)
 
     def to_json(self, num_classes: int) -> dict[str, Any]:
         """The data section of a results row: sizes and the holdout rule that produced them."""
@@ -124,6 +131,7 @@ def resolve_rows(
         excluded_train=excluded_train,
         excluded_eval=excluded_eval,
         notes=tuple(notes),
+        pool_rows=subsets.pool,
     )
 
 

@@ -30,6 +30,7 @@ class TrainSubsets:
     train: np.ndarray  # rows the heads are trained on
     holdout: np.ndarray  # rows that select epoch and config (empty when holdout is 0)
     notes: tuple[str, ...] = ()  # things the user should know (classes short of shots, ...)
+    pool: np.ndarray | None = None  # rows outside the holdout before the low-shot subset (solver heads draw from it)
 
 
 def check_labels(labels: np.ndarray, num_classes: int, *, split: str, where: str) -> np.ndarray:
@@ -88,6 +89,7 @@ def split_train(
     hold_seq, shot_seq = np.random.SeedSequence(seed).spawn(2)
     hold_rng, shot_rng = np.random.default_rng(hold_seq), np.random.default_rng(shot_seq)
     train_rows: list[np.ndarray] = []
+    pool_rows: list[np.ndarray] = []
     hold_rows: list[np.ndarray] = []
     raised: list[str] = []  # classes whose round(holdout * n) was 0 and got 1
     single: list[str] = []  # classes with one sample: trained on, not held out
@@ -107,6 +109,7 @@ def split_train(
             raised.append(str(classes[c]))
         hold_rows.append(rows[:n_hold])
         rest = rows[n_hold:]
+        pool_rows.append(rest)
         if shots is not None or fraction is not None:
             rest = shot_rng.permutation(rest)
             keep = shots if shots is not None else max(1, int(np.floor(fraction * len(rest) + 0.5)))  # type: ignore[operator]
@@ -127,7 +130,9 @@ def split_train(
         notes.append(f"fewer than {what} in {_some(short, len(classes))}; they use all they have")
     train = np.sort(np.concatenate(train_rows)) if train_rows else np.zeros(0, np.int64)
     hold = np.sort(np.concatenate(hold_rows)) if hold_rows else np.zeros(0, np.int64)
-    return TrainSubsets(train=train.astype(np.int64), holdout=hold.astype(np.int64), notes=tuple(notes))
+    pool = np.sort(np.concatenate(pool_rows)) if pool_rows else np.zeros(0, np.int64)
+    return TrainSubsets(train=train.astype(np.int64), holdout=hold.astype(np.int64), notes=tuple(notes),
+                        pool=pool.astype(np.int64))
 
 
 def holdout_count(holdout: float, n: int) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from epcache.errors import HeadSpecError
+from epcache.probe.config.inputs import LAYER_MIXES, SEQUENCE_SOURCES, VECTOR_SOURCES, input_key
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,9 +40,6 @@ __all__ = [
     "rebuild_head",
 ]
 
-VECTOR_SOURCES: tuple[str, ...] = ("cls", "gap", "cls+gap", "pooled")  # what a linear head can read
-SEQUENCE_SOURCES: tuple[str, ...] = ("patch", "all", "registers", "patch+registers")  # attentive heads, MP
-LAYER_MIXES: tuple[str, ...] = ("none", "concat", "mean", "tokens")
 _MP_SOURCES = ("all", "patch")  # MP: CLS (or GAP) + the patches' covariances
 
 
@@ -59,11 +57,6 @@ def pooled_dim(meta: Any) -> int | None:
     """Width of the store's ``pooled`` array (cache_layout.md §3.4), None when the store has none."""
     info = meta.extra.get("pooled") if isinstance(meta.extra, dict) else None
     return int(info["dim"]) if isinstance(info, dict) and "dim" in info else None
-
-
-def input_key(tokens: str, layer_mix: str) -> str:
-    """The derivation a stack's input goes through: the source, prefixed by the mix (``mean:patch``)."""
-    return tokens if layer_mix == "none" else f"{layer_mix}:{tokens}"
 
 
 def head_input(

@@ -28,12 +28,17 @@ from ._mhca import MultiHeadCrossAttention as MultiHeadCrossAttention
 from ._mp import MomentProbing as MomentProbing
 from ._mp import mp_feature_size as mp_feature_size
 from ._reference import from_reference as from_reference
+from ._registry import SOLVER_KINDS as SOLVER_KINDS
 from ._registry import HeadFactory as HeadFactory
+from ._registry import HeadKind as HeadKind
 from ._registry import HeadSpec as HeadSpec
 from ._registry import create_head as create_head
+from ._registry import head_kind as head_kind
 from ._registry import head_options as head_options
 from ._registry import list_heads as list_heads
+from ._registry import list_solvers as list_solvers
 from ._registry import register_head as register_head
+from ._registry import register_solver as register_solver
 from ._token_pools import ABMILPPooler as ABMILPPooler
 from ._token_pools import CLIPPooler as CLIPPooler
 from ._token_pools import DinoViTPooler as DinoViTPooler
@@ -48,6 +53,7 @@ from ._xattn_pools import SigLIPPooler as SigLIPPooler
 __all__ = [
     "BASELINE_KINDS",
     "POOLING_CLASSES",
+    "SOLVER_KINDS",
     "TOKEN_CHOICES",
     "ABMILPPooler",
     "AIMPooler",
@@ -63,6 +69,7 @@ __all__ = [
     "EfficientProbing",
     "HeadCost",
     "HeadFactory",
+    "HeadKind",
     "HeadSpec",
     "JEPAPooler",
     "MomentProbing",
@@ -77,9 +84,12 @@ __all__ = [
     "format_heads_table",
     "from_reference",
     "head_cost",
+    "head_kind",
     "head_options",
     "heads_table",
     "list_heads",
+    "list_solvers",
     "mp_feature_size",
     "register_head",
+    "register_solver",
 ]

@@ -4,6 +4,10 @@ A factory is registered per kind with keyword-only arguments: the four data argu
 (``in_dim``, ``num_classes``, ``num_tokens``, ``num_prefix``) plus the kind's *options* with
 their defaults (``queries``, ``d_out``, ``num_heads``, ``tokens`` ...). Specs always hold every
 option (defaults filled in, in signature order), so one configuration has exactly one name.
+
+The registry also knows the solver kinds (``knn``, ``ridge``, ``logreg``, ``ncm``: fitted once on
+pooled features by ``epcache.probe.solvers``, no factory), so :func:`head_kind` says of any
+``--head`` entry whether it trains or is fitted, and nothing else decides that from its name.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -21,12 +25,28 @@ from epcache.errors import HeadSpecError
 
 from ._base import ProbeHead
 
-__all__ = ["HeadFactory", "HeadSpec", "create_head", "head_options", "list_heads", "register_head"]
+__all__ = [
+    "SOLVER_KINDS",
+    "HeadFactory",
+    "HeadKind",
+    "HeadSpec",
+    "create_head",
+    "head_kind",
+    "head_options",
+    "list_heads",
+    "list_solvers",
+    "register_head",
+    "register_solver",
+]
+
+HeadKind = Literal["trained", "solver"]
+SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")  # the solver heads epcache.probe.solvers fits
 
 HeadFactory = Callable[..., "ProbeHead | nn.Module"]  # ProbeHead, or a head with its own structure (mp)
 _HEAD_FACTORIES: dict[
     str, HeadFactory
 ] = {}  # kind -> factory(*, in_dim, num_classes, num_tokens, num_prefix, **options)
+_SOLVERS: dict[str, None] = dict.fromkeys(SOLVER_KINDS)  # kinds fitted by epcache.probe.solvers, in --head order
 _DATA_ARGS = ("in_dim", "num_classes", "num_tokens", "num_prefix")
 _NAME_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
@@ -40,7 +60,7 @@ def register_head(kind: str) -> Callable[[HeadFactory], HeadFactory]:
     """
 
     def wrap(factory: HeadFactory) -> HeadFactory:
-        if kind in _HEAD_FACTORIES:
+        if kind in _HEAD_FACTORIES or kind in _SOLVERS:
             raise ValueError(f"head kind {kind!r} is already registered")
         params = inspect.signature(factory).parameters
         missing = [a for a in _DATA_ARGS if a not in params]
@@ -52,9 +72,37 @@ def register_head(kind: str) -> Callable[[HeadFactory], HeadFactory]:
     return wrap
 
 
+def register_solver(kind: str) -> None:
+    """Register ``kind`` as a solver head: planned as a solver spec, never built with ``create_head``.
+
+    Raises:
+        ValueError: ``kind`` is already registered (as a trained head or a solver).
+    """
+    if kind in _HEAD_FACTORIES or kind in _SOLVERS:
+        raise ValueError(f"head kind {kind!r} is already registered")
+    _SOLVERS[kind] = None
+
+
 def list_heads() -> list[str]:
-    """Registered head kinds, sorted."""
+    """Registered trained head kinds, sorted."""
     return sorted(_HEAD_FACTORIES)
+
+
+def list_solvers() -> list[str]:
+    """Registered solver kinds, in registration order (knn, ridge, logreg, ncm first)."""
+    return list(_SOLVERS)
+
+
+def head_kind(text: str) -> HeadKind | None:
+    """Whether a ``--head`` entry (``"knn(k=[10])"``, ``"ep(queries=8)"``) is a solver or a trained head.
+
+    ``None``: the kind is registered as neither (the sweep's checks name it among the known kinds).
+    """
+    m = _NAME_RE.match(text)
+    kind = m.group(1) if m else text
+    if kind in _SOLVERS:
+        return "solver"
+    return "trained" if kind in _HEAD_FACTORIES else None
 
 
 def head_options(kind: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Solver configs of a sweep: which heads are solvers, their options, and one ``SolverSpec`` per row.
 
 ``--head knn,ridge,logreg,ncm,linear,ep`` names solver heads and trained heads in one list;
-:func:`split_heads` separates them (by kind name, options in parentheses as for trained heads:
+:func:`split_heads` separates them (by their kind in the head registry, options in parentheses as for trained heads:
 ``knn(k=[10,20],T=[0.07],select='holdout')``), and :func:`expand_solver_specs` turns the solver
 part into specs: head x layer x tokens (cls / gap / cls+gap) x shots x try. Every spec has a
 canonical ``name`` that prints back as a head spec and a stable ``id`` (a hash of everything
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from epcache.errors import ConfigError
+from epcache.probe.heads import SOLVER_KINDS, head_kind
 from epcache.probe.solvers._fewshot import check_fewshot
 from epcache.probe.solvers._knn import check_knn_options
 from epcache.probe.solvers._logreg import C_PRESETS, c_grid
@@ -35,7 +35,6 @@ __all__ = [
     "split_heads",
 ]
 
-SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")
 FIXED_KNN_PAIR = (20, 0.07)  # DINO's default: the headline k-NN number unless select='holdout'
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "knn": ("k", "T", "select", "metric", "weighting"),
@@ -43,7 +42,6 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "logreg": ("C", "max_iter", "tol"),
     "ncm": (),
 }
-_HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 _QUIET_DEFAULTS: dict[str, Any] = {"select": "fixed", "metric": "cosine", "weighting": "softmax", "max_iter": 1000,
                                    "tol": 1e-6}  # left out of names (still in the id and the row's config)
 
@@ -115,12 +113,14 @@ class SolverSpec:
 
 
 def split_heads(heads: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """``(trained heads, solver heads)`` of a ``--head`` list, each in the given order (trained ones unparsed)."""
+    """``(trained heads, solver heads)`` of a ``--head`` list, each in the given order (trained ones unparsed).
+
+    The head registry says which is which (:func:`~epcache.probe.heads.head_kind`); kinds it does not
+    know stay with the trained heads, whose checks name the known kinds.
+    """
     trained, solvers = [], []
     for text in heads:
-        m = _HEAD_RE.match(text)
-        kind = m.group(1) if m else text
-        (solvers if kind in SOLVER_KINDS else trained).append(text)
+        (solvers if head_kind(text) == "solver" else trained).append(text)
     return tuple(trained), tuple(solvers)
 
 
@@ -160,6 +160,9 @@ def expand_solver_specs(
             kind, explicit = parse_head(text)
         except ConfigError as e:
             errors.append(str(e))
+            continue
+        if kind not in _OPTIONS:
+            errors.append(f"{text}: {kind!r} is registered as a solver head but epcache.probe.solvers cannot fit it")
             continue
         unknown = sorted(set(explicit) - set(_OPTIONS[kind]))
         if unknown:

@@ -15,10 +15,10 @@ import numpy as np
 
 from epcache._layerspec import parse_layers as resolve_spec
 from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
-from epcache.probe.sweep.config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
+from epcache.probe.config.probe_config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
 from epcache.store import StoreMeta
 
-__all__ = ["check_axes", "check_choices", "check_head", "check_shared", "check_two_classes", "jsonable",
+__all__ = ["check_axes", "check_choices", "check_head", "check_shared", "check_two_classes",
            "resolve_layers", "split_head", "token_choices"]
 
 
@@ -175,5 +175,3 @@ def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMet
     return None
 
 
-def jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v

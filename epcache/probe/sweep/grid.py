@@ -24,6 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError, HeadSpecError
+from epcache.probe.config.probe_config import (
+    DTYPES,
+    HEAD_OPTION_AXES,
+    LINEAR_TOKENS,
+    OPTIMIZER_NAMES,
+    ProbeConfig,
+    check_config_values,
+)
+from epcache.probe.config.protocol import Protocol, resolve_protocol
+from epcache.probe.config.recipes import get_recipe
+from epcache.probe.config.runspec import RunSpec, SweepSettings
 from epcache.probe.sweep.checks import (
     check_axes,
     check_choices,
@@ -33,17 +44,6 @@ from epcache.probe.sweep.checks import (
     split_head,
     token_choices,
 )
-from epcache.probe.sweep.config import (
-    DTYPES,
-    HEAD_OPTION_AXES,
-    LINEAR_TOKENS,
-    OPTIMIZER_NAMES,
-    ProbeConfig,
-    check_config_values,
-)
-from epcache.probe.sweep.runspec import RunSpec, SweepSettings
-from epcache.probe.train.protocol import Protocol, resolve_protocol
-from epcache.probe.train.recipes import get_recipe
 from epcache.store import StoreMeta
 
 __all__ = ["RunSpec", "SweepRequest", "SweepSettings", "expand_sweep", "load_grid", "resolve_request", "sweep_layers"]
@@ -110,7 +110,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         head = "ep"
         queries = [8, 16]
 
-    Every table's values go through :func:`~epcache.probe.sweep.config.check_config_values`, the
+    Every table's values go through :func:`~epcache.probe.config.probe_config.check_config_values`, the
     check ``ProbeConfig(...)`` and the command line use, so ``lr = nan`` or ``epochs = true`` is
     refused here, naming the file, the table and the key, exactly as ``--lr nan`` is refused.
 
@@ -178,10 +178,8 @@ def make_settings(
 
 def _resolve_amp(c: ProbeConfig, errors: list[str]) -> tuple[str, str]:
     """The sweep's autocast on its device (``auto``: bf16 on CUDA); imports torch only here."""
-    from epcache.probe.run import resolve_device  # not at the top: probe.run imports this module (import cycle)
-
-    # not at the top: probe.train.precision imports this module (import cycle)
-    from epcache.probe.train.precision import resolve_amp
+    from epcache.probe.train.device import resolve_device  # not at the top: torch (start-up time)
+    from epcache.probe.train.precision import resolve_amp  # not at the top: torch (start-up time)
 
     try:
         device = resolve_device(c.device)
@@ -221,6 +219,8 @@ def expand_sweep(
         UnknownLayerError: a requested layer is not in the store.
     """
     # not at the top: probe.data.sources imports this module (import cycle)
+    # not at the top: probe.config.protocol imports this module (import cycle)
+    from epcache.probe.config.protocol import resolve_holdout
     from epcache.probe.data.sources import layer_inputs
 
     # not at the top: probe.heads imports this module (import cycle)
@@ -228,9 +228,6 @@ def expand_sweep(
 
     # not at the top: probe.heads.listing imports this module (import cycle)
     from epcache.probe.heads.listing import known_heads_text
-
-    # not at the top: probe.train.protocol imports this module (import cycle)
-    from epcache.probe.train.protocol import resolve_holdout
 
     request = config if isinstance(config, SweepRequest) else resolve_request(config)
     own_errors = errors is None

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
 from epcache.probe.data.memory import decide_in_memory
 from epcache.probe.data.rows import RunData
@@ -27,15 +28,14 @@ from epcache.probe.results.metrics import Metrics
 from epcache.probe.results.ranking import SeedGroup, rank_key
 from epcache.probe.results.rows import (
     RESULT_SCHEMA,
-    RESULTS_FILE,
     ResultRowJSON,
     append_result,
     load_checkpoint,
     save_checkpoint,
     save_head,
 )
-from epcache.probe.sweep.config import ProbeConfig
 from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.sweep.plan import PlannedGroup, SweepPlan
 from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
 from epcache.store import FeatureStore
@@ -47,24 +47,42 @@ _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 @dataclass
 class GroupRunner:
-    """Trains one input group (one layer) of a sweep and writes its rows, heads and checkpoints."""
+    """Trains one input group of a planned sweep and writes its rows, heads and checkpoints."""
 
-    config: ProbeConfig  # the resolved config (grid file applied)
+    plan: SweepPlan  # everything the sweep resolved: config, rows, device, dtype, run directory
+    group: PlannedGroup  # the configs reading this input and its geometry
     store: FeatureStore
     eval_store: FeatureStore
-    data: RunData
-    geometry: HeadGeometry
-    device: torch.device
-    dtype: torch.dtype
-    out: Path | None
-    say: Callable[[str], None]
-    bar: Any  # the sweep-level progress bar (tqdm, possibly disabled)
-    data_batch: int = 2  # the protocol's training batch
-    held_bytes: int = 0  # tokens held in RAM (in-memory training rows, holdout/eval caches)
+    say: Callable[[str], None] = lambda msg: None
+    bar: Any = None  # the sweep-level progress bar (tqdm, possibly disabled)
     threads_rule: str = "user"  # how the torch thread count was chosen (recorded in timing)
-    results_file: str = RESULTS_FILE  # results.jsonl, or results.shard-I-of-N.jsonl for one shard
     said: set[str] = field(default_factory=set)  # notes already printed in this sweep (shared by its groups)
-    memory_rule: str = ""  # how the training rows were read: held or streamed, and why (recorded in timing)
+    held_bytes: int = field(default=0, init=False)  # tokens held in RAM (in-memory training rows, eval caches)
+    memory_rule: str = field(default="", init=False)  # how the training rows were read (recorded in timing)
+
+    @property
+    def config(self) -> ProbeConfig:
+        return self.plan.config
+
+    @property
+    def data(self) -> RunData:
+        return self.plan.data
+
+    @property
+    def geometry(self) -> HeadGeometry:
+        return self.group.geometry
+
+    @property
+    def device(self) -> torch.device:
+        return self.plan.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.plan.dtype
+
+    @property
+    def out(self) -> Path | None:
+        return self.plan.out
 
     def run(self, runs: Sequence[RunSpec], finished: Mapping[str, Any] | None = None) -> list[ResultRowJSON]:
         """Train one input group (configs reading the same layers) and write its rows and heads.
@@ -163,7 +181,7 @@ class GroupRunner:
             if self.out is not None:
                 if c.save_heads:
                     save_head(self.out / "heads" / f"{o.run.id}.safetensors", o.state, self._head_meta(o))
-                append_result(self.out / self.results_file, row)
+                append_result(self.out / self.plan.results_file, row)
             rows.append(row)
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
@@ -184,7 +202,8 @@ class GroupRunner:
         training: bool,
     ) -> BatchStream:
         c = self.config
-        batch = self.data_batch if training else max(self.data_batch, 1024)  # eval: any batch gives the same counts
+        data_batch = runs[0].settings.batch_size  # the protocol's training batch
+        batch = data_batch if training else max(data_batch, 1024)  # eval: any batch gives the same counts
         views = store.split(split).views if training else 1
         read = runs[0].group_key  # the layers this group reads (none: the pooled output)
         meta = store.meta.for_layer(read[0]) if read else store.meta

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from epcache.probe.config.protocol import optimizer_settings
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.sweep.grid import RunSpec
@@ -27,7 +28,6 @@ from epcache.probe.train.fused import HeadStack, TensorStack, cross_entropy_per_
 from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.optim import lr_at
 from epcache.probe.train.precision import amp_context, compile_stack, widen
-from epcache.probe.train.protocol import optimizer_settings
 from epcache.probe.train.stacked_optim import SlicedOptimizer
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Fields left ``None`` (or empty) come from the recipe (``--recipe``, default ``auto``); an explicit
 value overrides that one field. The config is resolved once, with its TOML grid file, into the
-sweep's protocol (``epcache.probe.train.protocol``) and runs (``epcache.probe.sweep.grid``), and the data path
+sweep's protocol (``epcache.probe.config.protocol``) and runs (``epcache.probe.sweep.grid``), and the data path
 and every results row read from that resolution, never from the raw request.
 """
 
@@ -17,7 +17,8 @@ from typing import Any
 
 from epcache._docs import doc, document_fields
 from epcache.errors import ConfigError
-from epcache.probe.sweep.fields import Range, check_values, split_list
+from epcache.probe.config.fields import Range, check_values, split_list
+from epcache.probe.config.inputs import DTYPES, SEQUENCE_SOURCES, VECTOR_SOURCES
 
 __all__ = [
     "ATTENTIVE_TOKENS",
@@ -31,10 +32,9 @@ __all__ = [
     "parse_list",
 ]
 
-LINEAR_TOKENS: tuple[str, ...] = ("cls", "gap", "cls+gap", "pooled")  # what a linear head can read (issue 15)
-ATTENTIVE_TOKENS: tuple[str, ...] = ("patch", "all", "registers", "patch+registers")  # pooling heads, MP
+LINEAR_TOKENS: tuple[str, ...] = VECTOR_SOURCES  # what a linear head can read
+ATTENTIVE_TOKENS: tuple[str, ...] = SEQUENCE_SOURCES  # pooling heads, MP
 HEAD_OPTION_AXES: tuple[str, ...] = ("queries", "d_out", "num_heads")  # ProbeConfig axes that are head options
-DTYPES: tuple[str, ...] = ("float32", "float64")
 OPTIMIZER_NAMES: tuple[str, ...] = ("lars", "adamw", "adam", "sgd")
 _POSITIVE = Range(gt=0)
 _COUNT = Range(ge=1)
@@ -237,7 +237,7 @@ def check_config_values(values: Mapping[str, Any], *, text: bool = False) -> dic
     (``epcache probe``) and each table of a grid file (``load_grid``, which prefixes the file and
     the table) all call it, so a value is refused the same way, with the same message naming the
     field and what it must be, wherever it was written. Types come from the field annotations and
-    ranges from each field's ``check=Range(...)`` (``epcache.probe.sweep.fields``).
+    ranges from each field's ``check=Range(...)`` (``epcache.probe.config.fields``).
 
     Args:
         values: field name -> value, any subset of the fields.

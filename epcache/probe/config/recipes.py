@@ -5,7 +5,7 @@ selects one and any explicit flag (``--lr``, ``--epochs``, ``--batch-size``, ...
 one field. The default, ``auto``, is not a paper's recipe: it is the protocol that works from 20
 samples to ImageNet (a fused lr grid chosen on the holdout, a length floor in optimiser steps, a
 batch that gives several steps per epoch). How a recipe adapts to a dataset is
-:func:`epcache.probe.train.protocol.resolve_protocol`; this module only states the recipes.
+:func:`epcache.probe.config.protocol.resolve_protocol`; this module only states the recipes.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from epcache.probe.sweep.checks import jsonable
-from epcache.probe.train.protocol import Protocol, optimizer_settings
+from epcache.probe.config.inputs import input_key, jsonable, read_layers
+from epcache.probe.config.protocol import Protocol, optimizer_settings
 
 __all__ = ["RunSpec", "SweepSettings"]
 
@@ -108,17 +108,11 @@ class RunSpec:
     @property
     def group_key(self) -> tuple[int, ...]:
         """Configs with the same key read the same layers and train in one pass (``()``: pooled output)."""
-        # not at the top: probe.data.layers imports this module (import cycle)
-        from epcache.probe.data.layers import read_layers
-
         return read_layers(self)
 
     @property
     def input_key(self) -> str:
         """How the head's input is derived from the group's batch: ``patch``, ``mean:patch`` ..."""
-        # not at the top: probe.data.sources imports this module (import cycle)
-        from epcache.probe.data.sources import input_key
-
         return input_key(self.tokens, self.layer_mix)
 
     @property

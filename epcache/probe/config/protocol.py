@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from epcache.probe.train.recipes import Recipe
+from epcache.probe.config.recipes import Recipe
 
 __all__ = ["Protocol", "adapted_batch", "optimizer_settings", "resolve_holdout", "resolve_protocol"]
 
