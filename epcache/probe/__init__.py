@@ -1,10 +1,11 @@
 """Stage 2: probes trained or fitted on cached tokens; ``probe(config)`` is the entry point.
 
-Subpackages by concept: ``sweep`` (the request, its grid file, the runs), ``data`` (which rows,
-which tokens, streamed batches), ``heads`` (trained heads and their registry), ``train`` (recipes,
-the resolved protocol, stacked heads and optimisers, the fused trainer), ``solvers`` (k-NN, ridge,
+Subpackages by concept: ``config`` (the request, recipes, protocol and runs as plain data, no torch),
+``sweep`` (the grid file, the runs' expansion and checks, the one plan per sweep), ``data`` (which rows,
+which tokens, streamed batches), ``heads`` (trained heads, the registry of every head kind), ``train``
+(device policy, stacked heads and optimisers, the fused trainer), ``solvers`` (k-NN, ridge,
 logistic C path, nearest class mean), ``results`` (rows, heads on disk, metrics, the ranking);
-``run`` resolves a config once, plans the groups and dispatches them.
+``run`` executes the plan: groups, solver heads, ranking, summary.
 """
 
 from epcache._lazy import callable_module as _callable

@@ -1,6 +1,7 @@
-"""What a sweep is: the request (``ProbeConfig``), its grid file, and the runs it resolves to.
+"""What a sweep is: the request's grid file, the runs it resolves to, and the plan that runs them.
 
-``config``: the request and its parsers. ``grid``: the grid file applied once, the sweep's settings,
-and every :class:`~epcache.probe.sweep.grid.RunSpec`. ``checks``: the per-config checks whose
-messages are collected into one error for the whole sweep.
+``plan``: :func:`~epcache.probe.sweep.plan.plan_sweep`, the one resolution of a sweep every later
+step reads. ``grid``: the grid file applied once, the sweep's settings, and every
+:class:`~epcache.probe.config.runspec.RunSpec`. ``checks``: the per-config checks whose messages
+are collected into one error for the whole sweep.
 """

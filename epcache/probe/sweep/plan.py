@@ -169,7 +169,8 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     # one draw of the rows: trained heads take its low-shot subset, solver heads the rows before it
     trains = any(head_kind(h) != "solver" for b in request.blocks for h in b.head)
     shots = c.shots if trains and not isinstance(c.shots, tuple) else None  # several counts: solver heads only
-    data = resolve_rows(dataclasses.replace(c, shots=shots), store, eval_store, layers, num_classes, holdout=holdout)
+    drawn = c if c.shots == shots else dataclasses.replace(c, shots=shots)
+    data = resolve_rows(drawn, store, eval_store, layers, num_classes, holdout=holdout)
     solver_data = data.shot_free() if shots is not None else data
     bank = _knn_bank(solver_data, c.shots)
     c, knn_note = _cap_default_k(c, bank)
