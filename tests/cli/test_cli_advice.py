@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from verify_helpers import chunk_file, flip_byte, make_imagefolder
 
 from epcache.cli import app
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "verify"))
-from verify_helpers import chunk_file, flip_byte, make_imagefolder
 
 runner = CliRunner()
 TINY = ["--model", "vit_tiny_patch16_224", "--random-init", "--img-size", "32", "--workers", "0", "--no-progress",

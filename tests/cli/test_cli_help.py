@@ -8,13 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from probe_helpers import write_store
 from typer.testing import CliRunner
 
 from epcache import __version__
 from epcache.cli import app
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))
-from probe_helpers import write_store
 
 runner = CliRunner()
 COMMANDS = ("info", "models", "extract", "probe", "report", "attention", "demo", "heads", "verify", "ls", "convert")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from probe_helpers import write_store
 from typer.testing import CliRunner
 
 from epcache.cli import app
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))
-from probe_helpers import write_store
 
 runner = CliRunner()
 FAST = ["--epochs", "2", "--warmup", "1", "--batch-size", "32", "--optimizer", "adamw", "--no-progress"]

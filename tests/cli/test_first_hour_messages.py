@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from extract_helpers import make_imagefolder
+from probe_helpers import write_store
 from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.extract._estimate import format_duration
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "extract"))
-from extract_helpers import make_imagefolder
-from probe_helpers import write_store
 
 runner = CliRunner()
 CONVNET = ["--model", "resnet18", "--random-init", "--img-size", "64", "--workers", "0", "--no-progress"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from probe_helpers import write_store
 from typer.testing import CliRunner
 
 from epcache.cli import app
@@ -13,9 +13,6 @@ from epcache.errors import HeadSpecError
 from epcache.probe.heads import HeadSpec, list_heads
 from epcache.probe.heads.listing import known_heads_text, solver_heads
 from epcache.probe.solvers._spec import SOLVER_KINDS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))
-from probe_helpers import write_store
 
 runner = CliRunner()
 

@@ -60,7 +60,6 @@ def test_config_fields_are_documented_for_help(name: str, phrase: str) -> None:
 
 
 def test_readme_grid_example_expands_as_described(tmp_path: Path) -> None:
-    sys.path.insert(0, str(README.parent / "tests" / "probe"))
     from probe_helpers import make_meta
 
     from epcache.probe import ProbeConfig, expand_sweep

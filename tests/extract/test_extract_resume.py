@@ -49,6 +49,7 @@ def _written_blocks(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # a child process extracting, killed mid-run, then the resumed run
 def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"train": 40, "val": 8})
     out = tmp_path / "killed.zarr"

@@ -8,17 +8,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract_helpers import make_imagefolder
 from PIL import Image
+from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.extract import ExtractConfig, extract

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from extract_helpers import make_imagefolder, tiny_config
 from probe_helpers import config, make_meta, write_store
 
 from epcache.errors import ProvenanceMismatchError
 from epcache.probe import probe
 from epcache.store._diff import describe_differences, differing_fields
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "extract"))
-from extract_helpers import make_imagefolder, tiny_config
 
 
 def preprocessing(mean: list[float], std: list[float]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ two EP variants 2 % apart, a single probed layer.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,12 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+from probe_helpers import write_store
+
 from epcache.report._attention import attention_figure
 from epcache.report._model import model_title
 from epcache.report._plots import KIND_ORDER, curves_figure, layers_figure, params_figure
 from epcache.report._tables import group_seeds
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "probe"))
-from probe_helpers import write_store
 
 
 def _row(i: int, kind: str, options: dict[str, Any], layer: int, top1: float, params: int, store: Path) -> dict:

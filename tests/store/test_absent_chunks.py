@@ -5,24 +5,21 @@ all-zero chunk: its record is the crc32c of the zeros and the chunk is absent. T
 and reads as zeros. From format 1.1 every chunk of a written block exists, so there an absent chunk
 is damage. verify and probe must say the same thing in both cases (cache_layout.md §3.3), whether
 the chunk is read by ``preadv`` (uncompressed), through zarr-python (compressed) or h5py; the remote
-byte-range reads are in tests/scale/test_scale_absent_chunks_s3.py.
+byte-range reads are in tests/store/test_scale_absent_chunks_s3.py.
 
 The stores are written here with zarr-python and h5py only, as a 1.0-era pipeline would have
-written them (tests/interop/outsider_writer.py for the document and the stored order).
+written them (tests/helpers/outsider_writer.py for the document and the stored order).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+import outsider_writer as ow
 import pytest
 from typer.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
-import outsider_writer as ow
 
 from epcache.cli import app
 from epcache.errors import CorruptStoreError

@@ -9,12 +9,9 @@ probe` refuses the store, both naming the array and the fix.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from corrupt_helpers import DATA, copy, edit_json, probe, verify, write
 
 from epcache.errors import CorruptStoreError

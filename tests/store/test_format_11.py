@@ -22,8 +22,6 @@ import google_crc32c
 import numpy as np
 import pytest
 import zarr
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
 from corrupt_helpers import DATA, meta, write
 
 from epcache.store import (

@@ -8,14 +8,10 @@ compared too: verify (which hashes the whole shard against it) and probe must bo
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reliability"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corrupt_helpers import copy, edit_vector, probe, verify, write
 from test_quantized import make
 

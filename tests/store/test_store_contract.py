@@ -400,7 +400,7 @@ def test_truncated_chunk_file_is_named(tmp_path: Path) -> None:
 def test_cache_layout_example_reads_a_store_without_epcache(tmp_path: Path, dtype: str) -> None:
     """cache_layout.md §6 (open with zarr, then the shared read) must run against a real store, unmodified,
     and give the right values for bfloat16 too (raw uint16 bits averaged would give a GAP in the tens of
-    thousands). tests/interop/test_layout_examples.py runs every block on quantised and HDF5 stores too."""
+    thousands). tests/campaigns/interop/test_layout_examples.py runs every block on quantised and HDF5 stores too."""
     doc = (Path(__file__).resolve().parents[2] / "cache_layout.md").read_text()
     blocks = [b.split("```")[0] for b in doc.split("## 6.")[1].split("## 7.")[0].split("```python")[1:]]
     assert len(blocks) == 3 and "zarr.open_group" in blocks[0] and "h5py.File" in blocks[1]
