@@ -32,6 +32,7 @@ from ._registry import HeadFactory as HeadFactory
 from ._registry import HeadSpec as HeadSpec
 from ._registry import create_head as create_head
 from ._registry import head_options as head_options
+from ._registry import known_heads_text as known_heads_text
 from ._registry import list_heads as list_heads
 from ._registry import register_head as register_head
 from ._token_pools import ABMILPPooler as ABMILPPooler
@@ -79,6 +80,7 @@ __all__ = [
     "head_cost",
     "head_options",
     "heads_table",
+    "known_heads_text",
     "list_heads",
     "mp_feature_size",
     "register_head",

@@ -18,10 +18,11 @@ from typing import Any
 from torch import nn
 
 from epcache.errors import HeadSpecError
+from epcache.probe.names import SOLVER_KINDS
 
 from ._base import ProbeHead
 
-__all__ = ["HeadFactory", "HeadSpec", "create_head", "head_options", "list_heads", "register_head"]
+__all__ = ["HeadFactory", "HeadSpec", "create_head", "head_options", "known_heads_text", "list_heads", "register_head"]
 
 HeadFactory = Callable[..., "ProbeHead | nn.Module"]  # ProbeHead, or a head with its own structure (mp)
 _HEAD_FACTORIES: dict[
@@ -55,6 +56,15 @@ def register_head(kind: str) -> Callable[[HeadFactory], HeadFactory]:
 def list_heads() -> list[str]:
     """Registered head kinds, sorted."""
     return sorted(_HEAD_FACTORIES)
+
+
+def known_heads_text() -> str:
+    """``registered kinds: ...; solver heads: ...``: what an unknown-head message offers instead.
+
+    ``--head`` takes both families in one list, so a user who mistypes one must see both.
+    """
+    return (f"registered kinds: {', '.join(list_heads())} (trained); solver heads (fitted, no training): "
+            f"{', '.join(SOLVER_KINDS)} (`epcache heads` lists them all)")
 
 
 def head_options(kind: str) -> dict[str, Any]:
@@ -180,9 +190,6 @@ def _factory(kind: str) -> HeadFactory:
     try:
         return _HEAD_FACTORIES[kind]
     except KeyError:
-        # not at the top: probe.heads.listing imports this module (import cycle)
-        from epcache.probe.heads.listing import known_heads_text
-
         raise HeadSpecError(f"unknown head kind {kind!r}; {known_heads_text()}") from None
 
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from epcache._text import FLOP_UNIT, format_flops, plural
 from epcache._text import short_label as label
 from epcache.errors import ConfigError
+from epcache.probe.data.sources import rebuild_head
 from epcache.probe.results.metrics import MetricsJSON
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.store.files import atomic_write
@@ -162,8 +163,6 @@ def load_head(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict
     Returns:
         The head in eval mode and its metadata (config id, layer, tokens, store provenance ...).
     """
-    from epcache.probe.data.sources import rebuild_head  # issue 15: vector-input linear heads, mp
-
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})[HEAD_META_KEY])
     state = load_file(str(path), device=device)

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epcache.errors import ConfigError
+from epcache.probe.names import SOLVER_KINDS
 from epcache.probe.solvers._fewshot import check_fewshot
 from epcache.probe.solvers._knn import check_knn_options
 from epcache.probe.solvers._logreg import C_PRESETS, c_grid
 from epcache.probe.solvers._pooled import POOLINGS
 from epcache.probe.solvers._ridge import RIDGE_GRIDS
+from epcache.probe.sweep.checks import split_head
 
 __all__ = [
     "FIXED_KNN_PAIR",
@@ -35,7 +37,6 @@ __all__ = [
     "split_heads",
 ]
 
-SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")
 FIXED_KNN_PAIR = (20, 0.07)  # DINO's default: the headline k-NN number unless select='holdout'
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "knn": ("k", "T", "select", "metric", "weighting"),
@@ -191,9 +192,6 @@ def parse_head(text: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: the text is not ``kind`` or ``kind(name=literal, ...)``.
     """
-    # not at the top: probe.sweep.checks imports this module (import cycle)
-    from epcache.probe.sweep.checks import split_head
-
     return split_head(text)
 
 

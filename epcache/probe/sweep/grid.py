@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError, HeadSpecError
+from epcache.probe.data.sources import layer_inputs
+from epcache.probe.heads import HeadSpec, head_options, known_heads_text, list_heads
 from epcache.probe.sweep.checks import (
     check_axes,
     check_choices,
@@ -42,7 +44,7 @@ from epcache.probe.sweep.config import (
     check_config_values,
 )
 from epcache.probe.sweep.runspec import RunSpec, SweepSettings
-from epcache.probe.train.protocol import Protocol, resolve_protocol
+from epcache.probe.train.protocol import Protocol, resolve_holdout, resolve_protocol
 from epcache.probe.train.recipes import get_recipe
 from epcache.store import StoreMeta
 
@@ -220,18 +222,6 @@ def expand_sweep(
         ConfigError: every invalid setting and config of the sweep, in one message (unless ``errors``).
         UnknownLayerError: a requested layer is not in the store.
     """
-    # not at the top: probe.data.sources imports this module (import cycle)
-    from epcache.probe.data.sources import layer_inputs
-
-    # not at the top: probe.heads imports this module (import cycle)
-    from epcache.probe.heads import HeadSpec, head_options, list_heads
-
-    # not at the top: probe.heads.listing imports this module (import cycle)
-    from epcache.probe.heads.listing import known_heads_text
-
-    # not at the top: probe.train.protocol imports this module (import cycle)
-    from epcache.probe.train.protocol import resolve_holdout
-
     request = config if isinstance(config, SweepRequest) else resolve_request(config)
     own_errors = errors is None
     errors = [] if errors is None else errors

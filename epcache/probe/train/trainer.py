@@ -23,12 +23,12 @@ from torch import Tensor
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.sweep.grid import RunSpec
-from epcache.probe.train.fused import HeadStack, TensorStack, cross_entropy_per_config, make_stack
 from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.optim import lr_at
 from epcache.probe.train.precision import amp_context, compile_stack, widen
 from epcache.probe.train.protocol import optimizer_settings
 from epcache.probe.train.stacked_optim import SlicedOptimizer
+from epcache.probe.train.stacks import HeadStack, TensorStack, cross_entropy_per_config, make_stack
 
 if TYPE_CHECKING:
     from epcache.probe.data.layers import Plan
