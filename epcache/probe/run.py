@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from epcache.errors import ConfigError, UnknownLayerError
-from epcache.probe.data.rows import RunData, check_compatible, resolve_rows
+from epcache.probe.data.samples import RunData, check_compatible, resolve_rows
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.probe.results.rows import (
     RESULTS_FILE,

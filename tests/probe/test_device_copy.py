@@ -17,7 +17,7 @@ from probe_helpers import write_store
 
 from epcache.probe.data import stream as stream_module
 from epcache.probe.data.device_copy import DeviceCopier, lookahead
-from epcache.probe.data.plan import InputPlan
+from epcache.probe.data.read_order import InputPlan
 from epcache.probe.data.stream import BatchStream, StoreSource
 from epcache.store import open_store
 

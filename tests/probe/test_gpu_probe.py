@@ -16,7 +16,7 @@ import torch
 from probe_helpers import config, write_store
 
 from epcache.probe import probe
-from epcache.probe.data.plan import InputPlan
+from epcache.probe.data.read_order import InputPlan
 from epcache.probe.data.stream import BatchStream, MemorySource, StoreSource
 from epcache.store import open_store
 

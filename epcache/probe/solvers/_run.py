@@ -26,8 +26,8 @@ from epcache.probe.results.rows import HEAD_META_KEY, RESULT_SCHEMA, RESULTS_FIL
 from epcache.probe.solvers._fewshot import fewshot_rows
 from epcache.probe.solvers._fit import SolverInputs, fit_solver
 from epcache.probe.solvers._ncm import NcmModel
-from epcache.probe.solvers._pooled import PooledCache
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
+from epcache.probe.solvers.vectors import PooledCache
 from epcache.probe.sweep.checks import check_two_classes
 from epcache.store import FeatureStore, StoreMeta
 

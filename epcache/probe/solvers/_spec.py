@@ -23,8 +23,8 @@ from epcache.probe.names import SOLVER_KINDS
 from epcache.probe.solvers._fewshot import check_fewshot
 from epcache.probe.solvers._knn import check_knn_options
 from epcache.probe.solvers._logreg import C_PRESETS, c_grid
-from epcache.probe.solvers._pooled import POOLINGS
 from epcache.probe.solvers._ridge import RIDGE_GRIDS
+from epcache.probe.solvers.vectors import POOLINGS
 from epcache.probe.sweep.checks import split_head
 
 __all__ = [

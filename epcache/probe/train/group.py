@@ -21,7 +21,7 @@ import torch
 
 from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
 from epcache.probe.data.memory import decide_in_memory
-from epcache.probe.data.rows import RunData
+from epcache.probe.data.samples import RunData
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics
 from epcache.probe.results.ranking import SeedGroup, rank_key
