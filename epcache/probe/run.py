@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from epcache._text import plural
 from epcache.errors import ConfigError, UnknownLayerError
 from epcache.probe.data.samples import RunData, check_compatible, resolve_rows
 from epcache.probe.results.ranking import group_by_seed, rank
@@ -371,22 +372,18 @@ def _prepare_rundir(out: Path | None, results_file: str, suffix: str, config: Pr
 
 def _plan_line(runs: list[RunSpec], specs: list[Any], layers: list[int], data: RunData, p: Protocol | None) -> str:
     hold = f"holdout {len(data.holdout_rows)}" if len(data.holdout_rows) else "no holdout"
-    solvers = f"{_n(len(specs), 'solver config')} ({', '.join(sorted({s.kind for s in specs}))})" if specs else ""
+    solvers = f"{plural(len(specs), 'solver config')} ({', '.join(sorted({s.kind for s in specs}))})" if specs else ""
     if p is None:
-        return (f"plan: {solvers} on {_n(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / "
+        return (f"plan: {solvers} on {plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / "
                 f"eval {len(data.eval_rows)}")
     heads = len({(r.head.name, r.tokens) for r in runs})
     return (("plan: " + solvers + " and " if solvers else "plan: ") +
-        f"{_n(len(runs), 'config')} ({_n(heads, 'head')} x {_n(len({r.lr for r in runs}), 'lr')}"
+        f"{plural(len(runs), 'config')} ({plural(heads, 'head')} x {plural(len({r.lr for r in runs}), 'lr')}"
         f"{f' x {len(set(r.wd for r in runs))} wd' if len({r.wd for r in runs}) > 1 else ''}) on "
-        f"{_n(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
+        f"{plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
         f"recipe {p.recipe}: batch {p.batch_size}, {p.epochs} epochs x {p.steps_per_epoch} steps = {p.total_steps} "
         f"steps (warm-up {p.warmup_steps})"
     )
-
-
-def _n(k: int, word: str) -> str:
-    return f"{k} {word}{'' if k == 1 else 's'}"
 
 
 def _printer(progress: bool) -> Callable[[str], None]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-from epcache._text import FLOP_UNIT, format_flops, plural, short_label
+from epcache._text import FLOP_UNIT, format_flops, mean_std_text, plural, short_label
 from epcache.report._files import write_atomically
 from epcache.report._model import model_title
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
@@ -114,12 +114,11 @@ def _table(groups: list[ConfigGroup]) -> str:
         hold = g.holdout_top1
         out.append(
             f"| `{g.rows[0]['id'][:10]}` | {short_label(g.rows[0]['config'])} | {g.params:,} | "
-            f"{format_flops(g.flops)} | {g.seeds} | {'-' if hold is None else _pm(hold)} | "
-            f"{_pm(g.eval_top1)} | {'-' if g.oracle_top1 is None else _pm(g.oracle_top1)} |"
+            f"{format_flops(g.flops)} | {g.seeds} | {_acc(hold)} | {_acc(g.eval_top1)} | {_acc(g.oracle_top1)} |"
         )
     return "\n".join(out)
 
 
-def _pm(ms: tuple[float, float]) -> str:
-    m, s = ms
-    return f"{100 * m:.2f} ± {100 * s:.2f}" if s else f"{100 * m:.2f}"
+def _acc(ms: tuple[float, float] | None) -> str:
+    """A table cell: the ± part only where seeds differ (one seed prints its accuracy alone)."""
+    return mean_std_text(ms, std=ms is not None and bool(ms[1]))
