@@ -8,7 +8,9 @@ from pathlib import Path
 
 from epcache._text import FLOP_UNIT, format_flops, mean_std_text, plural, short_label
 from epcache.report._files import write_atomically
+from epcache.report._mix_plot import input_label, plot_mixes
 from epcache.report._model import model_title
+from epcache.report._plots import plot_curves, plot_layers, plot_params
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
 from epcache.store.files import os_errors
 
@@ -47,12 +49,6 @@ def _write(rows: list[dict], dest: Path, *, figures: bool) -> Report:
     honest = all(g.holdout_top1 is not None for g in groups)
     figs: list[Path] = []
     if figures:
-        # not at the top: report._mix_plot imports this module (import cycle)
-        from epcache.report._mix_plot import input_label, plot_mixes
-
-        # not at the top: report._plots imports this module (import cycle)
-        from epcache.report._plots import plot_curves, plot_layers, plot_params
-
         figs = [
             plot_params(groups, dest / "top1_vs_params.png", title=f"accuracy vs probe size\n{backbone}"),
             plot_layers(groups, dest / "top1_vs_layer.png", title=f"accuracy by layer\n{backbone}"),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from epcache.probe.data.sources import build_head
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.sweep.grid import RunSpec
@@ -88,9 +89,6 @@ class GroupTrainer:
         amp: str = "none",
         compile: bool = False,
     ) -> None:
-        # not at the top: probe.data.sources imports this module (import cycle)
-        from epcache.probe.data.sources import build_head
-
         self.runs = list(runs)
         self.geometry = geometry
         self.plan = plan
