@@ -10,7 +10,7 @@ import pytest
 
 from epcache.errors import NonFiniteFeaturesError
 from epcache.probe.solvers import PooledCache, pool_rows
-from epcache.probe.solvers import _pooled as pooled_module
+from epcache.probe.solvers import vectors as pooled_module
 from epcache.store import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -9,13 +9,10 @@ it alone, so none of them needs the training loop to know a head's shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from epcache.probe.data.sources import head_input
-
-if TYPE_CHECKING:
-    from epcache.probe.data.sources import HeadInput
-    from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.data.sources import HeadInput, head_input
+from epcache.probe.sweep.grid import RunSpec
 
 __all__ = ["HeadGeometry"]
 

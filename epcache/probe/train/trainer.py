@@ -14,12 +14,13 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from epcache.probe.data.layers import Plan
 from epcache.probe.data.sources import build_head
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
@@ -30,9 +31,6 @@ from epcache.probe.train.precision import amp_context, compile_stack, widen
 from epcache.probe.train.protocol import optimizer_settings
 from epcache.probe.train.stacked_optim import SlicedOptimizer
 from epcache.probe.train.stacks import HeadStack, TensorStack, cross_entropy_per_config, make_stack
-
-if TYPE_CHECKING:
-    from epcache.probe.data.layers import Plan
 
 __all__ = ["CKPT_FORMAT", "ConfigOutcome", "GroupTrainer"]
 
