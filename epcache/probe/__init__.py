@@ -4,7 +4,8 @@ Subpackages by concept: ``sweep`` (the request, its grid file, the runs), ``data
 which tokens, streamed batches), ``heads`` (trained heads and their registry), ``train`` (recipes,
 the resolved protocol, stacked heads and optimisers, the fused trainer), ``solvers`` (k-NN, ridge,
 logistic C path, nearest class mean), ``results`` (rows, heads on disk, metrics, the ranking);
-``run`` resolves a config once, plans the groups and dispatches them.
+``run`` resolves a config once, plans the groups and dispatches them. ``names``: the solver head
+kinds, which heads, solvers and the listing all read, below every package.
 
 This face holds what a user of probing calls: run a sweep, read its rows and heads back, and the
 named recipes; everything else is imported from the module that defines it.
