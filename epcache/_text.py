@@ -1,4 +1,4 @@
-"""One way to print a quantity: counts pluralised, FLOPs in one unit, short config labels.
+"""One way to print a quantity: counts pluralised, sizes, accuracies, FLOPs in one unit, short config labels.
 
 FLOPs are always MFLOP per image (:data:`FLOP_UNIT`), in every table. The probe summary,
 report.md and the figures label configs with :func:`short_label` (the full name stays in
@@ -10,7 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FLOP_SCALE", "FLOP_UNIT", "format_flops", "plural", "short_label", "variant_label"]
+__all__ = [
+    "FLOP_SCALE",
+    "FLOP_UNIT",
+    "format_flops",
+    "human_bytes",
+    "mean_std_text",
+    "percent",
+    "plural",
+    "short_label",
+    "variant_label",
+]
 
 FLOP_SCALE, FLOP_UNIT = 1e6, "MFLOP"  # one unit for FLOPs in every table (summary, report.md, `epcache heads`)
 
@@ -18,6 +28,28 @@ FLOP_SCALE, FLOP_UNIT = 1e6, "MFLOP"  # one unit for FLOPs in every table (summa
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``plural(1, "config")`` -> ``"1 config"``; ``plural(2, "config")`` -> ``"2 configs"``."""
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KB": sizes in the CLI's summaries and the probe's memory decision (1024-based units)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def percent(x: float | None) -> str:
+    """An accuracy in [0, 1] as percent with two decimals (``"84.12"``); ``"-"`` where there is none."""
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def mean_std_text(ms: tuple[float, float] | None, *, std: bool = True) -> str:
+    """A seed group's accuracy as ``"84.12 ± 0.31"`` (``std=False``: the mean alone); ``"-"`` where there is none."""
+    if ms is None:
+        return "-"
+    return f"{percent(ms[0])} ± {percent(ms[1])}" if std else percent(ms[0])
 
 
 def format_flops(value: float) -> str:

@@ -153,7 +153,7 @@ def heads(
     from epcache.probe.heads import heads_table  # lazy: loads numpy, safetensors, torch only when this runs
 
     # lazy: loads numpy, safetensors, torch only when this runs
-    from epcache.probe.heads.listing import format_heads_listing
+    from epcache.probe.solvers.listing import format_heads_listing
 
     with user_errors():
         rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),

@@ -5,78 +5,40 @@ Subpackages by concept: ``config`` (the request, recipes, protocol and runs as p
 which tokens, streamed batches), ``heads`` (trained heads, the registry of every head kind), ``train``
 (device policy, stacked heads and optimisers, the fused trainer), ``solvers`` (k-NN, ridge,
 logistic C path, nearest class mean), ``results`` (rows, heads on disk, metrics, the ranking);
-``run`` executes the plan: groups, solver heads, ranking, summary.
+``run`` executes the one plan per sweep: groups, solver heads, ranking, summary. ``names``: the solver head
+kinds, which heads, solvers and the listing all read, below every package.
+
+This face holds what a user of probing calls: run a sweep, read its rows and heads back, and the
+named recipes; everything else is imported from the module that defines it.
 """
 
 from epcache._lazy import callable_module as _callable
 from epcache.probe.config.probe_config import ProbeConfig as ProbeConfig
-from epcache.probe.config.probe_config import parse_heads as parse_heads
-from epcache.probe.config.probe_config import parse_layers as parse_layers
-from epcache.probe.config.probe_config import parse_list as parse_list
-from epcache.probe.config.protocol import Protocol as Protocol
-from epcache.probe.config.protocol import resolve_protocol as resolve_protocol
 from epcache.probe.config.recipes import RECIPES as RECIPES
 from epcache.probe.config.recipes import Recipe as Recipe
-from epcache.probe.data.select import TrainSubsets as TrainSubsets
-from epcache.probe.data.select import split_train as split_train
-from epcache.probe.data.stream import BatchStream as BatchStream
-from epcache.probe.data.stream import InputPlan as InputPlan
+from epcache.probe.config.runspec import RunSpec as RunSpec
 from epcache.probe.results.metrics import Metrics as Metrics
-from epcache.probe.results.metrics import metrics_from_counts as metrics_from_counts
-from epcache.probe.results.metrics import metrics_from_logits as metrics_from_logits
-from epcache.probe.results.rows import ResultRowJSON as ResultRowJSON
 from epcache.probe.results.rows import format_summary as format_summary
 from epcache.probe.results.rows import load_head as load_head
 from epcache.probe.results.rows import read_results as read_results
 from epcache.probe.results.rows import seed_summary as seed_summary
 from epcache.probe.run import ProbeResult as ProbeResult
 from epcache.probe.run import probe as probe
-from epcache.probe.sweep.grid import RunSpec as RunSpec
-from epcache.probe.sweep.grid import SweepSettings as SweepSettings
 from epcache.probe.sweep.grid import expand_sweep as expand_sweep
-from epcache.probe.sweep.grid import load_grid as load_grid
-from epcache.probe.train.fused import EPStack as EPStack
-from epcache.probe.train.fused import HeadStack as HeadStack
-from epcache.probe.train.fused import LinearStack as LinearStack
-from epcache.probe.train.fused import MHCAStack as MHCAStack
-from epcache.probe.train.fused import ModuleStack as ModuleStack
-from epcache.probe.train.fused import make_stack as make_stack
-from epcache.probe.train.stacked_optim import SlicedOptimizer as SlicedOptimizer
 
 __all__ = [
     "RECIPES",
-    "BatchStream",
-    "EPStack",
-    "HeadStack",
-    "InputPlan",
-    "LinearStack",
-    "MHCAStack",
     "Metrics",
-    "ModuleStack",
     "ProbeConfig",
     "ProbeResult",
-    "Protocol",
     "Recipe",
-    "ResultRowJSON",
     "RunSpec",
-    "SlicedOptimizer",
-    "SweepSettings",
-    "TrainSubsets",
     "expand_sweep",
     "format_summary",
-    "load_grid",
     "load_head",
-    "make_stack",
-    "metrics_from_counts",
-    "metrics_from_logits",
-    "parse_heads",
-    "parse_layers",
-    "parse_list",
     "probe",
     "read_results",
-    "resolve_protocol",
     "seed_summary",
-    "split_train",
 ]
 
 # `epcache.probe(cfg)` works even after `import epcache.probe` bound the package here

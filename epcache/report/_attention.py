@@ -24,7 +24,8 @@ from epcache._text import short_label
 from epcache.errors import ConfigError
 from epcache.probe.results.rows import load_head
 from epcache.report._model import model_title
-from epcache.report._tables import load_rows
+from epcache.report._plots import require_matplotlib
+from epcache.report._tables import group_seeds, load_rows
 from epcache.store import open_store, select_tokens, to_torch
 
 __all__ = ["AttentionResult", "attention_figure", "attention_maps", "attention_report", "find_row"]
@@ -56,9 +57,6 @@ def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR")
         ConfigError: no match or an ambiguous id prefix (the message lists candidates).
     """
     if config == "best":
-        # not at the top: report._tables imports this module (import cycle)
-        from epcache.report._tables import group_seeds
-
         groups = [g for g in group_seeds(rows) if g.kind not in _NO_MAPS and g.rows[0].get("head_file")]
         if not groups:
             raise ConfigError(_no_attentive_config(rows, rundir))
@@ -300,9 +298,6 @@ def _input_size(pre: dict[str, Any]) -> int:
 def _plot_grid(maps: list[np.ndarray], pictures: list[np.ndarray | None], captions: list[str], path: Path, *,
                title: str, n_pred: int, kind: str) -> Path:
     """Write :func:`attention_figure` to ``path``."""
-    # not at the top: report._plots imports this module (import cycle)
-    from epcache.report._plots import require_matplotlib
-
     plt = require_matplotlib()
     fig = attention_figure(maps, pictures, captions, title=title, n_pred=n_pred, kind=kind)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,9 +316,6 @@ def attention_figure(maps: list[np.ndarray], pictures: list[np.ndarray | None], 
     """
     import torch
     import torch.nn.functional as F
-
-    # not at the top: report._plots imports this module (import cycle)
-    from epcache.report._plots import require_matplotlib
 
     plt = require_matplotlib()
     cols = min(n_pred, MAX_COLUMNS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from epcache.report._plots import DPI, _save, require_matplotlib
 from epcache.report._tables import ConfigGroup, best_by
 
 __all__ = ["input_label", "plot_mixes"]
@@ -29,9 +30,6 @@ def input_label(g: ConfigGroup) -> str:
 
 def plot_mixes(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:
     """Grouped bars: x = input layers (single / mixes / pooled), bars = token source, a panel per head kind."""
-    # not at the top: report._plots imports this module (import cycle)
-    from epcache.report._plots import DPI, _save, require_matplotlib
-
     plt = require_matplotlib()
     best = best_by(groups, lambda g: (g.kind, input_label(g), g.tokens))
     kinds = sorted({k for k, _, _ in best})

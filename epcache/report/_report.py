@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
-from epcache._text import FLOP_UNIT, format_flops, plural, short_label
+from epcache._text import FLOP_UNIT, format_flops, mean_std_text, plural, short_label
 from epcache.report._files import write_atomically
+from epcache.report._mix_plot import input_label, plot_mixes
 from epcache.report._model import model_title
+from epcache.report._plots import plot_curves, plot_layers, plot_params
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
 from epcache.store.files import os_errors
 
@@ -47,12 +49,6 @@ def _write(rows: list[dict], dest: Path, *, figures: bool) -> Report:
     honest = all(g.holdout_top1 is not None for g in groups)
     figs: list[Path] = []
     if figures:
-        # not at the top: report._mix_plot imports this module (import cycle)
-        from epcache.report._mix_plot import input_label, plot_mixes
-
-        # not at the top: report._plots imports this module (import cycle)
-        from epcache.report._plots import plot_curves, plot_layers, plot_params
-
         figs = [
             plot_params(groups, dest / "top1_vs_params.png", title=f"accuracy vs probe size\n{backbone}"),
             plot_layers(groups, dest / "top1_vs_layer.png", title=f"accuracy by layer\n{backbone}"),
@@ -114,12 +110,11 @@ def _table(groups: list[ConfigGroup]) -> str:
         hold = g.holdout_top1
         out.append(
             f"| `{g.rows[0]['id'][:10]}` | {short_label(g.rows[0]['config'])} | {g.params:,} | "
-            f"{format_flops(g.flops)} | {g.seeds} | {'-' if hold is None else _pm(hold)} | "
-            f"{_pm(g.eval_top1)} | {'-' if g.oracle_top1 is None else _pm(g.oracle_top1)} |"
+            f"{format_flops(g.flops)} | {g.seeds} | {_acc(hold)} | {_acc(g.eval_top1)} | {_acc(g.oracle_top1)} |"
         )
     return "\n".join(out)
 
 
-def _pm(ms: tuple[float, float]) -> str:
-    m, s = ms
-    return f"{100 * m:.2f} ± {100 * s:.2f}" if s else f"{100 * m:.2f}"
+def _acc(ms: tuple[float, float] | None) -> str:
+    """A table cell: the ± part only where seeds differ (one seed prints its accuracy alone)."""
+    return mean_std_text(ms, std=ms is not None and bool(ms[1]))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Any
 
+from epcache._text import human_bytes
 from epcache.store._lock import read_store_lock
 from epcache.store._open import open_store
 from epcache.store._paths import resolve_recorded_path
@@ -229,16 +230,6 @@ def _model_line(pre: dict[str, Any]) -> list[str]:
 def _writer(location: str | PathLike[str]) -> dict[str, Any] | None:
     lock = read_store_lock(location)
     return None if lock is None else dict(lock.to_json())
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> "1.5 KB": sizes in the CLI's summaries."""
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TB"
 
 
 def format_ranges(xs: list[int] | tuple[int, ...]) -> str:

@@ -25,8 +25,8 @@ __all__ = ["RUN_LOCK_PREFIX", "acquire_run_lock", "check_pooled_dir", "remove_st
 
 RUN_LOCK_PREFIX = ".epcache-run"
 _CKPT_META_KEY = "epcache_ckpt"  # probe/results.py: the JSON state inside a checkpoint's metadata
-_TMP_CKPT = re.compile(r"^\..+\.tmp-(\d+)$")  # results/rows.py _atomic_safetensors', solvers/_pooled.py's temp name
-_POOLED_DIR = "pooled"  # probe/solvers/_pooled.py: the solver heads' pooled-vector cache
+_TMP_CKPT = re.compile(r"^\..+\.tmp-(\d+)$")  # results/rows.py _atomic_safetensors', solvers/vectors.py's temp name
+_POOLED_DIR = "pooled"  # probe/solvers/vectors.py: the solver heads' pooled-vector cache
 _TMP_DIRS = ("ckpt", "heads", _POOLED_DIR)  # where a killed sweep can leave temporary files
 
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import HeadSpecError
-from epcache.probe.heads import HeadSpec, list_heads
-from epcache.probe.heads.listing import known_heads_text, solver_heads
-from epcache.probe.solvers._spec import SOLVER_KINDS
+from epcache.probe.heads import HeadSpec, known_heads_text, list_heads
+from epcache.probe.names import SOLVER_KINDS
+from epcache.probe.solvers.listing import solver_heads
 
 runner = CliRunner()
 

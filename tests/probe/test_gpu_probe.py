@@ -15,8 +15,9 @@ import pytest
 import torch
 from probe_helpers import config, write_store
 
-from epcache.probe import BatchStream, InputPlan, probe
-from epcache.probe.data.stream import MemorySource, StoreSource
+from epcache.probe import probe
+from epcache.probe.data.read_order import InputPlan
+from epcache.probe.data.stream import BatchStream, MemorySource, StoreSource
 from epcache.store import open_store
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

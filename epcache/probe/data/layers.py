@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from epcache.probe.config.inputs import POOLED_GROUP, input_key, read_layers
-from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource
+from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource, _rows_by_chunk
 from epcache.store import FeatureStore, TokenLayout, to_torch
 
 __all__ = [
@@ -226,9 +226,6 @@ def load_memory(
 
     ``dtype``: convert the held rows to the compute dtype once (as ``MemorySource.load``).
     """
-    # not at the top: probe.data.stream imports this module (import cycle)
-    from epcache.probe.data.stream import _rows_by_chunk
-
     if isinstance(source, StoreSource):  # one layer: the stream module's loader (each chunk read once)
         return MemorySource.load(source.store, source.split, source.layer, source.plan, rows, all_views=all_views,
                                  dtype=dtype)

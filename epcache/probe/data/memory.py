@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from epcache._text import human_bytes
+
 __all__ = ["AUTO_FRACTION", "MemoryDecision", "available_memory", "decide_in_memory"]
 
 AUTO_FRACTION = 0.25  # of the available RAM, per held split
@@ -47,8 +49,5 @@ def decide_in_memory(requested: bool | None, nbytes: int, available: int | None 
     hold = nbytes <= budget
     verb = "held in RAM" if hold else "streamed"
     cmp = "<=" if hold else ">"
-    return MemoryDecision(hold, f"auto: {verb} ({_mb(nbytes)} {cmp} {AUTO_FRACTION:.0%} of {_mb(avail)} available)")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+    sizes = f"{human_bytes(nbytes)} {cmp} {AUTO_FRACTION:.0%} of {human_bytes(avail)} available"
+    return MemoryDecision(hold, f"auto: {verb} ({sizes})")

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from epcache.errors import HeadSpecError
 from epcache.probe.config.inputs import LAYER_MIXES, SEQUENCE_SOURCES, VECTOR_SOURCES, input_key
-
-if TYPE_CHECKING:
-    from torch import nn
+from epcache.probe.heads import ProbeHead, VectorInput, create_head
 
 __all__ = [
     "LAYER_MIXES",
@@ -156,11 +158,6 @@ def build_head(spec: Any, shapes: HeadInput, num_classes: int) -> nn.Module:
     Raises:
         HeadSpecError: the head does not accept these shapes.
     """
-    from torch import nn
-
-    # not at the top: probe.heads imports this module (import cycle)
-    from epcache.probe.heads import ProbeHead, VectorInput, create_head
-
     if spec.kind == "linear":
         return ProbeHead(VectorInput(shapes.in_dim), nn.Linear(shapes.in_dim, num_classes), kind="linear")
     return create_head(
@@ -174,9 +171,6 @@ def input_cost(spec: Any, shapes: HeadInput, num_classes: int) -> tuple[int, int
     The same counting as :func:`~epcache.probe.heads.head_cost` (meta device, ``FlopCounterMode``),
     but for the input a config really reads: a concatenation of layers is wider, a token mix longer.
     """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         head = build_head(spec, shapes, num_classes)
         x = torch.empty(1, shapes.in_dim) if shapes.vector else torch.empty(1, shapes.num_tokens, shapes.in_dim)
@@ -190,11 +184,6 @@ def input_cost(spec: Any, shapes: HeadInput, num_classes: int) -> tuple[int, int
 
 def rebuild_head(meta: dict[str, Any]) -> nn.Module:
     """A saved head's module from its metadata (``load_head``): ``create_head`` or a vector-input linear head."""
-    from torch import nn
-
-    # not at the top: probe.heads imports this module (import cycle)
-    from epcache.probe.heads import ProbeHead, VectorInput, create_head
-
     width = meta.get("vector_input")
     if width is not None:
         return ProbeHead(VectorInput(int(width)), nn.Linear(int(width), meta["num_classes"]), kind="linear")

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from epcache.probe.data.device_copy import DeviceCopier, lookahead
-from epcache.probe.data.plan import InputPlan
+from epcache.probe.data.read_order import InputPlan
 from epcache.store import FeatureStore, to_torch
 
 __all__ = ["Batch", "BatchStream", "InputPlan", "MemorySource", "StoreSource", "prefetch", "rows_in_order"]

@@ -35,6 +35,7 @@ from ._registry import HeadSpec as HeadSpec
 from ._registry import create_head as create_head
 from ._registry import head_kind as head_kind
 from ._registry import head_options as head_options
+from ._registry import known_heads_text as known_heads_text
 from ._registry import list_heads as list_heads
 from ._registry import list_solvers as list_solvers
 from ._registry import register_head as register_head
@@ -87,6 +88,7 @@ __all__ = [
     "head_kind",
     "head_options",
     "heads_table",
+    "known_heads_text",
     "list_heads",
     "list_solvers",
     "mp_feature_size",

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from epcache.errors import HeadSpecError
 
 from ._base import Pooling
+from ._infer import accept, need
 
 __all__ = ["EPOrder", "EfficientProbing"]
 
@@ -121,8 +122,6 @@ class EfficientProbing(Pooling):
     @classmethod
     def config_from_state(cls, sd: Mapping[str, Tensor], **config: Any) -> dict[str, Any]:
         """Constructor arguments implied by a pooling state dict (``cls_token``, ``v.weight``)."""
-        from ._infer import accept, need
-
         accept(cls.kind, config, ())
         _, M, D = need(cls.kind, sd, "cls_token", ndim=3).shape
         width = need(cls.kind, sd, "v.weight", ndim=2).shape[0]

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from epcache.errors import HeadSpecError
 
+from ._infer import accept, need
+
 __all__ = ["MomentProbing", "mp_feature_size"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -163,8 +165,6 @@ class MomentProbing(nn.Module):
     @classmethod
     def config_from_state(cls, sd: Mapping[str, Tensor], **config: Any) -> dict[str, Any]:
         """Constructor arguments from the reference keys; ``num_prefix`` (default 1) from config."""
-        from ._infer import accept, need
-
         accept(cls.kind, config, ("num_prefix",))
         hidden, dim = need(cls.kind, sd, "proj.weight", ndim=2).shape
         d = need(cls.kind, sd, "ln.weight", ndim=1).shape[0]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from torch import nn
 
 from epcache.errors import HeadSpecError
+from epcache.probe.names import SOLVER_KINDS
 
 from ._base import ProbeHead
 
@@ -33,6 +34,7 @@ __all__ = [
     "create_head",
     "head_kind",
     "head_options",
+    "known_heads_text",
     "list_heads",
     "list_solvers",
     "register_head",
@@ -40,7 +42,6 @@ __all__ = [
 ]
 
 HeadKind = Literal["trained", "solver"]
-SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")  # the solver heads epcache.probe.solvers fits
 
 HeadFactory = Callable[..., "ProbeHead | nn.Module"]  # ProbeHead, or a head with its own structure (mp)
 _HEAD_FACTORIES: dict[
@@ -103,6 +104,15 @@ def head_kind(text: str) -> HeadKind | None:
     if kind in _SOLVERS:
         return "solver"
     return "trained" if kind in _HEAD_FACTORIES else None
+
+
+def known_heads_text() -> str:
+    """``registered kinds: ...; solver heads: ...``: what an unknown-head message offers instead.
+
+    ``--head`` takes both families in one list, so a user who mistypes one must see both.
+    """
+    return (f"registered kinds: {', '.join(list_heads())} (trained); solver heads (fitted, no training): "
+            f"{', '.join(list_solvers())} (`epcache heads` lists them all)")
 
 
 def head_options(kind: str) -> dict[str, Any]:
@@ -228,9 +238,6 @@ def _factory(kind: str) -> HeadFactory:
     try:
         return _HEAD_FACTORIES[kind]
     except KeyError:
-        # not at the top: probe.heads.listing imports this module (import cycle)
-        from epcache.probe.heads.listing import known_heads_text
-
         raise HeadSpecError(f"unknown head kind {kind!r}; {known_heads_text()}") from None
 
 

@@ -31,9 +31,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from epcache._text import FLOP_UNIT, format_flops, plural
+from epcache._text import FLOP_UNIT, format_flops, mean_std_text, percent, plural
 from epcache._text import short_label as label
 from epcache.errors import ConfigError
+from epcache.probe.data.sources import rebuild_head
 from epcache.probe.results.metrics import MetricsJSON
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.store.files import atomic_write
@@ -162,8 +163,6 @@ def load_head(path: str | Path, *, device: str = "cpu") -> tuple[nn.Module, dict
     Returns:
         The head in eval mode and its metadata (config id, layer, tokens, store provenance ...).
     """
-    from epcache.probe.data.sources import rebuild_head  # issue 15: vector-input linear heads, mp
-
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})[HEAD_META_KEY])
     state = load_file(str(path), device=device)
@@ -238,16 +237,17 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     r0 = best.rows[0]
     ev = best.mean_std("eval")
     assert ev is not None
-    top1 = f"{_pm(ev)} ({len(best.rows)} seeds)" if len(best.rows) > 1 else _pct(ev[0])
+    top1 = f"{mean_std_text(ev)} ({len(best.rows)} seeds)" if len(best.rows) > 1 else percent(ev[0])
     lines.append(
         f"best overall: {r0['id'][:10]} {short_label(r0['config'])}\n  eval top-1 {top1}, selected epoch "
-        f"{r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}, oracle {_pct(r0['oracle']['eval_top1'])}"
+        f"{r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}, oracle {percent(r0['oracle']['eval_top1'])}"
     )
     multi = [g for g in groups if len(g.rows) > 1]
     if multi:
         lines.append("seeds (mean ± std):")
         lines.append(_table(("config", "seeds", "holdout top-1", "eval top-1"), [  # holdout first, as above
-            (short_label(g.rows[0]["config"]), str(len(g.rows)), _pm(g.mean_std("holdout")), _pm(g.mean_std("eval")))
+            (short_label(g.rows[0]["config"]), str(len(g.rows)),
+             mean_std_text(g.mean_std("holdout")), mean_std_text(g.mean_std("eval")))
             for g in multi
         ]))
     return "\n".join(lines)
@@ -276,25 +276,15 @@ def _summary_cells(g: Any) -> tuple[str, ...]:
         short_label(r["config"]),
         f"{r['params']:,}",
         format_flops(r["flops"]),
-        _pm(g.mean_std("holdout"), std=len(g.rows) > 1),
-        _pm(g.mean_std("eval"), std=len(g.rows) > 1),
-        "-" if not r["oracle"]["epoch"] else f"{_pct(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
+        mean_std_text(g.mean_std("holdout"), std=len(g.rows) > 1),
+        mean_std_text(g.mean_std("eval"), std=len(g.rows) > 1),
+        "-" if not r["oracle"]["epoch"] else f"{percent(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
     )  # solver heads have no epochs (0), eval-only-at-the-end runs no oracle (None)
 
 
 def short_label(config: dict[str, Any]) -> str:
 
     return label(config)
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
-
-
-def _pm(ms: tuple[float, float] | None, *, std: bool = True) -> str:
-    if ms is None:
-        return "-"
-    return f"{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}" if std else f"{100 * ms[0]:.2f}"
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:

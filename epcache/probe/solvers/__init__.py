@@ -20,10 +20,6 @@ from epcache.probe.solvers._logreg import fit_logreg as fit_logreg
 from epcache.probe.solvers._logreg import logreg_path as logreg_path
 from epcache.probe.solvers._ncm import NcmModel as NcmModel
 from epcache.probe.solvers._ncm import fit_ncm as fit_ncm
-from epcache.probe.solvers._pooled import POOLINGS as POOLINGS
-from epcache.probe.solvers._pooled import PooledCache as PooledCache
-from epcache.probe.solvers._pooled import PooledView as PooledView
-from epcache.probe.solvers._pooled import pool_rows as pool_rows
 from epcache.probe.solvers._ridge import EigenPath as EigenPath
 from epcache.probe.solvers._ridge import RidgeStats as RidgeStats
 from epcache.probe.solvers._ridge import ridge_lambdas as ridge_lambdas
@@ -38,6 +34,10 @@ from epcache.probe.solvers._spec import SOLVER_KINDS as SOLVER_KINDS
 from epcache.probe.solvers._spec import SolverSpec as SolverSpec
 from epcache.probe.solvers._spec import expand_solver_specs as expand_solver_specs
 from epcache.probe.solvers._spec import split_heads as split_heads
+from epcache.probe.solvers.vectors import POOLINGS as POOLINGS
+from epcache.probe.solvers.vectors import PooledCache as PooledCache
+from epcache.probe.solvers.vectors import PooledView as PooledView
+from epcache.probe.solvers.vectors import pool_rows as pool_rows
 
 __all__ = [
     "C_PRESETS",

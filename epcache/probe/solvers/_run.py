@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from epcache.errors import ConfigError
-from epcache.probe.results.rows import RESULT_SCHEMA, RESULTS_FILE, append_result, save_head
+from epcache.probe.results.rows import HEAD_META_KEY, RESULT_SCHEMA, RESULTS_FILE, append_result, save_head
 from epcache.probe.solvers._fewshot import fewshot_rows
 from epcache.probe.solvers._fit import SolverInputs, fit_solver
 from epcache.probe.solvers._ncm import NcmModel
-from epcache.probe.solvers._pooled import PooledCache
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
+from epcache.probe.solvers.vectors import PooledCache
 from epcache.probe.sweep.checks import check_two_classes
 from epcache.store import FeatureStore, StoreMeta
 
@@ -247,9 +247,6 @@ def load_solver_head(path: str | Path, *, device: str = "cpu") -> tuple[Callable
 
     from safetensors import safe_open
     from safetensors.torch import load_file
-
-    # not at the top: probe.results.rows imports this module (import cycle)
-    from epcache.probe.results.rows import HEAD_META_KEY
 
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})[HEAD_META_KEY])

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epcache.errors import ConfigError
-from epcache.probe.heads import SOLVER_KINDS, head_kind
+from epcache.probe.heads import head_kind
+from epcache.probe.names import SOLVER_KINDS
 from epcache.probe.solvers._fewshot import check_fewshot
 from epcache.probe.solvers._knn import check_knn_options
 from epcache.probe.solvers._logreg import C_PRESETS, c_grid
-from epcache.probe.solvers._pooled import POOLINGS
 from epcache.probe.solvers._ridge import RIDGE_GRIDS
+from epcache.probe.solvers.vectors import POOLINGS
+from epcache.probe.sweep.checks import split_head
 
 __all__ = [
     "FIXED_KNN_PAIR",
@@ -194,9 +196,6 @@ def parse_head(text: str) -> tuple[str, dict[str, Any]]:
     Raises:
         ConfigError: the text is not ``kind`` or ``kind(name=literal, ...)``.
     """
-    # not at the top: probe.sweep.checks imports this module (import cycle)
-    from epcache.probe.sweep.checks import split_head
-
     return split_head(text)
 
 

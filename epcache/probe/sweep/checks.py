@@ -12,10 +12,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from epcache._layerspec import parse_layers as resolve_spec
 from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
 from epcache.probe.config.probe_config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
+from epcache.probe.data.sources import build_head, head_input, pooled_dim
+from epcache.probe.heads import head_options
 from epcache.store import StoreMeta
 
 __all__ = ["check_axes", "check_choices", "check_head", "check_shared", "check_two_classes",
@@ -111,8 +114,6 @@ def split_head(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def check_axes(c: ProbeConfig, entries: Sequence[tuple[str, str, dict[str, Any]]], errors: list[str]) -> None:
-    from epcache.probe.heads import head_options  # not at the top: probe.heads imports this module (import cycle)
-
     for name in HEAD_OPTION_AXES:
         if getattr(c, name) and entries and not any(name in head_options(kind) for _, kind, _ in entries):
             kinds = ", ".join(sorted({k for _, k, _ in entries}))
@@ -156,11 +157,6 @@ def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMet
     ``meta`` is the store's metadata as seen by the layer(s) read (``StoreMeta.for_layer``).
     Returns the error text, or None if it works.
     """
-    import torch
-
-    # not at the top: probe.data.sources imports this module (import cycle)
-    from epcache.probe.data.sources import build_head, head_input, pooled_dim
-
     lay = meta.layout
     try:
         shapes = head_input(spec.kind, tokens, mix, num_layers, dim=meta.dim, num_prefix=lay.num_prefix,

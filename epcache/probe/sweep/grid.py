@@ -32,9 +32,11 @@ from epcache.probe.config.probe_config import (
     ProbeConfig,
     check_config_values,
 )
-from epcache.probe.config.protocol import Protocol, resolve_protocol
+from epcache.probe.config.protocol import Protocol, resolve_holdout, resolve_protocol
 from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec, SweepSettings
+from epcache.probe.data.sources import layer_inputs
+from epcache.probe.heads import HeadSpec, head_options, known_heads_text, list_heads
 from epcache.probe.sweep.checks import (
     check_axes,
     check_choices,
@@ -218,17 +220,6 @@ def expand_sweep(
         ConfigError: every invalid setting and config of the sweep, in one message (unless ``errors``).
         UnknownLayerError: a requested layer is not in the store.
     """
-    # not at the top: probe.data.sources imports this module (import cycle)
-    # not at the top: probe.config.protocol imports this module (import cycle)
-    from epcache.probe.config.protocol import resolve_holdout
-    from epcache.probe.data.sources import layer_inputs
-
-    # not at the top: probe.heads imports this module (import cycle)
-    from epcache.probe.heads import HeadSpec, head_options, list_heads
-
-    # not at the top: probe.heads.listing imports this module (import cycle)
-    from epcache.probe.heads.listing import known_heads_text
-
     request = config if isinstance(config, SweepRequest) else resolve_request(config)
     own_errors = errors is None
     errors = [] if errors is None else errors

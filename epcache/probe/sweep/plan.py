@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from epcache._text import plural
 from epcache.errors import ConfigError, UnknownLayerError
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.config.protocol import Protocol, resolve_holdout
 from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec
 from epcache.probe.data.layers import group_label
-from epcache.probe.data.rows import RunData, check_compatible, resolve_rows
+from epcache.probe.data.samples import RunData, check_compatible, resolve_rows
 from epcache.probe.heads import head_kind
 from epcache.probe.results.rows import RESULTS_FILE
 from epcache.probe.solvers import SolverSpec, check_solver_inputs, plan_block_solvers
@@ -280,22 +281,18 @@ def _notes(c: ProbeConfig, runs: Sequence[RunSpec], specs: Sequence[SolverSpec],
 def _plan_line(runs: Sequence[RunSpec], specs: Sequence[SolverSpec], layers: Sequence[int], data: RunData,
                p: Protocol | None) -> str:
     hold = f"holdout {len(data.holdout_rows)}" if len(data.holdout_rows) else "no holdout"
-    solvers = f"{_n(len(specs), 'solver config')} ({', '.join(sorted({s.kind for s in specs}))})" if specs else ""
+    solvers = f"{plural(len(specs), 'solver config')} ({', '.join(sorted({s.kind for s in specs}))})" if specs else ""
     if p is None:
-        return (f"plan: {solvers} on {_n(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / "
+        return (f"plan: {solvers} on {plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / "
                 f"eval {len(data.eval_rows)}")
     heads = len({(r.head.name, r.tokens) for r in runs})
     return (("plan: " + solvers + " and " if solvers else "plan: ") +
-        f"{_n(len(runs), 'config')} ({_n(heads, 'head')} x {_n(len({r.lr for r in runs}), 'lr')}"
+        f"{plural(len(runs), 'config')} ({plural(heads, 'head')} x {plural(len({r.lr for r in runs}), 'lr')}"
         f"{f' x {len(set(r.wd for r in runs))} wd' if len({r.wd for r in runs}) > 1 else ''}) on "
-        f"{_n(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
+        f"{plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
         f"recipe {p.recipe}: batch {p.batch_size}, {p.epochs} epochs x {p.steps_per_epoch} steps = {p.total_steps} "
         f"steps (warm-up {p.warmup_steps})"
     )
-
-
-def _n(k: int, word: str) -> str:
-    return f"{k} {word}{'' if k == 1 else 's'}"
 
 
 def _groups(runs: Sequence[RunSpec], store: FeatureStore, num_classes: int) -> tuple[PlannedGroup, ...]:

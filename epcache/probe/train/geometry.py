@@ -9,11 +9,10 @@ it alone, so none of them needs the training loop to know a head's shapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from epcache.probe.data.sources import HeadInput
-    from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.data.sources import HeadInput, head_input
+from epcache.probe.sweep.grid import RunSpec
 
 __all__ = ["HeadGeometry"]
 
@@ -33,9 +32,6 @@ class HeadGeometry:
 
     def shapes(self, run: RunSpec) -> HeadInput:
         """Width, token count and prefix of the input ``run``'s head reads (token source x layer mix)."""
-        # not at the top: probe.data.sources imports this module (import cycle)
-        from epcache.probe.data.sources import head_input
-
         return head_input(run.head.kind, run.tokens, run.layer_mix, len(run.mix_layers), dim=self.dim,
                           num_prefix=self.num_prefix, cls_index=self.cls_index, num_registers=self.num_registers,
                           num_patches=self.num_patches, pooled_dim=self.pooled_dim)

@@ -22,7 +22,8 @@ import torch
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
 from epcache.probe.data.memory import decide_in_memory
-from epcache.probe.data.rows import RunData
+from epcache.probe.data.samples import RunData
+from epcache.probe.data.sources import input_cost
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics
 from epcache.probe.results.ranking import SeedGroup, rank_key
@@ -240,9 +241,6 @@ class GroupRunner:
         )
 
     def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any]) -> ResultRowJSON:
-        # not at the top: probe.data.sources imports this module (import cycle)
-        from epcache.probe.data.sources import input_cost
-
         run, g, s = o.run, self.geometry, o.run.settings
         key = (run.head.name, run.input_key, len(run.mix_layers))
         if key not in costs:

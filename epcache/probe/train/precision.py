@@ -4,7 +4,7 @@ The heads' matmuls may run in bfloat16 under ``torch.autocast`` while everything
 the numbers over many steps stays float32: master weights and optimiser states (the stacks keep
 their parameters in the compute dtype, float32), losses (logits are widened before the
 cross-entropy), BatchNorm statistics (``stacked_batch_norm`` widens its input) and the Moment
-Probing covariance (computed with autocast off, ``heads/_mp.py`` and ``fused_mp.py``). bfloat16
+Probing covariance (computed with autocast off, ``heads/_mp.py`` and ``train/stacks/mp.py``). bfloat16
 has float32's exponent range, so no loss scaling is needed; float16 is not offered: it would need
 a loss scaler, and one scaler for a fused stack couples the configs (one config's overflow would
 skip every config's step), breaking "a config gives the same numbers alone or in a sweep".

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from epcache.errors import ConfigError
-from epcache.probe.train.fused import ParamSlot
+from epcache.probe.train.stacks import ParamSlot
 
 __all__ = ["SlicedOptimizer"]
 

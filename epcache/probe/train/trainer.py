@@ -14,24 +14,23 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from epcache.probe.config.protocol import optimizer_settings
+from epcache.probe.data.layers import Plan
+from epcache.probe.data.sources import build_head
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.sweep.grid import RunSpec
-from epcache.probe.train.fused import HeadStack, TensorStack, cross_entropy_per_config, make_stack
 from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.optim import lr_at
 from epcache.probe.train.precision import amp_context, compile_stack, widen
 from epcache.probe.train.stacked_optim import SlicedOptimizer
-
-if TYPE_CHECKING:
-    from epcache.probe.data.layers import Plan
+from epcache.probe.train.stacks import HeadStack, TensorStack, cross_entropy_per_config, make_stack
 
 __all__ = ["CKPT_FORMAT", "ConfigOutcome", "GroupTrainer"]
 
@@ -88,9 +87,6 @@ class GroupTrainer:
         amp: str = "none",
         compile: bool = False,
     ) -> None:
-        # not at the top: probe.data.sources imports this module (import cycle)
-        from epcache.probe.data.sources import build_head
-
         self.runs = list(runs)
         self.geometry = geometry
         self.plan = plan

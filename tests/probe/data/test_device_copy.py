@@ -15,10 +15,10 @@ import pytest
 import torch
 from probe_helpers import write_store
 
-from epcache.probe import BatchStream, InputPlan
 from epcache.probe.data import stream as stream_module
 from epcache.probe.data.device_copy import DeviceCopier, lookahead
-from epcache.probe.data.stream import StoreSource
+from epcache.probe.data.read_order import InputPlan
+from epcache.probe.data.stream import BatchStream, StoreSource
 from epcache.store import open_store
 
 

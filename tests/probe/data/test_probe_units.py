@@ -9,9 +9,10 @@ import pytest
 import torch
 from probe_helpers import write_store
 
-from epcache.probe import BatchStream, InputPlan, metrics_from_counts, metrics_from_logits, split_train
-from epcache.probe.data.stream import MemorySource, StoreSource, prefetch
-from epcache.probe.results.metrics import mean_std
+from epcache.probe.data.read_order import InputPlan
+from epcache.probe.data.select import split_train
+from epcache.probe.data.stream import BatchStream, MemorySource, StoreSource, prefetch
+from epcache.probe.results.metrics import mean_std, metrics_from_counts, metrics_from_logits
 from epcache.store import open_store, select_tokens, to_torch
 
 

@@ -25,7 +25,7 @@ from epcache.cli import app
 from epcache.probe import ProbeConfig, probe
 from epcache.probe.results.rows import load_checkpoint, save_checkpoint
 from epcache.probe.solvers import PooledCache
-from epcache.probe.solvers import _pooled as pooled_module
+from epcache.probe.solvers import vectors as pooled_module
 from epcache.store import open_store
 
 runner = CliRunner()

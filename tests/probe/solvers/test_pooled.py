@@ -10,7 +10,7 @@ from solver_helpers import class_store, class_tokens, meta, write_tokens
 
 from epcache.errors import NonFiniteFeaturesError
 from epcache.probe.solvers import PooledCache, pool_rows
-from epcache.probe.solvers import _pooled as pooled_module
+from epcache.probe.solvers import vectors as pooled_module
 from epcache.store import open_store
 
 

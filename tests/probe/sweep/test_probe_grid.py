@@ -8,7 +8,8 @@ import pytest
 from probe_helpers import make_meta
 
 from epcache.errors import ConfigError, UnknownLayerError
-from epcache.probe import ProbeConfig, expand_sweep, parse_heads, parse_layers, parse_list
+from epcache.probe import ProbeConfig, expand_sweep
+from epcache.probe.config.probe_config import parse_heads, parse_layers, parse_list
 
 META = make_meta(dim=16, layers=(0, 1))
 

@@ -22,11 +22,11 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.probe import make_stack, probe
+from epcache.probe import probe
 from epcache.probe.heads import create_head
-from epcache.probe.train.fused import cross_entropy_per_config
 from epcache.probe.train.precision import amp_context, resolve_amp, widen
 from epcache.probe.train.stacked_optim import SlicedOptimizer
+from epcache.probe.train.stacks import cross_entropy_per_config, make_stack
 
 D, C, N = 16, 5, 9
 CPU = torch.device("cpu")

@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from epcache.probe import make_stack
 from epcache.probe.heads import create_head
-from epcache.probe.train.fused import ModuleStack, cross_entropy_per_config
 from epcache.probe.train.optim import build_optimizer, lr_at
 from epcache.probe.train.stacked_optim import SlicedOptimizer
+from epcache.probe.train.stacks import ModuleStack, cross_entropy_per_config, make_stack
 
 D, C, N = 16, 5, 9
 CASES = [

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from epcache.probe.train.fused import TensorStack
+from epcache.probe.train.stacks.base import TensorStack
 
 __all__ = ["MPStack"]
 

@@ -1,21 +1,22 @@
-"""The solver heads in `epcache heads` and in every unknown-head message, beside the trained heads.
+"""The solver heads in `epcache heads`, beside the trained heads.
 
 ``--head`` takes two families in one list: trained heads (the registry: linear, ep, mhca, ...),
 which run epochs of SGD, and solver heads (knn, ridge, logreg, ncm), which are fitted once on
-pooled features. A user reads the names off `epcache heads` or an unknown-head error, so both
-must show both families; the registry alone knows only the trained ones.
+pooled features. A user reads the names off `epcache heads`, so it shows both families; the
+registry alone knows only the trained ones. It lives above both (it sizes the logreg C path), so
+neither the registry nor the solvers import the listing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from epcache.probe.heads._cost import HeadCost
+from epcache.probe.heads import HeadCost, format_heads_table
+from epcache.probe.names import SOLVER_KINDS
+from epcache.probe.solvers._logreg import c_grid
 
-__all__ = ["SolverHead", "format_heads_listing", "format_solver_table", "known_heads_text", "solver_heads"]
+__all__ = ["SolverHead", "format_heads_listing", "format_solver_table", "solver_heads"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +32,6 @@ class SolverHead:
 
 def solver_heads(dim: int = 768, num_classes: int = 1000) -> list[SolverHead]:
     """The solver heads in the order `--head` documents them, sized for width ``dim`` and ``num_classes``."""
-    # not at the top: probe.solvers imports this module (import cycle)
-    from epcache.probe.solvers import SOLVER_KINDS, c_grid
-
     d, c = dim, num_classes
     rows = {
         "knn": SolverHead(
@@ -78,9 +76,6 @@ def format_solver_table(rows: Iterable[SolverHead]) -> str:
 
 def format_heads_listing(rows: Sequence[HeadCost], *, dim: int, num_classes: int) -> str:
     """What `epcache heads` prints: the trained heads' cost table, its MP note, then the solver heads."""
-    # not at the top: probe.heads._cost imports this module (import cycle)
-    from epcache.probe.heads._cost import format_heads_table
-
     parts = ["trained heads: epochs of SGD on the stored tokens; forward FLOPs per image", format_heads_table(rows)]
     mp = next((r for r in rows if r.kind == "mp"), None)
     if mp is not None:  # PROBE_FAMILIES §1.3: published MP counts leave out the projection
@@ -91,12 +86,3 @@ def format_heads_listing(rows: Sequence[HeadCost], *, dim: int, num_classes: int
     parts.append(format_solver_table(solver_heads(dim, num_classes)))
     return "\n".join(parts)
 
-
-def known_heads_text() -> str:
-    """``registered kinds: ...; solver heads: ...``: what an unknown-head message offers instead."""
-    # not at the top: probe.heads._registry imports this module (import cycle)
-    from epcache.probe.heads._registry import list_heads
-    from epcache.probe.solvers import SOLVER_KINDS  # not at the top: probe.solvers imports this module (import cycle)
-
-    return (f"registered kinds: {', '.join(list_heads())} (trained); solver heads (fitted, no training): "
-            f"{', '.join(SOLVER_KINDS)} (`epcache heads` lists them all)")
