@@ -335,8 +335,8 @@ def probe_case(args: argparse.Namespace, device: Any, state: dict[str, Any], k: 
 
     from epcache.probe.config.probe_config import ProbeConfig
     from epcache.probe.data.stream import BatchStream
+    from epcache.probe.sweep.geometry import HeadGeometry
     from epcache.probe.sweep.grid import expand_sweep
-    from epcache.probe.train.geometry import HeadGeometry
     from epcache.probe.train.trainer import GroupTrainer
 
     st, B = state["store"], args.probe_batch

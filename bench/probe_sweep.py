@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from epcache.probe import ProbeConfig, expand_sweep, probe  # noqa: E402
 from epcache.probe.data.stream import BatchStream, InputPlan, StoreSource  # noqa: E402
 from epcache.probe.heads import create_head  # noqa: E402
-from epcache.probe.train.geometry import HeadGeometry  # noqa: E402
+from epcache.probe.sweep.geometry import HeadGeometry  # noqa: E402
 from epcache.probe.train.optim import build_optimizer, lr_at  # noqa: E402
 from epcache.probe.train.trainer import GroupTrainer  # noqa: E402
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store  # noqa: E402

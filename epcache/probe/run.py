@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from epcache.probe.config.probe_config import ProbeConfig
+from epcache.probe.device import cpu_threads, resolve_shard
+from epcache.probe.plan import PlannedGroup, SweepPlan, plan_sweep
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
 from epcache.probe.solvers import run_solver_configs
-from epcache.probe.sweep.plan import PlannedGroup, SweepPlan, plan_sweep
-from epcache.probe.train.device import cpu_threads, resolve_shard
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress
 from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store

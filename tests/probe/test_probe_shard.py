@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from epcache.cli import app
 from epcache.errors import ConfigError
 from epcache.probe import ProbeConfig, probe
-from epcache.probe.train.device import resolve_shard
+from epcache.probe.device import resolve_shard
 from epcache.report import load_rows, write_report
 
 

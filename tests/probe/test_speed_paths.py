@@ -9,7 +9,7 @@ import torch
 from probe_helpers import config, write_store
 
 from epcache.probe import probe
-from epcache.probe.train.device import cpu_threads
+from epcache.probe.device import cpu_threads
 
 KW = {"head": "linear,ep", "tokens": "gap,patch", "queries": 4, "lr": "0.01,0.05", "epochs": 3, "seeds": "0,1"}
 

@@ -36,6 +36,7 @@ from epcache.probe.config.protocol import Protocol, resolve_holdout, resolve_pro
 from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec, SweepSettings
 from epcache.probe.data.sources import layer_inputs
+from epcache.probe.device import resolve_amp, resolve_device
 from epcache.probe.heads import HeadSpec, head_options, known_heads_text, list_heads
 from epcache.probe.sweep.checks import (
     check_axes,
@@ -179,10 +180,7 @@ def make_settings(
 
 
 def _resolve_amp(c: ProbeConfig, errors: list[str]) -> tuple[str, str]:
-    """The sweep's autocast on its device (``auto``: bf16 on CUDA); imports torch only here."""
-    from epcache.probe.train.device import resolve_device  # not at the top: torch (start-up time)
-    from epcache.probe.train.precision import resolve_amp  # not at the top: torch (start-up time)
-
+    """The sweep's autocast on its device (``auto``: bf16 on CUDA)."""
     try:
         device = resolve_device(c.device)
     except ConfigError as e:

@@ -25,6 +25,7 @@ from epcache.probe.data.memory import decide_in_memory
 from epcache.probe.data.samples import RunData
 from epcache.probe.data.sources import input_cost
 from epcache.probe.data.stream import BatchStream
+from epcache.probe.plan import PlannedGroup, SweepPlan
 from epcache.probe.results.metrics import Metrics
 from epcache.probe.results.ranking import SeedGroup, rank_key
 from epcache.probe.results.rows import (
@@ -35,9 +36,8 @@ from epcache.probe.results.rows import (
     save_checkpoint,
     save_head,
 )
+from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
-from epcache.probe.sweep.plan import PlannedGroup, SweepPlan
-from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
 from epcache.store import FeatureStore
 

@@ -25,35 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["AMP_CHOICES", "amp_context", "compile_stack", "resolve_amp", "widen"]
+__all__ = ["amp_context", "compile_stack", "widen"]
 
-AMP_CHOICES: tuple[str, ...] = ("auto", "none", "bf16")
 _LOW = (torch.float16, torch.bfloat16)
-
-
-def resolve_amp(amp: str, device: torch.device, dtype: str, errors: list[str]) -> tuple[str, str]:
-    """``(resolved, rule)``: ``"none"`` or ``"bf16"``, and how it was chosen (for the rows).
-
-    Problems (unknown value, bf16 with float64, bf16 on a GPU without bf16) are appended to
-    ``errors`` (the sweep raises them all at once); the returned value is then ``"none"``.
-    """
-    if amp not in AMP_CHOICES:
-        errors.append(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
-        return "none", "invalid"
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if amp == "auto":
-        if dtype != "float32":
-            return "none", f"auto: none with dtype {dtype}"
-        if cuda_bf16:
-            return "bf16", "auto: bf16 autocast on CUDA"
-        return "none", f"auto: none on {device.type}" + (" (no bf16 support)" if device.type == "cuda" else "")
-    if amp == "bf16" and dtype != "float32":
-        errors.append(f"amp bf16 autocasts float32 heads; dtype {dtype} cannot be combined with it (use amp none)")
-        return "none", "invalid"
-    if amp == "bf16" and device.type == "cuda" and not cuda_bf16:
-        errors.append(f"amp bf16 requested but {device} has no bfloat16 support; use --amp none")
-        return "none", "invalid"
-    return amp, "as requested"
 
 
 def amp_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -25,8 +25,8 @@ from epcache.probe.data.layers import Plan
 from epcache.probe.data.sources import build_head
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
+from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
-from epcache.probe.train.geometry import HeadGeometry
 from epcache.probe.train.optim import lr_at
 from epcache.probe.train.precision import amp_context, compile_stack, widen
 from epcache.probe.train.stacked_optim import SlicedOptimizer

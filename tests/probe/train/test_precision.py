@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from epcache.cli import app
 from epcache.errors import ConfigError
 from epcache.probe import probe
+from epcache.probe.device import resolve_amp
 from epcache.probe.heads import create_head
-from epcache.probe.train.precision import amp_context, resolve_amp, widen
+from epcache.probe.train.precision import amp_context, widen
 from epcache.probe.train.stacked_optim import SlicedOptimizer
 from epcache.probe.train.stacks import cross_entropy_per_config, make_stack
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from epcache.probe.config.runspec import RunSpec
 from epcache.probe.data.sources import HeadInput, head_input
-from epcache.probe.sweep.grid import RunSpec
 
 __all__ = ["HeadGeometry"]
 

@@ -1,7 +1,8 @@
-"""Where a sweep runs: its device, its shard of the configs and the CPU thread count.
+"""Where a sweep runs: its device, the precision that device allows, its shard of the configs, CPU threads.
 
-Policy read by the plan (amp needs the device, the shard picks the configs) and by the run (threads),
-kept below both so that resolving a sweep never imports the module that runs it.
+Policy read by the sweep expansion (amp needs the device and enters every config's id), the plan (the
+shard picks the configs) and the run (threads). It depends on nothing else in probe, so every layer
+above may read it and resolving a sweep never imports the module that runs it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 
 from epcache.errors import ConfigError
 
-__all__ = ["TORCH_DTYPES", "cpu_threads", "resolve_device", "resolve_shard"]
+__all__ = ["AMP_CHOICES", "TORCH_DTYPES", "cpu_threads", "resolve_amp", "resolve_device", "resolve_shard"]
+
+AMP_CHOICES: tuple[str, ...] = ("auto", "none", "bf16")  # --amp; the rule for auto: epcache/probe/train/precision.py
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}  # ProbeConfig.dtype -> torch
 
@@ -82,3 +85,28 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
+
+
+def resolve_amp(amp: str, device: torch.device, dtype: str, errors: list[str]) -> tuple[str, str]:
+    """``(resolved, rule)``: ``"none"`` or ``"bf16"``, and how it was chosen (for the rows).
+
+    Problems (unknown value, bf16 with float64, bf16 on a GPU without bf16) are appended to
+    ``errors`` (the sweep raises them all at once); the returned value is then ``"none"``.
+    """
+    if amp not in AMP_CHOICES:
+        errors.append(f"amp must be one of {', '.join(AMP_CHOICES)}, got {amp!r}")
+        return "none", "invalid"
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if amp == "auto":
+        if dtype != "float32":
+            return "none", f"auto: none with dtype {dtype}"
+        if cuda_bf16:
+            return "bf16", "auto: bf16 autocast on CUDA"
+        return "none", f"auto: none on {device.type}" + (" (no bf16 support)" if device.type == "cuda" else "")
+    if amp == "bf16" and dtype != "float32":
+        errors.append(f"amp bf16 autocasts float32 heads; dtype {dtype} cannot be combined with it (use amp none)")
+        return "none", "invalid"
+    if amp == "bf16" and device.type == "cuda" and not cuda_bf16:
+        errors.append(f"amp bf16 requested but {device} has no bfloat16 support; use --amp none")
+        return "none", "invalid"
+    return amp, "as requested"

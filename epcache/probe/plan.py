@@ -30,13 +30,13 @@ from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec
 from epcache.probe.data.layers import group_label
 from epcache.probe.data.samples import RunData, check_compatible, resolve_rows
+from epcache.probe.device import TORCH_DTYPES, resolve_device, resolve_shard
 from epcache.probe.heads import head_kind
 from epcache.probe.results.rows import RESULTS_FILE
 from epcache.probe.solvers import SolverSpec, check_solver_inputs, plan_block_solvers
 from epcache.probe.sweep.checks import check_two_classes, resolve_layers, split_head
+from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
-from epcache.probe.train.device import TORCH_DTYPES, resolve_device, resolve_shard
-from epcache.probe.train.geometry import HeadGeometry
 from epcache.store import FeatureStore
 
 __all__ = ["PlannedGroup", "SweepPlan", "plan_sweep", "rows_record"]

@@ -13,13 +13,13 @@ import pytest
 from probe_helpers import config, write_store
 
 import epcache.probe.heads._registry as _registry
+import epcache.probe.plan as plan_module
 import epcache.probe.run as run_module
-import epcache.probe.sweep.plan as plan_module
 import epcache.probe.train.group as group_module
 from epcache.errors import ConfigError
 from epcache.probe import probe
 from epcache.probe.heads import SOLVER_KINDS, head_kind, list_heads, register_solver
-from epcache.probe.sweep.plan import plan_sweep
+from epcache.probe.plan import plan_sweep
 from epcache.store import open_store
 
 FAST: dict[str, Any] = {"epochs": 2, "warmup": 1, "batch_size": 16, "optimizer": "adamw", "queries": ()}
