@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FLOP_SCALE", "FLOP_UNIT", "format_flops", "plural", "short_label", "variant_label"]
+__all__ = ["FLOP_SCALE", "FLOP_UNIT", "format_flops", "human_bytes", "plural", "short_label", "variant_label"]
 
 FLOP_SCALE, FLOP_UNIT = 1e6, "MFLOP"  # one unit for FLOPs in every table (summary, report.md, `epcache heads`)
 
@@ -59,3 +59,13 @@ def short_label(config: Mapping[str, Any], *, seed: bool = False) -> str:
     if seed:
         label += f" s{config['seed']}"
     return label
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KB": sizes in the CLI's summaries."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TB"

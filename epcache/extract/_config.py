@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from epcache._docs import doc, document_fields
+from epcache._text import human_bytes
 from epcache.errors import ConfigError
 from epcache.extract._pixels import default_workers
-from epcache.store import SizeOption, TokenLayout, format_ranges, format_size_table, human_bytes, resolve_quantization
-from epcache.store.messages import prefix_text
+from epcache.store import TokenLayout
+from epcache.store.describe.info import format_ranges, prefix_text
+from epcache.store.describe.sizes import SizeOption, format_size_table
+from epcache.store.layout.quant import resolve_quantization
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
 

@@ -39,13 +39,9 @@ from epcache.extract._repair_backup import (
 )
 from epcache.extract._run import extract, plan_extract
 from epcache.extract._weights import sha256_file
-from epcache.store import (
-    VerifyReport,
-    acquire_store_lock,
-    mark_blocks_missing,
-    open_store,
-    verify_store,
-)
+from epcache.store import VerifyReport, open_store, verify_store
+from epcache.store.ops.lock import acquire_store_lock
+from epcache.store.verify.blocks import mark_blocks_missing
 
 __all__ = ["RepairResult", "extract_config_from_store", "recorded_data_root", "repair_store"]
 

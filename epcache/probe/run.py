@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from epcache._fs.oserror import os_errors
 from epcache.errors import ConfigError, UnknownLayerError
 from epcache.probe.data.rows import RunData, check_compatible, resolve_rows
 from epcache.probe.results.ranking import group_by_seed, rank
@@ -34,6 +35,7 @@ from epcache.probe.results.rows import (
     write_json,
     write_text,
 )
+from epcache.probe.run_lock import remove_stale_checkpoints, run_dir_lock
 from epcache.probe.solvers import check_solver_inputs, plan_block_solvers, run_solver_configs
 from epcache.probe.sweep.checks import check_two_classes, resolve_layers
 from epcache.probe.sweep.config import ProbeConfig
@@ -43,8 +45,8 @@ from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress
 from epcache.probe.train.protocol import Protocol, resolve_holdout
 from epcache.probe.train.recipes import get_recipe
-from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store
-from epcache.store.files import os_errors, remove_stale_checkpoints, run_dir_lock
+from epcache.store import ChunkCache, FeatureStore, open_store
+from epcache.store.verify.integrity import check_for_probe
 
 __all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
 

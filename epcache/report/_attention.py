@@ -25,7 +25,8 @@ from epcache.errors import ConfigError
 from epcache.probe.results.rows import load_head
 from epcache.report._model import model_title
 from epcache.report._tables import load_rows
-from epcache.store import open_store, select_tokens, to_torch
+from epcache.store import open_store, select_tokens
+from epcache.store.layout.tokens import to_torch
 
 __all__ = ["AttentionResult", "attention_figure", "attention_maps", "attention_report", "find_row"]
 

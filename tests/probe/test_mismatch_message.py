@@ -12,7 +12,7 @@ from probe_helpers import config, make_meta, write_store
 
 from epcache.errors import ProvenanceMismatchError
 from epcache.probe import probe
-from epcache.store._diff import describe_differences, differing_fields
+from epcache.store.describe.diff import describe_differences, differing_fields
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "extract"))
 from extract_helpers import make_imagefolder, tiny_config

@@ -12,7 +12,8 @@ from probe_helpers import write_store
 from epcache.probe import BatchStream, InputPlan, metrics_from_counts, metrics_from_logits, split_train
 from epcache.probe.data.stream import MemorySource, StoreSource, prefetch
 from epcache.probe.results.metrics import mean_std
-from epcache.store import open_store, select_tokens, to_torch
+from epcache.store import open_store, select_tokens
+from epcache.store.layout.tokens import to_torch
 
 
 def test_metrics_on_hand_made_predictions() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import epcache.store._swap as swap
+import epcache.store.ops.swap as swap
 from epcache.errors import ConfigError
-from epcache.store._lock import LOCK_NAME
+from epcache.store.ops.lock import LOCK_NAME
 
 
 def _zarr_dir(path: Path, tag: str) -> Path:

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from epcache.probe.data.sources import input_key
 from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource
-from epcache.store import FeatureStore, TokenLayout, to_torch
+from epcache.store import FeatureStore, TokenLayout
+from epcache.store.layout.tokens import to_torch
 
 __all__ = [
     "LayerPlan",
