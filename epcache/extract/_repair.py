@@ -243,7 +243,7 @@ def repair_store(
         batch_size: default: 64, extraction's default (see ``extract_config_from_store``).
         workers: DataLoader decoding processes (None: min(4, CPUs)).
         deep: also scan values for inf/nan (and re-extract blocks that have any).
-        break_lock: remove the writer lock a crashed extraction left behind (store/_lock.py).
+        break_lock: remove the writer lock a crashed extraction left behind (store/ops/lock.py).
         progress: progress bars on stderr.
 
     Raises:

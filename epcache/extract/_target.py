@@ -71,7 +71,7 @@ def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, pr
     """Continue the store at ``config.out`` if it has the same provenance, else create it.
 
     With ``overwrite`` and a store already at ``config.out`` the new store is created at a
-    hidden sibling (``store/_swap.py``) and the old one stays untouched until the caller swaps.
+    hidden sibling (``store/ops/swap.py``) and the old one stays untouched until the caller swaps.
     """
     loc = str(config.out)
     existing: FeatureStore | None = None

@@ -97,7 +97,7 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
 def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     say = _printer(progress)
     checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
-    cache = None  # copies of remote chunks; never changes a byte read (store/_chunkcache.py)
+    cache = None  # copies of remote chunks; never changes a byte read (store/read/chunkcache.py)
     if config.cache_dir is not None:
         max_bytes = None if config.cache_max_gb is None else int(config.cache_max_gb * 1e9)
         cache = ChunkCache(config.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected

@@ -2,7 +2,7 @@
 
 Two ``epcache probe`` processes writing the same results file would both train every config
 and append duplicate rows. So a sweep takes ``<run dir>/.epcache-run<suffix>.lock`` first, the
-same kind of lock file as a store writer's (``_lock.py``: JSON holder, ``flock``-arbitrated):
+same kind of lock file as a store writer's (``ops/lock.py``: JSON holder, ``flock``-arbitrated):
 ``suffix`` is empty for a whole sweep and ``.shard-I-of-N`` for one shard of a job array, so
 the shards of one sweep still run side by side. A lock whose holder died (its ``flock`` is gone
 and its pid no longer runs here) is simply taken over: resuming a killed sweep needs no flag.

@@ -1,8 +1,8 @@
 """The backend-independent feature store: metadata, splits, block records, the write path.
 
-Backends (``_zarr.py``, ``_hdf5.py``) implement a handful of primitive array operations; all
-policy lives here and in the mixins (``_reads.py``: every read; ``_pooled.py``: the pooled
-output; ``_quantstore.py``: quantised parts) so that both backends behave identically and pass
+Backends (``backends/zarr.py``, ``backends/hdf5.py``) implement a handful of primitive array operations; all
+policy lives here and in the mixins (``read/tokens.py``: every read; ``read/pooled.py``: the pooled
+output; ``read/quantised.py``: quantised parts) so that both backends behave identically and pass
 one contract test suite (tests/store/test_store_contract.py). cache_layout.md is the
 specification this implements.
 """
@@ -53,7 +53,7 @@ class FeatureStore(TokenReads, PooledArrays, QuantArrays, ABC):
     location: str
     read_only: bool
     verify_reads: bool = False  # check every chunk read against its records (cache_layout.md §3.3)
-    chunk_cache: ChunkCache | None = None  # local copies of remote chunks (store/_chunkcache.py)
+    chunk_cache: ChunkCache | None = None  # local copies of remote chunks (store/read/chunkcache.py)
 
     def __init__(self, location: str, *, read_only: bool) -> None:
         self.location = location

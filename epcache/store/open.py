@@ -78,7 +78,7 @@ def open_store(
     ``verify_reads=True`` checks every chunk read against its records (cache_layout.md §3.3: the block
     record, a 1.1 shard's per-chunk records and the shard record they combine into, a 1.0 shard's
     record once all its chunks were read), so changed bytes or records fail loudly instead of training
-    a probe on them; `epcache probe` opens stores this way. Absent chunks follow ``_absent.py``.
+    a probe on them; `epcache probe` opens stores this way. Absent chunks follow ``backends/chunks.py``.
 
     Raises:
         StoreNotFoundError: nothing there, or not an epcache store.
@@ -90,6 +90,6 @@ def open_store(
         raise ConfigError(f"mode must be 'r' or 'a', got {mode!r}")
     loc = str(location)
     cls = HDF5FeatureStore if detect_format(loc) == "h5" else ZarrFeatureStore
-    store = cls.open(loc, read_only=mode == "r")  # an HDF5 file a writer holds open: the writer is named (_hdf5.py)
+    store = cls.open(loc, read_only=mode == "r")  # a writer's open HDF5 file: the writer is named (backends/hdf5.py)
     store.verify_reads = verify_reads
     return store

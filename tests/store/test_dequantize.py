@@ -1,4 +1,4 @@
-"""The fast decode (_dequant.py) gives the bits of the definition (numpy, float32 product rounded once)."""
+"""The fast decode (read/dequant.py) gives the bits of the definition (numpy, float32 product rounded once)."""
 
 from __future__ import annotations
 

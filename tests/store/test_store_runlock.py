@@ -1,4 +1,4 @@
-"""store/_runlock.py: stale per-epoch checkpoints go, checkpoints a sweep may still resume from stay."""
+"""epcache/probe/run_lock.py: stale per-epoch checkpoints go, checkpoints a sweep may still resume from stay."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""store/_swap.py: the new store replaces the old one in one step, or the old one comes back."""
+"""store/ops/swap.py: the new store replaces the old one in one step, or the old one comes back."""
 
 from __future__ import annotations
 

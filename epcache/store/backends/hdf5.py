@@ -189,7 +189,7 @@ class HDF5FeatureStore(FeatureStore):
             return check_library_chunk(self, split, layer, chunk, self._read_array(split, layer, start, stop))
         out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
         info = ds.id.get_chunk_info_by_coord((start, 0, 0, 0))
-        if info.byte_offset is None:  # never allocated: the one absent-chunk rule (_absent.py) decides
+        if info.byte_offset is None:  # never allocated: the one absent-chunk rule (backends/chunks.py) decides
             return fill_absent_chunk(self, split, layer, chunk, out)
         full = out.nbytes // max(1, stop - start) * ds.chunks[0]
         try:

@@ -31,7 +31,7 @@ ATTR_KEY = "epcache"
 class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
     """zarr v3 store. Token arrays are chunked by whole samples, sharded when large.
 
-    Chunk reads of local, uncompressed arrays bypass zarr-python (``_zarr_direct.py``).
+    Chunk reads of local, uncompressed arrays bypass zarr-python (``backends/zarr_direct.py``).
     """
 
     def __init__(self, location: str, group: zarr.Group, *, read_only: bool, compressor: str | None = None):
@@ -52,7 +52,7 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
         cls, location: str, meta: StoreMeta, *, overwrite: bool = False, compressor: str | None = None
     ) -> ZarrFeatureStore:
         _compressors(compressor)  # validate before touching the disk
-        # The writer's lock file (store/_lock.py) may already sit inside the store: it is neither
+        # The writer's lock file (store/ops/lock.py) may already sit inside the store: it is neither
         # "something existing" nor deleted by --overwrite, so mode "a" (create) rather than "w" (wipe).
         if is_url(location):
             store: Any = zarr.storage.FsspecStore.from_url(location, read_only=False)

@@ -71,11 +71,11 @@ class StoreInfo:
     provenance_mismatch: bool = False  # stored != recomputed (the name `epcache ls --json` uses)
     layer_shapes: dict[str, Any] = field(default_factory=dict)  # per-layer grid/dim/T where layers differ
     missing: list[MissingBlock] = field(default_factory=list)
-    writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/_lock.py)
+    writer: dict[str, Any] | None = None  # the lock of an extraction writing the store now (store/ops/lock.py)
     pooled_dim: int | None = None  # width of the optional pooled output (cache_layout.md §3.4)
     derived_from: dict[str, Any] | None = None  # `epcache convert`: source provenance, ops and location (§2.4)
     quantization: str | None = None  # cache_layout.md §3.5: "int8-channel", "int8-token", "fp8-e4m3" or None
-    sizes: list[dict[str, Any]] = field(default_factory=list)  # bytes of each storage option (store/_sizes.py)
+    sizes: list[dict[str, Any]] = field(default_factory=list)  # bytes of each storage option (store/describe/sizes.py)
 
     @property
     def weights(self) -> str:

@@ -1,7 +1,7 @@
 """Typed store metadata: the parsed dataclasses of the JSON document of cache_layout.md §2.
 
 Each on-disk document has two types: a ``TypedDict`` that is the JSON exactly as written (in
-``_metadoc.py``, with the format constants and the bounded decode) and a frozen dataclass
+``layout/metadoc.py``, with the format constants and the bounded decode) and a frozen dataclass
 holding the parsed value (here). ``StoreMeta.from_json`` checks the format version before it
 reads anything else, so an unknown future layout fails with a clear message instead of a
 ``KeyError`` deep inside a reader.

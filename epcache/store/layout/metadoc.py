@@ -1,9 +1,9 @@
 """The root JSON document of cache_layout.md §2 as bytes and versions, before any parsing.
 
-Split from ``_meta.py`` at the point where the parsed dataclasses begin: this module is what a
+Split from ``layout/meta.py`` at the point where the parsed dataclasses begin: this module is what a
 reader needs to decide whether a document may be parsed at all (its format name and version,
 its size bound, that it is a JSON object) and the ``TypedDict`` shapes of the JSON exactly as
-written. ``_meta.py`` holds the dataclasses that parse and write it; ``StoreMeta.from_json`` calls
+written. ``layout/meta.py`` holds the dataclasses that parse and write it; ``StoreMeta.from_json`` calls
 ``check_version`` before it reads any other field.
 """
 

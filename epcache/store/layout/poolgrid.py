@@ -1,4 +1,4 @@
-"""Spatial token pooling of the patch grid: K x K windows averaged, prefix tokens kept (issue 17).
+"""Spatial token pooling of the patch grid: K x K windows averaged, prefix tokens kept (cache_layout.md §2.4).
 
 ColBERT-style pooling by 2 divides the patch tokens, and so the store, by about four at little
 cost to probes on whole-image labels. ``extract --pool-patches`` and ``convert --pool-patches``

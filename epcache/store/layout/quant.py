@@ -14,7 +14,7 @@ scales of that chunk, nothing global. Three schemes:
   maps each channel's absmax to 448, the format's largest finite value.
 
 Codes are written from float32 arithmetic; reads multiply codes by scales in float32 and round
-once into the logical dtype (``_dequant.py`` does it blockwise in torch, at memory speed).
+once into the logical dtype (``read/dequant.py`` does it blockwise in torch, at memory speed).
 """
 
 from __future__ import annotations

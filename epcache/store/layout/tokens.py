@@ -1,7 +1,7 @@
 """Token selectors over ``[..., T, D]`` arrays and zero-copy numpy <-> torch conversion.
 
 Selectors are computed at read time from the stored token layout, so one store serves LP on
-CLS, LP on GAP, EP on patches and EP on all tokens without re-extraction (EP_SPEC §1.8).
+CLS, LP on GAP, EP on patches and EP on all tokens without re-extraction (the token layout of cache_layout.md §2.1).
 """
 
 from __future__ import annotations

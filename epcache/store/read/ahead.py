@@ -9,7 +9,7 @@ server: one chunk at a time reads at ~1% of local disk). Keeping a window of req
 
 ``read_ahead`` keeps at most ``window`` chunks fetched but not yet handed out, where ``window`` is
 ``inflight`` capped by ``max_bytes`` (so memory is bounded whatever the chunk size), yields them
-in the order asked, and runs the read checks (``verify_reads``, ``_readcheck.py``) in the
+in the order asked, and runs the read checks (``verify_reads``, ``read/checks.py``) in the
 consumer's thread as ``read_chunk`` does: the same bytes and the same errors, raised at the same
 chunk as a one-by-one read would raise them.
 """

@@ -1,7 +1,7 @@
 """The read path of :class:`~epcache.store.FeatureStore`: vectors, rows, whole chunks, read-ahead.
 
 The seam sits between what a store *is* (metadata, splits, block records, the write path, all in
-``_base.py``) and how its tokens come back out. Every token read funnels through one pipeline,
+``core.py``) and how its tokens come back out. Every token read funnels through one pipeline,
 ``_fetch_parts`` (stored bytes, through the chunk cache, plus the scales of a quantised chunk)
 then ``_deliver`` (read checks, then logical dtype or decoded values), so keeping that pipeline
 and all its callers together makes it one place to read when a read is wrong or slow.
@@ -87,7 +87,7 @@ class TokenReads(StoreCore):
         self, split: str, layer: int, chunks: Sequence[int] | np.ndarray, *, inflight: int | None = None,
         max_bytes: int | None = None, decode_to: Any = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(chunk, tokens)`` in the given order, ``read_chunk`` of each with reads in flight (_readahead.py)."""
+        """``(chunk, tokens)`` in the given order, ``read_chunk`` of each with reads in flight (read/ahead.py)."""
         # not at the top: store._readahead imports this module (import cycle)
         from epcache.store.read.ahead import read_ahead
 
@@ -118,7 +118,7 @@ class TokenReads(StoreCore):
         return check_library_chunk(self, split, layer, chunk, data)
 
     def _chunk_present(self, split: str, layer: int, chunk: int) -> bool:
-        """Whether the backend stores chunk ``chunk`` (absent: it reads as the fill value, ``_absent.py``).
+        """Whether the backend stores chunk ``chunk`` (absent: it reads as the fill value, ``backends/chunks.py``).
 
         Backends that can look override this; a backend that cannot says present, so its zeros are
         checked like any other bytes, against the records.

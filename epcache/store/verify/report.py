@@ -55,7 +55,7 @@ class VerifyReport:
     problems: tuple[str, ...] = ()  # store- and split-level: metadata, provenance, ids, labels, order
     bad_blocks: tuple[BadBlock, ...] = ()
     readable: bool = True  # False: the store could not be opened at all (see ``problems``)
-    writer: str | None = None  # the writer lock on the store, if any (store/_lock.py), described
+    writer: str | None = None  # the writer lock on the store, if any (store/ops/lock.py), described
     writer_stale: bool | None = None  # True: its process is gone (crashed); None: cannot be told
     leftovers: tuple[str, ...] = ()  # files a killed writer or repair left (.partial, .epcache-repair-*)
     version: str | None = None  # format version of the store's document ("1.0", "1.1")

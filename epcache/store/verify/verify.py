@@ -6,7 +6,7 @@ library path (the bytes as stored, not a cached or direct-read copy), its crc32c
 by chunk and compared with the record (and, in format 1.1 sharded splits, each inner chunk with
 its own record). Around that: the metadata is parsed, the provenance key recomputed, the arrays'
 own dtype/shape/chunking compared with the metadata, and each split's ``order``, ``labels`` and
-``ids`` checked against each other and the fingerprints (store/_integrity.py, shared with
+``ids`` checked against each other and the fingerprints (store/verify/integrity.py, shared with
 `probe`). ``deep=True`` also scans every value for inf/nan. Leftovers of killed writers
 (``*.partial``) and repairs (``.epcache-repair-*``) are reported, not removed.
 
@@ -201,7 +201,7 @@ class _Checker:
             self.blocks_checked += 1
             self.bytes_checked += nbytes
             bar.update(nbytes)
-            if crc == rec and absent:  # zeros that match, from a chunk that must exist (_absent.py)
+            if crc == rec and absent:  # zeros that match, from a chunk that must exist (backends/chunks.py)
                 self._bad(name, layer, b, "unreadable", absent, record=rec, stored_crc=crc)
             elif crc == rec and chunk_bad:
                 self._bad(name, layer, b, "bad-record", chunk_bad, record=rec, stored_crc=crc)
@@ -217,7 +217,7 @@ class _Checker:
     def _read_block(self, split: str, layer: int, first_chunk: int, end_chunk: int) -> tuple[int, int, str, str]:
         """crc32c of a block's bytes, read one chunk at a time; its count of non-finite values; which
         per-chunk record (format 1.1 sharded splits) disagrees with its chunk, if any; and why an absent
-        chunk of it may not be read as zeros, if one may not (the rule probe's reads apply, _absent.py)."""
+        chunk of it may not be read as zeros, if one may not (the rule probe's reads apply, backends/chunks.py)."""
         crc = 0
         non_finite = 0
         chunk_crcs: list[int] = []
