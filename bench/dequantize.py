@@ -30,8 +30,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import ml_dtypes
 import numpy as np
 
-from epcache.store import _dequant
-from epcache.store._quant import QUANTIZATIONS, dequantize_reference, quantize_chunk
+from epcache.store.layout.quant import QUANTIZATIONS, dequantize_reference, quantize_chunk
+from epcache.store.read import dequant as _dequant
 
 SHAPE = (16, 1, 197, 768)
 OUTS = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}

@@ -78,7 +78,7 @@ def cpu_seconds() -> float:
 def run_pass(args: argparse.Namespace, data: Path, out: Path, *, write: bool) -> tuple[float, float]:
     """One extraction pass; returns samples per wall second of the extraction loop and per CPU second."""
     from epcache.extract import ExtractConfig, extract
-    from epcache.store._base import FeatureStore
+    from epcache.store.core import FeatureStore
 
     cfg = ExtractConfig(
         model=args.model,

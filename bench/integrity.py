@@ -26,15 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from epcache.store import (
-    BackboneMeta,
-    SplitSpec,
-    StoreMeta,
-    TokenLayout,
-    check_store_integrity,
-    create_store,
-    open_store,
-)
+from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
+from epcache.store.verify.integrity import check_store_integrity
 
 T, D = 197, 768
 

@@ -76,7 +76,7 @@ def synthetic_store(path: Path, images: int, *, chunk_samples: int, shard_sample
 
 def read_rate(location: str, mode: str, *, cache_dir: Path | None = None) -> float:
     """MB/s reading every chunk of every layer of split train in a seeded random order, checked."""
-    import epcache.store._zarr_direct as zarr_backend
+    import epcache.store.backends.zarr_direct as zarr_backend
     from epcache.store import ChunkCache, open_store
 
     direct = zarr_backend.remote_chunks

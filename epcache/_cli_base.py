@@ -126,7 +126,7 @@ def _default_text(p: Any) -> str:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn an `EpcacheError` (or an OS error a user can cause) into one red line on stderr and exit code 2."""
-    from epcache.store.files import os_errors  # lazy: loads numpy, zarr only when this runs
+    from epcache._fs.oserror import os_errors  # lazy: loads numpy, zarr only when this runs
 
     try:
         with os_errors(action="epcache"):  # a full disk, no permission, a read-only mount: one line too

@@ -21,7 +21,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show a store's backbone, splits, layers, token layout, dtype, size and completeness."""
-    from epcache.store import describe_store, format_store_info  # lazy: loads numpy, zarr only when this runs
+    from epcache.store import describe_store  # lazy: loads numpy, zarr only when this runs
+    from epcache.store.describe.info import format_store_info  # lazy: loads numpy, zarr only when this runs
 
     with user_errors():
         desc = describe_store(store)
@@ -294,7 +295,8 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """List the stores under ROOT: backbone, weights, dataset, splits, layers, views, dtype, size, status."""
-    from epcache.store import format_catalog, list_stores  # lazy: loads numpy, zarr only when this runs
+    from epcache.store import list_stores  # lazy: loads numpy, zarr only when this runs
+    from epcache.store.describe.catalog import format_catalog  # lazy: loads numpy, zarr only when this runs
 
     with user_errors():
         entries = list_stores(root)

@@ -45,7 +45,7 @@ class StoreExistsError(EpcacheError, FileExistsError):
 
 class FileSystemError(EpcacheError, OSError):
     """The file system refused a write or read a user can fix: permissions, a read-only mount,
-    a path through a regular file (``store/_oserror.py`` words the message)."""
+    a path through a regular file (``epcache/_fs/oserror.py`` words the message)."""
 
     def __str__(self) -> str:  # the message alone, not OSError's "[Errno 28] ..."
         return str(self.strerror) if self.strerror else super().__str__()

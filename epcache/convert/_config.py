@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from epcache._docs import doc, document_fields
+from epcache._text import human_bytes
 from epcache.errors import ConfigError
-from epcache.store import human_bytes, resolve_quantization
+from epcache.store.layout.quant import resolve_quantization
 
 __all__ = ["ConvertConfig", "ConvertResult"]
 

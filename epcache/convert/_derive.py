@@ -9,7 +9,8 @@ from typing import Any
 from epcache._layerspec import parse_layers
 from epcache.errors import ConfigError, UnknownLayerError
 from epcache.extract.locations import portable_location, rebased_data_root
-from epcache.store import FORMAT_VERSION, StoreMeta, pooled_meta
+from epcache.store import FORMAT_VERSION, StoreMeta
+from epcache.store.layout.poolgrid import pooled_meta
 
 __all__ = ["derived_meta", "select_layers"]
 

@@ -21,17 +21,11 @@ import json
 import os
 from pathlib import Path
 
+from epcache._fs.lockfile import LockInfo, read_lock, take_local_lock
+from epcache._fs.paths import is_url
 from epcache.errors import ConfigError, StoreExistsError
-from epcache.store import acquire_store_lock
-from epcache.store.files import (
-    LockInfo,
-    StoreLock,
-    check_replaceable,
-    is_url,
-    read_lock,
-    read_store_lock,
-    take_local_lock,
-)
+from epcache.store.ops.lock import StoreLock, acquire_store_lock, read_store_lock
+from epcache.store.ops.swap import check_replaceable
 
 __all__ = ["CONVERT_LOCK_PREFIX", "PURPOSE", "DestinationLock", "convert_lock_location"]
 

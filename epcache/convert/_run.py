@@ -17,31 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from epcache._fs.oserror import SpaceReserve, os_errors, require_free_space
 from epcache.convert._config import ConvertConfig, ConvertResult
 from epcache.convert._derive import derived_meta, select_layers
 from epcache.convert._lock import DestinationLock
 from epcache.errors import ConfigError, IncompleteStoreError, StoreExistsError, StoreNotFoundError
-from epcache.store import (
-    FeatureStore,
-    SplitSpec,
-    StoreMeta,
-    cast_tokens,
-    check_store_integrity,
-    create_store,
-    detect_format,
-    open_store,
-    pool_patch_tokens,
-    resolve_quantization,
-)
-from epcache.store.files import (
-    STAGING_PREFIX,
-    SpaceReserve,
-    discard_staging,
-    os_errors,
-    require_free_space,
-    staging_location,
-    swap_in,
-)
+from epcache.store import FeatureStore, SplitSpec, StoreMeta, create_store, open_store
+from epcache.store.layout.poolgrid import cast_tokens, pool_patch_tokens
+from epcache.store.layout.quant import resolve_quantization
+from epcache.store.open import detect_format
+from epcache.store.ops.swap import STAGING_PREFIX, discard_staging, staging_location, swap_in
+from epcache.store.verify.integrity import check_store_integrity
 
 __all__ = ["convert"]
 

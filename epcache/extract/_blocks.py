@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from epcache._fs.oserror import require_free_space
 from epcache.errors import BadImageError, NonFiniteFeaturesError
 from epcache.extract._config import ExtractConfig
 from epcache.extract._forward import TokenExtractor
@@ -17,8 +18,9 @@ from epcache.extract._pixels import Normalizer, pil_steps
 from epcache.extract._plan import Prepared
 from epcache.extract._pooled import POOLED_KEY
 from epcache.extract._sources import SplitSource
-from epcache.store import FeatureStore, TokenLayout, from_torch, pool_patch_tokens
-from epcache.store.files import require_free_space
+from epcache.store import FeatureStore, TokenLayout
+from epcache.store.layout.poolgrid import pool_patch_tokens
+from epcache.store.layout.tokens import from_torch
 
 __all__ = ["extract_split"]
 

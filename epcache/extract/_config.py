@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from epcache._docs import doc, document_fields
+from epcache._text import human_bytes
 from epcache.errors import ConfigError
 from epcache.extract._pixels import default_workers
-from epcache.store import SizeOption, TokenLayout, format_ranges, format_size_table, human_bytes, resolve_quantization
-from epcache.store.messages import prefix_text
+from epcache.store import TokenLayout
+from epcache.store.describe.info import format_ranges, prefix_text
+from epcache.store.describe.sizes import SizeOption, format_size_table
+from epcache.store.layout.quant import resolve_quantization
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
 
@@ -71,7 +74,7 @@ class ExtractConfig:
     compressor: str | None = doc(None, doc="'zstd[:level]', 'blosc[:level]' or None")
     hf_cache_dir: Path | None = doc(None, doc="Hugging Face hub cache; default from HF_HUB_CACHE / HF_HOME")
     max_pending_blocks: int = doc(2, doc="writer queue bound: blocks in flight to the disk")
-    break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/_lock.py)")
+    break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/ops/lock.py)")
     allow_duplicate: bool = doc(False, doc="extract even if a complete store with this provenance sits beside `out`")
     record_paths: bool = doc(
         False, doc="record the data root as an absolute path (default: relative to the store's parent, or left out)"
@@ -176,7 +179,7 @@ class ExtractPlan:
     out: str
     format: str
     quantization: str | None = None  # cache_layout.md §3.5; None: tokens stored in `dtype`
-    sizes: tuple[SizeOption, ...] = ()  # bytes of every storage option for this plan (store/_sizes.py)
+    sizes: tuple[SizeOption, ...] = ()  # bytes of every storage option for this plan (store/describe/sizes.py)
     feature_map: bool = False  # a convnet's NCHW maps flattened: no prefix tokens
     # `--dry-run`: the measured forward time (extract/_estimate.py), or why not; a measurement, not part of the plan
     estimate: str | None = field(default=None, compare=False)

@@ -23,7 +23,11 @@ from epcache.extract._recorded import portable_data_root, portable_split_source
 from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
-from epcache.store import BackboneMeta, SizeOption, StoreMeta, check_poolable, detect_format, plan_chunks, size_options
+from epcache.store import BackboneMeta, StoreMeta
+from epcache.store.describe.sizes import SizeOption, size_options
+from epcache.store.layout.plan import plan_chunks
+from epcache.store.layout.poolgrid import check_poolable
+from epcache.store.open import detect_format
 
 __all__ = ["Prepared", "prepare", "store_meta"]
 

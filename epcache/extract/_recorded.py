@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
-from epcache.store.files import HF_PREFIX as HF
-from epcache.store.files import is_url as _is_url
-from epcache.store.files import resolve_recorded_path, store_parent
+from epcache._fs.paths import HF_PREFIX as HF
+from epcache._fs.paths import is_url as _is_url
+from epcache._fs.paths import resolve_recorded_path, store_parent
 
 __all__ = [
     "MAX_CLIMB",

@@ -39,13 +39,9 @@ from epcache.extract._repair_backup import (
 )
 from epcache.extract._run import extract, plan_extract
 from epcache.extract._weights import sha256_file
-from epcache.store import (
-    VerifyReport,
-    acquire_store_lock,
-    mark_blocks_missing,
-    open_store,
-    verify_store,
-)
+from epcache.store import VerifyReport, open_store, verify_store
+from epcache.store.ops.lock import acquire_store_lock
+from epcache.store.verify.blocks import mark_blocks_missing
 
 __all__ = ["RepairResult", "extract_config_from_store", "recorded_data_root", "repair_store"]
 
@@ -247,7 +243,7 @@ def repair_store(
         batch_size: default: 64, extraction's default (see ``extract_config_from_store``).
         workers: DataLoader decoding processes (None: min(4, CPUs)).
         deep: also scan values for inf/nan (and re-extract blocks that have any).
-        break_lock: remove the writer lock a crashed extraction left behind (store/_lock.py).
+        break_lock: remove the writer lock a crashed extraction left behind (store/ops/lock.py).
         progress: progress bars on stderr.
 
     Raises:

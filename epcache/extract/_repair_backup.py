@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from epcache.store import MISSING, FeatureStore, MarkedBlocks, mark_blocks_missing
-from epcache.store.files import pid_alive
+from epcache._fs.lockfile import pid_alive
+from epcache.store import FeatureStore
+from epcache.store.layout.plan import MISSING
+from epcache.store.verify.blocks import MarkedBlocks, mark_blocks_missing
 
 __all__ = ["back_up_witnesses", "remove_dead_scratch", "scratch_parent", "scratch_prefix", "settle_witnesses"]
 
@@ -50,7 +52,7 @@ def back_up_witnesses(
             if key not in bad:
                 start, stop = store.block_range(split, block)
                 cs = store.split(split).chunk_samples  # tokens, or codes and scales (cache_layout.md §3.5)
-                for i, part in enumerate(store._stored_parts(split, layer, start // cs, -(-stop // cs))):
+                for i, part in enumerate(store.stored_parts(split, layer, start // cs, -(-stop // cs))):
                     np.save(scratch / _backup_name(key, i), part, allow_pickle=False)
     return witnesses
 
@@ -81,7 +83,7 @@ def settle_witnesses(
                 parts = [np.load(backup, allow_pickle=False)]
                 if (scratch / _backup_name(key, 1)).is_file():
                     parts.append(np.load(scratch / _backup_name(key, 1), allow_pickle=False))
-                store._write_stored_parts(key[0], key[1], key[2], parts)
+                store.write_stored_parts(key[0], key[1], key[2], parts)
         mark_blocks_missing(store, [k for k in marked.previous if record(k) not in witnesses.get(k, set())])
     elif failed and all(record(k) == MISSING for k in marked.previous):  # refused before writing anything
         marked.undo(store)

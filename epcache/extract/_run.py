@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from epcache._fs.oserror import SpaceReserve, os_errors
 from epcache.errors import ConfigError, EpcacheError
 from epcache.extract._backbone import load_backbone
 from epcache.extract._blocks import RESUME_HINT, extract_split
@@ -33,8 +34,9 @@ from epcache.extract._forward import TokenExtractor
 from epcache.extract._plan import Prepared, prepare, store_meta
 from epcache.extract._pooled import PooledTokenExtractor, ensure_pooled
 from epcache.extract._target import open_or_create
-from epcache.store import FeatureStore, StoreLock, StoreMeta, acquire_store_lock, open_store
-from epcache.store.files import SpaceReserve, discard_staging, os_errors, swap_in
+from epcache.store import FeatureStore, StoreMeta, open_store
+from epcache.store.ops.lock import StoreLock, acquire_store_lock
+from epcache.store.ops.swap import discard_staging, swap_in
 
 __all__ = ["extract", "plan_extract"]
 

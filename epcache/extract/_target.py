@@ -10,32 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epcache._fs.oserror import require_free_space
 from epcache.errors import ConfigError, EpcacheError, ProvenanceMismatchError, StoreExistsError, StoreNotFoundError
 from epcache.extract._config import ExtractConfig
 from epcache.extract._loader import find_unreadable
 from epcache.extract._plan import Prepared
 from epcache.extract._sources import SplitSource
-from epcache.store import (
-    FeatureStore,
-    SplitSpec,
-    StoreMeta,
-    compute_provenance,
-    create_store,
-    find_stores,
-    open_store,
-    split_fingerprint,
-)
-from epcache.store.files import (
-    LOCK_NAME,
+from epcache.store import FeatureStore, SplitSpec, StoreMeta, create_store, find_stores, open_store
+from epcache.store.describe.diff import describe_differences
+from epcache.store.layout.provenance import compute_provenance, split_fingerprint
+from epcache.store.ops.leftovers import remove_partial_files
+from epcache.store.ops.lock import LOCK_NAME
+from epcache.store.ops.swap import (
     check_replaceable,
     discard_staging,
     recover_interrupted_swap,
     remove_new_store,
-    remove_partial_files,
-    require_free_space,
     staging_location,
 )
-from epcache.store.messages import describe_differences
 
 __all__ = ["Target", "open_or_create"]
 
@@ -79,7 +71,7 @@ def open_or_create(config: ExtractConfig, prep: Prepared, meta: StoreMeta, *, pr
     """Continue the store at ``config.out`` if it has the same provenance, else create it.
 
     With ``overwrite`` and a store already at ``config.out`` the new store is created at a
-    hidden sibling (``store/_swap.py``) and the old one stays untouched until the caller swaps.
+    hidden sibling (``store/ops/swap.py``) and the old one stays untouched until the caller swaps.
     """
     loc = str(config.out)
     existing: FeatureStore | None = None

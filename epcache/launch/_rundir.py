@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epcache._fs.atomic import atomic_write
+from epcache._fs.lockfile import StoreLockedError
 from epcache.errors import ConfigError, EpcacheError
-from epcache.store.files import StoreLock, StoreLockedError, acquire_run_lock, atomic_write
+from epcache.probe.run_lock import acquire_run_lock
+from epcache.store.ops.lock import StoreLock
 
 __all__ = [
     "COMPLETE_FILE",

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from epcache._fs.oserror import os_errors
 from epcache.launch._configs import extract_config_from_json, probe_config_from_json
 from epcache.launch._rundir import RunPlan, done_units, read_plan, try_unit_lock, unit_dir, write_marker
 from epcache.store import open_store
-from epcache.store.files import os_errors
 
 __all__ = ["UnitOutcome", "forget_backbone", "run_unit"]
 

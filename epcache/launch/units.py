@@ -25,7 +25,8 @@ from typing import Any
 from epcache.errors import ConfigError
 from epcache.launch._configs import extract_config_from_json, extract_config_to_json, probe_config_to_json
 from epcache.launch._rundir import RunPlan
-from epcache.store import acquire_store_lock, open_store
+from epcache.store import open_store
+from epcache.store.ops.lock import acquire_store_lock
 
 __all__ = ["block_ranges", "plan_extract_run", "plan_probe_run"]
 

@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epcache._fs.oserror import os_errors
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.device import cpu_threads, resolve_shard
 from epcache.probe.plan import PlannedGroup, SweepPlan, plan_sweep
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
+from epcache.probe.run_lock import remove_stale_checkpoints, run_dir_lock
 from epcache.probe.solvers import run_solver_configs
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress
-from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store
-from epcache.store.files import os_errors, remove_stale_checkpoints, run_dir_lock
+from epcache.store import ChunkCache, FeatureStore, open_store
+from epcache.store.verify.integrity import check_for_probe
 
 __all__ = ["ProbeResult", "probe"]
 
@@ -76,7 +78,7 @@ def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
 def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     say = _printer(progress)
     checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
-    cache = None  # copies of remote chunks; never changes a byte read (store/_chunkcache.py)
+    cache = None  # copies of remote chunks; never changes a byte read (store/read/chunkcache.py)
     if config.cache_dir is not None:
         max_bytes = None if config.cache_max_gb is None else int(config.cache_max_gb * 1e9)
         cache = ChunkCache(config.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected

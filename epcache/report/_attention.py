@@ -26,7 +26,8 @@ from epcache.probe.results.rows import load_head
 from epcache.report._model import model_title
 from epcache.report._plots import require_matplotlib
 from epcache.report._tables import group_seeds, load_rows
-from epcache.store import open_store, select_tokens, to_torch
+from epcache.store import open_store, select_tokens
+from epcache.store.layout.tokens import to_torch
 
 __all__ = ["AttentionResult", "attention_figure", "attention_maps", "attention_report", "find_row"]
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from epcache._fs.oserror import os_errors
 from epcache._text import FLOP_UNIT, format_flops, mean_std_text, plural, short_label
 from epcache.report._files import write_atomically
 from epcache.report._mix_plot import input_label, plot_mixes
 from epcache.report._model import model_title
 from epcache.report._plots import plot_curves, plot_layers, plot_params
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, load_rows
-from epcache.store.files import os_errors
 
 __all__ = ["Report", "write_report"]
 

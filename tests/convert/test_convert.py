@@ -122,7 +122,7 @@ def test_refusals_exit_2_and_leave_nothing(stores: dict[str, Path], tmp_path: Pa
 
 
 def test_incomplete_or_corrupt_source_is_refused(stores: dict[str, Path], tmp_path: Path) -> None:
-    from epcache.store import mark_blocks_missing
+    from epcache.store.verify.blocks import mark_blocks_missing
 
     bad = tmp_path / "src.zarr"
     shutil.copytree(stores["src"], bad)

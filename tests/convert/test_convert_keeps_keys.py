@@ -17,16 +17,8 @@ import pytest
 import zarr
 
 from epcache.convert import ConvertConfig, convert
-from epcache.store import (
-    BackboneMeta,
-    SplitSpec,
-    StoreMeta,
-    TokenLayout,
-    create_store,
-    open_store,
-    provenance_of_document,
-    verify_store,
-)
+from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store, verify_store
+from epcache.store.layout.provenance import provenance_of_document
 
 NOTES = {"lab_notes": {"by": "lab pipeline", "run": 7, "caf\u00e9": [1.5, None]}, "zz_flag": True}
 

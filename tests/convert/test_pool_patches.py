@@ -14,7 +14,9 @@ from epcache.cli import app
 from epcache.errors import ConfigError
 from epcache.extract import extract, plan_extract
 from epcache.probe import ProbeConfig, probe
-from epcache.store import TokenLayout, describe_store, format_store_info, open_store, pool_patch_tokens
+from epcache.store import TokenLayout, describe_store, open_store
+from epcache.store.describe.info import format_store_info
+from epcache.store.layout.poolgrid import pool_patch_tokens
 
 runner = CliRunner()
 
@@ -131,7 +133,7 @@ def test_repair_of_a_pooled_store_rewrites_the_same_bytes(stores: dict[str, Path
 
     from epcache.convert import ConvertConfig, convert
     from epcache.extract import repair_store
-    from epcache.store import mark_blocks_missing
+    from epcache.store.verify.blocks import mark_blocks_missing
 
     copy = tmp_path / "pool.zarr"
     shutil.copytree(stores["pool"], copy)

@@ -16,7 +16,8 @@ from epcache.extract._loader import decode_image
 from epcache.extract._transforms import create_eval_transform, resolve_data_config
 from epcache.probe import ProbeConfig, probe
 from epcache.probe.data.stream import InputPlan
-from epcache.store import describe_store, format_store_info, open_store
+from epcache.store import describe_store, open_store
+from epcache.store.describe.info import format_store_info
 
 REG_VIT = "vit_small_patch14_reg4_dinov2"  # CLS + 4 registers
 REG_KWARGS = {"depth": 2, "img_size": 28, "embed_dim": 48, "num_heads": 2}

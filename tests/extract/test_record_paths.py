@@ -24,7 +24,8 @@ from epcache.cli import app
 from epcache.convert import ConvertConfig, convert
 from epcache.extract import extract, repair_store
 from epcache.extract._recorded import MAX_CLIMB, portable_location, recorded_data_root
-from epcache.store import mark_blocks_missing, open_store
+from epcache.store import open_store
+from epcache.store.verify.blocks import mark_blocks_missing
 
 runner = CliRunner()
 

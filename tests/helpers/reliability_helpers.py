@@ -83,7 +83,7 @@ if kind == "zarr-partial":
 
     zl._atomic_write = atomic
 elif kind == "h5-data":
-    from epcache.store._hdf5 import HDF5FeatureStore
+    from epcache.store.backends.hdf5 import HDF5FeatureStore
     original = HDF5FeatureStore._write_array
 
     def write_array(self, *args, **kwargs):

@@ -12,7 +12,7 @@ from probe_helpers import config, make_meta, write_store
 
 from epcache.errors import ProvenanceMismatchError
 from epcache.probe import probe
-from epcache.store._diff import describe_differences, differing_fields
+from epcache.store.describe.diff import describe_differences, differing_fields
 
 
 def preprocessing(mean: list[float], std: list[float]) -> dict[str, Any]:

@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import CorruptStoreError
-from epcache.store import open_store, provenance_of_document, verify_store
-from epcache.store._integrity import check_store_integrity
+from epcache.store import open_store, verify_store
+from epcache.store.layout.provenance import provenance_of_document
+from epcache.store.verify.integrity import check_store_integrity
 
 pytestmark = pytest.mark.reliability_corruption
 runner = CliRunner()

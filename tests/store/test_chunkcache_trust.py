@@ -26,7 +26,7 @@ from epcache.cli import app  # noqa: E402
 from epcache.errors import ConfigError  # noqa: E402
 from epcache.probe import ProbeConfig, probe  # noqa: E402
 from epcache.store import ChunkCache, open_store  # noqa: E402
-from epcache.store._crc import block_checksum  # noqa: E402
+from epcache.store.layout.crc import block_checksum  # noqa: E402
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

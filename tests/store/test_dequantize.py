@@ -1,4 +1,4 @@
-"""The fast decode (_dequant.py) gives the bits of the definition (numpy, float32 product rounded once)."""
+"""The fast decode (read/dequant.py) gives the bits of the definition (numpy, float32 product rounded once)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, _dequant, create_store, open_store
-from epcache.store._quant import QUANTIZATIONS, dequantize_reference, quantize_chunk
+from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
+from epcache.store.layout.quant import QUANTIZATIONS, dequantize_reference, quantize_chunk
+from epcache.store.read import dequant as _dequant
 
 OUTS = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)]
 # scales: zero, ordinary, products that are float32/float16 subnormals, and scales too large to fold 2^8 into
@@ -97,7 +98,7 @@ def test_read_chunk_decodes_through_the_kernel(tmp_path: Path, monkeypatch: pyte
             st.write_block("train", 0, b, x[lo:hi])
     st = open_store(path)
     for c in range(st.split("train").num_chunks):
-        codes, scales = st._stored_parts("train", 0, c, c + 1)
+        codes, scales = st.stored_parts("train", 0, c, c + 1)
         scales = scales.reshape(-1) if QUANTIZATIONS[scheme].scales == "channel" else scales
         for decode_to, dt in [(None, np.dtype(np.float16)), (np.float32, np.dtype(np.float32))]:
             assert_same_bits(st.read_chunk("train", 0, c, decode_to=decode_to), reference(scheme, codes, scales, dt))

@@ -16,7 +16,7 @@ from corrupt_helpers import DATA, copy, edit_json, probe, verify, write
 
 from epcache.errors import CorruptStoreError
 from epcache.store import open_store
-from epcache.store._integrity import attribute_problems, check_store_integrity
+from epcache.store.verify.integrity import attribute_problems, check_store_integrity
 
 pytestmark = pytest.mark.reliability_corruption
 

@@ -24,16 +24,9 @@ import pytest
 import zarr
 from corrupt_helpers import DATA, meta, write
 
-from epcache.store import (
-    SplitSpec,
-    StoreLockedError,
-    create_store,
-    describe_store,
-    open_store,
-    plan_chunks,
-    verify_store,
-)
-from epcache.store._crc import crc32c_combine, crc32c_concat
+from epcache.store import SplitSpec, StoreLockedError, create_store, describe_store, open_store, verify_store
+from epcache.store.layout.crc import crc32c_combine, crc32c_concat
+from epcache.store.layout.plan import plan_chunks
 
 
 def _outsider_key(doc: dict) -> str:
@@ -163,7 +156,7 @@ def test_hdf5_reader_during_a_write_names_the_writer(tmp_path: Path) -> None:
     p = write(tmp_path / "s.h5")
     code = textwrap.dedent(f"""
         import sys, time, h5py
-        from epcache.store import acquire_store_lock
+        from epcache.store.ops.lock import acquire_store_lock
         lock = acquire_store_lock({str(p)!r}, purpose="epcache extract")
         f = h5py.File({str(p)!r}, "r+")
         print("ready", flush=True)

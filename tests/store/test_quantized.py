@@ -9,17 +9,8 @@ import numpy as np
 import pytest
 
 from epcache.errors import ConfigError, CorruptStoreError, NonFiniteFeaturesError
-from epcache.store import (
-    BackboneMeta,
-    SplitSpec,
-    StoreMeta,
-    TokenLayout,
-    create_store,
-    open_store,
-    resolve_quantization,
-    verify_store,
-)
-from epcache.store._quant import QUANTIZATIONS
+from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store, verify_store
+from epcache.store.layout.quant import QUANTIZATIONS, resolve_quantization
 
 N, V, GRID, D = 37, 2, (2, 2), 16
 

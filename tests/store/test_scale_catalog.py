@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from epcache.cli import app
 from epcache.errors import StoreExistsError, StoreNotFoundError
 from epcache.extract import extract
-from epcache.store import SplitSpec, acquire_store_lock, create_store, find_stores, list_stores, open_store
+from epcache.store import SplitSpec, create_store, find_stores, list_stores, open_store
+from epcache.store.ops.lock import acquire_store_lock
 
 runner = CliRunner()
 

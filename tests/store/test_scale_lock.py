@@ -13,15 +13,10 @@ import pytest
 from scale_helpers import LOCK_NAME, TINY_VIT, make_imagefolder
 from typer.testing import CliRunner
 
+from epcache._fs.lockfile import LockInfo
 from epcache.cli import app
-from epcache.store import (
-    LockInfo,
-    StoreLockedError,
-    acquire_store_lock,
-    describe_store,
-    open_store,
-    read_store_lock,
-)
+from epcache.store import StoreLockedError, describe_store, open_store
+from epcache.store.ops.lock import acquire_store_lock, read_store_lock
 
 runner = CliRunner()
 CLI = ["extract", "--model", TINY_VIT, "--random-init", "--img-size", "32", "--layers", "-1:", "--split", "val=val",

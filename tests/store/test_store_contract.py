@@ -357,7 +357,7 @@ def test_select_tokens() -> None:
 def test_bfloat16_torch_round_trip() -> None:
     import torch
 
-    from epcache.store import from_torch, to_torch
+    from epcache.store.layout.tokens import from_torch, to_torch
 
     t = torch.randn(3, 5).to(torch.bfloat16)
     a = from_torch(t)

@@ -1,4 +1,4 @@
-"""store/_swap.py: the new store replaces the old one in one step, or the old one comes back."""
+"""store/ops/swap.py: the new store replaces the old one in one step, or the old one comes back."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import epcache.store._swap as swap
+import epcache.store.ops.swap as swap
 from epcache.errors import ConfigError
-from epcache.store._lock import LOCK_NAME
+from epcache.store.ops.lock import LOCK_NAME
 
 
 def _zarr_dir(path: Path, tag: str) -> Path:

@@ -16,7 +16,7 @@ from epcache.cli import app
 from epcache.errors import ConfigError, CorruptStoreError
 from epcache.extract import extract
 from epcache.store import open_store, verify_store
-from epcache.store._metadoc import MAX_META_BYTES, parse_meta_json
+from epcache.store.layout.metadoc import MAX_META_BYTES, parse_meta_json
 
 runner = CliRunner()
 PACKAGE = Path(epcache.__file__).parent

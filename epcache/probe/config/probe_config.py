@@ -135,7 +135,9 @@ class ProbeConfig:
         None,
         doc="\"I/N\": train only part I of N of the sweep (job arrays); torchrun sets it from RANK",
     )
-    trust_store: bool = doc(False, doc="skip the store integrity checks (store/_integrity.py); recorded in every row")
+    trust_store: bool = doc(
+        False, doc="skip the store integrity checks (store/verify/integrity.py); recorded in every row"
+    )
     cache_dir: str | None = doc(
         None,
         doc="local copies of the chunks of a store behind a URL (s3://...): epochs after the first read local disk",

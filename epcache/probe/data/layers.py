@@ -23,7 +23,8 @@ from torch import Tensor
 
 from epcache.probe.config.inputs import POOLED_GROUP, input_key, read_layers
 from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource, _rows_by_chunk
-from epcache.store import FeatureStore, TokenLayout, to_torch
+from epcache.store import FeatureStore, TokenLayout
+from epcache.store.layout.tokens import to_torch
 
 __all__ = [
     "LayerPlan",

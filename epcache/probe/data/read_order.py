@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from epcache.store import TokenLayout, to_torch
+from epcache.store import TokenLayout
+from epcache.store.layout.tokens import to_torch
 
 __all__ = ["InputPlan", "Mode"]
 

@@ -18,7 +18,7 @@ from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatch
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.data.select import HOLDOUT_RULE, check_labels, split_train
 from epcache.store import FeatureStore
-from epcache.store.messages import describe_differences
+from epcache.store.describe.diff import describe_differences
 
 __all__ = ["RunData", "check_compatible", "resolve_rows"]
 

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from epcache.probe.data.device_copy import DeviceCopier, lookahead
 from epcache.probe.data.read_order import InputPlan
-from epcache.store import FeatureStore, to_torch
+from epcache.store import FeatureStore
+from epcache.store.layout.tokens import to_torch
 
 __all__ = ["Batch", "BatchStream", "InputPlan", "MemorySource", "StoreSource", "prefetch", "rows_in_order"]
 

@@ -31,13 +31,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from epcache._fs.atomic import atomic_write
 from epcache._text import FLOP_UNIT, format_flops, mean_std_text, percent, plural
 from epcache._text import short_label as label
 from epcache.errors import ConfigError
 from epcache.probe.data.sources import rebuild_head
 from epcache.probe.results.metrics import MetricsJSON
 from epcache.probe.results.ranking import group_by_seed, rank
-from epcache.store.files import atomic_write
 
 __all__ = [
     "RESULTS_FILE",

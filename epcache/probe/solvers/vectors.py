@@ -39,9 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from epcache._fs.atomic import atomic_write
 from epcache.errors import ConfigError, NonFiniteFeaturesError
-from epcache.store import FeatureStore, to_torch
-from epcache.store.files import atomic_write, check_pooled_dir
+from epcache.probe.run_lock import check_pooled_dir
+from epcache.store import FeatureStore
+from epcache.store.layout.tokens import to_torch
 
 __all__ = ["POOLINGS", "PooledCache", "PooledView", "pool_rows"]
 

@@ -19,8 +19,8 @@ import pytest
 
 from epcache.errors import NonFiniteFeaturesError
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
-from epcache.store._dequant import dequantize
-from epcache.store._quant import QUANTIZATIONS, quantize_chunk
+from epcache.store.layout.quant import QUANTIZATIONS, quantize_chunk
+from epcache.store.read.dequant import dequantize
 
 SCHEMES = ["int8-channel", "int8-token", "fp8-e4m3"]
 DTYPES = ["float16", "bfloat16", "float32"]

@@ -77,7 +77,7 @@ def test_datatree_reads_codes_and_scales_of_a_quantised_store(stores: dict[str, 
             assert codes.dims == ("sample", "view", f"token_{layer}", f"channel_{layer}")
             want = ("chunk", f"channel_{layer}") if scheme == "int8-channel" else ("sample", "view", f"token_{layer}")
             assert scales.dims == want
-            stored = st._stored_parts("val", layer, 0, st.split("val").num_chunks)  # codes, scales as stored
+            stored = st.stored_parts("val", layer, 0, st.split("val").num_chunks)  # codes, scales as stored
             np.testing.assert_array_equal(_values(codes), stored[0])
             np.testing.assert_array_equal(_values(scales), stored[1])
 

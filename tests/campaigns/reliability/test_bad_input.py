@@ -19,7 +19,8 @@ import pytest
 from bad_input_cases import CASES, Case, Ctx
 from reliability_helpers import TINY, make_imagefolder, run_cli, tree_snapshot
 
-from epcache.store import StoreLockedError, acquire_store_lock
+from epcache.store import StoreLockedError
+from epcache.store.ops.lock import acquire_store_lock
 
 pytestmark = pytest.mark.reliability_bad_input
 

@@ -257,7 +257,7 @@ CASES: dict[str, Case] = {
 
 def _forge_consistent_document(p: Path) -> None:
     """Shuffle the labels AND recompute the provenance key: only the labels fingerprint can tell."""
-    from epcache.store import provenance_of_document
+    from epcache.store.layout.provenance import provenance_of_document
 
     edit_vector(p, "train", "labels", lambda a: np.roll(a, 1))
 

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from reliability_helpers import TINY, child_env, make_imagefolder, run_cli
 
-from epcache.store import StoreLockedError, acquire_store_lock, read_store_lock
-from epcache.store._lock import LOCK_NAME
-from epcache.store._runlock import acquire_run_lock
+from epcache.probe.run_lock import acquire_run_lock
+from epcache.store import StoreLockedError
+from epcache.store.ops.lock import LOCK_NAME, acquire_store_lock, read_store_lock
 
 
 def _dead_pid() -> int:
@@ -77,7 +77,8 @@ def test_break_lock_resumers_racing_in_threads_never_both_hold(tmp_path: Path, r
 _RESUMER = """
 import os, sys, time
 from pathlib import Path
-from epcache.store import StoreLockedError, acquire_store_lock
+from epcache.store import StoreLockedError
+from epcache.store.ops.lock import acquire_store_lock
 store, sync, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 (sync / f"ready-{os.getpid()}").touch()
 while not (sync / "go").exists():

@@ -16,7 +16,10 @@ import pytest
 from scale_helpers import TINY_VIT, child_env, make_imagefolder
 
 from epcache.extract import ExtractConfig, extract
-from epcache.store import MISSING, block_checksum, open_store, read_store_lock
+from epcache.store import open_store
+from epcache.store.layout.crc import block_checksum
+from epcache.store.layout.plan import MISSING
+from epcache.store.ops.lock import read_store_lock
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parents[2] / "helpers"  # slow_extract.py; the children run there

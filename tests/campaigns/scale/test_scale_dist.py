@@ -34,7 +34,8 @@ from epcache.cli import app
 from epcache.errors import ConfigError
 from epcache.extract import extract
 from epcache.extract._dist import assign_blocks
-from epcache.store import open_store, read_store_lock
+from epcache.store import open_store
+from epcache.store.ops.lock import read_store_lock
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parents[2] / "helpers"  # slow_extract.py; the children run there

@@ -24,14 +24,13 @@ from epcache.errors import ConfigError, StoreExistsError  # noqa: E402
 from epcache.extract import extract  # noqa: E402
 from epcache.store import (  # noqa: E402
     StoreLockedError,
-    acquire_store_lock,
     create_store,
     describe_store,
     list_stores,
     open_store,
-    read_store_lock,
     verify_store,
 )
+from epcache.store.ops.lock import acquire_store_lock, read_store_lock  # noqa: E402
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -13,7 +13,8 @@ from epcache.probe.data.read_order import InputPlan
 from epcache.probe.data.select import split_train
 from epcache.probe.data.stream import BatchStream, MemorySource, StoreSource, prefetch
 from epcache.probe.results.metrics import mean_std, metrics_from_counts, metrics_from_logits
-from epcache.store import open_store, select_tokens, to_torch
+from epcache.store import open_store, select_tokens
+from epcache.store.layout.tokens import to_torch
 
 
 def test_metrics_on_hand_made_predictions() -> None:

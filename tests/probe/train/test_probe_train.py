@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from epcache.probe import load_head, probe, read_results
 from epcache.probe.data.select import HOLDOUT_RULE
 from epcache.probe.results.rows import RESULT_SCHEMA
-from epcache.store import open_store, select_tokens, to_torch
+from epcache.store import open_store, select_tokens
+from epcache.store.layout.tokens import to_torch
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,95 @@
+"""Choose the backend for a location and create or open a store through it."""
+
+from __future__ import annotations
+
+import dataclasses
+from os import PathLike
+from pathlib import Path
+from typing import Literal
+
+from epcache.errors import ConfigError
+from epcache.store.backends.hdf5 import HDF5FeatureStore
+from epcache.store.backends.zarr import ZarrFeatureStore
+from epcache.store.core import FeatureStore
+from epcache.store.layout.meta import StoreMeta
+
+__all__ = ["StoreFormat", "create_store", "detect_format", "open_store"]
+
+StoreFormat = Literal["zarr", "h5"]
+_H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def detect_format(location: str | PathLike[str], format: str | None = None) -> StoreFormat:
+    """``format`` if given, else HDF5 for .h5/.hdf5 paths or existing HDF5 files, else zarr.
+
+    Raises:
+        ConfigError: an unknown format, or HDF5 at a URL (HDF5 stores are local files).
+    """
+    loc = str(location)
+    is_url = "://" in loc and not loc.startswith("file://")
+    if format is not None:
+        if format not in ("zarr", "h5"):
+            raise ConfigError(f"unknown store format {format!r}; use zarr or h5")
+    elif loc.lower().endswith(_H5_SUFFIXES):
+        format = "h5"
+    if format == "h5" and is_url:
+        raise ConfigError(
+            f"{loc}: an HDF5 store is one local file and cannot live at a URL; use a .zarr URL "
+            "(zarr stores work on s3:// and any fsspec filesystem)"
+        )
+    if format is not None:
+        return format  # type: ignore[return-value]
+    p = Path(loc)
+    if "://" not in loc and p.is_file():
+        with open(p, "rb") as f:
+            if f.read(8) == b"\x89HDF\r\n\x1a\n":
+                return "h5"
+    return "zarr"
+
+
+def create_store(
+    location: str | PathLike[str],
+    meta: StoreMeta,
+    *,
+    format: str | None = None,
+    overwrite: bool = False,
+    compressor: str | None = None,
+) -> FeatureStore:
+    """Create an empty store (no splits yet) for writing.
+
+    Raises:
+        StoreExistsError: something exists at ``location`` and ``overwrite`` is False.
+        ConfigError: bad format/compressor, or ``overwrite`` would delete something that is not a store.
+    """
+    loc = str(location)
+    fmt = detect_format(loc, format)
+    if compressor not in (None, "none"):
+        meta = dataclasses.replace(meta, extra={**meta.extra, "compressor": compressor})
+    if fmt == "h5":
+        return HDF5FeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
+    return ZarrFeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
+
+
+def open_store(
+    location: str | PathLike[str], mode: Literal["r", "a"] = "r", *, verify_reads: bool = False
+) -> FeatureStore:
+    """Open an existing store read-only (``"r"``) or for appending blocks/splits (``"a"``).
+
+    ``verify_reads=True`` checks every chunk read against its records (cache_layout.md §3.3: the block
+    record, a 1.1 shard's per-chunk records and the shard record they combine into, a 1.0 shard's
+    record once all its chunks were read), so changed bytes or records fail loudly instead of training
+    a probe on them; `epcache probe` opens stores this way. Absent chunks follow ``backends/chunks.py``.
+
+    Raises:
+        StoreNotFoundError: nothing there, or not an epcache store.
+        LayoutVersionError: a format version this epcache does not read.
+        CorruptStoreError: metadata that does not parse or misses keys.
+        StoreLockedError: an HDF5 store that another process is writing right now.
+    """
+    if mode not in ("r", "a"):
+        raise ConfigError(f"mode must be 'r' or 'a', got {mode!r}")
+    loc = str(location)
+    cls = HDF5FeatureStore if detect_format(loc) == "h5" else ZarrFeatureStore
+    store = cls.open(loc, read_only=mode == "r")  # a writer's open HDF5 file: the writer is named (backends/hdf5.py)
+    store.verify_reads = verify_reads
+    return store
