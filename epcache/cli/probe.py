@@ -1,17 +1,27 @@
-"""`epcache probe`: the sweep's options, each turned into one ProbeConfig field, then one library call.
+"""`epcache probe` (the sweep) and its listings `epcache recipes` / `epcache heads`.
 
-Registered on the app by ``epcache/cli.py``; kept apart because its options are most of the CLI.
+The options of `probe` are ProbeConfig's fields under the same names: their help is the field's
+doc (``HelpCommand``), and ``help=`` here adds only what the command line needs ("comma list").
+The parsed options become the config in one call (:func:`probe_config`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from epcache._cli_base import user_errors
+from epcache.cli.common import config_options, documented_by, user_errors
+from epcache.errors import ConfigError
 
-__all__ = ["PROBE_EPILOG", "probe"]
+if TYPE_CHECKING:
+    from epcache.probe import ProbeConfig
+
+__all__ = ["PROBE_EPILOG", "ProbeHelp", "heads", "probe", "probe_config", "recipes"]
+
+LIST = "comma list"
+CLI_ONLY = ("progress", "layer")  # options that are not ProbeConfig fields
 
 
 PROBE_EPILOG = """Examples:
@@ -42,191 +52,77 @@ every results row records."""
 
 
 def probe(
-    store: Annotated[
-        str,
-        typer.Option("--store", metavar="STORE", help="Feature store to train from (its train split; eval split too)."),
-    ],
+    ctx: typer.Context,
+    store: Annotated[str, typer.Option("--store", metavar="STORE")],
     head: Annotated[
-        str,
-        typer.Option(
-            metavar="HEADS",
-            help="Head names or specs, comma list: linear, ep, mhca, jepa, ... (`epcache heads` lists them all); "
-            "a spec sets options: ep(queries=8,d_out=2).",
-        ),
+        str, typer.Option(metavar="HEADS", help="comma list (`epcache heads` lists them all); a spec sets options: "
+                          "ep(queries=8,d_out=2)")
     ] = "ep",
-    queries: Annotated[
-        str | None, typer.Option(metavar="M,...", help="EP queries M, comma list.", show_default="32")
-    ] = None,
-    d_out: Annotated[
-        str | None,
-        typer.Option("--d-out", metavar="K,...",
-                     help="EP width divisor: values are D/K wide (EP_SPEC: d_out), comma list.", show_default="1"),
-    ] = None,
+    queries: Annotated[str | None, typer.Option(metavar="M,...", help=LIST, show_default="32")] = None,
+    d_out: Annotated[str | None, typer.Option("--d-out", metavar="K,...", help=LIST, show_default="1")] = None,
     num_heads: Annotated[
-        str | None,
-        typer.Option(metavar="H,...", help="Attention heads of MHCA-style poolers, comma list.",
-                     show_default="each head's own"),
+        str | None, typer.Option(metavar="H,...", help=LIST, show_default="each head's own")
     ] = None,
     layer: Annotated[str | None, typer.Option(metavar="N", help="One block index (same as --layers N).")] = None,
-    layers: Annotated[
-        str,
-        typer.Option(metavar="SPEC", help="Blocks: all, last, -1, a slice like -4: or a list like 8,9,10,11."),
-    ] = "last",
-    layer_mix: Annotated[
-        str,
-        typer.Option(metavar="MIX,...", help="How --layers feed a head, comma list: none (one config per layer), "
-                     "concat, mean, tokens (all --layers as one input)."),
-    ] = "none",
+    layers: Annotated[str, typer.Option(metavar="SPEC", help="comma list like 8,9,10,11")] = "last",
+    layer_mix: Annotated[str, typer.Option(metavar="MIX,...", help=LIST)] = "none",
     tokens: Annotated[
-        str | None,
-        typer.Option(metavar="KINDS", help="Token kind each head reads, comma list: cls, gap, cls+gap, pooled "
-                     "(linear); patch, all, registers, patch+registers (attentive; mp: all, patch).",
-                     show_default="cls (linear), patch (attentive), all (mp)"),
+        str | None, typer.Option(metavar="KINDS", help=LIST, show_default="cls (linear), patch (attentive), all (mp)")
     ] = None,
-    recipe: Annotated[
-        str,
-        typer.Option(metavar="NAME", help="Training protocol: auto (any dataset size), ep-paper, dinov2-linear, "
-                     "capi-attentive (`epcache recipes`); the options below override one field each."),
-    ] = "auto",
-    lr: Annotated[
-        str | None,
-        typer.Option(metavar="LR,...", help="Absolute peak learning rates, comma list (a grid, trained fused).",
-                     show_default="the recipe's grid"),
-    ] = None,
-    blr: Annotated[
-        str | None,
-        typer.Option(metavar="BLR,...", help="Base lrs: lr = blr x batch-size / 256.", show_default="the recipe's"),
-    ] = None,
-    wd: Annotated[
-        str | None, typer.Option(metavar="WD,...", help="Weight decays, comma list.", show_default="the recipe's")
-    ] = None,
-    optimizer: Annotated[
-        str | None,
-        typer.Option(metavar="NAMES", help="lars, adamw, adam (L2) or sgd; comma list.", show_default="the recipe's"),
-    ] = None,
-    seeds: Annotated[
-        str, typer.Option(metavar="S,...", help="Head-init seeds, comma list (reported as mean ± std).")
-    ] = "0",
+    recipe: Annotated[str, typer.Option(metavar="NAME", help="the options below override one field each")] = "auto",
+    lr: Annotated[str | None, typer.Option(metavar="LR,...", help=LIST, show_default="the recipe's grid")] = None,
+    blr: Annotated[str | None, typer.Option(metavar="BLR,...", help=LIST, show_default="the recipe's")] = None,
+    wd: Annotated[str | None, typer.Option(metavar="WD,...", help=LIST, show_default="the recipe's")] = None,
+    optimizer: Annotated[str | None, typer.Option(metavar="NAMES", help=LIST, show_default="the recipe's")] = None,
+    seeds: Annotated[str, typer.Option(metavar="S,...", help="comma list, reported as mean ± std")] = "0",
     epochs: Annotated[
-        str | None,
-        typer.Option(metavar="N", help="Evaluation epochs: exactly N passes over the training set.",
-                     show_default="the recipe's, with its step floor"),
+        str | None, typer.Option(metavar="N", show_default="the recipe's, with its step floor")
     ] = None,
-    warmup: Annotated[
-        str | None,
-        typer.Option(metavar="EPOCHS", help="Linear warm-up epochs, then cosine to 0.", show_default="the recipe's"),
-    ] = None,
+    warmup: Annotated[str | None, typer.Option(metavar="EPOCHS", show_default="the recipe's")] = None,
     batch_size: Annotated[
-        str | None,
-        typer.Option(metavar="N", help="Training batch size.",
-                     show_default="the recipe's, shrunk to give >= 8 steps per epoch"),
+        str | None, typer.Option(metavar="N", show_default="the recipe's, shrunk to give >= 8 steps per epoch")
     ] = None,
-    min_steps: Annotated[
-        str | None,
-        typer.Option(metavar="N", help="Floor on optimiser steps (an epoch becomes several passes).",
-                     show_default="the recipe's; auto: 1000"),
-    ] = None,
-    holdout: Annotated[
-        str | None,
-        typer.Option(metavar="FRAC", help="Stratified fraction of train that selects each config's epoch and the "
-                     "best config (>= 1 per class when possible; 0: last epoch, ranked on eval).",
-                     show_default="0.1"),
-    ] = None,
-    shots: Annotated[
-        str | None,
-        typer.Option(metavar="K,...", help="Low-shot: K training samples per class; a comma list (1,5,10,25) runs "
-                     "solver heads per K."),
-    ] = None,
-    fraction: Annotated[
-        str | None, typer.Option(metavar="FRAC", help="Low-shot: this fraction of each class.")
-    ] = None,
-    train_split: Annotated[str, typer.Option(metavar="NAME", help="Split to train on.")] = "train",
-    eval_split: Annotated[str, typer.Option(metavar="NAME", help="Split to report.")] = "val",
-    eval_store: Annotated[
-        str | None, typer.Option(metavar="STORE", help="Another store holding the eval split.", show_default="--store")
-    ] = None,
-    grid: Annotated[
-        str | None, typer.Option(metavar="FILE", help="TOML sweep file (format below); its keys override options.")
-    ] = None,
+    min_steps: Annotated[str | None, typer.Option(metavar="N", show_default="the recipe's; auto: 1000")] = None,
+    holdout: Annotated[str | None, typer.Option(metavar="FRAC", show_default="0.1")] = None,
+    shots: Annotated[str | None, typer.Option(metavar="K,...", help="comma list like 1,5,10,25")] = None,
+    fraction: Annotated[str | None, typer.Option(metavar="FRAC")] = None,
+    train_split: Annotated[str, typer.Option(metavar="NAME")] = "train",
+    eval_split: Annotated[str, typer.Option(metavar="NAME")] = "val",
+    eval_store: Annotated[str | None, typer.Option(metavar="STORE", show_default="--store")] = None,
+    grid: Annotated[str | None, typer.Option(metavar="FILE", help="format below")] = None,
     out: Annotated[
         str | None,
-        typer.Option(metavar="RUNDIR", help="Run directory: results.jsonl, heads/, checkpoints; re-running resumes.",
+        typer.Option(metavar="RUNDIR", help="results.jsonl, heads/, checkpoints; re-running resumes",
                      show_default="none: nothing is saved, the summary is only printed"),
     ] = None,
-    device: Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[
-        str,
-        typer.Option(metavar="MODE", help="auto, none or bf16: bfloat16 autocast of the heads' matmuls (weights, "
-                     "losses, BatchNorm and the MP covariance stay float32); auto = bf16 on CUDA, none on CPU."),
-    ] = "auto",
-    compile: Annotated[bool, typer.Option("--compile/--no-compile",
-                                          help="Run each stack of heads through torch.compile.")] = False,
-    in_memory: Annotated[
-        bool | None,
-        typer.Option("--in-memory/--no-in-memory",
-                     help="Hold the selected training tokens in RAM in the compute dtype (converted once) or stream "
-                     "them every epoch; default auto: held when they fit in a quarter of the available RAM.",
-                     show_default="auto"),
-    ] = None,
-    eval_curve: Annotated[bool, typer.Option(help="Score the eval split every epoch (curves, oracle); "
-                                             "--no-eval-curve scores it once, at the end.")] = True,
-    allow_incomplete: Annotated[bool, typer.Option(help="Train on the written part of an incomplete store.")] = False,
-    data_seed: Annotated[
-        str, typer.Option(metavar="N", help="Seeds holdout, low-shot subset, batch order and views.")
-    ] = "0",
+    device: Annotated[str, typer.Option("--device", metavar="DEVICE")] = "auto",
+    amp: Annotated[str, typer.Option(metavar="MODE")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile")] = False,
+    in_memory: Annotated[bool | None, typer.Option("--in-memory/--no-in-memory", show_default="auto")] = None,
+    eval_curve: Annotated[bool, typer.Option()] = True,
+    allow_incomplete: Annotated[bool, typer.Option()] = False,
+    data_seed: Annotated[str, typer.Option(metavar="N")] = "0",
     shard: Annotated[
-        str | None,
-        typer.Option(metavar="I/N", help="Train part I of N of the sweep (job arrays).",
-                     show_default="torchrun's RANK/WORLD_SIZE, else all"),
+        str | None, typer.Option(metavar="I/N", show_default="torchrun's RANK/WORLD_SIZE, else all")
     ] = None,
-    trust_store: Annotated[
-        bool, typer.Option(help="Skip the store integrity checks (bytes, labels, ids, metadata); recorded in rows.")
-    ] = False,
-    cache_dir: Annotated[
-        str | None,
-        typer.Option(metavar="DIR", help="Keep local copies of the chunks of a store behind a URL (s3://...) in DIR, "
-                     "so epochs after the first (and later runs) read local disk; checked on every read."),
-    ] = None,
-    cache_max_gb: Annotated[
-        str | None, typer.Option(metavar="GB", help="Evict least recently used --cache-dir entries beyond GB.",
-                                   show_default="no limit")
-    ] = None,
+    trust_store: Annotated[bool, typer.Option()] = False,
+    cache_dir: Annotated[str | None, typer.Option(metavar="DIR")] = None,
+    cache_max_gb: Annotated[str | None, typer.Option(metavar="GB", show_default="no limit")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
-    k: Annotated[
-        str, typer.Option("--k", metavar="K,...", help="k-NN neighbour counts, comma list (all from one search).")
-    ] = "10,20,100,200",
-    temperature: Annotated[str, typer.Option(metavar="T,...", help="k-NN vote temperatures T, comma list.")] = "0.07",
-    c_preset: Annotated[
-        str, typer.Option(metavar="NAME", help="logreg C grid: dinov2 (45 values), clip (96) or raptor (100).")
-    ] = "dinov2",
-    tries: Annotated[
-        str, typer.Option(metavar="N", help="Few-shot draws per shot count (needs --shots); mean ± std over draws.")
-    ] = "1",
+    k: Annotated[str, typer.Option("--k", metavar="K,...", help=LIST)] = "10,20,100,200",
+    temperature: Annotated[str, typer.Option(metavar="T,...", help=LIST)] = "0.07",
+    c_preset: Annotated[str, typer.Option(metavar="NAME")] = "dinov2",
+    tries: Annotated[str, typer.Option(metavar="N")] = "1",
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
     from epcache.launch.capture import handed_to_launcher  # lazy: loads numpy, zarr only when this runs
-    from epcache.probe import ProbeConfig  # lazy: loads numpy, safetensors, torch only when this runs
-    from epcache.probe import probe as run_probe  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.probe import probe_store  # lazy: loads numpy, safetensors, torch only when this runs
 
     with user_errors():  # the options' text is read and checked by ProbeConfig, as grid files and Python are
-        cfg = ProbeConfig.from_cli(
-            store=store, head=head, queries=queries, d_out=d_out,
-            num_heads=num_heads, layers=layer if layer is not None else layers,
-            tokens=tokens, recipe=recipe, lr=lr, blr=blr,
-            wd=wd, optimizer=optimizer, seeds=seeds,
-            epochs=epochs, warmup=warmup, batch_size=batch_size, min_steps=min_steps, holdout=holdout,
-            shots=shots, k=k, temperature=temperature,
-            c_preset=c_preset, tries=tries,
-            fraction=fraction,
-            train_split=train_split, eval_split=eval_split, eval_store=eval_store, grid=grid, out=out,
-            device=device, amp=amp, compile=compile, in_memory=in_memory, eval_curve=eval_curve,
-            allow_incomplete=allow_incomplete, data_seed=data_seed,
-            shard=shard, trust_store=trust_store, layer_mix=layer_mix,
-            cache_dir=cache_dir, cache_max_gb=cache_max_gb,
-        )
+        cfg = probe_config(ctx.params)
         if handed_to_launcher(cfg):  # `epcache submit ... -- probe ...`: the launcher runs it as layer units
             return
-        result = run_probe(cfg, progress=progress)
+        result = probe_store(cfg, progress=progress)
     if not progress:  # with progress the library printed the plan and notes as it went
         for note in result.notes:
             typer.echo(note, err=True)
@@ -235,3 +131,64 @@ def probe(
         typer.echo(f"results, heads and checkpoints: {result.out}\nnext: epcache report {result.out}")
     else:
         typer.echo("nothing saved (no --out RUNDIR): pass --out RUNDIR to keep results and heads")
+
+
+def probe_config(options: Mapping[str, Any]) -> ProbeConfig:
+    """The ProbeConfig of `epcache probe`'s parsed options (``--layer N`` is ``--layers N``).
+
+    Raises:
+        ConfigError: every refused field, in one message.
+    """
+    from epcache.probe import ProbeConfig  # lazy: loads numpy, safetensors, torch only when this runs
+
+    fields = config_options(options, CLI_ONLY)
+    if options.get("layer") is not None:
+        fields["layers"] = options["layer"]
+    return ProbeConfig.from_cli(**fields)
+
+
+def _probe_config_class() -> type:
+    from epcache.probe import ProbeConfig  # lazy: loads torch; needed only to show help or to run
+
+    return ProbeConfig
+
+
+ProbeHelp = documented_by(_probe_config_class)
+
+
+def recipes() -> None:
+    """List the training recipes `epcache probe --recipe` accepts: what each sets and where it comes from."""
+    from epcache.probe.train.recipes import format_recipes  # lazy: loads numpy, safetensors, torch only when this runs
+
+    typer.echo(format_recipes())
+
+
+def heads(
+    dim: Annotated[int, typer.Option(metavar="D", help="Token width D of the backbone.")] = 768,
+    classes: Annotated[int, typer.Option(metavar="C", help="Number of classes C.")] = 1000,
+    patches: Annotated[
+        int, typer.Option(metavar="N", help="Patch tokens N a head attends over (196 for ViT-B/16 at 224 px).")
+    ] = 196,
+    queries: Annotated[str, typer.Option(metavar="M,...", help="EP query counts M to list, comma list.")] = "8,32",
+    d_out: Annotated[
+        str, typer.Option("--d-out", metavar="K,...", help="EP width divisors to list, comma list.")
+    ] = "1",
+) -> None:
+    """Every head name `epcache probe --head` accepts: the trained heads with their parameters and forward FLOPs
+    per image, then the solver heads (knn, ridge, logreg, ncm) with what they fit and what a fit costs."""
+    from epcache.probe.heads import heads_table  # lazy: loads numpy, safetensors, torch only when this runs
+
+    # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.probe.heads.listing import format_heads_listing
+
+    with user_errors():
+        rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),
+                           d_out=_ints(d_out, "--d-out"))
+    typer.echo(format_heads_listing(rows, dim=dim, num_classes=classes))
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated integers, got {text!r}") from None

@@ -1,4 +1,4 @@
-"""``extract()``: plan, check everything a user can get wrong, then run the backbone once per image.
+"""``extract_store()``: plan, check everything a user can get wrong, then run the backbone once per image.
 
 Order of work, chosen so that user errors never leave a store behind and a crash never leaves
 one that looks complete:
@@ -36,7 +36,7 @@ from epcache.extract._target import open_or_create
 from epcache.store import FeatureStore, StoreLock, StoreMeta, acquire_store_lock, open_store
 from epcache.store.files import SpaceReserve, discard_staging, os_errors, swap_in
 
-__all__ = ["extract", "plan_extract"]
+__all__ = ["extract_store", "plan_extract"]
 
 
 def plan_extract(config: ExtractConfig) -> ExtractPlan:
@@ -51,7 +51,7 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
     return prepare(config).plan
 
 
-def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
+def extract_store(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
     """Run the backbone once over every split and write the requested layers to the store.
 
     Re-running the same configuration into an existing store continues it (only blocks not yet

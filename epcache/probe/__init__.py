@@ -1,4 +1,4 @@
-"""Stage 2: probes trained or fitted on cached tokens; ``probe(config)`` is the entry point.
+"""Stage 2: probes trained or fitted on cached tokens; ``probe_store(config)`` is the entry point.
 
 Subpackages by concept: ``sweep`` (the request, its grid file, the runs), ``data`` (which rows,
 which tokens, streamed batches), ``heads`` (trained heads and their registry), ``train`` (recipes,
@@ -7,7 +7,7 @@ logistic C path, nearest class mean), ``results`` (rows, heads on disk, metrics,
 ``run`` resolves a config once, plans the groups and dispatches them.
 """
 
-from epcache._lazy import callable_module as _callable
+from epcache._deprecated import probe as probe  # the old name of probe_store, for one release
 from epcache.probe.data.select import TrainSubsets as TrainSubsets
 from epcache.probe.data.select import split_train as split_train
 from epcache.probe.data.stream import BatchStream as BatchStream
@@ -21,7 +21,7 @@ from epcache.probe.results.rows import load_head as load_head
 from epcache.probe.results.rows import read_results as read_results
 from epcache.probe.results.rows import seed_summary as seed_summary
 from epcache.probe.run import ProbeResult as ProbeResult
-from epcache.probe.run import probe as probe
+from epcache.probe.run import probe_store as probe_store
 from epcache.probe.sweep.config import ProbeConfig as ProbeConfig
 from epcache.probe.sweep.config import parse_heads as parse_heads
 from epcache.probe.sweep.config import parse_layers as parse_layers
@@ -71,12 +71,9 @@ __all__ = [
     "parse_heads",
     "parse_layers",
     "parse_list",
-    "probe",
+    "probe_store",
     "read_results",
     "resolve_protocol",
     "seed_summary",
     "split_train",
 ]
-
-# `epcache.probe(cfg)` works even after `import epcache.probe` bound the package here
-_callable("epcache.probe", "probe")

@@ -1,4 +1,4 @@
-"""``probe(config)``: the library entry point behind ``epcache probe``.
+"""``probe_store(config)``: the library entry point behind ``epcache probe``.
 
 Order of work: open the stores and check everything a user can get wrong (splits, layers,
 labels, completeness, compatibility of a separate eval store, the whole sweep grid, the holdout)
@@ -46,7 +46,7 @@ from epcache.probe.train.recipes import get_recipe
 from epcache.store import ChunkCache, FeatureStore, check_for_probe, open_store
 from epcache.store.files import os_errors, remove_stale_checkpoints, run_dir_lock
 
-__all__ = ["ProbeResult", "probe", "resolve_device", "resolve_shard"]
+__all__ = ["ProbeResult", "probe_store", "resolve_device", "resolve_shard"]
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 RESUME_HINT = "Finished configs are kept: run the same command again to train the rest"
@@ -64,7 +64,7 @@ class ProbeResult:
     notes: tuple[str, ...]  # the plan, what the recipe adapted, and data notes (the CLI prints them)
 
 
-def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
+def probe_store(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
     """Train and evaluate every config of a sweep from a feature store.
 
     Args:

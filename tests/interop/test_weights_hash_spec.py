@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "extract"))
 from extract_helpers import TINY_VIT, make_imagefolder
 
-from epcache.extract import ExtractConfig, extract
+from epcache.extract import ExtractConfig, extract_store
 from epcache.store import open_store
 
 LAYOUT = Path(__file__).resolve().parents[2] / "cache_layout.md"
@@ -49,7 +49,7 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     for name, kw in CASES.items():
         cfg = ExtractConfig(data=data, out=root / f"{name}.zarr", random_init=True, batch_size=2, workers=0,
                             allow_duplicate=True, **kw)
-        assert extract(cfg, progress=False).status == "complete"
+        assert extract_store(cfg, progress=False).status == "complete"
         with open_store(cfg.out) as st:
             docs[name] = st._stored_doc
     return docs

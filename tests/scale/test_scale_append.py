@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from scale_helpers import TINY_VIT, child_env, make_imagefolder
 
-from epcache.extract import ExtractConfig, extract
+from epcache.extract import ExtractConfig, extract_store
 from epcache.store import MISSING, block_checksum, open_store, read_store_lock
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def test_reader_sees_only_listed_splits_and_recorded_blocks_during_an_append(tmp
     out = tmp_path / "s.zarr"
     first = ExtractConfig(model=TINY_VIT, data=data, out=out, splits={"val": "val"}, random_init=True, img_size=32,
                           layers="-2:", batch_size=4, chunk_samples=4, shard_samples=8, workers=0)
-    extract(first, progress=False)  # the same configuration as CLI, with only the val split
+    extract_store(first, progress=False)  # the same configuration as CLI, with only the val split
     with open_store(out) as store:
         val_before = {layer: store.read_tokens("val", layer).tobytes() for layer in store.meta.layers}
 
