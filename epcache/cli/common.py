@@ -43,18 +43,22 @@ RUNDIR_HELP = "Run directory written by `epcache probe --out RUNDIR`."
 class HelpCommand(TyperCommand):
     """A typer command whose usage line and option list read as git's or pip's do.
 
-    ``config`` (see :func:`documented_by`) names the dataclass whose field docs are the help of the
+    :meth:`config` (see :func:`documented_by`) is the dataclass whose field docs are the help of the
     options of the same name; ``renames`` maps an option to its field where the names differ.
     """
 
-    config: ClassVar[Callable[[], Any] | None] = None  # returns the config dataclass
     renames: ClassVar[Mapping[str, str]] = {}
+
+    def config(self) -> Any:
+        """The config dataclass whose field docs the options show (None: each option has its own help)."""
+        return None
 
     def field_docs(self) -> dict[str, str]:
         """Option name -> the doc of the config field it sets (empty without a config)."""
-        if self.config is None:
+        config = self.config()
+        if config is None:
             return {}
-        docs = {f.name: str(f.metadata.get("doc", "")) for f in dataclasses.fields(self.config())}
+        docs = {f.name: str(f.metadata.get("doc", "")) for f in dataclasses.fields(config)}
         names = {p.name: self.renames.get(p.name or "", p.name) for p in self.params}
         return {name: docs[field] for name, field in names.items() if name and field in docs}
 
@@ -100,9 +104,15 @@ class HelpCommand(TyperCommand):
                 formatter.write_dl(opts)
 
 
-def documented_by(config: Callable[[], Any], **renames: str) -> type[HelpCommand]:
-    """A :class:`HelpCommand` whose options show the docs of ``config()``'s fields (``renames``: option=field)."""
-    return type("ConfigHelpCommand", (HelpCommand,), {"config": staticmethod(config), "renames": renames})
+def documented_by(loader: Callable[[], Any], **renames: str) -> type[HelpCommand]:
+    """A :class:`HelpCommand` whose options show the docs of ``loader()``'s fields (``renames``: option=field)."""
+
+    class ConfigHelpCommand(HelpCommand):
+        def config(self) -> Any:
+            return loader()
+
+    ConfigHelpCommand.renames = renames
+    return ConfigHelpCommand
 
 
 def config_options(options: Mapping[str, Any], cli_only: tuple[str, ...] = (), **renames: str) -> dict[str, Any]:
