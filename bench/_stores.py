@@ -13,14 +13,14 @@ from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, creat
 def demo_store(root: Path, quick: bool, *, name: str = "demo.zarr") -> Path:
     """The demo's shapes images through a random-init 4-block ViT-Tiny (patch 8, 64 px), last layer."""
     from epcache.demo._shapes import ShapesConfig, make_shapes_dataset
-    from epcache.extract import ExtractConfig, extract
+    from epcache.extract import ExtractConfig, extract_store
 
     cfg = ShapesConfig(num_classes=4, train_per_class=60 if quick else 150, val_per_class=60 if quick else 150, size=64)
     data = make_shapes_dataset(root / "data", cfg)
     store = root / name
-    extract(ExtractConfig(model="vit_tiny_patch16_224", data=data, out=store, random_init=True, img_size=64,
-                          model_kwargs={"depth": 4, "patch_size": 8}, workers=0, layers="last", batch_size=32),
-            progress=False)
+    extract_store(ExtractConfig(model="vit_tiny_patch16_224", data=data, out=store, random_init=True, img_size=64,
+                                model_kwargs={"depth": 4, "patch_size": 8}, workers=0, layers="last", batch_size=32),
+                  progress=False)
     return store
 
 

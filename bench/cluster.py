@@ -13,7 +13,7 @@ submitit-local 28.6x (10.1 s per unit: one Python + torch process per array task
 11.9x (1.8 s). Stores byte-identical and rows identical in every case.
 
 What is compared (wall time of the whole call, planning and gathering included):
-  plain           `extract(config)` / `probe(config)` in this process: the reference;
+  plain           `extract_store(config)` / `probe_store(config)` in this process: the reference;
   local           `submit(..., launcher="local")`: the units one after the other in this process;
   submitit-local  `launcher="slurm"` with submitit's LocalExecutor: one process per array task, all
                   started at once (what a SLURM array costs minus the queue wait);
@@ -112,9 +112,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from epcache.extract import ExtractConfig, extract
+    from epcache.extract import ExtractConfig, extract_store
     from epcache.launch import submit
-    from epcache.probe import ProbeConfig, probe
+    from epcache.probe import ProbeConfig, probe_store
 
     launchers = _launchers()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
@@ -126,8 +126,8 @@ def main() -> None:
                                  layers="-2:", batch_size=8, workers=0, chunk_samples=4, shard_samples=8,
                                  allow_duplicate=True)
 
-        extract(ecfg(tmp / "warm.zarr"), progress=False)  # imports and first-call costs land here, untimed
-        plain_s, _ = _timed(lambda: extract(ecfg(tmp / "plain.zarr"), progress=False))
+        extract_store(ecfg(tmp / "warm.zarr"), progress=False)  # imports and first-call costs land here, untimed
+        plain_s, _ = _timed(lambda: extract_store(ecfg(tmp / "plain.zarr"), progress=False))
         ref = _files(tmp / "plain.zarr")
         rows: list[tuple[str, float | None, int, str]] = []
         ray_started = False
@@ -158,8 +158,8 @@ def main() -> None:
         def strip(rs: Any) -> dict[str, Any]:
             return {r["id"]: {k: v for k, v in r.items() if k != "timing"} for r in rs}
 
-        probe(pcfg(tmp / "warm-sweep"), progress=False)
-        plain_s, single = _timed(lambda: probe(pcfg(tmp / "plain-sweep"), progress=False))
+        probe_store(pcfg(tmp / "warm-sweep"), progress=False)
+        plain_s, single = _timed(lambda: probe_store(pcfg(tmp / "plain-sweep"), progress=False))
         rows = []
         for name, skip in launchers:
             if skip:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epcache.convert import ConvertConfig, convert
+from epcache.convert import ConvertConfig, convert_store
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
 
 T, D = 197, 768
@@ -99,9 +99,10 @@ def main() -> None:
     t_write = best_of(lambda: write_blocks(src, root / "floor.zarr", blocks), root / "floor.zarr")
     blocks.clear()
     floor = t_read + t_write
-    t_copy = best_of(lambda: convert(ConvertConfig(src=src, dst=root / "copy.zarr"), progress=False),
+    t_copy = best_of(lambda: convert_store(ConvertConfig(src=src, dst=root / "copy.zarr"), progress=False),
                      root / "copy.zarr")
-    t_pool = best_of(lambda: convert(ConvertConfig(src=src, dst=root / "pool.zarr", pool_patches=2), progress=False),
+    t_pool = best_of(lambda: convert_store(ConvertConfig(src=src, dst=root / "pool.zarr", pool_patches=2),
+                                           progress=False),
                      root / "pool.zarr")
     print(f"source: {n} samples x {T} x {D} float16 = {gb:.2f} GB (zarr)")
     print(f"floor: checked read {t_read:.2f} s + write_block {t_write:.2f} s = {floor:.2f} s  ({gb / floor:.2f} GB/s)")

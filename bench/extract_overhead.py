@@ -16,9 +16,9 @@ The harsher vit_tiny line writes 0.9 MB per image for a quarter of the compute a
 ~3 ms of CPU per MB, which the 2 busy cores have to pay; on a GPU machine it runs on idle cores.
 
 What is compared, on the same generated JPEGs and the same random-init ViT (no weights needed):
-  full          `extract()` into a zarr store: decode (DataLoader workers) + forward + all
+  full          `extract_store()` into a zarr store: decode (DataLoader workers) + forward + all
                 layers cast to float16 and accumulated per write-block + background writes;
-  forward-only  the same `extract()` call with the store's `write_block` replaced by a no-op,
+  forward-only  the same `extract_store()` call with the store's `write_block` replaced by a no-op,
                 so everything except the disk write runs (decode, forward, cast, copies).
 ratio = full throughput / forward-only throughput, per adjacent pair of passes (pairs alternate
 their order); the median pair ratio is the headline, because on a shared machine throughput
@@ -77,7 +77,7 @@ def cpu_seconds() -> float:
 
 def run_pass(args: argparse.Namespace, data: Path, out: Path, *, write: bool) -> tuple[float, float]:
     """One extraction pass; returns samples per wall second of the extraction loop and per CPU second."""
-    from epcache.extract import ExtractConfig, extract
+    from epcache.extract import ExtractConfig, extract_store
     from epcache.store.core import FeatureStore
 
     cfg = ExtractConfig(
@@ -98,7 +98,7 @@ def run_pass(args: argparse.Namespace, data: Path, out: Path, *, write: bool) ->
         FeatureStore.write_block = lambda self, split, layer, block, data: None  # type: ignore[method-assign]
     cpu0 = cpu_seconds()
     try:
-        result = extract(cfg, progress=False)
+        result = extract_store(cfg, progress=False)
     finally:
         FeatureStore.write_block = original  # type: ignore[method-assign]
     per_cpu_s = args.images / (cpu_seconds() - cpu0)

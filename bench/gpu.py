@@ -13,9 +13,9 @@ What it measures, all with a random-init `vit_base_patch16_224` (no weights need
   (a) extraction of `--images` generated JPEGs (smooth random images ~256-320 px, 4 classes) at
       `--img-size` px, last layer, float16 store, fp16 autocast on the GPU:
         forward only  the backbone's forward on synthetic tensors already on the GPU (the ceiling);
-        decode cpu    `extract()`: JPEG decoding in DataLoader workers, forward, store writes;
-        decode gpu    `extract()` with `ExtractConfig(decode="gpu")` where this build has it.
-      images/s of `extract()` are its own figure (wall time of the extraction loop, worker start-up
+        decode cpu    `extract_store()`: JPEG decoding in DataLoader workers, forward, store writes;
+        decode gpu    `extract_store()` with `ExtractConfig(decode="gpu")` where this build has it.
+      images/s of `extract_store()` are its own figure (wall time of the extraction loop, worker start-up
       included, as a user sees it); ratio = images/s / forward-only images/s.
   (b) the probe: fused trainer throughput (one training epoch after a warm-up of a few steps, which
       also compiles) of 1 EP config (queries 32) vs 64 fused EP configs (queries 8 and 32 x 32 lrs)
@@ -237,8 +237,8 @@ def forward_only(args: argparse.Namespace, device: Any) -> Row:
 
 
 def extract_pass(args: argparse.Namespace, device: Any, work: Path, *, decode: str) -> Row:
-    """One ``extract()`` into a fresh zarr store (last layer, float16)."""
-    from epcache.extract import ExtractConfig, extract
+    """One ``extract_store()`` into a fresh zarr store (last layer, float16)."""
+    from epcache.extract import ExtractConfig, extract_store
 
     fields = {f.name for f in dataclasses.fields(ExtractConfig)}
     extra: dict[str, Any] = {}
@@ -252,7 +252,7 @@ def extract_pass(args: argparse.Namespace, device: Any, work: Path, *, decode: s
                         dtype="float16", device=str(device), amp="fp16" if device.type == "cuda" else None,
                         overwrite=True, allow_duplicate=True, **extra)
     reset_peak(device)
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     shutil.rmtree(out, ignore_errors=True)
     return {"images_per_s": round(result.images_per_s, 1), "peak_gpu_mb": peak_mb(device),
             "note": f"{sum(result.samples.values())} images, {args.workers} workers, writer stall "
@@ -268,11 +268,11 @@ def probe_cases(rows: list[Row], budget: Budget, args: argparse.Namespace, devic
     if "source" not in state:
         return
     cases: list[tuple[int, str, bool] | None] = [(1, "none", False), (1, "bf16", False), (64, "none", False),
-                                                 (64, "bf16", False), None]  # None: probe() end to end
+                                                 (64, "bf16", False), None]  # None: probe_store() end to end
     if not args.no_compile:  # last: the slowest to start and the most likely to fail
         cases += [(64, "none", True), (64, "bf16", True)]
     for case in cases:
-        if case is None:  # the whole `probe()` path once (rows, holdout and eval passes, amp=auto)
+        if case is None:  # the whole `probe_store()` path once (rows, holdout and eval passes, amp=auto)
             run_case(rows, budget, "e2e", "probe(), amp auto", lambda: probe_end_to_end(args, device, state))
             continue
         k, amp, comp = case
@@ -380,14 +380,14 @@ def probe_case(args: argparse.Namespace, device: Any, state: dict[str, Any], k: 
 
 
 def probe_end_to_end(args: argparse.Namespace, device: Any, state: dict[str, Any]) -> Row:
-    """``probe()`` itself, 2 EP configs x 1 epoch, amp auto, in memory: the CUDA path a user runs."""
-    from epcache.probe import ProbeConfig, probe
+    """``probe_store()`` itself, 2 EP configs x 1 epoch, amp auto, in memory: the CUDA path a user runs."""
+    from epcache.probe import ProbeConfig, probe_store
 
     cfg = ProbeConfig(store=str(state["path"]), head="ep", queries=8, lr=(1e-3, 3e-3), optimizer="lars",
                       batch_size=args.probe_batch, epochs=1, min_steps=0, holdout=0.1, device=str(device),
                       in_memory=True)
     reset_peak(device)
-    result = probe(cfg, progress=False)
+    result = probe_store(cfg, progress=False)
     row = result.rows[0]
     t = row["timing"]
     return {"configs": len(result.rows), "amp": row["protocol"]["amp"], "compile": False,

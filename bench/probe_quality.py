@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import _stores
 import numpy as np
 
-from epcache.probe import ProbeConfig, probe
+from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.data.select import split_train
 from epcache.store import open_store
 
@@ -78,8 +78,8 @@ def sklearn_best(store: Path, tokens: str, shots: int | None) -> tuple[float, fl
 
 
 def epcache_default(store: Path, head: str, tokens: str | None, shots: int | None) -> float:
-    res = probe(ProbeConfig(store=str(store), head=(head,), tokens=() if tokens is None else (tokens,), shots=shots,
-                            device="cpu"), progress=False)
+    res = probe_store(ProbeConfig(store=str(store), head=(head,), tokens=() if tokens is None else (tokens,),
+                                  shots=shots, device="cpu"), progress=False)
     assert res.best is not None
     return float(res.best["metrics"]["eval"]["top1"])
 

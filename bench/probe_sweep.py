@@ -11,12 +11,12 @@ THREADS below). Expected runtime 75 s idle, up to 2.5 min while other jobs share
 What it does, all on one store written at the start (a random-init timm ``vit_tiny_patch16_224``
 at 64x64 px: 16 patch tokens + CLS, D=192, fp16, layer 11, synthetic class-dependent images):
 
-(a) cache speed-up: one EP probe (queries=8) trained from the store with ``probe()`` vs the same
+(a) cache speed-up: one EP probe (queries=8) trained from the store with ``probe_store()`` vs the same
     head trained with the backbone running on every batch (images already decoded in RAM, so the
     real-world gap, which adds JPEG decoding and augmentation, is larger). Both evaluate on val
     every epoch. Ratio = seconds per epoch, backbone in the loop / from the store.
 (b) fused speed-up: a 32-config grid (EP queries 4,8 and linear cls/gap; 4 lrs; 2 wds) in ONE
-    ``probe()`` call vs the 32 configs run one ``probe()`` call at a time. Ratio = total seconds.
+    ``probe_store()`` call vs the 32 configs run one ``probe_store()`` call at a time. Ratio = total seconds.
 (c) I/O share: seconds of one streamed training epoch of the 32-config sweep (fused trainer, no
     evaluation) vs iterating the same epoch's batches with the reader alone (store read, shuffle,
     batching; then also the host-to-device copy and fp16->fp32 conversion), same stream.
@@ -47,7 +47,7 @@ THREADS = int(os.environ.setdefault("OMP_NUM_THREADS", "1"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from epcache.probe import ProbeConfig, expand_sweep, probe  # noqa: E402
+from epcache.probe import ProbeConfig, expand_sweep, probe_store  # noqa: E402
 from epcache.probe.data.stream import BatchStream, InputPlan, StoreSource  # noqa: E402
 from epcache.probe.heads import create_head  # noqa: E402
 from epcache.probe.sweep.geometry import HeadGeometry  # noqa: E402
@@ -81,7 +81,7 @@ def main() -> None:
     # ------------------------------------------------------------------ (a) cache speed-up
     base = {"store": str(store), "epochs": epochs, "warmup": 1, "batch_size": 256, "holdout": 0.1, "device": "cpu",
             "optimizer": "lars", "train_split": "train", "eval_split": "val"}
-    single = probe(ProbeConfig(head="ep", queries=8, lr=A_LR, **base), progress=False)  # type: ignore[arg-type]
+    single = probe_store(ProbeConfig(head="ep", queries=8, lr=A_LR, **base), progress=False)  # type: ignore[arg-type]
     row = single.rows[0]
     store_epoch = row["timing"]["seconds_per_epoch"]
     online_epoch, online_top1 = backbone_in_the_loop(model, images, labels, n_train, epochs=epochs)
@@ -94,7 +94,7 @@ def main() -> None:
     grid = {"head": ("linear", "ep"), "tokens": ("cls", "gap", "patch"), "queries": (4, 8),
             "lr": (0.25, 0.5, 1.0, 2.0), "wd": (0.0, 1e-4)}
     t0 = time.perf_counter()
-    fused = probe(ProbeConfig(**grid, **base), progress=False)  # type: ignore[arg-type]
+    fused = probe_store(ProbeConfig(**grid, **base), progress=False)  # type: ignore[arg-type]
     t_fused = time.perf_counter() - t0
     assert len(fused.rows) == 32, len(fused.rows)
     alone_rows = []
@@ -105,7 +105,7 @@ def main() -> None:
         if c["kind"] == "ep":
             one["queries"] = c["head_options"]["queries"]
         t0 = time.perf_counter()
-        alone_rows.append(probe(ProbeConfig(**one, **base), progress=False).rows[0])  # type: ignore[arg-type]
+        alone_rows.append(probe_store(ProbeConfig(**one, **base), progress=False).rows[0])  # type: ignore[arg-type]
         alone_by_kind[c["kind"]] += time.perf_counter() - t0
     t_alone = sum(alone_by_kind.values())
     same = sum(a["id"] == b["id"] and a["selected_epoch"] == b["selected_epoch"] for a, b in
@@ -113,7 +113,7 @@ def main() -> None:
     fused_by_kind = {}
     for kind, sub_grid in (("linear", {"tokens": ("cls", "gap")}), ("ep", {"queries": (4, 8)})):
         t0 = time.perf_counter()
-        probe(ProbeConfig(head=kind, lr=grid["lr"], wd=grid["wd"], **sub_grid, **base), progress=False)  # type: ignore[arg-type]
+        probe_store(ProbeConfig(head=kind, lr=grid["lr"], wd=grid["wd"], **sub_grid, **base), progress=False)  # type: ignore[arg-type]
         fused_by_kind[kind] = time.perf_counter() - t0
     print("\n(b) 32-config grid (linear cls/gap + EP q=4/8, 4 lr, 2 wd), total seconds")
     print(f"    fused, one pass      {t_fused:8.2f} s")

@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import _stores
 import numpy as np
 
-from epcache.probe import ProbeConfig, probe
+from epcache.probe import ProbeConfig, probe_store
 from epcache.store import SplitSpec, TokenLayout, create_store, open_store
 
 VARIANTS = ("fp16", "int8-channel", "int8-token", "fp8-e4m3", "2x2-pooled", "fp16+noise")
@@ -114,7 +114,7 @@ def top1(store: Path, seeds: tuple[int, ...] = SEEDS) -> dict[str, float]:
     """Eval top-1 per head: every head of SPECS in one fused pass with the default recipe (its lr sweep),
     for each head-init seed; per head and seed, the eval top-1 of the configs tied for the best holdout
     top-1 (honest selection), averaged; then averaged over the seeds. Other ``seeds`` give the noise floor."""
-    res = probe(ProbeConfig(store=str(store), head=SPECS, seeds=seeds, device="cpu"), progress=False)
+    res = probe_store(ProbeConfig(store=str(store), head=SPECS, seeds=seeds, device="cpu"), progress=False)
     out: dict[str, float] = {}
     for label, (kind, tokens) in HEADS.items():
         per_seed = []

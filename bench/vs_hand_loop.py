@@ -14,7 +14,7 @@ layer; synthetic class-structured tokens), EP with 8 queries, LARS, batch 256, 3
   seeded permutation per epoch, the same number of batches per epoch,
   LARS with epcache's warm-up + cosine schedule; holdout and val scored every epoch. K configs =
   K such loops one after another (as a user sweeping lrs would run them).
-- epcache: ``probe(ProbeConfig(..., in_memory=True))`` with the K configs in one sweep (fused),
+- epcache: ``probe_store(ProbeConfig(..., in_memory=True))`` with the K configs in one sweep (fused),
   and once more streaming from the store (``in_memory=False``) for reference.
 
 Printed: seconds, the ratio hand / epcache for each K, and the fixed / marginal split (the
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from epcache.probe import ProbeConfig, probe
+from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.data.select import split_train
 from epcache.probe.heads import create_head
 from epcache.probe.train.optim import LARS, lr_at
@@ -147,12 +147,12 @@ def main() -> None:
             wds = tuple(sorted({wd for _, wd in configs[:k]}))
             cfg = ProbeConfig(**base, lr=lrs, wd=wds, in_memory=True)  # type: ignore[arg-type]
             t0 = time.perf_counter()
-            res = probe(cfg, progress=False)
+            res = probe_store(cfg, progress=False)
             times[k] = time.perf_counter() - t0
             assert len(res.rows) == k, len(res.rows)
             wait[k] = res.rows[0]["timing"]["data_wait_seconds"]
             t0 = time.perf_counter()
-            probe(ProbeConfig(**base, lr=lrs, wd=wds), progress=False)  # type: ignore[arg-type]
+            probe_store(ProbeConfig(**base, lr=lrs, wd=wds), progress=False)  # type: ignore[arg-type]
             t_stream = time.perf_counter() - t0
             hand = k * t_hand
             print(f"{k:>3} {hand:>10.2f}s {times[k]:>14.2f}s {hand / times[k]:>6.2f}x {t_stream:>16.2f}s "

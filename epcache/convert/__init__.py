@@ -5,11 +5,9 @@ dtype or backend. The copy's provenance names its source's (``derived_from``), a
 its destination and swapped in only when complete, like ``extract --overwrite``.
 """
 
-from epcache._lazy import callable_module as _callable
+from epcache._deprecated import convert as convert  # the old name of convert_store, for one release
 from epcache.convert._config import ConvertConfig as ConvertConfig
 from epcache.convert._config import ConvertResult as ConvertResult
-from epcache.convert._run import convert as convert
+from epcache.convert._run import convert_store as convert_store
 
-__all__ = ["ConvertConfig", "ConvertResult", "convert"]
-
-_callable(__name__, "convert")  # `epcache.convert(cfg)` works once this package is imported (epcache._lazy)
+__all__ = ["ConvertConfig", "ConvertResult", "convert_store"]

@@ -36,14 +36,14 @@ class ConvertConfig:
     )
     splits: tuple[str, ...] | None = doc(None, doc="splits to copy; None: every split")
     format: Literal["zarr", "h5"] | None = doc(None, doc="None: from the suffix of `dst`")
-    chunk_samples: int | None = doc(None, doc="chunking of the copy (default: a few MB per chunk)")
-    shard_samples: int | None = doc(None, doc="zarr shard of the copy (default: automatic)")
+    chunk_samples: int | None = doc(None, doc="samples per chunk of the copy; None: a few MB per chunk")
+    shard_samples: int | None = doc(None, doc="samples per zarr shard of the copy; None: automatic")
     compressor: str | None = doc(None, doc="'zstd[:level]', 'blosc[:level]' (zarr), 'gzip', 'lzf' (h5) or None")
     overwrite: bool = doc(False, doc="replace a store at `dst` (kept until the copy is complete)")
     break_lock: bool = doc(False, doc="remove a stale writer lock on `dst` (another host's, or a killed "
                            "extraction's); a killed conversion's lock on this host is taken over without it")
     record_paths: bool = doc(
-        False, doc="record the source's location and the data root as absolute paths (default: relative, or left out)"
+        False, doc="record the source's location and the data root as absolute paths; off: relative, or left out"
     )
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""``convert()``: read a complete store chunk by chunk, transform each block, write a new store beside
+"""``convert_store()``: read a complete store chunk by chunk, transform each block, write a new store beside
 its destination and swap it in when every block is recorded.
 
 Layers are converted one after another, blocks in stored order; a source chunk that straddles two
@@ -29,13 +29,13 @@ from epcache.store.open import detect_format
 from epcache.store.ops.swap import STAGING_PREFIX, discard_staging, staging_location, swap_in
 from epcache.store.verify.integrity import check_store_integrity
 
-__all__ = ["convert"]
+__all__ = ["convert_store"]
 
 RESUME_HINT = "Nothing was written at the destination: run the same command again"
 PENDING = 2  # blocks queued on the background writer besides the one it writes
 
 
-def convert(config: ConvertConfig, *, progress: bool = True) -> ConvertResult:
+def convert_store(config: ConvertConfig, *, progress: bool = True) -> ConvertResult:
     """Derive a store from ``config.src`` without the backbone: fewer layers, a pooled grid, another
     dtype or quantisation (int8/fp8 codes + scales, cache_layout.md §3.5), chunking or backend. Split
     order, ids, labels and classes are kept as they are.

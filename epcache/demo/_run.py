@@ -72,10 +72,10 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     Raises:
         StoreExistsError: ``out`` holds something else.
     """
-    from epcache.extract import ExtractConfig, extract  # lazy: loads zarr only when this runs
+    from epcache.extract import ExtractConfig, extract_store  # lazy: loads zarr only when this runs
 
     # lazy: loads safetensors, torch, zarr only when this runs
-    from epcache.probe import ProbeConfig, ProbeResult, probe
+    from epcache.probe import ProbeConfig, ProbeResult, probe_store
 
     t0 = time.perf_counter()
     root = Path(out)
@@ -97,7 +97,7 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     if not (data / "val").exists():
         make_shapes_dataset(data, sh)
     store = root / "store.zarr"
-    res = extract(
+    res = extract_store(
         ExtractConfig(model=DEMO_MODEL, data=data, out=store, random_init=True, img_size=sh.size,
                       model_kwargs=kwargs, workers=0, layers="all", batch_size=32),
         progress=progress,
@@ -105,7 +105,7 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     rundir = root / "run"
 
     def sweep(on: tuple[int, ...]) -> ProbeResult:
-        return probe(
+        return probe_store(
             ProbeConfig(
                 store=str(store), head=heads, queries=config.queries, layers=on, optimizer=("adamw",), lr=config.lrs,
                 epochs=config.epochs, warmup=max(1, config.epochs // 10), batch_size=config.batch_size,

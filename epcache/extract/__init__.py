@@ -1,11 +1,11 @@
 """Stage 1: run a frozen timm backbone once over a dataset and write per-layer tokens to a store.
 
-``extract(config)`` is what ``epcache extract`` calls; ``plan_extract(config)`` is its
+``extract_store(config)`` is what ``epcache extract`` calls; ``plan_extract(config)`` is its
 ``--dry-run``; ``list_model_aliases()`` backs ``epcache models``.
 """
 
+from epcache._deprecated import extract as extract  # the old name of extract_store, for one release
 from epcache._layerspec import parse_layers as parse_layers
-from epcache._lazy import callable_module as _callable
 from epcache.extract._config import ExtractConfig as ExtractConfig
 from epcache.extract._config import ExtractPlan as ExtractPlan
 from epcache.extract._config import ExtractResult as ExtractResult
@@ -17,7 +17,7 @@ from epcache.extract._models import resolve_model as resolve_model
 from epcache.extract._repair import RepairResult as RepairResult
 from epcache.extract._repair import extract_config_from_store as extract_config_from_store
 from epcache.extract._repair import repair_store as repair_store
-from epcache.extract._run import extract as extract
+from epcache.extract._run import extract_store as extract_store
 from epcache.extract._run import plan_extract as plan_extract
 
 __all__ = [
@@ -28,14 +28,11 @@ __all__ = [
     "RepairResult",
     "ResolvedModel",
     "SplitPlan",
-    "extract",
     "extract_config_from_store",
+    "extract_store",
     "list_model_aliases",
     "parse_layers",
     "plan_extract",
     "repair_store",
     "resolve_model",
 ]
-
-# `epcache.extract(cfg)` works even after `import epcache.extract` bound the package here
-_callable("epcache.extract", "extract")

@@ -43,18 +43,22 @@ class ExtractConfig:
     model: str = doc(doc="alias from `epcache models` or any timm name (with or without .tag)")
     data: Path | str = doc(doc="data root (ids are relative to it): a directory, fsspec URL (shards) or hf:DIR")
     out: Path | str = doc(doc="store: a .zarr directory, an .h5 file, or an fsspec URL (zarr)")
-    splits: Mapping[str, str] = doc(default_factory=_default_splits, doc="name -> subdir or CSV file")
+    splits: Mapping[str, str] = doc(
+        default_factory=_default_splits,
+        doc="split name -> its source: a subdirectory, a CSV file (path,label rows), a WebDataset shard pattern or an "
+        "hf: dataset split",
+    )
     layers: str | None = doc(None, doc="'all', 'last', 'last:4', '-4:', '0,5,11'; None: all (ViT) / last (convnet)")
     views: int = doc(0, doc="K augmented views per sample of the view_splits; view 0 is always the eval view")
     view_splits: tuple[str, ...] = doc(("train",), doc="splits that get the K augmented views (others V=1)")
     dtype: Dtype = doc("float16", doc="stored dtype: float16, bfloat16 or float32")
-    format: Literal["zarr", "h5"] | None = doc(None, doc="None: from the suffix of `out`")
+    format: Literal["zarr", "h5"] | None = doc(None, doc="zarr or h5; None: from the suffix of `out`")
     batch_size: int = doc(64, doc="samples per forward (the forward batch is batch_size x V images)")
     workers: int = doc(default_factory=default_workers, doc="decoding processes (min(4, CPUs)); 0: main process")
     weights: Path | None = doc(None, doc="local checkpoint (.pth/.pt/.safetensors); else the HF cache")
     random_init: bool = doc(False, doc="explicit random weights (never a silent fallback)")
     final_norm: bool = doc(
-        False, doc="apply the model's final norm to every layer (default: raw blocks); refused for a model whose "
+        False, doc="apply the model's final norm to every layer (off: raw block outputs); refused for a model whose "
         "final norm does not act on its tokens or maps (a ResNet, a ViT with fc_norm)"
     )
     img_size: int | None = doc(None, doc="input resolution override (model and transform)")
@@ -65,19 +69,20 @@ class ExtractConfig:
         "hardware; a one-line note says so), recorded like on a GPU; None: float32"
     )
     seed: int = doc(0, doc="seeds the stored-row permutation, augmented views and random init")
-    on_bad_image: Literal["error", "skip"] = doc("error", doc="skip: leave unreadable images out of the split")
+    on_bad_image: Literal["error", "skip"] = doc("error", doc="error, or skip: leave unreadable images out of the "
+                                                        "split (their ids are recorded)")
     resume: bool = doc(False, doc="require an existing store and continue it")
     overwrite: bool = doc(False, doc="replace an existing store")
     dry_run: bool = doc(False, doc="plan only: print layers, shapes and bytes, write nothing")
-    chunk_samples: int | None = doc(None, doc="store chunking override (default: a few MB per chunk)")
-    shard_samples: int | None = doc(None, doc="zarr shard override (the write unit)")
-    compressor: str | None = doc(None, doc="'zstd[:level]', 'blosc[:level]' or None")
+    chunk_samples: int | None = doc(None, doc="samples per chunk; None: a few MB per chunk")
+    shard_samples: int | None = doc(None, doc="samples per zarr shard (the write unit); None: automatic")
+    compressor: str | None = doc(None, doc="'zstd[:level]', 'blosc[:level]' (zarr), 'gzip', 'lzf' (h5) or None")
     hf_cache_dir: Path | None = doc(None, doc="Hugging Face hub cache; default from HF_HUB_CACHE / HF_HOME")
     max_pending_blocks: int = doc(2, doc="writer queue bound: blocks in flight to the disk")
     break_lock: bool = doc(False, doc="remove a writer lock left by a crashed extraction (store/ops/lock.py)")
     allow_duplicate: bool = doc(False, doc="extract even if a complete store with this provenance sits beside `out`")
     record_paths: bool = doc(
-        False, doc="record the data root as an absolute path (default: relative to the store's parent, or left out)"
+        False, doc="record the data root as an absolute path; off: relative to the store's parent, or left out"
     )
     pooled: bool = doc(False, doc="also store the pooled output, forward_head(pre_logits=True) (cache_layout §3.4)")
     pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")

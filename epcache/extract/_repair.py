@@ -37,7 +37,7 @@ from epcache.extract._repair_backup import (
     scratch_prefix,
     settle_witnesses,
 )
-from epcache.extract._run import extract, plan_extract
+from epcache.extract._run import extract_store, plan_extract
 from epcache.extract._weights import sha256_file
 from epcache.store import VerifyReport, open_store, verify_store
 from epcache.store.ops.lock import acquire_store_lock
@@ -282,7 +282,7 @@ def repair_store(
         error: BaseException | None = None
         result: ExtractResult | None = None
         try:
-            result = extract(config, progress=progress)
+            result = extract_store(config, progress=progress)
         except BaseException as e:  # checked below: never leave a half-repaired store mixing two runs
             error = e
         with acquire_store_lock(loc, purpose=_PURPOSE), open_store(loc, "a") as store:

@@ -1,4 +1,4 @@
-"""``extract()``: plan, check everything a user can get wrong, then run the backbone once per image.
+"""``extract_store()``: plan, check everything a user can get wrong, then run the backbone once per image.
 
 Order of work, chosen so that user errors never leave a store behind and a crash never leaves
 one that looks complete:
@@ -38,7 +38,7 @@ from epcache.store import FeatureStore, StoreMeta, open_store
 from epcache.store.ops.lock import StoreLock, acquire_store_lock
 from epcache.store.ops.swap import discard_staging, swap_in
 
-__all__ = ["extract", "plan_extract"]
+__all__ = ["extract_store", "plan_extract"]
 
 
 def plan_extract(config: ExtractConfig) -> ExtractPlan:
@@ -53,7 +53,7 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
     return prepare(config).plan
 
 
-def extract(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
+def extract_store(config: ExtractConfig, *, progress: bool = True) -> ExtractResult:
     """Run the backbone once over every split and write the requested layers to the store.
 
     Re-running the same configuration into an existing store continues it (only blocks not yet

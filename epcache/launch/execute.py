@@ -124,14 +124,14 @@ def _prepared(plan: RunPlan, config: Any, *, need_model: bool) -> tuple[Any, Any
 
 def _run_probe_unit(plan: RunPlan, unit: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The sweep restricted to the unit's layer, in the unit's own run directory."""
-    from epcache.probe import probe  # lazy: loads safetensors, torch only when this runs
+    from epcache.probe import probe_store  # lazy: loads safetensors, torch only when this runs
 
     config = probe_config_from_json(plan.config)
     changes: dict[str, Any] = {"out": str(unit_dir(run_dir, unit["id"])), "shard": None,
                                "device": _rank_device(config.device)}
     if unit.get("layers"):
         changes["layers"] = tuple(unit["layers"])
-    result = probe(dataclasses.replace(config, **changes), progress=False)
+    result = probe_store(dataclasses.replace(config, **changes), progress=False)
     return {"kind": "probe", "rows": len(result.rows), "skipped": len(result.skipped)}
 
 

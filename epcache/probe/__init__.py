@@ -1,18 +1,19 @@
-"""Stage 2: probes trained or fitted on cached tokens; ``probe(config)`` is the entry point.
+"""Stage 2: probes trained or fitted on cached tokens; ``probe_store(config)`` is the entry point.
 
-Subpackages by concept: ``config`` (the request, recipes, protocol and runs as plain data, no torch),
-``sweep`` (the grid file, the runs' expansion and checks, the one plan per sweep), ``data`` (which rows,
-which tokens, streamed batches), ``heads`` (trained heads, the registry of every head kind), ``train``
-(device policy, stacked heads and optimisers, the fused trainer), ``solvers`` (k-NN, ridge,
-logistic C path, nearest class mean), ``results`` (rows, heads on disk, metrics, the ranking);
-``run`` executes the one plan per sweep: groups, solver heads, ranking, summary. ``names``: the solver head
-kinds, which heads, solvers and the listing all read, below every package.
+Modules in the order they import each other (a lower one never imports a higher one; the import-graph
+test in tests/test_architecture.py holds it): ``names`` (the solver head kinds) -> ``heads`` (trained
+heads, the registry of every head kind) -> ``config`` (the request, recipes, protocol and runs as plain
+data, no torch) -> ``device`` (device, precision, shard and thread policy) -> ``data`` (which rows, which
+tokens, streamed batches) -> ``results`` (rows, heads on disk, metrics, the ranking) -> ``sweep`` (the
+grid file, the runs' expansion and checks, head geometry) -> ``solvers`` (k-NN, ridge, logistic C path,
+nearest class mean) -> ``plan`` (the one plan per sweep) -> ``train`` (stacked heads and optimisers, the
+fused trainer, one input group) -> ``run`` (lock, plan, train, fit, rank, summary).
 
 This face holds what a user of probing calls: run a sweep, read its rows and heads back, and the
 named recipes; everything else is imported from the module that defines it.
 """
 
-from epcache._lazy import callable_module as _callable
+from epcache._deprecated import probe as probe  # the old name of probe_store, for one release
 from epcache.probe.config.probe_config import ProbeConfig as ProbeConfig
 from epcache.probe.config.recipes import RECIPES as RECIPES
 from epcache.probe.config.recipes import Recipe as Recipe
@@ -23,7 +24,7 @@ from epcache.probe.results.rows import load_head as load_head
 from epcache.probe.results.rows import read_results as read_results
 from epcache.probe.results.rows import seed_summary as seed_summary
 from epcache.probe.run import ProbeResult as ProbeResult
-from epcache.probe.run import probe as probe
+from epcache.probe.run import probe_store as probe_store
 from epcache.probe.sweep.grid import expand_sweep as expand_sweep
 
 __all__ = [
@@ -37,9 +38,7 @@ __all__ = [
     "format_summary",
     "load_head",
     "probe",
+    "probe_store",
     "read_results",
     "seed_summary",
 ]
-
-# `epcache.probe(cfg)` works even after `import epcache.probe` bound the package here
-_callable("epcache.probe", "probe")

@@ -1,4 +1,4 @@
-"""``probe(config)``: the library entry point behind ``epcache probe``.
+"""``probe_store(config)``: the library entry point behind ``epcache probe``.
 
 Order of work: lock the run directory, open the stores, plan the sweep ONCE (:func:`plan_sweep`
 checks everything a user can get wrong: splits, layers, labels, completeness, compatibility of a
@@ -30,7 +30,7 @@ from epcache.probe.train.progress import SweepProgress
 from epcache.store import ChunkCache, FeatureStore, open_store
 from epcache.store.verify.integrity import check_for_probe
 
-__all__ = ["ProbeResult", "probe"]
+__all__ = ["ProbeResult", "probe_store"]
 
 RESUME_HINT = "Finished configs are kept: run the same command again to train the rest"
 
@@ -47,7 +47,7 @@ class ProbeResult:
     notes: tuple[str, ...]  # the plan, what the recipe adapted, and data notes (the CLI prints them)
 
 
-def probe(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
+def probe_store(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
     """Train and evaluate every config of a sweep from a feature store.
 
     Args:

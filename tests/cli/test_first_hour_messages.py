@@ -59,10 +59,10 @@ def test_info_of_a_convnet_store_has_no_cls_at_none(data: Path, tmp_path: Path) 
 
 
 def test_ls_shows_that_a_converted_store_is_derived(tmp_path: Path) -> None:
-    from epcache.convert import ConvertConfig, convert
+    from epcache.convert import ConvertConfig, convert_store
 
     src = write_store(tmp_path / "src.zarr", n_train=16, n_val=8)
-    convert(ConvertConfig(src, tmp_path / "derived" / "small.zarr", layers="1", dtype="float32"), progress=False)
+    convert_store(ConvertConfig(src, tmp_path / "derived" / "small.zarr", layers="1", dtype="float32"), progress=False)
     r = runner.invoke(app, ["ls", str(tmp_path)])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()

@@ -35,10 +35,13 @@ def test_import_epcache_is_light_and_offers_entry_points() -> None:
     code = (
         "import sys, epcache\n"
         "assert 'torch' not in sys.modules, 'import epcache loaded torch'\n"
-        "names = ['extract', 'probe', 'open_store', 'write_report', 'ExtractConfig', 'ProbeConfig']\n"
+        "names = ['extract_store', 'probe_store', 'convert_store', 'open_store', 'write_report', 'ExtractConfig',\n"
+        "         'ProbeConfig']\n"
         "assert set(names) <= set(dir(epcache)) and set(names) <= set(epcache.__all__)\n"
-        "import epcache.extract, epcache.probe, epcache.convert\n"  # the subpackages bind these names: still callable
-        "assert callable(epcache.extract) and callable(epcache.probe) and callable(epcache.convert)\n"
+        "assert not {'extract', 'probe', 'convert'} & set(epcache.__all__)\n"  # deprecated names: not offered
+        "import epcache.extract, epcache.probe, epcache.convert\n"  # the subpackages, reached as such
+        "assert epcache.probe.probe_store is epcache.probe_store and epcache.extract.extract_store is "
+        "epcache.extract_store\n"
         "assert epcache.open_store.__module__.startswith('epcache.store')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=README.parent)

@@ -11,10 +11,10 @@ from convert_helpers import all_bytes, grid4_config, make_imagefolder, store_fil
 from typer.testing import CliRunner
 
 from epcache.cli import app
-from epcache.convert import ConvertConfig, convert
+from epcache.convert import ConvertConfig, convert_store
 from epcache.errors import CorruptStoreError, IncompleteStoreError, UnknownLayerError
-from epcache.extract import extract
-from epcache.probe import ProbeConfig, probe
+from epcache.extract import extract_store
+from epcache.probe import ProbeConfig, probe_store
 from epcache.store import open_store, verify_store
 
 runner = CliRunner()
@@ -25,9 +25,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("conv")
     data = make_imagefolder(root / "data", splits={"train": 14, "val": 9})
     out = {"data": data, "src": root / "src.zarr", "pool": root / "pool.zarr"}
-    extract(grid4_config(data, out["src"], layers="all", views=1, chunk_samples=4, pooled=True), progress=False)
-    extract(grid4_config(data, out["pool"], layers="all", views=1, chunk_samples=4, pooled=True, pool_patches=2),
-            progress=False)
+    extract_store(grid4_config(data, out["src"], layers="all", views=1, chunk_samples=4, pooled=True), progress=False)
+    extract_store(grid4_config(data, out["pool"], layers="all", views=1, chunk_samples=4, pooled=True, pool_patches=2),
+                  progress=False)
     return out
 
 
@@ -55,7 +55,7 @@ def test_convert_pooling_equals_extract_with_pooling_byte_for_byte(stores: dict[
 
 def test_layer_subset_and_split_subset_keep_the_sources_bytes(stores: dict[str, Path], tmp_path: Path) -> None:
     dst = tmp_path / "last.zarr"
-    res = convert(ConvertConfig(src=stores["src"], dst=dst, layers="last", splits=("val",)), progress=False)
+    res = convert_store(ConvertConfig(src=stores["src"], dst=dst, layers="last", splits=("val",)), progress=False)
     assert res.ops == {"layers": [1], "splits": ["val"]}
     src = all_bytes(stores["src"], layers=(1,))
     assert all_bytes(dst) == {k: v for k, v in src.items() if k[0] == "val"}
@@ -64,22 +64,22 @@ def test_layer_subset_and_split_subset_keep_the_sources_bytes(stores: dict[str, 
         assert d.split("val").ids_sha256 == s.split("val").ids_sha256
         assert d.split("val").classes == s.split("val").classes
     with pytest.raises(UnknownLayerError, match="stores no layer"):
-        convert(ConvertConfig(src=dst, dst=tmp_path / "x.zarr", layers="0"), progress=False)
+        convert_store(ConvertConfig(src=dst, dst=tmp_path / "x.zarr", layers="0"), progress=False)
     assert not (tmp_path / "x.zarr").exists()
 
 
 def test_zarr_to_h5_and_back_reads_equal_and_probes(stores: dict[str, Path], tmp_path: Path) -> None:
     h5, back = tmp_path / "s.h5", tmp_path / "back.zarr"
-    convert(ConvertConfig(src=stores["pool"], dst=h5), progress=False)
-    convert(ConvertConfig(src=h5, dst=back), progress=False)
+    convert_store(ConvertConfig(src=stores["pool"], dst=h5), progress=False)
+    convert_store(ConvertConfig(src=h5, dst=back), progress=False)
     assert all_bytes(h5) == all_bytes(stores["pool"]) == all_bytes(back)
     for p in (h5, back):
         assert verify_store(str(p), progress=False).ok
     with open_store(back) as b:
         assert b.meta.derived_from is not None and b.meta.layout.pool_patches == 2
-    res = probe(ProbeConfig(store=str(h5), head="linear,ep", tokens="cls,patch", queries=(2,), epochs=1, warmup=0,
-                            batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0, device="cpu"),
-                progress=False)
+    res = probe_store(ProbeConfig(store=str(h5), head="linear,ep", tokens="cls,patch", queries=(2,), epochs=1, warmup=0,
+                                  batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0, device="cpu"),
+                      progress=False)
     assert sorted(r["config"]["kind"] for r in res.rows) == ["ep", "linear"]  # the last layer by default
     with open_store(h5) as s:
         assert {r["store"]["provenance"] for r in res.rows} == {s.provenance}  # rows name the derived store
@@ -87,7 +87,7 @@ def test_zarr_to_h5_and_back_reads_equal_and_probes(stores: dict[str, Path], tmp
 
 def test_dtype_change_is_the_rounded_source(stores: dict[str, Path], tmp_path: Path) -> None:
     dst = tmp_path / "bf.zarr"
-    convert(ConvertConfig(src=stores["src"], dst=dst, dtype="bfloat16", layers="0"), progress=False)
+    convert_store(ConvertConfig(src=stores["src"], dst=dst, dtype="bfloat16", layers="0"), progress=False)
     with open_store(dst) as d, open_store(stores["src"]) as s:
         assert d.meta.dtype == "bfloat16"
         x = s.read_tokens("train", 0).astype(np.float32)
@@ -112,10 +112,10 @@ def test_refusals_exit_2_and_leave_nothing(stores: dict[str, Path], tmp_path: Pa
     assert store_files(tmp_path) == [] and all_bytes(src) == before
     assert not (src / "inner.zarr").exists()
     existing = tmp_path / "e.zarr"
-    convert(ConvertConfig(src=src, dst=existing, layers="0"), progress=False)
+    convert_store(ConvertConfig(src=src, dst=existing, layers="0"), progress=False)
     r = runner.invoke(app, ["convert", str(src), str(existing), "--no-progress"])
     assert r.exit_code == 2 and "--overwrite" in r.output
-    convert(ConvertConfig(src=src, dst=existing, layers="1", overwrite=True), progress=False)
+    convert_store(ConvertConfig(src=src, dst=existing, layers="1", overwrite=True), progress=False)
     with open_store(existing) as e:
         assert e.meta.layers == (1,)
     assert store_files(tmp_path) == ["e.zarr"]
@@ -129,7 +129,7 @@ def test_incomplete_or_corrupt_source_is_refused(stores: dict[str, Path], tmp_pa
     with open_store(bad, "a") as st:
         mark_blocks_missing(st, [("val", 1, 1)])
     with pytest.raises(IncompleteStoreError, match="not written"):
-        convert(ConvertConfig(src=bad, dst=tmp_path / "a.zarr"), progress=False)
+        convert_store(ConvertConfig(src=bad, dst=tmp_path / "a.zarr"), progress=False)
     r = runner.invoke(app, ["convert", str(bad), str(tmp_path / "a.zarr"), "--no-progress"])
     assert r.exit_code == 2 and "--resume" in r.output
     shutil.rmtree(bad)
@@ -139,7 +139,7 @@ def test_incomplete_or_corrupt_source_is_refused(stores: dict[str, Path], tmp_pa
     raw[100] ^= 0xFF  # one flipped byte: found by the chunk's crc32c while converting
     chunk.write_bytes(bytes(raw))
     with pytest.raises(CorruptStoreError):
-        convert(ConvertConfig(src=bad, dst=tmp_path / "a.zarr"), progress=False)
+        convert_store(ConvertConfig(src=bad, dst=tmp_path / "a.zarr"), progress=False)
     assert store_files(tmp_path) == ["src.zarr"]
 
 
@@ -150,7 +150,7 @@ def test_interrupted_convert_leaves_no_complete_looking_store(
     from epcache.convert import _run
 
     dst = tmp_path / f"d{suffix}"
-    convert(ConvertConfig(src=stores["src"], dst=dst, layers="0"), progress=False)  # a store the user has
+    convert_store(ConvertConfig(src=stores["src"], dst=dst, layers="0"), progress=False)  # a store the user has
     kept = all_bytes(dst)
     calls = {"n": 0}
     real = _run.pool_patch_tokens
@@ -163,14 +163,14 @@ def test_interrupted_convert_leaves_no_complete_looking_store(
 
     monkeypatch.setattr(_run, "pool_patch_tokens", failing)
     with pytest.raises(KeyboardInterrupt):
-        convert(ConvertConfig(src=stores["src"], dst=dst, pool_patches=2, overwrite=True), progress=False)
+        convert_store(ConvertConfig(src=stores["src"], dst=dst, pool_patches=2, overwrite=True), progress=False)
     assert calls["n"] == 4
     assert all_bytes(dst) == kept  # the old store untouched; no staging copy, no lock left
     assert store_files(tmp_path) == [dst.name]
     fresh = tmp_path / f"fresh{suffix}"
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt):
-        convert(ConvertConfig(src=stores["src"], dst=fresh, pool_patches=2), progress=False)
+        convert_store(ConvertConfig(src=stores["src"], dst=fresh, pool_patches=2), progress=False)
     assert not fresh.exists() and store_files(tmp_path) == [dst.name]
 
 
@@ -180,13 +180,13 @@ def test_convnet_stage_subset_pooled_in_bfloat16_equals_extraction(tmp_path: Pat
     common = {"model": "resnet18", "model_kwargs": {}, "img_size": 32, "splits": {"val": "val"},
               "dtype": "bfloat16"}
     full, direct = tmp_path / "full.zarr", tmp_path / "direct.zarr"
-    extract(grid4_config(data, full, layers="all", **common), progress=False)  # grids 16, 8, 4, 2, 1
-    extract(grid4_config(data, direct, layers="0,1", pool_patches=2, **common), progress=False)
+    extract_store(grid4_config(data, full, layers="all", **common), progress=False)  # grids 16, 8, 4, 2, 1
+    extract_store(grid4_config(data, direct, layers="0,1", pool_patches=2, **common), progress=False)
     r = runner.invoke(app, ["convert", str(full), str(tmp_path / "all.zarr"), "--pool-patches", "2"])
     assert r.exit_code == 2 and "layer 4 is 1x1" in r.output  # the last stage has no grid left to pool
     assert "leave this layer out" in r.output and not (tmp_path / "all.zarr").exists()
     conv = tmp_path / "conv.zarr"
-    convert(ConvertConfig(src=full, dst=conv, layers="0,1", pool_patches=2), progress=False)
+    convert_store(ConvertConfig(src=full, dst=conv, layers="0,1", pool_patches=2), progress=False)
     assert all_bytes(conv) == all_bytes(direct)
     with open_store(full) as f:
         want = {layer: ((h // 2, w // 2), dim) for layer, ((h, w), dim) in f.meta.layer_shapes.items() if layer < 2}
@@ -194,7 +194,7 @@ def test_convnet_stage_subset_pooled_in_bfloat16_equals_extraction(tmp_path: Pat
         assert c.meta.layer_shapes == d.meta.layer_shapes == want and want[0][0] == (8, 8)
         assert (c.meta.layout, c.meta.dim, c.meta.dtype) == (d.meta.layout, d.meta.dim, "bfloat16")
     last = tmp_path / "last.zarr"
-    convert(ConvertConfig(src=full, dst=last, layers="last"), progress=False)
+    convert_store(ConvertConfig(src=full, dst=last, layers="last"), progress=False)
     with open_store(last) as s:
         assert s.meta.layer_shapes == {} and s.meta.layout.grid == (1, 1) and s.meta.dim == 512
 
@@ -206,8 +206,8 @@ def test_convert_quantize_equals_extract_quantize_within_quantisation_error(
     hold codes + scales (format 1.2) whose decoded values lie within one quantisation step of each other
     and within half a step of the fp16 source; `--quantize none` turns the copy back into plain floats."""
     direct = tmp_path / "direct.zarr"
-    extract(grid4_config(stores["data"], direct, layers="all", views=1, chunk_samples=4, quantize="int8"),
-            progress=False)
+    extract_store(grid4_config(stores["data"], direct, layers="all", views=1, chunk_samples=4, quantize="int8"),
+                  progress=False)
     conv = tmp_path / "conv.zarr"
     r = runner.invoke(app, ["convert", str(stores["src"]), str(conv), "--quantize", "int8", "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -226,7 +226,7 @@ def test_convert_quantize_equals_extract_quantize_within_quantisation_error(
                 assert np.all(np.abs(a - b) <= (steps[0] + steps[1]) / 2 + 2 * fp16)
     assert verify_store(str(conv), progress=False).ok
     back = tmp_path / "back.zarr"
-    convert(ConvertConfig(src=conv, dst=back, quantize="none"), progress=False)
+    convert_store(ConvertConfig(src=conv, dst=back, quantize="none"), progress=False)
     with open_store(back) as f, open_store(conv) as c:
         assert f.meta.quantization is None and f.meta_document()["derived_from"]["ops"] == {"quantize": "none"}
         assert f.read_tokens("val", 0).tobytes() == c.read_tokens("val", 0).tobytes()  # the decoded values, as floats

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 
-from epcache.convert import ConvertConfig, convert
+from epcache.convert import ConvertConfig, convert_store
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store, verify_store
 from epcache.store.layout.provenance import provenance_of_document
 
@@ -65,7 +65,7 @@ def test_convert_keeps_a_writers_top_level_keys(tmp_path: Path, src_fmt: str, ds
     with open_store(str(src)) as s:
         assert s.provenance == s.computed_provenance()  # the source's document is unedited
         source_key = s.provenance
-    result = convert(ConvertConfig(src=src, dst=dst, **options), progress=False)
+    result = convert_store(ConvertConfig(src=src, dst=dst, **options), progress=False)
     doc = read_document(dst)
     for key, value in NOTES.items():
         assert doc[key] == value
@@ -78,5 +78,5 @@ def test_convert_keeps_a_writers_top_level_keys(tmp_path: Path, src_fmt: str, ds
         assert d.provenance == d.computed_provenance()
     assert verify_store(dst).ok
     again = tmp_path / f"again.{dst_fmt}"  # a copy of the copy keeps them too
-    convert(ConvertConfig(src=dst, dst=again), progress=False)
+    convert_store(ConvertConfig(src=dst, dst=again), progress=False)
     assert {k: read_document(again)[k] for k in NOTES} == NOTES

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.extract import extract, plan_extract
-from epcache.probe import ProbeConfig, probe
+from epcache.extract import extract_store, plan_extract
+from epcache.probe import ProbeConfig, probe_store
 from epcache.store import TokenLayout, describe_store, open_store
 from epcache.store.describe.info import format_store_info
 from epcache.store.layout.poolgrid import pool_patch_tokens
@@ -26,8 +26,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pool")
     data = make_imagefolder(root / "data", splits={"train": 12, "val": 8})
     out = {"data": data, "plain": root / "plain.zarr", "pool": root / "pool.zarr"}
-    extract(grid4_config(data, out["plain"]), progress=False)
-    extract(grid4_config(data, out["pool"], pool_patches=2), progress=False)
+    extract_store(grid4_config(data, out["plain"]), progress=False)
+    extract_store(grid4_config(data, out["pool"], pool_patches=2), progress=False)
     return out
 
 
@@ -76,7 +76,7 @@ def test_plan_shows_the_pooled_grid_and_size(stores: dict[str, Path], tmp_path: 
 def test_non_divisible_grid_is_refused_before_anything_is_written(stores: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "bad.zarr"
     with pytest.raises(ConfigError, match=r"4x4, not divisible by 3"):
-        extract(grid4_config(stores["data"], out, pool_patches=3), progress=False)
+        extract_store(grid4_config(stores["data"], out, pool_patches=3), progress=False)
     r = runner.invoke(app, ["extract", "--model", "vit_tiny_patch16_224", "--random-init", "--img-size", "32",
                             "--model-kwargs", json.dumps({"depth": 2, "patch_size": 8}), "--data",
                             str(stores["data"]), "--out", str(out), "--workers", "0", "--pool-patches", "3"])
@@ -93,8 +93,8 @@ def test_resume_with_another_pooling_is_refused(stores: dict[str, Path]) -> None
     from epcache.errors import ProvenanceMismatchError
 
     with pytest.raises(ProvenanceMismatchError):
-        extract(grid4_config(stores["data"], stores["pool"], resume=True), progress=False)
-    again = extract(grid4_config(stores["data"], stores["pool"], pool_patches=2, resume=True), progress=False)
+        extract_store(grid4_config(stores["data"], stores["pool"], resume=True), progress=False)
+    again = extract_store(grid4_config(stores["data"], stores["pool"], pool_patches=2, resume=True), progress=False)
     assert again.status == "already-complete"
 
 
@@ -104,9 +104,9 @@ def test_linear_and_ep_probes_and_the_attention_report_on_a_pooled_store(
     from epcache.report import _attention
 
     run = tmp_path / "run"
-    res = probe(ProbeConfig(store=str(stores["pool"]), head="linear,ep", tokens="gap,patch", queries=(2,),
-                            epochs=1, warmup=0, batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0,
-                            device="cpu", out=str(run)), progress=False)
+    res = probe_store(ProbeConfig(store=str(stores["pool"]), head="linear,ep", tokens="gap,patch", queries=(2,),
+                                  epochs=1, warmup=0, batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0,
+                                  device="cpu", out=str(run)), progress=False)
     kinds = {(r["config"]["kind"], r["config"]["tokens"]) for r in res.rows}
     assert {("linear", "gap"), ("ep", "patch")} <= kinds
     ep = next(r for r in res.rows if r["config"]["kind"] == "ep")
@@ -131,7 +131,7 @@ def test_repair_of_a_pooled_store_rewrites_the_same_bytes(stores: dict[str, Path
 
     from convert_helpers import all_bytes
 
-    from epcache.convert import ConvertConfig, convert
+    from epcache.convert import ConvertConfig, convert_store
     from epcache.extract import repair_store
     from epcache.store.verify.blocks import mark_blocks_missing
 
@@ -143,7 +143,7 @@ def test_repair_of_a_pooled_store_rewrites_the_same_bytes(stores: dict[str, Path
     result = repair_store(copy, workers=0, progress=False)
     assert result.after.ok and all_bytes(copy) == all_bytes(stores["pool"])
     derived = tmp_path / "derived.zarr"
-    convert(ConvertConfig(src=stores["plain"], dst=derived, pool_patches=2), progress=False)
+    convert_store(ConvertConfig(src=stores["plain"], dst=derived, pool_patches=2), progress=False)
     with open_store(derived, "a") as st:
         mark_blocks_missing(st, [("val", 0, 0)])
     with pytest.raises(ConfigError, match="made by `epcache convert`"):

@@ -19,7 +19,7 @@ from epcache.errors import (
     NonFiniteFeaturesError,
     UnknownLayerError,
 )
-from epcache.extract import extract, plan_extract
+from epcache.extract import extract_store, plan_extract
 from epcache.store import open_store
 
 CORRUPT = "train/dog/img_0001.png"
@@ -54,7 +54,7 @@ def test_user_errors_come_before_the_store(
         data = tmp_path / "missing"
     cfg = tiny_config(data, tmp_path / "s.zarr", **options)
     with pytest.raises(error, match=message):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
     with pytest.raises(error):
         plan_extract(cfg)
     assert not (tmp_path / "s.zarr").exists()
@@ -65,15 +65,15 @@ def test_corrupt_image_fails_with_its_path_and_the_store_stays_incomplete(tmp_pa
     original = _corrupt(data)
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"train": "train"})
     with pytest.raises(BadImageError, match=rf"{CORRUPT}.*--on-bad-image skip"):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
     with open_store(cfg.out) as store:
         assert not store.is_complete()
         assert store.missing_blocks("train")  # the failing block (and later ones) are missing
     (data / CORRUPT).write_bytes(original)  # fix it and re-run: the run continues where it stopped
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert result.resumed and result.status == "complete"
     clean = tiny_config(data, tmp_path / "clean.zarr", splits={"train": "train"})
-    extract(clean, progress=False)
+    extract_store(clean, progress=False)
     got, want = read_all(cfg.out), read_all(clean.out)
     assert all(np.array_equal(got[k], v) for k, v in want.items())
 
@@ -83,7 +83,7 @@ def test_skip_leaves_unreadable_images_out_and_records_them(tmp_path: Path) -> N
     _corrupt(data)
     (data / "train" / "cat" / "not_an_image.jpg").write_bytes(b"hello")
     cfg = tiny_config(data, tmp_path / "s.zarr", on_bad_image="skip")
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     skipped = {CORRUPT, "train/cat/not_an_image.jpg"}
     assert set(result.skipped["train"]) == skipped and result.skipped["val"] == ()
     with open_store(cfg.out) as store:
@@ -92,7 +92,7 @@ def test_skip_leaves_unreadable_images_out_and_records_them(tmp_path: Path) -> N
         assert not skipped & set(store.read_ids("train"))
         assert set(store.meta.extra["skipped"]["train"]) == skipped
         assert (store.read_labels("train") >= 0).all()
-    again = extract(cfg, progress=False)  # resuming reuses the recorded skip list, no re-validation
+    again = extract_store(cfg, progress=False)  # resuming reuses the recorded skip list, no re-validation
     assert again.status == "already-complete" and set(again.skipped["train"]) == skipped
 
 
@@ -106,10 +106,10 @@ def test_float16_overflow_is_reported_with_the_fix(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"val": 2})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"}, random_init=False, weights=ckpt)
     with pytest.raises(NonFiniteFeaturesError, match="--dtype bfloat16 or --dtype float32"):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
     with open_store(cfg.out) as store:
         assert not store.is_complete()
-    ok = extract(dataclasses.replace(cfg, dtype="float32", overwrite=True), progress=False)
+    ok = extract_store(dataclasses.replace(cfg, dtype="float32", overwrite=True), progress=False)
     assert ok.status == "complete"
 
 
@@ -118,7 +118,7 @@ def test_cuda_without_a_gpu_is_a_config_error(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"val": 1})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"}, device="cuda")
     with pytest.raises(ConfigError, match="no CUDA device"):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
     assert not (tmp_path / "s.zarr").exists()
 
 

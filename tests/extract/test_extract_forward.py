@@ -13,7 +13,7 @@ from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, tiny_co
 
 import epcache.extract._run as run_module
 from epcache.errors import UnknownLayerError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.extract._forward import TokenExtractor, inspect_model
 from epcache.extract._loader import decode_image
 from epcache.extract._transforms import create_eval_transform, resolve_data_config
@@ -155,7 +155,7 @@ def test_stored_tokens_equal_direct_forward_and_come_from_one_pass(tmp_path: Pat
         dtype="float32",
         batch_size=3,
     )
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     # blocks of 4 samples (chunk_samples=4) cut into batches of <= 3: 4+4+2 -> 2+2+1 batches
     assert calls == {"forward": 5, "block0": 5, "block3": 5}
     assert result.samples == {"val": 10}

@@ -9,7 +9,7 @@ from extract_helpers import make_imagefolder, read_all, tiny_config
 from source_helpers import imagefolder_samples, write_parquet, write_save_to_disk
 
 from epcache.errors import BadImageError, ConfigError
-from epcache.extract import extract, repair_store
+from epcache.extract import extract_store, repair_store
 from epcache.extract._lookup import image_fetcher
 from epcache.extract._recorded import recorded_data_root
 from epcache.store import open_store
@@ -25,7 +25,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reference(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tiny_config(folder, tmp_path_factory.mktemp("ref") / "ref.zarr")
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     return Path(cfg.out)
 
 
@@ -44,7 +44,7 @@ def test_hf_dataset_gives_the_tokens_of_the_same_images(folder: Path, reference:
     for split in ("train", "val"):
         (write_save_to_disk if layout == "save_to_disk" else write_parquet)(folder, split, ds / split)
     cfg = tiny_config(f"hf:{ds}", tmp_path / "hf.zarr", workers=2)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     _assert_same_tokens(cfg.out, reference)
     with open_store(cfg.out) as store:
         assert sorted(store.read_ids("train"))[:2] == ["train/00000000", "train/00000001"]  # rows are permuted
@@ -61,7 +61,7 @@ def test_repair_rereads_rows_of_an_hf_store(folder: Path, tmp_path: Path) -> Non
     ds = tmp_path / "d"
     write_parquet(folder, "train", ds / "train")
     cfg = tiny_config(f"hf:{ds}", tmp_path / "h.zarr", splits={"train": "train"})
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     clean = read_all(cfg.out)
     (Path(cfg.out) / "splits" / "train" / "layers" / "0" / "c" / "2" / "0" / "0" / "0").unlink()
     result = repair_store(cfg.out, workers=0, progress=False)
@@ -76,10 +76,10 @@ def test_hf_user_errors_and_bad_rows(folder: Path, tmp_path: Path) -> None:
     ds = tmp_path / "d"
     write_parquet(folder, "train", ds / "train", files=1)
     with pytest.raises(ConfigError, match="no column 'img'.*--image-column"):
-        extract(tiny_config(f"hf:{ds}", tmp_path / "a.zarr", splits={"train": "train"}, image_column="img"),
-                progress=False)
+        extract_store(tiny_config(f"hf:{ds}", tmp_path / "a.zarr", splits={"train": "train"}, image_column="img"),
+                      progress=False)
     with pytest.raises(ConfigError, match="no save_to_disk dataset"):
-        extract(tiny_config(f"hf:{ds}", tmp_path / "a.zarr", splits={"train": "nope"}), progress=False)
+        extract_store(tiny_config(f"hf:{ds}", tmp_path / "a.zarr", splits={"train": "nope"}), progress=False)
     samples, _ = imagefolder_samples(folder, "train")
     rows = [{"bytes": d, "path": None} for d, _, _ in samples[:6]]
     rows[2] = {"bytes": b"garbage", "path": None}
@@ -89,11 +89,11 @@ def test_hf_user_errors_and_bad_rows(folder: Path, tmp_path: Path) -> None:
     bad.mkdir()
     pq.write_table(pa.table({"image": rows, "label": pa.array(labels, pa.int64())}), bad / "x.parquet")
     with pytest.raises(ConfigError, match=r"2 sample\(s\) cannot be used.*label 'label' is missing"):
-        extract(tiny_config(f"hf:{tmp_path}", tmp_path / "b.zarr", splits={"train": "bad"}), progress=False)
-    result = extract(tiny_config(f"hf:{tmp_path}", tmp_path / "b.zarr", splits={"train": "bad"},
-                                 on_bad_image="skip"), progress=False)
+        extract_store(tiny_config(f"hf:{tmp_path}", tmp_path / "b.zarr", splits={"train": "bad"}), progress=False)
+    result = extract_store(tiny_config(f"hf:{tmp_path}", tmp_path / "b.zarr", splits={"train": "bad"},
+                                       on_bad_image="skip"), progress=False)
     assert set(result.skipped["train"]) == {"bad/00000002", "bad/00000004"}
     pq.write_table(pa.table({"image": [rows[0], {"bytes": b"junk", "path": None}], "label": [0, 1]}),
                    bad / "x.parquet")
     with pytest.raises(BadImageError, match=r"bad/00000001 in .*x.parquet \(row 1, column 'image'\)"):
-        extract(tiny_config(f"hf:{tmp_path}", tmp_path / "c.zarr", splits={"train": "bad"}), progress=False)
+        extract_store(tiny_config(f"hf:{tmp_path}", tmp_path / "c.zarr", splits={"train": "bad"}), progress=False)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.extract._hf import list_hf
 from epcache.store import open_store
 
@@ -61,13 +61,13 @@ def test_truncated_parquet_is_refused_naming_the_file_or_skipped_and_recorded(
     out = tmp_path / "a.zarr"
     with pytest.raises(ConfigError, match=r"train-00001-of-00002\.parquet cannot be read as parquet .*truncated or "
                        r"corrupt.*--on-bad-image skip"):
-        extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}), progress=False)
+        extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}), progress=False)
     assert not out.exists()
     _one_line_error(_cli(f"hf:{ds}", out), "train-00001-of-00002.parquet cannot be read", "--on-bad-image skip")
     assert not out.exists()
 
     capsys.readouterr()
-    result = extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
+    result = extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
     assert result.status == "complete"
     note = capsys.readouterr().err
     assert "left out 1 unreadable file(s)" in note and "train-00001-of-00002.parquet" in note
@@ -89,9 +89,9 @@ def test_parquet_with_an_intact_footer_keeps_its_row_ids_and_skips_them(folder: 
     data[at : at + 16] = b"\xff" * 16  # a page header no reader can parse
     broken.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=r"train-00000-of-00002\.parquet cannot be read as parquet"):
-        extract(tiny_config(f"hf:{ds}", tmp_path / "a.zarr", splits={"train": "train"}), progress=False)
+        extract_store(tiny_config(f"hf:{ds}", tmp_path / "a.zarr", splits={"train": "train"}), progress=False)
     out = tmp_path / "b.zarr"
-    result = extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
+    result = extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
     first = tuple(f"train/{r:08d}" for r in range(4))
     assert tuple(sorted(result.skipped["train"])) == first  # the footer counted them: ids stay, skipped as bad
     with open_store(out) as store:
@@ -116,11 +116,11 @@ def test_corrupt_arrow_file_is_refused_or_skipped(folder: Path, tmp_path: Path) 
     second.write_bytes(b"this is not an arrow stream" * 40)
     out = tmp_path / "a.zarr"
     with pytest.raises(ConfigError, match=r"data-00001-of-00001\.arrow cannot be read as arrow .*--on-bad-image skip"):
-        extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}), progress=False)
+        extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}), progress=False)
     assert not out.exists()
     _one_line_error(_cli(f"hf:{ds}", out), "data-00001-of-00001.arrow cannot be read")
 
-    extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
+    extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
     with open_store(out) as store:
         assert len(store.read_ids("train")) == 8
         assert list(store.meta.extra["skipped_files"]) == ["train"]
@@ -128,8 +128,8 @@ def test_corrupt_arrow_file_is_refused_or_skipped(folder: Path, tmp_path: Path) 
     second.write_bytes(b"")  # every file unreadable: nothing to extract, said so
     (ds / "train" / "data-00000-of-00001.arrow").write_bytes(b"junk")
     with pytest.raises(ConfigError, match="no rows that can be read"):
-        extract(tiny_config(f"hf:{ds}", tmp_path / "c.zarr", splits={"train": "train"}, on_bad_image="skip"),
-                progress=False)
+        extract_store(tiny_config(f"hf:{ds}", tmp_path / "c.zarr", splits={"train": "train"}, on_bad_image="skip"),
+                      progress=False)
 
 
 def _path_table(cells: list[str], labels: list[int]) -> object:
@@ -171,7 +171,7 @@ def test_path_cells_stay_inside_the_dataset_unless_allowed(
         (ds / "train" / "state.json").write_text(json.dumps(state))
 
     write([f"imgs/{n}" for n in names])  # relative to the data file, inside the dataset: read
-    ok = extract(tiny_config(f"hf:{ds}", tmp_path / "in.zarr", splits={"train": "train"}), progress=False)
+    ok = extract_store(tiny_config(f"hf:{ds}", tmp_path / "in.zarr", splits={"train": "train"}), progress=False)
     assert ok.status == "complete"
     for cells, why in (
         ([str(outside / n) for n in names], "is absolute"),
@@ -180,13 +180,13 @@ def test_path_cells_stay_inside_the_dataset_unless_allowed(
         write(cells)
         out = tmp_path / f"{fmt}-{why[:3]}.zarr"
         with pytest.raises(ConfigError, match=rf"row 0: .*{why}.*--allow-outside-paths"):
-            extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}), progress=False)
+            extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}), progress=False)
         with pytest.raises(ConfigError, match=why):  # refused while listing, skip or not: as CSV paths
-            extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
+            extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, on_bad_image="skip"), progress=False)
         assert not out.exists()
         _one_line_error(_cli(f"hf:{ds}", out), why, "--allow-outside-paths")
-        result = extract(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, allow_outside_paths=True),
-                         progress=False)
+        result = extract_store(tiny_config(f"hf:{ds}", out, splits={"train": "train"}, allow_outside_paths=True),
+                               progress=False)
         assert result.status == "complete" and not result.skipped.get("train")
         with open_store(out) as store:
             assert len(store.read_ids("train")) == 4 and store.meta.extra["allow_outside_paths"] is True
@@ -197,7 +197,7 @@ def test_a_symlink_out_of_the_dataset_is_refused(path_dataset: tuple[Path, Path,
     (ds / "train" / "link").symlink_to(outside, target_is_directory=True)
     pq.write_table(_path_table([f"link/{n}" for n in names], [0, 1, 2, 0]), ds / "train" / "x.parquet")
     with pytest.raises(ConfigError, match="symlink that leads outside"):
-        extract(tiny_config(f"hf:{ds}", tmp_path / "s.zarr", splits={"train": "train"}), progress=False)
+        extract_store(tiny_config(f"hf:{ds}", tmp_path / "s.zarr", splits={"train": "train"}), progress=False)
 
 
 def test_the_reader_confines_paths_too(path_dataset: tuple[Path, Path, list[str]]) -> None:
@@ -220,4 +220,4 @@ def test_state_json_naming_a_file_outside_is_refused(folder: Path, tmp_path: Pat
     for name in (str(tmp_path / "outside.arrow"), "../../outside.arrow"):
         (ds / "train" / "state.json").write_text(json.dumps({"_data_files": [{"filename": name}]}))
         with pytest.raises(ConfigError, match=r"state\.json: .*outside\.arrow.* data files"):
-            extract(tiny_config(f"hf:{ds}", tmp_path / "o.zarr", splits={"train": "train"}), progress=False)
+            extract_store(tiny_config(f"hf:{ds}", tmp_path / "o.zarr", splits={"train": "train"}), progress=False)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.extract import extract, plan_extract
+from epcache.extract import extract_store, plan_extract
 from epcache.store import open_store
 
 
@@ -33,16 +33,16 @@ def _notes(err: str) -> list[str]:
 def test_amp_on_the_cpu_is_said_once_and_recorded(folder: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bf16.zarr"
-    extract(tiny_config(folder, out, splits={"train": "train"}, amp="bf16"), progress=False)
+    extract_store(tiny_config(folder, out, splits={"train": "train"}, amp="bf16"), progress=False)
     (line,) = _notes(capsys.readouterr().err)
     assert line.startswith("epcache: --amp bf16 on the CPU") and "bfloat16" in line and "drop --amp" in line
     with open_store(out) as store:
         assert store.meta.preprocessing["amp"] == "bf16" and store.meta.extra["device"] == "cpu"
-    extract(tiny_config(folder, tmp_path / "fp16.zarr", splits={"train": "train"}, amp="fp16", dry_run=True),
-            progress=False)
+    extract_store(tiny_config(folder, tmp_path / "fp16.zarr", splits={"train": "train"}, amp="fp16", dry_run=True),
+                  progress=False)
     (line,) = _notes(capsys.readouterr().err)
     assert "--amp fp16 on the CPU" in line and "float16" in line
-    extract(tiny_config(folder, tmp_path / "f32.zarr", splits={"train": "train"}, dry_run=True), progress=False)
+    extract_store(tiny_config(folder, tmp_path / "f32.zarr", splits={"train": "train"}, dry_run=True), progress=False)
     assert _notes(capsys.readouterr().err) == []
 
 
@@ -55,7 +55,7 @@ def test_final_norm_on_a_convnet_without_one_is_refused(folder: Path, tmp_path: 
     with pytest.raises(ConfigError, match=rf"{model} is a convnet with no final norm.*drop --final-norm"):
         plan_extract(cfg)
     with pytest.raises(ConfigError, match="convnet with no final norm"):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
     assert not out.exists()
 
 

@@ -16,7 +16,7 @@ import torch
 from extract_helpers import make_imagefolder, read_all, tiny_config
 from PIL import Image
 
-from epcache.extract import ExtractConfig, extract
+from epcache.extract import ExtractConfig, extract_store
 from epcache.extract._gpudecode import TOLERANCE, GpuDecoder, cpu_reference
 from epcache.extract._loader import ViewDataset, _collate, decode_image
 from epcache.extract._pixels import Normalizer, default_workers, pil_steps, to_uint8_chw
@@ -56,17 +56,17 @@ def test_default_workers_is_min_4_and_the_cpus_available(monkeypatch: pytest.Mon
     monkeypatch.undo()
     data = make_imagefolder(tmp_path / "d", splits={"train": 4})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"train": "train"}, workers=default_workers())
-    extract(cfg, progress=False)  # warnings are errors: no "more workers than CPUs" from the DataLoader
+    extract_store(cfg, progress=False)  # warnings are errors: no "more workers than CPUs" from the DataLoader
 
 
 def test_gpu_decode_without_cuda_says_so_once_and_decodes_on_the_cpu(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     data = make_imagefolder(tmp_path / "d", splits={"train": 6})
     ref = tiny_config(data, tmp_path / "cpu.zarr", splits={"train": "train"})
-    extract(ref, progress=False)
+    extract_store(ref, progress=False)
     capsys.readouterr()
     got = tiny_config(data, tmp_path / "gpu.zarr", splits={"train": "train"}, decode="gpu")
-    extract(got, progress=False)
+    extract_store(got, progress=False)
     err = capsys.readouterr().err
     assert err.count("--decode gpu is unavailable") == 1 and "device is 'cpu'" in err and "on the CPU" in err
     a, b = read_all(got.out), read_all(ref.out)
@@ -123,6 +123,6 @@ def test_gpu_decode_on_cuda_is_within_tolerance_of_the_cpu_path(tmp_path: Path) 
     _assert_within_tolerance(*_gpu_batch("cuda"))
     data = make_imagefolder(tmp_path / "d", splits={"train": 8})
     cfg = tiny_config(data, tmp_path / "g.zarr", splits={"train": "train"}, decode="gpu", device="cuda")
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     with open_store(cfg.out) as store:
         assert store.is_complete() and store.meta.preprocessing["decode"].startswith("gpu")

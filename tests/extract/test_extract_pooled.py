@@ -11,10 +11,10 @@ import torch
 from extract_helpers import make_imagefolder, tiny_config
 
 from epcache.errors import ConfigError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.extract._loader import decode_image
 from epcache.extract._transforms import create_eval_transform, resolve_data_config
-from epcache.probe import ProbeConfig, probe
+from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.data.stream import InputPlan
 from epcache.store import describe_store, open_store
 from epcache.store.describe.info import format_store_info
@@ -31,7 +31,7 @@ def test_pooled_equals_forward_head_and_registers_follow_the_layout(tmp_path: Pa
     torch.save({"model": model.state_dict()}, ckpt)
     cfg = tiny_config(data, tmp_path / "s.zarr", model=REG_VIT, random_init=False, weights=ckpt,
                       model_kwargs=REG_KWARGS, layers="0,1", dtype="float32", pooled=True)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
 
     transform = create_eval_transform(resolve_data_config(model, img_size=28))
     with open_store(cfg.out) as store:
@@ -51,19 +51,19 @@ def test_pooled_equals_forward_head_and_registers_follow_the_layout(tmp_path: Pa
             torch.testing.assert_close(registers, inter[0][1][:, 1:], rtol=1e-5, atol=1e-5)  # prefix minus CLS
             torch.testing.assert_close(tokens[:, 5:], inter[0][0], rtol=1e-5, atol=1e-5)
     assert "pooled      D=48" in format_store_info(describe_store(cfg.out))
-    res = probe(ProbeConfig(store=str(cfg.out), head="linear,ep", tokens="pooled,registers", queries=(2,),
-                            epochs=1, warmup=0, batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0,
-                            device="cpu"), progress=False)
+    res = probe_store(ProbeConfig(store=str(cfg.out), head="linear,ep", tokens="pooled,registers", queries=(2,),
+                                  epochs=1, warmup=0, batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0,
+                                  device="cpu"), progress=False)
     assert {r["config"]["tokens"] for r in res.rows} == {"pooled", "registers"}
 
 
 def test_resume_cannot_switch_pooled_on_or_off(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"val": 8})
     out = tmp_path / "s.zarr"
-    extract(tiny_config(data, out, splits={"val": "val"}, layers="last"), progress=False)
+    extract_store(tiny_config(data, out, splits={"val": "val"}, layers="last"), progress=False)
     with pytest.raises(ConfigError, match="without --pooled"):
-        extract(tiny_config(data, out, splits={"val": "val"}, layers="last", pooled=True, resume=True),
-                progress=False)
+        extract_store(tiny_config(data, out, splits={"val": "val"}, layers="last", pooled=True, resume=True),
+                      progress=False)
     with open_store(out) as store:
         assert store.pooled_dim is None
         np.testing.assert_array_equal(store.missing_blocks("val"), [])

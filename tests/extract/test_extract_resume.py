@@ -15,7 +15,7 @@ import pytest
 from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, read_all, tiny_config
 
 from epcache.errors import ProvenanceMismatchError, StoreNotFoundError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.store import open_store
 
 # The child process is a real extraction; a sleep hook on the patch embedding (one call per
@@ -32,8 +32,8 @@ _CHILD = textwrap.dedent(
             model.patch_embed.register_forward_pre_hook(lambda *_: time.sleep(0.15))
         return model
     timm.create_model = slow_create
-    from epcache.extract import ExtractConfig, extract
-    extract(ExtractConfig(
+    from epcache.extract import ExtractConfig, extract_store
+    extract_store(ExtractConfig(
         model={model!r}, data=Path({data!r}), out={out!r}, splits={{"train": "train", "val": "val"}},
         random_init=True, model_kwargs={kwargs!r}, views=1, batch_size=4, workers=0, chunk_samples=4,
     ), progress=False)
@@ -74,12 +74,12 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
     assert sum(done_before.values()) >= 2
 
     cfg = tiny_config(data, out, views=1, break_lock=True)
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert result.status == "complete" and result.resumed
     assert sum(result.samples.values()) < 48 + 0  # only the missing blocks were extracted
 
     reference = tiny_config(data, tmp_path / "clean.zarr", views=1)
-    extract(reference, progress=False)
+    extract_store(reference, progress=False)
     resumed, clean = read_all(out), read_all(reference.out)
     assert resumed.keys() == clean.keys()
     for key, arr in clean.items():
@@ -95,9 +95,9 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path) -> None:
 def test_finished_store_is_left_alone(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"val": 5})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"})
-    first = extract(cfg, progress=False)
+    first = extract_store(cfg, progress=False)
     before = read_all(cfg.out)
-    again = extract(dataclasses.replace(cfg, batch_size=2, workers=1), progress=False)  # speed knobs only
+    again = extract_store(dataclasses.replace(cfg, batch_size=2, workers=1), progress=False)  # speed knobs only
     assert again.status == "already-complete" and again.provenance == first.provenance
     assert "already complete" in again.format_text()
     after = read_all(cfg.out)
@@ -117,31 +117,31 @@ def test_finished_store_is_left_alone(tmp_path: Path) -> None:
 def test_other_configuration_into_existing_store_is_refused(tmp_path: Path, change: dict, field: str) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"val": 3})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"})
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     other = dataclasses.replace(cfg, **change)
     with pytest.raises(ProvenanceMismatchError, match=rf"{field}.*--overwrite"):
-        extract(other, progress=False)
-    replaced = extract(dataclasses.replace(other, overwrite=True), progress=False)
+        extract_store(other, progress=False)
+    replaced = extract_store(dataclasses.replace(other, overwrite=True), progress=False)
     assert replaced.status == "complete" and not replaced.resumed
 
 
 def test_changed_images_are_refused(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"val": 3})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"})
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     (data / "val" / "cat" / "img_0000.jpg").rename(data / "val" / "dog" / "img_0000.jpg")  # relabelled
     with pytest.raises(ProvenanceMismatchError, match=r"split 'val'.*ids_sha256, labels_sha256"):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
 
 
 def test_resume_needs_a_store_and_new_splits_are_added(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"train": 4, "val": 3})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"}, resume=True)
     with pytest.raises(StoreNotFoundError, match="no store at .* to resume"):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
     assert not Path(cfg.out).exists()
-    extract(dataclasses.replace(cfg, resume=False), progress=False)
-    both = extract(dataclasses.replace(cfg, splits={"val": "val", "train": "train"}), progress=False)
+    extract_store(dataclasses.replace(cfg, resume=False), progress=False)
+    both = extract_store(dataclasses.replace(cfg, splits={"val": "val", "train": "train"}), progress=False)
     assert both.resumed and both.samples == {"train": 4}
     with open_store(cfg.out) as store:
         assert set(store.splits) == {"val", "train"} and store.is_complete()
@@ -151,9 +151,9 @@ def test_resume_uses_the_existing_model_name_and_kwargs(tmp_path: Path) -> None:
     """Model kwargs are provenance: the same architecture with other kwargs is another network."""
     data = make_imagefolder(tmp_path / "data", splits={"val": 2})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"})
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     with open_store(cfg.out) as store:
         assert store.meta.preprocessing["model_kwargs"] == TINY_VIT_KWARGS
     other = dataclasses.replace(cfg, model_kwargs={**TINY_VIT_KWARGS, "qkv_bias": False})
     with pytest.raises(ProvenanceMismatchError):
-        extract(other, progress=False)
+        extract_store(other, progress=False)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, read_all, tiny_config
 
-from epcache.extract import extract, plan_extract
+from epcache.extract import extract_store, plan_extract
 from epcache.store import open_store, select_tokens
 
 
 def test_store_metadata_records_what_extraction_did(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"train": 6, "val": 3})
     cfg = tiny_config(data, tmp_path / "s.zarr", views=1)
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert result.status == "complete" and not result.resumed
     assert result.samples == {"train": 6, "val": 3} and result.blocks_written == 2 + 1
     with open_store(cfg.out) as store:
@@ -53,7 +53,7 @@ def test_store_metadata_records_what_extraction_did(tmp_path: Path) -> None:
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"train": 5, "val": 2})
     cfg = tiny_config(data, tmp_path / "s.zarr", views=2, dry_run=True)
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert result.status == "dry-run" and not Path(cfg.out).exists()
     plan = plan_extract(cfg)
     assert plan == result.plan
@@ -62,7 +62,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     assert plan.total_bytes == 2 * sum(per_layer.values())
     text = result.format_text()
     assert "layers     0-1 of 0..1" in text and "[5, 3, 5, 192]" in text and "dry run" in text
-    real = extract(dataclasses.replace(cfg, dry_run=False), progress=False)
+    real = extract_store(dataclasses.replace(cfg, dry_run=False), progress=False)
     stored = read_all(real.store)
     assert {s: stored[(s, 0)].nbytes for s in ("train", "val")} == per_layer
 
@@ -71,8 +71,8 @@ def test_hdf5_store_holds_the_same_values_as_zarr(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"train": 6, "val": 4})
     z = tiny_config(data, tmp_path / "s.zarr", dtype="bfloat16")
     h = tiny_config(data, tmp_path / "s.h5", dtype="bfloat16")
-    extract(z, progress=False)
-    extract(h, progress=False)
+    extract_store(z, progress=False)
+    extract_store(h, progress=False)
     with open_store(h.out) as store:
         assert store.format == "h5" and store.is_complete()
     a, b = read_all(z.out), read_all(h.out)
@@ -95,7 +95,7 @@ def test_csv_splits_and_a_convnet(tmp_path: Path) -> None:
         model_kwargs={},
         img_size=64,
     )
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert result.plan.layers == (4,) and result.plan.dim == 512  # default for convnets: the last stage
     with open_store(cfg.out) as store:
         assert store.meta.dataset["kind"] == "csv" and store.meta.layout.num_prefix == 0
@@ -108,7 +108,7 @@ def test_csv_splits_and_a_convnet(tmp_path: Path) -> None:
 def test_progress_bar_shows_throughput(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"val": 3})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"})
-    result = extract(cfg, progress=True)
+    result = extract_store(cfg, progress=True)
     err = capsys.readouterr().err
     assert "extract val" in err and "img/s" in err and "3/3" in err
     assert result.images_per_s > 0 and "samples/s" in result.format_text()

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from epcache.cli import app
-from epcache.extract import ExtractConfig, extract
+from epcache.extract import ExtractConfig, extract_store
 from epcache.extract._backbone import load_backbone
 from epcache.extract._transforms import create_eval_transform, resolve_data_config
 from epcache.extract._weights import locate_weights
@@ -34,7 +34,7 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cfg = ExtractConfig(model="resnet18", data=data, out=root / "r18.zarr", layers="all", random_init=True,
                         img_size=64, batch_size=4, workers=0, chunk_samples=4, dtype="float32",
                         allow_duplicate=True)
-    assert extract(cfg, progress=False).status == "complete"
+    assert extract_store(cfg, progress=False).status == "complete"
     return cfg.out, data  # type: ignore[return-value]
 
 

@@ -10,7 +10,7 @@ import timm
 import torch
 from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, read_all, tiny_config
 
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.extract._loader import ViewDataset, decode_image
 from epcache.extract._pixels import Normalizer
 from epcache.extract._transforms import (
@@ -69,7 +69,7 @@ def test_augmented_store_is_identical_across_runs_and_worker_counts(tmp_path: Pa
     stores = []
     for k, workers in enumerate([0, 0, 2]):
         cfg = tiny_config(data, tmp_path / f"s{k}.zarr", views=2, workers=workers)
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
         stores.append(read_all(cfg.out))
     for other in stores[1:]:
         assert other.keys() == stores[0].keys()

@@ -17,7 +17,7 @@ from extract_helpers import make_imagefolder, read_all, tiny_config
 from source_helpers import add_member, imagefolder_samples, write_shards
 
 from epcache.errors import BadImageError, ConfigError
-from epcache.extract import extract, repair_store
+from epcache.extract import extract_store, repair_store
 from epcache.extract._lookup import image_fetcher
 from epcache.extract._recorded import recorded_data_root
 from epcache.extract._wds import expand_braces
@@ -38,7 +38,7 @@ def shards(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 @pytest.fixture(scope="module")
 def reference(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tiny_config(folder, tmp_path_factory.mktemp("ref") / "ref.zarr", views=1)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     return Path(cfg.out)
 
 
@@ -67,7 +67,7 @@ def test_shards_give_the_tokens_of_the_same_images_as_an_imagefolder(
 ) -> None:
     root, patterns = shards
     cfg = tiny_config(root, tmp_path / "wds.zarr", views=1, splits=patterns, workers=2)
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert result.status == "complete"
     _same_tokens(cfg.out, reference)
     with open_store(cfg.out) as store:
@@ -82,12 +82,13 @@ def test_a_shard_pattern_as_data_is_one_train_split(shards: tuple[Path, dict[str
                                                     tmp_path: Path) -> None:
     root, patterns = shards
     cfg = tiny_config(f"{root}/{patterns['train']}", tmp_path / "p.zarr", views=1)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     with open_store(cfg.out) as store, open_store(reference) as ref:
         assert list(store.splits) == ["train"]
         assert store.read_tokens("train", 1).tobytes() == ref.read_tokens("train", 1).tobytes()
     with pytest.raises(ConfigError, match="one split 'train'"):
-        extract(tiny_config(f"{root}/{patterns['train']}", tmp_path / "q.zarr", splits={"val": "x"}), progress=False)
+        extract_store(tiny_config(f"{root}/{patterns['train']}", tmp_path / "q.zarr", splits={"val": "x"}),
+                      progress=False)
     assert not (tmp_path / "q.zarr").exists()
 
 
@@ -118,7 +119,7 @@ def test_bad_shards_follow_the_on_bad_image_rules(folder: Path, tmp_path: Path) 
     pattern = _bad_shards(folder, tmp_path / "bad")
     out = tmp_path / "s.zarr"
     with pytest.raises(ConfigError, match=r"cannot be used: .*000006: no \.cls member.*--on-bad-image skip") as e:
-        extract(tiny_config(tmp_path / "bad", out, splits={"train": pattern}), progress=False)
+        extract_store(tiny_config(tmp_path / "bad", out, splits={"train": pattern}), progress=False)
     assert "truncated" in str(e.value)
     assert not out.exists()  # refused while listing: no store
 
@@ -126,10 +127,10 @@ def test_bad_shards_follow_the_on_bad_image_rules(folder: Path, tmp_path: Path) 
     good.mkdir()
     shutil.copy(tmp_path / "bad" / "bad-000000.tar", good)
     with pytest.raises(BadImageError, match=r"bad-000000.tar/000001 in .*bad-000000.tar \(member 000001.jpg\)"):
-        extract(tiny_config(good, tmp_path / "g.zarr", splits={"train": "bad-000000.tar"}), progress=False)
+        extract_store(tiny_config(good, tmp_path / "g.zarr", splits={"train": "bad-000000.tar"}), progress=False)
 
-    result = extract(tiny_config(tmp_path / "bad", out, splits={"train": pattern}, on_bad_image="skip"),
-                     progress=False)
+    result = extract_store(tiny_config(tmp_path / "bad", out, splits={"train": pattern}, on_bad_image="skip"),
+                           progress=False)
     skipped = set(result.skipped["train"])
     assert {"bad-000000.tar/000001", "bad-000001.tar/000006", "bad-000002.tar/000010"} <= skipped
     with open_store(out) as store:
@@ -142,7 +143,7 @@ def test_repair_and_attention_find_shard_samples_by_id(shards: tuple[Path, dict[
                                                        tmp_path: Path) -> None:
     root, patterns = shards
     cfg = tiny_config(root, tmp_path / "w.zarr", splits=patterns)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     clean = read_all(cfg.out)
     chunk = Path(cfg.out) / "splits" / "train" / "layers" / "1" / "c" / "1" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:10])  # a damaged block
@@ -176,7 +177,7 @@ def test_shards_behind_an_fsspec_url(shards: tuple[Path, dict[str, str]], refere
         fs.pipe(f"/wds-{tmp_path.name}/{f.name}", f.read_bytes())
     url = f"memory://wds-{tmp_path.name}"
     cfg = tiny_config(url, tmp_path / "u.zarr", views=1, splits=patterns)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     _same_tokens(cfg.out, reference)
     with open_store(cfg.out) as store:
         assert store.meta.extra["data_root"] == url and store.meta.dataset["name"] == f"wds-{tmp_path.name}"

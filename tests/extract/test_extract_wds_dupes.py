@@ -16,7 +16,7 @@ from extract_helpers import make_imagefolder, tiny_config
 from source_helpers import add_member, imagefolder_samples
 
 from epcache.errors import ConfigError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.store import open_store
 
 pytestmark = pytest.mark.reliability_bad_input
@@ -49,11 +49,11 @@ def test_a_member_given_twice_is_refused_naming_shard_and_key(samples: list[tupl
     out = tmp_path / "s.zarr"
     with pytest.raises(ConfigError, match=r"1 sample\(s\) cannot be used: a-000000\.tar/000002: member 000002\.\w+ "
                        r"occurs twice in shard .*a-000000\.tar.*--on-bad-image skip"):
-        extract(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}), progress=False)
+        extract_store(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}), progress=False)
     assert not out.exists()
 
-    result = extract(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}, on_bad_image="skip"),
-                     progress=False)
+    result = extract_store(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}, on_bad_image="skip"),
+                           progress=False)
     assert result.skipped["train"] == ("a-000000.tar/000002",)
     with open_store(out) as store:
         assert store.is_complete() and "a-000000.tar/000002" not in store.read_ids("train")
@@ -72,7 +72,7 @@ def test_the_same_key_with_other_extensions_is_one_sample(samples: list[tuple[by
             add_member(tf, f"{j:06d}.json", b"{}")
             add_member(tf, f"sub/{j:06d}.{ext}", img)  # another directory: another key, not a duplicate
             add_member(tf, f"sub/{j:06d}.cls", b"0")
-    result = extract(tiny_config(data, tmp_path / "s.zarr", splits={"train": "a.tar"}), progress=False)
+    result = extract_store(tiny_config(data, tmp_path / "s.zarr", splits={"train": "a.tar"}), progress=False)
     assert result.status == "complete" and not result.skipped.get("train")
     with open_store(tmp_path / "s.zarr") as store:
         assert len(store.read_ids("train")) == 6
@@ -92,9 +92,9 @@ def test_a_cut_shard_is_recorded_when_skipping(samples: list[tuple[bytes, str, i
     (data / "a-000001.tar").write_bytes(raw[: header + 512 + len(samples[6][0]) // 2])
     out = tmp_path / "s.zarr"
     with pytest.raises(ConfigError, match=r"a-000001\.tar is truncated or damaged after member '000006'"):
-        extract(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}), progress=False)
-    result = extract(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}, on_bad_image="skip"),
-                     progress=False)
+        extract_store(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}), progress=False)
+    result = extract_store(tiny_config(data, out, splits={"train": "a-{000000..000001}.tar"}, on_bad_image="skip"),
+                           progress=False)
     assert result.skipped["train"] == ("a-000001.tar/000006",)  # listed, cut inside: skipped by id
     with open_store(out) as store:
         assert len(store.read_ids("train")) == 6  # sample 7 was never listed: the shard is recorded instead

@@ -14,7 +14,7 @@ from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, tiny_co
 from safetensors.torch import save_file
 
 from epcache.errors import ConfigError, WeightsError
-from epcache.extract import extract, plan_extract
+from epcache.extract import extract_store, plan_extract
 from epcache.extract._backbone import load_backbone
 from epcache.extract._weights import locate_weights
 from epcache.store import open_store
@@ -67,7 +67,7 @@ def test_mae_checkpoint_loads_and_is_recorded(tmp_path: Path) -> None:
 
     data = make_imagefolder(tmp_path / "data", splits={"val": 3})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"}, random_init=False, weights=ckpt)
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert "decoder_embed.weight" in result.dropped_keys
     with open_store(cfg.out) as store:
         bb = store.meta.backbone
@@ -156,7 +156,7 @@ def test_timm_weights_come_from_the_offline_hf_cache(tmp_path: Path, monkeypatch
 
     data = make_imagefolder(tmp_path / "data", splits={"val": 2})
     cfg = tiny_config(data, tmp_path / "s.zarr", splits={"val": "val"}, random_init=False)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     with open_store(cfg.out) as store:
         bb = store.meta.backbone
         assert (bb.source, bb.name, bb.weights_file) == ("timm-hf-cache", HF_TAGGED, "model.safetensors")
@@ -170,7 +170,7 @@ def test_no_weights_is_an_error_not_random_features(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match=r"--weights PATH.*--random-init"):
         plan_extract(cfg)
     with pytest.raises(WeightsError):
-        extract(cfg, progress=False)
+        extract_store(cfg, progress=False)
     assert not out.exists()
 
 

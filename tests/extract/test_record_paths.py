@@ -21,8 +21,8 @@ from extract_helpers import TINY_VIT, TINY_VIT_KWARGS, make_imagefolder, read_al
 from typer.testing import CliRunner
 
 from epcache.cli import app
-from epcache.convert import ConvertConfig, convert
-from epcache.extract import extract, repair_store
+from epcache.convert import ConvertConfig, convert_store
+from epcache.extract import extract_store, repair_store
 from epcache.extract._recorded import MAX_CLIMB, portable_location, recorded_data_root
 from epcache.store import open_store
 from epcache.store.verify.blocks import mark_blocks_missing
@@ -38,7 +38,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {"root": root, "data": data, "near": root / "stores" / "near.zarr",
            "far": root / "a" / "b" / "c" / "far.zarr", "abs": root / "stores" / "abs.zarr"}
     for name in ("near", "far"):
-        extract(tiny_config(data, out[name], workers=0), progress=False)
+        extract_store(tiny_config(data, out[name], workers=0), progress=False)
     r = runner.invoke(app, ["extract", "--model", TINY_VIT, "--random-init", "--model-kwargs",
                             json.dumps(TINY_VIT_KWARGS), "--data", str(data), "--out", str(out["abs"]),
                             "--workers", "0", "--batch-size", "4", "--chunk-samples", "4", "--no-progress",
@@ -120,7 +120,7 @@ def test_absolute_csv_split_sources_are_recorded_under_the_data_root(tmp_path: P
     inside.write_text("".join(f"{f},{i % 2}\n" for i, f in enumerate(files[:4])))
     outside.write_text("".join(f"{f},{i % 2}\n" for i, f in enumerate(files[4:])))
     out = tmp_path / "csv.zarr"
-    extract(tiny_config(data, out, workers=0, splits={"train": str(inside), "val": str(outside)}), progress=False)
+    extract_store(tiny_config(data, out, workers=0, splits={"train": str(inside), "val": str(outside)}), progress=False)
     assert _host_paths(out, tmp_path) == []
     with open_store(out) as store:  # the one outside the root is left out: repair would ask for --split val=...
         assert store.meta.extra["split_sources"] == {"train": "lists/train.csv"}
@@ -168,14 +168,15 @@ def test_old_stores_with_absolute_roots_keep_working(lab: dict[str, Path], tmp_p
 def test_attention_finds_images_by_the_relative_root_and_asks_for_data_without_one(
     lab: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from epcache.probe import ProbeConfig, probe
+    from epcache.probe import ProbeConfig, probe_store
     from epcache.report import _attention
 
     assert _attention._default_data_root(str(lab["near"]), "run", "x") == lab["data"].resolve()
     run = tmp_path / "run"
-    res = probe(ProbeConfig(store=str(lab["far"]), head="ep", tokens="patch", queries=(2,), epochs=1, warmup=0,
-                            batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0, device="cpu", out=str(run)),
-                progress=False)
+    res = probe_store(ProbeConfig(store=str(lab["far"]), head="ep", tokens="patch", queries=(2,), epochs=1, warmup=0,
+                                  batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0, device="cpu",
+                                  out=str(run)),
+                      progress=False)
     ep = res.rows[0]["id"]
     r = runner.invoke(app, ["attention", str(run), "--config", ep[:10], "--images", "2", "--out", str(tmp_path / "a")])
     text = _one_line_error(r, "does not record where its images are")
@@ -197,8 +198,8 @@ def test_attention_finds_images_by_the_relative_root_and_asks_for_data_without_o
 
 def test_convert_records_its_source_and_root_relative_to_the_copy(lab: dict[str, Path], tmp_path: Path) -> None:
     near, far, absolute = tmp_path / "near_last.zarr", tmp_path / "a" / "b" / "c" / "last.zarr", tmp_path / "abs.zarr"
-    convert(ConvertConfig(src=lab["near"], dst=near, layers="last"), progress=False)
-    convert(ConvertConfig(src=lab["near"], dst=far, layers="last"), progress=False)
+    convert_store(ConvertConfig(src=lab["near"], dst=near, layers="last"), progress=False)
+    convert_store(ConvertConfig(src=lab["near"], dst=far, layers="last"), progress=False)
     r = runner.invoke(app, ["convert", str(lab["near"]), str(absolute), "--layers", "last", "--record-paths",
                             "--no-progress"])
     assert r.exit_code == 0, r.output

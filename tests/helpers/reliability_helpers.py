@@ -106,7 +106,7 @@ elif kind == "after-row":
     run.append_result = append_result
 elif kind == "repair-extract":
     import epcache.extract._repair as repair
-    repair.extract = lambda *args, **kwargs: die()
+    repair.extract_store = lambda *args, **kwargs: die()
 from epcache.cli import main
 sys.argv = ["epcache", *sys.argv[1:]]
 main()

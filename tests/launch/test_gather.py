@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from epcache.cli import app
 from epcache.errors import ConfigError
 from epcache.launch import IncompleteRunError, LaunchOptions, gather, read_plan, submit
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.probe.results.rows import read_results
 from epcache.report import write_report
@@ -30,7 +30,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def single(store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    return rows_by_id(probe(probe_config(store, tmp_path_factory.mktemp("single") / "run"), progress=False).rows)
+    return rows_by_id(probe_store(probe_config(store, tmp_path_factory.mktemp("single") / "run"), progress=False).rows)
 
 
 def test_four_layer_units_gather_to_the_rows_of_one_process(store: Path, single: dict, tmp_path: Path) -> None:
@@ -89,8 +89,8 @@ def test_probe_launch_refusals(store: Path, tmp_path: Path) -> None:
         submit(tmp_path / "a", dataclasses.replace(cfg, shard="0/2"), LaunchOptions(progress=False))
     with pytest.raises(ConfigError, match="is not the run directory"):
         submit(tmp_path / "b", dataclasses.replace(cfg, out=str(tmp_path / "elsewhere")), LaunchOptions(progress=False))
-    probe(dataclasses.replace(cfg, layers=(0,), head=("ep",), lr=(1e-3,), out=str(tmp_path / "plain")),
-          progress=False)
+    probe_store(dataclasses.replace(cfg, layers=(0,), head=("ep",), lr=(1e-3,), out=str(tmp_path / "plain")),
+                progress=False)
     before = (tmp_path / "plain" / "results.jsonl").read_bytes()
     with pytest.raises(ConfigError, match="already holds the results of a sweep"):  # gather would replace them
         submit(tmp_path / "plain", cfg, LaunchOptions(progress=False))

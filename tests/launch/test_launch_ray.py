@@ -15,10 +15,10 @@ import pytest
 from launch_helpers import assert_same_store, probe_config, rows_by_id, write_probe_store
 from scale_helpers import make_imagefolder, tiny_config
 
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.launch import IncompleteRunError, LaunchOptions, submit
 from epcache.launch._rundir import done_units, unit_dir
-from epcache.probe import probe
+from epcache.probe import probe_store
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'epcache[ray]')")
 from epcache.launch.ray_backend import RayOptions  # noqa: E402
@@ -39,7 +39,7 @@ def local_ray() -> Iterator[None]:
 
 def test_four_units_on_ray_write_the_bytes_of_one_process(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "imgs", splits={"train": 40, "val": 8})
-    extract(tiny_config(data, tmp_path / "ref.zarr", shard_samples=8), progress=False)
+    extract_store(tiny_config(data, tmp_path / "ref.zarr", shard_samples=8), progress=False)
     out = tmp_path / "ray.zarr"
     result = submit(tmp_path / "run", tiny_config(data, out, shard_samples=8, allow_duplicate=True),
                     LaunchOptions(launcher="ray", units=4, ray=CPU_ACTORS, progress=False))
@@ -55,7 +55,7 @@ def test_sweep_on_ray_gathers_to_the_rows_of_one_process(tmp_path: Path) -> None
     file), the other three still finish, gather names the failed one, and re-submitting it completes
     the rows of one process."""
     store = write_probe_store(tmp_path / "s.zarr")
-    single = rows_by_id(probe(probe_config(store, tmp_path / "single"), progress=False).rows)
+    single = rows_by_id(probe_store(probe_config(store, tmp_path / "single"), progress=False).rows)
     run_dir = tmp_path / "run"
     bad = unit_dir(run_dir, "layer002")
     bad.parent.mkdir(parents=True)

@@ -17,11 +17,11 @@ import pytest
 from launch_helpers import assert_same_store, probe_config, rows_by_id, write_probe_store
 from scale_helpers import tiny_config, written_blocks
 
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.launch import LaunchOptions, gather, read_plan, submit
 from epcache.launch._rundir import write_plan
 from epcache.launch.units import plan_extract_run
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.store import open_store
 
 submitit = pytest.importorskip("submitit", reason="submitit is not installed (pip install 'epcache[slurm]')")
@@ -35,7 +35,7 @@ LOCAL = SlurmOptions(cluster="local", gpus_per_task=0, cpus_per_task=1, time_min
 @pytest.fixture(scope="module")
 def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("single") / "ref.zarr"
-    extract(tiny_config(data, out, shard_samples=8), progress=False)
+    extract_store(tiny_config(data, out, shard_samples=8), progress=False)
     return out
 
 
@@ -51,7 +51,7 @@ def test_four_array_tasks_write_the_bytes_of_one_process(data: Path, reference: 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # DebugExecutor leaves its log open
 def test_sweep_as_four_array_tasks_gathers_to_the_rows_of_one_process(tmp_path: Path) -> None:
     store = write_probe_store(tmp_path / "s.zarr")
-    single = rows_by_id(probe(probe_config(store, tmp_path / "single"), progress=False).rows)
+    single = rows_by_id(probe_store(probe_config(store, tmp_path / "single"), progress=False).rows)
     debug = SlurmOptions(cluster="debug", gpus_per_task=0)  # submitit's DebugExecutor: the array in this process
     result = submit(tmp_path / "run", probe_config(store, None),
                     LaunchOptions(launcher="slurm", slurm=debug, progress=False))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from probe_helpers import config, write_store
 
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.data.read_order import InputPlan
 from epcache.probe.data.stream import BatchStream, MemorySource, StoreSource
 from epcache.store import open_store
@@ -49,8 +49,8 @@ def test_batches_on_cuda_equal_the_host_batches(store: Path, memory: bool) -> No
 
 def test_auto_amp_on_cuda_is_bf16_and_close_to_float32(store: Path) -> None:
     kw = {"head": "linear,ep,mhca,mp(hidden=64,num_heads=4)", "lr": "0.01,0.03", "epochs": 3}
-    ref = probe(config(store, **kw), progress=False)  # CPU, float32
-    low = probe(config(store, device="cuda", **kw), progress=False)
+    ref = probe_store(config(store, **kw), progress=False)  # CPU, float32
+    low = probe_store(config(store, device="cuda", **kw), progress=False)
     for a, b in zip(ref.rows, low.rows, strict=True):
         assert b["protocol"]["amp"] == "bf16" and b["protocol"]["amp_rule"] == "auto: bf16 autocast on CUDA"
         for x, y in zip(a["curves"]["train_loss"], b["curves"]["train_loss"], strict=True):
@@ -61,8 +61,8 @@ def test_auto_amp_on_cuda_is_bf16_and_close_to_float32(store: Path) -> None:
 @pytest.mark.parametrize("amp", ["none", "bf16"])
 def test_compiled_stacks_match_eager_on_cuda(store: Path, amp: str) -> None:
     kw = {"head": "linear,ep,mp(hidden=64,num_heads=4)", "lr": "0.01,0.03", "epochs": 2, "device": "cuda", "amp": amp}
-    eager = probe(config(store, **kw), progress=False)
-    compiled = probe(config(store, compile=True, **kw), progress=False)
+    eager = probe_store(config(store, **kw), progress=False)
+    compiled = probe_store(config(store, compile=True, **kw), progress=False)
     for a, b in zip(eager.rows, compiled.rows, strict=True):
         assert b["protocol"]["compile"] is True
         for x, y in zip(a["curves"]["train_loss"], b["curves"]["train_loss"], strict=True):

@@ -11,7 +11,7 @@ from extract_helpers import make_imagefolder, tiny_config
 from probe_helpers import config, make_meta, write_store
 
 from epcache.errors import ProvenanceMismatchError
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.store.describe.diff import describe_differences, differing_fields
 
 
@@ -37,7 +37,7 @@ def test_eval_store_of_another_model_is_refused_in_a_short_line(tmp_path: Path) 
     store = write_store(tmp_path / "ours.zarr", n_train=40, n_val=16, meta=ours)
     other = write_store(tmp_path / "theirs.zarr", n_train=40, n_val=16, meta=theirs)
     with pytest.raises(ProvenanceMismatchError) as info:
-        probe(config(store, eval_store=str(other)), progress=False)
+        probe_store(config(store, eval_store=str(other)), progress=False)
     message = str(info.value)
     without_paths = message.replace(str(other), "").replace(str(store), "")
     assert len(without_paths) < 300, message
@@ -80,12 +80,12 @@ def test_the_budget_counts_what_it_leaves_out() -> None:
 def test_extracting_into_a_store_of_another_configuration_names_the_fields(tmp_path: Path) -> None:
     data = make_imagefolder(tmp_path / "data", splits={"train": 3, "val": 2})
     out = tmp_path / "s.zarr"
-    from epcache.extract import extract
+    from epcache.extract import extract_store
 
-    extract(tiny_config(data, out, layers="1"), progress=False)
+    extract_store(tiny_config(data, out, layers="1"), progress=False)
     with pytest.raises(ProvenanceMismatchError) as info:
-        extract(tiny_config(data, out, layers="0", img_size=48, model_kwargs={"depth": 2, "img_size": 48}),
-                progress=False)
+        extract_store(tiny_config(data, out, layers="0", img_size=48, model_kwargs={"depth": 2, "img_size": 48}),
+                      progress=False)
     message = str(info.value)
     assert "layers: [1] vs [0]" in message and "the store's vs this run's" in message
     assert "\n" not in message and "{" not in message

@@ -17,7 +17,7 @@ import epcache.probe.plan as plan_module
 import epcache.probe.run as run_module
 import epcache.probe.train.group as group_module
 from epcache.errors import ConfigError
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.heads import SOLVER_KINDS, head_kind, list_heads, register_solver
 from epcache.probe.plan import plan_sweep
 from epcache.store import open_store
@@ -82,7 +82,7 @@ def test_one_plan_and_one_row_resolution_per_sweep_and_the_written_plan_is_what_
     monkeypatch.setattr(group_module, "GroupTrainer", RecordingTrainer)
     monkeypatch.setattr(run_module, "run_solver_configs", recording_solvers)
     out = tmp_path / "run"
-    result = probe(config(store, grid=str(grid), out=str(out), shots=10, **FAST), progress=False)
+    result = probe_store(config(store, grid=str(grid), out=str(out), shots=10, **FAST), progress=False)
 
     assert len(plans) == 1 and len(resolutions) == 1  # three blocks, a k cap and shot-free solver rows: one draw
     written = json.loads((out / "plan.json").read_text())
@@ -119,7 +119,7 @@ def test_a_shard_writes_its_own_plan(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = config(store, head=("linear", "ncm"), tokens=("gap", "cls"), lr=(0.01, 0.03), out=str(out), shard="1/2",
                  **FAST)
-    probe(cfg, progress=False)
+    probe_store(cfg, progress=False)
     written = json.loads((out / "plan.shard-1-of-2.json").read_text())
     assert written["shard"] == [1, 2] and not (out / "plan.json").exists()
     assert len(written["trained"]) + len(written["solvers"]) < written["configs_in_sweep"]

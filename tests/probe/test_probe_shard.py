@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.probe import ProbeConfig, probe
+from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.device import resolve_shard
 from epcache.report import load_rows, write_report
 
@@ -26,9 +26,9 @@ def _strip(rows: list[dict]) -> dict[str, dict]:
 
 def test_two_shards_equal_the_unsharded_sweep(tmp_path: Path) -> None:
     store = write_store(tmp_path / "s.zarr", n_train=96, n_val=32)
-    full = probe(_config(store, tmp_path / "full"), progress=False)
-    a = probe(_config(store, tmp_path / "sharded", "0/2"), progress=False)
-    b = probe(_config(store, tmp_path / "sharded", "1/2"), progress=False)
+    full = probe_store(_config(store, tmp_path / "full"), progress=False)
+    a = probe_store(_config(store, tmp_path / "sharded", "0/2"), progress=False)
+    b = probe_store(_config(store, tmp_path / "sharded", "1/2"), progress=False)
     assert len(a.rows) + len(b.rows) == len(full.rows) == 12
     assert not {r["id"] for r in a.rows} & {r["id"] for r in b.rows}
     files = sorted(p.name for p in (tmp_path / "sharded").glob("results*.jsonl"))
@@ -46,7 +46,7 @@ def test_two_shards_equal_the_unsharded_sweep(tmp_path: Path) -> None:
         for name, curve in row["curves"].items():
             assert other["curves"][name] == pytest.approx(curve, rel=1e-5), name
     assert write_report(tmp_path / "sharded", figures=False).num_configs == 12
-    again = probe(_config(store, tmp_path / "sharded"), progress=False)  # unsharded re-run: all finished
+    again = probe_store(_config(store, tmp_path / "sharded"), progress=False)  # unsharded re-run: all finished
     assert len(again.skipped) == 12
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from probe_helpers import config, write_store
 
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.device import cpu_threads
 
 KW = {"head": "linear,ep", "tokens": "gap,patch", "queries": 4, "lr": "0.01,0.05", "epochs": 3, "seeds": "0,1"}
@@ -24,8 +24,8 @@ def _strip(rows: tuple[dict, ...]) -> list[dict]:
 
 
 def test_in_memory_converted_once_is_bit_identical_in_float64(store: Path) -> None:
-    streamed = probe(config(store, dtype="float64", in_memory=False, **KW), progress=False)
-    held = probe(config(store, dtype="float64", in_memory=True, eval_cache_mb=0, **KW), progress=False)
+    streamed = probe_store(config(store, dtype="float64", in_memory=False, **KW), progress=False)
+    held = probe_store(config(store, dtype="float64", in_memory=True, eval_cache_mb=0, **KW), progress=False)
     assert _strip(held.rows) == _strip(streamed.rows)  # curves, metrics, selected epochs: exactly equal
     # train, holdout and eval rows (128 + 32 + 48) as the 16 patch tokens gap and patch heads need, in float64
     assert held.rows[0]["timing"]["held_bytes"] == (128 + 32 + 48) * 16 * 16 * 8
@@ -33,8 +33,8 @@ def test_in_memory_converted_once_is_bit_identical_in_float64(store: Path) -> No
 
 
 def test_float32_fast_paths_select_the_same_epochs_and_metrics(store: Path) -> None:
-    a = probe(config(store, in_memory=False, **KW), progress=False)
-    b = probe(config(store, in_memory=True, **KW), progress=False)
+    a = probe_store(config(store, in_memory=False, **KW), progress=False)
+    b = probe_store(config(store, in_memory=True, **KW), progress=False)
     for ra, rb in zip(a.rows, b.rows, strict=True):
         assert ra["selected_epoch"] == rb["selected_epoch"]
         assert ra["metrics"]["holdout"]["top1"] == rb["metrics"]["holdout"]["top1"]
@@ -42,8 +42,8 @@ def test_float32_fast_paths_select_the_same_epochs_and_metrics(store: Path) -> N
 
 
 def test_eval_scored_only_at_the_end_keeps_selection_and_metrics(store: Path) -> None:
-    every = probe(config(store, **KW), progress=False)
-    once = probe(config(store, eval_curve=False, **KW), progress=False)
+    every = probe_store(config(store, **KW), progress=False)
+    once = probe_store(config(store, eval_curve=False, **KW), progress=False)
     for ra, rb in zip(every.rows, once.rows, strict=True):
         assert ra["selected_epoch"] == rb["selected_epoch"] and ra["metrics"] == rb["metrics"]
         assert rb["curves"]["eval_top1"][:-1] == [None, None] and rb["curves"]["holdout_top1"] == ra["curves"][
@@ -53,7 +53,7 @@ def test_eval_scored_only_at_the_end_keeps_selection_and_metrics(store: Path) ->
 
 
 def test_timing_records_the_split_and_the_thread_rule(store: Path) -> None:
-    t = probe(config(store, **KW), progress=False).rows[0]["timing"]
+    t = probe_store(config(store, **KW), progress=False).rows[0]["timing"]
     assert t["train_seconds"] > 0 and t["eval_seconds"] > 0 and 0 <= t["data_wait_seconds"] <= t["train_seconds"]
     assert t["marginal_seconds_per_config"] > 0 and t["torch_threads"] >= 1 and t["threads_rule"]
 

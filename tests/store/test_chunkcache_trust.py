@@ -24,7 +24,7 @@ from solver_helpers import class_store  # noqa: E402
 
 from epcache.cli import app  # noqa: E402
 from epcache.errors import ConfigError  # noqa: E402
-from epcache.probe import ProbeConfig, probe  # noqa: E402
+from epcache.probe import ProbeConfig, probe_store  # noqa: E402
 from epcache.store import ChunkCache, open_store  # noqa: E402
 from epcache.store.layout.crc import block_checksum  # noqa: E402
 
@@ -61,14 +61,14 @@ def test_forged_entry_with_matching_crc32c_is_not_served_and_rows_equal_uncached
     local = class_store(tmp_path / "s.zarr", n_train=64, n_val=32)
     url = _upload(local, bucket, "s.zarr")
     cache = tmp_path / "chunk-cache"
-    uncached = probe(_solver_config(url), progress=False)
-    first = probe(_solver_config(url, cache_dir=str(cache)), progress=False)
+    uncached = probe_store(_solver_config(url), progress=False)
+    first = probe_store(_solver_config(url, cache_dir=str(cache)), progress=False)
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700  # private to its user
     entries = sorted(cache.rglob("*.bin"))
     assert entries and all(p.with_suffix(".sha256").is_file() for p in entries)
     originals = {p: _forge(p) for p in entries}  # every entry forged, its crc32c kept
     capsys.readouterr()
-    second = probe(_solver_config(url, cache_dir=str(cache)), progress=True)
+    second = probe_store(_solver_config(url, cache_dir=str(cache)), progress=True)
     err = capsys.readouterr().err
     for rows in (first.rows, second.rows):
         assert [(r["id"], r["metrics"]) for r in rows] == [(r["id"], r["metrics"]) for r in uncached.rows]

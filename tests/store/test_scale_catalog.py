@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import StoreExistsError, StoreNotFoundError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.store import SplitSpec, create_store, find_stores, list_stores, open_store
 from epcache.store.ops.lock import acquire_store_lock
 
@@ -41,9 +41,9 @@ def lab(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
       notes/readme.txt
     """
     root = tmp_path_factory.mktemp("root")
-    a = extract(tiny_config(data, root / "lab" / "vit_a.zarr", views=1), progress=False)
+    a = extract_store(tiny_config(data, root / "lab" / "vit_a.zarr", views=1), progress=False)
     assert a.status == "complete"
-    extract(tiny_config(data, root / "lab" / "deep" / "vit_b.h5", seed=1, splits={"val": "val"}), progress=False)
+    extract_store(tiny_config(data, root / "lab" / "deep" / "vit_b.h5", seed=1, splits={"val": "val"}), progress=False)
     with open_store(root / "lab" / "vit_a.zarr") as src:
         meta = dataclasses.replace(src.meta, extra={})
         partial = create_store(root / "partial.zarr", meta)
@@ -117,22 +117,22 @@ def test_extraction_points_to_a_complete_store_with_the_same_provenance(data: Pa
     # same configuration, next to vit_a: refused with vit_a's name; partial.zarr (same key) is not complete
     again = tiny_config(data, lab / "lab" / "again.zarr", views=1)
     with pytest.raises(StoreExistsError, match=r"vit_a\.zarr already holds these tokens.*--allow-duplicate") as err:
-        extract(again, progress=False)
+        extract_store(again, progress=False)
     shown = runner.invoke(app, ["info", str(lab / "lab" / "vit_a.zarr")]).output
     key = str(err.value).split("(provenance ")[1].split(",")[0]
     assert f"provenance  {key}" in shown  # the refusal quotes the key `epcache info` shows
     assert not again.out.exists()  # nothing left behind, not even the lock's directory
     # a subset of its splits is held too; HDF5 and zarr stores with one key hold the same tokens
     with pytest.raises(StoreExistsError, match="vit_a"):
-        extract(dataclasses.replace(again, splits={"train": "train"}), progress=False)
+        extract_store(dataclasses.replace(again, splits={"train": "train"}), progress=False)
     with pytest.raises(StoreExistsError, match=r"vit_b\.h5"):
-        extract(tiny_config(data, lab / "lab" / "deep" / "b.zarr", seed=1, splits={"val": "val"}), progress=False)
+        extract_store(tiny_config(data, lab / "lab" / "deep" / "b.zarr", seed=1, splits={"val": "val"}), progress=False)
     # an incomplete neighbour with the same key is no reason to stop (partial.zarr sits in the root)
     fresh = tiny_config(data, lab / "fresh.zarr", views=1)
-    assert extract(fresh, progress=False).status == "complete"
+    assert extract_store(fresh, progress=False).status == "complete"
     shutil.rmtree(fresh.out)
     # explicit duplicates are allowed
-    allowed = extract(dataclasses.replace(again, allow_duplicate=True), progress=False)
+    allowed = extract_store(dataclasses.replace(again, allow_duplicate=True), progress=False)
     assert allowed.status == "complete"
     shutil.rmtree(again.out)
 

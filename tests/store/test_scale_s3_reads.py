@@ -22,7 +22,7 @@ from probe_helpers import config, write_store  # noqa: E402
 
 from epcache.cli import app  # noqa: E402
 from epcache.errors import CorruptStoreError  # noqa: E402
-from epcache.probe import probe  # noqa: E402
+from epcache.probe import probe_store  # noqa: E402
 from epcache.store import ChunkCache, FeatureStore, SplitSpec, create_store, open_store  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,7 @@ def test_probe_from_s3_with_cache_dir_matches_local(bucket: str, tmp_path: Path,
     url = _upload(local, bucket, "needle.zarr")
     cache = tmp_path / "chunk-cache"
     kw = {"head": ("linear", "ep"), "epochs": 2, "eval_cache_mb": 0, "layers": ("all",), "dtype": "float64"}
-    ref = probe(config(local, **kw), progress=False)
+    ref = probe_store(config(local, **kw), progress=False)
 
     from aiobotocore.client import AioBaseClient
 
@@ -170,12 +170,12 @@ def test_probe_from_s3_with_cache_dir_matches_local(bucket: str, tmp_path: Path,
         return await real(self, operation, params)
 
     monkeypatch.setattr(AioBaseClient, "_make_api_call", counted)  # every S3 request, whichever client
-    first = probe(config(url, cache_dir=str(cache), **kw), progress=False)
+    first = probe_store(config(url, cache_dir=str(cache), **kw), progress=False)
     assert requests  # the first run read the chunks from S3
     entries = sorted(p.relative_to(cache) for p in cache.rglob("*.bin"))
     assert entries and not list(cache.rglob("*.tmp-*"))
     requests.clear()
-    second = probe(config(url, cache_dir=str(cache), **kw), progress=False)
+    second = probe_store(config(url, cache_dir=str(cache), **kw), progress=False)
     assert requests == []  # every chunk came from the cache
     for rows in (first.rows, second.rows):
         assert [r["id"] for r in rows] == [r["id"] for r in ref.rows]
@@ -269,11 +269,11 @@ def test_extraction_writer_writes_layers_of_a_block_concurrently_to_s3(bucket: s
 
 
 def test_convert_from_s3_reads_ahead_and_equals_convert_from_disk(bucket: str, tmp_path: Path) -> None:
-    from epcache.convert import ConvertConfig, convert
+    from epcache.convert import ConvertConfig, convert_store
 
     local = _tiny_store(tmp_path / "s.zarr", shard=8)
     url = _upload(local, bucket, "s.zarr")
-    convert(ConvertConfig(local, tmp_path / "from-disk.zarr", chunk_samples=8), progress=False)
+    convert_store(ConvertConfig(local, tmp_path / "from-disk.zarr", chunk_samples=8), progress=False)
     real = FeatureStore.read_chunks
     calls: list[bool] = []
 
@@ -283,7 +283,7 @@ def test_convert_from_s3_reads_ahead_and_equals_convert_from_disk(bucket: str, t
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(FeatureStore, "read_chunks", spy)
-        convert(ConvertConfig(url, tmp_path / "from-s3.zarr", chunk_samples=8), progress=False)
+        convert_store(ConvertConfig(url, tmp_path / "from-s3.zarr", chunk_samples=8), progress=False)
     assert calls and all(calls)  # every layer's chunks came through read_chunks, from the remote store
     with open_store(tmp_path / "from-disk.zarr") as a, open_store(tmp_path / "from-s3.zarr") as b:
         for layer in a.meta.layers:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from verify_helpers import chunk_file, copy_store, flip_byte, make_imagefolder, store_files, tiny_config
 
 from epcache.cli import app
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.store import verify_store
 
 runner = CliRunner()
@@ -24,7 +24,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def clean(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("clean_q") / "q.zarr"
-    extract(tiny_config(data, out, views=1, quantize="int8-token"), progress=False)
+    extract_store(tiny_config(data, out, views=1, quantize="int8-token"), progress=False)
     return out
 
 

@@ -14,7 +14,7 @@ from verify_helpers import copy_store, make_imagefolder, tiny_config
 import epcache
 from epcache.cli import app
 from epcache.errors import ConfigError, CorruptStoreError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.store import open_store, verify_store
 from epcache.store.layout.metadoc import MAX_META_BYTES, parse_meta_json
 
@@ -102,7 +102,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {"data": data}
     for suffix in ("zarr", "h5"):
         path = root / suffix / f"s.{suffix}"
-        extract(tiny_config(data, path, splits={"val": "val"}), progress=False)
+        extract_store(tiny_config(data, path, splits={"val": "val"}), progress=False)
         out[suffix] = path
     return out
 
@@ -178,7 +178,8 @@ def test_metadata_never_holds_a_path_or_credentials(stores: dict[str, Path], tmp
     ckpt.parent.mkdir()
     torch.save(model.state_dict(), ckpt)
     out = tmp_path / "w" / "s.zarr"
-    extract(tiny_config(stores["data"], out, splits={"val": "val"}, random_init=False, weights=ckpt), progress=False)
+    extract_store(tiny_config(stores["data"], out, splits={"val": "val"}, random_init=False, weights=ckpt),
+                  progress=False)
     text = (out / "zarr.json").read_text()
     assert "secret-dir" not in text and str(tmp_path) not in text
     with open_store(out) as st:

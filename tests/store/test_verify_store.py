@@ -28,7 +28,7 @@ from verify_helpers import (
 
 from epcache.cli import app
 from epcache.errors import CorruptStoreError, ProvenanceMismatchError, StoreNotFoundError
-from epcache.extract import extract, extract_config_from_store, repair_store
+from epcache.extract import extract_config_from_store, extract_store, repair_store
 from epcache.store import open_store, verify_store
 
 runner = CliRunner()
@@ -41,7 +41,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _clean(data: Path, out: Path, **overrides: object) -> Path:
-    extract(tiny_config(data, out, views=1, **overrides), progress=False)
+    extract_store(tiny_config(data, out, views=1, **overrides), progress=False)
     return out
 
 
@@ -235,7 +235,7 @@ def test_checkpoint_store_repairs_only_with_the_same_weights(data: Path, tmp_pat
 
     good, other = checkpoint(tmp_path / "good.pth", 1), checkpoint(tmp_path / "other.pth", 2)
     a = tmp_path / "a" / "a.zarr"
-    extract(tiny_config(data, a, splits={"val": "val"}, random_init=False, weights=good), progress=False)
+    extract_store(tiny_config(data, a, splits={"val": "val"}, random_init=False, weights=good), progress=False)
     b = copy_store(a, tmp_path / "b" / "b.zarr")
     chunk_file(b, "val", 1, 0).unlink()
     r = _repair(b, data)
@@ -252,7 +252,7 @@ def test_reconstructed_config_is_the_extraction_config(clean_zarr: Path, data: P
     assert cfg.model == TINY_VIT and cfg.model_kwargs == TINY_VIT_KWARGS and cfg.img_size == 32
     assert cfg.layers == "0,1" and cfg.views == 1 and cfg.view_splits == ("train",) and cfg.random_init
     assert dict(cfg.splits) == {"train": "train", "val": "val"} and cfg.resume and cfg.dtype == "float16"
-    assert extract(cfg, progress=False).status == "already-complete"
+    assert extract_store(cfg, progress=False).status == "already-complete"
 
 
 def test_split_source_from_metadata_never_leaves_the_data_root(clean_zarr: Path, data: Path, tmp_path: Path) -> None:

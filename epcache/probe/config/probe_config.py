@@ -67,10 +67,14 @@ class ProbeConfig:
         (), doc="attention heads of MHCA-style poolers; empty: each kind's default", check=_COUNT
     )
     layers: tuple[int | str, ...] = doc(
-        ("last",), doc="block indices (negative: from the end), \"last\" or \"all\"",
+        ("last",), doc="block indices (negative: from the end), a slice like -4:, \"last\" or \"all\"",
         check=Range(why="block indices, 'last', 'all' or a slice like -4:"),
     )
-    tokens: tuple[str, ...] = doc((), doc="empty: linear reads cls, pooling heads read patch, mp reads all")
+    tokens: tuple[str, ...] = doc(
+        (),
+        doc="token kind each head reads: cls, gap, cls+gap, pooled (linear); patch, all, registers, patch+registers "
+        "(pooling heads; mp: all, patch); empty: linear reads cls, pooling heads patch, mp all",
+    )
     layer_mix: tuple[str, ...] = doc(
         ("none",),
         doc="none: one config per layer; concat|mean|tokens: all layers as one input",
@@ -90,13 +94,18 @@ class ProbeConfig:
     epochs: int | None = doc(None, doc="evaluation epochs; None: the recipe's (with its step floor)", check=_COUNT)
     warmup: float | None = doc(None, doc="warm-up epochs (linear from 0, per iteration); None: the recipe's",
                                check=Range(ge=0))
-    batch_size: int | None = doc(None, doc="per step (drop_last); None: the recipe's, adapted to the dataset",
+    batch_size: int | None = doc(None, doc="training samples per step (drop_last); None: the recipe's, adapted to the "
+                                 "dataset",
                                  check=Range(ge=2, why="BatchNorm needs batch statistics"))
     min_steps: int | None = doc(None, doc="floor on optimiser steps (epochs become several passes); None: the recipe's",
                                 check=Range(ge=0))
-    data_seed: int = doc(0, doc="holdout split, low-shot subset, batch order and view choice", check=_SEED)
-    holdout: float | None = doc(None, doc="stratified fraction of train that selects epoch and config; 0: last epoch",
-                                check=Range(ge=0, lt=1, why="0: no holdout, the last epoch is kept"))
+    data_seed: int = doc(0, doc="seeds the holdout split, low-shot subset, batch order and view choice", check=_SEED)
+    holdout: float | None = doc(
+        None,
+        doc="stratified fraction of train that selects each config's epoch and the best config (>= 1 per class when "
+        "possible); 0: last epoch, ranked on eval; None: the recipe's",
+        check=Range(ge=0, lt=1, why="0: no holdout, the last epoch is kept"),
+    )
     shots: int | tuple[int, ...] | None = doc(
         None,
         doc="low-shot: K per class (after the holdout); several: solver heads",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from extract_helpers import make_imagefolder, tiny_config
 
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.store import open_store
 
 
@@ -29,8 +29,8 @@ def extracted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "zarr": root / "bf16.zarr",  # bfloat16 (uint16 bits), sharded: 2 chunks of 4 per shard
         "h5": root / "f32.h5",  # the same extraction in float32: the bf16 bytes must be its RNE rounding
     }
-    extract(tiny_config(data, out["zarr"], dtype="bfloat16", shard_samples=8), progress=False)
-    extract(tiny_config(data, out["h5"], dtype="float32"), progress=False)
+    extract_store(tiny_config(data, out["zarr"], dtype="bfloat16", shard_samples=8), progress=False)
+    extract_store(tiny_config(data, out["h5"], dtype="float32"), progress=False)
     return out
 
 

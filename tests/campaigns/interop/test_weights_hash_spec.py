@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from extract_helpers import TINY_VIT, make_imagefolder
 
-from epcache.extract import ExtractConfig, extract
+from epcache.extract import ExtractConfig, extract_store
 from epcache.store import open_store
 
 LAYOUT = Path(__file__).resolve().parents[3] / "cache_layout.md"
@@ -46,7 +46,7 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     for name, kw in CASES.items():
         cfg = ExtractConfig(data=data, out=root / f"{name}.zarr", random_init=True, batch_size=2, workers=0,
                             allow_duplicate=True, **kw)
-        assert extract(cfg, progress=False).status == "complete"
+        assert extract_store(cfg, progress=False).status == "complete"
         with open_store(cfg.out) as st:
             docs[name] = st._stored_doc
     return docs

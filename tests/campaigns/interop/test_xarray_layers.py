@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from extract_helpers import make_imagefolder, tiny_config
 
-from epcache.convert import ConvertConfig, convert
-from epcache.extract import ExtractConfig, extract
+from epcache.convert import ConvertConfig, convert_store
+from epcache.extract import ExtractConfig, extract_store
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store, verify_store
 
 
@@ -28,14 +28,14 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("xarray_layers")
     data = make_imagefolder(root / "data", splits={"train": 6, "val": 5})
     out = {"r18": root / "r18.zarr", "vit": root / "vit.zarr"}
-    extract(ExtractConfig(model="resnet18", data=data, out=out["r18"], layers="all", random_init=True, img_size=32,
-                          batch_size=4, workers=0, chunk_samples=2, dtype="float16", pooled=True,
-                          allow_duplicate=True), progress=False)
-    extract(tiny_config(data, out["vit"]), progress=False)
+    extract_store(ExtractConfig(model="resnet18", data=data, out=out["r18"], layers="all", random_init=True,
+                                img_size=32, batch_size=4, workers=0, chunk_samples=2, dtype="float16", pooled=True,
+                                allow_duplicate=True), progress=False)
+    extract_store(tiny_config(data, out["vit"]), progress=False)
     for scheme in ("int8-channel", "int8-token"):
         out[scheme] = root / f"r18_{scheme}.zarr"
-        convert(ConvertConfig(src=out["r18"], dst=out[scheme], quantize=scheme, chunk_samples=2, shard_samples=4),
-                progress=False)
+        convert_store(ConvertConfig(src=out["r18"], dst=out[scheme], quantize=scheme, chunk_samples=2, shard_samples=4),
+                      progress=False)
     return out
 
 
@@ -134,6 +134,6 @@ def test_a_store_with_the_shared_names_stays_readable(stores: dict[str, Path], t
             np.testing.assert_array_equal(_values(one[str(layer)]), new.read_tokens("val", layer))
     assert verify_store(old).ok
     copy = tmp_path / "copy.zarr"  # convert rewrites it with the per-layer names
-    convert(ConvertConfig(src=old, dst=copy), progress=False)
+    convert_store(ConvertConfig(src=old, dst=copy), progress=False)
     layers = xr.open_zarr(copy / "splits" / "val" / "layers", consolidated=False)
     assert layers["0"].dims == ("sample", "view", "token_0", "channel_0")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from scale_helpers import TINY_VIT, child_env, make_imagefolder
 
-from epcache.extract import ExtractConfig, extract
+from epcache.extract import ExtractConfig, extract_store
 from epcache.store import open_store
 from epcache.store.layout.crc import block_checksum
 from epcache.store.layout.plan import MISSING
@@ -32,7 +32,7 @@ def test_reader_sees_only_listed_splits_and_recorded_blocks_during_an_append(tmp
     out = tmp_path / "s.zarr"
     first = ExtractConfig(model=TINY_VIT, data=data, out=out, splits={"val": "val"}, random_init=True, img_size=32,
                           layers="-2:", batch_size=4, chunk_samples=4, shard_samples=8, workers=0)
-    extract(first, progress=False)  # the same configuration as CLI, with only the val split
+    extract_store(first, progress=False)  # the same configuration as CLI, with only the val split
     with open_store(out) as store:
         val_before = {layer: store.read_tokens("val", layer).tobytes() for layer in store.meta.layers}
 

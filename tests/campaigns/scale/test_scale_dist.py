@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.extract import extract
+from epcache.extract import extract_store
 from epcache.extract._dist import assign_blocks
 from epcache.store import open_store
 from epcache.store.ops.lock import read_store_lock
@@ -151,7 +151,7 @@ def test_hdf5_is_refused_under_torchrun(data: Path, tmp_path: Path, monkeypatch:
     monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; refused before joining any process group
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(ConfigError, match=r"HDF5 store takes one writer.*--out NAME\.zarr"):
-        extract(tiny_config(data, tmp_path / "s.h5", splits={"val": "val"}), progress=False)
+        extract_store(tiny_config(data, tmp_path / "s.h5", splits={"val": "val"}), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 

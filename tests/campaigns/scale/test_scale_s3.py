@@ -21,7 +21,7 @@ moto_server = pytest.importorskip("moto.server")
 
 from epcache.cli import app  # noqa: E402
 from epcache.errors import ConfigError, StoreExistsError  # noqa: E402
-from epcache.extract import extract  # noqa: E402
+from epcache.extract import extract_store  # noqa: E402
 from epcache.store import (  # noqa: E402
     StoreLockedError,
     create_store,
@@ -52,12 +52,12 @@ def test_extract_info_ls_probe_report_on_s3(bucket: str, data: Path, tmp_path: P
     # absolute data roots on both sides: by default a local store records its root relative to
     # itself and an S3 store records none, the one intended difference between their documents
     cfg = tiny_config(data, url, views=1, shard_samples=8, record_paths=True)
-    result = extract(cfg, progress=False)
+    result = extract_store(cfg, progress=False)
     assert result.status == "complete" and sum(result.samples.values()) == 33
 
     # the same bytes as a local extraction, object for object
     local = tiny_config(data, tmp_path / "local" / "tiny.zarr", views=1, shard_samples=8, record_paths=True)
-    extract(local, progress=False)
+    extract_store(local, progress=False)
     remote_files = _objects(bucket, "stores/tiny.zarr")
     assert LOCK_NAME not in remote_files  # released at the end
     assert remote_files == store_files(Path(local.out))
@@ -81,9 +81,9 @@ def test_extract_info_ls_probe_report_on_s3(bucket: str, data: Path, tmp_path: P
     assert entry["location"] == url and entry["complete"] and entry["provenance"] == doc["provenance"]
 
     # a second run finds it complete; the same extraction next to it is pointed at it
-    assert extract(cfg, progress=False).status == "already-complete"
+    assert extract_store(cfg, progress=False).status == "already-complete"
     with pytest.raises(StoreExistsError, match=rf"{url} already holds these tokens"):
-        extract(tiny_config(data, f"s3://{bucket}/stores/again.zarr", views=1), progress=False)
+        extract_store(tiny_config(data, f"s3://{bucket}/stores/again.zarr", views=1), progress=False)
 
     # probe streams the remote store; report reads the run directory
     run = tmp_path / "run"
@@ -108,16 +108,16 @@ def test_extract_info_ls_probe_report_on_s3(bucket: str, data: Path, tmp_path: P
 def test_a_killed_remote_extraction_resumes(bucket: str, data: Path, tmp_path: Path) -> None:
     url = f"s3://{bucket}/resume.zarr"
     cfg = tiny_config(data, url, splits={"val": "val"}, record_paths=True)  # comparable documents (above)
-    extract(cfg, progress=False)
+    extract_store(cfg, progress=False)
     with open_store(url, "a") as store:  # lose two blocks, as a crash between writes would
         for layer in store.meta.layers:
             for block in (0, 2):  # val: 9 samples in blocks of 4, 4 and 1
                 store._write_record("val", layer, block, -1)
     assert not describe_store(url).complete
-    again = extract(cfg, progress=False)
+    again = extract_store(cfg, progress=False)
     assert again.resumed and again.samples == {"val": 5}  # only blocks 0 and 2 were extracted again
     local = tiny_config(data, tmp_path / "resume.zarr", splits={"val": "val"}, record_paths=True)
-    extract(local, progress=False)
+    extract_store(local, progress=False)
     assert _objects(bucket, "resume.zarr") == store_files(Path(local.out))
 
 
@@ -136,7 +136,7 @@ def test_remote_prefix_that_is_not_a_store_is_never_overwritten(bucket: str, dat
     fs.pipe_file(f"{bucket}/notes/readme.txt", b"keep me")
     meta_store = tiny_config(data, f"s3://{bucket}/notes", splits={"val": "val"})
     with pytest.raises(ConfigError, match="no zarr store"):
-        extract(meta_store, progress=False)
+        extract_store(meta_store, progress=False)
     assert fs.cat_file(f"{bucket}/notes/readme.txt") == b"keep me"
     with pytest.raises(ConfigError, match="HDF5 store is one local file"):
         create_store(f"s3://{bucket}/x.h5", None)  # type: ignore[arg-type]
@@ -148,9 +148,9 @@ def test_quantized_remote_reads_equal_local_reads(bucket: str, data: Path, tmp_p
     """A quantised store (cache_layout.md §3.5) on S3: the same objects as on disk, codes and scales
     included, and every read (decoded, with the crc32c checks on) equal to the local one."""
     url = f"s3://{bucket}/stores/q.zarr"
-    extract(tiny_config(data, url, views=1, shard_samples=8, quantize=scheme, record_paths=True), progress=False)
+    extract_store(tiny_config(data, url, views=1, shard_samples=8, quantize=scheme, record_paths=True), progress=False)
     local = tiny_config(data, tmp_path / "q.zarr", views=1, shard_samples=8, quantize=scheme, record_paths=True)
-    extract(local, progress=False)
+    extract_store(local, progress=False)
     assert _objects(bucket, "stores/q.zarr") == store_files(Path(local.out))
     with open_store(url) as remote, open_store(local.out) as disk:
         assert remote.meta.quantization == disk.meta.quantization is not None

@@ -11,7 +11,7 @@ import torch
 from probe_helpers import config, make_meta, write_store
 
 from epcache.errors import ConfigError, HeadSpecError, MissingPooledError
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.config.probe_config import parse_layers
 from epcache.probe.data.layers import LayerPlan, MultiLayerSource, PooledPlan, PooledSource
 from epcache.probe.data.sources import head_input
@@ -96,7 +96,7 @@ def test_a_multi_layer_group_reads_each_chunk_of_each_layer_once_per_epoch(
     epochs = 2
     cfg = config(store, head="linear,ep", tokens="cls,patch", layers="all", layer_mix="mean,concat,tokens",
                  epochs=epochs, holdout=0.0, eval_cache_mb=0, in_memory=False)  # streamed: read every epoch
-    res = probe(cfg, progress=False)
+    res = probe_store(cfg, progress=False)
     # linear x (mean, concat) + ep x (mean, concat, tokens): five configs, ONE group of four layers
     assert sorted((r["config"]["kind"], r["input"]["layer_mix"]) for r in res.rows) == [
         ("ep", "concat"), ("ep", "mean"), ("ep", "tokens"), ("linear", "concat"), ("linear", "mean")]
@@ -126,18 +126,18 @@ def test_mix_configs_have_their_own_names_ids_and_widths(store: Path) -> None:
 
 def test_mix_errors_are_reported_before_training(store: Path) -> None:
     with pytest.raises(ConfigError, match="needs at least 2 layers"):
-        probe(config(store, head="ep", layers="last", layer_mix="mean"), progress=False)
+        probe_store(config(store, head="ep", layers="last", layer_mix="mean"), progress=False)
     with pytest.raises(ConfigError, match="unknown layer_mix"):
-        probe(config(store, head="ep", layers="all", layer_mix="median"), progress=False)
+        probe_store(config(store, head="ep", layers="all", layer_mix="median"), progress=False)
     with pytest.raises(ConfigError, match="no register tokens"):
-        probe(config(store, head="ep", tokens="registers"), progress=False)
+        probe_store(config(store, head="ep", tokens="registers"), progress=False)
 
 
 def test_mean_of_layers_trains_end_to_end_and_its_head_reloads(store: Path, tmp_path: Path) -> None:
     from epcache.probe import load_head
 
-    res = probe(config(store, head="linear,ep", tokens="cls+gap,patch", layers="all", layer_mix="concat,mean",
-                       epochs=3, out=str(tmp_path / "run")), progress=False)
+    res = probe_store(config(store, head="linear,ep", tokens="cls+gap,patch", layers="all", layer_mix="concat,mean",
+                             epochs=3, out=str(tmp_path / "run")), progress=False)
     linear = next(r for r in res.rows if r["config"]["kind"] == "linear" and r["input"]["layer_mix"] == "concat")
     assert linear["params"] == (5 * 16) * 4 + 4  # DINOv2 concat: 4 CLS + last GAP, C=4
     head, meta = load_head(tmp_path / "run" / linear["head_file"])
@@ -153,8 +153,8 @@ def test_report_draws_top1_per_input_and_token_source(store: Path, tmp_path: Pat
     from epcache.report._mix_plot import input_label
     from epcache.report._tables import group_seeds, load_rows
 
-    probe(config(store, head="linear,ep", tokens="cls,gap,patch", layers="2,3", layer_mix="none,mean,concat",
-                 epochs=1, out=str(tmp_path / "run")), progress=False)
+    probe_store(config(store, head="linear,ep", tokens="cls,gap,patch", layers="2,3", layer_mix="none,mean,concat",
+                       epochs=1, out=str(tmp_path / "run")), progress=False)
     labels = {(g.kind, input_label(g), g.tokens) for g in group_seeds(load_rows(tmp_path / "run"))}
     assert ("ep", "mean 2-3", "patch") in labels and ("linear", "concat 2-3", "gap") in labels
     assert ("linear", "single layer", "cls") in labels
@@ -203,7 +203,7 @@ def test_pooled_array_round_trips_and_a_linear_probe_reads_it(tmp_path: Path, su
     assert verify_store(path, deep=True).ok  # the extra array is part of a valid store
     if suffix == ".h5":
         return  # one training run is enough
-    res = probe(config(path, head="linear,ep", tokens="pooled,patch", epochs=20, lr=0.05), progress=False)
+    res = probe_store(config(path, head="linear,ep", tokens="pooled,patch", epochs=20, lr=0.05), progress=False)
     row = next(r for r in res.rows if r["config"]["tokens"] == "pooled")
     assert row["input"]["layers"] == [] and " pooled " in row["name"]
     assert row["params"] == 12 * 4 + 4
@@ -217,7 +217,7 @@ def test_store_without_pooled_opens_and_refuses_pooled_clearly(tmp_path: Path) -
         with pytest.raises(MissingPooledError, match="--pooled"):
             st.read_pooled("train")
     with pytest.raises(ConfigError, match="no 'pooled' array"):
-        probe(config(path, head="linear", queries=(), tokens="pooled"), progress=False)
+        probe_store(config(path, head="linear", queries=(), tokens="pooled"), progress=False)
 
 
 # ------------------------------------------------------------------------------------ registers
@@ -248,8 +248,8 @@ def test_register_sources_follow_the_layout() -> None:
 def test_in_memory_equals_streaming_for_layer_groups(store: Path) -> None:
     kw = {"head": "linear,ep", "tokens": "cls+gap,patch", "layers": "1,2,3", "layer_mix": "concat,tokens,mean",
           "epochs": 2, "dtype": "float64", "lr": "0.02"}
-    streamed = probe(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
-    memory = probe(config(store, in_memory=True, **kw), progress=False)
+    streamed = probe_store(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
+    memory = probe_store(config(store, in_memory=True, **kw), progress=False)
     assert len(streamed.rows) == 5
     for a, b in zip(streamed.rows, memory.rows, strict=True):
         assert a["id"] == b["id"]

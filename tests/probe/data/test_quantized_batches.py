@@ -10,7 +10,7 @@ import pytest
 import torch
 from probe_helpers import config, make_meta, write_store
 
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource
 from epcache.store import open_store
 
@@ -42,7 +42,7 @@ def test_streamed_rows_decode_into_float32_as_the_ram_load_does(store: Path) -> 
 def test_cpu_streaming_equals_in_memory_on_a_quantised_store(store: Path) -> None:
     """On the CPU both paths decode to float32 once: the same batches, so the same curves and metrics."""
     kw = {"head": "linear,ep", "tokens": "gap,patch", "epochs": 2, "seeds": "0"}
-    streamed = probe(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
-    held = probe(config(store, in_memory=True, eval_cache_mb=0, **kw), progress=False)
+    streamed = probe_store(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
+    held = probe_store(config(store, in_memory=True, eval_cache_mb=0, **kw), progress=False)
     for a, b in zip(streamed.rows, held.rows, strict=True):
         assert {k: v for k, v in a.items() if k != "timing"} == {k: v for k, v in b.items() if k != "timing"}

@@ -9,7 +9,7 @@ import torch
 from probe_helpers import config, write_store
 from safetensors.torch import load_file
 
-from epcache.probe import load_head, probe
+from epcache.probe import load_head, probe_store
 
 MP = "mp(hidden=64,num_heads=4)"  # 4 slices of 16: 3 maps of 16x16 -> 7x7 -> 3x3, 27 features
 
@@ -21,12 +21,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_mp_alone_equals_mp_in_a_fused_sweep(store: Path, tmp_path: Path) -> None:
     common = {"dtype": "float64", "epochs": 2, "optimizer": "adamw", "wd": 0.05}
-    sweep = probe(config(store, head=f"{MP},ep", queries=4, lr="0.01,0.05", seeds="0,1",
-                         out=str(tmp_path / "sweep"), **common), progress=False)
+    sweep = probe_store(config(store, head=f"{MP},ep", queries=4, lr="0.01,0.05", seeds="0,1",
+                               out=str(tmp_path / "sweep"), **common), progress=False)
     assert sum(r["config"]["kind"] == "mp" for r in sweep.rows) == 4
     by_name = {r["name"]: r for r in sweep.rows}
-    alone = probe(config(store, head=MP, queries=(), lr=0.05, seeds=1, out=str(tmp_path / "alone"), **common),
-                  progress=False)
+    alone = probe_store(config(store, head=MP, queries=(), lr=0.05, seeds=1, out=str(tmp_path / "alone"), **common),
+                        progress=False)
     (row,) = alone.rows
     assert row["config"]["tokens"] == "all" and row["input"] == {"tokens": "all", "layer_mix": "none", "layers": [1]}
     twin = by_name[row["name"]]
@@ -46,8 +46,8 @@ def test_mp_alone_equals_mp_in_a_fused_sweep(store: Path, tmp_path: Path) -> Non
 def test_mp_fused_equals_module_loop_and_reads_patch_with_gap(store: Path) -> None:
     kw = {"head": MP, "tokens": "all,patch", "epochs": 2, "dtype": "float64", "lr": "0.02", "seeds": "0,1",
           "queries": (), "optimizer": "adamw"}
-    fused = probe(config(store, **kw), progress=False)
-    loop = probe(config(store, fused=False, **kw), progress=False)
+    fused = probe_store(config(store, **kw), progress=False)
+    loop = probe_store(config(store, fused=False, **kw), progress=False)
     assert {r["config"]["tokens"] for r in fused.rows} == {"all", "patch"}
     for a, b in zip(fused.rows, loop.rows, strict=True):
         assert a["id"] == b["id"]

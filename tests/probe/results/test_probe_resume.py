@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[3]
 EPOCHS = 20
 SCRIPT = """
 import sys
-from epcache.probe import ProbeConfig, probe
-probe(ProbeConfig(store=sys.argv[1], out=sys.argv[2], head="linear,ep", tokens="gap,patch", queries=4, layers="all",
-                  lr="0.01,0.05", seeds="0,1", epochs={epochs}, warmup=2, batch_size=16, optimizer="lars",
-                  holdout=0.2, device="cpu"), progress=False)
+from epcache.probe import ProbeConfig, probe_store
+probe_store(ProbeConfig(store=sys.argv[1], out=sys.argv[2], head="linear,ep", tokens="gap,patch", queries=4,
+                        layers="all", lr="0.01,0.05", seeds="0,1", epochs={epochs}, warmup=2, batch_size=16,
+                        optimizer="lars", holdout=0.2, device="cpu"), progress=False)
 """
 
 

@@ -22,7 +22,7 @@ from solver_helpers import class_store
 from typer.testing import CliRunner
 
 from epcache.cli import app
-from epcache.probe import ProbeConfig, probe
+from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.results.rows import load_checkpoint, save_checkpoint
 from epcache.probe.solvers import PooledCache
 from epcache.probe.solvers import vectors as pooled_module
@@ -49,7 +49,7 @@ def _rerun(store: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[
     for f in out.glob("results*.jsonl"):  # the configs run again, reading the pooled cache
         f.unlink()
     capsys.readouterr()
-    result = probe(_config(store, out), progress=True)
+    result = probe_store(_config(store, out), progress=True)
     return result, capsys.readouterr().err
 
 
@@ -70,7 +70,7 @@ def test_edited_pooled_npy_is_pooled_again_and_rows_equal_the_clean_run(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
 ) -> None:
     out = tmp_path / "run"
-    clean = probe(_config(store, out), progress=False)
+    clean = probe_store(_config(store, out), progress=False)
     assert {r["input"]["features_from"] for r in clean.rows} == {"store"}
     (train_gap,) = (out / "pooled").glob("train-layer0-*.gap.npy")
     (train_cls,) = (out / "pooled").glob("train-layer0-*.cls.npy")
@@ -159,14 +159,14 @@ def _dead_pid() -> int:
 @pytest.mark.reliability_kill
 def test_killed_sweeps_temporary_files_are_removed_on_rerun(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    probe(_config(store, out), progress=False)
+    probe_store(_config(store, out), progress=False)
     dead = _dead_pid()
     leftovers = [out / "pooled" / f".train-layer0-0123456789abcdef.gap.npy.tmp-{dead}",
                  out / "heads" / f".abc.safetensors.tmp-{dead}", out / "ckpt" / f".g.safetensors.tmp-{dead}"]
     alive = out / "pooled" / f".val-layer0-0123456789abcdef.gap.npy.tmp-{os.getpid()}"
     for f in [*leftovers, alive]:
         f.write_bytes(b"half written")
-    again = probe(_config(store, out), progress=False)
+    again = probe_store(_config(store, out), progress=False)
     assert len(again.skipped) == len(again.rows)  # every config finished: only the cleanup ran
     assert not any(f.exists() for f in leftovers)
     assert alive.exists()  # its writer still runs (another shard): kept

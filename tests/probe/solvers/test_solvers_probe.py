@@ -140,13 +140,14 @@ def test_non_finite_features_exit_2_naming_the_layer(tmp_path: Path) -> None:
 
 
 def test_shards_split_solver_configs_and_union_equals_the_whole(tmp_path: Path) -> None:
-    from epcache.probe import ProbeConfig, probe
+    from epcache.probe import ProbeConfig, probe_store
 
     store = class_store(tmp_path / "s.zarr", layers=(0, 1))
     base = {"store": str(store), "head": ("ncm", "ridge(grid='bigvision')"), "tokens": ("cls", "gap"),
             "layers": "all", "holdout": 0.2, "device": "cpu"}
-    whole = probe(ProbeConfig(**base), progress=False)
-    parts = [probe(ProbeConfig(**base, shard=f"{i}/2", out=str(tmp_path / "run")), progress=False) for i in (0, 1)]
+    whole = probe_store(ProbeConfig(**base), progress=False)
+    parts = [probe_store(ProbeConfig(**base, shard=f"{i}/2", out=str(tmp_path / "run")), progress=False)
+             for i in (0, 1)]
     assert len(whole.rows) == 8 and all(len(p.rows) == 4 for p in parts)
     by_id = {r["id"]: r for p in parts for r in p.rows}
     assert set(by_id) == {r["id"] for r in whole.rows}

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.probe import ProbeConfig, probe
+from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.config.fields import FieldKind, field_kinds
 from epcache.probe.sweep.grid import resolve_request
 from epcache.store import open_store
@@ -174,7 +174,7 @@ def test_one_class_store_is_refused_before_training(one_class_store: tuple[Path,
     cfg = ProbeConfig(store=str(store), head=head, queries=(4,) if head == "ep" else (), epochs=1, batch_size=8,
                       lr=(0.01,), optimizer=("adamw",), device="cpu", out=str(out))
     with pytest.raises(ConfigError) as err:
-        probe(cfg, progress=False)
+        probe_store(cfg, progress=False)
     assert str(err.value) == (
         f"the train split has 1 class(es) with samples ({listed} listed); probe heads (trained and solver: knn, "
         "ridge, logreg, ncm) need at least 2. Extract a split with several classes"
@@ -206,8 +206,8 @@ def test_rows_left_with_one_class_are_refused_for_trained_and_solver_heads(tmp_p
     messages = set()
     for head in ("linear", "ncm"):
         with pytest.raises(ConfigError) as err:
-            probe(ProbeConfig(store=str(store), head=head, allow_incomplete=True, epochs=1, batch_size=8,
-                              lr=(0.01,), device="cpu"), progress=False)
+            probe_store(ProbeConfig(store=str(store), head=head, allow_incomplete=True, epochs=1, batch_size=8,
+                                    lr=(0.01,), device="cpu"), progress=False)
         messages.add(str(err.value))
     assert messages == {
         "the rows left to train on (after the holdout, the low-shot selection and unwritten blocks) hold 1 class(es) "

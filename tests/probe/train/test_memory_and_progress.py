@@ -9,7 +9,7 @@ import pytest
 from probe_helpers import config, write_store
 
 import epcache.probe.run as run_module
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.data.memory import AUTO_FRACTION, decide_in_memory
 from epcache.probe.train import trainer as trainer_module
 from epcache.probe.train.progress import WARMUP_SECONDS, WARMUP_STEPS, SweepProgress, format_eta
@@ -32,12 +32,12 @@ def test_auto_holds_what_fits_in_a_quarter_of_available_ram() -> None:
 
 
 def test_default_sweep_holds_small_splits_says_so_once_and_records_it(store: Path, capsys: Any) -> None:
-    result = probe(config(store, head="linear,ep", layers="0,1", epochs=2), progress=True)
+    result = probe_store(config(store, head="linear,ep", layers="0,1", epochs=2), progress=True)
     err = capsys.readouterr().err
     assert err.count("training tokens auto: held in RAM") == 1  # two groups, one note
     rules = {r["timing"]["in_memory"] for r in result.rows}
     assert len(rules) == 1 and rules.pop().startswith("auto: held in RAM")
-    streamed = probe(config(store, head="linear,ep", layers="0,1", epochs=2, in_memory=False), progress=False)
+    streamed = probe_store(config(store, head="linear,ep", layers="0,1", epochs=2, in_memory=False), progress=False)
     assert {r["timing"]["in_memory"] for r in streamed.rows} == {"--no-in-memory"}
     for a, b in zip(result.rows, streamed.rows, strict=True):  # held and streamed train identically
         assert a["curves"] == b["curves"] and a["metrics"] == b["metrics"]
@@ -100,7 +100,7 @@ def test_resumed_sweep_counts_only_new_steps_and_shows_the_restored_best(store: 
 
     monkeypatch.setattr(trainer_module.GroupTrainer, "train_epoch", killed_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        probe(config(store, **kw), progress=False)
+        probe_store(config(store, **kw), progress=False)
     monkeypatch.setattr(trainer_module.GroupTrainer, "train_epoch", real)
 
     bars: list[SweepProgress] = []
@@ -113,7 +113,7 @@ def test_resumed_sweep_counts_only_new_steps_and_shows_the_restored_best(store: 
     monkeypatch.setattr(run_module, "SweepProgress", Recording)
     statuses: list[str] = []
     monkeypatch.setattr(Recording, "set_postfix_str", lambda self, t: statuses.append(t), raising=True)
-    probe(config(store, **kw), progress=True)
+    probe_store(config(store, **kw), progress=True)
     (bar,) = bars
     assert bar.total == 4 * (bar.total // 4) and bar.done == bar.total
     assert bar.new == bar.total // 2  # epochs 3 and 4 only; epochs 1-2 were skipped, not counted
@@ -134,6 +134,6 @@ def test_held_training_tokens_are_read_once_not_every_epoch(store: Path, monkeyp
         return original(self, split, layer, chunk, **kw)
 
     monkeypatch.setattr(FeatureStore, "read_chunk", counting)
-    probe(config(store, head="linear", queries=None, layers="0", epochs=3, holdout=0.0), progress=False)
+    probe_store(config(store, head="linear", queries=None, layers="0", epochs=3, holdout=0.0), progress=False)
     train = [n for (split, _), n in reads.items() if split == "train"]
     assert train and set(train) == {1}  # auto held them: one read per chunk for 3 epochs

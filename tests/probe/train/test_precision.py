@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.probe import probe
+from epcache.probe import probe_store
 from epcache.probe.device import resolve_amp
 from epcache.probe.heads import create_head
 from epcache.probe.train.precision import amp_context, widen
@@ -114,9 +114,9 @@ def test_resolve_amp_rule(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_sweep_in_bf16_matches_float32_and_rows_say_so(store: Path, tmp_path: Path) -> None:
     kw = {"head": "linear,ep,mhca,mp(hidden=64,num_heads=4)", "lr": "0.01,0.03", "epochs": 3}
-    ref = probe(config(store, amp="none", out=str(tmp_path / "ref"), **kw), progress=False)
-    auto = probe(config(store, out=None, **kw), progress=False)  # auto on the CPU: none, the same ids
-    low = probe(config(store, amp="bf16", out=str(tmp_path / "bf16"), **kw), progress=False)
+    ref = probe_store(config(store, amp="none", out=str(tmp_path / "ref"), **kw), progress=False)
+    auto = probe_store(config(store, out=None, **kw), progress=False)  # auto on the CPU: none, the same ids
+    low = probe_store(config(store, amp="bf16", out=str(tmp_path / "bf16"), **kw), progress=False)
     assert [r["id"] for r in auto.rows] == [r["id"] for r in ref.rows]
     assert {r["id"] for r in low.rows}.isdisjoint(r["id"] for r in ref.rows)  # other numbers, other ids
     for a, b in zip(ref.rows, low.rows, strict=True):
@@ -135,15 +135,15 @@ def test_sweep_in_bf16_matches_float32_and_rows_say_so(store: Path, tmp_path: Pa
 
 def test_float64_refuses_bf16(store: Path) -> None:
     with pytest.raises(ConfigError, match="dtype float64 cannot be combined"):
-        probe(config(store, amp="bf16", dtype="float64"), progress=False)
+        probe_store(config(store, amp="bf16", dtype="float64"), progress=False)
 
 
 @pytest.mark.slow
 def test_compiled_stacks_match_eager(store: Path) -> None:
     """torch.compile on the CPU: inductor builds C++ with the system compiler, ~90 s on 2 cores, hence slow."""
     kw = {"head": "linear,ep", "lr": "0.01,0.03", "epochs": 2}
-    eager = probe(config(store, **kw), progress=False)
-    compiled = probe(config(store, compile=True, **kw), progress=False)
+    eager = probe_store(config(store, **kw), progress=False)
+    compiled = probe_store(config(store, compile=True, **kw), progress=False)
     for a, b in zip(eager.rows, compiled.rows, strict=True):
         assert a["id"] == b["id"] and b["protocol"]["compile"] is True
         for x, y in zip(a["curves"]["train_loss"], b["curves"]["train_loss"], strict=True):
@@ -167,5 +167,5 @@ def test_grid_file_shares_amp(store: Path, tmp_path: Path) -> None:
     grid = tmp_path / "g.toml"
     grid.write_text('[[grid]]\nhead = "linear"\namp = "bf16"\n[[grid]]\nhead = "ep"\namp = "none"\n')
     with pytest.raises(ConfigError, match="amp differs between"):
-        probe(config(store, grid=str(grid)), progress=False)
+        probe_store(config(store, grid=str(grid)), progress=False)
     assert json.dumps(config(store, amp="bf16").to_json()["amp"]) == '"bf16"'

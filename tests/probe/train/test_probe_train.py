@@ -11,7 +11,7 @@ import torch
 from probe_helpers import config, write_store
 from safetensors.torch import load_file
 
-from epcache.probe import load_head, probe, read_results
+from epcache.probe import load_head, probe_store, read_results
 from epcache.probe.data.select import HOLDOUT_RULE
 from epcache.probe.results.rows import RESULT_SCHEMA
 from epcache.store import open_store, select_tokens
@@ -25,7 +25,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ep_beats_linear_gap_when_the_class_is_in_one_token(store: Path) -> None:
     # Each image's class is the direction of ONE random patch token; GAP averages it with 15 noise tokens.
-    res = probe(config(store, head="linear,ep", tokens="gap,patch", epochs=12, lr="0.01,0.05"), progress=False)
+    res = probe_store(config(store, head="linear,ep", tokens="gap,patch", epochs=12, lr="0.01,0.05"), progress=False)
     best = {
         kind: max(r["metrics"]["eval"]["top1"] for r in res.rows if r["config"]["kind"] == kind)
         for kind in ("ep", "linear")
@@ -36,7 +36,7 @@ def test_ep_beats_linear_gap_when_the_class_is_in_one_token(store: Path) -> None
 
 def test_sweep_equals_configs_trained_alone(store: Path, tmp_path: Path) -> None:
     common = {"dtype": "float64", "epochs": 3, "out": str(tmp_path / "sweep")}
-    sweep = probe(
+    sweep = probe_store(
         config(store, head="linear,ep,mhca", queries=4, num_heads=2, tokens="gap,cls,patch", lr="0.01,0.05",
                wd="0,0.01", seeds="0,1", optimizer="lars", **common),
         progress=False,
@@ -51,7 +51,7 @@ def test_sweep_equals_configs_trained_alone(store: Path, tmp_path: Path) -> None
     ]
     for kind, tokens, lr, wd, seed in picks:
         alone_dir = tmp_path / f"alone-{kind}-{tokens}"
-        alone = probe(
+        alone = probe_store(
             config(store, head=kind, tokens=tokens, lr=lr, wd=wd, seeds=seed, optimizer="lars",
                    queries=4 if kind == "ep" else (), num_heads=2 if kind == "mhca" else (),
                    **{**common, "out": str(alone_dir)}),
@@ -70,10 +70,10 @@ def test_sweep_equals_configs_trained_alone(store: Path, tmp_path: Path) -> None
 def test_fused_equals_reference_loop_and_in_memory_equals_streaming(store: Path) -> None:
     kw = {"head": "linear,ep,mhca", "tokens": "cls+gap,patch,all", "queries": 4, "num_heads": 2, "epochs": 3,
           "dtype": "float64", "lr": "0.02", "seeds": "0,1"}
-    fused = probe(config(store, in_memory=False, **kw), progress=False)
-    loop = probe(config(store, fused=False, in_memory=False, **kw), progress=False)
-    memory = probe(config(store, in_memory=True, **kw), progress=False)
-    streamed_eval = probe(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
+    fused = probe_store(config(store, in_memory=False, **kw), progress=False)
+    loop = probe_store(config(store, fused=False, in_memory=False, **kw), progress=False)
+    memory = probe_store(config(store, in_memory=True, **kw), progress=False)
+    streamed_eval = probe_store(config(store, in_memory=False, eval_cache_mb=0, **kw), progress=False)
     for other in (loop, memory, streamed_eval):
         for a, b in zip(fused.rows, other.rows, strict=True):
             assert a["id"] == b["id"]
@@ -86,7 +86,7 @@ def test_selection_never_looks_at_the_eval_split(tmp_path: Path) -> None:
     a = write_store(tmp_path / "a.zarr", n_train=240, n_val=120)
     b = write_store(tmp_path / "b.zarr", n_train=240, n_val=120, val_labels=val, val_label_override=shuffled)
     kw = {"head": "linear,ep", "tokens": "gap,patch", "lr": "0.005,0.05", "epochs": 6, "seeds": "0,1"}
-    ra, rb = probe(config(a, **kw), progress=False), probe(config(b, **kw), progress=False)
+    ra, rb = probe_store(config(a, **kw), progress=False), probe_store(config(b, **kw), progress=False)
     assert [r["selected_epoch"] for r in ra.rows] == [r["selected_epoch"] for r in rb.rows]
     assert [r["metrics"]["holdout"] for r in ra.rows] == [r["metrics"]["holdout"] for r in rb.rows]
     assert ra.best is not None and rb.best is not None and ra.best["name"] == rb.best["name"]
@@ -95,8 +95,8 @@ def test_selection_never_looks_at_the_eval_split(tmp_path: Path) -> None:
 
 def test_results_schema_heads_and_consistency(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = probe(config(store, head="linear,ep", tokens="gap,patch", seeds="0,1", epochs=4, out=str(out)),
-                progress=False)
+    res = probe_store(config(store, head="linear,ep", tokens="gap,patch", seeds="0,1", epochs=4, out=str(out)),
+                      progress=False)
     rows = read_results(out / "results.jsonl")
     assert [r["id"] for r in rows] == [r["id"] for r in res.rows]
     cfg = json.loads((out / "config.json").read_text())
@@ -144,39 +144,39 @@ def test_results_schema_heads_and_consistency(store: Path, tmp_path: Path) -> No
 def test_rerun_skips_finished_configs_and_ignores_a_truncated_line(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     kw = {"head": "ep", "lr": "0.01,0.05", "epochs": 2, "out": str(out)}
-    first = probe(config(store, **kw), progress=False)
+    first = probe_store(config(store, **kw), progress=False)
     with open(out / "results.jsonl", "a", encoding="utf-8") as f:
         f.write('{"id": "half a line')  # a crash in the middle of an append
-    again = probe(config(store, **kw), progress=False)
+    again = probe_store(config(store, **kw), progress=False)
     assert again.skipped == tuple(r["id"] for r in first.rows)
     assert again.rows == first.rows
     assert (out / "results.jsonl").read_text().endswith("}\n")
-    more = probe(config(store, **{**kw, "lr": "0.01,0.05,0.1"}), progress=False)
+    more = probe_store(config(store, **{**kw, "lr": "0.01,0.05,0.1"}), progress=False)
     assert len(more.skipped) == 2 and len(more.rows) == 3
     assert len(read_results(out / "results.jsonl")) == 3
 
 
 def test_low_shot_and_views(tmp_path: Path) -> None:
     s = write_store(tmp_path / "views.zarr", n_train=200, n_val=40, views=3)
-    shots = probe(config(s, shots=5, batch_size=8, epochs=2), progress=False)
+    shots = probe_store(config(s, shots=5, batch_size=8, epochs=2), progress=False)
     assert shots.rows[0]["data"]["num_train"] == 5 * 4
-    frac = probe(config(s, fraction=0.5, batch_size=8, epochs=2), progress=False)
+    frac = probe_store(config(s, fraction=0.5, batch_size=8, epochs=2), progress=False)
     assert frac.rows[0]["data"]["num_train"] == 4 * 20  # 50 per class, 10 held out, half of the other 40
-    first = probe(config(s, epochs=3), progress=False)
-    again = probe(config(s, epochs=3), progress=False)
+    first = probe_store(config(s, epochs=3), progress=False)
+    again = probe_store(config(s, epochs=3), progress=False)
     assert first.rows[0]["curves"] == again.rows[0]["curves"]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_bfloat16_and_float32_stores(tmp_path: Path, dtype: str) -> None:
     s = write_store(tmp_path / f"{dtype}.zarr", n_train=240, n_val=120, dtype=dtype)
-    res = probe(config(s, head="linear,ep", tokens="cls+gap,all", epochs=8, lr=0.05), progress=False)
+    res = probe_store(config(s, head="linear,ep", tokens="cls+gap,all", epochs=8, lr=0.05), progress=False)
     ep = next(r for r in res.rows if r["config"]["kind"] == "ep")
     assert ep["metrics"]["eval"]["top1"] > 0.85
 
 
 def test_holdout_zero_selects_the_last_epoch(store: Path) -> None:
-    res = probe(config(store, holdout=0.0, epochs=3), progress=False)
+    res = probe_store(config(store, holdout=0.0, epochs=3), progress=False)
     row = res.rows[0]
     assert row["selected_epoch"] == 3 and row["metrics"]["holdout"] is None and res.best is None  # 1-based
     assert "not an honest selection" in res.summary

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import ConfigError
-from epcache.probe import ProbeConfig, probe, read_results
+from epcache.probe import ProbeConfig, probe_store, read_results
 from epcache.probe.config.protocol import adapted_batch, resolve_protocol
 from epcache.probe.config.recipes import RECIPES, get_recipe
 from epcache.probe.results.rows import format_summary
@@ -60,7 +60,7 @@ def ncm_accuracy(store: Path) -> float:
 def test_defaults_run_and_learn_from_20_samples_up(tmp_path: Path, n_train: int, num_classes: int) -> None:
     store = separable_store(tmp_path / "s.zarr", n_train=n_train, n_val=200, num_classes=num_classes)
     assert ncm_accuracy(store) == 1.0
-    res = probe(ProbeConfig(store=str(store), head=("linear", "ep"), device="cpu"), progress=False)
+    res = probe_store(ProbeConfig(store=str(store), head=("linear", "ep"), device="cpu"), progress=False)
     p = res.rows[0]["protocol"]
     assert p["recipe"] == "auto" and p["total_steps"] >= 1000 and p["warmup_steps"] == round(0.1 * p["total_steps"])
     assert len({r["config"]["lr"] for r in res.rows}) == 12  # the lr grid, trained fused and chosen on the holdout
@@ -90,7 +90,8 @@ def test_grid_file_settings_are_the_ones_that_run(tmp_path: Path) -> None:
     grid.write_text('batch_size = 8\nholdout = 0.25\nshots = 10\nepochs = 3\ndata_seed = 5\n'
                     '[[grid]]\nhead = "linear"\nlr = [0.01]\n', encoding="utf-8")
     # the CLI-side values differ: the grid file's must be the ones that run AND the ones recorded
-    res = probe(ProbeConfig(store=str(store), grid=str(grid), batch_size=64, epochs=9, device="cpu"), progress=False)
+    res = probe_store(ProbeConfig(store=str(store), grid=str(grid), batch_size=64, epochs=9, device="cpu"),
+                      progress=False)
     (row,) = res.rows
     assert row["data"]["num_train"] == 4 * 10 and row["data"]["num_holdout"] == 4 * 13  # round(0.25 * 50), half up
     assert row["protocol"]["batch_size"] == 8 and row["protocol"]["data_seed"] == 5 and row["config"]["shots"] == 10
@@ -99,14 +100,14 @@ def test_grid_file_settings_are_the_ones_that_run(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('out = "elsewhere"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"\['out'\] cannot be set in a grid file"):
-        probe(ProbeConfig(store=str(store), grid=str(bad)), progress=False)
+        probe_store(ProbeConfig(store=str(store), grid=str(bad)), progress=False)
 
 
 def test_impossible_explicit_requests_fail_together_with_the_fixing_flags(tmp_path: Path) -> None:
     store = separable_store(tmp_path / "s.zarr", n_train=50, n_val=20, num_classes=5)
     with pytest.raises(ConfigError) as err:
-        probe(ProbeConfig(store=str(store), head=("linear",), batch_size=4096, lr=(0.1,), epochs=2, warmup=5,
-                          blr=(0.2,)), progress=False)
+        probe_store(ProbeConfig(store=str(store), head=("linear",), batch_size=4096, lr=(0.1,), epochs=2, warmup=5,
+                                blr=(0.2,)), progress=False)
     msg = str(err.value)
     assert msg.startswith("3 problem(s) in the sweep, nothing was trained")
     assert "--batch-size 4096 is larger than the 45 training samples" in msg
@@ -182,8 +183,8 @@ def test_report_groups_seeds_by_fingerprint(tmp_path: Path) -> None:
     store = separable_store(tmp_path / "s.zarr", n_train=120, n_val=40, num_classes=4)
     out = tmp_path / "run"
     for shots in (5, 10):
-        probe(ProbeConfig(store=str(store), head=("linear",), lr=(0.01,), seeds=(0, 1), shots=shots, epochs=2,
-                          out=str(out), device="cpu"), progress=False)
+        probe_store(ProbeConfig(store=str(store), head=("linear",), lr=(0.01,), seeds=(0, 1), shots=shots, epochs=2,
+                                out=str(out), device="cpu"), progress=False)
     rows = read_results(out / "results.jsonl")
     assert len(rows) == 4 and len({r["name"] for r in rows}) == 2  # names repeat across the two runs
     groups = group_seeds(rows)

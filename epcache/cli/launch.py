@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from epcache._cli_base import user_errors
+from epcache.cli.common import user_errors
 from epcache.errors import ConfigError
 
 __all__ = ["SUBMIT_EPILOG", "gather", "submit"]
@@ -60,7 +60,7 @@ def submit(
     from epcache.launch import submit as run_submit  # lazy: loads numpy, zarr only when this runs
 
     with user_errors():
-        config = _captured_config(list(ctx.args))
+        config = _captured_config(ctx, list(ctx.args))
         slurm = ray = None
         if launcher == "slurm":
             from epcache.launch.submit import _optional  # lazy: loads numpy, zarr only when this runs
@@ -105,18 +105,19 @@ def gather(
     typer.echo(result.summary)
 
 
-def _captured_config(args: list[str]) -> object | None:
-    """The config of the ``extract`` / ``probe`` command after ``--`` (None: re-submit RUNDIR's plan)."""
+def _captured_config(ctx: typer.Context, args: list[str]) -> object | None:
+    """The config of the ``extract`` / ``probe`` command after ``--`` (None: re-submit RUNDIR's plan).
 
+    The command is parsed by the app that parsed ``submit`` (``ctx``'s root), so its own options and checks apply.
+    """
     if not args:
         return None
     if args[0] not in ("extract", "probe"):
         raise ConfigError(f"epcache submit runs `extract` or `probe` (after --), not {args[0]!r}")
-    from epcache.cli import app  # not at the top: cli imports this module (import cycle)
     from epcache.launch.capture import capturing  # lazy: loads numpy, zarr only when this runs
 
     with capturing() as box:
-        code = typer.main.get_command(app).main(args=args, prog_name="epcache", standalone_mode=False)
+        code = ctx.find_root().command.main(args=args, prog_name="epcache", standalone_mode=False)
     if not box:  # the command's own check refused it (its message is on stderr already), or printed its help
         raise typer.Exit(code=code if isinstance(code, int) else 2)
     return box[0]

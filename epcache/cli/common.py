@@ -1,4 +1,5 @@
-"""CLI plumbing shared by the command modules: git/pip-style help (`HelpCommand`), one-line user errors.
+"""CLI plumbing shared by the command modules: git/pip-style help (`HelpCommand`), help texts taken from
+the config fields' docs (`documented_by`), one-line user errors (`user_errors`).
 
 typer's own help renders every flag with a ``<bool>`` metavar (``--help`` included), required
 arguments as ``{rundir}`` and, in rich mode, eats ``[plot]`` in help text as markup. Commands
@@ -12,13 +13,19 @@ built with :class:`HelpCommand` print instead:
 Defaults appear one way only, ``[default: X]`` at the end of the help; a flag's default is the
 flag that is on. Options without a value (``None``) show no default unless they pass a text
 (``show_default="32 (EP)"``) that says what happens.
+
+An option named like a field of the command's config (``--holdout`` and ``ProbeConfig.holdout``)
+shows that field's doc, the one text ``help(ProbeConfig)`` shows too, followed by the option's own
+``help=`` when it has one (what only the command line needs: "comma list"). The config class is
+imported when help is shown, not when the app is built, since importing it loads torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Any, ClassVar
 
 import typer
 from typer.core import TyperCommand
@@ -26,26 +33,40 @@ from typer.core import TyperCommand
 from epcache.errors import EpcacheError
 
 __all__ = [
-    "STORE_HELP", "ChunkSamplesOption", "CompressorOption", "HelpCommand", "ShardSamplesOption", "option_record",
-    "user_errors",
+    "RUNDIR_HELP", "STORE_HELP", "HelpCommand", "config_options", "documented_by", "option_record", "user_errors",
 ]
 
 STORE_HELP = "Feature store: a .zarr directory, an .h5 file or a URL."
-
-# storage options that extract and convert share: one wording, one default style
-ChunkSamplesOption = Annotated[
-    int | None, typer.Option(metavar="N", help="Samples per chunk.", show_default="a few MB per chunk")
-]
-ShardSamplesOption = Annotated[
-    int | None, typer.Option(metavar="N", help="Samples per zarr shard.", show_default="automatic")
-]
-CompressorOption = Annotated[
-    str | None, typer.Option(metavar="CODEC", help="zstd[:N] / blosc[:N] (zarr), gzip / lzf (h5).", show_default="none")
-]
+RUNDIR_HELP = "Run directory written by `epcache probe --out RUNDIR`."
 
 
 class HelpCommand(TyperCommand):
-    """A typer command whose usage line and option list read as git's or pip's do."""
+    """A typer command whose usage line and option list read as git's or pip's do.
+
+    :meth:`config` (see :func:`documented_by`) is the dataclass whose field docs are the help of the
+    options of the same name; ``renames`` maps an option to its field where the names differ.
+    """
+
+    renames: ClassVar[Mapping[str, str]] = {}
+
+    def config(self) -> Any:
+        """The config dataclass whose field docs the options show (None: each option has its own help)."""
+        return None
+
+    def field_docs(self) -> dict[str, str]:
+        """Option name -> the doc of the config field it sets (empty without a config)."""
+        config = self.config()
+        if config is None:
+            return {}
+        docs = {f.name: str(f.metadata.get("doc", "")) for f in dataclasses.fields(config)}
+        names = {p.name: self.renames.get(p.name or "", p.name) for p in self.params}
+        return {name: docs[field] for name, field in names.items() if name and field in docs}
+
+    def option_help(self, p: Any, docs: Mapping[str, str] | None = None) -> str:
+        """The help shown for one parameter: its field's doc, then its own text (see the module docstring)."""
+        own = str(getattr(p, "help", "") or "")
+        doc = (self.field_docs() if docs is None else docs).get(p.name, "")
+        return f"{doc}; {own}" if doc and own else doc or own
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -71,8 +92,10 @@ class HelpCommand(TyperCommand):
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
         params = self.get_params(ctx)
-        args = [option_record(p) for p in params if p.param_type_name == "argument"]
-        opts = [option_record(p) for p in params if p.param_type_name == "option" and not p.hidden]
+        docs = self.field_docs()
+        args = [option_record(p, self.option_help(p, docs)) for p in params if p.param_type_name == "argument"]
+        opts = [option_record(p, self.option_help(p, docs))
+                for p in params if p.param_type_name == "option" and not p.hidden]
         if args:
             with formatter.section("Arguments"):
                 formatter.write_dl(args)
@@ -81,17 +104,36 @@ class HelpCommand(TyperCommand):
                 formatter.write_dl(opts)
 
 
-def option_record(p: Any) -> tuple[str, str]:
-    """(``--name METAVAR`` or ``ARG``, help text with ``[default: X]``) for one click parameter."""
+def documented_by(loader: Callable[[], Any], **renames: str) -> type[HelpCommand]:
+    """A :class:`HelpCommand` whose options show the docs of ``loader()``'s fields (``renames``: option=field)."""
+
+    class ConfigHelpCommand(HelpCommand):
+        def config(self) -> Any:
+            return loader()
+
+    ConfigHelpCommand.renames = renames
+    return ConfigHelpCommand
+
+
+def config_options(options: Mapping[str, Any], cli_only: tuple[str, ...] = (), **renames: str) -> dict[str, Any]:
+    """The parsed options of a command as config fields: ``cli_only`` ones dropped, ``renames`` (option=field)."""
+    return {renames.get(k, k): v for k, v in options.items() if k not in cli_only}
+
+
+def option_record(p: Any, help_text: str | None = None) -> tuple[str, str]:
+    """(``--name METAVAR`` or ``ARG``, help text with ``[default: X]``) for one click parameter.
+
+    ``help_text`` replaces the parameter's own help (a config field's doc, :meth:`HelpCommand.option_help`).
+    """
+    help_text = str(getattr(p, "help", "") or "") if help_text is None else help_text
     if p.param_type_name == "argument":
-        return _arg_name(p), str(getattr(p, "help", "") or "")
+        return _arg_name(p), help_text
     if p.is_flag:  # an off-by-default switch shows as git's do (--resume); --no-resume still parses
         # a tri-state pair (default None: decided at run time) shows both spellings
         shown = (p.opts, p.secondary_opts) if p.default or p.default is None else (p.opts,)
         names = " / ".join(", ".join(o) for o in shown if o)
     else:
         names = f"{', '.join(p.opts)} {p.metavar or _value_name(p)}"
-    help_text = p.help or ""
     default = _default_text(p)
     if default:
         help_text = f"{help_text}  [default: {default}]".strip()

@@ -1,0 +1,61 @@
+"""`epcache report` and `epcache attention`: what a run directory of `epcache probe --out` holds, as reports."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from epcache._text import plural
+from epcache.cli.common import RUNDIR_HELP, user_errors
+
+__all__ = ["attention", "report"]
+
+
+def report(
+    rundir: Annotated[str, typer.Argument(metavar="RUNDIR", help=RUNDIR_HELP, show_default=False)],
+    out: Annotated[
+        str | None,
+        typer.Option(metavar="DIR", help="Where to write report.md and the figures.", show_default="RUNDIR/report"),
+    ] = None,
+    figures: Annotated[
+        bool, typer.Option(help="Render PNG figures (needs matplotlib: pip install 'epcache[plot]').")
+    ] = True,
+) -> None:
+    """Markdown report with the results tables and the paper's figures for this run."""
+    from epcache.report import write_report  # lazy: loads numpy, safetensors, torch only when this runs
+
+    with user_errors():
+        rep = write_report(rundir, out, figures=figures)
+    typer.echo(f"report: {rep.markdown} ({plural(rep.num_configs, 'config')}, {plural(len(rep.figures), 'figure')})")
+    for f in rep.figures:
+        typer.echo(f"  {f}")
+
+
+def attention(
+    rundir: Annotated[str, typer.Argument(metavar="RUNDIR", help=RUNDIR_HELP, show_default=False)],
+    config: Annotated[
+        str,
+        typer.Option(metavar="ID", help="Config id (or a unique prefix; see report.md's id column), or 'best': "
+                     "the best attentive config."),
+    ] = "best",
+    split: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Split to analyse.", show_default="the run's eval split")
+    ] = None,
+    images: Annotated[int, typer.Option(metavar="N", help="Images shown in the attention grid.")] = 16,
+    data: Annotated[
+        str | None,
+        typer.Option(metavar="ROOT", help="Data root of the images (to overlay the maps on them).",
+                     show_default="the root the store recorded at extraction"),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(metavar="DIR", help="Output directory.", show_default="RUNDIR/attention/ID")
+    ] = None,
+) -> None:
+    """Per-query attention maps, entropies and the uniform-attention ablation of a trained head."""
+    from epcache.report import attention_report  # lazy: loads numpy, safetensors, torch only when this runs
+
+    with user_errors():
+        res = attention_report(rundir, config, split=split, images=images, data_root=data, out=out)
+    typer.echo(res.table.read_text())
+    typer.echo(f"written: {res.table}, {res.json}" + (f", {res.png}" if res.png else ""))
