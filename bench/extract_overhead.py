@@ -25,7 +25,7 @@ their order); the median pair ratio is the headline, because on a shared machine
 drifts by 2-3x over tens of seconds and adjacent passes share the conditions. Small write
 blocks keep the one write that cannot overlap anything (the last block's) short.
 
-Worker output (issue 18), measured in the same run: the DataLoader alone (decode, resize, crop in
+Worker output, measured in the same run: the DataLoader alone (decode, resize, crop in
 2 workers, collate, hand-over to the main process, normalise there) with workers sending
   uint8         what extraction does: 1 byte a pixel, normalised in the main process / on the device;
   float32       the previous behaviour: ToTensor + Normalize in the worker, 4 bytes a pixel.

@@ -1,4 +1,4 @@
-"""GPU figures (issue #18): extraction with decode on CPU vs GPU vs forward only; the probe's fused sweep.
+"""GPU figures: extraction with decode on CPU vs GPU vs forward only; the probe's fused sweep.
 
 Command:
     python bench/gpu.py --json gpu.json                       # the real run: one CUDA GPU, < 6 min

@@ -29,17 +29,17 @@ Expected result (``--threads 1``, dev box, 2026-11-22, load average ~4 from othe
     M=32: reference/pool_first = 7.4x, mhca/pool_first = 14.3x
 
 i.e. pooling first is roughly an order of magnitude cheaper per training step than the
-reference order (whose N·D·D value projection dominates, EP_SPEC §1.5), and generic MHCA
+reference order (whose N·D·D value projection dominates, docs/EP_SPEC.md §1.5), and generic MHCA
 (K and V projections over all tokens) costs about twice the reference EP order.
 
-MP (issue 15; input CLS + 196 patches) and the linear probe on CLS were added on 2026-11-27
+MP (input CLS + 196 patches) and the linear probe on CLS were added on 2026-11-27
 (``--threads 1``, load average 6.6-8 from other jobs; two runs):
 
     mp (4x128, hidden 512)        0.1815          21.0   (21.4 in the other run)
     linear (CLS)                  0.0015           0.124 (0.184)
     MP: mp/ep32 pool_first = 7.0x (8.0x), mp/linear = 170x (116x)
 
-MP's 768->512 projection of every patch token (154 of its 181.5 MFLOP, PROBE_FAMILIES §1.4) makes
+MP's 768->512 projection of every patch token (154 of its 181.5 MFLOP, docs/PROBE_FAMILIES.md §1.4) makes
 it cost about as much as EP in the reference order: one MP config costs ~7 EP_32 configs.
 """
 

@@ -1,4 +1,4 @@
-"""Reading k layers as ONE group vs k single-layer passes over a cached store (issue 15), one run.
+"""Reading k layers as ONE group vs k single-layer passes over a cached store, one run.
 
 Command:   python bench/layers.py [--samples 1024] [--layers 4] [--dir /tmp/epcache-bench-layers]
 Machine:   the shared 2-core CPU dev box (no GPU); numbers in the closing note come from it.

@@ -17,7 +17,7 @@ train / holdout / eval rows:
 Stores: (1) ``demo``: the demo's generated shapes, extracted by a random-init 4-block patch-8 ViT
 at 64 px (its last block); (2) ``synthetic``: class-structured tokens (20 classes, D=64, class
 means + noise + a few outlier channels) where a linear classifier is good but not perfect. Each at
-full data and 5-shot. Target (issue 12): the default within 1 point of the tuned logistic
+full data and 5-shot. Target: the default within 1 point of the tuned logistic
 regression in every case, and EP's default at least as good as linear's on the demo data.
 """
 

@@ -25,7 +25,7 @@ with 100x the magnitude of the others, as ViT tokens have). Heads, each trained 
 k-NN (k=20 on CLS). Printed: top-1 per head and store, the difference from fp16 in points, bytes on
 disk, the reconstruction error relative to fp16 (RMS / RMS of the tokens), and read throughput of
 ``read_chunk`` over the whole train split (MB/s of logical fp16 tokens, samples/s), as ratios to fp16.
-Target (issue 17): int8 within 0.3 points of fp16 for every head on both datasets, at half the bytes.
+Target: int8 within 0.3 points of fp16 for every head on both datasets, at half the bytes.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Command (from the repository root)::
     python bench/vs_hand_loop.py           # ~6 min on 2 idle CPU cores
     python bench/vs_hand_loop.py --quick   # smaller store and K = 1, 8 only, ~2 min
 
-Setup (issue 19): one store of 2,048 train + 512 val samples of 197 x 384 fp16 tokens (a ViT-S/16
+Setup: one store of 2,048 train + 512 val samples of 197 x 384 fp16 tokens (a ViT-S/16
 layer; synthetic class-structured tokens), EP with 8 queries, LARS, batch 256, 3 epochs, holdout
 (10%) and val scored every epoch on both sides, one torch thread.
 

@@ -2,7 +2,7 @@
 
 timm's ``feature_take_indices`` reads a bare int as "the last n"; that is easy to misread, so
 epcache resolves every spec to sorted absolute indices here and never stores the spec itself.
-Extract, probe and convert all read the same syntax, so it lives outside all three (DESIGN.md:
+Extract, probe and convert all read the same syntax, so it lives outside all three (docs/DESIGN.md:
 extract and probe never import each other).
 """
 

@@ -118,7 +118,7 @@ class HeadSpecError(ConfigError):
 
 
 class MissingPooledError(EpcacheError, KeyError):
-    """A config asks for the model's pooled output but the store was extracted without it (issue 15)."""
+    """A config asks for the model's pooled output but the store was extracted without it."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -1,4 +1,4 @@
-"""``epcache convert``: derive a smaller store from an existing one, without the backbone (issue 17).
+"""``epcache convert``: derive a smaller store from an existing one, without the backbone.
 
 A lab extracts once in fp16 and publishes smaller copies: fewer layers, a pooled patch grid, another
 dtype or backend. The copy's provenance names its source's (``derived_from``), and it is built beside

@@ -126,7 +126,7 @@ def _run_batches(
         with torch.inference_mode(), _autocast(cfg):
             outs = extractor(x)
         pooled = None
-        if isinstance(outs, tuple):  # --pooled: (layers, the model's pooled output), issue 15
+        if isinstance(outs, tuple):  # --pooled: (layers, the model's pooled output)
             outs, pooled = outs
         if acc is None:
             acc = {layer: np.empty((length, V, *stored.layer_shape(layer)), np_dtype) for layer in g.layers}

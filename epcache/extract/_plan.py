@@ -45,8 +45,8 @@ class Prepared:
     sources: dict[str, SplitSource]  # as listed
     sources_in_store: dict[str, SplitSource]  # as stored (unreadable images left out when skipping)
     plan: ExtractPlan
-    pooled_dim: int | None = None  # width of the model's pooled output when --pooled (issue 15), else None
-    stored: ModelGeometry | None = None  # the layers as stored: ``geometry`` with its grids pooled (issue 17)
+    pooled_dim: int | None = None  # width of the model's pooled output when --pooled, else None
+    stored: ModelGeometry | None = None  # the layers as stored: ``geometry`` with its grids pooled (--pool-patches)
 
     @property
     def store_geometry(self) -> ModelGeometry:

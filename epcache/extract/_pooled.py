@@ -1,4 +1,4 @@
-"""The model's own pooled output, stored beside the tokens when ``--pooled`` is given (issue 15).
+"""The model's own pooled output, stored beside the tokens when ``--pooled`` is given.
 
 timm's ``forward_head(pre_logits=True)`` is what the model itself feeds its classifier: the MAP
 head's output for SigLIP, the projection input for CLIP, the final-norm CLS (or GAP with

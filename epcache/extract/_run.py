@@ -162,7 +162,7 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
                     missing_unused=report.missing_unused,
                     world_size=ctx.world_size,
                 )
-            extractor: Any = (PooledTokenExtractor if prep.pooled_dim else TokenExtractor)(  # --pooled: issue 15
+            extractor: Any = (PooledTokenExtractor if prep.pooled_dim else TokenExtractor)(  # --pooled: + pooled output
                 model, prep.geometry, final_norm=config.final_norm
             )
             t0 = time.perf_counter()
@@ -280,7 +280,7 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
             lock = acquire_store_lock(config.out, break_lock=config.break_lock, purpose=purpose)
             target = open_or_create(config, prep, meta, progress=progress)
             store, staging = target.store, target.staging
-            ensure_pooled(store, prep.sources_in_store, prep.pooled_dim, resumed=target.resumed)  # issue 15
+            ensure_pooled(store, prep.sources_in_store, prep.pooled_dim, resumed=target.resumed)  # --pooled
             h5 = store.format == "h5"  # never under torchrun
             reserve = SpaceReserve(store.location, resume_hint=RESUME_HINT) if h5 else None
             work = {name: store.missing_blocks(name) for name in prep.sources}

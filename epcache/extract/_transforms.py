@@ -2,7 +2,7 @@
 
 The eval transform is timm's own for the model (``resolve_model_data_config`` then
 ``create_transform``), resolved once and recorded in the store so the probe stage never
-recomputes it. Augmented views follow the EP recipe (EP_SPEC §4.2): RandomResizedCrop
+recomputes it. Augmented views follow the EP recipe (docs/EP_SPEC.md §4.2): RandomResizedCrop
 (scale 0.08-1, ratio 3/4-4/3, bicubic) and a horizontal flip, then ToTensor + Normalize. Each
 view draws from its own generator seeded by (seed, split, sample index, view index), so the
 pixels of a view never depend on batch size, worker count, or which run produced them.

@@ -1,4 +1,4 @@
-"""`epcache attention`: what each query of a trained attentive head looks at (EP_SPEC §6).
+"""`epcache attention`: what each query of a trained attentive head looks at (docs/EP_SPEC.md §6).
 
 For a head saved by `epcache probe` this computes, on one split of the store it was trained on:
 per-predictor attention maps over the patch grid (overlaid on the source images when the data
@@ -92,7 +92,7 @@ def attention_maps(head: Any, tokens: Any, *, num_prefix: int, token_selector: s
     """Attention over patch tokens ``(B, P, h*w)`` of a head fed ``tokens`` (as in training).
 
     With ``all`` tokens (EP's ``ep_all``) the prefix columns are dropped and each row is
-    renormalised, as EP_SPEC §6.1 prescribes for plotting; with patch tokens this is exactly the
+    renormalised, as docs/EP_SPEC.md §6.1 prescribes for plotting; with patch tokens this is exactly the
     head's own attention output.
     """
     attn = head.attention(tokens)
@@ -129,7 +129,7 @@ def attention_report(
     kind, layer, sel = row["config"]["kind"], int(row["config"]["layer"]), row["config"]["tokens"]
     if kind in ("linear", "dinovit", "mp"):
         raise ConfigError(f"a {kind!r} head has no attention maps; pick an ep/mhca/... config")
-    if row["config"].get("layer_mix", "none") != "none" or sel not in ("patch", "all"):  # issue 15 inputs
+    if row["config"].get("layer_mix", "none") != "none" or sel not in ("patch", "all"):  # layer mixes and vector inputs
         raise ConfigError(f"attention maps are drawn over the patch grid of one layer; config {row['id']} reads "
                           f"tokens={sel} layer_mix={row['config'].get('layer_mix', 'none')}; pick a single-layer "
                           "config reading patch or all tokens")
@@ -381,8 +381,9 @@ def _write_tables(res: AttentionResult, row: dict[str, Any]) -> None:
         d = "-" if res.delta_top1 is None else f"{100 * res.delta_top1[j]:+.2f}"
         lines.append(f"| {prefix}{j} | {h:.3f} | {d} |")
     if res.delta_top1 is None:
-        lines += ["", "Δ top-1 is `-`: the uniform-attention ablation is defined for EP heads only (EP_SPEC §6), "
-                  "whose queries own disjoint channel slices; the heads of this pooler share their output channels."]
+        lines += ["", "Δ top-1 is `-`: the uniform-attention ablation is defined for EP heads only "
+                  "(docs/EP_SPEC.md §6), whose queries own disjoint channel slices; the heads of this pooler share "
+                  "their output channels."]
     if res.png is not None:
         lines += ["", f"![attention maps]({res.png.name})"]
     res.table.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Figure: eval top-1 per layer mix and token source, one panel per head kind (issue 15).
+"""Figure: eval top-1 per layer mix and token source, one panel per head kind.
 
 Which layers and which tokens a head reads can move a frozen encoder's number as much as the
 head itself (AIM's mean of layers, DINOv2's concatenation, PE's pooled output vs GAP), so the

@@ -133,7 +133,7 @@ def layers_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
 def curves_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
     """Per-epoch eval (solid) and holdout (dashed) top-1 of the selected config of each head kind."""
     plt = require_matplotlib()
-    trained = [g for g in groups if not g.rows[0]["config"].get("solver")]  # solver heads (issue 14) have no epochs
+    trained = [g for g in groups if not g.rows[0]["config"].get("solver")]  # solver heads have no epochs
     best = best_by(trained, lambda g: g.kind)
     fig, ax = _figure(plt)
     ys: list[float] = []

@@ -54,7 +54,7 @@ def _write(rows: list[dict], dest: Path, *, figures: bool) -> Report:
             plot_layers(groups, dest / "top1_vs_layer.png", title=f"accuracy by layer\n{backbone}"),
             plot_curves(groups, dest / "curves.png", title=f"learning curves of the selected configs\n{backbone}"),
         ]
-        if len({(input_label(g), g.tokens) for g in groups}) > 1:  # issue 15: more than one input to compare
+        if len({(input_label(g), g.tokens) for g in groups}) > 1:  # mixes or token sources: several inputs
             figs.append(plot_mixes(groups, dest / "top1_by_input.png", title=f"{backbone}: top-1 by layers and tokens"))
     md = _markdown(rows, groups, backbone=backbone, honest=honest, figures=[f.name for f in figs])
     path = write_atomically(dest / "report.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))

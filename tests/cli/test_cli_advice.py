@@ -1,4 +1,4 @@
-"""Every error that suggests a command suggests one that works as written (issue 16, item 5)."""
+"""Every error that suggests a command suggests one that works as written."""
 
 from __future__ import annotations
 

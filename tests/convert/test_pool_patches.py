@@ -1,4 +1,4 @@
-"""``extract --pool-patches``: the pooled grid's layout, values and metadata, and probes on it (issue 17)."""
+"""``extract --pool-patches``: the pooled grid's layout, values and metadata, and probes on it."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from epcache.extract import ExtractConfig
 
 TINY_VIT = "vit_tiny_patch16_224"
 TINY_VIT_KWARGS: dict[str, Any] = {"depth": 2, "img_size": 32}
-LOCK_NAME = ".epcache.lock"  # cache_layout / issue #8: the writer lock inside a zarr store
+LOCK_NAME = ".epcache.lock"  # cache_layout.md: the writer lock inside a zarr store
 S3_KEY_ID = "EPCACHETESTKEYID0001"  # the moto bucket fixture's credentials (tests/helpers/moto_s3.py)
 S3_SECRET = "epcache-test-secret-that-must-never-be-written"  # test_scale_s3 checks it is written nowhere
 

@@ -1,4 +1,4 @@
-"""The probe's CUDA paths (issue 18): run with ``pytest -m gpu tests/probe/test_gpu_probe.py`` on a GPU machine.
+"""The probe's CUDA paths: run with ``pytest -m gpu tests/probe/test_gpu_probe.py`` on a GPU machine.
 
 Skipped without CUDA. They check what the CPU tests cannot: batches copied on the copy stream one
 batch ahead arrive intact and in order, ``amp=auto`` becomes bf16 on CUDA and stays within the

@@ -1,4 +1,4 @@
-"""Issue 19: the faster data and scoring paths give the numbers of the plain paths."""
+"""The faster data and scoring paths give the numbers of the plain paths."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Figures a reviewer accepts: labels inside the axes and apart, one legend order, honest axes, model titles.
 
 Checked with matplotlib's renderer (``get_window_extent``) on figures built from synthetic
-results rows that reproduce the cases of issue 16: ``mhca h8`` at the largest size and ~100 %,
+results rows that reproduce the hard cases: ``mhca h8`` at the largest size and ~100 %,
 two EP variants 2 % apart, a single probed layer.
 """
 

@@ -230,7 +230,7 @@ def parse_layers(text: str | Sequence[int | str]) -> tuple[int | str, ...]:
             out.append(item)
             continue
         if ":" in str(item):  # "-4:" or "last:4", resolved against the model's blocks as extract does
-            out.append(str(item).strip().replace("lastk:", "last:"))  # lastk:4 = last:4 (issue 15 spelling)
+            out.append(str(item).strip().replace("lastk:", "last:"))  # lastk:4 = last:4 (the older spelling)
             continue
         try:
             out.append(int(item))

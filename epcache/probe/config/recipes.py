@@ -69,7 +69,7 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             name="ep-paper",
-            source="Psomas et al., ICLR 2026, EP code main_linprobe.py (EP_SPEC.md section 4.1)",
+            source="Psomas et al., ICLR 2026, EP code main_linprobe.py (docs/EP_SPEC.md section 4.1)",
             summary="LARS (momentum 0.9), blr 0.1 (lr = blr x batch / 256), batch 4096, 90 epochs, warm-up 10 "
             "epochs, cosine to 0, wd 0, holdout 10%",
             optimizer="lars",

@@ -83,7 +83,7 @@ class RunSpec:
     wd: float
     seed: int
     settings: SweepSettings
-    layer_mix: str = "none"  # none | concat | mean | tokens (issue 15)
+    layer_mix: str = "none"  # none | concat | mean | tokens (layer mixes)
     mix_layers: tuple[int, ...] = ()  # the layers a mix reads, ascending (empty for none)
     id: str = field(init=False)
     name: str = field(init=False)

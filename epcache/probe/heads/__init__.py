@@ -1,4 +1,4 @@
-"""Probe heads: pooling -> BatchNorm1d(affine=False) -> Linear, as in the EP paper (EP_SPEC §1-3).
+"""Probe heads: pooling -> BatchNorm1d(affine=False) -> Linear, as in the EP paper (docs/EP_SPEC.md §1-3).
 
 Kinds: ``linear`` (CLS / GAP / both), ``ep`` (Efficient Probing, evaluated pooling-first),
 ``mhca`` (generic multi-head cross-attention) and the reference poolers ``jepa``, ``siglip``,

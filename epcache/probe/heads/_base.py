@@ -1,6 +1,6 @@
 """Shared pieces of every probe head: the pooling interface, the head wrapper, attention helpers.
 
-EP_SPEC §1.6: every probe is ``pooling -> BatchNorm1d(width, affine=False, eps=1e-6) -> Linear``.
+docs/EP_SPEC.md §1.6: every probe is ``pooling -> BatchNorm1d(width, affine=False, eps=1e-6) -> Linear``.
 The wrapper keeps the reference ``nn.Sequential`` key names (``0.*`` pooling, ``1.*`` BatchNorm,
 ``2.*`` classifier) so checkpoints of the official implementation load without renaming.
 """

@@ -1,6 +1,6 @@
 """The built-in head kinds: ``linear``, ``ep``, ``mhca`` and the reference poolers.
 
-Construction order reproduces the reference RNG draws (EP_SPEC §1.6): for the reference
+Construction order reproduces the reference RNG draws (docs/EP_SPEC.md §1.6): for the reference
 poolers the classifier exists first (it is the encoder's own ``head`` Linear), then the
 pooling is built; EP builds its pooling first and then a fresh classifier. So under the same
 seed, ``create_head`` draws the same initial weights as ``build_probe_head`` (for EP the

@@ -1,4 +1,4 @@
-"""Class-attention poolers: CaiT's class-attention blocks and CoCa's attentional pooler (EP_SPEC §3).
+"""Class-attention poolers: CaiT's class-attention blocks and CoCa's attentional pooler (docs/EP_SPEC.md §3).
 
 Split from ``_xattn_pools`` (the other cross-attention poolers); same conventions and key names.
 """

@@ -1,9 +1,9 @@
-"""Trainable parameters and forward matmul FLOPs per image of each head (EP_SPEC §2.5).
+"""Trainable parameters and forward matmul FLOPs per image of each head (docs/EP_SPEC.md §2.5).
 
 Heads are built on the meta device (no memory, no RNG draws) and a one-image forward runs
 under ``torch.utils.flop_counter.FlopCounterMode``, which counts 2×MAC of every matmul and
 convolution (softmax, norms and elementwise ops are not counted). EP runs in its default
-pooling-first order, so its FLOPs are those of EP_SPEC §1.5, not of the reference order.
+pooling-first order, so its FLOPs are those of docs/EP_SPEC.md §1.5, not of the reference order.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ._registry import HeadSpec, create_head
 
 __all__ = ["BASELINE_KINDS", "HeadCost", "format_heads_table", "head_cost", "heads_table"]
 
-# Reference poolers in the order of EP_SPEC §2.5, after linear/EP/MHCA.
+# Reference poolers in the order of docs/EP_SPEC.md §2.5, after linear/EP/MHCA.
 BASELINE_KINDS: tuple[str, ...] = (
     "aim",
     "jepa",

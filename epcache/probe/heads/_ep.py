@@ -1,8 +1,8 @@
-"""Efficient Probing (EP), EP_SPEC §1: M learned queries on raw tokens, one value slice each.
+"""Efficient Probing (EP), docs/EP_SPEC.md §1: M learned queries on raw tokens, one value slice each.
 
 The reference computes ``V = X W_Vᵀ`` for every token and then lets query j pool slice j of V.
 Because keys are the raw tokens and ``W_V`` is linear without bias, the same numbers come out
-of pooling first (EP_SPEC §1.5): ``Z = A X`` then ``y_j = Z_j · W_V[slice_j]ᵀ``. That replaces
+of pooling first (docs/EP_SPEC.md §1.5): ``Z = A X`` then ``y_j = Z_j · W_V[slice_j]ᵀ``. That replaces
 the ``N·D·D'`` value projection by ``M·N·D + D·D'`` work (11x fewer FLOPs at ViT-B, M=32).
 """
 
@@ -58,7 +58,7 @@ class EfficientProbing(Pooling):
         super().__init__(dim, dim // d_out)
         self.queries = queries
         self.d_out = d_out
-        self.scale = dim**-0.5  # full width, not the slice width (EP_SPEC §1.2)
+        self.scale = dim**-0.5  # full width, not the slice width (docs/EP_SPEC.md §1.2)
         self.order = order
         # Construction order matters for seeded reproduction: v first, then the queries.
         self.v = nn.Linear(dim, dim // d_out, bias=False)
@@ -86,7 +86,7 @@ class EfficientProbing(Pooling):
         Args:
             tokens: ``(B, N, D)``.
             uniform_queries: queries whose attention is replaced by the uniform ``1/N``
-                (EP_SPEC §6.2 ablation); their slice becomes ``GAP(X)·W_V[slice]ᵀ``.
+                (docs/EP_SPEC.md §6.2 ablation); their slice becomes ``GAP(X)·W_V[slice]ᵀ``.
         """
         B, N, _ = self._check(tokens)
         M, c = self.queries, self.slice_width

@@ -1,6 +1,6 @@
-"""Generic multi-head cross-attention pooling (EP_SPEC §2.1), the baseline EP simplifies.
+"""Generic multi-head cross-attention pooling (docs/EP_SPEC.md §2.1), the baseline EP simplifies.
 
-One learned query, full ``W_Q, W_K, W_V, W_O`` projections with biases, H heads. EP_SPEC §1.4
+One learned query, full ``W_Q, W_K, W_V, W_O`` projections with biases, H heads. docs/EP_SPEC.md §1.4
 shows W_Q/W_K collapse into free per-head queries and W_O into the classifier; this module keeps
 them all so the cost of the conventional design can be measured next to EP.
 """

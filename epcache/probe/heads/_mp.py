@@ -1,4 +1,4 @@
-"""Moment Probing (MP, Gao et al., ICCV 2023), PROBE_FAMILIES.md §1.1: first- plus second-order moments.
+"""Moment Probing (MP, Gao et al., ICCV 2023), docs/PROBE_FAMILIES.md §1.1: first- plus second-order moments.
 
 Logits are ``(classifier1(first) + classifier2(LRA(cross-covariances)))/2`` where ``first`` is the
 CLS token (GAP of the patches for encoders without one) and the second-order term is built from
@@ -48,12 +48,12 @@ class MomentProbing(nn.Module):
 
     The first ``num_prefix`` tokens are prefix tokens (CLS first, then registers). CLS is the
     first-order term; the covariances use tokens ``[num_prefix:]`` only, so registers never enter
-    them (PROBE_FAMILIES §1.7). With ``num_prefix=0`` the first-order term is the GAP of the
+    them (docs/PROBE_FAMILIES.md §1.7). With ``num_prefix=0`` the first-order term is the GAP of the
     patches. ``from_reference("mp", sd)`` builds it with ``num_prefix=1``: called on the
     reference input ``[B, 1+P, D]`` it returns the reference logits.
 
     The LayerNorm, mean removal, covariances and column norms always run in at least float32:
-    in bf16 the norms of nearly constant columns are noise (PROBE_FAMILIES §1.7).
+    in bf16 the norms of nearly constant columns are noise (docs/PROBE_FAMILIES.md §1.7).
 
     Args:
         dim: token width D.

@@ -1,6 +1,6 @@
 """Reference poolers whose query comes from the tokens: SimPool, eSimPool, AbMILP, DINOv2 block, CLIP.
 
-Same forwards, key names and construction order as the official EP repository (EP_SPEC §3,
+Same forwards, key names and construction order as the official EP repository (docs/EP_SPEC.md §3,
 vectors README §3).
 """
 

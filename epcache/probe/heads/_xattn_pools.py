@@ -1,6 +1,6 @@
 """Reference learned-query cross-attention poolers: V-JEPA, SigLIP MAP, AIM, CAE, CaiT, CoCa.
 
-Each class reproduces one pooling of the official EP repository (EP_SPEC §2-3, vectors README
+Each class reproduces one pooling of the official EP repository (docs/EP_SPEC.md §2-3, vectors README
 §3): same forward, same state-dict key names and the same construction/initialisation order,
 so a seeded construction draws the same numbers as the reference. Attention is computed
 explicitly (not with fused SDPA) so the weights can be returned by ``attention()``.

@@ -1,7 +1,7 @@
 """Solver probes: k-NN, closed-form ridge, logistic regression over a C path, nearest class mean.
 
 They read a pooled view of the store (CLS / GAP per layer, one streamed pass) and need no SGD
-epochs; see PROBE_FAMILIES.md §2-§4 and the README's "Which probe when".
+epochs; see docs/PROBE_FAMILIES.md §2-§4 and the README's "Which probe when".
 """
 
 from epcache.probe.solvers._fewshot import check_fewshot as check_fewshot

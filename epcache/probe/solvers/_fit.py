@@ -105,7 +105,7 @@ def _fit_knn(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     eval_table = knn_table(d.refit_x, d.refit_y, d.eval_x, d.eval_y, **kw)
     details: dict[str, Any] = {}
     by_k = eval_table.top1()[:, ts.index(t)]
-    if len(by_k) >= 3 and bool((np.diff(by_k) < 0).all()):  # EP's CLIP log at T=0.07 (PROBE_FAMILIES.md §4.5)
+    if len(by_k) >= 3 and bool((np.diff(by_k) < 0).all()):  # EP's CLIP log at T=0.07 (docs/PROBE_FAMILIES.md §4.5)
         details["warning"] = (f"k-NN accuracy falls steadily with k at T={t} ({100 * by_k[0]:.1f}% -> "
                               f"{100 * by_k[-1]:.1f}%): check the features (normalisation, layer) and try a larger T")
     return SolverOutcome(

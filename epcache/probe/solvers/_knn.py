@@ -1,4 +1,4 @@
-"""k-NN evaluation: every k and every temperature from ONE top-max(k) search (PROBE_FAMILIES.md §4).
+"""k-NN evaluation: every k and every temperature from ONE top-max(k) search (docs/PROBE_FAMILIES.md §4).
 
 The EP code runs a full similarity search per (k, T) pair (21 per variant); DINO v1 one per k.
 Votes for every k and T only need the max(k) nearest neighbours and their similarities, so one

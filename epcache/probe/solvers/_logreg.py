@@ -1,4 +1,4 @@
-"""Multinomial L2 logistic regression over a C path, full-batch L-BFGS in torch (PROBE_FAMILIES.md §2.2, §3.2).
+"""Multinomial L2 logistic regression over a C path, full-batch L-BFGS in torch (docs/PROBE_FAMILIES.md §2.2, §3.2).
 
 Objective (scikit-learn's and cuML's, so C means the same thing): ½‖W‖²_F + C·Σᵢ CE(Wzᵢ + b, yᵢ),
 bias unpenalised. It is minimised in the equivalent scaled form mean CE + ‖W‖²/(2Cn) (the same

@@ -1,4 +1,4 @@
-"""Closed-form ridge least squares, big_vision's ``fewshot_lsr`` (PROBE_FAMILIES.md §3.1, §3.4).
+"""Closed-form ridge least squares, big_vision's ``fewshot_lsr`` (docs/PROBE_FAMILIES.md §3.1, §3.4).
 
 Features are standardised with the fit set's mean and population std (+1e-5, clamped from
 below at 1e-3 x median so a constant dimension cannot blow up), a constant column of 100 is the

@@ -78,7 +78,7 @@ def format_heads_listing(rows: Sequence[HeadCost], *, dim: int, num_classes: int
     """What `epcache heads` prints: the trained heads' cost table, its MP note, then the solver heads."""
     parts = ["trained heads: epochs of SGD on the stored tokens; forward FLOPs per image", format_heads_table(rows)]
     mp = next((r for r in rows if r.kind == "mp"), None)
-    if mp is not None:  # PROBE_FAMILIES §1.3: published MP counts leave out the projection
+    if mp is not None:  # docs/PROBE_FAMILIES.md §1.3: published MP counts leave out the projection
         proj = 512 * dim + 512
         parts.append(f"note: mp's {mp.params:,} include its {dim}->512 projection ({proj:,});\n"
                      f"      the MP paper counts without it ({(mp.params - proj) / 1e6:.2f} M here, 3.65 M at ViT-B)")

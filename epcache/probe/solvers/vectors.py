@@ -1,4 +1,4 @@
-"""Pooled view of a store: per layer, one CLS and one GAP vector per sample (PROBE_FAMILIES.md §0).
+"""Pooled view of a store: per layer, one CLS and one GAP vector per sample (docs/PROBE_FAMILIES.md §0).
 
 Solver heads (k-NN, ridge, logistic path, NCM) read a pooled ``[n, D]`` matrix, never the
 ``[N, T, D]`` tokens. The view is computed in ONE streamed pass over the chunks that hold the

@@ -152,7 +152,7 @@ def token_choices(
 
 
 def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMeta, num_classes: int) -> str | None:
-    """Build the head for its input (token source x layer mix, issue 15) on the meta device, run one forward.
+    """Build the head for its input (token source x layer mix) on the meta device, run one forward.
 
     ``meta`` is the store's metadata as seen by the layer(s) read (``StoreMeta.for_layer``).
     Returns the error text, or None if it works.

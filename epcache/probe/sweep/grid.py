@@ -238,7 +238,7 @@ def expand_sweep(
         # a table's own lr/blr/wd choices are checked as the base's are (the messages are deduplicated)
         grid = resolve_protocol(block, recipe, n_train=n_train, errors=errors) if block is not request.config else base
         check_choices("optimizer", grid.optimizers, OPTIMIZER_NAMES, errors)
-        inputs = layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input (issue 15)
+        inputs = layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input (layer mixes)
         entries = []
         for text in block.head:
             try:

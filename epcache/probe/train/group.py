@@ -96,7 +96,7 @@ class GroupRunner:
         t0 = time.perf_counter()
         c, s = self.config, runs[0].settings
         p = s.protocol
-        layer = group_label(runs)  # "layer11", "layers8-9-10-11" or "pooled" (issue 15)
+        layer = group_label(runs)  # "layer11", "layers8-9-10-11" or "pooled"
         layout = self.store.meta.for_layer(runs[0].group_key[0]).layout if runs[0].group_key else None
         plan = make_plan(runs, layout if layout is not None else self.store.meta.layout, self.dtype)
         train = self._stream(self.store, s.train_split, runs, plan, self.data.train_rows, self.data.train_labels,

@@ -1,4 +1,4 @@
-"""Optimisers and the learning-rate schedule of the EP probing recipe (EP_SPEC §4.1).
+"""Optimisers and the learning-rate schedule of the EP probing recipe (docs/EP_SPEC.md §4.1).
 
 The recipe trains every head with MAE's LARS (momentum 0.9, trust coefficient 0.001, no
 weight decay), ``lr = blr · batch / 256``, a linear warm-up from 0 and a per-iteration

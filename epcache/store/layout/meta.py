@@ -61,7 +61,7 @@ class TokenLayout:
     cls_index: int | None  # position of CLS among the prefix tokens, None if the model has none
     num_registers: int
     grid: tuple[int, int]  # patch grid (h, w) as stored; patches follow the prefix row-major
-    # the stored grid averages pool_patches x pool_patches windows of the model's grid (issue 17);
+    # the stored grid averages pool_patches x pool_patches windows of the model's grid (--pool-patches);
     # written to JSON only when > 1, so unpooled stores keep the document (and provenance) they had
     pool_patches: int = 1
 
@@ -99,7 +99,7 @@ class StoreMeta:
     # per-layer (grid, dim) of layers whose shape differs from the top-level layout.grid/dim (1.1: a
     # convnet's stages in one store); empty when every layer has the top-level shape
     layer_shapes: dict[int, tuple[tuple[int, int], int]] = field(default_factory=dict)
-    # a store made by `epcache convert` from another: {"provenance": source key, "ops": {...}} (issue 17);
+    # a store made by `epcache convert` from another: {"provenance": source key, "ops": {...}};
     # inside the provenance key, so a derived store never shares its source's key
     derived_from: dict[str, Any] | None = None
     # None: tokens stored in `dtype`; else the scheme of cache_layout.md §3.5 ("int8-channel",

@@ -1,4 +1,4 @@
-"""Layer mixes and token sources (issue 15): one store pass per group, derived inputs equal to by-hand ones."""
+"""Layer mixes and token sources: one store pass per group, derived inputs equal to by-hand ones."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def _ep(dim: int, queries: int, d_out: int, *, seed: int = 0) -> EfficientProbin
 
 
 def _ep_loop(ep: EfficientProbing, x: torch.Tensor) -> torch.Tensor:
-    """EP_SPEC §1.3 written as loops over images and queries."""
+    """docs/EP_SPEC.md §1.3 written as loops over images and queries."""
     B, _, D = x.shape
     c = ep.slice_width
     out = torch.empty(B, ep.out_dim, dtype=x.dtype)
@@ -82,7 +82,7 @@ def test_ep_orders_give_the_same_gradients() -> None:
 
 
 def test_ep_pool_first_cuts_flops_as_in_spec() -> None:
-    """EP_SPEC §1.5 / §2.5: ViT-B, M=32 -> 0.243 GFLOP in reference order, 0.022 pooling first."""
+    """docs/EP_SPEC.md §1.5 / §2.5: ViT-B, M=32 -> 0.243 GFLOP in reference order, 0.022 pooling first."""
     flops = {}
     for order in ("reference", "pool_first"):
         with torch.device("meta"):
@@ -120,7 +120,7 @@ def test_ep_rejects_bad_d_out_heads_and_order() -> None:
 
 
 def test_uniform_ablation_of_all_queries_is_a_linear_probe_on_gap() -> None:
-    """EP_SPEC §6.2: all queries uniform -> classifier(BN(GAP(X) · W_Vᵀ)), running stats kept."""
+    """docs/EP_SPEC.md §6.2: all queries uniform -> classifier(BN(GAP(X) · W_Vᵀ)), running stats kept."""
     torch.manual_seed(1)
     head = create_head("ep", in_dim=64, num_classes=7, queries=8).double()
     with torch.no_grad():
@@ -482,7 +482,7 @@ def test_mhca_parameter_count() -> None:
     assert cost.params == cost.pooling_params + 769_000
 
 
-# GFLOP/img from EP_SPEC §2.5 (reference modules, torch.utils.flop_counter, ViT-B/16).
+# GFLOP/img from docs/EP_SPEC.md §2.5 (reference modules, torch.utils.flop_counter, ViT-B/16).
 SPEC_GFLOP = {
     "aim": 0.465,
     "jepa": 0.476,

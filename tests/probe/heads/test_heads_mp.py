@@ -137,7 +137,7 @@ def test_parameter_count_and_flops_at_vit_b() -> None:
     cost = head_cost("mp", dim=768, num_classes=1000, num_tokens=196)
     assert cost.params == 4_047_146
     assert cost.params - (768 * 512 + 512) == 3_653_418  # the paper's 3.65 M leaves out the projection
-    assert abs(cost.flops / 1e6 - 181.5) < 0.1  # PROBE_FAMILIES §1.4
+    assert abs(cost.flops / 1e6 - 181.5) < 0.1  # docs/PROBE_FAMILIES.md §1.4
     rows = {r.kind: r for r in heads_table()}
     assert rows["mp"].params == 4_047_146 and rows["mp"].variant == "hidden=512,num_heads=4"
 

@@ -31,7 +31,7 @@ def test_fixed_C_matches_sklearn_lbfgs(digits: tuple[np.ndarray, np.ndarray]) ->
     assert np.linalg.norm(W - ref.coef_) / np.linalg.norm(ref.coef_) < 1e-3
     assert np.array_equal((Z @ W.T + fit.bias.numpy()).argmax(1), ref.predict(Z))
     assert not fit.hit_max_iter and fit.n_iter > 0
-    # the multinomial optimum is class-centred: the columns of W sum to zero (PROBE_FAMILIES.md §2.2)
+    # the multinomial optimum is class-centred: the columns of W sum to zero (docs/PROBE_FAMILIES.md §2.2)
     assert np.abs(W.sum(0)).max() < 1e-6 * np.abs(W).max()
 
 

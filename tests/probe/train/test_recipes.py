@@ -1,4 +1,4 @@
-"""Issue 12: recipes, defaults that work from 20 samples up, one resolved config, fingerprints, ranking."""
+"""Recipes, defaults that work from 20 samples up, one resolved config, fingerprints, ranking."""
 
 from __future__ import annotations
 

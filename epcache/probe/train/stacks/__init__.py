@@ -8,7 +8,7 @@ state dict that ``create_head(...).load_state_dict`` accepts, and per-config opt
 needs per-slice learning rates (``stacked_optim``).
 
 Stacked kinds: ``linear`` (BN + classifier on a CLS/GAP vector), ``ep`` (pooling-first EP,
-EP_SPEC §1.5), ``mhca`` (evaluated pooling-first too: with one learned query the key projection
+docs/EP_SPEC.md §1.5), ``mhca`` (evaluated pooling-first too: with one learned query the key projection
 folds into a per-head query vector and the value projection moves after the weighted sum, the
 same function at a fraction of the cost), ``mp`` (Moment Probing, ``mp.MPStack``: batched
 projections, covariances and grouped convolutions). Every other kind runs as a :class:`ModuleStack`, a

@@ -1,4 +1,4 @@
-"""Efficient Probing stacked, pooling-first (EP_SPEC §1.3, §1.5): all K·M queries in one matmul."""
+"""Efficient Probing stacked, pooling-first (docs/EP_SPEC.md §1.3, §1.5): all K·M queries in one matmul."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class EPStack(TensorStack):
     """Efficient Probing, pooling-first, for K configs with the same (M, d_out).
 
     All K·M queries attend in one ``(B, K·M, N)`` matmul; then each query's weighted token sum
-    meets its own ``c``-wide slice of its config's ``W_V`` (EP_SPEC §1.3, §1.5).
+    meets its own ``c``-wide slice of its config's ``W_V`` (docs/EP_SPEC.md §1.3, §1.5).
     """
 
     def pool(self, x: Tensor) -> Tensor:

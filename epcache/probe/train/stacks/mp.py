@@ -1,4 +1,4 @@
-"""K Moment Probing configs of one shape as batched ops (PROBE_FAMILIES §1.1, STYLE "Performance code").
+"""K Moment Probing configs of one shape as batched ops (docs/PROBE_FAMILIES.md §1.1, STYLE "Performance code").
 
 A sweep over learning rates, weight decays and seeds trains K MP heads on the same batch. The
 stack holds every single-head tensor with a leading K axis (``TensorStack``'s layout, so
