@@ -1,7 +1,7 @@
 """The lock file itself: its JSON document, exclusive creation, and the ``flock`` that arbitrates it.
 
 ``ops/lock.py`` decides what a store writer may do with a lock (refuse, break a stale one);
-``epcache/probe/run_lock.py`` does the same for probe run directories. Both take the file through
+``epcache/probe/rundir.py`` does the same for probe run directories. Both take the file through
 ``take_local_lock`` (local and NFSv4 file systems) or ``create_exclusive`` (object stores).
 """
 

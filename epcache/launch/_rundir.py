@@ -25,7 +25,7 @@ from typing import Any
 from epcache._fs.atomic import atomic_write
 from epcache._fs.lockfile import StoreLockedError
 from epcache.errors import ConfigError, EpcacheError
-from epcache.probe.run_lock import acquire_run_lock
+from epcache.probe.rundir import acquire_run_lock
 from epcache.store.ops.lock import StoreLock
 
 __all__ = [

@@ -23,7 +23,7 @@ from epcache.probe.device import cpu_threads, resolve_shard
 from epcache.probe.plan import PlannedGroup, SweepPlan, plan_sweep
 from epcache.probe.results.ranking import group_by_seed, rank
 from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
-from epcache.probe.run_lock import remove_stale_checkpoints, run_dir_lock
+from epcache.probe.rundir import remove_stale_checkpoints, run_dir_lock
 from epcache.probe.solvers import run_solver_configs
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress

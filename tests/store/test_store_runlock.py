@@ -1,4 +1,4 @@
-"""epcache/probe/run_lock.py: stale per-epoch checkpoints go, checkpoints a sweep may still resume from stay."""
+"""epcache/probe/rundir.py: stale per-epoch checkpoints go, checkpoints a sweep may still resume from stay."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from epcache.probe.run_lock import remove_stale_checkpoints
+from epcache.probe.rundir import remove_stale_checkpoints
 
 
 def _ckpt(path: Path, ids: list[str]) -> Path:

@@ -41,7 +41,7 @@ import torch
 
 from epcache._fs.atomic import atomic_write
 from epcache.errors import ConfigError, NonFiniteFeaturesError
-from epcache.probe.run_lock import check_pooled_dir
+from epcache.probe.rundir import check_pooled_dir
 from epcache.store import FeatureStore
 from epcache.store.layout.tokens import to_torch
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from reliability_helpers import TINY, child_env, make_imagefolder, run_cli
 
-from epcache.probe.run_lock import acquire_run_lock
+from epcache.probe.rundir import acquire_run_lock
 from epcache.store import StoreLockedError
 from epcache.store.ops.lock import LOCK_NAME, acquire_store_lock, read_store_lock
 

@@ -1,4 +1,4 @@
-"""One sweep per run directory (per shard): the probe's lock, and the leftovers a killed sweep leaves.
+"""The run directory's safety: one sweep per directory (per shard), and the leftovers a killed sweep leaves.
 
 Two ``epcache probe`` processes writing the same results file would both train every config
 and append duplicate rows. So a sweep takes ``<run dir>/.epcache-run<suffix>.lock`` first, the
