@@ -226,7 +226,7 @@ def train_vs_reader(cfg: ProbeConfig, store_path: Path, epochs: int) -> tuple[fl
     plan = InputPlan(frozenset(r.tokens for r in runs), layout)
     rows = np.arange(int(split.num_samples * 0.9))  # about the training subset left by a 10% holdout
     stream = BatchStream(StoreSource(st, "train", LAYER, plan), rows, st.read_labels("train"),
-                         batch_size=cfg.batch_size, device=torch.device("cpu"), dtype=torch.float32, data_seed=0)
+                         batch_size=cfg.optim.batch_size, device=torch.device("cpu"), dtype=torch.float32, data_seed=0)
     trainer = GroupTrainer(runs, geometry, plan, device=torch.device("cpu"), dtype=torch.float32)
     spe = stream.steps_per_epoch()
     train, host, dev = [], [], []

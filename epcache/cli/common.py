@@ -14,7 +14,7 @@ Defaults appear one way only, ``[default: X]`` at the end of the help; a flag's 
 flag that is on. Options without a value (``None``) show no default unless they pass a text
 (``show_default="32 (EP)"``) that says what happens.
 
-An option named like a field of the command's config (``--holdout`` and ``ProbeConfig.holdout``)
+An option named like a field of the command's config (``--holdout`` and ``ProbeConfig.data.holdout``)
 shows that field's doc, the one text ``help(ProbeConfig)`` shows too, followed by the option's own
 ``help=`` when it has one (what only the command line needs: "comma list"). The config class is
 imported when help is shown, not when the app is built, since importing it loads torch.
@@ -22,7 +22,6 @@ imported when help is shown, not when the app is built, since importing it loads
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -30,6 +29,7 @@ from typing import Any, ClassVar
 import typer
 from typer.core import TyperCommand
 
+from epcache._docs import leaf_fields
 from epcache.errors import EpcacheError
 
 __all__ = [
@@ -58,7 +58,7 @@ class HelpCommand(TyperCommand):
         config = self.config()
         if config is None:
             return {}
-        docs = {f.name: str(f.metadata.get("doc", "")) for f in dataclasses.fields(config)}
+        docs = {f.name: str(f.metadata.get("doc", "")) for f in leaf_fields(config)}
         names = {p.name: self.renames.get(p.name or "", p.name) for p in self.params}
         return {name: docs[field] for name, field in names.items() if name and field in docs}
 

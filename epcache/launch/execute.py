@@ -128,7 +128,7 @@ def _run_probe_unit(plan: RunPlan, unit: dict[str, Any], run_dir: Path) -> dict[
 
     config = probe_config_from_json(plan.config)
     changes: dict[str, Any] = {"out": str(unit_dir(run_dir, unit["id"])), "shard": None,
-                               "device": _rank_device(config.device)}
+                               "device": _rank_device(config.run.device)}
     if unit.get("layers"):
         changes["layers"] = tuple(unit["layers"])
     result = probe_store(dataclasses.replace(config, **changes), progress=False)

@@ -113,8 +113,8 @@ def _plan(run_dir: Path, config: Any, options: LaunchOptions) -> RunPlan:
     if hasattr(config, "store"):  # a ProbeConfig: the run directory is its --out
         import dataclasses
 
-        if config.out is not None and Path(config.out).resolve() != run_dir.resolve():
-            raise ConfigError(f"probe --out {config.out} is not the run directory {run_dir}; drop --out "
+        if config.run.out is not None and Path(config.run.out).resolve() != run_dir.resolve():
+            raise ConfigError(f"probe --out {config.run.out} is not the run directory {run_dir}; drop --out "
                               "(a launched sweep writes into the run directory)")
         if not (run_dir / PLAN_FILE).exists() and any(run_dir.glob("results*.jsonl")):  # gather would replace them
             raise ConfigError(f"{run_dir} already holds the results of a sweep run without a launcher; launch "

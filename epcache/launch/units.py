@@ -103,14 +103,14 @@ def plan_probe_run(config: Any) -> RunPlan:
     # lazy: loads safetensors, torch only when this runs
     from epcache.probe.sweep.grid import resolve_request, sweep_layers
 
-    if config.shard is not None:
+    if config.run.shard is not None:
         raise ConfigError("--shard cannot be combined with a launcher: the launcher splits the sweep into "
                           "layer units itself; drop --shard")
     request = resolve_request(config)
     with open_store(config.store) as store:
         layers = sweep_layers(request, store.meta)
     per_layer = len(layers) > 1 and _grid_leaves_layers(config) and all(
-        all(m == "none" for m in b.layer_mix) and "pooled" not in b.tokens for b in request.blocks
+        all(m == "none" for m in b.inputs.layer_mix) and "pooled" not in b.inputs.tokens for b in request.blocks
     )
     cfg = probe_config_to_json(config)
     if not per_layer:

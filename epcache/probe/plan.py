@@ -24,7 +24,7 @@ import torch
 
 from epcache._text import plural
 from epcache.errors import ConfigError, UnknownLayerError
-from epcache.probe.config.probe_config import ProbeConfig
+from epcache.probe.config.probe_config import ProbeConfig, SolverConfig
 from epcache.probe.config.protocol import Protocol, resolve_holdout
 from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec
@@ -75,11 +75,11 @@ class SweepPlan:
 
     @property
     def dtype(self) -> torch.dtype:
-        return TORCH_DTYPES[self.config.dtype]
+        return TORCH_DTYPES[self.config.run.dtype]
 
     @property
     def out(self) -> Path | None:
-        return Path(self.config.out) if self.config.out else None
+        return Path(self.config.run.out) if self.config.run.out else None
 
     @property
     def suffix(self) -> str:
@@ -161,24 +161,25 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     c = request.config
     num_classes = _check_splits(c, store, eval_store)
     errors: list[str] = []
-    holdout = resolve_holdout(c.holdout, get_recipe(c.recipe), errors)
+    holdout = resolve_holdout(c.data.holdout, get_recipe(c.optim.recipe), errors)
     raise_errors(errors)
     layers = sweep_layers(request, store.meta)
     for layer in layers:
         if layer not in eval_store.meta.layers:
             raise UnknownLayerError(f"eval store {eval_store.location} has no layer {layer}")
     # one draw of the rows: trained heads take its low-shot subset, solver heads the rows before it
-    trains = any(head_kind(h) != "solver" for b in request.blocks for h in b.head)
-    shots = c.shots if trains and not isinstance(c.shots, tuple) else None  # several counts: solver heads only
-    drawn = c if c.shots == shots else dataclasses.replace(c, shots=shots)
+    trains = any(head_kind(h) != "solver" for b in request.blocks for h in b.heads.head)
+    shots = c.data.shots if trains and not isinstance(c.data.shots, tuple) else None  # several: solver heads only
+    drawn = c if c.data.shots == shots else dataclasses.replace(c, shots=shots)
     data = resolve_rows(drawn, store, eval_store, layers, num_classes, holdout=holdout)
     solver_data = data.shot_free() if shots is not None else data
-    bank = _knn_bank(solver_data, c.shots)
+    bank = _knn_bank(solver_data, c.data.shots)
     c, knn_note = _cap_default_k(c, bank)
     capped = [_cap_default_k(b, bank) for b in request.blocks]
     knn_note = knn_note or next((note for _, note in capped if note), None)
     trained, specs = plan_block_solvers(
-        [b for b, _ in capped], store.meta, layers_of=lambda b: resolve_layers(b.layers, store.meta), holdout=holdout,
+        [b for b, _ in capped], store.meta, layers_of=lambda b: resolve_layers(b.inputs.layers, store.meta),
+        holdout=holdout,
         store_provenance=store.provenance, eval_provenance=eval_store.provenance,
     )
     trained_request: SweepRequest | None = request
@@ -188,7 +189,7 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
         elif request.config.grid is None:
             trained_request, c = SweepRequest(trained[0], (trained[0],)), trained[0]
         else:  # the base settles the shared protocol; the tables' trained heads run as given
-            c = dataclasses.replace(c, head=trained[0].head, shots=trained[0].shots)
+            c = dataclasses.replace(c, head=trained[0].heads.head, shots=trained[0].data.shots)
             trained_request = SweepRequest(c, tuple(trained))
     check_solver_inputs(specs, solver_data, num_classes)  # k vs bank, classes: before any training
     runs: list[RunSpec] = []
@@ -202,7 +203,7 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
         raise ConfigError("the sweep is empty: no head/layer/lr combination was requested")
     protocol = runs[0].settings.protocol if runs else None
     notes = _notes(c, runs, specs, layers, data, protocol, knn_note, store)
-    shard = resolve_shard(c.shard)
+    shard = resolve_shard(c.run.shard)
     total = len(runs) + len(specs)
     if shard is not None:
         index, count = shard
@@ -213,20 +214,20 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     return SweepPlan(
         config=c, protocol=protocol, layers=tuple(layers), num_classes=num_classes, data=data,
         solver_data=solver_data, runs=tuple(runs), specs=tuple(specs),
-        groups=_groups(runs, store, num_classes), total=total, shard=shard, device=resolve_device(c.device),
+        groups=_groups(runs, store, num_classes), total=total, shard=shard, device=resolve_device(c.run.device),
         notes=tuple(notes),
     )
 
 
 def _check_splits(c: ProbeConfig, store: FeatureStore, eval_store: FeatureStore) -> int:
     """The number of classes, once both splits (and a separate eval store) are known to agree."""
-    train_meta = store.split(c.train_split)
-    eval_meta = eval_store.split(c.eval_split)
+    train_meta = store.split(c.inputs.train_split)
+    eval_meta = eval_store.split(c.inputs.eval_split)
     if eval_store is not store:
         check_compatible(store, eval_store)
     if tuple(train_meta.classes) != tuple(eval_meta.classes):
         raise ConfigError(
-            f"split {c.train_split!r} has {len(train_meta.classes)} classes and {c.eval_split!r} has "
+            f"split {c.inputs.train_split!r} has {len(train_meta.classes)} classes and {c.inputs.eval_split!r} has "
             f"{len(eval_meta.classes)}, or they are in another order; labels would mean different classes. "
             "Extract both splits with the same class list"
         )
@@ -249,9 +250,9 @@ def _cap_default_k(c: ProbeConfig, bank: int) -> tuple[ProbeConfig, str | None]:
     An explicit ``--k`` larger than the bank stays an error (``check_solver_inputs``); the default
     must not make a valid command fail, so it keeps the values that fit and adds the bank size.
     """
-    default = next(f.default for f in dataclasses.fields(ProbeConfig) if f.name == "k")
-    solvers = [h for h in c.head if head_kind(h) == "solver"]
-    if c.k != default or max(default) <= bank or not any(_kind(h) == "knn" for h in solvers):
+    default = SolverConfig().k
+    solvers = [h for h in c.heads.head if head_kind(h) == "solver"]
+    if c.solvers.k != default or max(default) <= bank or not any(_kind(h) == "knn" for h in solvers):
         return c, None
     ks = tuple(sorted({k for k in default if k <= bank} | {bank}))
     return dataclasses.replace(c, k=ks), f"k-NN: the default k list capped at the bank of {bank} samples: k = {ks}"
@@ -270,9 +271,9 @@ def _notes(c: ProbeConfig, runs: Sequence[RunSpec], specs: Sequence[SolverSpec],
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if knn_note:
         notes.insert(1, knn_note)
-    if runs and (runs[0].settings.amp != "none" or c.compile):
+    if runs and (runs[0].settings.amp != "none" or c.run.compile):
         notes.insert(1, f"precision: amp {runs[0].settings.amp} ({runs[0].settings.amp_rule}; master weights, losses, "
-                     f"BatchNorm and MP covariance in float32){', torch.compile on' if c.compile else ''}")
+                     f"BatchNorm and MP covariance in float32){', torch.compile on' if c.run.compile else ''}")
     if protocol is not None and protocol.adapted:
         notes.insert(1, f"recipe {protocol.recipe} adapted to this dataset: " + "; ".join(protocol.adapted))
     return notes

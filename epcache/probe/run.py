@@ -67,26 +67,28 @@ def probe_store(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         CorruptStoreError: labels outside the class list.
         IncompleteStoreError: blocks never written (unless ``allow_incomplete``).
         ProvenanceMismatchError: ``eval_store`` comes from another backbone or preprocessing.
-        StoreLockedError: another sweep (of the same shard) is running into ``config.out``.
+        StoreLockedError: another sweep (of the same shard) is running into ``config.run.out``.
     """
-    action = f"epcache probe into {config.out}" if config.out else "epcache probe"
-    shard = resolve_shard(config.shard)
-    with os_errors(action=action, resume_hint=RESUME_HINT), run_dir_lock(config.out, shard=shard):  # one sweep per dir
+    action = f"epcache probe into {config.run.out}" if config.run.out else "epcache probe"
+    shard = resolve_shard(config.run.shard)
+    # one sweep per run directory (and shard) at a time
+    with os_errors(action=action, resume_hint=RESUME_HINT), run_dir_lock(config.run.out, shard=shard):
         return _probe_locked(config, progress)
 
 
 def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     say = _printer(progress)
-    checked = not config.trust_store  # never train on bytes, labels, ids or metadata that changed since extraction
+    checked = not config.inputs.trust_store  # never train on bytes, labels, ids or metadata changed since extraction
     cache = None  # copies of remote chunks; never changes a byte read (store/read/chunkcache.py)
-    if config.cache_dir is not None:
-        max_bytes = None if config.cache_max_gb is None else int(config.cache_max_gb * 1e9)
-        cache = ChunkCache(config.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected
+    if config.inputs.cache_dir is not None:
+        max_bytes = None if config.inputs.cache_max_gb is None else int(config.inputs.cache_max_gb * 1e9)
+        cache = ChunkCache(config.inputs.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected
     store = open_store(config.store, verify_reads=checked)
-    eval_store = open_store(config.eval_store, verify_reads=checked) if config.eval_store else store
+    eval_store = open_store(config.inputs.eval_store, verify_reads=checked) if config.inputs.eval_store else store
     store.chunk_cache = eval_store.chunk_cache = cache
     try:
-        for warning in check_for_probe(store, eval_store, config.train_split, config.eval_split, config.trust_store):
+        inputs = config.inputs
+        for warning in check_for_probe(store, eval_store, inputs.train_split, inputs.eval_split, inputs.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
         plan = plan_sweep(config, store, eval_store)
         with cpu_threads(plan.device) as rule:
@@ -122,7 +124,7 @@ def _run(
     if skipped:
         say(f"{len(skipped)} of {len(configs)} configs already finished in {out}; skipping them")
     if any(r.tokens == "pooled" for r in plan.runs):  # the eval split needs the pooled array as well
-        for st, split in ((store, plan.config.train_split), (eval_store, plan.config.eval_split)):
+        for st, split in ((store, plan.config.inputs.train_split), (eval_store, plan.config.inputs.eval_split)):
             st.require_pooled(split)
     todo = _todo(plan, finished)
     new_rows: dict[str, dict[str, Any]] = {}
@@ -140,7 +142,7 @@ def _run(
     if pending:  # solver heads: one pooled pass per layer, then closed form / L-BFGS per spec
         for row in run_solver_configs(pending, store=store, eval_store=eval_store, data=plan.solver_data,
                                       num_classes=plan.num_classes, device=plan.device, out=out,
-                                      results_file=plan.results_file, save_heads=plan.config.save_heads, say=say):
+                                      results_file=plan.results_file, save_heads=plan.config.run.save_heads, say=say):
             new_rows[row["id"]] = row
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in configs)
     best = rank(group_by_seed(rows))[0].rows[0] if len(plan.data.holdout_rows) else None

@@ -6,7 +6,6 @@ the option shows the field's doc and adds only what the command line needs ("com
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+from epcache._docs import leaf_fields
 from epcache.cli import app
 from epcache.cli.common import HelpCommand, option_record
 from epcache.cli.convert import convert_config
@@ -39,7 +39,7 @@ def _command(name: str) -> HelpCommand:
 
 
 def _docs(config: type) -> dict[str, str]:
-    return {f.name: str(f.metadata["doc"]) for f in dataclasses.fields(config)}
+    return {f.name: str(f.metadata["doc"]) for f in leaf_fields(config)}
 
 
 def _flat(text: str) -> str:
@@ -100,7 +100,7 @@ def test_the_command_line_defaults_are_the_config_defaults() -> None:
 
 def test_options_become_the_config_in_one_call() -> None:
     cfg = probe_config(_parsed("probe", ["--store", "s.zarr", "--layer", "3", "--lr", "1e-3,3e-3", "--holdout", "0"]))
-    assert cfg.layers == (3,) and cfg.lr == (1e-3, 3e-3) and cfg.holdout == 0.0
+    assert cfg.inputs.layers == (3,) and cfg.optim.lr == (1e-3, 3e-3) and cfg.data.holdout == 0.0
     cfg = extract_config(_parsed("extract", ["--model", "m", "--data", "d", "--out", "o.zarr", "--split", "train=tr",
                                              "--view-splits", "train,val", "--split", "val=va", "--views", "2",
                                              "--model-kwargs", '{"depth": 2}', "--workers", "0"]))

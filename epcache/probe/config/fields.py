@@ -91,10 +91,17 @@ class FieldKind:
 
 @functools.cache
 def field_kinds(cls: type) -> dict[str, FieldKind]:
-    """Every field of dataclass ``cls`` with its kind, from its annotation and ``metadata["check"]``."""
+    """Every setting of dataclass ``cls`` with its kind, from its annotation and ``metadata["check"]``.
+
+    A field that groups settings (``epcache._docs.section``) contributes its group's settings, so a
+    config nested by concern is checked by the same flat names its CLI and grid files use.
+    """
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
+        if f.metadata.get("section") is not None:
+            out.update(field_kinds(f.metadata["section"]))
+            continue
         scalars: list[type] = []
         elements: list[type] = []
         optional = False

@@ -15,155 +15,116 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from epcache._docs import doc, document_fields
+from epcache._docs import doc, document_fields, section
 from epcache.errors import ConfigError
-from epcache.probe.config.fields import Range, check_values, split_list
+from epcache.probe.config.fields import check_values, split_list
 from epcache.probe.config.inputs import DTYPES, SEQUENCE_SOURCES, VECTOR_SOURCES
+from epcache.probe.config.sections import (
+    DataConfig,
+    HeadsConfig,
+    InputsConfig,
+    OptimConfig,
+    RunConfig,
+    SolverConfig,
+)
 
 __all__ = [
     "ATTENTIVE_TOKENS",
     "DTYPES",
     "HEAD_OPTION_AXES",
     "LINEAR_TOKENS",
+    "DataConfig",
+    "HeadsConfig",
+    "InputsConfig",
+    "OptimConfig",
     "ProbeConfig",
+    "RunConfig",
+    "SolverConfig",
     "check_config_values",
     "parse_heads",
     "parse_layers",
     "parse_list",
+    "section_of",
 ]
 
 LINEAR_TOKENS: tuple[str, ...] = VECTOR_SOURCES  # what a linear head can read
 ATTENTIVE_TOKENS: tuple[str, ...] = SEQUENCE_SOURCES  # pooling heads, MP
 HEAD_OPTION_AXES: tuple[str, ...] = ("queries", "d_out", "num_heads")  # ProbeConfig axes that are head options
 OPTIMIZER_NAMES: tuple[str, ...] = ("lars", "adamw", "adam", "sgd")
-_POSITIVE = Range(gt=0)
-_COUNT = Range(ge=1)
-_SEED = Range(ge=0, lt=2**63)  # numpy's generators take no negative seed, torch none beyond 64 bits
 _HEAD_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
 
 @document_fields
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ProbeConfig:
-    """Everything ``epcache probe`` takes; list-valued fields are sweep axes (their product is the sweep).
+    """Everything ``epcache probe`` takes, grouped by concern; list-valued settings are sweep axes.
 
-    Fields map 1:1 to CLI options (``--d-out`` -> ``d_out``). Tuple fields accept a scalar or a
-    list in Python; the CLI passes comma strings through :func:`parse_list` / :func:`parse_heads`
-    / :func:`parse_layers`. Head-option axes (``queries``, ``d_out``, ``num_heads``) multiply
-    only the heads that take that option, so ``head=("linear", "ep"), queries=(4, 8)`` gives one
-    linear and two EP heads per remaining combination; the same holds for ``tokens`` (linear
-    heads take the cls/gap values, pooling heads the patch/all values).
+    The groups (``inputs``, ``heads``, ``optim``, ``data``, ``solvers``, ``run``) are read nested
+    (``config.optim.lr``), but every setting keeps one flat name, unique across the groups, that
+    maps 1:1 to a CLI option (``--d-out`` -> ``d_out``), a grid-file key and a key of the run
+    directory's ``config.json`` (:meth:`to_json`, :meth:`flat`). So a config is built, or changed
+    with ``dataclasses.replace``, from flat names, groups, or both (a flat name overrides the
+    group that holds it)::
 
-    Optimisation fields (``optimizer``, ``lr``, ``blr``, ``wd``, ``epochs``, ``warmup``,
-    ``batch_size``, ``holdout``, ``min_steps``) default to the ``recipe``'s values (``None`` or
-    empty = from the recipe); the recipe adapts its own defaults to the dataset and records how.
+        ProbeConfig(store="s.zarr", head=("linear",), lr=(1e-3,), epochs=2)
+        ProbeConfig(store="s.zarr", optim=OptimConfig(lr=(1e-3,), epochs=2))
+
+    Tuple settings accept a scalar or a list in Python; the CLI passes comma strings through
+    :func:`parse_list` / :func:`parse_heads` / :func:`parse_layers`. Head-option axes
+    (``queries``, ``d_out``, ``num_heads``) multiply only the heads that take that option, so
+    ``head=("linear", "ep"), queries=(4, 8)`` gives one linear and two EP heads per remaining
+    combination; the same holds for ``tokens`` (linear heads take the cls/gap values, pooling
+    heads the patch/all values).
+
+    Optimisation settings (``optimizer``, ``lr``, ``blr``, ``wd``, ``epochs``, ``warmup``,
+    ``batch_size``, ``min_steps``, and ``holdout``) default to the ``recipe``'s values (``None``
+    or empty = from the recipe); the recipe adapts its own defaults to the dataset and records how.
     """
 
     store: str = doc(doc="feature store path or URL (the train split, and the eval split unless eval_store)")
-    head: tuple[str, ...] = doc(("ep",), doc="head kinds or specs, e.g. \"ep\", \"linear(tokens='gap')\"")
-    queries: tuple[int, ...] = doc((), doc="EP queries M; empty: the head's default (32)", check=_COUNT)
-    d_out: tuple[int, ...] = doc((), doc="EP width divisor; empty: default (1)", check=_COUNT)
-    num_heads: tuple[int, ...] = doc(
-        (), doc="attention heads of MHCA-style poolers; empty: each kind's default", check=_COUNT
-    )
-    layers: tuple[int | str, ...] = doc(
-        ("last",), doc="block indices (negative: from the end), a slice like -4:, \"last\" or \"all\"",
-        check=Range(why="block indices, 'last', 'all' or a slice like -4:"),
-    )
-    tokens: tuple[str, ...] = doc(
-        (),
-        doc="token kind each head reads: cls, gap, cls+gap, pooled (linear); patch, all, registers, patch+registers "
-        "(pooling heads; mp: all, patch); empty: linear reads cls, pooling heads patch, mp all",
-    )
-    layer_mix: tuple[str, ...] = doc(
-        ("none",),
-        doc="none: one config per layer; concat|mean|tokens: all layers as one input",
-    )
-    recipe: str = doc(
-        "auto",
-        doc="training protocol (`epcache recipes`): auto | ep-paper | dinov2-linear | capi-attentive",
-    )
-    lr: tuple[float, ...] = doc((), doc="absolute peak lrs (a grid, trained fused); empty: the recipe's",
-                                check=_POSITIVE)
-    blr: tuple[float, ...] = doc((), doc="base lrs, lr = blr * batch_size / 256; empty: the recipe's",
-                                 check=_POSITIVE)
-    wd: tuple[float, ...] = doc((), doc="weight decays (LARS: only on >=2-D params, as MAE); empty: the recipe's",
-                                check=Range(ge=0))
-    optimizer: tuple[str, ...] = doc((), doc="lars | adamw | adam | sgd; empty: the recipe's")
-    seeds: tuple[int, ...] = doc((0,), doc="head-init seeds; data order depends on data_seed only", check=_SEED)
-    epochs: int | None = doc(None, doc="evaluation epochs; None: the recipe's (with its step floor)", check=_COUNT)
-    warmup: float | None = doc(None, doc="warm-up epochs (linear from 0, per iteration); None: the recipe's",
-                               check=Range(ge=0))
-    batch_size: int | None = doc(None, doc="training samples per step (drop_last); None: the recipe's, adapted to the "
-                                 "dataset",
-                                 check=Range(ge=2, why="BatchNorm needs batch statistics"))
-    min_steps: int | None = doc(None, doc="floor on optimiser steps (epochs become several passes); None: the recipe's",
-                                check=Range(ge=0))
-    data_seed: int = doc(0, doc="seeds the holdout split, low-shot subset, batch order and view choice", check=_SEED)
-    holdout: float | None = doc(
-        None,
-        doc="stratified fraction of train that selects each config's epoch and the best config (>= 1 per class when "
-        "possible); 0: last epoch, ranked on eval; None: the recipe's",
-        check=Range(ge=0, lt=1, why="0: no holdout, the last epoch is kept"),
-    )
-    shots: int | tuple[int, ...] | None = doc(
-        None,
-        doc="low-shot: K per class (after the holdout); several: solver heads",
-        check=_COUNT,
-    )
-    fraction: float | None = doc(None, doc="low-shot: this fraction of each class's training samples",
-                                 check=Range(gt=0, le=1))
-    train_split: str = doc("train", doc="split to train on (and to hold out from)")
-    eval_split: str = doc("val", doc="split to report, scored once at each config's selected epoch")
-    eval_store: str | None = doc(None, doc="another store holding eval_split (same backbone provenance required)")
     grid: str | None = doc(None, doc="TOML sweep file; its keys override these fields (see load_grid)")
-    out: str | None = doc(None, doc="run directory; None: nothing is written (no resume)")
-    device: str = doc("auto", doc="auto | cpu | cuda | cuda:N")
-    in_memory: bool | None = doc(
-        None,
-        doc="hold the selected training tokens in RAM (read and converted once) instead of streaming them every "
-        "epoch; None (auto): held when they fit in a quarter of the available RAM, said once and recorded",
-    )
-    allow_incomplete: bool = doc(False, doc="train on the written blocks of an incomplete store")
-    dtype: str = doc("float32", doc="compute dtype; float64 is for exactness tests")
-    amp: str = doc(
-        "auto",
-        doc="auto | none | bf16: bfloat16 autocast of the heads' matmuls (fp32 weights, losses, BN, MP "
-        "covariance); auto: bf16 on CUDA, none on CPU",
-    )
-    compile: bool = doc(False, doc="run each stack of heads through torch.compile (recorded in every row)")
-    fused: bool = doc(True, doc="stack same-shape heads into batched ops; False: one module per config (reference)")
-    save_heads: bool = doc(True, doc="write heads/<id>.safetensors for every config's selected epoch")
-    prefetch: int = doc(4, doc="batches the reader thread may run ahead", check=_COUNT)
-    shuffle_chunks: int = doc(0, doc="chunks in the shuffle buffer; 0: enough for two batches (at least 4)",
-                              check=Range(ge=0))
-    eval_cache_mb: float = doc(4096.0, doc="holdout/eval tokens up to this size are read once and kept in RAM",
-                               check=Range(ge=0))
-    eval_curve: bool = doc(True, doc="score the eval split every epoch (curves, oracle); False: only at the end")
-    shard: str | None = doc(
-        None,
-        doc="\"I/N\": train only part I of N of the sweep (job arrays); torchrun sets it from RANK",
-    )
-    trust_store: bool = doc(
-        False, doc="skip the store integrity checks (store/verify/integrity.py); recorded in every row"
-    )
-    cache_dir: str | None = doc(
-        None,
-        doc="local copies of the chunks of a store behind a URL (s3://...): epochs after the first read local disk",
-    )
-    cache_max_gb: float | None = doc(None, doc="evict least recently used cache_dir entries beyond this size",
-                                     check=_POSITIVE)
-    # solver heads (epcache/probe/solvers); head options in parentheses override these
-    k: tuple[int, ...] = doc((10, 20, 100, 200), doc="k-NN neighbour counts, all from one search", check=_COUNT)
-    temperature: tuple[float, ...] = doc((0.07,), doc="k-NN vote temperatures T", check=_POSITIVE)
-    c_preset: str = doc("dinov2", doc="logreg C grid: dinov2 (45 values), clip (96), raptor (100)")
-    tries: int = doc(1, doc="few-shot draws per shot count (needs shots); mean ± std over tries", check=_COUNT)
+    inputs: InputsConfig = section(InputsConfig, doc="what the heads read")
+    heads: HeadsConfig = section(HeadsConfig, doc="which heads, and their option axes")
+    optim: OptimConfig = section(OptimConfig, doc="the training protocol")
+    data: DataConfig = section(DataConfig, doc="which training rows, and how they are fed")
+    solvers: SolverConfig = section(SolverConfig, doc="k-NN, ridge, logistic and NCM settings")
+    run: RunConfig = section(RunConfig, doc="where and how the sweep runs")
 
-    def __post_init__(self) -> None:
-        """Every field checked and normalised by :func:`check_config_values`, as the CLI and grid files are."""
-        values = check_config_values({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
+    def __init__(
+        self,
+        store: str,
+        *,
+        grid: str | None = None,
+        inputs: InputsConfig | None = None,
+        heads: HeadsConfig | None = None,
+        optim: OptimConfig | None = None,
+        data: DataConfig | None = None,
+        solvers: SolverConfig | None = None,
+        run: RunConfig | None = None,
+        **settings: Any,
+    ) -> None:
+        """Groups and/or flat settings, all checked at once by :func:`check_config_values`.
+
+        Raises:
+            ConfigError: an unknown setting, a group of the wrong type, or every refused value in one message.
+        """
+        given = {"inputs": inputs, "heads": heads, "optim": optim, "data": data, "solvers": solvers, "run": run}
+        unknown = sorted(set(settings) - set(_SECTION_OF))
+        if unknown:
+            raise ConfigError(f"unknown ProbeConfig field(s) {unknown}; accepted: {sorted(_SECTION_OF)}")
+        values: dict[str, Any] = {"store": store, "grid": grid}
+        for name, cls in _SECTIONS.items():
+            group = given[name]
+            if group is not None and not isinstance(group, cls):
+                raise ConfigError(f"ProbeConfig {name}: expected {cls.__name__}, got {type(group).__name__}")
+            group = cls() if group is None else group
+            values.update({f.name: getattr(group, f.name) for f in dataclasses.fields(group)})
+        values.update(settings)
+        values = check_config_values(values)
+        object.__setattr__(self, "store", values["store"])
+        object.__setattr__(self, "grid", values["grid"])
+        for name, cls in _SECTIONS.items():
+            object.__setattr__(self, name, cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)}))
 
     @classmethod
     def from_cli(cls, **options: Any) -> ProbeConfig:
@@ -178,9 +139,38 @@ class ProbeConfig:
         """
         return cls(**check_config_values(options, text=True))
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (the CLI's, the grid file's), in the order ``config.json`` records them."""
+        return {name: getattr(self if not group else getattr(self, group), name) for name, group in _SECTION_OF.items()}
+
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain JSON of :meth:`flat` (tuples become lists): the run directory's ``config.json`` and plan."""
+        return json.loads(json.dumps(self.flat()))
+
+
+_SECTIONS: dict[str, type] = {f.name: f.metadata["section"] for f in dataclasses.fields(ProbeConfig)
+                              if f.metadata.get("section") is not None}
+_FLAT_ORDER = (  # the flat settings in the order config.json has always listed them
+    "store", "head", "queries", "d_out", "num_heads", "layers", "tokens", "layer_mix", "recipe", "lr", "blr", "wd",
+    "optimizer", "seeds", "epochs", "warmup", "batch_size", "min_steps", "data_seed", "holdout", "shots", "fraction",
+    "train_split", "eval_split", "eval_store", "grid", "out", "device", "in_memory", "allow_incomplete", "dtype",
+    "amp", "compile", "fused", "save_heads", "prefetch", "shuffle_chunks", "eval_cache_mb", "eval_curve", "shard",
+    "trust_store", "cache_dir", "cache_max_gb", "k", "temperature", "c_preset", "tries",
+)
+_GROUP_OF = {"store": "", "grid": ""} | {
+    f.name: group for group, cls in _SECTIONS.items() for f in dataclasses.fields(cls)
+}
+assert sorted(_GROUP_OF) == sorted(_FLAT_ORDER) and len(_GROUP_OF) == len(_FLAT_ORDER), "a setting without a group"
+_SECTION_OF: dict[str, str] = {name: _GROUP_OF[name] for name in _FLAT_ORDER}  # flat name -> its group ("": top)
+
+
+def section_of(name: str) -> str:
+    """The group attribute (``"optim"``) that holds flat setting ``name``; ``""`` for ``store`` and ``grid``.
+
+    Raises:
+        KeyError: not a setting.
+    """
+    return _SECTION_OF[name]
 
 
 def parse_list(text: str | Sequence[Any] | None, kind: Callable[[str], Any] = str) -> tuple[Any, ...]:

@@ -90,8 +90,8 @@ def resolve_protocol(
     """
     adapted: list[str] = []
     # ---- batch
-    if c.batch_size is not None:
-        batch = int(c.batch_size)
+    if c.optim.batch_size is not None:
+        batch = int(c.optim.batch_size)
         if batch < 2:
             errors.append(f"--batch-size must be >= 2 (BatchNorm needs batch statistics), got {batch}")
             batch = 2
@@ -110,7 +110,7 @@ def resolve_protocol(
         if batch != recipe.batch_size:
             adapted.append(f"batch {batch} (recipe {recipe.batch_size}; {n_train} training samples)")
     # ---- learning rates
-    lr, blr = tuple(c.lr), tuple(c.blr)
+    lr, blr = tuple(c.optim.lr), tuple(c.optim.blr)
     if lr and blr:
         errors.append("give --lr (absolute) or --blr (scaled by batch/256), not both")
     if not lr and not blr:
@@ -118,16 +118,16 @@ def resolve_protocol(
     _check_finite("lr", lr, errors, positive=True)
     _check_finite("blr", blr, errors, positive=True)
     lrs = tuple((x, None) for x in lr) if lr else tuple((b * batch / 256, b) for b in blr)
-    wd = tuple(c.wd) if c.wd else recipe.wd
+    wd = tuple(c.optim.wd) if c.optim.wd else recipe.wd
     _check_finite("wd", wd, errors, positive=False)
-    optimizers = tuple(c.optimizer) if c.optimizer else (recipe.optimizer,)
+    optimizers = tuple(c.optim.optimizer) if c.optim.optimizer else (recipe.optimizer,)
     # ---- length
-    explicit_length = c.epochs is not None
-    epochs = int(c.epochs) if explicit_length else recipe.epochs
+    explicit_length = c.optim.epochs is not None
+    epochs = int(c.optim.epochs) if explicit_length else recipe.epochs
     if epochs < 1:
         errors.append(f"--epochs must be >= 1, got {epochs}")
         epochs = 1
-    min_steps = int(c.min_steps) if getattr(c, "min_steps", None) is not None else (
+    min_steps = int(c.optim.min_steps) if c.optim.min_steps is not None else (
         0 if explicit_length else recipe.min_steps)
     if min_steps < 0:
         errors.append(f"--min-steps must be >= 0, got {min_steps}")
@@ -140,10 +140,10 @@ def resolve_protocol(
     spe = passes * spe_data
     total = epochs * spe
     # ---- warm-up
-    if c.warmup is not None:
-        w = float(c.warmup)
+    if c.optim.warmup is not None:
+        w = float(c.optim.warmup)
         if not (math.isfinite(w) and 0 <= w <= epochs):
-            errors.append(f"--warmup must be between 0 and --epochs ({epochs}), got {c.warmup}")
+            errors.append(f"--warmup must be between 0 and --epochs ({epochs}), got {c.optim.warmup}")
             w = 0.0
         warmup = round(w * spe)
     elif recipe.warmup_fraction is not None:

@@ -77,7 +77,8 @@ def resolve_rows(
     notes: list[str] = []
     missing_rows: dict[str, np.ndarray] = {}
     problems = []
-    for role, st, split in (("train", store, config.train_split), ("eval", eval_store, config.eval_split)):
+    inputs = config.inputs
+    for role, st, split in (("train", store, inputs.train_split), ("eval", eval_store, inputs.eval_split)):
         n = st.split(split).num_samples
         if n == 0:
             raise ConfigError(f"{st.location}: split {split!r} is empty")
@@ -90,36 +91,36 @@ def resolve_rows(
                     lo, hi = st.block_range(split, b)
                     bad[lo:hi] = True
         missing_rows[role] = bad
-    if problems and not config.allow_incomplete:
+    if problems and not config.inputs.allow_incomplete:
         raise IncompleteStoreError(
             "the store is incomplete: " + "; ".join(problems) + ". Finish the extraction (run `epcache extract` "
             "again to resume it) or pass --allow-incomplete to train and evaluate on the written blocks only"
         )
     if problems:
         notes.append("allow_incomplete: skipping rows of unwritten blocks: " + "; ".join(problems))
-    train_labels = store.read_labels(config.train_split)
-    eval_labels = eval_store.read_labels(config.eval_split)
-    train_ok = check_labels(train_labels, num_classes, split=config.train_split, where=store.location)
-    eval_ok = check_labels(eval_labels, num_classes, split=config.eval_split, where=eval_store.location)
+    train_labels = store.read_labels(config.inputs.train_split)
+    eval_labels = eval_store.read_labels(config.inputs.eval_split)
+    train_ok = check_labels(train_labels, num_classes, split=config.inputs.train_split, where=store.location)
+    eval_ok = check_labels(eval_labels, num_classes, split=config.inputs.eval_split, where=eval_store.location)
     excluded_train, excluded_eval = int((~train_ok).sum()), int((~eval_ok).sum())
-    for n_ex, split in ((excluded_train, config.train_split), (excluded_eval, config.eval_split)):
+    for n_ex, split in ((excluded_train, config.inputs.train_split), (excluded_eval, config.inputs.eval_split)):
         if n_ex:
             notes.append(f"split {split!r}: {n_ex} sample(s) labelled -1 (skipped at extraction) are excluded")
     train_ok &= ~missing_rows["train"]
     eval_ok &= ~missing_rows["eval"]
     if not eval_ok.any():
-        raise ConfigError(f"split {config.eval_split!r} has no usable samples in the written blocks")
+        raise ConfigError(f"split {config.inputs.eval_split!r} has no usable samples in the written blocks")
     subsets = split_train(
         train_labels,
         train_ok,
-        classes=store.split(config.train_split).classes,
+        classes=store.split(config.inputs.train_split).classes,
         holdout=holdout,
-        seed=config.data_seed,
-        shots=config.shots,
-        fraction=config.fraction,
+        seed=config.data.data_seed,
+        shots=config.data.shots,
+        fraction=config.data.fraction,
     )
     if len(subsets.train) == 0:
-        raise ConfigError(f"split {config.train_split!r} has no usable training samples")
+        raise ConfigError(f"split {config.inputs.train_split!r} has no usable training samples")
     notes.extend(subsets.notes)
     return RunData(
         train_labels=train_labels,

@@ -62,9 +62,9 @@ def plan_solvers(
     Raises:
         ConfigError: problems of the solver part, or a few-shot request trained heads cannot take.
     """
-    trained, solvers = split_heads(config.head)
-    shots = _shots(config.shots)
-    tries = int(getattr(config, "tries", 1))
+    trained, solvers = split_heads(config.heads.head)
+    shots = _shots(config.data.shots)
+    tries = int(config.solvers.tries)
     trained_config = None
     if trained:
         if len(shots) > 1 or tries > 1:
@@ -77,14 +77,14 @@ def plan_solvers(
     if not solvers:
         return trained_config, []
     settings = SolverSettings(
-        data_seed=config.data_seed, holdout=float(config.holdout), fraction=config.fraction, dtype=config.dtype,
-        train_split=config.train_split, eval_split=config.eval_split, store_provenance=store_provenance,
-        eval_provenance=eval_provenance,
+        data_seed=config.data.data_seed, holdout=float(config.data.holdout), fraction=config.data.fraction,
+        dtype=config.run.dtype, train_split=config.inputs.train_split, eval_split=config.inputs.eval_split,
+        store_provenance=store_provenance, eval_provenance=eval_provenance,
     )
     specs = expand_solver_specs(
-        solvers, layers=layers, tokens=config.tokens,
-        has_cls=meta.layout.cls_index is not None, shots=shots, tries=tries, k=config.k,
-        temperature=config.temperature, c_preset=config.c_preset, settings=settings,
+        solvers, layers=layers, tokens=config.inputs.tokens,
+        has_cls=meta.layout.cls_index is not None, shots=shots, tries=tries, k=config.solvers.k,
+        temperature=config.solvers.temperature, c_preset=config.solvers.c_preset, settings=settings,
     )
     return trained_config, specs
 
@@ -105,7 +105,7 @@ def plan_block_solvers(
         part, block_specs = plan_solvers(dataclasses.replace(block, holdout=holdout), meta, layers=layers_of(block),
                                          store_provenance=store_provenance, eval_provenance=eval_provenance)
         if part is not None:
-            trained.append(dataclasses.replace(part, holdout=block.holdout))
+            trained.append(dataclasses.replace(part, holdout=block.data.holdout))
         for spec in block_specs:
             specs.setdefault(spec.id, spec)
     return trained, list(specs.values())

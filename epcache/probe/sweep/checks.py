@@ -31,7 +31,7 @@ def check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
     shared += ("dtype", "amp", "compile")
     shared += ("train_split", "eval_split", "eval_store", "in_memory", "device", "fused")
     for name in shared:
-        values = {json.dumps(getattr(b, name)) for b in blocks}
+        values = {json.dumps(b.flat()[name]) for b in blocks}
         if len(values) > 1:
             raise ConfigError(
                 f"grid file {grid}: {name} differs between [[grid]] tables ({sorted(values)}); it is shared by the "
@@ -115,7 +115,7 @@ def split_head(text: str) -> tuple[str, dict[str, Any]]:
 
 def check_axes(c: ProbeConfig, entries: Sequence[tuple[str, str, dict[str, Any]]], errors: list[str]) -> None:
     for name in HEAD_OPTION_AXES:
-        if getattr(c, name) and entries and not any(name in head_options(kind) for _, kind, _ in entries):
+        if getattr(c.heads, name) and entries and not any(name in head_options(kind) for _, kind, _ in entries):
             kinds = ", ".join(sorted({k for _, k, _ in entries}))
             errors.append(f"--{name.replace('_', '-')} was given but none of the heads ({kinds}) takes it")
 
@@ -125,26 +125,26 @@ def token_choices(
 ) -> dict[str, list[str]]:
     """Per head kind, the token selections it trains on (the tokens axis filtered by family)."""
     valid = set(LINEAR_TOKENS) | set(ATTENTIVE_TOKENS)
-    bad = [t for t in c.tokens if t not in valid]
+    bad = [t for t in c.inputs.tokens if t not in valid]
     if bad:
         errors.append(
             f"unknown tokens {bad}; linear heads read {', '.join(LINEAR_TOKENS)}, "
             f"pooling heads read {', '.join(ATTENTIVE_TOKENS)}"
         )
-    if meta.layout.cls_index is None and any("cls" in t for t in c.tokens):
+    if meta.layout.cls_index is None and any("cls" in t for t in c.inputs.tokens):
         errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
     out: dict[str, list[str]] = {}
     for text, kind, explicit in entries:
         family = LINEAR_TOKENS if kind == "linear" else ("all", "patch") if kind == "mp" else ATTENTIVE_TOKENS
-        if not c.tokens:
+        if not c.inputs.tokens:
             default = "cls" if meta.layout.cls_index is not None else "gap"
             mp_default = "all" if meta.layout.cls_index is not None else "patch"  # MP: CLS + patches (§1.1)
             out[kind] = [default] if kind == "linear" else [mp_default] if kind == "mp" else ["patch"]
             continue
-        chosen = [t for t in c.tokens if t in family]
+        chosen = [t for t in c.inputs.tokens if t in family]
         if not chosen and not (kind == "linear" and "tokens" in explicit):
             errors.append(
-                f"head {text!r} cannot read tokens {list(c.tokens)}: "
+                f"head {text!r} cannot read tokens {list(c.inputs.tokens)}: "
                 f"{'linear heads read' if kind == 'linear' else 'pooling heads read'} {', '.join(family)}"
             )
         out[kind] = chosen

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epcache._docs import leaf_fields
 from epcache.errors import ConfigError, HeadSpecError
 from epcache.probe.config.probe_config import (
     DTYPES,
@@ -89,7 +90,7 @@ def sweep_layers(request: SweepRequest, meta: StoreMeta) -> list[int]:
     """
     out: list[int] = []
     for block in request.blocks:
-        out.extend(resolve_layers(block.layers, meta))
+        out.extend(resolve_layers(block.inputs.layers, meta))
     return list(dict.fromkeys(out))
 
 
@@ -130,7 +131,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     blocks = doc.pop("grid", [])
     if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
         raise ConfigError(f"grid file {p}: 'grid' must be an array of tables ([[grid]])")
-    fields = {f.name for f in dataclasses.fields(ProbeConfig)}
+    fields = {f.name for f in leaf_fields(ProbeConfig)}
     allowed = fields - _GRID_FORBIDDEN
     checked: list[dict[str, Any]] = []
     for where, table in [("top level", doc), *((f"[[grid]] #{i + 1}", b) for i, b in enumerate(blocks))]:
@@ -156,22 +157,22 @@ def make_settings(
 ) -> SweepSettings:
     """The sweep-wide settings of a resolved request (shared-setting checks append to ``errors``)."""
     c = request.config
-    if c.shots is not None and c.fraction is not None:
+    if c.data.shots is not None and c.data.fraction is not None:
         errors.append("give --shots or --fraction, not both")
-    if c.dtype not in DTYPES:
-        errors.append(f"dtype must be one of {DTYPES}, got {c.dtype!r}")
-    if not c.seeds:
+    if c.run.dtype not in DTYPES:
+        errors.append(f"dtype must be one of {DTYPES}, got {c.run.dtype!r}")
+    if not c.optim.seeds:
         errors.append("seeds is empty")
     amp, amp_rule = _resolve_amp(c, errors)
     return SweepSettings(
         protocol=protocol,
-        data_seed=c.data_seed,
+        data_seed=c.data.data_seed,
         holdout=float(holdout),
-        shots=c.shots,
-        fraction=None if c.fraction is None else float(c.fraction),
-        dtype=c.dtype,
-        train_split=c.train_split,
-        eval_split=c.eval_split,
+        shots=c.data.shots,
+        fraction=None if c.data.fraction is None else float(c.data.fraction),
+        dtype=c.run.dtype,
+        train_split=c.inputs.train_split,
+        eval_split=c.inputs.eval_split,
         store_provenance=store_provenance,
         eval_provenance=eval_provenance,
         amp=amp,
@@ -182,11 +183,11 @@ def make_settings(
 def _resolve_amp(c: ProbeConfig, errors: list[str]) -> tuple[str, str]:
     """The sweep's autocast on its device (``auto``: bf16 on CUDA)."""
     try:
-        device = resolve_device(c.device)
+        device = resolve_device(c.run.device)
     except ConfigError as e:
         errors.append(str(e))
         return "none", "invalid"
-    return resolve_amp(c.amp, device, c.dtype, errors)
+    return resolve_amp(c.run.amp, device, c.run.dtype, errors)
 
 
 def expand_sweep(
@@ -222,11 +223,11 @@ def expand_sweep(
     own_errors = errors is None
     errors = [] if errors is None else errors
     try:
-        recipe = get_recipe(request.config.recipe)
+        recipe = get_recipe(request.config.optim.recipe)
     except ConfigError as e:
         errors.append(str(e))
         recipe = get_recipe("auto")
-    holdout = resolve_holdout(request.config.holdout, recipe, errors)
+    holdout = resolve_holdout(request.config.data.holdout, recipe, errors)
     base = resolve_protocol(request.config, recipe, n_train=n_train, errors=errors)
     settings = make_settings(request, base, store_provenance=store_provenance, eval_provenance=eval_provenance,
                              holdout=holdout, errors=errors)
@@ -234,13 +235,13 @@ def expand_sweep(
     checked: dict[tuple[str, str, str, int, int, int], str | None] = {}
     known = set(list_heads())
     for block in request.blocks:
-        layers = resolve_layers(block.layers, meta)
+        layers = resolve_layers(block.inputs.layers, meta)
         # a table's own lr/blr/wd choices are checked as the base's are (the messages are deduplicated)
         grid = resolve_protocol(block, recipe, n_train=n_train, errors=errors) if block is not request.config else base
         check_choices("optimizer", grid.optimizers, OPTIMIZER_NAMES, errors)
-        inputs = layer_inputs(block.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input (layer mixes)
+        inputs = layer_inputs(block.inputs.layer_mix, layers, errors)  # (layer, mix, mix_layers) per input
         entries = []
-        for text in block.head:
+        for text in block.heads.head:
             try:
                 kind, explicit = split_head(text)
             except ConfigError as e:
@@ -255,9 +256,9 @@ def expand_sweep(
         for text, kind, explicit in entries:
             accepted = head_options(kind)
             axes = [
-                [(name, v) for v in getattr(block, name)]
+                [(name, v) for v in getattr(block.heads, name)]
                 for name in HEAD_OPTION_AXES
-                if getattr(block, name) and name in accepted and name not in explicit
+                if getattr(block.heads, name) and name in accepted and name not in explicit
             ]
             for opts in itertools.product(*axes):
                 options = {**explicit, **dict(opts)}
@@ -289,7 +290,7 @@ def expand_sweep(
                             errors.append(f"{spec.name} tokens={tokens}{mixed}: {checked[key]}")
                             continue
                         for optimizer, (lr, blr), wd, seed in itertools.product(
-                            grid.optimizers, grid.lrs, grid.wd, block.seeds
+                            grid.optimizers, grid.lrs, grid.wd, block.optim.seeds
                         ):
                             run = RunSpec(spec, layer, tokens, optimizer, lr, blr, wd, seed, settings, mix, mix_layers)
                             runs.setdefault(run.id, run)

@@ -107,8 +107,8 @@ class GroupRunner:
                                    self.data.train_labels, training=False)
         evaluation = self._stream(self.eval_store, s.eval_split, runs, plan, self.data.eval_rows,
                                   self.data.eval_labels, training=False)
-        trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.fused,
-                               amp=s.amp, compile=c.compile)
+        trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.run.fused,
+                               amp=s.amp, compile=c.run.compile)
         ckpt = None
         resumed_from = None
         if self.out is not None:
@@ -134,7 +134,7 @@ class GroupRunner:
             hold_accs = trainer.evaluate(holdout) if holdout is not None else None
             hold_top1 = trainer.top1(hold_accs) if hold_accs is not None else None
             hold_loss = trainer.loss(hold_accs) if hold_accs is not None else None
-            if c.eval_curve or epoch == p.epochs - 1:
+            if c.run.eval_curve or epoch == p.epochs - 1:
                 eval_top1 = trainer.top1(trainer.evaluate(evaluation))
             else:  # the eval split is scored once, at the selected epoch (below); the curve comes from the holdout
                 eval_top1 = [math.nan] * len(runs)
@@ -180,7 +180,7 @@ class GroupRunner:
                 continue
             row = self._row(o, costs, timing)
             if self.out is not None:
-                if c.save_heads:
+                if c.run.save_heads:
                     save_head(self.out / "heads" / f"{o.run.id}.safetensors", o.state, self._head_meta(o))
                 append_result(self.out / self.plan.results_file, row)
             rows.append(row)
@@ -215,12 +215,12 @@ class GroupRunner:
         size = len(rows) * views * plan.packed_bytes_per_view(meta.num_tokens, width, itemsize)
         decode = np.float32 if convert and self.dtype == torch.float32 else None  # quantised: the batches' dtype
         source: Any = make_source(store, split, runs, plan, decode_to=decode)  # one layer, k layers together, or pooled
-        hold = not training and (c.in_memory is True or size <= c.eval_cache_mb * 2**20)
+        hold = not training and (c.data.in_memory is True or size <= c.data.eval_cache_mb * 2**20)
         if training:
-            decision = decide_in_memory(c.in_memory, size)
+            decision = decide_in_memory(c.data.in_memory, size)
             hold = decision.hold
             self.memory_rule = decision.rule
-            if c.in_memory is None and decision.rule not in self.said:  # auto: said once per sweep
+            if c.data.in_memory is None and decision.rule not in self.said:  # auto: said once per sweep
                 self.said.add(decision.rule)
                 self.say(f"training tokens {decision.rule}; --in-memory / --no-in-memory to choose")
         if hold:
@@ -234,10 +234,10 @@ class GroupRunner:
             batch_size=batch,
             device=self.device,
             dtype=self.dtype,
-            data_seed=c.data_seed,
+            data_seed=c.data.data_seed,
             views=views,
-            shuffle_chunks=c.shuffle_chunks,
-            prefetch=c.prefetch,
+            shuffle_chunks=c.data.shuffle_chunks,
+            prefetch=c.data.prefetch,
         )
 
     def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any]) -> ResultRowJSON:
@@ -254,7 +254,7 @@ class GroupRunner:
             "seed_group": run.seed_group,
             "config": {**run.hyperparameters(), **{k: v for k, v in s.to_json().items()
                                                    if "provenance" not in k and k != "protocol"},
-                       "trust_store": self.config.trust_store},
+                       "trust_store": self.config.inputs.trust_store},
             "protocol": protocol_fingerprint(run, self.data, self.config),
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
@@ -264,13 +264,13 @@ class GroupRunner:
             "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
             "selected_epoch": o.selected_epoch + 1,
             "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},
-            "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.eval_curve
+            "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.run.eval_curve
                        else {"epoch": None, "eval_top1": None}),  # no per-epoch eval curve: no oracle
             "final": {"epoch": len(o.eval_top1), "eval_top1": o.eval_top1[-1]},
             "curves": {"train_loss": o.train_loss, "holdout_top1": o.holdout_top1, "holdout_loss": o.holdout_loss,
                        "eval_top1": [v if math.isfinite(v) else None for v in o.eval_top1]},
             "diverged": o.diverged,
-            "head_file": f"heads/{run.id}.safetensors" if self.out is not None and self.config.save_heads else None,
+            "head_file": f"heads/{run.id}.safetensors" if self.out is not None and self.config.run.save_heads else None,
             "timing": dict(timing),
         }
 
@@ -328,8 +328,8 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "dtype": s.dtype,
         "amp": s.amp,  # bf16: the heads' matmuls under autocast; weights, losses, BN, MP covariance float32
         "amp_rule": s.amp_rule,
-        "compile": config.compile,
-        "trust_store": config.trust_store,
+        "compile": config.run.compile,
+        "trust_store": config.inputs.trust_store,
     }
 
 

@@ -152,9 +152,9 @@ def test_valid_values_pass_every_door_alike(tmp_path: Path) -> None:
     cli = ProbeConfig.from_cli(store="s.zarr", epochs="3", holdout="0", lr="1e-3,3e-3", batch_size="2",
                                in_memory=True)
     assert dataclasses.replace(base, grid=None) == lib == cli
-    assert (lib.epochs, lib.holdout, lib.batch_size) == (3, 0.0, 2) and type(lib.holdout) is float
-    assert type(base.batch_size) is int and base.lr == lib.lr == cli.lr == (1e-3, 3e-3)
-    assert ProbeConfig(store="s.zarr", seeds=np.arange(2), shots=[5]).seeds == (0, 1)  # numpy ints are ints
+    assert (lib.optim.epochs, lib.data.holdout, lib.optim.batch_size) == (3, 0.0, 2) and type(lib.data.holdout) is float
+    assert type(base.optim.batch_size) is int and base.optim.lr == lib.optim.lr == cli.optim.lr == (1e-3, 3e-3)
+    assert ProbeConfig(store="s.zarr", seeds=np.arange(2), shots=[5]).optim.seeds == (0, 1)  # numpy ints are ints
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["one class listed", "two listed, one with samples"])

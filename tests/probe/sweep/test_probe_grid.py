@@ -36,11 +36,11 @@ def test_parse_helpers() -> None:
 
 def test_config_normalises_scalars_and_comma_strings() -> None:
     cfg = ProbeConfig(store="s", head="linear,ep", queries=8, lr="1e-3,3e-3", seeds=[0, 1], layers=1)  # type: ignore[arg-type]
-    assert cfg.head == ("linear", "ep")
-    assert cfg.queries == (8,)
-    assert cfg.lr == (0.001, 0.003)
-    assert cfg.seeds == (0, 1)
-    assert cfg.layers == (1,)
+    assert cfg.heads.head == ("linear", "ep")
+    assert cfg.heads.queries == (8,)
+    assert cfg.optim.lr == (0.001, 0.003)
+    assert cfg.optim.seeds == (0, 1)
+    assert cfg.inputs.layers == (1,)
     with pytest.raises(ConfigError, match="queries"):
         ProbeConfig(store="s", queries=[True])  # type: ignore[list-item]
 
