@@ -286,7 +286,7 @@ def token_store(args: argparse.Namespace, device: Any, work: Path, state: dict[s
     import torch
 
     from epcache.probe.config.probe_config import ProbeConfig
-    from epcache.probe.data.layers import make_plan
+    from epcache.probe.data.layers import make_read_spec
     from epcache.probe.data.stream import MemorySource
     from epcache.probe.sweep.grid import expand_sweep
     from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
@@ -320,7 +320,7 @@ def token_store(args: argparse.Namespace, device: Any, work: Path, state: dict[s
     cfg = ProbeConfig(store=str(path), head="ep", queries=32, lr=1e-3, device=str(device), holdout=0)
     runs = expand_sweep(cfg, st.meta, num_classes=classes, store_provenance=st.provenance,
                         eval_provenance=st.provenance, n_train=n)
-    plan = make_plan(runs, st.meta.layout, torch.float32)
+    plan = make_read_spec(runs, st.meta.layout, torch.float32)
     rows = np.arange(n)
     convert = torch.float32 if device.type == "cpu" else None  # as `probe --in-memory`: fp16 travels to a GPU
     state.update(store=st, path=path, plan=plan, rows=rows, labels=st.read_labels("train"), classes=classes,

@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from epcache.probe.data.layers import LayerPlan, MultiLayerSource
-from epcache.probe.data.stream import BatchStream, InputPlan, StoreSource
+from epcache.probe.data.layers import LayersRead, MultiLayerSource
+from epcache.probe.data.stream import BatchStream, InputRead, StoreSource
 from epcache.store import BackboneMeta, SplitSpec, StoreMeta, TokenLayout, create_store, open_store
 
 T, D, BATCH = 197, 768, 256
@@ -101,12 +101,12 @@ def main() -> None:
                                dtype=torch.float32, data_seed=0)
 
         sources = {
-            "mean": MultiLayerSource(st, "train", layers, LayerPlan(frozenset({"mean:patch"}), layout, len(layers))),
+            "mean": MultiLayerSource(st, "train", layers, LayersRead(frozenset({"mean:patch"}), layout, len(layers))),
             "all k": MultiLayerSource(st, "train", layers,
-                                      LayerPlan(frozenset({"mean:patch", "concat:patch"}), layout, len(layers))),
+                                      LayersRead(frozenset({"mean:patch", "concat:patch"}), layout, len(layers))),
         }
         runs = {name: [stream(src)] for name, src in sources.items()}
-        runs["singles"] = [stream(StoreSource(st, "train", layer, InputPlan(frozenset({"patch"}), layout)))
+        runs["singles"] = [stream(StoreSource(st, "train", layer, InputRead(frozenset({"patch"}), layout)))
                            for layer in layers]
         for streams in runs.values():  # warm-up: page cache, allocator, threads
             epoch_seconds(streams)

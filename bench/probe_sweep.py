@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from epcache.probe import ProbeConfig, expand_sweep, probe_store  # noqa: E402
-from epcache.probe.data.stream import BatchStream, InputPlan, StoreSource  # noqa: E402
+from epcache.probe.data.stream import BatchStream, InputRead, StoreSource  # noqa: E402
 from epcache.probe.heads import create_head  # noqa: E402
 from epcache.probe.sweep.geometry import HeadGeometry  # noqa: E402
 from epcache.probe.train.optim import build_optimizer, lr_at  # noqa: E402
@@ -223,7 +223,7 @@ def train_vs_reader(cfg: ProbeConfig, store_path: Path, epochs: int) -> tuple[fl
                         eval_provenance=st.provenance)
     layout = st.meta.layout
     geometry = HeadGeometry(st.meta.dim, len(split.classes), st.meta.num_tokens, layout.num_patches, layout.num_prefix)
-    plan = InputPlan(frozenset(r.tokens for r in runs), layout)
+    plan = InputRead(frozenset(r.tokens for r in runs), layout)
     rows = np.arange(int(split.num_samples * 0.9))  # about the training subset left by a 10% holdout
     stream = BatchStream(StoreSource(st, "train", LAYER, plan), rows, st.read_labels("train"),
                          batch_size=cfg.optim.batch_size, device=torch.device("cpu"), dtype=torch.float32, data_seed=0)

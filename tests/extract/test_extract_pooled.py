@@ -15,7 +15,7 @@ from epcache.extract import extract_store
 from epcache.extract._loader import decode_image
 from epcache.extract._transforms import create_eval_transform, resolve_data_config
 from epcache.probe import ProbeConfig, probe_store
-from epcache.probe.data.stream import InputPlan
+from epcache.probe.data.stream import InputRead
 from epcache.store import describe_store, open_store
 from epcache.store.describe.info import format_store_info
 
@@ -47,7 +47,7 @@ def test_pooled_equals_forward_head_and_registers_follow_the_layout(tmp_path: Pa
             pooled = torch.from_numpy(store.read_pooled(split))  # (N, 1, 48)
             torch.testing.assert_close(pooled[:, 0], want, rtol=1e-5, atol=1e-5)
             tokens = torch.from_numpy(store.read_tokens(split, 1))[:, 0]  # (N, T, D), the same single forward
-            registers = InputPlan(frozenset({"registers"}), layout).derive(tokens, "registers")
+            registers = InputRead(frozenset({"registers"}), layout).derive(tokens, "registers")
             torch.testing.assert_close(registers, inter[0][1][:, 1:], rtol=1e-5, atol=1e-5)  # prefix minus CLS
             torch.testing.assert_close(tokens[:, 5:], inter[0][0], rtol=1e-5, atol=1e-5)
     assert "pooled      D=48" in format_store_info(describe_store(cfg.out))

@@ -16,7 +16,7 @@ import torch
 from probe_helpers import config, write_store
 
 from epcache.probe import probe_store
-from epcache.probe.data.read_order import InputPlan
+from epcache.probe.data.reads import InputRead
 from epcache.probe.data.stream import BatchStream, MemorySource, StoreSource
 from epcache.store import open_store
 
@@ -31,7 +31,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("memory", [False, True])
 def test_batches_on_cuda_equal_the_host_batches(store: Path, memory: bool) -> None:
     st = open_store(store)
-    plan = InputPlan(frozenset({"patch"}), st.meta.layout)
+    plan = InputRead(frozenset({"patch"}), st.meta.layout)
     rows = np.arange(160)
     src = MemorySource.load(st, "train", 1, plan, rows, all_views=True) if memory else StoreSource(st, "train", 1, plan)
 

@@ -4,5 +4,5 @@
 input shapes and heads they imply. ``layers``: plans and store sources for groups that read
 several layers together or the store's pooled output. ``samples``: which sample indices a run
 trains, selects and evaluates on (not the result rows, which are ``probe.results.rows``).
-``read_order``: what the reader delivers for a group and how each head's input is derived from it.
+``reads``: what the reader delivers for a group and how each head's input is derived from it.
 """

@@ -3,11 +3,11 @@
 A config with a layer mix (``concat``/``mean``/``tokens`` of layers ``l1..lk``) trains in the
 group of every config reading the same layers: the reader fetches the k layers of a chunk
 together (in parallel threads) and the batch carries all of them, ``(B, k, T', D)``; each head
-derives its own input on the device (:class:`LayerPlan`). So one pass over the store per epoch
+derives its own input on the device (:class:`LayersRead`). So one pass over the store per epoch
 serves every mix and source of the group, instead of one pass per layer.
 
 ``pooled`` configs read the per-split ``pooled`` array (cache_layout.md §3.4), one vector per
-image, with :class:`PooledPlan` and :class:`PooledSource`.
+image, with :class:`PooledRead` and :class:`PooledSource`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ import torch
 from torch import Tensor
 
 from epcache.probe.config.inputs import POOLED_GROUP, input_key, read_layers
-from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource, _rows_by_chunk
+from epcache.probe.data.stream import InputRead, MemorySource, StoreSource, _rows_by_chunk
 from epcache.store import FeatureStore, TokenLayout
 from epcache.store.layout.tokens import to_torch
 
 __all__ = [
-    "LayerPlan",
+    "LayersRead",
     "MultiLayerSource",
-    "PooledPlan",
+    "PooledRead",
     "PooledSource",
     "group_label",
     "load_memory",
-    "make_plan",
+    "make_read_spec",
     "make_source",
     "read_layers",
 ]
@@ -47,8 +47,8 @@ def group_label(runs: Sequence[Any]) -> str:
 
 
 @dataclass(frozen=True)
-class LayerPlan:
-    """:class:`InputPlan` for a group of ``num_layers`` layers read together.
+class LayersRead:
+    """:class:`InputRead` for a group of ``num_layers`` layers read together.
 
     ``keys`` are the group's input keys (``mean:patch``, ``concat:cls+gap`` ...); the per-layer
     packing is the base plan's, applied to ``[..., k, T, D]`` arrays.
@@ -60,8 +60,8 @@ class LayerPlan:
     dtype: torch.dtype = torch.float32
 
     @property
-    def base(self) -> InputPlan:
-        return InputPlan(frozenset(k.split(":", 1)[-1] for k in self.keys), self.layout, self.dtype)
+    def base(self) -> InputRead:
+        return InputRead(frozenset(k.split(":", 1)[-1] for k in self.keys), self.layout, self.dtype)
 
     @property
     def mode(self) -> str:
@@ -119,7 +119,7 @@ class LayerPlan:
 
 
 @dataclass(frozen=True)
-class PooledPlan:
+class PooledRead:
     """The pooled output: one ``Dp`` vector per image, travelling as ``(B, 1, Dp)``."""
 
     dtype: torch.dtype = torch.float32
@@ -142,7 +142,7 @@ class MultiLayerSource:
     """Rows of ``k`` layers of one split, each chunk's layers read concurrently: ``[m, k, T', D]``."""
 
     def __init__(
-        self, store: FeatureStore, split: str, layers: Sequence[int], plan: LayerPlan, *, decode_to: Any = None
+        self, store: FeatureStore, split: str, layers: Sequence[int], plan: LayersRead, *, decode_to: Any = None
     ) -> None:
         self.store, self.split, self.layers, self.plan = store, split, tuple(layers), plan
         self.decode_to = decode_to  # as StoreSource's
@@ -181,7 +181,7 @@ class MultiLayerSource:
 class PooledSource:
     """Rows of a split's ``pooled`` array, one chunk at a time: ``[m, 1, Dp]``."""
 
-    def __init__(self, store: FeatureStore, split: str, plan: PooledPlan) -> None:
+    def __init__(self, store: FeatureStore, split: str, plan: PooledRead) -> None:
         self.store, self.split, self.plan = store, split, plan
         self.chunk_samples = store.split(split).chunk_samples
 
@@ -191,21 +191,23 @@ class PooledSource:
         return self.plan.pack(data[local, 0] if views is None else data[local, views])
 
 
-Plan = InputPlan | LayerPlan | PooledPlan
+ReadSpec = InputRead | LayersRead | PooledRead
 Source = StoreSource | MultiLayerSource | PooledSource
 
 
-def make_plan(runs: Sequence[Any], layout: TokenLayout, dtype: torch.dtype) -> Plan:
-    """The plan of one group: pooled, several layers, or the single-layer :class:`InputPlan`."""
+def make_read_spec(runs: Sequence[Any], layout: TokenLayout, dtype: torch.dtype) -> ReadSpec:
+    """The plan of one group: pooled, several layers, or the single-layer :class:`InputRead`."""
     layers = read_layers(runs[0])
     if not layers:
-        return PooledPlan(dtype)
+        return PooledRead(dtype)
     if len(layers) == 1:
-        return InputPlan(frozenset(r.tokens for r in runs), layout, dtype)
-    return LayerPlan(frozenset(input_key(r.tokens, r.layer_mix) for r in runs), layout, len(layers), dtype)
+        return InputRead(frozenset(r.tokens for r in runs), layout, dtype)
+    return LayersRead(frozenset(input_key(r.tokens, r.layer_mix) for r in runs), layout, len(layers), dtype)
 
 
-def make_source(store: FeatureStore, split: str, runs: Sequence[Any], plan: Plan, *, decode_to: Any = None) -> Source:
+def make_source(
+    store: FeatureStore, split: str, runs: Sequence[Any], plan: ReadSpec, *, decode_to: Any = None
+) -> Source:
     """The streaming source for the group of ``runs``.
 
     ``decode_to``: the dtype a quantised store's chunks decode into (cache_layout.md §3.5): the compute
@@ -213,9 +215,9 @@ def make_source(store: FeatureStore, split: str, runs: Sequence[Any], plan: Plan
     GPU and are converted there. The pooled output is never quantised.
     """
     layers = read_layers(runs[0])
-    if isinstance(plan, PooledPlan):
+    if isinstance(plan, PooledRead):
         return PooledSource(store, split, plan)
-    if isinstance(plan, LayerPlan):
+    if isinstance(plan, LayersRead):
         return MultiLayerSource(store, split, layers, plan, decode_to=decode_to)
     return StoreSource(store, split, layers[0], plan, decode_to=decode_to)
 

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from epcache.probe.data.device_copy import DeviceCopier, lookahead
-from epcache.probe.data.read_order import InputPlan
+from epcache.probe.data.reads import InputRead
 from epcache.store import FeatureStore
 from epcache.store.layout.tokens import to_torch
 
-__all__ = ["Batch", "BatchStream", "InputPlan", "MemorySource", "StoreSource", "prefetch", "rows_in_order"]
+__all__ = ["Batch", "BatchStream", "InputRead", "MemorySource", "StoreSource", "prefetch", "rows_in_order"]
 
 _DONE = object()
 Request = tuple[int, np.ndarray, np.ndarray | None]  # (chunk, local rows, view per row or None)
@@ -44,14 +44,14 @@ Request = tuple[int, np.ndarray, np.ndarray | None]  # (chunk, local rows, view 
 class Batch:
     """One batch on the device: packed tokens in the compute dtype and int64 labels."""
 
-    x: Tensor  # (B, T', D): see InputPlan.derive
+    x: Tensor  # (B, T', D): see InputRead.derive
     y: Tensor  # (B,)
 
 
 class StoreSource:
     """Reads packed rows of one split and layer from the store, a whole chunk at a time."""
 
-    def __init__(self, store: FeatureStore, split: str, layer: int, plan: InputPlan, *, decode_to: Any = None) -> None:
+    def __init__(self, store: FeatureStore, split: str, layer: int, plan: InputRead, *, decode_to: Any = None) -> None:
         self.store, self.split, self.layer, self.plan = store, split, layer, plan
         self.chunk_samples = store.split(split).chunk_samples
         self.decode_to = decode_to  # quantised stores: the dtype chunks decode into (None: the store's dtype)
@@ -83,7 +83,7 @@ class MemorySource:
         store: FeatureStore,
         split: str,
         layer: int,
-        plan: InputPlan,
+        plan: InputRead,
         rows: np.ndarray,
         *,
         all_views: bool,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from epcache.probe.config.probe_config import ProbeConfig
-from epcache.probe.data.layers import Plan, PooledPlan, group_label, load_memory, make_plan, make_source
+from epcache.probe.data.layers import PooledRead, ReadSpec, group_label, load_memory, make_read_spec, make_source
 from epcache.probe.data.memory import decide_in_memory
 from epcache.probe.data.samples import RunData
 from epcache.probe.data.sources import input_cost
@@ -98,7 +98,7 @@ class GroupRunner:
         p = s.protocol
         layer = group_label(runs)  # "layer11", "layers8-9-10-11" or "pooled"
         layout = self.store.meta.for_layer(runs[0].group_key[0]).layout if runs[0].group_key else None
-        plan = make_plan(runs, layout if layout is not None else self.store.meta.layout, self.dtype)
+        plan = make_read_spec(runs, layout if layout is not None else self.store.meta.layout, self.dtype)
         train = self._stream(self.store, s.train_split, runs, plan, self.data.train_rows, self.data.train_labels,
                              training=True)
         holdout = None
@@ -196,7 +196,7 @@ class GroupRunner:
         store: FeatureStore,
         split: str,
         runs: Sequence[RunSpec],
-        plan: Plan,
+        plan: ReadSpec,
         rows: np.ndarray,
         labels: np.ndarray,
         *,
@@ -211,7 +211,7 @@ class GroupRunner:
         # on the CPU, rows held in RAM are converted to the compute dtype once, not every epoch
         convert = self.device.type == "cpu"
         itemsize = torch.finfo(self.dtype).bits // 8 if convert else _ITEMSIZE[meta.dtype]
-        width = (self.geometry.pooled_dim or meta.dim) if isinstance(plan, PooledPlan) else meta.dim
+        width = (self.geometry.pooled_dim or meta.dim) if isinstance(plan, PooledRead) else meta.dim
         size = len(rows) * views * plan.packed_bytes_per_view(meta.num_tokens, width, itemsize)
         decode = np.float32 if convert and self.dtype == torch.float32 else None  # quantised: the batches' dtype
         source: Any = make_source(store, split, runs, plan, decode_to=decode)  # one layer, k layers together, or pooled

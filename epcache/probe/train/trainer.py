@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from epcache.probe.config.protocol import optimizer_settings
-from epcache.probe.data.layers import Plan
+from epcache.probe.data.layers import ReadSpec
 from epcache.probe.data.sources import build_head
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
@@ -79,7 +79,7 @@ class GroupTrainer:
         self,
         runs: Sequence[RunSpec],
         geometry: HeadGeometry,
-        plan: Plan,
+        plan: ReadSpec,
         *,
         device: torch.device,
         dtype: torch.dtype,

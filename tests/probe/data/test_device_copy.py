@@ -17,7 +17,7 @@ from probe_helpers import write_store
 
 from epcache.probe.data import stream as stream_module
 from epcache.probe.data.device_copy import DeviceCopier, lookahead
-from epcache.probe.data.read_order import InputPlan
+from epcache.probe.data.reads import InputRead
 from epcache.probe.data.stream import BatchStream, StoreSource
 from epcache.store import open_store
 
@@ -55,7 +55,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _stream(store: Path) -> BatchStream:
     st = open_store(store)
-    src = StoreSource(st, "train", 1, InputPlan(frozenset({"patch"}), st.meta.layout))
+    src = StoreSource(st, "train", 1, InputRead(frozenset({"patch"}), st.meta.layout))
     return BatchStream(src, np.arange(96), st.read_labels("train"), batch_size=16, device=torch.device("cpu"),
                        dtype=torch.float32, data_seed=0)
 

@@ -13,9 +13,9 @@ from probe_helpers import config, make_meta, write_store
 from epcache.errors import ConfigError, HeadSpecError, MissingPooledError
 from epcache.probe import probe_store
 from epcache.probe.config.probe_config import parse_layers
-from epcache.probe.data.layers import LayerPlan, MultiLayerSource, PooledPlan, PooledSource
+from epcache.probe.data.layers import LayersRead, MultiLayerSource, PooledRead, PooledSource
 from epcache.probe.data.sources import head_input
-from epcache.probe.data.stream import InputPlan
+from epcache.probe.data.stream import InputRead
 from epcache.probe.sweep.grid import expand_sweep
 from epcache.store import FeatureStore, TokenLayout, open_store
 
@@ -68,7 +68,7 @@ def test_mixes_equal_doing_it_by_hand_from_read_tokens(store: Path, mix: str, to
         want = _by_hand(x.astype(np.float64), mix, tokens)
         key = f"{mix}:{tokens}"
         keys = {key, "tokens:all"} if shared else {key}  # alone, a mean group is averaged by the reader
-        plan = LayerPlan(frozenset(keys), layout, len(LAYERS), torch.float64)
+        plan = LayersRead(frozenset(keys), layout, len(LAYERS), torch.float64)
         assert plan.reduce_mean == (mix == "mean" and not shared)
         source = MultiLayerSource(st, "train", LAYERS, plan)
         packed = source.rows(0, rows, None)
@@ -193,7 +193,7 @@ def test_pooled_array_round_trips_and_a_linear_probe_reads_it(tmp_path: Path, su
     with open_store(path) as st:
         assert st.pooled_dim == 12 and st.has_pooled("val")
         np.testing.assert_array_equal(st.read_pooled("train"), pooled["train"])
-        plan = PooledPlan(torch.float32)
+        plan = PooledRead(torch.float32)
         src = PooledSource(st, "train", plan)
         rows = np.array([1, 5])
         got = plan.derive(torch.from_numpy(src.rows(0, rows, None)), "pooled")
@@ -226,7 +226,7 @@ def test_store_without_pooled_opens_and_refuses_pooled_clearly(tmp_path: Path) -
 def test_register_sources_follow_the_layout() -> None:
     layout = TokenLayout(num_prefix=3, cls_index=0, num_registers=2, grid=(2, 2))  # CLS, r1, r2, 4 patches
     x = torch.arange(2 * 7 * 3, dtype=torch.float32).view(2, 7, 3)
-    plan = InputPlan(frozenset({"registers", "patch+registers"}), layout)
+    plan = InputRead(frozenset({"registers", "patch+registers"}), layout)
     assert plan.mode == "all"
     torch.testing.assert_close(plan.derive(x, "registers"), x[:, 1:3])
     torch.testing.assert_close(plan.derive(x, "patch+registers"), x[:, 1:])

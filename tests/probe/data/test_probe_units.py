@@ -9,7 +9,7 @@ import pytest
 import torch
 from probe_helpers import write_store
 
-from epcache.probe.data.read_order import InputPlan
+from epcache.probe.data.reads import InputRead
 from epcache.probe.data.select import split_train
 from epcache.probe.data.stream import BatchStream, MemorySource, StoreSource, prefetch
 from epcache.probe.results.metrics import mean_std, metrics_from_counts, metrics_from_logits
@@ -76,7 +76,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_stream(store: Path, rows: np.ndarray, selections: set[str], *, memory: bool = False, **kw: object):
     st = open_store(store)
-    plan = InputPlan(frozenset(selections), st.meta.layout)
+    plan = InputRead(frozenset(selections), st.meta.layout)
     src = MemorySource.load(st, "train", 1, plan, rows, all_views=True) if memory else StoreSource(st, "train", 1, plan)
     return st, plan, BatchStream(src, rows, st.read_labels("train"), batch_size=16, device=torch.device("cpu"),
                                  dtype=torch.float32, data_seed=0, views=3, **kw)  # type: ignore[arg-type]
@@ -126,10 +126,10 @@ def test_input_plan_keeps_the_smallest_sufficient_tokens() -> None:
     from probe_helpers import make_meta
 
     layout = make_meta().layout
-    assert InputPlan(frozenset({"patch", "gap"}), layout).mode == "patch"
-    assert InputPlan(frozenset({"patch", "cls"}), layout).mode == "all"
-    assert InputPlan(frozenset({"all"}), layout).mode == "all"
-    assert InputPlan(frozenset({"cls+gap"}), layout).vectors == ("cls", "gap")
+    assert InputRead(frozenset({"patch", "gap"}), layout).mode == "patch"
+    assert InputRead(frozenset({"patch", "cls"}), layout).mode == "all"
+    assert InputRead(frozenset({"all"}), layout).mode == "all"
+    assert InputRead(frozenset({"cls+gap"}), layout).vectors == ("cls", "gap")
 
 
 def test_prefetch_reraises_reader_errors_and_stops_early() -> None:

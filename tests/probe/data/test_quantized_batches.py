@@ -11,7 +11,7 @@ import torch
 from probe_helpers import config, make_meta, write_store
 
 from epcache.probe import probe_store
-from epcache.probe.data.stream import InputPlan, MemorySource, StoreSource
+from epcache.probe.data.stream import InputRead, MemorySource, StoreSource
 from epcache.store import open_store
 
 
@@ -23,7 +23,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_streamed_rows_decode_into_float32_as_the_ram_load_does(store: Path) -> None:
     st = open_store(store)
-    plan = InputPlan(frozenset({"patch"}), st.meta.layout)
+    plan = InputRead(frozenset({"patch"}), st.meta.layout)
     rows = np.arange(st.split("train").num_samples)
     held = MemorySource.load(st, "train", 1, plan, rows, all_views=True, dtype=torch.float32)
     streamed = StoreSource(st, "train", 1, plan, decode_to=np.float32)

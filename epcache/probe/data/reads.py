@@ -16,13 +16,13 @@ from torch import Tensor
 from epcache.store import TokenLayout
 from epcache.store.layout.tokens import to_torch
 
-__all__ = ["InputPlan", "Mode"]
+__all__ = ["InputRead", "Mode"]
 
 Mode = Literal["all", "patch", "vectors"]
 
 
 @dataclass(frozen=True)
-class InputPlan:
+class InputRead:
     """Which tokens a group of heads needs, and how each head's input is derived from a batch.
 
     The reader keeps the smallest thing that serves every selection of the group: all tokens
