@@ -30,6 +30,7 @@ import typer
 from typer.core import TyperCommand
 
 from epcache._docs import leaf_fields
+from epcache._fs.oserror import os_errors
 from epcache.errors import EpcacheError
 
 __all__ = [
@@ -168,8 +169,6 @@ def _default_text(p: Any) -> str:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn an `EpcacheError` (or an OS error a user can cause) into one red line on stderr and exit code 2."""
-    from epcache._fs.oserror import os_errors  # lazy: loads numpy, zarr only when this runs
-
     try:
         with os_errors(action="epcache"):  # a full disk, no permission, a read-only mount: one line too
             yield

@@ -53,7 +53,7 @@ def convert(
     The source must be complete; its records are checked as it is read. DST names SRC's provenance
     (`derived_from`) and appears only when complete.
     """
-    from epcache.convert import convert_store  # lazy: loads PIL, numpy, zarr only when this runs
+    from epcache.convert import convert_store  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
 
     with user_errors():
         result = convert_store(convert_config(ctx.params), progress=progress)
@@ -66,7 +66,7 @@ def convert_config(options: Mapping[str, Any]) -> ConvertConfig:
     Raises:
         ConfigError: the config refuses a value.
     """
-    from epcache.convert import ConvertConfig  # lazy: loads PIL, numpy, zarr only when this runs
+    from epcache.convert import ConvertConfig  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
 
     fields = config_options(options, CLI_ONLY)
     if fields["splits"] is not None:
@@ -75,7 +75,7 @@ def convert_config(options: Mapping[str, Any]) -> ConvertConfig:
 
 
 def _convert_config_class() -> type:
-    from epcache.convert import ConvertConfig  # lazy: loads PIL, numpy, zarr; needed only to show help or to run
+    from epcache.convert import ConvertConfig  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
 
     return ConvertConfig
 

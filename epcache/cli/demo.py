@@ -19,7 +19,7 @@ def demo(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Generate a dataset, extract a random-init ViT, run a sweep and write the report, end to end."""
-    from epcache.demo import DemoConfig, run_demo  # lazy: loads PIL, numpy only when this runs
+    from epcache.demo import DemoConfig, run_demo  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
 
     with user_errors():
         res = run_demo(out, DemoConfig.quick() if quick else DemoConfig(), echo=typer.echo, progress=progress)

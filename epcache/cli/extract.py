@@ -27,7 +27,7 @@ CLI_ONLY = ("progress",)  # options that are not ExtractConfig fields
 
 def models() -> None:
     """List the backbone aliases and the timm model each resolves to (any timm name works too)."""
-    from epcache.extract import list_model_aliases  # lazy: loads PIL, numpy, zarr only when this runs
+    from epcache.extract import list_model_aliases  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
 
     rows = list_model_aliases()
     w = max(len(a.alias) for a in rows)
@@ -108,8 +108,8 @@ def extract(
     quantize: Annotated[str | None, typer.Option(metavar="SCHEME", show_default="off")] = None,
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
-    from epcache.extract import extract_store  # lazy: loads PIL, numpy, zarr only when this runs
-    from epcache.launch.capture import handed_to_launcher  # lazy: loads numpy, zarr only when this runs
+    from epcache.extract import extract_store  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
+    from epcache.launch.capture import handed_to_launcher  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
 
     with user_errors():
         cfg = extract_config(ctx.params)
@@ -125,7 +125,7 @@ def extract_config(options: Mapping[str, Any]) -> ExtractConfig:
     Raises:
         ConfigError: an option's text does not read, or the config refuses a value.
     """
-    from epcache.extract import ExtractConfig  # lazy: loads PIL, numpy, zarr only when this runs
+    from epcache.extract import ExtractConfig  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
 
     fields = config_options(options, CLI_ONLY, **RENAMES)
     fields["splits"] = parse_splits(fields["splits"])
@@ -137,7 +137,7 @@ def extract_config(options: Mapping[str, Any]) -> ExtractConfig:
 
 
 def _extract_config_class() -> type:
-    from epcache.extract import ExtractConfig  # lazy: loads PIL, numpy, zarr; needed only to show help or to run
+    from epcache.extract import ExtractConfig  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
 
     return ExtractConfig
 

@@ -56,14 +56,14 @@ def submit(
     epcache submit RUNDIR [OPTIONS] -- extract|probe ARGS: the command after `--` is parsed and
     checked by that command itself; without it, the unfinished units of RUNDIR are submitted again.
     """
-    from epcache.launch import LaunchOptions  # lazy: loads numpy, zarr only when this runs
-    from epcache.launch import submit as run_submit  # lazy: loads numpy, zarr only when this runs
+    from epcache.launch import LaunchOptions  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
+    from epcache.launch import submit as run_submit  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
 
     with user_errors():
         config = _captured_config(ctx, list(ctx.args))
         slurm = ray = None
         if launcher == "slurm":
-            from epcache.launch.submit import _optional  # lazy: loads numpy, zarr only when this runs
+            from epcache.launch.submit import _optional  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
 
             backend = _optional("epcache.launch.submitit_backend", "submitit", "slurm")
             if executor not in ("auto", "local", "debug"):
@@ -72,7 +72,7 @@ def submit(
                                          cpus_per_task=int(cpus or 8), mem_gb=mem_gb, parallel=parallel,
                                          cluster=None if executor == "auto" else executor)
         elif launcher == "ray":
-            from epcache.launch.ray_backend import RayOptions  # lazy: loads numpy, zarr only when this runs
+            from epcache.launch.ray_backend import RayOptions  # lazy: keeps torch, PIL, zarr out of `epcache --help`
 
             ray = RayOptions(address=ray_address, gpus_per_actor=gpus, cpus_per_actor=cpus or 1.0,
                              decode_cpus=decode_cpus)
@@ -98,7 +98,7 @@ def gather(
     run_dir: Annotated[str, typer.Argument(metavar="RUNDIR", help="Run directory of `epcache submit`.")],
 ) -> None:
     """Check that every unit of a launched run finished; commit the store or merge the sweep's rows."""
-    from epcache.launch import gather as run_gather  # lazy: loads numpy, zarr only when this runs
+    from epcache.launch import gather as run_gather  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
 
     with user_errors():
         result = run_gather(run_dir)
@@ -114,7 +114,7 @@ def _captured_config(ctx: typer.Context, args: list[str]) -> object | None:
         return None
     if args[0] not in ("extract", "probe"):
         raise ConfigError(f"epcache submit runs `extract` or `probe` (after --), not {args[0]!r}")
-    from epcache.launch.capture import capturing  # lazy: loads numpy, zarr only when this runs
+    from epcache.launch.capture import capturing  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
 
     with capturing() as box:
         code = ctx.find_root().command.main(args=args, prog_name="epcache", standalone_mode=False)

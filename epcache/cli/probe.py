@@ -115,8 +115,8 @@ def probe(
     tries: Annotated[str, typer.Option(metavar="N")] = "1",
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
-    from epcache.launch.capture import handed_to_launcher  # lazy: loads numpy, zarr only when this runs
-    from epcache.probe import probe_store  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.launch.capture import handed_to_launcher  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
+    from epcache.probe import probe_store  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
     with user_errors():  # the options' text is read and checked by ProbeConfig, as grid files and Python are
         cfg = probe_config(ctx.params)
@@ -139,7 +139,7 @@ def probe_config(options: Mapping[str, Any]) -> ProbeConfig:
     Raises:
         ConfigError: every refused field, in one message.
     """
-    from epcache.probe import ProbeConfig  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.probe import ProbeConfig  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
     fields = config_options(options, CLI_ONLY)
     if options.get("layer") is not None:
@@ -148,7 +148,7 @@ def probe_config(options: Mapping[str, Any]) -> ProbeConfig:
 
 
 def _probe_config_class() -> type:
-    from epcache.probe import ProbeConfig  # lazy: loads torch; needed only to show help or to run
+    from epcache.probe import ProbeConfig  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
     return ProbeConfig
 
@@ -158,7 +158,7 @@ ProbeHelp = documented_by(_probe_config_class)
 
 def recipes() -> None:
     """List the training recipes `epcache probe --recipe` accepts: what each sets and where it comes from."""
-    from epcache.probe.config.recipes import format_recipes  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.probe.config.recipes import format_recipes  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
     typer.echo(format_recipes())
 
@@ -176,10 +176,8 @@ def heads(
 ) -> None:
     """Every head name `epcache probe --head` accepts: the trained heads with their parameters and forward FLOPs
     per image, then the solver heads (knn, ridge, logreg, ncm) with what they fit and what a fit costs."""
-    from epcache.probe.heads import heads_table  # lazy: loads numpy, safetensors, torch only when this runs
-
-    # lazy: loads numpy, safetensors, torch only when this runs
-    from epcache.probe.solvers.listing import format_heads_listing
+    from epcache.probe.heads import heads_table  # lazy: keeps torch, zarr, numpy out of `epcache --help`
+    from epcache.probe.solvers.listing import format_heads_listing  # lazy: keeps torch, zarr out of `epcache --help`
 
     with user_errors():
         rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),

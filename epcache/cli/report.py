@@ -23,7 +23,7 @@ def report(
     ] = True,
 ) -> None:
     """Markdown report with the results tables and the paper's figures for this run."""
-    from epcache.report import write_report  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.report import write_report  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
     with user_errors():
         rep = write_report(rundir, out, figures=figures)
@@ -53,7 +53,7 @@ def attention(
     ] = None,
 ) -> None:
     """Per-query attention maps, entropies and the uniform-attention ablation of a trained head."""
-    from epcache.report import attention_report  # lazy: loads numpy, safetensors, torch only when this runs
+    from epcache.report import attention_report  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
     with user_errors():
         res = attention_report(rundir, config, split=split, images=images, data_root=data, out=out)

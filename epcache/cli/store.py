@@ -22,8 +22,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show a store's backbone, splits, layers, token layout, dtype, size and completeness."""
-    from epcache.store import describe_store  # lazy: loads numpy, zarr only when this runs
-    from epcache.store.describe.info import format_store_info  # lazy: loads numpy, zarr only when this runs
+    from epcache.store import describe_store  # lazy: keeps zarr, numpy out of `epcache --help`
+    from epcache.store.describe.info import format_store_info  # lazy: keeps zarr, numpy out of `epcache --help`
 
     with user_errors():
         desc = describe_store(store)
@@ -64,11 +64,11 @@ def verify(
 
     Exit code 0: clean; 1: something is missing, corrupt or inconsistent (listed); 2: not a store.
     """
-    from epcache.store import verify_store  # lazy: loads numpy, zarr only when this runs
+    from epcache.store import verify_store  # lazy: keeps zarr, numpy out of `epcache --help`
 
     with user_errors():
         if repair:
-            from epcache.extract import repair_store  # lazy: loads PIL, numpy, zarr only when this runs
+            from epcache.extract import repair_store  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
 
             result = repair_store(
                 store, data=data, weights=weights, splits=parse_splits(split) if split else None, device=device,
@@ -94,8 +94,8 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """List the stores under ROOT: backbone, weights, dataset, splits, layers, views, dtype, size, status."""
-    from epcache.store import list_stores  # lazy: loads numpy, zarr only when this runs
-    from epcache.store.describe.catalog import format_catalog  # lazy: loads numpy, zarr only when this runs
+    from epcache.store import list_stores  # lazy: keeps zarr, numpy out of `epcache --help`
+    from epcache.store.describe.catalog import format_catalog  # lazy: keeps zarr, numpy out of `epcache --help`
 
     with user_errors():
         entries = list_stores(root)

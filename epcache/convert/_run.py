@@ -22,6 +22,7 @@ from epcache.convert._config import ConvertConfig, ConvertResult
 from epcache.convert._derive import derived_meta, select_layers
 from epcache.convert._lock import DestinationLock
 from epcache.errors import ConfigError, IncompleteStoreError, StoreExistsError, StoreNotFoundError
+from epcache.extract.stages import BlockWriter
 from epcache.store import FeatureStore, SplitSpec, StoreMeta, create_store, open_store
 from epcache.store.layout.poolgrid import cast_tokens, pool_patch_tokens
 from epcache.store.layout.quant import resolve_quantization
@@ -170,8 +171,6 @@ def _copy(
 ) -> tuple[int, int, dict[str, int]]:
     """Declare every split with the source's order, ids and labels, then write every block of every layer."""
     from tqdm.auto import tqdm
-
-    from epcache.extract.stages import BlockWriter  # numpy and the store only: no torch
 
     read = written = 0
     samples: dict[str, int] = {}

@@ -19,6 +19,9 @@ from typing import Any
 from epcache._text import plural
 from epcache.demo._shapes import ShapesConfig, make_shapes_dataset
 from epcache.errors import StoreExistsError
+from epcache.extract import ExtractConfig, extract_store
+from epcache.probe import ProbeConfig, ProbeResult, probe_store
+from epcache.report import write_report
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -72,11 +75,6 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     Raises:
         StoreExistsError: ``out`` holds something else.
     """
-    from epcache.extract import ExtractConfig, extract_store  # lazy: loads zarr only when this runs
-
-    # lazy: loads safetensors, torch, zarr only when this runs
-    from epcache.probe import ProbeConfig, ProbeResult, probe_store
-
     t0 = time.perf_counter()
     root = Path(out)
     if root.exists() and any(root.iterdir()) and not (root / "demo.txt").exists():
@@ -133,8 +131,6 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     report_path: Path | None = None
     figures: tuple[Path, ...] = ()
     if config.figures:
-        from epcache.report import write_report  # lazy: loads safetensors, torch, zarr only when this runs
-
         rep = write_report(rundir, root / "report")
         report_path, figures = rep.markdown, tuple(rep.figures)
     echo(f"data     {data}  ({n_train} train / {n_val} val images)")

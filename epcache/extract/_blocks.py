@@ -13,11 +13,13 @@ from epcache._fs.oserror import require_free_space
 from epcache.errors import BadImageError, NonFiniteFeaturesError
 from epcache.extract._config import ExtractConfig
 from epcache.extract._forward import TokenExtractor
+from epcache.extract._gpudecode import GpuDecoder
 from epcache.extract._loader import ViewDataset, make_loader
 from epcache.extract._pixels import Normalizer, pil_steps
 from epcache.extract._plan import Prepared
 from epcache.extract._pooled import POOLED_KEY
 from epcache.extract._sources import SplitSource
+from epcache.extract._writer import BlockWriter
 from epcache.store import FeatureStore, TokenLayout
 from epcache.store.layout.poolgrid import pool_patch_tokens
 from epcache.store.layout.tokens import from_torch
@@ -44,9 +46,6 @@ def extract_split(
     ``batch_source`` replaces the DataLoader that decodes in local worker processes: it yields
     the decoded ``Batch`` of each list of dataset indices, in order (Ray decode tasks on other nodes).
     """
-    # not at the top: extract._writer imports this module (import cycle)
-    from epcache.extract._writer import BlockWriter
-
     cfg = prep.config
     order = store.read_order(split)
     batches: list[list[int]] = []
@@ -106,9 +105,6 @@ def _run_batches(
     normalize = Normalizer(prep.data_config["mean"], prep.data_config["std"])
     gpu = None
     if cfg.decode == "gpu" and V == 1:
-        # not at the top: extract._gpudecode imports this module (import cycle)
-        from epcache.extract._gpudecode import GpuDecoder
-
         gpu = GpuDecoder(pil_steps(prep.eval_transform), cfg.device)
     np_dtype = _numpy_dtype(cfg.dtype)
     acc: dict[int, np.ndarray] | None = None

@@ -14,7 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from epcache.extract._backbone import _create
+from epcache.extract._blocks import _autocast
+from epcache.extract._forward import TokenExtractor
 from epcache.extract._plan import Prepared
+from epcache.extract._pooled import PooledTokenExtractor
 
 __all__ = ["ForwardEstimate", "estimate_forward", "format_duration"]
 
@@ -43,16 +47,6 @@ class ForwardEstimate:
 def estimate_forward(prep: Prepared) -> ForwardEstimate | str:
     """Time one small batch of the planned forward; a string says why nothing could be measured."""
     import torch
-
-    # not at the top: extract._backbone imports this module (import cycle)
-    from epcache.extract._backbone import _create
-    from epcache.extract._blocks import _autocast  # not at the top: extract._blocks imports this module (import cycle)
-
-    # not at the top: extract._forward imports this module (import cycle)
-    from epcache.extract._forward import TokenExtractor
-
-    # not at the top: extract._pooled imports this module (import cycle)
-    from epcache.extract._pooled import PooledTokenExtractor
 
     cfg = prep.config
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():

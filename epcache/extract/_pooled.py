@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 
 from epcache.errors import ConfigError
 from epcache.extract._forward import ModelGeometry
+from epcache.store import FeatureStore
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from epcache.store import FeatureStore
 
 __all__ = ["POOLED_KEY", "PooledTokenExtractor", "ensure_pooled", "pooled_width"]
 

@@ -30,7 +30,10 @@ from epcache.extract._backbone import load_backbone
 from epcache.extract._blocks import RESUME_HINT, extract_split
 from epcache.extract._config import ExtractConfig, ExtractPlan, ExtractResult
 from epcache.extract._dist import DistContext, distributed_context, exit_on_sigterm, torchrun_world_size
+from epcache.extract._estimate import estimate_forward
 from epcache.extract._forward import TokenExtractor
+from epcache.extract._gpudecode import gpu_decode_unavailable
+from epcache.extract._pixels import pil_steps
 from epcache.extract._plan import Prepared, prepare, store_meta
 from epcache.extract._pooled import PooledTokenExtractor, ensure_pooled
 from epcache.extract._target import open_or_create
@@ -95,9 +98,6 @@ def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
               f"{'bfloat16' if config.amp == 'bf16' else 'float16'} (slow without hardware support; the tokens "
               "differ from float32 and the store records amp); drop --amp for float32", file=sys.stderr)
     if config.dry_run:  # with a measured forward time: the one cost the shapes cannot give
-        # not at the top: extract._estimate imports this module (import cycle)
-        from epcache.extract._estimate import estimate_forward
-
         est = estimate_forward(prep)
         plan = dataclasses.replace(prep.plan, estimate=est if isinstance(est, str) else est.text())
         return ExtractResult(status="dry-run", store=str(config.out), plan=plan)
@@ -120,10 +120,6 @@ def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
 
 def _check_gpu_decode(prep: Prepared) -> None:
     """``--decode gpu`` where it cannot run: say so once and decode on the CPU (recorded as such)."""
-    # not at the top: extract._gpudecode imports this module (import cycle)
-    from epcache.extract._gpudecode import gpu_decode_unavailable
-    from epcache.extract._pixels import pil_steps  # not at the top: extract._pixels imports this module (import cycle)
-
     reason = gpu_decode_unavailable(prep.config.device, pil_steps(prep.eval_transform))
     if reason is not None:
         print(f"epcache: --decode gpu is unavailable ({reason}); decoding JPEGs on the CPU instead", file=sys.stderr)

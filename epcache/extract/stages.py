@@ -2,7 +2,8 @@
 
 A launcher runs the same backbone load, plan, store target, block loop and writer as
 ``epcache extract``, one unit at a time; importing them from here keeps one extraction code path
-without reaching into the package's private modules. Importing this module loads torch and timm.
+without reaching into the package's private modules. Importing this module loads numpy, zarr and
+PIL; torch and timm load when a stage runs.
 """
 
 from __future__ import annotations

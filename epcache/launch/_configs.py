@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from epcache.extract import ExtractConfig
+from epcache.probe import ProbeConfig
+
 __all__ = ["extract_config_from_json", "extract_config_to_json", "probe_config_from_json", "probe_config_to_json"]
 
 _PATH_FIELDS = ("weights", "hf_cache_dir")  # Path | None fields of ExtractConfig
@@ -28,8 +31,6 @@ def extract_config_from_json(doc: dict[str, Any]) -> Any:
     Raises:
         ConfigError: a field the dataclass refuses.
     """
-    from epcache.extract import ExtractConfig  # lazy: loads PIL only when this runs
-
     kwargs = dict(doc)
     for name in _PATH_FIELDS:
         if kwargs.get(name) is not None:
@@ -44,8 +45,6 @@ def probe_config_to_json(config: Any) -> dict[str, Any]:
 
 def probe_config_from_json(doc: dict[str, Any]) -> Any:
     """The ``ProbeConfig`` of :func:`probe_config_to_json` (its checks normalise lists to tuples)."""
-    from epcache.probe import ProbeConfig  # lazy: loads safetensors, torch only when this runs
-
     return ProbeConfig(**doc)
 
 

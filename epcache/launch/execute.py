@@ -17,8 +17,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from epcache._fs.oserror import os_errors
+from epcache.extract.stages import (
+    RESUME_HINT,
+    PooledTokenExtractor,
+    TokenExtractor,
+    exit_on_sigterm,
+    extract_split,
+    load_backbone,
+    prepare,
+    torchrun_world_size,
+)
 from epcache.launch._configs import extract_config_from_json, probe_config_from_json
 from epcache.launch._rundir import RunPlan, done_units, read_plan, try_unit_lock, unit_dir, write_marker
+from epcache.probe import probe_store
 from epcache.store import open_store
 
 __all__ = ["UnitOutcome", "forget_backbone", "run_unit"]
@@ -73,9 +84,6 @@ def _run_extract_unit(plan: RunPlan, unit: dict[str, Any], batch_source: Callabl
     rank does and reuses the extraction loop itself (``extract_split``), so the bytes are the ones
     a single process writes.
     """
-    # lazy: loads PIL only when this runs
-    from epcache.extract.stages import RESUME_HINT, exit_on_sigterm, extract_split
-
     config = extract_config_from_json(plan.config)
     split, start, stop = unit["split"], int(unit["start"]), int(unit["stop"])
     with os_errors(action=f"epcache unit {unit['id']} into {config.out}", resume_hint=RESUME_HINT), exit_on_sigterm():
@@ -98,9 +106,6 @@ _CACHE: dict[str, tuple[Any, Any]] = {}
 
 
 def _prepared(plan: RunPlan, config: Any, *, need_model: bool) -> tuple[Any, Any]:
-    # lazy: loads PIL only when this runs
-    from epcache.extract.stages import PooledTokenExtractor, TokenExtractor, load_backbone, prepare
-
     key = json.dumps([plan.config, plan.extra], sort_keys=True)
     prep, extractor = _CACHE.get(key, (None, None))
     if prep is None:
@@ -124,8 +129,6 @@ def _prepared(plan: RunPlan, config: Any, *, need_model: bool) -> tuple[Any, Any
 
 def _run_probe_unit(plan: RunPlan, unit: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The sweep restricted to the unit's layer, in the unit's own run directory."""
-    from epcache.probe import probe_store  # lazy: loads safetensors, torch only when this runs
-
     config = probe_config_from_json(plan.config)
     changes: dict[str, Any] = {"out": str(unit_dir(run_dir, unit["id"])), "shard": None,
                                "device": _rank_device(config.run.device)}
@@ -138,8 +141,6 @@ def _run_probe_unit(plan: RunPlan, unit: dict[str, Any], run_dir: Path) -> dict[
 def _rank_device(device: str) -> str:
     """``cuda`` under torchrun is this rank's own GPU (``LOCAL_RANK``); SLURM and Ray already hide the others."""
     import os
-
-    from epcache.extract.stages import torchrun_world_size  # lazy: loads PIL only when this runs
 
     if torchrun_world_size() == 1 or device not in ("cuda", "auto"):
         return device

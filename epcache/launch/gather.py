@@ -30,6 +30,8 @@ from epcache.launch._rundir import (
     unit_dir,
     write_json_atomic,
 )
+from epcache.probe.results.ranking import group_by_seed, rank
+from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_results, write_text
 from epcache.store import open_store
 
 __all__ = ["GatherResult", "gather", "resubmit_command"]
@@ -104,11 +106,6 @@ def _commit_extract(run_dir: Path, plan: RunPlan) -> GatherResult:
 
 
 def _merge_probe(run_dir: Path, plan: RunPlan) -> GatherResult:
-    from epcache.probe.results.ranking import group_by_seed, rank  # lazy: loads safetensors, torch only when this runs
-
-    # lazy: loads safetensors, torch only when this runs
-    from epcache.probe.results.rows import RESULTS_FILE, format_summary, read_results, write_text
-
     rows: dict[str, dict[str, Any]] = {}
     for u in plan.units:
         for row in read_results(unit_dir(run_dir, u["id"]) / RESULTS_FILE):

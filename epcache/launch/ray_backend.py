@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from epcache.extract.stages import make_loader
+from epcache.launch.execute import run_unit
+
 __all__ = ["RayOptions", "run_on_ray"]
 
 
@@ -42,8 +45,6 @@ class _UnitActor:
         self.decode_window = decode_window
 
     def run(self, run_dir: str, unit_id: str) -> str:
-        from epcache.launch.execute import run_unit  # not at the top: launch.execute imports this module (import cycle)
-
         if self.decode_cpus <= 0:
             return run_unit(run_dir, unit_id)
         source = functools.partial(ray_batches, window=self.decode_window, num_cpus=self.decode_cpus)
@@ -70,8 +71,6 @@ def ray_batches(dataset: Any, batches: list[list[int]], *, window: int, num_cpus
 
 def _decode_batch(dataset: Any, indices: list[int]) -> Any:
     """One batch, decoded exactly as a DataLoader worker decodes it (same dataset, same collation)."""
-    from epcache.extract.stages import make_loader  # lazy: loads PIL only when this runs
-
     return next(iter(make_loader(dataset, [indices], workers=0, pin_memory=False)))
 
 

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError
-from epcache.launch._rundir import PLAN_FILE, RunPlan, done_units, read_plan, write_plan
+from epcache.extract.stages import distributed_context
+from epcache.launch._rundir import PLAN_FILE, RunPlan, done_units, read_plan, write_marker, write_plan
+from epcache.launch.execute import forget_backbone, run_unit
 from epcache.launch.gather import GatherResult, gather
+from epcache.launch.units import plan_extract_run, plan_probe_run
 from epcache.store import open_store
 
 __all__ = ["LAUNCHERS", "LaunchOptions", "SubmitResult", "submit"]
@@ -75,9 +78,6 @@ def submit(run_dir: str | Path, config: Any = None, options: LaunchOptions | Non
     outcomes: dict[str, str] = {}
     job_ids: tuple[str, ...] = ()
     if options.launcher == "local":
-        # not at the top: launch.execute imports this module (import cycle)
-        from epcache.launch.execute import forget_backbone, run_unit
-
         try:
             for u in todo:
                 outcomes[u] = run_unit(run_dir, u)
@@ -107,9 +107,6 @@ def _plan(run_dir: Path, config: Any, options: LaunchOptions) -> RunPlan:
     """Plan a new run (or check that ``config`` is the one already planned there), or read the plan."""
     if config is None:
         return read_plan(run_dir)
-    # not at the top: launch.units imports this module (import cycle)
-    from epcache.launch.units import plan_extract_run, plan_probe_run
-
     if hasattr(config, "store"):  # a ProbeConfig: the run directory is its --out
         import dataclasses
 
@@ -143,8 +140,6 @@ def _settle_recorded(run_dir: Path, plan: RunPlan, todo: list[str]) -> list[str]
     """
     if plan.kind != "extract" or not todo:
         return todo
-    from epcache.launch._rundir import write_marker  # not at the top: launch._rundir imports this module (import cycle)
-
     with open_store(str(plan.config["out"])) as store:
         missing = {name: set(store.missing_blocks(name)) for name in store.splits}
     left: list[str] = []
@@ -160,11 +155,6 @@ def _settle_recorded(run_dir: Path, plan: RunPlan, todo: list[str]) -> list[str]
 
 
 def _submit_torchrun(run_dir: Path, config: Any, options: LaunchOptions) -> SubmitResult:
-    from epcache.extract.stages import distributed_context  # lazy: loads PIL only when this runs
-
-    # not at the top: launch.execute imports this module (import cycle)
-    from epcache.launch.execute import forget_backbone, run_unit
-
     with distributed_context() as ctx:
         error: BaseException | None = None
         if ctx.is_main:

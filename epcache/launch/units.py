@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError
+from epcache.extract.stages import ensure_pooled, load_backbone, open_or_create, prepare, store_meta
 from epcache.launch._configs import extract_config_from_json, extract_config_to_json, probe_config_to_json
 from epcache.launch._rundir import RunPlan
+from epcache.probe.sweep.grid import load_grid, resolve_request, sweep_layers
 from epcache.store import open_store
 from epcache.store.ops.lock import acquire_store_lock
 
@@ -59,9 +61,6 @@ def plan_extract_run(config: Any, units: int, run_dir: Path, *, progress: bool =
             launched run writes into the store in place; delete the old store first), plus every
             error ``epcache extract`` raises before it writes a block.
     """
-    # lazy: loads PIL only when this runs
-    from epcache.extract.stages import ensure_pooled, load_backbone, open_or_create, prepare, store_meta
-
     if config.overwrite or config.dry_run:
         flag = "--overwrite" if config.overwrite else "--dry-run"
         raise ConfigError(
@@ -100,9 +99,6 @@ def plan_probe_run(config: Any) -> RunPlan:
         ConfigError: ``--shard`` together with a launcher (units replace shards), or no ``--out``.
         Every error of ``epcache probe``'s checks on the store and the grid is raised by the units.
     """
-    # lazy: loads safetensors, torch only when this runs
-    from epcache.probe.sweep.grid import resolve_request, sweep_layers
-
     if config.run.shard is not None:
         raise ConfigError("--shard cannot be combined with a launcher: the launcher splits the sweep into "
                           "layer units itself; drop --shard")
@@ -124,7 +120,5 @@ def _grid_leaves_layers(config: Any) -> bool:
     """No grid file, or one that sets no layers (a unit's own layer would be replaced by the file's)."""
     if config.grid is None:
         return True
-    from epcache.probe.sweep.grid import load_grid  # lazy: loads safetensors, torch only when this runs
-
     top, tables = load_grid(config.grid)
     return "layers" not in top and all("layers" not in t for t in tables)

@@ -200,7 +200,7 @@ def attention_report(
             ordered = [r for r in shown_rows.tolist() if r in shown_maps]
             fetch = None
             if data_root is not None:
-                from epcache.extract.locations import image_fetcher  # lazy: loads PIL only when this runs
+                from epcache.extract.locations import image_fetcher  # lazy: keeps extract out of `epcache report`
 
                 fetch = image_fetcher(store.meta, split, data_root)  # WebDataset / HF: read by id
             pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing, fetch)
@@ -229,7 +229,10 @@ def _default_data_root(store_path: str, rundir: str | PathLike[str], config_id: 
         ConfigError: the store records no root at all (extracted without ``--record-paths`` from a
             data root outside its tree), so only ``--data`` can say where the images are.
     """
-    from epcache.extract.locations import recorded_data_root, records_data_root  # lazy: loads PIL only when this runs
+    from epcache.extract.locations import (  # lazy: keeps extract out of `epcache report`
+        recorded_data_root,
+        records_data_root,
+    )
 
     with open_store(store_path) as store:
         extra, location = store.meta.extra, str(store.location)

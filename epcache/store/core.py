@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -29,13 +29,11 @@ from epcache.store.layout.metadoc import FORMAT_VERSION
 from epcache.store.layout.plan import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
 from epcache.store.layout.provenance import compute_provenance, provenance_of_document, split_fingerprint
 from epcache.store.read.checks import ReadChecks
+from epcache.store.read.chunkcache import ChunkCache
 from epcache.store.read.pooled import PooledArrays
 from epcache.store.read.quantised import QuantArrays
 from epcache.store.read.tokens import TokenReads
-
-if TYPE_CHECKING:
-    from epcache.store.read.chunkcache import ChunkCache
-    from epcache.store.verify.integrity import ArraySpec
+from epcache.store.verify.integrity import ArraySpec, validate_on_open
 
 _NUMPY_DTYPES = NUMPY_DTYPES
 
@@ -114,9 +112,6 @@ class FeatureStore(TokenReads, PooledArrays, QuantArrays, ABC):
 
     def _validate(self) -> None:
         """Cross-check the JSON metadata against the arrays, so a hand-edited document fails here."""
-        # not at the top: store._integrity imports this module (import cycle)
-        from epcache.store.verify.integrity import validate_on_open
-
         validate_on_open(self)
 
     @abstractmethod

@@ -8,13 +8,12 @@ reaches further into it than this.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
-    from epcache.store.layout.meta import SplitMeta, StoreMeta
-    from epcache.store.layout.quant import QuantSpec
+from epcache.store.layout.meta import SplitMeta, StoreMeta
+from epcache.store.layout.quant import QuantSpec
 
 __all__ = ["StoreCore", "ZarrCore"]
 

@@ -27,15 +27,13 @@ return as all zeros is looked up (``chunk_present``) and then put through the sa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from epcache.errors import CorruptStoreError
 from epcache.store.layout.plan import MISSING
-
-if TYPE_CHECKING:
-    from epcache.store.protocol import StoreCore
+from epcache.store.protocol import StoreCore
 
 __all__ = [
     "NO_CHUNK",

@@ -15,15 +15,13 @@ from __future__ import annotations
 import errno
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from epcache.store.backends.chunks import NO_CHUNK, ChunkDamaged
 from epcache.store.backends.zarr_keys import chunk_keys, raw_chunks_per_shard
-
-if TYPE_CHECKING:
-    from epcache.store.protocol import ZarrCore
+from epcache.store.protocol import ZarrCore
 
 __all__ = ["RemoteChunks", "remote_chunks"]
 

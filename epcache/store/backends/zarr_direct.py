@@ -11,7 +11,7 @@ to zarr-python.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,11 +20,9 @@ from epcache.store.backends.chunks import ChunkDamaged, ChunkSource, check_libra
 from epcache.store.backends.local import LocalChunks
 from epcache.store.backends.remote import remote_chunks
 from epcache.store.backends.zarr_keys import chunk_keys, raw_chunks_per_shard
+from epcache.store.layout.meta import SplitMeta, StoreMeta
 from epcache.store.protocol import ZarrCore
 from epcache.store.read.quantised import QuantArrays
-
-if TYPE_CHECKING:
-    from epcache.store.layout.meta import SplitMeta, StoreMeta
 
 __all__ = ["ZarrDirectReads", "read_scales_direct"]
 

@@ -28,6 +28,7 @@ import ml_dtypes
 import numpy as np
 
 from epcache.store.layout.quant import QuantSpec, dequantize_reference
+from epcache.store.layout.tokens import to_torch
 
 __all__ = ["BLOCK_ELEMENTS", "dequantize", "dequantize_blocked"]
 
@@ -55,8 +56,6 @@ def dequantize(spec: QuantSpec, codes: np.ndarray, scales: np.ndarray, out_dtype
 def dequantize_blocked(spec: QuantSpec, codes: np.ndarray, scales: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
     """The torch kernel of :func:`dequantize` (float16, bfloat16 or float32 ``out_dtype``), at any size."""
     import torch
-
-    from epcache.store.layout.tokens import to_torch  # not at the top: store._tokens imports this module (import cycle)
 
     out = np.empty(codes.shape, out_dtype)
     d = codes.shape[-1]

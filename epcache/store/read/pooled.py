@@ -10,15 +10,11 @@ written without it still open; asking them for it raises :class:`MissingPooledEr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from epcache.errors import MissingPooledError, ShapeMismatchError
+from epcache.store.layout.meta import SplitMeta, StoreMeta
 from epcache.store.protocol import StoreCore
-
-if TYPE_CHECKING:
-    from epcache.store.layout.meta import SplitMeta, StoreMeta
 
 __all__ = ["POOLED_SOURCE", "PooledArrays"]
 

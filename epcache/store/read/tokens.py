@@ -11,18 +11,17 @@ Backends override ``_read_chunk_array`` with a direct read where the format allo
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from epcache.store.backends.chunks import check_library_chunk
+from epcache.store.layout.meta import StoreMeta
 from epcache.store.layout.plan import NUMPY_DTYPES
 from epcache.store.protocol import StoreCore
-
-if TYPE_CHECKING:
-    from epcache.store.layout.meta import StoreMeta
-    from epcache.store.read.checks import ReadChecks
-    from epcache.store.read.chunkcache import ChunkCache
+from epcache.store.read.ahead import read_ahead
+from epcache.store.read.checks import ReadChecks
+from epcache.store.read.chunkcache import ChunkCache
 
 __all__ = ["TokenReads"]
 
@@ -88,9 +87,6 @@ class TokenReads(StoreCore):
         max_bytes: int | None = None, decode_to: Any = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """``(chunk, tokens)`` in the given order, ``read_chunk`` of each with reads in flight (read/ahead.py)."""
-        # not at the top: store._readahead imports this module (import cycle)
-        from epcache.store.read.ahead import read_ahead
-
         return read_ahead(self, split, layer, chunks, inflight=inflight, max_bytes=max_bytes, decode_to=decode_to)
 
     def _fetch_parts(self, split: str, layer: int, chunk: int, start: int, stop: int) -> tuple[np.ndarray, ...]:
