@@ -209,3 +209,38 @@ def test_docstrings_cite_documents_in_the_repository() -> None:
     assert missing == []
     assert numbered == []
     assert {doc for _, doc in cited} >= {"docs/EP_SPEC.md", "docs/PROBE_FAMILIES.md"}  # the walk sees citations
+
+
+TORCH_FREE = ("epcache.probe.names", "epcache.probe.heads.spec", "epcache.probe.config", "epcache.store.layout")
+
+
+def _imported_at_load(path: Path) -> set[str]:
+    """Top-level packages a module imports when it loads (not inside functions or ``TYPE_CHECKING``)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_vocabulary_modules_need_no_torch(graph) -> None:
+    """Specs, configs and the store format are plain data: loading them (and what they import) loads no torch.
+
+    Package ``__init__`` files above them are left out: they gather a package's face, not its layers.
+    """
+    mods, imports = graph
+    edges: dict[str, set[str]] = {}
+    for imp in imports:
+        edges.setdefault(imp.source, set()).add(imp.target)
+    roots = [m for m in mods if m.startswith(TORCH_FREE) and mods[m].name != "__init__.py"]
+    assert "epcache.probe.heads.spec" in roots
+    seen, todo = set(), list(roots)
+    while todo:
+        m = todo.pop()
+        if m in seen or mods[m].name == "__init__.py":
+            continue
+        seen.add(m)
+        todo += [t for t in edges.get(m, ()) if t in mods]
+    assert sorted(m for m in seen if "torch" in _imported_at_load(mods[m])) == []

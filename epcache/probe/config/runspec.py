@@ -15,6 +15,7 @@ from typing import Any
 
 from epcache.probe.config.inputs import input_key, jsonable, read_layers
 from epcache.probe.config.protocol import Protocol, optimizer_settings
+from epcache.probe.heads.spec import HeadSpec
 
 __all__ = ["RunSpec", "SweepSettings"]
 
@@ -74,7 +75,7 @@ class RunSpec:
     weights.
     """
 
-    head: Any  # HeadSpec (typed loosely so this module imports without torch)
+    head: HeadSpec
     layer: int  # the layer read; for a layer mix its last layer; -1 for tokens=pooled (no layer)
     tokens: str  # token source, epcache.probe.data.sources (cls, gap, cls+gap, pooled / patch, all, registers ...)
     optimizer: str

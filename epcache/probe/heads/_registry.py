@@ -1,4 +1,4 @@
-"""Head registry and :class:`HeadSpec`, the canonical, hashable description of one head config.
+"""Head registry: every head kind, trained (a factory) or solver (fitted by epcache.probe.solvers).
 
 A factory is registered per kind with keyword-only arguments: the four data arguments
 (``in_dim``, ``num_classes``, ``num_tokens``, ``num_prefix``) plus the kind's *options* with
@@ -12,11 +12,8 @@ pooled features by ``epcache.probe.solvers``, no factory), so :func:`head_kind` 
 
 from __future__ import annotations
 
-import ast
 import inspect
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 from torch import nn
@@ -25,6 +22,7 @@ from epcache.errors import HeadSpecError
 from epcache.probe.names import SOLVER_KINDS
 
 from ._base import ProbeHead
+from .spec import NAME_RE, HeadSpec, kind_options, register_options, set_unknown_kind_hint
 
 __all__ = [
     "SOLVER_KINDS",
@@ -49,7 +47,6 @@ _HEAD_FACTORIES: dict[
 ] = {}  # kind -> factory(*, in_dim, num_classes, num_tokens, num_prefix, **options)
 _SOLVERS: dict[str, None] = dict.fromkeys(SOLVER_KINDS)  # kinds fitted by epcache.probe.solvers, in --head order
 _DATA_ARGS = ("in_dim", "num_classes", "num_tokens", "num_prefix")
-_NAME_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.DOTALL)
 
 
 def register_head(kind: str) -> Callable[[HeadFactory], HeadFactory]:
@@ -68,6 +65,10 @@ def register_head(kind: str) -> Callable[[HeadFactory], HeadFactory]:
         if missing:
             raise ValueError(f"head factory for {kind!r} must accept keyword arguments {missing}")
         _HEAD_FACTORIES[kind] = factory
+        register_options(kind, {
+            name: p.default for name, p in params.items()
+            if name not in _DATA_ARGS and p.kind is inspect.Parameter.KEYWORD_ONLY
+        })
         return factory
 
     return wrap
@@ -99,7 +100,7 @@ def head_kind(text: str) -> HeadKind | None:
 
     ``None``: the kind is registered as neither (the sweep's checks name it among the known kinds).
     """
-    m = _NAME_RE.match(text)
+    m = NAME_RE.match(text)
     kind = m.group(1) if m else text
     if kind in _SOLVERS:
         return "solver"
@@ -115,87 +116,16 @@ def known_heads_text() -> str:
             f"{', '.join(list_solvers())} (`epcache heads` lists them all)")
 
 
+set_unknown_kind_hint(known_heads_text)  # unknown-kind messages from the spec name solvers too
+
+
 def head_options(kind: str) -> dict[str, Any]:
     """The options of ``kind`` and their defaults, in signature order.
 
     Raises:
         HeadSpecError: unknown kind.
     """
-    factory = _factory(kind)
-    return {
-        name: p.default
-        for name, p in inspect.signature(factory).parameters.items()
-        if name not in _DATA_ARGS and p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class HeadSpec:
-    """One head configuration: a kind plus all its options, with a canonical name.
-
-    ``HeadSpec.of("ep", queries=8)`` fills the defaults (``d_out=1``) and orders options as
-    the factory declares them; ``spec.name`` is ``"ep(queries=8,d_out=1)"`` and
-    ``HeadSpec.parse(spec.name) == spec``. Values are Python literals only (int, float, str,
-    bool, None, tuples of those), so names survive JSON and parse without ``eval``.
-
-    Raises:
-        HeadSpecError: unknown kind, unknown option, or a value of the wrong type.
-    """
-
-    kind: str
-    params: tuple[tuple[str, Any], ...] = ()  # (option, value) for every option, signature order
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "params", _canonical(self.kind, dict(self.params)))
-
-    @classmethod
-    def of(cls, kind: str, **options: Any) -> HeadSpec:
-        """Spec from keyword options, e.g. ``HeadSpec.of("ep", queries=8)``."""
-        return cls(kind, tuple(options.items()))
-
-    @classmethod
-    def parse(cls, name: str) -> HeadSpec:
-        """Spec from a name such as ``"ep(queries=8,d_out=1)"``, ``"ep"`` or ``"linear(tokens='gap')"``.
-
-        Values are read with :func:`ast.literal_eval`; nothing is evaluated.
-
-        Raises:
-            HeadSpecError: malformed name, positional values, non-literal values, unknown kind/option.
-        """
-        m = _NAME_RE.match(name)
-        if m is None:
-            raise HeadSpecError(f"cannot parse head spec {name!r}; expected e.g. 'ep(queries=8,d_out=1)'")
-        kind, args = m.group(1), (m.group(2) or "").strip()
-        options: dict[str, Any] = {}
-        if args:
-            try:
-                call = ast.parse(f"f({args})", mode="eval").body
-            except SyntaxError as e:
-                raise HeadSpecError(f"cannot parse head spec {name!r}: {e.msg}") from None
-            assert isinstance(call, ast.Call)
-            if call.args or any(kw.arg is None for kw in call.keywords):
-                raise HeadSpecError(f"head spec {name!r}: options must be given as name=value")
-            for kw in call.keywords:
-                try:
-                    options[str(kw.arg)] = ast.literal_eval(kw.value)
-                except ValueError:
-                    raise HeadSpecError(f"head spec {name!r}: value of {kw.arg!r} is not a Python literal") from None
-        return cls.of(kind, **options)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """Options as a dict, ready for ``create_head(spec.kind, **spec.kwargs, ...)``."""
-        return dict(self.params)
-
-    @property
-    def name(self) -> str:
-        """Canonical name: ``kind(opt=value,...)``, or just ``kind`` for kinds without options."""
-        if not self.params:
-            return self.kind
-        return f"{self.kind}({','.join(f'{k}={v!r}' for k, v in self.params)})"
-
-    def __str__(self) -> str:
-        return self.name
+    return kind_options(kind)
 
 
 def create_head(
@@ -239,47 +169,3 @@ def _factory(kind: str) -> HeadFactory:
         return _HEAD_FACTORIES[kind]
     except KeyError:
         raise HeadSpecError(f"unknown head kind {kind!r}; {known_heads_text()}") from None
-
-
-def _canonical(kind: str, options: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    defaults = head_options(kind)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        accepted = ", ".join(defaults) or "none"
-        raise HeadSpecError(f"head kind {kind!r} has no option(s) {unknown}; accepted: {accepted}")
-    out = []
-    for name, default in defaults.items():
-        value = options.get(name, default)
-        out.append((name, _coerce(kind, name, value, default)))
-    return tuple(out)
-
-
-def _coerce(kind: str, name: str, value: Any, default: Any) -> Any:
-    """Make equal configurations spell the same: ints where ints are expected, floats for floats."""
-    if isinstance(value, list):
-        value = tuple(value)
-    try:
-        literal = ast.literal_eval(repr(value)) == value
-    except (ValueError, SyntaxError):
-        literal = False
-    if not literal:
-        raise HeadSpecError(f"head {kind!r} option {name}={value!r} is not a plain Python literal")
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        if isinstance(default, bool) and isinstance(value, bool):
-            return value
-    elif isinstance(default, int) and isinstance(value, int):
-        return value
-    elif isinstance(default, int) and isinstance(value, float) and value.is_integer():
-        return int(value)
-    elif isinstance(default, float) and isinstance(value, int | float):
-        return float(value)
-    elif (isinstance(default, str) and isinstance(value, str)) or (
-        isinstance(default, tuple) and isinstance(value, tuple)
-    ):
-        return value
-    raise HeadSpecError(
-        f"head {kind!r} option {name}={value!r} has type {type(value).__name__}, "
-        f"expected {type(default).__name__} (default {default!r})"
-    )
