@@ -16,8 +16,8 @@ from epcache.extract._forward import TokenExtractor
 from epcache.extract._gpudecode import GpuDecoder
 from epcache.extract._loader import ViewDataset, make_loader
 from epcache.extract._pixels import Normalizer, pil_steps
-from epcache.extract._plan import Prepared
-from epcache.extract._pooled import POOLED_KEY
+from epcache.extract._pooled_output import POOLED_KEY
+from epcache.extract._prepare import Prepared
 from epcache.extract._sources import SplitSource
 from epcache.extract._writer import BlockWriter
 from epcache.store import FeatureStore, TokenLayout

@@ -17,8 +17,8 @@ from typing import Any
 from epcache.extract._backbone import _create
 from epcache.extract._blocks import _autocast
 from epcache.extract._forward import TokenExtractor
-from epcache.extract._plan import Prepared
-from epcache.extract._pooled import PooledTokenExtractor
+from epcache.extract._pooled_output import PooledTokenExtractor
+from epcache.extract._prepare import Prepared
 
 __all__ = ["ForwardEstimate", "estimate_forward", "format_duration"]
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from epcache._fs.lockfile import pid_alive
 from epcache.store import FeatureStore
-from epcache.store.layout.plan import MISSING
+from epcache.store.layout.chunking import MISSING
 from epcache.store.verify.blocks import MarkedBlocks, mark_blocks_missing
 
 __all__ = ["back_up_witnesses", "remove_dead_scratch", "scratch_parent", "scratch_prefix", "settle_witnesses"]

@@ -34,8 +34,8 @@ from epcache.extract._estimate import estimate_forward
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._gpudecode import gpu_decode_unavailable
 from epcache.extract._pixels import pil_steps
-from epcache.extract._plan import Prepared, prepare, store_meta
-from epcache.extract._pooled import PooledTokenExtractor, ensure_pooled
+from epcache.extract._pooled_output import PooledTokenExtractor, ensure_pooled
+from epcache.extract._prepare import Prepared, prepare, store_meta
 from epcache.extract._target import open_or_create
 from epcache.store import FeatureStore, StoreMeta, open_store
 from epcache.store.ops.lock import StoreLock, acquire_store_lock

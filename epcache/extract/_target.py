@@ -14,7 +14,7 @@ from epcache._fs.oserror import require_free_space
 from epcache.errors import ConfigError, EpcacheError, ProvenanceMismatchError, StoreExistsError, StoreNotFoundError
 from epcache.extract._config import ExtractConfig
 from epcache.extract._loader import find_unreadable
-from epcache.extract._plan import Prepared
+from epcache.extract._prepare import Prepared
 from epcache.extract._sources import SplitSource
 from epcache.store import FeatureStore, SplitSpec, StoreMeta, create_store, find_stores, open_store
 from epcache.store.describe.diff import describe_differences

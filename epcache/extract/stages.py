@@ -13,8 +13,8 @@ from epcache.extract._blocks import RESUME_HINT, extract_split
 from epcache.extract._dist import distributed_context, exit_on_sigterm, torchrun_world_size
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._loader import make_loader
-from epcache.extract._plan import prepare, store_meta
-from epcache.extract._pooled import PooledTokenExtractor, ensure_pooled
+from epcache.extract._pooled_output import PooledTokenExtractor, ensure_pooled
+from epcache.extract._prepare import prepare, store_meta
 from epcache.extract._target import open_or_create
 from epcache.extract._writer import BlockWriter
 

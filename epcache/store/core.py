@@ -1,7 +1,7 @@
 """The backend-independent feature store: metadata, splits, block records, the write path.
 
 Backends (``backends/zarr.py``, ``backends/hdf5.py``) implement a handful of primitive array operations; all
-policy lives here and in the mixins (``read/tokens.py``: every read; ``read/pooled.py``: the pooled
+policy lives here and in the mixins (``read/tokens.py``: every read; ``read/pooled_output.py``: the pooled
 output; ``read/quantised.py``: quantised parts) so that both backends behave identically and pass
 one contract test suite (tests/store/test_store_contract.py). cache_layout.md is the
 specification this implements.
@@ -23,14 +23,14 @@ from epcache.errors import (
     UnknownLayerError,
     UnknownSplitError,
 )
+from epcache.store.layout.chunking import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
 from epcache.store.layout.crc import block_checksum
 from epcache.store.layout.meta import SplitMeta, SplitSpec, StoreMeta
 from epcache.store.layout.metadoc import FORMAT_VERSION
-from epcache.store.layout.plan import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
 from epcache.store.layout.provenance import compute_provenance, provenance_of_document, split_fingerprint
 from epcache.store.read.checks import ReadChecks
 from epcache.store.read.chunkcache import ChunkCache
-from epcache.store.read.pooled import PooledArrays
+from epcache.store.read.pooled_output import PooledArrays
 from epcache.store.read.quantised import QuantArrays
 from epcache.store.read.tokens import TokenReads
 from epcache.store.verify.integrity import ArraySpec, validate_on_open

@@ -25,8 +25,8 @@ import zarr
 from corrupt_helpers import DATA, meta, write
 
 from epcache.store import SplitSpec, StoreLockedError, create_store, describe_store, open_store, verify_store
+from epcache.store.layout.chunking import plan_chunks
 from epcache.store.layout.crc import crc32c_combine, crc32c_concat
-from epcache.store.layout.plan import plan_chunks
 
 
 def _outsider_key(doc: dict) -> str:

@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from epcache.errors import CorruptStoreError
-from epcache.store.layout.plan import MISSING
+from epcache.store.layout.chunking import MISSING
 from epcache.store.protocol import StoreCore
 
 __all__ = [

@@ -14,9 +14,9 @@ from epcache.errors import ConfigError, CorruptStoreError, EpcacheError, StoreNo
 from epcache.store.backends.chunks import check_library_chunk, fill_absent_chunk
 from epcache.store.backends.local import pread_into
 from epcache.store.core import MISSING, FeatureStore, check_new_location
+from epcache.store.layout.chunking import ids_utf8
 from epcache.store.layout.meta import SplitMeta, StoreMeta, writer_version
 from epcache.store.layout.metadoc import document_version, parse_meta_json
-from epcache.store.layout.plan import ids_utf8
 from epcache.store.layout.quant import token_attributes
 from epcache.store.ops.lock import StoreLockedError, read_store_lock
 from epcache.store.verify.integrity import ArraySpec

@@ -16,9 +16,9 @@ from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store.backends.zarr_direct import ZarrDirectReads
 from epcache.store.backends.zarr_files import clear_url_store, remove_local_store
 from epcache.store.core import MISSING, FeatureStore, check_new_location
+from epcache.store.layout.chunking import ids_utf8
 from epcache.store.layout.meta import SplitMeta, StoreMeta, writer_version
 from epcache.store.layout.metadoc import MAX_META_BYTES, document_version, parse_meta_json
-from epcache.store.layout.plan import ids_utf8
 from epcache.store.layout.quant import QUANTIZATIONS, token_attributes
 from epcache.store.ops.lock import LOCK_NAME
 from epcache.store.verify.integrity import ArraySpec

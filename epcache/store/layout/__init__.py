@@ -2,6 +2,6 @@
 
 Metadata documents (``metadoc``: §2, ``meta``: §2.1-2.2), provenance keys (``provenance``: §2.3),
 the pooled patch grid (``poolgrid``: §2.4), chunks, blocks, stored order and the ids mirror
-(``plan``: §3.1-3.2), records (``crc``: §3.3), quantisation codes (``quant``: §3.5) and the token
+(``chunking``: §3.1-3.2), records (``crc``: §3.3), quantisation codes (``quant``: §3.5) and the token
 layout selectors read from (``tokens``). Nothing here imports the rest of the store.
 """

@@ -14,8 +14,8 @@ import dataclasses
 import numpy as np
 
 from epcache.errors import ConfigError
+from epcache.store.layout.chunking import NUMPY_DTYPES
 from epcache.store.layout.meta import StoreMeta, TokenLayout
-from epcache.store.layout.plan import NUMPY_DTYPES
 
 __all__ = ["cast_tokens", "check_poolable", "pool_patch_tokens", "pooled_meta"]
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from epcache.store.layout.plan import NUMPY_DTYPES
+from epcache.store.layout.chunking import NUMPY_DTYPES
 
 if TYPE_CHECKING:
     from epcache.store.core import FeatureStore

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from epcache.errors import CorruptStoreError
+from epcache.store.layout.chunking import MISSING
 from epcache.store.layout.crc import crc32c_concat
-from epcache.store.layout.plan import MISSING
 from epcache.store.read.quantised import parts_checksum
 
 if TYPE_CHECKING:

@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from epcache.errors import ConfigError
+from epcache.store.layout.chunking import MISSING
 from epcache.store.layout.crc import block_checksum
-from epcache.store.layout.plan import MISSING
 
 if TYPE_CHECKING:
     from epcache.store.core import FeatureStore

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from epcache.errors import ShapeMismatchError
+from epcache.store.layout.chunking import NUMPY_DTYPES
 from epcache.store.layout.meta import SplitMeta
-from epcache.store.layout.plan import NUMPY_DTYPES
 from epcache.store.layout.quant import QuantSpec, quant_spec, quantize_chunk, scales_shape
 from epcache.store.protocol import StoreCore
 from epcache.store.read.dequant import dequantize

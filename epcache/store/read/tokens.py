@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from epcache.store.backends.chunks import check_library_chunk
+from epcache.store.layout.chunking import NUMPY_DTYPES
 from epcache.store.layout.meta import StoreMeta
-from epcache.store.layout.plan import NUMPY_DTYPES
 from epcache.store.protocol import StoreCore
 from epcache.store.read.ahead import read_ahead
 from epcache.store.read.checks import ReadChecks

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from epcache.errors import CorruptStoreError, EpcacheError
+from epcache.store.layout.chunking import MISSING, ids_utf8, storage_permutation
 from epcache.store.layout.meta import SplitMeta
-from epcache.store.layout.plan import MISSING, ids_utf8, storage_permutation
 from epcache.store.layout.quant import token_attributes
 
 if TYPE_CHECKING:

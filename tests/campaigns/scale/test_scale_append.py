@@ -17,8 +17,8 @@ from scale_helpers import TINY_VIT, child_env, make_imagefolder
 
 from epcache.extract import ExtractConfig, extract_store
 from epcache.store import open_store
+from epcache.store.layout.chunking import MISSING
 from epcache.store.layout.crc import block_checksum
-from epcache.store.layout.plan import MISSING
 from epcache.store.ops.lock import read_store_lock
 
 pytestmark = pytest.mark.slow

@@ -18,14 +18,14 @@ from epcache.extract._backbone import LoadReport, build_meta_model
 from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, itemsize
 from epcache.extract._forward import ModelGeometry, inspect_model
 from epcache.extract._models import resolve_model
-from epcache.extract._pooled import pooled_width
+from epcache.extract._pooled_output import pooled_width
 from epcache.extract._recorded import portable_data_root, portable_split_source
 from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
 from epcache.store import BackboneMeta, StoreMeta
 from epcache.store.describe.sizes import SizeOption, size_options
-from epcache.store.layout.plan import plan_chunks
+from epcache.store.layout.chunking import plan_chunks
 from epcache.store.layout.poolgrid import check_poolable
 from epcache.store.open import detect_format
 
