@@ -6,7 +6,7 @@ finished and commits the run (the store's coverage, or one ranked results file).
 Ray backends import their package only when used (extras ``epcache[slurm]``, ``epcache[ray]``).
 """
 
-from epcache.launch._rundir import IncompleteRunError, RunPlan, read_plan
+from epcache.launch._rundir import IncompleteRunError, LaunchPlan, read_plan
 from epcache.launch.execute import run_unit
 from epcache.launch.gather import GatherResult, gather
 from epcache.launch.submit import LAUNCHERS, LaunchOptions, SubmitResult, submit
@@ -16,7 +16,7 @@ __all__ = [
     "GatherResult",
     "IncompleteRunError",
     "LaunchOptions",
-    "RunPlan",
+    "LaunchPlan",
     "SubmitResult",
     "gather",
     "read_plan",

@@ -32,7 +32,7 @@ __all__ = [
     "COMPLETE_FILE",
     "PLAN_FILE",
     "IncompleteRunError",
-    "RunPlan",
+    "LaunchPlan",
     "done_units",
     "read_plan",
     "try_unit_lock",
@@ -53,7 +53,7 @@ class IncompleteRunError(EpcacheError):
 
 
 @dataclass(frozen=True)
-class RunPlan:
+class LaunchPlan:
     """What a launched run does: ``kind`` is "extract" or "probe"; units are JSON objects with an "id"."""
 
     kind: str
@@ -79,7 +79,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")))
 
 
-def write_plan(run_dir: Path, plan: RunPlan) -> None:
+def write_plan(run_dir: Path, plan: LaunchPlan) -> None:
     """Write the plan; an existing plan of another job in ``run_dir`` is refused, never replaced.
 
     Raises:
@@ -97,7 +97,7 @@ def write_plan(run_dir: Path, plan: RunPlan) -> None:
     write_json_atomic(path, plan.to_json())
 
 
-def read_plan(run_dir: Path) -> RunPlan:
+def read_plan(run_dir: Path) -> LaunchPlan:
     """The plan of a launched run.
 
     Raises:
@@ -115,7 +115,7 @@ def read_plan(run_dir: Path) -> RunPlan:
         raise ConfigError(f"{path} is not valid JSON ({e}); it was edited or cut: launch the run again") from None
     if not isinstance(doc, dict) or doc.get("schema") != PLAN_SCHEMA:
         raise ConfigError(f"{path} is not an epcache launch plan ({PLAN_SCHEMA}); launch the run again")
-    return RunPlan(doc["kind"], doc["config"], tuple(doc["units"]), doc.get("extra") or {})
+    return LaunchPlan(doc["kind"], doc["config"], tuple(doc["units"]), doc.get("extra") or {})
 
 
 def unit_dir(run_dir: Path, unit_id: str) -> Path:

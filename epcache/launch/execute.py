@@ -28,7 +28,7 @@ from epcache.extract.stages import (
     torchrun_world_size,
 )
 from epcache.launch._configs import extract_config_from_json, probe_config_from_json
-from epcache.launch._rundir import RunPlan, done_units, read_plan, try_unit_lock, unit_dir, write_marker
+from epcache.launch._rundir import LaunchPlan, done_units, read_plan, try_unit_lock, unit_dir, write_marker
 from epcache.probe import probe_store
 from epcache.store import open_store
 
@@ -77,7 +77,7 @@ def forget_backbone() -> None:
     _CACHE.clear()
 
 
-def _run_extract_unit(plan: RunPlan, unit: dict[str, Any], batch_source: Callable[..., Any] | None) -> dict[str, Any]:
+def _run_extract_unit(plan: LaunchPlan, unit: dict[str, Any], batch_source: Callable[..., Any] | None) -> dict[str, Any]:
     """The missing blocks of the unit's range, written as ``epcache extract`` writes them.
 
     The store was created by the planner; this opens it for appending like a non-zero torchrun
@@ -105,7 +105,7 @@ def _run_extract_unit(plan: RunPlan, unit: dict[str, Any], batch_source: Callabl
 _CACHE: dict[str, tuple[Any, Any]] = {}
 
 
-def _prepared(plan: RunPlan, config: Any, *, need_model: bool) -> tuple[Any, Any]:
+def _prepared(plan: LaunchPlan, config: Any, *, need_model: bool) -> tuple[Any, Any]:
     key = json.dumps([plan.config, plan.extra], sort_keys=True)
     prep, extractor = _CACHE.get(key, (None, None))
     if prep is None:
@@ -127,7 +127,7 @@ def _prepared(plan: RunPlan, config: Any, *, need_model: bool) -> tuple[Any, Any
     return prep, extractor
 
 
-def _run_probe_unit(plan: RunPlan, unit: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _run_probe_unit(plan: LaunchPlan, unit: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The sweep restricted to the unit's layer, in the unit's own run directory."""
     config = probe_config_from_json(plan.config)
     changes: dict[str, Any] = {"out": str(unit_dir(run_dir, unit["id"])), "shard": None,

@@ -24,7 +24,7 @@ from epcache.errors import ConfigError
 from epcache.launch._rundir import (
     COMPLETE_FILE,
     IncompleteRunError,
-    RunPlan,
+    LaunchPlan,
     done_units,
     read_plan,
     unit_dir,
@@ -76,7 +76,7 @@ def gather(run_dir: str | Path) -> GatherResult:
     return _merge_probe(run_dir, plan)
 
 
-def _commit_extract(run_dir: Path, plan: RunPlan) -> GatherResult:
+def _commit_extract(run_dir: Path, plan: LaunchPlan) -> GatherResult:
 
     out = str(plan.config["out"])
     holes: list[str] = []
@@ -105,7 +105,7 @@ def _commit_extract(run_dir: Path, plan: RunPlan) -> GatherResult:
     return GatherResult("extract", len(plan.units), (), summary, run_dir)
 
 
-def _merge_probe(run_dir: Path, plan: RunPlan) -> GatherResult:
+def _merge_probe(run_dir: Path, plan: LaunchPlan) -> GatherResult:
     rows: dict[str, dict[str, Any]] = {}
     for u in plan.units:
         for row in read_results(unit_dir(run_dir, u["id"]) / RESULTS_FILE):
@@ -129,7 +129,7 @@ def _json_line(row: dict[str, Any]) -> str:
     return json.dumps(row, allow_nan=False) + "\n"  # rows are already finite: read back from the units' files
 
 
-def _link_heads(run_dir: Path, plan: RunPlan) -> None:
+def _link_heads(run_dir: Path, plan: LaunchPlan) -> None:
     """Each unit's trained heads under ``RUNDIR/heads`` (hard links where the file system allows)."""
     dest = run_dir / "heads"
     for u in plan.units:

@@ -22,10 +22,10 @@ from typing import Any
 
 from epcache.errors import ConfigError
 from epcache.extract.stages import distributed_context
-from epcache.launch._rundir import PLAN_FILE, RunPlan, done_units, read_plan, write_marker, write_plan
+from epcache.launch._rundir import PLAN_FILE, LaunchPlan, done_units, read_plan, write_marker, write_plan
 from epcache.launch.execute import forget_backbone, run_unit
 from epcache.launch.gather import GatherResult, gather
-from epcache.launch.units import plan_extract_run, plan_probe_run
+from epcache.launch.units import plan_extract_units, plan_probe_units
 from epcache.store import open_store
 
 __all__ = ["LAUNCHERS", "LaunchOptions", "SubmitResult", "submit"]
@@ -49,7 +49,7 @@ class LaunchOptions:
 @dataclass(frozen=True)
 class SubmitResult:
     run_dir: Path
-    plan: RunPlan
+    plan: LaunchPlan
     submitted: tuple[str, ...]  # the units handed to the launcher
     outcomes: dict[str, str] = field(default_factory=dict)  # unit -> done / already-done / busy / failed: ...
     job_ids: tuple[str, ...] = ()  # slurm
@@ -103,7 +103,7 @@ def submit(run_dir: str | Path, config: Any = None, options: LaunchOptions | Non
     return SubmitResult(run_dir, plan, tuple(todo), outcomes, job_ids, gather(run_dir) if options.wait else None)
 
 
-def _plan(run_dir: Path, config: Any, options: LaunchOptions) -> RunPlan:
+def _plan(run_dir: Path, config: Any, options: LaunchOptions) -> LaunchPlan:
     """Plan a new run (or check that ``config`` is the one already planned there), or read the plan."""
     if config is None:
         return read_plan(run_dir)
@@ -116,14 +116,14 @@ def _plan(run_dir: Path, config: Any, options: LaunchOptions) -> RunPlan:
         if not (run_dir / PLAN_FILE).exists() and any(run_dir.glob("results*.jsonl")):  # gather would replace them
             raise ConfigError(f"{run_dir} already holds the results of a sweep run without a launcher; launch "
                               "into a new run directory (or continue that one with `epcache probe --out`)")
-        plan = plan_probe_run(dataclasses.replace(config, out=str(run_dir)))
+        plan = plan_probe_units(dataclasses.replace(config, out=str(run_dir)))
     else:
-        plan = plan_extract_run(config, options.units, run_dir, progress=options.progress)
+        plan = plan_extract_units(config, options.units, run_dir, progress=options.progress)
     write_plan(run_dir, plan)
     return read_plan(run_dir)  # an earlier plan of the same job keeps its unit ids
 
 
-def _todo(run_dir: Path, plan: RunPlan, only: tuple[str, ...]) -> list[str]:
+def _todo(run_dir: Path, plan: LaunchPlan, only: tuple[str, ...]) -> list[str]:
     ids = [u["id"] for u in plan.units]
     unknown = [u for u in only if u not in ids]
     if unknown:
@@ -132,7 +132,7 @@ def _todo(run_dir: Path, plan: RunPlan, only: tuple[str, ...]) -> list[str]:
     return [u for u in ids if u not in done and (not only or u in only)]
 
 
-def _settle_recorded(run_dir: Path, plan: RunPlan, todo: list[str]) -> list[str]:
+def _settle_recorded(run_dir: Path, plan: LaunchPlan, todo: list[str]) -> list[str]:
     """Extract units whose blocks the store already records get their marker here, not a task each.
 
     A store continued from a plain ``epcache extract`` (or an earlier run directory) has such

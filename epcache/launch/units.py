@@ -25,12 +25,12 @@ from typing import Any
 from epcache.errors import ConfigError
 from epcache.extract.stages import ensure_pooled, load_backbone, open_or_create, prepare, store_meta
 from epcache.launch._configs import extract_config_from_json, extract_config_to_json, probe_config_to_json
-from epcache.launch._rundir import RunPlan
+from epcache.launch._rundir import LaunchPlan
 from epcache.probe.sweep.grid import load_grid, resolve_request, sweep_layers
 from epcache.store import open_store
 from epcache.store.ops.lock import acquire_store_lock
 
-__all__ = ["block_ranges", "plan_extract_run", "plan_probe_run"]
+__all__ = ["block_ranges", "plan_extract_units", "plan_probe_units"]
 
 
 def block_ranges(num_blocks: dict[str, int], units: int) -> list[dict[str, Any]]:
@@ -53,7 +53,7 @@ def block_ranges(num_blocks: dict[str, int], units: int) -> list[dict[str, Any]]
     return out
 
 
-def plan_extract_run(config: Any, units: int, run_dir: Path, *, progress: bool = True) -> RunPlan:
+def plan_extract_units(config: Any, units: int, run_dir: Path, *, progress: bool = True) -> LaunchPlan:
     """Create (or continue) the store under its writer lock and cut its blocks into units.
 
     Raises:
@@ -89,10 +89,10 @@ def plan_extract_run(config: Any, units: int, run_dir: Path, *, progress: bool =
     cfg = extract_config_to_json(dataclasses.replace(config, resume=False, break_lock=False))
     extract_config_from_json(cfg)  # every task rebuilds it: fail here, not in N tasks
     extra = {"skipped": {k: list(v) for k, v in target.skipped.items()}}
-    return RunPlan("extract", cfg, tuple(block_ranges(counts, units)), extra)
+    return LaunchPlan("extract", cfg, tuple(block_ranges(counts, units)), extra)
 
 
-def plan_probe_run(config: Any) -> RunPlan:
+def plan_probe_units(config: Any) -> LaunchPlan:
     """One unit per layer of the sweep (or one unit for all, see the module docstring).
 
     Raises:
@@ -113,7 +113,7 @@ def plan_probe_run(config: Any) -> RunPlan:
         units = [{"id": "all", "layers": None}]
     else:
         units = [{"id": f"layer{layer:03d}", "layers": [layer]} for layer in layers]
-    return RunPlan("probe", cfg, tuple(units), {})
+    return LaunchPlan("probe", cfg, tuple(units), {})
 
 
 def _grid_leaves_layers(config: Any) -> bool:

@@ -20,7 +20,7 @@ from scale_helpers import tiny_config, written_blocks
 from epcache.extract import extract_store
 from epcache.launch import LaunchOptions, gather, read_plan, submit
 from epcache.launch._rundir import write_plan
-from epcache.launch.units import plan_extract_run
+from epcache.launch.units import plan_extract_units
 from epcache.probe import probe_store
 from epcache.store import open_store
 
@@ -65,7 +65,7 @@ def test_preempted_task_is_requeued_and_resumes_to_the_same_bytes(data: Path, re
     """SLURM signals a preempted task (USR2); submitit checkpoints ``UnitTask`` and starts it again."""
     run_dir, out, pids = tmp_path / "run", tmp_path / "preempted.zarr", tmp_path / "pids"
     pids.mkdir()
-    write_plan(run_dir, plan_extract_run(tiny_config(data, out, shard_samples=8, allow_duplicate=True), 1, run_dir,
+    write_plan(run_dir, plan_extract_units(tiny_config(data, out, shard_samples=8, allow_duplicate=True), 1, run_dir,
                                          progress=False))
     units = [u["id"] for u in read_plan(run_dir).units]
     assert units[0] == "train-b000000-000005"
