@@ -77,7 +77,9 @@ def forget_backbone() -> None:
     _CACHE.clear()
 
 
-def _run_extract_unit(plan: LaunchPlan, unit: dict[str, Any], batch_source: Callable[..., Any] | None) -> dict[str, Any]:
+def _run_extract_unit(
+    plan: LaunchPlan, unit: dict[str, Any], batch_source: Callable[..., Any] | None
+) -> dict[str, Any]:
     """The missing blocks of the unit's range, written as ``epcache extract`` writes them.
 
     The store was created by the planner; this opens it for appending like a non-zero torchrun
