@@ -21,7 +21,7 @@ from epcache._fs.oserror import os_errors
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.device import cpu_threads, resolve_shard
 from epcache.probe.plan import PlannedGroup, SweepPlan, plan_sweep
-from epcache.probe.results.ranking import group_by_seed, rank
+from epcache.probe.results.ranking import best_row, rank_rows
 from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
 from epcache.probe.rundir import remove_stale_checkpoints, run_dir_lock
 from epcache.probe.solvers import run_solver_configs
@@ -145,7 +145,7 @@ def _run(
                                       results_file=plan.results_file, save_heads=plan.config.run.save_heads, say=say):
             new_rows[row["id"]] = row
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in configs)
-    best = rank(group_by_seed(rows))[0].rows[0] if len(plan.data.holdout_rows) else None
+    best = best_row(rank_rows(rows)[0]) if len(plan.data.holdout_rows) else None  # the summary's best
     summary = format_summary(rows)
     if out is not None:
         write_text(out / f"summary{plan.suffix}.txt", summary + "\n")  # atomic: a full disk leaves no cut summary

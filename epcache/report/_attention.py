@@ -22,10 +22,11 @@ import numpy as np
 
 from epcache._text import short_label
 from epcache.errors import ConfigError
+from epcache.probe.results.ranking import best_row, rank_rows
 from epcache.probe.results.rows import load_head
 from epcache.report._model import model_title
 from epcache.report._plots import require_matplotlib
-from epcache.report._tables import group_seeds, load_rows
+from epcache.report._tables import load_rows
 from epcache.store import open_store, select_tokens
 from epcache.store.layout.tokens import to_torch
 
@@ -51,17 +52,19 @@ class AttentionResult:
 def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR") -> dict[str, Any]:
     """The row whose id starts with ``config`` or whose name equals it; ``best``: the best attentive config.
 
-    ``best`` ranks the configs that have attention maps (not linear / dinovit / mp) by the report's
-    selection score (holdout top-1, eval top-1 without a holdout).
+    ``best`` is the best config with attention maps (not linear / dinovit / mp, with a saved head) in
+    :func:`epcache.probe.results.ranking.rank` of every config of the run: the summary's and the
+    report's best whenever that one attends.
 
     Raises:
         ConfigError: no match or an ambiguous id prefix (the message lists candidates).
     """
     if config == "best":
-        groups = [g for g in group_seeds(rows) if g.kind not in _NO_MAPS and g.rows[0].get("head_file")]
+        groups = [g for g in rank_rows(rows)
+                  if g.rows[0]["config"].get("kind") not in _NO_MAPS and best_row(g).get("head_file")]
         if not groups:
             raise ConfigError(_no_attentive_config(rows, rundir))
-        return max(groups, key=lambda g: g.score()).rows[0]
+        return best_row(groups[0])
     hits = [r for r in rows if r["id"].startswith(config) or r["name"] == config]
     if len(hits) == 1:
         return hits[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from epcache._fs.oserror import os_errors
 from epcache._text import FLOP_UNIT, format_flops, mean_std_text, plural, short_label
+from epcache.probe.results.ranking import CONFIG_RANKING, EPOCH_SELECTION, ORACLE_NOTE, oracle_text, rank
 from epcache.report._files import write_atomically
 from epcache.report._mix_plot import input_label, plot_mixes
 from epcache.report._model import model_title
@@ -64,7 +65,8 @@ def _write(rows: list[dict], dest: Path, *, figures: bool) -> Report:
 def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, honest: bool,
               figures: list[str]) -> str:
     store = rows[0]["store"]
-    crit = ("selected on the holdout part of train (eval split scored once)" if honest
+    crit = (f"ranked by {CONFIG_RANKING} (holdout: part of train; eval split scored once); "
+            f"each config's epoch: {EPOCH_SELECTION}" if honest
             else "NO holdout: selected on eval top-1 (not an honest selection)")
     lines = [
         f"# Probe report: {backbone}",
@@ -73,8 +75,7 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
         (f"- {plural(len(rows), 'config')}, one seed each" if len(groups) == len(rows) else
          f"- {plural(len(rows), 'config')} in {plural(len(groups), 'group')} (configs that differ only by seed)")
         + f"; selection: {crit}",
-        "- accuracies in %, mean ± std over seeds; `oracle` = max over epochs on the eval split "
-        "(the paper's protocol, for comparison with published tables only)",
+        f"- accuracies in %, mean ± std over seeds; {ORACLE_NOTE}",
         "- `id`: the config id in results.jsonl (first seed), for `epcache attention RUNDIR --config ID`; "
         "`config`: head, layer (`L`) and lr, the full settings are in results.jsonl",
         "",
@@ -98,7 +99,7 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
         }
         for f in figures:
             lines += [f"![{captions.get(f, f)}]({f})", "", captions.get(f, ""), ""]
-    lines += ["## All configs", "", _table(sorted(groups, key=lambda g: g.rank_key(honest)))]
+    lines += ["## All configs", "", _table(rank(groups))]
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +111,7 @@ def _table(groups: list[ConfigGroup]) -> str:
         hold = g.holdout_top1
         out.append(
             f"| `{g.rows[0]['id'][:10]}` | {short_label(g.rows[0]['config'])} | {g.params:,} | "
-            f"{format_flops(g.flops)} | {g.seeds} | {_acc(hold)} | {_acc(g.eval_top1)} | {_acc(g.oracle_top1)} |"
+            f"{format_flops(g.flops)} | {g.seeds} | {_acc(hold)} | {_acc(g.eval_top1)} | {oracle_text(g)} |"
         )
     return "\n".join(out)
 

@@ -1,8 +1,8 @@
 """Aggregate results rows: seeds into mean ± std, then best per head kind, per variant, per layer.
 
-Selection follows the probe stage's honest protocol: a group of configs is ranked by its
-holdout top-1 (mean over seeds); the eval split only supplies the reported number. Runs
-without a holdout fall back to eval top-1 and the report says so.
+Every "best" and every oracle is the probe summary's: :func:`epcache.probe.results.ranking.rank`
+and :func:`~epcache.probe.results.ranking.oracle_top1`, on the same rows. Runs without a holdout
+fall back to eval top-1 and the report says so.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from epcache.errors import ConfigError
-from epcache.probe.results.ranking import SeedGroup, group_by_seed, rank_key
+from epcache.probe.results.ranking import best_per, group_by_seed, oracle_top1, rank
 from epcache.probe.results.rows import read_results
 
 __all__ = ["ConfigGroup", "best_by", "group_seeds", "load_rows"]
@@ -51,23 +51,13 @@ class ConfigGroup:
 
     @property
     def oracle_top1(self) -> tuple[float, float] | None:
-        """Max over epochs on eval; None when the run scored eval only at the end (``eval_curve=False``)."""
-        xs = [r["oracle"]["eval_top1"] for r in self.rows]
-        return None if any(x is None for x in xs) else _mean_std(xs)
+        """:func:`epcache.probe.results.ranking.oracle_top1`: None for solver heads and runs without an eval curve."""
+        return oracle_top1(self)
 
     @property
     def variant(self) -> str:
         """What distinguishes heads in the accuracy-vs-parameters plot: the head spec and its input."""
         return self.head if self.kind != "linear" else f"linear[{self.tokens}]"
-
-    def score(self) -> float:
-        """Selection score: holdout top-1 mean, or eval top-1 when the sweep had no holdout."""
-        hold = self.holdout_top1
-        return hold[0] if hold is not None else self.eval_top1[0]
-
-    def rank_key(self, honest: bool) -> tuple[Any, ...]:
-        """The shared ranking key (smallest = best), see :func:`epcache.probe.results.ranking.rank_key`."""
-        return rank_key(SeedGroup(self.key, self.rows), honest=honest)
 
 
 def load_rows(rundir: Path) -> list[dict[str, Any]]:
@@ -127,16 +117,12 @@ def group_seeds(rows: Iterable[dict[str, Any]]) -> list[ConfigGroup]:
 
 
 def best_by(groups: Sequence[ConfigGroup], key: Callable[[ConfigGroup], Hashable]) -> dict[Any, ConfigGroup]:
-    """Best group for each value of ``key`` (e.g. ``lambda g: g.kind``), by the probe summary's ranking.
+    """Best group for each value of ``key`` (e.g. ``lambda g: g.kind``), in rank order.
 
-    Ties are broken as :func:`epcache.probe.results.ranking.rank_key` breaks them, so the report's best
-    per kind is the summary's best per kind.
+    :func:`epcache.probe.results.ranking.rank` then :func:`~epcache.probe.results.ranking.best_per`,
+    so the report's best per kind is the summary's best per kind, ties included.
     """
-    honest = all(g.holdout_top1 is not None for g in groups)
-    best: dict[Any, ConfigGroup] = {}
-    for g in sorted(groups, key=lambda g: g.rank_key(honest)):
-        best.setdefault(key(g), g)
-    return best
+    return best_per(rank(groups), key)
 
 
 def _upgrade(row: dict[str, Any]) -> dict[str, Any]:

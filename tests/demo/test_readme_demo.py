@@ -23,7 +23,7 @@ def _summary_evals(text: str) -> dict[str, float]:
     """Head kind -> eval top-1 of the summary table's rows (``linear[gap]`` counts as ``linear``)."""
     evals: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(r"^[0-9a-f]{10}\s+(\w+)\S*\s.*?\s(\d+\.\d\d)\s+(\d+\.\d\d)\s+\d+\.\d\d \(\d+\)$", line)
+        m = re.match(r"^[0-9a-f]{10}\s+(\w+)\S*\s.*?\s(\d+\.\d\d)\s+(\d+\.\d\d)\s+\d+\.\d\d$", line)
         if m:
             evals.setdefault(m.group(1), float(m.group(3)))
     return evals

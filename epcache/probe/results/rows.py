@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ from epcache._text import short_label as label
 from epcache.errors import ConfigError
 from epcache.probe.data.sources import rebuild_head
 from epcache.probe.results.metrics import MetricsJSON
-from epcache.probe.results.ranking import group_by_seed, rank
+from epcache.probe.results.ranking import CONFIG_RANKING, ORACLE_NOTE, best_row, group_by_seed, oracle_text, rank_rows
 
 __all__ = [
     "RESULTS_FILE",
@@ -77,9 +78,9 @@ class ResultRowJSON(TypedDict):
     data: dict[str, Any]  # num_classes, num_train, num_holdout, num_eval, excluded_train, excluded_eval
     params: int  # trainable parameters of the head
     flops: int  # forward matmul FLOPs per image (head_cost)
-    selected_epoch: int  # 1-based; best holdout top-1 (earliest on ties); the last epoch without a holdout
+    selected_epoch: int  # 1-based; by protocol["selection"] (ranking.EPOCH_SELECTION); last epoch without a holdout
     metrics: dict[str, MetricsJSON | None]  # {"holdout": ..., "eval": ...} at the selected epoch
-    oracle: dict[str, Any]  # {"epoch" (1-based), "eval_top1"}: max over epochs on eval (the paper's protocol)
+    oracle: dict[str, Any]  # {"epoch" (1-based), "eval_top1"}: this seed's max over epochs on eval; epoch 0: solver
     final: dict[str, Any]  # {"epoch" (1-based), "eval_top1"} of the last epoch
     curves: dict[str, list[float | None]]  # train_loss, holdout_top1, eval_top1 per epoch (item i = epoch i+1)
     diverged: bool  # the training loss became inf/nan
@@ -211,36 +212,35 @@ def load_checkpoint(
 def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     """Text summary: the best seed group per head kind, the best overall, and seed mean ± std.
 
-    Ranking is :func:`epcache.probe.results.ranking.rank` (seed-mean holdout top-1, deterministic ties),
-    the same function the report uses, so the summary and the report name the same best config.
-    The eval column is the eval split at each config's selected epoch; ``oracle`` is the best
-    eval epoch (the paper's protocol, not an honest number). Epochs are 1-based.
+    Every "best" here is :func:`epcache.probe.results.ranking.rank` and every oracle
+    :func:`~epcache.probe.results.ranking.oracle_text`, as in the report and ``epcache attention
+    --config best``, so all of them name the same config and print the same numbers. The eval
+    column is the eval split at each config's selected epoch. Epochs are 1-based.
     """
     if not rows:
         return "no results"
-    groups = rank(group_by_seed(rows))
+    groups = rank_rows(rows)
     honest = all(g.honest for g in groups)
     crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-
     lines = [f"{plural(len(rows), 'config')} in {plural(len(groups), 'seed group')}; ranked by {crit} "
-             "(seed mean); accuracies in %"]
-    header = ("id", "config", "params", f"{FLOP_UNIT}/img", "holdout", "eval", "oracle (epoch)")
+             "(seed mean, ties below); accuracies in %"]
+    header = ("id", "config", "params", f"{FLOP_UNIT}/img", "holdout", "eval", "oracle")
     body = []
-    best_by_kind: dict[str, list[Any]] = defaultdict(list)
+    by_kind: dict[str, list[Any]] = defaultdict(list)
     for g in groups:
-        best_by_kind[g.rows[0]["config"]["kind"]].append(g)
-    for kind in best_by_kind:  # dict order = rank order of each kind's best group
-        for g in best_by_kind[kind][:top]:
+        by_kind[g.rows[0]["config"]["kind"]].append(g)
+    for kind in by_kind:  # dict order = rank order of each kind's best group
+        for g in by_kind[kind][:top]:
             body.append(_summary_cells(g))
     lines.append(_table(header, body))
     best = groups[0]
-    r0 = best.rows[0]
+    r0 = best_row(best)
     ev = best.mean_std("eval")
     assert ev is not None
     top1 = f"{mean_std_text(ev)} ({len(best.rows)} seeds)" if len(best.rows) > 1 else percent(ev[0])
     lines.append(
         f"best overall: {r0['id'][:10]} {short_label(r0['config'])}\n  eval top-1 {top1}, selected epoch "
-        f"{r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}, oracle {percent(r0['oracle']['eval_top1'])}"
+        f"{r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}, oracle {oracle_text(best)}"
     )
     multi = [g for g in groups if len(g.rows) > 1]
     if multi:
@@ -250,6 +250,9 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
              mean_std_text(g.mean_std("holdout")), mean_std_text(g.mean_std("eval")))
             for g in multi
         ]))
+    if honest:
+        lines.append(_wrap(f"ranking: {CONFIG_RANKING}"))
+    lines.append(_wrap(ORACLE_NOTE))
     return "\n".join(lines)
 
 
@@ -278,13 +281,18 @@ def _summary_cells(g: Any) -> tuple[str, ...]:
         format_flops(r["flops"]),
         mean_std_text(g.mean_std("holdout"), std=len(g.rows) > 1),
         mean_std_text(g.mean_std("eval"), std=len(g.rows) > 1),
-        "-" if not r["oracle"]["epoch"] else f"{percent(r['oracle']['eval_top1'])} ({r['oracle']['epoch']})",
-    )  # solver heads have no epochs (0), eval-only-at-the-end runs no oracle (None)
+        oracle_text(g),
+    )
 
 
 def short_label(config: dict[str, Any]) -> str:
 
     return label(config)
+
+
+def _wrap(text: str) -> str:
+    """A note of the summary within 100 columns (the terminal it is printed to)."""
+    return textwrap.fill(text, width=100, subsequent_indent="  ", break_on_hyphens=False)
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:

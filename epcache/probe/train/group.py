@@ -27,7 +27,7 @@ from epcache.probe.data.sources import input_cost
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.plan import PlannedGroup, SweepPlan
 from epcache.probe.results.metrics import Metrics
-from epcache.probe.results.ranking import SeedGroup, rank_key
+from epcache.probe.results.ranking import best_row, epoch_selection, rank_rows
 from epcache.probe.results.rows import (
     RESULT_SCHEMA,
     ResultRowJSON,
@@ -186,9 +186,9 @@ class GroupRunner:
             rows.append(row)
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
-        best_row = min(rows, key=lambda r: rank_key(SeedGroup(r["id"], (r,))))
-        self.say(f"{layer}: {len(runs)} configs in {seconds:.1f} s; best {best_row['name']} "
-                 f"(holdout {_pct(best_row['metrics']['holdout'])}, eval {_pct(best_row['metrics']['eval'])})")
+        best = best_row(rank_rows(rows)[0])  # the summary's ranking, over this layer's rows
+        self.say(f"{layer}: {len(runs)} configs in {seconds:.1f} s; best {best['name']} "
+                 f"(holdout {_pct(best['metrics']['holdout'])}, eval {_pct(best['metrics']['eval'])})")
         return rows
 
     def _stream(
@@ -324,7 +324,7 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "layers": list(run.group_key),
         "store_provenance": s.store_provenance,
         "eval_provenance": s.eval_provenance,
-        "selection": "holdout top-1, earliest epoch on ties" if len(data.holdout_rows) else "last epoch (no holdout)",
+        "selection": epoch_selection(bool(len(data.holdout_rows))),  # the text of the rule the trainer runs
         "dtype": s.dtype,
         "amp": s.amp,  # bf16: the heads' matmuls under autocast; weights, losses, BN, MP covariance float32
         "amp_rule": s.amp_rule,

@@ -25,6 +25,7 @@ from epcache.probe.data.layers import ReadSpec
 from epcache.probe.data.sources import build_head
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
+from epcache.probe.results.ranking import epoch_improves
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
 from epcache.probe.train.optim import lr_at
@@ -233,9 +234,9 @@ class GroupTrainer:
     ) -> None:
         """Record the epoch's scores; keep the weights of configs whose holdout score improved.
 
-        The score is holdout top-1, ties broken by a lower holdout cross-entropy (small holdouts
-        tie often: 4 held-out samples are 100% right after a few steps). Without a holdout every
-        epoch "improves", so the last epoch is selected.
+        The rule is :func:`epcache.probe.results.ranking.epoch_improves` (recorded in every row as
+        ``protocol.selection``). Without a holdout an epoch is scored by its number, so every epoch
+        improves and the last is selected.
         """
         improved = []
         for k in range(len(self.runs)):
@@ -244,8 +245,8 @@ class GroupTrainer:
             self.holdout_top1[k].append(None if holdout is None else holdout[k])
             self.holdout_loss[k].append(None if holdout_loss is None else holdout_loss[k])
             self.eval_top1[k].append(eval_top1[k])
-            if score > self.best_score[k] or (score == self.best_score[k] and loss < self.best_loss[k]):
-                self.best_score[k] = score  # strict: full ties keep the earlier epoch
+            if epoch_improves(score, loss, self.best_score[k], self.best_loss[k]):
+                self.best_score[k] = score
                 self.best_loss[k] = loss
                 self.best_epoch[k] = epoch
                 improved.append(k)
