@@ -55,6 +55,8 @@ for argv in json.loads(sys.argv[1]):
 TYPOS: dict[str, tuple[list[str], dict[str, str]]] = {  # name -> (CLI options, the same as ProbeConfig fields)
     "store path": (["--store", "{missing}"], {"store": "{missing}"}),
     "eval store path": (["--eval-store", "{missing}"], {"eval_store": "{missing}"}),
+    "hdf5 store path": (["--store", "{missing_h5}"], {"store": "{missing_h5}"}),  # through open_store, still no torch
+    "not a store": (["--store", "{plain_dir}"], {"store": "{plain_dir}"}),
     "head": (["--head", "linear,eq"], {"head": "linear,eq"}),
     "layer": (["--layers", "7"], {"layers": "7"}),
     "negative layer": (["--layers", "-5"], {"layers": "-5"}),
@@ -70,7 +72,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fill(text: str, store: Path) -> str:
-    return text.format(missing=str(store.parent / "nonexist.zarr"))
+    (store.parent / "plain").mkdir(exist_ok=True)
+    return text.format(missing=str(store.parent / "nonexist.zarr"), missing_h5=str(store.parent / "nonexist.h5"),
+                       plain_dir=str(store.parent / "plain"))
 
 
 def _guarded(argvs: list[list[str]]) -> list[dict[str, object]]:
