@@ -9,10 +9,11 @@ extract and probe never import each other).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
 from epcache.errors import ConfigError, UnknownLayerError
 
-__all__ = ["parse_layers"]
+__all__ = ["parse_layers", "resolve_stored_layers"]
 
 _SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
 _LAST_K = re.compile(r"^last:(\d+)$")
@@ -67,3 +68,38 @@ def _parse_part(part: str, n: int, *, model: str, spec: str) -> list[int]:
     if not -n <= i < n:
         raise UnknownLayerError(f"--layers {spec!r}: layer {i} is out of range; {valid}")
     return [i % n]
+
+
+def resolve_stored_layers(
+    entries: Iterable[int | str], stored: Sequence[int], num_blocks: int | None, *, model: str
+) -> list[int]:
+    """A probe's ``--layers`` entries as stored layer indices, in request order, without repeats.
+
+    ``all`` and ``last`` name the stored layers; negative indices and spec strings (``-4:``, ``last:2``)
+    count from the end of the model (``num_blocks``), as extraction does. Torch-free, so `epcache probe`
+    refuses a layer the store lacks in the same words before torch loads.
+
+    Raises:
+        UnknownLayerError: a layer the store does not hold (the message lists the stored ones).
+        ConfigError: no layer requested, or a spec that does not parse.
+    """
+    out: list[int] = []
+    for e in entries:
+        if e == "all":
+            out.extend(stored)
+        elif e == "last":
+            out.append(stored[-1])
+        elif isinstance(e, str) or int(e) < 0:  # -1, -4:, last:2 count from the end of the model, as in extract
+            blocks = num_blocks or max(stored) + 1
+            out.extend(parse_layers(str(e), blocks, model=model))
+        else:
+            out.append(int(e))
+    missing = sorted({x for x in out if x not in stored})
+    if missing:
+        raise UnknownLayerError(
+            f"the store has no layer(s) {missing} (stored layers: {', '.join(map(str, stored))}); "
+            "choose from those, or re-extract with `--layers` including them"
+        )
+    if not out:
+        raise ConfigError("no layer requested; use --layer N, --layers all or --layers last")
+    return list(dict.fromkeys(out))

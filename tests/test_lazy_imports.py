@@ -38,6 +38,9 @@ def _loaded_after(code: str) -> set[str]:
         ("import epcache.store", ("torch", "timm", "PIL")),
         ("import epcache.extract, epcache.extract.stages", ("torch", "timm")),
         ("import epcache.convert", ("torch", "timm")),
+        # `epcache probe` checks options and store metadata with these before torch loads (cli/probe_check.py)
+        ("import epcache.probe, epcache.probe.names, epcache.probe.config.probe_config", ("torch", "timm", "zarr")),
+        ("import epcache.cli.probe_check", ("torch", "timm", "zarr")),
     ],
 )
 def test_import_leaves_heavy_libraries_unloaded(code: str, banned: tuple[str, ...]) -> None:
@@ -59,4 +62,5 @@ def test_help_leaves_heavy_libraries_unloaded(argv: list[str], banned: tuple[str
 
 
 def test_the_check_sees_a_heavy_import() -> None:
-    assert {"torch", "numpy"} <= _loaded_after("import epcache.probe")
+    assert {"torch", "numpy"} <= _loaded_after("import epcache.probe.run")
+    assert "torch" in _loaded_after("from epcache.probe import probe_store")  # the face imports on first touch

@@ -7,6 +7,7 @@ The parsed options become the config in one call (:func:`probe_config`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -115,13 +116,18 @@ def probe(
     tries: Annotated[str, typer.Option(metavar="N")] = "1",
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
-    from epcache.launch.capture import handed_to_launcher  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
-    from epcache.probe import probe_store  # lazy: keeps torch, zarr, numpy out of `epcache --help`
+    from epcache.cli.probe_check import precheck_probe  # lazy: keeps zarr, numpy out of `epcache --help`
 
     with user_errors():  # the options' text is read and checked by ProbeConfig, as grid files and Python are
         cfg = probe_config(ctx.params)
-        if handed_to_launcher(cfg):  # `epcache submit ... -- probe ...`: the launcher runs it as layer units
+        # `epcache submit ... -- probe ...`: the launcher, which imported epcache.launch (and torch with it) to
+        # collect configs, runs it as layer units; importing the package here would load torch before the precheck
+        capture = sys.modules.get("epcache.launch.capture")
+        if capture is not None and capture.handed_to_launcher(cfg):
             return
+        precheck_probe(cfg)  # a typo answers in a second, not after torch loads (the full checks still run)
+        from epcache.probe import probe_store  # lazy: torch loads only once the options and store look right
+
         result = probe_store(cfg, progress=progress)
     if not progress:  # with progress the library printed the plan and notes as it went
         for note in result.notes:

@@ -13,19 +13,55 @@ This face holds what a user of probing calls: run a sweep, read its rows and hea
 named recipes; everything else is imported from the module that defines it.
 """
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from epcache._deprecated import probe as probe  # the old name of probe_store, for one release
-from epcache.probe.config.probe_config import ProbeConfig as ProbeConfig
-from epcache.probe.config.recipes import RECIPES as RECIPES
-from epcache.probe.config.recipes import Recipe as Recipe
-from epcache.probe.config.runspec import RunSpec as RunSpec
-from epcache.probe.results.metrics import Metrics as Metrics
-from epcache.probe.results.rows import format_summary as format_summary
-from epcache.probe.results.rows import load_head as load_head
-from epcache.probe.results.rows import read_results as read_results
-from epcache.probe.results.rows import seed_summary as seed_summary
-from epcache.probe.run import ProbeResult as ProbeResult
-from epcache.probe.run import probe_store as probe_store
-from epcache.probe.sweep.grid import expand_sweep as expand_sweep
+
+if TYPE_CHECKING:
+    from epcache.probe.config.probe_config import ProbeConfig as ProbeConfig
+    from epcache.probe.config.recipes import RECIPES as RECIPES
+    from epcache.probe.config.recipes import Recipe as Recipe
+    from epcache.probe.config.runspec import RunSpec as RunSpec
+    from epcache.probe.results.metrics import Metrics as Metrics
+    from epcache.probe.results.rows import format_summary as format_summary
+    from epcache.probe.results.rows import load_head as load_head
+    from epcache.probe.results.rows import read_results as read_results
+    from epcache.probe.results.rows import seed_summary as seed_summary
+    from epcache.probe.run import ProbeResult as ProbeResult
+    from epcache.probe.run import probe_store as probe_store
+    from epcache.probe.sweep.grid import expand_sweep as expand_sweep
+
+# name -> module; imported on first touch, so the torch-free layers (names, config) load without torch:
+# `epcache probe` checks its options and the store's metadata through them before torch is imported
+_FACE: dict[str, str] = {
+    "ProbeConfig": "epcache.probe.config.probe_config",
+    "RECIPES": "epcache.probe.config.recipes",
+    "Recipe": "epcache.probe.config.recipes",
+    "RunSpec": "epcache.probe.config.runspec",
+    "Metrics": "epcache.probe.results.metrics",
+    "format_summary": "epcache.probe.results.rows",
+    "load_head": "epcache.probe.results.rows",
+    "read_results": "epcache.probe.results.rows",
+    "seed_summary": "epcache.probe.results.rows",
+    "ProbeResult": "epcache.probe.run",
+    "probe_store": "epcache.probe.run",
+    "expand_sweep": "epcache.probe.sweep.grid",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a face name the first time it is used (the package itself loads no torch)."""
+    if name in _FACE:
+        value = getattr(import_module(_FACE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'epcache.probe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FACE})
+
 
 __all__ = [
     "RECIPES",

@@ -1,12 +1,34 @@
-"""The ``--head`` vocabulary that sits below every probe package: the solver head kinds.
+"""The ``--head`` vocabulary that sits below every probe package: the built-in head kinds.
 
-Trained heads are named by the registry (:func:`epcache.probe.heads.list_heads`); solver heads
-are a fixed set. Heads (in their unknown-kind message), solvers (to split ``--head``) and the
-listing all read this tuple, so it lives here, torch-free, and none of them imports another for it.
+Trained heads are named by the registry (:func:`epcache.probe.heads.list_heads`), which imports
+torch; solver heads are a fixed set. Heads (in their unknown-kind message), solvers (to split
+``--head``) and the listing read these tuples, and ``epcache probe`` checks ``--head`` against them
+before torch is imported, so they live here, torch-free (a test holds them equal to the registry's).
 """
 
 from __future__ import annotations
 
-__all__ = ["SOLVER_KINDS"]
+from collections.abc import Sequence
+
+__all__ = ["BUILTIN_HEAD_KINDS", "SOLVER_KINDS", "TRAINED_HEAD_KINDS", "known_heads_text", "unknown_head_text"]
 
 SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")  # fitted once on pooled features, no epochs
+TRAINED_HEAD_KINDS: tuple[str, ...] = (  # the registry's built-in trained heads, sorted as list_heads() is
+    "abmilp", "aim", "cae", "cait", "cbam", "clip", "coca", "dinovit", "dolg", "ep", "esimpool", "jepa", "linear",
+    "mhca", "mp", "siglip", "simpool",
+)
+BUILTIN_HEAD_KINDS: tuple[str, ...] = TRAINED_HEAD_KINDS + SOLVER_KINDS  # list_heads() + list_solvers() at import
+
+
+def known_heads_text(trained: Sequence[str], solvers: Sequence[str]) -> str:
+    """``registered kinds: ...; solver heads: ...``: what an unknown-head message offers instead.
+
+    ``--head`` takes both families in one list, so a user who mistypes one must see both.
+    """
+    return (f"registered kinds: {', '.join(trained)} (trained); solver heads (fitted, no training): "
+            f"{', '.join(solvers)} (`epcache heads` lists them all)")
+
+
+def unknown_head_text(kind: str, text: str, trained: Sequence[str], solvers: Sequence[str]) -> str:
+    """The sweep's problem line for a ``--head`` entry whose kind is neither trained nor solver."""
+    return f"unknown head kind {kind!r} in {text!r}; {known_heads_text(trained, solvers)}"

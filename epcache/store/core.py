@@ -15,13 +15,13 @@ from typing import Any, Self
 
 import numpy as np
 
+from epcache._storepeek import unknown_split_error
 from epcache.errors import (
     CorruptStoreError,
     ReadOnlyStoreError,
     ShapeMismatchError,
     StoreExistsError,
     UnknownLayerError,
-    UnknownSplitError,
 )
 from epcache.store.layout.chunking import MISSING, NUMPY_DTYPES, ChunkPlan, plan_chunks, storage_permutation
 from epcache.store.layout.crc import block_checksum
@@ -175,11 +175,7 @@ class FeatureStore(TokenReads, PooledArrays, QuantArrays, ABC):
         try:
             return self._splits[name]
         except KeyError:
-            known = ", ".join(sorted(self._splits)) or "none"
-            raise UnknownSplitError(
-                f"{self.location} has no split {name!r} (splits: {known}); "
-                "extract it with `epcache extract --split NAME=SUBDIR`"
-            ) from None
+            raise unknown_split_error(self.location, name, self._splits) from None
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.meta.layers:

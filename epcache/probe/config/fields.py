@@ -23,7 +23,7 @@ import numbers
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from epcache.errors import ConfigError
 
-__all__ = ["FieldKind", "Range", "check_values", "field_kinds", "split_list"]
+__all__ = ["FieldKind", "Range", "check_values", "field_kinds", "raise_errors", "split_list"]
 
 _NOUNS: dict[type, tuple[str, str]] = {  # kind -> (one value, values of a list)
     bool: ("true or false", "true or false"),
@@ -245,3 +245,13 @@ def _num(x: float) -> str:
     if isinstance(x, int) and x >= 2**32 and x & (x - 1) == 0:
         return f"2**{x.bit_length() - 1}"
     return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def raise_errors(errors: Sequence[str]) -> None:
+    """Raise every collected problem as one ConfigError (no-op when there are none).
+
+    Here, torch-free, because `epcache probe` refuses a mistyped option in the same words before torch loads.
+    """
+    if errors:
+        unique = list(dict.fromkeys(errors))
+        raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))

@@ -18,6 +18,7 @@ __all__ = [
     "input_key",
     "jsonable",
     "read_layers",
+    "unknown_tokens_text",
 ]
 
 VECTOR_SOURCES: tuple[str, ...] = ("cls", "gap", "cls+gap", "pooled")  # what a linear head can read
@@ -42,3 +43,9 @@ def read_layers(run: Any) -> tuple[int, ...]:
 def jsonable(v: Any) -> Any:
     """A head option as JSON (tuples as lists), for ids and rows."""
     return list(v) if isinstance(v, tuple) else v
+
+
+def unknown_tokens_text(bad: list[str]) -> str:
+    """The sweep's problem line for ``--tokens`` values no head reads (also said before torch loads)."""
+    return (f"unknown tokens {bad}; linear heads read {', '.join(VECTOR_SOURCES)}, "
+            f"pooling heads read {', '.join(SEQUENCE_SOURCES)}")

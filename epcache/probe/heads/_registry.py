@@ -20,6 +20,7 @@ from torch import nn
 
 from epcache.errors import HeadSpecError
 from epcache.probe.names import SOLVER_KINDS
+from epcache.probe.names import known_heads_text as names_text
 
 from ._base import ProbeHead
 from .spec import NAME_RE, HeadSpec, kind_options, register_options, set_unknown_kind_hint
@@ -108,12 +109,8 @@ def head_kind(text: str) -> HeadKind | None:
 
 
 def known_heads_text() -> str:
-    """``registered kinds: ...; solver heads: ...``: what an unknown-head message offers instead.
-
-    ``--head`` takes both families in one list, so a user who mistypes one must see both.
-    """
-    return (f"registered kinds: {', '.join(list_heads())} (trained); solver heads (fitted, no training): "
-            f"{', '.join(list_solvers())} (`epcache heads` lists them all)")
+    """What an unknown-head message offers instead: every registered kind, trained and solver."""
+    return names_text(list_heads(), list_solvers())
 
 
 set_unknown_kind_hint(known_heads_text)  # unknown-kind messages from the spec name solvers too

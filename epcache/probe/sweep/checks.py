@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from epcache._layerspec import parse_layers as resolve_spec
-from epcache.errors import ConfigError, HeadSpecError, UnknownLayerError
+from epcache._layerspec import resolve_stored_layers
+from epcache.errors import ConfigError, HeadSpecError
+from epcache.probe.config.inputs import unknown_tokens_text
 from epcache.probe.config.probe_config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
 from epcache.probe.data.sources import build_head, head_input, pooled_dim
 from epcache.probe.heads import head_options
@@ -66,27 +67,8 @@ def check_two_classes(train_labels: np.ndarray, train_rows: np.ndarray, num_clas
 
 
 def resolve_layers(entries: Iterable[int | str], meta: StoreMeta) -> list[int]:
-    out: list[int] = []
-    for e in entries:
-        if e == "all":
-            out.extend(meta.layers)
-        elif e == "last":
-            out.append(meta.layers[-1])
-        elif isinstance(e, str) or int(e) < 0:  # -1, -4:, last:2 count from the end of the model, as in extract
-
-            blocks = meta.backbone.num_blocks or max(meta.layers) + 1
-            out.extend(resolve_spec(str(e), blocks, model=f"the store's backbone {meta.backbone.name}"))
-        else:
-            out.append(int(e))
-    missing = sorted({x for x in out if x not in meta.layers})
-    if missing:
-        raise UnknownLayerError(
-            f"the store has no layer(s) {missing} (stored layers: {', '.join(map(str, meta.layers))}); "
-            "choose from those, or re-extract with `--layers` including them"
-        )
-    if not out:
-        raise ConfigError("no layer requested; use --layer N, --layers all or --layers last")
-    return list(dict.fromkeys(out))
+    return resolve_stored_layers(entries, meta.layers, meta.backbone.num_blocks,
+                                 model=f"the store's backbone {meta.backbone.name}")
 
 
 def check_choices(name: str, values: Iterable[str], choices: Sequence[str], errors: list[str]) -> None:
@@ -127,10 +109,7 @@ def token_choices(
     valid = set(LINEAR_TOKENS) | set(ATTENTIVE_TOKENS)
     bad = [t for t in c.inputs.tokens if t not in valid]
     if bad:
-        errors.append(
-            f"unknown tokens {bad}; linear heads read {', '.join(LINEAR_TOKENS)}, "
-            f"pooling heads read {', '.join(ATTENTIVE_TOKENS)}"
-        )
+        errors.append(unknown_tokens_text(bad))
     if meta.layout.cls_index is None and any("cls" in t for t in c.inputs.tokens):
         errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
     out: dict[str, list[str]] = {}

@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tomllib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from epcache._docs import leaf_fields
 from epcache.errors import ConfigError, HeadSpecError
+from epcache.probe.config.fields import raise_errors
 from epcache.probe.config.probe_config import (
     DTYPES,
     HEAD_OPTION_AXES,
@@ -38,7 +38,8 @@ from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec, SweepSettings
 from epcache.probe.data.sources import layer_inputs
 from epcache.probe.device import resolve_amp, resolve_device
-from epcache.probe.heads import HeadSpec, head_options, known_heads_text, list_heads
+from epcache.probe.heads import HeadSpec, head_options, list_heads, list_solvers
+from epcache.probe.names import unknown_head_text
 from epcache.probe.sweep.checks import (
     check_axes,
     check_choices,
@@ -50,7 +51,8 @@ from epcache.probe.sweep.checks import (
 )
 from epcache.store import StoreMeta
 
-__all__ = ["RunSpec", "SweepRequest", "SweepSettings", "expand_sweep", "load_grid", "resolve_request", "sweep_layers"]
+__all__ = ["RunSpec", "SweepRequest", "SweepSettings", "expand_sweep", "load_grid", "raise_errors", "resolve_request",
+           "sweep_layers"]
 
 _GRID_FORBIDDEN = frozenset({"grid", "store", "out", "shard"})  # per-invocation, never per sweep file
 
@@ -248,7 +250,7 @@ def expand_sweep(
                 errors.append(str(e))
                 continue
             if kind not in known:
-                errors.append(f"unknown head kind {kind!r} in {text!r}; {known_heads_text()}")
+                errors.append(unknown_head_text(kind, text, list_heads(), list_solvers()))
                 continue
             entries.append((text, kind, explicit))
         check_axes(block, entries, errors)
@@ -299,10 +301,3 @@ def expand_sweep(
         if not runs:
             raise ConfigError("the sweep is empty: no head/layer/lr combination was requested")
     return list(runs.values())
-
-
-def raise_errors(errors: Sequence[str]) -> None:
-    """Raise every collected problem as one ConfigError (no-op when there are none)."""
-    if errors:
-        unique = list(dict.fromkeys(errors))
-        raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))

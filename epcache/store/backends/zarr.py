@@ -12,6 +12,7 @@ import zarr
 import zarr.storage
 
 from epcache._fs.paths import is_url
+from epcache._storepeek import check_local_zarr
 from epcache.errors import ConfigError, CorruptStoreError, StoreNotFoundError
 from epcache.store.backends.zarr_direct import ZarrDirectReads
 from epcache.store.backends.zarr_files import clear_url_store, remove_local_store
@@ -76,18 +77,7 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
         if is_url(location):
             store: Any = zarr.storage.FsspecStore.from_url(location, read_only=read_only)
         else:
-            path = Path(location)
-            if not path.exists():
-                raise StoreNotFoundError(f"{location} does not exist; create it with `epcache extract`")
-            if not path.is_dir():
-                raise StoreNotFoundError(
-                    f"{location} is a file, but a zarr store is a directory; pass the .zarr directory "
-                    "(or an .h5 file for the HDF5 backend)"
-                )
-            if not (path / "zarr.json").is_file():
-                raise StoreNotFoundError(
-                    f"{location} is not a zarr v3 store (no zarr.json); pass a store made by `epcache extract`"
-                )
+            path = check_local_zarr(location).parent
             size = (path / "zarr.json").stat().st_size
             if size > MAX_META_BYTES:  # zarr parses zarr.json itself: bound it before it does
                 raise CorruptStoreError(

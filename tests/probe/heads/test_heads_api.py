@@ -24,8 +24,10 @@ from epcache.probe.heads import (
     head_options,
     heads_table,
     list_heads,
+    list_solvers,
     register_head,
 )
+from epcache.probe.names import BUILTIN_HEAD_KINDS, SOLVER_KINDS, TRAINED_HEAD_KINDS
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 ALL_KINDS = ["linear", "ep", "mhca", "mp", *BASELINE_KINDS]
@@ -529,3 +531,9 @@ def test_format_heads_table_is_aligned() -> None:
     assert any(line.startswith("ep ") and "queries=4,d_out=1" in line for line in lines)
     gflop_column = lines[0].index("MFLOP/img") + len("MFLOP/img")
     assert all(len(line) == gflop_column for line in lines[2:])  # right-aligned last column
+
+
+def test_builtin_head_kinds_are_the_registry_s() -> None:
+    """The torch-free list `epcache probe` checks --head against before torch loads cannot drift from the registry."""
+    assert list(BUILTIN_HEAD_KINDS) == list_heads() + list_solvers()
+    assert list(TRAINED_HEAD_KINDS) == list_heads() and list(SOLVER_KINDS) == list_solvers()

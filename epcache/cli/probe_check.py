@@ -1,0 +1,89 @@
+"""`epcache probe`'s early refusal of a mistyped option, before torch and timm are imported.
+
+The full checks (``epcache.probe.plan``) run after the heavy imports and store reads, which under
+load takes most of a minute; a wrong store path, split, layer, head or token kind is then a long
+wait for a one-line answer. This check reads a local zarr store's root document as JSON (without
+``epcache.store``, whose zarr and ml_dtypes take seconds to import; HDF5 goes through ``open_store``)
+and the flat options, and raises the full checks' own errors in their own words. It never refuses
+what the full checks accept: it checks only what they check, and with ``--grid`` only the store
+path (a grid file may set splits, layers, heads and tokens; applying it needs the torch-side sweep).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from epcache._layerspec import resolve_stored_layers
+from epcache._storepeek import read_local_zarr_document, unknown_split_error
+from epcache.probe.config.fields import raise_errors
+from epcache.probe.config.inputs import SEQUENCE_SOURCES, VECTOR_SOURCES, unknown_tokens_text
+from epcache.probe.config.probe_config import _HEAD_RE
+from epcache.probe.names import BUILTIN_HEAD_KINDS, SOLVER_KINDS, TRAINED_HEAD_KINDS, unknown_head_text
+
+if TYPE_CHECKING:
+    from epcache.probe.config.probe_config import ProbeConfig
+
+__all__ = ["precheck_probe"]
+
+_H5_SUFFIXES = (".h5", ".hdf5", ".hdf")  # what ``detect_format`` reads as HDF5 by name
+
+
+def precheck_probe(config: ProbeConfig) -> None:
+    """Refuse the typos the full checks would refuse, reading only option text and store metadata.
+
+    Raises:
+        StoreNotFoundError: the store (or eval store) is missing or not an epcache store.
+        UnknownSplitError: the train or eval split is not in its store.
+        UnknownLayerError: a requested layer is not stored.
+        ConfigError: unknown head or token kinds (one message, as the sweep's checks give it).
+        EpcacheError: whatever ``open_store`` refuses, where the root document cannot be read directly.
+    """
+    if _is_url(config.store):  # each metadata read is a request: the full check reads it once
+        return
+    doc = _root_document(config.store)
+    if config.grid is not None:  # the grid may set everything below
+        return
+    eval_location = config.inputs.eval_store
+    if eval_location is None or not _is_url(eval_location):
+        eval_doc = doc if eval_location is None else _root_document(eval_location)
+        _check_store(config, doc, eval_doc)
+    _check_kinds(config)
+
+
+def _root_document(location: str) -> dict[str, Any]:
+    """The root document of a local store; HDF5 and odd documents go through ``open_store``, for its message."""
+    if not location.lower().endswith(_H5_SUFFIXES) and not Path(location).is_file():
+        doc = read_local_zarr_document(location)  # a missing or non-store path is refused here, in its words
+        if doc is not None:
+            return {**doc, "location": location}
+    from epcache.store import open_store  # lazy: zarr, h5py and ml_dtypes load only for HDF5 or a doubtful document
+
+    with open_store(location) as store:
+        backbone = {"name": store.meta.backbone.name, "num_blocks": store.meta.backbone.num_blocks}
+        return {"splits": store.splits, "layers": list(store.meta.layers), "backbone": backbone, "location": location}
+
+
+def _check_store(config: ProbeConfig, doc: dict[str, Any], eval_doc: dict[str, Any]) -> None:
+    for d, split in ((doc, config.inputs.train_split), (eval_doc, config.inputs.eval_split)):
+        if split not in d["splits"]:
+            raise unknown_split_error(d["location"], split, d["splits"])
+    backbone = doc["backbone"]
+    resolve_stored_layers(config.inputs.layers, doc["layers"], backbone.get("num_blocks"),
+                          model=f"the store's backbone {backbone.get('name')}")
+
+
+def _check_kinds(config: ProbeConfig) -> None:
+    errors: list[str] = []
+    for text in config.heads.head:
+        m = _HEAD_RE.match(text)  # a spec that does not parse is left to the full check's message
+        if m is not None and m.group(1) not in BUILTIN_HEAD_KINDS:
+            errors.append(unknown_head_text(m.group(1), text, TRAINED_HEAD_KINDS, SOLVER_KINDS))
+    bad = [t for t in config.inputs.tokens if t not in VECTOR_SOURCES + SEQUENCE_SOURCES]
+    if bad:
+        errors.append(unknown_tokens_text(bad))
+    raise_errors(errors)
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
