@@ -134,6 +134,11 @@ class SolverConfig:
     temperature: tuple[float, ...] = doc((0.07,), doc="k-NN vote temperatures T", check=_POSITIVE)
     c_preset: str = doc("dinov2", doc="logreg C grid: dinov2 (45 values), clip (96), raptor (100)")
     tries: int = doc(1, doc="few-shot draws per shot count (needs shots); mean ± std over tries", check=_COUNT)
+    standardize: bool = doc(
+        False,
+        doc="scale each pooled feature to mean 0, std 1 (StandardScaler, fit on the fit rows only) before every "
+        "solver; k-NN and NCM standardise, then L2-normalise; recorded in every row",
+    )
 
 
 @document_fields

@@ -9,6 +9,7 @@ eval split, recorded for comparison with papers that select there (never used to
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from epcache.probe.solvers._logreg import c_grid, fit_logreg, logreg_path
 from epcache.probe.solvers._ncm import fit_ncm
 from epcache.probe.solvers._ridge import BIAS_VALUE, EigenPath, RidgeStats, ridge_lambdas, ridge_system, standardiser
 from epcache.probe.solvers._spec import FIXED_KNN_PAIR, SolverSpec
+from epcache.probe.solvers._standardize import Standardizer
 
 __all__ = ["SolverInputs", "SolverOutcome", "fit_solver"]
 
@@ -67,7 +69,7 @@ class SolverOutcome:
     holdout_curve: list[float]  # holdout top-1 along the grid (empty without a holdout)
     params: int  # numbers in the saved state (0 for k-NN)
     flops: int  # multiply-adds x2 per query image
-    state: dict[str, Tensor] | None  # tensors to save (None: k-NN saves only its config)
+    state: dict[str, Tensor] | None  # to save (compute dtype, raw coordinates; None: k-NN saves its config)
     details: dict[str, Any] = field(default_factory=dict)  # solver-specific record (grid, choice, iterations)
 
 
@@ -83,7 +85,15 @@ def fit_solver(spec: SolverSpec, data: SolverInputs) -> SolverOutcome:
             f"{spec.name}: the training rows hold {present} class(es); a classifier needs at least 2. "
             "Check the store's labels or use a split with several classes"
         )
-    return _FITTERS[spec.kind](spec, data)
+    if not spec.standardize:
+        return _FITTERS[spec.kind](spec, data)
+    scaler = Standardizer.fit(data.fit_x)  # the fit rows only: the holdout and eval are scored like new images
+    data = dataclasses.replace(data, fit_x=scaler(data.fit_x), eval_x=scaler(data.eval_x),
+                               hold_x=None if data.hold_x is None else scaler(data.hold_x))
+    outcome = _FITTERS[spec.kind](spec, data)
+    outcome.state = scaler.fold(outcome.state)
+    outcome.details["standardize"] = {"constant_features": scaler.constant}
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------- k-NN
@@ -158,7 +168,7 @@ def _fit_ridge(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     return SolverOutcome(
         holdout=hold_metrics, eval=eval_metrics, oracle_eval_top1=oracle, holdout_curve=curve,
         params=D * C + C, flops=2 * D * C,
-        state={"weight": weight.to(torch.float32), "bias": bias.to(torch.float32)},
+        state={"weight": weight, "bias": bias},
         details={"grid": spec.option("grid") if isinstance(spec.option("grid"), str) else "list",
                  "lambda_relative": rel, "selected_index": best, "lambda": lam_star,
                  "branch": rpath.branch, "clamped_dims": clamped, "n_refit": refit_stats.n},
@@ -218,7 +228,7 @@ def _fit_logreg(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     return SolverOutcome(
         holdout=hold_metrics, eval=eval_metrics, oracle_eval_top1=eval_metrics.top1, holdout_curve=curve,
         params=weight.numel() + bias.numel(), flops=2 * weight.numel(),
-        state={"weight": weight.to(torch.float32), "bias": bias.to(torch.float32)},
+        state={"weight": weight, "bias": bias},
         details={"grid": preset if isinstance(preset, str) else "list", "C_values": list(Cs),
                  "selected_index": best, "C": Cs[best], "path_iterations": path_iters, "max_iter_hits": hits,
                  "refit_iterations": final.n_iter, "refit_hit_max_iter": final.hit_max_iter},
@@ -240,7 +250,7 @@ def _fit_ncm(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
         holdout=hold_metrics, eval=eval_metrics, oracle_eval_top1=eval_metrics.top1,
         holdout_curve=[] if hold_metrics is None else [hold_metrics.top1],
         params=final.centroids.numel() + final.centre.numel(), flops=2 * final.centroids.numel(),
-        state={"centre": final.centre.to(torch.float32), "centroids": final.centroids.to(torch.float32)},
+        state={"centre": final.centre, "centroids": final.centroids},
         details={"rule": "SimpleShot CL2N: centre on the train mean, L2-normalise, nearest centroid"},
     )
 

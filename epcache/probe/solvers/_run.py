@@ -85,6 +85,7 @@ def plan_solvers(
         solvers, layers=layers, tokens=config.inputs.tokens,
         has_cls=meta.layout.cls_index is not None, shots=shots, tries=tries, k=config.solvers.k,
         temperature=config.solvers.temperature, c_preset=config.solvers.c_preset, settings=settings,
+        standardize=config.solvers.standardize,
     )
     return trained_config, specs
 
@@ -205,7 +206,8 @@ def run_solver_configs(
             if out is not None and save_heads and outcome.state is not None:
                 head_file = f"heads/{spec.id}.safetensors"
                 (out / "heads").mkdir(parents=True, exist_ok=True)
-                save_head(out / head_file, outcome.state, _head_meta(spec, store, num_classes, fit_x.shape[1]))
+                state = {k: v.to(torch.float32) for k, v in outcome.state.items()}  # heads are saved in float32
+                save_head(out / head_file, state, _head_meta(spec, store, num_classes, fit_x.shape[1]))
             row = {
                 "schema": RESULT_SCHEMA,
                 "id": spec.id,
@@ -254,6 +256,9 @@ def load_solver_head(path: str | Path, *, device: str = "cpu") -> tuple[Callable
     if meta["kind"] == "ncm":
         C = state["centroids"].shape[0]
         model = NcmModel(state["centre"], state["centroids"], torch.ones(C, dtype=torch.bool, device=device))
+        if "input_mean" in state:  # standardize=True: the fit rows' scaler comes first
+            mean, scale = state["input_mean"], state["input_scale"]
+            return (lambda x: model.scores((x.to(mean.dtype) - mean) / scale)), meta
         return model.scores, meta
     weight, bias = state["weight"], state["bias"]
     return (lambda x: torch.addmm(bias, x.to(weight.dtype), weight.T)), meta

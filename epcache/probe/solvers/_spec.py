@@ -39,13 +39,14 @@ __all__ = [
 
 FIXED_KNN_PAIR = (20, 0.07)  # DINO's default: the headline k-NN number unless select='holdout'
 _OPTIONS: dict[str, tuple[str, ...]] = {
-    "knn": ("k", "T", "select", "metric", "weighting"),
-    "ridge": ("grid",),
-    "logreg": ("C", "max_iter", "tol"),
-    "ncm": (),
+    "knn": ("k", "T", "select", "metric", "weighting", "standardize"),
+    "ridge": ("grid", "standardize"),
+    "logreg": ("C", "max_iter", "tol", "standardize"),
+    "ncm": ("standardize",),
 }
 _QUIET_DEFAULTS: dict[str, Any] = {"select": "fixed", "metric": "cosine", "weighting": "softmax", "max_iter": 1000,
-                                   "tol": 1e-6}  # left out of names (still in the id and the row's config)
+                                   "tol": 1e-6, "standardize": False}  # left out of names (in the row's config)
+_NEW_OPTIONS: dict[str, Any] = {"standardize": False}  # options added later: hashed only when set, so older ids hold
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class SolverSpec:
             name += f" shots={self.shots}"
         object.__setattr__(self, "name", f"{name} seed={self.try_index}")
         doc = {**self.hyperparameters(), "settings": self.settings.to_json()}
+        doc["head_options"] = {k: v for k, v in doc["head_options"].items() if _NEW_OPTIONS.get(k, object()) != v}
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         object.__setattr__(self, "id", digest[:16])
 
@@ -98,6 +100,11 @@ class SolverSpec:
 
     def option(self, name: str) -> Any:
         return dict(self.options)[name]
+
+    @property
+    def standardize(self) -> bool:
+        """Whether the fit rows' StandardScaler runs first (absent from options given by hand: False)."""
+        return bool(dict(self.options).get("standardize", False))
 
     def hyperparameters(self) -> dict[str, Any]:
         """This spec's own settings as JSON (the ``config`` of its results row)."""
@@ -138,8 +145,11 @@ def expand_solver_specs(
     temperature: Sequence[float],
     c_preset: str,
     settings: SolverSettings,
+    standardize: bool = False,
 ) -> list[SolverSpec]:
     """Solver specs in sweep order (head, layer, tokens, shots, try), without duplicates.
+
+    ``standardize`` (and the other keyword axes) are the defaults a head's parentheses override.
 
     Raises:
         ConfigError: every problem of the solver part of the sweep, in one message.
@@ -156,6 +166,8 @@ def expand_solver_specs(
                 "ridge": {"grid": "scaled"},
                 "logreg": {"C": c_preset, "max_iter": 1000, "tol": 1e-6},
                 "ncm": {}}
+    for kind_defaults in defaults.values():
+        kind_defaults["standardize"] = bool(standardize)
     specs: dict[str, SolverSpec] = {}
     for text in heads:
         try:
@@ -200,6 +212,8 @@ def parse_head(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
+    if not isinstance(o["standardize"], bool):
+        return f"standardize takes True or False, got {o['standardize']!r}"
     try:
         if kind == "knn":
             ks = _as_list(o["k"], int, "k")
