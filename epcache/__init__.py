@@ -5,6 +5,7 @@ The entry points are named verb_noun and, with the types they take, load on firs
     import epcache
     epcache.extract_store(epcache.ExtractConfig(model=..., data=..., out=...))
     epcache.probe_store(epcache.ProbeConfig(store=..., head=("linear", "ep"), out=...))
+    epcache.export_features(epcache.ExportConfig(store=..., layer=11, tokens="gap", out="feats.npz"))
     epcache.convert_store(epcache.ConvertConfig(src=..., dst=..., pool_patches=2))
     epcache.write_report(rundir)
     with epcache.open_store(path) as store: ...

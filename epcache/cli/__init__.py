@@ -1,8 +1,8 @@
 """The `epcache` command line: parse options, call one library function, print the result.
 
 Every command is a thin wrapper over a function a notebook can call; each group of commands has
-its module here (``extract``, ``probe``, ``store``, ``convert``, ``launch``, ``report``, ``demo``)
-and ``common`` holds the help layout and the error handling. Expected failures (`EpcacheError`)
+its module here (``extract``, ``probe``, ``store``, ``convert``, ``export``, ``launch``, ``report``,
+``demo``) and ``common`` holds the help layout and the error handling. Expected failures (`EpcacheError`)
 print one line on stderr and exit with code 2; bugs keep their traceback. Heavy imports (torch,
 timm) happen inside the commands so `--help` and `info` start fast.
 """
@@ -16,7 +16,7 @@ import typer
 
 from epcache import __version__
 from epcache._env_check import run_checked
-from epcache.cli import convert, demo, extract, launch, probe, report, store
+from epcache.cli import convert, demo, export, extract, launch, probe, report, store
 from epcache.cli.common import HelpCommand
 
 __all__ = ["app", "main"]
@@ -70,6 +70,10 @@ command(name="ls", short_help="List the stores under ROOT (a directory or URL pr
 command(cls=convert.ConvertHelp, epilog=convert.CONVERT_EPILOG,
         short_help="Derive a smaller store (layers, pooled grid, dtype, format) without the backbone.")(
     convert.convert
+)
+command(cls=export.ExportHelp, epilog=export.EXPORT_EPILOG,
+        short_help="Write the vectors the solver heads fit to .npz / .parquet (for scikit-learn, notebooks).")(
+    export.export
 )
 
 
