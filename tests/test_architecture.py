@@ -244,3 +244,12 @@ def test_the_vocabulary_modules_need_no_torch(graph) -> None:
         seen.add(m)
         todo += [t for t in edges.get(m, ()) if t in mods]
     assert sorted(m for m in seen if "torch" in _imported_at_load(mods[m])) == []
+
+
+def test_the_readme_and_the_format_spec_name_files_that_exist() -> None:
+    """A renamed module must not leave the documents pointing at its old path."""
+    named = set()
+    for doc in ("README.md", "cache_layout.md", "docs/README.md"):
+        named |= {(doc, p) for p in re.findall(r"\b((?:epcache|tests|bench)/[\w/]+\.py)\b", (ROOT / doc).read_text())}
+    assert len(named) > 10  # the documents do name files
+    assert sorted(f"{doc}: {p}" for doc, p in named if not (ROOT / p).is_file()) == []
