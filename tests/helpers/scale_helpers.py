@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from epcache.extract import ExtractConfig
@@ -92,3 +93,10 @@ def written_blocks(path: Path) -> int:
             return sum(store.split(s).num_blocks - len(store.missing_blocks(s)) for s in store.splits)
     except Exception:  # not created yet, or caught between two metadata writes
         return 0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 train / 8 val generated images, shared by the torchrun campaigns and the launcher tests (their
+    conftests import it; a test module with other needs defines its own ``data``)."""
+    return make_imagefolder(tmp_path_factory.mktemp("imgs"), splits={"train": 40, "val": 8})
