@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from epcache.probe.results.intervals import wilson
 
 __all__ = ["Metrics", "MetricsAccumulator", "MetricsJSON", "mean_std", "metrics_from_counts", "metrics_from_logits"]
 
@@ -26,6 +28,8 @@ class MetricsJSON(TypedDict):
     balanced_acc: float
     per_class: list[float | None]
     loss: float | None
+    top1_ci: NotRequired[list[float]]  # [lo, hi] of top1 (intervals.INTERVAL_METHOD); rows before it lack it
+    per_class_n: NotRequired[list[int]]  # samples per class behind per_class
 
 
 @dataclass(frozen=True)
@@ -38,15 +42,23 @@ class Metrics:
     balanced_acc: float  # mean of the per-class accuracies over classes with samples
     per_class: tuple[float | None, ...]  # top-1 per class; None for classes without samples
     loss: float | None = None  # mean cross-entropy; breaks accuracy ties on small holdouts
+    per_class_n: tuple[int, ...] = ()  # samples per class: how much each per_class accuracy rests on
+
+    @property
+    def top1_ci(self) -> tuple[float, float]:
+        """The 95% Wilson interval of top1, from the count of right answers it was computed from."""
+        return wilson(round(self.top1 * self.n), self.n)
 
     def to_json(self) -> MetricsJSON:
         return {
             "n": self.n,
             "top1": self.top1,
+            "top1_ci": list(self.top1_ci),
             "top5": self.top5,
             "balanced_acc": self.balanced_acc,
             "per_class": list(self.per_class),
             "loss": self.loss,
+            "per_class_n": list(self.per_class_n),
         }
 
 
@@ -68,6 +80,7 @@ def metrics_from_counts(
         balanced_acc=float(np.mean(correct1[has] / total[has])),
         per_class=per_class,
         loss=None if loss_sum is None else float(loss_sum / n),
+        per_class_n=tuple(int(t) for t in total.tolist()),
     )
 
 

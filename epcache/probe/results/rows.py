@@ -21,9 +21,7 @@ import json
 import math
 import os
 import re
-import textwrap
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -33,12 +31,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from epcache._fs.atomic import atomic_write
-from epcache._text import FLOP_UNIT, format_flops, mean_std_text, percent, plural
-from epcache._text import short_label as label
 from epcache.errors import ConfigError
 from epcache.probe.data.sources import rebuild_head
 from epcache.probe.results.metrics import MetricsJSON
-from epcache.probe.results.ranking import CONFIG_RANKING, ORACLE_NOTE, best_row, group_by_seed, oracle_text, rank_rows
+from epcache.probe.results.summary import format_summary, seed_summary, short_label
 
 __all__ = [
     "RESULTS_FILE",
@@ -53,6 +49,7 @@ __all__ = [
     "save_checkpoint",
     "save_head",
     "seed_summary",
+    "short_label",
     "write_json",
     "write_text",
 ]
@@ -79,7 +76,8 @@ class ResultRowJSON(TypedDict):
     params: int  # trainable parameters of the head
     flops: int  # forward matmul FLOPs per image (head_cost)
     selected_epoch: int  # 1-based; by protocol["selection"] (ranking.EPOCH_SELECTION); last epoch without a holdout
-    metrics: dict[str, MetricsJSON | None]  # {"holdout": ..., "eval": ...} at the selected epoch
+    # {"holdout": ..., "eval": ..., "interval": how every top1_ci was made (intervals.INTERVAL_METHOD)}
+    metrics: dict[str, MetricsJSON | str | None]
     oracle: dict[str, Any]  # {"epoch" (1-based), "eval_top1"}: this seed's max over epochs on eval; epoch 0: solver
     final: dict[str, Any]  # {"epoch" (1-based), "eval_top1"} of the last epoch
     curves: dict[str, list[float | None]]  # train_loss, holdout_top1, eval_top1 per epoch (item i = epoch i+1)
@@ -207,101 +205,6 @@ def load_checkpoint(
                 "training its group again from the first epoch")
         return None
     return tensors, state
-
-
-def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
-    """Text summary: the best seed group per head kind, the best overall, and seed mean ± std.
-
-    Every "best" here is :func:`epcache.probe.results.ranking.rank` and every oracle
-    :func:`~epcache.probe.results.ranking.oracle_text`, as in the report and ``epcache attention
-    --config best``, so all of them name the same config and print the same numbers. The eval
-    column is the eval split at each config's selected epoch. Epochs are 1-based.
-    """
-    if not rows:
-        return "no results"
-    groups = rank_rows(rows)
-    honest = all(g.honest for g in groups)
-    crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-    lines = [f"{plural(len(rows), 'config')} in {plural(len(groups), 'seed group')}; ranked by {crit} "
-             "(seed mean, ties below); accuracies in %"]
-    header = ("id", "config", "params", f"{FLOP_UNIT}/img", "holdout", "eval", "oracle")
-    body = []
-    by_kind: dict[str, list[Any]] = defaultdict(list)
-    for g in groups:
-        by_kind[g.rows[0]["config"]["kind"]].append(g)
-    for kind in by_kind:  # dict order = rank order of each kind's best group
-        for g in by_kind[kind][:top]:
-            body.append(_summary_cells(g))
-    lines.append(_table(header, body))
-    best = groups[0]
-    r0 = best_row(best)
-    ev = best.mean_std("eval")
-    assert ev is not None
-    top1 = f"{mean_std_text(ev)} ({len(best.rows)} seeds)" if len(best.rows) > 1 else percent(ev[0])
-    lines.append(
-        f"best overall: {r0['id'][:10]} {short_label(r0['config'])}\n  eval top-1 {top1}, selected epoch "
-        f"{r0['selected_epoch']} of {len(r0['curves']['eval_top1'])}, oracle {oracle_text(best)}"
-    )
-    multi = [g for g in groups if len(g.rows) > 1]
-    if multi:
-        lines.append("seeds (mean ± std):")
-        lines.append(_table(("config", "seeds", "holdout top-1", "eval top-1"), [  # holdout first, as above
-            (short_label(g.rows[0]["config"]), str(len(g.rows)),
-             mean_std_text(g.mean_std("holdout")), mean_std_text(g.mean_std("eval")))
-            for g in multi
-        ]))
-    if honest:
-        lines.append(_wrap(f"ranking: {CONFIG_RANKING}"))
-    lines.append(_wrap(ORACLE_NOTE))
-    return "\n".join(lines)
-
-
-def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std of eval / holdout top-1 over rows identical except for the seed (>= 2 seeds)."""
-    out = []
-    for g in group_by_seed(rows):
-        if len(g.rows) < 2:
-            continue
-        out.append({"name": g.name, "label": short_label(g.rows[0]["config"]), "seed_group": g.key,
-                    "seeds": len(g.rows), "eval_top1": g.mean_std("eval"), "holdout_top1": g.mean_std("holdout")})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def _summary_cells(g: Any) -> tuple[str, ...]:
-    """Short label and numbers of a seed group; the full config is in results.jsonl (the id finds it)."""
-
-    r = g.rows[0]
-    return (
-        r["id"][:10],
-        short_label(r["config"]),
-        f"{r['params']:,}",
-        format_flops(r["flops"]),
-        mean_std_text(g.mean_std("holdout"), std=len(g.rows) > 1),
-        mean_std_text(g.mean_std("eval"), std=len(g.rows) > 1),
-        oracle_text(g),
-    )
-
-
-def short_label(config: dict[str, Any]) -> str:
-
-    return label(config)
-
-
-def _wrap(text: str) -> str:
-    """A note of the summary within 100 columns (the terminal it is printed to)."""
-    return textwrap.fill(text, width=100, subsequent_indent="  ", break_on_hyphens=False)
-
-
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-
-    def fmt(row: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in body)])
 
 
 def _finite(obj: Any) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["check_fewshot", "fewshot_rows"]
+__all__ = ["check_fewshot", "fewshot_rows", "shots_record"]
 
 
 def fewshot_rows(labels: np.ndarray, candidates: np.ndarray, *, shots: int, try_index: int, seed: int) -> np.ndarray:
@@ -50,3 +50,16 @@ def check_fewshot(shots: Sequence[int], tries: int) -> list[str]:
     if bad:
         problems.append(f"shots must be >= 1, got {bad}")
     return problems
+
+
+def shots_record(labels: np.ndarray, rows: np.ndarray, asked: int | None) -> dict[str, int]:
+    """The shots a row asked for and the fewest it got in any class, for the row's ``data`` section.
+
+    A class with fewer rows than ``--shots`` keeps all it has (the draw is not refused, so a sweep of
+    1,5,10,25 shots still runs on a small store), and the summary labels such a row by the shots it
+    really used: ``5-shot (asked 1000)``. Empty when no shots were asked.
+    """
+    if asked is None:
+        return {}
+    counts = np.unique(np.asarray(labels)[np.asarray(rows, np.int64)], return_counts=True)[1]
+    return {"shots_asked": int(asked), "shots_used": int(counts.min()) if counts.size else 0}

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from epcache.errors import ConfigError
+from epcache.probe.results.intervals import INTERVAL_METHOD
 from epcache.probe.results.rows import HEAD_META_KEY, RESULT_SCHEMA, RESULTS_FILE, append_result, save_head
-from epcache.probe.solvers._fewshot import fewshot_rows
+from epcache.probe.solvers._fewshot import fewshot_rows, shots_record
 from epcache.probe.solvers._fit import SolverInputs, fit_solver
 from epcache.probe.solvers._ncm import NcmModel
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
@@ -220,12 +221,13 @@ def run_solver_configs(
                           "features_from": features_from},
                 "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": len(data.holdout_rows),
                          "num_eval": len(data.eval_rows), "num_refit": int(inputs.refit_y.shape[0]),
-                         "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval},
+                         "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval,
+                         **shots_record(data.train_labels, fit, spec.shots)},
                 "params": int(outcome.params),
                 "flops": int(outcome.flops),
                 "selected_epoch": 0,
                 "metrics": {"holdout": None if outcome.holdout is None else outcome.holdout.to_json(),
-                            "eval": outcome.eval.to_json()},
+                            "eval": outcome.eval.to_json(), "interval": INTERVAL_METHOD},
                 "oracle": {"epoch": 0, "eval_top1": outcome.oracle_eval_top1},
                 "final": {"epoch": 0, "eval_top1": outcome.eval.top1},
                 "curves": {"train_loss": [], "holdout_top1": outcome.holdout_curve, "eval_top1": [outcome.eval.top1]},

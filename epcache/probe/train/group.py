@@ -26,6 +26,7 @@ from epcache.probe.data.samples import RunData
 from epcache.probe.data.sources import input_cost
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.plan import PlannedGroup, SweepPlan
+from epcache.probe.results.intervals import INTERVAL_METHOD
 from epcache.probe.results.metrics import Metrics
 from epcache.probe.results.ranking import best_row, epoch_selection, rank_rows
 from epcache.probe.results.rows import (
@@ -36,6 +37,7 @@ from epcache.probe.results.rows import (
     save_checkpoint,
     save_head,
 )
+from epcache.probe.solvers._fewshot import shots_record
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
@@ -258,12 +260,13 @@ class GroupRunner:
             "protocol": protocol_fingerprint(run, self.data, self.config),
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
-            "data": self.data.to_json(g.num_classes),
+            "data": {**self.data.to_json(g.num_classes),
+                     **shots_record(self.data.train_labels, self.data.train_rows, s.shots)},
             "params": params,
             "flops": flops,
             "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
             "selected_epoch": o.selected_epoch + 1,
-            "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},
+            "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval), "interval": INTERVAL_METHOD},
             "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.run.eval_curve
                        else {"epoch": None, "eval_top1": None}),  # no per-epoch eval curve: no oracle
             "final": {"epoch": len(o.eval_top1), "eval_top1": o.eval_top1[-1]},

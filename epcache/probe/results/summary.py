@@ -1,0 +1,214 @@
+"""The printed summary (and summary.txt): the ranked table, the best config, its intervals and the holdout's limits.
+
+Every accuracy of a single row carries its 95% Wilson interval (``71.30 [66.2, 76.0]``) and every
+mean over seeds or few-shot tries its mean ± std; the best config's mean also a percentile
+bootstrap interval. When the holdout is too small to tell the leading configs apart, the summary
+says so once, with the holdout's size per class, because then the ranking is a coin toss among them.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from epcache._text import FLOP_UNIT, format_flops, mean_std_text, percent, plural
+from epcache._text import short_label as label
+from epcache.probe.results.intervals import (
+    BOOTSTRAP_METHOD,
+    INTERVAL_METHOD,
+    bootstrap_mean_ci,
+    intervals_overlap,
+    wilson,
+)
+from epcache.probe.results.ranking import (
+    CONFIG_RANKING,
+    ORACLE_NOTE,
+    SeedGroup,
+    best_row,
+    group_by_seed,
+    oracle_text,
+    rank_rows,
+)
+
+__all__ = ["format_summary", "holdout_warning", "repeats_text", "row_label", "seed_summary", "short_label"]
+
+
+def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
+    """Text summary: the best seed group per head kind, the best overall, and seed mean ± std.
+
+    Every "best" here is :func:`epcache.probe.results.ranking.rank` and every oracle
+    :func:`~epcache.probe.results.ranking.oracle_text`, as in the report and ``epcache attention
+    --config best``, so all of them name the same config and print the same numbers. The eval
+    column is the eval split at each config's selected epoch. Epochs are 1-based.
+    """
+    if not rows:
+        return "no results"
+    groups = rank_rows(rows)
+    honest = all(g.honest for g in groups)
+    crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
+    lines = [f"{plural(len(rows), 'config')} in {plural(len(groups), 'seed group')}; ranked by {crit} "
+             "(seed mean, ties below); accuracies in %"]
+    header = ("id", "config", "params", f"{FLOP_UNIT}/img", "holdout", "eval", "oracle")
+    body = []
+    by_kind: dict[str, list[Any]] = defaultdict(list)
+    for g in groups:
+        by_kind[g.rows[0]["config"]["kind"]].append(g)
+    for kind in by_kind:  # dict order = rank order of each kind's best group
+        for g in by_kind[kind][:top]:
+            body.append(_summary_cells(g))
+    lines.append(_table(header, body))
+    best = groups[0]
+    r0 = best_row(best)
+    ev = best.mean_std("eval")
+    assert ev is not None
+    if len(best.rows) > 1:
+        lo, hi = bootstrap_mean_ci([float(r["metrics"]["eval"]["top1"]) for r in best.rows])
+        top1 = f"{mean_std_text(ev)} [{_pct1(lo)}, {_pct1(hi)}] ({repeats_text(best.rows)})"
+    else:
+        top1 = _with_ci(r0["metrics"]["eval"])
+    lines.append(f"best overall: {r0['id'][:10]} {row_label(r0)}\n  eval top-1 {top1}, {_epoch_text(r0)}, "
+                 f"oracle {oracle_text(best)}")
+    multi = [g for g in groups if len(g.rows) > 1]
+    if multi:
+        lines.append("seeds (mean ± std):")
+        lines.append(_table(("config", "seeds", "holdout top-1", "eval top-1"), [  # holdout first, as above
+            (row_label(g.rows[0]), repeats_text(g.rows),
+             mean_std_text(g.mean_std("holdout")), mean_std_text(g.mean_std("eval")))
+            for g in multi
+        ]))
+    lines.append(_wrap(f"intervals: [lo, hi] after one row's top-1: {INTERVAL_METHOD} (Wilson score)"
+                       + (f"; after the best overall's mean: {BOOTSTRAP_METHOD}" if len(best.rows) > 1 else "")))
+    if honest:
+        warning = holdout_warning(groups)
+        if warning:
+            lines.append(_wrap(warning))
+        lines.append(_wrap(f"ranking: {CONFIG_RANKING}"))
+    lines.append(_wrap(ORACLE_NOTE))
+    return "\n".join(lines)
+
+
+def holdout_warning(ranked: Sequence[SeedGroup]) -> str | None:
+    """The warning when the best group's holdout interval overlaps the next-ranked groups' (None when it does not).
+
+    A seed group's holdout interval is the Wilson interval of its seed-mean top-1 over the holdout's
+    images: its seeds are scored on the same images, so they add no samples. Rows written before
+    intervals were recorded carry ``n`` and ``top1``, which is all this needs.
+    """
+    if len(ranked) < 2:
+        return None
+    cis = [_group_ci(g) for g in ranked]
+    if cis[0] is None:
+        return None
+    overlapping = sum(1 for ci in cis[1:] if ci is not None and intervals_overlap(cis[0], ci))
+    if not overlapping:
+        return None
+    hold = best_row(ranked[0])["metrics"]["holdout"]
+    size = f"{hold['n']} images"
+    per_class = [int(n) for n in hold.get("per_class_n") or [] if n]
+    if per_class:
+        lo, hi = min(per_class), max(per_class)
+        size += f", {lo} per class" if lo == hi else f", {lo} to {hi} per class"
+    return (f"warning: the holdout ({size}) cannot separate the top {overlapping + 1} configs: their 95% holdout "
+            "intervals overlap the best's, so their order is mostly chance; more holdout data (--holdout) or "
+            "--select cv5 would")
+
+
+def repeats_text(rows: Sequence[dict[str, Any]]) -> str:
+    """How many runs a mean is over, named for what varied: head-init seeds, few-shot tries, or both.
+
+    Solver rows record their try as ``seed`` too, so a seed equal to the try is not a second axis.
+    """
+    configs = [r["config"] for r in rows]
+    tries = {c.get("try") for c in configs if c.get("try") is not None}
+    seeds = {c.get("seed") for c in configs if c.get("seed") is not None and c.get("seed") != c.get("try")}
+    if len(tries) > 1 and len(seeds) > 1:
+        return f"{plural(len(seeds), 'seed')} × {plural(len(tries), 'try', 'tries')}"
+    if len(tries) > 1:
+        return plural(len(rows), "try", "tries")
+    return plural(len(rows), "seed")
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """:func:`short_label`, with the shots a row really used where a class had fewer rows than asked."""
+    text = short_label(row["config"])
+    data = row.get("data") or {}
+    used, asked = data.get("shots_used"), data.get("shots_asked")
+    if used is None or asked is None or used >= asked:
+        return text
+    honest = f" {used}-shot (asked {asked})"
+    return text.replace(f" {asked}-shot", honest) if f" {asked}-shot" in text else text + honest
+
+
+def seed_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std of eval / holdout top-1 over rows identical except for the seed (>= 2 seeds)."""
+    out = []
+    for g in group_by_seed(rows):
+        if len(g.rows) < 2:
+            continue
+        out.append({"name": g.name, "label": short_label(g.rows[0]["config"]), "seed_group": g.key,
+                    "seeds": len(g.rows), "eval_top1": g.mean_std("eval"), "holdout_top1": g.mean_std("holdout")})
+    return out
+
+
+def short_label(config: dict[str, Any]) -> str:
+    return label(config)
+
+
+def _epoch_text(row: dict[str, Any]) -> str:
+    """Which epoch was kept; a solver has none (it is fitted once, its hyperparameter chosen on the holdout)."""
+    if row["config"].get("solver") or not row.get("selected_epoch"):
+        return "fitted once (solver: no epochs)"
+    return f"selected epoch {row['selected_epoch']} of {len(row['curves']['eval_top1'])}"
+
+
+def _group_ci(g: SeedGroup) -> tuple[float, float] | None:
+    hold = [r["metrics"]["holdout"] for r in g.rows]
+    if any(m is None or not m.get("n") for m in hold):
+        return None
+    n = int(hold[0]["n"])
+    return wilson(round(g.mean("holdout") * n), n)
+
+
+def _with_ci(m: dict[str, Any] | None) -> str:
+    """One row's top-1 with its interval (recorded, or from n and top1 for rows written before intervals)."""
+    if m is None:
+        return "-"
+    ci = m.get("top1_ci")
+    if ci is None and m.get("n"):
+        ci = wilson(round(float(m["top1"]) * int(m["n"])), int(m["n"]))
+    return percent(m["top1"]) if ci is None else f"{percent(m['top1'])} [{_pct1(ci[0])}, {_pct1(ci[1])}]"
+
+
+def _pct1(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _summary_cells(g: Any) -> tuple[str, ...]:
+    """Short label and numbers of a seed group; the full config is in results.jsonl (the id finds it)."""
+    r = g.rows[0]
+    multi = len(g.rows) > 1
+    return (
+        r["id"][:10],
+        row_label(r),
+        f"{r['params']:,}",
+        format_flops(r["flops"]),
+        mean_std_text(g.mean_std("holdout")) if multi else _with_ci(r["metrics"]["holdout"]),
+        mean_std_text(g.mean_std("eval")) if multi else _with_ci(r["metrics"]["eval"]),
+        oracle_text(g),
+    )
+
+
+def _wrap(text: str) -> str:
+    """A note of the summary within 100 columns (the terminal it is printed to)."""
+    return textwrap.fill(text, width=100, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *(fmt(r) for r in body)])
