@@ -271,12 +271,23 @@ def _notes(c: ProbeConfig, runs: Sequence[RunSpec], specs: Sequence[SolverSpec],
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if knn_note:
         notes.insert(1, knn_note)
+    if store.meta.layout.cls_index is None and not c.inputs.tokens:
+        notes.insert(1, _no_cls_note(runs, specs))
     if runs and (runs[0].settings.amp != "none" or c.run.compile):
         notes.insert(1, f"precision: amp {runs[0].settings.amp} ({runs[0].settings.amp_rule}; master weights, losses, "
                      f"BatchNorm and MP covariance in float32){', torch.compile on' if c.run.compile else ''}")
     if protocol is not None and protocol.adapted:
         notes.insert(1, f"recipe {protocol.recipe} adapted to this dataset: " + "; ".join(protocol.adapted))
     return notes
+
+
+def _no_cls_note(runs: Sequence[RunSpec], specs: Sequence[SolverSpec]) -> str:
+    """The default tokens of a store without CLS (a convnet's feature map), said once for the whole sweep."""
+    readers: dict[str, set[str]] = defaultdict(set)
+    for kind, tokens in [*((r.head.kind, r.tokens) for r in runs), *((s.kind, s.tokens) for s in specs)]:
+        readers[tokens].add(kind)
+    read = "; ".join(f"{', '.join(sorted(k))} read {t}" for t, k in sorted(readers.items()))
+    return f"this store has no CLS token, so by default {read} (gap: mean of the patch tokens); --tokens to choose"
 
 
 def _plan_line(runs: Sequence[RunSpec], specs: Sequence[SolverSpec], layers: Sequence[int], data: RunData,

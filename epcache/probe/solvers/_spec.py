@@ -159,6 +159,11 @@ def expand_solver_specs(
     if unknown:
         errors.append(f"unknown tokens {unknown}; solver heads read {', '.join(POOLINGS)}")
     chosen = [t for t in tokens if t in POOLINGS] or (["cls"] if has_cls else ["gap"])
+    unreadable = None
+    if tokens and not unknown and not any(t in POOLINGS for t in tokens):  # refused, never replaced by the default
+        unreadable = (f"head(s) {', '.join(repr(h) for h in heads)} cannot read tokens {list(tokens)}: solver heads "
+                      f"read {', '.join(POOLINGS)} (pooled vectors); add one to --tokens or drop these heads")
+        errors.append(unreadable)
     if not has_cls and any("cls" in t for t in chosen):
         errors.append("this store's backbone has no CLS token; solver heads can read tokens gap")
     defaults = {"knn": {"k": tuple(k), "T": tuple(float(t) for t in temperature), "select": "fixed",
@@ -196,6 +201,8 @@ def expand_solver_specs(
                         specs.setdefault(spec.id, spec)
     if errors:
         unique = list(dict.fromkeys(errors))
+        if unique == [unreadable]:  # the one problem: one line, as the CLI prints a user error
+            raise ConfigError(f"{unreadable}; nothing was trained")
         raise ConfigError(f"{len(unique)} problem(s) in the sweep, nothing was trained:\n  - " + "\n  - ".join(unique))
     return list(specs.values())
 
