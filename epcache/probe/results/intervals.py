@@ -37,7 +37,9 @@ def wilson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exactly 0 / 1 where the algebra cancels to rounding noise
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def bootstrap_mean_ci(

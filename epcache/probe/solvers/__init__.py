@@ -6,6 +6,7 @@ epochs; see docs/PROBE_FAMILIES.md §2-§4 and the README's "Which probe when".
 
 from epcache.probe.solvers._fewshot import check_fewshot as check_fewshot
 from epcache.probe.solvers._fewshot import fewshot_rows as fewshot_rows
+from epcache.probe.solvers._fewshot import shots_record as shots_record
 from epcache.probe.solvers._fit import SolverInputs as SolverInputs
 from epcache.probe.solvers._fit import SolverOutcome as SolverOutcome
 from epcache.probe.solvers._fit import fit_solver as fit_solver
@@ -72,6 +73,7 @@ __all__ = [
     "ridge_lambdas",
     "ridge_system",
     "run_solver_configs",
+    "shots_record",
     "split_heads",
     "standardiser",
 ]

@@ -37,7 +37,7 @@ from epcache.probe.results.rows import (
     save_checkpoint,
     save_head,
 )
-from epcache.probe.solvers._fewshot import shots_record
+from epcache.probe.solvers import shots_record
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
