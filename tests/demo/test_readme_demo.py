@@ -20,10 +20,15 @@ SLACK = 2  # val images
 
 
 def _summary_evals(text: str) -> dict[str, float]:
-    """Head kind -> eval top-1 of the summary table's rows (``linear[gap]`` counts as ``linear``)."""
+    """Head kind -> eval top-1 of the summary table's rows (``linear[gap]`` counts as ``linear``).
+
+    A single row's holdout cell carries its interval (``95.00 [86.3, 98.3]``); a row whose holdout
+    cell does not parse is not a summary row, so the three kinds must all be found.
+    """
     evals: dict[str, float] = {}
     for line in text.splitlines():
-        m = re.match(r"^[0-9a-f]{10}\s+(\w+)\S*\s.*?\s(\d+\.\d\d)\s+(\d+\.\d\d)\s+\d+\.\d\d$", line)
+        m = re.match(r"^[0-9a-f]{10}\s+(\w+)\S*\s.*?\s(\d+\.\d\d)(?: \[\d+\.\d, \d+\.\d\])?\s+(\d+\.\d\d)\s+\d+\.\d\d$",
+                     line)  # holdout [its 95% interval], eval, oracle
         if m:
             evals.setdefault(m.group(1), float(m.group(3)))
     return evals

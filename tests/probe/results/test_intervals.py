@@ -86,10 +86,13 @@ def _row(i: int, hold: tuple[int, int], ev: tuple[int, int], *, per_class: list[
 
 
 def test_summary_shows_each_rows_interval() -> None:
-    text = format_summary([_row(0, (14, 20), (713, 1000)), _row(1, (10, 20), (600, 1000))])
+    text = format_summary([_row(0, (14, 20), (713, 1000)), _row(1, (10, 20), (600, 1000), kind="ep")])
     lo, hi = wilson(713, 1000)
-    assert f"71.30 [{100 * lo:.1f}, {100 * hi:.1f}]" in text
-    assert "eval top-1 71.30 [" in text and INTERVAL_METHOD in text
+    assert f"eval top-1 71.30 [{100 * lo:.1f}, {100 * hi:.1f}]" in text  # the best's eval, on its line
+    for k in (14, 10):  # every table row's holdout
+        lo, hi = wilson(k, 20)
+        assert f"{100 * k / 20:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]" in text
+    assert INTERVAL_METHOD in text and max(len(line) for line in text.splitlines()) <= 100
 
 
 def test_a_small_holdout_that_cannot_separate_the_leaders_is_named() -> None:

@@ -42,8 +42,11 @@ def test_every_top1_carries_its_interval_and_per_class_counts(store: Path, tmp_p
             assert sum(m["per_class_n"]) == m["n"] and len(m["per_class_n"]) == 4
     assert rows[0]["metrics"]["holdout"]["per_class_n"] == [8, 8, 8, 8]  # 0.2 of 40 per class
     summary = (out / "summary.txt").read_text()
-    lo, hi = rows[0]["metrics"]["eval"]["top1_ci"]
-    assert f"[{100 * lo:.1f}, {100 * hi:.1f}]" in summary and INTERVAL_METHOD in summary
+    for row in rows:  # one row per kind: each in the table with its holdout interval
+        lo, hi = row["metrics"]["holdout"]["top1_ci"]
+        assert f"{100 * row['metrics']['holdout']['top1']:.2f} [{100 * lo:.1f}, {100 * hi:.1f}]" in summary
+    best = next(line for line in summary.splitlines() if line.startswith("  eval top-1 "))
+    assert best.split(" [", 1)[1].split("]", 1)[0].count(",") == 1 and INTERVAL_METHOD in summary
 
 
 def test_fewshot_tries_are_called_tries_and_short_classes_say_the_shots_used(store: Path, tmp_path: Path) -> None:
