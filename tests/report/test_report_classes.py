@@ -96,7 +96,7 @@ def test_metric_changes_the_numbers_shown_never_the_best(runs: dict[str, Path], 
     best = best_row(rank_rows(_rows(runs["trained"]))[0])
     for md in (top1, mpc):
         assert f"`{best['id'][:10]}`" in _section(md, "Headline")
-        first = [x for x in _section(md, "All configs").splitlines() if x.startswith("| `")][0]
+        first = next(x for x in _section(md, "All configs").splitlines() if x.startswith("| `"))
         assert first.startswith(f"| `{best['id'][:10]}`")  # the same ranking whatever the metric
     assert "| holdout mean-per-class | eval mean-per-class | oracle top-1 |" in mpc
     bal = 100 * best["metrics"]["eval"]["balanced_acc"]
