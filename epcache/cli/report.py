@@ -15,7 +15,7 @@ __all__ = ["attention", "report"]
 def report(
     rundirs: Annotated[
         list[str],
-        typer.Argument(metavar="RUNDIR...", show_default=False,
+        typer.Argument(metavar="RUNDIR", show_default=False,
                        help=f"{RUNDIR_HELP} Two or more: one comparison of the runs (compare.md)."),
     ],
     out: Annotated[
@@ -29,8 +29,8 @@ def report(
     ] = True,
     metric: Annotated[
         str,
-        typer.Option(metavar="top1|mean-per-class", help="Accuracy of the headline and the tables (the best "
-                     "config is the same either way: it is ranked on holdout top-1)."),
+        typer.Option(metavar="NAME", help="top1 or mean-per-class: the accuracy of the headline and the tables "
+                     "(the best config is the same either way: it is ranked on holdout top-1)."),
     ] = "top1",
 ) -> None:
     """Markdown report with the results tables and the paper's figures for this run, or several runs compared."""
