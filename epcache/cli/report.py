@@ -13,20 +13,36 @@ __all__ = ["attention", "report"]
 
 
 def report(
-    rundir: Annotated[str, typer.Argument(metavar="RUNDIR", help=RUNDIR_HELP, show_default=False)],
+    rundirs: Annotated[
+        list[str],
+        typer.Argument(metavar="RUNDIR", show_default=False,
+                       help=f"{RUNDIR_HELP} Two or more: one comparison of the runs (compare.md)."),
+    ],
     out: Annotated[
         str | None,
-        typer.Option(metavar="DIR", help="Where to write report.md and the figures.", show_default="RUNDIR/report"),
+        typer.Option(metavar="DIR", help="Where to write report.md and the figures (several runs: compare.md, "
+                     "default RUNDIR/compare under the first run; a run's report.md is never replaced).",
+                     show_default="RUNDIR/report"),
     ] = None,
     figures: Annotated[
         bool, typer.Option(help="Render PNG figures (needs matplotlib: pip install 'epcache[plot]').")
     ] = True,
+    metric: Annotated[
+        str,
+        typer.Option(metavar="NAME", help="top1 or mean-per-class: the accuracy of the headline and the tables "
+                     "(the best config is the same either way: it is ranked on holdout top-1)."),
+    ] = "top1",
 ) -> None:
-    """Markdown report with the results tables and the paper's figures for this run."""
-    from epcache.report import write_report  # lazy: keeps torch, zarr, numpy out of `epcache --help`
+    """Markdown report with the results tables and the paper's figures for this run, or several runs compared."""
+    from epcache.report import report_runs, write_report  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
     with user_errors():
-        rep = write_report(rundir, out, figures=figures)
+        if len(rundirs) > 1:
+            cmp = report_runs(rundirs, out)
+            typer.echo(f"comparison: {cmp.markdown} ({plural(len(cmp.runs), 'run')}, "
+                       f"{plural(len(cmp.differences), 'protocol difference')})")
+            return
+        rep = write_report(rundirs[0], out, figures=figures, metric=metric)
     typer.echo(f"report: {rep.markdown} ({plural(rep.num_configs, 'config')}, {plural(len(rep.figures), 'figure')})")
     for f in rep.figures:
         typer.echo(f"  {f}")

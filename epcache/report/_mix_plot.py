@@ -11,21 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from epcache.report._plots import DPI, _save, require_matplotlib
-from epcache.report._tables import ConfigGroup, best_by
+from epcache.report._tables import ConfigGroup, best_by, input_label
 
 __all__ = ["input_label", "plot_mixes"]
-
-
-def input_label(g: ConfigGroup) -> str:
-    """``single layer`` (the best single layer is shown), ``pooled``, or ``mean 8-11`` / ``concat 8-11`` ..."""
-    config = g.rows[0]["config"]
-    mix = config.get("layer_mix", "none")
-    if g.tokens == "pooled":
-        return "pooled output"
-    if mix == "none":
-        return "single layer"
-    layers = config.get("layers") or [g.layer]
-    return f"{mix} {layers[0]}-{layers[-1]}"
 
 
 def plot_mixes(groups: Sequence[ConfigGroup], path: Path, *, title: str) -> Path:

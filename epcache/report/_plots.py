@@ -18,7 +18,7 @@ from epcache._text import variant_label
 from epcache.errors import ConfigError
 from epcache.report._files import write_atomically
 from epcache.report._labels import place_labels
-from epcache.report._tables import ConfigGroup, best_by
+from epcache.report._tables import ConfigGroup, best_by, input_label
 
 __all__ = ["FIGSIZE", "KIND_ORDER", "curves_figure", "layers_figure", "params_figure", "plot_curves", "plot_layers",
            "plot_params", "require_matplotlib"]
@@ -99,31 +99,65 @@ def params_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
 
 
 def layers_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
-    """Top-1 vs layer, one line per head kind (best config of that kind at each layer)."""
+    """Top-1 vs block, one line per head kind (best config of that kind at each block).
+
+    Only single-block inputs lie on the block axis. The pooled output and layer mixes read no one
+    block, so each is a category of its own right of the blocks (markers, no line into the blocks);
+    heads reading only register tokens get their own dashed line, apart from their kind's patch line.
+    """
     plt = require_matplotlib()
-    best = best_by(groups, lambda g: (g.kind, g.layer))
-    by_kind: dict[str, list[ConfigGroup]] = defaultdict(list)
-    for (kind, _), g in best.items():
-        by_kind[kind].append(g)
+    best = best_by(groups, lambda g: (g.kind, _registers(g), input_label(g), g.layer))
+    lines: dict[tuple[str, bool], list[ConfigGroup]] = defaultdict(list)
+    other: dict[str, list[ConfigGroup]] = defaultdict(list)
+    for g in best.values():
+        if input_label(g) == "single layer":
+            lines[(g.kind, _registers(g))].append(g)
+    for g in best_by(groups, lambda g: (g.kind, input_label(g))).values():
+        if input_label(g) != "single layer":
+            other[g.kind].append(g)
     fig, ax = _figure(plt)
-    layers = sorted({g.layer for g in best.values()})
+    layers = sorted({g.layer for gs in lines.values() for g in gs})
+    categories = sorted({input_label(g) for gs in other.values() for g in gs}, key=lambda s: (s != "pooled output", s))
+    start = (layers[-1] if layers else -1) + 1.5  # the categories sit right of the last block, after a gap
+    where = {c: start + i for i, c in enumerate(categories)}
     ys: list[float] = []
     texts: list[tuple[float, float, str]] = []
-    for kind in kind_order(by_kind):
-        gs = sorted(by_kind[kind], key=lambda g: g.layer)
-        y = [100 * g.eval_top1[0] for g in gs]
-        ys += y
-        ax.plot([g.layer for g in gs], y, marker=MARKERS.get(kind, "o"), color=_color(kind), label=kind,
-                markersize=9 if kind == "ep" else 6, clip_on=False, zorder=3)
-        if len(layers) == 1:  # one point per kind: say which head it is
-            texts.append((gs[0].layer, y[0], _variant(gs[0])))
-    ax.set_xticks(layers)
-    if len(layers) == 1:
+    for kind in kind_order([k for k, _ in lines] + list(other)):
+        size = 9 if kind == "ep" else 6
+        legend: str | None = kind  # the kind's first artist carries its legend entry
+        for reg in (False, True):
+            gs = sorted(lines.get((kind, reg), []), key=lambda g: g.layer)
+            if not gs:
+                continue
+            y = [100 * g.eval_top1[0] for g in gs]
+            ys += y
+            ax.plot([g.layer for g in gs], y, marker=MARKERS.get(kind, "o"), color=_color(kind),
+                    label=f"{kind} [registers]" if reg else legend, linestyle="--" if reg else "-",
+                    markersize=size, clip_on=False, zorder=3)
+            if not reg:
+                legend = None
+            if len(layers) == 1 and not reg:  # one point per kind: say which head it is
+                texts.append((gs[0].layer, y[0], _variant(gs[0])))
+        for g in other.get(kind, []):
+            ys.append(100 * g.eval_top1[0])
+            ax.plot([where[input_label(g)]], [ys[-1]], marker=MARKERS.get(kind, "o"), color=_color(kind),
+                    linestyle="none", markersize=size, clip_on=False, zorder=3, label=legend)
+            legend = None
+    ax.set_xticks([*layers, *where.values()], [str(x) for x in layers] + categories)
+    if categories:
+        if layers:
+            ax.axvline(start - 0.75, color="0.6", linewidth=0.8, linestyle=":")
+        for tick in ax.get_xticklabels()[len(layers):]:
+            tick.set_fontsize(7)
+    if len(layers) == 1 and not categories:
         ax.set_xlim(layers[0] - 1, layers[0] + 1)
         ax.text(0.5, 0.02, f"only block {layers[0]} was probed", transform=ax.transAxes, ha="center",
                 va="bottom", fontsize=8, color="0.35")
+    elif categories:
+        lo = layers[0] if layers else start
+        ax.set_xlim(lo - 0.5, start + len(categories) - 0.5)
     _accuracy_axis(ax, ys)
-    ax.set_xlabel("backbone block (0 = first)")
+    ax.set_xlabel("backbone block (0 = first)" + ("; right: inputs of no single block" if categories else ""))
     ax.set_ylabel("eval top-1 accuracy (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(title="head kind\n(best per layer)", **LEGEND)
@@ -169,6 +203,11 @@ def curves_figure(groups: Sequence[ConfigGroup], *, title: str) -> Any:
 def _variant(g: ConfigGroup) -> str:
     cfg = g.rows[0]["config"]
     return variant_label(g.kind, cfg.get("head_options") or {}, g.tokens)
+
+
+def _registers(g: ConfigGroup) -> bool:
+    """A head reading register tokens only (no patch tokens): a different input from its kind's patch line."""
+    return g.tokens == "registers"
 
 
 def _figure(plt: Any) -> tuple[Any, Any]:

@@ -17,7 +17,21 @@ from epcache.errors import ConfigError
 from epcache.probe.results.ranking import best_per, group_by_seed, oracle_top1, rank
 from epcache.probe.results.rows import read_results
 
-__all__ = ["ConfigGroup", "best_by", "group_seeds", "load_rows"]
+__all__ = ["METRICS", "ConfigGroup", "best_by", "check_metric", "group_seeds", "input_label", "load_rows"]
+
+# `--metric` name -> (the key in a row's metrics, the column label); the ranking ignores it
+METRICS: dict[str, tuple[str, str]] = {"top1": ("top1", "top-1"), "mean-per-class": ("balanced_acc", "mean-per-class")}
+
+
+def check_metric(metric: str) -> str:
+    """The row key of a ``--metric`` name.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown --metric {metric!r}; choose {' or '.join(METRICS)}")
+    return METRICS[metric][0]
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,17 @@ class ConfigGroup:
             return None
         return _mean_std([h["top1"] for h in hold])
 
+    def eval_score(self, metric: str = "top1") -> tuple[float, float]:
+        """Seed mean ± std of the eval split's ``metric`` (a :data:`METRICS` name)."""
+        key = check_metric(metric)
+        return _mean_std([r["metrics"]["eval"][key] for r in self.rows])
+
+    def holdout_score(self, metric: str = "top1") -> tuple[float, float] | None:
+        """As :meth:`eval_score` on the holdout; None when a seed has no holdout."""
+        key = check_metric(metric)
+        hold = [r["metrics"]["holdout"] for r in self.rows]
+        return None if any(h is None for h in hold) else _mean_std([h[key] for h in hold])
+
     @property
     def oracle_top1(self) -> tuple[float, float] | None:
         """:func:`epcache.probe.results.ranking.oracle_top1`: None for solver heads and runs without an eval curve."""
@@ -58,6 +83,18 @@ class ConfigGroup:
     def variant(self) -> str:
         """What distinguishes heads in the accuracy-vs-parameters plot: the head spec and its input."""
         return self.head if self.kind != "linear" else f"linear[{self.tokens}]"
+
+
+def input_label(g: ConfigGroup) -> str:
+    """``single layer`` (the best single layer is shown), ``pooled``, or ``mean 8-11`` / ``concat 8-11`` ..."""
+    config = g.rows[0]["config"]
+    mix = config.get("layer_mix", "none")
+    if g.tokens == "pooled" or g.layer < 0:
+        return "pooled output"
+    if mix == "none":
+        return "single layer"
+    layers = config.get("layers") or [g.layer]
+    return f"{mix} {layers[0]}-{layers[-1]}"
 
 
 def load_rows(rundir: Path) -> list[dict[str, Any]]:

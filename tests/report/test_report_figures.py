@@ -174,3 +174,27 @@ def test_summary_and_report_tables_share_columns_units_and_fit_100_columns(store
     assert table and all(t == "| id | config | params | MFLOP/img | seeds | holdout top-1 | eval top-1 | oracle top-1 |"
                          for t in table)
     assert "20 configs in 10 groups" in md and f"| `{rows[0]['id'][:10]}` |" in md
+
+
+def test_pooled_output_is_a_category_not_a_block(store: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = _rows(store, (0, 4))
+    rows += [_row(90, "linear", {"tokens": "pooled"}, -1, 0.70, 772, store),
+             _row(91, "ep", {"tokens": "pooled", "queries": 4}, -1, 0.75, 38_211, store)]
+    fig = layers_figure(group_seeds(rows), title="t")
+    try:
+        _check_layout(fig, "t")
+        ax = fig.axes[0]
+        drawn = [(list(map(float, line.get_xdata())), line.get_linestyle()) for line in ax.lines
+                 if line.get_marker() not in (None, "None", "")]
+        blocks = [xs for xs, style in drawn if len(xs) > 1]
+        assert blocks and all(xs == [0.0, 4.0] for xs in blocks)  # lines run over block indices only
+        pooled = [xs[0] for xs, style in drawn if len(xs) == 1]
+        assert len(pooled) == 2 and all(x > 4 for x in pooled)  # right of the blocks, not at "block -1"
+        assert all(style in ("None", "none", "") for xs, style in drawn if len(xs) == 1)  # no line into a block
+        ticks = {t.get_text(): t.get_position()[0] for t in ax.get_xticklabels()}
+        assert ticks["pooled output"] == pooled[0] and "-1" not in ticks
+        assert ax.get_xlim()[0] > -1
+    finally:
+        plt.close(fig)

@@ -18,7 +18,12 @@ from torch import Tensor
 
 from epcache.probe.results.intervals import wilson
 
-__all__ = ["Metrics", "MetricsAccumulator", "MetricsJSON", "mean_std", "metrics_from_counts", "metrics_from_logits"]
+__all__ = ["CONFUSION_MAX_CLASSES", "Metrics", "MetricsAccumulator", "MetricsJSON", "mean_std", "metrics_from_counts",
+           "metrics_from_logits"]
+
+# A C x C count matrix is stored in a row's eval metrics only up to this many classes: 100 classes are
+# 10,000 counts per row; 1,000 classes would be a million, more than the rest of a sweep's results.
+CONFUSION_MAX_CLASSES = 100
 
 
 class MetricsJSON(TypedDict):
@@ -30,6 +35,7 @@ class MetricsJSON(TypedDict):
     loss: float | None
     top1_ci: NotRequired[list[float]]  # [lo, hi] of top1 (intervals.INTERVAL_METHOD); rows before it lack it
     per_class_n: NotRequired[list[int]]  # samples per class behind per_class
+    confusion: NotRequired[list[list[int]]]  # [true class][predicted class] counts; eval split, C <= 100 only
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Metrics:
     def top1_ci(self) -> tuple[float, float]:
         """The 95% Wilson interval of top1, from the count of right answers it was computed from."""
         return wilson(round(self.top1 * self.n), self.n)
+    confusion: tuple[tuple[int, ...], ...] | None = None  # [true][predicted] counts; see CONFUSION_MAX_CLASSES
 
     def to_json(self) -> MetricsJSON:
         return {
@@ -59,13 +66,16 @@ class Metrics:
             "per_class": list(self.per_class),
             "loss": self.loss,
             "per_class_n": list(self.per_class_n),
+            **({"confusion": [list(r) for r in self.confusion]} if self.confusion is not None else {}),
         }
 
 
 def metrics_from_counts(
-    correct1: np.ndarray, correct5: np.ndarray | None, total: np.ndarray, loss_sum: float | None = None
+    correct1: np.ndarray, correct5: np.ndarray | None, total: np.ndarray, loss_sum: float | None = None,
+    confusion: np.ndarray | None = None,
 ) -> Metrics:
-    """Metrics from per-class counts: correct at top-1, correct at top-5 (or None), samples, summed loss."""
+    """Metrics from per-class counts: correct at top-1, correct at top-5 (or None), samples, summed loss,
+    and optionally the ``(C, C)`` [true][predicted] counts (kept only up to :data:`CONFUSION_MAX_CLASSES`)."""
     correct1 = np.asarray(correct1, np.int64)
     total = np.asarray(total, np.int64)
     n = int(total.sum())
@@ -81,12 +91,19 @@ def metrics_from_counts(
         per_class=per_class,
         loss=None if loss_sum is None else float(loss_sum / n),
         per_class_n=tuple(int(t) for t in total.tolist()),
+        confusion=_confusion(confusion, len(total)),
     )
 
 
-def metrics_from_logits(logits: Tensor, labels: Tensor, num_classes: int) -> Metrics:
-    """Metrics of one config from its logits ``(B, C)`` and labels ``(B,)``."""
-    acc = MetricsAccumulator(1, num_classes, logits.device)
+def _confusion(counts: np.ndarray | None, num_classes: int) -> tuple[tuple[int, ...], ...] | None:
+    if counts is None or num_classes > CONFUSION_MAX_CLASSES:
+        return None
+    return tuple(tuple(int(v) for v in r) for r in np.asarray(counts, np.int64).reshape(num_classes, num_classes))
+
+
+def metrics_from_logits(logits: Tensor, labels: Tensor, num_classes: int, *, confusion: bool = False) -> Metrics:
+    """Metrics of one config from its logits ``(B, C)`` and labels ``(B,)`` (``confusion``: see the accumulator)."""
+    acc = MetricsAccumulator(1, num_classes, logits.device, confusion=confusion)
     acc.update(logits.unsqueeze(0), labels)
     return acc.metrics()[0]
 
@@ -98,15 +115,20 @@ class MetricsAccumulator:
         num_configs: K.
         num_classes: C.
         device: where the counts live (the logits' device).
+        confusion: also count [true][predicted] pairs (one bincount per batch), for the eval split's
+            confusion matrix in the report; ignored above :data:`CONFUSION_MAX_CLASSES` classes.
     """
 
-    def __init__(self, num_configs: int, num_classes: int, device: torch.device) -> None:
+    def __init__(self, num_configs: int, num_classes: int, device: torch.device, *, confusion: bool = False) -> None:
         self.num_classes = num_classes
         self.topk = 5 if num_classes >= 5 else 1
         self.correct1 = torch.zeros(num_configs, num_classes, dtype=torch.long, device=device)
         self.correct5 = torch.zeros(num_configs, num_classes, dtype=torch.long, device=device)
         self.total = torch.zeros(num_classes, dtype=torch.long, device=device)
         self.loss_sum = torch.zeros(num_configs, dtype=torch.float64, device=device)
+        keep = confusion and num_classes <= CONFUSION_MAX_CLASSES
+        self.confusion = torch.zeros(num_configs, num_classes * num_classes, dtype=torch.long, device=device) if keep \
+            else None
 
     @torch.no_grad()
     def update(self, logits: Tensor, labels: Tensor) -> None:
@@ -117,6 +139,9 @@ class MetricsAccumulator:
         self.correct5.index_add_(1, labels, hit.any(dim=-1).long())
         self.total.index_add_(0, labels, torch.ones_like(labels))
         K, B, C = logits.shape
+        if self.confusion is not None:  # one bincount of config * C^2 + label * C + prediction
+            cell = labels.view(1, -1) * C + top[..., 0] + torch.arange(K, device=labels.device).view(-1, 1) * (C * C)
+            self.confusion += torch.bincount(cell.reshape(-1), minlength=K * C * C).view(K, C * C)
         ce = torch.nn.functional.cross_entropy(logits.reshape(K * B, C), labels.repeat(K), reduction="none")
         self.loss_sum += ce.view(K, B).sum(dim=1).to(torch.float64)
 
@@ -135,7 +160,9 @@ class MetricsAccumulator:
         c1, c5, tot = self.correct1.cpu().numpy(), self.correct5.cpu().numpy(), self.total.cpu().numpy()
         loss = self.loss_sum.cpu().numpy()
         five = self.num_classes >= 5
-        return [metrics_from_counts(c1[k], c5[k] if five else None, tot, float(loss[k])) for k in range(len(c1))]
+        conf = None if self.confusion is None else self.confusion.cpu().numpy()
+        return [metrics_from_counts(c1[k], c5[k] if five else None, tot, float(loss[k]),
+                                    None if conf is None else conf[k]) for k in range(len(c1))]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

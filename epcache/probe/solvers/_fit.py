@@ -112,7 +112,7 @@ def _fit_knn(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
         k, t = pairs[max(range(len(pairs)), key=lambda i: (acc.flat[i], -i))]  # ties: smallest k, then T
     else:  # DINO's k=20, T=0.07; a bank smaller than 20 has its largest k instead (the k list was capped)
         k, t = min(FIXED_KNN_PAIR[0], max(ks)), FIXED_KNN_PAIR[1]
-    eval_table = knn_table(d.refit_x, d.refit_y, d.eval_x, d.eval_y, **kw)
+    eval_table = knn_table(d.refit_x, d.refit_y, d.eval_x, d.eval_y, **kw, confusion=True)
     details: dict[str, Any] = {}
     by_k = eval_table.top1()[:, ts.index(t)]
     if len(by_k) >= 3 and bool((np.diff(by_k) < 0).all()):  # EP's CLIP log at T=0.07 (docs/PROBE_FAMILIES.md §4.5)
@@ -162,7 +162,7 @@ def _fit_ridge(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     W = rpath.weights(lam_star)  # (D+1, C) on standardised features + bias column
     weight = (W[:D] / rs[:, None]).T  # fold the standardisation back: logits = x·wᵀ + b in raw coordinates
     bias = BIAS_VALUE * W[D] - (rmu / rs) @ W[:D]
-    eval_metrics = _score(lambda x: x.to(torch.float64) @ weight.T + bias, d.eval_x, d.eval_y, C)
+    eval_metrics = _score(lambda x: x.to(torch.float64) @ weight.T + bias, d.eval_x, d.eval_y, C, confusion=True)
     oracle = max(float(((_augment(d.eval_x, rmu, rs) @ rpath.weights(r * refit_stats.n)).argmax(1) == d.eval_y)
                        .double().mean()) for r in rel) if len(rel) > 1 else eval_metrics.top1
     return SolverOutcome(
@@ -224,7 +224,7 @@ def _fit_logreg(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     final = fit_logreg(z_refit, d.refit_y, Cs[best], num_classes=C, init=init, max_iter=max_iter, tol=tol)
     weight = final.weight / sd[None, :]  # raw coordinates: w = w_std/σ, b = b_std − w·μ
     bias = final.bias - weight @ mu
-    eval_metrics = _score(lambda x: torch.addmm(bias, x, weight.T), d.eval_x, d.eval_y, C)
+    eval_metrics = _score(lambda x: torch.addmm(bias, x, weight.T), d.eval_x, d.eval_y, C, confusion=True)
     return SolverOutcome(
         holdout=hold_metrics, eval=eval_metrics, oracle_eval_top1=eval_metrics.top1, holdout_curve=curve,
         params=weight.numel() + bias.numel(), flops=2 * weight.numel(),
@@ -245,7 +245,7 @@ def _fit_ncm(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
         model = fit_ncm(d.fit_x, d.fit_y, num_classes=C)
         hold_metrics = _score(model.scores, d.hold_x, d.hold_y, C)
     final = fit_ncm(d.refit_x, d.refit_y, num_classes=C)
-    eval_metrics = _score(final.scores, d.eval_x, d.eval_y, C)
+    eval_metrics = _score(final.scores, d.eval_x, d.eval_y, C, confusion=True)
     return SolverOutcome(
         holdout=hold_metrics, eval=eval_metrics, oracle_eval_top1=eval_metrics.top1,
         holdout_curve=[] if hold_metrics is None else [hold_metrics.top1],
@@ -263,8 +263,9 @@ def _batches(x: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
         yield x[i : i + _BATCH], y[i : i + _BATCH]
 
 
-def _score(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, num_classes: int) -> Metrics:
-    acc = MetricsAccumulator(1, num_classes, x.device)
+def _score(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, num_classes: int, *,
+           confusion: bool = False) -> Metrics:
+    acc = MetricsAccumulator(1, num_classes, x.device, confusion=confusion)
     for xb, yb in _batches(x, y):
         acc.update(logits(xb).unsqueeze(0), yb)
     return acc.metrics()[0]

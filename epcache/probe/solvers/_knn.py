@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from epcache.errors import ConfigError
-from epcache.probe.results.metrics import Metrics, metrics_from_counts
+from epcache.probe.results.metrics import CONFUSION_MAX_CLASSES, Metrics, metrics_from_counts
 
 __all__ = ["KNN_METRICS", "KNN_WEIGHTINGS", "KnnTable", "knn_search", "knn_table", "knn_vote"]
 
@@ -41,12 +41,15 @@ class KnnTable:
     correct1: np.ndarray  # [len(ks), len(temperatures), C] int64
     correct5: np.ndarray  # same, top-5 hits
     total: np.ndarray  # [C] queries per class
+    confusion: np.ndarray | None = None  # [len(ks), len(temperatures), C * C] [true][predicted] counts, C <= 100
 
     def metrics(self, k: int, temperature: float) -> Metrics:
         """Metrics of one (k, T) pair."""
         i, j = self.ks.index(k), self.temperatures.index(temperature)
         five = self.total.shape[0] >= 5
-        return metrics_from_counts(self.correct1[i, j], self.correct5[i, j] if five else None, self.total)
+        conf = None if self.confusion is None else self.confusion[i, j]
+        return metrics_from_counts(self.correct1[i, j], self.correct5[i, j] if five else None, self.total,
+                                   confusion=conf)
 
     def top1(self) -> np.ndarray:
         """``[len(ks), len(temperatures)]`` top-1 accuracy."""
@@ -145,8 +148,13 @@ def knn_table(
     weighting: str = "softmax",
     query_batch: int = QUERY_BATCH,
     bank_chunk: int = BANK_CHUNK,
+    confusion: bool = False,
 ) -> KnnTable:
     """Top-1/top-5 counts for every (k, T) from one top-max(k) search per query batch.
+
+    ``confusion`` also counts [true][predicted] pairs for every (k, T) (up to
+    :data:`~epcache.probe.results.metrics.CONFUSION_MAX_CLASSES` classes): the pair chosen on the
+    holdout is known only after this pass, and the counts cost one bincount per vote.
 
     ``cosine`` L2-normalises bank and queries first. Ties in the vote go to the smallest class
     index (``argmax``), as scikit-learn's uniform vote does.
@@ -165,6 +173,8 @@ def knn_table(
     c1 = torch.zeros(len(ks_sorted), len(temps), C, dtype=torch.long, device=bank.device)
     c5 = torch.zeros_like(c1)
     total = torch.zeros(C, dtype=torch.long, device=bank.device)
+    conf = (torch.zeros(len(ks_sorted), len(temps), C * C, dtype=torch.long, device=bank.device)
+            if confusion and C <= CONFUSION_MAX_CLASSES else None)
     q0 = 0
     while q0 < queries.shape[0]:
         q, y = queries[q0 : q0 + query_batch], query_labels[q0 : q0 + query_batch]
@@ -183,12 +193,16 @@ def knn_table(
         for j, t in enumerate(temps):
             for i, scores in enumerate(knn_vote(sims, labels, ks=ks_sorted, temperature=t, num_classes=C,
                                                 weighting=weighting)):
-                hit1 = scores.argmax(1) == y
+                pred = scores.argmax(1)
+                hit1 = pred == y
+                if conf is not None:
+                    conf[i, j] += torch.bincount(y * C + pred, minlength=C * C)
                 v5, i5 = scores.topk(top, dim=1)
                 hit5 = ((i5 == y[:, None]) & (v5 > 0)).any(1)  # a class without votes is no top-5 hit (k < 5)
                 c1[i, j].index_add_(0, y, hit1.long())
                 c5[i, j].index_add_(0, y, hit5.long())
-    return KnnTable(ks_sorted, temps, c1.cpu().numpy(), c5.cpu().numpy(), total.cpu().numpy())
+    return KnnTable(ks_sorted, temps, c1.cpu().numpy(), c5.cpu().numpy(), total.cpu().numpy(),
+                    None if conf is None else conf.cpu().numpy())
 
 
 def knn_predict(

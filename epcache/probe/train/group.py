@@ -149,7 +149,7 @@ class GroupRunner:
                 save_checkpoint(ckpt, *trainer.checkpoint())
         trainer.load_selected()
         hold_metrics = trainer.metrics(trainer.evaluate(holdout)) if holdout is not None else None
-        eval_metrics = trainer.metrics(trainer.evaluate(evaluation))
+        eval_metrics = trainer.metrics(trainer.evaluate(evaluation, confusion=True))
         outcomes = trainer.outcomes(hold_metrics, eval_metrics)
         seconds = time.perf_counter() - t0
         timing = {

@@ -193,11 +193,13 @@ class GroupTrainer:
         return torch.tensor(rows, dtype=torch.float64).reshape(steps, len(self.base_lr)).to(self.device)
 
     @torch.inference_mode()
-    def evaluate(self, stream: BatchStream) -> list[MetricsAccumulator]:
-        """Per-class counts of every stack on one pass over ``stream`` (BN in eval mode)."""
+    def evaluate(self, stream: BatchStream, *, confusion: bool = False) -> list[MetricsAccumulator]:
+        """Per-class counts of every stack on one pass over ``stream`` (BN in eval mode); ``confusion``
+        also counts [true][predicted] pairs (the final eval pass: the report's confusion matrix)."""
         for stack in self.stacks:
             stack.eval()
-        accs = [MetricsAccumulator(stack.size, self.geometry.num_classes, self.device) for stack in self.stacks]
+        accs = [MetricsAccumulator(stack.size, self.geometry.num_classes, self.device, confusion=confusion)
+                for stack in self.stacks]
         for batch in stream.eval_pass():
             inputs: dict[str, Tensor] = {}
             for stack, forward, acc in zip(self.stacks, self._forward, accs, strict=True):
