@@ -67,11 +67,13 @@ def attention(
     out: Annotated[
         str | None, typer.Option(metavar="DIR", help="Output directory.", show_default="RUNDIR/attention/ID")
     ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress on stderr for steps slower than a few seconds.")] = True,
 ) -> None:
     """Per-query attention maps, entropies and the uniform-attention ablation of a trained head."""
     from epcache.report import attention_report  # lazy: keeps torch, zarr, numpy out of `epcache --help`
 
+    say = (lambda msg: typer.echo(msg, err=True)) if progress else None
     with user_errors():
-        res = attention_report(rundir, config, split=split, images=images, data_root=data, out=out)
+        res = attention_report(rundir, config, split=split, images=images, data_root=data, out=out, say=say)
     typer.echo(res.table.read_text())
     typer.echo(f"written: {res.table}, {res.json}" + (f", {res.png}" if res.png else ""))

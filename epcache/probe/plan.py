@@ -25,7 +25,7 @@ import torch
 from epcache._text import plural
 from epcache.errors import ConfigError, UnknownLayerError
 from epcache.probe.config.probe_config import ProbeConfig, SolverConfig
-from epcache.probe.config.protocol import Protocol, resolve_holdout
+from epcache.probe.config.protocol import Protocol, lr_text, regime_verdict, resolve_holdout
 from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec
 from epcache.probe.data.layers import group_label
@@ -202,7 +202,12 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     if not runs and not specs:
         raise ConfigError("the sweep is empty: no head/layer/lr combination was requested")
     protocol = runs[0].settings.protocol if runs else None
+    verdict = None if protocol is None else regime_verdict(c, get_recipe(protocol.recipe), protocol)
+    if verdict is not None and verdict.refuse:
+        raise ConfigError(verdict.line)
     notes = _notes(c, runs, specs, layers, data, protocol, knn_note, store)
+    if verdict is not None:
+        notes.insert(1, verdict.line)
     shard = resolve_shard(c.run.shard)
     total = len(runs) + len(specs)
     if shard is not None:
@@ -302,8 +307,8 @@ def _plan_line(runs: Sequence[RunSpec], specs: Sequence[SolverSpec], layers: Seq
         f"{plural(len(runs), 'config')} ({plural(heads, 'head')} x {plural(len({r.lr for r in runs}), 'lr')}"
         f"{f' x {len(set(r.wd for r in runs))} wd' if len({r.wd for r in runs}) > 1 else ''}) on "
         f"{plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
-        f"recipe {p.recipe}: batch {p.batch_size}, {p.epochs} epochs x {p.steps_per_epoch} steps = {p.total_steps} "
-        f"steps (warm-up {p.warmup_steps})"
+        f"recipe {p.recipe}: batch {p.batch_size}, {lr_text(p)}, {p.epochs} epochs x {p.steps_per_epoch} steps = "
+        f"{p.total_steps} steps (warm-up {p.warmup_steps})"
     )
 
 

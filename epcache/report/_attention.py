@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from epcache._progress import SlowSteps
 from epcache._text import short_label
 from epcache.errors import ConfigError
 from epcache.probe.results.ranking import best_row, rank_rows
@@ -114,6 +115,7 @@ def attention_report(
     data_root: str | PathLike[str] | None = None,
     out: str | PathLike[str] | None = None,
     batch_size: int = 256,
+    say: Callable[[str], None] | None = None,  # progress of steps slower than a few seconds; None: silent
 ) -> AttentionResult:
     """Maps, entropies and the uniform-attention ablation for one trained head of a run.
 
@@ -121,7 +123,6 @@ def attention_report(
         ConfigError: unknown config, a head without attention maps, no saved head, missing images.
     """
     import torch
-
 
     run = Path(rundir)
     row = find_row(load_rows(run), config, rundir=str(run))
@@ -159,7 +160,8 @@ def attention_report(
         shown_rows = _pick_rows(order, labels.numpy(), images)
         shown_maps: dict[int, np.ndarray] = {}
         predicted: dict[int, int] = {}
-        for start, chunk in store.iter_chunks(split, layer):
+        steps = SlowSteps(say, every_s=None)
+        for start, chunk in steps.over(store.iter_chunks(split, layer), total=len(labels), what="attention: scored"):
             x = to_torch(select_tokens(chunk[:, 0], layout, sel)).float()  # view 0 = eval view
             y = labels[start : start + len(x)]
             k = keep[start : start + len(x)]
@@ -206,7 +208,8 @@ def attention_report(
                 from epcache.extract.locations import image_fetcher  # lazy: keeps extract out of `epcache report`
 
                 fetch = image_fetcher(store.meta, split, data_root)  # WebDataset / HF: read by id
-            pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing, fetch)
+            with steps.timed(f"attention: read {len(ordered)} source images"):
+                pictures = _load_images(data_root, [ids[r] for r in ordered], store.meta.preprocessing, fetch)
             classes = store.split(split).classes
             captions = [
                 f"true {classes[int(labels[r])]}\npred {classes[predicted[r]]}" + ("" if pictures[0] is not None

@@ -16,7 +16,16 @@ from typing import Any
 
 from epcache.probe.config.recipes import Recipe
 
-__all__ = ["Protocol", "adapted_batch", "optimizer_settings", "resolve_holdout", "resolve_protocol"]
+__all__ = [
+    "Protocol",
+    "RegimeVerdict",
+    "adapted_batch",
+    "lr_text",
+    "optimizer_settings",
+    "regime_verdict",
+    "resolve_holdout",
+    "resolve_protocol",
+]
 
 MIN_STEPS_PER_EPOCH = 8  # a recipe's batch shrinks until an epoch has about this many steps
 
@@ -178,3 +187,57 @@ def _check_finite(name: str, values: tuple[float, ...], errors: list[str], *, po
     bad = [v for v in values if not math.isfinite(v) or v < 0 or (positive and v == 0)]
     if bad:
         errors.append(f"--{name} values must be finite and {'> 0' if positive else '>= 0'}, got {bad}")
+
+
+@dataclass(frozen=True, slots=True)
+class RegimeVerdict:
+    """A protocol outside its recipe's regime: the one line to print, and whether the sweep is refused."""
+
+    line: str
+    refuse: bool
+
+
+def lr_text(p: Protocol) -> str:
+    """The peak lrs as trained, with the blr rule that scaled them: ``lr 0.00625 (blr 0.1 x 16/256)``."""
+    lrs = sorted(x for x, _ in p.lrs)
+    text = f"lr {lrs[0]:.3g}" if len(lrs) == 1 else f"{len(lrs)} lrs {lrs[0]:.3g}..{lrs[-1]:.3g}"
+    if p.lr_rule != "blr":
+        return text
+    blrs = sorted(b for _, b in p.lrs if b is not None)
+    base = f"{blrs[0]:g}" if len(blrs) == 1 else f"{blrs[0]:g}..{blrs[-1]:g}"
+    return f"{text} (blr {base} x {p.batch_size}/256)"
+
+
+def regime_verdict(c: Any, recipe: Recipe, p: Protocol) -> RegimeVerdict | None:
+    """Whether ``p`` left the regime ``recipe`` was designed for, judging only the values the recipe chose.
+
+    An lr given as ``--lr`` (or ``--blr`` with ``--batch-size``) and a length given as ``--epochs``
+    or ``--min-steps`` are the user's; the recipe's own blr rule on its adapted batch and its own
+    length are not, and a recipe marked ``refuse`` (ep-paper) refuses such an lr rather than train
+    at chance: an explicit ``--lr`` or ``--blr`` runs it anyway (the line is still printed).
+    """
+    regime = recipe.regime
+    problems: list[str] = []
+    fixes: list[str] = []
+    lr_chosen = not c.optim.lr and not (c.optim.blr and c.optim.batch_size is not None)
+    lrs = [x for x, _ in p.lrs]
+    lo, hi = regime.lr
+    lr_out = lr_chosen and bool(lrs) and (max(lrs) < lo or min(lrs) > hi)
+    if lr_out:
+        where = "below" if max(lrs) < lo else "above"
+        problems.append(f"{lr_text(p)} {'is' if len(lrs) == 1 else 'are'} {where} its {lo:g}..{hi:g}")
+        fixes.append(f"--lr {regime.fix_lr:g}" if regime.fix_lr is not None else "--lr LRS (absolute)")
+    if c.optim.epochs is None and c.optim.min_steps is None and p.total_steps < regime.min_steps:
+        problems.append(f"{p.total_steps} steps are below its {regime.min_steps}")
+        fixes.append(f"--min-steps {regime.min_steps}")
+    if not problems:
+        return None
+    todo = " ".join(fixes)
+    if recipe.name != "auto":
+        todo = f"--recipe auto, or {todo}"
+    line = f"recipe {recipe.name} is outside the regime it was designed for: {', '.join(problems)}; use {todo}"
+    refuse = lr_out and regime.refuse and not c.optim.blr
+    if refuse:
+        line += (f"; refused, as {recipe.name} does not learn there (an explicit --lr or --blr runs it anyway; "
+                 "`epcache recipes` lists each recipe's regime)")
+    return RegimeVerdict(line, refuse)

@@ -14,12 +14,28 @@ from dataclasses import dataclass
 
 from epcache.errors import ConfigError
 
-__all__ = ["RECIPES", "Recipe", "format_recipes", "get_recipe"]
+__all__ = ["RECIPES", "Recipe", "Regime", "format_recipes", "get_recipe"]
 
 # DINOv2's linear eval grid (dinov2/eval/linear.py, `--learning-rates`), scaled by batch / 256.
 _DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 # auto: 12 AdamW learning rates over 3.7 decades (1-2-5 steps), all trained fused in one pass.
 _AUTO_LRS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1, 5e-1)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """Where a recipe was designed to work; outside it the plan says so in one line, or refuses.
+
+    A recipe's numbers are tuned for a scale: the blr rule ties the lr to the batch, so a batch that
+    shrinks to fit a small dataset shrinks the lr with it, and a length in epochs is few optimiser
+    steps on few samples. Only values the recipe chose are judged: an explicit ``--lr``, ``--epochs``
+    or ``--min-steps`` is the user's decision, not the recipe leaving its regime.
+    """
+
+    lr: tuple[float, float]  # peak lrs it was designed for: out when the whole grid lies below or above
+    min_steps: int  # fewest optimiser steps its length was designed for
+    refuse: bool = False  # a recipe-chosen lr outside ``lr`` is an error unless --lr / --blr is given
+    fix_lr: float | None = None  # the --lr the refusal and the line suggest (measured to learn)
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class Recipe:
     warmup_epochs: float | None  # warm-up in epochs (ep-paper); scaled when --epochs changes
     warmup_fraction: float | None  # warm-up as a fraction of all steps
     holdout: float  # stratified fraction of train that selects epoch and config
+    regime: Regime
 
     def lr_rule(self) -> str:
         return "blr" if self.blr else "absolute"
@@ -66,6 +83,7 @@ RECIPES: dict[str, Recipe] = {
             warmup_epochs=None,
             warmup_fraction=0.1,
             holdout=0.1,
+            regime=Regime(lr=(1e-4, 0.5), min_steps=1000),
         ),
         Recipe(
             name="ep-paper",
@@ -84,6 +102,10 @@ RECIPES: dict[str, Recipe] = {
             warmup_epochs=10.0,
             warmup_fraction=None,
             holdout=0.1,
+            # blr 0.1 from batch 256 to MAE's 16384; under 2048 training samples the batch shrinks below 256
+            # and LARS barely moves (180 samples: batch 16, lr 0.00625, chance accuracy; --lr 0.1 with
+            # --min-steps 2000 learns the same data to 99%)
+            regime=Regime(lr=(0.1, 6.4), min_steps=2000, refuse=True, fix_lr=0.1),
         ),
         Recipe(
             name="dinov2-linear",
@@ -102,6 +124,7 @@ RECIPES: dict[str, Recipe] = {
             warmup_epochs=None,
             warmup_fraction=0.0,
             holdout=0.1,
+            regime=Regime(lr=(0.025, 25.6), min_steps=1250),  # the grid's top lr from batch 64 up
         ),
         Recipe(
             name="capi-attentive",
@@ -121,6 +144,7 @@ RECIPES: dict[str, Recipe] = {
             warmup_epochs=None,
             warmup_fraction=0.1,
             holdout=0.1,
+            regime=Regime(lr=(1e-4, 5e-3), min_steps=1000),
         ),
     )
 }
@@ -147,4 +171,7 @@ def format_recipes() -> str:
         lines.append(f"{r.name}{'  (default)' if r.name == 'auto' else ''}")
         lines.append(f"  {r.summary}")
         lines.append(f"  source: {r.source}")
+        g = r.regime
+        lines.append(f"  regime: peak lr {g.lr[0]:g}..{g.lr[1]:g}, >= {g.min_steps} steps"
+                     + (" (refused outside its lr range unless --lr or --blr is given)" if g.refuse else ""))
     return "\n".join(lines)

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from epcache._progress import SlowSteps
 from epcache.errors import ConfigError
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.solvers._knn import knn_table
-from epcache.probe.solvers._logreg import c_grid, fit_logreg, logreg_path
+from epcache.probe.solvers._logreg import LogregFit, c_grid, fit_logreg, logreg_path
 from epcache.probe.solvers._ncm import fit_ncm
 from epcache.probe.solvers._ridge import BIAS_VALUE, EigenPath, RidgeStats, ridge_lambdas, ridge_system, standardiser
 from epcache.probe.solvers._spec import FIXED_KNN_PAIR, SolverSpec
@@ -73,8 +74,8 @@ class SolverOutcome:
     details: dict[str, Any] = field(default_factory=dict)  # solver-specific record (grid, choice, iterations)
 
 
-def fit_solver(spec: SolverSpec, data: SolverInputs) -> SolverOutcome:
-    """Run ``spec``'s solver on ``data``.
+def fit_solver(spec: SolverSpec, data: SolverInputs, *, say: Callable[[str], None] | None = None) -> SolverOutcome:
+    """Run ``spec``'s solver on ``data``; ``say`` (None: silent) gets the logistic C path's progress when it is slow.
 
     Raises:
         ConfigError: fewer than 2 classes in the fit rows, or k larger than the bank.
@@ -86,11 +87,11 @@ def fit_solver(spec: SolverSpec, data: SolverInputs) -> SolverOutcome:
             "Check the store's labels or use a split with several classes"
         )
     if not spec.standardize:
-        return _FITTERS[spec.kind](spec, data)
+        return _run_fitter(spec, data, say)
     scaler = Standardizer.fit(data.fit_x)  # the fit rows only: the holdout and eval are scored like new images
     data = dataclasses.replace(data, fit_x=scaler(data.fit_x), eval_x=scaler(data.eval_x),
                                hold_x=None if data.hold_x is None else scaler(data.hold_x))
-    outcome = _FITTERS[spec.kind](spec, data)
+    outcome = _run_fitter(spec, data, say)
     outcome.state = scaler.fold(outcome.state)
     outcome.details["standardize"] = {"constant_features": scaler.constant}
     return outcome
@@ -199,10 +200,20 @@ def _augment(x: Tensor, mu: Tensor, s: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------- logreg
 
 
-def _fit_logreg(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
+def _run_fitter(spec: SolverSpec, d: SolverInputs, say: Callable[[str], None] | None) -> SolverOutcome:
+    # only the C path runs long enough to need progress: k-NN, ridge and NCM are one pass or one solve
+    return _fit_logreg(spec, d, say=say) if spec.kind == "logreg" else _FITTERS[spec.kind](spec, d)
+
+
+def _fit_logreg(spec: SolverSpec, d: SolverInputs, *, say: Callable[[str], None] | None = None) -> SolverOutcome:
     C = d.num_classes
     preset = spec.option("C")
     Cs = c_grid(preset)
+    steps = SlowSteps(say)
+
+    def on_fit(i: int, fit: LogregFit, acc: float) -> None:
+        steps.step(lambda: f"{spec.name}: C {i + 1}/{len(Cs)} = {fit.C:.3g}: holdout {100 * acc:.1f}%, "
+                   f"{fit.n_iter} L-BFGS iterations ({steps.elapsed:.0f} s)")
     max_iter, tol = int(spec.option("max_iter")), float(spec.option("tol"))
     mu = d.fit_x.mean(0)
     sd = d.fit_x.std(0, unbiased=False)
@@ -214,7 +225,7 @@ def _fit_logreg(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     if d.hold_x is not None and d.hold_y is not None:
         z_hold = (d.hold_x - mu) / sd
         best, fits, curve = logreg_path(z_fit, d.fit_y, z_hold, d.hold_y, Cs, num_classes=C, max_iter=max_iter,
-                                        tol=tol)
+                                        tol=tol, on_fit=on_fit)
         path_iters = [f.n_iter for f in fits]
         hits = sum(f.hit_max_iter for f in fits)
         sel = fits[best]
@@ -222,6 +233,8 @@ def _fit_logreg(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
         hold_metrics = _score(lambda x: torch.addmm(sel.bias, (x - mu) / sd, sel.weight.T), d.hold_x, d.hold_y, C)
     z_refit = (d.refit_x - mu) / sd  # the fit rows' scaler, as RAPTOR keeps the train_sub scaler for the refit
     final = fit_logreg(z_refit, d.refit_y, Cs[best], num_classes=C, init=init, max_iter=max_iter, tol=tol)
+    steps.done(lambda: f"{spec.name}: C path ({len(curve)} values) and refit at C = {Cs[best]:.3g} "
+               f"in {steps.elapsed:.1f} s")
     weight = final.weight / sd[None, :]  # raw coordinates: w = w_std/σ, b = b_std − w·μ
     bias = final.bias - weight @ mu
     eval_metrics = _score(lambda x: torch.addmm(bias, x, weight.T), d.eval_x, d.eval_y, C, confusion=True)

@@ -200,7 +200,7 @@ def run_solver_configs(
             eval_x, eval_y = tensor(eval_view, data.eval_rows, spec.tokens, data.eval_labels)
             inputs = SolverInputs(fit_x, fit_y, hold_x, hold_y, eval_x, eval_y, num_classes,
                                   refit_with_holdout=spec.shots is None)
-            outcome = fit_solver(spec, inputs)
+            outcome = fit_solver(spec, inputs, say=say)
             if "warning" in outcome.details:
                 say(f"warning: {spec.name}: {outcome.details['warning']}")
             head_file = None
