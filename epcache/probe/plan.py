@@ -271,6 +271,9 @@ def _notes(c: ProbeConfig, runs: Sequence[RunSpec], specs: Sequence[SolverSpec],
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if knn_note:
         notes.insert(1, knn_note)
+    if runs and runs[0].settings.refit:
+        notes.insert(1, f"final heads refit on train+holdout ({len(data.train_rows) + len(data.holdout_rows)} rows) "
+                     "for each config's selected steps; --no-refit keeps the selection model")
     if runs and (runs[0].settings.amp != "none" or c.run.compile):
         notes.insert(1, f"precision: amp {runs[0].settings.amp} ({runs[0].settings.amp_rule}; master weights, losses, "
                      f"BatchNorm and MP covariance in float32){', torch.compile on' if c.run.compile else ''}")

@@ -113,6 +113,11 @@ class DataConfig:
     )
     fraction: float | None = doc(None, doc="low-shot: this fraction of each class's training samples",
                                  check=Range(gt=0, le=1))
+    refit: bool = doc(
+        True,
+        doc="after the holdout selects each trained config's epoch, retrain it on train + holdout for exactly those "
+        "steps (same protocol) and report and save that model; off: the selection model (never saw the holdout)",
+    )
     in_memory: bool | None = doc(
         None,
         doc="hold the selected training tokens in RAM (read and converted once) instead of streaming them every "

@@ -179,6 +179,7 @@ def make_settings(
         eval_provenance=eval_provenance,
         amp=amp,
         amp_rule=amp_rule,
+        refit=bool(c.data.refit) and holdout > 0,
     )
 
 

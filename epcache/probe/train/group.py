@@ -7,6 +7,7 @@ after every epoch makes a killed group resume with the numbers it would have pro
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ from epcache.probe.results.rows import (
 )
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.train.refit import refit_off, refit_rows, run_refit
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
 from epcache.store import FeatureStore
 
@@ -149,6 +151,19 @@ class GroupRunner:
         hold_metrics = trainer.metrics(trainer.evaluate(holdout)) if holdout is not None else None
         eval_metrics = trainer.metrics(trainer.evaluate(evaluation))
         outcomes = trainer.outcomes(hold_metrics, eval_metrics)
+        refits: dict[str, dict[str, Any]] = {o.run.id: refit_off(c.data.refit) for o in outcomes}
+        t_refit = time.perf_counter()
+        if s.refit and holdout is not None:  # the final heads: retrained on train + holdout (train/refit.py)
+            self.bar.set_postfix_str(f"{layer}, refit on train+holdout, {len(runs)} configs")
+            both = self._stream(self.store, s.train_split, runs, plan, refit_rows(self.data), self.data.train_labels,
+                                training=True)
+            done = run_refit(runs, self.geometry, plan, [o.selected_epoch for o in outcomes],
+                             [o.eval for o in outcomes], both, evaluation,
+                             steps_per_epoch=p.passes_per_epoch * train.steps_per_epoch(), device=self.device,
+                             dtype=self.dtype, fused=c.run.fused, amp=s.amp, compile=c.run.compile)
+            outcomes = [dataclasses.replace(o, eval=r.eval, state=r.state) for o, r in zip(outcomes, done, strict=True)]
+            refits = {o.run.id: r.record for o, r in zip(outcomes, done, strict=True)}
+        t_refit = time.perf_counter() - t_refit
         seconds = time.perf_counter() - t0
         timing = {
             "group_seconds": seconds,
@@ -164,6 +179,7 @@ class GroupRunner:
             "train_seconds": t_train,
             "data_wait_seconds": train.wait_seconds,  # the reader's queue was empty this long
             "eval_seconds": t_eval,
+            "refit_seconds": t_refit,  # retraining on train + holdout and scoring the eval split (0: no refit)
             # fixed = shared by every config of the group (waiting for data, scoring passes' reads);
             # marginal = the rest of training divided by the configs (an estimate: bench/vs_hand_loop.py
             # measures it as the slope over 1, 8 and 32 configs)
@@ -178,7 +194,7 @@ class GroupRunner:
             if o.run.id in finished:  # trained along for the stack's sake; its row is already written
                 rows.append(finished[o.run.id])
                 continue
-            row = self._row(o, costs, timing)
+            row = self._row(o, costs, timing, refits[o.run.id])
             if self.out is not None:
                 if c.run.save_heads:
                     save_head(self.out / "heads" / f"{o.run.id}.safetensors", o.state, self._head_meta(o))
@@ -240,7 +256,8 @@ class GroupRunner:
             prefetch=c.data.prefetch,
         )
 
-    def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any]) -> ResultRowJSON:
+    def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any],
+             refit: dict[str, Any]) -> ResultRowJSON:
         run, g, s = o.run, self.geometry, o.run.settings
         key = (run.head.name, run.input_key, len(run.mix_layers))
         if key not in costs:
@@ -263,7 +280,8 @@ class GroupRunner:
             "flops": flops,
             "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
             "selected_epoch": o.selected_epoch + 1,
-            "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},
+            "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},  # eval: the refit model's, if refit
+            "refit": refit,
             "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.run.eval_curve
                        else {"epoch": None, "eval_top1": None}),  # no per-epoch eval curve: no oracle
             "final": {"epoch": len(o.eval_top1), "eval_top1": o.eval_top1[-1]},
@@ -283,6 +301,7 @@ class GroupRunner:
             "layer": run.layer,
             "tokens": run.tokens,
             "selected_epoch": o.selected_epoch + 1,
+            "refit": run.settings.refit,  # trained on train + holdout for the selected steps
             "store_provenance": self.store.provenance,
             "backbone": self.store.meta.backbone.name,
             "classes": list(self.store.split(run.settings.train_split).classes),
@@ -325,6 +344,7 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "store_provenance": s.store_provenance,
         "eval_provenance": s.eval_provenance,
         "selection": epoch_selection(bool(len(data.holdout_rows))),  # the text of the rule the trainer runs
+        "refit": s.refit,  # final model retrained on train + holdout for its selected steps
         "dtype": s.dtype,
         "amp": s.amp,  # bf16: the heads' matmuls under autocast; weights, losses, BN, MP covariance float32
         "amp_rule": s.amp_rule,
