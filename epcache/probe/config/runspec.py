@@ -37,6 +37,7 @@ class SweepSettings:
     amp: str = "none"  # resolved autocast: none | bf16 (epcache.probe.train.precision)
     amp_rule: str = "as requested"  # how it was chosen ("auto: bf16 autocast on CUDA", ...)
     refit: bool = False  # final heads retrained on train + holdout for their selected steps (only with a holdout)
+    selection: str = "holdout"  # the resolved selection rule: holdout | cvK | none (epcache.probe.data.folds)
 
     @property
     def epochs(self) -> int:
@@ -52,6 +53,8 @@ class SweepSettings:
             p.pop(grid_axis)
         amp = {"amp": self.amp} if self.amp != "none" else {}  # float32 configs keep the ids they had
         refit = {"refit": True} if self.refit else {}  # selection-model configs keep the ids they had
+        if self.selection != "holdout":
+            refit["selection"] = self.selection
         return {
             **amp,
             **refit,

@@ -113,6 +113,12 @@ class DataConfig:
     )
     fraction: float | None = doc(None, doc="low-shot: this fraction of each class's training samples",
                                  check=Range(gt=0, le=1))
+    select: str = doc(
+        "auto",
+        doc="how trained configs choose their epoch: holdout | cvK (stratified K-fold over the training rows, "
+        "then a refit on all of them; K >= 2) | auto: holdout when --holdout or --no-refit is given, few-shot: cv, K = "
+        "min(5, smallest class), fewer than 1000 usable training rows: cv5, else holdout",
+    )
     refit: bool = doc(
         True,
         doc="after the holdout selects each trained config's epoch, retrain it on train + holdout for exactly those "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from epcache.probe.config.probe_config import ProbeConfig
+from epcache.probe.data.folds import selection_text
 from epcache.probe.data.layers import PooledRead, ReadSpec, group_label, load_memory, make_read_spec, make_source
 from epcache.probe.data.memory import decide_in_memory
 from epcache.probe.data.samples import RunData
@@ -39,6 +40,7 @@ from epcache.probe.results.rows import (
 )
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.train.cv import CrossValidation, adopt, cross_validate
 from epcache.probe.train.refit import refit_off, refit_rows, run_refit
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
 from epcache.store import FeatureStore
@@ -111,9 +113,13 @@ class GroupRunner:
                                   self.data.eval_labels, training=False)
         trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.run.fused,
                                amp=s.amp, compile=c.run.compile)
+        cv = None
+        if self.data.folds:  # cross-validated selection (train/cv.py): no holdout, no checkpoints; then the refit
+            cv = self._cross_validate(runs, plan, layer)
+            adopt(trainer, cv)
         ckpt = None
         resumed_from = None
-        if self.out is not None:
+        if self.out is not None and cv is None:
             ckpt = checkpoint_path(self.out, runs)
             loaded = load_checkpoint(ckpt, say=self.say)  # None (with a note) if it fails its sha256
             if loaded is not None and loaded[1].get("config_ids") == [r.id for r in runs]:
@@ -148,21 +154,25 @@ class GroupRunner:
             if ckpt is not None:
                 save_checkpoint(ckpt, *trainer.checkpoint())
         trainer.load_selected()
-        hold_metrics = trainer.metrics(trainer.evaluate(holdout)) if holdout is not None else None
-        eval_metrics = trainer.metrics(trainer.evaluate(evaluation))
-        outcomes = trainer.outcomes(hold_metrics, eval_metrics)
-        refits: dict[str, dict[str, Any]] = {o.run.id: refit_off(c.data.refit) for o in outcomes}
+        hold_metrics = cv.metrics if cv is not None else (
+            trainer.metrics(trainer.evaluate(holdout)) if holdout is not None else None)
+        selection_eval = None if cv is not None else trainer.metrics(trainer.evaluate(evaluation))
+        refits: dict[str, dict[str, Any]] = {r.id: refit_off(c.data.refit) for r in runs}
         t_refit = time.perf_counter()
-        if s.refit and holdout is not None:  # the final heads: retrained on train + holdout (train/refit.py)
-            self.bar.set_postfix_str(f"{layer}, refit on train+holdout, {len(runs)} configs")
-            both = self._stream(self.store, s.train_split, runs, plan, refit_rows(self.data), self.data.train_labels,
-                                training=True)
-            done = run_refit(runs, self.geometry, plan, [o.selected_epoch for o in outcomes],
-                             [o.eval for o in outcomes], both, evaluation,
-                             steps_per_epoch=p.passes_per_epoch * train.steps_per_epoch(), device=self.device,
+        done = None
+        if s.refit and (holdout is not None or cv is not None):  # the final heads, retrained (train/refit.py)
+            self.bar.set_postfix_str(f"{layer}, refit on all {len(refit_rows(self.data))} training rows")
+            both = train if cv is not None else self._stream(self.store, s.train_split, runs, plan,
+                                                             refit_rows(self.data), self.data.train_labels,
+                                                             training=True)
+            done = run_refit(runs, self.geometry, plan, list(trainer.best_epoch), selection_eval, both, evaluation,
+                             steps_per_epoch=p.steps_per_epoch if cv is not None else
+                             p.passes_per_epoch * train.steps_per_epoch(), device=self.device,
                              dtype=self.dtype, fused=c.run.fused, amp=s.amp, compile=c.run.compile)
-            outcomes = [dataclasses.replace(o, eval=r.eval, state=r.state) for o, r in zip(outcomes, done, strict=True)]
-            refits = {o.run.id: r.record for o, r in zip(outcomes, done, strict=True)}
+            refits = {r.id: d.record for r, d in zip(runs, done, strict=True)}
+        outcomes = trainer.outcomes(hold_metrics, [d.eval for d in done] if done else selection_eval)
+        if done:
+            outcomes = [dataclasses.replace(o, state=d.state) for o, d in zip(outcomes, done, strict=True)]
         t_refit = time.perf_counter() - t_refit
         seconds = time.perf_counter() - t0
         timing = {
@@ -206,6 +216,19 @@ class GroupRunner:
         self.say(f"{layer}: {len(runs)} configs in {seconds:.1f} s; best {best['name']} "
                  f"(holdout {_pct(best['metrics']['holdout'])}, eval {_pct(best['metrics']['eval'])})")
         return rows
+
+    def _cross_validate(self, runs: Sequence[RunSpec], plan: ReadSpec, layer: str) -> CrossValidation:
+        s, c = runs[0].settings, self.config
+
+        def stream(rows: np.ndarray, training: bool) -> BatchStream:
+            return self._stream(self.store, s.train_split, runs, plan, rows, self.data.train_labels, training=training)
+
+        def on_fold(f: int) -> None:
+            self.bar.set_postfix_str(f"{layer}, fold {f + 1}/{len(self.data.folds)}, {len(runs)} configs")
+
+        return cross_validate(runs, self.geometry, plan, self.data.train_rows, self.data.folds, stream,
+                              steps_per_epoch=s.protocol.steps_per_epoch, device=self.device, dtype=self.dtype,
+                              fused=c.run.fused, amp=s.amp, compile=c.run.compile, on_fold=on_fold)
 
     def _stream(
         self,
@@ -283,8 +306,9 @@ class GroupRunner:
             "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval)},  # eval: the refit model's, if refit
             "refit": refit,
             "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.run.eval_curve
-                       else {"epoch": None, "eval_top1": None}),  # no per-epoch eval curve: no oracle
-            "final": {"epoch": len(o.eval_top1), "eval_top1": o.eval_top1[-1]},
+                       and not self.data.folds else {"epoch": None, "eval_top1": None}),  # no eval curve: no oracle
+            "final": {"epoch": len(o.eval_top1),
+                      "eval_top1": o.eval_top1[-1] if math.isfinite(o.eval_top1[-1]) else None},
             "curves": {"train_loss": o.train_loss, "holdout_top1": o.holdout_top1, "holdout_loss": o.holdout_loss,
                        "eval_top1": [v if math.isfinite(v) else None for v in o.eval_top1]},
             "diverged": o.diverged,
@@ -343,7 +367,9 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "layers": list(run.group_key),
         "store_provenance": s.store_provenance,
         "eval_provenance": s.eval_provenance,
-        "selection": epoch_selection(bool(len(data.holdout_rows))),  # the text of the rule the trainer runs
+        # the text of the rule the trainer runs, and its name (holdout, cvK, none: resolved once by the plan)
+        "selection": selection_text(s.selection, epoch_selection(bool(len(data.holdout_rows) or data.folds))),
+        "selection_rule": s.selection,
         "refit": s.refit,  # final model retrained on train + holdout for its selected steps
         "dtype": s.dtype,
         "amp": s.amp,  # bf16: the heads' matmuls under autocast; weights, losses, BN, MP covariance float32

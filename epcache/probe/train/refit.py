@@ -28,7 +28,7 @@ from epcache.probe.results.metrics import Metrics
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.train.trainer import GroupTrainer
 
-__all__ = ["RefitResult", "refit_off", "refit_rows", "run_refit"]
+__all__ = ["RefitResult", "endless", "refit_off", "refit_rows", "run_refit"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def run_refit(
     geometry: HeadGeometry,
     plan: ReadSpec,
     selected: Sequence[int],
-    selection_eval: Sequence[Metrics],
+    selection_eval: Sequence[Metrics] | None,
     stream: BatchStream,
     evaluation: BatchStream,
     *,
@@ -67,14 +67,14 @@ def run_refit(
     amp: str,
     compile: bool,
 ) -> list[RefitResult]:
-    """Retrain ``runs`` from their seed init on ``stream`` (train + holdout) and score the eval split.
+    """Retrain ``runs`` from their seed init on ``stream`` (train + holdout, or every row after cv); score eval.
 
     ``selected``: each config's selected epoch (0-based, sweep order within the group); the pass
     runs epochs of ``steps_per_epoch`` steps up to the largest and snapshots each config at its own.
     """
     p = runs[0].settings.protocol
     trainer = GroupTrainer(runs, geometry, plan, device=device, dtype=dtype, fused=fused, amp=amp, compile=compile)
-    batches = _endless(stream)
+    batches = endless(stream)
     try:
         for epoch in range(max(selected) + 1):
             trainer.train_steps(itertools.islice(batches, steps_per_epoch), steps_per_epoch,
@@ -95,12 +95,13 @@ def run_refit(
             "epochs": epochs,
             "steps": epochs * steps_per_epoch,
             "train_loss": o.train_loss[:epochs],
-            "selection_eval_top1": selection_eval[k].top1,  # the selection model's eval, for comparison
+            # the selection model's eval, for comparison (cross-validation has no single selection model)
+            "selection_eval_top1": None if selection_eval is None else selection_eval[k].top1,
         }))
     return results
 
 
-def _endless(stream: BatchStream) -> Iterator[Batch]:
+def endless(stream: BatchStream) -> Iterator[Batch]:
     """Shuffled training batches of data epochs 0, 1, 2, ... as one stream."""
     for data_epoch in itertools.count():
         yield from stream.train_epoch(data_epoch)
