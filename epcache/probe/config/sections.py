@@ -115,9 +115,10 @@ class DataConfig:
                                  check=Range(gt=0, le=1))
     select: str = doc(
         "auto",
-        doc="how trained configs choose their epoch: holdout | cvK (stratified K-fold over the training rows, "
-        "then a refit on all of them; K >= 2) | auto: holdout when --holdout or --no-refit is given, few-shot: cv, K = "
-        "min(5, smallest class), fewer than 1000 usable training rows: cv5, else holdout",
+        doc="how trained configs choose their epoch: holdout | cvK (K stratified folds of the training rows, each "
+        "scored by a model trained on the others, then a refit on all rows; K >= 2) | auto: holdout when --holdout "
+        "or --no-refit is given, few shot: cv with K = min(5, smallest class), under 1000 usable training rows: "
+        "cv5, else holdout",
     )
     refit: bool = doc(
         True,
