@@ -2,7 +2,8 @@
 
 Each epoch: the protocol's passes over the training rows (every batch read once and fed to every
 stacked head), then one scoring pass over the holdout and one over the eval split; a checkpoint
-after every epoch makes a killed group resume with the numbers it would have produced.
+after every epoch makes a killed group resume with the numbers it would have produced. Small sets
+select by cross-validation instead (cv.py); the final heads are the refit on every row (refit.py).
 """
 
 from __future__ import annotations
