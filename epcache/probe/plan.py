@@ -28,6 +28,7 @@ from epcache.probe.config.probe_config import ProbeConfig, SolverConfig
 from epcache.probe.config.protocol import Protocol, lr_text, regime_verdict, resolve_holdout
 from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec
+from epcache.probe.data.folds import CV_BELOW, Selection, parse_select, stratified_folds
 from epcache.probe.data.layers import group_label
 from epcache.probe.data.samples import RunData, check_compatible, resolve_rows
 from epcache.probe.device import TORCH_DTYPES, resolve_device, resolve_shard
@@ -40,6 +41,8 @@ from epcache.probe.sweep.grid import SweepRequest, expand_sweep, raise_errors, r
 from epcache.store import FeatureStore
 
 __all__ = ["PlannedGroup", "SweepPlan", "plan_sweep", "rows_record"]
+
+HOLDOUT = Selection("holdout", 0, "the holdout selects")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class SweepPlan:
     shard: tuple[int, int] | None  # (I, N), or None: the whole sweep
     device: torch.device
     notes: tuple[str, ...]  # the plan line, recipe adaptations, k cap, precision, data notes, store
+    selection: Selection = HOLDOUT  # how trained configs choose their epoch, and why
 
     @property
     def dtype(self) -> torch.dtype:
@@ -108,6 +112,7 @@ class SweepPlan:
             "shard": None if self.shard is None else list(self.shard),
             "configs_in_sweep": self.total,
             "protocol": None if p is None else p.to_json(),
+            "selection": dataclasses.asdict(self.selection),
             "trained": [
                 {
                     "id": r.id,
@@ -143,6 +148,7 @@ class SweepPlan:
 def rows_record(data: RunData) -> dict[str, Any]:
     """Counts and sha256 of the stored-row indices of each role: two runs drew the same rows iff these match."""
     roles = {"train": data.train_rows, "holdout": data.holdout_rows, "eval": data.eval_rows}
+    roles |= {f"fold{i}": rows for i, rows in enumerate(data.folds)}  # cross-validation only
     return {
         **{role: len(rows) for role, rows in roles.items()},
         "sha256": {role: hashlib.sha256(np.ascontiguousarray(rows, "<i8").tobytes()).hexdigest()
@@ -163,6 +169,10 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     errors: list[str] = []
     holdout = resolve_holdout(c.data.holdout, get_recipe(c.optim.recipe), errors)
     raise_errors(errors)
+    kind, k = parse_select(c.data.select)
+    if kind == "cv" and not c.data.refit:
+        raise ConfigError(f"--select cv{k} needs the refit (the folds' models each miss a fold): drop --no-refit, "
+                          "or use --select holdout to keep the selection model")
     layers = sweep_layers(request, store.meta)
     for layer in layers:
         if layer not in eval_store.meta.layers:
@@ -173,6 +183,9 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     drawn = c if c.data.shots == shots else dataclasses.replace(c, shots=shots)
     data = resolve_rows(drawn, store, eval_store, layers, num_classes, holdout=holdout)
     solver_data = data.shot_free() if shots is not None else data
+    selection = Selection("holdout", 0, "no trained heads")
+    if trains:  # cvK / none: every usable row trains, the folds (or nothing) select; solver heads keep the holdout
+        selection, data = _select_rows(c, drawn, kind, k, data, store, eval_store, layers, num_classes)
     bank = _knn_bank(solver_data, c.data.shots)
     c, knn_note = _cap_default_k(c, bank)
     capped = [_cap_default_k(b, bank) for b in request.blocks]
@@ -194,8 +207,10 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     check_solver_inputs(specs, solver_data, num_classes)  # k vs bank, classes: before any training
     runs: list[RunSpec] = []
     if trained_request is not None:
+        n_train = len(data.train_rows) - max((len(f) for f in data.folds), default=0)  # a fold's training part
         runs = expand_sweep(trained_request, store.meta, num_classes=num_classes, store_provenance=store.provenance,
-                            eval_provenance=eval_store.provenance, n_train=len(data.train_rows), errors=errors)
+                            eval_provenance=eval_store.provenance, n_train=n_train, errors=errors,
+                            selection=selection.rule)
     raise_errors(errors)
     if runs:  # a one-class training set would train and report 100%: refused as solver heads refuse it
         check_two_classes(data.train_labels, data.train_rows, num_classes)
@@ -208,6 +223,8 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     notes = _notes(c, runs, specs, layers, data, protocol, knn_note, store)
     if verdict is not None:
         notes.insert(1, verdict.line)
+    if runs:
+        notes.insert(1, selection.note())
     shard = resolve_shard(c.run.shard)
     total = len(runs) + len(specs)
     if shard is not None:
@@ -220,8 +237,41 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
         config=c, protocol=protocol, layers=tuple(layers), num_classes=num_classes, data=data,
         solver_data=solver_data, runs=tuple(runs), specs=tuple(specs),
         groups=_groups(runs, store, num_classes), total=total, shard=shard, device=resolve_device(c.run.device),
-        notes=tuple(notes),
+        notes=tuple(notes), selection=selection,
     )
+
+
+def _select_rows(c: ProbeConfig, drawn: ProbeConfig, kind: str, k: int, data: RunData, store: FeatureStore,
+                 eval_store: FeatureStore, layers: Sequence[int], num_classes: int) -> tuple[Selection, RunData]:
+    """The selection rule (``select``, resolved once) and the trained heads' rows it needs.
+
+    auto: an explicit holdout (or --no-refit) keeps the holdout; few-shot sets are cross-validated with as
+    many folds as their smallest class allows (at most 5; one sample: no selection); under
+    :data:`CV_BELOW` usable rows, cv5.
+    """
+    if kind == "holdout" or (kind == "auto" and c.data.holdout is not None):
+        return Selection("holdout", 0, "--select holdout" if kind == "holdout" else "--holdout given"), data
+    if kind == "auto" and not c.data.refit:  # cross-validation ends in a refit; the selection model needs a holdout
+        return Selection("holdout", 0, "auto: --no-refit keeps the selection model"), data
+    every = resolve_rows(drawn, store, eval_store, layers, num_classes, holdout=0.0)  # every usable row trains
+    n = len(every.train_rows)
+    if kind == "cv":
+        selection = Selection(f"cv{k}", k, f"--select cv{k}")
+    elif drawn.data.shots is not None or drawn.data.fraction is not None:
+        smallest = int(np.bincount(every.train_labels[every.train_rows])[np.unique(
+            every.train_labels[every.train_rows])].min())
+        if smallest < 2:
+            return Selection("none", 0, "few-shot with a single sample in a class: no selection possible"), every
+        k = min(5, smallest)
+        selection = Selection(f"cv{k}", k, f"auto: few-shot, smallest class {smallest}")
+    elif n < CV_BELOW:
+        selection, k = Selection("cv5", 5, f"auto: {n} training rows < {CV_BELOW}"), 5
+    else:
+        return Selection("holdout", 0, f"auto: {n} training rows >= {CV_BELOW}"), data
+    if k > n:
+        raise ConfigError(f"--select cv{k}: only {n} training rows; use fewer folds or --select holdout")
+    folds = stratified_folds(every.train_labels, every.train_rows, k, c.data.data_seed)
+    return selection, dataclasses.replace(every, folds=folds)
 
 
 def _check_splits(c: ProbeConfig, store: FeatureStore, eval_store: FeatureStore) -> int:
@@ -278,6 +328,9 @@ def _notes(c: ProbeConfig, runs: Sequence[RunSpec], specs: Sequence[SolverSpec],
         notes.insert(1, knn_note)
     if store.meta.layout.cls_index is None and not c.inputs.tokens:
         notes.insert(1, _no_cls_note(runs, specs))
+    if runs and runs[0].settings.refit and len(data.holdout_rows):
+        notes.insert(1, f"final heads refit on train+holdout ({len(data.train_rows) + len(data.holdout_rows)} rows) "
+                     "for each config's selected steps; --no-refit keeps the selection model")
     if runs and (runs[0].settings.amp != "none" or c.run.compile):
         notes.insert(1, f"precision: amp {runs[0].settings.amp} ({runs[0].settings.amp_rule}; master weights, losses, "
                      f"BatchNorm and MP covariance in float32){', torch.compile on' if c.run.compile else ''}")

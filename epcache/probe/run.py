@@ -145,7 +145,8 @@ def _run(
                                       results_file=plan.results_file, save_heads=plan.config.run.save_heads, say=say):
             new_rows[row["id"]] = row
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in configs)
-    best = best_row(rank_rows(rows)[0]) if len(plan.data.holdout_rows) else None  # the summary's best
+    selects = len(plan.data.holdout_rows) or plan.data.folds  # a holdout or cross-validation ranks the configs
+    best = best_row(rank_rows(rows)[0]) if selects else None  # the summary's best
     summary = format_summary(rows)
     if out is not None:
         write_text(out / f"summary{plan.suffix}.txt", summary + "\n")  # atomic: a full disk leaves no cut summary

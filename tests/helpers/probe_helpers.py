@@ -125,6 +125,7 @@ def config(store: Path, **kw: object) -> ProbeConfig:
         "optimizer": "adamw",
         "holdout": 0.2,
         "device": "cpu",
+        "refit": False,  # the selection model: tests of selection, fusion and outputs compare its numbers
     }
     base.update(kw)
     return ProbeConfig(**base)  # type: ignore[arg-type]

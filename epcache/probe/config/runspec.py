@@ -36,6 +36,8 @@ class SweepSettings:
     eval_provenance: str  # provenance key of the store holding eval_split
     amp: str = "none"  # resolved autocast: none | bf16 (epcache.probe.train.precision)
     amp_rule: str = "as requested"  # how it was chosen ("auto: bf16 autocast on CUDA", ...)
+    refit: bool = False  # final heads retrained on train + holdout for their selected steps (only with a holdout)
+    selection: str = "holdout"  # the resolved selection rule: holdout | cvK | none (epcache.probe.data.folds)
 
     @property
     def epochs(self) -> int:
@@ -50,8 +52,12 @@ class SweepSettings:
         for grid_axis in ("lrs", "wd", "optimizers"):  # each run carries its own point of these axes
             p.pop(grid_axis)
         amp = {"amp": self.amp} if self.amp != "none" else {}  # float32 configs keep the ids they had
+        refit = {"refit": True} if self.refit else {}  # selection-model configs keep the ids they had
+        if self.selection != "holdout":
+            refit["selection"] = self.selection
         return {
             **amp,
+            **refit,
             "protocol": p,
             "data_seed": self.data_seed,
             "holdout": self.holdout,

@@ -113,6 +113,18 @@ class DataConfig:
     )
     fraction: float | None = doc(None, doc="low-shot: this fraction of each class's training samples",
                                  check=Range(gt=0, le=1))
+    select: str = doc(
+        "auto",
+        doc="how trained configs choose their epoch: holdout | cvK (K stratified folds of the training rows, each "
+        "scored by a model trained on the others, then a refit on all rows; K >= 2) | auto: holdout when --holdout "
+        "or --no-refit is given, few shot: cv with K = min(5, smallest class), under 1000 usable training rows: "
+        "cv5, else holdout",
+    )
+    refit: bool = doc(
+        True,
+        doc="after the holdout selects each trained config's epoch, retrain it on train + holdout for exactly those "
+        "steps (same protocol) and report and save that model; off: the selection model (never saw the holdout)",
+    )
     in_memory: bool | None = doc(
         None,
         doc="hold the selected training tokens in RAM (read and converted once) instead of streaming them every "

@@ -37,6 +37,7 @@ class RunData:
     holdout: float  # the requested fraction (the per-class rule is HOLDOUT_RULE)
     notes: tuple[str, ...]
     pool_rows: np.ndarray | None = None  # train rows outside the holdout before a low-shot subset
+    folds: tuple[np.ndarray, ...] = ()  # cross-validation: disjoint stratified parts of train_rows (data/folds.py)
 
     def shot_free(self) -> RunData:
         """The same resolution without the low-shot subset: the rows solver heads draw their few-shot sets from."""
@@ -46,15 +47,18 @@ class RunData:
 
     def to_json(self, num_classes: int) -> dict[str, Any]:
         """The data section of a results row: sizes and the holdout rule that produced them."""
+        cv = {"folds": [len(f) for f in self.folds]} if self.folds else {}  # sizes of the cross-validation folds
+        rule = HOLDOUT_RULE if self.holdout > 0 else "none (last epoch kept)"
         return {
             "num_classes": num_classes,
             "num_train": len(self.train_rows),
             "num_holdout": len(self.holdout_rows),
             "num_eval": len(self.eval_rows),
             "holdout_fraction": self.holdout,
-            "holdout_rule": HOLDOUT_RULE if self.holdout > 0 else "none (last epoch kept)",
+            "holdout_rule": f"none ({len(self.folds)}-fold cross-validation)" if self.folds else rule,
             "excluded_train": self.excluded_train,
             "excluded_eval": self.excluded_eval,
+            **cv,
         }
 
 

@@ -155,7 +155,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 def make_settings(
     request: SweepRequest, protocol: Protocol, *, store_provenance: str, eval_provenance: str, holdout: float,
-    errors: list[str],
+    errors: list[str], selection: str = "holdout",
 ) -> SweepSettings:
     """The sweep-wide settings of a resolved request (shared-setting checks append to ``errors``)."""
     c = request.config
@@ -179,6 +179,8 @@ def make_settings(
         eval_provenance=eval_provenance,
         amp=amp,
         amp_rule=amp_rule,
+        refit=bool(c.data.refit) and (holdout > 0 or selection.startswith("cv")),
+        selection=selection,
     )
 
 
@@ -201,6 +203,7 @@ def expand_sweep(
     eval_provenance: str,
     n_train: int | None = None,
     errors: list[str] | None = None,
+    selection: str = "holdout",
 ) -> list[RunSpec]:
     """Resolve a config (and its grid file) against a store into the list of runs.
 
@@ -213,6 +216,7 @@ def expand_sweep(
         n_train: training samples after holdout and low-shot selection (the recipe adapts batch
             and length to it); None expands without a dataset (no adaptation).
         errors: collect problems here instead of raising (the caller raises them all at once).
+        selection: the plan's resolved selection rule; cvK and none train without a holdout.
 
     Returns:
         The runs, in sweep order, without duplicates.
@@ -229,10 +233,10 @@ def expand_sweep(
     except ConfigError as e:
         errors.append(str(e))
         recipe = get_recipe("auto")
-    holdout = resolve_holdout(request.config.data.holdout, recipe, errors)
+    holdout = resolve_holdout(request.config.data.holdout, recipe, errors) if selection == "holdout" else 0.0
     base = resolve_protocol(request.config, recipe, n_train=n_train, errors=errors)
     settings = make_settings(request, base, store_provenance=store_provenance, eval_provenance=eval_provenance,
-                             holdout=holdout, errors=errors)
+                             holdout=holdout, errors=errors, selection=selection)
     runs: dict[str, RunSpec] = {}
     checked: dict[tuple[str, str, str, int, int, int], str | None] = {}
     known = set(list_heads())

@@ -2,11 +2,13 @@
 
 Each epoch: the protocol's passes over the training rows (every batch read once and fed to every
 stacked head), then one scoring pass over the holdout and one over the eval split; a checkpoint
-after every epoch makes a killed group resume with the numbers it would have produced.
+after every epoch makes a killed group resume with the numbers it would have produced. Small sets
+select by cross-validation instead (cv.py); the final heads are the refit on every row (refit.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,7 +30,7 @@ from epcache.probe.data.stream import BatchStream
 from epcache.probe.plan import PlannedGroup, SweepPlan
 from epcache.probe.results.intervals import INTERVAL_METHOD
 from epcache.probe.results.metrics import Metrics
-from epcache.probe.results.ranking import best_row, epoch_selection, rank_rows
+from epcache.probe.results.ranking import best_row, rank_rows
 from epcache.probe.results.rows import (
     RESULT_SCHEMA,
     ResultRowJSON,
@@ -40,6 +42,9 @@ from epcache.probe.results.rows import (
 from epcache.probe.solvers import shots_record
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
+from epcache.probe.train.cv import CrossValidation, adopt, cross_validate
+from epcache.probe.train.fingerprint import protocol_fingerprint
+from epcache.probe.train.refit import refit_off, refit_rows, run_refit
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
 from epcache.store import FeatureStore
 
@@ -111,9 +116,13 @@ class GroupRunner:
                                   self.data.eval_labels, training=False)
         trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.run.fused,
                                amp=s.amp, compile=c.run.compile)
+        cv = None
+        if self.data.folds:  # cross-validated selection (train/cv.py): no holdout, no checkpoints; then the refit
+            cv = self._cross_validate(runs, plan, layer)
+            adopt(trainer, cv)
         ckpt = None
         resumed_from = None
-        if self.out is not None:
+        if self.out is not None and cv is None:
             ckpt = checkpoint_path(self.out, runs)
             loaded = load_checkpoint(ckpt, say=self.say)  # None (with a note) if it fails its sha256
             if loaded is not None and loaded[1].get("config_ids") == [r.id for r in runs]:
@@ -148,9 +157,26 @@ class GroupRunner:
             if ckpt is not None:
                 save_checkpoint(ckpt, *trainer.checkpoint())
         trainer.load_selected()
-        hold_metrics = trainer.metrics(trainer.evaluate(holdout)) if holdout is not None else None
-        eval_metrics = trainer.metrics(trainer.evaluate(evaluation, confusion=True))
-        outcomes = trainer.outcomes(hold_metrics, eval_metrics)
+        hold_metrics = cv.metrics if cv is not None else (
+            trainer.metrics(trainer.evaluate(holdout)) if holdout is not None else None)
+        selection_eval = None if cv is not None else trainer.metrics(trainer.evaluate(evaluation, confusion=True))
+        refits: dict[str, dict[str, Any]] = {r.id: refit_off(c.data.refit) for r in runs}
+        t_refit = time.perf_counter()
+        done = None
+        if s.refit and (holdout is not None or cv is not None):  # the final heads, retrained (train/refit.py)
+            self.bar.set_postfix_str(f"{layer}, refit on all {len(refit_rows(self.data))} training rows")
+            both = train if cv is not None else self._stream(self.store, s.train_split, runs, plan,
+                                                             refit_rows(self.data), self.data.train_labels,
+                                                             training=True)
+            done = run_refit(runs, self.geometry, plan, list(trainer.best_epoch), selection_eval, both, evaluation,
+                             steps_per_epoch=p.steps_per_epoch if cv is not None else
+                             p.passes_per_epoch * train.steps_per_epoch(), device=self.device,
+                             dtype=self.dtype, fused=c.run.fused, amp=s.amp, compile=c.run.compile)
+            refits = {r.id: d.record for r, d in zip(runs, done, strict=True)}
+        outcomes = trainer.outcomes(hold_metrics, [d.eval for d in done] if done else selection_eval)
+        if done:
+            outcomes = [dataclasses.replace(o, state=d.state) for o, d in zip(outcomes, done, strict=True)]
+        t_refit = time.perf_counter() - t_refit
         seconds = time.perf_counter() - t0
         timing = {
             "group_seconds": seconds,
@@ -166,6 +192,7 @@ class GroupRunner:
             "train_seconds": t_train,
             "data_wait_seconds": train.wait_seconds,  # the reader's queue was empty this long
             "eval_seconds": t_eval,
+            "refit_seconds": t_refit,  # retraining on train + holdout and scoring the eval split (0: no refit)
             # fixed = shared by every config of the group (waiting for data, scoring passes' reads);
             # marginal = the rest of training divided by the configs (an estimate: bench/vs_hand_loop.py
             # measures it as the slope over 1, 8 and 32 configs)
@@ -180,7 +207,7 @@ class GroupRunner:
             if o.run.id in finished:  # trained along for the stack's sake; its row is already written
                 rows.append(finished[o.run.id])
                 continue
-            row = self._row(o, costs, timing)
+            row = self._row(o, costs, timing, refits[o.run.id])
             if self.out is not None:
                 if c.run.save_heads:
                     save_head(self.out / "heads" / f"{o.run.id}.safetensors", o.state, self._head_meta(o))
@@ -192,6 +219,19 @@ class GroupRunner:
         self.say(f"{layer}: {len(runs)} configs in {seconds:.1f} s; best {best['name']} "
                  f"(holdout {_pct(best['metrics']['holdout'])}, eval {_pct(best['metrics']['eval'])})")
         return rows
+
+    def _cross_validate(self, runs: Sequence[RunSpec], plan: ReadSpec, layer: str) -> CrossValidation:
+        s, c = runs[0].settings, self.config
+
+        def stream(rows: np.ndarray, training: bool) -> BatchStream:
+            return self._stream(self.store, s.train_split, runs, plan, rows, self.data.train_labels, training=training)
+
+        def on_fold(f: int) -> None:
+            self.bar.set_postfix_str(f"{layer}, fold {f + 1}/{len(self.data.folds)}, {len(runs)} configs")
+
+        return cross_validate(runs, self.geometry, plan, self.data.train_rows, self.data.folds, stream,
+                              steps_per_epoch=s.protocol.steps_per_epoch, device=self.device, dtype=self.dtype,
+                              fused=c.run.fused, amp=s.amp, compile=c.run.compile, on_fold=on_fold)
 
     def _stream(
         self,
@@ -242,7 +282,8 @@ class GroupRunner:
             prefetch=c.data.prefetch,
         )
 
-    def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any]) -> ResultRowJSON:
+    def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any],
+             refit: dict[str, Any]) -> ResultRowJSON:
         run, g, s = o.run, self.geometry, o.run.settings
         key = (run.head.name, run.input_key, len(run.mix_layers))
         if key not in costs:
@@ -266,10 +307,13 @@ class GroupRunner:
             "flops": flops,
             "input": {"tokens": run.tokens, "layer_mix": run.layer_mix, "layers": list(run.group_key)},
             "selected_epoch": o.selected_epoch + 1,
-            "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval), "interval": INTERVAL_METHOD},
+            "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval),  # eval: the refit model's, if refit
+                        "interval": INTERVAL_METHOD},
+            "refit": refit,
             "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.run.eval_curve
-                       else {"epoch": None, "eval_top1": None}),  # no per-epoch eval curve: no oracle
-            "final": {"epoch": len(o.eval_top1), "eval_top1": o.eval_top1[-1]},
+                       and not self.data.folds else {"epoch": None, "eval_top1": None}),  # no eval curve: no oracle
+            "final": {"epoch": len(o.eval_top1),
+                      "eval_top1": o.eval_top1[-1] if math.isfinite(o.eval_top1[-1]) else None},
             "curves": {"train_loss": o.train_loss, "holdout_top1": o.holdout_top1, "holdout_loss": o.holdout_loss,
                        "eval_top1": [v if math.isfinite(v) else None for v in o.eval_top1]},
             "diverged": o.diverged,
@@ -286,54 +330,11 @@ class GroupRunner:
             "layer": run.layer,
             "tokens": run.tokens,
             "selected_epoch": o.selected_epoch + 1,
+            "refit": run.settings.refit,  # trained on train + holdout for the selected steps
             "store_provenance": self.store.provenance,
             "backbone": self.store.meta.backbone.name,
             "classes": list(self.store.split(run.settings.train_split).classes),
         }
-
-
-def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> dict[str, Any]:
-    """Everything that decides a row's numbers besides the head: compare rows across runs and tools by it."""
-    s = run.settings
-    p = s.protocol
-    opt = run.hyperparameters()
-    return {
-        "recipe": p.recipe,
-        "optimizer": run.optimizer,
-        "momentum": opt["momentum"],
-        "betas": opt["betas"],
-        "lr_rule": "absolute" if run.blr is None else "blr",
-        "lr": run.lr,
-        "blr": run.blr,
-        "wd": run.wd,
-        "batch_size": p.batch_size,
-        "epochs": p.epochs,
-        "passes_per_epoch": p.passes_per_epoch,
-        "steps_per_epoch": p.steps_per_epoch,
-        "total_steps": p.total_steps,
-        "warmup_steps": p.warmup_steps,
-        "min_steps": p.min_steps,
-        "schedule": "linear warm-up, half-cosine to 0 (per step)",
-        "adapted": list(p.adapted),
-        "holdout_fraction": s.holdout,
-        "holdout_rule": data.to_json(0)["holdout_rule"],
-        "holdout_size": len(data.holdout_rows),
-        "train_size": len(data.train_rows),
-        "shots": s.shots,
-        "fraction": s.fraction,
-        "data_seed": s.data_seed,
-        "tokens": run.tokens,
-        "layer_mix": run.layer_mix,
-        "layers": list(run.group_key),
-        "store_provenance": s.store_provenance,
-        "eval_provenance": s.eval_provenance,
-        "selection": epoch_selection(bool(len(data.holdout_rows))),  # the text of the rule the trainer runs
-        "dtype": s.dtype,
-        "amp": s.amp,  # bf16: the heads' matmuls under autocast; weights, losses, BN, MP covariance float32
-        "amp_rule": s.amp_rule,
-        "compile": config.run.compile,
-        "trust_store": config.inputs.trust_store,
-    }
 
 
 def _store_info(store: FeatureStore) -> dict[str, Any]:

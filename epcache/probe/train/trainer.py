@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch import Tensor
 from epcache.probe.config.protocol import optimizer_settings
 from epcache.probe.data.layers import ReadSpec
 from epcache.probe.data.sources import build_head
-from epcache.probe.data.stream import BatchStream
+from epcache.probe.data.stream import Batch, BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.results.ranking import epoch_improves
 from epcache.probe.sweep.geometry import HeadGeometry
@@ -147,13 +147,29 @@ class GroupTrainer:
         epoch of several passes (the recipe's step floor on tiny sets) is reproducible and
         resumable like any other, and ``passes=1`` is exactly the one-pass epoch.
         """
+        steps = passes * stream.steps_per_epoch()
+        batches = (b for p in range(passes) for b in stream.train_epoch(epoch * passes + p))
+        self.train_steps(batches, steps, warmup_steps=warmup_steps, total_steps=total_steps, on_batch=on_batch)
+
+    def train_steps(
+        self,
+        batches: Iterator[Batch],
+        steps: int,
+        *,
+        warmup_steps: int,
+        total_steps: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """One optimiser step per batch of ``batches`` (``steps`` of them); the schedule continues at ``self.steps``.
+
+        The refit draws its batches as one stream over data epochs of train + holdout rows and cuts it
+        into epochs of the selection pass's step count, so both passes run the same schedule.
+        """
         for stack in self.stacks:
             stack.train()
         loss_sum = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
         n = 0
-        steps = passes * stream.steps_per_epoch()
         lrs = self._lr_table(self.steps, steps, warmup_steps, total_steps)  # (steps, K), one copy
-        batches = (b for p in range(passes) for b in stream.train_epoch(epoch * passes + p))
         for batch in batches:
             lr = lrs[n]
             inputs: dict[str, Tensor] = {}
@@ -253,11 +269,15 @@ class GroupTrainer:
                 self.best_epoch[k] = epoch
                 improved.append(k)
         if improved:
-            mask = torch.zeros(len(self.runs), dtype=torch.bool)
-            mask[improved] = True
-            for stack, best in zip(self.stacks, self._best, strict=True):
-                self._copy_slices(stack, best, mask[stack.config_index.cpu()], to_best=True)
+            self.keep(improved)
         self.epoch = epoch
+
+    def keep(self, configs: Sequence[int]) -> None:
+        """Keep the current weights of ``configs`` as their selected ones (the refit's snapshot at an epoch)."""
+        mask = torch.zeros(len(self.runs), dtype=torch.bool)
+        mask[list(configs)] = True
+        for stack, best in zip(self.stacks, self._best, strict=True):
+            self._copy_slices(stack, best, mask[stack.config_index.cpu()], to_best=True)
 
     def load_selected(self) -> None:
         """Put every config's selected-epoch weights (and BN statistics) into the stacks."""

@@ -107,7 +107,7 @@ def test_impossible_explicit_requests_fail_together_with_the_fixing_flags(tmp_pa
     store = separable_store(tmp_path / "s.zarr", n_train=50, n_val=20, num_classes=5)
     with pytest.raises(ConfigError) as err:
         probe_store(ProbeConfig(store=str(store), head=("linear",), batch_size=4096, lr=(0.1,), epochs=2, warmup=5,
-                                blr=(0.2,)), progress=False)
+                                blr=(0.2,), select="holdout"), progress=False)  # the recipe's 10% holdout: 45 train
     msg = str(err.value)
     assert msg.startswith("3 problem(s) in the sweep, nothing was trained")
     assert "--batch-size 4096 is larger than the 45 training samples" in msg
