@@ -47,8 +47,9 @@ def test_ep_paper_on_200_samples_refuses_and_names_the_fix(store200: Path) -> No
     with pytest.raises(ConfigError) as err:
         probe_store(ProbeConfig(store=str(store200), head=("linear",), recipe="ep-paper", device="cpu"), progress=False)
     msg = str(err.value)
+    # auto selection on 200 rows is cv5: the protocol is sized on a fold's 160 training rows (90 x 10 steps)
     assert msg.startswith("recipe ep-paper is outside the regime it was designed for: "
-                          "lr 0.00625 (blr 0.1 x 16/256) is below its 0.1..6.4, 990 steps are below its 2000; ")
+                          "lr 0.00625 (blr 0.1 x 16/256) is below its 0.1..6.4, 900 steps are below its 2000; ")
     assert EP_FIX in msg and "an explicit --lr or --blr runs it anyway" in msg
     cli = CliRunner().invoke(app, ["probe", "--store", str(store200), "--recipe", "ep-paper", "--no-progress"])
     assert cli.exit_code == 2 and EP_FIX in cli.output and "Traceback" not in cli.output
