@@ -28,8 +28,10 @@ def folds(y: np.ndarray, seed: int = 0) -> object:
 
 def _scored(search: object, x: np.ndarray, y: np.ndarray, xe: np.ndarray, ye: np.ndarray) -> float:
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
 
-    with warnings.catch_warnings():
+    # one BLAS thread: these fits are small, and threads oversubscribe the cores the other jobs share
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FutureWarning)  # sklearn's notices of changing defaults; ours are explicit
         return float(search.fit(x, y).score(xe, ye))
