@@ -14,7 +14,9 @@ what a random, untrained ViT makes of it, so absolute accuracies are low and onl
 
 For each training size (20, 200, 2,000: stratified draws from the pool) and regime (full: every row
 drawn; 5-shot: 5 per class drawn from those rows; not possible at 20 = 2 per class), a store holding
-exactly those training rows and the eval split is written, and on the SAME features and rows:
+exactly those training rows and the eval split is written (a 5-shot store holds just its 50 rows: any
+holdout the default carves out for its own selection comes out of them, as it would for a user), and
+on the SAME features and rows:
 
 - epcache: ``probe_store(ProbeConfig(store, head=("linear",), shots=...))``, everything else
   default (whatever protocol the library's default is today: only public calls are used);
