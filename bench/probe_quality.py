@@ -2,8 +2,8 @@
 
 Command (from the repository root)::
 
-    python bench/probe_quality.py          # ~15 min on 2 busy CPU cores
-    python bench/probe_quality.py --quick  # coarser hyperparameter grids, ~3-5 min
+    python bench/probe_quality.py          # ~2 min on 2 quiet CPU cores, several times that when busy
+    python bench/probe_quality.py --quick  # coarser hyperparameter grids, ~1.5 min (~5 min when busy)
 
 Backbone: no pretrained weights can be downloaded here and no installed package ships any, so the
 tokens come from a RANDOM-INIT 4-block ViT-Tiny (patch 4, 32 px, last block) run over REAL images:
