@@ -2,8 +2,9 @@
 
 Every solver follows the same honest protocol as the trained heads: its hyperparameter (the
 (k, T) pair, λ, C) is chosen on the train holdout with the model fitted on the remaining
-train rows; then the final model is fitted on the refit rows (all train, or the few-shot draw)
-and the eval split is scored once. ``oracle_eval_top1`` is the best value over the grid on the
+train rows (or, under the plan's cvK rule, on the pooled folds: ``_cv.py``, which passes the
+chosen ``select_index`` here); then the final model is fitted on the refit rows (all train, or
+the few-shot draw) and the eval split is scored once. ``oracle_eval_top1`` is the best value over the grid on the
 eval split, recorded for comparison with papers that select there (never used to rank).
 """
 
