@@ -144,11 +144,12 @@ def _select(spec: SolverSpec, positions: Sequence[np.ndarray], x: Tensor, y: Ten
         grid = (None,)
     acc = MetricsAccumulator(len(grid), C, x.device)
     steps = SlowSteps(say)  # only the C paths run long enough to need progress
+    fits: list[list[LogregFit]] = []  # logreg: each fold's path, for the row's iteration counts
     for f, (fx, fy, hx, hy) in enumerate(folds):
         def on_fit(i: int, fit: LogregFit, a: float, f: int = f) -> None:
             steps.step(lambda: f"{spec.name}: fold {f + 1}/{len(folds)}, C {i + 1}/{len(grid)} = {fit.C:.3g}: held "
                        f"fold {100 * a:.1f}%, {fit.n_iter} L-BFGS iterations ({steps.elapsed:.0f} s)")
-        for logits in _fold_logits(spec, grid, fx, fy, hx, hy, C, on_fit):
+        for logits in _fold_logits(spec, grid, fx, fy, hx, hy, C, on_fit, fits):
             acc.update(*logits)
     if spec.kind == "logreg":
         steps.done(lambda: f"{spec.name}: C path ({len(grid)} values) on {len(folds)} folds in {steps.elapsed:.1f} s")
@@ -158,11 +159,14 @@ def _select(spec: SolverSpec, positions: Sequence[np.ndarray], x: Tensor, y: Ten
         # ridge: ties go to the larger lambda; logreg: strict, a tie keeps the smaller C (as on a holdout)
         if a > curve[best] or (spec.kind == "ridge" and a == curve[best]):
             best = i
-    return (None if spec.kind == "ncm" else best), acc.metrics()[best], curve, {}
+    extra = {"path_iterations": [[f.n_iter for f in path] for path in fits],  # per fold, per C
+             "max_iter_hits": sum(f.hit_max_iter for path in fits for f in path)} if fits else {}
+    return (None if spec.kind == "ncm" else best), acc.metrics()[best], curve, extra
 
 
 def _fold_logits(spec: SolverSpec, grid: Sequence[Any], fx: Tensor, fy: Tensor, hx: Tensor, hy: Tensor, C: int,
-                 on_fit: Callable[[int, LogregFit, float], None]) -> list[tuple[Tensor, Tensor]]:
+                 on_fit: Callable[[int, LogregFit, float], None],
+                 paths: list[list[LogregFit]]) -> list[tuple[Tensor, Tensor]]:
     """The held fold's ``(logits (G, b, C), labels (b,))`` batches for every grid value."""
     if spec.kind == "ridge":
         stats = RidgeStats.accumulate([(fx, fy)], dim=fx.shape[1], num_classes=C, device=fx.device)
@@ -177,6 +181,7 @@ def _fold_logits(spec: SolverSpec, grid: Sequence[Any], fx: Tensor, fy: Tensor, 
         zh = (hx - mu) / sd
         _, fits, _ = logreg_path((fx - mu) / sd, fy, zh, hy, grid, num_classes=C,
                                  max_iter=int(spec.option("max_iter")), tol=float(spec.option("tol")), on_fit=on_fit)
+        paths.append(fits)
         score = lambda rows: torch.stack([torch.addmm(f.bias, zh[rows], f.weight.T) for f in fits])  # noqa: E731
     else:
         model = fit_ncm(fx, fy, num_classes=C)
@@ -191,8 +196,8 @@ def _select_knn(spec: SolverSpec, folds: Sequence[tuple[Tensor, Tensor, Tensor, 
     kw: dict[str, Any] = {"ks": ks, "temperatures": ts, "num_classes": C, "metric": spec.option("metric"),
                           "weighting": spec.option("weighting")}
     tables = [knn_table(fx, fy, hx, hy, **kw) for fx, fy, hx, hy in folds]
-    pooled = KnnTable(tables[0].ks, tables[0].temperatures, sum(t.correct1 for t in tables),
-                      sum(t.correct5 for t in tables), sum(t.total for t in tables))
+    pooled = KnnTable(tables[0].ks, tables[0].temperatures, np.sum([t.correct1 for t in tables], axis=0),
+                      np.sum([t.correct5 for t in tables], axis=0), np.sum([t.total for t in tables], axis=0))
     pairs = [(k, t) for k in ks for t in ts]
     acc = pooled.top1()
     index: int | None = None

@@ -105,6 +105,7 @@ def test_logreg_cv_pools_the_fold_paths_and_keeps_the_smallest_tied_c() -> None:
     eval_top1 = float((torch.addmm(final.bias, (xe - mu) / sd, final.weight.T).argmax(1) == ye).double().mean())
     out = fit_cv(_spec("logreg"), sel, np.arange(len(y)), x, y, xe, ye, C)
     assert out.details["C"] == Cs[best] and out.details["selected_index"] == best
+    assert [len(p) for p in out.details["path_iterations"]] == [len(Cs)] * K  # every fold's path is recorded
     assert out.eval.top1 == pytest.approx(eval_top1)
     assert out.holdout is not None and out.holdout.n == len(y) and out.holdout.top1 == pytest.approx(hits[best] / 96)
 
