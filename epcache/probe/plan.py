@@ -183,16 +183,17 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     drawn = c if c.data.shots == shots else dataclasses.replace(c, shots=shots)
     data = resolve_rows(drawn, store, eval_store, layers, num_classes, holdout=holdout)
     solver_data = data.shot_free() if shots is not None else data
-    selection = Selection("holdout", 0, "no trained heads")
-    if trains:  # cvK / none: every usable row trains, the folds (or nothing) select; solver heads keep the holdout
-        selection, data = _select_rows(c, drawn, kind, k, data, store, eval_store, layers, num_classes)
-    bank = _knn_bank(solver_data, c.data.shots)
+    # one rule for trained and solver heads; cvK / none: every usable row fits, the folds (or nothing) select
+    selection, every = _select_rows(c, drawn, kind, k, data, store, eval_store, layers, num_classes)
+    if selection.rule != "holdout":
+        data, solver_data = every, dataclasses.replace(every.shot_free(), folds=()) if shots is not None else every
+    bank = _knn_bank(solver_data, c.data.shots, selection.folds)
     c, knn_note = _cap_default_k(c, bank)
     capped = [_cap_default_k(b, bank) for b in request.blocks]
     knn_note = knn_note or next((note for _, note in capped if note), None)
     trained, specs = plan_block_solvers(
         [b for b, _ in capped], store.meta, layers_of=lambda b: resolve_layers(b.inputs.layers, store.meta),
-        holdout=holdout,
+        holdout=holdout if selection.rule == "holdout" else 0.0, selection=selection.rule,
         store_provenance=store.provenance, eval_provenance=eval_store.provenance,
     )
     trained_request: SweepRequest | None = request
@@ -223,7 +224,7 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     notes = _notes(c, runs, specs, layers, data, protocol, knn_note, store)
     if verdict is not None:
         notes.insert(1, verdict.line)
-    if runs:
+    if runs or selection.rule != "holdout":
         notes.insert(1, selection.note())
     shard = resolve_shard(c.run.shard)
     total = len(runs) + len(specs)
@@ -255,6 +256,10 @@ def _select_rows(c: ProbeConfig, drawn: ProbeConfig, kind: str, k: int, data: Ru
         return Selection("holdout", 0, "auto: --no-refit keeps the selection model"), data
     every = resolve_rows(drawn, store, eval_store, layers, num_classes, holdout=0.0)  # every usable row trains
     n = len(every.train_rows)
+    if drawn.data.shots is None and c.data.shots is not None:  # solver draws only: each has its own folds
+        k = k if kind == "cv" else 5
+        return Selection(f"cv{k}", k, f"{'--select' if kind == 'cv' else 'auto: few-shot,'} cv{k} within each "
+                         "draw's shots (fewer folds where a class has fewer shots)"), every
     if kind == "cv":
         selection = Selection(f"cv{k}", k, f"--select cv{k}")
     elif drawn.data.shots is not None or drawn.data.fraction is not None:
@@ -289,13 +294,15 @@ def _check_splits(c: ProbeConfig, store: FeatureStore, eval_store: FeatureStore)
     return len(train_meta.classes)
 
 
-def _knn_bank(rows: RunData, shots: int | tuple[int, ...] | None) -> int:
-    """The smallest k-NN bank of the sweep: its fit rows, or the smallest few-shot draw of them."""
-    bank = len(rows.train_rows)
+def _knn_bank(rows: RunData, shots: int | tuple[int, ...] | None, folds: int = 0) -> int:
+    """The smallest k-NN bank of the sweep: its fit rows, or the smallest few-shot draw, less a fold under cvK."""
+    bank = len(rows.train_rows) - max((len(f) for f in rows.folds), default=0)
     counts = shots if isinstance(shots, tuple) else (shots,) if shots else ()
     if counts:
         present = len(np.unique(rows.train_labels[rows.train_rows]))
-        bank = min(bank, min(counts) * present)
+        s = min(counts)
+        k = min(folds, s)  # a draw's own folds: at most ceil(s / k) of each class held out
+        bank = min(bank, s * present - (present * -(-s // k) if k >= 2 else 0))
     return bank
 
 

@@ -145,7 +145,7 @@ def _run(
                                       results_file=plan.results_file, save_heads=plan.config.run.save_heads, say=say):
             new_rows[row["id"]] = row
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in configs)
-    selects = len(plan.data.holdout_rows) or plan.data.folds  # a holdout or cross-validation ranks the configs
+    selects = len(plan.data.holdout_rows) or plan.data.folds or plan.selection.folds  # a holdout or cv ranks them
     best = best_row(rank_rows(rows)[0]) if selects else None  # the summary's best
     summary = format_summary(rows)
     if out is not None:

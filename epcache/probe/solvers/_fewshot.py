@@ -4,7 +4,9 @@ Try ``t`` draws one permutation per class from ``(seed, t)`` only, and every sho
 a prefix of it, so for one try the 1-shot set is inside the 5-shot set, which is inside the
 10-shot set (shot counts differ only in how much data, not which). Results are reported as
 mean ± std over tries. The candidates are the training rows left after the holdout is removed,
-so the holdout that selects hyperparameters is the same for every shot count and try.
+so the holdout that selects hyperparameters is the same for every shot count and try. Under
+cross-validation there is no holdout: every usable row is a candidate and each draw is split into
+folds of its own shots (``_cv.draw_selection``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every solver follows the same honest protocol as the trained heads: its hyperparameter (the
 (k, T) pair, λ, C) is chosen on the train holdout with the model fitted on the remaining
-train rows; then the final model is fitted on the refit rows (all train, or the few-shot draw)
-and the eval split is scored once. ``oracle_eval_top1`` is the best value over the grid on the
+train rows (or, under the plan's cvK rule, on the pooled folds: ``_cv.py``, which passes the
+chosen ``select_index`` here); then the final model is fitted on the refit rows (all train, or
+the few-shot draw) and the eval split is scored once. ``oracle_eval_top1`` is the best value over the grid on the
 eval split, recorded for comparison with papers that select there (never used to rank).
 """
 
@@ -45,6 +46,7 @@ class SolverInputs:
     eval_y: Tensor
     num_classes: int
     refit_with_holdout: bool  # the final model sees fit + holdout rows (False: fit rows only, e.g. few-shot)
+    select_index: int | None = None  # without a holdout: the grid index cross-validation chose (None: the first)
 
     @property
     def refit_x(self) -> Tensor:
@@ -111,6 +113,8 @@ def _fit_knn(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     if spec.option("select") == "holdout" and hold_table is not None:
         acc = hold_table.top1()
         k, t = pairs[max(range(len(pairs)), key=lambda i: (acc.flat[i], -i))]  # ties: smallest k, then T
+    elif d.select_index is not None and hold_table is None:  # chosen by cross-validation over the same pairs
+        k, t = pairs[d.select_index]
     else:  # DINO's k=20, T=0.07; a bank smaller than 20 has its largest k instead (the k list was capped)
         k, t = min(FIXED_KNN_PAIR[0], max(ks)), FIXED_KNN_PAIR[1]
     eval_table = knn_table(d.refit_x, d.refit_y, d.eval_x, d.eval_y, **kw, confusion=True)
@@ -142,8 +146,9 @@ def _fit_ridge(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
     fit_stats = RidgeStats.accumulate(_batches(d.fit_x, d.fit_y), dim=D, num_classes=C, device=dev)
     rel, lams = ridge_lambdas(spec.option("grid"), fit_stats.n)
     curve: list[float] = []
-    best = 0
+    best = d.select_index or 0
     if d.hold_x is not None and d.hold_y is not None:
+        best = 0
         path, mu, s, _ = _ridge_path(fit_stats, lambda: (d.fit_x, d.fit_y), C)
         xh = _augment(d.hold_x, mu, s)
         curve = [float((path.scores(lam, xh).argmax(1) == d.hold_y).double().mean()) for lam in lams]
@@ -220,7 +225,7 @@ def _fit_logreg(spec: SolverSpec, d: SolverInputs, *, say: Callable[[str], None]
     sd = torch.where(sd > 1e-12, sd, torch.ones_like(sd))  # a constant dimension keeps scale 1
     z_fit = (d.fit_x - mu) / sd
     curve: list[float] = []
-    best, init, path_iters, hits = 0, None, [], 0
+    best, init, path_iters, hits = d.select_index or 0, None, [], 0
     hold_metrics = None
     if d.hold_x is not None and d.hold_y is not None:
         z_hold = (d.hold_x - mu) / sd
@@ -233,8 +238,8 @@ def _fit_logreg(spec: SolverSpec, d: SolverInputs, *, say: Callable[[str], None]
         hold_metrics = _score(lambda x: torch.addmm(sel.bias, (x - mu) / sd, sel.weight.T), d.hold_x, d.hold_y, C)
     z_refit = (d.refit_x - mu) / sd  # the fit rows' scaler, as RAPTOR keeps the train_sub scaler for the refit
     final = fit_logreg(z_refit, d.refit_y, Cs[best], num_classes=C, init=init, max_iter=max_iter, tol=tol)
-    steps.done(lambda: f"{spec.name}: C path ({len(curve)} values) and refit at C = {Cs[best]:.3g} "
-               f"in {steps.elapsed:.1f} s")
+    steps.done(lambda: f"{spec.name}: {f'C path ({len(curve)} values) and ' if curve else ''}refit at "
+               f"C = {Cs[best]:.3g} in {steps.elapsed:.1f} s")
     weight = final.weight / sd[None, :]  # raw coordinates: w = w_std/σ, b = b_std − w·μ
     bias = final.bias - weight @ mu
     eval_metrics = _score(lambda x: torch.addmm(bias, x, weight.T), d.eval_x, d.eval_y, C, confusion=True)

@@ -24,6 +24,7 @@ from torch import Tensor
 from epcache.errors import ConfigError
 from epcache.probe.results.intervals import INTERVAL_METHOD
 from epcache.probe.results.rows import HEAD_META_KEY, RESULT_SCHEMA, RESULTS_FILE, append_result, save_head
+from epcache.probe.solvers._cv import DrawSelection, draw_selection, fit_cv, selection_record
 from epcache.probe.solvers._fewshot import fewshot_rows, shots_record
 from epcache.probe.solvers._fit import SolverInputs, fit_solver
 from epcache.probe.solvers._ncm import NcmModel
@@ -49,16 +50,19 @@ class RowData(Protocol):
     eval_rows: np.ndarray
     excluded_train: int
     excluded_eval: int
+    folds: tuple[np.ndarray, ...]  # cross-validation: stratified parts of train_rows (empty under a holdout)
 
 
 def plan_solvers(
-    config: Any, meta: StoreMeta, *, layers: Sequence[int], store_provenance: str, eval_provenance: str
+    config: Any, meta: StoreMeta, *, layers: Sequence[int], store_provenance: str, eval_provenance: str,
+    selection: str = "holdout",
 ) -> tuple[Any | None, list[SolverSpec]]:
     """``(config of the trained heads or None, solver specs)`` of a ``ProbeConfig``.
 
     The trained part keeps every option as given, with a single ``shots`` value; several shot
     counts or tries apply to solver heads only (the trained heads' few-shot loop is not wired yet).
-    ``layers`` are the config's layers resolved against the store by the caller (absolute indices).
+    ``layers`` are the config's layers resolved against the store by the caller (absolute indices);
+    ``selection`` is the plan's rule (holdout, cvK, none), which the solver heads apply as trained heads do.
 
     Raises:
         ConfigError: problems of the solver part, or a few-shot request trained heads cannot take.
@@ -79,6 +83,7 @@ def plan_solvers(
         return trained_config, []
     settings = SolverSettings(
         data_seed=config.data.data_seed, holdout=float(config.data.holdout), fraction=config.data.fraction,
+        selection=selection,
         dtype=config.run.dtype, train_split=config.inputs.train_split, eval_split=config.inputs.eval_split,
         store_provenance=store_provenance, eval_provenance=eval_provenance,
     )
@@ -93,7 +98,7 @@ def plan_solvers(
 
 def plan_block_solvers(
     blocks: Sequence[Any], meta: StoreMeta, *, layers_of: Callable[[Any], Sequence[int]], holdout: float,
-    store_provenance: str, eval_provenance: str,
+    store_provenance: str, eval_provenance: str, selection: str = "holdout",
 ) -> tuple[list[Any], list[SolverSpec]]:
     """``plan_solvers`` over every block of a sweep (the config, or each ``[[grid]]`` table applied to it).
 
@@ -105,7 +110,8 @@ def plan_block_solvers(
     specs: dict[str, SolverSpec] = {}
     for block in blocks:
         part, block_specs = plan_solvers(dataclasses.replace(block, holdout=holdout), meta, layers=layers_of(block),
-                                         store_provenance=store_provenance, eval_provenance=eval_provenance)
+                                         store_provenance=store_provenance, eval_provenance=eval_provenance,
+                                         selection=selection)
         if part is not None:
             trained.append(dataclasses.replace(part, holdout=block.data.holdout))
         for spec in block_specs:
@@ -127,10 +133,11 @@ def check_solver_inputs(specs: Sequence[SolverSpec], data: RowData, num_classes:
     for spec in specs:
         if spec.kind != "knn":
             continue
-        bank = len(data.train_rows)
+        fit = data.train_rows
         if spec.shots is not None:
-            bank = len(fewshot_rows(data.train_labels, data.train_rows, shots=spec.shots, try_index=spec.try_index,
-                                    seed=spec.settings.data_seed))
+            fit = fewshot_rows(data.train_labels, data.train_rows, shots=spec.shots, try_index=spec.try_index,
+                               seed=spec.settings.data_seed)
+        bank = len(fit) - max((len(f) for f in _selection(spec, data, fit).folds), default=0)  # a fold's fit rows
         k = max(spec.option("k"))
         if k > bank:
             problems.append(f"{spec.name}: k={k} is larger than the bank ({bank} training samples); "
@@ -193,14 +200,20 @@ def run_solver_configs(
             if spec.shots is not None:
                 fit = fewshot_rows(data.train_labels, data.train_rows, shots=spec.shots, try_index=spec.try_index,
                                    seed=st.data_seed)
+            sel = _selection(spec, data, fit)
             fit_x, fit_y = tensor(train_view, fit, spec.tokens, data.train_labels)
-            hold_x = hold_y = None
-            if len(data.holdout_rows):
-                hold_x, hold_y = tensor(train_view, data.holdout_rows, spec.tokens, data.train_labels)
             eval_x, eval_y = tensor(eval_view, data.eval_rows, spec.tokens, data.eval_labels)
-            inputs = SolverInputs(fit_x, fit_y, hold_x, hold_y, eval_x, eval_y, num_classes,
-                                  refit_with_holdout=spec.shots is None)
-            outcome = fit_solver(spec, inputs, say=say)
+            if sel.rule == "holdout":
+                hold_x = hold_y = None
+                if len(data.holdout_rows):
+                    hold_x, hold_y = tensor(train_view, data.holdout_rows, spec.tokens, data.train_labels)
+                inputs = SolverInputs(fit_x, fit_y, hold_x, hold_y, eval_x, eval_y, num_classes,
+                                      refit_with_holdout=spec.shots is None)
+                outcome = fit_solver(spec, inputs, say=say)
+                num_holdout, num_refit = len(data.holdout_rows), int(inputs.refit_y.shape[0])
+            else:  # cvK (or none): the folds of the fit rows select, the refit sees every fit row
+                outcome = fit_cv(spec, sel, fit, fit_x, fit_y, eval_x, eval_y, num_classes, say=say)
+                num_holdout, num_refit = 0, len(fit)
             if "warning" in outcome.details:
                 say(f"warning: {spec.name}: {outcome.details['warning']}")
             head_file = None
@@ -219,8 +232,9 @@ def run_solver_configs(
                 "eval_store": _store_info(eval_store),
                 "input": {"tokens": spec.tokens, "layer_mix": "none", "layers": [spec.layer],  # as trained rows
                           "features_from": features_from},
-                "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": len(data.holdout_rows),
-                         "num_eval": len(data.eval_rows), "num_refit": int(inputs.refit_y.shape[0]),
+                "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": num_holdout,
+                         "num_eval": len(data.eval_rows), "num_refit": num_refit,
+                         **({"folds": [len(f) for f in sel.folds]} if sel.folds else {}),
                          "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval,
                          **shots_record(data.train_labels, fit, spec.shots)},
                 "params": int(outcome.params),
@@ -238,6 +252,8 @@ def run_solver_configs(
                 "features": {"layer": spec.layer, "pooling": spec.tokens, "final_norm": store.meta.final_norm,
                              "dtype": st.dtype},  # the representation: what k-NN and probes depend on most
             }
+            if sel.rule != "holdout":  # as trained rows record it (holdout rows stay as they were)
+                row["protocol"] = selection_record(sel)
             if out is not None:
                 append_result(out / results_file, row)
             rows.append(row)
@@ -264,6 +280,11 @@ def load_solver_head(path: str | Path, *, device: str = "cpu") -> tuple[Callable
         return model.scores, meta
     weight, bias = state["weight"], state["bias"]
     return (lambda x: torch.addmm(bias, x.to(weight.dtype), weight.T)), meta
+
+
+def _selection(spec: SolverSpec, data: RowData, fit: np.ndarray) -> DrawSelection:
+    return draw_selection(spec.settings.selection, data.train_labels, fit, shots=spec.shots,
+                          plan_folds=getattr(data, "folds", ()), seed=spec.settings.data_seed)
 
 
 def _head_meta(spec: SolverSpec, store: FeatureStore, num_classes: int, in_dim: int) -> dict[str, Any]:

@@ -61,9 +61,13 @@ class SolverSettings:
     eval_split: str
     store_provenance: str
     eval_provenance: str
+    selection: str = "holdout"  # the plan's rule: holdout, cvK or none (few-shot draws may narrow cvK per draw)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        doc = dict(self.__dict__)
+        if doc["selection"] == "holdout":  # left out, so holdout rows and ids stay those of runs before the rule
+            del doc["selection"]
+        return doc
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ def expand_solver_specs(
             errors.append(f"{text}: unknown option(s) {unknown}; {kind} takes {', '.join(_OPTIONS[kind]) or 'none'}")
             continue
         options = {**defaults[kind], **explicit}
-        problem = _check_options(kind, options, settings.holdout)
+        problem = _check_options(kind, options, settings.holdout > 0 or settings.selection != "holdout")
         if problem:
             errors.append(f"{text}: {problem}")
             continue
@@ -218,7 +222,7 @@ def parse_head(text: str) -> tuple[str, dict[str, Any]]:
     return split_head(text)
 
 
-def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
+def _check_options(kind: str, o: dict[str, Any], selects: bool) -> str | None:
     if not isinstance(o["standardize"], bool):
         return f"standardize takes True or False, got {o['standardize']!r}"
     try:
@@ -232,7 +236,7 @@ def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
             if o["select"] == "fixed" and (headline not in ks or FIXED_KNN_PAIR[1] not in ts):
                 return ("the fixed headline rule reads k=20, T=0.07, which the grid lacks; add them "
                         "(--k ...,20 --temperature ...,0.07) or use knn(select='holdout')")
-            if o["select"] == "holdout" and holdout <= 0:
+            if o["select"] == "holdout" and not selects:
                 return "select='holdout' needs --holdout > 0"
             o["k"], o["T"] = tuple(sorted(set(ks))), tuple(dict.fromkeys(ts))
         elif kind == "ridge":
@@ -244,7 +248,7 @@ def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
                 if not lams or any(not v > 0 for v in lams):
                     return f"ridge lambdas must be > 0, got {lams}"
                 o["grid"] = tuple(sorted(set(lams)))
-            if holdout <= 0 and (g == "scaled" or (not isinstance(g, str) and len(o["grid"]) > 1)):
+            if not selects and (g == "scaled" or (not isinstance(g, str) and len(o["grid"]) > 1)):
                 return "choosing lambda needs a holdout: use --holdout > 0 or ridge(grid='bigvision') (one lambda)"
         elif kind == "logreg":
             if isinstance(o["C"], str) and o["C"] not in C_PRESETS:
@@ -252,7 +256,7 @@ def _check_options(kind: str, o: dict[str, Any], holdout: float) -> str | None:
             Cs = c_grid(o["C"] if isinstance(o["C"], str) else _as_list(o["C"], float, "C"))
             if not isinstance(o["C"], str):
                 o["C"] = Cs
-            if holdout <= 0 and len(Cs) > 1:
+            if not selects and len(Cs) > 1:
                 return "choosing C needs a holdout: use --holdout > 0 or a single C, e.g. logreg(C=[1.0])"
             if int(o["max_iter"]) < 1 or not float(o["tol"]) > 0:
                 return f"max_iter must be >= 1 and tol > 0, got {o['max_iter']}, {o['tol']}"
