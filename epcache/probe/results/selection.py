@@ -84,11 +84,12 @@ def rule_legend(rows: Sequence[dict[str, Any]]) -> str | None:
 def final_heads(rows: Sequence[dict[str, Any]]) -> str | None:
     """Whether the final heads were refit and on how many rows, from the rows' ``refit`` sections."""
     parts: dict[str, None] = {}
-    refit_sizes = sorted({int(r["refit"]["train_size"]) for r in rows
-                          if isinstance(r.get("refit"), dict) and r["refit"].get("enabled")})
+    refit = [r for r in rows if isinstance(r.get("refit"), dict) and r["refit"].get("enabled")]
+    refit_sizes = sorted({int(r["refit"]["train_size"]) for r in refit})
     if refit_sizes:
         n = str(refit_sizes[0]) if len(refit_sizes) == 1 else f"{refit_sizes[0]} to {refit_sizes[-1]}"
-        parts[f"refit on all {n} training rows for each config's selected steps"] = None
+        held = " (train + holdout)" if any(row_rule(r) == "holdout" for r in refit) else ""
+        parts[f"refit on all {n} training rows{held} for each config's selected steps"] = None
     for r in rows:
         refit = r.get("refit")
         if isinstance(refit, dict) and not refit.get("enabled"):

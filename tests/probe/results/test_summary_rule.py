@@ -49,6 +49,7 @@ def test_cross_validated_rows_are_named_cv5_with_their_rule_and_refit() -> None:
     flat = _flat(text)
     assert "cv5: stratified 5-fold cross-validation over 200 training rows, pooled" in flat
     assert "final heads: refit on all 200 training rows for each config's selected steps" in flat
+    assert "train + holdout" not in flat
     assert "ranked by cv5 top-1 (pooled over the folds, seed mean" in flat
     assert "ranking: seed-mean cv5 top-1; ties: lower seed-mean cv5 cross-entropy" in flat
     assert "chosen by the selection rule" in flat and "chosen on the holdout" not in flat
@@ -61,7 +62,7 @@ def test_held_out_rows_keep_the_holdout_column_and_say_the_refit_took_the_holdou
     header = next(line for line in text.splitlines() if line.startswith("id "))
     assert " holdout " in header and "cv5" not in header and "select" not in header
     flat = _flat(text)
-    assert "final heads: refit on all 4000 training rows" in flat
+    assert "final heads: refit on all 4000 training rows (train + holdout) for each config's selected steps" in flat
     assert "ranked by holdout top-1 (seed mean" in flat and "chosen on the holdout" in flat
     off = [_row(0, (300, 400), rule="holdout", refit={"enabled": False, "reason": "--no-refit"})]
     assert "final heads: the selection model (--no-refit)" in _flat(format_summary(off))
