@@ -3,8 +3,10 @@
 A bar over a one-second fit is noise, and a minute-long fit with no output looks hung. So a loop
 whose length depends on the data (the logistic C path, `epcache attention`'s read-and-score pass)
 reports through :class:`SlowSteps`: nothing until :data:`SLOW_AFTER_S` seconds have passed since
-it started, then one line per step. ``say=None`` (progress off) prints nothing at all. Tests set
-:data:`SLOW_AFTER_S` to 0 instead of sleeping.
+it started, then at most one line every :data:`SLOW_AFTER_S` seconds (a fast loop of many steps
+would otherwise print one line per step: a 45-value C path printed 45), plus the closing line.
+``say=None`` (progress off) prints nothing at all. Tests set :data:`SLOW_AFTER_S` to 0 instead of
+sleeping, which also makes every step a line.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ T = TypeVar("T", bound=Sized)
 class SlowSteps:
     """Says a step's line once the work has run for ``after_s`` seconds; ``every_s`` spaces the lines out.
 
-    ``every_s=0`` says every step past the threshold (a C path: one line per C); a pass over
-    hundreds of chunks uses ``every_s=after_s`` so a long pass prints a line every few seconds.
+    The default (``None``) spaces them ``after_s`` apart, so a slow loop speaks every few seconds
+    however many steps it has; ``every_s=0`` says every step past the threshold, for loops whose
+    every step is itself long.
     """
 
-    def __init__(self, say: Callable[[str], None] | None, *, every_s: float | None = 0.0) -> None:
+    def __init__(self, say: Callable[[str], None] | None, *, every_s: float | None = None) -> None:
         self._say = say
         self.after_s = SLOW_AFTER_S
         self._every = self.after_s if every_s is None else every_s

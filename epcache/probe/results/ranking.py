@@ -35,9 +35,11 @@ __all__ = [
     "SeedGroup",
     "best_per",
     "best_row",
+    "config_ranking",
     "epoch_improves",
     "epoch_selection",
     "group_by_seed",
+    "oracle_note",
     "oracle_text",
     "oracle_top1",
     "rank",
@@ -48,11 +50,23 @@ __all__ = [
 
 EPOCH_SELECTION = "holdout top-1; ties: lower holdout cross-entropy, then the earlier epoch"
 NO_HOLDOUT_SELECTION = "last epoch (no holdout)"
-CONFIG_RANKING = ("seed-mean holdout top-1; ties: lower seed-mean holdout cross-entropy, higher balanced "
-                  "accuracy, fewer parameters, then name")
 ORACLE_RULE = "mean ± std over seeds (few-shot tries) of each seed's max-over-epochs eval top-1"
-ORACLE_NOTE = (f"oracle: {ORACLE_RULE} (the paper's protocol, never used to select); '-': solver heads "
-               "(no epochs: their hyperparameter is chosen on the holdout) or no per-epoch eval curve")
+
+
+def config_ranking(score: str = "holdout") -> str:
+    """:data:`CONFIG_RANKING` naming the split the selection scored (``holdout``, ``cv5``, ``selection``)."""
+    return (f"seed-mean {score} top-1; ties: lower seed-mean {score} cross-entropy, higher balanced "
+            "accuracy, fewer parameters, then name")
+
+
+def oracle_note(chosen: str = "on the holdout") -> str:
+    """:data:`ORACLE_NOTE` saying how solver hyperparameters were chosen (the rule that ran, in the summary)."""
+    return (f"oracle: {ORACLE_RULE} (the paper's protocol, never used to select); '-': solver heads "
+            f"(no epochs: their hyperparameter is chosen {chosen}) or no per-epoch eval curve")
+
+
+CONFIG_RANKING = config_ranking()
+ORACLE_NOTE = oracle_note()
 
 
 def epoch_selection(has_holdout: bool) -> str:

@@ -1,11 +1,12 @@
 """The printed summary (and summary.txt): the ranked table, the best config, its intervals and the holdout's limits.
 
-The holdout top-1 of a single row, which the ranking reads, carries its 95% Wilson interval in the
+The selection top-1 of a single row (holdout, or pooled cross-validation), which the ranking reads
+and whose column is named after the rule that ran (selection.py), carries its 95% Wilson interval in the
 table (``71.30 [66.2, 76.0]``), and the best config's eval top-1 its own on the best-overall line;
 the table leaves the eval interval to results.jsonl, so a row fits 100 columns. Means over seeds or
 few-shot tries are mean ± std; the best config's mean also gets a percentile bootstrap interval.
-When the holdout is too small to tell the leading configs apart, the summary says so once, with
-the holdout's size per class, because then the ranking is a coin toss among them.
+When the selection score is too noisy to tell the leading configs apart, the summary says so once,
+with its size per class, because then the ranking is a coin toss among them.
 """
 
 from __future__ import annotations
@@ -17,21 +18,24 @@ from typing import Any
 
 from epcache._text import FLOP_UNIT, format_flops, mean_std_text, percent, plural
 from epcache._text import short_label as label
-from epcache.probe.results.intervals import (
-    BOOTSTRAP_METHOD,
-    INTERVAL_METHOD,
-    bootstrap_mean_ci,
-    intervals_overlap,
-    wilson,
-)
+from epcache.probe.results.intervals import BOOTSTRAP_METHOD, INTERVAL_METHOD, bootstrap_mean_ci, wilson
 from epcache.probe.results.ranking import (
-    CONFIG_RANKING,
-    ORACLE_NOTE,
-    SeedGroup,
     best_row,
+    config_ranking,
     group_by_seed,
+    oracle_note,
     oracle_text,
     rank_rows,
+)
+from epcache.probe.results.selection import (
+    final_heads,
+    holdout_warning,
+    row_rule,
+    rule_header,
+    rule_legend,
+    rules_of,
+    score_name,
+    solver_choice,
 )
 
 __all__ = ["format_summary", "holdout_warning", "repeats_text", "row_label", "seed_summary", "short_label"]
@@ -49,18 +53,28 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
         return "no results"
     groups = rank_rows(rows)
     honest = all(g.honest for g in groups)
-    crit = "holdout top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
-    lines = [f"{plural(len(rows), 'config')} in {plural(len(groups), 'seed group')}; ranked by {crit} "
-             "(seed mean, ties below); accuracies in %"]
-    header = ("id", "config", "params", f"{FLOP_UNIT}/img", "holdout", "eval", "oracle")
+    rules = rules_of(rows)
+    column = rule_header(rules)
+    score = score_name(rules)
+    crit = f"{score} top-1" if honest else "EVAL top-1 (no holdout: not an honest selection)"
+    pooled = "pooled over the folds, " if honest and column.startswith("cv") else ""
+    lines = [_wrap(f"{plural(len(rows), 'config')} in {plural(len(groups), 'seed group')}; ranked by {crit} "
+                   f"({pooled}seed mean, ties below); accuracies in %")]
+    header = ("id", "config", "params", f"{FLOP_UNIT}/img", column, "eval", "oracle")
     body = []
     by_kind: dict[str, list[Any]] = defaultdict(list)
     for g in groups:
         by_kind[g.rows[0]["config"]["kind"]].append(g)
     for kind in by_kind:  # dict order = rank order of each kind's best group
         for g in by_kind[kind][:top]:
-            body.append(_summary_cells(g))
+            body.append(_summary_cells(g, per_row=column == "select"))
     lines.append(_table(header, body))
+    legend = rule_legend(rows)
+    if legend:
+        lines.append(_wrap(legend))
+    heads = final_heads(rows)
+    if heads:
+        lines.append(_wrap(heads))
     best = groups[0]
     r0 = best_row(best)
     ev = best.mean_std("eval")
@@ -87,35 +101,9 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
         warning = holdout_warning(groups)
         if warning:
             lines.append(_wrap(warning))
-        lines.append(_wrap(f"ranking: {CONFIG_RANKING}"))
-    lines.append(_wrap(ORACLE_NOTE))
+        lines.append(_wrap(f"ranking: {config_ranking(score)}"))
+    lines.append(_wrap(oracle_note(solver_choice(rules))))
     return "\n".join(lines)
-
-
-def holdout_warning(ranked: Sequence[SeedGroup]) -> str | None:
-    """The warning when the best group's holdout interval overlaps the next-ranked groups' (None when it does not).
-
-    A seed group's holdout interval is the Wilson interval of its seed-mean top-1 over the holdout's
-    images: its seeds are scored on the same images, so they add no samples. Rows written before
-    intervals were recorded carry ``n`` and ``top1``, which is all this needs.
-    """
-    if len(ranked) < 2:
-        return None
-    cis = [_group_ci(g) for g in ranked]
-    if cis[0] is None:
-        return None
-    overlapping = sum(1 for ci in cis[1:] if ci is not None and intervals_overlap(cis[0], ci))
-    if not overlapping:
-        return None
-    hold = best_row(ranked[0])["metrics"]["holdout"]
-    size = f"{hold['n']} images"
-    per_class = [int(n) for n in hold.get("per_class_n") or [] if n]
-    if per_class:
-        lo, hi = min(per_class), max(per_class)
-        size += f", {lo} per class" if lo == hi else f", {lo} to {hi} per class"
-    return (f"warning: the holdout ({size}) cannot separate the top {overlapping + 1} configs: their 95% holdout "
-            "intervals overlap the best's, so their order is mostly chance; more holdout data (--holdout) or "
-            "--select cv5 would")
 
 
 def repeats_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -166,14 +154,6 @@ def _epoch_text(row: dict[str, Any]) -> str:
     return f"selected epoch {row['selected_epoch']} of {len(row['curves']['eval_top1'])}"
 
 
-def _group_ci(g: SeedGroup) -> tuple[float, float] | None:
-    hold = [r["metrics"]["holdout"] for r in g.rows]
-    if any(m is None or not m.get("n") for m in hold):
-        return None
-    n = int(hold[0]["n"])
-    return wilson(round(g.mean("holdout") * n), n)
-
-
 def _with_ci(m: dict[str, Any] | None) -> str:
     """One row's top-1 with its interval (recorded, or from n and top1 for rows written before intervals)."""
     if m is None:
@@ -188,16 +168,20 @@ def _pct1(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def _summary_cells(g: Any) -> tuple[str, ...]:
-    """Short label and numbers of a seed group; the full config is in results.jsonl (the id finds it)."""
+def _summary_cells(g: Any, *, per_row: bool = False) -> tuple[str, ...]:
+    """Short label and numbers of a seed group; the full config is in results.jsonl (the id finds it).
+
+    ``per_row``: the table mixes selection rules, so each selection score is prefixed with its own.
+    """
     r = g.rows[0]
     multi = len(g.rows) > 1
+    score = mean_std_text(g.mean_std("holdout")) if multi else _with_ci(r["metrics"]["holdout"])
     return (
         r["id"][:10],
         row_label(r),
         f"{r['params']:,}",
         format_flops(r["flops"]),
-        mean_std_text(g.mean_std("holdout")) if multi else _with_ci(r["metrics"]["holdout"]),
+        f"{row_rule(r)} {score}" if per_row else score,
         mean_std_text(g.mean_std("eval"), std=multi),  # its interval: results.jsonl, and the best's line below
         oracle_text(g),
     )

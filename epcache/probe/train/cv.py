@@ -117,8 +117,9 @@ def _add(into: MetricsAccumulator, other: MetricsAccumulator) -> None:
 def adopt(trainer: GroupTrainer, cv: CrossValidation) -> None:
     """Give the group's trainer the pooled curves and selected epochs, as if its own pass had run them.
 
-    The rows are then written as after a holdout selection; there is no per-epoch eval curve (no
-    single model of an epoch exists), and the final weights come from the refit.
+    The rows are then written as after a holdout selection. No single model of an epoch exists, so
+    the eval curve left here is empty (NaN); the refit supplies it (and the oracle) when the sweep
+    scores eval every epoch, and the final weights always come from the refit.
     """
     epochs = len(cv.train_loss[0]) if cv.train_loss else 0
     trainer.train_loss = [list(x) for x in cv.train_loss]

@@ -171,11 +171,13 @@ class GroupRunner:
             done = run_refit(runs, self.geometry, plan, list(trainer.best_epoch), selection_eval, both, evaluation,
                              steps_per_epoch=p.steps_per_epoch if cv is not None else
                              p.passes_per_epoch * train.steps_per_epoch(), device=self.device,
-                             dtype=self.dtype, fused=c.run.fused, amp=s.amp, compile=c.run.compile)
+                             dtype=self.dtype, fused=c.run.fused, amp=s.amp, compile=c.run.compile,
+                             eval_curve=cv is not None and c.run.eval_curve)  # cv: the curve is the refit's
             refits = {r.id: d.record for r, d in zip(runs, done, strict=True)}
         outcomes = trainer.outcomes(hold_metrics, [d.eval for d in done] if done else selection_eval)
         if done:
-            outcomes = [dataclasses.replace(o, state=d.state) for o, d in zip(outcomes, done, strict=True)]
+            outcomes = [dataclasses.replace(o, state=d.state, eval_top1=d.eval_curve or o.eval_top1)
+                        for o, d in zip(outcomes, done, strict=True)]
         t_refit = time.perf_counter() - t_refit
         seconds = time.perf_counter() - t0
         timing = {
@@ -290,6 +292,7 @@ class GroupRunner:
             costs[key] = input_cost(run.head, g.shapes(run), g.num_classes)  # (params, flops) of the real input
         params, flops = costs[key]
         oracle = o.oracle_epoch
+        curve = "refit" if refit.get("eval_curve") else "selection"  # whose per-epoch eval curve the oracle reads
         return {
             "schema": RESULT_SCHEMA,
             "id": run.id,
@@ -310,8 +313,9 @@ class GroupRunner:
             "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval),  # eval: the refit model's, if refit
                         "interval": INTERVAL_METHOD},
             "refit": refit,
-            "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle]} if self.config.run.eval_curve
-                       and not self.data.folds else {"epoch": None, "eval_top1": None}),  # no eval curve: no oracle
+            "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle], "curve": curve}
+                       if self.config.run.eval_curve and (not self.data.folds or curve == "refit")
+                       else {"epoch": None, "eval_top1": None}),  # no eval curve: no oracle
             "final": {"epoch": len(o.eval_top1),
                       "eval_top1": o.eval_top1[-1] if math.isfinite(o.eval_top1[-1]) else None},
             "curves": {"train_loss": o.train_loss, "holdout_top1": o.holdout_top1, "holdout_loss": o.holdout_loss,

@@ -6,7 +6,10 @@ protocol (per-config seed init, batch, lr schedule with the selection's total an
 epochs of the selection's step count) on train + holdout, drawn as one stream over data epochs,
 and keeps each config's weights at the end of its selected epoch. Its eval score replaces the
 selection model's; the holdout curves stay those of the selection (the refit has no holdout).
-Deterministic from its start, so a group killed during the refit simply runs it again.
+After cross-validation no single selection model has a per-epoch eval curve, so with ``eval_curve``
+the refit runs the whole schedule and scores eval every epoch: the rows' curve and oracle are the
+refit's, while the weights kept are still each config's at its selected epoch. Deterministic from
+its start, so a group killed during the refit simply runs it again.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class RefitResult:
     eval: Metrics
     state: dict[str, Tensor] = field(repr=False)
     record: dict[str, Any] = field(default_factory=dict)  # the row's ``refit`` section
+    eval_curve: list[float] | None = None  # eval top-1 after every epoch of the whole schedule (``eval_curve``)
 
 
 def refit_rows(data: RunData) -> np.ndarray:
@@ -66,22 +70,28 @@ def run_refit(
     fused: bool,
     amp: str,
     compile: bool,
+    eval_curve: bool = False,
 ) -> list[RefitResult]:
     """Retrain ``runs`` from their seed init on ``stream`` (train + holdout, or every row after cv); score eval.
 
     ``selected``: each config's selected epoch (0-based, sweep order within the group); the pass
     runs epochs of ``steps_per_epoch`` steps up to the largest and snapshots each config at its own.
+    ``eval_curve``: run every epoch of the schedule instead, scoring eval after each (the curve).
     """
     p = runs[0].settings.protocol
     trainer = GroupTrainer(runs, geometry, plan, device=device, dtype=dtype, fused=fused, amp=amp, compile=compile)
     batches = endless(stream)
+    curves: list[list[float]] = [[] for _ in runs]
     try:
-        for epoch in range(max(selected) + 1):
+        for epoch in range(p.epochs if eval_curve else max(selected) + 1):
             trainer.train_steps(itertools.islice(batches, steps_per_epoch), steps_per_epoch,
                                 warmup_steps=p.warmup_steps, total_steps=p.total_steps)
             done = [k for k, e in enumerate(selected) if e == epoch]
             if done:
                 trainer.keep(done)
+            if eval_curve:
+                for curve, top1 in zip(curves, trainer.top1(trainer.evaluate(evaluation)), strict=True):
+                    curve.append(top1)
     finally:
         batches.close()  # stops the reader thread of the data epoch it was in
     trainer.load_selected()
@@ -89,7 +99,7 @@ def run_refit(
     results = []
     for k, o in enumerate(outcomes):
         epochs = selected[k] + 1
-        results.append(RefitResult(eval=o.eval, state=o.state, record={
+        results.append(RefitResult(eval=o.eval, state=o.state, eval_curve=curves[k] if eval_curve else None, record={
             "enabled": True,
             "train_size": len(stream.rows),
             "epochs": epochs,
@@ -97,6 +107,7 @@ def run_refit(
             "train_loss": o.train_loss[:epochs],
             # the selection model's eval, for comparison (cross-validation has no single selection model)
             "selection_eval_top1": None if selection_eval is None else selection_eval[k].top1,
+            "eval_curve": eval_curve,  # True: the row's curves.eval_top1 and oracle are this refit's, every epoch
         }))
     return results
 

@@ -65,7 +65,8 @@ def test_auto_cross_validates_a_small_training_set(store: Path, tmp_path: Path) 
     assert row["refit"]["steps"] == row["selected_epoch"] * p["steps_per_epoch"]
     curve = row["curves"]["holdout_top1"]
     assert len(curve) == 3 and curve[row["selected_epoch"] - 1] == max(curve)
-    assert row["oracle"]["epoch"] is None and res.best is not None
+    assert row["refit"]["eval_curve"] is True and row["oracle"]["curve"] == "refit"  # cv: the refit's eval curve
+    assert row["oracle"]["eval_top1"] >= row["metrics"]["eval"]["top1"] and res.best is not None
     assert sum("selection: stratified 5-fold" in n for n in res.notes) == 1
     plan = json.loads((out / "plan.json").read_text())
     assert plan["selection"]["rule"] == "cv5" and "1000" in plan["selection"]["reason"]
