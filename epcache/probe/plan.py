@@ -357,7 +357,8 @@ def _no_cls_note(runs: Sequence[RunSpec], specs: Sequence[SolverSpec]) -> str:
 
 def _plan_line(runs: Sequence[RunSpec], specs: Sequence[SolverSpec], layers: Sequence[int], data: RunData,
                p: Protocol | None) -> str:
-    hold = f"holdout {len(data.holdout_rows)}" if len(data.holdout_rows) else "no holdout"
+    hold = (f"holdout {len(data.holdout_rows)}" if len(data.holdout_rows) else
+            f"cv{len(data.folds)} over them" if data.folds else "no holdout")
     solvers = f"{plural(len(specs), 'solver config')} ({', '.join(sorted({s.kind for s in specs}))})" if specs else ""
     if p is None:
         return (f"plan: {solvers} on {plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / "
