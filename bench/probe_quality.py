@@ -114,8 +114,8 @@ def backbone(kind: str, cache: Path, root: Path) -> tuple[str, Path | None, dict
     t0 = time.perf_counter()
     path, reused = _pretrain.checkpoint(cache, cfg, log=True)
     how = f"reused from {path}" if reused else f"trained in {time.perf_counter() - t0:.0f} s, saved to {path}"
-    return (f"ViT-Tiny ({_pretrain.describe()}) pretrained here: supervised, {len(_pretrain.CLASSES)} classes of "
-            f"generated line drawings (shapes, strokes, arcs; never a digit), {cfg.steps} steps x {cfg.batch}, "
+    return (f"ViT ({_pretrain.describe()}) pretrained here: supervised, {len(_pretrain.CLASSES)} classes of generated "
+            f"line drawings (shapes, strokes, arcs, capital letters; never a digit), {cfg.steps} steps x {cfg.batch}, "
             f"AdamW lr {cfg.lr}, seed {cfg.seed}; checkpoint {how}; extracted with ExtractConfig(weights=...)",
             path, dict(_pretrain.MODEL_KWARGS))
 
