@@ -2,7 +2,7 @@
 
 Command (from the repository root)::
 
-    python bench/probe_quality.py                      # pretrains the backbone first (a few CPU minutes)
+    python bench/probe_quality.py                      # ~12 min when busy: 4-9 of them pretraining
     python bench/probe_quality.py --cache ~/.cache/epq  # keep the checkpoint: later runs skip pretraining
     python bench/probe_quality.py --quick              # coarser hyperparameter grids
     python bench/probe_quality.py --backbone random    # the random-init ViT instead
@@ -12,7 +12,7 @@ default (``--backbone pretrained``) is a small timm ViT (bench/_pretrain.py: 4 b
 patch 8, 32 px) PRETRAINED HERE with supervision on line drawings the bench generates itself (the
 demo's shapes, straight strokes, open arcs and capital letters no digit could pass for, 33 classes,
 random size, place, rotation, stroke and blur; never a digit): 800 steps of 64 fresh drawings,
-fixed seed, about 4 CPU minutes. The checkpoint is saved as safetensors
+fixed seed, 250 s measured alone, 550 s on busy cores. The checkpoint is saved as safetensors
 (under the run's temp dir, or ``--cache DIR``) and the digits are extracted through epcache's
 real-weights path (``ExtractConfig(weights=...)``, as ``epcache extract --weights``). A
 random-init ViT (``--backbone random``: 4 blocks, patch 4, 32 px) stays available: its features are
