@@ -1,8 +1,9 @@
 """Real images with class structure for the quality bench, built offline: scikit-learn's 8x8 digits.
 
 Nothing can be downloaded here and no installed package ships pretrained vision weights, so the
-backbone is a random-init ViT and the class structure comes from the images: 1,797 real handwritten
-digits (sklearn ships them), upsampled to 32 px. A fixed eval split of real digits is set aside
+backbone is either pretrained here on generated drawings (bench/_pretrain.py) or random-init; the
+class structure comes from the images: 1,797 real handwritten digits (sklearn ships them),
+upsampled to 32 px. A fixed eval split of real digits is set aside
 first; the training pool is the remaining real digits plus lightly augmented copies of them (small
 rotation and shift) up to the pool size, so no eval image, nor a copy of one, is ever trained on.
 The pool is extracted once; each training size is a store holding a stratified draw of its rows.
@@ -50,14 +51,22 @@ def write_digits(root: Path, per_class_train: int, per_class_eval: int, seed: in
     return root
 
 
-def digits_pool(root: Path, per_class_train: int, per_class_eval: int) -> Path:
-    """The digits through a random-init 4-block ViT-Tiny (patch 4, 32 px): the last block's tokens, one store."""
+def digits_pool(root: Path, per_class_train: int, per_class_eval: int, weights: Path | None = None,
+                model_kwargs: dict[str, int] | None = None) -> Path:
+    """The digits through a small ViT-Tiny (4 blocks, patch 4, 32 px unless ``model_kwargs`` says otherwise):
+    the last block's tokens, one store.
+
+    With ``weights`` (a local checkpoint) the extraction takes the real-weights path a user's
+    ``epcache extract --weights`` takes; without, the network is random-init.
+    """
     from epcache.extract import ExtractConfig, extract_store
 
     data = write_digits(root / "digits", per_class_train, per_class_eval)
     store = root / "digits_pool.zarr"
-    extract_store(ExtractConfig(model="vit_tiny_patch16_224", data=data, out=store, random_init=True, img_size=IMG,
-                                model_kwargs={"depth": 4, "patch_size": 4}, workers=0, layers="last", batch_size=64),
+    kwargs = {"depth": 4, "patch_size": 4} if model_kwargs is None else dict(model_kwargs)
+    extract_store(ExtractConfig(model="vit_tiny_patch16_224", data=data, out=store, random_init=weights is None,
+                                weights=weights, img_size=IMG, model_kwargs=kwargs, workers=0, layers="last",
+                                batch_size=64),
                   progress=False)
     return store
 
