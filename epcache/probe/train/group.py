@@ -264,8 +264,9 @@ class GroupRunner:
             decision = decide_in_memory(c.data.in_memory, size)
             hold = decision.hold
             self.memory_rule = decision.rule
-            if c.data.in_memory is None and decision.rule not in self.said:  # auto: said once per sweep
-                self.said.add(decision.rule)
+            said = f"in-memory:{decision.hold}"  # auto: said once per sweep and outcome, not per fold or layer size
+            if c.data.in_memory is None and said not in self.said:
+                self.said.add(said)
                 self.say(f"training tokens {decision.rule}; --in-memory / --no-in-memory to choose")
         if hold:
             source = load_memory(source, rows, store.split(split).views, all_views=training,

@@ -137,3 +137,12 @@ def test_held_training_tokens_are_read_once_not_every_epoch(store: Path, monkeyp
     probe_store(config(store, head="linear", queries=None, layers="0", epochs=3, holdout=0.0), progress=False)
     train = [n for (split, _), n in reads.items() if split == "train"]
     assert train and set(train) == {1}  # auto held them: one read per chunk for 3 epochs
+
+
+def test_cross_validation_says_the_memory_note_once_not_per_fold(store: Path, capsys: Any) -> None:
+    # five fold streams and the refit's stream hold different row counts: still one note per sweep
+    result = probe_store(config(store, head="linear", queries=(), layers="0", epochs=2, holdout=None, select="cv5",
+                                refit=True),
+                         progress=True)
+    assert result.rows[0]["protocol"]["selection_rule"] == "cv5"
+    assert capsys.readouterr().err.count("training tokens auto: held in RAM") == 1
