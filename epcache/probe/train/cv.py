@@ -18,11 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from epcache.probe.data.layers import ReadSpec
 from epcache.probe.data.stream import BatchStream
 from epcache.probe.results.metrics import Metrics, MetricsAccumulator
 from epcache.probe.results.ranking import epoch_improves
-from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import RunSpec
 from epcache.probe.train.refit import endless
 from epcache.probe.train.trainer import GroupTrainer
@@ -43,23 +41,18 @@ class CrossValidation:
 
 def cross_validate(
     runs: Sequence[RunSpec],
-    geometry: HeadGeometry,
-    plan: ReadSpec,
+    new_trainer: Callable[[], GroupTrainer],
     rows: np.ndarray,
     folds: Sequence[np.ndarray],
     stream: Callable[[np.ndarray, bool], BatchStream],
     *,
     steps_per_epoch: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    fused: bool,
-    amp: str,
-    compile: bool,
     on_fold: Callable[[int], None] = lambda fold: None,
 ) -> CrossValidation:
     """Train ``runs`` on each fold's complement of ``rows``, score the fold every epoch, select on the pooled curve.
 
-    ``stream(rows, training)`` opens a batch stream over those stored rows.
+    ``new_trainer()`` builds the group's stacks from their seed init (one per fold); ``stream(rows,
+    training)`` opens a batch stream over those stored rows.
     """
     p = runs[0].settings.protocol
     pooled: list[list[MetricsAccumulator]] = []
@@ -67,8 +60,7 @@ def cross_validate(
     trainer: GroupTrainer | None = None
     for f, fold in enumerate(folds):
         on_fold(f)
-        trainer = GroupTrainer(runs, geometry, plan, device=device, dtype=dtype, fused=fused, amp=amp,
-                               compile=compile)
+        trainer = new_trainer()
         held = stream(fold, False)
         batches = endless(stream(np.setdiff1d(rows, fold), True))
         try:

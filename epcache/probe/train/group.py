@@ -114,11 +114,14 @@ class GroupRunner:
                                    self.data.train_labels, training=False)
         evaluation = self._stream(self.eval_store, s.eval_split, runs, plan, self.data.eval_rows,
                                   self.data.eval_labels, training=False)
-        trainer = GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.run.fused,
-                               amp=s.amp, compile=c.run.compile)
+        def new_trainer() -> GroupTrainer:  # the stacks from their seed init: selection, each cv fold, the refit
+            return GroupTrainer(runs, self.geometry, plan, device=self.device, dtype=self.dtype, fused=c.run.fused,
+                                amp=s.amp, compile=c.run.compile)
+
+        trainer = new_trainer()
         cv = None
         if self.data.folds:  # cross-validated selection (train/cv.py): no holdout, no checkpoints; then the refit
-            cv = self._cross_validate(runs, plan, layer)
+            cv = self._cross_validate(runs, new_trainer, plan, layer)
             adopt(trainer, cv)
         ckpt = None
         resumed_from = None
@@ -168,10 +171,9 @@ class GroupRunner:
             both = train if cv is not None else self._stream(self.store, s.train_split, runs, plan,
                                                              refit_rows(self.data), self.data.train_labels,
                                                              training=True)
-            done = run_refit(runs, self.geometry, plan, list(trainer.best_epoch), selection_eval, both, evaluation,
+            done = run_refit(runs, new_trainer, list(trainer.best_epoch), selection_eval, both, evaluation,
                              steps_per_epoch=p.steps_per_epoch if cv is not None else
-                             p.passes_per_epoch * train.steps_per_epoch(), device=self.device,
-                             dtype=self.dtype, fused=c.run.fused, amp=s.amp, compile=c.run.compile,
+                             p.passes_per_epoch * train.steps_per_epoch(),
                              eval_curve=cv is not None and c.run.eval_curve)  # cv: the curve is the refit's
             refits = {r.id: d.record for r, d in zip(runs, done, strict=True)}
         outcomes = trainer.outcomes(hold_metrics, [d.eval for d in done] if done else selection_eval)
@@ -222,8 +224,9 @@ class GroupRunner:
                  f"(holdout {_pct(best['metrics']['holdout'])}, eval {_pct(best['metrics']['eval'])})")
         return rows
 
-    def _cross_validate(self, runs: Sequence[RunSpec], plan: ReadSpec, layer: str) -> CrossValidation:
-        s, c = runs[0].settings, self.config
+    def _cross_validate(self, runs: Sequence[RunSpec], new_trainer: Callable[[], GroupTrainer], plan: ReadSpec,
+                        layer: str) -> CrossValidation:
+        s = runs[0].settings
 
         def stream(rows: np.ndarray, training: bool) -> BatchStream:
             return self._stream(self.store, s.train_split, runs, plan, rows, self.data.train_labels, training=training)
@@ -231,9 +234,8 @@ class GroupRunner:
         def on_fold(f: int) -> None:
             self.bar.set_postfix_str(f"{layer}, fold {f + 1}/{len(self.data.folds)}, {len(runs)} configs")
 
-        return cross_validate(runs, self.geometry, plan, self.data.train_rows, self.data.folds, stream,
-                              steps_per_epoch=s.protocol.steps_per_epoch, device=self.device, dtype=self.dtype,
-                              fused=c.run.fused, amp=s.amp, compile=c.run.compile, on_fold=on_fold)
+        return cross_validate(runs, new_trainer, self.data.train_rows, self.data.folds, stream,
+                              steps_per_epoch=s.protocol.steps_per_epoch, on_fold=on_fold)
 
     def _stream(
         self,

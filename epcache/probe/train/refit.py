@@ -15,20 +15,17 @@ its start, so a group killed during the refit simply runs it again.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from epcache.probe.config.runspec import RunSpec
-from epcache.probe.data.layers import ReadSpec
 from epcache.probe.data.samples import RunData
 from epcache.probe.data.stream import Batch, BatchStream
 from epcache.probe.results.metrics import Metrics
-from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.train.trainer import GroupTrainer
 
 __all__ = ["RefitResult", "endless", "refit_off", "refit_rows", "run_refit"]
@@ -57,29 +54,24 @@ def refit_off(refit: bool) -> dict[str, Any]:
 
 def run_refit(
     runs: Sequence[RunSpec],
-    geometry: HeadGeometry,
-    plan: ReadSpec,
+    new_trainer: Callable[[], GroupTrainer],
     selected: Sequence[int],
     selection_eval: Sequence[Metrics] | None,
     stream: BatchStream,
     evaluation: BatchStream,
     *,
     steps_per_epoch: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    fused: bool,
-    amp: str,
-    compile: bool,
     eval_curve: bool = False,
 ) -> list[RefitResult]:
     """Retrain ``runs`` from their seed init on ``stream`` (train + holdout, or every row after cv); score eval.
 
+    ``new_trainer()`` builds the group's stacks from their seed init, exactly as the selection did.
     ``selected``: each config's selected epoch (0-based, sweep order within the group); the pass
     runs epochs of ``steps_per_epoch`` steps up to the largest and snapshots each config at its own.
     ``eval_curve``: run every epoch of the schedule instead, scoring eval after each (the curve).
     """
     p = runs[0].settings.protocol
-    trainer = GroupTrainer(runs, geometry, plan, device=device, dtype=dtype, fused=fused, amp=amp, compile=compile)
+    trainer = new_trainer()
     batches = endless(stream)
     curves: list[list[float]] = [[] for _ in runs]
     try:
