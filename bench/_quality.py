@@ -94,7 +94,7 @@ class Cell:
     regime: str
     ours: float
     theirs: dict[str, float]
-    ours_ridge: float | None = None  # epcache's own ridge solver head on the same store (not judged: for reading)
+    ours_sgd: float | None = None  # epcache's linear head with --linear-fit sgd (not judged: for reading)
 
     @property
     def gap(self) -> float:
@@ -121,13 +121,13 @@ class Cell:
 
 
 HEADER = (f"{'train':>5} {'regime':<6} {'epcache':>8} {'lr_std':>7} {'lr_raw':>7} {'ridge':>7} {'ncm':>7} "
-          f"{'best':>7} {'gap':>7} {'vs_lr':>7} {'ep.ridge':>8}  target")
+          f"{'best':>7} {'gap':>7} {'vs_lr':>7} {'ep.sgd':>8}  target")
 
 
 def row(cell: Cell) -> str:
     """One table line: top-1 in percent, the gap in points, and the verdict against this size's tolerance."""
     t = cell.theirs
     vals = " ".join(f"{100 * t[k]:>7.2f}" for k in (*BASELINES, "best"))
-    ours_ridge = "-" if cell.ours_ridge is None else f"{100 * cell.ours_ridge:.2f}"
+    ours_sgd = "-" if cell.ours_sgd is None else f"{100 * cell.ours_sgd:.2f}"
     return (f"{cell.size:>5} {cell.regime:<6} {100 * cell.ours:>8.2f} {vals} {cell.gap:>+7.2f} {cell.gap_lr:>+7.2f} "
-            f"{ours_ridge:>8}  >= -{cell.tolerance:g}, >= ncm: {cell.verdict()}")
+            f"{ours_sgd:>8}  >= -{cell.tolerance:g}, >= ncm: {cell.verdict()}")

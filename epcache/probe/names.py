@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["BUILTIN_HEAD_KINDS", "SOLVER_KINDS", "TRAINED_HEAD_KINDS", "known_heads_text", "unknown_head_text"]
+__all__ = [
+    "BUILTIN_HEAD_KINDS", "LINEAR_FITS", "SOLVER_KINDS", "TRAINED_HEAD_KINDS", "known_heads_text", "unknown_head_text",
+]
 
 SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")  # fitted once on pooled features, no epochs
+LINEAR_FITS: tuple[str, ...] = ("auto", "both", "sgd", "lstsq")  # --linear-fit (epcache.probe.solvers._lstsq)
 TRAINED_HEAD_KINDS: tuple[str, ...] = (  # the registry's built-in trained heads, sorted as list_heads() is
     "abmilp", "aim", "cae", "cait", "cbam", "clip", "coca", "dinovit", "dolg", "ep", "esimpool", "jepa", "linear",
     "mhca", "mp", "siglip", "simpool",

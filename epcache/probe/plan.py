@@ -34,7 +34,7 @@ from epcache.probe.data.samples import RunData, check_compatible, resolve_rows
 from epcache.probe.device import TORCH_DTYPES, resolve_device, resolve_shard
 from epcache.probe.heads import head_kind
 from epcache.probe.results.rows import RESULTS_FILE
-from epcache.probe.solvers import SolverSpec, check_solver_inputs, plan_block_solvers
+from epcache.probe.solvers import SolverSpec, check_solver_inputs, linear_family_note, plan_block_solvers
 from epcache.probe.sweep.checks import check_two_classes, resolve_layers, split_head
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
@@ -222,6 +222,9 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     if verdict is not None and verdict.refuse:
         raise ConfigError(verdict.line)
     notes = _notes(c, runs, specs, layers, data, protocol, knn_note, store)
+    family_note = linear_family_note(request.config, specs)
+    if family_note:
+        notes.insert(1, family_note)
     if verdict is not None:
         notes.insert(1, verdict.line)
     if runs or selection.rule != "holdout":

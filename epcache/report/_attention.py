@@ -62,7 +62,8 @@ def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR")
     """
     if config == "best":
         groups = [g for g in rank_rows(rows)
-                  if g.rows[0]["config"].get("kind") not in _NO_MAPS and best_row(g).get("head_file")]
+                  if g.rows[0]["config"].get("kind") not in _NO_MAPS and not g.rows[0]["config"].get("solver")
+                  and best_row(g).get("head_file")]
         if not groups:
             raise ConfigError(_no_attentive_config(rows, rundir))
         return best_row(groups[0])

@@ -26,14 +26,16 @@ def test_sweep_from_comma_lists(store: Path, tmp_path: Path) -> None:
                             "--lr", "1e-3,3e-3", "--layers", "0,1", "--out", str(out), *FAST])
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    # linear: 1 token choice; ep: 2 query counts -> 3 heads x 2 lrs x 2 layers
-    assert len(rows) == 12
+    # linear: 1 token choice; ep: 2 query counts -> 3 heads x 2 lrs x 2 layers, plus the linear family's
+    # least-squares candidate on each layer (recipe auto fits both linear fits)
+    assert len(rows) == 14
+    assert sorted(r["config"]["layer"] for r in rows if r["config"]["kind"] == "ridge") == [0, 1]
     assert {r["config"]["head_options"].get("queries") for r in rows if r["config"]["kind"] == "ep"} == {2, 4}
     assert "best overall" in r.output
     again = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear,ep", "--queries", "2,4",
                                 "--lr", "1e-3,3e-3", "--layers", "0,1", "--out", str(out), *FAST])
     assert again.exit_code == 0
-    assert len((out / "results.jsonl").read_text().splitlines()) == 12  # finished configs are skipped
+    assert len((out / "results.jsonl").read_text().splitlines()) == 14  # finished configs are skipped
 
 
 @pytest.mark.parametrize(

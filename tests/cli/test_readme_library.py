@@ -28,7 +28,7 @@ def test_readme_library_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     out = capsys.readouterr().out
     assert "(0, 1) 48" in out  # the comment's claim
     assert "best overall" in out and (tmp_path / "run/report/report.md").is_file()
-    assert (tmp_path / "run/results.jsonl").read_text().count("\n") == 2  # linear + ep
+    assert (tmp_path / "run/results.jsonl").read_text().count("\n") == 3  # linear + ep + the linear family's ridge
 
 
 def test_import_epcache_is_light_and_offers_entry_points() -> None:

@@ -80,7 +80,7 @@ def test_zarr_to_h5_and_back_reads_equal_and_probes(stores: dict[str, Path], tmp
     res = probe_store(ProbeConfig(store=str(h5), head="linear,ep", tokens="cls,patch", queries=(2,), epochs=1, warmup=0,
                                   batch_size=4, lr=(0.01,), optimizer=("adamw",), holdout=0.0, device="cpu"),
                       progress=False)
-    assert sorted(r["config"]["kind"] for r in res.rows) == ["ep", "linear"]  # the last layer by default
+    assert sorted(r["config"]["kind"] for r in res.rows) == ["ep", "linear", "ridge"]  # last layer; ridge: lstsq fit
     with open_store(h5) as s:
         assert {r["store"]["provenance"] for r in res.rows} == {s.provenance}  # rows name the derived store
 

@@ -74,6 +74,8 @@ def test_probe_reads_each_stage_with_its_own_shape(stages: tuple[Path, Path], tm
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
     params = {(row["config"]["layer"], row["config"]["kind"]): row["params"] for row in rows}
-    assert set(params) == {(0, "linear"), (0, "ep"), (4, "linear"), (4, "ep")}
+    # the linear family's least-squares candidate pools each stage at its own width too
+    assert set(params) == {(0, "linear"), (0, "ep"), (0, "ridge"), (4, "linear"), (4, "ep"), (4, "ridge")}
     assert params[(4, "linear")] > 4 * params[(0, "linear")]  # 512 channels at stage 4, 64 at stage 0
+    assert params[(4, "ridge")] > 4 * params[(0, "ridge")]
     assert params[(4, "ep")] > 4 * params[(0, "ep")]

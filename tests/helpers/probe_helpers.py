@@ -126,6 +126,7 @@ def config(store: Path, **kw: object) -> ProbeConfig:
         "holdout": 0.2,
         "device": "cpu",
         "refit": False,  # the selection model: tests of selection, fusion and outputs compare its numbers
+        "linear_fit": "sgd",  # the trained heads only: tests of training count and compare the SGD rows
     }
     base.update(kw)
     return ProbeConfig(**base)  # type: ignore[arg-type]

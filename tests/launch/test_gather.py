@@ -40,14 +40,15 @@ def test_four_layer_units_gather_to_the_rows_of_one_process(store: Path, single:
     assert [u["layers"] for u in plan.units] == [[layer] for layer in LAYERS]  # a layer's configs stay together
     assert set(result.outcomes.values()) == {"done"}
     gathered = result.gathered
-    assert gathered is not None and len(gathered.rows) == len(single) == 16
+    # 4 layers x (2 heads x 2 lrs + the linear family's least-squares fit)
+    assert gathered is not None and len(gathered.rows) == len(single) == 20
     assert rows_by_id(gathered.rows) == single  # float64: every metric and curve bit-identical
     on_disk = read_results(run_dir / "results.jsonl")
     assert [r["id"] for r in on_disk] == [r["id"] for g in rank(group_by_seed(on_disk)) for r in g.rows]  # ranked
     assert (run_dir / "summary.txt").read_text().strip() == gathered.summary
-    assert len(list((run_dir / "heads").glob("*.safetensors"))) == 16
-    assert write_report(run_dir, figures=False).num_configs == 16
-    assert json.loads((run_dir / "COMPLETE").read_text())["rows"] == 16
+    assert len(list((run_dir / "heads").glob("*.safetensors"))) == 20
+    assert write_report(run_dir, figures=False).num_configs == 20
+    assert json.loads((run_dir / "COMPLETE").read_text())["rows"] == 20
     assert gather(run_dir).rows == gathered.rows  # gathering again changes nothing
 
 

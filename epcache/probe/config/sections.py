@@ -65,6 +65,12 @@ class HeadsConfig:
     num_heads: tuple[int, ...] = doc(
         (), doc="attention heads of MHCA-style poolers; empty: each kind's default", check=_COUNT
     )
+    linear_fit: str = doc(
+        "auto",
+        doc="how linear heads are fitted: sgd (cross-entropy, the lr/wd grid) | lstsq (closed-form least squares, "
+        "the ridge solver) | both (the selection rule chooses) | auto: both under recipe auto, sgd under a named "
+        "recipe (its paper's probe)",
+    )
 
 
 @document_fields

@@ -19,6 +19,8 @@ from epcache.probe.solvers._logreg import LogregFit as LogregFit
 from epcache.probe.solvers._logreg import c_grid as c_grid
 from epcache.probe.solvers._logreg import fit_logreg as fit_logreg
 from epcache.probe.solvers._logreg import logreg_path as logreg_path
+from epcache.probe.solvers._lstsq import linear_family as linear_family
+from epcache.probe.solvers._lstsq import linear_family_note as linear_family_note
 from epcache.probe.solvers._ncm import NcmModel as NcmModel
 from epcache.probe.solvers._ncm import fit_ncm as fit_ncm
 from epcache.probe.solvers._ridge import EigenPath as EigenPath
@@ -65,6 +67,8 @@ __all__ = [
     "knn_predict",
     "knn_search",
     "knn_table",
+    "linear_family",
+    "linear_family_note",
     "load_solver_head",
     "logreg_path",
     "plan_block_solvers",

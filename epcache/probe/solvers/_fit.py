@@ -176,7 +176,7 @@ def _fit_ridge(spec: SolverSpec, d: SolverInputs) -> SolverOutcome:
         params=D * C + C, flops=2 * D * C,
         state={"weight": weight, "bias": bias},
         details={"grid": spec.option("grid") if isinstance(spec.option("grid"), str) else "list",
-                 "lambda_relative": rel, "selected_index": best, "lambda": lam_star,
+                 "lambda_relative": [float(r) for r in rel], "selected_index": best, "lambda": lam_star,
                  "branch": rpath.branch, "clamped_dims": clamped, "n_refit": refit_stats.n},
     )
 

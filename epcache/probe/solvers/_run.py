@@ -27,6 +27,7 @@ from epcache.probe.results.rows import HEAD_META_KEY, RESULT_SCHEMA, RESULTS_FIL
 from epcache.probe.solvers._cv import DrawSelection, draw_selection, fit_cv, selection_record
 from epcache.probe.solvers._fewshot import fewshot_rows, shots_record
 from epcache.probe.solvers._fit import SolverInputs, fit_solver
+from epcache.probe.solvers._lstsq import linear_family
 from epcache.probe.solvers._ncm import NcmModel
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
 from epcache.probe.solvers.vectors import PooledCache
@@ -68,6 +69,9 @@ def plan_solvers(
         ConfigError: problems of the solver part, or a few-shot request trained heads cannot take.
     """
     trained, solvers = split_heads(config.heads.head)
+    selects = float(config.data.holdout) > 0 or selection not in ("holdout", "none")  # a lambda can be chosen
+    family = linear_family(config, trained, selects=selects)
+    trained = family.trained
     shots = _shots(config.data.shots)
     tries = int(config.solvers.tries)
     trained_config = None
@@ -79,7 +83,7 @@ def plan_solvers(
                 "Run the trained heads in a separate sweep per shot count"
             )
         trained_config = dataclasses.replace(config, head=trained, shots=shots[0] if shots else None)
-    if not solvers:
+    if not solvers and not family.lstsq:
         return trained_config, []
     settings = SolverSettings(
         data_seed=config.data.data_seed, holdout=float(config.data.holdout), fraction=config.data.fraction,
@@ -87,12 +91,13 @@ def plan_solvers(
         dtype=config.run.dtype, train_split=config.inputs.train_split, eval_split=config.inputs.eval_split,
         store_provenance=store_provenance, eval_provenance=eval_provenance,
     )
-    specs = expand_solver_specs(
-        solvers, layers=layers, tokens=config.inputs.tokens,
-        has_cls=meta.layout.cls_index is not None, shots=shots, tries=tries, k=config.solvers.k,
-        temperature=config.solvers.temperature, c_preset=config.solvers.c_preset, settings=settings,
-        standardize=config.solvers.standardize,
-    )
+    common = dict(layers=layers, has_cls=meta.layout.cls_index is not None, shots=shots, tries=tries,
+                  k=config.solvers.k, temperature=config.solvers.temperature, c_preset=config.solvers.c_preset,
+                  settings=settings, standardize=config.solvers.standardize)
+    specs = expand_solver_specs(solvers, tokens=config.inputs.tokens, **common) if solvers else []
+    if family.lstsq:  # the linear heads' least-squares candidates, on the tokens those heads read
+        extra = expand_solver_specs(family.lstsq, tokens=family.tokens, **common)
+        specs += [s for s in extra if s.id not in {t.id for t in specs}]
     return trained_config, specs
 
 

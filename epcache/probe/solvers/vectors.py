@@ -94,7 +94,7 @@ def pool_rows(store: FeatureStore, split: str, layer: int, rows: np.ndarray) -> 
     """
     rows = np.unique(np.asarray(rows, np.int64))
     layout = store.meta.layout
-    P, D = layout.num_prefix, store.meta.dim
+    P, D = layout.num_prefix, store.meta.layer_shape(layer)[1]  # a convnet's stages differ in width
     cs = store.split(split).chunk_samples
     cls_out = np.empty((len(rows), D), np.float32) if layout.cls_index is not None else None
     gap_out = np.empty((len(rows), D), np.float32)

@@ -68,7 +68,7 @@ def test_fewshot_tries_are_called_tries_and_short_classes_say_the_shots_used(sto
 def test_trained_rows_record_the_shots_they_used(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "lin"
     r = runner.invoke(app, ["probe", "--store", str(store), "--head", "linear", "--tokens", "cls", "--shots", "1000",
-                            "--out", str(out), *FAST])
+                            "--linear-fit", "sgd", "--out", str(out), *FAST])
     assert r.exit_code == 0, r.output
     (row,) = _rows(out)
     assert (row["data"]["shots_asked"], row["data"]["shots_used"]) == (1000, 32)
@@ -94,6 +94,6 @@ def test_a_store_without_cls_names_its_default_tokens_once(tmp_path: Path) -> No
     assert r.exit_code == 0, r.output
     notes = [line for line in r.output.splitlines() if "no CLS token" in line]
     assert len(notes) == 1, r.output
-    assert "knn, linear read gap" in notes[0] and "ep read patch" in notes[0]
+    assert "knn, linear, ridge read gap" in notes[0] and "ep read patch" in notes[0]  # ridge: linear's lstsq fit
     assert {row["config"]["tokens"] for row in _rows(out) if row["config"]["kind"] != "ep"} == {"gap"}
     assert np.unique([row["config"]["lr"] for row in _rows(out) if not row["config"].get("solver")]).size == 2

@@ -75,7 +75,8 @@ def test_grid_file_routes_solver_heads_of_every_table(store: Path, tmp_path: Pat
     assert r.exit_code == 0, r.output
     rows = _rows(out)
     got = sorted((row["config"]["kind"], row["config"].get("lr"), row["config"]["tokens"]) for row in rows)
-    assert got == [("knn", None, "gap"), ("linear", 0.01, "gap"), ("linear", 0.1, "gap"), ("ncm", None, "cls")], got
+    assert got == [("knn", None, "gap"), ("linear", 0.01, "gap"), ("linear", 0.1, "gap"), ("ncm", None, "cls"),
+                   ("ridge", None, "gap")], got  # ridge: the linear table's least-squares fit
     knn = next(row for row in rows if row["config"]["kind"] == "knn")
     assert knn["solver"]["k"] == 5
     assert {row["input"]["tokens"] for row in rows} == {"gap", "cls"}  # solver rows describe their input too

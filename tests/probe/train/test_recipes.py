@@ -77,7 +77,7 @@ def test_the_plain_cli_command_works_on_a_20_sample_store(tmp_path: Path) -> Non
     store = separable_store(tmp_path / "s.zarr", n_train=20, n_val=40, num_classes=4)
     res = CliRunner().invoke(app, ["probe", "--store", str(store), "--head", "linear,knn", "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert "plan: 1 solver config (knn) and 12 configs (1 head x 12 lrs)" in res.stderr  # stderr without progress
+    assert "plan: 2 solver configs (knn, ridge) and 12 configs (1 head x 12 lrs)" in res.stderr  # on stderr
     assert "k-NN: the default k list capped at the bank of 16 samples: k = (10, 16)" in res.stderr
     explicit = CliRunner().invoke(app, ["probe", "--store", str(store), "--head", "knn", "--k", "10,20,200"])
     assert explicit.exit_code == 2 and "k=200 is larger than the bank" in explicit.output  # explicit: an error
@@ -90,8 +90,8 @@ def test_grid_file_settings_are_the_ones_that_run(tmp_path: Path) -> None:
     grid.write_text('batch_size = 8\nholdout = 0.25\nshots = 10\nepochs = 3\ndata_seed = 5\n'
                     '[[grid]]\nhead = "linear"\nlr = [0.01]\n', encoding="utf-8")
     # the CLI-side values differ: the grid file's must be the ones that run AND the ones recorded
-    res = probe_store(ProbeConfig(store=str(store), grid=str(grid), batch_size=64, epochs=9, device="cpu"),
-                      progress=False)
+    res = probe_store(ProbeConfig(store=str(store), grid=str(grid), batch_size=64, epochs=9, device="cpu",
+                                  linear_fit="sgd"), progress=False)
     (row,) = res.rows
     assert row["data"]["num_train"] == 4 * 10 and row["data"]["num_holdout"] == 4 * 13  # round(0.25 * 50), half up
     assert row["protocol"]["batch_size"] == 8 and row["protocol"]["data_seed"] == 5 and row["config"]["shots"] == 10
@@ -184,7 +184,7 @@ def test_report_groups_seeds_by_fingerprint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     for shots in (5, 10):
         probe_store(ProbeConfig(store=str(store), head=("linear",), lr=(0.01,), seeds=(0, 1), shots=shots, epochs=2,
-                                out=str(out), device="cpu"), progress=False)
+                                out=str(out), device="cpu", linear_fit="sgd"), progress=False)
     rows = read_results(out / "results.jsonl")
     assert len(rows) == 4 and len({r["name"] for r in rows}) == 2  # names repeat across the two runs
     groups = group_seeds(rows)
