@@ -97,7 +97,7 @@ def markdown_difference(path: str | Path, board: Board) -> str | None:
     """
     path = Path(path)
     _, old, _ = _split(path)
-    have = [line.strip() for line in old.strip().splitlines()]
+    have = _lines(old)
     want = render_markdown(board).splitlines()
     if have == want:
         return None
@@ -118,9 +118,10 @@ def write_markdown(path: str | Path, board: Board) -> bool:
     path = Path(path)
     head, old, tail = _split(path)
     table = render_markdown(board)
-    if old.strip() == table:
+    if _lines(old) == table.splitlines():
         return False
-    _write(path, f"{head}\n{table}\n{tail}")
+    nl = "\r\n" if "\r\n" in head + old + tail else "\n"  # the document's own line ends, in the table too
+    _write(path, nl.join([head, *table.splitlines(), tail]))
     return True
 
 
@@ -136,6 +137,11 @@ def _split(path: Path) -> tuple[str, str, str]:
     start = text.index(BEGIN) + len(BEGIN)
     end = text.index(END)
     return text[:start], text[start:end], text[end:]
+
+
+def _lines(table: str) -> list[str]:
+    """A marked table's lines as compared: surrounding blank lines and line ends (CRLF too) do not count."""
+    return [line.strip() for line in table.strip().splitlines()]
 
 
 def _interval(row: dict[str, str]) -> str:

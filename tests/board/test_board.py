@@ -141,6 +141,7 @@ def test_check_fails_on_a_stale_table_and_passes_after_write(lab: dict[str, Any]
     assert wrote.exit_code == 0, wrote.output
     text = doc.read_bytes().decode()
     assert text.startswith(before + BEGIN) and text.endswith(END + after)
+    assert "\n" not in text.replace("\r\n", "")  # a CRLF document stays CRLF, the table too
     assert runner.invoke(app, ["board", "--check", str(doc), *runs]).exit_code == 0
     edited = re.sub(r"\| (\d+)\.(\d) \[", lambda m: f"| {(int(m[1]) + 1) % 100}.{m[2]} [", text, count=1)
     doc.write_bytes(edited.encode())
