@@ -21,6 +21,9 @@ PER_CONFIG_PROTOCOL_KEYS = frozenset(
     {"lr", "blr", "wd", "momentum", "betas", "tokens", "layer_mix", "layers"}
 )
 
+# A solver row's config minus these is its protocol: the head, its options and input are the swept axes.
+SOLVER_CONFIG_AXES = frozenset({"head", "kind", "head_options", "layer", "tokens", "seed", "try"})
+
 BOARD_KEY = ("store_provenance", "input", "head_family", "protocol")
 """Columns that identify a board row: at most one row per key."""
 
@@ -43,12 +46,20 @@ BOARD_COLUMNS = (
     "selection",  # the selection rule that ran (protocol.selection_rule)
     "params",  # trainable parameters of the head
     "run",  # the run directory the row came from
+    "holdout_top1",  # seed-mean holdout top-1 of the selected config (what ranked it; empty without a holdout)
 )
 
 
 def protocol_key(row: Mapping[str, Any]) -> str:
-    """16 hex of the row's protocol without the config's own axes: rows of one sweep share it."""
-    proto = {k: v for k, v in row["protocol"].items() if k not in PER_CONFIG_PROTOCOL_KEYS}
+    """16 hex of the row's protocol without the config's own axes: rows of one sweep share it.
+
+    A solver row selected on the holdout records no ``protocol``: its config's data settings
+    (holdout, shots, data seed, fraction, dtype, splits) stand for it.
+    """
+    if "protocol" in row:
+        proto = {k: v for k, v in row["protocol"].items() if k not in PER_CONFIG_PROTOCOL_KEYS}
+    else:
+        proto = {k: v for k, v in row["config"].items() if k not in SOLVER_CONFIG_AXES}
     text = json.dumps(proto, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

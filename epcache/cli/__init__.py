@@ -2,7 +2,7 @@
 
 Every command is a thin wrapper over a function a notebook can call; each group of commands has
 its module here (``extract``, ``probe``, ``store``, ``convert``, ``export``, ``launch``, ``report``,
-``demo``) and ``common`` holds the help layout and the error handling. Expected failures (`EpcacheError`)
+``board``, ``demo``) and ``common`` holds the help layout and the error handling. Expected failures (`EpcacheError`)
 print one line on stderr and exit with code 2; bugs keep their traceback. Heavy imports (torch,
 timm) happen inside the commands so `--help` and `info` start fast.
 """
@@ -16,7 +16,7 @@ import typer
 
 from epcache import __version__
 from epcache._env_check import run_checked
-from epcache.cli import convert, demo, export, extract, launch, probe, report, store
+from epcache.cli import board, convert, demo, export, extract, launch, probe, report, store
 from epcache.cli.common import HelpCommand
 
 __all__ = ["app", "main"]
@@ -58,6 +58,8 @@ command(cls=probe.ProbeHelp, epilog=probe.PROBE_EPILOG,
 command(short_help="The training recipes of `epcache probe --recipe`: what each sets, and its source.")(probe.recipes)
 command(short_help="Markdown report: the results tables and figures of a run.")(report.report)
 command(short_help="Attention maps, entropies and ablation of a trained head.")(report.attention)
+command(epilog=board.BOARD_EPILOG,
+        short_help="The lab's table over many runs: best config per encoder, input and head (board.csv).")(board.board)
 command(short_help="Generated data -> extract -> sweep -> report, end to end.")(demo.demo)
 command(short_help="Every probe head name: trained heads with parameters and FLOPs, then the solver heads.")(
     probe.heads
