@@ -205,11 +205,15 @@ def _first(ranked: Sequence[SeedGroup], keep: Callable[[dict[str, Any]], bool]) 
 
 
 def _plain(row: Mapping[str, Any], kind: str) -> bool:
-    """A config of ``kind`` on one stored layer (the benchmark reads one block; no layer mixes, no shots)."""
+    """A config of ``kind`` on one stored layer and the whole train split, as the benchmark trains.
+
+    Layer mixes, few-shot draws and train fractions have no column in the schema, so they never stand for an arm.
+    """
     inp = row.get("input") or {}
     cfg = row["config"]
     return (cfg["kind"] == kind and inp.get("layer_mix", "none") in (None, "none")
-            and len(inp.get("layers") or [cfg.get("layer")]) == 1 and cfg.get("shots") in (None, 0))
+            and len(inp.get("layers") or [cfg.get("layer")]) == 1 and cfg.get("shots") in (None, 0)
+            and cfg.get("fraction") in (None, 1, 1.0))
 
 
 def _tokens(row: Mapping[str, Any]) -> str:

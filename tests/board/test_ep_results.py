@@ -140,6 +140,18 @@ def test_a_store_without_ep_rows_is_refused_unless_waiting(rows: list[dict[str, 
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_configs_the_schema_cannot_describe_never_stand_for_an_arm(rows: list[dict[str, Any]]) -> None:
+    (plain,) = ep_results_rows(rows, describe=DESCRIBE)
+    odd = [{**r, "config": {**r["config"], "fraction": 0.5},
+            **({"seed_group": "half-" + r["seed_group"]} if "seed_group" in r else {})}
+           for r in rows]  # a fraction is part of the seed group
+    (out,) = ep_results_rows(odd + rows, describe=DESCRIBE)  # odd ones rank equal and come first
+    assert out == plain
+    mixed = [{**r, "input": {**r["input"], "layer_mix": "concat", "layers": [0, 1]}} for r in rows]
+    (out,) = ep_results_rows(mixed, describe=DESCRIBE)
+    assert (out["lp"], out["ep"], out["knn"]) == ("-", "-", "")
+
+
 def test_one_row_per_store_in_first_seen_order(rows: list[dict[str, Any]]) -> None:
     other = [{**r, "store": {**r["store"], "provenance": "f" * 64, "backbone": "vit_other"},
               **({"seed_group": "other-" + r["seed_group"]} if "seed_group" in r else {})}
