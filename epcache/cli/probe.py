@@ -131,7 +131,7 @@ def probe(
             return
         precheck_probe(cfg)  # a typo answers in a second, not after torch loads (the full checks still run)
         if cfg.run.check_anchor is not None:  # a bad anchor file is refused before torch loads, as a typo is
-            from epcache.probe.results.anchor import read_anchors  # lazy: keeps csv reading out of `epcache --help`
+            from epcache.probe.results.anchor import read_anchors  # lazy: keeps probe modules out of `epcache --help`
 
             read_anchors(cfg.run.check_anchor)
         from epcache.probe import probe_store  # lazy: torch loads only once the options and store look right

@@ -265,8 +265,11 @@ def run_solver_configs(
             row["protocol"] = selection_record(sel)  # every row kind names the rule that selected it
             if out is not None:
                 writes.append(partial(append_result, out / results_file, row))
-            for write in writes:
-                held.append(write) if held is not None else write()
+            if held is not None:
+                held.extend(writes)
+            else:
+                for write in writes:
+                    write()
             rows.append(row)
         cache.release()  # the next layer's views replace these (IN-1k: ~4 GB per pooled view)
     return rows

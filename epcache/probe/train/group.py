@@ -221,8 +221,11 @@ class GroupRunner:
                 if c.run.save_heads:
                     writes.insert(0, partial(save_head, self.out / "heads" / f"{o.run.id}.safetensors", o.state,
                                              self._head_meta(o)))
-                for write in writes:
-                    self.held.append(write) if self.held is not None else write()
+                if self.held is not None:
+                    self.held.extend(writes)
+                else:
+                    for write in writes:
+                        write()
             rows.append(row)
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
