@@ -118,6 +118,7 @@ def probe(
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
     select: Annotated[str, typer.Option(metavar="RULE")] = "auto",
     linear_fit: Annotated[str, typer.Option(metavar="FIT")] = "auto",
+    check_anchor: Annotated[str | None, typer.Option(metavar="FILE")] = None,
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
     from epcache.cli.probe_check import precheck_probe  # lazy: keeps zarr, numpy out of `epcache --help`
@@ -130,6 +131,10 @@ def probe(
         if capture is not None and capture.handed_to_launcher(cfg):
             return
         precheck_probe(cfg)  # a typo answers in a second, not after torch loads (the full checks still run)
+        if cfg.run.check_anchor is not None:  # a bad anchor file is refused before torch loads, as a typo is
+            from epcache.probe.results.anchor import read_anchors  # lazy: keeps probe modules out of `epcache --help`
+
+            read_anchors(cfg.run.check_anchor)
         from epcache.probe import probe_store  # lazy: torch loads only once the options and store look right
 
         result = probe_store(cfg, progress=progress)

@@ -30,7 +30,7 @@ from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec
 from epcache.probe.data.folds import CV_BELOW, Selection, parse_select, stratified_folds
 from epcache.probe.data.layers import group_label
-from epcache.probe.data.samples import RunData, check_compatible, resolve_rows
+from epcache.probe.data.samples import RunData, check_class_maps, check_compatible, resolve_rows
 from epcache.probe.device import TORCH_DTYPES, resolve_device, resolve_shard
 from epcache.probe.heads import head_kind
 from epcache.probe.results.rows import RESULTS_FILE
@@ -288,12 +288,7 @@ def _check_splits(c: ProbeConfig, store: FeatureStore, eval_store: FeatureStore)
     eval_meta = eval_store.split(c.inputs.eval_split)
     if eval_store is not store:
         check_compatible(store, eval_store)
-    if tuple(train_meta.classes) != tuple(eval_meta.classes):
-        raise ConfigError(
-            f"split {c.inputs.train_split!r} has {len(train_meta.classes)} classes and {c.inputs.eval_split!r} has "
-            f"{len(eval_meta.classes)}, or they are in another order; labels would mean different classes. "
-            "Extract both splits with the same class list"
-        )
+    check_class_maps(c.inputs.train_split, train_meta.classes, c.inputs.eval_split, eval_meta.classes)
     return len(train_meta.classes)
 
 

@@ -12,7 +12,7 @@ last completed epoch with the same numbers it would have produced uninterrupted.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,11 @@ from epcache._fs.oserror import os_errors
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.device import cpu_threads, resolve_shard
 from epcache.probe.plan import PlannedGroup, SweepPlan, plan_sweep
+from epcache.probe.results.anchor import Anchor, anchor_name, check_rows, read_anchors
 from epcache.probe.results.ranking import best_row, rank_rows
 from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
 from epcache.probe.rundir import remove_stale_checkpoints, run_dir_lock
-from epcache.probe.solvers import run_solver_configs
+from epcache.probe.solvers import SolverSpec, run_solver_configs
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress
 from epcache.store import ChunkCache, FeatureStore, open_store
@@ -83,6 +84,7 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     if config.inputs.cache_dir is not None:
         max_bytes = None if config.inputs.cache_max_gb is None else int(config.inputs.cache_max_gb * 1e9)
         cache = ChunkCache(config.inputs.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected
+    anchors = read_anchors(config.run.check_anchor) if config.run.check_anchor is not None else ()  # before any read
     store = open_store(config.store, verify_reads=checked)
     eval_store = open_store(config.inputs.eval_store, verify_reads=checked) if config.inputs.eval_store else store
     store.chunk_cache = eval_store.chunk_cache = cache
@@ -92,7 +94,7 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
             print(f"warning: {warning}", file=sys.stderr)
         plan = plan_sweep(config, store, eval_store)
         with cpu_threads(plan.device) as rule:
-            return _run(plan, store, eval_store, say, progress, rule)
+            return _run(plan, store, eval_store, say, progress, rule, anchors)
     finally:
         if eval_store is not store:
             eval_store.close()
@@ -109,6 +111,7 @@ def _run(
     say: Callable[[str], None],
     progress: bool,
     threads_rule: str,
+    anchors: Sequence[Anchor] = (),
 ) -> ProbeResult:
     for note in plan.notes:
         say(note)
@@ -127,23 +130,47 @@ def _run(
         for st, split in ((store, plan.config.inputs.train_split), (eval_store, plan.config.inputs.eval_split)):
             st.require_pooled(split)
     todo = _todo(plan, finished)
+    pending = [s for s in plan.specs if s.id not in finished]
     new_rows: dict[str, dict[str, Any]] = {}
     total_steps = plan.protocol.total_steps if plan.protocol else 0
     bar = SweepProgress(len(todo) * total_steps, enabled=progress and bool(todo),
                         desc=f"probe: {sum(len(t) for _, t in todo)} configs, {len(todo)} groups")
     said: set[str] = set()  # notes the groups print once per sweep
-    with bar:
-        for group, runs in todo:
+
+    def train(work: Sequence[tuple[PlannedGroup, list[Any]]], held: list[Callable[[], None]] | None) -> None:
+        for group, runs in work:
             runner = GroupRunner(plan, group, store, eval_store, say=say, bar=bar, threads_rule=threads_rule,
-                                 said=said)
+                                 said=said, held=held)
             for row in runner.run(runs, finished):
                 new_rows[row["id"]] = dict(row)
-    pending = [s for s in plan.specs if s.id not in finished]
-    if pending:  # solver heads: one pooled pass per layer, then closed form / L-BFGS per spec
-        for row in run_solver_configs(pending, store=store, eval_store=eval_store, data=plan.solver_data,
-                                      num_classes=plan.num_classes, device=plan.device, out=out,
-                                      results_file=plan.results_file, save_heads=plan.config.run.save_heads, say=say):
-            new_rows[row["id"]] = row
+
+    def fit(specs: Sequence[SolverSpec], held: list[Callable[[], None]] | None) -> None:
+        if specs:  # solver heads: one pooled pass per layer, then closed form / L-BFGS per spec
+            for row in run_solver_configs(specs, store=store, eval_store=eval_store, data=plan.solver_data,
+                                          num_classes=plan.num_classes, device=plan.device, out=out,
+                                          results_file=plan.results_file, save_heads=plan.config.run.save_heads,
+                                          say=say, held=held):
+                new_rows[row["id"]] = row
+
+    with bar:
+        # --check-anchor: the anchored configs first, their writes held until their numbers pass (results/anchor.py)
+        names = {a.config for a in anchors if a.store_provenance == store.provenance}
+        first = [(g, r) for g, r in todo if any(anchor_name(x.name) in names for x in g.runs)]
+        first_specs = [s for s in pending if anchor_name(s.name) in names]
+        if anchors:
+            held: list[Callable[[], None]] = []
+            train(first, held)
+            fit(first_specs, held)
+            path = str(plan.config.run.check_anchor)
+            warnings = check_rows(anchors, [*finished.values(), *new_rows.values()], path=path)
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            say(f"--check-anchor: {len(anchors) - len(warnings)} of {len(anchors)} anchor(s) matched, all within "
+                f"tolerance ({path})")
+            for write in held:
+                write()
+        train([t for t in todo if t not in first], None)
+    fit([s for s in pending if s not in first_specs], None)
     rows = tuple(new_rows.get(r.id) or finished[r.id] for r in configs)
     selects = len(plan.data.holdout_rows) or plan.data.folds or plan.selection.folds  # a holdout or cv ranks them
     best = best_row(rank_rows(rows)[0]) if selects else None  # the summary's best

@@ -24,6 +24,7 @@ from epcache.store.layout.meta import SplitSpec as SplitSpec
 from epcache.store.layout.meta import StoreMeta as StoreMeta
 from epcache.store.layout.meta import TokenLayout as TokenLayout
 from epcache.store.layout.metadoc import FORMAT_VERSION as FORMAT_VERSION
+from epcache.store.layout.provenance import class_map_fingerprint as class_map_fingerprint
 from epcache.store.layout.tokens import select_tokens as select_tokens
 from epcache.store.open import create_store as create_store
 from epcache.store.open import open_store as open_store
@@ -44,6 +45,7 @@ __all__ = [
     "StoreMeta",
     "TokenLayout",
     "VerifyReport",
+    "class_map_fingerprint",
     "create_store",
     "describe_store",
     "find_stores",

@@ -180,3 +180,9 @@ class RunConfig:
         None,
         doc="\"I/N\": train only part I of N of the sweep (job arrays); torchrun sets it from RANK",
     )
+    check_anchor: str | None = doc(
+        None,
+        doc="a board.csv (or CSV with store_provenance, protocol, config, eval_top1 and an optional tolerance "
+        "column, in points, default 0.5): the sweep's configs named in it train first, and a miss of their eval "
+        "top-1 beyond the tolerance stops the sweep before any row is written",
+    )

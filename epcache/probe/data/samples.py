@@ -17,10 +17,10 @@ import numpy as np
 from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatchError
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.data.select import HOLDOUT_RULE, check_labels, split_train
-from epcache.store import FeatureStore
+from epcache.store import FeatureStore, class_map_fingerprint
 from epcache.store.describe.diff import describe_differences
 
-__all__ = ["RunData", "check_compatible", "resolve_rows"]
+__all__ = ["RunData", "check_class_maps", "check_compatible", "resolve_rows"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,27 @@ def check_compatible(store: FeatureStore, other: FeatureStore) -> None:
             f"eval store {other.location} was not extracted like {store.location} "
             f"({describe_differences(ours, theirs)}); extract both with the same backbone, weights and preprocessing"
         )
+
+
+def check_class_maps(train_split: str, train_classes: Sequence[str], eval_split: str,
+                     eval_classes: Sequence[str]) -> None:
+    """Refuse splits whose labels index different class lists: the eval would score against wrong names.
+
+    The message names both class-map fingerprints (as results rows and ``epcache info`` record them)
+    and the first index where the lists part, so a mapping mismatch is found without diffing by hand.
+    """
+    if tuple(train_classes) == tuple(eval_classes):
+        return
+    first = next((i for i, (a, b) in enumerate(zip(train_classes, eval_classes, strict=False)) if a != b), None)
+    where = (f"first difference at index {first}: {train_classes[first]!r} vs {eval_classes[first]!r}"
+             if first is not None else
+             f"{len(train_classes)} vs {len(eval_classes)} classes, the first "
+             f"{min(len(train_classes), len(eval_classes))} equal")
+    raise ConfigError(
+        f"split {train_split!r} (class map {class_map_fingerprint(train_classes)}) and {eval_split!r} (class map "
+        f"{class_map_fingerprint(eval_classes)}) list different classes ({where}); labels would mean different "
+        "classes. Extract both splits with the same class list"
+    )
 
 
 def _short(items: Sequence[int], limit: int = 8) -> str:

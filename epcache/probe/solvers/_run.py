@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ from epcache.probe.solvers._ncm import NcmModel
 from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solver_specs, split_heads
 from epcache.probe.solvers.vectors import PooledCache
 from epcache.probe.sweep.checks import check_two_classes
-from epcache.store import FeatureStore, StoreMeta
+from epcache.store import FeatureStore, StoreMeta, class_map_fingerprint
 
 __all__ = [
     "RowData", "check_solver_inputs", "load_solver_head", "plan_block_solvers", "plan_solvers", "run_solver_configs",
@@ -164,8 +165,11 @@ def run_solver_configs(
     results_file: str = RESULTS_FILE,
     save_heads: bool = True,
     say: Callable[[str], None] = lambda msg: None,
+    held: list[Callable[[], None]] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit and score every spec; one results row each (appended to ``out/results_file`` as it finishes).
+
+    ``held``: not None, the row and head writes are appended to it instead of run (the anchor check's hold).
 
     Each row's ``input.features_from`` says where its pooled vectors came from: ``store`` (pooled
     from the store in this run), ``cache`` (read back from ``out/pooled`` after their sha256 check)
@@ -183,6 +187,7 @@ def run_solver_configs(
         by_layer[s.layer].append(s)
     rows: list[dict[str, Any]] = []
     train_all = np.union1d(data.train_rows, data.holdout_rows)
+    class_map = class_map_fingerprint(store.split(specs[0].settings.train_split).classes) if specs else ""
     for layer, group in by_layer.items():
         st = group[0].settings
         t0 = time.perf_counter()
@@ -222,11 +227,13 @@ def run_solver_configs(
             if "warning" in outcome.details:
                 say(f"warning: {spec.name}: {outcome.details['warning']}")
             head_file = None
+            writes: list[Callable[[], None]] = []
             if out is not None and save_heads and outcome.state is not None:
                 head_file = f"heads/{spec.id}.safetensors"
                 (out / "heads").mkdir(parents=True, exist_ok=True)
                 state = {k: v.to(torch.float32) for k, v in outcome.state.items()}  # heads are saved in float32
-                save_head(out / head_file, state, _head_meta(spec, store, num_classes, fit_x.shape[1]))
+                writes.append(partial(save_head, out / head_file, state,
+                                      _head_meta(spec, store, num_classes, fit_x.shape[1])))
             row = {
                 "schema": RESULT_SCHEMA,
                 "id": spec.id,
@@ -238,7 +245,7 @@ def run_solver_configs(
                 "input": {"tokens": spec.tokens, "layer_mix": "none", "layers": [spec.layer],  # as trained rows
                           "features_from": features_from},
                 "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": num_holdout,
-                         "num_eval": len(data.eval_rows), "num_refit": num_refit,
+                         "num_eval": len(data.eval_rows), "num_refit": num_refit, "class_map": class_map,
                          **({"folds": [len(f) for f in sel.folds]} if sel.folds else {}),
                          "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval,
                          **shots_record(data.train_labels, fit, spec.shots)},
@@ -250,6 +257,7 @@ def run_solver_configs(
                 "oracle": {"epoch": 0, "eval_top1": outcome.oracle_eval_top1},
                 "final": {"epoch": 0, "eval_top1": outcome.eval.top1},
                 "curves": {"train_loss": [], "holdout_top1": outcome.holdout_curve, "eval_top1": [outcome.eval.top1]},
+                "stop": {"epochs_run": 0, "reason": "solver"},  # closed form or L-BFGS to convergence: no epochs
                 "diverged": False,
                 "head_file": head_file,
                 "timing": {"seconds": time.perf_counter() - t1, "pool_seconds": pool_seconds, "device": str(device)},
@@ -257,10 +265,16 @@ def run_solver_configs(
                 "features": {"layer": spec.layer, "pooling": spec.tokens, "final_norm": store.meta.final_norm,
                              "dtype": st.dtype},  # the representation: what k-NN and probes depend on most
             }
-            if sel.rule != "holdout":  # as trained rows record it (holdout rows stay as they were)
-                row["protocol"] = selection_record(sel)
+            if sel.rule == "holdout" and not num_holdout:  # as row_rule read such rows before they recorded one
+                sel = DrawSelection("none", "no holdout rows to select on")
+            row["protocol"] = selection_record(sel)  # every row kind names the rule that selected it
             if out is not None:
-                append_result(out / results_file, row)
+                writes.append(partial(append_result, out / results_file, row))
+            if held is not None:
+                held.extend(writes)
+            else:
+                for write in writes:
+                    write()
             rows.append(row)
         cache.release()  # the next layer's views replace these (IN-1k: ~4 GB per pooled view)
     return rows

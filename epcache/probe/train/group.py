@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from epcache.probe.train.cv import CrossValidation, adopt, cross_validate
 from epcache.probe.train.fingerprint import protocol_fingerprint
 from epcache.probe.train.refit import refit_off, refit_rows, run_refit
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
-from epcache.store import FeatureStore
+from epcache.store import FeatureStore, class_map_fingerprint
 
 __all__ = ["GroupRunner", "checkpoint_path", "protocol_fingerprint"]
 
@@ -67,6 +68,7 @@ class GroupRunner:
     said: set[str] = field(default_factory=set)  # notes already printed in this sweep (shared by its groups)
     held_bytes: int = field(default=0, init=False)  # tokens held in RAM (in-memory training rows, eval caches)
     memory_rule: str = field(default="", init=False)  # how the training rows were read (recorded in timing)
+    held: list[Callable[[], None]] | None = None  # not None: row and head writes wait here (the anchor check)
 
     @property
     def config(self) -> ProbeConfig:
@@ -207,15 +209,23 @@ class GroupRunner:
         }
         rows = []
         costs: dict[tuple[str, str, int], Any] = {}
+        # how training ended: the probe has no wall-clock limit or manual stop (a killed group resumes, writes no row)
+        stop = {"epochs_run": trainer.epoch + 1, "reason": "schedule"}
         for o in outcomes:
             if o.run.id in finished:  # trained along for the stack's sake; its row is already written
                 rows.append(finished[o.run.id])
                 continue
-            row = self._row(o, costs, timing, refits[o.run.id])
+            row = self._row(o, costs, timing, refits[o.run.id], stop)
             if self.out is not None:
+                writes = [partial(append_result, self.out / self.plan.results_file, row)]
                 if c.run.save_heads:
-                    save_head(self.out / "heads" / f"{o.run.id}.safetensors", o.state, self._head_meta(o))
-                append_result(self.out / self.plan.results_file, row)
+                    writes.insert(0, partial(save_head, self.out / "heads" / f"{o.run.id}.safetensors", o.state,
+                                             self._head_meta(o)))
+                if self.held is not None:
+                    self.held.extend(writes)
+                else:
+                    for write in writes:
+                        write()
             rows.append(row)
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
@@ -288,7 +298,7 @@ class GroupRunner:
         )
 
     def _row(self, o: ConfigOutcome, costs: dict[tuple[str, str, int], Any], timing: dict[str, Any],
-             refit: dict[str, Any]) -> ResultRowJSON:
+             refit: dict[str, Any], stop: dict[str, Any]) -> ResultRowJSON:
         run, g, s = o.run, self.geometry, o.run.settings
         key = (run.head.name, run.input_key, len(run.mix_layers))
         if key not in costs:
@@ -308,6 +318,7 @@ class GroupRunner:
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
             "data": {**self.data.to_json(g.num_classes),
+                     "class_map": class_map_fingerprint(self.store.split(s.train_split).classes),  # = the eval split's
                      **shots_record(self.data.train_labels, self.data.train_rows, s.shots)},
             "params": params,
             "flops": flops,
@@ -316,6 +327,7 @@ class GroupRunner:
             "metrics": {"holdout": _mjson(o.holdout), "eval": _mjson(o.eval),  # eval: the refit model's, if refit
                         "interval": INTERVAL_METHOD},
             "refit": refit,
+            "stop": dict(stop),
             "oracle": ({"epoch": oracle + 1, "eval_top1": o.eval_top1[oracle], "curve": curve}
                        if self.config.run.eval_curve and (not self.data.folds or curve == "refit")
                        else {"epoch": None, "eval_top1": None}),  # no eval curve: no oracle

@@ -9,6 +9,7 @@ from typing import Any
 from epcache._fs.paths import resolve_recorded_path
 from epcache._text import human_bytes
 from epcache.store.describe.sizes import SizeOption, format_size_table, size_options
+from epcache.store.layout.provenance import class_map_fingerprint
 from epcache.store.open import open_store
 from epcache.store.ops.lock import read_store_lock
 
@@ -42,6 +43,7 @@ class SplitInfo:
     num_blocks: int
     missing_blocks: int  # blocks missing in at least one layer
     complete: bool  # no block missing (the name and meaning `epcache ls --json` uses)
+    class_map: str = ""  # class_map_fingerprint of the split's class list, as results rows record it (data.class_map)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
                     s.num_blocks,
                     len(bad),
                     not bad,
+                    class_map_fingerprint(s.classes),
                 )
             )
             for layer in m.layers:
@@ -190,6 +193,7 @@ def format_store_info(info: StoreInfo) -> str:
         lines.append(
             f"  {s.name:<10} N={s.num_samples:<8} V={s.views} classes={s.num_classes:<5} "
             f"chunk={s.chunk_samples} block={s.block_samples}  {state}"
+            + (f"  class map {s.class_map[:16]}" if s.class_map else "")
         )
     lines.append(f"status      {'complete' if info.complete else 'INCOMPLETE'}")
     for mb in info.missing:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,13 @@ import numpy as np
 from epcache.store.layout.meta import SplitMeta, SplitSpec, StoreMeta
 from epcache.store.layout.metadoc import FORMAT_VERSION
 
-__all__ = ["canonical_json", "compute_provenance", "provenance_of_document", "split_fingerprint"]
+__all__ = [
+    "canonical_json",
+    "class_map_fingerprint",
+    "compute_provenance",
+    "provenance_of_document",
+    "split_fingerprint",
+]
 
 
 def split_fingerprint(spec: SplitSpec) -> tuple[str, str]:
@@ -24,6 +30,17 @@ def split_fingerprint(spec: SplitSpec) -> tuple[str, str]:
     ids = hashlib.sha256("\n".join(spec.ids).encode("utf-8")).hexdigest()
     labels = hashlib.sha256(np.ascontiguousarray(spec.labels, dtype="<i8").tobytes()).hexdigest()
     return ids, labels
+
+
+def class_map_fingerprint(classes: Sequence[str]) -> str:
+    """sha256 of the ordered class list, each name with its index: what a stored label MEANS.
+
+    Two splits whose labels index different lists (another order, a class missing) give the same
+    integers for different classes and a silently wrong accuracy; equal fingerprints rule that out.
+    Derived from the stored class list, so every existing store has one without a format change.
+    """
+    text = json.dumps([[i, str(name)] for i, name in enumerate(classes)], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def compute_provenance(meta: StoreMeta, splits: Mapping[str, SplitMeta], version: str = FORMAT_VERSION) -> str:

@@ -198,7 +198,8 @@ def test_explicit_holdout_keeps_holdout_for_both(store: Path, tmp_path: Path) ->
         assert hold == 20 and r["metrics"]["holdout"]["n"] == hold, r["name"]
     for r in rows:
         if r["config"].get("solver"):
-            assert "protocol" not in r and "selection" not in r["config"]  # rows as before the rule
+            assert "selection" not in r["config"]  # ids as before the rule
+            assert r["protocol"]["selection_rule"] == "holdout"  # every row kind names its rule
         else:
             assert r["protocol"]["selection_rule"] == "holdout"
 

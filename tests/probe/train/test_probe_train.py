@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from epcache.probe import load_head, probe_store, read_results
 from epcache.probe.data.select import HOLDOUT_RULE
 from epcache.probe.results.rows import RESULT_SCHEMA
-from epcache.store import open_store, select_tokens
+from epcache.store import class_map_fingerprint, open_store, select_tokens
 from epcache.store.layout.tokens import to_torch
 
 
@@ -118,7 +118,9 @@ def test_results_schema_heads_and_consistency(store: Path, tmp_path: Path) -> No
         assert r["params"] > 0 and r["flops"] > 0
         assert r["data"] == {"num_classes": 4, "num_train": 192, "num_holdout": 48, "num_eval": 120,
                              "holdout_fraction": 0.2, "holdout_rule": HOLDOUT_RULE,
-                             "excluded_train": 0, "excluded_eval": 0}
+                             "excluded_train": 0, "excluded_eval": 0,
+                             "class_map": class_map_fingerprint(st.split("train").classes)}
+        assert r["stop"] == {"epochs_run": 4, "reason": "schedule"}
         curves = r["curves"]
         assert len(curves["train_loss"]) == len(curves["holdout_top1"]) == len(curves["eval_top1"]) == 4
         e = r["selected_epoch"] - 1  # 1-based in rows, 0-based in the curve lists
