@@ -117,6 +117,8 @@ def probe(
     standardize: Annotated[bool, typer.Option("--standardize/--no-standardize")] = False,
     refit: Annotated[bool, typer.Option("--refit/--no-refit")] = True,
     select: Annotated[str, typer.Option(metavar="RULE")] = "auto",
+    protocol: Annotated[str, typer.Option(metavar="NAME")] = "none",
+    repeats: Annotated[str, typer.Option(metavar="N")] = "1",
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
     from epcache.cli.probe_check import precheck_probe  # lazy: keeps zarr, numpy out of `epcache --help`

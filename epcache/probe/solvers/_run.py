@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -159,8 +159,11 @@ def run_solver_configs(
     results_file: str = RESULTS_FILE,
     save_heads: bool = True,
     say: Callable[[str], None] = lambda msg: None,
+    protocol: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit and score every spec; one results row each (appended to ``out/results_file`` as it finishes).
+
+    ``protocol`` holds keys every row's ``protocol`` section records besides its selection (the repeats).
 
     Each row's ``input.features_from`` says where its pooled vectors came from: ``store`` (pooled
     from the store in this run), ``cache`` (read back from ``out/pooled`` after their sha256 check)
@@ -254,6 +257,8 @@ def run_solver_configs(
             }
             if sel.rule != "holdout":  # as trained rows record it (holdout rows stay as they were)
                 row["protocol"] = selection_record(sel)
+            if protocol:
+                row["protocol"] = {**row.get("protocol", {}), **protocol}
             if out is not None:
                 append_result(out / results_file, row)
             rows.append(row)

@@ -54,7 +54,7 @@ from epcache.store import StoreMeta
 __all__ = ["RunSpec", "SweepRequest", "SweepSettings", "expand_sweep", "load_grid", "raise_errors", "resolve_request",
            "sweep_layers"]
 
-_GRID_FORBIDDEN = frozenset({"grid", "store", "out", "shard"})  # per-invocation, never per sweep file
+_GRID_FORBIDDEN = frozenset({"grid", "store", "out", "shard", "protocol", "repeats"})  # per-invocation, never per file
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,7 @@ def make_settings(
         amp_rule=amp_rule,
         refit=bool(c.data.refit) and (holdout > 0 or selection.startswith("cv")),
         selection=selection,
+        suite=c.data.protocol,
     )
 
 

@@ -38,7 +38,7 @@ FLAT: dict[str, Any] = dict(
     device="cpu", in_memory=False, allow_incomplete=True, dtype="float64", amp="none", compile=True, fused=False,
     save_heads=False, prefetch=2, shuffle_chunks=8, eval_cache_mb=64.0, eval_curve=False, shard="0/2",
     trust_store=True, cache_dir="/tmp/cache", cache_max_gb=1.5, k=(5, 10), temperature=(0.1,), c_preset="clip",
-    tries=3, standardize=True, refit=False, select="cv3",
+    tries=3, standardize=True, refit=False, select="cv3", protocol="vtab1k", repeats=5,
 )
 
 # config.json as the flat ProbeConfig wrote it before the settings were grouped: keys, order and values
@@ -52,7 +52,7 @@ EXPECTED_JSON: dict[str, Any] = {
     "compile": True, "fused": False, "save_heads": False, "prefetch": 2, "shuffle_chunks": 8, "eval_cache_mb": 64.0,
     "eval_curve": False, "shard": "0/2", "trust_store": True, "cache_dir": "/tmp/cache", "cache_max_gb": 1.5,
     "k": [5, 10], "temperature": [0.1], "c_preset": "clip", "tries": 3,
-    "standardize": True, "refit": False, "select": "cv3",
+    "standardize": True, "refit": False, "select": "cv3", "protocol": "vtab1k", "repeats": 5,
 }
 
 
