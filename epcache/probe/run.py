@@ -28,6 +28,7 @@ from epcache.probe.results.repeats import RepeatSummary, summarize_repeats
 from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
 from epcache.probe.rundir import remove_stale_checkpoints, run_dir_lock
 from epcache.probe.solvers import run_solver_configs
+from epcache.probe.sweep.grid import resolve_request
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress
 from epcache.store import ChunkCache, FeatureStore, open_store
@@ -95,7 +96,8 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
         inputs = config.inputs
         for warning in check_for_probe(store, eval_store, inputs.train_split, inputs.eval_split, inputs.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
-        plans = [plan_sweep(config, store, eval_store, repeat=i) for i in range(config.data.repeats)]  # all checked
+        repeats = resolve_request(config).config.data.repeats  # a grid file's top level may set it
+        plans = [plan_sweep(config, store, eval_store, repeat=i) for i in range(repeats)]  # all checked before training
         _check_repeats(plans[0])
         with cpu_threads(plans[0].device) as rule:
             results = [_run(plan, store, eval_store, say, progress, rule) for plan in plans]

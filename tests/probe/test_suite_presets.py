@@ -136,3 +136,14 @@ def test_cli_refusals_exit_2_with_one_line(stores: dict, which: str, argv: list[
                                    "--no-progress", *argv])
     assert res.exit_code == 2, res.output
     assert message in res.output
+
+
+def test_a_grid_file_may_set_repeats_but_not_the_preset(stores: dict, tmp_path: Path) -> None:
+    grid = tmp_path / "sweep.toml"
+    grid.write_text("repeats = 2\ndata_seed = 3\n", encoding="utf-8")
+    result = probe_store(config(stores["plain"], grid=str(grid), **(TINY | {"lr": 0.1, "layers": "0"})),
+                         progress=False)
+    assert result.repeats is not None and result.repeats.data_seeds == (3, 4) and len(result.rows) == 2
+    grid.write_text('protocol = "vtab1k"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\['protocol'\] cannot be set in a grid file"):
+        probe_store(config(stores["big"], grid=str(grid), eval_split="test", **TINY), progress=False)
