@@ -48,8 +48,8 @@ names with '_' for '-'); each [[grid]] table is one sub-grid; the sweep is their
   queries = [8, 16]
   lr = [1e-3, 3e-3]
 
-store, out, grid, shard and protocol cannot be set in the file. What the file sets is what runs and what
-every results row records."""
+store, out, grid, shard and protocol cannot be set in the file. What the file sets is what
+runs and what every results row records."""
 
 
 def probe(
