@@ -180,15 +180,18 @@ def _check_repeats(plan: SweepPlan) -> None:
 def _combine(plans: list[SweepPlan], results: list[ProbeResult]) -> ProbeResult:
     """One result of every repeat: all rows, and the mean ± std of each repeat's own selected config."""
     first = plans[0]
+    rows, skipped = tuple(r for res in results for r in res.rows), tuple(i for res in results for i in res.skipped)
+    notes = tuple(n for res in results for n in res.notes)
+    if not all(res.rows for res in results):  # a shard with no configs of this sweep: nothing was selected
+        return ProbeResult(rows=rows, best=None, summary=results[0].summary, out=None, skipped=skipped, notes=notes)
     repeats = summarize_repeats([r.rows for r in results], [p.config.data.data_seed for p in plans])
     shard = "" if first.shard is None else f".shard-{first.shard[0]}-of-{first.shard[1]}"
     summary = repeats.text()
     if first.out is not None:
         summary += f"\neach repeat's own table: {first.out / f'summary{shard}.repeat-R.txt'}"
         write_text(first.out / f"summary{shard}.txt", summary + "\n")
-    return ProbeResult(rows=tuple(r for res in results for r in res.rows), best=results[0].best, summary=summary,
-                       out=first.out, skipped=tuple(i for res in results for i in res.skipped),
-                       notes=tuple(n for res in results for n in res.notes), repeats=repeats)
+    return ProbeResult(rows=rows, best=results[0].best, summary=summary, out=first.out, skipped=skipped, notes=notes,
+                       repeats=repeats)
 
 
 def _todo(plan: SweepPlan, finished: dict[str, dict[str, Any]]) -> list[tuple[PlannedGroup, list[Any]]]:
