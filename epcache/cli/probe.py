@@ -48,8 +48,8 @@ names with '_' for '-'); each [[grid]] table is one sub-grid; the sweep is their
   queries = [8, 16]
   lr = [1e-3, 3e-3]
 
-store, out, grid and shard cannot be set in the file. What the file sets is what runs and what
-every results row records."""
+store, out, grid, shard and protocol cannot be set in the file. What the file sets is what
+runs and what every results row records."""
 
 
 def probe(
@@ -119,6 +119,8 @@ def probe(
     select: Annotated[str, typer.Option(metavar="RULE")] = "auto",
     linear_fit: Annotated[str, typer.Option(metavar="FIT")] = "auto",
     check_anchor: Annotated[str | None, typer.Option(metavar="FILE")] = None,
+    protocol: Annotated[str, typer.Option(metavar="NAME")] = "none",
+    repeats: Annotated[str, typer.Option(metavar="N")] = "1",
 ) -> None:
     """Stage 2: train a sweep of probes from a store, every config sharing one pass over the data."""
     from epcache.cli.probe_check import precheck_probe  # lazy: keeps zarr, numpy out of `epcache --help`

@@ -19,6 +19,7 @@ from epcache._storepeek import read_local_zarr_document, unknown_split_error
 from epcache.probe.config.fields import raise_errors
 from epcache.probe.config.inputs import SEQUENCE_SOURCES, VECTOR_SOURCES, unknown_tokens_text
 from epcache.probe.config.probe_config import _HEAD_RE
+from epcache.probe.config.suite import check_suite, check_suite_store
 from epcache.probe.names import BUILTIN_HEAD_KINDS, LINEAR_FITS, SOLVER_KINDS, TRAINED_HEAD_KINDS, unknown_head_text
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def precheck_probe(config: ProbeConfig) -> None:
         StoreNotFoundError: the store (or eval store) is missing or not an epcache store.
         UnknownSplitError: the train or eval split is not in its store.
         UnknownLayerError: a requested layer is not stored.
-        ConfigError: unknown head or token kinds (one message, as the sweep's checks give it).
+        ConfigError: unknown head or token kinds (one message, as the sweep's checks give it); a preset with the
+            flags it fixes.
         EpcacheError: whatever ``open_store`` refuses, where the root document cannot be read directly.
     """
     if _is_url(config.store):  # each metadata read is a request: the full check reads it once
@@ -44,6 +46,7 @@ def precheck_probe(config: ProbeConfig) -> None:
     doc = _root_document(config.store)
     if config.grid is not None:  # the grid may set everything below
         return
+    check_suite(config)  # a preset with a flag it fixes: refused from the option text alone
     eval_location = config.inputs.eval_store
     if eval_location is None or not _is_url(eval_location):
         eval_doc = doc if eval_location is None else _root_document(eval_location)
@@ -71,6 +74,9 @@ def _check_store(config: ProbeConfig, doc: dict[str, Any], eval_doc: dict[str, A
     backbone = doc["backbone"]
     resolve_stored_layers(config.inputs.layers, doc["layers"], backbone.get("num_blocks"),
                           model=f"the store's backbone {backbone.get('name')}")
+    split = doc["splits"].get(config.inputs.train_split) if isinstance(doc["splits"], dict) else None
+    if isinstance(split, dict) and isinstance(split.get("num_samples"), int):  # usable rows are at most these
+        check_suite_store(config, split["num_samples"])
 
 
 def _check_kinds(config: ProbeConfig) -> None:

@@ -28,6 +28,7 @@ from epcache.probe.config.probe_config import ProbeConfig, SolverConfig
 from epcache.probe.config.protocol import Protocol, lr_text, regime_verdict, resolve_holdout
 from epcache.probe.config.recipes import get_recipe
 from epcache.probe.config.runspec import RunSpec
+from epcache.probe.config.suite import suite_config, suite_text
 from epcache.probe.data.folds import CV_BELOW, Selection, parse_select, stratified_folds
 from epcache.probe.data.layers import group_label
 from epcache.probe.data.samples import RunData, check_class_maps, check_compatible, resolve_rows
@@ -76,6 +77,7 @@ class SweepPlan:
     device: torch.device
     notes: tuple[str, ...]  # the plan line, recipe adaptations, k cap, precision, data notes, store
     selection: Selection = HOLDOUT  # how trained configs choose their epoch, and why
+    repeat: int = 0  # which of the ``repeats`` runs of the sweep (its data seed is the config's data_seed)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -87,12 +89,13 @@ class SweepPlan:
 
     @property
     def suffix(self) -> str:
-        """``""``, or ``.shard-I-of-N``: every file one shard writes carries it."""
-        return "" if self.shard is None else f".shard-{self.shard[0]}-of-{self.shard[1]}"
+        """``""``, ``.shard-I-of-N`` and/or ``.repeat-R``: every file one shard (of one repeat) writes carries it."""
+        shard = "" if self.shard is None else f".shard-{self.shard[0]}-of-{self.shard[1]}"
+        return shard + (f".repeat-{self.repeat}" if self.config.data.repeats > 1 else "")
 
     @property
     def results_file(self) -> str:
-        return RESULTS_FILE if self.shard is None else f"results{self.suffix}.jsonl"
+        return RESULTS_FILE if self.shard is None else f"results.shard-{self.shard[0]}-of-{self.shard[1]}.jsonl"
 
     @property
     def shard_note(self) -> str | None:
@@ -156,14 +159,15 @@ def rows_record(data: RunData) -> dict[str, Any]:
     }
 
 
-def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStore) -> SweepPlan:
-    """Resolve a sweep against its stores, once; nothing is trained or written.
+def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStore, *, repeat: int = 0) -> SweepPlan:
+    """Resolve a sweep (repeat ``repeat`` of its ``repeats``, with its preset applied) once; nothing is trained.
 
     Raises:
         UnknownSplitError, UnknownLayerError, ConfigError, CorruptStoreError, IncompleteStoreError,
         ProvenanceMismatchError: as :func:`epcache.probe.probe` documents them, all before any training.
     """
-    request = resolve_request(config)  # the grid file is applied here, once
+    request = resolve_request(config)  # the grid file is applied here, once; then the preset and repeat's data seed
+    request = SweepRequest(suite_config(request.config, repeat), tuple(suite_config(b, repeat) for b in request.blocks))
     c = request.config
     num_classes = _check_splits(c, store, eval_store)
     errors: list[str] = []
@@ -241,7 +245,7 @@ def plan_sweep(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
         config=c, protocol=protocol, layers=tuple(layers), num_classes=num_classes, data=data,
         solver_data=solver_data, runs=tuple(runs), specs=tuple(specs),
         groups=_groups(runs, store, num_classes), total=total, shard=shard, device=resolve_device(c.run.device),
-        notes=tuple(notes), selection=selection,
+        notes=tuple(notes), selection=selection, repeat=repeat,
     )
 
 
@@ -254,7 +258,8 @@ def _select_rows(c: ProbeConfig, drawn: ProbeConfig, kind: str, k: int, data: Ru
     :data:`CV_BELOW` usable rows, cv5.
     """
     if kind == "holdout" or (kind == "auto" and c.data.holdout is not None):
-        return Selection("holdout", 0, "--select holdout" if kind == "holdout" else "--holdout given"), data
+        why = "--select holdout" if kind == "holdout" else "--holdout given"
+        return Selection("holdout", 0, f"--protocol {c.data.protocol}" if c.data.protocol != "none" else why), data
     if kind == "auto" and not c.data.refit:  # cross-validation ends in a refit; the selection model needs a holdout
         return Selection("holdout", 0, "auto: --no-refit keeps the selection model"), data
     every = resolve_rows(drawn, store, eval_store, layers, num_classes, holdout=0.0)  # every usable row trains
@@ -327,7 +332,7 @@ def _kind(text: str) -> str | None:
 
 def _notes(c: ProbeConfig, runs: Sequence[RunSpec], specs: Sequence[SolverSpec], layers: Sequence[int],
            data: RunData, protocol: Protocol | None, knn_note: str | None, store: FeatureStore) -> list[str]:
-    notes = [_plan_line(runs, specs, layers, data, protocol), *data.notes,
+    notes = [_plan_line(runs, specs, layers, data, protocol) + suite_text(c), *data.notes,
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if knn_note:
         notes.insert(1, knn_note)

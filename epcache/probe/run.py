@@ -18,14 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from epcache._fs.oserror import os_errors
+from epcache.errors import ConfigError
 from epcache.probe.config.probe_config import ProbeConfig
+from epcache.probe.config.suite import suite_record
 from epcache.probe.device import cpu_threads, resolve_shard
 from epcache.probe.plan import PlannedGroup, SweepPlan, plan_sweep
 from epcache.probe.results.anchor import Anchor, anchor_name, check_rows, read_anchors
 from epcache.probe.results.ranking import best_row, rank_rows
+from epcache.probe.results.repeats import RepeatSummary, summarize_repeats
 from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
 from epcache.probe.rundir import remove_stale_checkpoints, run_dir_lock
 from epcache.probe.solvers import SolverSpec, run_solver_configs
+from epcache.probe.sweep.grid import resolve_request
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress
 from epcache.store import ChunkCache, FeatureStore, open_store
@@ -40,12 +44,14 @@ RESUME_HINT = "Finished configs are kept: run the same command again to train th
 class ProbeResult:
     """What a sweep produced."""
 
-    rows: tuple[dict[str, Any], ...]  # one results row per config of the sweep, sweep order
-    best: dict[str, Any] | None  # best row of the best seed group (the summary's ranking); None without a holdout
+    rows: tuple[dict[str, Any], ...]  # one results row per config of the sweep, sweep order (repeat by repeat)
+    best: dict[str, Any] | None  # best row of the best seed group (the summary's ranking); None without a holdout;
+    # with repeats: the first repeat's (each repeat's is in ``repeats.selected``)
     summary: str  # the summary table (also RUNDIR/summary.txt)
     out: Path | None  # the run directory, if one was written
     skipped: tuple[str, ...]  # ids already finished in the run directory (not retrained)
     notes: tuple[str, ...]  # the plan, what the recipe adapted, and data notes (the CLI prints them)
+    repeats: RepeatSummary | None = None  # --repeats N > 1: each repeat's selected config and their mean ± std
 
 
 def probe_store(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
@@ -92,9 +98,12 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
         inputs = config.inputs
         for warning in check_for_probe(store, eval_store, inputs.train_split, inputs.eval_split, inputs.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
-        plan = plan_sweep(config, store, eval_store)
-        with cpu_threads(plan.device) as rule:
-            return _run(plan, store, eval_store, say, progress, rule, anchors)
+        repeats = resolve_request(config).config.data.repeats  # a grid file's top level may set it
+        plans = [plan_sweep(config, store, eval_store, repeat=i) for i in range(repeats)]  # all checked before training
+        _check_repeats(plans[0])
+        with cpu_threads(plans[0].device) as rule:
+            results = [_run(plan, store, eval_store, say, progress, rule, anchors) for plan in plans]
+        return results[0] if len(plans) == 1 else _combine(plans, results)
     finally:
         if eval_store is not store:
             eval_store.close()
@@ -149,7 +158,8 @@ def _run(
             for row in run_solver_configs(specs, store=store, eval_store=eval_store, data=plan.solver_data,
                                           num_classes=plan.num_classes, device=plan.device, out=out,
                                           results_file=plan.results_file, save_heads=plan.config.run.save_heads,
-                                          say=say, held=held):
+                                          say=say, held=held,
+                                          protocol=suite_record(plan.config, plan.repeat)):
                 new_rows[row["id"]] = row
 
     with bar:
@@ -178,6 +188,37 @@ def _run(
     if out is not None:
         write_text(out / f"summary{plan.suffix}.txt", summary + "\n")  # atomic: a full disk leaves no cut summary
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=plan.notes)
+
+
+def _check_repeats(plan: SweepPlan) -> None:
+    """Refuse repeats that would give the same numbers N times: nothing of the sweep depends on the data seed."""
+    d = plan.solver_data
+    if plan.config.data.repeats == 1 or plan.runs or len(d.holdout_rows) or d.folds or plan.selection.folds:
+        return  # trained heads: batch order; a holdout or folds: the rows that select
+    if plan.config.data.fraction is not None or any(s.shots is not None for s in plan.specs):
+        return  # few-shot draws
+    raise ConfigError(
+        f"--repeats {plan.config.data.repeats} would repeat identical numbers: these solver heads fit every train "
+        "row with no holdout, cross-validation folds or few-shot draw, so the data seed changes nothing. Add "
+        "--holdout FRAC, --select cvK or --shots K, or drop --repeats"
+    )
+
+
+def _combine(plans: list[SweepPlan], results: list[ProbeResult]) -> ProbeResult:
+    """One result of every repeat: all rows, and the mean ± std of each repeat's own selected config."""
+    first = plans[0]
+    rows, skipped = tuple(r for res in results for r in res.rows), tuple(i for res in results for i in res.skipped)
+    notes = tuple(n for res in results for n in res.notes)
+    if not all(res.rows for res in results):  # a shard with no configs of this sweep: nothing was selected
+        return ProbeResult(rows=rows, best=None, summary=results[0].summary, out=None, skipped=skipped, notes=notes)
+    repeats = summarize_repeats([r.rows for r in results], [p.config.data.data_seed for p in plans])
+    shard = "" if first.shard is None else f".shard-{first.shard[0]}-of-{first.shard[1]}"
+    summary = repeats.text()
+    if first.out is not None:
+        summary += f"\neach repeat's own table: {first.out / f'summary{shard}.repeat-R.txt'}"
+        write_text(first.out / f"summary{shard}.txt", summary + "\n")
+    return ProbeResult(rows=rows, best=results[0].best, summary=summary, out=first.out, skipped=skipped, notes=notes,
+                       repeats=repeats)
 
 
 def _todo(plan: SweepPlan, finished: dict[str, dict[str, Any]]) -> list[tuple[PlannedGroup, list[Any]]]:

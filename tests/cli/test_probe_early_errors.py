@@ -63,6 +63,9 @@ TYPOS: dict[str, tuple[list[str], dict[str, str]]] = {  # name -> (CLI options, 
     "train split": (["--train-split", "trian"], {"train_split": "trian"}),
     "eval split": (["--eval-split", "test"], {"eval_split": "test"}),
     "token kind": (["--head", "linear", "--tokens", "clss"], {"head": "linear", "tokens": "clss"}),
+    "preset flag": (["--protocol", "vtab1k", "--holdout", "0.1"], {"protocol": "vtab1k", "holdout": "0.1"}),
+    "preset store": (["--protocol", "vtab1k"], {"protocol": "vtab1k"}),
+    "preset name": (["--protocol", "vtab2k"], {"protocol": "vtab2k"}),
 }
 
 

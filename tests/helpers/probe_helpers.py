@@ -75,7 +75,7 @@ def write_store(
     meta: StoreMeta | None = None,
     splits: Sequence[str] = ("train", "val"),
 ) -> Path:
-    """A needle store with ``train`` and ``val`` splits.
+    """A needle store with ``train`` and ``val`` splits (``splits`` names others: each is labelled like ``val``).
 
     ``skip_blocks`` lists (split, layer, block) left unwritten; ``val_label_override`` records other
     labels for ``val`` than the ones its tokens encode (same tokens, different labels).
@@ -89,7 +89,7 @@ def write_store(
     np_dtype = {"float16": np.float16, "float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[meta.dtype]
     with create_store(path, meta) as st:
         for k, split in enumerate(splits):
-            y = labels[split]
+            y = labels["train" if split == "train" else "val"]
             recorded = val_label_override if split == "val" and val_label_override is not None else y
             v = views if split == "train" else 1
             cls = classes if split == "train" or val_classes is None else list(val_classes)

@@ -38,6 +38,7 @@ class SweepSettings:
     amp_rule: str = "as requested"  # how it was chosen ("auto: bf16 autocast on CUDA", ...)
     refit: bool = False  # final heads retrained on train + holdout for their selected steps (only with a holdout)
     selection: str = "holdout"  # the resolved selection rule: holdout | cvK | none (epcache.probe.data.folds)
+    suite: str = "none"  # the preset that fixed the rows and selection (epcache.probe.config.suite)
 
     @property
     def epochs(self) -> int:
@@ -55,6 +56,8 @@ class SweepSettings:
         refit = {"refit": True} if self.refit else {}  # selection-model configs keep the ids they had
         if self.selection != "holdout":
             refit["selection"] = self.selection
+        if self.suite != "none":  # vtab1k draws other rows than holdout 0.2 would: its own ids
+            refit["suite"] = self.suite
         return {
             **amp,
             **refit,

@@ -131,6 +131,17 @@ class DataConfig:
         doc="after the holdout selects each trained config's epoch, retrain it on train + holdout for exactly those "
         "steps (same protocol) and report and save that model; off: the selection model (never saw the holdout)",
     )
+    protocol: str = doc(
+        "none",
+        doc="a published protocol by name: none | vtab1k (select on 800 of 1,000 train rows held against the other "
+        "200, refit the selected config on all 1,000, score the eval split once; fixes holdout, select, refit)",
+    )
+    repeats: int = doc(
+        1,
+        doc="run the whole sweep with data seeds data_seed, data_seed+1, ...; each repeat selects its own config and "
+        "the summary reports the mean ± std of the selected configs' eval top-1",
+        check=_COUNT,
+    )
     in_memory: bool | None = doc(
         None,
         doc="hold the selected training tokens in RAM (read and converted once) instead of streaming them every "

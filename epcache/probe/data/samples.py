@@ -16,7 +16,8 @@ import numpy as np
 
 from epcache.errors import ConfigError, IncompleteStoreError, ProvenanceMismatchError
 from epcache.probe.config.probe_config import ProbeConfig
-from epcache.probe.data.select import HOLDOUT_RULE, check_labels, split_train
+from epcache.probe.config.suite import VTAB1K, VTAB_ROWS, VTAB_TRAIN, check_suite_store
+from epcache.probe.data.select import HOLDOUT_RULE, VTAB_RULE, check_labels, split_train, split_vtab
 from epcache.store import FeatureStore, class_map_fingerprint
 from epcache.store.describe.diff import describe_differences
 
@@ -38,6 +39,7 @@ class RunData:
     notes: tuple[str, ...]
     pool_rows: np.ndarray | None = None  # train rows outside the holdout before a low-shot subset
     folds: tuple[np.ndarray, ...] = ()  # cross-validation: disjoint stratified parts of train_rows (data/folds.py)
+    holdout_rule: str = HOLDOUT_RULE  # how holdout_rows were drawn (a preset's fixed counts: VTAB_RULE)
 
     def shot_free(self) -> RunData:
         """The same resolution without the low-shot subset: the rows solver heads draw their few-shot sets from."""
@@ -48,7 +50,7 @@ class RunData:
     def to_json(self, num_classes: int) -> dict[str, Any]:
         """The data section of a results row: sizes and the holdout rule that produced them."""
         cv = {"folds": [len(f) for f in self.folds]} if self.folds else {}  # sizes of the cross-validation folds
-        rule = HOLDOUT_RULE if self.holdout > 0 else "none (last epoch kept)"
+        rule = self.holdout_rule if self.holdout > 0 else "none (last epoch kept)"
         return {
             "num_classes": num_classes,
             "num_train": len(self.train_rows),
@@ -114,15 +116,21 @@ def resolve_rows(
     eval_ok &= ~missing_rows["eval"]
     if not eval_ok.any():
         raise ConfigError(f"split {config.inputs.eval_split!r} has no usable samples in the written blocks")
-    subsets = split_train(
-        train_labels,
-        train_ok,
-        classes=store.split(config.inputs.train_split).classes,
-        holdout=holdout,
-        seed=config.data.data_seed,
-        shots=config.data.shots,
-        fraction=config.data.fraction,
-    )
+    vtab = config.data.protocol == VTAB1K and holdout > 0  # holdout 0: the rows cvK / auto would fit (unused)
+    if vtab:
+        check_suite_store(config, int(train_ok.sum()))
+        subsets = split_vtab(train_labels, train_ok, rows=VTAB_ROWS, holdout=VTAB_ROWS - VTAB_TRAIN,
+                             seed=config.data.data_seed)
+    else:
+        subsets = split_train(
+            train_labels,
+            train_ok,
+            classes=store.split(config.inputs.train_split).classes,
+            holdout=holdout,
+            seed=config.data.data_seed,
+            shots=config.data.shots,
+            fraction=config.data.fraction,
+        )
     if len(subsets.train) == 0:
         raise ConfigError(f"split {config.inputs.train_split!r} has no usable training samples")
     notes.extend(subsets.notes)
@@ -137,6 +145,7 @@ def resolve_rows(
         excluded_eval=excluded_eval,
         notes=tuple(notes),
         pool_rows=subsets.pool,
+        holdout_rule=VTAB_RULE if vtab else HOLDOUT_RULE,
     )
 
 

@@ -16,9 +16,12 @@ import numpy as np
 
 from epcache.errors import ConfigError, CorruptStoreError
 
-__all__ = ["HOLDOUT_RULE", "SKIPPED_LABEL", "TrainSubsets", "check_labels", "holdout_count", "split_train"]
+__all__ = ["HOLDOUT_RULE", "SKIPPED_LABEL", "VTAB_RULE", "TrainSubsets", "check_labels", "holdout_count",
+           "split_train", "split_vtab"]
 
 HOLDOUT_RULE = "per class round(holdout x n), at least 1 when n >= 2, at most n - 1"
+VTAB_RULE = ("vtab1k: 1,000 train rows (all when the split has exactly 1,000, else a stratified draw), split "
+             "stratified into 800 train / 200 holdout (largest remainder per class, each class keeps a training row)")
 
 SKIPPED_LABEL = -1  # extraction marks images it could not decode with this label
 
@@ -133,6 +136,52 @@ def split_train(
     pool = np.sort(np.concatenate(pool_rows)) if pool_rows else np.zeros(0, np.int64)
     return TrainSubsets(train=train.astype(np.int64), holdout=hold.astype(np.int64), notes=tuple(notes),
                         pool=pool.astype(np.int64))
+
+
+def split_vtab(labels: np.ndarray, usable: np.ndarray, *, rows: int, holdout: int, seed: int) -> TrainSubsets:
+    """VTAB-1k's train800/val200 of ``rows`` usable rows (:data:`VTAB_RULE`), drawn with ``seed`` alone.
+
+    VTAB fixes the counts, not a fraction: exactly ``rows - holdout`` rows train and ``holdout`` select,
+    so per-class rounding (as :func:`split_train` does) would miss the protocol by a few rows. Stratified
+    rather than the dataset's file order, so the data seed draws another train800val200 per repeat.
+
+    Raises:
+        ConfigError: fewer than ``rows`` usable rows, or too many classes to keep a training row each.
+    """
+    labels = np.asarray(labels)
+    pool = np.flatnonzero(usable).astype(np.int64)
+    if len(pool) < rows:
+        raise ConfigError(f"vtab1k needs {rows:,} usable train rows, the split has {len(pool):,}")
+    pick_seq, hold_seq = np.random.SeedSequence([seed, 0x7AB]).spawn(2)
+    if len(pool) > rows:
+        pool = _stratified_take(labels, pool, rows, np.random.default_rng(pick_seq), keep=0)
+    held = _stratified_take(labels, pool, holdout, np.random.default_rng(hold_seq), keep=1)
+    train = np.setdiff1d(pool, held)
+    note = f"rows: {VTAB_RULE}"
+    return TrainSubsets(train=train, holdout=np.sort(held), notes=(note,), pool=train)
+
+
+def _stratified_take(labels: np.ndarray, rows: np.ndarray, count: int, rng: np.random.Generator,
+                     keep: int) -> np.ndarray:
+    """Exactly ``count`` of ``rows``, per class in proportion (largest remainder), leaving ``keep`` of each class.
+
+    Remainder ties are broken by a seeded order, so two draws of one seed agree and two seeds differ.
+    """
+    y = labels[rows]
+    classes, sizes = np.unique(y, return_counts=True)
+    caps = np.maximum(sizes - keep, 0)
+    if caps.sum() < count:
+        raise ConfigError(f"cannot take {count} rows leaving {keep} per class from {len(rows)} rows of "
+                          f"{len(classes)} classes")
+    exact = count * sizes / sizes.sum()
+    quota = np.minimum(np.floor(exact).astype(np.int64), caps)
+    order = np.lexsort((rng.permutation(len(classes)), -(exact - np.floor(exact))))
+    while quota.sum() < count:  # largest remainders first; full classes pass their share on
+        for c in order:
+            if quota.sum() < count and quota[c] < caps[c]:
+                quota[c] += 1
+    taken = [rng.permutation(rows[y == cls])[:q] for cls, q in zip(classes, quota, strict=True)]
+    return np.sort(np.concatenate(taken)).astype(np.int64)
 
 
 def holdout_count(holdout: float, n: int) -> int:

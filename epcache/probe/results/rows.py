@@ -6,7 +6,8 @@
     RUNDIR/results.jsonl            one JSON row per finished config (ResultRowJSON)
     RUNDIR/heads/<id>.safetensors   selected head: single-head state dict + JSON config in metadata
     RUNDIR/ckpt/<group>.safetensors per input group, after every epoch (deleted when the group is done)
-    RUNDIR/summary.txt              the printed summary table
+    RUNDIR/summary.txt              the printed summary table (--repeats N: each repeat's selected config, mean ± std)
+    RUNDIR/*.repeat-R.*             --repeats N: repeat R's config, plan and summary table
 
 Only safetensors and JSON are written (no pickle). Every file is written to a temporary name
 and renamed into place, except ``results.jsonl``, which is appended one full line at a time

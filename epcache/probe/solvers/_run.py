@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,10 +166,12 @@ def run_solver_configs(
     save_heads: bool = True,
     say: Callable[[str], None] = lambda msg: None,
     held: list[Callable[[], None]] | None = None,
+    protocol: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Fit and score every spec; one results row each (appended to ``out/results_file`` as it finishes).
 
     ``held``: not None, the row and head writes are appended to it instead of run (the anchor check's hold).
+    ``protocol`` holds keys every row's ``protocol`` section records besides its selection (the repeats).
 
     Each row's ``input.features_from`` says where its pooled vectors came from: ``store`` (pooled
     from the store in this run), ``cache`` (read back from ``out/pooled`` after their sha256 check)
@@ -268,6 +270,8 @@ def run_solver_configs(
             if sel.rule == "holdout" and not num_holdout:  # as row_rule read such rows before they recorded one
                 sel = DrawSelection("none", "no holdout rows to select on")
             row["protocol"] = selection_record(sel)  # every row kind names the rule that selected it
+            if protocol:
+                row["protocol"] = {**row.get("protocol", {}), **protocol}
             if out is not None:
                 writes.append(partial(append_result, out / results_file, row))
             if held is not None:

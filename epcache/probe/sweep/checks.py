@@ -29,6 +29,7 @@ __all__ = ["check_axes", "check_choices", "check_head", "check_shared", "check_t
 def check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
     """Settings that define the data pass must be the same in every sub-grid."""
     shared = ("recipe", "epochs", "warmup", "batch_size", "min_steps", "data_seed", "holdout", "shots", "fraction")
+    shared += ("repeats",)  # the whole sweep is repeated, never one table of it
     shared += ("dtype", "amp", "compile")
     shared += ("train_split", "eval_split", "eval_store", "in_memory", "device", "fused")
     for name in shared:

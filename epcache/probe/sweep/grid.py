@@ -54,7 +54,7 @@ from epcache.store import StoreMeta
 __all__ = ["RunSpec", "SweepRequest", "SweepSettings", "expand_sweep", "load_grid", "raise_errors", "resolve_request",
            "sweep_layers"]
 
-_GRID_FORBIDDEN = frozenset({"grid", "store", "out", "shard"})  # per-invocation, never per sweep file
+_GRID_FORBIDDEN = frozenset({"grid", "store", "out", "shard", "protocol"})  # per-invocation, never per sweep file
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if forbidden:
             raise ConfigError(
                 f"grid file {p}, {where}: {forbidden} cannot be set in a grid file; pass them on the command line "
-                "(--store, --out, --shard)"
+                "(--store, --out, --shard, --protocol)"
             )
         unknown = sorted(set(table) - allowed)
         if unknown:
@@ -181,6 +181,7 @@ def make_settings(
         amp_rule=amp_rule,
         refit=bool(c.data.refit) and (holdout > 0 or selection.startswith("cv")),
         selection=selection,
+        suite=c.data.protocol,
     )
 
 

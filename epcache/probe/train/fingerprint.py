@@ -10,6 +10,7 @@ from typing import Any
 
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.config.runspec import RunSpec
+from epcache.probe.config.suite import suite_record
 from epcache.probe.data.folds import selection_text
 from epcache.probe.data.samples import RunData
 from epcache.probe.results.ranking import epoch_selection
@@ -17,8 +18,11 @@ from epcache.probe.results.ranking import epoch_selection
 __all__ = ["protocol_fingerprint"]
 
 
-def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> dict[str, Any]:
-    """Everything that decides a row's numbers besides the head: compare rows across runs and tools by it."""
+def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig, *, repeat: int = 0) -> dict[str, Any]:
+    """Everything that decides a row's numbers besides the head: compare rows across runs and tools by it.
+
+    ``repeat``: which of the config's ``repeats`` runs of the sweep the row belongs to.
+    """
     s = run.settings
     p = s.protocol
     opt = run.hyperparameters()
@@ -61,4 +65,5 @@ def protocol_fingerprint(run: RunSpec, data: RunData, config: ProbeConfig) -> di
         "amp_rule": s.amp_rule,
         "compile": config.run.compile,
         "trust_store": config.inputs.trust_store,
+        **suite_record(config, repeat),  # a preset and repeats only where given: other rows keep their keys
     }

@@ -314,7 +314,7 @@ class GroupRunner:
             "config": {**run.hyperparameters(), **{k: v for k, v in s.to_json().items()
                                                    if "provenance" not in k and k != "protocol"},
                        "trust_store": self.config.inputs.trust_store},
-            "protocol": protocol_fingerprint(run, self.data, self.config),
+            "protocol": protocol_fingerprint(run, self.data, self.config, repeat=self.plan.repeat),
             "store": _store_info(self.store),
             "eval_store": _store_info(self.eval_store),
             "data": {**self.data.to_json(g.num_classes),
