@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["EXTRACT_EPILOG", "ExtractHelp", "extract", "extract_config", "models", "parse_splits"]
 
 RENAMES = {"split": "splits"}  # option -> ExtractConfig field, where the names differ
-CLI_ONLY = ("progress",)  # options that are not ExtractConfig fields
+CLI_ONLY = ("progress", "steps")  # options that are not ExtractConfig fields
 
 
 def models() -> None:
@@ -75,7 +75,14 @@ def extract(
     batch_size: Annotated[int, typer.Option(metavar="N")] = 64,
     workers: Annotated[int | None, typer.Option(metavar="N", show_default="min(4, CPUs)")] = None,
     weights: Annotated[
-        str | None, typer.Option(metavar="FILE", show_default="timm weights in the local Hugging Face cache")
+        list[str] | None,
+        typer.Option(metavar="FILE", help="several (repeated, a comma list or a quoted glob 'ckpts/*.pth'): a "
+                     "checkpoint series, one store per checkpoint in --out DIR as DIR/<checkpoint stem>.zarr",
+                     show_default="timm weights in the local Hugging Face cache"),
+    ] = None,
+    steps: Annotated[
+        str | None, typer.Option(metavar="N,...", help="a series' training steps, one per checkpoint in listed order",
+                                 show_default="the last integer in each checkpoint's file name")
     ] = None,
     random_init: Annotated[bool, typer.Option()] = False,
     final_norm: Annotated[bool, typer.Option()] = False,
@@ -112,11 +119,38 @@ def extract(
     from epcache.launch.capture import handed_to_launcher  # lazy: keeps torch, PIL, zarr, numpy out of `epcache --help`
 
     with user_errors():
+        if weights and is_series_option(weights):
+            _extract_series(ctx.params, weights, steps, progress=progress)
+            return
         cfg = extract_config(ctx.params)
         if handed_to_launcher(cfg):  # `epcache submit ... -- extract ...`: the launcher runs it as units
             return
         result = extract_store(cfg, progress=progress)
     typer.echo(result.format_text())
+
+
+def is_series_option(weights: list[str]) -> bool:
+    """Whether ``--weights`` names a checkpoint series (repeated, a comma list or a glob), not one file."""
+    from epcache.extract import is_series  # lazy: keeps PIL, zarr, numpy out of `epcache --help`
+
+    return is_series(weights)
+
+
+def _extract_series(options: Mapping[str, Any], weights: list[str], steps: str | None, *, progress: bool) -> None:
+    """One store per checkpoint (epcache/extract/_series.py states the naming and step rules)."""
+    from epcache.extract import extract_series, list_checkpoints  # lazy: keeps PIL, zarr, numpy out of `--help`
+
+    series = list_checkpoints(weights, _ints(steps, "--steps") if steps is not None else None)
+    cfg = extract_config({**options, "weights": None})
+    for ckpt, result in zip(series, extract_series(cfg, series, progress=progress), strict=True):
+        typer.echo(f"step {ckpt.step} ({ckpt.path.name}):\n{result.format_text()}")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} takes comma-separated integers such as 0,12500,25000, got {text!r}") from None
 
 
 def extract_config(options: Mapping[str, Any]) -> ExtractConfig:
@@ -131,6 +165,8 @@ def extract_config(options: Mapping[str, Any]) -> ExtractConfig:
     fields["splits"] = parse_splits(fields["splits"])
     fields["view_splits"] = tuple(v for v in fields["view_splits"].split(",") if v)
     fields["model_kwargs"] = _json_object(fields["model_kwargs"], "--model-kwargs")
+    if isinstance(fields.get("weights"), list | tuple):  # the option may repeat; one file here (a series is not)
+        fields["weights"] = fields["weights"][0] if fields["weights"] else None
     if fields["workers"] is None:  # the field's own default: min(4, CPUs)
         del fields["workers"]
     return ExtractConfig(**fields)

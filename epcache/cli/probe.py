@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from epcache.cli.common import config_options, documented_by, user_errors
+from epcache.cli.probe_series import probe_series, series_stores
 from epcache.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ PROBE_EPILOG = """Examples:
       --blr 0.1,0.2 --out runs/x
   epcache probe --store s.zarr --head "ep(queries=16,d_out=2)" --layers -1 --lr 1e-3 --epochs 20
   epcache probe --store s.zarr --grid sweep.toml --out runs/x
+  epcache probe --store 'series/*.zarr' --out runs/s   # one run per store: runs/s/<store stem>/
   epcache heads --dim 768 --patches 196      # every head name, its parameters and FLOPs
 
 Every comma list multiplies: the sweep is the product of heads x queries x layers x lrs x
@@ -54,7 +56,10 @@ runs and what every results row records."""
 
 def probe(
     ctx: typer.Context,
-    store: Annotated[str, typer.Option("--store", metavar="STORE")],
+    store: Annotated[
+        str, typer.Option("--store", metavar="STORE", help="a quoted glob or comma list probes each store into "
+                          "RUNDIR/<store stem>/")
+    ],
     head: Annotated[
         str, typer.Option(metavar="HEADS", help="comma list (`epcache heads` lists them all); a spec sets options: "
                           "ep(queries=8,d_out=2)")
@@ -126,6 +131,10 @@ def probe(
     from epcache.cli.probe_check import precheck_probe  # lazy: keeps zarr, numpy out of `epcache --help`
 
     with user_errors():  # the options' text is read and checked by ProbeConfig, as grid files and Python are
+        stores = series_stores(store)
+        if stores is not None:  # a glob or comma list: one run per store, RUNDIR/<store stem>/
+            probe_series(ctx, stores, probe_config, progress=progress)
+            return
         cfg = probe_config(ctx.params)
         # `epcache submit ... -- probe ...`: the launcher, which imported epcache.launch (and torch with it) to
         # collect configs, runs it as layer units; importing the package here would load torch before the precheck

@@ -19,8 +19,13 @@ from epcache.extract._repair import extract_config_from_store as extract_config_
 from epcache.extract._repair import repair_store as repair_store
 from epcache.extract._run import extract_store as extract_store
 from epcache.extract._run import plan_extract as plan_extract
+from epcache.extract._series import Checkpoint as Checkpoint
+from epcache.extract._series import extract_series as extract_series
+from epcache.extract._series import is_series as is_series
+from epcache.extract._series import list_checkpoints as list_checkpoints
 
 __all__ = [
+    "Checkpoint",
     "ExtractConfig",
     "ExtractPlan",
     "ExtractResult",
@@ -29,7 +34,10 @@ __all__ = [
     "ResolvedModel",
     "SplitPlan",
     "extract_config_from_store",
+    "extract_series",
     "extract_store",
+    "is_series",
+    "list_checkpoints",
     "list_model_aliases",
     "parse_layers",
     "plan_extract",

@@ -19,7 +19,7 @@ from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, items
 from epcache.extract._forward import ModelGeometry, inspect_model
 from epcache.extract._models import resolve_model
 from epcache.extract._pooled_output import pooled_width
-from epcache.extract._recorded import portable_data_root, portable_split_source
+from epcache.extract._recorded import portable_data_root, portable_location, portable_split_source
 from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
@@ -47,6 +47,7 @@ class Prepared:
     plan: ExtractPlan
     pooled_dim: int | None = None  # width of the model's pooled output when --pooled, else None
     stored: ModelGeometry | None = None  # the layers as stored: ``geometry`` with its grids pooled (--pool-patches)
+    step: int | None = None  # training step of the checkpoint, in a checkpoint series (extract/_series.py)
 
     @property
     def store_geometry(self) -> ModelGeometry:
@@ -238,8 +239,16 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             # --on-bad-image skip: unreadable HF files and cut shards, whose rows were never listed
             "skipped_files": {n: list(s.skipped_files) for n, s in prep.sources.items() if s.skipped_files},
             **({"allow_outside_paths": True} if cfg.allow_outside_paths else {}),  # repair/attention read the same
+            **({"checkpoint": _checkpoint_record(prep, report)} if prep.step is not None else {}),
         },
     )
+
+
+def _checkpoint_record(prep: Prepared, report: LoadReport) -> dict[str, Any]:
+    """``extra.checkpoint`` of a series' store (cache_layout.md §2.1): which point of training it is."""
+    path = report.source.path  # a series always loads a file; None only for a hand-made Prepared
+    location = portable_location(path, str(prep.config.out), record_paths=prep.config.record_paths) if path else None
+    return {"step": prep.step, "file": path.name if path else None, "location": location, "sha256": report.sha256}
 
 
 def _size_options(

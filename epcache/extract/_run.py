@@ -41,7 +41,7 @@ from epcache.store import FeatureStore, StoreMeta, open_store
 from epcache.store.ops.lock import StoreLock, acquire_store_lock
 from epcache.store.ops.swap import discard_staging, swap_in
 
-__all__ = ["extract_store", "plan_extract"]
+__all__ = ["extract_prepared", "extract_store", "plan_extract"]
 
 
 def plan_extract(config: ExtractConfig) -> ExtractPlan:
@@ -91,8 +91,18 @@ def extract_store(config: ExtractConfig, *, progress: bool = True) -> ExtractRes
         return _extract_checked(config, progress=progress)
 
 
+def extract_prepared(prep: Prepared, *, progress: bool = True) -> ExtractResult:
+    """:func:`extract_store` of a plan already made: a checkpoint series plans its data once for every store."""
+    with os_errors(action=f"epcache extract into {prep.config.out}", resume_hint=RESUME_HINT):
+        return _extract_planned(prep, progress=progress)
+
+
 def _extract_checked(config: ExtractConfig, *, progress: bool) -> ExtractResult:
-    prep = prepare(config)
+    return _extract_planned(prepare(config), progress=progress)
+
+
+def _extract_planned(prep: Prepared, *, progress: bool) -> ExtractResult:
+    config = prep.config
     if config.amp is not None and config.device == "cpu":  # honoured, but rarely meant: say it once
         print(f"epcache: --amp {config.amp} on the CPU: the forward runs under CPU autocast in "
               f"{'bfloat16' if config.amp == 'bf16' else 'float16'} (slow without hardware support; the tokens "

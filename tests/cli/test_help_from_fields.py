@@ -27,7 +27,7 @@ from epcache.probe.solvers.export import ExportConfig
 
 # command, its config, option -> field where the names differ, options that set no field, fields with no option
 CASES = [
-    ("extract", ExtractConfig, {"split": "splits"}, {"progress"}, {"hf_cache_dir", "max_pending_blocks"}),
+    ("extract", ExtractConfig, {"split": "splits"}, {"progress", "steps"}, {"hf_cache_dir", "max_pending_blocks"}),
     ("probe", ProbeConfig, {}, {"progress", "layer"},
      {"dtype", "fused", "save_heads", "prefetch", "shuffle_chunks", "eval_cache_mb"}),
     ("convert", ConvertConfig, {}, {"progress"}, set()),
