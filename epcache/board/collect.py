@@ -27,7 +27,7 @@ from epcache.probe.results.ranking import SeedGroup, best_row, group_by_seed, or
 from epcache.probe.results.rows import RESULTS_FILE, read_results
 from epcache.store import open_store
 
-__all__ = ["Board", "build_board", "row_order", "weights_text"]
+__all__ = ["Board", "build_board", "row_order", "run_rows", "weights_text"]
 
 UNKNOWN_WEIGHTS = "unknown"
 
@@ -95,6 +95,11 @@ def weights_text(source: str, name: str, weights_file: str | None) -> str:
     if source == "checkpoint":
         return f"checkpoint {weights_file}" if weights_file else "checkpoint"
     return f"hf {name.split('.', 1)[1]}" if "." in name else "hf (timm default tag)"
+
+
+def run_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every row of the given run directories, in order (what the EP-results export reads)."""
+    return [row for d in _run_dirs(paths) for row in read_results(d / RESULTS_FILE)]
 
 
 def _run_dirs(paths: Iterable[str | Path]) -> list[Path]:

@@ -61,9 +61,7 @@ def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR")
         ConfigError: no match or an ambiguous id prefix (the message lists candidates).
     """
     if config == "best":
-        groups = [g for g in rank_rows(rows)
-                  if g.rows[0]["config"].get("kind") not in _NO_MAPS and not g.rows[0]["config"].get("solver")
-                  and best_row(g).get("head_file")]
+        groups = [g for g in rank_rows(rows) if _attends(g.rows[0]) and best_row(g).get("head_file")]
         if not groups:
             raise ConfigError(_no_attentive_config(rows, rundir))
         return best_row(groups[0])
@@ -78,11 +76,14 @@ def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR")
 _NO_MAPS = ("linear", "dinovit", "mp")  # trained heads without attention maps (solver heads have none either)
 
 
+def _attends(row: dict[str, Any]) -> bool:  # a trained head with attention maps
+    return row["config"].get("kind") not in _NO_MAPS and not row["config"].get("solver")
+
+
 def _no_attentive_config(rows: list[dict[str, Any]], rundir: str) -> str:
     """Why ``--config best`` found nothing, and what to run: no ``--config ID`` can help when no head attends."""
     kinds = sorted({str(r["config"].get("kind")) for r in rows})
-    attentive = sorted({str(r["config"]["kind"]) for r in rows
-                        if r["config"].get("kind") not in _NO_MAPS and not r["config"].get("solver")})
+    attentive = sorted({str(r["config"]["kind"]) for r in rows if _attends(r)})
     if attentive:
         return (f"--config best: the attentive configs of this run ({', '.join(attentive)}) have no saved head "
                 f"file, so there is nothing to draw; re-run their sweep with --out {rundir}, which saves every head")

@@ -32,7 +32,7 @@ runner = CliRunner()
 def _probe(store: Path, out: Path, **kw: Any) -> Path:
     base: dict[str, Any] = {"store": str(store), "head": ("linear", "ep", "knn"), "lr": (0.01, 0.1), "seeds": (0, 1),
                             "queries": (2,), "epochs": 3, "batch_size": 8, "holdout": 0.25, "device": "cpu",
-                            "refit": False, "save_heads": False, "out": str(out)}
+                            "refit": False, "save_heads": False, "out": str(out), "linear_fit": "sgd"}
     probe_store(ProbeConfig(**{**base, **kw}))
     return out
 

@@ -38,20 +38,21 @@ def test_series_probe_writes_one_run_per_store_with_the_default_sweep(probed: Pa
     assert sorted(p.name for p in probed.iterdir()) == sorted(f"checkpoint_{s}" for s in STEPS)
     for run in probed.iterdir():
         rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
-        assert {r["config"]["kind"] for r in rows} == set(CHECKPOINT_SWEEP.split(","))
+        # ridge: the linear family's least-squares fit, which the default recipe adds beside the SGD heads
+        assert {r["config"]["kind"] for r in rows} == {*CHECKPOINT_SWEEP.split(","), "ridge"}
         assert {r["store"]["path"] for r in rows} == {str(probed.parent / "stores" / f"{run.name}.zarr")}
 
 
 def test_curve_has_every_checkpoint_in_step_order_and_the_holdout_best(probed: Path, tmp_path: Path) -> None:
     curve = checkpoint_curve(sorted(probed.iterdir(), reverse=True))  # any order in, step order out
-    assert set(curve.families) == {"knn", "linear", "logreg"}
+    assert set(curve.families) == {"knn", "linear", "logreg", "ridge"}
     for fam in curve.families.values():
         assert [p.step for p in fam.points] == list(STEPS)
         assert all(p.eval_lo <= p.eval_top1 <= p.eval_hi for p in fam.points)
         assert fam.best is not None and fam.best in fam.points
         assert fam.best.holdout_top1 == max(p.holdout_top1 or 0.0 for p in fam.points)
     text = curve.format_text()
-    assert text.count("*best (holdout)") == 3
+    assert text.count("*best (holdout)") == 4  # one per family
     figure = write_checkpoint_figure(curve, tmp_path / "fig" / "checkpoints.png")
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -102,3 +103,12 @@ def test_series_probe_refuses_an_unmatched_glob_and_an_eval_store(tmp_path: Path
     r = runner.invoke(app, ["probe", "--store", str(tmp_path / "*.zarr"), "--out", str(tmp_path / "runs")])
     assert r.exit_code == 2 and "matches no store" in r.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_board_by_checkpoint_prints_and_draws_the_curve(probed: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["board", "--by", "checkpoint", *map(str, sorted(probed.iterdir())),
+                            "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("*best (holdout)") == 4 and (tmp_path / "b" / "checkpoints.png").stat().st_size > 0
+    bad = runner.invoke(app, ["board", "--by", "epoch", str(next(probed.iterdir()))])
+    assert bad.exit_code == 2 and "--by takes checkpoint" in bad.output

@@ -220,3 +220,20 @@ def test_ep_all_puts_the_cls_among_the_values_only_when_on() -> None:
     assert not torch.allclose(on, on_moved)
     assert not torch.allclose(on, off)
     assert read.derive(x, "all").shape[1] == read.derive(x, "patch").shape[1] + 1  # [CLS ; patches]
+
+
+def test_board_cli_writes_ep_results_and_refuses_a_row_missing_its_description(
+        rows: list[dict[str, Any]], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from epcache.cli import app
+
+    run = Path(rows[0]["store"]["path"]).parent / "run"
+    words = [w for k, v in DESCRIBE.items() for w in ("--describe", f"{k}={v}")]
+    r = CliRunner().invoke(app, ["board", str(run), "--format", "ep-results", "--out", str(tmp_path / "b"), *words])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "b" / "results.csv", newline="") as f:
+        (written,) = list(csv.DictReader(f))
+    assert written == ep_results_rows(rows, describe=DESCRIBE)[0]
+    bare = CliRunner().invoke(app, ["board", str(run), "--format", "ep-results", "--out", str(tmp_path / "c")])
+    assert bare.exit_code == 2 and "Traceback" not in bare.output and not (tmp_path / "c" / "results.csv").exists()

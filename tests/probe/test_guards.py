@@ -34,7 +34,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _argv(store: Path, out: Path, *extra: str) -> list[str]:
     return ["probe", "--store", str(store), "--head", "linear,knn", "--layers", "1", "--epochs", "2", "--warmup", "0",
             "--batch-size", "32", "--lr", "0.05", "--seeds", "0,1", "--holdout", "0.2", "--device", "cpu",
-            "--no-refit", "--no-progress", "--out", str(out), *extra]
+            "--no-refit", "--linear-fit", "sgd", "--no-progress", "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,10 @@ def _surfaces(run: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     _ROWS[:] = rows
     summary = format_summary(rows)
     md = write_report(run, figures=False).markdown.read_text(encoding="utf-8")
-    return {"summary": summary, "md": md, "attention": find_row(read_results(run / "results.jsonl"), "best")["id"],
+    attentive = [r for r in rows
+                 if r["config"]["kind"] not in ("linear", "dinovit", "mp") and not r["config"].get("solver")]
+    attention = find_row(read_results(run / "results.jsonl"), "best")["id"] if attentive else None  # solver-only: none
+    return {"summary": summary, "md": md, "attention": attention,
             "report": _report_rows(md, "Best per head kind")[0][0].strip("`"), "ranked": rank_rows(rows)}
 
 
