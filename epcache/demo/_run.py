@@ -108,6 +108,7 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
                 store=str(store), head=heads, queries=config.queries, layers=on, optimizer=("adamw",), lr=config.lrs,
                 epochs=config.epochs, warmup=max(1, config.epochs // 10), batch_size=config.batch_size,
                 holdout=config.holdout, out=str(rundir),
+                linear_fit="sgd",  # the paper's trained probes side by side; --head linear adds the closed form
             ),
             progress=False,
         )

@@ -1,10 +1,9 @@
 """`epcache attention`: what each query of a trained attentive head looks at (docs/EP_SPEC.md §6).
 
-For a head saved by `epcache probe` this computes, on one split of the store it was trained on:
-per-predictor attention maps over the patch grid (overlaid on the source images when the data
-root is given), the mean attention entropy per predictor, and, for EP, the uniform-attention
-ablation: query j's attention is replaced by 1/N (its channel slice becomes GAP(X)·W_V[slice j]),
-everything else is kept (BN running stats included) and the eval top-1 change is reported.
+For a head saved by `epcache probe`, on one split of its store: per-predictor attention maps over the
+patch grid (on the source images when the data root is given), the mean attention entropy per
+predictor, and for EP the uniform-attention ablation: query j's attention becomes 1/N (its channel
+slice GAP(X)·W_V[slice j]), all else kept (BN running stats too), and the eval top-1 change is reported.
 """
 
 from __future__ import annotations
@@ -53,9 +52,8 @@ class AttentionResult:
 def find_row(rows: list[dict[str, Any]], config: str, *, rundir: str = "RUNDIR") -> dict[str, Any]:
     """The row whose id starts with ``config`` or whose name equals it; ``best``: the best attentive config.
 
-    ``best`` is the best config with attention maps (not linear / dinovit / mp, with a saved head) in
-    :func:`epcache.probe.results.ranking.rank` of every config of the run: the summary's and the
-    report's best whenever that one attends.
+    ``best``: the first config with attention maps and a saved head in the one ranking (``ranking.rank``),
+    so the summary's and the report's best whenever that one attends.
 
     Raises:
         ConfigError: no match or an ambiguous id prefix (the message lists candidates).

@@ -106,7 +106,7 @@ def test_stratified_draw_takes_each_class_equally() -> None:
 
 def test_the_read_only_columns_do_not_change_the_verdict() -> None:
     cell = _quality.Cell(200, "full", 0.60, {"lr_std": 0.62, "lr_raw": 0.5, "ridge": 0.72, "ncm": 0.4, "best": 0.72},
-                         ours_ridge=0.73)
+                         ours_sgd=0.73)
     assert cell.gap_lr == -2.0 and cell.gap == -12.0 and cell.verdict() == "MISS (gap < -2)"
     line = _quality.row(cell)
     assert "  -12.00   -2.00    73.00  " in line and line.endswith("MISS (gap < -2)")

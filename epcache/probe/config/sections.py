@@ -69,7 +69,7 @@ class HeadsConfig:
         "auto",
         doc="how linear heads are fitted: sgd (cross-entropy, the lr/wd grid) | lstsq (closed-form least squares, "
         "the ridge solver) | both (the selection rule chooses) | auto: both under recipe auto, sgd under a named "
-        "recipe (its paper's probe)",
+        "recipe or --protocol (their papers' probe)",
     )
 
 

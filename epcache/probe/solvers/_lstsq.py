@@ -69,6 +69,12 @@ def linear_family(config: Any, trained: Sequence[str], *, selects: bool) -> Line
     candidate is big_vision's single lambda, as ``ridge(grid='bigvision')``.
     """
     fit = resolve_fit(config.heads.linear_fit, config.optim.recipe)
+    suite = getattr(config.data, "protocol", "none")
+    if suite != "none" and config.heads.linear_fit == "auto":
+        fit = "sgd"  # a suite preset is a published protocol: its trained heads only, as under a named recipe
+    elif suite != "none" and fit != "sgd":
+        raise ConfigError(f"--protocol {suite} trains and refits SGD heads only; --linear-fit {fit} adds the "
+                          "closed-form fit it does not define: drop --linear-fit or use --linear-fit sgd")
     linear = [t for t in trained if _kind(t) == "linear"]
     if not linear or fit == "sgd" or "none" not in config.inputs.layer_mix:
         return LinearFamily(tuple(trained), (), (), fit)

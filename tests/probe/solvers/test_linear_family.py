@@ -67,3 +67,14 @@ def test_a_wrong_fit_is_refused_early(store: Path) -> None:
         _plan(store, linear_fit="closed")
     out = CliRunner().invoke(app, ["probe", "--store", str(store), "--head", "linear", "--linear-fit", "closed"])
     assert out.exit_code == 2 and "--linear-fit must be one of" in out.output and "Traceback" not in out.output
+
+
+def test_a_suite_preset_keeps_its_sgd_heads(tmp_path: Path) -> None:
+    big = class_store(tmp_path / "big.zarr", n_train=1000, n_val=40, dim=8)
+    vtab: dict[str, Any] = {"head": ("linear",), "protocol": "vtab1k", "holdout": None, "refit": True, "queries": (),
+                            "epochs": 1, "warmup": 0, "lr": (0.01,)}
+    with open_store(big) as st:
+        plan = plan_sweep(config(big, linear_fit="auto", **vtab), st, st)
+        assert plan.specs == () and {r.head.kind for r in plan.runs} == {"linear"}
+        with pytest.raises(ConfigError, match="--protocol vtab1k trains and refits SGD heads only"):
+            plan_sweep(config(big, linear_fit="both", **vtab), st, st)
