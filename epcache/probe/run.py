@@ -159,7 +159,8 @@ def _run(
                                           num_classes=plan.num_classes, device=plan.device, out=out,
                                           results_file=plan.results_file, save_heads=plan.config.run.save_heads,
                                           say=say, held=held,
-                                          protocol=suite_record(plan.config, plan.repeat)):
+                                          protocol=suite_record(plan.config, plan.repeat),
+                                          trust_store=plan.config.inputs.trust_store):
                 new_rows[row["id"]] = row
 
     with bar:

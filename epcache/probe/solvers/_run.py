@@ -167,11 +167,13 @@ def run_solver_configs(
     say: Callable[[str], None] = lambda msg: None,
     held: list[Callable[[], None]] | None = None,
     protocol: Mapping[str, Any] | None = None,
+    trust_store: bool = False,
 ) -> list[dict[str, Any]]:
     """Fit and score every spec; one results row each (appended to ``out/results_file`` as it finishes).
 
     ``held``: not None, the row and head writes are appended to it instead of run (the anchor check's hold).
-    ``protocol`` holds keys every row's ``protocol`` section records besides its selection (the repeats).
+    ``protocol`` holds keys every row's ``protocol`` section records besides its selection (the repeats);
+    ``trust_store``: the store checks were skipped, recorded in every row's config as trained rows record it.
 
     Each row's ``input.features_from`` says where its pooled vectors came from: ``store`` (pooled
     from the store in this run), ``cache`` (read back from ``out/pooled`` after their sha256 check)
@@ -240,7 +242,7 @@ def run_solver_configs(
                 "schema": RESULT_SCHEMA,
                 "id": spec.id,
                 "name": spec.name,
-                "config": {**spec.hyperparameters(),
+                "config": {**spec.hyperparameters(), "trust_store": trust_store,
                            **{k: v for k, v in st.to_json().items() if "provenance" not in k}},
                 "store": _store_info(store),
                 "eval_store": _store_info(eval_store),

@@ -41,7 +41,8 @@ def test_epcache_accepts_an_outsider_store(backend: str, tmp_path: Path) -> None
     out = tmp_path / "run"
     r = runner.invoke(app, ["probe", "--store", str(path), "--head", "linear", "--tokens", "cls", "--epochs", "5",
                             "--warmup", "0", "--batch-size", "8", "--optimizer", "adamw", "--lr", "0.05",
-                            "--holdout", "0", "--device", "cpu", "--out", str(out), "--no-progress"])
+                            "--holdout", "0", "--device", "cpu", "--out", str(out), "--no-progress",
+                            "--linear-fit", "sgd"])
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["store"]["provenance"] == key

@@ -29,7 +29,7 @@ CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
              "PYTHONPATH": os.pathsep.join([str(Path(epcache.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
 ARGS = ["probe", "--head", "linear,ep", "--queries", "4", "--layers", "all", "--tokens", "gap,patch",
         "--lr", "0.01,0.05", "--epochs", "8", "--warmup", "1", "--batch-size", "16", "--optimizer", "adamw",
-        "--holdout", "0.2", "--device", "cpu", "--no-progress"]  # 8 configs in 2 layer groups
+        "--holdout", "0.2", "--device", "cpu", "--no-progress", "--linear-fit", "sgd"]  # 8 configs, 2 layer groups
 
 
 def _rows(run: Path) -> list[dict]:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.reliability_diskfull
 DISK_FULL = "no space left on the device"
 PROBE = ["probe", "--layers", "11", "--epochs", "2", "--warmup", "0", "--batch-size", "4", "--device", "cpu",
          "--select", "holdout",  # held out, a group checkpoints every epoch (a cross-validated group writes none)
-         "--no-progress"]  # the recipe's lr grid: a checkpoint of ~150 KB
+         "--linear-fit", "sgd", "--no-progress"]  # the recipe's lr grid: a checkpoint of ~150 KB
 CONVERT_CHILD = """
 import os, sys
 import epcache.convert._run as run

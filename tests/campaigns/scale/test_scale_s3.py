@@ -89,7 +89,7 @@ def test_extract_info_ls_probe_report_on_s3(bucket: str, data: Path, tmp_path: P
     run = tmp_path / "run"
     probed = runner.invoke(app, ["probe", "--store", url, "--head", "linear", "--epochs", "2", "--warmup", "0",
                                  "--batch-size", "8", "--optimizer", "adamw", "--lr", "1e-3", "--device", "cpu",
-                                 "--out", str(run), "--no-progress"])
+                                 "--out", str(run), "--no-progress", "--linear-fit", "sgd"])
     assert probed.exit_code == 0, probed.output
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     assert rows and all(r["config"]["kind"] == "linear" for r in rows)

@@ -23,7 +23,7 @@ import sys
 from epcache.probe import ProbeConfig, probe_store
 probe_store(ProbeConfig(store=sys.argv[1], out=sys.argv[2], head="linear,ep", tokens="gap,patch", queries=4,
                         layers="all", lr="0.01,0.05", seeds="0,1", epochs={epochs}, warmup=2, batch_size=16,
-                        optimizer="lars", holdout=0.2, device="cpu"), progress=False)
+                        optimizer="lars", holdout=0.2, device="cpu", linear_fit="sgd"), progress=False)
 """
 
 

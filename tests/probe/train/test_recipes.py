@@ -61,16 +61,19 @@ def test_defaults_run_and_learn_from_20_samples_up(tmp_path: Path, n_train: int,
     store = separable_store(tmp_path / "s.zarr", n_train=n_train, n_val=200, num_classes=num_classes)
     assert ncm_accuracy(store) == 1.0
     res = probe_store(ProbeConfig(store=str(store), head=("linear", "ep"), device="cpu"), progress=False)
-    p = res.rows[0]["protocol"]
+    trained = [r for r in res.rows if not r["config"].get("solver")]  # beside them: the linear family's ridge
+    p = trained[0]["protocol"]
     assert p["recipe"] == "auto" and p["total_steps"] >= 1000 and p["warmup_steps"] == round(0.1 * p["total_steps"])
-    assert len({r["config"]["lr"] for r in res.rows}) == 12  # the lr grid, trained fused and chosen on the holdout
-    for kind, group in best_by(group_seeds(res.rows), lambda g: g.kind).items():  # the probe's own choice per kind
+    assert len({r["config"]["lr"] for r in trained}) == 12  # the lr grid, trained fused and chosen on the holdout
+    kinds = best_by(group_seeds(res.rows), lambda g: g.kind)
+    assert set(kinds) == {"linear", "ep", "ridge"}
+    for kind, group in kinds.items():  # the probe's own choice per kind, the closed-form linear fit included
         assert group.eval_top1[0] >= 0.95, (kind, group.name)
     assert res.best is not None and res.best["metrics"]["eval"]["top1"] >= 0.95
-    assert res.notes[0].startswith("plan: 24 configs (2 heads x 12 lrs) on 1 layer;")
+    assert res.notes[0].startswith("plan: 1 solver config (ridge) and 24 configs (2 heads x 12 lrs) on 1 layer;")
     if n_train < 1024:  # the recipe's batch 1024 shrank, said once and recorded in every row
         assert any(n.startswith("recipe auto adapted to this dataset: batch") for n in res.notes)
-        assert all(r["protocol"]["adapted"] == p["adapted"] != [] for r in res.rows)
+        assert all(r["protocol"]["adapted"] == p["adapted"] != [] for r in trained)
 
 
 def test_the_plain_cli_command_works_on_a_20_sample_store(tmp_path: Path) -> None:
