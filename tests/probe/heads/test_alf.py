@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from epcache.cli import app
 from epcache.errors import HeadSpecError
+from epcache.probe import load_head
 from epcache.probe.data.layers import LayersRead, MultiLayerSource
 from epcache.probe.data.sources import head_input
-from epcache.probe.heads import create_head, head_cost, heads_table
+from epcache.probe.heads import AttentiveLayerFusion, create_head, head_cost, heads_table
 from epcache.probe.train.stacks import ALFStack, cross_entropy_per_config, make_stack
 from epcache.store import open_store
 
@@ -158,6 +159,11 @@ def test_cli_trains_alf_over_every_layer(layered: Path, tmp_path: Path) -> None:
     assert len(alf) == 2  # one config per lr, each fusing all three layers
     assert all(row["input"] == {"tokens": "cls+gap", "layer_mix": "tokens", "layers": [0, 1, 2]} for row in alf)
     assert {tuple(row["input"]["layers"]) for row in rows if row["config"]["kind"] == "linear"} == {(0,), (1,), (2,)}
+    assert all(row["params"] == 6 * 16 + 2 * 16 + 16 + 4 * 16 * 16 + 4 * 16 + 16 * 4 + 4 for row in alf)  # D=16, C=4
+    saved = [p for p in (out / "heads").glob("*.safetensors") if p.stem in {row["id"] for row in alf}]
+    head, meta = load_head(saved[0])
+    assert isinstance(head.pooling, AttentiveLayerFusion) and meta["num_tokens"] == 6
+    assert head(torch.randn(2, 6, meta["in_dim"])).shape == (2, 4)
 
 
 @pytest.mark.parametrize(("args", "message"), [
