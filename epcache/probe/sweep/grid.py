@@ -261,7 +261,7 @@ def expand_sweep(
             entries.append((text, kind, explicit))
         check_axes(block, entries, errors)
         choices = token_choices(block, entries, meta, errors)
-        fused = alf_inputs(block.inputs.layer_mix, layers, errors) if any(k == "alf" for _, k, _ in entries) else []
+        alf_input = alf_inputs(block.inputs.layer_mix, layers, errors) if any(k == "alf" for _, k, _ in entries) else []
         for text, kind, explicit in entries:
             accepted = head_options(kind)
             axes = [
@@ -283,7 +283,7 @@ def expand_sweep(
                     if kind == "linear" and tokens not in LINEAR_TOKENS:
                         errors.append(f"{text}: linear heads read {', '.join(LINEAR_TOKENS)}, not tokens={tokens!r}")
                         continue
-                    kind_inputs = fused if kind == "alf" else inputs  # alf: every layer's CLS and GAP at once
+                    kind_inputs = alf_input if kind == "alf" else inputs  # alf: every layer's CLS and GAP at once
                     for layer, mix, mix_layers in [(-1, "none", ())] if tokens == "pooled" else kind_inputs:
                         if mix == "tokens" and kind in ("linear", "mp"):  # the mix axis skips heads it cannot feed
                             continue
