@@ -199,6 +199,9 @@ def heads(
     d_out: Annotated[
         str, typer.Option("--d-out", metavar="K,...", help="EP width divisors to list, comma list.")
     ] = "1",
+    layers: Annotated[
+        int, typer.Option(metavar="L", help="Layers alf fuses (it attends over their 2L CLS and GAP tokens).")
+    ] = 12,
 ) -> None:
     """Every head name `epcache probe --head` accepts: the trained heads with their parameters and forward FLOPs
     per image, then the solver heads (knn, ridge, logreg, ncm) with what they fit and what a fit costs."""
@@ -207,7 +210,7 @@ def heads(
 
     with user_errors():
         rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),
-                           d_out=_ints(d_out, "--d-out"))
+                           d_out=_ints(d_out, "--d-out"), layers=layers)
     typer.echo(format_heads_listing(rows, dim=dim, num_classes=classes))
 
 

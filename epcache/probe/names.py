@@ -17,8 +17,8 @@ __all__ = [
 SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")  # fitted once on pooled features, no epochs
 LINEAR_FITS: tuple[str, ...] = ("auto", "both", "sgd", "lstsq")  # --linear-fit (epcache.probe.solvers._lstsq)
 TRAINED_HEAD_KINDS: tuple[str, ...] = (  # the registry's built-in trained heads, sorted as list_heads() is
-    "abmilp", "aim", "cae", "cait", "cbam", "clip", "coca", "dinovit", "dolg", "ep", "esimpool", "jepa", "linear",
-    "mhca", "mp", "siglip", "simpool",
+    "abmilp", "aim", "alf", "cae", "cait", "cbam", "clip", "coca", "dinovit", "dolg", "ep", "esimpool", "jepa",
+    "linear", "mhca", "mp", "siglip", "simpool",
 )
 BUILTIN_HEAD_KINDS: tuple[str, ...] = TRAINED_HEAD_KINDS + SOLVER_KINDS  # list_heads() + list_solvers() at import
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ALF_TOKENS",
     "DTYPES",
     "LAYER_MIXES",
     "POOLED_GROUP",
@@ -23,6 +24,7 @@ __all__ = [
 
 VECTOR_SOURCES: tuple[str, ...] = ("cls", "gap", "cls+gap", "pooled")  # what a linear head can read
 SEQUENCE_SOURCES: tuple[str, ...] = ("patch", "all", "registers", "patch+registers")  # attentive heads, MP
+ALF_TOKENS: tuple[str, ...] = ("cls+gap",)  # alf: each layer's CLS and GAP, read as two tokens per layer
 LAYER_MIXES: tuple[str, ...] = ("none", "concat", "mean", "tokens")
 DTYPES: tuple[str, ...] = ("float32", "float64")  # compute dtypes of a sweep (the heads' master weights)
 POOLED_GROUP = "pooled"  # the group of configs reading the store's pooled output (no layer)

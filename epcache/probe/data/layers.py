@@ -109,6 +109,8 @@ class LayersRead:
                 return torch.cat(parts, dim=-1)
             return torch.cat([base.derive(x[:, i], tokens) for i in range(k)], dim=-1)
         if mix == "tokens":
+            if tokens == "cls+gap":  # ALF: each layer's CLS and GAP as two tokens, layer by layer
+                return torch.cat([base.derive(x[:, i], tokens).unflatten(-1, (2, -1)) for i in range(k)], dim=1)
             return torch.cat([base.derive(x[:, i], tokens) for i in range(k)], dim=1)
         raise ValueError(f"unknown layer mix in input key {key!r}")
 

@@ -11,7 +11,8 @@ A head's input is one *token source* of one layer or of a *layer mix* of several
 Layer mixes (``layer_mix``): ``none`` (one layer per config), ``concat`` (per-layer vectors or
 token channels joined; with ``cls+gap`` the DINOv2 recipe: CLS of every layer + GAP of the last),
 ``mean`` (token tensors averaged over the layers, AIM) and ``tokens`` (token sequences joined
-along the token axis, V-JEPA 2; sequence sources only).
+along the token axis, V-JEPA 2; sequence sources, and ``cls+gap`` for ``alf``: the CLS and GAP vector
+of each layer as two tokens, layer by layer).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def head_input(
             registers, pooled output) or a mix the source does not allow.
     """
     linear = kind == "linear"
+    if kind == "alf":
+        return _alf_input(tokens, layer_mix, num_layers, dim=dim, cls_index=cls_index)
     family = VECTOR_SOURCES if linear else SEQUENCE_SOURCES
     if tokens not in family:
         which = "linear heads read" if linear else f"{kind!r} heads read"
@@ -123,6 +126,21 @@ def head_input(
     if layer_mix == "tokens":
         return HeadInput(dim, k * n, 0, False)
     return HeadInput(k * dim if layer_mix == "concat" else dim, n, prefix, False)
+
+
+def _alf_input(tokens: str, layer_mix: str, num_layers: int, *, dim: int, cls_index: int | None) -> HeadInput:
+    """ALF reads the CLS and GAP vector of each layer as a 2L-token sequence (``tokens:cls+gap``).
+
+    The reader then moves two vectors per layer and image, not the layers' token grids.
+    """
+    fix = "use --tokens cls+gap --layer-mix tokens with --layers all (or last:K, K >= 2)"
+    if tokens != "cls+gap":
+        raise HeadSpecError(f"'alf' reads the CLS and GAP token of every layer, not tokens={tokens!r}; {fix}")
+    if layer_mix != "tokens":
+        raise HeadSpecError(f"'alf' fuses layers as a token sequence, not layer_mix={layer_mix!r}; {fix}")
+    if cls_index is None:
+        raise HeadSpecError("'alf' attends over each layer's CLS and GAP token; this store's backbone has no CLS")
+    return HeadInput(dim, 2 * num_layers, 0, False)
 
 
 def layer_inputs(

@@ -1,13 +1,15 @@
 """Probe heads: pooling -> BatchNorm1d(affine=False) -> Linear, as in the EP paper (docs/EP_SPEC.md §1-3).
 
 Kinds: ``linear`` (CLS / GAP / both), ``ep`` (Efficient Probing, evaluated pooling-first),
-``mhca`` (generic multi-head cross-attention) and the reference poolers ``jepa``, ``siglip``,
+``mhca`` (generic multi-head cross-attention), ``alf`` (Attentive Layer Fusion over the CLS and
+GAP token of several layers, docs/ALF.md) and the reference poolers ``jepa``, ``siglip``,
 ``aim``, ``simpool``, ``esimpool``, ``cait``, ``coca``, ``cae``, ``abmilp``, ``dinovit``,
 ``clip``, ``cbam``, ``dolg``, and ``mp`` (Moment Probing, its own structure: CLS + covariances).
 Attention maps (``attention(tokens) -> (B, P, N)``): every kind
 except ``linear`` and ``dinovit``; for ``cbam``/``dolg`` they are unnormalised spatial scores.
 """
 
+from ._alf import AttentiveLayerFusion as AttentiveLayerFusion
 from ._base import Pooling as Pooling
 from ._base import ProbeHead as ProbeHead
 from ._builtin import POOLING_CLASSES as POOLING_CLASSES
@@ -58,6 +60,7 @@ __all__ = [
     "TOKEN_CHOICES",
     "ABMILPPooler",
     "AIMPooler",
+    "AttentiveLayerFusion",
     "CAEPooler",
     "CBAMPooler",
     "CLIPPooler",

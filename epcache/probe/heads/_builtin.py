@@ -1,4 +1,4 @@
-"""The built-in head kinds: ``linear``, ``ep``, ``mhca`` and the reference poolers.
+"""The built-in head kinds: ``linear``, ``ep``, ``mhca``, ``alf`` and the reference poolers.
 
 Construction order reproduces the reference RNG draws (docs/EP_SPEC.md §1.6): for the reference
 poolers the classifier exists first (it is the encoder's own ``head`` Linear), then the
@@ -15,6 +15,7 @@ from torch import nn
 
 from epcache.errors import HeadSpecError
 
+from ._alf import AttentiveLayerFusion
 from ._base import Pooling, ProbeHead
 from ._class_attn_pools import CaiTPooler, CoCaPooler
 from ._ep import EfficientProbing
@@ -35,6 +36,7 @@ POOLING_CLASSES: dict[str, type[Pooling]] = {
         TokenSelect,
         EfficientProbing,
         MultiHeadCrossAttention,
+        AttentiveLayerFusion,
         JEPAPooler,
         SigLIPPooler,
         AIMPooler,
@@ -77,6 +79,16 @@ def _ep(
 def _mhca(*, in_dim: int, num_classes: int, num_tokens: int | None, num_prefix: int, num_heads: int = 8) -> ProbeHead:
     pooling = MultiHeadCrossAttention(in_dim, num_heads=num_heads)
     return ProbeHead(pooling, nn.Linear(in_dim, num_classes), kind="mhca")
+
+
+@register_head("alf")
+def _alf(
+    *, in_dim: int, num_classes: int, num_tokens: int | None, num_prefix: int, queries: int = 1, num_heads: int = 8
+) -> ProbeHead:
+    if num_tokens is None:
+        raise HeadSpecError("'alf' learns an embedding per (layer, CLS/GAP) token: pass num_tokens (2 x layers)")
+    pooling = AttentiveLayerFusion(in_dim, num_tokens=num_tokens, queries=queries, num_heads=num_heads)
+    return ProbeHead(pooling, nn.Linear(pooling.out_dim, num_classes), kind="alf")
 
 
 @register_head("jepa")

@@ -9,7 +9,7 @@ pooling-first order, so its FLOPs are those of docs/EP_SPEC.md §1.5, not of the
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -66,7 +66,8 @@ def head_cost(
         kind: head kind or spec.
         dim: token width D.
         num_classes: classes C.
-        num_tokens: tokens the pooling sees, N (196 patch tokens at ViT-B/16; 197 for ``*_all``).
+        num_tokens: tokens the pooling sees, N (196 patch tokens at ViT-B/16; 197 for ``*_all``; for
+            ``alf`` 2L, the CLS and GAP token of L layers).
         num_prefix: prefix tokens in front of the patches; only the linear probe and MP read them
             (their input is ``num_prefix + num_tokens`` tokens).
         **kwargs: the kind's options (``queries``, ``d_out``, ``num_heads``, ``tokens`` ...).
@@ -104,8 +105,12 @@ def heads_table(
     d_out: Sequence[int] = (1,),
     *,
     kinds: Sequence[str] | None = None,
+    layers: int = 12,
 ) -> list[HeadCost]:
-    """Cost rows: linear (CLS), EP for every (queries, d_out), generic MHCA, MP, then the reference poolers.
+    """Cost rows: linear (CLS), EP for every (queries, d_out), generic MHCA, ALF, MP, then the reference poolers.
+
+    ALF attends over the CLS and GAP token of ``layers`` layers (2·layers tokens, not the patches);
+    its row's variant names that layer count.
 
     EP combinations the width does not allow raise (they were asked for explicitly); baseline
     kinds that cannot be built at these dimensions (e.g. ``esimpool`` needs D divisible by 12,
@@ -120,8 +125,12 @@ def heads_table(
         for k in d_out
         for m in queries
     ]
-    for kind in ("mhca", "mp", *BASELINE_KINDS) if kinds is None else kinds:
+    for kind in ("mhca", "alf", "mp", *BASELINE_KINDS) if kinds is None else kinds:
         try:
+            if kind == "alf":
+                cost = head_cost(kind, dim=dim, num_classes=num_classes, num_tokens=2 * layers)
+                rows.append(replace(cost, variant=f"{cost.variant},layers={layers}"))
+                continue
             rows.append(head_cost(kind, dim=dim, num_classes=num_classes, num_tokens=num_tokens))
         except HeadSpecError:
             if kinds is not None:

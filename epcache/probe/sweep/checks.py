@@ -16,13 +16,13 @@ import torch
 
 from epcache._layerspec import resolve_stored_layers
 from epcache.errors import ConfigError, HeadSpecError
-from epcache.probe.config.inputs import unknown_tokens_text
+from epcache.probe.config.inputs import ALF_TOKENS, unknown_tokens_text
 from epcache.probe.config.probe_config import _HEAD_RE, ATTENTIVE_TOKENS, HEAD_OPTION_AXES, LINEAR_TOKENS, ProbeConfig
 from epcache.probe.data.sources import build_head, head_input, pooled_dim
 from epcache.probe.heads import head_options
 from epcache.store import StoreMeta
 
-__all__ = ["check_axes", "check_choices", "check_head", "check_shared", "check_two_classes",
+__all__ = ["alf_inputs", "check_axes", "check_choices", "check_head", "check_shared", "check_two_classes",
            "resolve_layers", "split_head", "token_choices"]
 
 
@@ -115,20 +115,41 @@ def token_choices(
         errors.append("this store's backbone has no CLS token; use tokens gap (linear) or patch/all (pooling heads)")
     out: dict[str, list[str]] = {}
     for text, kind, explicit in entries:
-        family = LINEAR_TOKENS if kind == "linear" else ("all", "patch") if kind == "mp" else ATTENTIVE_TOKENS
+        family = (LINEAR_TOKENS if kind == "linear" else ("all", "patch") if kind == "mp"
+                  else ALF_TOKENS if kind == "alf" else ATTENTIVE_TOKENS)
         if not c.inputs.tokens:
             default = "cls" if meta.layout.cls_index is not None else "gap"
             mp_default = "all" if meta.layout.cls_index is not None else "patch"  # MP: CLS + patches (§1.1)
-            out[kind] = [default] if kind == "linear" else [mp_default] if kind == "mp" else ["patch"]
+            out[kind] = ([default] if kind == "linear" else [mp_default] if kind == "mp"
+                         else list(ALF_TOKENS) if kind == "alf" else ["patch"])
             continue
         chosen = [t for t in c.inputs.tokens if t in family]
         if not chosen and not (kind == "linear" and "tokens" in explicit):
             errors.append(
                 f"head {text!r} cannot read tokens {list(c.inputs.tokens)}: "
-                f"{'linear heads read' if kind == 'linear' else 'pooling heads read'} {', '.join(family)}"
+                f"{'linear heads read' if kind == 'linear' else f'{kind!r} heads read'} {', '.join(family)}"
             )
         out[kind] = chosen
     return out
+
+
+def alf_inputs(
+    mixes: Sequence[str], layers: Sequence[int], errors: list[str]
+) -> list[tuple[int, str, tuple[int, ...]]]:
+    """The one input ``alf`` trains on: the ``tokens`` mix of every selected layer (docs/ALF.md).
+
+    ALF fuses layers by construction, so the default mix ``none`` (one config per layer) means the
+    ``tokens`` mix for it; ``concat``/``mean`` alone have no ALF reading and are refused.
+    """
+    if not {"none", "tokens"} & set(mixes):
+        errors.append(f"'alf' fuses layers as a token sequence, not layer_mix {list(mixes)}; "
+                      "add --layer-mix tokens (the default none also means tokens for alf)")
+        return []
+    chosen = sorted(set(layers))
+    if len(chosen) < 2:
+        errors.append(f"'alf' fuses at least 2 layers, got {chosen}; pass --layers all (or last:K, K >= 2)")
+        return []
+    return [(chosen[-1], "tokens", tuple(chosen))]
 
 
 def check_head(spec: Any, tokens: str, mix: str, num_layers: int, meta: StoreMeta, num_classes: int) -> str | None:

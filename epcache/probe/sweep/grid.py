@@ -41,6 +41,7 @@ from epcache.probe.device import resolve_amp, resolve_device
 from epcache.probe.heads import HeadSpec, head_options, list_heads, list_solvers
 from epcache.probe.names import unknown_head_text
 from epcache.probe.sweep.checks import (
+    alf_inputs,
     check_axes,
     check_choices,
     check_head,
@@ -260,6 +261,7 @@ def expand_sweep(
             entries.append((text, kind, explicit))
         check_axes(block, entries, errors)
         choices = token_choices(block, entries, meta, errors)
+        alf_input = alf_inputs(block.inputs.layer_mix, layers, errors) if any(k == "alf" for _, k, _ in entries) else []
         for text, kind, explicit in entries:
             accepted = head_options(kind)
             axes = [
@@ -281,7 +283,8 @@ def expand_sweep(
                     if kind == "linear" and tokens not in LINEAR_TOKENS:
                         errors.append(f"{text}: linear heads read {', '.join(LINEAR_TOKENS)}, not tokens={tokens!r}")
                         continue
-                    for layer, mix, mix_layers in [(-1, "none", ())] if tokens == "pooled" else inputs:
+                    kind_inputs = alf_input if kind == "alf" else inputs  # alf: every layer's CLS and GAP at once
+                    for layer, mix, mix_layers in [(-1, "none", ())] if tokens == "pooled" else kind_inputs:
                         if mix == "tokens" and kind in ("linear", "mp"):  # the mix axis skips heads it cannot feed
                             continue
                         lm = meta.for_layer(layer) if layer >= 0 else meta  # a layer's own grid and width

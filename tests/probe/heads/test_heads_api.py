@@ -30,7 +30,7 @@ from epcache.probe.heads import (
 from epcache.probe.names import BUILTIN_HEAD_KINDS, SOLVER_KINDS, TRAINED_HEAD_KINDS
 
 DATA = Path(__file__).resolve().parents[2] / "data"
-ALL_KINDS = ["linear", "ep", "mhca", "mp", *BASELINE_KINDS]
+ALL_KINDS = ["linear", "ep", "mhca", "alf", "mp", *BASELINE_KINDS]
 
 
 def _ep(dim: int, queries: int, d_out: int, *, seed: int = 0) -> EfficientProbing:

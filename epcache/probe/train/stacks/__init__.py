@@ -10,7 +10,9 @@ needs per-slice learning rates (``stacked_optim``).
 Stacked kinds: ``linear`` (BN + classifier on a CLS/GAP vector), ``ep`` (pooling-first EP,
 docs/EP_SPEC.md §1.5), ``mhca`` (evaluated pooling-first too: with one learned query the key projection
 folds into a per-head query vector and the value projection moves after the weighted sum, the
-same function at a fraction of the cost), ``mp`` (Moment Probing, ``mp.MPStack``: batched
+same function at a fraction of the cost), ``alf`` (Attentive Layer Fusion: per-config embedding and
+LayerNorm of the 2L layer tokens, then MHCA pooling-first, ``alf.ALFStack``), ``mp`` (Moment Probing,
+``mp.MPStack``: batched
 projections, covariances and grouped convolutions). Every other kind runs as a :class:`ModuleStack`, a
 loop over the epcache modules, which is also the reference path the stacks are tested against
 (``fused=False``). One module per stacked kind; :data:`STACKED_KINDS` maps a kind to its stack.
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from epcache.probe.train.stacks.alf import ALFStack
 from epcache.probe.train.stacks.base import (
     HeadStack,
     ParamSlot,
@@ -38,6 +41,7 @@ from epcache.probe.train.stacks.mp import MPStack
 
 __all__ = [
     "STACKED_KINDS",
+    "ALFStack",
     "EPStack",
     "HeadStack",
     "LinearStack",
@@ -52,7 +56,9 @@ __all__ = [
     "stacked_batch_norm",
 ]
 
-STACKED_KINDS: dict[str, type[TensorStack]] = {"linear": LinearStack, "ep": EPStack, "mhca": MHCAStack, "mp": MPStack}
+STACKED_KINDS: dict[str, type[TensorStack]] = {
+    "linear": LinearStack, "ep": EPStack, "mhca": MHCAStack, "mp": MPStack, "alf": ALFStack,
+}
 
 
 def make_stack(
