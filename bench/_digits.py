@@ -52,9 +52,9 @@ def write_digits(root: Path, per_class_train: int, per_class_eval: int, seed: in
 
 
 def digits_pool(root: Path, per_class_train: int, per_class_eval: int, weights: Path | None = None,
-                model_kwargs: dict[str, int] | None = None) -> Path:
+                model_kwargs: dict[str, int] | None = None, layers: str = "last") -> Path:
     """The digits through a small ViT-Tiny (4 blocks, patch 4, 32 px unless ``model_kwargs`` says otherwise):
-    the last block's tokens, one store.
+    the last block's tokens (``layers="all"``: every block's, for the layer benches), one store.
 
     With ``weights`` (a local checkpoint) the extraction takes the real-weights path a user's
     ``epcache extract --weights`` takes; without, the network is random-init.
@@ -65,7 +65,7 @@ def digits_pool(root: Path, per_class_train: int, per_class_eval: int, weights: 
     store = root / "digits_pool.zarr"
     kwargs = {"depth": 4, "patch_size": 4} if model_kwargs is None else dict(model_kwargs)
     extract_store(ExtractConfig(model="vit_tiny_patch16_224", data=data, out=store, random_init=weights is None,
-                                weights=weights, img_size=IMG, model_kwargs=kwargs, workers=0, layers="last",
+                                weights=weights, img_size=IMG, model_kwargs=kwargs, workers=0, layers=layers,
                                 batch_size=64),
                   progress=False)
     return store

@@ -1,6 +1,8 @@
-"""Reading k layers as ONE group vs k single-layer passes over a cached store, one run.
+"""Layers: reading k layers as ONE group vs k single-layer passes (read); ALF vs last vs concat-all (heads).
 
-Command:   python bench/layers.py [--samples 1024] [--layers 4] [--dir /tmp/epcache-bench-layers]
+Mode ``heads`` (``python bench/layers.py heads [--quick] [--cache DIR]``) is described after this mode's.
+
+Command:   python bench/layers.py [read] [--samples 1024] [--layers 4] [--dir /tmp/epcache-bench-layers]
 Machine:   the shared 2-core CPU dev box (no GPU); numbers in the closing note come from it.
 Runtime:   ~1-3 minutes (writes one zarr store of samples x layers x 197 x 768 float16: 1.2 GB at
            the defaults; needs that much free disk and RAM for the page cache).
@@ -30,6 +32,32 @@ threads run one after the other, k x the per-batch overhead) and the parallel la
 warm-up pass pulls the files into the page cache; then the two are timed in interleaved rounds
 and the best round of each counts. The machine is shared: the load average is printed, and the
 ratio, not the absolute time, is the result.
+
+Mode heads: does fusing every layer (ALF) beat the last layer, and the plain concatenation of all?
+
+Command:   python bench/layers.py heads --cache ~/.cache/epq      # recipe auto as is (12 lrs)
+           python bench/layers.py heads --quick --cache ~/.cache/epq  # 3 lrs, 8 epochs, >= 200 steps
+Runtime:   on the shared 2-core box (2026-12-07): --quick 52 s (load ~2), full 664 s
+           (load 2-5.5: the test suite ran alongside; ALF's sweeps take 360 + 163 s of it); plus ~4-9 min once
+           when --cache holds no checkpoint yet (bench/_pretrain.py pretrains it).
+Stores:    (a) the store `epcache demo` extracts (generated shapes, random-init ViT-Tiny layout, 4 blocks,
+           every block); (b) real sklearn digits (1,000 train / 500 eval) through the ViT pretrained here
+           on generated drawings (bench/_pretrain.py; never a digit), every block, via --weights.
+What runs: on each store, three sweeps at the package's defaults otherwise (bench/_layers_compare.py):
+           last-layer linear (--linear-fit sgd, CLS and GAP: the ranking picks), concat-all linear
+           (--layers all --layer-mix concat --tokens cls+gap, sgd) and ALF (--head alf --layers all).
+           Each reports its selected row (ProbeResult.best: the holdout chooses, never eval): eval top-1
+           with its Wilson 95% interval, params, the sweep's wall seconds; then ALF - last, ALF - concat.
+Measured:  2026-12-07, shared 2-core box, torch 2.14.1, 2 threads; eval top-1 % [95% interval]:
+             full     last           concat         alf            ALF-last  ALF-concat
+             demo     68.75 [61-75]  63.12 [55-70]  69.38 [62-76]  +0.62     +6.25
+             digits   87.80 [85-90]  89.00 [86-92]  91.40 [89-94]  +3.60     +2.40
+             --quick  demo 62.50 / 57.50 / 67.50 (+5.00, +10.00); digits 86.00 / 88.00 / 88.20 (+2.20, +0.20)
+           params last / concat / alf: demo 772 / 3,844 / 151,108, digits 970 / 4,810 / 39,274. Last
+           picked GAP everywhere. ALF leads both on each store in both runs, but the 95% intervals of
+           every pair overlap (160 and 500 eval images): a direction, not a significant result. Concat
+           (every layer's CLS + the last GAP) trails the last layer alone on the random-init demo and
+           beats it on the pretrained digits. ALF costs 5-17x the sweep time of the linear variants.
 """
 
 from __future__ import annotations
@@ -37,6 +65,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,11 +110,49 @@ def epoch_seconds(streams: list[BatchStream]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", choices=("read", "heads"), default="read",
+                        help="read: one group vs k single-layer passes (default); heads: ALF vs last vs concat-all")
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/epcache-bench-layers"))
+    parser.add_argument("--quick", action="store_true", help="heads: 3 lrs, 8 epochs, >= 200 steps (recipe auto else)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="heads: directory keeping the pretrained checkpoint between runs (bench/_pretrain.py)")
     args = parser.parse_args()
+    if args.what == "heads":
+        compare_heads(args.quick, args.cache)
+        return
+    read_groups(args)
+
+
+def compare_heads(quick: bool, cache: Path | None) -> None:
+    """Mode ``heads``: both stores in a temp dir, the three variants on each, one table."""
+    import _layers_compare as lc  # only this mode needs the extractors and timm
+
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    results: dict[str, dict[str, lc.Entry]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name, build in (("demo", lambda: lc.demo_store(root / "demo")),
+                            ("digits", lambda: lc.digits_store(root / "digits", cache or root / "pretrain"))):
+            store, what = build()
+            print(what, flush=True)
+            results[name] = {}
+            for v in lc.VARIANTS:
+                results[name][v] = lc.run_variant(store, v, quick)
+                print(f"  {v}: {100 * results[name][v].top1:.2f} in {results[name][v].seconds:.0f} s", flush=True)
+    grid = "--quick: lr 1e-3,1e-2,1e-1, 8 epochs, >= 200 steps" if quick else "recipe auto as is (12 lrs)"
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {grid}; eval top-1 in %, "
+          "its Wilson 95% interval; train s: the variant's whole sweep, wall clock")
+    print("\n".join(lc.table(results)))
+    print(f"load average before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f} (shared machine); "
+          f"{time.perf_counter() - t0:.0f} s in all")
+
+
+def read_groups(args: argparse.Namespace) -> None:
+    """Mode ``read`` (the default): one layer group vs k single-layer passes."""
     layers = tuple(range(args.layers))
     args.dir.mkdir(parents=True, exist_ok=True)
     path = args.dir / "layers.zarr"
