@@ -24,6 +24,7 @@ CLI_ONLY = ("progress",)  # options that are not ConvertConfig fields
 CONVERT_EPILOG = """Examples:
   epcache convert stores/in1k_mae_vitb.zarr stores/in1k_mae_vitb_pool2.zarr --pool-patches 2
   epcache convert stores/in1k_mae_vitb.zarr stores/in1k_mae_vitb_last4.h5 --layers -4:
+  epcache convert stores/in1k_mae_vitb.zarr stores/in1k_mae_vitb_light.zarr --keep cls,gap,registers
   epcache convert stores/in1k_mae_vitb.zarr stores/in1k_mae_vitb_int8.zarr --quantize int8
   epcache convert demo.zarr demo_last.zarr --layers last --splits val --dtype bfloat16"""
 
@@ -33,6 +34,7 @@ def convert(
     src: Annotated[str, typer.Argument(metavar="SRC", show_default=False)],
     dst: Annotated[str, typer.Argument(metavar="DST", help=".zarr, .h5 or a URL", show_default=False)],
     pool_patches: Annotated[int, typer.Option(metavar="K")] = 1,
+    keep: Annotated[str | None, typer.Option(metavar="TOKENS", show_default="every token")] = None,
     layers: Annotated[str | None, typer.Option(metavar="SPEC", show_default="every stored layer")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", metavar="DTYPE", show_default="the source's")] = None,
     quantize: Annotated[str | None, typer.Option(metavar="SCHEME", show_default="the source's")] = None,

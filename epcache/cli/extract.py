@@ -106,6 +106,7 @@ def extract(
     record_paths: Annotated[bool, typer.Option()] = False,
     pooled: Annotated[bool, typer.Option()] = False,
     pool_patches: Annotated[int, typer.Option(metavar="K")] = 1,
+    keep: Annotated[str | None, typer.Option(metavar="TOKENS", show_default="every token")] = None,
     wds_image_key: Annotated[str, typer.Option(metavar="EXTS", help="';'-separated")] = "jpg;jpeg;png;webp",
     wds_label_key: Annotated[str, typer.Option(metavar="EXT")] = "cls",
     image_column: Annotated[str, typer.Option(metavar="COL")] = "image",

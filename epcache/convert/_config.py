@@ -10,6 +10,7 @@ from typing import Any, Literal
 from epcache._docs import doc, document_fields
 from epcache._text import human_bytes
 from epcache.errors import ConfigError
+from epcache.store.layout.light import parse_keep
 from epcache.store.layout.quant import resolve_quantization
 
 __all__ = ["ConvertConfig", "ConvertResult"]
@@ -29,6 +30,8 @@ class ConvertConfig:
     src: Path | str = doc(doc="the complete source store (zarr directory, .h5 file or URL)")
     dst: Path | str = doc(doc="the store to write; never the source")
     pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")
+    keep: str | None = doc(None, doc="light copy: cls,gap,registers or cls,gap, the whole grid averaged into one "
+                           "gap token (cache_layout §2.6); None: every token")
     layers: str | None = doc(None, doc="stored layers to keep: all, last, -4:, 0,5,11; None: every stored layer")
     dtype: Literal["float16", "bfloat16", "float32"] | None = doc(None, doc="dtype of the copy; None: the source's")
     quantize: str | None = doc(
@@ -49,6 +52,10 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         if self.pool_patches < 1:
             raise ConfigError(f"--pool-patches must be >= 1 (1 = no pooling), got {self.pool_patches}")
+        keep = parse_keep(self.keep)
+        object.__setattr__(self, "keep", None if keep is None else ",".join(keep))  # "gap,cls" -> "cls,gap"
+        if keep is not None and self.pool_patches > 1:
+            raise ConfigError("--keep averages the whole patch grid into one token; drop --pool-patches")
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
         if self.quantize is not None:

@@ -10,6 +10,7 @@ from epcache._layerspec import parse_layers
 from epcache.errors import ConfigError, UnknownLayerError
 from epcache.extract.locations import portable_location, rebased_data_root
 from epcache.store import FORMAT_VERSION, StoreMeta
+from epcache.store.layout.light import light_meta
 from epcache.store.layout.poolgrid import pooled_meta
 
 __all__ = ["derived_meta", "select_layers"]
@@ -57,6 +58,7 @@ def derived_meta(
     layers: tuple[int, ...],
     pool_patches: int,
     dtype: str,
+    keep: tuple[str, ...] | None = None,
     quantization: str | None,
     source_provenance: str,
     source_location: str,
@@ -65,8 +67,8 @@ def derived_meta(
     record_paths: bool,
     source_document: Mapping[str, Any] | None = None,
 ) -> StoreMeta:
-    """``meta`` restricted to ``layers``, pooled by ``pool_patches``, in ``dtype`` (stored as
-    ``quantization`` codes + scales, or plain), naming its source.
+    """``meta`` restricted to ``layers``, pooled by ``pool_patches`` (or made light by ``keep``), in
+    ``dtype`` (stored as ``quantization`` codes + scales, or plain), naming its source.
 
     ``derived_from`` (provenance of the source and the ops) is inside the new provenance key; the
     source's name and location are not (the same tokens converted from a moved copy are the same
@@ -91,6 +93,8 @@ def derived_meta(
         layer_shapes={layer: (m.layout.grid, m.dim) for layer, m in shapes.items()} if differ else {},
     )
     pooled = pooled_meta(kept, pool_patches, what=f"the source {source_location}")
+    if keep is not None:  # a light copy (cache_layout.md §2.6)
+        pooled = light_meta(pooled, keep, what=f"the source {source_location}")
     extra = {k: v for k, v in meta.extra.items() if k not in _NOT_INHERITED}
     where = portable_location(source_location, location, record_paths=record_paths)
     extra["derived_from"] = {"name": source_location.rstrip("/").rsplit("/", 1)[-1],

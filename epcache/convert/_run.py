@@ -24,6 +24,7 @@ from epcache.convert._lock import DestinationLock
 from epcache.errors import ConfigError, IncompleteStoreError, StoreExistsError, StoreNotFoundError
 from epcache.extract.stages import BlockWriter
 from epcache.store import FeatureStore, SplitSpec, StoreMeta, create_store, open_store
+from epcache.store.layout.light import light_tokens, parse_keep
 from epcache.store.layout.poolgrid import cast_tokens, pool_patch_tokens
 from epcache.store.layout.quant import resolve_quantization
 from epcache.store.open import detect_format
@@ -85,6 +86,8 @@ def _convert(config: ConvertConfig, *, progress: bool) -> ConvertResult:
             ops["layers"] = list(layers)
         if config.pool_patches > 1:
             ops["pool_patches"] = config.pool_patches
+        if config.keep is not None:
+            ops["keep"] = config.keep.split(",")
         if dtype != src.meta.dtype:
             ops["dtype"] = dtype
         if quant != src.meta.quantization:
@@ -92,7 +95,8 @@ def _convert(config: ConvertConfig, *, progress: bool) -> ConvertResult:
         if list(splits) != list(src.splits):
             ops["splits"] = list(splits)
         meta = derived_meta(
-            src.meta, layers=layers, pool_patches=config.pool_patches, dtype=dtype, quantization=quant,
+            src.meta, layers=layers, pool_patches=config.pool_patches, keep=parse_keep(config.keep), dtype=dtype,
+            quantization=quant,
             source_provenance=src.provenance, source_location=src_loc, ops=ops, location=dst_loc,
             record_paths=config.record_paths, source_document=src._stored_doc,  # a writer's own keys stay
         )
@@ -193,6 +197,7 @@ def _copy(
                 _check_space(dst, config, rows.nbytes, f"the pooled output of block {b} of split {name!r}")
                 dst.write_pooled_block(name, b, rows)
         samples[name] = s.num_samples
+        keep = parse_keep(config.keep)
         writer = BlockWriter(dst, max_pending=PENDING)
         try:
             with tqdm(total=s.num_samples * len(layers), desc=f"convert {name}", unit="row", disable=not progress,
@@ -203,7 +208,8 @@ def _copy(
                     for b in range(new.num_blocks):
                         start, stop = dst.block_range(name, b)
                         rows = chunks.rows(start, stop)
-                        out = pool_patch_tokens(rows, layout, config.pool_patches, dst.meta.dtype)
+                        out = (pool_patch_tokens(rows, layout, config.pool_patches, dst.meta.dtype) if keep is None
+                               else light_tokens(rows, layout, keep, dst.meta.dtype))
                         left = (len(layers) - li) * new.num_blocks - b
                         _check_space(dst, config, out.nbytes * min(left, PENDING + 1), f"block {b} of split "
                                      f"{name!r} layer {layer}")

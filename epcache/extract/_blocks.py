@@ -21,6 +21,7 @@ from epcache.extract._prepare import Prepared
 from epcache.extract._sources import SplitSource
 from epcache.extract._writer import BlockWriter
 from epcache.store import FeatureStore, TokenLayout
+from epcache.store.layout.light import light_tokens, parse_keep
 from epcache.store.layout.poolgrid import pool_patch_tokens
 from epcache.store.layout.tokens import from_torch
 
@@ -107,6 +108,7 @@ def _run_batches(
     if cfg.decode == "gpu" and V == 1:
         gpu = GpuDecoder(pil_steps(prep.eval_transform), cfg.device)
     np_dtype = _numpy_dtype(cfg.dtype)
+    keep = parse_keep(cfg.keep)
     acc: dict[int, np.ndarray] | None = None
     blocks_left = len({b for b, *_ in slots})  # this block and the ones after it, counted down
     for (block, off, n, length), batch in zip(slots, batch_iter, strict=True):
@@ -137,6 +139,8 @@ def _run_batches(
             tokens = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
             if cfg.pool_patches > 1:  # pooled from the values as stored, so convert reproduces these bytes
                 tokens = pool_patch_tokens(tokens, _layer_layout(g, layer), cfg.pool_patches, cfg.dtype)
+            elif keep is not None:  # the same for a light store (cache_layout.md §2.6)
+                tokens = light_tokens(tokens, _layer_layout(g, layer), keep, cfg.dtype)
             acc[layer][off : off + n] = tokens
         if off + n == length:
             nbytes = 0 if cfg.compressor not in (None, "none") else sum(a.nbytes for a in acc.values())

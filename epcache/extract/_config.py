@@ -15,6 +15,7 @@ from epcache.extract._pixels import default_workers
 from epcache.store import TokenLayout
 from epcache.store.describe.info import format_ranges, prefix_text
 from epcache.store.describe.sizes import SizeOption, format_size_table
+from epcache.store.layout.light import parse_keep
 from epcache.store.layout.quant import resolve_quantization
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
@@ -86,6 +87,8 @@ class ExtractConfig:
     )
     pooled: bool = doc(False, doc="also store the pooled output, forward_head(pre_logits=True) (cache_layout §3.4)")
     pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")
+    keep: str | None = doc(None, doc="light store: cls,gap,registers or cls,gap, the whole grid averaged into one "
+                           "gap token (cache_layout §2.6); None: every token")
     wds_image_key: str = doc("jpg;jpeg;png;webp", doc="WebDataset: image member extensions, first present wins")
     wds_label_key: str = doc("cls", doc="WebDataset: extension of the member holding the integer label")
     image_column: str = doc("image", doc="hf: sources: the image column ({bytes, path} structs or bytes)")
@@ -103,6 +106,10 @@ class ExtractConfig:
         if self.dtype not in _DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(_DTYPES)}")
         object.__setattr__(self, "quantize", resolve_quantization(self.quantize))  # "int8" -> "int8-channel"
+        keep = parse_keep(self.keep)
+        object.__setattr__(self, "keep", None if keep is None else ",".join(keep))  # "gap,cls" -> "cls,gap"
+        if keep is not None and self.pool_patches > 1:
+            raise ConfigError("--keep averages the whole patch grid into one token; drop --pool-patches")
         if self.amp not in (None, "bf16", "fp16"):
             raise ConfigError(f"amp {self.amp!r} is not one of bf16, fp16 (or None for float32)")
         if self.on_bad_image not in ("error", "skip"):
@@ -186,6 +193,7 @@ class ExtractPlan:
     quantization: str | None = None  # cache_layout.md §3.5; None: tokens stored in `dtype`
     sizes: tuple[SizeOption, ...] = ()  # bytes of every storage option for this plan (store/describe/sizes.py)
     feature_map: bool = False  # a convnet's NCHW maps flattened: no prefix tokens
+    full_bytes: int | None = None  # a light store (--keep): the bytes of every token in the same dtype
     # `--dry-run`: the measured forward time (extract/_estimate.py), or why not; a measurement, not part of the plan
     estimate: str | None = field(default=None, compare=False)
 
@@ -200,6 +208,8 @@ class ExtractPlan:
         lay = self.layout
         prefix = prefix_text(lay.num_prefix, lay.cls_index, lay.num_registers, feature_map=self.feature_map)
         pooled = f" (patch grid pooled {lay.pool_patches}x{lay.pool_patches})" if lay.pool_patches > 1 else ""
+        if lay.keep is not None:
+            pooled = f" (light store: grid averaged into one gap token, keeps {','.join(lay.keep)})"
         lines = [
             f"model      {self.model}  (from {self.requested_model!r}; weights: {self.weights})",
             f"input      {self.input_size[1]}x{self.input_size[2]}",
@@ -217,6 +227,9 @@ class ExtractPlan:
                 f"= {human_bytes(s.bytes_per_layer * len(self.layers))}"
             )
         lines.append(f"total      {human_bytes(self.total_bytes)}")
+        if self.full_bytes:
+            lines.append(f"light      {human_bytes(self.total_bytes)} instead of {human_bytes(self.full_bytes)} with "
+                         f"every token ({self.total_bytes / self.full_bytes:.3f}x)")
         if self.estimate:
             lines.append(f"time       {self.estimate}")
         if self.sizes:

@@ -26,6 +26,7 @@ from epcache.extract._weights import WeightsSource, locate_weights
 from epcache.store import BackboneMeta, StoreMeta
 from epcache.store.describe.sizes import SizeOption, size_options
 from epcache.store.layout.chunking import plan_chunks
+from epcache.store.layout.light import light_layout, parse_keep
 from epcache.store.layout.poolgrid import check_poolable
 from epcache.store.open import detect_format
 
@@ -96,6 +97,8 @@ def prepare(config: ExtractConfig) -> Prepared:
         else None
     )
     stored = pooled_geometry(geometry, config.pool_patches, name=source.timm_name)
+    if config.keep is not None:
+        stored = light_geometry(geometry, parse_keep(config.keep) or (), name=source.timm_name)
     T, D = stored.layout.num_tokens, stored.dim
     td = sum(a * b for a, b in map(stored.layer_shape, stored.layers)) // len(stored.layers)  # mean T*D
     split_plans = tuple(
@@ -127,6 +130,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         quantization=config.quantize,
         sizes=tuple(_size_options(config, stored, split_plans)),
         feature_map=geometry.kind != "tokens",
+        full_bytes=None if config.keep is None else _full_bytes(config, geometry, split_plans),
     )
     return Prepared(
         config=config,
@@ -169,6 +173,13 @@ def pooled_geometry(g: ModelGeometry, k: int, *, name: str) -> ModelGeometry:
     h, w = g.layout.grid
     layout = dataclasses.replace(g.layout, grid=(h // k, w // k), pool_patches=k)
     shapes = {layer: ((gh // k, gw // k), d) for layer, ((gh, gw), d) in g.layer_shapes.items()}
+    return dataclasses.replace(g, layout=layout, layer_shapes=shapes)
+
+
+def light_geometry(g: ModelGeometry, keep: tuple[str, ...], *, name: str) -> ModelGeometry:
+    """``g`` as stored with ``--keep``: every layer's grid averaged into one token, prefix as ``keep`` says."""
+    layout = light_layout(g.layout, keep, what=name)
+    shapes = {layer: ((1, 1), d) for layer, (_, d) in g.layer_shapes.items()}
     return dataclasses.replace(g, layout=layout, layer_shapes=shapes)
 
 
@@ -249,6 +260,12 @@ def _checkpoint_record(prep: Prepared, report: LoadReport) -> dict[str, Any]:
     path = report.source.path  # a series always loads a file; None only for a hand-made Prepared
     location = portable_location(path, str(prep.config.out), record_paths=prep.config.record_paths) if path else None
     return {"step": prep.step, "file": path.name if path else None, "location": location, "sha256": report.sha256}
+
+
+def _full_bytes(config: ExtractConfig, geometry: ModelGeometry, split_plans: tuple[SplitPlan, ...]) -> int:
+    """Bytes the planned light store would take with every token: the saving ``--dry-run`` shows."""
+    chosen = config.quantize or config.dtype
+    return next(o.bytes for o in _size_options(config, geometry, split_plans) if o.name == chosen)
 
 
 def _size_options(

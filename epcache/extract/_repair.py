@@ -209,6 +209,7 @@ def extract_config_from_store(
         seed=int(meta.views.get("seed", 0)),
         on_bad_image=extra.get("on_bad_image", "error"),
         pool_patches=meta.layout.pool_patches,
+        keep=None if meta.layout.keep is None else ",".join(meta.layout.keep),
         resume=True,
         allow_outside_paths=extra.get("allow_outside_paths") is True,  # hf: path cells read as at extraction
         **recorded_source_options(meta.dataset, pre),

@@ -35,13 +35,15 @@ def test_dry_run_prints_every_option(data: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     sizes = _sizes(r.output)
-    assert set(sizes) == {"float32", "float16", "bfloat16", "int8-channel", "int8-token", "fp8-e4m3", "2x2-pooled"}
+    assert set(sizes) == {"float32", "float16", "bfloat16", "int8-channel", "int8-token", "fp8-e4m3", "2x2-pooled",
+                          "light"}
     assert "int8-channel codes + scales" in r.output and "<- this store" in r.output
     # vit_tiny at 32 px: T = 1 + 2x2 = 5, D = 192; 24 samples (18 train, 6 val), 1 layer
     assert sizes["float16"] == "45.0 KB" and sizes["float32"] == "90.0 KB"
     # int8 per channel: 1 byte a value + one float32 per channel per chunk (one chunk per split here)
     assert sizes["int8-channel"] == f"{(24 * 5 * 192 + 2 * 192 * 4) / 1024:.1f} KB"
     assert sizes["2x2-pooled"] == f"{24 * 2 * 192 * 2 / 1024:.1f} KB"  # 1 prefix + 1x1 pooled grid
+    assert sizes["light"] == f"{24 * 2 * 192 * 2 / 1024:.1f} KB"  # CLS + the one gap token (--keep)
     assert not out.exists()
 
 

@@ -130,7 +130,25 @@ def token_choices(
                 f"{'linear heads read' if kind == 'linear' else f'{kind!r} heads read'} {', '.join(family)}"
             )
         out[kind] = chosen
+    if meta.layout.keep is not None:
+        light_store_errors(out, meta.layout.keep, errors)
     return out
+
+
+def light_store_errors(choices: dict[str, list[str]], keep: Sequence[str], errors: list[str]) -> None:
+    """Name the heads that would read a light store's patch grid, which it averaged into one token.
+
+    Training them would pool or attend over that single token, a different probe under the same name,
+    so they are refused before any training with the fix: a store with every token.
+    """
+    for kind, tokens in choices.items():
+        grid = [t for t in tokens if "patch" in t or t == "all"]
+        if grid:
+            errors.append(
+                f"head {kind!r} reads tokens {', '.join(grid)}, but this is a light store (extract --keep "
+                f"{','.join(keep)}): its patch grid is averaged into one gap token. Probe a full store for it "
+                "(extract without --keep, or the store it was converted from), or use tokens cls, gap, cls+gap"
+            )
 
 
 def alf_inputs(

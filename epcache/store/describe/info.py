@@ -173,6 +173,8 @@ def format_store_info(info: StoreInfo) -> str:
         f"tokens      T={info.num_tokens}: {prefix} + {lay['grid'][0]}x{lay['grid'][1]} patches"
         + (f" (patch grid pooled {lay['pool_patches']}x{lay['pool_patches']})" if lay.get("pool_patches", 1) > 1
            else "")
+        + (f" (light store: grid averaged into one gap token, keeps {','.join(lay['keep'])})" if lay.get("keep")
+           else "")
         + f", D={info.dim}, {info.dtype}"
         + (f" (stored as {info.quantization} codes + scales)" if info.quantization else ""),
         *(

@@ -4,7 +4,8 @@
 The figures are exact for the token arrays and their scales (cache_layout.md §3, §3.5), uncompressed;
 labels, ids and records are left out (bytes per sample, not per token). ``2x2-pooled`` is the patch
 grid averaged over 2x2 windows (``--pool-patches 2``: ``h/2 x w/2``, prefix tokens kept) in float16;
-it is left out when a layer's grid has an odd side (pooling refuses it, cache_layout.md §2.4).
+it is left out when a layer's grid has an odd side (pooling refuses it, cache_layout.md §2.4). ``light``
+is every grid averaged into one token, prefix kept (``--keep cls,gap,registers``, cache_layout.md §2.6).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ def size_options(meta: StoreMeta, splits: Iterable[tuple[int, int, int]]) -> lis
     splits = list(splits)
     p = meta.layout.num_prefix
 
-    def total(itemsize: int, *, token: int = 0, chunk_dim: int = 0, grid2: bool = False) -> int:
+    def total(itemsize: int, *, token: int = 0, chunk_dim: int = 0, grid2: bool = False, light: bool = False) -> int:
         out = 0
         for layer in meta.layers:
             t, d = meta.layer_shape(layer)
-            if grid2:
+            if light:  # cache_layout.md §2.6: the prefix and one gap token
+                t = p + 1
+            elif grid2:
                 (h, w) = meta.layer_shapes[layer][0] if layer in meta.layer_shapes else meta.layout.grid
                 t = p + (h // 2) * (w // 2)
             for n, v, cs in splits:
@@ -55,6 +58,8 @@ def size_options(meta: StoreMeta, splits: Iterable[tuple[int, int, int]]) -> lis
         SizeOption("int8-token", total(1, token=4), "--quantize int8-token"),
         SizeOption("fp8-e4m3", total(1, chunk_dim=4), "--quantize fp8"),
         *([SizeOption("2x2-pooled", total(2, grid2=True), "--pool-patches 2 (float16)")] if poolable else []),
+        *([SizeOption("light", total(2, light=True), "--keep cls,gap,registers (float16)")]
+          if meta.layout.keep is None else []),
     ]
 
 

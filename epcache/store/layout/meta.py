@@ -64,6 +64,9 @@ class TokenLayout:
     # the stored grid averages pool_patches x pool_patches windows of the model's grid (--pool-patches);
     # written to JSON only when > 1, so unpooled stores keep the document (and provenance) they had
     pool_patches: int = 1
+    # a light store (--keep, cache_layout.md §2.6): the prefix tokens kept ("cls", "gap", "registers") and the
+    # whole grid averaged into one token; written to JSON only when set, like pool_patches
+    keep: tuple[str, ...] | None = None
 
     @property
     def num_patches(self) -> int:
@@ -208,6 +211,7 @@ class StoreMeta:
                     num_registers=int(lay["num_registers"]),
                     grid=(int(lay["grid"][0]), int(lay["grid"][1])),
                     pool_patches=int(lay.get("pool_patches", 1)),
+                    keep=tuple(str(k) for k in lay["keep"]) if lay.get("keep") is not None else None,
                 ),
                 layers=tuple(int(i) for i in data["layers"]),
                 final_norm=bool(data["final_norm"]),
@@ -332,10 +336,14 @@ def _parse_layer_shapes(data: Any) -> dict[int, tuple[tuple[int, int], int]]:
 
 
 def _layout_json(layout: TokenLayout) -> dict[str, Any]:
-    """``layout`` of §2.1; ``pool_patches`` only when the grid was pooled (older documents lack it)."""
+    """``layout`` of §2.1; ``pool_patches`` and ``keep`` only when set (older documents lack them)."""
     doc = {**asdict(layout), "grid": list(layout.grid)}
     if layout.pool_patches == 1:
         del doc["pool_patches"]
+    if layout.keep is None:
+        del doc["keep"]
+    else:
+        doc["keep"] = list(layout.keep)
     return doc
 
 
