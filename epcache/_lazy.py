@@ -7,10 +7,11 @@ reach an entry point through :func:`load`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
 
-__all__ = ["EXPORTS", "load"]
+__all__ = ["EXPORTS", "lazy_face", "load"]
 
 # name -> (module, attribute)
 EXPORTS: dict[str, tuple[str, str]] = {
@@ -43,3 +44,24 @@ def load(name: str) -> Any:
     """The object ``epcache.<name>`` stands for, its module imported now if it was not yet."""
     module, attr = EXPORTS[name]
     return getattr(import_module(module), attr)
+
+
+def lazy_face(package: str, face: Mapping[str, str],
+              namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562) for names imported the first time they are touched.
+
+    ``face`` maps each name to the module defining it; a loaded name is stored in ``namespace`` (the
+    package's ``globals()``), so the import runs once. Subpackages use it to stay light on import.
+    """
+
+    def getattr_(name: str) -> Any:
+        if name in face:
+            value = getattr(import_module(face[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def dir_() -> list[str]:
+        return sorted({*namespace, *face})
+
+    return getattr_, dir_

@@ -5,8 +5,9 @@
 reader shares live in :mod:`epcache.board.keys`.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from epcache._lazy import lazy_face
 
 if TYPE_CHECKING:
     from epcache.board.collect import Board as Board
@@ -25,13 +26,7 @@ _FACE: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a face name the first time it is used."""
-    if name in _FACE:
-        value = getattr(import_module(_FACE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'epcache.board' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_face(__name__, _FACE, globals())
 
 
 __all__ = ["Board", "build_board", "check_markdown", "render_markdown", "write_board"]

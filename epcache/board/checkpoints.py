@@ -24,7 +24,7 @@ from typing import Any
 
 from epcache.board.keys import head_family
 from epcache.errors import ConfigError, EpcacheError
-from epcache.probe.results.intervals import bootstrap_mean_ci, wilson
+from epcache.probe.results.intervals import top1_interval
 from epcache.probe.results.ranking import SeedGroup, best_per, best_row, rank_key, rank_rows
 
 __all__ = ["CheckpointCurve", "CurvePoint", "FamilyCurve", "checkpoint_curve", "write_checkpoint_figure"]
@@ -136,12 +136,8 @@ def store_step(store: str, run: Path | None = None) -> int:
 
 
 def _point(group: SeedGroup, step: int, store: str, run: Path) -> CurvePoint:
-    evals = [r["metrics"]["eval"] for r in group.rows]
     top1 = group.mean("eval")
-    if len(evals) == 1:  # one seed: the row's own Wilson interval, else recomputed from its counts
-        ci = evals[0].get("top1_ci") or wilson(round(top1 * int(evals[0]["n"])), int(evals[0]["n"]))
-    else:
-        ci = bootstrap_mean_ci([float(m["top1"]) for m in evals])
+    ci = top1_interval([r["metrics"]["eval"] for r in group.rows])
     honest = all(r["metrics"].get("holdout") is not None for r in group.rows)
     return CurvePoint(
         step=step,

@@ -22,7 +22,7 @@ from typing import Any
 
 from epcache.board.keys import BOARD_COLUMNS, BOARD_KEY, head_family, input_label, protocol_key
 from epcache.errors import ConfigError, EpcacheError
-from epcache.probe.results.intervals import bootstrap_mean_ci, wilson
+from epcache.probe.results.intervals import top1_interval
 from epcache.probe.results.ranking import SeedGroup, best_row, group_by_seed, oracle_top1, rank
 from epcache.probe.results.rows import RESULTS_FILE, read_results
 from epcache.store import open_store
@@ -134,7 +134,7 @@ def _cell(rows: Sequence[tuple[dict[str, Any], Path]], stores: _StoreInfo) -> di
     evals = [float(r["metrics"]["eval"]["top1"]) for r in best.rows]
     n = int(row["metrics"]["eval"]["n"])
     mean = sum(evals) / len(evals)
-    lo, hi = wilson(round(mean * n), n) if len(evals) == 1 else bootstrap_mean_ci(evals)
+    lo, hi = top1_interval([r["metrics"]["eval"] for r in best.rows])
     oracle = oracle_top1(best)
     holdout = best.mean_std("holdout")
     encoder, weights = stores.describe(row["store"])

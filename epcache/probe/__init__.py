@@ -13,10 +13,10 @@ This face holds what a user of probing calls: run a sweep, read its rows and hea
 named recipes; everything else is imported from the module that defines it.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from epcache._deprecated import probe as probe  # the old name of probe_store, for one release
+from epcache._lazy import lazy_face
 
 if TYPE_CHECKING:
     from epcache.probe.config.probe_config import ProbeConfig as ProbeConfig
@@ -50,17 +50,7 @@ _FACE: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a face name the first time it is used (the package itself loads no torch)."""
-    if name in _FACE:
-        value = getattr(import_module(_FACE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'epcache.probe' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_FACE})
+__getattr__, __dir__ = lazy_face(__name__, _FACE, globals())
 
 
 __all__ = [

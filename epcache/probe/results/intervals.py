@@ -10,12 +10,16 @@ values, which needs no normality assumption and gives the same interval on every
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
-__all__ = ["BOOTSTRAP_METHOD", "CONFIDENCE", "INTERVAL_METHOD", "bootstrap_mean_ci", "intervals_overlap", "wilson"]
+__all__ = [
+    "BOOTSTRAP_METHOD", "CONFIDENCE", "INTERVAL_METHOD", "bootstrap_mean_ci", "intervals_overlap", "top1_interval",
+    "wilson",
+]
 
 CONFIDENCE = 0.95
 INTERVAL_METHOD = "wilson 95%"  # recorded once per row as metrics.interval: how every metrics.<split>.top1_ci is made
@@ -65,3 +69,19 @@ def bootstrap_mean_ci(
 def intervals_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
     """Whether two closed intervals share a point: the data cannot tell their configs apart at this level."""
     return a[0] <= b[1] and b[0] <= a[1]
+
+
+def top1_interval(metrics: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """The 95% interval of a seed group's top-1 on one split, from its rows' metrics of that split.
+
+    One seed: its Wilson interval (as recorded, or from ``n`` and ``top1`` for rows written before
+    intervals); several seeds or tries: the seeded percentile bootstrap of their mean. The summary,
+    the board and the checkpoint curve all print this one interval.
+    """
+    if len(metrics) == 1:
+        m = metrics[0]
+        ci = m.get("top1_ci")
+        if ci is not None:
+            return float(ci[0]), float(ci[1])
+        return wilson(round(float(m["top1"]) * int(m["n"])), int(m["n"]))
+    return bootstrap_mean_ci([float(m["top1"]) for m in metrics])

@@ -18,7 +18,7 @@ from typing import Any
 
 from epcache._text import FLOP_UNIT, format_flops, mean_std_text, percent, plural
 from epcache._text import short_label as label
-from epcache.probe.results.intervals import BOOTSTRAP_METHOD, INTERVAL_METHOD, bootstrap_mean_ci, wilson
+from epcache.probe.results.intervals import BOOTSTRAP_METHOD, INTERVAL_METHOD, top1_interval
 from epcache.probe.results.ranking import (
     best_row,
     config_ranking,
@@ -80,7 +80,7 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     ev = best.mean_std("eval")
     assert ev is not None
     if len(best.rows) > 1:
-        lo, hi = bootstrap_mean_ci([float(r["metrics"]["eval"]["top1"]) for r in best.rows])
+        lo, hi = top1_interval([r["metrics"]["eval"] for r in best.rows])
         top1 = f"{mean_std_text(ev)} [{_pct1(lo)}, {_pct1(hi)}] ({repeats_text(best.rows)})"
     else:
         top1 = _with_ci(r0["metrics"]["eval"])
@@ -158,10 +158,10 @@ def _with_ci(m: dict[str, Any] | None) -> str:
     """One row's top-1 with its interval (recorded, or from n and top1 for rows written before intervals)."""
     if m is None:
         return "-"
-    ci = m.get("top1_ci")
-    if ci is None and m.get("n"):
-        ci = wilson(round(float(m["top1"]) * int(m["n"])), int(m["n"]))
-    return percent(m["top1"]) if ci is None else f"{percent(m['top1'])} [{_pct1(ci[0])}, {_pct1(ci[1])}]"
+    if m.get("top1_ci") is None and not m.get("n"):
+        return percent(m["top1"])
+    lo, hi = top1_interval([m])
+    return f"{percent(m['top1'])} [{_pct1(lo)}, {_pct1(hi)}]"
 
 
 def _pct1(x: float) -> str:
