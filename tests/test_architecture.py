@@ -25,8 +25,8 @@ MAX_LINES = 400  # a module longer than this holds more than one job: split it b
 # epcache.probe's layers, lowest first; a module imports only from its own layer or lower ones. ``rundir``
 # (the run directory's lock and leftovers) is file-system policy below everything; results (row format,
 # metrics, ranking) sits below the sweep because the trainer writes rows as it goes.
-PROBE_ORDER = ("names rundir", "heads", "config", "device", "data", "results", "sweep", "solvers", "plan", "train",
-               "run")
+PROBE_ORDER = ("names rundir", "heads", "config", "device", "data", "results", "sweep", "solvers", "dense", "plan",
+               "train", "run")
 
 
 @dataclass(frozen=True)

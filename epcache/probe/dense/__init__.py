@@ -1,0 +1,7 @@
+"""Dense probes: per-patch heads and training-free correspondence, read from the same patch tokens.
+
+A store already holds every patch token of every layer; with a dense label array beside them
+(cache_layout.md) the segmentation heads fit per-patch labels and score mIoU, and correspondence
+matches L2-normalised patch features between image pairs. This layer sits above the solvers (the
+logistic C path is reused, not rewritten) and below the plan, which routes ``--head dense-*`` here.
+"""
