@@ -6,8 +6,9 @@ heads, the registry of every head kind) -> ``config`` (the request, recipes, pro
 data, no torch) -> ``device`` (device, precision, shard and thread policy) -> ``data`` (which rows, which
 tokens, streamed batches) -> ``results`` (rows, heads on disk, metrics, the ranking) -> ``sweep`` (the
 grid file, the runs' expansion and checks, head geometry) -> ``solvers`` (k-NN, ridge, logistic C path,
-nearest class mean) -> ``dense`` (per-patch heads, mIoU, correspondence) -> ``plan`` (the one plan per sweep) -> ``train`` (stacked heads and optimisers, the
-fused trainer, one input group) -> ``run`` (lock, plan, train, fit, rank, summary).
+nearest class mean) -> ``dense`` (per-patch heads, mIoU, correspondence) -> ``plan`` (the one plan per
+sweep) -> ``train`` (stacked heads and optimisers, the fused trainer, one input group) -> ``run`` (lock,
+plan, train, fit, rank, summary).
 
 This face holds what a user of probing calls: run a sweep, read its rows and heads back, and the
 named recipes; everything else is imported from the module that defines it.
