@@ -16,7 +16,7 @@ import typer
 
 from epcache import __version__
 from epcache._env_check import run_checked
-from epcache.cli import board, convert, demo, export, extract, launch, probe, report, store
+from epcache.cli import board, convert, correspond, demo, export, extract, launch, probe, report, store
 from epcache.cli.common import HelpCommand
 
 __all__ = ["app", "main"]
@@ -76,6 +76,10 @@ command(cls=convert.ConvertHelp, epilog=convert.CONVERT_EPILOG,
 command(cls=export.ExportHelp, epilog=export.EXPORT_EPILOG,
         short_help="Write the vectors the solver heads fit to .npz / .parquet (for scikit-learn, notebooks).")(
     export.export
+)
+command(cls=correspond.CorrespondHelp, epilog=correspond.CORRESPOND_EPILOG,
+        short_help="Training-free keypoint correspondence (PCK) of a store's patch tokens, per layer.")(
+    correspond.correspond
 )
 
 
