@@ -17,12 +17,14 @@ from epcache._docs import leaf_fields
 from epcache.cli import app
 from epcache.cli.common import HelpCommand, option_record
 from epcache.cli.convert import convert_config
+from epcache.cli.correspond import correspond_config
 from epcache.cli.export import export_config
 from epcache.cli.extract import extract_config
 from epcache.cli.probe import probe_config
 from epcache.convert import ConvertConfig
 from epcache.extract import ExtractConfig
 from epcache.probe import ProbeConfig
+from epcache.probe.dense.correspond_run import CorrespondConfig
 from epcache.probe.solvers.export import ExportConfig
 
 # command, its config, option -> field where the names differ, options that set no field, fields with no option
@@ -32,6 +34,7 @@ CASES = [
      {"dtype", "fused", "save_heads", "prefetch", "shuffle_chunks", "eval_cache_mb"}),
     ("convert", ConvertConfig, {}, {"progress"}, set()),
     ("export", ExportConfig, {}, set(), set()),
+    ("correspond", CorrespondConfig, {}, set(), set()),
 ]
 
 
@@ -100,6 +103,8 @@ def test_the_command_line_defaults_are_the_config_defaults() -> None:
         model="m", data="d", out="o.zarr")
     assert convert_config(_parsed("convert", ["a.zarr", "b.zarr"])) == ConvertConfig(src="a.zarr", dst="b.zarr")
     assert export_config(_parsed("export", ["s.zarr", "--out", "f.npz"])) == ExportConfig(store="s.zarr", out="f.npz")
+    assert correspond_config(_parsed("correspond", ["--store", "s.zarr", "--pairs", "p.csv"])) == CorrespondConfig(
+        store="s.zarr", pairs="p.csv")
 
 
 def test_options_become_the_config_in_one_call() -> None:

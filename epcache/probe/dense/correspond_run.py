@@ -188,6 +188,10 @@ def correspond_store(config: CorrespondConfig) -> CorrespondResult:
     with open_store(config.store) as store:
         store.split(config.split)
         meta = store.meta
+        if meta.layout.keep is not None:
+            raise ConfigError(f"{store.location} is a light store (--keep {','.join(meta.layout.keep)}): it holds "
+                              "one averaged token per image, no patch grid to place keypoints on; use a full store "
+                              "(extract without --keep)")
         layers = resolve_stored_layers(layer_entries(config.layers), meta.layers, meta.backbone.num_blocks or None,
                                        model=meta.backbone.name)
         grids = {ly: meta.for_layer(ly).layout.grid for ly in layers}
@@ -208,10 +212,6 @@ def correspond_store(config: CorrespondConfig) -> CorrespondResult:
 
 
 def _check_grid(store: FeatureStore, grids: dict[int, tuple[int, int]]) -> None:
-    if store.meta.layout.keep is not None:
-        raise ConfigError(f"{store.location} is a light store (--keep {','.join(store.meta.layout.keep)}): it holds "
-                          "one averaged token per image, no patch grid to place keypoints on; use a full store "
-                          "(extract without --keep)")
     flat = sorted(ly for ly, (h, w) in grids.items() if h * w < 2)
     if flat:
         raise ConfigError(f"{store.location}: layer(s) {flat} hold a 1x1 patch grid, nothing to match keypoints "
