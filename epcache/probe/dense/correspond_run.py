@@ -274,7 +274,7 @@ def _score(
     overall, pair_mean, per_pair, kept = {}, {}, {}, {}
     for ly in layers:
         x = store.read_rows(config.split, ly, [rows[i] for i in ids])  # one read per layer, grouped by chunk
-        patches = np.asarray(x[:, 0, prefix:], dtype=np.float32)  # view 0 (eval view), patch grid row-major
+        patches = x[:, 0, prefix:]  # view 0 (eval view), patch grid row-major; float32 per pair, not all at once
         correct = np.zeros((len(config.thresholds), len(pairs)), dtype=bool)
         kept_all = np.zeros(len(pairs), dtype=bool)
         for p, (src, tgt) in enumerate(pairs.ids):
