@@ -12,6 +12,7 @@ from epcache.store.backends.hdf5 import HDF5FeatureStore
 from epcache.store.backends.zarr import ZarrFeatureStore
 from epcache.store.core import FeatureStore
 from epcache.store.layout.meta import StoreMeta
+from epcache.store.layout.taps import tap_location
 
 __all__ = ["StoreFormat", "create_store", "detect_format", "open_store"]
 
@@ -71,7 +72,7 @@ def create_store(
 
 
 def open_store(
-    location: str | PathLike[str], mode: Literal["r", "a"] = "r", *, verify_reads: bool = False
+    location: str | PathLike[str], mode: Literal["r", "a"] = "r", *, verify_reads: bool = False, tap: str | None = None
 ) -> FeatureStore:
     """Open an existing store read-only (``"r"``) or for appending blocks/splits (``"a"``).
 
@@ -80,16 +81,36 @@ def open_store(
     record once all its chunks were read), so changed bytes or records fail loudly instead of training
     a probe on them; `epcache probe` opens stores this way. Absent chunks follow ``backends/chunks.py``.
 
+    ``tap`` opens one of the store's taps (cache_layout.md §2.7), a complete store of its own, so every
+    reader reads a tap the way it reads block outputs.
+
     Raises:
         StoreNotFoundError: nothing there, or not an epcache store.
         LayoutVersionError: a format version this epcache does not read.
         CorruptStoreError: metadata that does not parse or misses keys.
         StoreLockedError: an HDF5 store that another process is writing right now.
+        ConfigError: ``tap`` names a tap the store does not list.
     """
     if mode not in ("r", "a"):
         raise ConfigError(f"mode must be 'r' or 'a', got {mode!r}")
     loc = str(location)
+    if tap is not None:
+        loc = _tap_of(loc, tap)
     cls = HDF5FeatureStore if detect_format(loc) == "h5" else ZarrFeatureStore
     store = cls.open(loc, read_only=mode == "r")  # a writer's open HDF5 file: the writer is named (backends/hdf5.py)
     store.verify_reads = verify_reads
     return store
+
+
+def _tap_of(location: str, tap: str) -> str:
+    """The location of tap ``tap``, after checking that the parent document lists it."""
+    cls = HDF5FeatureStore if detect_format(location) == "h5" else ZarrFeatureStore
+    with cls.open(location, read_only=True) as parent:
+        taps = parent.meta.taps or {}
+    if tap not in taps:
+        listed = ", ".join(taps) if taps else "none"
+        raise ConfigError(
+            f"{location} has no tap {tap!r} (its taps: {listed}); re-extract with `--taps {tap}` "
+            "(or open it without tap= for the block outputs)"
+        )
+    return tap_location(location, tap)
