@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from epcache.errors import ConfigError, ProvenanceMismatchError, StoreNotFoundError
 from epcache.extract._forward import ModelGeometry
-from epcache.store import FeatureStore, StoreMeta, create_store, open_store
+from epcache.store import FeatureStore, StoreMeta, open_store
 from epcache.store.describe.diff import describe_differences
 from epcache.store.layout.light import light_layout
 from epcache.store.layout.provenance import compute_provenance
 from epcache.store.layout.taps import TapSpec, tap_location, tap_record
+from epcache.store.open import create_tap_store
 
 if TYPE_CHECKING:
     import torch
@@ -137,7 +138,7 @@ def open_tap_stores(
             try:
                 tap = open_store(loc, "a")
             except StoreNotFoundError:
-                tap = create_store(loc, meta, format="zarr", compressor=store.meta.extra.get("compressor"))
+                tap = create_tap_store(store, spec.name, meta)
             out[spec.name] = tap
             _check_tap(tap, meta, spec)
             for name, s in store.splits.items():

@@ -12,9 +12,9 @@ from epcache.store.backends.hdf5 import HDF5FeatureStore
 from epcache.store.backends.zarr import ZarrFeatureStore
 from epcache.store.core import FeatureStore
 from epcache.store.layout.meta import StoreMeta
-from epcache.store.layout.taps import tap_location
+from epcache.store.layout.taps import TAPS_DIR, tap_location
 
-__all__ = ["StoreFormat", "create_store", "detect_format", "open_store"]
+__all__ = ["StoreFormat", "create_store", "create_tap_store", "detect_format", "open_store"]
 
 StoreFormat = Literal["zarr", "h5"]
 _H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -69,6 +69,21 @@ def create_store(
     if fmt == "h5":
         return HDF5FeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
     return ZarrFeatureStore.create(loc, meta, overwrite=overwrite, compressor=compressor)
+
+
+def create_tap_store(parent: FeatureStore, name: str, meta: StoreMeta) -> FeatureStore:
+    """Create tap ``name`` of ``parent`` (cache_layout.md §2.7), a zarr store nested in its directory.
+
+    ``taps/`` itself is made a zarr group, so zarr and xarray see one hierarchy rather than a stray directory.
+
+    Raises:
+        ConfigError: ``parent`` is an HDF5 store (one file: nothing can nest in it).
+    """
+    if not isinstance(parent, ZarrFeatureStore):
+        raise ConfigError(f"{parent.location} is an HDF5 store: taps are nested zarr stores; use a .zarr store")
+    parent._group.require_group(TAPS_DIR)
+    return create_store(tap_location(parent.location, name), meta, format="zarr",
+                        compressor=parent.meta.extra.get("compressor"))
 
 
 def open_store(

@@ -103,6 +103,19 @@ def test_a_pooled_tap_is_convert_keep_of_the_full_tap(data: Path, tmp_path: Path
                 a, b = pooled.read_tokens(split, layer), converted.read_tokens(split, layer)
                 assert a.dtype == b.dtype == np.float16 and a.tobytes() == b.tobytes()
     assert read_all(gap.out).keys() == read_all(full.out).keys()  # the block outputs: untouched by a tap's pooling
+    copy = tmp_path / "copy.zarr"
+    convert_store(ConvertConfig(src=full.out, dst=copy, dtype="float32"), progress=False)
+    with open_store(copy) as c:  # a converted copy holds block outputs only: it lists no taps it lacks
+        assert c.meta.taps is None and verify_store(copy).ok
+
+
+def test_launched_units_refuse_taps(data: Path, tmp_path: Path) -> None:
+    from epcache.launch.units import plan_extract_units
+
+    cfg = tiny_config(data, tmp_path / "s.zarr", taps="attn_norm")
+    with pytest.raises(ConfigError, match="cannot be launched yet"):
+        plan_extract_units(cfg, 2, tmp_path / "run", progress=False)
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_provenance_keys_of_block_and_tap_stores_differ(data: Path, tmp_path: Path) -> None:
@@ -244,3 +257,21 @@ def test_repair_refuses_a_tap_store_alone(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="re-run the extraction of the parent store"):
         extract_config_from_store(f"{cfg.out}/taps/mlp_out", data=data)
     assert extract_config_from_store(cfg.out, data=data).taps == "mlp_out"  # repair of the parent keeps its taps
+
+
+def test_the_layout_doc_example_reads_a_tap_as_epcache_does(data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "cache_layout.md").read_text(encoding="utf-8")
+    section = text[text.index("\n### 2.7 ") : text.index("\n## 3.")]
+    (example,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    cfg = tiny_config(data, tmp_path / "store.zarr", taps="mlp_hidden", dtype="float32")
+    extract_store(cfg, progress=False)
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {}
+    exec(example, scope)  # the block verbatim, as the document shows it
+    with open_store(cfg.out, tap="mlp_hidden") as tap:
+        want = tap.read_tokens("val", tap.meta.layers[-1])
+    assert scope["h"].shape[-1] == 4 * 192 and np.array_equal(scope["h"], want)
+    assert np.array_equal(scope["cls_hidden"], want[:, 0, 0])
