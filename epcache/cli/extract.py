@@ -107,6 +107,7 @@ def extract(
     pooled: Annotated[bool, typer.Option()] = False,
     pool_patches: Annotated[int, typer.Option(metavar="K")] = 1,
     keep: Annotated[str | None, typer.Option(metavar="TOKENS", show_default="every token")] = None,
+    taps: Annotated[str | None, typer.Option(metavar="NAMES", show_default="block")] = None,
     wds_image_key: Annotated[str, typer.Option(metavar="EXTS", help="';'-separated")] = "jpg;jpeg;png;webp",
     wds_label_key: Annotated[str, typer.Option(metavar="EXT")] = "cls",
     image_column: Annotated[str, typer.Option(metavar="COL")] = "image",

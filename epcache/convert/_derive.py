@@ -108,6 +108,7 @@ def derived_meta(
         quantization=quantization,
         extra=extra,
         derived_from={"provenance": source_provenance, "ops": ops},
+        taps=None,  # the copy holds the converted block outputs; the source's taps (nested stores) stay there
     )
     known = meta.to_json()  # what parsing the source's document kept; the rest is a writer's own
     added = {k: v for k, v in (source_document or {}).items() if k not in known and k not in ("splits", "provenance")}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -41,11 +42,13 @@ def extract_split(
     *,
     progress: bool,
     batch_source: Callable[[ViewDataset, list[list[int]]], Iterator[Any]] | None = None,
+    taps: Mapping[str, FeatureStore] | None = None,
 ) -> tuple[int, int, float]:
     """Extract the given write-blocks of one split; returns (samples, blocks, writer wait seconds).
 
     ``batch_source`` replaces the DataLoader that decodes in local worker processes: it yields
     the decoded ``Batch`` of each list of dataset indices, in order (Ray decode tasks on other nodes).
+    ``taps``: the nested store of each ``--taps`` tap; a block goes only to the stores that miss it.
     """
     cfg = prep.config
     order = store.read_order(split)
@@ -73,10 +76,15 @@ def extract_split(
     else:
         loader = make_loader(dataset, batches, workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"))
         batch_iter = iter(loader)  # workers fork here, before the writer thread exists
-    writer = BlockWriter(store, max_pending=cfg.max_pending_blocks)
+    taps = dict(taps or {})
+    written = {(None, b) for b in set(blocks) - set(store.missing_blocks(split))}  # resume: kept as they are
+    for name, tap in taps.items():
+        written |= {(name, b) for b in set(blocks) - set(tap.missing_blocks(split))}
+    writer = BlockWriter(store, max_pending=cfg.max_pending_blocks, taps=taps)
     try:
         with _progress_bar(total, split, enabled=progress) as bar:
-            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar, location=store.location)
+            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar, location=store.location,
+                         written=written)
     except BaseException:
         with contextlib.suppress(Exception):
             writer.close()  # blocks already queued are complete and correct: let them land
@@ -96,6 +104,7 @@ def _run_batches(
     bar: Any,
     *,
     location: str,
+    written: set[tuple[str | None, int]] = frozenset(),  # type: ignore[assignment]
 ) -> None:
     import torch
 
@@ -109,7 +118,7 @@ def _run_batches(
         gpu = GpuDecoder(pil_steps(prep.eval_transform), cfg.device)
     np_dtype = _numpy_dtype(cfg.dtype)
     keep = parse_keep(cfg.keep)
-    acc: dict[int, np.ndarray] | None = None
+    acc: dict[Any, np.ndarray] | None = None  # layer -> tokens; (tap, layer) -> a tap's tokens
     blocks_left = len({b for b, *_ in slots})  # this block and the ones after it, counted down
     for (block, off, n, length), batch in zip(slots, batch_iter, strict=True):
         x = batch.images.to(cfg.device, non_blocking=True)  # (B, V, 3, H, W) uint8
@@ -130,18 +139,21 @@ def _run_batches(
             acc = {layer: np.empty((length, V, *stored.layer_shape(layer)), np_dtype) for layer in g.layers}
             if pooled is not None:
                 acc[POOLED_KEY] = np.empty((length, V, pooled.shape[-1]), np_dtype)
+            for spec in prep.taps:
+                tg = prep.tap_stored[spec.name]
+                acc.update({(spec.name, ly): np.empty((length, V, *tg.layer_shape(ly)), np_dtype) for ly in g.layers})
         if pooled is not None:
             acc[POOLED_KEY][off : off + n] = from_torch(pooled.to(torch_dtype).reshape(n, V, -1).cpu())
+        bad = functools.partial(_raise_non_finite, cfg, src, split, indices=batch.indices)
         for layer, t in zip(g.layers, outs, strict=True):
-            t = t.to(torch_dtype)
-            if not bool(torch.isfinite(t).all()):
-                _raise_non_finite(cfg, src, split, layer, batch.indices)
-            tokens = from_torch(t.reshape(n, V, *g.layer_shape(layer)).cpu())
-            if cfg.pool_patches > 1:  # pooled from the values as stored, so convert reproduces these bytes
-                tokens = pool_patch_tokens(tokens, _layer_layout(g, layer), cfg.pool_patches, cfg.dtype)
-            elif keep is not None:  # the same for a light store (cache_layout.md §2.6)
-                tokens = light_tokens(tokens, _layer_layout(g, layer), keep, cfg.dtype)
-            acc[layer][off : off + n] = tokens
+            acc[layer][off : off + n] = _stored_tokens(cfg, t, g, layer, (n, V), keep, cfg.pool_patches, bad)
+        captured = getattr(extractor, "captured", {})  # --taps (extract/_taps.py), from this same forward
+        for spec in prep.taps:
+            raw = prep.tap_raw[spec.name]
+            for layer, t in zip(g.layers, captured[spec.name], strict=True):
+                acc[(spec.name, layer)][off : off + n] = _stored_tokens(
+                    cfg, t, raw, layer, (n, V), spec.keep or keep, 1 if spec.keep else cfg.pool_patches,
+                    functools.partial(bad, tap=spec.name))
         if off + n == length:
             nbytes = 0 if cfg.compressor not in (None, "none") else sum(a.nbytes for a in acc.values())
             require_free_space(  # before the write: a failed HDF5 write cannot be closed cleanly
@@ -150,10 +162,33 @@ def _run_batches(
                 action=f"writing block {block} of split {split!r} to {location}",
                 resume_hint=RESUME_HINT,
             )
-            writer.submit(split, block, acc)
+            writer.submit(split, block, {k: a for k, a in acc.items() if (_owner(k), block) not in written})
             blocks_left -= 1
             acc = None
         bar.update(n)
+
+
+def _stored_tokens(
+    cfg: ExtractConfig, t: Any, g: Any, layer: int, nv: tuple[int, int], keep: tuple[str, ...] | None, k: int,
+    non_finite: Callable[[int], None],
+) -> np.ndarray:
+    """One layer's ``[B*V, T, D]`` tensor as the store holds it: in the store dtype, then pooled or made light."""
+    import torch
+
+    t = t.to({"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype])
+    if not bool(torch.isfinite(t).all()):
+        non_finite(layer)
+    tokens = from_torch(t.reshape(*nv, *g.layer_shape(layer)).cpu())
+    if k > 1:  # pooled from the values as stored, so convert reproduces these bytes
+        tokens = pool_patch_tokens(tokens, _layer_layout(g, layer), k, cfg.dtype)
+    elif keep is not None:  # the same for a light store (cache_layout.md §2.6)
+        tokens = light_tokens(tokens, _layer_layout(g, layer), keep, cfg.dtype)
+    return tokens
+
+
+def _owner(key: Any) -> str | None:
+    """The store an ``acc`` entry goes to: a tap's name, or None for the main store (layers, pooled output)."""
+    return key[0] if isinstance(key, tuple) else None
 
 
 def _layer_layout(g: Any, layer: int) -> TokenLayout:
@@ -179,14 +214,17 @@ def _autocast(cfg: ExtractConfig) -> contextlib.AbstractContextManager[Any]:
     return torch.autocast(device_type=cfg.device.split(":")[0], dtype=dtype)
 
 
-def _raise_non_finite(cfg: ExtractConfig, src: SplitSource, split: str, layer: int, indices: list[int]) -> None:
+def _raise_non_finite(
+    cfg: ExtractConfig, src: SplitSource, split: str, layer: int, indices: list[int], *, tap: str | None = None
+) -> None:
     hint = (
         "float16 overflows above 65504: re-run with --dtype bfloat16 or --dtype float32"
         if cfg.dtype == "float16"
         else "the backbone itself produced inf/nan: check the weights" + (", or drop --amp" if cfg.amp else "")
     )
     raise NonFiniteFeaturesError(
-        f"layer {layer} produced non-finite tokens (inf/nan) in split {split!r} for a batch starting at "
+        f"layer {layer}{f' (tap {tap})' if tap else ''} produced non-finite tokens (inf/nan) in split {split!r} "
+        "for a batch starting at "
         f"{src.ids[indices[0]]}; {hint}"
     )
 

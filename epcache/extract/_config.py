@@ -17,6 +17,7 @@ from epcache.store.describe.info import format_ranges, prefix_text
 from epcache.store.describe.sizes import SizeOption, format_size_table
 from epcache.store.layout.light import parse_keep
 from epcache.store.layout.quant import resolve_quantization
+from epcache.store.layout.taps import parse_taps
 
 __all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "SplitPlan"]
 
@@ -89,6 +90,9 @@ class ExtractConfig:
     pool_patches: int = doc(1, doc="average KxK windows of the patch grid, prefix kept (cache_layout §2.4); 1: off")
     keep: str | None = doc(None, doc="light store: cls,gap,registers or cls,gap, the whole grid averaged into one "
                            "gap token (cache_layout §2.6); None: every token")
+    taps: str | None = doc(None, doc="activations inside blocks, each a nested store <out>/taps/NAME (zarr only; "
+                           "cache_layout §2.7): comma list of block (the default), attn_out, attn_norm, mlp_hidden, "
+                           "mlp_out; NAME:gap keeps only CLS, registers and GAP (mlp_hidden is 4x wide)")
     wds_image_key: str = doc("jpg;jpeg;png;webp", doc="WebDataset: image member extensions, first present wins")
     wds_label_key: str = doc("cls", doc="WebDataset: extension of the member holding the integer label")
     image_column: str = doc("image", doc="hf: sources: the image column ({bytes, path} structs or bytes)")
@@ -110,6 +114,7 @@ class ExtractConfig:
         object.__setattr__(self, "keep", None if keep is None else ",".join(keep))  # "gap,cls" -> "cls,gap"
         if keep is not None and self.pool_patches > 1:
             raise ConfigError("--keep averages the whole patch grid into one token; drop --pool-patches")
+        object.__setattr__(self, "taps", ",".join(t.text() for t in parse_taps(self.taps)) or None)
         if self.amp not in (None, "bf16", "fp16"):
             raise ConfigError(f"amp {self.amp!r} is not one of bf16, fp16 (or None for float32)")
         if self.on_bad_image not in ("error", "skip"):
@@ -194,6 +199,7 @@ class ExtractPlan:
     sizes: tuple[SizeOption, ...] = ()  # bytes of every storage option for this plan (store/describe/sizes.py)
     feature_map: bool = False  # a convnet's NCHW maps flattened: no prefix tokens
     full_bytes: int | None = None  # a light store (--keep): the bytes of every token in the same dtype
+    taps: tuple[tuple[str, int, int], ...] = ()  # --taps: (tap as requested, D, bytes of its nested store)
     # `--dry-run`: the measured forward time (extract/_estimate.py), or why not; a measurement, not part of the plan
     estimate: str | None = field(default=None, compare=False)
 
@@ -226,7 +232,9 @@ class ExtractPlan:
                 f"{shape} per layer = {human_bytes(s.bytes_per_layer)} x {len(self.layers)} layers "
                 f"= {human_bytes(s.bytes_per_layer * len(self.layers))}"
             )
-        lines.append(f"total      {human_bytes(self.total_bytes)}")
+        lines.append(f"total      {human_bytes(self.total_bytes)}" + (" (block outputs)" if self.taps else ""))
+        lines.extend(f"tap        {name:<14} D={dim}: {human_bytes(nbytes)} ({nbytes / max(1, self.total_bytes):.2f}x "
+                     "the block outputs)" for name, dim, nbytes in self.taps)
         if self.full_bytes:
             lines.append(f"light      {human_bytes(self.total_bytes)} instead of {human_bytes(self.full_bytes)} with "
                          f"every token ({self.total_bytes / self.full_bytes:.3f}x)")

@@ -21,6 +21,7 @@ from epcache.extract._models import resolve_model
 from epcache.extract._pooled_output import pooled_width
 from epcache.extract._recorded import portable_data_root, portable_location, portable_split_source
 from epcache.extract._sources import SourceOptions, SplitSource, data_location, scan_splits
+from epcache.extract._taps import inspect_taps, tap_geometry, taps_key
 from epcache.extract._transforms import ViewAugment, create_eval_transform, resolve_data_config
 from epcache.extract._weights import WeightsSource, locate_weights
 from epcache.store import BackboneMeta, StoreMeta
@@ -28,6 +29,7 @@ from epcache.store.describe.sizes import SizeOption, size_options
 from epcache.store.layout.chunking import plan_chunks
 from epcache.store.layout.light import light_layout, parse_keep
 from epcache.store.layout.poolgrid import check_poolable
+from epcache.store.layout.taps import TapSpec, parse_taps
 from epcache.store.open import detect_format
 
 __all__ = ["Prepared", "prepare", "store_meta"]
@@ -49,6 +51,9 @@ class Prepared:
     pooled_dim: int | None = None  # width of the model's pooled output when --pooled, else None
     stored: ModelGeometry | None = None  # the layers as stored: ``geometry`` with its grids pooled (--pool-patches)
     step: int | None = None  # training step of the checkpoint, in a checkpoint series (extract/_series.py)
+    taps: tuple[TapSpec, ...] = ()  # --taps, block left out
+    tap_raw: dict[str, ModelGeometry] = dataclasses.field(default_factory=dict)  # each tap as the model gives it
+    tap_stored: dict[str, ModelGeometry] = dataclasses.field(default_factory=dict)  # each tap as its store holds it
 
     @property
     def store_geometry(self) -> ModelGeometry:
@@ -99,6 +104,12 @@ def prepare(config: ExtractConfig) -> Prepared:
     stored = pooled_geometry(geometry, config.pool_patches, name=source.timm_name)
     if config.keep is not None:
         stored = light_geometry(geometry, parse_keep(config.keep) or (), name=source.timm_name)
+    taps = parse_taps(config.taps)
+    if taps and detect_format(str(config.out), config.format) != "zarr":
+        raise ConfigError(f"--taps: {config.out} is an HDF5 store, and each tap is a nested store inside the "
+                          "store's directory; write a zarr store (--out NAME.zarr) or drop --taps")
+    tap_raw = inspect_taps(meta_model, geometry, taps, input_size=input_size, name=source.timm_name)
+    tap_stored = {s.name: tap_geometry(tap_raw[s.name], stored, s, name=source.timm_name) for s in taps}
     T, D = stored.layout.num_tokens, stored.dim
     td = sum(a * b for a, b in map(stored.layer_shape, stored.layers)) // len(stored.layers)  # mean T*D
     split_plans = tuple(
@@ -131,6 +142,8 @@ def prepare(config: ExtractConfig) -> Prepared:
         sizes=tuple(_size_options(config, stored, split_plans)),
         feature_map=geometry.kind != "tokens",
         full_bytes=None if config.keep is None else _full_bytes(config, geometry, split_plans),
+        taps=tuple((s.text(), tap_stored[s.name].dim, _tap_bytes(config, tap_stored[s.name], split_plans))
+                   for s in taps),
     )
     return Prepared(
         config=config,
@@ -144,7 +157,17 @@ def prepare(config: ExtractConfig) -> Prepared:
         plan=plan,
         pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
         stored=stored,
+        taps=taps,
+        tap_raw=tap_raw,
+        tap_stored=tap_stored,
     )
+
+
+def _tap_bytes(config: ExtractConfig, g: ModelGeometry, split_plans: tuple[SplitPlan, ...]) -> int:
+    """Bytes of one tap's nested store: its tokens of every layer, as ``--dry-run`` shows per tap."""
+    itemsize_ = 1 if config.quantize else itemsize(config.dtype)
+    per_sample = sum(t * d for t, d in map(g.layer_shape, g.layers)) * itemsize_
+    return sum(s.num_samples * s.views * per_sample for s in split_plans)
 
 
 def _has_map_norm(model: Any) -> bool:
@@ -236,6 +259,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "recipe": prep.augment.to_json() if prep.augment is not None else None,
         },
         dataset=dataset,  # per-split content is fingerprinted per split, so splits can be added later
+        taps=taps_key(prep.taps, prep.tap_stored),  # --taps: listed in the parent (cache_layout.md §2.7)
         extra={
             "epcache_version": epcache.__version__,
             "torch_version": torch.__version__,

@@ -119,6 +119,11 @@ def extract_config_from_store(
         meta = store.meta
         store_splits = list(store.splits)
         fmt = store.format
+    if meta.tap is not None:  # its tokens come from a hook, its records from the parent's extraction
+        raise ConfigError(
+            f"{loc} is the tap {meta.tap.get('name')!r} of the store two directories up; a tap is not extracted "
+            "alone: delete this directory and re-run the extraction of the parent store (it rebuilds the tap)"
+        )
     bb = meta.backbone
     pre, extra = meta.preprocessing, meta.extra
     if meta.derived_from is not None:
@@ -210,6 +215,7 @@ def extract_config_from_store(
         on_bad_image=extra.get("on_bad_image", "error"),
         pool_patches=meta.layout.pool_patches,
         keep=None if meta.layout.keep is None else ",".join(meta.layout.keep),
+        taps=",".join(n + (":gap" if t.get("keep") else "") for n, t in meta.taps.items()) if meta.taps else None,
         resume=True,
         allow_outside_paths=extra.get("allow_outside_paths") is True,  # hf: path cells read as at extraction
         **recorded_source_options(meta.dataset, pre),

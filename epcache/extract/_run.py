@@ -36,7 +36,8 @@ from epcache.extract._gpudecode import gpu_decode_unavailable
 from epcache.extract._pixels import pil_steps
 from epcache.extract._pooled_output import PooledTokenExtractor, ensure_pooled
 from epcache.extract._prepare import Prepared, prepare, store_meta
-from epcache.extract._target import open_or_create
+from epcache.extract._taps import TapExtractor, open_tap_stores
+from epcache.extract._target import _split_spec, open_or_create
 from epcache.store import FeatureStore, StoreMeta, open_store
 from epcache.store.ops.lock import StoreLock, acquire_store_lock
 from epcache.store.ops.swap import discard_staging, swap_in
@@ -154,7 +155,7 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
     setup = _setup_store(prep, meta, ctx, progress=show)
     swapped = False
     try:
-        with _closing(setup.store, setup.reserve) as store:
+        with _closing(setup.store, setup.reserve, setup.taps) as store:
             work = setup.work
             if setup.resumed and not any(work.values()):
                 return ExtractResult(
@@ -171,6 +172,8 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
             extractor: Any = (PooledTokenExtractor if prep.pooled_dim else TokenExtractor)(  # --pooled: + pooled output
                 model, prep.geometry, final_norm=config.final_norm
             )
+            if prep.taps:  # --taps: hooks capture inside the blocks during that same forward
+                extractor = TapExtractor(extractor, model, prep.geometry.layers, prep.taps, name=prep.source.timm_name)
             t0 = time.perf_counter()
             mine = _RankOutcome()
             try:
@@ -179,7 +182,8 @@ def _extract(prep: Prepared, ctx: DistContext, *, progress: bool) -> ExtractResu
                     if not blocks:
                         continue
                     n, b, w = extract_split(
-                        store, prep, prep.sources_in_store[name], name, blocks, extractor, progress=show
+                        store, prep, prep.sources_in_store[name], name, blocks, extractor, progress=show,
+                        taps=setup.taps,
                     )
                     mine.samples[name] = n
                     mine.blocks += b
@@ -245,6 +249,7 @@ class _StoreSetup:
     work: dict[str, list[int]]  # missing blocks per split, computed once by rank 0
     staging: str | None = None  # --overwrite: where the new store is built until it is swapped in
     reserve: SpaceReserve | None = None  # local HDF5: ballast freed before closing after a failed write
+    taps: dict[str, FeatureStore] = dataclasses.field(default_factory=dict)  # --taps: the nested store of each
 
 
 @dataclass
@@ -289,7 +294,10 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
             ensure_pooled(store, prep.sources_in_store, prep.pooled_dim, resumed=target.resumed)  # --pooled
             h5 = store.format == "h5"  # never under torchrun
             reserve = SpaceReserve(store.location, resume_hint=RESUME_HINT) if h5 else None
-            work = {name: store.missing_blocks(name) for name in prep.sources}
+            taps = open_tap_stores(store, prep.taps, prep.tap_stored,
+                                   lambda n: _split_spec(prep, n, prep.sources_in_store[n]), create=True)
+            work = {name: _missing(store, taps, name)
+                    for name in prep.sources}
             state = _SetupState(target.resumed, target.skipped, work, target.staging)
         except Exception as e:
             if store is not None:
@@ -302,19 +310,23 @@ def _setup_store(prep: Prepared, meta: StoreMeta, ctx: DistContext, *, progress:
                 ctx.share(_SetupState(error=_portable(e)))
             raise
         ctx.share(state)
-        return _StoreSetup(store, lock, state.resumed, state.skipped, state.work, state.staging, reserve)
+        return _StoreSetup(store, lock, state.resumed, state.skipped, state.work, state.staging, reserve, taps)
     shared: _SetupState = ctx.share(None)
     if shared.error is not None:
         raise shared.error
     for name, drop in shared.skipped.items():  # the rows rank 0 left out of the store
         prep.sources_in_store[name] = prep.sources[name].without(set(drop))
     store = open_store(shared.staging or str(config.out), "a")
-    return _StoreSetup(store, None, shared.resumed, shared.skipped, shared.work, shared.staging)
+    taps = open_tap_stores(store, prep.taps, prep.tap_stored, lambda n: _split_spec(prep, n, prep.sources[n]),
+                           create=False)
+    return _StoreSetup(store, None, shared.resumed, shared.skipped, shared.work, shared.staging, taps=taps)
 
 
 @contextlib.contextmanager
-def _closing(store: FeatureStore, reserve: SpaceReserve | None) -> Iterator[FeatureStore]:
-    """``with store``, but a failure first frees the HDF5 ballast so the close can flush."""
+def _closing(
+    store: FeatureStore, reserve: SpaceReserve | None, taps: dict[str, FeatureStore]
+) -> Iterator[FeatureStore]:
+    """``with store`` (and its tap stores), but a failure first frees the HDF5 ballast so the close can flush."""
     try:
         yield store
     except BaseException:
@@ -322,6 +334,8 @@ def _closing(store: FeatureStore, reserve: SpaceReserve | None) -> Iterator[Feat
             reserve.release()
         raise
     finally:
+        for tap in taps.values():
+            tap.close()
         store.close()
 
 
@@ -349,3 +363,8 @@ def _raise_first_error(outcomes: list[_RankOutcome], ctx: DistContext) -> None:
         raise type(err)(f"rank {rank} of {ctx.world_size}: {err}") from None
     except TypeError:  # an exception class that needs other arguments
         raise err from None
+
+
+def _missing(store: FeatureStore, taps: dict[str, FeatureStore], split: str) -> list[int]:
+    """Blocks any of the stores lacks: the one forward that fills them writes each store what it misses."""
+    return sorted(set(store.missing_blocks(split)).union(*(t.missing_blocks(split) for t in taps.values())))

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
+from typing import Any
 
 import numpy as np
 
@@ -38,12 +39,18 @@ class WriterStats:
 
 
 class BlockWriter:
-    """Writes ``{layer: array}`` blocks with ``store.write_block`` on a background thread."""
+    """Writes ``{layer: array}`` blocks with ``store.write_block`` on a background thread.
 
-    def __init__(self, store: FeatureStore, *, max_pending: int = 2) -> None:
+    ``taps`` (``extract --taps``): ``{(tap, layer): array}`` entries of a block go to that tap's store.
+    """
+
+    def __init__(
+        self, store: FeatureStore, *, max_pending: int = 2, taps: Mapping[str, FeatureStore] | None = None
+    ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
         self._store = store
+        self._taps = dict(taps or {})
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None  # cleared once re-raised
         self._failed = False  # stays set: nothing is written after the first failure
@@ -55,7 +62,7 @@ class BlockWriter:
         self._thread = threading.Thread(target=self._run, name="epcache-block-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, split: str, block: int, arrays: Mapping[int, np.ndarray]) -> None:
+    def submit(self, split: str, block: int, arrays: Mapping[Any, np.ndarray]) -> None:
         """Queue one block (all layers); blocks while ``max_pending`` blocks are already queued.
 
         Raises:
@@ -102,15 +109,22 @@ class BlockWriter:
                 t0 = time.perf_counter()
                 if -1 in arrays:  # pooled first: before any record
                     self._store.write_pooled_block(split, block, arrays[-1])
-                layers = sorted(k for k in arrays if k != -1)
+                keys = sorted(k for k in arrays if isinstance(k, int) and k != -1)  # the main store, then taps
+                keys += sorted(k for k in arrays if isinstance(k, tuple))
+                stores = [self._taps[k[0]] if isinstance(k, tuple) else self._store for k in keys]
+                layers = [k[1] if isinstance(k, tuple) else k for k in keys]
+                datas = [arrays[k] for k in keys]
                 if self._pool is None:
-                    for layer in layers:
-                        self._store.write_block(split, layer, block, arrays[layer])
+                    for st, layer, data in zip(stores, layers, datas, strict=True):
+                        st.write_block(split, layer, block, data)
                 else:  # object storage: each layer's objects are requests, several in flight (bench/scale_s3.py)
-                    datas = [arrays[ly] for ly in layers]
-                    list(self._pool.map(self._store.write_block, repeat(split), layers, repeat(block), datas))
+                    list(self._pool.map(_write, stores, repeat(split), layers, repeat(block), datas))
                 self._bytes += sum(data.nbytes for data in arrays.values())
                 self._write_s += time.perf_counter() - t0
                 self._blocks += 1
             except BaseException as e:  # re-raised in the caller's thread
                 self._error, self._failed = e, True
+
+
+def _write(store: FeatureStore, split: str, layer: int, block: int, data: np.ndarray) -> None:
+    store.write_block(split, layer, block, data)

@@ -61,6 +61,11 @@ def plan_extract_units(config: Any, units: int, run_dir: Path, *, progress: bool
             launched run writes into the store in place; delete the old store first), plus every
             error ``epcache extract`` raises before it writes a block.
     """
+    if config.taps:  # units write block outputs only; a store listing taps it never fills would look complete
+        raise ConfigError(
+            f"--taps {config.taps} cannot be launched yet: array tasks write the block outputs only. "
+            "Run `epcache extract --taps ...` directly (torchrun works), or launch without --taps"
+        )
     if config.overwrite or config.dry_run:
         flag = "--overwrite" if config.overwrite else "--dry-run"
         raise ConfigError(

@@ -78,6 +78,8 @@ class StoreInfo:
     derived_from: dict[str, Any] | None = None  # `epcache convert`: source provenance, ops and location (§2.4)
     quantization: str | None = None  # cache_layout.md §3.5: "int8-channel", "int8-token", "fp8-e4m3" or None
     sizes: list[dict[str, Any]] = field(default_factory=list)  # bytes of each storage option (store/describe/sizes.py)
+    # `extract --taps` (cache_layout.md §2.7): name, module, dim, keep, size_bytes, complete of each nested store
+    taps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def weights(self) -> str:
@@ -121,6 +123,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
                 for b in store.missing_blocks(name, layer):
                     if len(missing) < max_missing:
                         missing.append(MissingBlock(name, layer, b, store.block_range(name, b)))
+        taps = [_tap_info(str(location), name) for name in m.taps or {}]
         bb = m.backbone
         kind = m.dataset.get("kind")
         return StoreInfo(
@@ -142,7 +145,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             preprocessing=m.preprocessing,
             splits=splits,
             size_bytes=store.size_bytes(),
-            complete=store.is_complete(),
+            complete=store.is_complete() and all(t["complete"] for t in taps),
             provenance=store.provenance,
             format_version=store.format_version,
             computed_provenance=store.computed_provenance(),
@@ -155,7 +158,16 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             quantization=m.quantization,
             sizes=[asdict(o) for o in size_options(m, ((s.num_samples, s.views, s.chunk_samples)
                                                         for s in store.splits.values()))],
+            taps=taps,
         )
+
+
+def _tap_info(location: str, name: str) -> dict[str, Any]:
+    """One tap as `info` lists it; its bytes are part of the parent's, which holds it as a subdirectory."""
+    with open_store(location, "r", tap=name) as tap:
+        record = tap.meta.tap or {}
+        return {"name": name, "module": record.get("module"), "dim": tap.meta.dim, "keep": record.get("keep"),
+                "size_bytes": tap.size_bytes(), "complete": tap.is_complete()}
 
 
 def format_store_info(info: StoreInfo) -> str:
@@ -186,6 +198,9 @@ def format_store_info(info: StoreInfo) -> str:
         *([f"derived     from {info.derived_from.get('location', '?')} (provenance "
            f"{str(info.derived_from.get('provenance'))[:12]}..., ops {info.derived_from.get('ops')})"]
           if info.derived_from is not None else []),
+        *(f"tap         {t['name']:<11} D={t['dim']}" + (f" (keeps {','.join(t['keep'])})" if t["keep"] else "")
+          + f"  {human_bytes(t['size_bytes'])}  {'complete' if t['complete'] else 'INCOMPLETE'}  [{t['module']}]"
+          for t in info.taps),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
         f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
         "splits",

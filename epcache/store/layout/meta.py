@@ -108,6 +108,10 @@ class StoreMeta:
     # None: tokens stored in `dtype`; else the scheme of cache_layout.md §3.5 ("int8-channel",
     # "int8-token", "fp8-e4m3"): codes in the token arrays, scales beside them, reads give `dtype`
     quantization: str | None = None
+    # a store with taps (cache_layout.md §2.7): {tap name: {"dim": D, "keep": [...] or None}}, each a nested
+    # store under taps/<name>/; a tap store's own `tap` says which module it holds. Both inside the key.
+    taps: dict[str, Any] | None = None
+    tap: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
@@ -187,6 +191,8 @@ class StoreMeta:
             ),
             **({"derived_from": _jsonable(self.derived_from)} if self.derived_from is not None else {}),
             **({"quantization": self.quantization} if self.quantization is not None else {}),
+            **({"taps": _jsonable(self.taps)} if self.taps is not None else {}),
+            **({"tap": _jsonable(self.tap)} if self.tap is not None else {}),
         }
 
     @classmethod
@@ -225,6 +231,8 @@ class StoreMeta:
                 layer_shapes=_parse_layer_shapes(data.get("layer_shapes", {})),
                 derived_from=dict(data["derived_from"]) if data.get("derived_from") is not None else None,
                 quantization=parse_quantization(data),
+                taps=dict(data["taps"]) if data.get("taps") is not None else None,
+                tap=dict(data["tap"]) if data.get("tap") is not None else None,
             )
         except KeyError as e:
             raise CorruptStoreError(
