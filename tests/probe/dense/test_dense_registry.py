@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dense_synth import IGNORE, synth_dense
+from dense_synth import synth_dense
 
 from epcache.errors import ConfigError, EpcacheError, ShapeMismatchError
 from epcache.probe.dense import DENSE_HEADS, DenseData, run_dense_head
