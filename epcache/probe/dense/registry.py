@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+import numpy as np
+
 from epcache.errors import ConfigError
 from epcache.probe.dense.hummingbird import HUMMINGBIRD_K, HUMMINGBIRD_MEMORY, HUMMINGBIRD_TEMPERATURE, run_hummingbird
 from epcache.probe.dense.inputs import DenseData, DenseResult, score_patch_labels
@@ -63,7 +65,7 @@ DENSE_HEADS: Mapping[str, DenseHeadSpec] = MappingProxyType({
 def majority_baseline(data: DenseData) -> DenseResult:
     """The most frequent training class predicted at every evaluation pixel: the floor to beat."""
     cls = majority_class(data.train_labels, num_classes=data.num_classes, ignore_index=data.ignore_index)
-    pred = data.eval_labels.astype("int64") * 0 + cls
+    pred = np.full(data.eval_feats.shape[:3], cls, dtype=np.int64)
     metrics, preview = score_patch_labels(pred, data.eval_labels, num_classes=data.num_classes,
                                           ignore_index=data.ignore_index)
     return DenseResult("majority", metrics, {"class": cls}, [], preview)
