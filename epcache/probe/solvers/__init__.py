@@ -14,6 +14,7 @@ from epcache.probe.solvers._knn import KnnTable as KnnTable
 from epcache.probe.solvers._knn import knn_predict as knn_predict
 from epcache.probe.solvers._knn import knn_search as knn_search
 from epcache.probe.solvers._knn import knn_table as knn_table
+from epcache.probe.solvers._knn import knn_vote as knn_vote
 from epcache.probe.solvers._logreg import C_PRESETS as C_PRESETS
 from epcache.probe.solvers._logreg import LogregFit as LogregFit
 from epcache.probe.solvers._logreg import c_grid as c_grid
@@ -37,6 +38,7 @@ from epcache.probe.solvers._spec import SOLVER_KINDS as SOLVER_KINDS
 from epcache.probe.solvers._spec import SolverSpec as SolverSpec
 from epcache.probe.solvers._spec import expand_solver_specs as expand_solver_specs
 from epcache.probe.solvers._spec import split_heads as split_heads
+from epcache.probe.solvers._standardize import Standardizer as Standardizer
 from epcache.probe.solvers.vectors import POOLINGS as POOLINGS
 from epcache.probe.solvers.vectors import PooledCache as PooledCache
 from epcache.probe.solvers.vectors import PooledView as PooledView
@@ -56,6 +58,7 @@ __all__ = [
     "SolverInputs",
     "SolverOutcome",
     "SolverSpec",
+    "Standardizer",
     "c_grid",
     "check_fewshot",
     "check_solver_inputs",
@@ -67,6 +70,7 @@ __all__ = [
     "knn_predict",
     "knn_search",
     "knn_table",
+    "knn_vote",
     "linear_family",
     "linear_family_note",
     "load_solver_head",
