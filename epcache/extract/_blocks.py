@@ -15,11 +15,12 @@ from epcache.extract._config import ExtractConfig
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._gpudecode import GpuDecoder
 from epcache.extract._loader import ViewDataset, make_loader
+from epcache.extract._mask_geometry import MaskBlocks
 from epcache.extract._pixels import Normalizer, pil_steps
 from epcache.extract._pooled_output import POOLED_KEY
 from epcache.extract._prepare import Prepared
 from epcache.extract._sources import SplitSource
-from epcache.extract._writer import BlockWriter
+from epcache.extract._writer import MASKS_KEY, BlockWriter
 from epcache.store import FeatureStore, TokenLayout
 from epcache.store.layout.light import light_tokens, parse_keep
 from epcache.store.layout.poolgrid import pool_patch_tokens
@@ -74,9 +75,11 @@ def extract_split(
         loader = make_loader(dataset, batches, workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"))
         batch_iter = iter(loader)  # workers fork here, before the writer thread exists
     writer = BlockWriter(store, max_pending=cfg.max_pending_blocks)
+    masks = _mask_blocks(store, prep, src, split, order)
     try:
         with _progress_bar(total, split, enabled=progress) as bar:
-            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar, location=store.location)
+            _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar, location=store.location,
+                         masks=masks)
     except BaseException:
         with contextlib.suppress(Exception):
             writer.close()  # blocks already queued are complete and correct: let them land
@@ -96,6 +99,7 @@ def _run_batches(
     bar: Any,
     *,
     location: str,
+    masks: Callable[[int], Callable[[], np.ndarray]] | None = None,
 ) -> None:
     import torch
 
@@ -150,10 +154,36 @@ def _run_batches(
                 action=f"writing block {block} of split {split!r} to {location}",
                 resume_hint=RESUME_HINT,
             )
+            if masks is not None:  # computed on the writer's thread, written before the block's records
+                acc[MASKS_KEY] = masks(block)  # type: ignore[assignment]
             writer.submit(split, block, acc)
             blocks_left -= 1
             acc = None
         bar.update(n)
+
+
+def _mask_blocks(
+    store: FeatureStore, prep: Prepared, src: SplitSource, split: str, order: np.ndarray
+) -> Callable[[int], Callable[[], np.ndarray]] | None:
+    """block -> the thunk that computes its masks (cache_layout.md §3.6); None for a split without masks."""
+    if src.masks is None or prep.dense is None or not store.has_masks(split):
+        return None
+    job = MaskBlocks(
+        files=[src.root / m for m, _ in src.masks],
+        split=split,
+        eval_steps=pil_steps(prep.eval_transform),
+        size=prep.dense.size,
+        views=prep.config.views_for(split),
+        seed=prep.config.seed,
+        dtype=prep.dense.dtype,
+    )
+
+    def for_block(block: int) -> Callable[[], np.ndarray]:
+        start, stop = store.block_range(split, block)
+        rows = order[start:stop].tolist()
+        return lambda: job.rows(rows)
+
+    return for_block
 
 
 def _layer_layout(g: Any, layer: int) -> TokenLayout:

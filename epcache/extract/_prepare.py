@@ -17,6 +17,7 @@ from epcache.errors import ConfigError
 from epcache.extract._backbone import LoadReport, build_meta_model
 from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, itemsize
 from epcache.extract._forward import ModelGeometry, inspect_model
+from epcache.extract._mask_sources import scan_mask_splits
 from epcache.extract._models import resolve_model
 from epcache.extract._pooled_output import pooled_width
 from epcache.extract._recorded import portable_data_root, portable_location, portable_split_source
@@ -26,6 +27,7 @@ from epcache.extract._weights import WeightsSource, locate_weights
 from epcache.store import BackboneMeta, StoreMeta
 from epcache.store.describe.sizes import SizeOption, size_options
 from epcache.store.layout.chunking import plan_chunks
+from epcache.store.layout.dense import DenseInfo, dense_document
 from epcache.store.layout.light import light_layout, parse_keep
 from epcache.store.layout.poolgrid import check_poolable
 from epcache.store.open import detect_format
@@ -49,6 +51,7 @@ class Prepared:
     pooled_dim: int | None = None  # width of the model's pooled output when --pooled, else None
     stored: ModelGeometry | None = None  # the layers as stored: ``geometry`` with its grids pooled (--pool-patches)
     step: int | None = None  # training step of the checkpoint, in a checkpoint series (extract/_series.py)
+    dense: DenseInfo | None = None  # --masks: what the stored mask values mean (cache_layout.md §3.6)
 
     @property
     def store_geometry(self) -> ModelGeometry:
@@ -90,7 +93,12 @@ def prepare(config: ExtractConfig) -> Prepared:
         )
     options = SourceOptions(config.wds_image_key, config.wds_label_key, config.image_column, config.label_column,
                             config.on_bad_image, config.allow_outside_paths)
-    sources = scan_splits(config.data, config.splits, options=options)
+    dense: DenseInfo | None = None
+    if config.masks:  # every mask decoded and checked here, before anything is written
+        sources, dense = scan_mask_splits(config.data, config.splits, ignore_index=config.mask_ignore_index,
+                                          size=(h, w))
+    else:
+        sources = scan_splits(config.data, config.splits, options=options)
     augment = (
         ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
         if config.views
@@ -144,6 +152,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         plan=plan,
         pooled_dim=pooled_width(meta_model, input_size) if config.pooled else None,
         stored=stored,
+        dense=dense,
     )
 
 
@@ -236,6 +245,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
             "recipe": prep.augment.to_json() if prep.augment is not None else None,
         },
         dataset=dataset,  # per-split content is fingerprinted per split, so splits can be added later
+        dense=dense_document(prep.dense) if prep.dense is not None else None,
         extra={
             "epcache_version": epcache.__version__,
             "torch_version": torch.__version__,

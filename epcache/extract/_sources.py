@@ -57,6 +57,7 @@ class SplitSource:
     root: Path  # data root (resolved), the base of every id
     reader: Any = None  # webdataset / hf: a loader.SampleReader giving each sample's bytes; None: files
     skipped_files: tuple[str, ...] = ()  # "file: reason" of HF files / damaged shards whose rows are not listed
+    masks: tuple[tuple[str, str], ...] | None = None  # --masks: (mask path under the root, its sha256) per sample
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,6 +86,7 @@ class SplitSource:
             self.root,
             None if self.reader is None else self.reader.subset(keep),
             self.skipped_files,
+            None if self.masks is None else tuple(self.masks[i] for i in keep),
         )
 
 

@@ -21,9 +21,10 @@ import numpy as np
 
 from epcache.store import FeatureStore
 
-__all__ = ["BlockWriter", "WriterStats"]
+__all__ = ["MASKS_KEY", "BlockWriter", "WriterStats"]
 
 _STOP = object()
+MASKS_KEY = -2  # a block's masks (cache_layout.md §3.6): a thunk run on this thread, written before the layers
 REMOTE_WRITES = 4  # layers of one block written at once to a store behind a URL (local disk: one at a time)
 
 
@@ -102,7 +103,10 @@ class BlockWriter:
                 t0 = time.perf_counter()
                 if -1 in arrays:  # pooled first: before any record
                     self._store.write_pooled_block(split, block, arrays[-1])
-                layers = sorted(k for k in arrays if k != -1)
+                if MASKS_KEY in arrays:  # computed here, so decoding masks overlaps the next forward passes
+                    arrays[MASKS_KEY] = arrays[MASKS_KEY]()  # type: ignore[operator]
+                    self._store.write_masks_block(split, block, arrays[MASKS_KEY])
+                layers = sorted(k for k in arrays if k >= 0)
                 if self._pool is None:
                     for layer in layers:
                         self._store.write_block(split, layer, block, arrays[layer])

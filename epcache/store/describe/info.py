@@ -78,6 +78,8 @@ class StoreInfo:
     derived_from: dict[str, Any] | None = None  # `epcache convert`: source provenance, ops and location (§2.4)
     quantization: str | None = None  # cache_layout.md §3.5: "int8-channel", "int8-token", "fp8-e4m3" or None
     sizes: list[dict[str, Any]] = field(default_factory=list)  # bytes of each storage option (store/describe/sizes.py)
+    # per-pixel masks (cache_layout.md §3.6): classes, ignore_index, dtype, size and the splits that hold them
+    masks: dict[str, Any] | None = None
 
     @property
     def weights(self) -> str:
@@ -155,7 +157,24 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             quantization=m.quantization,
             sizes=[asdict(o) for o in size_options(m, ((s.num_samples, s.views, s.chunk_samples)
                                                         for s in store.splits.values()))],
+            masks=_masks(store),
         )
+
+
+def _masks(store: Any) -> dict[str, Any] | None:
+    info = store.dense_info()
+    if info is None:
+        return None
+    return {**asdict(info), "size": list(info.size), "splits": [n for n in store.splits if store.has_masks(n)]}
+
+
+def _masks_lines(masks: dict[str, Any] | None) -> list[str]:
+    if masks is None:
+        return []
+    h, w = masks["size"]
+    names = ", ".join(masks["classes"][:8]) + (", ..." if len(masks["classes"]) > 8 else "")
+    return [f"masks       {h}x{w} {masks['dtype']} per view, {len(masks['classes'])} classes ({names}), ignore index "
+            f"{masks['ignore_index']}; splits {', '.join(masks['splits']) or 'none'}"]
 
 
 def format_store_info(info: StoreInfo) -> str:
@@ -186,6 +205,7 @@ def format_store_info(info: StoreInfo) -> str:
         *([f"derived     from {info.derived_from.get('location', '?')} (provenance "
            f"{str(info.derived_from.get('provenance'))[:12]}..., ops {info.derived_from.get('ops')})"]
           if info.derived_from is not None else []),
+        *_masks_lines(info.masks),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
         f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
         "splits",

@@ -108,6 +108,9 @@ class StoreMeta:
     # None: tokens stored in `dtype`; else the scheme of cache_layout.md §3.5 ("int8-channel",
     # "int8-token", "fp8-e4m3"): codes in the token arrays, scales beside them, reads give `dtype`
     quantization: str | None = None
+    # per-pixel labels beside the tokens (cache_layout.md §3.6): classes, ignore_index, dtype, size,
+    # masks_sha256 per split; absent from stores without masks, so their documents stay as they were
+    dense: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
@@ -187,6 +190,7 @@ class StoreMeta:
             ),
             **({"derived_from": _jsonable(self.derived_from)} if self.derived_from is not None else {}),
             **({"quantization": self.quantization} if self.quantization is not None else {}),
+            **({"dense": _jsonable(self.dense)} if self.dense is not None else {}),
         }
 
     @classmethod
@@ -225,6 +229,7 @@ class StoreMeta:
                 layer_shapes=_parse_layer_shapes(data.get("layer_shapes", {})),
                 derived_from=dict(data["derived_from"]) if data.get("derived_from") is not None else None,
                 quantization=parse_quantization(data),
+                dense=dict(data["dense"]) if data.get("dense") is not None else None,
             )
         except KeyError as e:
             raise CorruptStoreError(
@@ -256,6 +261,7 @@ class SplitSpec:
     classes: Sequence[str]
     views: int = 1  # V: 1 (eval view) + K augmented views
     permutation_seed: int = 0
+    masks_sha256: str | None = None  # fingerprint of the split's mask files, in a store with masks (§3.6)
 
 
 @dataclass(frozen=True)
