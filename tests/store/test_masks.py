@@ -232,3 +232,34 @@ def test_info_shows_the_masks(tmp_path: Path) -> None:
     line = next(x for x in r.output.splitlines() if x.startswith("masks"))
     assert "16x24 uint8" in line and "3 classes (background, cat, dog)" in line and "ignore index 255" in line
     assert "splits train" in line
+
+
+def test_the_layout_example_reads_masks_without_epcache(tmp_path: Path, fmt: str) -> None:
+    """cache_layout.md §3.6's reading code, verbatim, on a store of each backend."""
+    import re
+
+    import h5py
+    import zarr
+
+    text = (Path(__file__).resolve().parents[2] / "cache_layout.md").read_text()
+    section = text.split("### 3.6 Dense labels")[1].split("\n## ")[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    loc = tmp_path / f"s.{fmt}"
+    masks = _masks(10, 2)
+    with create_store(loc, _meta()) as store:
+        spec = _spec()
+        store.add_split(dataclasses.replace(spec, name="val"), chunk_samples=4)
+        s = store.split("val")
+        for b in range(s.num_blocks):
+            start, stop = store.block_range("val", b)
+            store.write_masks_block("val", b, masks[start:stop])
+    if fmt == "zarr":
+        g = zarr.open_group(str(loc), mode="r")
+        meta = g.attrs["epcache"]
+    else:
+        g = h5py.File(loc, "r")
+        meta = json.loads(g.attrs["epcache"])
+    ns = {"g": g, "meta": meta, "np": np}
+    exec(compile(code, "cache_layout.md §3.6", "exec"), ns)
+    np.testing.assert_array_equal(ns["m"], masks[:64, 0])
+    assert ns["names"] == ["background", "cat", "dog"]
