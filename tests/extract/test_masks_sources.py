@@ -264,3 +264,14 @@ def test_bad_inputs_exit_2_with_nothing_written(seg: Path, tmp_path: Path, damag
     assert want in text
     if damage != "csv":
         assert "square_0001.png" in text
+
+
+def test_a_split_added_later_gets_its_masks(seg: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.zarr"
+    extract_store(tiny_config(seg, out, masks=True, splits={"val": "val"}), progress=False)
+    result = extract_store(tiny_config(seg, out, masks=True, splits={"val": "val", "train": "train"}),
+                           progress=False)
+    assert result.resumed and set(result.samples) == {"train"}
+    with open_store(out) as store:
+        assert store.has_masks("train") and set(store.meta.dense["masks_sha256"]) == {"val", "train"}
+    assert verify_store(out).ok

@@ -263,3 +263,18 @@ def test_the_layout_example_reads_masks_without_epcache(tmp_path: Path, fmt: str
     exec(compile(code, "cache_layout.md §3.6", "exec"), ns)
     np.testing.assert_array_equal(ns["m"], masks[:64, 0])
     assert ns["names"] == ["background", "cat", "dog"]
+
+
+def test_convert_copies_the_masks(tmp_path: Path) -> None:
+    src, dst = tmp_path / "s.zarr", tmp_path / "c.h5"
+    masks = _masks(10, 2)
+    with create_store(src, _meta()) as store:
+        store.add_split(_spec(), chunk_samples=4)
+        _fill(store, masks)
+    r = runner.invoke(app, ["convert", str(src), str(dst), "--dtype", "float32", "--chunk-samples", "3"])
+    assert r.exit_code == 0, r.output
+    with open_store(dst) as copy, open_store(src) as orig:
+        assert copy.meta.dense == orig.meta.dense
+        for view in (0, 1):
+            np.testing.assert_array_equal(copy.read_masks("train", np.arange(10), view=view), masks[:, view])
+    assert verify_store(dst).ok
