@@ -169,7 +169,7 @@ def _mask_blocks(
     if src.masks is None or prep.dense is None or not store.has_masks(split):
         return None
     job = MaskBlocks(
-        files=[src.root / m for m, _ in src.masks],
+        files=src.mask_reader if src.mask_reader is not None else [src.root / m for m, _ in src.masks],
         split=split,
         eval_steps=pil_steps(prep.eval_transform),
         size=prep.dense.size,

@@ -13,10 +13,11 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from epcache.extract._loader import read_sample
 from epcache.extract._pixels import PilSteps
 from epcache.extract._transforms import CropFlip, augment_geometry, crop_flip, view_rng
 
@@ -89,7 +90,7 @@ def load_mask(data: bytes | Path) -> Image.Image:
 class MaskBlocks:
     """The masks of a split's write-blocks, computed on the background writer's thread."""
 
-    files: Sequence[Path]  # mask file of each dataset sample
+    files: Sequence[Path] | Any  # mask file of each dataset sample, or a reader of their bytes (hf: datasets)
     split: str
     eval_steps: PilSteps
     size: tuple[int, int]
@@ -101,7 +102,7 @@ class MaskBlocks:
         """``[len(indices), V, H, W]`` masks of the given dataset samples, in that order."""
         out = np.empty((len(indices), self.views, *self.size), np.dtype(self.dtype))
         for r, index in enumerate(indices):
-            mask = load_mask(Path(self.files[index]))
+            mask = load_mask(read_sample(self.files, int(index)))
             for v in range(self.views):
                 geom = view_geometry(self.eval_steps, mask.width, mask.height, seed=self.seed, split=self.split,
                                      index=int(index), view=v)

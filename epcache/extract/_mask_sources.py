@@ -16,6 +16,7 @@ the CSV's, else the most frequent class of the mask other than 0 (background) an
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping
@@ -26,8 +27,9 @@ import numpy as np
 
 from epcache.errors import ConfigError
 from epcache.extract._confine import confined_path
+from epcache.extract._hf import HF_PREFIX, list_hf
 from epcache.extract._mask_geometry import load_mask
-from epcache.extract._sources import IMAGE_EXTENSIONS, MAX_CLASSES, SplitSource
+from epcache.extract._sources import IMAGE_EXTENSIONS, MAX_CLASSES, SourceOptions, SplitSource
 from epcache.store.layout.dense import DenseInfo, mask_dtype
 
 __all__ = ["CLASSES_FILE", "scan_mask_splits"]
@@ -44,7 +46,13 @@ class _Row:
 
 
 def scan_mask_splits(
-    root: Path | str, splits: Mapping[str, str], *, ignore_index: int, size: tuple[int, int]
+    root: Path | str,
+    splits: Mapping[str, str],
+    *,
+    ignore_index: int,
+    size: tuple[int, int],
+    hf: SourceOptions | None = None,
+    mask_column: str = "mask",
 ) -> tuple[dict[str, SplitSource], DenseInfo]:
     """Every split with its masks checked, and what the mask values mean.
 
@@ -53,9 +61,12 @@ def scan_mask_splits(
             its image's or that is not single-channel, a class index outside the class list.
     """
     text = str(root)
-    if "://" in text or text.startswith("hf:") or any(v.endswith(".tar") or "{" in v for v in splits.values()):
-        raise ConfigError("--masks reads masks from a local data root: split directories with images/ and masks/, "
-                          "or CSV files of path,mask_path rows")
+    if text.startswith(HF_PREFIX):
+        return _scan_hf(text, splits, ignore_index=ignore_index, size=size, options=hf or SourceOptions(),
+                        mask_column=mask_column)
+    if "://" in text or any(v.endswith(".tar") or "{" in v for v in splits.values()):
+        raise ConfigError("--masks reads masks from a local data root (split directories with images/ and masks/, "
+                          "or CSV files of path,mask_path rows) or an hf: dataset with a mask column")
     base = Path(text).expanduser()
     if not base.is_dir():
         raise ConfigError(f"data root {base} does not exist or is not a directory")
@@ -64,24 +75,12 @@ def scan_mask_splits(
         raise ConfigError("no splits given; pass e.g. --split train=train --split val=val")
     rows = {name: (_read_csv(base, name, src) if src.lower().endswith(".csv") else _list_dir(base, name, src))
             for name, src in splits.items()}
-    names = _class_names(base)
-    checked = {name: [_check(base, name, r, ignore_index) for r in listed] for name, listed in rows.items()}
-    top = max((m for per in checked.values() for _, m, _ in per), default=0)
-    if names is None:
-        if top >= MAX_CLASSES:
-            raise ConfigError(f"mask class index {top} is too large (at most {MAX_CLASSES} classes)")
-        names = tuple(f"class_{i}" for i in range(top + 1))
-    if ignore_index < len(names):
-        raise ConfigError(f"the ignore index {ignore_index} is a class index ({len(names)} classes); pass "
-                          f"--mask-ignore-index {65535 if len(names) > 255 else 255}")
+    checked = {name: [_check(name, _read(base / r.mask, name), str(base / r.mask), base / r.sid, ignore_index)
+                      for r in listed] for name, listed in rows.items()}
+    names = _names(base, checked, ignore_index)
     for name, listed in rows.items():
         for r, (_, m, _) in zip(listed, checked[name], strict=True):
-            if m >= len(names):
-                raise ConfigError(
-                    f"split {name!r}: mask {base / r.mask} holds class index {m}, but there are {len(names)} classes "
-                    f"({CLASSES_FILE} at the data root, or class_<i>); add the class to {base / CLASSES_FILE} or set "
-                    f"those pixels to the ignore index {ignore_index}"
-                )
+            _check_class(name, str(base / r.mask), m, names, base, ignore_index)
     out: dict[str, SplitSource] = {}
     for name, listed in rows.items():
         labels = []
@@ -99,35 +98,102 @@ def scan_mask_splits(
     return out, info
 
 
-def _check(root: Path, split: str, row: _Row, ignore_index: int) -> tuple[str, int, int]:
+def _names(root: Path, checked: Mapping[str, list[tuple[str, int, int]]], ignore_index: int) -> tuple[str, ...]:
+    """The class list: ``classes.txt``, else ``class_<i>`` up to the largest index; the ignore index is none of them."""
+    names = _class_names(root)
+    if names is None:
+        top = max((m for per in checked.values() for _, m, _ in per), default=0)
+        if top >= MAX_CLASSES:
+            raise ConfigError(f"mask class index {top} is too large (at most {MAX_CLASSES} classes)")
+        names = tuple(f"class_{i}" for i in range(top + 1))
+    if ignore_index < len(names):
+        raise ConfigError(f"the ignore index {ignore_index} is a class index ({len(names)} classes); pass "
+                          f"--mask-ignore-index {65535 if len(names) > 255 else 255}")
+    return names
+
+
+def _check_class(split: str, where: str, top: int, names: tuple[str, ...], root: Path, ignore_index: int) -> None:
+    if top >= len(names):
+        raise ConfigError(
+            f"split {split!r}: mask {where} holds class index {top}, but there are {len(names)} classes "
+            f"({CLASSES_FILE} at the data root, or class_<i>); add the class to {root / CLASSES_FILE} or set "
+            f"those pixels to the ignore index {ignore_index}"
+        )
+
+
+def _read(path: Path, split: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"split {split!r}: cannot read the mask {path} ({e})") from None
+
+
+def _check(split: str, data: bytes, where: str, image: Path | bytes, ignore_index: int) -> tuple[str, int, int]:
     """(sha256 of the mask file, its largest class index, its image-level label); refuses a bad pair."""
+    import io
+
     from PIL import Image
 
-    path = root / row.mask
     try:
-        data = path.read_bytes()
         mask = np.asarray(load_mask(data))
     except (OSError, ValueError, SyntaxError) as e:
-        raise ConfigError(f"split {split!r}: cannot read the mask {path} ({e}); masks are single-channel PNGs of "
+        raise ConfigError(f"split {split!r}: cannot read the mask {where} ({e}); masks are single-channel PNGs of "
                           "class indices") from None
+    image_where = f"of the mask {where}" if isinstance(image, bytes) else str(image)
     try:
-        with Image.open(root / row.sid) as im:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as im:
             width, height = im.size
     except (OSError, ValueError, SyntaxError) as e:
-        raise ConfigError(f"split {split!r}: cannot read the image {root / row.sid} ({e})") from None
+        raise ConfigError(f"split {split!r}: cannot read the image {image_where} ({e})") from None
     if mask.shape != (height, width):
         raise ConfigError(
-            f"split {split!r}: mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image {root / row.sid} is "
+            f"split {split!r}: mask {where} is {mask.shape[1]}x{mask.shape[0]} but its image {image_where} is "
             f"{width}x{height}; save the mask at the image's size"
         )
     values = mask[mask != ignore_index].astype(np.int64)
     if values.size and values.min() < 0:
-        raise ConfigError(f"split {split!r}: mask {path} holds a negative value")
+        raise ConfigError(f"split {split!r}: mask {where} holds a negative value")
     top = int(values.max()) if values.size else 0
     counts = np.bincount(values, minlength=1) if values.size else np.zeros(1, np.int64)
     counts[0] = 0  # background never names the image
     label = int(counts.argmax()) if counts.any() else 0
     return hashlib.sha256(data).hexdigest(), top, label
+
+
+def _scan_hf(
+    data: str, splits: Mapping[str, str], *, ignore_index: int, size: tuple[int, int], options: SourceOptions,
+    mask_column: str,
+) -> tuple[dict[str, SplitSource], DenseInfo]:
+    """hf: splits whose ``mask_column`` holds each row's mask ({bytes, path} structs or bytes, like images)."""
+    loc = Path(data[len(HF_PREFIX) :]).expanduser().resolve()
+    if not loc.is_dir():
+        raise ConfigError(f"--data {data}: dataset directory {loc} does not exist")
+    listed = {name: list_hf(loc, name, src, image_column=options.image_column, label_column=None,
+                            allow_outside_paths=options.allow_outside_paths) for name, src in splits.items()}
+    readers, checked = {}, {}
+    for name, x in listed.items():
+        if x.problems:
+            raise ConfigError(f"split {name!r}: {len(x.problems)} row(s) cannot be used: {x.problems[0]}")
+        readers[name] = masks = dataclasses.replace(x.reader, column=mask_column, _cache={})
+        checked[name] = []
+        for i in range(len(x.ids)):
+            try:
+                mask_data, image = masks.read(i), x.reader.read(i)
+            except (OSError, ValueError, KeyError) as e:
+                raise ConfigError(f"split {name!r}: row {x.ids[i]} has no readable mask in column {mask_column!r} "
+                                  f"({e}); pass --mask-column NAME") from None
+            checked[name].append(_check(name, mask_data, masks.where(i), image, ignore_index))
+    names = _names(loc, checked, ignore_index)
+    out = {}
+    for name, x in listed.items():
+        for i, (_, m, _) in enumerate(checked[name]):
+            _check_class(name, readers[name].where(i), m, names, loc, ignore_index)
+        out[name] = SplitSource(
+            name, "hf", splits[name], tuple(x.ids), np.asarray([c[2] for c in checked[name]], dtype=np.int64), names,
+            loc, x.reader, masks=tuple((readers[name].where(i), c[0]) for i, c in enumerate(checked[name])),
+            mask_reader=readers[name],
+        )
+    return out, DenseInfo(names, ignore_index, mask_dtype(len(names), ignore_index), size)
 
 
 def _class_names(root: Path) -> tuple[str, ...] | None:

@@ -96,7 +96,7 @@ def prepare(config: ExtractConfig) -> Prepared:
     dense: DenseInfo | None = None
     if config.masks:  # every mask decoded and checked here, before anything is written
         sources, dense = scan_mask_splits(config.data, config.splits, ignore_index=config.mask_ignore_index,
-                                          size=(h, w))
+                                          size=(h, w), hf=options, mask_column=config.mask_column)
     else:
         sources = scan_splits(config.data, config.splits, options=options)
     augment = (

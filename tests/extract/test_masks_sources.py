@@ -275,3 +275,37 @@ def test_a_split_added_later_gets_its_masks(seg: Path, tmp_path: Path) -> None:
     with open_store(out) as store:
         assert store.has_masks("train") and set(store.meta.dense["masks_sha256"]) == {"val", "train"}
     assert verify_store(out).ok
+
+
+def test_hf_dataset_with_a_mask_column_gives_the_same_masks(seg: Path, tmp_path: Path) -> None:
+    """An hf: parquet dataset of the same images and masks stores the masks the file layout stores."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    ds = tmp_path / "ds"
+    cell = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for split in ("train", "val"):
+        names = sorted(p.name for p in (seg / split / "images").iterdir())
+
+        def column(kind: str, names: list[str] = names, split: str = split) -> object:
+            return pa.array([{"bytes": (seg / split / kind / n).read_bytes(), "path": None} for n in names], cell)
+
+        table = pa.table({"image": column("images"), "annotation": column("masks")})
+        (ds / split).mkdir(parents=True)
+        pq.write_table(table, ds / split / f"{split}-00000-of-00001.parquet")
+    (ds / "classes.txt").write_text((seg / "classes.txt").read_text())
+    out, ref = tmp_path / "hf.zarr", tmp_path / "ref.zarr"
+    r = runner.invoke(app, [*_argv(ds, out), "--data", f"hf:{ds}", "--hf-mask-key", "annotation"])
+    assert r.exit_code == 0, r.output
+    extract_store(tiny_config(seg, ref, masks=True, chunk_samples=2), progress=False)
+    with open_store(out) as a, open_store(ref) as b:
+        assert a.dense_info() == b.dense_info()
+        for split in ("train", "val"):
+            ids_a, ids_b = a.read_ids(split), b.read_ids(split)
+            by_id = dict(zip(ids_b, range(len(ids_b)), strict=True))
+            names = sorted(p.name for p in (seg / split / "images").iterdir())
+            rows_b = [by_id[f"{split}/images/{names[int(sid.rsplit('/', 1)[1])]}"] for sid in ids_a]
+            np.testing.assert_array_equal(a.read_masks(split, np.arange(len(ids_a))), b.read_masks(split, rows_b))
+            np.testing.assert_array_equal(a.read_labels(split), b.read_labels(split)[rows_b])
+    bad = runner.invoke(app, [*_argv(ds, tmp_path / "bad.zarr"), "--data", f"hf:{ds}", "--mask-column", "nope"])
+    assert bad.exit_code == 2 and "--mask-column" in bad.output and not (tmp_path / "bad.zarr").exists()
