@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ def prepare(config: ExtractConfig) -> Prepared:
                                           size=(h, w), hf=options, mask_column=config.mask_column)
     else:
         sources = scan_splits(config.data, config.splits, options=options)
+        if any(src.kind == "imagefolder" and src.classes == ("images", "masks") for src in sources.values()):
+            print("epcache: the splits hold images/ and masks/ folders, read here as two classes; pass --masks to "
+                  "store the masks as per-pixel labels (cache_layout.md §3.6)", file=sys.stderr)
     augment = (
         ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
         if config.views

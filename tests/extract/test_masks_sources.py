@@ -309,3 +309,12 @@ def test_hf_dataset_with_a_mask_column_gives_the_same_masks(seg: Path, tmp_path:
             np.testing.assert_array_equal(a.read_labels(split), b.read_labels(split)[rows_b])
     bad = runner.invoke(app, [*_argv(ds, tmp_path / "bad.zarr"), "--data", f"hf:{ds}", "--mask-column", "nope"])
     assert bad.exit_code == 2 and "--mask-column" in bad.output and not (tmp_path / "bad.zarr").exists()
+
+
+def test_a_segmentation_layout_without_masks_is_pointed_at_the_flag(seg: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from epcache.extract import plan_extract
+
+    plan = plan_extract(tiny_config(seg, tmp_path / "s.zarr"))
+    assert plan.splits[0].num_classes == 2  # images/ and masks/ taken as classes, as ImageFolder says
+    assert "pass --masks" in capsys.readouterr().err
