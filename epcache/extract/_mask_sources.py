@@ -1,10 +1,12 @@
 """Segmentation sources (``epcache extract --masks``): each image with a single-channel mask of class indices.
 
-Two layouts under the data root (cache_layout.md §3.6 states them):
+Three kinds of source (cache_layout.md §3.6 states them):
 
 - a split directory ``<split>/images/<name>.<ext>`` beside ``<split>/masks/<name>.png``;
 - a CSV split of ``path,mask_path`` rows, optionally ``path,mask_path,label`` (an optional header row
-  whose first cell is ``path``).
+  whose first cell is ``path``);
+- an ``hf:`` dataset whose mask column (``--mask-column``) holds each row's mask as its image column
+  holds the image (no label column needed).
 
 Class names come from ``classes.txt`` at the data root (one per line), else ``class_<i>`` up to the
 largest index found. Every mask is decoded once here, before anything is written: its size must be
