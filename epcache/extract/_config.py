@@ -100,8 +100,8 @@ class ExtractConfig:
     decode: Literal["cpu", "gpu"] = doc("cpu", doc="gpu: decode JPEGs on the CUDA device (nvjpeg); else PIL in workers")
     masks: bool = doc(False, doc="segmentation: store each image's per-pixel class mask beside its tokens, from "
                       "<split>/images + <split>/masks or path,mask_path CSV rows (cache_layout §3.6)")
-    mask_ignore_index: int = doc(255, doc="--masks: the mask value of unlabelled pixels (never a class index)")
-    mask_column: str = doc("mask", doc="--masks of an hf: dataset: the column of each row's mask (like the image's)")
+    mask_ignore_index: int = doc(255, doc="with masks: the mask value of unlabelled pixels (never a class index)")
+    mask_column: str = doc("mask", doc="with masks, hf: sources: the column of each row's mask (like the image's)")
     quantize: str | None = doc(
         None, doc="lossy token storage (cache_layout §3.5): int8 (= int8-channel), int8-token, fp8; reads give dtype"
     )
