@@ -17,6 +17,7 @@ __all__ = [
     "HeadSpecError",
     "IncompleteStoreError",
     "LayoutVersionError",
+    "MissingMasksError",
     "MissingPooledError",
     "ModelError",
     "NonFiniteFeaturesError",
@@ -115,6 +116,13 @@ class ConfigError(EpcacheError, ValueError):
 
 class HeadSpecError(ConfigError):
     """Invalid probe head specification."""
+
+
+class MissingMasksError(EpcacheError, KeyError):
+    """Per-pixel masks are asked of a store (or split) extracted without them."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class MissingPooledError(EpcacheError, KeyError):

@@ -115,6 +115,9 @@ def extract(
     allow_outside_paths: Annotated[bool, typer.Option()] = False,
     decode: Annotated[str, typer.Option(metavar="WHERE")] = "cpu",
     quantize: Annotated[str | None, typer.Option(metavar="SCHEME", show_default="off")] = None,
+    masks: Annotated[bool, typer.Option()] = False,
+    mask_ignore_index: Annotated[int, typer.Option(metavar="V")] = 255,
+    mask_column: Annotated[str, typer.Option("--mask-column", "--hf-mask-key", metavar="COL")] = "mask",
 ) -> None:
     """Stage 1: run a frozen backbone once over a dataset and store every requested layer's tokens."""
     from epcache.extract import extract_store  # lazy: keeps PIL, zarr, numpy out of `epcache --help`

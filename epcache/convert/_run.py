@@ -187,8 +187,11 @@ def _copy(
         for row, i in enumerate(order.tolist()):
             ds_ids[i] = ids[row]
         spec = SplitSpec(name=name, labels=ds_labels, ids=ds_ids, classes=s.classes, views=s.views,
-                         permutation_seed=s.permutation_seed)
+                         permutation_seed=s.permutation_seed, masks_sha256=_masks_sha256(src, name))
         new = dst.add_split(spec, chunk_samples=config.chunk_samples, shard_samples=config.shard_samples)
+        if src.has_masks(name):  # per-pixel labels do not depend on the tokens: copied as they are (§3.6)
+            for b in range(new.num_blocks):
+                dst.write_masks_block(name, b, src.read_mask_rows(name, *dst.block_range(name, b)))
         if src.has_pooled(name):  # the model's pooled output is not a grid: copied, cast to the new dtype
             dst.add_pooled(name, int(src.pooled_dim or 0))
             for b in range(new.num_blocks):
@@ -223,6 +226,11 @@ def _copy(
             raise
         writer.close()  # re-raises a write error
     return read, written, samples
+
+
+def _masks_sha256(src: FeatureStore, split: str) -> str | None:
+    """The source's mask fingerprint of ``split``, carried into the copy with its masks."""
+    return None if src.meta.dense is None else dict(src.meta.dense.get("masks_sha256", {})).get(split)
 
 
 def _check_space(dst: FeatureStore, config: ConvertConfig, nbytes: int, what: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,8 +34,13 @@ class ShapesConfig:
     seed: int = 0
 
 
-def make_shapes_dataset(root: str | Path, config: ShapesConfig = ShapesConfig()) -> Path:
-    """Write ``root/{train,val}/<shape>/<i>.png`` (an ImageFolder) and return ``root``."""
+def make_shapes_dataset(root: str | Path, config: ShapesConfig = ShapesConfig(), *, masks: bool = False) -> Path:
+    """Write ``root/{train,val}/<shape>/<i>.png`` (an ImageFolder) and return ``root``.
+
+    With ``masks`` the same images go to the segmentation layout `epcache extract --masks` reads:
+    ``root/<split>/images/<shape>_<i>.png`` beside ``root/<split>/masks/<shape>_<i>.png``, whose pixels
+    are 0 (background) or 1 + the shape's index where the object was drawn, and ``root/classes.txt``.
+    """
     root = Path(root)
     if not 1 <= config.num_classes <= len(SHAPES):
         raise ValueError(f"num_classes must be in 1..{len(SHAPES)}")
@@ -42,14 +48,23 @@ def make_shapes_dataset(root: str | Path, config: ShapesConfig = ShapesConfig())
     for split, per_class in (("train", config.train_per_class), ("val", config.val_per_class)):
         for c in range(config.num_classes):
             d = root / split / SHAPES[c]
-            d.mkdir(parents=True, exist_ok=True)
+            if not masks:
+                d.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                _draw(rng, c, config).save(d / f"{i:04d}.png")
+                img, mask = _draw(rng, c, config)
+                if masks:
+                    for kind, picture in (("images", img), ("masks", mask)):
+                        (root / split / kind).mkdir(parents=True, exist_ok=True)
+                        picture.save(root / split / kind / f"{SHAPES[c]}_{i:04d}.png")
+                else:
+                    img.save(d / f"{i:04d}.png")
+    if masks:
+        (root / "classes.txt").write_text("\n".join(("background", *SHAPES[: config.num_classes])) + "\n")
     return root
 
 
-def _draw(rng: np.random.Generator, c: int, cfg: ShapesConfig) -> Image.Image:
-    shape = SHAPES[c]
+def _draw(rng: np.random.Generator, c: int, cfg: ShapesConfig) -> tuple[Image.Image, Image.Image]:
+    """The image and its mask: the object is drawn twice with the same geometry, so they cover the same pixels."""
     s = cfg.size
     base = rng.integers(40, 110, size=3)
     img = Image.new("RGB", (s, s), tuple(int(v) for v in base))
@@ -62,8 +77,15 @@ def _draw(rng: np.random.Generator, c: int, cfg: ShapesConfig) -> Image.Image:
     o = cfg.object_size
     x0, y0 = (int(v) for v in rng.integers(2, s - o - 2, size=2))
     col = tuple(int(np.clip(v + rng.integers(-25, 26), 0, 255)) for v in COLOURS[c])  # class colour, jittered
-    x1, y1 = x0 + o, y0 + o
-    outline = (0, 0, 0)
+    _object(draw, SHAPES[c], (x0, y0, x0 + o, y0 + o), col, (0, 0, 0))
+    mask = Image.new("L", (s, s), 0)
+    _object(ImageDraw.Draw(mask), SHAPES[c], (x0, y0, x0 + o, y0 + o), 1 + c, 1 + c)
+    return img, mask
+
+
+def _object(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], col: Any, outline: Any) -> None:
+    x0, y0, x1, y1 = box
+    o = x1 - x0
     if shape == "circle":
         draw.ellipse([x0, y0, x1, y1], fill=col, outline=outline, width=2)
     elif shape == "square":
@@ -78,4 +100,3 @@ def _draw(rng: np.random.Generator, c: int, cfg: ShapesConfig) -> Image.Image:
         draw.ellipse([x0, y0, x1, y1], outline=col, width=4)
     else:  # bar
         draw.rectangle([x0, y0 + o // 3, x1, y1 - o // 3], fill=col, outline=outline, width=1)
-    return img

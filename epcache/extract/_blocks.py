@@ -16,11 +16,12 @@ from epcache.extract._config import ExtractConfig
 from epcache.extract._forward import TokenExtractor
 from epcache.extract._gpudecode import GpuDecoder
 from epcache.extract._loader import ViewDataset, make_loader
+from epcache.extract._mask_geometry import MaskBlocks
 from epcache.extract._pixels import Normalizer, pil_steps
 from epcache.extract._pooled_output import POOLED_KEY
 from epcache.extract._prepare import Prepared
 from epcache.extract._sources import SplitSource
-from epcache.extract._writer import BlockWriter
+from epcache.extract._writer import MASKS_KEY, BlockWriter
 from epcache.store import FeatureStore, TokenLayout
 from epcache.store.layout.light import light_tokens, parse_keep
 from epcache.store.layout.poolgrid import pool_patch_tokens
@@ -81,10 +82,11 @@ def extract_split(
     for name, tap in taps.items():
         written |= {(name, b) for b in set(blocks) - set(tap.missing_blocks(split))}
     writer = BlockWriter(store, max_pending=cfg.max_pending_blocks, taps=taps)
+    masks = _mask_blocks(store, prep, src, split, order)
     try:
         with _progress_bar(total, split, enabled=progress) as bar:
             _run_batches(prep, src, split, slots, batch_iter, extractor, writer, bar, location=store.location,
-                         written=written)
+                         written=written, masks=masks)
     except BaseException:
         with contextlib.suppress(Exception):
             writer.close()  # blocks already queued are complete and correct: let them land
@@ -105,6 +107,7 @@ def _run_batches(
     *,
     location: str,
     written: set[tuple[str | None, int]] = frozenset(),  # type: ignore[assignment]
+    masks: Callable[[int], Callable[[], np.ndarray]] | None = None,
 ) -> None:
     import torch
 
@@ -162,6 +165,8 @@ def _run_batches(
                 action=f"writing block {block} of split {split!r} to {location}",
                 resume_hint=RESUME_HINT,
             )
+            if masks is not None and (None, block) not in written:  # computed on the writer's thread, written
+                acc[MASKS_KEY] = masks(block)  # type: ignore[assignment]  # before the block's records
             writer.submit(split, block, {k: a for k, a in acc.items() if (_owner(k), block) not in written})
             blocks_left -= 1
             acc = None
@@ -189,6 +194,30 @@ def _stored_tokens(
 def _owner(key: Any) -> str | None:
     """The store an ``acc`` entry goes to: a tap's name, or None for the main store (layers, pooled output)."""
     return key[0] if isinstance(key, tuple) else None
+
+
+def _mask_blocks(
+    store: FeatureStore, prep: Prepared, src: SplitSource, split: str, order: np.ndarray
+) -> Callable[[int], Callable[[], np.ndarray]] | None:
+    """block -> the thunk that computes its masks (cache_layout.md §3.6); None for a split without masks."""
+    if src.masks is None or prep.dense is None or not store.has_masks(split):
+        return None
+    job = MaskBlocks(
+        files=src.mask_reader if src.mask_reader is not None else [src.root / m for m, _ in src.masks],
+        split=split,
+        eval_steps=pil_steps(prep.eval_transform),
+        size=prep.dense.size,
+        views=prep.config.views_for(split),
+        seed=prep.config.seed,
+        dtype=prep.dense.dtype,
+    )
+
+    def for_block(block: int) -> Callable[[], np.ndarray]:
+        start, stop = store.block_range(split, block)
+        rows = order[start:stop].tolist()
+        return lambda: job.rows(rows)
+
+    return for_block
 
 
 def _layer_layout(g: Any, layer: int) -> TokenLayout:

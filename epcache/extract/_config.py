@@ -102,6 +102,10 @@ class ExtractConfig:
         "(absolute or '..'); off: refused, as CSV paths always are"
     )
     decode: Literal["cpu", "gpu"] = doc("cpu", doc="gpu: decode JPEGs on the CUDA device (nvjpeg); else PIL in workers")
+    masks: bool = doc(False, doc="segmentation: store each image's per-pixel class mask beside its tokens, from "
+                      "<split>/images + <split>/masks or path,mask_path CSV rows (cache_layout §3.6)")
+    mask_ignore_index: int = doc(255, doc="with masks: the mask value of unlabelled pixels (never a class index)")
+    mask_column: str = doc("mask", doc="with masks, hf: sources: the column of each row's mask (like the image's)")
     quantize: str | None = doc(
         None, doc="lossy token storage (cache_layout §3.5): int8 (= int8-channel), int8-token, fp8; reads give dtype"
     )
@@ -141,6 +145,8 @@ class ExtractConfig:
             raise ConfigError(f"img_size must be positive, got {self.img_size}")
         if self.weights is not None and self.random_init:
             raise ConfigError("--weights and --random-init exclude each other; pass one of them")
+        if not 0 <= self.mask_ignore_index <= 65535:
+            raise ConfigError(f"--mask-ignore-index must be in 0..65535, got {self.mask_ignore_index}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
         if not (self.device == "cpu" or self.device.startswith("cuda")):

@@ -153,7 +153,7 @@ def list_hf(
     source: str,
     *,
     image_column: str,
-    label_column: str,
+    label_column: str | None,
     allow_outside_paths: bool = False,
     skip_bad_files: bool = False,
 ) -> HfListing:
@@ -184,15 +184,16 @@ def list_hf(
             skipped_files.append(f"{path.relative_to(root).as_posix()}: {_one_line(e)}")
             continue
         for col in (image_column, label_column):
-            if col not in schema.names:
+            if col is not None and col not in schema.names:
                 flag = "--image-column" if col == image_column else "--label-column"
                 have = ", ".join(schema.names)
                 raise ConfigError(f"split {split!r}: {path} has no column {col!r} (columns: {have}); pass {flag} NAME")
-        if names is None:
+        if names is None and label_column is not None:
             names = _class_names(schema.metadata, info_dir, label_column)
         first = len(labels)
         try:
-            values = _labels(path, fmt, label_column)
+            # None: no label column (--masks derives the labels from the masks): every row labelled 0 here
+            values = _labels(path, fmt, label_column) if label_column is not None else [0] * _num_rows(path, fmt)
             if not allow_outside_paths:
                 for r, text in _path_cells(path, fmt, image_column):
                     confined_path(root, _from_root(root, path.parent, text), f"split {split!r}: {path} row {r}",
@@ -259,6 +260,14 @@ def _schema(path: Path, fmt: str) -> tuple[Any, int | None]:
         pf = pq.ParquetFile(path)
         return pf.schema_arrow, int(pf.metadata.num_rows)
     return _read_arrow(path, None).schema, None
+
+
+def _num_rows(path: Path, fmt: str) -> int:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return int(_read_arrow(path, None).num_rows)
 
 
 def _labels(path: Path, fmt: str, column: str) -> list[Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from epcache.errors import ConfigError
 from epcache.extract._backbone import LoadReport, build_meta_model
 from epcache.extract._config import ExtractConfig, ExtractPlan, SplitPlan, itemsize
 from epcache.extract._forward import ModelGeometry, inspect_model
+from epcache.extract._mask_sources import scan_mask_splits
 from epcache.extract._models import resolve_model
 from epcache.extract._pooled_output import pooled_width
 from epcache.extract._recorded import portable_data_root, portable_location, portable_split_source
@@ -27,6 +29,7 @@ from epcache.extract._weights import WeightsSource, locate_weights
 from epcache.store import BackboneMeta, StoreMeta
 from epcache.store.describe.sizes import SizeOption, size_options
 from epcache.store.layout.chunking import plan_chunks
+from epcache.store.layout.dense import DenseInfo, dense_document
 from epcache.store.layout.light import light_layout, parse_keep
 from epcache.store.layout.poolgrid import check_poolable
 from epcache.store.layout.taps import TapSpec, parse_taps
@@ -54,6 +57,7 @@ class Prepared:
     taps: tuple[TapSpec, ...] = ()  # --taps, block left out
     tap_raw: dict[str, ModelGeometry] = dataclasses.field(default_factory=dict)  # each tap as the model gives it
     tap_stored: dict[str, ModelGeometry] = dataclasses.field(default_factory=dict)  # each tap as its store holds it
+    dense: DenseInfo | None = None  # --masks: what the stored mask values mean (cache_layout.md §3.6)
 
     @property
     def store_geometry(self) -> ModelGeometry:
@@ -95,7 +99,15 @@ def prepare(config: ExtractConfig) -> Prepared:
         )
     options = SourceOptions(config.wds_image_key, config.wds_label_key, config.image_column, config.label_column,
                             config.on_bad_image, config.allow_outside_paths)
-    sources = scan_splits(config.data, config.splits, options=options)
+    dense: DenseInfo | None = None
+    if config.masks:  # every mask decoded and checked here, before anything is written
+        sources, dense = scan_mask_splits(config.data, config.splits, ignore_index=config.mask_ignore_index,
+                                          size=(h, w), hf=options, mask_column=config.mask_column)
+    else:
+        sources = scan_splits(config.data, config.splits, options=options)
+        if any(src.kind == "imagefolder" and src.classes == ("images", "masks") for src in sources.values()):
+            print("epcache: the splits hold images/ and masks/ folders, read here as two classes; pass --masks to "
+                  "store the masks as per-pixel labels (cache_layout.md §3.6)", file=sys.stderr)
     augment = (
         ViewAugment(size=input_size[1:], mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
         if config.views
@@ -160,6 +172,7 @@ def prepare(config: ExtractConfig) -> Prepared:
         taps=taps,
         tap_raw=tap_raw,
         tap_stored=tap_stored,
+        dense=dense,
     )
 
 
@@ -260,6 +273,7 @@ def store_meta(prep: Prepared, report: LoadReport) -> StoreMeta:
         },
         dataset=dataset,  # per-split content is fingerprinted per split, so splits can be added later
         taps=taps_key(prep.taps, prep.tap_stored),  # --taps: listed in the parent (cache_layout.md §2.7)
+        dense=dense_document(prep.dense) if prep.dense is not None else None,
         extra={
             "epcache_version": epcache.__version__,
             "torch_version": torch.__version__,

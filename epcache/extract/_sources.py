@@ -57,6 +57,8 @@ class SplitSource:
     root: Path  # data root (resolved), the base of every id
     reader: Any = None  # webdataset / hf: a loader.SampleReader giving each sample's bytes; None: files
     skipped_files: tuple[str, ...] = ()  # "file: reason" of HF files / damaged shards whose rows are not listed
+    masks: tuple[tuple[str, str], ...] | None = None  # --masks: (mask path under the root, its sha256) per sample
+    mask_reader: Any = None  # --masks of an hf: dataset: reads each row's mask cell; None: mask files
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,6 +87,8 @@ class SplitSource:
             self.root,
             None if self.reader is None else self.reader.subset(keep),
             self.skipped_files,
+            None if self.masks is None else tuple(self.masks[i] for i in keep),
+            None if self.mask_reader is None else self.mask_reader.subset(keep),
         )
 
 

@@ -111,7 +111,7 @@ def tap_meta(parent: StoreMeta, spec: TapSpec, g: ModelGeometry) -> StoreMeta:
     pre = {**parent.preprocessing, "token_source": f"forward hook on {spec.module} (tap {spec.name})"}
     return dataclasses.replace(
         parent, layout=g.layout, dim=g.dim, num_tokens=g.layout.num_tokens, layer_shapes=dict(g.layer_shapes),
-        preprocessing=pre, taps=None, tap=tap_record(spec),
+        preprocessing=pre, taps=None, tap=tap_record(spec), dense=None,  # masks live in the parent only
     )
 
 

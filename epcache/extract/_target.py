@@ -18,6 +18,7 @@ from epcache.extract._prepare import Prepared
 from epcache.extract._sources import SplitSource
 from epcache.store import FeatureStore, SplitSpec, StoreMeta, create_store, find_stores, open_store
 from epcache.store.describe.diff import describe_differences
+from epcache.store.layout.dense import masks_fingerprint, store_level
 from epcache.store.layout.provenance import compute_provenance, split_fingerprint
 from epcache.store.ops.leftovers import remove_partial_files
 from epcache.store.ops.lock import LOCK_NAME
@@ -40,6 +41,7 @@ def _split_spec(prep: Prepared, name: str, src: SplitSource) -> SplitSpec:
         classes=list(src.classes),
         views=prep.config.views_for(name),
         permutation_seed=prep.config.seed,
+        masks_sha256=None if src.masks is None else masks_fingerprint(digest for _, digest in src.masks),
     )
 
 
@@ -158,13 +160,13 @@ def _refuse_duplicate(config: ExtractConfig, prep: Prepared, meta: StoreMeta) ->
         candidates = find_stores(parent, max_depth=1)
     except (EpcacheError, OSError):
         return  # the parent does not exist yet or cannot be listed: nothing to point to
-    ours = compute_provenance(meta, {})
+    ours = compute_provenance(_store_level(meta), {})
     for loc in candidates:
         if _same_location(loc, out):
             continue
         try:
             with open_store(loc) as other:
-                if compute_provenance(other.meta, {}) != ours or not _holds_splits(other, prep):
+                if compute_provenance(_store_level(other.meta), {}) != ours or not _holds_splits(other, prep):
                     continue
                 key = other.provenance  # the stored key, as `epcache info` and `ls` show it
         except (EpcacheError, OSError):
@@ -186,11 +188,13 @@ def _holds_splits(store: FeatureStore, prep: Prepared) -> bool:
         kept = src.without(set(recorded.get(name, ())))
         ids_sha, labels_sha = split_fingerprint(_split_spec(prep, name, kept))
         have = store.splits[name]
-        if (have.ids_sha256, have.labels_sha256, have.views, have.permutation_seed) != (
+        stored = (have.ids_sha256, have.labels_sha256, have.views, have.permutation_seed)
+        if (*stored, _stored_masks_sha256(store, name)) != (
             ids_sha,
             labels_sha,
             prep.config.views_for(name),
             prep.config.seed,
+            _split_spec(prep, name, kept).masks_sha256,
         ):
             return False
     return True
@@ -215,7 +219,7 @@ def _check_same_provenance(
 ) -> dict[str, tuple[str, ...]]:
     """Refuse a store made by another configuration; add the splits it does not have yet."""
     loc = store.location
-    if compute_provenance(meta, {}) != compute_provenance(store.meta, {}):
+    if compute_provenance(_store_level(meta), {}) != compute_provenance(_store_level(store.meta), {}):
 
         detail = describe_differences(_provenance_doc(store.meta), _provenance_doc(meta))
         raise ProvenanceMismatchError(
@@ -236,6 +240,7 @@ def _check_same_provenance(
         spec = _split_spec(prep, name, src)
         ids_sha, labels_sha = split_fingerprint(spec)
         ours = {
+            "masks": spec.masks_sha256,  # an edited mask file must not resume into the old store (§3.6)
             "num_samples": len(src),
             "views": spec.views,
             "classes": tuple(spec.classes),
@@ -243,12 +248,13 @@ def _check_same_provenance(
             "ids_sha256": ids_sha,
             "labels_sha256": labels_sha,
         }
-        theirs = {k: getattr(have, k) for k in ours}
+        theirs = {k: getattr(have, k) for k in ours if k != "masks"}
+        theirs["masks"] = _stored_masks_sha256(store, name)
         if ours != theirs:
             diff = [k for k in ours if ours[k] != theirs[k]]
             raise ProvenanceMismatchError(
                 f"{loc}: split {name!r} was extracted from different data or settings (differs in "
-                f"{', '.join(diff)}: the images, labels, views or seed changed). Pass --overwrite to "
+                f"{', '.join(diff)}: the images, masks, labels, views or seed changed). Pass --overwrite to "
                 "re-extract, or choose another --out"
             )
     if new_splits:
@@ -264,8 +270,18 @@ def _check_same_provenance(
     return skipped
 
 
+def _store_level(meta: StoreMeta) -> StoreMeta:
+    """``meta`` without the per-split mask fingerprints, which are compared split by split (splits may be added)."""
+    return meta if meta.dense is None else dataclasses.replace(meta, dense=store_level(meta.dense))
+
+
+def _stored_masks_sha256(store: FeatureStore, split: str) -> str | None:
+    dense = store.meta.dense
+    return None if dense is None else dict(dense.get("masks_sha256", {})).get(split)
+
+
 def _provenance_doc(meta: StoreMeta) -> dict[str, Any]:
-    doc = meta.to_json()
+    doc = _store_level(meta).to_json()
     doc.pop("extra")
     doc["backbone"] = {k: v for k, v in doc["backbone"].items() if k not in ("source", "weights_file")}
     return doc

@@ -26,8 +26,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "CropFlip",
     "ViewAugment",
+    "augment_geometry",
     "create_eval_transform",
+    "crop_flip",
     "crop_params",
     "resolve_data_config",
     "view_rng",
@@ -98,6 +101,37 @@ def crop_params(
 
 
 @dataclass(frozen=True)
+class CropFlip:
+    """The geometry of one augmented view: a crop box of the source image and whether it is mirrored."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def augment_geometry(width: int, height: int, rng: np.random.Generator) -> CropFlip:
+    """The crop box and flip of an augmented view, drawn from the view's generator in the recipe's order."""
+    top, left, h, w = crop_params(width, height, rng)
+    return CropFlip(top, left, h, w, bool(rng.random() < FLIP_P))
+
+
+def crop_flip(img: Image.Image, geom: CropFlip, size: tuple[int, int], *, nearest: bool = False) -> Image.Image:
+    """Cut ``geom``'s box, resize it to ``size`` (h, w) and mirror it: images bicubic, label masks nearest.
+
+    The one place an augmented view's geometry is applied, so a view's pixels and its mask cannot disagree.
+    """
+    import torchvision.transforms.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    mode = InterpolationMode.NEAREST if nearest else InterpolationMode.BICUBIC
+    out = F.resized_crop(img, geom.top, geom.left, geom.height, geom.width, list(size), interpolation=mode,
+                         antialias=True)
+    return F.hflip(out) if geom.flip else out
+
+
+@dataclass(frozen=True)
 class ViewAugment:
     """The augmented-view recipe; call it with the view's generator for the view's uint8 pixels."""
 
@@ -106,15 +140,7 @@ class ViewAugment:
     std: tuple[float, ...]
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
-        import torchvision.transforms.functional as F
-        from torchvision.transforms import InterpolationMode
-
-        top, left, h, w = crop_params(img.width, img.height, rng)
-        out = F.resized_crop(
-            img, top, left, h, w, list(self.size), interpolation=InterpolationMode.BICUBIC, antialias=True
-        )
-        if rng.random() < FLIP_P:
-            out = F.hflip(out)
+        out = crop_flip(img, augment_geometry(img.width, img.height, rng), self.size)
         return to_uint8_chw(out)  # uint8: normalised on the device with mean/std (_pixels.Normalizer)
 
     def to_json(self) -> dict[str, Any]:

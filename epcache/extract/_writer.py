@@ -22,9 +22,10 @@ import numpy as np
 
 from epcache.store import FeatureStore
 
-__all__ = ["BlockWriter", "WriterStats"]
+__all__ = ["MASKS_KEY", "BlockWriter", "WriterStats"]
 
 _STOP = object()
+MASKS_KEY = -2  # a block's masks (cache_layout.md §3.6): a thunk run on this thread, written before the layers
 REMOTE_WRITES = 4  # layers of one block written at once to a store behind a URL (local disk: one at a time)
 
 
@@ -109,7 +110,10 @@ class BlockWriter:
                 t0 = time.perf_counter()
                 if -1 in arrays:  # pooled first: before any record
                     self._store.write_pooled_block(split, block, arrays[-1])
-                keys = sorted(k for k in arrays if isinstance(k, int) and k != -1)  # the main store, then taps
+                if MASKS_KEY in arrays:  # computed here, so decoding masks overlaps the next forward passes
+                    arrays[MASKS_KEY] = arrays[MASKS_KEY]()  # type: ignore[operator]
+                    self._store.write_masks_block(split, block, arrays[MASKS_KEY])
+                keys = sorted(k for k in arrays if isinstance(k, int) and k >= 0)  # the main store, then taps
                 keys += sorted(k for k in arrays if isinstance(k, tuple))
                 stores = [self._taps[k[0]] if isinstance(k, tuple) else self._store for k in keys]
                 layers = [k[1] if isinstance(k, tuple) else k for k in keys]

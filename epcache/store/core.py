@@ -30,6 +30,7 @@ from epcache.store.layout.metadoc import FORMAT_VERSION
 from epcache.store.layout.provenance import compute_provenance, provenance_of_document, split_fingerprint
 from epcache.store.read.checks import ReadChecks
 from epcache.store.read.chunkcache import ChunkCache
+from epcache.store.read.masks import MaskArrays
 from epcache.store.read.pooled_output import PooledArrays
 from epcache.store.read.quantised import QuantArrays
 from epcache.store.read.tokens import TokenReads
@@ -39,7 +40,7 @@ _NUMPY_DTYPES = NUMPY_DTYPES
 
 __all__ = ["MISSING", "ChunkPlan", "FeatureStore", "block_checksum", "plan_chunks", "storage_permutation"]
 
-class FeatureStore(TokenReads, PooledArrays, QuantArrays, ABC):
+class FeatureStore(TokenReads, PooledArrays, QuantArrays, MaskArrays, ABC):
     """A feature store: splits of labels, ids and per-layer ``[N, V, T, D]`` token arrays.
 
     Open one with ``open_store`` / ``create_store``; no code outside ``epcache.store`` knows
@@ -242,6 +243,7 @@ class FeatureStore(TokenReads, PooledArrays, QuantArrays, ABC):
         ids = [spec.ids[i] for i in order]
         self._create_split_arrays(meta, labels=labels[order], ids=ids, order=order)
         self._splits[spec.name] = meta
+        self._add_masks(spec, meta)  # a store with masks: the split's masks array (cache_layout.md §3.6)
         self._store_doc()
         return meta
 
@@ -310,11 +312,13 @@ class FeatureStore(TokenReads, PooledArrays, QuantArrays, ABC):
         return rec
 
     def missing_blocks(self, split: str, layer: int | None = None) -> list[int]:
-        """Blocks not yet recorded written, for ``layer`` or for any layer when None."""
+        """Blocks not yet recorded written, for ``layer`` or for any layer (and the masks) when None."""
         layers = self.meta.layers if layer is None else (layer,)
         missing: set[int] = set()
         for ly in layers:
             missing.update(np.flatnonzero(self.block_records(split, ly) == MISSING).tolist())
+        if layer is None:  # a block is written once its masks are too (cache_layout.md §3.6)
+            missing.update(self.missing_mask_blocks(split))
         return sorted(missing)
 
     def is_complete(self) -> bool:

@@ -271,6 +271,26 @@ class HDF5FeatureStore(FeatureStore):
     def _has_pooled(self, split: str) -> bool:
         return f"splits/{split}/pooled" in self._file
 
+    # ------------------------------------------------------------------ masks (cache_layout.md §3.6)
+    def _create_masks_array(
+        self, s: SplitMeta, shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...] | None, dtype: str
+    ) -> None:
+        g = self._file[f"splits/{s.name}"]
+        g.create_dataset("masks", shape=shape, dtype=np.dtype(dtype).newbyteorder("<"),
+                         chunks=chunks if shape[0] else None, fillvalue=0, **_filter(self._compressor))
+        g.create_dataset("records/masks", shape=(s.num_blocks,), dtype="<i8", fillvalue=MISSING)
+        self._file.flush()
+
+    def _write_masks(self, split: str, start: int, data: np.ndarray) -> None:
+        self._ds(split, "masks")[start : start + len(data)] = data
+        self._file.flush()
+
+    def _read_masks(self, split: str, start: int, stop: int) -> np.ndarray:
+        return self._ds(split, "masks")[start:stop]
+
+    def _has_masks(self, split: str) -> bool:
+        return f"splits/{split}/masks" in self._file
+
     def size_bytes(self) -> int:
         return os.path.getsize(self.location)
 

@@ -280,6 +280,36 @@ class ZarrFeatureStore(ZarrDirectReads, FeatureStore):
     def _has_pooled(self, split: str) -> bool:
         return f"splits/{split}/pooled" in self._group
 
+    # ------------------------------------------------------------------ masks (cache_layout.md §3.6)
+    def _create_masks_array(
+        self, s: SplitMeta, shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...] | None, dtype: str
+    ) -> None:
+        g = self._group[f"splits/{s.name}"]
+        g.create_array(  # type: ignore[union-attr]
+            "masks", shape=shape, chunks=chunks, shards=shards, dtype=dtype, compressors=_compressors(self._compressor),
+            fill_value=0, dimension_names=("sample", "view", "mask_y", "mask_x"),
+        )
+        g["records"].create_array(  # type: ignore[union-attr]
+            "masks", shape=(s.num_blocks,), chunks=(1,), dtype="int64", fill_value=MISSING, compressors=None,
+            dimension_names=("block",),
+        )
+
+    def _write_masks(self, split: str, start: int, data: np.ndarray) -> None:
+        arr = self._array(split, "", "masks").with_config({"write_empty_chunks": True})  # every chunk exists (§3.3)
+        arr[start : start + len(data)] = data
+
+    def _read_masks(self, split: str, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._array(split, "", "masks")[start:stop]
+        except (ValueError, OSError) as e:
+            raise CorruptStoreError(
+                f"{self.location}: cannot decode mask rows [{start}, {stop}) of {split!r} ({e}); "
+                "run `epcache verify` to locate the bad chunk"
+            ) from None
+
+    def _has_masks(self, split: str) -> bool:
+        return f"splits/{split}/masks" in self._group
+
     def size_bytes(self) -> int:
         if is_url(self.location):
             import fsspec

@@ -80,6 +80,8 @@ class StoreInfo:
     sizes: list[dict[str, Any]] = field(default_factory=list)  # bytes of each storage option (store/describe/sizes.py)
     # `extract --taps` (cache_layout.md §2.7): name, module, dim, keep, size_bytes, complete of each nested store
     taps: list[dict[str, Any]] = field(default_factory=list)
+    # per-pixel masks (cache_layout.md §3.6): classes, ignore_index, dtype, size and the splits that hold them
+    masks: dict[str, Any] | None = None
 
     @property
     def weights(self) -> str:
@@ -159,6 +161,7 @@ def describe_store(location: str | PathLike[str], *, max_missing: int = 50) -> S
             sizes=[asdict(o) for o in size_options(m, ((s.num_samples, s.views, s.chunk_samples)
                                                         for s in store.splits.values()))],
             taps=taps,
+            masks=_masks(store),
         )
 
 
@@ -168,6 +171,22 @@ def _tap_info(location: str, name: str) -> dict[str, Any]:
         record = tap.meta.tap or {}
         return {"name": name, "module": record.get("module"), "dim": tap.meta.dim, "keep": record.get("keep"),
                 "size_bytes": tap.size_bytes(), "complete": tap.is_complete()}
+
+
+def _masks(store: Any) -> dict[str, Any] | None:
+    info = store.dense_info()
+    if info is None:
+        return None
+    return {**asdict(info), "size": list(info.size), "splits": [n for n in store.splits if store.has_masks(n)]}
+
+
+def _masks_lines(masks: dict[str, Any] | None) -> list[str]:
+    if masks is None:
+        return []
+    h, w = masks["size"]
+    names = ", ".join(masks["classes"][:8]) + (", ..." if len(masks["classes"]) > 8 else "")
+    return [f"masks       {h}x{w} {masks['dtype']} per view, {len(masks['classes'])} classes ({names}), ignore index "
+            f"{masks['ignore_index']}; splits {', '.join(masks['splits']) or 'none'}"]
 
 
 def format_store_info(info: StoreInfo) -> str:
@@ -201,6 +220,7 @@ def format_store_info(info: StoreInfo) -> str:
         *(f"tap         {t['name']:<11} D={t['dim']}" + (f" (keeps {','.join(t['keep'])})" if t["keep"] else "")
           + f"  {human_bytes(t['size_bytes'])}  {'complete' if t['complete'] else 'INCOMPLETE'}  [{t['module']}]"
           for t in info.taps),
+        *_masks_lines(info.masks),
         f"views       {1 + int(info.views.get('augmented', 0))} on augmented splits "
         f"(view 0 = eval view, seed {info.views.get('seed', 0)})",
         "splits",

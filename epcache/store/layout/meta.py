@@ -112,6 +112,9 @@ class StoreMeta:
     # store under taps/<name>/; a tap store's own `tap` says which module it holds. Both inside the key.
     taps: dict[str, Any] | None = None
     tap: dict[str, Any] | None = None
+    # per-pixel labels beside the tokens (cache_layout.md §3.6): classes, ignore_index, dtype, size,
+    # masks_sha256 per split; absent from stores without masks, so their documents stay as they were
+    dense: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in STORE_DTYPES:
@@ -193,6 +196,7 @@ class StoreMeta:
             **({"quantization": self.quantization} if self.quantization is not None else {}),
             **({"taps": _jsonable(self.taps)} if self.taps is not None else {}),
             **({"tap": _jsonable(self.tap)} if self.tap is not None else {}),
+            **({"dense": _jsonable(self.dense)} if self.dense is not None else {}),
         }
 
     @classmethod
@@ -233,6 +237,7 @@ class StoreMeta:
                 quantization=parse_quantization(data),
                 taps=dict(data["taps"]) if data.get("taps") is not None else None,
                 tap=dict(data["tap"]) if data.get("tap") is not None else None,
+                dense=dict(data["dense"]) if data.get("dense") is not None else None,
             )
         except KeyError as e:
             raise CorruptStoreError(
@@ -264,6 +269,7 @@ class SplitSpec:
     classes: Sequence[str]
     views: int = 1  # V: 1 (eval view) + K augmented views
     permutation_seed: int = 0
+    masks_sha256: str | None = None  # fingerprint of the split's mask files, in a store with masks (§3.6)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ def remove_partial_files(store: FeatureStore) -> list[Path]:
             base,
             *(base / name for name in ("labels", "ids", "order")),
             *(base / n / "c" for n in ("labels", "ids", "order")),
+            *((base / "masks", base / "records" / "masks", base / "records" / "masks" / "c") if store.has_masks(split)
+              else ()),  # per-pixel masks (cache_layout.md §3.6)
         ]
         for layer in store.meta.layers:
             dirs += [base / "layers" / str(layer), base / "records" / str(layer), base / "records" / str(layer) / "c"]

@@ -44,6 +44,7 @@ from epcache.store.verify.integrity import (
     provenance_problem,
     split_problems,
 )
+from epcache.store.verify.masks import mask_problems
 from epcache.store.verify.report import BadBlock, BlockProblem, VerifyReport
 
 __all__ = ["BadBlock", "BlockProblem", "MarkedBlocks", "VerifyReport", "mark_blocks_missing", "verify_store"]
@@ -98,6 +99,10 @@ def verify_store(location: str | PathLike[str], *, deep: bool = False, progress:
                 checker.check_split(name, s)
                 for layer in store.meta.layers:
                     checker.check_layer(name, s, layer, bar)
+                problems, blocks, nbytes = mask_problems(store, name)  # per-pixel labels (cache_layout.md §3.6)
+                checker.problems.extend(problems)
+                checker.blocks_checked += blocks
+                checker.bytes_checked += nbytes
         checker.problems += _tap_problems(store, deep=deep)
         return VerifyReport(
             location=loc,
