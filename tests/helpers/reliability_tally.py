@@ -7,11 +7,18 @@ Every test of the campaign carries one of the four markers registered in pyproje
 (parametrized cases count one each). The counts cover the whole pytest run, so marked tests
 elsewhere in the suite are counted too. The closing line reads e.g.
 ``reliability campaign: 14 kills, 35 corruptions, 104 bad inputs, 3 disk-full (all passed)``.
+
+``--reliability-tally FILE`` carries the tally across pytest runs: each run adds its outcomes to
+FILE (a JSON object, created when absent) and prints the tally of all of them, so the last of
+CI's runs (the fast suite, the parallel campaigns, the serial ones) prints the whole campaign's.
+A test run twice keeps its latest outcome. Only the pytest-xdist controller reads and writes FILE.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +57,16 @@ class _Tally:
         elif report.when == "call" and self.outcome.get(report.nodeid) != "failed":
             self.outcome[report.nodeid] = "passed"
 
+    def carry(self, path: Path) -> None:
+        """Merge the earlier runs' outcomes kept in ``path`` under this run's, and keep them all there."""
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        for nodeid, (marker, outcome) in earlier.items():
+            if nodeid not in self.outcome:
+                self.marker_of[nodeid] = marker
+                self.outcome[nodeid] = outcome
+        kept = {nodeid: [self.marker_of[nodeid], outcome] for nodeid, outcome in sorted(self.outcome.items())}
+        path.write_text(json.dumps(kept, separators=(",", ":")) + "\n")
+
     def summary(self) -> str | None:
         if not self.outcome:
             return None
@@ -74,12 +91,20 @@ class _Tally:
 _TALLY = _Tally()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reliability-tally", metavar="FILE", default=None,
+                     help="add this run's reliability outcomes to FILE and print the tally of all runs kept there")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin("epcache-reliability-tally"):
         config.pluginmanager.register(_TALLY, "epcache-reliability-tally")
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    kept = config.getoption("--reliability-tally")
+    if kept is not None and not hasattr(config, "workerinput"):  # an xdist worker's outcomes reach the controller
+        _TALLY.carry(Path(kept))
     line = _TALLY.summary()
     if line is not None:
         terminalreporter.write_sep("=", "reliability")

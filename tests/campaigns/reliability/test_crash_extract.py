@@ -29,6 +29,8 @@ import epcache
 from epcache.cli import app
 from epcache.store import open_store
 
+# the kill moments are measured on a reference run and the children go two at a time: alone on the cores
+pytestmark = pytest.mark.serial
 runner = CliRunner()
 # the child imports the epcache under test (this checkout), whatever is installed
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(epcache.__file__).parents[1]),

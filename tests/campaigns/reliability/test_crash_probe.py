@@ -24,6 +24,8 @@ from epcache.cli import app
 probe_helpers = pytest.importorskip("probe_helpers", reason="the probe stage's test helpers are not there")
 read_results = pytest.importorskip("epcache.probe").read_results
 
+# the kill moments are fractions of a reference run's measured length: alone on the cores
+pytestmark = pytest.mark.serial
 runner = CliRunner()
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
              "PYTHONPATH": os.pathsep.join([str(Path(epcache.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}

@@ -176,6 +176,7 @@ def test_racing_creators_of_a_new_store_are_refused_never_crash(tmp_path: Path) 
 
 
 @pytest.mark.reliability_kill
+@pytest.mark.serial  # its bound on late holds assumes the racers' threads are not starved by other tests
 def test_racing_creators_exactly_one_holds_while_it_creates(tmp_path: Path) -> None:
     """A winner that holds the lock while it creates the store: every other creator is refused.
 
