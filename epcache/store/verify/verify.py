@@ -31,7 +31,6 @@ from epcache.store.backends.chunks import absent_chunk_problem
 from epcache.store.core import MISSING, FeatureStore
 from epcache.store.layout.meta import SplitMeta
 from epcache.store.layout.metadoc import MAX_META_BYTES
-from epcache.store.layout.taps import tap_location
 from epcache.store.open import detect_format, open_store
 from epcache.store.ops.lock import read_store_lock
 from epcache.store.read.quantised import parts_checksum
@@ -46,6 +45,7 @@ from epcache.store.verify.integrity import (
 )
 from epcache.store.verify.masks import mask_problems
 from epcache.store.verify.report import BadBlock, BlockProblem, VerifyReport
+from epcache.store.verify.taps import tap_problems
 
 __all__ = ["BadBlock", "BlockProblem", "MarkedBlocks", "VerifyReport", "mark_blocks_missing", "verify_store"]
 
@@ -103,7 +103,7 @@ def verify_store(location: str | PathLike[str], *, deep: bool = False, progress:
                 checker.problems.extend(problems)
                 checker.blocks_checked += blocks
                 checker.bytes_checked += nbytes
-        checker.problems += _tap_problems(store, deep=deep)
+        checker.problems += tap_problems(store, lambda loc: verify_store(loc, deep=deep))
         return VerifyReport(
             location=loc,
             format=store.format,
@@ -294,26 +294,6 @@ def _unreadable(
         writer=writer[0],
         writer_stale=writer[1],
     )
-
-
-def _tap_problems(store: FeatureStore, *, deep: bool) -> list[str]:
-    """Each tap (cache_layout.md §2.7) verified as the store it is; what it lacks or holds wrongly, per tap.
-
-    Reported as problems, not as bad blocks: repair re-extracts block outputs, and a tap is rebuilt by
-    deleting its directory and re-running the extraction of this store.
-    """
-    out: list[str] = []
-    for name in store.meta.taps or {}:
-        where = tap_location(store.location, name)
-        fix = f"re-run the same `epcache extract` (it resumes the tap; where blocks are corrupt, delete {where} first)"
-        try:
-            report = verify_store(where, deep=deep)
-        except EpcacheError as e:
-            out.append(f"tap {name}: {_why(e)}; {fix}")
-            continue
-        out += [f"tap {name}: {p}; {fix}" for p in report.problems]
-        out += [f"tap {name}: {b.format_text()}; {fix}" for b in report.bad_blocks]
-    return out
 
 
 def _damaged_root_document(location: str) -> str | None:
