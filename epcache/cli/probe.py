@@ -33,7 +33,7 @@ PROBE_EPILOG = """Examples:
   epcache probe --store s.zarr --head "ep(queries=16,d_out=2)" --layers -1 --lr 1e-3 --epochs 20
   epcache probe --store s.zarr --grid sweep.toml --out runs/x
   epcache probe --store 'series/*.zarr' --out runs/s   # one run per store: runs/s/<store stem>/
-  epcache probe --store s.zarr --tap all --head knn,linear --layers all --out runs/t   # runs/t/<tap>/
+  epcache probe --store s.zarr --tap all --head knn,linear --out runs/t   # runs/t/<tap>/ per tap
   epcache heads --dim 768 --patches 196      # every head name, its parameters and FLOPs
 
 Every comma list multiplies: the sweep is the product of heads x queries x layers x lrs x

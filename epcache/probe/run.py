@@ -90,7 +90,7 @@ def check_sweep(config: ProbeConfig) -> None:
     Raises:
         EpcacheError: whatever :func:`probe_store` would refuse before its first step.
     """
-    tap = resolve_request(config).config.inputs.tap
+    tap = _tap(config)
     store = _open(config.store, tap, not config.inputs.trust_store)
     eval_store = _open(config.inputs.eval_store, tap, False) if config.inputs.eval_store else store
     try:
@@ -110,7 +110,7 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
         max_bytes = None if config.inputs.cache_max_gb is None else int(config.inputs.cache_max_gb * 1e9)
         cache = ChunkCache(config.inputs.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected
     anchors = read_anchors(config.run.check_anchor) if config.run.check_anchor is not None else ()  # before any read
-    tap = resolve_request(config).config.inputs.tap  # a grid file's top level may set it
+    tap = _tap(config)
     store = _open(config.store, tap, checked)
     eval_store = _open(config.inputs.eval_store, tap, checked) if config.inputs.eval_store else store
     store.chunk_cache = eval_store.chunk_cache = cache
@@ -209,6 +209,11 @@ def _run(
     if out is not None:
         write_text(out / f"summary{plan.suffix}.txt", summary + "\n")  # atomic: a full disk leaves no cut summary
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=plan.notes)
+
+
+def _tap(config: ProbeConfig) -> str:
+    """The tap the sweep reads, a grid file applied: its tables share it (``check_shared``), so the first says it."""
+    return resolve_request(config).blocks[0].inputs.tap
 
 
 def _open(location: str, tap: str, checked: bool) -> FeatureStore:

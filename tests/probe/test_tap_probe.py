@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from epcache.board.keys import input_label
 from epcache.cli import app
+from epcache.errors import ConfigError
 from epcache.extract import extract_store
 from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.results.intervals import top1_interval
@@ -125,3 +126,13 @@ def test_board_labels_tell_taps_apart() -> None:
     row = {"config": {"layer": 5, "tokens": "cls"}, "input": {"tokens": "cls", "layer_mix": "none", "layers": [5]}}
     assert input_label(row) == "L5 cls" == input_label({**row, "data": {"tap": "block"}})
     assert input_label({**row, "data": {"tap": "mlp_hidden"}}) == "L5 mlp_hidden cls"
+
+
+def test_a_grid_file_sets_the_tap_for_the_whole_sweep(stores: dict[str, Path], tmp_path: Path) -> None:
+    grid = tmp_path / "g.toml"
+    grid.write_text('head = "knn"\nlayers = [1]\n[[grid]]\ntap = "attn_norm"\n')
+    rows = probe_store(ProbeConfig(store=str(stores["tapped"]), grid=str(grid), **FAST), progress=False).rows
+    assert {r["data"]["tap"] for r in rows} == {"attn_norm"}
+    grid.write_text('head = "knn"\n[[grid]]\ntap = "attn_norm"\n[[grid]]\ntap = "mlp_out"\n')
+    with pytest.raises(ConfigError, match="tap differs between"):
+        probe_store(ProbeConfig(store=str(stores["tapped"]), grid=str(grid), **FAST), progress=False)
