@@ -90,9 +90,9 @@ def check_sweep(config: ProbeConfig) -> None:
     Raises:
         EpcacheError: whatever :func:`probe_store` would refuse before its first step.
     """
-    tap = _tap(config)
-    store = _open(config.store, tap, not config.inputs.trust_store)
-    eval_store = _open(config.inputs.eval_store, tap, False) if config.inputs.eval_store else store
+    tap, checked = _tap(config), not config.inputs.trust_store
+    store = _open(config.store, tap, checked)
+    eval_store = _open(config.inputs.eval_store, tap, checked) if config.inputs.eval_store else store
     try:
         for i in range(resolve_request(config).config.data.repeats):
             plan_sweep(config, store, eval_store, repeat=i)

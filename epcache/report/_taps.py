@@ -17,7 +17,7 @@ from typing import Any
 from epcache._text import mean_std_text, short_label
 from epcache.probe.results.intervals import top1_interval
 from epcache.probe.results.ranking import CONFIG_RANKING
-from epcache.report._plots import FIGSIZE, LEGEND, _accuracy_axis, _figure, _finish, _save, require_matplotlib
+from epcache.report._plots import LEGEND, _accuracy_axis, _figure, _finish, _save, require_matplotlib
 from epcache.report._tables import ConfigGroup, best_by, group_seeds, input_label, load_rows
 from epcache.store.layout.taps import BLOCK, TAPS
 
@@ -105,7 +105,6 @@ def tap_layers_figure(points: Sequence[TapPoint], *, title: str) -> Any:
     ax.set_ylabel("eval top-1 accuracy (%), 95% interval")
     ax.grid(True, alpha=0.3)
     ax.legend(title="tap (best config\nper block)", **LEGEND)
-    fig.set_size_inches(*FIGSIZE)
     return _finish(fig, title=title, labels=[])
 
 
