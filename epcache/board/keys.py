@@ -70,11 +70,15 @@ def head_family(row: Mapping[str, Any]) -> str:
 
 
 def input_label(row: Mapping[str, Any]) -> str:
-    """``L11 cls``, ``L8+L11 patch (concat)``, ``pooled cls``: the layer(s) and the tokens a row read."""
+    """``L11 cls``, ``L8+L11 patch (concat)``, ``pooled cls``, ``L5 mlp_hidden cls``: the layer(s), the tap
+    (when not the block output: a tap's rows are board rows of their own) and the tokens a row read."""
     cfg = row["config"]
     inp = row.get("input") or {}
     layers = inp.get("layers") or [cfg.get("layer")]
     mix = inp.get("layer_mix", "none")
     where = "+".join("pooled" if layer in (None, -1) else f"L{layer}" for layer in layers)
+    tap = (row.get("data") or {}).get("tap")
+    if tap not in (None, "block"):
+        where += f" {tap}"
     tokens = inp.get("tokens") or cfg.get("tokens") or "?"
     return f"{where} {tokens}" + ("" if mix in (None, "none") else f" ({mix})")

@@ -15,6 +15,7 @@ import typer
 
 from epcache.cli.common import config_options, documented_by, user_errors
 from epcache.cli.probe_series import probe_series, series_stores
+from epcache.cli.probe_taps import probe_tap_series, series_taps
 from epcache.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ PROBE_EPILOG = """Examples:
   epcache probe --store s.zarr --head "ep(queries=16,d_out=2)" --layers -1 --lr 1e-3 --epochs 20
   epcache probe --store s.zarr --grid sweep.toml --out runs/x
   epcache probe --store 'series/*.zarr' --out runs/s   # one run per store: runs/s/<store stem>/
+  epcache probe --store s.zarr --tap all --head knn,linear --out runs/t   # runs/t/<tap>/ per tap
   epcache heads --dim 768 --patches 196      # every head name, its parameters and FLOPs
 
 Every comma list multiplies: the sweep is the product of heads x queries x layers x lrs x
@@ -95,6 +97,10 @@ def probe(
     train_split: Annotated[str, typer.Option(metavar="NAME")] = "train",
     eval_split: Annotated[str, typer.Option(metavar="NAME")] = "val",
     eval_store: Annotated[str | None, typer.Option(metavar="STORE", show_default="--store")] = None,
+    tap: Annotated[
+        str, typer.Option(metavar="TAPS", help="a comma list or `all` probes each tap of the store into RUNDIR/<tap>/; "
+                          "`epcache report RUNDIR` then draws taps and blocks on one axis")
+    ] = "block",
     grid: Annotated[str | None, typer.Option(metavar="FILE", help="format below")] = None,
     out: Annotated[
         str | None,
@@ -134,6 +140,10 @@ def probe(
         stores = series_stores(store)
         if stores is not None:  # a glob or comma list: one run per store, RUNDIR/<store stem>/
             probe_series(ctx, stores, probe_config, progress=progress)
+            return
+        taps = series_taps(store, tap)
+        if taps is not None:  # several taps: one run per tap, RUNDIR/<tap>/
+            probe_tap_series(ctx, taps, probe_config, progress=progress)
             return
         cfg = probe_config(ctx.params)
         # `epcache submit ... -- probe ...`: the launcher, which imported epcache.launch (and torch with it) to

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from epcache._layerspec import resolve_stored_layers
 from epcache._storepeek import read_local_zarr_document, unknown_split_error
+from epcache.errors import ConfigError
 from epcache.probe.config.fields import raise_errors
 from epcache.probe.config.inputs import SEQUENCE_SOURCES, VECTOR_SOURCES, unknown_tokens_text
 from epcache.probe.config.probe_config import _HEAD_RE
@@ -43,15 +44,29 @@ def precheck_probe(config: ProbeConfig) -> None:
     """
     if _is_url(config.store):  # each metadata read is a request: the full check reads it once
         return
-    doc = _root_document(config.store)
+    tap = config.inputs.tap
+    doc = _tap_document(config.store, tap)
     if config.grid is not None:  # the grid may set everything below
         return
     check_suite(config)  # a preset with a flag it fixes: refused from the option text alone
     eval_location = config.inputs.eval_store
     if eval_location is None or not _is_url(eval_location):
-        eval_doc = doc if eval_location is None else _root_document(eval_location)
+        eval_doc = doc if eval_location is None else _tap_document(eval_location, tap)
         _check_store(config, doc, eval_doc)
     _check_kinds(config)
+
+
+def _tap_document(location: str, tap: str) -> dict[str, Any]:
+    """The root document of the store the heads read: ``location``'s own, or that of its tap ``tap``."""
+    doc = _root_document(location)
+    if tap == "block":
+        return doc
+    taps = doc.get("taps") or {}
+    if tap not in taps:  # open_store's refusal, in its words, without importing the store package
+        listed = ", ".join(taps) if taps else "none"
+        raise ConfigError(f"{location} has no tap {tap!r} (its taps: {listed}); re-extract with `--taps {tap}` "
+                          "(or probe it without --tap for the block outputs)")
+    return _root_document(f"{location.rstrip('/')}/taps/{tap}")  # cache_layout.md §2.7: taps/<name>/
 
 
 def _root_document(location: str) -> dict[str, Any]:
@@ -64,7 +79,8 @@ def _root_document(location: str) -> dict[str, Any]:
 
     with open_store(location) as store:
         backbone = {"name": store.meta.backbone.name, "num_blocks": store.meta.backbone.num_blocks}
-        return {"splits": store.splits, "layers": list(store.meta.layers), "backbone": backbone, "location": location}
+        return {"splits": store.splits, "layers": list(store.meta.layers), "backbone": backbone, "location": location,
+                "taps": store.meta.taps}
 
 
 def _check_store(config: ProbeConfig, doc: dict[str, Any], eval_doc: dict[str, Any]) -> None:

@@ -23,7 +23,8 @@ from epcache.errors import ConfigError, StoreNotFoundError
 if TYPE_CHECKING:
     from epcache.probe import ProbeConfig
 
-__all__ = ["CHECKPOINT_SWEEP", "is_checkpoint_series", "probe_series", "series_run_dir", "series_stores"]
+__all__ = ["CHECKPOINT_SWEEP", "is_checkpoint_series", "probe_series", "run_series", "series_run_dir",
+           "series_stores"]
 
 CHECKPOINT_SWEEP = "knn,logreg,linear"  # a checkpoint series' sweep when --head is not given
 _GLOB = re.compile(r"[*?\[]")
@@ -74,6 +75,32 @@ def is_checkpoint_series(stores: list[str]) -> bool:
     return bool(stores)
 
 
+def run_series(members: list[tuple[str, ProbeConfig]], *, progress: bool, plan_all: bool = False) -> None:
+    """Probe each (label, config) in turn, after every member's options were checked.
+
+    ``plan_all`` also plans every member's sweep (store reads, no training) before the first trains, so a
+    refusal of the last member costs no training of the first.
+
+    Raises:
+        EpcacheError: the first member refused, before any training; or the first whose sweep fails, the
+            members before it keeping their runs.
+    """
+    from epcache.cli.probe_check import precheck_probe  # lazy: keeps zarr, numpy out of `epcache --help`
+
+    for _, cfg in members:  # every member's typos answered before the first sweep starts
+        precheck_probe(cfg)
+    from epcache.probe import probe_store  # lazy: torch loads only once the options and stores look right
+
+    if plan_all:
+        from epcache.probe.run import check_sweep  # lazy: as probe_store
+
+        for _, cfg in members:
+            check_sweep(cfg)
+    for label, cfg in members:
+        typer.echo(f"== {label}")
+        typer.echo(probe_store(cfg, progress=progress).summary)
+
+
 def probe_series(
     ctx: typer.Context, stores: list[str], make_config: Callable[[Mapping[str, Any]], ProbeConfig], *, progress: bool
 ) -> None:
@@ -85,8 +112,6 @@ def probe_series(
         ConfigError: ``--eval-store`` with a series (each checkpoint is scored on its own store).
         EpcacheError: the first store whose sweep fails; the stores before it keep their runs.
     """
-    from epcache.cli.probe_check import precheck_probe  # lazy: keeps zarr, numpy out of `epcache --help`
-
     params: Mapping[str, Any] = ctx.params
     if params.get("eval_store"):
         raise ConfigError("--eval-store with a series of stores would score every checkpoint on one store's "
@@ -99,13 +124,7 @@ def probe_series(
                    "choose)", err=True)
     configs = [make_config({**params, **overrides, "store": s, "out": series_run_dir(params.get("out"), s)})
                for s in stores]
-    for cfg in configs:  # every store's typos answered before the first sweep starts
-        precheck_probe(cfg)
-    from epcache.probe import probe_store  # lazy: torch loads only once the options and stores look right
-
-    for store, cfg in zip(stores, configs, strict=True):
-        typer.echo(f"== {store}")
-        typer.echo(probe_store(cfg, progress=progress).summary)
+    run_series(list(zip(stores, configs, strict=True)), progress=progress)
     if params.get("out"):
         typer.echo(f"one run directory per store under {params['out']}; checkpoint curve: "
                    f"epcache board --by checkpoint {params['out']}/*")

@@ -40,6 +40,7 @@ from epcache.probe.sweep.checks import check_two_classes, resolve_layers, split_
 from epcache.probe.sweep.geometry import HeadGeometry
 from epcache.probe.sweep.grid import SweepRequest, expand_sweep, raise_errors, resolve_request, sweep_layers
 from epcache.store import FeatureStore
+from epcache.store.layout.taps import BLOCK, tap_name
 
 __all__ = ["PlannedGroup", "SweepPlan", "plan_sweep", "rows_record"]
 
@@ -332,7 +333,7 @@ def _kind(text: str) -> str | None:
 
 def _notes(c: ProbeConfig, runs: Sequence[RunSpec], specs: Sequence[SolverSpec], layers: Sequence[int],
            data: RunData, protocol: Protocol | None, knn_note: str | None, store: FeatureStore) -> list[str]:
-    notes = [_plan_line(runs, specs, layers, data, protocol) + suite_text(c), *data.notes,
+    notes = [_plan_line(runs, specs, layers, data, protocol, tap_name(store.meta.tap)) + suite_text(c), *data.notes,
              f"store {store.location}: format {store.format_version}, provenance {store.provenance} (as stored)"]
     if knn_note:
         notes.insert(1, knn_note)
@@ -359,18 +360,19 @@ def _no_cls_note(runs: Sequence[RunSpec], specs: Sequence[SolverSpec]) -> str:
 
 
 def _plan_line(runs: Sequence[RunSpec], specs: Sequence[SolverSpec], layers: Sequence[int], data: RunData,
-               p: Protocol | None) -> str:
+               p: Protocol | None, tap: str = BLOCK) -> str:
+    where = plural(len(layers), "layer") + ("" if tap == BLOCK else f" of tap {tap}")
     hold = (f"holdout {len(data.holdout_rows)}" if len(data.holdout_rows) else
             f"cv{len(data.folds)} over them" if data.folds else "no holdout")
     solvers = f"{plural(len(specs), 'solver config')} ({', '.join(sorted({s.kind for s in specs}))})" if specs else ""
     if p is None:
-        return (f"plan: {solvers} on {plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / "
+        return (f"plan: {solvers} on {where}; train {len(data.train_rows)} / {hold} / "
                 f"eval {len(data.eval_rows)}")
     heads = len({(r.head.name, r.tokens) for r in runs})
     return (("plan: " + solvers + " and " if solvers else "plan: ") +
         f"{plural(len(runs), 'config')} ({plural(heads, 'head')} x {plural(len({r.lr for r in runs}), 'lr')}"
         f"{f' x {len(set(r.wd for r in runs))} wd' if len({r.wd for r in runs}) > 1 else ''}) on "
-        f"{plural(len(layers), 'layer')}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
+        f"{where}; train {len(data.train_rows)} / {hold} / eval {len(data.eval_rows)}; "
         f"recipe {p.recipe}: batch {p.batch_size}, {lr_text(p)}, {p.epochs} epochs x {p.steps_per_epoch} steps = "
         f"{p.total_steps} steps (warm-up {p.warmup_steps})"
     )

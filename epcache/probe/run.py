@@ -33,9 +33,10 @@ from epcache.probe.sweep.grid import resolve_request
 from epcache.probe.train.group import GroupRunner, checkpoint_path
 from epcache.probe.train.progress import SweepProgress
 from epcache.store import ChunkCache, FeatureStore, open_store
+from epcache.store.layout.taps import BLOCK
 from epcache.store.verify.integrity import check_for_probe
 
-__all__ = ["ProbeResult", "probe_store"]
+__all__ = ["ProbeResult", "check_sweep", "probe_store"]
 
 RESUME_HINT = "Finished configs are kept: run the same command again to train the rest"
 
@@ -83,6 +84,24 @@ def probe_store(config: ProbeConfig, *, progress: bool = True) -> ProbeResult:
         return _probe_locked(config, progress)
 
 
+def check_sweep(config: ProbeConfig) -> None:
+    """Plan the sweep (every repeat) and train nothing: a series checks every member's plan before the first trains.
+
+    Raises:
+        EpcacheError: whatever :func:`probe_store` would refuse before its first step.
+    """
+    tap, checked = _tap(config), not config.inputs.trust_store
+    store = _open(config.store, tap, checked)
+    eval_store = _open(config.inputs.eval_store, tap, checked) if config.inputs.eval_store else store
+    try:
+        for i in range(resolve_request(config).config.data.repeats):
+            plan_sweep(config, store, eval_store, repeat=i)
+    finally:
+        if eval_store is not store:
+            eval_store.close()
+        store.close()
+
+
 def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
     say = _printer(progress)
     checked = not config.inputs.trust_store  # never train on bytes, labels, ids or metadata changed since extraction
@@ -91,8 +110,9 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
         max_bytes = None if config.inputs.cache_max_gb is None else int(config.inputs.cache_max_gb * 1e9)
         cache = ChunkCache(config.inputs.cache_dir, max_bytes=max_bytes, say=say)  # one note if an entry is rejected
     anchors = read_anchors(config.run.check_anchor) if config.run.check_anchor is not None else ()  # before any read
-    store = open_store(config.store, verify_reads=checked)
-    eval_store = open_store(config.inputs.eval_store, verify_reads=checked) if config.inputs.eval_store else store
+    tap = _tap(config)
+    store = _open(config.store, tap, checked)
+    eval_store = _open(config.inputs.eval_store, tap, checked) if config.inputs.eval_store else store
     store.chunk_cache = eval_store.chunk_cache = cache
     try:
         inputs = config.inputs
@@ -189,6 +209,16 @@ def _run(
     if out is not None:
         write_text(out / f"summary{plan.suffix}.txt", summary + "\n")  # atomic: a full disk leaves no cut summary
     return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=skipped, notes=plan.notes)
+
+
+def _tap(config: ProbeConfig) -> str:
+    """The tap the sweep reads, a grid file applied: its tables share it (``check_shared``), so the first says it."""
+    return resolve_request(config).blocks[0].inputs.tap
+
+
+def _open(location: str, tap: str, checked: bool) -> FeatureStore:
+    """The store the heads read: ``location`` itself for ``block``, else its tap, a complete store of its own."""
+    return open_store(location, verify_reads=checked, tap=None if tap == BLOCK else tap)
 
 
 def _check_repeats(plan: SweepPlan) -> None:

@@ -15,6 +15,17 @@ from epcache.report._mix_plot import input_label, plot_mixes
 from epcache.report._model import model_title
 from epcache.report._plots import plot_curves, plot_layers, plot_params
 from epcache.report._tables import METRICS, ConfigGroup, best_by, check_metric, group_seeds, load_rows
+from epcache.report._taps import (
+    TAP_CAPTION,
+    TAP_FIGURE,
+    has_taps,
+    load_series,
+    plot_tap_layers,
+    series_runs,
+    tap_layer_points,
+    tap_section,
+    write_tap_series,
+)
 
 __all__ = ["Report", "write_report"]
 
@@ -44,8 +55,17 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
     """
     check_metric(metric)
     run = Path(rundir)
-    rows = load_rows(run)
     dest = Path(out) if out is not None else run / "report"
+    runs = [] if any(run.glob("results*.jsonl")) else series_runs(run)
+    if runs:  # `epcache probe --tap LIST --out RUNDIR`: one run per tap under RUNDIR
+        rows = load_series(run)
+        if has_taps(rows):
+            with os_errors(action=f"epcache report into {dest}", resume_hint=RESUME_HINT):
+                dest.mkdir(parents=True, exist_ok=True)
+                md, figs = write_tap_series(runs, rows, dest, figures=figures, title=model_title(rows[0]))
+                path = write_atomically(dest / "report.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+                return Report(markdown=path, figures=figs, num_configs=len(rows))
+    rows = load_rows(run)
     with os_errors(action=f"epcache report into {dest}", resume_hint=RESUME_HINT):
         return _write(rows, dest, figures=figures, metric=metric)
 
@@ -58,10 +78,14 @@ def _write(rows: list[dict], dest: Path, *, figures: bool, metric: str) -> Repor
     best = best_row(rank(groups)[0])
     names = class_names(best)
     figs: list[Path] = []
+    taps = has_taps(rows)
     if figures:
         if any(g.params > 0 for g in groups):  # k-NN alone learns no parameters: nothing to place on the x axis
             figs.append(plot_params(groups, dest / "top1_vs_params.png", title=f"accuracy vs probe size\n{backbone}"))
         figs.append(plot_layers(groups, dest / "top1_vs_layer.png", title=f"accuracy by layer\n{backbone}"))
+        if taps:  # a run on one tap: the tap's points beside the blocks, as a tap series draws them
+            figs.append(plot_tap_layers(tap_layer_points(groups), dest / TAP_FIGURE,
+                                        title=f"accuracy by block and tap\n{backbone}"))
         if any(not g.rows[0]["config"].get("solver") for g in groups):  # solver heads have no epochs
             figs.append(plot_curves(groups, dest / "curves.png",
                                     title=f"learning curves of the selected configs\n{backbone}"))
@@ -72,6 +96,8 @@ def _write(rows: list[dict], dest: Path, *, figures: bool, metric: str) -> Repor
                                        title=f"eval confusion of the best config\n{short_label(best['config'])}"))
     md = _markdown(rows, groups, backbone=backbone, honest=honest, figures=[f.name for f in figs], metric=metric,
                    names=names)
+    if taps:
+        md += "\n" + "\n".join(tap_section(tap_layer_points(groups)))
     path = write_atomically(dest / "report.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
     return Report(markdown=path, figures=figs, num_configs=len(rows))
 
@@ -132,6 +158,7 @@ def _markdown(rows: list[dict], groups: list[ConfigGroup], *, backbone: str, hon
             "top1_by_input.png": "Eval top-1 per input (single layer, layer mix, pooled output) and token "
             "source, best config of each, one panel per head kind.",
             "confusion.png": "Eval confusion matrix of the best config (rows: true class, normalised per row).",
+            TAP_FIGURE: TAP_CAPTION,
         }
         for f in figures:
             lines += [f"![{captions.get(f, f)}]({f})", "", captions.get(f, ""), ""]

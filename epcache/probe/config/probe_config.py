@@ -156,7 +156,7 @@ _FLAT_ORDER = (  # the flat settings in the order config.json has always listed 
     "train_split", "eval_split", "eval_store", "grid", "out", "device", "in_memory", "allow_incomplete", "dtype",
     "amp", "compile", "fused", "save_heads", "prefetch", "shuffle_chunks", "eval_cache_mb", "eval_curve", "shard",
     "trust_store", "cache_dir", "cache_max_gb", "k", "temperature", "c_preset", "tries",
-    "standardize", "refit", "select", "linear_fit", "check_anchor", "protocol", "repeats",
+    "standardize", "refit", "select", "linear_fit", "check_anchor", "protocol", "repeats", "tap",
 )
 _GROUP_OF = {"store": "", "grid": ""} | {
     f.name: group for group, cls in _SECTIONS.items() for f in dataclasses.fields(cls)

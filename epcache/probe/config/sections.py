@@ -42,6 +42,11 @@ class InputsConfig:
     train_split: str = doc("train", doc="split to train on (and to hold out from)")
     eval_split: str = doc("val", doc="split to report, scored once at each config's selected epoch")
     eval_store: str | None = doc(None, doc="another store holding eval_split (same backbone provenance required)")
+    tap: str = doc(
+        "block",
+        doc="which activations of the blocks to read: block (the block outputs, the store itself) or a tap the store "
+        "was extracted with (extract --taps: attn_out, attn_norm, mlp_hidden, mlp_out), read from <store>/taps/<name>/",
+    )
     allow_incomplete: bool = doc(False, doc="train on the written blocks of an incomplete store")
     trust_store: bool = doc(
         False, doc="skip the store integrity checks (store/verify/integrity.py); recorded in every row"

@@ -34,6 +34,7 @@ from epcache.probe.solvers._spec import SolverSettings, SolverSpec, expand_solve
 from epcache.probe.solvers.vectors import PooledCache
 from epcache.probe.sweep.checks import check_two_classes
 from epcache.store import FeatureStore, StoreMeta, class_map_fingerprint
+from epcache.store.layout.taps import tap_name
 
 __all__ = [
     "RowData", "check_solver_inputs", "load_solver_head", "plan_block_solvers", "plan_solvers", "run_solver_configs",
@@ -250,6 +251,7 @@ def run_solver_configs(
                           "features_from": features_from},
                 "data": {"num_classes": num_classes, "num_train": len(fit), "num_holdout": num_holdout,
                          "num_eval": len(data.eval_rows), "num_refit": num_refit, "class_map": class_map,
+                         "tap": tap_name(store.meta.tap),  # the activations read: block outputs or one tap
                          **({"folds": [len(f) for f in sel.folds]} if sel.folds else {}),
                          "excluded_train": data.excluded_train, "excluded_eval": data.excluded_eval,
                          **shots_record(data.train_labels, fit, spec.shots)},

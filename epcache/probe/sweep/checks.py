@@ -31,7 +31,7 @@ def check_shared(blocks: Sequence[ProbeConfig], grid: str) -> None:
     shared = ("recipe", "epochs", "warmup", "batch_size", "min_steps", "data_seed", "holdout", "shots", "fraction")
     shared += ("repeats",)  # the whole sweep is repeated, never one table of it
     shared += ("dtype", "amp", "compile")
-    shared += ("train_split", "eval_split", "eval_store", "in_memory", "device", "fused")
+    shared += ("train_split", "eval_split", "eval_store", "tap", "in_memory", "device", "fused")
     for name in shared:
         values = {json.dumps(b.flat()[name]) for b in blocks}
         if len(values) > 1:
@@ -131,19 +131,27 @@ def token_choices(
             )
         out[kind] = chosen
     if meta.layout.keep is not None:
-        light_store_errors(out, meta.layout.keep, errors)
+        light_store_errors(out, meta.layout.keep, errors, tap=None if meta.tap is None else str(meta.tap["name"]))
     return out
 
 
-def light_store_errors(choices: dict[str, list[str]], keep: Sequence[str], errors: list[str]) -> None:
+def light_store_errors(choices: dict[str, list[str]], keep: Sequence[str], errors: list[str], *,
+                       tap: str | None = None) -> None:
     """Name the heads that would read a light store's patch grid, which it averaged into one token.
 
     Training them would pool or attend over that single token, a different probe under the same name,
-    so they are refused before any training with the fix: a store with every token.
+    so they are refused before any training with the fix: a store with every token. A tap extracted as
+    ``NAME:gap`` is such a store, and its fix is the full tap.
     """
     for kind, tokens in choices.items():
         grid = [t for t in tokens if "patch" in t or t == "all"]
-        if grid:
+        if grid and tap is not None:
+            errors.append(
+                f"head {kind!r} reads tokens {', '.join(grid)}, but tap {tap} was extracted pooled (--taps {tap}:gap "
+                f"keeps {','.join(keep)}): its patch grid is averaged into one gap token. Re-extract with --taps "
+                f"{tap} for every token, or use tokens cls, gap, cls+gap"
+            )
+        elif grid:
             errors.append(
                 f"head {kind!r} reads tokens {', '.join(grid)}, but this is a light store (extract --keep "
                 f"{','.join(keep)}): its patch grid is averaged into one gap token. Probe a full store for it "

@@ -48,6 +48,7 @@ from epcache.probe.train.fingerprint import protocol_fingerprint
 from epcache.probe.train.refit import refit_off, refit_rows, run_refit
 from epcache.probe.train.trainer import ConfigOutcome, GroupTrainer
 from epcache.store import FeatureStore, class_map_fingerprint
+from epcache.store.layout.taps import tap_name
 
 __all__ = ["GroupRunner", "checkpoint_path", "protocol_fingerprint"]
 
@@ -319,6 +320,7 @@ class GroupRunner:
             "eval_store": _store_info(self.eval_store),
             "data": {**self.data.to_json(g.num_classes),
                      "class_map": class_map_fingerprint(self.store.split(s.train_split).classes),  # = the eval split's
+                     "tap": tap_name(self.store.meta.tap),  # the activations read: block outputs or one tap
                      **shots_record(self.data.train_labels, self.data.train_rows, s.shots)},
             "params": params,
             "flops": flops,

@@ -7,12 +7,14 @@ x = x + ls2(mlp(norm2(x)))``, and every tap is a ``[B, T, D_tap]`` sequence in t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from epcache.errors import ConfigError
 
-__all__ = ["BLOCK", "GAP_KEEP", "TAPS", "TAPS_DIR", "Tap", "TapSpec", "parse_taps", "tap_location", "tap_record"]
+__all__ = ["BLOCK", "GAP_KEEP", "TAPS", "TAPS_DIR", "Tap", "TapSpec", "parse_taps", "tap_location", "tap_name",
+           "tap_record"]
 
 BLOCK = "block"  # the block output: what the main tree of every store holds
 TAPS_DIR = "taps"  # <store>/taps/<name>/ is one nested store per tap
@@ -87,3 +89,8 @@ def tap_location(location: str, name: str) -> str:
 def tap_record(spec: TapSpec) -> dict[str, Any]:
     """The tap store's ``tap`` key: inside its provenance, so it never shares the block store's key."""
     return {"name": spec.name, "module": spec.module, "keep": list(spec.keep) if spec.keep is not None else None}
+
+
+def tap_name(record: Mapping[str, Any] | None) -> str:
+    """What a store's tokens are, from its ``tap`` key: the tap's name, or ``block`` for a store without one."""
+    return BLOCK if record is None else str(record["name"])

@@ -39,7 +39,7 @@ FLAT: dict[str, Any] = dict(
     save_heads=False, prefetch=2, shuffle_chunks=8, eval_cache_mb=64.0, eval_curve=False, shard="0/2",
     trust_store=True, cache_dir="/tmp/cache", cache_max_gb=1.5, k=(5, 10), temperature=(0.1,), c_preset="clip",
     tries=3, standardize=True, refit=False, select="cv3", linear_fit="sgd", check_anchor="board.csv",
-    protocol="vtab1k", repeats=5,
+    protocol="vtab1k", repeats=5, tap="mlp_hidden",
 )
 
 # config.json as the flat ProbeConfig wrote it before the settings were grouped: keys, order and values
@@ -54,7 +54,7 @@ EXPECTED_JSON: dict[str, Any] = {
     "eval_curve": False, "shard": "0/2", "trust_store": True, "cache_dir": "/tmp/cache", "cache_max_gb": 1.5,
     "k": [5, 10], "temperature": [0.1], "c_preset": "clip", "tries": 3,
     "standardize": True, "refit": False, "select": "cv3", "linear_fit": "sgd", "check_anchor": "board.csv",
-    "protocol": "vtab1k", "repeats": 5,
+    "protocol": "vtab1k", "repeats": 5, "tap": "mlp_hidden",
 }
 
 

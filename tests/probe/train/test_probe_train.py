@@ -119,7 +119,7 @@ def test_results_schema_heads_and_consistency(store: Path, tmp_path: Path) -> No
         assert r["data"] == {"num_classes": 4, "num_train": 192, "num_holdout": 48, "num_eval": 120,
                              "holdout_fraction": 0.2, "holdout_rule": HOLDOUT_RULE,
                              "excluded_train": 0, "excluded_eval": 0,
-                             "class_map": class_map_fingerprint(st.split("train").classes)}
+                             "class_map": class_map_fingerprint(st.split("train").classes), "tap": "block"}
         assert r["stop"] == {"epochs_run": 4, "reason": "schedule"}
         curves = r["curves"]
         assert len(curves["train_loss"]) == len(curves["holdout_top1"]) == len(curves["eval_top1"]) == 4
