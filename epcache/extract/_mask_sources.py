@@ -17,7 +17,6 @@ the CSV's, else the most frequent class of the mask other than 0 (background) an
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import os
@@ -31,7 +30,7 @@ from epcache.errors import ConfigError
 from epcache.extract._confine import confined_path
 from epcache.extract._hf import HF_PREFIX, list_hf
 from epcache.extract._mask_geometry import load_mask
-from epcache.extract._sources import IMAGE_EXTENSIONS, MAX_CLASSES, SourceOptions, SplitSource
+from epcache.extract._sources import IMAGE_EXTENSIONS, MAX_CLASSES, SourceOptions, SplitSource, csv_lines
 from epcache.store.layout.dense import DenseInfo, mask_dtype
 
 __all__ = ["CLASSES_FILE", "scan_mask_splits"]
@@ -239,15 +238,7 @@ def _list_dir(root: Path, name: str, src: str) -> list[_Row]:
 
 
 def _read_csv(root: Path, name: str, src: str) -> list[_Row]:
-    path = Path(src) if Path(src).is_absolute() else root / src
-    if not path.is_file():
-        raise ConfigError(f"split {name!r}: CSV file {path} does not exist")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"split {name!r}: CSV file {path} cannot be read ({e}); expected UTF-8 "
-                          "`path,mask_path[,label]` lines") from None
+    path, lines = csv_lines(root, name, src, expected="`path,mask_path[,label]`")
     if lines and lines[0][0].strip().lower() in _HEADER:
         lines = lines[1:]
     if not lines:

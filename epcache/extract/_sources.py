@@ -272,21 +272,31 @@ def _refuse_loop(path: Path, parent: Path, split: str) -> None:
         )
 
 
-def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
+def csv_lines(root: Path, name: str, src: str, *, expected: str) -> tuple[Path, list[list[str]]]:
+    """The CSV split file ``src`` (absolute or under ``root``) and its non-blank rows; ``expected`` names the
+    row format in the error messages (e.g. ```path,label```).
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8, or not CSV.
+    """
     csv_path = Path(src) if Path(src).is_absolute() else root / src
     if not csv_path.is_file():
         raise ConfigError(f"split {name!r}: CSV file {csv_path} does not exist")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            return csv_path, [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except UnicodeDecodeError as e:
         raise ConfigError(
             f"split {name!r}: CSV file {csv_path} is not UTF-8 (byte {e.start}: {e.reason}); re-save it as UTF-8"
         ) from None
     except csv.Error as e:
         raise ConfigError(
-            f"split {name!r}: CSV file {csv_path} cannot be parsed ({e}); expected `path,label` lines"
+            f"split {name!r}: CSV file {csv_path} cannot be parsed ({e}); expected {expected} lines"
         ) from None
+
+
+def _read_csv(root: Path, name: str, src: str) -> list[tuple[str, int]]:
+    csv_path, rows = csv_lines(root, name, src, expected="`path,label`")
     if rows and not _is_int(rows[0][-1].strip() if rows[0] else ""):
         rows = rows[1:]  # header
     if not rows:
