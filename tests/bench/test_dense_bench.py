@@ -38,3 +38,12 @@ def test_numpy_baselines_equal_the_heads() -> None:
     for key in ours:
         np.testing.assert_array_equal(ours[key], base[key])
     np.testing.assert_allclose(bench.hb_ours(mem, lab, q, 3), bench.hb_numpy(mem, lab, q, 3), atol=1e-5)
+
+
+def test_dense_bytes_bench_measures_both_arrays() -> None:
+    import dense_bytes
+
+    (row,) = dense_bytes.main(["--quick"])
+    assert row["mask_raw"] == 32 * 32  # uint8, one view
+    assert row["tokens_raw"] == (1 + 2 * 2) * 192 * 2  # CLS + 2x2 patches of ViT-Tiny at 32 px, float16
+    assert row["mask_disk"] > 0 and row["tokens_disk"] > 0 and row["images"] == 8
