@@ -1,0 +1,108 @@
+"""`epcache probe --head dense-*`: dense rows from a store with masks, beside classification rows in one sweep.
+
+The store is the demo's shapes with masks through a random-init ViT (8-px patches on 64-px images, an
+8x8 grid): a patch token is a linear image of its pixels, so the shapes' colours are readable per patch
+and a per-patch head must beat the majority class by far.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from extract_helpers import tiny_config
+from typer.testing import CliRunner
+
+from epcache.cli import app
+from epcache.demo import ShapesConfig, make_shapes_dataset
+from epcache.extract import extract_store
+from epcache.probe import ProbeConfig, probe_store
+from epcache.probe.dense.execute import read_predictions
+from epcache.probe.results.ranking import rank_rows
+
+runner = CliRunner()
+SHAPES = ShapesConfig(num_classes=3, train_per_class=8, val_per_class=3, size=64, object_size=24, clutter=2, seed=1)
+VIT = {"depth": 2, "img_size": 64, "patch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("dense")
+    with_masks = root / "masks.zarr"
+    extract_store(tiny_config(make_shapes_dataset(root / "seg", SHAPES, masks=True), with_masks, masks=True,
+                              model_kwargs=VIT), progress=False)
+    without = root / "plain.zarr"
+    extract_store(tiny_config(make_shapes_dataset(root / "cls", SHAPES), without, model_kwargs=VIT), progress=False)
+    return with_masks, without
+
+
+def test_dense_heads_beat_the_majority_and_rerun_skips(stores: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = ProbeConfig(store=str(stores[0]), head=("seg-linear", "dense-logreg(Cs=[0.1,1.0,10.0])", "ridge"),
+                         layers=(1,), out=str(out))
+    result = probe_store(config, progress=False)
+    dense = [r for r in result.rows if r.get("task") == "dense"]
+    assert {r["kind"] for r in dense} == {"seg-linear", "dense-logreg"}
+    assert any(r["config"]["kind"] == "ridge" for r in result.rows if r.get("task") != "dense")
+    for r in dense:
+        ev = r["metrics"]["eval"]
+        assert ev["miou"] > ev["majority_miou"] + 0.2, (r["kind"], ev)
+        assert set(ev["per_class_iou"]) == set(r["data"]["class_map"]) == {"background", "circle", "square",
+                                                                             "triangle"}
+        assert r["metrics"]["holdout"]["miou"] == max(h["miou"] for h in r["holdout_scores"])
+        assert r["input"]["layers"] == [1] and r["store"]["provenance"] and r["protocol"]["selection"]
+        pred = read_predictions(out / r["dense_file"])
+        assert pred["pred"].dtype == np.uint8 and pred["pred"].shape == pred["truth"].shape
+        assert pred["pred"].shape[1:] == (64, 64)
+    assert len(next(r for r in dense if r["kind"] == "dense-logreg")["holdout_scores"]) == 3
+    # one ranking: classification groups first, the dense ones among themselves by holdout mIoU
+    ranked = [g.rows[0] for g in rank_rows(result.rows)]
+    dense_ranked = [r for r in ranked if r.get("task") == "dense"]
+    assert ranked[-len(dense_ranked):] == dense_ranked
+    assert [r["metrics"]["holdout"]["miou"] for r in dense_ranked] == sorted(
+        (r["metrics"]["holdout"]["miou"] for r in dense_ranked), reverse=True)
+    assert "dense: 2 configs" in result.summary and "majority" in result.summary
+    assert "dense: 2 configs" in (out / "summary.txt").read_text()
+    lines = (out / "results.jsonl").read_text().splitlines()
+    again = probe_store(config, progress=False)
+    assert set(again.skipped) == {r["id"] for r in result.rows}
+    assert (out / "results.jsonl").read_text().splitlines() == lines  # nothing appended
+    assert [r["id"] for r in again.rows] == [r["id"] for r in result.rows]
+
+
+def test_hummingbird_and_knn_rank_by_a_holdout(stores: tuple[Path, Path], tmp_path: Path) -> None:
+    result = probe_store(ProbeConfig(store=str(stores[0]), head=("hummingbird", "dense-knn(ks=[1,3])"), layers=(1,),
+                                     out=str(tmp_path / "run")), progress=False)
+    rows = {r["kind"]: r for r in result.rows}
+    assert set(rows) == {"hummingbird", "dense-knn"} and result.best is not None
+    assert len(rows["dense-knn"]["holdout_scores"]) == 2 * 2  # 2 metrics x 2 ks
+    assert len(rows["hummingbird"]["holdout_scores"]) == 1  # no grid: its own score on the same image holdout
+    for r in rows.values():
+        assert 0 < r["metrics"]["holdout"]["miou"] <= 1
+        assert r["metrics"]["eval"]["miou"] > r["metrics"]["eval"]["majority_miou"]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--head", "dense-knn,linear"], ["split 'train'", "--masks"]),
+    (["--head", "seg-linear(lrs=[0.1],bogus=1)"], ["unknown option", "bogus"]),
+])
+def test_refusals_exit_2_and_write_nothing(stores: tuple[Path, Path], tmp_path: Path, args: list[str],
+                                           words: list[str]) -> None:
+    store = stores[1] if "--masks" in words else stores[0]
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["probe", "--store", str(store), "--out", str(out), "--no-progress", *args])
+    assert res.exit_code == 2, res.output
+    for w in words:
+        assert w in res.output, res.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_dense_rows_are_recorded_like_other_rows(stores: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    probe_store(ProbeConfig(store=str(stores[0]), head=("dense-logreg(Cs=[1.0])",), layers=(0, 1), out=str(out)),
+                progress=False)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["input"]["layers"][0] for r in rows) == [0, 1]  # one row per layer
+    assert all(r["head"] == "dense-logreg(Cs=[1.0])" and r["chosen"]["C"] == 1.0 for r in rows)
