@@ -10,7 +10,6 @@ on the same image holdout too, so every dense row ranks by a holdout, never by e
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,17 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from epcache._fs.atomic import atomic_write
 from epcache.probe.dense.inputs import DenseData, DenseResult, holdout_split
 from epcache.probe.dense.registry import DENSE_HEADS, run_dense_head
 from epcache.probe.dense.route import DensePlan, DenseSpec
+from epcache.probe.results.predictions import DENSE_DIR, write_predictions
 from epcache.probe.results.rows import RESULT_SCHEMA, append_result
 from epcache.store import FeatureStore
 from epcache.store.layout.dense import DenseInfo
 
-__all__ = ["DENSE_DIR", "DENSE_SELECTION", "read_predictions", "run_dense_specs"]
-
-DENSE_DIR = "dense"  # RUNDIR/dense/<id>.npz: a row's eval predictions and their ground truth
+__all__ = ["DENSE_SELECTION", "run_dense_specs"]
 DENSE_SELECTION = "holdout mIoU on 10% of the train images (whole images, seeded); ties: the earlier grid entry"
 
 
@@ -64,17 +61,10 @@ def run_dense_specs(plan: DensePlan, specs: Sequence[DenseSpec], *, store: Featu
             row = _row(spec, result, holdout, info, store, eval_store, n_train, eval_x.shape[0],
                        seconds=time.perf_counter() - t1, read_seconds=read_s)
             if out is not None:
-                (out / DENSE_DIR).mkdir(parents=True, exist_ok=True)
                 _write_predictions(out / row["dense_file"], result, eval_y)
                 append_result(out / results_file, row)
             rows.append(row)
     return rows
-
-
-def read_predictions(path: Path) -> dict[str, np.ndarray]:
-    """``pred`` and ``truth`` ``[m, H, W]`` of a dense row's first eval images (``allow_pickle`` off)."""
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
 
 
 def _patches(store: FeatureStore, split: str, layer: int) -> np.ndarray:
@@ -139,10 +129,7 @@ def _row(spec: DenseSpec, result: DenseResult, holdout: list[dict[str, Any]], in
 
 def _write_predictions(path: Path, result: DenseResult, eval_labels: np.ndarray) -> None:
     pred = np.zeros((0, *eval_labels.shape[1:]), np.int64) if result.predictions is None else result.predictions
-    dtype = np.uint8 if max(int(eval_labels.max(initial=0)), int(pred.max(initial=0))) < 256 else np.uint16
-    buf = io.BytesIO()
-    np.savez_compressed(buf, pred=pred.astype(dtype), truth=eval_labels[: pred.shape[0]].astype(dtype))
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    write_predictions(path, pred, eval_labels[: pred.shape[0]])
 
 
 def _store_info(store: FeatureStore) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from epcache.cli import app
 from epcache.demo import ShapesConfig, make_shapes_dataset
 from epcache.extract import extract_store
 from epcache.probe import ProbeConfig, probe_store
-from epcache.probe.dense.execute import read_predictions
+from epcache.probe.results.predictions import read_predictions
 from epcache.probe.results.ranking import rank_rows
 
 runner = CliRunner()
