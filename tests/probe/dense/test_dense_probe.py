@@ -1,9 +1,4 @@
-"""`epcache probe --head dense-*`: dense rows from a store with masks, beside classification rows in one sweep.
-
-The store is the demo's shapes with masks through a random-init ViT (8-px patches on 64-px images, an
-8x8 grid): a patch token is a linear image of its pixels, so the shapes' colours are readable per patch
-and a per-patch head must beat the majority class by far.
-"""
+"""`epcache probe --head dense-*`: dense rows from a store with masks, beside classification rows in one sweep."""
 
 from __future__ import annotations
 
@@ -12,30 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from extract_helpers import tiny_config
+from dense_helpers import dense_store
 from typer.testing import CliRunner
 
 from epcache.cli import app
-from epcache.demo import ShapesConfig, make_shapes_dataset
-from epcache.extract import extract_store
 from epcache.probe import ProbeConfig, probe_store
 from epcache.probe.results.predictions import read_predictions
 from epcache.probe.results.ranking import rank_rows
 
 runner = CliRunner()
-SHAPES = ShapesConfig(num_classes=3, train_per_class=8, val_per_class=3, size=64, object_size=24, clutter=2, seed=1)
-VIT = {"depth": 2, "img_size": 64, "patch_size": 8}
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("dense")
-    with_masks = root / "masks.zarr"
-    extract_store(tiny_config(make_shapes_dataset(root / "seg", SHAPES, masks=True), with_masks, masks=True,
-                              model_kwargs=VIT), progress=False)
-    without = root / "plain.zarr"
-    extract_store(tiny_config(make_shapes_dataset(root / "cls", SHAPES), without, model_kwargs=VIT), progress=False)
-    return with_masks, without
+    return (dense_store(tmp_path_factory.mktemp("masks")),
+            dense_store(tmp_path_factory.mktemp("plain"), masks=False))
 
 
 def test_dense_heads_beat_the_majority_and_rerun_skips(stores: tuple[Path, Path], tmp_path: Path) -> None:
