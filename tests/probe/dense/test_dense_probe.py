@@ -92,3 +92,14 @@ def test_dense_rows_are_recorded_like_other_rows(stores: tuple[Path, Path], tmp_
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(r["input"]["layers"][0] for r in rows) == [0, 1]  # one row per layer
     assert all(r["head"] == "dense-logreg(Cs=[1.0])" and r["chosen"]["C"] == 1.0 for r in rows)
+
+
+def test_memory_heads_read_every_stored_view_and_the_plan_says_so(tmp_path: Path) -> None:
+    store = dense_store(tmp_path / "views", views=2)  # the eval view and 2 augmented ones
+    result = probe_store(ProbeConfig(store=str(store), head=("hummingbird", "dense-logreg(Cs=[1.0])"), layers=(1,)),
+                         progress=False)
+    views = {r["kind"]: r["input"]["views"] for r in result.rows}
+    assert views == {"hummingbird": 3, "dense-logreg": 1}
+    note = next(n for n in result.notes if n.startswith("plan: 2 dense configs"))
+    assert "all 3 views for hummingbird, view 0 for the others" in note
+    assert all(r["metrics"]["eval"]["miou"] > r["metrics"]["eval"]["majority_miou"] for r in result.rows)
