@@ -18,9 +18,9 @@ SHAPES = ShapesConfig(num_classes=3, train_per_class=8, val_per_class=3, size=64
 VIT = {"depth": 2, "img_size": 64, "patch_size": 8}
 
 
-def dense_store(root: Path, *, masks: bool = True, views: int = 1) -> Path:
+def dense_store(root: Path, *, masks: bool = True, views: int = 1, keep: str | None = None) -> Path:
     """The shapes (with masks, or plain class folders; ``views`` per train image) in ``root/store.zarr``."""
     out = root / "store.zarr"
     data = make_shapes_dataset(root / "data", SHAPES, masks=masks)
-    extract_store(tiny_config(data, out, masks=masks, model_kwargs=VIT, views=views), progress=False)
+    extract_store(tiny_config(data, out, masks=masks, model_kwargs=VIT, views=views, keep=keep), progress=False)
     return out

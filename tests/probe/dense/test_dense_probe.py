@@ -103,3 +103,12 @@ def test_memory_heads_read_every_stored_view_and_the_plan_says_so(tmp_path: Path
     note = next(n for n in result.notes if n.startswith("plan: 2 dense configs"))
     assert "all 3 views for hummingbird, view 0 for the others" in note
     assert all(r["metrics"]["eval"]["miou"] > r["metrics"]["eval"]["majority_miou"] for r in result.rows)
+
+
+def test_a_store_without_a_patch_grid_is_refused_before_any_work(tmp_path: Path) -> None:
+    store = dense_store(tmp_path / "light", keep="cls,gap")  # one averaged token per image, masks beside it
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["probe", "--store", str(store), "--head", "hummingbird,linear", "--out", str(out),
+                              "--no-progress"])
+    assert res.exit_code == 2 and "light store" in res.output and "no patch grid" in res.output, res.output
+    assert not out.exists() or not any(out.iterdir())
