@@ -23,7 +23,7 @@ from typing import Any
 from epcache.board.keys import BOARD_COLUMNS, BOARD_KEY, head_family, input_label, protocol_key
 from epcache.errors import ConfigError, EpcacheError
 from epcache.probe.results.intervals import top1_interval
-from epcache.probe.results.ranking import SeedGroup, best_row, group_by_seed, oracle_top1, rank
+from epcache.probe.results.ranking import SeedGroup, best_row, group_by_seed, is_dense, oracle_top1, rank
 from epcache.probe.results.rows import RESULTS_FILE, read_results
 from epcache.store import open_store
 
@@ -131,6 +131,8 @@ def _cell(rows: Sequence[tuple[dict[str, Any], Path]], stores: _StoreInfo) -> di
     where = {id(row): d for row, d in rows}
     best: SeedGroup = rank(group_by_seed(row for row, _ in rows))[0]
     row = best_row(best)
+    if is_dense(row):
+        return _dense_cell(best, stores, where[id(row)])
     evals = [float(r["metrics"]["eval"]["top1"]) for r in best.rows]
     n = int(row["metrics"]["eval"]["n"])
     mean = sum(evals) / len(evals)
@@ -159,7 +161,21 @@ def _cell(rows: Sequence[tuple[dict[str, Any], Path]], stores: _StoreInfo) -> di
         "run": str(where[id(row)]),
         "holdout_top1": holdout[0] if holdout else None,
     }
-    return {c: _text(values[c]) for c in BOARD_COLUMNS}
+    return {c: _text(values.get(c)) for c in BOARD_COLUMNS}
+
+
+def _dense_cell(best: SeedGroup, stores: _StoreInfo, run: Path) -> dict[str, str]:
+    """A dense cell: mIoU and pixel accuracy in their own columns, the top-1 columns empty."""
+    row = best_row(best)
+    encoder, weights = stores.describe(row["store"])
+    values: dict[str, Any] = {
+        "encoder": encoder, "weights": weights, "store": row["store"].get("path", ""),
+        "store_provenance": row["store"]["provenance"], "input": input_label(row), "head_family": head_family(row),
+        "protocol": protocol_key(row), "config": best.name, "seeds": len(best.rows),
+        "eval_n": int(row["data"]["num_eval"]), "selection": "holdout", "params": int(row.get("params", 0)),
+        "run": str(run), "miou": best.mean("eval", "miou"), "pixel_acc": best.mean("eval", "pixel_acc"),
+    }
+    return {c: _text(values.get(c)) for c in BOARD_COLUMNS}
 
 
 def _selection(row: Mapping[str, Any]) -> str:

@@ -47,6 +47,8 @@ BOARD_COLUMNS = (
     "params",  # trainable parameters of the head
     "run",  # the run directory the row came from
     "holdout_top1",  # seed-mean holdout top-1 of the selected config (what ranked it; empty without a holdout)
+    "miou",  # dense rows: eval mIoU of the config the holdout mIoU selected, in [0, 1]; empty for classification
+    "pixel_acc",  # dense rows: its eval pixel accuracy; empty for classification
 )
 
 

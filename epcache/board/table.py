@@ -25,6 +25,9 @@ BEGIN = "<!-- epcache-board:begin -->"
 END = "<!-- epcache-board:end -->"
 _HEADER = ("encoder", "weights", "input", "head", "config", "seeds", "eval top-1 [95%]", "oracle top-1", "params",
            "eval n")
+DENSE_HEADER = ("eval mIoU", "pixel acc")  # dense rows (task "dense"): mIoU of the holdout's pick
+DENSE_LEGEND = ("; eval mIoU, pixel acc: dense heads (per-pixel labels), the config the holdout mIoU selected, "
+                "empty for classification rows")
 LEGEND = ("eval top-1: the config the holdout selected, mean over seeds, with its 95% interval (Wilson for one "
           "seed, seeded bootstrap of the mean for several); oracle: mean ± std of each seed's best epoch on eval "
           "(the paper's protocol, never used to select; '-': solver heads)")
@@ -51,7 +54,8 @@ def write_board(board: Board, out: str | Path, *, figures: bool = True) -> Board
     _write(csv_path, buf.getvalue())
     saved = read_board_csv(csv_path)
     md = out / "board.md"
-    _write(md, f"# Board\n\n{BEGIN}\n{render_markdown(saved)}\n{END}\n\n{LEGEND}\n")
+    legend = LEGEND + (DENSE_LEGEND if any(r.get("miou") for r in saved.rows) else "")
+    _write(md, f"# Board\n\n{BEGIN}\n{render_markdown(saved)}\n{END}\n\n{legend}\n")
     png = None
     if figures:
         from epcache.board.figure import board_figure  # lazy: matplotlib only when a figure is drawn
@@ -81,10 +85,13 @@ def read_board_csv(path: str | Path) -> Board:
 
 def render_markdown(board: Board) -> str:
     """The board as one markdown table: the honest (holdout-selected) number with its interval, and the oracle."""
-    lines = ["| " + " | ".join(_HEADER) + " |", "|" + "|".join("---" for _ in _HEADER) + "|"]
+    dense = any(r.get("miou") for r in board.rows)  # the mIoU columns only where a dense row is on the board
+    header = _HEADER + (DENSE_HEADER if dense else ())
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in board.rows:
         cells = (r["encoder"], r["weights"], r["input"], r["head_family"], r["config"], r["seeds"], _interval(r),
                  _oracle(r), r["params"], r["eval_n"])
+        cells += (_pct(r.get("miou", "")), _pct(r.get("pixel_acc", ""))) if dense else ()
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 

@@ -21,7 +21,14 @@ from epcache.probe.config.fields import raise_errors
 from epcache.probe.config.inputs import SEQUENCE_SOURCES, VECTOR_SOURCES, unknown_tokens_text
 from epcache.probe.config.probe_config import _HEAD_RE
 from epcache.probe.config.suite import check_suite, check_suite_store
-from epcache.probe.names import BUILTIN_HEAD_KINDS, LINEAR_FITS, SOLVER_KINDS, TRAINED_HEAD_KINDS, unknown_head_text
+from epcache.probe.names import (
+    BUILTIN_HEAD_KINDS,
+    DENSE_KINDS,
+    LINEAR_FITS,
+    SOLVER_KINDS,
+    TRAINED_HEAD_KINDS,
+    unknown_head_text,
+)
 
 if TYPE_CHECKING:
     from epcache.probe.config.probe_config import ProbeConfig
@@ -99,7 +106,7 @@ def _check_kinds(config: ProbeConfig) -> None:
     errors: list[str] = []
     for text in config.heads.head:
         m = _HEAD_RE.match(text)  # a spec that does not parse is left to the full check's message
-        if m is not None and m.group(1) not in BUILTIN_HEAD_KINDS:
+        if m is not None and m.group(1) not in BUILTIN_HEAD_KINDS + DENSE_KINDS:
             errors.append(unknown_head_text(m.group(1), text, TRAINED_HEAD_KINDS, SOLVER_KINDS))
     if config.heads.linear_fit not in LINEAR_FITS:
         errors.append(f"--linear-fit must be one of {', '.join(LINEAR_FITS)}, got {config.heads.linear_fit!r}")

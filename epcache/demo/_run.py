@@ -23,9 +23,10 @@ from epcache.extract import ExtractConfig, extract_store
 from epcache.probe import ProbeConfig, ProbeResult, probe_store
 from epcache.report import write_report
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = ["DENSE_DEMO_HEADS", "DemoConfig", "DemoResult", "run_demo", "run_dense_demo"]
 
 DEMO_MODEL = "vit_tiny_patch16_224"  # width 192; the demo sets depth and patch size (DemoConfig.depth, patch 8)
+DENSE_DEMO_HEADS: tuple[str, ...] = ("dense-knn", "dense-logreg", "seg-linear", "hummingbird", "linear")
 REAL_WEIGHTS_HINT = """\
 With real weights (a local checkpoint, or timm weights already in the Hugging Face cache):
   epcache extract --model mae_vitb --weights mae_pretrain_vit_base.pth --data /data/imagenet \\
@@ -69,8 +70,10 @@ class DemoResult:
 
 
 def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig(), *,
-             echo: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
+             echo: Callable[[str], None] = print, progress: bool = True, dense: bool = False) -> DemoResult:
     """Run the demo into ``out`` (refuses a non-empty ``out`` that is not a finished demo).
+
+    ``dense``: the segmentation demo instead (:func:`run_dense_demo`), into ``out``'s ``*-dense`` paths.
 
     Raises:
         StoreExistsError: ``out`` holds something else.
@@ -81,6 +84,8 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
         raise StoreExistsError(f"{root} exists and is not an epcache demo directory; pass another --out")
     root.mkdir(parents=True, exist_ok=True)
     (root / "demo.txt").write_text("epcache demo output; safe to delete\n")
+    if dense:
+        return run_dense_demo(root, config, echo=echo, progress=progress, t0=t0)
     sh = config.shapes
     n_train, n_val = sh.num_classes * sh.train_per_class, sh.num_classes * sh.val_per_class
     kwargs = {"depth": config.depth, "patch_size": 8}
@@ -144,6 +149,54 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
          f"  epcache extract --model {DEMO_MODEL} --random-init --img-size {sh.size} \\\n"
          f"      --model-kwargs '{json.dumps(kwargs)}' --data {data} --out my_store.zarr")
     echo(REAL_WEIGHTS_HINT)
+    return DemoResult(out=root, data=data, store=store, rundir=rundir, report=report_path, figures=figures,
+                      summary=result.summary, seconds=time.perf_counter() - t0)
+
+
+def run_dense_demo(root: Path, config: DemoConfig, *, echo: Callable[[str], None], progress: bool,
+                   t0: float) -> DemoResult:
+    """The shapes with per-pixel masks -> ``extract --masks`` -> the four dense heads and a linear head -> report.
+
+    Dense heads read the last block only: per-patch fits cost ``images x patches`` rows, and one layer
+    shows every head next to the majority floor.
+    """
+    sh = config.shapes
+    n_train, n_val = sh.num_classes * sh.train_per_class, sh.num_classes * sh.val_per_class
+    kwargs = {"depth": config.depth, "patch_size": 8}
+    last = config.depth - 1
+    echo(f"epcache demo --dense: a RANDOM-INIT {DEMO_MODEL} ({config.depth} blocks, patch 8, {sh.size} px);\n"
+         "the numbers show the pipeline, not a model's quality.")
+    echo(f"plan: {n_train} train / {n_val} val images with masks ({sh.num_classes} shapes + background) -> "
+         f"block {last} -> {', '.join(DENSE_DEMO_HEADS)} -> report")
+    data, store, rundir = root / "data-dense", root / "store-dense.zarr", root / "run-dense"
+    if not (data / "val").exists():
+        make_shapes_dataset(data, sh, masks=True)
+    res = extract_store(
+        ExtractConfig(model=DEMO_MODEL, data=data, out=store, random_init=True, img_size=sh.size, masks=True,
+                      model_kwargs=kwargs, workers=0, layers="all", batch_size=32),
+        progress=progress,
+    )
+    result = probe_store(
+        ProbeConfig(store=str(store), head=DENSE_DEMO_HEADS, layers=(last,), optimizer=("adamw",), lr=config.lrs[:1],
+                    epochs=config.epochs, warmup=max(1, config.epochs // 10), batch_size=config.batch_size,
+                    holdout=config.holdout, out=str(rundir), linear_fit="sgd"),
+        progress=progress,
+    )
+    echo(result.summary)
+    report_path: Path | None = None
+    figures: tuple[Path, ...] = ()
+    if config.figures:
+        rep = write_report(rundir, root / "report-dense")
+        report_path, figures = rep.markdown, tuple(rep.figures)
+    echo(f"data     {data}  ({n_train} train / {n_val} val images, masks beside them)")
+    echo(f"store    {store}  ({'reused: already complete' if res.status == 'already-complete' else 'extracted'})")
+    echo(f"results  {rundir / 'results.jsonl'}  (dense predictions: {rundir / 'dense'})")
+    if report_path is not None:
+        echo(f"report   {report_path}  ({plural(len(figures), 'figure')})")
+    echo("the same from the CLI:\n"
+         f"  epcache extract --model {DEMO_MODEL} --random-init --img-size {sh.size} --masks \\\n"
+         f"      --model-kwargs '{json.dumps(kwargs)}' --data {data} --out my_store.zarr\n"
+         f"  epcache probe --store my_store.zarr --head {','.join(DENSE_DEMO_HEADS)} --layers {last} --out run")
     return DemoResult(out=root, data=data, store=store, rundir=rundir, report=report_path, figures=figures,
                       summary=result.summary, seconds=time.perf_counter() - t0)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
-    "BUILTIN_HEAD_KINDS", "LINEAR_FITS", "SOLVER_KINDS", "TRAINED_HEAD_KINDS", "known_heads_text", "unknown_head_text",
+    "BUILTIN_HEAD_KINDS", "DENSE_KINDS", "LINEAR_FITS", "SOLVER_KINDS", "TRAINED_HEAD_KINDS", "known_heads_text",
+    "unknown_head_text",
 ]
 
 SOLVER_KINDS: tuple[str, ...] = ("knn", "ridge", "logreg", "ncm")  # fitted once on pooled features, no epochs
@@ -21,6 +22,8 @@ TRAINED_HEAD_KINDS: tuple[str, ...] = (  # the registry's built-in trained heads
     "linear", "mhca", "mp", "siglip", "simpool",
 )
 BUILTIN_HEAD_KINDS: tuple[str, ...] = TRAINED_HEAD_KINDS + SOLVER_KINDS  # list_heads() + list_solvers() at import
+# per-patch heads scored by mIoU (epcache.probe.dense.registry.DENSE_HEADS, which asserts the same names)
+DENSE_KINDS: tuple[str, ...] = ("dense-knn", "dense-logreg", "seg-linear", "hummingbird")
 
 
 def known_heads_text(trained: Sequence[str], solvers: Sequence[str]) -> str:

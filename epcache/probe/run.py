@@ -21,12 +21,21 @@ from epcache._fs.oserror import os_errors
 from epcache.errors import ConfigError
 from epcache.probe.config.probe_config import ProbeConfig
 from epcache.probe.config.suite import suite_record
+from epcache.probe.dense.execute import run_dense_specs
+from epcache.probe.dense.route import DensePlan, plan_dense
 from epcache.probe.device import cpu_threads, resolve_shard
 from epcache.probe.plan import PlannedGroup, SweepPlan, plan_sweep
 from epcache.probe.results.anchor import Anchor, anchor_name, check_rows, read_anchors
 from epcache.probe.results.ranking import best_row, rank_rows
 from epcache.probe.results.repeats import RepeatSummary, summarize_repeats
-from epcache.probe.results.rows import format_summary, read_results, repair_results, write_json, write_text
+from epcache.probe.results.rows import (
+    RESULTS_FILE,
+    format_summary,
+    read_results,
+    repair_results,
+    write_json,
+    write_text,
+)
 from epcache.probe.rundir import remove_stale_checkpoints, run_dir_lock
 from epcache.probe.solvers import SolverSpec, run_solver_configs
 from epcache.probe.sweep.grid import resolve_request
@@ -118,12 +127,18 @@ def _probe_locked(config: ProbeConfig, progress: bool) -> ProbeResult:
         inputs = config.inputs
         for warning in check_for_probe(store, eval_store, inputs.train_split, inputs.eval_split, inputs.trust_store):
             print(f"warning: {warning}", file=sys.stderr)
-        repeats = resolve_request(config).config.data.repeats  # a grid file's top level may set it
-        plans = [plan_sweep(config, store, eval_store, repeat=i) for i in range(repeats)]  # all checked before training
+        dense = plan_dense(config, store, eval_store)  # dense heads split off, masks and grid checked: no work yet
+        if dense is not None and dense.rest is None:
+            return _with_dense(None, dense, config, store, eval_store, say)
+        sweep = config if dense is None else dense.rest
+        assert sweep is not None
+        repeats = resolve_request(sweep).config.data.repeats  # a grid file's top level may set it
+        plans = [plan_sweep(sweep, store, eval_store, repeat=i) for i in range(repeats)]  # all checked before training
         _check_repeats(plans[0])
         with cpu_threads(plans[0].device) as rule:
             results = [_run(plan, store, eval_store, say, progress, rule, anchors) for plan in plans]
-        return results[0] if len(plans) == 1 else _combine(plans, results)
+        result = results[0] if len(plans) == 1 else _combine(plans, results)
+        return result if dense is None else _with_dense(result, dense, config, store, eval_store, say)
     finally:
         if eval_store is not store:
             eval_store.close()
@@ -219,6 +234,36 @@ def _tap(config: ProbeConfig) -> str:
 def _open(location: str, tap: str, checked: bool) -> FeatureStore:
     """The store the heads read: ``location`` itself for ``block``, else its tap, a complete store of its own."""
     return open_store(location, verify_reads=checked, tap=None if tap == BLOCK else tap)
+
+
+def _with_dense(result: ProbeResult | None, dense: DensePlan, config: ProbeConfig, store: FeatureStore,
+                eval_store: FeatureStore, say: Callable[[str], None]) -> ProbeResult:
+    """Fit the dense rows not finished in the run directory, after the classification sweep, into one result."""
+    say(dense.note)
+    out = Path(config.run.out) if config.run.out else None
+    finished: dict[str, dict[str, Any]] = {}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        repair_results(out / RESULTS_FILE)
+        for f in sorted(out.glob("results*.jsonl")):
+            for row in read_results(f):
+                finished.setdefault(row["id"], row)
+    skipped = tuple(s.id for s in dense.specs if s.id in finished)
+    if skipped:
+        say(f"{len(skipped)} of {len(dense.specs)} dense configs already finished in {out}; skipping them")
+    new = run_dense_specs(dense, [s for s in dense.specs if s.id not in finished], store=store, eval_store=eval_store,
+                          train_split=config.inputs.train_split, eval_split=config.inputs.eval_split, out=out,
+                          results_file=RESULTS_FILE, say=say)
+    fresh = {r["id"]: r for r in new}
+    dense_rows = tuple(fresh.get(s.id) or finished[s.id] for s in dense.specs)
+    rows = (result.rows if result else ()) + dense_rows
+    summary = format_summary(rows)
+    if out is not None:
+        write_text(out / "summary.txt", summary + "\n")
+    best = result.best if result and result.best else best_row(rank_rows(dense_rows)[0])
+    notes = (*(result.notes if result else ()), dense.note)
+    return ProbeResult(rows=rows, best=best, summary=summary, out=out, skipped=(*(result.skipped if result else ()),
+                       *skipped), notes=notes, repeats=result.repeats if result else None)
 
 
 def _check_repeats(plan: SweepPlan) -> None:

@@ -8,8 +8,17 @@ from pathlib import Path
 
 from epcache._fs.oserror import os_errors
 from epcache._text import FLOP_UNIT, format_flops, mean_std_text, plural, short_label
-from epcache.probe.results.ranking import CONFIG_RANKING, EPOCH_SELECTION, ORACLE_NOTE, best_row, oracle_text, rank
+from epcache.probe.results.ranking import (
+    CONFIG_RANKING,
+    EPOCH_SELECTION,
+    ORACLE_NOTE,
+    best_row,
+    is_dense,
+    oracle_text,
+    rank,
+)
 from epcache.report._classes import class_names, confusion_note, per_class_table, plot_confusion
+from epcache.report._dense import DENSE_FIGURE, dense_lines, dense_panel, plot_dense_masks
 from epcache.report._files import write_atomically
 from epcache.report._mix_plot import input_label, plot_mixes
 from epcache.report._model import model_title
@@ -67,7 +76,41 @@ def write_report(rundir: str | PathLike[str], out: str | PathLike[str] | None = 
                 return Report(markdown=path, figures=figs, num_configs=len(rows))
     rows = load_rows(run)
     with os_errors(action=f"epcache report into {dest}", resume_hint=RESUME_HINT):
-        return _write(rows, dest, figures=figures, metric=metric)
+        dense = [r for r in rows if is_dense(r)]
+        rows = [r for r in rows if not is_dense(r)]
+        if not rows:
+            return _write_dense_only(run, dense, dest, figures=figures)
+        report = _write(rows, dest, figures=figures, metric=metric)
+        return report if not dense else _add_dense(report, run, dense, dest, figures=figures)
+
+
+def _dense_part(run: Path, dense: list[dict], dest: Path, *, figures: bool) -> tuple[list[str], list[Path]]:
+    """The dense section's lines and its mask figure (of the ranking's best dense row)."""
+    figs: list[Path] = []
+    if figures:
+        panel = dense_panel(run, dense)
+        figs.append(plot_dense_masks(panel, dest / DENSE_FIGURE,
+                                     title=f"best dense row: {panel.row['name']} (eval images)"))
+    return dense_lines(dense, figs[0].name if figs else None), figs
+
+
+def _add_dense(report: Report, run: Path, dense: list[dict], dest: Path, *, figures: bool) -> Report:
+    lines, figs = _dense_part(run, dense, dest, figures=figures)
+    md = report.markdown.read_text(encoding="utf-8") + "\n" + "\n".join(lines)
+    path = write_atomically(dest / "report.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+    return Report(markdown=path, figures=[*report.figures, *figs], num_configs=report.num_configs + len(dense))
+
+
+def _write_dense_only(run: Path, dense: list[dict], dest: Path, *, figures: bool) -> Report:
+    dest.mkdir(parents=True, exist_ok=True)
+    backbone = model_title(dense[0])
+    store = dense[0]["store"]
+    lines, figs = _dense_part(run, dense, dest, figures=figures)
+    md = "\n".join([f"# Probe report: {backbone}", "",
+                    f"- store: `{store.get('path', '?')}` (provenance `{str(store.get('provenance', '?'))[:16]}`)",
+                    f"- {plural(len(dense), 'dense config')}", "", *lines])
+    path = write_atomically(dest / "report.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+    return Report(markdown=path, figures=figs, num_configs=len(dense))
 
 
 def _write(rows: list[dict], dest: Path, *, figures: bool, metric: str) -> Report:

@@ -78,6 +78,7 @@ def test_one_row_per_cell_with_the_rankings_best_config_and_its_interval(lab: di
         (r["encoder"], r["input"], r["head_family"]) for r in board.rows)
     for r in board.rows:
         assert set(r) == set(BOARD_COLUMNS) and r["weights"] == "random-init"
+        assert r["miou"] == r["pixel_acc"] == ""  # the dense columns: empty for classification rows
         best = rank(group_by_seed(cells[(r["store_provenance"], r["input"], r["head_family"], r["protocol"])]))[0]
         top = best_row(best)
         assert r["config"] == best.name and r["seeds"] == str(len(best.rows)) and r["params"] == str(top["params"])

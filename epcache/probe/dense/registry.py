@@ -20,6 +20,7 @@ from epcache.probe.dense.knn import DENSE_KNN_KS, DENSE_KNN_METRICS, run_dense_k
 from epcache.probe.dense.logreg import DENSE_LOGREG_CS, run_dense_logreg
 from epcache.probe.dense.metrics import majority_class
 from epcache.probe.dense.seg_linear import SEG_LINEAR_LRS, SEG_LINEAR_WDS, run_seg_linear
+from epcache.probe.names import DENSE_KINDS
 
 __all__ = ["DENSE_HEADS", "DenseHeadSpec", "majority_baseline", "run_dense_head"]
 
@@ -60,6 +61,8 @@ DENSE_HEADS: Mapping[str, DenseHeadSpec] = MappingProxyType({
                           "temperature": HUMMINGBIRD_TEMPERATURE, "seed": 0}),
         run_hummingbird, "soft label transfer from a memory bank of training patches (cosine, k=30, T=0.02)"),
 })
+
+assert tuple(DENSE_HEADS) == DENSE_KINDS, "epcache.probe.names.DENSE_KINDS must name the registry's kinds"
 
 
 def majority_baseline(data: DenseData) -> DenseResult:

@@ -28,6 +28,7 @@ from epcache._text import mean_std_text
 
 __all__ = [
     "CONFIG_RANKING",
+    "DENSE_RANKING",
     "EPOCH_SELECTION",
     "NO_HOLDOUT_SELECTION",
     "ORACLE_NOTE",
@@ -39,6 +40,7 @@ __all__ = [
     "epoch_improves",
     "epoch_selection",
     "group_by_seed",
+    "is_dense",
     "oracle_note",
     "oracle_text",
     "oracle_top1",
@@ -66,6 +68,7 @@ def oracle_note(chosen: str = "on the holdout") -> str:
 
 
 CONFIG_RANKING = config_ranking()
+DENSE_RANKING = "holdout mIoU (whole train images held out); ties: name"
 ORACLE_NOTE = oracle_note()
 
 
@@ -149,6 +152,10 @@ def rank_key(group: Grouped, *, honest: bool | None = None) -> tuple[Any, ...]:
     use_holdout = _honest(group) if honest is None else honest
     split = "holdout" if use_holdout else "eval"
     metrics = [r["metrics"][split] for r in group.rows]
+    if is_dense(group.rows[0]):  # DENSE_RANKING: holdout mIoU only (a dense row always has one)
+        miou = _mean([float(m["miou"]) for m in metrics])
+        miou = miou if math.isfinite(miou) else -math.inf
+        return (-miou, 0.0, 0.0, 0, str(group.rows[0]["name"]), group.key)
     top1 = _mean([float(m["top1"]) for m in metrics])
     bal = _mean([float(m["balanced_acc"]) for m in metrics])
     losses = [m.get("loss") for m in metrics]
@@ -160,15 +167,23 @@ def rank_key(group: Grouped, *, honest: bool | None = None) -> tuple[Any, ...]:
     return (-top1, loss, -bal, int(group.rows[0].get("params", 0)), name, group.key)
 
 
+def is_dense(row: dict[str, Any]) -> bool:
+    """A dense head's row (``task: "dense"``): scored by mIoU, ranked among dense rows only."""
+    return row.get("task") == "dense"
+
+
 def rank(groups: Sequence[G]) -> list[G]:
     """Groups best first: the one ranking behind every "best" of the summary, report and CLI.
+
+    Classification groups come first, by :data:`CONFIG_RANKING`; dense groups follow, ranked among
+    themselves by :data:`DENSE_RANKING` (a top-1 and an mIoU are never compared).
 
     The holdout decides when every group has one, else (dishonestly, and callers say so) eval.
     Callers that want the best of a subset (attentive heads, one kind) rank everything and filter,
     so the honesty of the ranking never depends on the subset.
     """
-    honest = all(_honest(g) for g in groups)
-    return sorted(groups, key=lambda g: rank_key(g, honest=honest))
+    honest = all(_honest(g) for g in groups if not is_dense(g.rows[0]))
+    return sorted(groups, key=lambda g: (is_dense(g.rows[0]), rank_key(g, honest=honest or is_dense(g.rows[0]))))
 
 
 def rank_rows(rows: Iterable[dict[str, Any]]) -> list[SeedGroup]:

@@ -20,9 +20,11 @@ from epcache._text import FLOP_UNIT, format_flops, mean_std_text, percent, plura
 from epcache._text import short_label as label
 from epcache.probe.results.intervals import BOOTSTRAP_METHOD, INTERVAL_METHOD, top1_interval
 from epcache.probe.results.ranking import (
+    DENSE_RANKING,
     best_row,
     config_ranking,
     group_by_seed,
+    is_dense,
     oracle_note,
     oracle_text,
     rank_rows,
@@ -38,7 +40,8 @@ from epcache.probe.results.selection import (
     solver_choice,
 )
 
-__all__ = ["format_summary", "holdout_warning", "repeats_text", "row_label", "seed_summary", "short_label"]
+__all__ = ["dense_summary", "format_summary", "holdout_warning", "repeats_text", "row_label", "seed_summary",
+           "short_label"]
 
 
 def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
@@ -51,6 +54,39 @@ def format_summary(rows: Sequence[dict[str, Any]], *, top: int = 1) -> str:
     """
     if not rows:
         return "no results"
+    dense = [r for r in rows if is_dense(r)]
+    rows = [r for r in rows if not is_dense(r)]
+    if not rows:
+        return dense_summary(dense)
+    text = _classification_summary(rows, top=top)
+    return text + "\n" + dense_summary(dense) if dense else text
+
+
+def dense_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """The dense rows in rank order (:data:`DENSE_RANKING`): chosen params, holdout and eval mIoU, the floor."""
+    lines = [_wrap(f"dense: {plural(len(rows), 'config')}; ranked by {DENSE_RANKING}; mIoU and pixel accuracy in %, "
+                   "majority = the most frequent train class everywhere (eval mIoU)")]
+    body = []
+    for g in rank_rows(rows):
+        r = best_row(g)
+        ev = r["metrics"]["eval"]
+        chosen = ",".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("chosen", {}).items()
+                          if k not in ("seed", "holdout", "memory_size", "epochs", "batch_size", "refit", "n_iter"))
+        body.append((r["id"][:10], r["kind"], ",".join(map(str, r["input"]["layers"])), chosen or "-",
+                     _pct(r["metrics"]["holdout"]["miou"]), _pct(ev["miou"]), _pct(ev["pixel_acc"]),
+                     _pct(ev.get("majority_miou"))))
+    lines.append(_table(("id", "head", "layer", "chosen", "holdout mIoU", "eval mIoU", "pixel acc", "majority"),
+                        body))
+    best = best_row(rank_rows(rows)[0])
+    lines.append(f"best dense: {best['id'][:10]} {best['name']}: eval mIoU {_pct(best['metrics']['eval']['miou'])}")
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * float(x):.2f}"
+
+
+def _classification_summary(rows: Sequence[dict[str, Any]], *, top: int) -> str:
     groups = rank_rows(rows)
     honest = all(g.honest for g in groups)
     rules = rules_of(rows)
