@@ -214,7 +214,9 @@ def heads(
     ] = 12,
 ) -> None:
     """Every head name `epcache probe --head` accepts: the trained heads with their parameters and forward FLOPs
-    per image, then the solver heads (knn, ridge, logreg, ncm) with what they fit and what a fit costs."""
+    per image, the solver heads (knn, ridge, logreg, ncm) with what they fit and what a fit costs, then the dense
+    heads (dense-knn, dense-logreg, seg-linear, hummingbird)."""
+    from epcache.probe.dense.listing import format_dense_table  # lazy: keeps torch out of `epcache --help`
     from epcache.probe.heads import heads_table  # lazy: keeps torch, zarr, numpy out of `epcache --help`
     from epcache.probe.solvers.listing import format_heads_listing  # lazy: keeps torch, zarr out of `epcache --help`
 
@@ -222,6 +224,7 @@ def heads(
         rows = heads_table(dim=dim, num_classes=classes, num_tokens=patches, queries=_ints(queries, "--queries"),
                            d_out=_ints(d_out, "--d-out"), layers=layers)
     typer.echo(format_heads_listing(rows, dim=dim, num_classes=classes))
+    typer.echo("\n" + format_dense_table(dim, classes))
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:

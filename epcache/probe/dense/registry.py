@@ -45,21 +45,21 @@ DENSE_HEADS: Mapping[str, DenseHeadSpec] = MappingProxyType({
         "dense-knn",
         MappingProxyType({"ks": DENSE_KNN_KS, "metrics": DENSE_KNN_METRICS, "normalize": False, "holdout": 0.1,
                           "seed": 0}),
-        run_dense_knn, "majority vote of the k nearest training patches; (metric, k) chosen on a train holdout"),
+        run_dense_knn, "majority vote of the k nearest train patches; (metric, k) chosen on a holdout"),
     "dense-logreg": DenseHeadSpec(
         "dense-logreg",
         MappingProxyType({"Cs": DENSE_LOGREG_CS, "holdout": 0.1, "seed": 0, "max_iter": 1000, "tol": 1e-6}),
-        _logreg, "standardised multinomial logistic regression per patch; C chosen on a train holdout"),
+        _logreg, "standardised multinomial logistic regression per patch; C chosen on a holdout"),
     "seg-linear": DenseHeadSpec(
         "seg-linear",
         MappingProxyType({"lrs": SEG_LINEAR_LRS, "wds": SEG_LINEAR_WDS, "epochs": 10, "batch_size": 16,
                           "holdout": 0.1, "seed": 0, "refit": True}),
-        run_seg_linear, "BatchNorm + 1x1 conv, bilinear logits, pixel CE; lr x wd fused, chosen on a train holdout"),
+        run_seg_linear, "BatchNorm + 1x1 conv, bilinear logits, pixel CE; lr x wd fused, on a holdout"),
     "hummingbird": DenseHeadSpec(
         "hummingbird",
         MappingProxyType({"memory_size": HUMMINGBIRD_MEMORY, "k": HUMMINGBIRD_K,
                           "temperature": HUMMINGBIRD_TEMPERATURE, "seed": 0}),
-        run_hummingbird, "soft label transfer from a memory bank of training patches (cosine, k=30, T=0.02)"),
+        run_hummingbird, "soft label transfer from a bank of train patches (cosine, k=30, T=0.02)"),
 })
 
 assert tuple(DENSE_HEADS) == DENSE_KINDS, "epcache.probe.names.DENSE_KINDS must name the registry's kinds"
