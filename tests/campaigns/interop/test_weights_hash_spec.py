@@ -31,7 +31,8 @@ CASES = {
 def recipe() -> Any:
     """``random_init_sha256`` as §2.5 writes it."""
     text = LAYOUT.read_text(encoding="utf-8")
-    section = text[text.index("\n### 2.5") : text.index("\n## 3.")]
+    start = text.index("\n### 2.5")
+    section = text[start : text.index("\n### 2.6", start)]  # §2.5 alone: later sections have examples of their own
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     ns: dict[str, Any] = {}
     exec(compile(code, "cache_layout.md §2.5", "exec"), ns)
