@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from epcache.probe.dense.inputs import DenseData, DenseResult, holdout_split
+from epcache.probe.dense.listing import dense_head_params
 from epcache.probe.dense.registry import DENSE_HEADS, run_dense_head
 from epcache.probe.dense.route import DensePlan, DenseSpec
 from epcache.probe.results.predictions import DENSE_DIR, write_predictions
@@ -32,13 +33,21 @@ DENSE_SELECTION = "holdout mIoU on 10% of the train images (whole images, seeded
 def run_dense_specs(plan: DensePlan, specs: Sequence[DenseSpec], *, store: FeatureStore, eval_store: FeatureStore,
                     train_split: str, eval_split: str, out: Path | None, results_file: str,
                     say: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Fit ``specs`` (those not finished yet) and write their rows; layer by layer, each layer read once."""
+    """Fit ``specs`` (those not finished yet) and write their rows; input by input, each layer read once."""
     rows: list[dict[str, Any]] = []
     info = plan.info
-    for layer in dict.fromkeys(s.layer for s in specs):
-        mine = [s for s in specs if s.layer == layer]
+    read: dict[tuple[str, int], np.ndarray] = {}  # (split side, layer) -> patches, shared by the mixes
+
+    def patches(side: str, layer: int) -> np.ndarray:
+        if (side, layer) not in read:
+            read[(side, layer)] = (_patches(store, train_split, layer) if side == "train" else
+                                   _patches(eval_store, eval_split, layer))
+        return read[(side, layer)]
+
+    for layers, mix in dict.fromkeys((s.layers, s.mix) for s in specs):
+        mine = [s for s in specs if (s.layers, s.mix) == (layers, mix)]
         t0 = time.perf_counter()
-        train_x, eval_x = _patches(store, train_split, layer), _patches(eval_store, eval_split, layer)
+        train_x, eval_x = (_join([patches(side, ly) for ly in layers], mix) for side in ("train", "eval"))
         n_train, views = train_x.shape[0], train_x.shape[1]
         masks = {0: store.read_masks(train_split, slice(None), 0)}
         eval_y = eval_store.read_masks(eval_split, slice(None), 0).astype(np.int64)
@@ -58,13 +67,20 @@ def run_dense_specs(plan: DensePlan, specs: Sequence[DenseSpec], *, store: Featu
             say(f"dense: {spec.name} ({n_train} train images x {len(used)} view(s), {eval_x.shape[0]} eval)")
             result = run_dense_head(spec.kind, data, spec.params)
             holdout = _holdout_scores(spec, data, result)
-            row = _row(spec, result, holdout, info, store, eval_store, n_train, eval_x.shape[0],
+            row = _row(spec, result, holdout, info, store, eval_store, n_train, eval_x.shape[0], dim=train_x.shape[-1],
                        seconds=time.perf_counter() - t1, read_seconds=read_s)
             if out is not None:
                 _write_predictions(out / row["dense_file"], result, eval_y)
                 append_result(out / results_file, row)
             rows.append(row)
     return rows
+
+
+def _join(parts: list[np.ndarray], mix: str) -> np.ndarray:
+    """One layer's ``[n, V, h, w, D]`` patches, or several joined patch by patch: channels side by side or averaged."""
+    if mix == "none":
+        return parts[0]
+    return np.concatenate(parts, axis=-1) if mix == "concat" else np.mean(parts, axis=0, dtype=np.float32)
 
 
 def _patches(store: FeatureStore, split: str, layer: int) -> np.ndarray:
@@ -92,7 +108,7 @@ def _holdout_scores(spec: DenseSpec, data: DenseData, result: DenseResult) -> li
 
 
 def _row(spec: DenseSpec, result: DenseResult, holdout: list[dict[str, Any]], info: DenseInfo,
-         store: FeatureStore, eval_store: FeatureStore, n_train: int, n_eval: int, *, seconds: float,
+         store: FeatureStore, eval_store: FeatureStore, n_train: int, n_eval: int, *, dim: int, seconds: float,
          read_seconds: float) -> dict[str, Any]:
     best = max(h["miou"] for h in holdout)
     per_class = {name: _num(v) for name, v in zip(info.classes, result.per_class_iou.tolist(), strict=False)}
@@ -105,15 +121,18 @@ def _row(spec: DenseSpec, result: DenseResult, holdout: list[dict[str, Any]], in
         "kind": spec.kind,
         "head": spec.head,
         "seed_group": spec.id,
-        "config": {"kind": spec.kind, "head": spec.head, "layer": spec.layer, **_plain(spec.params)},
+        "config": {"kind": spec.kind, "head": spec.head,
+                   **({"layer": spec.layers[0]} if spec.mix == "none" else {"layers": list(spec.layers),
+                                                                           "mix": spec.mix}),
+                   **_plain(spec.params)},
         "chosen": _plain(result.chosen),
         "seed": int({**DENSE_HEADS[spec.kind].defaults, **spec.params}.get("seed", 0)),  # type: ignore[call-overload]
         "store": _store_info(store),
         "eval_store": _store_info(eval_store),
-        "input": {"tokens": "patches", "layers": [spec.layer], "views": spec.views},
+        "input": {"tokens": "patches", "layers": list(spec.layers), "layer_mix": spec.mix, "views": spec.views},
         "data": {"num_classes": len(info.classes), "num_train": n_train, "num_eval": n_eval,
                  "class_map": list(info.classes), "ignore_index": info.ignore_index, "mask_size": list(info.size)},
-        "params": 0,
+        "params": dense_head_params(spec.kind, dim, len(info.classes)),  # learned numbers, as `epcache heads` counts
         "metrics": {
             "holdout": {"miou": best},
             "eval": {"miou": float(result.miou), "pixel_acc": float(result.pixel_acc), "per_class_iou": per_class,

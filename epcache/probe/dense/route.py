@@ -34,12 +34,13 @@ _DENSE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(?:\((.*)\))?\s*$", re.
 
 @dataclass(frozen=True)
 class DenseSpec:
-    """One dense row to produce: a kind with the options written out, on one layer."""
+    """One dense row to produce: a kind with the options written out, on one layer or a mix of layers."""
 
     kind: str
     head: str  # the --head entry as given
     params: dict[str, Any]  # the options written out (grids as tuples); the registry's defaults fill the rest
-    layer: int
+    layers: tuple[int, ...]  # one layer, or the layers a mix joins
+    mix: str  # "none" (one layer), "concat" (channels side by side) or "mean" (the layers' average)
     views: int  # train views read: 1 (view 0) or every stored view
     id: str
     name: str
@@ -86,7 +87,8 @@ def plan_dense(config: ProbeConfig, store: FeatureStore, eval_store: FeatureStor
     layers = resolve_layers(config.inputs.layers, store.meta)
     _check_grid(store, eval_store, layers)
     views = store.split(config.inputs.train_split).views
-    specs = [_spec(text, layer, views, config, store, eval_store) for text in dense for layer in layers]
+    inputs = _inputs(config.inputs.layer_mix, layers, store)
+    specs = [_spec(text, ly, mix, views, config, store, eval_store) for text in dense for ly, mix in inputs]
     rest_config = dataclasses.replace(config, head=tuple(rest)) if rest else None
     read = ("train view 0 only (the store holds 1 view)" if views == 1 else
             f"train: all {views} views for {', '.join(k for k in VIEW_KINDS if any(s.kind == k for s in specs))}, "
@@ -129,7 +131,28 @@ def _check_grid(store: FeatureStore, eval_store: FeatureStore, layers: Sequence[
                               "label; use a store pooled less (or not at all: --pool-patches 1)")
 
 
-def _spec(text: str, layer: int, views: int, config: ProbeConfig, store: FeatureStore,
+def _inputs(mixes: Sequence[str], layers: Sequence[int], store: FeatureStore) -> list[tuple[tuple[int, ...], str]]:
+    """The layer inputs of ``--layer-mix``: each layer alone for ``none``, all of them at once for a mix.
+
+    Raises:
+        ConfigError: ``tokens`` (a dense head labels each patch of one grid, it has no token axis to join), or a
+            mix over layers whose patch grids or (for ``mean``) widths differ.
+    """
+    if "tokens" in mixes:
+        raise ConfigError("dense heads take --layer-mix none, concat or mean (a patch's channels from several layers); "
+                          "`tokens` joins token axes, which a per-patch head does not have")
+    out: list[tuple[tuple[int, ...], str]] = [((ly,), "none") for ly in layers] if "none" in mixes else []
+    shapes = {ly: (store.meta.for_layer(ly).layout.grid, store.meta.for_layer(ly).dim) for ly in layers}
+    for mix in (m for m in ("concat", "mean") if m in mixes and len(layers) > 1):
+        grids, dims = {g for g, _ in shapes.values()}, {d for _, d in shapes.values()}
+        if len(grids) > 1 or (mix == "mean" and len(dims) > 1):
+            raise ConfigError(f"--layer-mix {mix} joins layers {list(layers)} patch by patch, but their grids or "
+                              f"widths differ ({shapes}); choose layers of one shape")
+        out.append((tuple(layers), mix))
+    return out
+
+
+def _spec(text: str, layers: tuple[int, ...], mix: str, views: int, config: ProbeConfig, store: FeatureStore,
           eval_store: FeatureStore) -> DenseSpec:
     m = _DENSE_RE.match(text)
     assert m is not None
@@ -141,9 +164,11 @@ def _spec(text: str, layer: int, views: int, config: ProbeConfig, store: Feature
         raise ConfigError(f"{text}: {kind} takes {', '.join(DENSE_HEADS[kind].defaults)}; unknown option(s) "
                           f"{', '.join(unknown)}")
     used = views if kind in VIEW_KINDS else 1
-    key = {"kind": kind, "params": params, "layer": layer, "views": used, "store": store.provenance,
+    where = {"layer": layers[0]} if mix == "none" else {"layers": list(layers), "mix": mix}  # single-layer ids kept
+    key = {"kind": kind, "params": params, **where, "views": used, "store": store.provenance,
            "eval_store": eval_store.provenance, "train": config.inputs.train_split, "eval": config.inputs.eval_split}
     ident = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     opts = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
-    name = f"{kind}{f'({opts})' if opts else ''} L{layer}"
-    return DenseSpec(kind, text, params, layer, used, ident, name)
+    label = f"L{layers[0]}" if mix == "none" else f"L{'+'.join(map(str, layers))} {mix}"
+    name = f"{kind}{f'({opts})' if opts else ''} {label}"
+    return DenseSpec(kind, text, params, layers, mix, used, ident, name)

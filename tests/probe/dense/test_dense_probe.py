@@ -121,3 +121,39 @@ def test_a_tap_has_no_masks_and_says_where_they_are(tmp_path: Path) -> None:
                               "--out", str(out), "--no-progress"])
     assert res.exit_code == 2 and "tap 'attn_norm'" in res.output and "without --tap" in res.output, res.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_layer_mixes_join_the_layers_patch_by_patch(stores: tuple[Path, Path], tmp_path: Path) -> None:
+    from epcache.probe.dense import DenseData
+    from epcache.probe.dense.registry import run_dense_head
+    from epcache.store import open_store
+
+    head = "dense-logreg(Cs=[1.0])"
+    result = probe_store(ProbeConfig(store=str(stores[0]), head=(head,), layers=(0, 1),
+                                     layer_mix=("none", "concat", "mean")), progress=False)
+    rows = {(tuple(r["input"]["layers"]), r["input"]["layer_mix"]): r for r in result.rows}
+    assert sorted(rows) == [((0,), "none"), ((0, 1), "concat"), ((0, 1), "mean"), ((1,), "none")]
+    assert rows[((0, 1), "concat")]["name"].endswith("L0+1 concat")
+    with open_store(stores[0]) as s:
+        p, (h, w) = s.meta.layout.num_prefix, s.meta.layout.grid
+
+        def feats(split: str, layer: int) -> np.ndarray:
+            x = s.read_rows(split, layer, np.arange(s.split(split).num_samples))[:, 0, p:]
+            return np.asarray(x, np.float32).reshape(x.shape[0], h, w, -1)
+
+        info = s.dense_info()
+        assert info is not None
+        both = {split: (feats(split, 0), feats(split, 1)) for split in ("train", "val")}
+        masks = {split: s.read_masks(split, slice(None)).astype(np.int64) for split in ("train", "val")}
+    dim, classes = both["train"][0].shape[-1], len(info.classes)
+    for mix, join in (("concat", lambda a, b: np.concatenate([a, b], -1)), ("mean", lambda a, b: (a + b) / 2)):
+        data = DenseData(join(*both["train"]), masks["train"], join(*both["val"]), masks["val"], classes,
+                         info.ignore_index)
+        want = run_dense_head("dense-logreg", data, {"Cs": (1.0,)})
+        got = rows[((0, 1), mix)]
+        assert got["metrics"]["eval"]["miou"] == pytest.approx(want.miou, abs=1e-9)
+        width = 2 * dim if mix == "concat" else dim
+        assert got["params"] == width * classes + classes
+    res = runner.invoke(app, ["probe", "--store", str(stores[0]), "--head", "seg-linear", "--layers", "0,1",
+                              "--layer-mix", "tokens", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 2 and "concat or mean" in res.output, res.output
