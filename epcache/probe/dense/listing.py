@@ -6,6 +6,8 @@ registry, so a kind added there is listed here with its defaults, and never list
 
 from __future__ import annotations
 
+import textwrap
+
 from epcache.probe.dense.registry import DENSE_HEADS
 
 __all__ = ["dense_head_params", "format_dense_table"]
@@ -25,9 +27,9 @@ def format_dense_table(dim: int = 768, num_classes: int = 150) -> str:
     w0 = max(len(r[0]) for r in [("kind", "", ""), *rows])
     w1 = max(len(r[1]) for r in [("", "params", ""), *rows])
     lines.append(f"{'kind':<{w0}}  {'params':>{w1}}  fits")
-    lines.append(f"{'-' * w0}  {'-' * w1}  {'-' * max(len(r[2]) for r in rows)}")
-    for kind, params, fits in rows:
-        lines.append(f"{kind:<{w0}}  {params:>{w1}}  {fits}")
+    lines.append(f"{'-' * w0}  {'-' * w1}  {'-' * min(max(len(r[2]) for r in rows), 100 - w0 - w1 - 4)}")
+    for kind, params, fits in rows:  # what each fits, wrapped at 100 columns under its own column
+        lines += textwrap.wrap(f"{kind:<{w0}}  {params:>{w1}}  {fits}", 100, subsequent_indent=" " * (w0 + w1 + 4))
         pad, line = " " * (w0 + 2), f"{' ' * (w0 + 2)}options:"
         for name, v in DENSE_HEADS[kind].defaults.items():  # wrapped at 100 columns, as the other tables
             item = f" {name}={_value(v)},"
