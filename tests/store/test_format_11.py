@@ -189,3 +189,11 @@ def test_hdf5_allocates_every_chunk_of_an_all_zero_block(tmp_path: Path) -> None
     with h5py.File(p, "r") as f:
         ds = f["splits/val/layers/1"]
         assert all(ds.id.get_chunk_info_by_coord((r, 0, 0, 0)).byte_offset is not None for r in (0, 4, 8, 12))
+
+
+def test_a_store_without_splits_is_never_clean(tmp_path: Path) -> None:
+    """A kill after the store's creation and before its first split leaves a document and nothing else."""
+    p = tmp_path / "empty.zarr"
+    create_store(p, meta()).close()
+    report = verify_store(p)
+    assert not report.ok and any("no split" in problem for problem in report.problems)

@@ -103,6 +103,9 @@ def verify_store(location: str | PathLike[str], *, deep: bool = False, progress:
                 checker.problems.extend(problems)
                 checker.blocks_checked += blocks
                 checker.bytes_checked += nbytes
+        if not store.splits:  # killed between creating the store and declaring its first split: never clean
+            checker.problems.append("the store holds no split yet (its extraction stopped before writing any); "
+                                    "re-run the same `epcache extract` to continue")
         checker.problems += tap_problems(store, lambda loc: verify_store(loc, deep=deep))
         return VerifyReport(
             location=loc,
