@@ -245,6 +245,7 @@ def test_verify_catches_an_edited_tap_chunk(data: Path, tmp_path: Path) -> None:
     assert any(p.startswith("tap attn_norm: split=val layer=1") and "checksum" in p for p in report.problems)
     result = CliRunner().invoke(app, ["verify", str(cfg.out)])
     assert result.exit_code != 0 and "tap attn_norm" in result.output
+    assert "fix: delete each damaged tap's directory" in result.output and "metadata itself" not in result.output
     info = CliRunner().invoke(app, ["info", str(cfg.out)])
     assert info.exit_code == 0 and "tap         attn_norm   D=192" in info.output
 

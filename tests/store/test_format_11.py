@@ -197,3 +197,4 @@ def test_a_store_without_splits_is_never_clean(tmp_path: Path) -> None:
     create_store(p, meta()).close()
     report = verify_store(p)
     assert not report.ok and any("no split" in problem for problem in report.problems)
+    assert "fix: re-run the same `epcache extract` command" in report.format_text()

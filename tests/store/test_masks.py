@@ -114,6 +114,7 @@ def test_mask_blocks_count_for_completeness_and_resume(tmp_path: Path, fmt: str)
     report = verify_store(loc)
     assert not report.ok
     assert any("masks block 1: missing" in p for p in report.problems)
+    assert "fix: re-run the same `epcache extract` command: it resumes" in report.format_text()
 
 
 def test_wrong_mask_block_is_refused(tmp_path: Path, fmt: str) -> None:
@@ -200,6 +201,7 @@ def test_verify_catches_an_edited_mask_chunk(tmp_path: Path, fmt: str) -> None:
     assert len(found) == 1 and "split 'train' masks block 1: checksum" in found[0]
     r = runner.invoke(app, ["verify", str(loc), "--no-progress"])
     assert r.exit_code != 0 and "masks block 1: checksum" in r.output
+    assert "masks changed after extraction are not repaired" in r.output and "metadata itself" not in r.output
 
 
 def test_records_are_their_own_array(tmp_path: Path, fmt: str) -> None:

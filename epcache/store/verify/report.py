@@ -122,6 +122,21 @@ class VerifyReport:
                 "each problem says (the bytes are checked again then), or re-extract with `epcache extract "
                 "--overwrite`; `--repair` refuses, as it would rewrite intact blocks through the wrong metadata"
             )
+        elif all(_resumable(p) for p in self.problems):
+            lines.append("fix: re-run the same `epcache extract` command: it resumes, writing only what is missing "
+                         "(block outputs, taps and masks alike)")
+        elif all(p.startswith("tap ") or _resumable(p) for p in self.problems):
+            lines.append("fix: delete each damaged tap's directory (named in its problem) and re-run the same "
+                         "`epcache extract`: it rebuilds the tap and keeps everything else")
+        elif any(" masks" in p and not _resumable(p) for p in self.problems):
+            lines.append("fix: masks changed after extraction are not repaired (`--repair` re-extracts token blocks); "
+                         "re-extract the store with `epcache extract --overwrite`")
         else:
             lines.append("fix: the metadata itself is damaged; re-extract the store with `epcache extract --overwrite`")
         return "\n".join(lines)
+
+
+def _resumable(problem: str) -> bool:
+    """A problem that re-running the extraction fixes by itself: something not written yet, nothing wrong written."""
+    return (problem.startswith("the store holds no split") or ": missing (record is -1" in problem
+            or (problem.startswith("tap ") and ("  missing: " in problem or "holds no split" in problem)))
