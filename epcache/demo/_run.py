@@ -134,16 +134,9 @@ def run_demo(out: str | Path = "epcache-demo", config: DemoConfig = DemoConfig()
     else:
         echo(f"probe: all {plural(len(result.rows), 'config')} already in {rundir}: skipped (delete it to retrain)")
     echo(result.summary)
-    report_path: Path | None = None
-    figures: tuple[Path, ...] = ()
-    if config.figures:
-        rep = write_report(rundir, root / "report")
-        report_path, figures = rep.markdown, tuple(rep.figures)
-    echo(f"data     {data}  ({n_train} train / {n_val} val images)")
-    echo(f"store    {store}  ({'reused: already complete' if res.status == 'already-complete' else 'extracted'})")
-    echo(f"results  {rundir / 'results.jsonl'}")
-    if report_path is not None:
-        echo(f"report   {report_path}  ({plural(len(figures), 'figure')})")
+    report_path, figures = _report_and_paths(config, echo, rundir, root / "report", status=res.status,
+                                             data=f"{data}  ({n_train} train / {n_val} val images)",
+                                             store=store, results="")
     echo(f"attention maps: epcache attention {rundir} --config best")
     echo("the same backbone from the CLI:\n"
          f"  epcache extract --model {DEMO_MODEL} --random-init --img-size {sh.size} \\\n"
@@ -183,16 +176,9 @@ def run_dense_demo(root: Path, config: DemoConfig, *, echo: Callable[[str], None
         progress=progress,
     )
     echo(result.summary)
-    report_path: Path | None = None
-    figures: tuple[Path, ...] = ()
-    if config.figures:
-        rep = write_report(rundir, root / "report-dense")
-        report_path, figures = rep.markdown, tuple(rep.figures)
-    echo(f"data     {data}  ({n_train} train / {n_val} val images, masks beside them)")
-    echo(f"store    {store}  ({'reused: already complete' if res.status == 'already-complete' else 'extracted'})")
-    echo(f"results  {rundir / 'results.jsonl'}  (dense predictions: {rundir / 'dense'})")
-    if report_path is not None:
-        echo(f"report   {report_path}  ({plural(len(figures), 'figure')})")
+    report_path, figures = _report_and_paths(config, echo, rundir, root / "report-dense", status=res.status,
+                                             data=f"{data}  ({n_train} train / {n_val} val images, masks beside them)",
+                                             store=store, results=f"  (dense predictions: {rundir / 'dense'})")
     echo("the same from the CLI:\n"
          f"  epcache extract --model {DEMO_MODEL} --random-init --img-size {sh.size} --masks \\\n"
          f"      --model-kwargs '{json.dumps(kwargs)}' --data {data} --out my_store.zarr\n"
@@ -210,3 +196,19 @@ def _bar(enabled: bool, total: int, desc: str) -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
+
+
+def _report_and_paths(config: DemoConfig, echo: Callable[[str], None], rundir: Path, report_dir: Path, *,
+                      status: str, data: str, store: Path, results: str) -> tuple[Path | None, tuple[Path, ...]]:
+    """Write the report (unless figures are off) and say where the data, store, results and report are."""
+    report_path: Path | None = None
+    figures: tuple[Path, ...] = ()
+    if config.figures:
+        rep = write_report(rundir, report_dir)
+        report_path, figures = rep.markdown, tuple(rep.figures)
+    echo(f"data     {data}")
+    echo(f"store    {store}  ({'reused: already complete' if status == 'already-complete' else 'extracted'})")
+    echo(f"results  {rundir / 'results.jsonl'}{results}")
+    if report_path is not None:
+        echo(f"report   {report_path}  ({plural(len(figures), 'figure')})")
+    return report_path, figures
